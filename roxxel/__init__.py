@@ -1,0 +1,40 @@
+"""roxxel: object-store-aware shards for ML training data.
+
+Pack records into ROXXEL01 shards, publish them with a manifest to S3, GCS, local disk
+or memory, and stream them back through a node-local cache of memory-mapped shards.
+"""
+
+from ._version import __version__
+from .errors import (
+    AccessDeniedError,
+    CacheError,
+    DatasetExistsError,
+    IntegrityError,
+    ManifestError,
+    NotFoundError,
+    ResumeError,
+    RoxxelError,
+    ShardFormatError,
+    StorageError,
+    TransientStorageError,
+)
+from .format import MappedShard, ShardWriter
+from .local import Roxxel
+
+__all__ = [
+    "AccessDeniedError",
+    "CacheError",
+    "DatasetExistsError",
+    "IntegrityError",
+    "ManifestError",
+    "MappedShard",
+    "NotFoundError",
+    "ResumeError",
+    "Roxxel",
+    "RoxxelError",
+    "ShardFormatError",
+    "ShardWriter",
+    "StorageError",
+    "TransientStorageError",
+    "__version__",
+]

@@ -1,0 +1,81 @@
+"""The roxxel exception tree.
+
+Every error roxxel raises on purpose derives from :class:`RoxxelError`, and each one
+also derives from the builtin exception it means, so callers that already catch
+``FileNotFoundError`` or ``ValueError`` keep working::
+
+    RoxxelError(Exception)
+    ├── ShardFormatError(ValueError)      bytes of a shard break the ROXXEL01 layout
+    ├── ManifestError(ValueError)         a manifest is malformed or unsupported
+    ├── IntegrityError(ValueError)        stored bytes do not match their checksum or size
+    ├── ResumeError(ValueError)           an iterator state does not fit this dataset/topology
+    ├── CacheError(OSError)               the node-local cache cannot be used as asked
+    └── StorageError(OSError)             a store operation failed
+        ├── NotFoundError(FileNotFoundError)
+        ├── AccessDeniedError(PermissionError)
+        ├── DatasetExistsError(FileExistsError)
+        └── TransientStorageError         retried, and still failing at the deadline
+
+Messages name the URL or file, the field or offset, what was expected and what was
+found. They never contain credentials.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDeniedError",
+    "CacheError",
+    "DatasetExistsError",
+    "IntegrityError",
+    "ManifestError",
+    "NotFoundError",
+    "ResumeError",
+    "RoxxelError",
+    "ShardFormatError",
+    "StorageError",
+    "TransientStorageError",
+]
+
+
+class RoxxelError(Exception):
+    """Base class of every error roxxel raises on purpose."""
+
+
+class ShardFormatError(RoxxelError, ValueError):
+    """A shard's bytes do not follow the ROXXEL01 layout."""
+
+
+class ManifestError(RoxxelError, ValueError):
+    """A manifest is malformed, inconsistent, unsafe or of an unsupported version."""
+
+
+class IntegrityError(RoxxelError, ValueError):
+    """Stored bytes do not match the size or checksum their manifest promises."""
+
+
+class ResumeError(RoxxelError, ValueError):
+    """A saved iterator state does not match this dataset or this topology."""
+
+
+class CacheError(RoxxelError, OSError):
+    """The node-local cache cannot be used as asked (limit too small, bad directory)."""
+
+
+class StorageError(RoxxelError, OSError):
+    """An operation on a store (S3, GCS, local disk, memory) failed."""
+
+
+class NotFoundError(StorageError, FileNotFoundError):
+    """The object, bucket or dataset does not exist."""
+
+
+class AccessDeniedError(StorageError, PermissionError):
+    """The store refused access; the credentials are missing or lack a permission."""
+
+
+class DatasetExistsError(StorageError, FileExistsError):
+    """A dataset already exists where a new one was to be created."""
+
+
+class TransientStorageError(StorageError):
+    """A transient failure (5xx, throttling, reset, timeout) outlived its retries."""

@@ -1,0 +1,383 @@
+"""The original local API: ``roxxel.Roxxel`` over ``*.rox`` shard files on disk.
+
+Compatible with Roxxel 0.1 and 0.3 (same files, same calls), with these deliberate
+differences where the old releases misbehaved:
+
+- ``write`` is all-or-nothing: every shard it creates or extends is staged under a
+  temporary name and renamed into place only after all records were written, so a
+  failing write (a bad record, a full disk, an exception from the iterator) leaves the
+  existing files byte for byte as they were.
+- Empty records are stored (as zero-length records), never silently dropped.
+- Status messages go through ``logging`` (logger ``roxxel.local``), never ``print``.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from array import array
+from typing import Union
+
+import numpy as np
+import numpy.typing as npt
+
+from .format import (
+    FOOTER_SIZE,
+    MappedShard,
+    Record,
+    ShardWriter,
+    parse_footer,
+    read_layout,
+    record_bytes,
+)
+from .records import ShardedRecords
+from .tokens import TokenWindows, token_batches
+
+__all__ = ["Roxxel"]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_SUFFIX = ".rox"
+
+
+def _natural_key(path: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+class Roxxel:
+    """Records in local ROXXEL01 shards: ``Roxxel("data.rox")``, ``Roxxel("wiki_*.rox")``
+    or ``Roxxel([path, ...])``.
+
+    A plain path that does not exist stands for the numbered shards ``data_0000.rox``,
+    ``data_0001.rox``, ... that ``write(..., max_shard_bytes=...)`` creates from it.
+    ``ds[i]`` is a zero-copy ``numpy.uint8`` view into the memory-mapped shard.
+    """
+
+    def __init__(self, path: PathLike | Sequence[PathLike]) -> None:
+        if isinstance(path, (str, os.PathLike)):
+            self._spec: str | None = os.fspath(path)
+            self._explicit: list[str] | None = None
+        else:
+            self._spec = None
+            self._explicit = [os.fspath(p) for p in path]
+        self._records: ShardedRecords | None = None
+        self._refresh()
+
+    # -- which files ---------------------------------------------------------------
+
+    @property
+    def paths(self) -> list[str]:
+        """The shard files, in record order."""
+        return list(self._paths)
+
+    def _base(self) -> str:
+        """Path prefix of numbered shards: ``data.rox`` and ``data_*.rox`` give ``data``."""
+        if self._spec is None:
+            raise ValueError("write() needs a path or glob pattern, not a list of paths")
+        m = _GLOB_CHARS.search(self._spec)
+        if m:
+            base = self._spec[: m.start()].rstrip("_")
+            return base + "shard" if base.endswith(os.sep) or not base else base
+        return self._spec[: -len(_SUFFIX)] if self._spec.endswith(_SUFFIX) else self._spec
+
+    def _numbered(self) -> list[str]:
+        base = self._base()
+        pattern = re.compile(re.escape(os.path.basename(base)) + r"_(\d{4,})" + re.escape(_SUFFIX) + "$")
+        folder = os.path.dirname(base) or "."
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        found = [os.path.join(os.path.dirname(base), n) for n in names if pattern.match(n)]
+        return sorted(found, key=_natural_key)
+
+    def _single_file_mode(self) -> bool:
+        return self._spec is not None and not _GLOB_CHARS.search(self._spec) and (
+            os.path.exists(self._spec) or not self._numbered()
+        )
+
+    def _discover(self) -> list[str]:
+        if self._explicit is not None:
+            return list(self._explicit)
+        assert self._spec is not None
+        if _GLOB_CHARS.search(self._spec):
+            return sorted(glob.glob(self._spec), key=_natural_key)
+        if os.path.exists(self._spec):
+            return [self._spec]
+        return self._numbered()
+
+    def _refresh(self) -> None:
+        if self._records is not None:
+            self._records.close()
+        self._paths = self._discover()
+        counts = [_record_count(p) for p in self._paths]
+        paths = self._paths
+        self._records = ShardedRecords(counts, lambda k: MappedShard(paths[k]))
+
+    # -- reading -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._live())
+
+    def _live(self) -> ShardedRecords:
+        if self._records is None:
+            raise ValueError("this Roxxel dataset is closed")
+        return self._records
+
+    def __getitem__(
+        self, key: int | slice | Sequence[int] | np.ndarray
+    ) -> np.ndarray | list[np.ndarray]:
+        """``ds[i]`` is one record; a slice or a list/array of indices gives a list."""
+        records = self._records
+        if type(key) is int and records is not None:
+            return records.get(key)
+        records = self._live()
+        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            return records.get(int(key))
+        if isinstance(key, slice):
+            return records.gather(np.arange(*key.indices(len(records)), dtype=np.int64))
+        if isinstance(key, (list, tuple, np.ndarray, range)):
+            return records.gather(key)
+        raise TypeError(f"record index must be an int, slice or list of ints, got {type(key).__name__}")
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        records = self._live()
+        for i in range(len(records)):
+            yield records.get(i)
+
+    @property
+    def raw_data(self) -> np.ndarray:
+        """The payload of a one-shard dataset as a flat ``uint8`` view (zero-copy).
+
+        Datasets of several shards have one payload per file: use :attr:`payloads`.
+        """
+        records = self._live()
+        if records.num_shards != 1:
+            raise ValueError(
+                f"raw_data needs exactly one shard, this dataset has {records.num_shards}; "
+                "use .payloads for one flat view per shard"
+            )
+        return records.shard(0).payload
+
+    @property
+    def payloads(self) -> list[np.ndarray]:
+        """Each shard's payload as a flat ``uint8`` view (zero-copy), in order."""
+        records = self._live()
+        return [records.shard(k).payload for k in range(records.num_shards)]
+
+    def stream(
+        self,
+        seq_len: int,
+        batch_size: int = 32,
+        seed: int = 42,
+        start_step: int = 0,
+        dtype: npt.DTypeLike = np.int32,
+    ) -> Iterator[np.ndarray]:
+        """Endless ``(batch_size, seq_len)`` token batches in a seeded order.
+
+        The payloads are read as ``dtype`` tokens and cut into windows of ``seq_len``;
+        each epoch visits every window once in an order fixed by ``(seed, epoch)``.
+        ``start_step=s`` yields exactly what an uninterrupted stream yields from step
+        ``s`` on, at once (no replay). See :mod:`roxxel.tokens` for the details.
+        """
+        records = self._live()
+        sizes = [_payload_size(p) for p in self._paths]
+        windows = TokenWindows(sizes, lambda k: records.shard(k).payload, seq_len, dtype)
+        return token_batches(windows, batch_size, seed, start_step)
+
+    # -- writing -------------------------------------------------------------------
+
+    def write(
+        self,
+        records: Iterable[Record],
+        max_shard_bytes: int | None = None,
+        *,
+        block_size: int | None = None,
+        separator: bytes = b"\xff",
+    ) -> list[str]:
+        """Append ``records`` to the dataset; returns the files created or extended.
+
+        Without ``max_shard_bytes`` a plain path is one file that grows. With it, records
+        go to numbered shards ``base_0000.rox``, ... of at most ``max_shard_bytes`` bytes
+        each (a record larger than that gets a shard of its own; nothing is split or
+        dropped). With ``block_size`` (the 0.3 block mode), each record followed by
+        ``separator`` is appended to one byte stream that is cut into records of exactly
+        ``block_size`` bytes; the last block is padded with the separator.
+
+        All or nothing: on any error no file is created or changed.
+        """
+        if max_shard_bytes is not None and (
+            isinstance(max_shard_bytes, bool) or max_shard_bytes <= FOOTER_SIZE
+        ):
+            raise ValueError(f"max_shard_bytes must be an integer > {FOOTER_SIZE}, got {max_shard_bytes!r}")
+        if block_size is not None:
+            records = _blocks(records, block_size, separator)
+        base = self._base()
+        if max_shard_bytes is None and self._single_file_mode():
+            targets: Iterator[str] = iter([self._spec])  # type: ignore[list-item]
+            continue_last = os.path.exists(self._spec)  # type: ignore[arg-type]
+            limit = None
+        else:
+            existing = self._numbered()
+            start = _shard_number(existing[-1]) if existing else 0
+            targets = (f"{base}_{k:04d}{_SUFFIX}" for k in _count_from(start))
+            continue_last = bool(existing)
+            limit = max_shard_bytes
+        written = _write_staged(records, targets, continue_last, limit)
+        self._refresh()
+        log.info("wrote %d records into %s", written.records, ", ".join(written.paths))
+        return written.paths
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap the shards (idempotent). Views already handed out stay valid."""
+        if self._records is not None:
+            self._records.close()
+            self._records = None
+
+    def __enter__(self) -> Roxxel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self._spec if self._spec is not None else f"{len(self._paths)} paths"
+        n = len(self._records) if self._records is not None else "closed"
+        return f"Roxxel({where!r}, shards={len(self._paths)}, records={n})"
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _record_count(path: str) -> int:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < FOOTER_SIZE:
+            parse_footer(b"", size, path)
+        return parse_footer(os.pread(f.fileno(), FOOTER_SIZE, size - FOOTER_SIZE), size, path).record_count
+
+
+def _payload_size(path: str) -> int:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return parse_footer(os.pread(f.fileno(), FOOTER_SIZE, size - FOOTER_SIZE), size, path).payload_size
+
+
+def _shard_number(path: str) -> int:
+    return int(re.search(r"_(\d+)" + re.escape(_SUFFIX) + "$", path).group(1))  # type: ignore[union-attr]
+
+
+def _count_from(start: int) -> Iterator[int]:
+    k = start
+    while True:
+        yield k
+        k += 1
+
+
+def _blocks(records: Iterable[Record], block_size: int, separator: bytes) -> Iterator[bytes]:
+    """The 0.3 block mode: records + separators as one stream, cut into equal blocks."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    sep = bytes(separator)
+    buf = bytearray()
+    for pos, record in enumerate(records):
+        buf += record_bytes(record, pos)
+        buf += sep
+        while len(buf) >= block_size:
+            yield bytes(buf[:block_size])
+            del buf[:block_size]
+    if buf:
+        pad = (sep or b"\x00") * (block_size // max(len(sep), 1) + 1)
+        buf += pad[: block_size - len(buf)]
+        yield bytes(buf)
+
+
+class _NothingWritten(Exception):
+    """No record came: the staged files are dropped and nothing changes."""
+
+
+class _Written:
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.records = 0
+
+
+def _write_staged(
+    records: Iterable[Record], targets: Iterator[str], continue_last: bool, limit: int | None
+) -> _Written:
+    """Write records into staged temp files, then rename them all into place."""
+    staged: list[tuple[str, str]] = []  # (temp path, final path)
+    done = _Written()
+    try:
+        target = next(targets)
+        writer, f = _open_staged(target, continue_last, staged)
+        for pos, record in enumerate(records):
+            data = record_bytes(record, pos)
+            if limit is not None and writer.record_count and (
+                writer.file_size + data.nbytes + 8 > limit
+            ):
+                writer.finish()
+                f.close()
+                target = next(targets)
+                writer, f = _open_staged(target, False, staged)
+            writer.append(data)
+            done.records += 1
+        writer.finish()
+        f.close()
+        if not done.records:
+            raise _NothingWritten
+    except BaseException as exc:
+        for temp, _ in staged:
+            _remove_quietly(temp)
+        if isinstance(exc, _NothingWritten):
+            return done
+        raise
+    for temp, final in staged:
+        os.replace(temp, final)
+        done.paths.append(final)
+    return done
+
+
+def _open_staged(target: str, continue_existing: bool, staged: list[tuple[str, str]]):
+    folder = os.path.dirname(target) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=folder)
+    staged.append((temp, target))
+    f = os.fdopen(fd, "wb", buffering=1 << 20)
+    offsets = None
+    if continue_existing and os.path.exists(target):
+        with open(target, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            layout, table = read_layout(src, size, target)
+            src.seek(0)
+            _copy_exact(src, f, layout.payload_size)
+        offsets = array("q")
+        offsets.frombytes(table.astype("=i8").tobytes())
+        os.fchmod(f.fileno(), os.stat(target).st_mode & 0o777)
+    else:
+        os.fchmod(f.fileno(), 0o644)
+    return ShardWriter(f, offsets=offsets), f
+
+
+def _copy_exact(src, dst, n: int) -> None:
+    while n:
+        chunk = src.read(min(n, 8 << 20))
+        if not chunk:
+            raise OSError(f"{src.name}: file ended {n} bytes early while copying")
+        dst.write(chunk)
+        n -= len(chunk)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

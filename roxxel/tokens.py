@@ -1,0 +1,117 @@
+"""Token streams: fixed-length windows cut from shard payloads, served in a seeded order.
+
+Each shard's payload is read as a flat array of ``dtype`` tokens and cut into
+non-overlapping windows of ``seq_len`` tokens; windows never cross a shard boundary, and
+a shard's last ``ntokens % seq_len`` tokens (and trailing bytes short of one token) are
+not used. Windows are numbered across shards; epoch ``e`` visits them in the order of a
+keyed permutation of ``(seed, e)``. Sample ``j`` of the endless stream is window
+``perm[j // N](j % N)``, and step ``s`` is samples ``s*B .. s*B+B-1``, so any step is
+computed directly: resuming costs O(batch), not O(steps).
+
+Rows within a batch are ordered by their position in the dataset, which lets each
+shard's rows be gathered with one vectorized copy; which windows form a batch is what
+the seed decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+from .permute import Permutation
+
+__all__ = ["TokenWindows", "token_batches"]
+
+
+class TokenWindows:
+    """The windows of ``seq_len`` tokens of ``dtype`` in a sequence of shard payloads.
+
+    ``payload(k)`` returns shard ``k``'s payload as a ``uint8`` array; it is only called
+    for shards that a batch needs. ``sizes`` are the payload sizes in bytes.
+    """
+
+    def __init__(
+        self,
+        sizes: npt.ArrayLike,
+        payload: Callable[[int], np.ndarray],
+        seq_len: int,
+        dtype: npt.DTypeLike,
+    ) -> None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+        self.dtype = np.dtype(dtype)
+        self.seq_len = int(seq_len)
+        window_bytes = self.seq_len * self.dtype.itemsize
+        counts = np.asarray(sizes, dtype=np.int64) // window_bytes
+        self.starts = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.starts[1:])
+        self._payload = payload
+        self._views: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _windows_of(self, k: int) -> np.ndarray:
+        view = self._views.get(k)
+        if view is None:
+            count = int(self.starts[k + 1] - self.starts[k])
+            raw = self._payload(k)[: count * self.seq_len * self.dtype.itemsize]
+            view = raw.view(self.dtype).reshape(count, self.seq_len)
+            self._views[k] = view
+        return view
+
+    def gather(self, windows: np.ndarray, out: np.ndarray) -> None:
+        """Copy the sorted global ``windows`` into the rows of ``out``, shard by shard."""
+        shard_ids = np.searchsorted(self.starts, windows, side="right") - 1
+        cuts = np.flatnonzero(np.diff(shard_ids)) + 1
+        bounds = [0, *cuts.tolist(), len(windows)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            k = int(shard_ids[a])
+            local = windows[a:b] - self.starts[k]
+            np.take(self._windows_of(k), local, axis=0, out=out[a:b])
+
+
+def token_batches(
+    windows: TokenWindows,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    *,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[np.ndarray]:
+    """Endless ``(batch_size, seq_len)`` batches from step ``start_step`` on.
+
+    ``shard=(rank, world_size)`` gives rank ``rank`` every ``world_size``-th global batch,
+    so ranks see disjoint batches of one shared order.
+    """
+    for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0), ("start_step", start_step, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    rank, world = shard
+    n = len(windows)
+    if n == 0:
+        raise ValueError(
+            f"no complete window of seq_len={windows.seq_len} {windows.dtype} tokens in the data"
+        )
+    perms: dict[int, Permutation] = {}
+    step = int(start_step)
+    offsets = np.arange(batch_size, dtype=np.int64)
+    while True:
+        global_step = step * world + rank
+        samples = global_step * batch_size + offsets
+        epochs = samples // n
+        picked = np.empty(batch_size, dtype=np.int64)
+        for e in np.unique(epochs).tolist():
+            perm = perms.get(e)
+            if perm is None:
+                perms.clear()  # at most the epochs one batch spans are kept
+                perm = perms[e] = Permutation(n, [int(seed), e])
+            rows = epochs == e
+            picked[rows] = perm(samples[rows] - e * n)
+        picked.sort()
+        out = np.empty((batch_size, windows.seq_len), dtype=windows.dtype)
+        windows.gather(picked, out)
+        yield out
+        step += 1
