@@ -61,14 +61,16 @@ class Permutation:
     def __call__(self, index: np.ndarray | int) -> np.ndarray:
         """Images of ``index`` (scalar or array, each in ``range(n)``) as int64."""
         idx = np.asarray(index, dtype=np.int64)
+        shape = idx.shape
+        idx = idx.reshape(-1)
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.n):
             raise IndexError(f"permutation index out of range(0, {self.n})")
         if self.n <= 1:
-            return idx.copy()
+            return idx.reshape(shape)
         y = self._encrypt(idx.astype(np.uint64))
         n = np.uint64(self.n)
         outside = y >= n
         while outside.any():
             y[outside] = self._encrypt(y[outside])
             outside = y >= n
-        return y.astype(np.int64)
+        return y.astype(np.int64).reshape(shape)

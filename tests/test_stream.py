@@ -1,0 +1,109 @@
+"""Seeded token streams and the O(1) permutation behind them."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roxxel import Roxxel
+from roxxel.permute import Permutation
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 3000), key=st.lists(st.integers(0, 2**32), min_size=1, max_size=3))
+def test_permutation_is_a_bijection_of_range_n(n, key):
+    image = Permutation(n, key)(np.arange(n))
+    assert sorted(image.tolist()) == list(range(n))
+
+
+def test_permutation_depends_only_on_its_key_and_looks_uniform():
+    n = 100_000
+    a = Permutation(n, [7, 0])(np.arange(n))
+    assert np.array_equal(a, Permutation(n, [7, 0])(np.arange(n)))
+    assert not np.array_equal(a, Permutation(n, [7, 1])(np.arange(n)))
+    # consecutive outputs of a uniform permutation are n/3 apart on average
+    assert 0.95 < np.abs(np.diff(a)).mean() / (n / 3) < 1.05
+    assert int(Permutation(n, [7, 0])(12345)) == int(a[12345])
+    with pytest.raises(IndexError, match="out of range"):
+        Permutation(n, [1])(n)
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    """Three shards of int32 tokens whose values are their global positions."""
+    ds = Roxxel(str(tmp_path / "tok_*.rox"))
+    sizes = [1000, 1500, 777]  # tokens per shard; tails short of a window go unused
+    start = 0
+    for size in sizes:
+        ds.write([np.arange(start, start + size, dtype=np.int32)], max_shard_bytes=25)
+        start += size
+    assert len(ds.paths) == 3
+    return ds
+
+
+def test_batches_have_the_asked_shape_and_are_real_windows(tokens):
+    batch = next(tokens.stream(seq_len=50, batch_size=8, seed=1))
+    assert batch.shape == (8, 50) and batch.dtype == np.int32
+    for row in batch:  # each row is 50 consecutive tokens that start on a window boundary
+        assert np.array_equal(row, np.arange(row[0], row[0] + 50))
+    assert batch.flags.c_contiguous and batch.flags.writeable
+
+
+def test_one_epoch_visits_every_window_exactly_once(tokens):
+    seq = 50
+    n_windows = 1000 // seq + 1500 // seq + 777 // seq  # 20 + 30 + 15
+    assert n_windows == 65
+    stream = tokens.stream(seq_len=seq, batch_size=5, seed=3)
+    firsts = np.concatenate([b[:, 0] for b in itertools.islice(stream, 13)])
+    assert len(set(firsts.tolist())) == 65
+    shard_starts = [0, 1000, 2500]
+    for t in firsts.tolist():  # no window crosses a shard boundary
+        base = max(s for s in shard_starts if s <= t)
+        assert (t - base) % seq == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 2**31])
+def test_start_step_resumes_exactly_where_an_uninterrupted_run_is(tokens, seed):
+    full = list(itertools.islice(tokens.stream(seq_len=40, batch_size=7, seed=seed), 60))
+    for start in (0, 1, 9, 10, 11, 37, 59):  # several epochs: 66 windows, 7 per batch
+        resumed = list(itertools.islice(tokens.stream(40, 7, seed, start_step=start), 60 - start))
+        assert all(np.array_equal(a, b) for a, b in zip(full[start:], resumed))
+
+
+def test_seed_and_epoch_change_the_order(tokens):
+    a = next(tokens.stream(10, 32, seed=1))
+    b = next(tokens.stream(10, 32, seed=2))
+    assert not np.array_equal(a, b)
+    stream = tokens.stream(10, 327, seed=1)  # one batch = one whole epoch of 327 windows
+    e0, e1 = next(stream), next(stream)
+    assert sorted(e0[:, 0].tolist()) == sorted(e1[:, 0].tolist())  # each epoch: every window
+    small = tokens.stream(10, 4, seed=1)
+    first_epoch = [next(small)[:, 0].tolist() for _ in range(3)]
+    second_epoch = [b[:, 0].tolist() for b in itertools.islice(tokens.stream(10, 4, seed=1, start_step=82), 3)]
+    assert first_epoch != second_epoch
+
+
+def test_dtype_changes_how_the_payload_is_read(tmp_path):
+    ds = Roxxel(tmp_path / "u16.rox")
+    ds.write([np.arange(1000, dtype=np.uint16)])
+    batch = next(ds.stream(seq_len=100, batch_size=2, seed=0, dtype=np.uint16))
+    assert batch.dtype == np.uint16 and batch[0, 1] - batch[0, 0] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(seq_len=0), "seq_len must be a positive integer, got 0"),
+        (dict(seq_len=10, batch_size=0), "batch_size must be an integer >= 1, got 0"),
+        (dict(seq_len=10, seed=-1), "seed must be an integer >= 0, got -1"),
+        (dict(seq_len=10, start_step=-3), "start_step must be an integer >= 0, got -3"),
+        (dict(seq_len=10**6), "no complete window of seq_len=1000000"),
+    ],
+)
+def test_bad_stream_arguments_are_refused_with_the_value(tokens, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        next(tokens.stream(**kwargs))
