@@ -233,7 +233,7 @@ class MappedShard:
     the last of them is gone.
     """
 
-    __slots__ = ("path", "layout", "payload", "offsets", "_ends", "_map")
+    __slots__ = ("path", "layout", "payload", "offsets", "ends", "_map")
 
     def __init__(self, path: str | os.PathLike[str], *, name: str | None = None) -> None:
         self.path = os.fspath(path)
@@ -252,11 +252,11 @@ class MappedShard:
             )
             check_offsets(self.offsets, self.layout, label)
             self.payload = np.frombuffer(self._map, dtype=np.uint8, count=payload)
-            # Python ints read from a memoryview are the fastest scalar lookups.
+            # End offsets as Python ints: a memoryview is the fastest scalar lookup.
             index = memoryview(self._map)[payload : payload + OFFSET_SIZE * count]
-            self._ends = index.cast("q") if _LITTLE_ENDIAN else self.offsets.tolist()
+            self.ends = index.cast("q") if _LITTLE_ENDIAN else self.offsets.tolist()
         except BaseException:
-            self.offsets = self.payload = self._ends = None  # type: ignore[assignment]
+            self.offsets = self.payload = self.ends = None  # type: ignore[assignment]
             _close_map(self._map)
             raise
 
@@ -273,21 +273,21 @@ class MappedShard:
 
     def view(self, i: int) -> np.ndarray:
         """Record ``i`` without bounds checks; callers guarantee 0 <= i < len."""
-        ends = self._ends
+        ends = self.ends
         return self.payload[(ends[i - 1] if i else 0) : ends[i]]
 
     def bounds(self, i: int) -> tuple[int, int]:
         """Start and end offset of record ``i`` (0 <= i < len) in the payload."""
-        ends = self._ends
+        ends = self.ends
         return (ends[i - 1] if i else 0), ends[i]
 
     def close(self) -> None:
         """Release this shard's references to the map (idempotent)."""
         if self._map is None:
             return
-        if isinstance(self._ends, memoryview):
-            self._ends.release()
-        self.offsets = self.payload = self._ends = None  # type: ignore[assignment]
+        if isinstance(self.ends, memoryview):
+            self.ends.release()
+        self.offsets = self.payload = self.ends = None  # type: ignore[assignment]
         _close_map(self._map)
         self._map = None
 

@@ -50,7 +50,7 @@ def _natural_key(path: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
-class Roxxel:
+class Roxxel(ShardedRecords):
     """Records in local ROXXEL01 shards: ``Roxxel("data.rox")``, ``Roxxel("wiki_*.rox")``
     or ``Roxxel([path, ...])``.
 
@@ -66,7 +66,7 @@ class Roxxel:
         else:
             self._spec = None
             self._explicit = [os.fspath(p) for p in path]
-        self._records: ShardedRecords | None = None
+        self._paths: list[str] = []
         self._refresh()
 
     # -- which files ---------------------------------------------------------------
@@ -113,43 +113,12 @@ class Roxxel:
         return self._numbered()
 
     def _refresh(self) -> None:
-        if self._records is not None:
-            self._records.close()
+        self._release_all()
         self._paths = self._discover()
-        counts = [_record_count(p) for p in self._paths]
-        paths = self._paths
-        self._records = ShardedRecords(counts, lambda k: MappedShard(paths[k]))
+        self._set_shards([_record_count(p) for p in self._paths])
 
-    # -- reading -------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self._live())
-
-    def _live(self) -> ShardedRecords:
-        if self._records is None:
-            raise ValueError("this Roxxel dataset is closed")
-        return self._records
-
-    def __getitem__(
-        self, key: int | slice | Sequence[int] | np.ndarray
-    ) -> np.ndarray | list[np.ndarray]:
-        """``ds[i]`` is one record; a slice or a list/array of indices gives a list."""
-        records = self._records
-        if type(key) is int and records is not None:
-            return records.get(key)
-        records = self._live()
-        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-            return records.get(int(key))
-        if isinstance(key, slice):
-            return records.gather(np.arange(*key.indices(len(records)), dtype=np.int64))
-        if isinstance(key, (list, tuple, np.ndarray, range)):
-            return records.gather(key)
-        raise TypeError(f"record index must be an int, slice or list of ints, got {type(key).__name__}")
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        records = self._live()
-        for i in range(len(records)):
-            yield records.get(i)
+    def _load_shard(self, k: int) -> MappedShard:
+        return MappedShard(self._paths[k])
 
     @property
     def raw_data(self) -> np.ndarray:
@@ -157,19 +126,17 @@ class Roxxel:
 
         Datasets of several shards have one payload per file: use :attr:`payloads`.
         """
-        records = self._live()
-        if records.num_shards != 1:
+        if self.num_shards != 1:
             raise ValueError(
-                f"raw_data needs exactly one shard, this dataset has {records.num_shards}; "
+                f"raw_data needs exactly one shard, this dataset has {self.num_shards}; "
                 "use .payloads for one flat view per shard"
             )
-        return records.shard(0).payload
+        return self.shard(0).payload
 
     @property
     def payloads(self) -> list[np.ndarray]:
         """Each shard's payload as a flat ``uint8`` view (zero-copy), in order."""
-        records = self._live()
-        return [records.shard(k).payload for k in range(records.num_shards)]
+        return [self.shard(k).payload for k in range(self.num_shards)]
 
     def stream(
         self,
@@ -186,9 +153,9 @@ class Roxxel:
         ``start_step=s`` yields exactly what an uninterrupted stream yields from step
         ``s`` on, at once (no replay). See :mod:`roxxel.tokens` for the details.
         """
-        records = self._live()
+        self._check_open()
         sizes = [_payload_size(p) for p in self._paths]
-        windows = TokenWindows(sizes, lambda k: records.shard(k).payload, seq_len, dtype)
+        windows = TokenWindows(sizes, lambda k: self.shard(k).payload, seq_len, dtype)
         return token_batches(windows, batch_size, seed, start_step)
 
     # -- writing -------------------------------------------------------------------
@@ -238,9 +205,7 @@ class Roxxel:
 
     def close(self) -> None:
         """Unmap the shards (idempotent). Views already handed out stay valid."""
-        if self._records is not None:
-            self._records.close()
-            self._records = None
+        self._close_records()
 
     def __enter__(self) -> Roxxel:
         return self
@@ -250,7 +215,7 @@ class Roxxel:
 
     def __repr__(self) -> str:
         where = self._spec if self._spec is not None else f"{len(self._paths)} paths"
-        n = len(self._records) if self._records is not None else "closed"
+        n = "closed" if self._closed else self._n
         return f"Roxxel({where!r}, shards={len(self._paths)}, records={n})"
 
 

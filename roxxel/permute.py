@@ -1,32 +1,29 @@
 """A keyed pseudo-random permutation of ``range(n)`` that is evaluated at any index.
 
 ``Permutation(n, key)(i)`` costs O(1) per index and O(1) memory whatever ``n`` is, so a
-stream can resume at any step without replaying or materializing the order. It is a
-balanced Feistel network over the smallest even-bit power-of-two domain that holds
-``n``, with cycle walking to stay inside ``range(n)``: a bijection by construction.
+stream can resume at any step without replaying or materializing the order.
+
+It is a Feistel network over mixed radix (the FE1 construction): an integer
+``x < a*b`` is the pair ``(x // b, x % b)`` and each round maps ``(l, r)`` to
+``r * a + (l + F(r)) mod a``, then swaps the radices. Every round is a bijection of
+``range(a*b)``, so the whole network is one by construction. With ``a*b`` only about
+``sqrt(n)`` above ``n``, cycle walking (re-encrypting the rare images ``>= n``) almost
+never runs twice.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["Permutation"]
 
-_ROUNDS = 6
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: a fast, well-distributed 64-bit hash (wraps mod 2**64)."""
-    x = x * _MIX1
-    x ^= x >> np.uint64(27)
-    x = x * _MIX2
-    x ^= x >> np.uint64(31)
-    return x
+_ROUNDS = 4  # Luby-Rackoff: four rounds of a good round function give a strong PRP
+_MUL1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's mixing constants
+_MUL2 = np.uint64(0x94D049BB133111EB)
+_U31, _U32 = np.uint64(31), np.uint64(32)
 
 
 class Permutation:
@@ -42,21 +39,27 @@ class Permutation:
         if n > 2**62:
             raise ValueError(f"permutation size must be <= 2**62, got {n}")
         self.n = n
-        bits = max(2, (n - 1).bit_length())
-        bits += bits & 1
-        self._half = np.uint64(bits // 2)
-        self._mask = np.uint64((1 << (bits // 2)) - 1)
+        a = math.isqrt(max(n - 1, 0)) + 1  # a*b >= n, both < 2**32
+        b = max(1, -(-n // a))
+        self._radices = (np.uint64(a), np.uint64(b))
         seq = np.random.SeedSequence([int(k) for k in key])
         self._keys = seq.generate_state(_ROUNDS, dtype=np.uint64)
 
     def _encrypt(self, x: np.ndarray) -> np.ndarray:
-        half, mask = self._half, self._mask
-        left, right = x >> half, x & mask
-        with np.errstate(over="ignore"):  # the mixing multiplies wrap mod 2**64 on purpose
-            for k in self._keys:
-                f = _mix((right ^ k) * _GOLDEN) & mask
-                left, right = right, left ^ f
-        return (left << half) | right
+        a, b = self._radices
+        for k in self._keys:
+            left = x // b
+            right = x - left * b
+            h = right ^ k
+            h *= _MUL1  # wraps mod 2**64 on purpose
+            h ^= h >> _U31
+            h *= _MUL2
+            f = ((h >> _U32) * a) >> _U32  # F(r) in range(a), without a division
+            left += f
+            left -= (left >= a).astype(np.uint64) * a  # (l + F(r)) mod a
+            x = right * a + left
+            a, b = b, a
+        return x
 
     def __call__(self, index: np.ndarray | int) -> np.ndarray:
         """Images of ``index`` (scalar or array, each in ``range(n)``) as int64."""

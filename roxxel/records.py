@@ -1,14 +1,14 @@
 """Global record indexing over a sequence of shards that are mapped on first use.
 
 Both the local ``Roxxel`` API and the object-store dataset address records by a global
-index; this module owns that arithmetic, so it is written (and tested) once. Only the
-per-shard record counts are held up front, as one NumPy array.
+index; this base class owns that arithmetic, so it is written (and tested) once. Only
+the per-shard record counts are held up front, as one NumPy array.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -18,24 +18,31 @@ __all__ = ["ShardedRecords"]
 
 
 class ShardedRecords:
-    """Records ``0..len-1`` laid end to end across shards with the given record counts.
+    """Records ``0..len-1`` laid end to end across shards with known record counts.
 
-    ``load(k)`` returns shard ``k`` mapped and validated; it is called at most once per
-    shard until :meth:`release` or :meth:`close`. Record access returns zero-copy
-    ``numpy.uint8`` views into the mapped shards.
+    Subclasses call :meth:`_set_shards` with the counts and implement
+    :meth:`_load_shard` (return shard ``k`` mapped and validated). ``self[i]`` is a
+    zero-copy ``numpy.uint8`` view; slices and index lists give lists of views.
     """
 
-    def __init__(self, counts: Sequence[int] | np.ndarray, load: Callable[[int], MappedShard]):
-        counts = np.asarray(counts, dtype=np.int64)
-        self.starts = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=self.starts[1:])
-        self._starts_list: list[int] = self.starts.tolist()
-        self._n = int(self.starts[-1])
-        self._load = load
-        self._shards: list[MappedShard | None] = [None] * len(counts)
+    _n: int = 0
+    _closed: bool = False
 
-    def __len__(self) -> int:
-        return self._n
+    def _set_shards(self, counts: Sequence[int] | np.ndarray) -> None:
+        counts = np.asarray(counts, dtype=np.int64)
+        self.record_starts = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.record_starts[1:])
+        self._starts_list: list[int] = self.record_starts.tolist()
+        self._n = int(self.record_starts[-1])
+        self._multi = len(counts) > 1
+        self._shards: list[MappedShard | None] = [None] * len(counts)
+        # (payload, end offsets) per mapped shard: the two things a lookup needs
+        self._views: list[tuple[np.ndarray, Sequence[int]] | None] = [None] * len(counts)
+
+    def _load_shard(self, k: int) -> MappedShard:
+        raise NotImplementedError
+
+    # -- shards --------------------------------------------------------------------
 
     @property
     def num_shards(self) -> int:
@@ -43,19 +50,19 @@ class ShardedRecords:
 
     def shard(self, k: int) -> MappedShard:
         """Shard ``k``, mapped (loading it if needed)."""
+        self._check_open()
         s = self._shards[k]
         if s is None:
-            s = self._load(k)
+            s = self._load_shard(k)
             expected = self._starts_list[k + 1] - self._starts_list[k]
             if len(s) != expected:
                 s.close()
-                raise ValueError(
-                    f"{s.path}: shard has {len(s)} records, expected {expected}"
-                )
+                raise ValueError(f"{s.path}: shard has {len(s)} records, expected {expected}")
             self._shards[k] = s
+            self._views[k] = (s.payload, s.ends)
         return s
 
-    def is_loaded(self, k: int) -> bool:
+    def is_mapped(self, k: int) -> bool:
         return self._shards[k] is not None
 
     def locate(self, i: int) -> tuple[int, int]:
@@ -63,22 +70,65 @@ class ShardedRecords:
         k = bisect_right(self._starts_list, i) - 1
         return k, i - self._starts_list[k]
 
-    def get(self, i: int) -> np.ndarray:
-        """Record ``i``; negative indices count from the end."""
-        n = self._n
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"record index {i} out of range for {n} records")
-        starts = self._starts_list
-        k = bisect_right(starts, i) - 1
+    def release(self, k: int) -> None:
+        """Unmap shard ``k`` (views already handed out stay valid)."""
         s = self._shards[k]
-        if s is None:
-            s = self.shard(k)
-        return s.view(i - starts[k])
+        if s is not None:
+            self._shards[k] = None
+            self._views[k] = None
+            s.close()
+
+    def _release_all(self) -> None:
+        for k in range(len(getattr(self, "_shards", ()))):
+            self.release(k)
+
+    # -- records -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        self._check_open()
+        return self._n
+
+    def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """``ds[i]`` is one record; a slice or a list/array of indices gives a list."""
+        if type(key) is int:  # the hot path, kept free of calls
+            n = self._n
+            if key < 0:
+                key += n
+            if 0 <= key < n:
+                starts = self._starts_list
+                k = bisect_right(starts, key) - 1 if self._multi else 0
+                view = self._views[k]
+                if view is None:
+                    self.shard(k)
+                    view = self._views[k]
+                payload, ends = view  # type: ignore[misc]
+                j = key - starts[k]
+                return payload[ends[j - 1] if j else 0 : ends[j]]
+        return self._getitem_general(key)
+
+    def _getitem_general(self, key: object) -> np.ndarray | list[np.ndarray]:
+        self._check_open()
+        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            i = int(key)
+            if not -self._n <= i < self._n:
+                raise IndexError(f"record index {i} out of range for {self._n} records")
+            return self[i]
+        if isinstance(key, slice):
+            return self.gather(np.arange(*key.indices(self._n), dtype=np.int64))
+        if isinstance(key, (list, tuple, np.ndarray, range)):
+            return self.gather(key)
+        raise TypeError(f"record index must be an int, slice or list of ints, got {type(key).__name__}")
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self[i]  # type: ignore[misc]
 
     def gather(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """Records at ``indices`` (negative allowed), in that order, as views."""
+        """Records at ``indices`` (negative allowed), in that order, as views.
+
+        Shard lookups and offset reads are vectorized; each shard is mapped once.
+        """
+        self._check_open()
         idx = np.asarray(indices)
         if idx.size == 0:
             return []
@@ -86,19 +136,15 @@ class ShardedRecords:
             raise TypeError(f"record indices must be integers, got dtype {idx.dtype}")
         idx = idx.astype(np.int64).ravel()
         n = self._n
-        idx = np.where(idx < 0, idx + n, idx)
-        bad = np.flatnonzero((idx < 0) | (idx >= n))
+        bad = np.flatnonzero((idx < -n) | (idx >= n))
         if len(bad):
-            raise IndexError(
-                f"record index {int(np.asarray(indices).ravel()[bad[0]])} "
-                f"out of range for {n} records"
-            )
-        shard_ids = np.searchsorted(self.starts, idx, side="right") - 1
-        local = idx - self.starts[shard_ids]
+            raise IndexError(f"record index {int(idx[bad[0]])} out of range for {n} records")
+        idx = np.where(idx < 0, idx + n, idx)
+        shard_ids = np.searchsorted(self.record_starts, idx, side="right") - 1
+        local = idx - self.record_starts[shard_ids]
         out: list[np.ndarray | None] = [None] * len(idx)
         order = np.argsort(shard_ids, kind="stable")
-        sorted_ids = shard_ids[order]
-        cuts = np.flatnonzero(np.diff(sorted_ids)) + 1
+        cuts = np.flatnonzero(np.diff(shard_ids[order])) + 1
         for group in np.split(order, cuts):
             shard = self.shard(int(shard_ids[group[0]]))
             rec = local[group]
@@ -109,13 +155,11 @@ class ShardedRecords:
                 out[pos] = payload[b:e]
         return out  # type: ignore[return-value]
 
-    def release(self, k: int) -> None:
-        """Drop shard ``k``'s map (views already handed out stay valid)."""
-        s = self._shards[k]
-        if s is not None:
-            self._shards[k] = None
-            s.close()
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
 
-    def close(self) -> None:
-        for k in range(len(self._shards)):
-            self.release(k)
+    def _close_records(self) -> None:
+        self._release_all()
+        self._closed = True
+        self._n = 0

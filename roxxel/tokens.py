@@ -64,13 +64,59 @@ class TokenWindows:
 
     def gather(self, windows: np.ndarray, out: np.ndarray) -> None:
         """Copy the sorted global ``windows`` into the rows of ``out``, shard by shard."""
-        shard_ids = np.searchsorted(self.starts, windows, side="right") - 1
-        cuts = np.flatnonzero(np.diff(shard_ids)) + 1
+        starts = self.starts
+        first, last = (np.searchsorted(starts, windows[[0, -1]], side="right") - 1).tolist()
+        if first == last:  # the common case: one vectorized copy
+            self._take(first, windows - starts[first], out)
+            return
+        shard_ids = np.searchsorted(starts, windows, side="right") - 1
+        cuts = np.flatnonzero(shard_ids[1:] != shard_ids[:-1]) + 1
         bounds = [0, *cuts.tolist(), len(windows)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             k = int(shard_ids[a])
-            local = windows[a:b] - self.starts[k]
-            np.take(self._windows_of(k), local, axis=0, out=out[a:b])
+            self._take(k, windows[a:b] - starts[k], out[a:b])
+
+    def _take(self, k: int, local: np.ndarray, out: np.ndarray) -> None:
+        # mode="clip" skips numpy's buffered bounds-checked path; the indices are in range
+        np.take(self._windows_of(k), local, axis=0, out=out, mode="clip")
+
+
+class _EpochOrder:
+    """Window ids of consecutive samples of the endless stream, a block at a time.
+
+    Sample ``j`` is window ``Permutation(n, (seed, j // n))(j % n)``. Evaluating the
+    permutation over a block of positions at once amortizes numpy's per-call cost;
+    a block costs the same wherever it lies, so resuming stays O(1) in the step.
+    """
+
+    BLOCK = 1 << 13
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._key: tuple[int, int] | None = None
+        self._block = np.empty(0, dtype=np.int64)
+
+    def _get_block(self, epoch: int, b: int) -> np.ndarray:
+        if self._key != (epoch, b):
+            lo = b * self.BLOCK
+            hi = min(self.n, lo + self.BLOCK)
+            perm = Permutation(self.n, [self.seed, epoch])
+            self._block = perm(np.arange(lo, hi, dtype=np.int64))
+            self._key = (epoch, b)
+        return self._block
+
+    def windows(self, first: int, count: int) -> np.ndarray:
+        """Window ids of samples ``first .. first+count-1``."""
+        out = np.empty(count, dtype=np.int64)
+        filled = 0
+        while filled < count:
+            epoch, pos = divmod(first + filled, self.n)
+            b, start = divmod(pos, self.BLOCK)
+            block = self._get_block(epoch, b)
+            take = min(count - filled, len(block) - start)
+            out[filled : filled + take] = block[start : start + take]
+            filled += take
+        return out
 
 
 def token_batches(
@@ -95,21 +141,10 @@ def token_batches(
         raise ValueError(
             f"no complete window of seq_len={windows.seq_len} {windows.dtype} tokens in the data"
         )
-    perms: dict[int, Permutation] = {}
+    order = _EpochOrder(n, int(seed))
     step = int(start_step)
-    offsets = np.arange(batch_size, dtype=np.int64)
     while True:
-        global_step = step * world + rank
-        samples = global_step * batch_size + offsets
-        epochs = samples // n
-        picked = np.empty(batch_size, dtype=np.int64)
-        for e in np.unique(epochs).tolist():
-            perm = perms.get(e)
-            if perm is None:
-                perms.clear()  # at most the epochs one batch spans are kept
-                perm = perms[e] = Permutation(n, [int(seed), e])
-            rows = epochs == e
-            picked[rows] = perm(samples[rows] - e * n)
+        picked = order.windows((step * world + rank) * batch_size, batch_size)
         picked.sort()
         out = np.empty((batch_size, windows.seq_len), dtype=windows.dtype)
         windows.gather(picked, out)

@@ -1,0 +1,122 @@
+"""Benchmark the local read path against the physical limits measured in the same run.
+
+1. Warm random access: ``ds[i]`` per record against a bare ``memoryview`` slice of an
+   ``mmap`` of the same file (offsets given to the bare loop as a Python list, the
+   cheapest form). Target: ``ds[i]`` within 3x of the bare slice.
+2. ``stream()`` throughput against a plain ``memcpy`` (``np.copyto``) of the same bytes
+   from the same map, per batch size. Target: at least 50% of memcpy once a batch is
+   1 MiB or more.
+
+Usage: ``.venv/bin/python scripts/bench_local.py [--mib 512] [--repeat 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import mmap
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import roxxel
+
+
+def best_of(repeat: int, fn) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_random_access(path: Path, repeat: int) -> tuple[float, float]:
+    ds = roxxel.Roxxel(path)
+    n = len(ds)
+    order = np.random.default_rng(0).permutation(n).tolist()
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mv = memoryview(mm)
+    ends = ds.shard(0).offsets.tolist()
+    starts = [0] + ends[:-1]
+
+    def bare():
+        for i in order:
+            mv[starts[i] : ends[i]]
+
+    def ours():
+        for i in order:
+            ds[i]
+
+    for fn in (bare, ours):  # warm the page cache and the code paths
+        fn()
+    t_bare = best_of(repeat, bare) / n
+    t_ours = best_of(repeat, ours) / n
+    mv.release()
+    mm.close()
+    ds.close()
+    return t_ours, t_bare
+
+
+def bench_stream(path: Path, seq_len: int, batch_size: int, repeat: int) -> tuple[float, float]:
+    ds = roxxel.Roxxel(path)
+    payload = ds.raw_data
+    batch_bytes = seq_len * batch_size * 4
+    steps = max(4, len(payload) // batch_bytes)
+    buf = np.empty(batch_bytes, dtype=np.uint8)
+    blocks = len(payload) // batch_bytes
+
+    def memcpy():
+        for s in range(steps):
+            k = s % blocks
+            np.copyto(buf, payload[k * batch_bytes : (k + 1) * batch_bytes])
+
+    def stream():
+        for _ in itertools.islice(ds.stream(seq_len, batch_size, seed=1), steps):
+            pass
+
+    memcpy()
+    stream()
+    total = steps * batch_bytes
+    bw_copy = total / best_of(repeat, memcpy)
+    bw_stream = total / best_of(repeat, stream)
+    ds.close()
+    return bw_stream, bw_copy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=int, default=512, help="dataset size (default 512 MiB)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    mib = 1 << 20
+    with tempfile.TemporaryDirectory(prefix="roxxel-bench-") as tmp:
+        path = Path(tmp) / "bench.rox"
+        target = args.mib * mib
+        sizes = rng.integers(1024, 15 * 1024, size=target // (8 * 1024))
+        chunk = rng.integers(0, 256, size=16 * 1024, dtype=np.uint8)
+        roxxel.Roxxel(path).write(chunk[: int(s)] for s in sizes)
+        print(f"dataset: {len(sizes):,} records of 1-15 KiB, {path.stat().st_size / mib:.0f} MiB, one shard")
+
+        t_ours, t_bare = bench_random_access(path, args.repeat)
+        ratio = t_ours / t_bare
+        print(f"random access  ds[i] {t_ours * 1e9:7.0f} ns/record   bare mmap slice "
+              f"{t_bare * 1e9:5.0f} ns   ratio {ratio:.2f}x   target <= 3x  "
+              f"{'OK' if ratio <= 3 else 'MISSED'}")
+
+        for seq_len, batch_size in ((2048, 32), (2048, 128), (2048, 512), (8192, 256)):
+            bw_stream, bw_copy = bench_stream(path, seq_len, batch_size, args.repeat)
+            batch_mib = seq_len * batch_size * 4 / mib
+            share = bw_stream / bw_copy
+            verdict = "" if batch_mib < 1 else ("  target >= 50%  " + ("OK" if share >= 0.5 else "MISSED"))
+            print(f"stream batch {batch_size:4d}x{seq_len} int32 ({batch_mib:5.2f} MiB)  "
+                  f"{bw_stream / mib:7.0f} MiB/s   memcpy {bw_copy / mib:7.0f} MiB/s   "
+                  f"{share:6.1%}{verdict}")
+
+
+if __name__ == "__main__":
+    main()
