@@ -20,6 +20,8 @@ from .errors import (
 )
 from .format import MappedShard, ShardWriter
 from .local import Roxxel
+from .manifest import Manifest, ShardInfo
+from .writer import WriteProgress, Writer
 
 __all__ = [
     "AccessDeniedError",
@@ -27,14 +29,18 @@ __all__ = [
     "DatasetExistsError",
     "IntegrityError",
     "ManifestError",
+    "Manifest",
     "MappedShard",
     "NotFoundError",
     "ResumeError",
     "Roxxel",
     "RoxxelError",
     "ShardFormatError",
+    "ShardInfo",
     "ShardWriter",
     "StorageError",
     "TransientStorageError",
+    "WriteProgress",
+    "Writer",
     "__version__",
 ]

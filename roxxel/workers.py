@@ -1,0 +1,81 @@
+"""A small pool of background threads that run jobs and hand back their results.
+
+Used by the writer to upload finished shards while the caller packs the next ones, and
+by the reader to download shards ahead of use.
+Threads start lazily, are named, end on :meth:`close` and also when the main thread has
+ended (they are daemons that poll their queue with a timeout), so a forgotten ``close()``
+never hangs interpreter exit. Results and errors travel back through futures, with the
+original exception intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+__all__ = ["WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.5
+
+
+class WorkerPool:
+    """Run callables on up to ``workers`` named daemon threads."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        self._size = workers
+        self._name = name
+        self._jobs: queue.Queue[tuple[Future[Any], Callable[[], Any]]] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Queue ``fn``; its future holds its result or the exception it raised."""
+        if self._stop.is_set():
+            raise RuntimeError(f"{self._name}: the pool is closed")
+        if len(self._threads) < self._size:
+            t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        future: Future[Any] = Future()
+        self._jobs.put((future, fn))
+        return future
+
+    def _run(self) -> None:
+        main = threading.main_thread()
+        while not self._stop.is_set() and main.is_alive():
+            try:
+                future, fn = self._jobs.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller through the future
+                future.set_exception(exc)
+
+    def cancel_pending(self) -> None:
+        """Cancel the queued jobs that have not started."""
+        while True:
+            try:
+                future, _ = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            future.cancel()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads after their current job (idempotent); queued jobs are cancelled."""
+        self.cancel_pending()
+        self._stop.set()
+        if wait:
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join()

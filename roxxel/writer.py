@@ -1,0 +1,366 @@
+"""``roxxel.Writer``: pack records into shards and publish them as a dataset.
+
+Records are streamed into a local staging shard (only the offsets stay in memory) whose
+checksum is computed while it is written. A finished shard goes to a background upload
+thread (compressed there with zstd if asked), while packing goes on; staging is bounded,
+so ``append`` waits when uploads fall behind. ``close()`` waits for every upload, checks
+each object's size in the store, and publishes ``manifest.json`` last: the dataset
+becomes visible all at once, or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import zstandard
+
+from .backends import Store
+from .errors import DatasetExistsError, IntegrityError, ManifestError, StorageError
+from .format import FOOTER_SIZE, Record, ShardWriter, record_bytes
+from .manifest import Manifest, ShardInfo
+from .manifest.io import MANIFEST_KEY, dataset_store, publish_manifest, try_read_manifest
+from .workers import WorkerPool
+
+__all__ = ["DEFAULT_SHARD_BYTES", "WriteProgress", "Writer"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_BYTES = 64 << 20
+_MODES = ("create", "overwrite", "append")
+_COMPRESSIONS = (None, "zstd")
+_SHARD_NAME = re.compile(r"^shards/(\d{5,})-\d{6,}-[0-9a-f]{12}\.rox(\.zst)?$")
+_STAGING_PREFIX = "roxxel-writer-"
+_COPY_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class WriteProgress:
+    """Counts reported to a writer's ``progress`` callback."""
+
+    records: int
+    bytes: int
+    shards_finished: int
+    shards_uploaded: int
+    bytes_uploaded: int
+
+
+class _HashingFile:
+    """A binary file that hashes and counts what is written through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.hash.update(data)
+        self.size += memoryview(data).nbytes
+
+
+@dataclass(frozen=True)
+class _Staged:
+    index: int
+    path: str
+    records: int
+    raw_size: int
+    raw_digest: str
+
+
+class Writer:
+    """Write a dataset of records to ``url`` (S3, GCS, local disk or memory).
+
+    ``mode="create"`` refuses an existing dataset; ``"overwrite"`` replaces its manifest
+    (old shard objects stay, unreferenced, so readers of the old version are not cut
+    off); ``"append"`` publishes a manifest listing the old shards and then the new.
+    Use as a context manager: a clean exit publishes, an exception publishes nothing.
+    ``progress(WriteProgress)`` is called from the writer's threads; keep it quick.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        compression: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        mode: str = "create",
+        *,
+        upload_workers: int = 4,
+        max_staged_shards: int | None = None,
+        staging_dir: str | None = None,
+        progress: Callable[[WriteProgress], None] | None = None,
+        store: Store | None = None,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
+        if compression not in _COMPRESSIONS:
+            raise ValueError(f"compression must be None or 'zstd', got {compression!r}")
+        if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes <= FOOTER_SIZE:
+            raise ValueError(f"shard_bytes must be an integer > {FOOTER_SIZE}, got {shard_bytes!r}")
+        self.store = store if store is not None else dataset_store(url, storage_options)
+        self.url = self.store.base_url
+        self.shard_bytes = shard_bytes
+        self.compression = compression
+        self.mode = mode
+        self._meta = meta
+        self._progress = progress
+        self.manifest: Manifest | None = None
+
+        self._base = self._existing_manifest()
+        self._generation = _next_generation(self._base)
+
+        _remove_dead_staging(staging_dir)
+        self._staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=staging_dir)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._staging, True)
+        self._pool = WorkerPool(upload_workers, name="roxxel-upload")
+        self._slots = threading.Semaphore(max_staged_shards or upload_workers + 1)
+        self._futures: list[Future[ShardInfo]] = []
+        self._uploaded: list[str] = []  # keys of objects this writer put, for abort
+        self._lock = threading.Lock()
+        self._current: tuple[ShardWriter, _HashingFile, _Staged] | None = None
+        self._next_index = 0
+        self._counts = [0, 0, 0, 0, 0]  # records, bytes, finished, uploaded, bytes uploaded
+        self._state = "open"
+
+    def _existing_manifest(self) -> Manifest | None:
+        if self.mode == "create":
+            if self.store.exists(MANIFEST_KEY):
+                raise DatasetExistsError(
+                    f"a dataset already exists at {self.store.url(MANIFEST_KEY)}; "
+                    "use mode='overwrite' to replace it or mode='append' to add to it"
+                )
+            return None
+        try:
+            return try_read_manifest(self.store)
+        except ManifestError as exc:
+            if self.mode == "append":
+                raise
+            log.warning("overwriting an unreadable manifest at %s: %s", self.url, exc)
+            return None
+
+    # -- appending -------------------------------------------------------------------
+
+    def append(self, record: Record) -> None:
+        """Add one record (bytes-like, ``str`` as UTF-8, or a NumPy array's bytes)."""
+        if self._state != "open":
+            raise ValueError(f"writer for {self.url} is {self._state}")
+        data = record_bytes(record, self._counts[0])
+        current = self._current
+        if current is None or (
+            current[0].record_count and current[0].file_size + data.nbytes + 8 > self.shard_bytes
+        ):
+            if current is not None:
+                self._finish_shard()
+            current = self._start_shard()
+        current[0].append(data)
+        counts = self._counts
+        counts[0] += 1
+        counts[1] += data.nbytes
+        if self._progress is not None and counts[0] % 4096 == 0:
+            self._report()
+
+    def extend(self, records: Iterable[Record]) -> None:
+        """Add every record of ``records`` in order."""
+        for record in records:
+            self.append(record)
+
+    def _start_shard(self) -> tuple[ShardWriter, _HashingFile, _Staged]:
+        index = self._next_index
+        self._next_index += 1
+        path = os.path.join(self._staging, f"{index:06d}.rox")
+        sink = _HashingFile(open(path, "wb", buffering=1 << 20))
+        staged = _Staged(index, path, 0, 0, "")
+        self._current = (ShardWriter(sink), sink, staged)
+        return self._current
+
+    def _finish_shard(self) -> None:
+        assert self._current is not None
+        writer, sink, staged = self._current
+        self._current = None
+        layout = writer.finish()
+        sink.f.close()
+        done = _Staged(staged.index, staged.path, layout.record_count, sink.size, sink.hash.hexdigest())
+        self._counts[2] += 1
+        self._wait_for_slot()
+        self._futures.append(self._pool.submit(lambda: self._upload(done)))
+        self._report()
+
+    def _wait_for_slot(self) -> None:
+        """Block until staging has room; raise at once if an upload has failed."""
+        while not self._slots.acquire(timeout=0.2):
+            self._raise_failed_upload()
+        self._raise_failed_upload()
+
+    def _raise_failed_upload(self) -> None:
+        for future in self._futures:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                error = future.exception()
+                self._abort()
+                raise error  # type: ignore[misc]
+
+    # -- uploading (background threads) ------------------------------------------------
+
+    def _upload(self, staged: _Staged) -> ShardInfo:
+        try:
+            path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
+            suffix = ""
+            if self.compression == "zstd":
+                path, stored_size, digest = _compress(staged.path, staged.raw_size)
+                suffix = ".zst"
+            key = f"shards/{self._generation:05d}-{staged.index:06d}-{digest[:12]}.rox{suffix}"
+            with self._lock:
+                self._uploaded.append(key)
+            self.store.put_file(path, key)
+            found = self.store.size(key)
+            if found != stored_size:
+                raise IntegrityError(
+                    f"{self.store.url(key)}: uploaded object is {found} bytes, expected {stored_size}"
+                )
+            for p in {path, staged.path}:
+                os.unlink(p)
+            with self._lock:
+                self._counts[3] += 1
+                self._counts[4] += stored_size
+            self._report()
+            return ShardInfo(
+                uri=key,
+                records=staged.records,
+                stored_size=stored_size,
+                raw_size=staged.raw_size,
+                compression=self.compression,
+                checksum=f"sha256:{digest}",
+            )
+        finally:
+            self._slots.release()
+
+    def _report(self) -> None:
+        if self._progress is not None:
+            self._progress(WriteProgress(*self._counts))
+
+    # -- finishing ---------------------------------------------------------------------
+
+    def close(self) -> Manifest:
+        """Wait for every upload and publish the manifest; returns it (idempotent).
+
+        If anything fails, nothing is published, staged files and uploaded shard
+        objects of this writer are removed, and the original error is raised.
+        """
+        if self._state == "published":
+            assert self.manifest is not None
+            return self.manifest
+        if self._state != "open":
+            raise ValueError(f"writer for {self.url} is {self._state}")
+        try:
+            if self._current is not None:
+                self._finish_shard()
+            shards = [f.result() for f in self._futures]
+            manifest = self._publish(sorted(shards, key=lambda s: s.uri))
+        except BaseException:
+            self._abort()
+            raise
+        self._state = "published"
+        self.manifest = manifest
+        self._pool.close()
+        self._cleanup()
+        log.info("published %s: %d records in %d shards", self.url, manifest.records, len(manifest.shards))
+        return manifest
+
+    def _publish(self, shards: list[ShardInfo]) -> Manifest:
+        if self.mode == "append" and self._base is not None:
+            current = try_read_manifest(self.store)
+            if current is None or current.fingerprint() != self._base.fingerprint():
+                raise StorageError(
+                    f"{self.store.url(MANIFEST_KEY)} changed while this writer was appending; "
+                    "nothing was published, write again"
+                )
+            meta = self._base.meta if self._meta is None else self._meta
+            manifest = self._base.with_meta(meta).extended(shards)
+        else:
+            manifest = Manifest.build(shards, self._meta)
+        create_only = self.mode == "create" or (self.mode == "append" and self._base is None)
+        publish_manifest(self.store, manifest, create_only=create_only)
+        return manifest
+
+    def abort(self) -> None:
+        """Publish nothing; remove staged files and this writer's uploaded shards."""
+        if self._state == "open":
+            self._abort()
+
+    def _abort(self) -> None:
+        self._state = "aborted"
+        if self._current is not None:
+            self._current[1].f.close()
+            self._current = None
+        self._pool.close(wait=True)
+        for key in list(self._uploaded):
+            try:
+                self.store.delete(key)
+            except Exception as exc:  # best effort: an orphan object is harmless
+                log.warning("could not remove unpublished shard %s: %s", self.store.url(key), exc)
+        self._cleanup()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return f"Writer({self.url!r}, mode={self.mode!r}, state={self._state!r})"
+
+
+def _next_generation(base: Manifest | None) -> int:
+    """Shard names carry a generation one above any in the existing manifest, so a new
+    writer never reuses (and overwrites) a name that a published manifest still lists."""
+    if base is None:
+        return 0
+    found = [int(m.group(1)) for m in map(_SHARD_NAME.match, base.shards.uris.tolist()) if m]
+    return max(found, default=-1) + 1
+
+
+def _compress(raw_path: str, raw_size: int) -> tuple[str, int, str]:
+    """zstd-compress a finished shard (content size in the frame), hashing the output."""
+    out_path = raw_path + ".zst"
+    cctx = zstandard.ZstdCompressor(level=3, write_content_size=True, threads=0)
+    with open(raw_path, "rb") as src, open(out_path, "wb") as dst:
+        sink = _HashingFile(dst)
+        cctx.copy_stream(src, sink, size=raw_size, read_size=_COPY_CHUNK, write_size=_COPY_CHUNK)
+    return out_path, sink.size, sink.hash.hexdigest()
+
+
+def _remove_dead_staging(staging_dir: str | None) -> None:
+    """Remove staging folders left by writers that were killed."""
+    root = staging_dir or tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        m = re.match(re.escape(_STAGING_PREFIX) + r"(\d+)-", name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
