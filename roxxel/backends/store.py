@@ -1,0 +1,347 @@
+"""A dataset prefix on one fsspec filesystem, addressed by relative keys.
+
+Every method retries transient failures and raises only roxxel errors (chained to the
+backend's exception), whose messages name the operation and the full URL. Nothing
+reads credentials: ``storage_options`` go to fsspec unchanged and never appear in
+messages, logs or ``repr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any, BinaryIO, Callable, TypeVar
+
+from fsspec import AbstractFileSystem
+
+from ..errors import NotFoundError, StorageError
+from . import localfiles
+from .readers import ChunkReader, StoreReader, open_chunk_reader
+from .retry import DEFAULT_POLICY, RetryPolicy, call
+from .urls import check_key, join_url, redact, resolve
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "MANIFEST_MAX_BYTES", "Store"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_CHUNK_SIZE = 16 * 2**20
+MANIFEST_MAX_BYTES = 64 * 2**20
+
+# Protocols whose pipe_file(mode="create") sends a server-side precondition
+# (S3 If-None-Match: *, GCS ifGenerationMatch=0).
+_CONDITIONAL_PROTOCOLS = {"s3", "s3a", "gs", "gcs"}
+# memory:// is one process-wide dict; this makes its check-then-set atomic.
+_MEMORY_LOCK = threading.Lock()
+
+
+class Store:
+    """The objects under one dataset URL.
+
+    ``Store("s3://bucket/wiki", storage_options)`` addresses ``s3://bucket/wiki/<key>``.
+    ``fs`` may be given to use a ready filesystem (for instance a fault-injecting one in
+    tests); ``url`` is then only stripped of its protocol by that filesystem.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        fs: AbstractFileSystem | None = None,
+        retry: RetryPolicy = DEFAULT_POLICY,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        url = os.fspath(url)
+        if fs is None:
+            fs, root = resolve(url, storage_options)
+        else:
+            root = fs._strip_protocol(url)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.fs = fs
+        self.root = root.rstrip("/") or root
+        self.retry = retry
+        self.chunk_size = chunk_size
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        if "file" in protocols or "local" in protocols:
+            self._kind = "local"
+        elif "memory" in protocols:
+            self._kind = "memory"
+        else:
+            self._kind = "object"
+        self._conditional = bool(_CONDITIONAL_PROTOCOLS.intersection(protocols))
+        plain_path = self._kind == "local" and "://" not in url and "::" not in url
+        self._url = self.root if plain_path else url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Store({redact(self._url)!r})"
+
+    # -- names -----------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The dataset URL (a local path stays a path)."""
+        return self._url
+
+    def url(self, key: str) -> str:
+        """The full URL of ``key``, for messages and for other tools."""
+        return join_url(self._url, key)
+
+    def path(self, key: str) -> str:
+        """The path of ``key`` on :attr:`fs`."""
+        return f"{self.root.rstrip('/')}/{check_key(key)}"
+
+    # -- reading ---------------------------------------------------------------------
+
+    def size(self, key: str) -> int:
+        """The size in bytes of the object ``key``; NotFoundError if there is none."""
+        path = self.path(key)
+        return self._run("stat", key, lambda: self._file_info(path)["size"])
+
+    def exists(self, key: str) -> bool:
+        """Whether an object (not merely a prefix) exists at ``key``."""
+        try:
+            self.size(key)
+        except NotFoundError:
+            return False
+        return True
+
+    def read_bytes(self, key: str, max_bytes: int | None = MANIFEST_MAX_BYTES) -> bytes:
+        """The whole object; StorageError, reading nothing, if it exceeds ``max_bytes``."""
+        path = self.path(key)
+        size = self.size(key)
+        if max_bytes is not None and size > max_bytes:
+            raise StorageError(
+                f"could not read {redact(self.url(key))}: it is {size} bytes, "
+                f"more than the limit of {max_bytes} bytes"
+            )
+        if size == 0:
+            return b""
+        # The range keeps the read bounded even if the object grew since size().
+        return self._run("read", key, lambda: self.fs.cat_file(path, start=0, end=size))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the object; StorageError if it ends before ``end``."""
+        if not 0 <= start <= end:
+            raise ValueError(f"invalid byte range [{start}, {end}) for {redact(self.url(key))}")
+        path = self.path(key)
+        if start == end:
+            return b""
+        data = self._run("read", key, lambda: self.fs.cat_file(path, start=start, end=end))
+        if len(data) != end - start:
+            raise StorageError(
+                f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}), "
+                f"got {len(data)} bytes; the object is shorter than expected"
+            )
+        return data
+
+    def stream(self, key: str, sink: Callable[[bytes], object]) -> int:
+        """Feed the whole object to ``sink`` in order, in chunks, and return its size.
+
+        ``sink`` sees every byte exactly once, at most :attr:`chunk_size` at a time, so a
+        caller can hash while writing to a file without holding the object in memory.
+        A transient failure is retried from the offset reached (the retry deadline
+        applies per chunk). Exceptions raised by ``sink`` propagate unchanged.
+        """
+        path = self.path(key)
+        size = self.size(key)
+        pos = 0
+        reader: ChunkReader | None = None
+
+        def next_chunk() -> bytes:
+            nonlocal reader
+            try:
+                if reader is None:
+                    reader = open_chunk_reader(self.fs, path, pos)
+                return reader.read(min(self.chunk_size, size - pos))
+            except BaseException:
+                if reader is not None:
+                    reader, broken = None, reader
+                    broken.close()
+                raise
+
+        try:
+            while pos < size:
+                chunk = self._run("download", key, next_chunk)
+                if not chunk:
+                    raise StorageError(
+                        f"could not download {redact(self.url(key))}: it ended at byte {pos}, "
+                        f"expected {size} bytes; was it replaced while being read?"
+                    )
+                sink(chunk)
+                pos += len(chunk)
+        finally:
+            if reader is not None:
+                reader.close()
+        return pos
+
+    def get_file(
+        self,
+        key: str,
+        local_path: str | os.PathLike[str],
+        callback: Callable[[int], object] | None = None,
+    ) -> int:
+        """Download the object to ``local_path`` and return its size.
+
+        ``callback(nbytes)`` is called after each chunk is written. On error the partial
+        file is removed; callers that need atomic publication download to a temporary
+        name (or use :meth:`stream` with their own file and hash).
+        """
+        local_path = os.fspath(local_path)
+
+        def write(chunk: bytes) -> None:
+            f.write(chunk)
+            if callback is not None:
+                callback(len(chunk))
+
+        try:
+            with open(local_path, "wb") as f:
+                return self.stream(key, write)
+        except BaseException:
+            try:
+                os.unlink(local_path)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A seekable binary file over the object; reads are retried and translated."""
+        path = self.path(key)
+        size = self.size(key)
+        f = self._run("open", key, lambda: self.fs.open(path, "rb"))
+        return StoreReader(f, self.url(key), self.retry, size)  # type: ignore[return-value]
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys of all objects under the directory-like ``prefix`` (all if empty)."""
+        prefix = prefix.strip("/")
+        base = self.path(prefix) if prefix else self.root
+        self.fs.invalidate_cache(base)
+        found = self._run(
+            "list", prefix, lambda: self.fs.find(base, withdirs=False, detail=False)
+        )
+        root = self.root.rstrip("/") + "/"
+        keys = []
+        for full in found:
+            full = full.rstrip("/")
+            if not full.startswith(root):
+                logger.debug("list %s: ignoring %s outside the store", self, full)
+                continue
+            key = full[len(root):]
+            if self._kind == "local" and key.rsplit("/", 1)[-1].startswith(localfiles.TEMP_PREFIX):
+                continue
+            keys.append(key)
+        return sorted(keys)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def put_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        """Upload a finished local file to ``key``, replacing any object there.
+
+        All or nothing: readers see the previous object (or none) until the upload
+        completes, and a failed upload leaves no partial object.
+        """
+        local_path = os.fspath(local_path)
+        os.stat(local_path)  # a missing source is the caller's FileNotFoundError, not the store's
+        path = self.path(key)
+
+        def upload() -> None:
+            if self._kind == "local":
+                localfiles.copy_replace(local_path, path)
+            elif self._kind == "memory":
+                # AbstractFileSystem.put_file would commit a partial object on a read error.
+                with open(local_path, "rb") as f:
+                    self.fs.pipe_file(path, f.read())
+            else:
+                self.fs.put_file(local_path, path)
+
+        self._run("upload", key, upload)
+
+    def put_bytes_overwrite(self, key: str, data: bytes) -> None:
+        """Atomically make ``key`` hold ``data``, replacing any object there."""
+        path = self.path(key)
+        if self._kind == "local":
+            self._run("write", key, lambda: localfiles.write_replace(path, data))
+        else:
+            self._run("write", key, lambda: self.fs.pipe_file(path, data))
+
+    def put_bytes_create_only(self, key: str, data: bytes) -> None:
+        """Publish ``data`` at ``key`` atomically; DatasetExistsError if ``key`` exists.
+
+        Local disk: ``os.link`` of a finished temp file (refuses an existing target).
+        memory: check and set under a lock. S3: a PUT with ``If-None-Match: *``. GCS: an
+        existence check, then a PUT with ``ifGenerationMatch=0``; real GCS enforces the
+        precondition, but gcp-storage-emulator ignores it, so there only the check
+        protects (a race window). Other object stores: check then PUT (best effort).
+        If a retried PUT finds an identical object, it was our own lost-response attempt
+        and counts as success.
+        """
+        path = self.path(key)
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self._create(path, data)
+            except FileExistsError:
+                if attempts > 1 and self.fs.cat_file(path) == data:
+                    logger.info("publish %s: found our own earlier attempt", self.url(key))
+                    return
+                raise
+
+        self._run("publish", key, attempt)
+
+    def delete(self, key: str) -> None:
+        """Delete the object ``key``; a missing object is not an error."""
+        path = self.path(key)
+
+        def remove() -> None:
+            self.fs.rm_file(path)
+            self.fs.invalidate_cache(path)
+
+        try:
+            self._run("delete", key, remove)
+        except NotFoundError:
+            pass
+
+    # -- internals -------------------------------------------------------------------
+
+    def _run(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        url = self.url(key) if key else self._url
+        return call(fn, op=op, url=url, policy=self.retry)
+
+    def _file_info(self, path: str) -> dict[str, Any]:
+        """``fs.info`` of a file, fresh from the store; FileNotFoundError for a prefix."""
+        self.fs.invalidate_cache(path)
+        info = self.fs.info(path)
+        if info.get("type") != "file":
+            raise FileNotFoundError(f"{path} is a directory or prefix, not an object")
+        return info
+
+    def _is_file(self, path: str) -> bool:
+        try:
+            self._file_info(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _create(self, path: str, data: bytes) -> None:
+        """Write ``path`` unless it exists (FileExistsError); see put_bytes_create_only."""
+        if self._kind == "local":
+            localfiles.write_new(path, data)
+        elif self._kind == "memory":
+            with _MEMORY_LOCK:
+                if self._is_file(path):
+                    raise FileExistsError(path)
+                self.fs.pipe_file(path, data)
+        else:
+            if self._is_file(path):
+                raise FileExistsError(path)
+            if self._conditional:
+                self.fs.pipe_file(path, data, mode="create")
+            else:
+                self.fs.pipe_file(path, data)

@@ -1,0 +1,86 @@
+"""URLs, store keys and filesystem resolution.
+
+A *URL* names a dataset prefix (``s3://bucket/wiki``, ``gs://b/wiki``, ``memory://wiki``,
+``file:///data/wiki`` or a plain local path). A *key* is a path relative to that prefix
+(``manifest.json``, ``shards/000001.rox``). Keys may come from manifests, which are
+untrusted, so :func:`check_key` refuses anything that could leave the prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+
+__all__ = ["check_key", "join_url", "redact", "relative_key", "resolve"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:x-amz-security-token|x-amz-signature|x-amz-credential|x-goog-signature|"
+    r"x-goog-credential|access_token|token|signature|sig|secret|password|key|credential)=)"
+    r"[^&\s\"']*"
+)
+
+
+def resolve(
+    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> tuple[AbstractFileSystem, str]:
+    """Return the fsspec filesystem for ``url`` and the path of ``url`` on it.
+
+    ``storage_options`` go to the filesystem constructor unchanged; credentials and
+    endpoints are found by fsspec and the cloud SDKs, never by roxxel. Plain local paths,
+    ``file://``, ``memory://``, ``s3://``, ``gs://`` and chained URLs all work.
+    """
+    return url_to_fs(os.fspath(url), **dict(storage_options or {}))
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative key, else raise ValueError naming it.
+
+    A safe key is non-empty, relative, uses ``/`` separators, and has no empty, ``.`` or
+    ``..`` segment, no protocol, no backslash and no control character; so joining it
+    to a prefix can never address anything outside that prefix.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"store key must be a str, got {type(key).__name__}")
+    problem = None
+    if not key:
+        problem = "it is empty"
+    elif key.startswith("/"):
+        problem = "it is absolute"
+    elif "://" in key or "::" in key:
+        problem = "it contains a protocol"
+    elif "\\" in key or _CONTROL.search(key):
+        problem = "it contains a backslash or control character"
+    elif any(part in ("", ".", "..") for part in key.split("/")):
+        problem = "it has an empty, '.' or '..' segment"
+    if problem:
+        raise ValueError(f"invalid store key {key!r}: {problem}")
+    return key
+
+
+def join_url(base: str, key: str) -> str:
+    """``base`` and the safe relative ``key`` joined with exactly one ``/``."""
+    return f"{base.rstrip('/')}/{check_key(key)}"
+
+
+def relative_key(base: str, url: str) -> str:
+    """The key of ``url`` under ``base`` (inverse of :func:`join_url`).
+
+    Raises ValueError if ``url`` is not strictly below ``base``.
+    """
+    prefix = base.rstrip("/") + "/"
+    if not url.startswith(prefix):
+        raise ValueError(f"{redact(url)} is not inside {redact(base)}")
+    return check_key(url[len(prefix):].rstrip("/"))
+
+
+def redact(text: str) -> str:
+    """``text`` with URL user-info and credential-like query parameters masked."""
+    text = _USERINFO.sub(r"\1***@", text)
+    return _SECRET_PARAM.sub(r"\1***", text)

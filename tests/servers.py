@@ -1,0 +1,321 @@
+"""Start and stop the S3 (moto) and GCS (gcp-storage-emulator) servers on loopback.
+
+Usable from the tests, from ``scripts/`` and from benchmarks::
+
+    from tests.servers import s3_server, gcs_server
+
+    with s3_server() as s3:
+        s3.create_bucket("demo")
+        store = Store("s3://demo/wiki", s3.storage_options)
+
+Each server runs as a subprocess on a free 127.0.0.1 port (so it does not share the GIL
+with the code under test) and is killed when its context exits, when ``stop()`` is
+called, or at interpreter exit. ``python -m tests.servers`` starts both and prints the
+endpoints until interrupted.
+
+Nothing here reaches the internet: every endpoint is ``http://127.0.0.1:PORT``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = [
+    "Server",
+    "free_port",
+    "gcs_server",
+    "gcs_storage_options",
+    "s3_server",
+    "s3_storage_options",
+    "start_gcs",
+    "start_s3",
+]
+
+logger = logging.getLogger(__name__)
+
+# gcsfs >= 2026 otherwise wraps GCSFileSystem in a class whose gRPC probe the emulator
+# cannot answer, and every call then takes 35-80 s. It is read when gcsfs is imported.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+_HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+
+# The emulator's HTTPServer has a listen backlog of 5; concurrent clients stall for
+# minutes unless it is raised before the server is created.
+_GCS_LAUNCHER = (
+    "import sys, http.server; http.server.HTTPServer.request_queue_size = 1024; "
+    "from gcp_storage_emulator.__main__ import main; main(sys.argv[1:])"
+)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        return sock.getsockname()[1]
+
+
+def s3_storage_options(
+    endpoint: str,
+    *,
+    connect_timeout: float = 2,
+    read_timeout: float = 30,
+    max_attempts: int = 2,
+) -> dict[str, Any]:
+    """storage_options for s3fs against a moto endpoint.
+
+    Timeouts and botocore's attempt count are small so that a dead server fails in
+    seconds rather than minutes; raise them for benchmarks that upload large objects.
+    """
+    return {
+        "endpoint_url": endpoint,
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+        "config_kwargs": {
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
+        },
+    }
+
+
+def gcs_storage_options(endpoint: str) -> dict[str, Any]:
+    """storage_options for gcsfs against a gcp-storage-emulator endpoint."""
+    return {"endpoint_url": endpoint, "token": "anon", "project": "test"}
+
+
+def _http(method: str, url: str, timeout: float = 5.0) -> bytes:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read()
+
+
+@dataclass
+class Server:
+    """A running emulator subprocess.
+
+    ``storage_options`` returns a fresh dict on every access, so a caller that edits
+    its copy cannot affect other users of the server.
+    """
+
+    kind: str  # "s3" or "gcs"
+    endpoint: str
+    process: subprocess.Popen
+    _options: Callable[[str], dict[str, Any]] = field(repr=False)
+    _log: Any = field(repr=False, default=None)
+
+    @property
+    def protocol(self) -> str:
+        return "s3" if self.kind == "s3" else "gs"
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return self._options(self.endpoint)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that point the cloud SDKs at this server."""
+        if self.kind == "s3":
+            return {
+                "AWS_ENDPOINT_URL": self.endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+        return {
+            "STORAGE_EMULATOR_HOST": self.endpoint,
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        }
+
+    def url(self, bucket: str, path: str = "") -> str:
+        """``s3://bucket/path`` or ``gs://bucket/path`` for this server's protocol."""
+        return f"{self.protocol}://{bucket}/{path}".rstrip("/")
+
+    def filesystem(self) -> Any:
+        """A fresh (uncached) fsspec filesystem for this server."""
+        import fsspec
+
+        return fsspec.filesystem(self.protocol, skip_instance_cache=True, **self.storage_options)
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` (3+ characters, lowercase) on this server."""
+        fs = self.filesystem()
+        if self.kind == "s3":
+            # fs.mkdir sends a LocationConstraint, which us-east-1 rejects.
+            fs.call_s3("create_bucket", Bucket=bucket)
+        else:
+            fs.mkdir(bucket)
+
+    def reset(self) -> None:
+        """Delete every bucket and object on the server."""
+        if self.kind == "s3":
+            _http("POST", f"{self.endpoint}/moto-api/reset")
+        else:
+            _http("GET", f"{self.endpoint}/wipe")
+        _clear_instance_caches()
+
+    def stop(self) -> None:
+        """Kill the server and wait for it; idempotent."""
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        _clear_instance_caches()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _clear_instance_caches() -> None:
+    """Forget cached fsspec instances so no fixture inherits another server's clients."""
+    for module_name, class_name in (("s3fs", "S3FileSystem"), ("gcsfs", "GCSFileSystem")):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            getattr(module, class_name).clear_instance_cache()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGKILL the server when the process that started it dies, even by SIGKILL.
+
+    (The signal fires when the starting *thread* exits, so start servers from a thread
+    that outlives them, normally the main thread.)
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() and atexit remain
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
+
+
+def _start(
+    kind: str,
+    argv_for_port: Callable[[int], list[str]],
+    ready_path: str,
+    options: Callable[[str], dict[str, Any]],
+    timeout: float,
+) -> Server:
+    """Start a server, wait until ``ready_path`` answers, retrying on a port clash."""
+    last_error = ""
+    for _ in range(3):
+        port = free_port()
+        endpoint = f"http://{_HOST}:{port}"
+        log = tempfile.TemporaryFile()
+        process = subprocess.Popen(
+            argv_for_port(port),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_subprocess_env(),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        server = Server(kind, endpoint, process, options, log)
+        atexit.register(server.stop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            try:
+                _http("GET", endpoint + ready_path, timeout=1.0)
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)  # no event to wait on: the server gives no ready signal
+                continue
+            logger.info("%s server ready at %s (pid %s)", kind, endpoint, process.pid)
+            return server
+        log.seek(0)
+        last_error = log.read()[-2000:].decode(errors="replace")
+        server.stop()
+    raise RuntimeError(f"{kind} server did not start within {timeout}s; output:\n{last_error}")
+
+
+def start_s3(timeout: float = 30.0) -> Server:
+    """Start moto's S3 server as a subprocess; the caller must ``stop()`` it."""
+    return _start(
+        "s3",
+        lambda port: [sys.executable, "-m", "moto.server", "-H", _HOST, "-p", str(port)],
+        "/moto-api/data.json",
+        s3_storage_options,
+        timeout,
+    )
+
+
+def start_gcs(timeout: float = 30.0) -> Server:
+    """Start gcp-storage-emulator (in memory) as a subprocess; the caller must ``stop()`` it."""
+    return _start(
+        "gcs",
+        lambda port: [
+            sys.executable, "-c", _GCS_LAUNCHER,
+            "start", f"--host={_HOST}", f"--port={port}", "--in-memory", "-q",
+        ],
+        "/",
+        gcs_storage_options,
+        timeout,
+    )
+
+
+@contextlib.contextmanager
+def s3_server(timeout: float = 30.0) -> Iterator[Server]:
+    """A moto S3 server for the duration of the ``with`` block."""
+    server = start_s3(timeout)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def gcs_server(timeout: float = 30.0) -> Iterator[Server]:
+    """A GCS emulator for the duration of the ``with`` block."""
+    server = start_gcs(timeout)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    """Run both servers until interrupted, printing their endpoints and env settings."""
+    # Turn SIGTERM into a normal exit so the servers are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    with s3_server() as s3, gcs_server() as gcs:
+        for server in (s3, gcs):
+            print(f"# {server.kind}: {server.endpoint}")
+            for name, value in server.env.items():
+                print(f"export {name}={value}")
+        print("# Ctrl-C to stop", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            s3.process.wait()
+
+
+if __name__ == "__main__":
+    main()
