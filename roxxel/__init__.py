@@ -5,6 +5,7 @@ or memory, and stream them back through a node-local cache of memory-mapped shar
 """
 
 from ._version import __version__
+from .dataset import Dataset, open
 from .errors import (
     AccessDeniedError,
     CacheError,
@@ -26,6 +27,7 @@ from .writer import WriteProgress, Writer
 __all__ = [
     "AccessDeniedError",
     "CacheError",
+    "Dataset",
     "DatasetExistsError",
     "IntegrityError",
     "ManifestError",
@@ -43,4 +45,5 @@ __all__ = [
     "WriteProgress",
     "Writer",
     "__version__",
+    "open",
 ]

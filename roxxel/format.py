@@ -37,6 +37,7 @@ __all__ = [
     "ShardWriter",
     "Record",
     "check_offsets",
+    "int_sequence",
     "parse_footer",
     "read_layout",
     "record_bytes",
@@ -252,9 +253,7 @@ class MappedShard:
             )
             check_offsets(self.offsets, self.layout, label)
             self.payload = np.frombuffer(self._map, dtype=np.uint8, count=payload)
-            # End offsets as Python ints: a memoryview is the fastest scalar lookup.
-            index = memoryview(self._map)[payload : payload + OFFSET_SIZE * count]
-            self.ends = index.cast("q") if _LITTLE_ENDIAN else self.offsets.tolist()
+            self.ends = int_sequence(self.offsets)
         except BaseException:
             self.offsets = self.payload = self.ends = None  # type: ignore[assignment]
             _close_map(self._map)
@@ -302,6 +301,17 @@ class MappedShard:
             f"MappedShard({self.path!r}, records={self.layout.record_count}, "
             f"payload_size={self.layout.payload_size})"
         )
+
+
+def int_sequence(offsets: np.ndarray) -> memoryview | list[int]:
+    """The int64 LE ``offsets`` as a sequence of Python ints with the cheapest lookup.
+
+    On little-endian machines this is a zero-copy memoryview (indexing it is faster than
+    indexing the array); call ``release()`` on it before the map can be closed.
+    """
+    if _LITTLE_ENDIAN:
+        return memoryview(offsets).cast("B").cast("q")
+    return offsets.tolist()
 
 
 def _close_map(m: mmap.mmap) -> None:

@@ -32,7 +32,7 @@ class WorkerPool:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self._size = workers
         self._name = name
-        self._jobs: queue.Queue[tuple[Future[Any], Callable[[], Any]]] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Future[Any], Callable[[], Any]] | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -52,9 +52,12 @@ class WorkerPool:
         main = threading.main_thread()
         while not self._stop.is_set() and main.is_alive():
             try:
-                future, fn = self._jobs.get(timeout=_POLL_SECONDS)
+                job = self._jobs.get(timeout=_POLL_SECONDS)
             except queue.Empty:
                 continue
+            if job is None:  # close() wakes every thread with one of these
+                return
+            future, fn = job
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -66,15 +69,18 @@ class WorkerPool:
         """Cancel the queued jobs that have not started."""
         while True:
             try:
-                future, _ = self._jobs.get_nowait()
+                job = self._jobs.get_nowait()
             except queue.Empty:
                 return
-            future.cancel()
+            if job is not None:
+                job[0].cancel()
 
     def close(self, wait: bool = True) -> None:
         """Stop the threads after their current job (idempotent); queued jobs are cancelled."""
         self.cancel_pending()
         self._stop.set()
+        for _ in self._threads:
+            self._jobs.put(None)
         if wait:
             for t in self._threads:
                 if t is not threading.current_thread():

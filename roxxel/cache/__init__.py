@@ -1,0 +1,30 @@
+"""Node-local shard cache: content-addressed names, cross-process locking, atomic
+publish, eviction.
+
+:class:`ShardCache` is the entry point; see :mod:`roxxel.cache.store` for the layout of
+the cache directory and the locking protocol.
+"""
+
+from __future__ import annotations
+
+from .download import Fetch, ShardSpec, Sink
+from .evict import CacheEntry, OrderHint
+from .names import CHECKSUM_ALGORITHMS, min_limit, parse_checksum, parse_size
+from .shard import CachedShard
+from .store import ENV_DIR, ShardCache, default_directory
+
+__all__ = [
+    "CHECKSUM_ALGORITHMS",
+    "ENV_DIR",
+    "CacheEntry",
+    "CachedShard",
+    "Fetch",
+    "OrderHint",
+    "ShardCache",
+    "ShardSpec",
+    "Sink",
+    "default_directory",
+    "min_limit",
+    "parse_checksum",
+    "parse_size",
+]

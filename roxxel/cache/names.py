@@ -1,0 +1,145 @@
+"""Names in the cache: checksum strings, the file names derived from them, size limits.
+
+Nothing here touches the file system. Every name the cache creates comes from a
+checksum that passed :func:`parse_checksum`, so no string from a manifest can reach a
+path unchecked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import Mapping
+
+from ..errors import CacheError
+
+__all__ = [
+    "CHECKSUM_ALGORITHMS",
+    "ShardKey",
+    "check_limit",
+    "min_limit",
+    "parse_checksum",
+    "parse_size",
+]
+
+#: Allowed checksum algorithms and the exact number of lowercase hex digits of each.
+CHECKSUM_ALGORITHMS: Mapping[str, int] = MappingProxyType({"sha256": 64, "blake2b": 128})
+
+_CHECKSUM_RE = re.compile(r"(sha256|blake2b):([0-9a-f]+)")
+_FILE_RE = re.compile(r"(sha256|blake2b)-([0-9a-f]+)\.rox")
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
+_UNITS: Mapping[str, int] = MappingProxyType(
+    {
+        "": 1, "B": 1,
+        "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+        "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4,
+        "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ShardKey:
+    """A validated checksum: the identity of one shard's stored bytes."""
+
+    algorithm: str
+    hexdigest: str
+
+    @property
+    def checksum(self) -> str:
+        """The checksum string, ``"<algorithm>:<hex>"``."""
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    @property
+    def stem(self) -> str:
+        """The base of every file name for this shard, ``"<algorithm>-<hex>"``."""
+        return f"{self.algorithm}-{self.hexdigest}"
+
+    def new_hash(self) -> hashlib._Hash:
+        """A fresh hash object of this key's algorithm (blake2b: 64-byte digest)."""
+        return hashlib.new(self.algorithm)
+
+
+def parse_checksum(checksum: object) -> ShardKey:
+    """Validate ``"sha256:<64 hex>"`` or ``"blake2b:<128 hex>"`` (lowercase, exact length).
+
+    Raises ``ValueError`` naming the value for anything else.
+    """
+    match = _CHECKSUM_RE.fullmatch(checksum) if isinstance(checksum, str) else None
+    if match is None:
+        allowed = " or ".join(
+            f"'{name}:<{n} lowercase hex digits>'" for name, n in CHECKSUM_ALGORITHMS.items()
+        )
+        raise ValueError(f"checksum {checksum!r} is not valid; expected one of {allowed}")
+    algorithm, digest = match.groups()
+    if len(digest) != CHECKSUM_ALGORITHMS[algorithm]:
+        raise ValueError(
+            f"checksum {checksum!r} has {len(digest)} hex digits after '{algorithm}:', "
+            f"expected {CHECKSUM_ALGORITHMS[algorithm]}"
+        )
+    return ShardKey(algorithm, digest)
+
+
+def key_from_filename(name: str) -> ShardKey | None:
+    """The key of a published shard file name ``"<algorithm>-<hex>.rox"``, else None."""
+    match = _FILE_RE.fullmatch(name)
+    if match is None or len(match[2]) != CHECKSUM_ALGORITHMS[match[1]]:
+        return None
+    return ShardKey(match[1], match[2])
+
+
+def parse_size(value: int | str | None) -> int | None:
+    """Parse a cache limit into bytes; None stays None (no limit).
+
+    Accepts a positive int, or a string of a number and a unit, case-insensitive:
+    no unit or ``B`` = bytes; ``KB``, ``MB``, ``GB``, ``TB`` are decimal (1000**n);
+    ``KiB``, ``MiB``, ``GiB``, ``TiB`` and the single letters ``K``, ``M``, ``G``, ``T``
+    are binary (1024**n). ``"1.5 GiB"`` is 1610612736. Fractions of a byte round down.
+    Anything else raises ``ValueError`` naming the value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(
+            f"cache limit {value!r} is not valid; expected bytes or a string like '50GB'"
+        )
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.fullmatch(value)
+        unit = match[2].upper() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"cache limit {value!r} is not valid; expected a number and a unit, "
+                "like '500MB', '50GB' (1000**n) or '1.5GiB', '10G' (1024**n)"
+            )
+        try:
+            size = int(Decimal(match[1]) * _UNITS[unit])
+        except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
+            raise ValueError(f"cache limit {value!r} is not a number") from exc
+    if size <= 0:
+        raise ValueError(f"cache limit {value!r} is {size} bytes; expected a positive size")
+    return size
+
+
+def min_limit(largest_shard_raw_size: int, lookahead: int) -> int:
+    """The smallest useful cache limit: the shard in use plus ``lookahead`` prefetched ones."""
+    if largest_shard_raw_size < 0 or lookahead < 0:
+        raise ValueError(
+            f"largest shard size {largest_shard_raw_size} and lookahead {lookahead} "
+            "must be >= 0"
+        )
+    return largest_shard_raw_size * (lookahead + 1)
+
+
+def check_limit(limit: int | None, largest_shard_raw_size: int, lookahead: int) -> None:
+    """Raise :class:`CacheError` stating the minimum if ``limit`` is below :func:`min_limit`."""
+    minimum = min_limit(largest_shard_raw_size, lookahead)
+    if limit is not None and limit < minimum:
+        raise CacheError(
+            f"cache limit {limit} bytes is too small: at least {minimum} bytes are needed "
+            f"(largest shard {largest_shard_raw_size} bytes x (lookahead {lookahead} + 1))"
+        )

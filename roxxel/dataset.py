@@ -1,0 +1,364 @@
+"""``roxxel.open``: a dataset in an object store, read through the node-local cache.
+
+Opening reads the manifest only; ``len`` and shard boundaries come from it. A record
+access maps its shard, fetching it into the cache first if needed (blocking on that one
+shard only); iteration keeps the next shards arriving in the background. Every shard is
+verified (size, checksum, bounded decompression, footer) before it is mapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .backends import Store
+from .cache import CachedShard, ShardCache
+from .downloader import Downloader
+from .errors import CacheError, ShardFormatError
+from .format import FOOTER_SIZE, OFFSET_SIZE, MappedShard, int_sequence, parse_footer
+from .iteration import IterState, RecordIterator, check_resumable, detect_topology, new_state
+from .manifest import COMPRESSIONS, Manifest, ShardTable
+from .manifest.io import dataset_store, read_manifest
+from .planner import DEFAULT_WINDOW
+from .records import ShardedRecords
+
+__all__ = ["Dataset", "open"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOOKAHEAD = 4
+DEFAULT_DOWNLOAD_WORKERS = 4
+
+
+def open(  # noqa: A001 - the public name is roxxel.open
+    url: str,
+    cache_dir: str | None = None,
+    cache_limit: int | str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    lookahead: int = DEFAULT_LOOKAHEAD,
+    download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
+    store: Store | None = None,
+) -> Dataset:
+    """Open the dataset at ``url`` (its prefix or its ``manifest.json``).
+
+    Only the manifest is read. ``cache_dir`` defaults to ``$ROXXEL_CACHE_DIR`` or
+    ``~/.cache/roxxel``; ``cache_limit`` (bytes, or a string like ``"50GB"``) bounds it.
+    ``lookahead`` shards are fetched ahead of iteration by ``download_workers`` threads.
+    """
+    store = store if store is not None else dataset_store(url, storage_options)
+    manifest = read_manifest(store)
+    cache = ShardCache(cache_dir, cache_limit)
+    if cache.limit is not None and len(manifest.shards):
+        cache.check_limit(int(manifest.shards.raw_size.max()), lookahead)
+    return Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
+
+
+class Dataset(ShardedRecords):
+    """The records of a published dataset; ``ds[i]`` is a zero-copy ``uint8`` view.
+
+    Mapped shards hold a shared lock in the cache, so no process evicts them while they
+    are in use; at most ``lookahead + 1`` shards stay mapped (views already handed out
+    stay valid after their shard is unmapped).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        manifest: Manifest,
+        cache: ShardCache,
+        *,
+        lookahead: int = DEFAULT_LOOKAHEAD,
+        download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
+    ) -> None:
+        self.store = store
+        self.url = store.base_url
+        self.manifest = manifest
+        self.cache = cache
+        self.lookahead = lookahead
+        self._download_workers = download_workers
+        self._set_shards(manifest.shards.records)
+        self._handles: dict[int, CachedShard] = {}
+        self._mapped: deque[int] = deque()
+        self._max_mapped = max(2, lookahead + 1)
+        self._downloader: Downloader | None = None
+        self._next_use: dict[str, int] = {}
+        self._footers: dict[int, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._stats = {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
+        self._iterators: weakref.WeakSet[Iterator[np.ndarray]] = weakref.WeakSet()
+
+    # -- metadata ----------------------------------------------------------------------
+
+    @property
+    def shards(self) -> ShardTable:
+        """Per-shard metadata from the manifest (NumPy columns)."""
+        return self.manifest.shards
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.manifest.meta
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Shards and bytes this dataset downloaded, and shard loads served by the cache."""
+        with self._lock:
+            return dict(self._stats)
+
+    # -- fetching ----------------------------------------------------------------------
+
+    def _fetch_to_cache(self, k: int) -> CachedShard:
+        """Shard ``k`` in the cache (downloaded and verified if it was not), held."""
+        table = self.manifest.shards
+        uri = str(table.uris[k])
+        downloader = self._downloader
+        fetched = False
+
+        def fetch(sink: Any) -> None:
+            nonlocal fetched
+            fetched = True
+
+            def guarded(chunk: bytes) -> None:
+                if downloader is not None:
+                    downloader.check_cancelled()
+                sink(chunk)
+                with self._lock:
+                    self._stats["bytes_downloaded"] += len(chunk)
+
+            self.store.stream(uri, guarded)
+
+        handle = self.cache.get(
+            str(table.checksums[k]),
+            fetch,
+            stored_size=int(table.stored_size[k]),
+            raw_size=int(table.raw_size[k]),
+            compression=COMPRESSIONS[int(table.compression[k])],
+            record_count=int(table.records[k]),
+            label=self.store.url(uri),
+            order_hint=self._next_use,
+        )
+        with self._lock:
+            self._stats["shards_downloaded" if fetched else "cache_hits"] += 1
+        return handle
+
+    def _prefetch_job(self, k: int) -> None:
+        self._fetch_to_cache(k).close()
+
+    def _prefetch(self, upcoming: Iterable[int]) -> None:
+        if self.lookahead == 0:
+            return
+        if self._downloader is None:
+            self._downloader = Downloader(
+                self._prefetch_job, workers=self._download_workers, lookahead=self.lookahead
+            )
+        self._downloader.prefetch(k for k in upcoming if not self.is_mapped(k))
+
+    def _set_order(self, shards: Iterable[int]) -> None:
+        """Tell the cache the order shards will be used in (for furthest-next-use eviction)."""
+        checksums = self.manifest.shards.checksums
+        order: dict[str, int] = {}
+        for pos, k in enumerate(shards):
+            order.setdefault(str(checksums[k]), pos)
+        self._next_use = order  # replaced, never mutated: download threads may be reading it
+
+    def _load_shard(self, k: int) -> MappedShard:
+        claimed = self._downloader is not None and self._downloader.claim(k)
+        handle = self._fetch_to_cache(k)
+        if claimed:  # the prefetch already counted this shard
+            with self._lock:
+                self._stats["cache_hits"] -= 1
+        try:
+            shard = handle.map()
+        except BaseException:
+            handle.close()
+            raise
+        self._handles[k] = handle
+        self._mapped.append(k)
+        while len(self._mapped) > self._max_mapped:
+            self.release(self._mapped.popleft())
+        return shard
+
+    def _hold_at_least(self, shards: int) -> None:
+        """Keep at least ``shards`` (plus the lookahead) mapped at once, for shuffle windows."""
+        self._max_mapped = max(self._max_mapped, shards + self.lookahead)
+
+    def _forget_order(self, shards: list[int]) -> None:
+        """These shards will not be used again in the current order: evict them first."""
+        checksums = self.manifest.shards.checksums
+        gone = {str(checksums[k]) for k in shards}
+        self._next_use = {c: pos for c, pos in self._next_use.items() if c not in gone}
+
+    def release(self, k: int) -> None:
+        """Unmap shard ``k`` and let the cache evict it again (views stay valid)."""
+        super().release(k)
+        handle = self._handles.pop(k, None)
+        if handle is not None:
+            handle.close()
+        try:
+            self._mapped.remove(k)
+        except ValueError:
+            pass
+
+    # -- reading -----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Every record in stored order, with the next shards downloading meanwhile."""
+        return self._track(self._stored_order())
+
+    def _track(self, records: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """Remember a live iterator, so that close() can let go of the maps it holds."""
+        self._iterators.add(records)
+        return records
+
+    def _stored_order(self) -> Iterator[np.ndarray]:
+        n = self.num_shards
+        self._set_order(range(n))
+        for k in range(n):
+            self._check_open()
+            self._prefetch(range(k + 1, n))  # before blocking on shard k: they overlap
+            shard = self.shard(k)
+            payload = shard.payload
+            ends = int_sequence(shard.offsets)  # survives the shard being unmapped meanwhile
+            start = 0
+            for j in range(len(ends)):
+                end = ends[j]
+                yield payload[start:end]
+                start = end
+
+    def iter(
+        self,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start: int = 0,
+        *,
+        worker: int | None = None,
+        num_workers: int | None = None,
+        window: int | None = None,
+        remainder: str = "pad",
+    ) -> RecordIterator:
+        """This consumer's records of ``epoch`` in a planned order (see :mod:`roxxel.planner`).
+
+        Rank and world size default to ``torch.distributed`` when it is initialized, else
+        to ``RANK``/``WORLD_SIZE``; the worker to PyTorch's DataLoader worker info.
+        ``window`` shards (default 16) are shuffled together and must fit in the cache;
+        ``remainder`` is ``"pad"`` (every record at least once, a few twice) or ``"drop"``.
+        ``start`` skips that many of this consumer's records at O(#shards) cost.
+        """
+        self._check_open()
+        self._check_window(window or DEFAULT_WINDOW)
+        state = new_state(
+            self, seed=seed, epoch=epoch, shuffle=shuffle, rank=rank, world_size=world_size,
+            worker=worker, num_workers=num_workers, window=window, remainder=remainder, position=start,
+        )
+        return RecordIterator(self, state, self._track)
+
+    def _check_window(self, window: int) -> None:
+        limit = self.cache.limit
+        if limit is None or not self.num_shards:
+            return
+        largest = int(self.manifest.shards.raw_size.max())
+        need = largest * (window + self.lookahead)
+        if limit < need:
+            raise CacheError(
+                f"cache limit {limit} bytes is too small for window={window}: a shuffle window "
+                f"and the lookahead need {window} + {self.lookahead} shards of up to {largest} "
+                f"bytes = {need} bytes; lower window= or raise cache_limit"
+            )
+
+    def resume(
+        self,
+        state: Mapping[str, Any],
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        worker: int | None = None,
+        num_workers: int | None = None,
+    ) -> RecordIterator:
+        """An iterator that continues right after the last record ``state`` counted.
+
+        The topology is detected as in :meth:`iter` unless given. ResumeError if the state
+        belongs to another dataset (manifest fingerprint), or to another rank, worker,
+        world size or worker count (elastic resume is not supported).
+        """
+        self._check_open()
+        saved = IterState.from_dict(state)
+        check_resumable(self, saved, detect_topology(rank, world_size, worker, num_workers))
+        return RecordIterator(self, saved, self._track)
+
+    def fetch(self, i: int) -> bytes:
+        """Record ``i`` read with ranged GETs, without downloading its whole shard.
+
+        For inspecting huge remote datasets. Uses the cached or mapped shard when there is
+        one; zstd shards cannot be read by range and are downloaded whole. The footer and
+        offsets are validated, but a ranged read is not covered by the shard checksum.
+        """
+        self._check_open()
+        n = self._n
+        if not -n <= i < n:
+            raise IndexError(f"record index {i} out of range for {n} records")
+        k, j = self.locate(i + n if i < 0 else i)
+        table = self.manifest.shards
+        if self.is_mapped(k) or table.compression[k] != 0 or self.cache.contains(str(table.checksums[k])):
+            return bytes(self.shard(k).view(j))
+        uri = str(table.uris[k])
+        payload_size = self._footer(k)
+        lo = payload_size + OFFSET_SIZE * (j - 1 if j else j)
+        ends = np.frombuffer(self.store.read_range(uri, lo, payload_size + OFFSET_SIZE * (j + 1)), "<i8")
+        start, end = (int(ends[0]), int(ends[1])) if j else (0, int(ends[0]))
+        if not 0 <= start <= end <= payload_size:
+            raise ShardFormatError(
+                f"{self.store.url(uri)}: record {j} spans [{start}, {end}), "
+                f"expected 0 <= start <= end <= payload size {payload_size}"
+            )
+        return self.store.read_range(uri, start, end)
+
+    def _footer(self, k: int) -> int:
+        """Payload size of uncompressed shard ``k``, from its validated footer."""
+        cached = self._footers.get(k)
+        if cached is None:
+            table = self.manifest.shards
+            uri, size = str(table.uris[k]), int(table.stored_size[k])
+            label = self.store.url(uri)
+            if size < FOOTER_SIZE:
+                parse_footer(b"", size, label)
+            layout = parse_footer(self.store.read_range(uri, size - FOOTER_SIZE, size), size, label)
+            if layout.record_count != int(table.records[k]):
+                raise ShardFormatError(
+                    f"{label}: footer record count is {layout.record_count}, "
+                    f"expected {int(table.records[k])} from the manifest"
+                )
+            cached = self._footers[k] = (layout.payload_size, layout.record_count)
+        return cached[0]
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the downloader, unmap every shard and release the cache (idempotent)."""
+        if self._downloader is not None:
+            self._downloader.close()
+            self._downloader = None
+        for records in list(self._iterators):
+            try:
+                records.close()  # type: ignore[attr-defined]
+            except ValueError:  # running in another thread right now; it ends on its own
+                pass
+        self._close_records()
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"records={self._n}"
+        return f"Dataset({self.url!r}, shards={self.num_shards}, {state})"

@@ -1,0 +1,86 @@
+"""Background downloads of the shards a reader will need next.
+
+A :class:`Downloader` runs ``fetch(k)`` for upcoming shards on a few background threads,
+in the order they are asked for, never more than ``lookahead`` ahead of the reader.
+The reader claims a shard with :meth:`Downloader.claim`: it blocks only on that one
+shard, and an error from the background fetch is raised there, in the reader's thread,
+as the original exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+
+from .workers import WorkerPool
+
+__all__ = ["DownloadCancelled", "Downloader"]
+
+log = logging.getLogger(__name__)
+
+
+class DownloadCancelled(Exception):
+    """Raised inside a fetch when its downloader is closing (never reaches the user)."""
+
+
+class Downloader:
+    """Prefetch shards with ``fetch(k)`` on ``workers`` threads, at most ``lookahead`` queued.
+
+    ``fetch`` should call :meth:`check_cancelled` between chunks so that :meth:`close`
+    does not wait for whole shards to finish.
+    """
+
+    def __init__(self, fetch: Callable[[int], None], *, workers: int, lookahead: int) -> None:
+        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
+            raise ValueError(f"lookahead must be an integer >= 0, got {lookahead!r}")
+        self._fetch = fetch
+        self.lookahead = lookahead
+        self._pool = WorkerPool(workers, name="roxxel-download")
+        self._pending: OrderedDict[int, Future[None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+
+    def prefetch(self, upcoming: Iterable[int]) -> None:
+        """Start fetching the first ``lookahead`` shards of ``upcoming`` not yet started."""
+        if self._closing.is_set() or self.lookahead == 0:
+            return
+        with self._lock:
+            for k in upcoming:
+                if len(self._pending) >= self.lookahead:
+                    break
+                if k not in self._pending:
+                    self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k))
+
+    def claim(self, k: int) -> bool:
+        """Wait for a background fetch of shard ``k``, if one was started, and forget it.
+
+        Returns whether there was one. Re-raises the fetch's exception, if it failed.
+        """
+        with self._lock:
+            future = self._pending.pop(k, None)
+        if future is None:
+            return False
+        future.result()
+        return True
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`DownloadCancelled` if the downloader is closing."""
+        if self._closing.is_set():
+            raise DownloadCancelled("downloader closed")
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(not f.done() for f in self._pending.values())
+
+    def close(self) -> None:
+        """Cancel queued fetches, interrupt running ones and join the threads (idempotent)."""
+        self._closing.set()
+        self._pool.close(wait=True)
+        with self._lock:
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()

@@ -1,0 +1,187 @@
+"""Planned iteration over a remote dataset: ``ds.iter(...)`` and resumable state.
+
+A :class:`RecordIterator` walks one consumer's :class:`~roxxel.planner.Plan` window by
+window. Before a window starts, its shards are mapped (fetched if needed) and the
+shards of the following windows are queued for the background downloader in plan
+order; the cache is told the plan order, so eviction removes the shard used furthest
+in the future. ``state()`` is a small dict from which ``ds.resume(state)`` continues at
+the same record, after checking that the dataset and topology are the same.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ResumeError
+from .planner import DEFAULT_WINDOW, Plan, plan
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
+
+__all__ = ["IterState", "RecordIterator", "detect_topology"]
+
+
+@dataclass(frozen=True)
+class IterState:
+    """Where a consumer is in its stream, and what the stream is a function of."""
+
+    seed: int
+    epoch: int
+    position: int
+    rank: int
+    world_size: int
+    worker: int
+    num_workers: int
+    shuffle: bool
+    window: int
+    remainder: str
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IterState:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, Mapping) or set(data) != names:
+            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ResumeError(f"iterator state must have the keys {sorted(names)}, got {got}")
+        return cls(**{name: data[name] for name in names})
+
+
+def detect_topology(
+    rank: int | None, world_size: int | None, worker: int | None, num_workers: int | None
+) -> tuple[int, int, int, int]:
+    """Fill in what the caller left out: torch.distributed, else RANK/WORLD_SIZE; the
+    DataLoader worker from torch's worker info. torch is consulted only if imported."""
+    torch = sys.modules.get("torch")
+    if rank is None or world_size is None:
+        r, w = 0, 1
+        dist = getattr(torch, "distributed", None) if torch is not None else None
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            r, w = dist.get_rank(), dist.get_world_size()
+        elif "WORLD_SIZE" in os.environ:
+            r, w = int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+    if worker is None or num_workers is None:
+        wk, nw = 0, 1
+        info = torch.utils.data.get_worker_info() if torch is not None and hasattr(torch, "utils") else None
+        if info is not None:
+            wk, nw = info.id, info.num_workers
+        worker = wk if worker is None else worker
+        num_workers = nw if num_workers is None else num_workers
+    return rank, world_size, worker, num_workers
+
+
+class RecordIterator(Iterator[np.ndarray]):
+    """Records of one consumer's epoch as zero-copy ``uint8`` views, in plan order."""
+
+    def __init__(
+        self, ds: Dataset, state: IterState, track: Callable[[Iterator[np.ndarray]], Iterator[np.ndarray]]
+    ) -> None:
+        self._ds = ds
+        self._base = state
+        self.plan: Plan = plan(
+            ds.manifest.shards.records,
+            seed=state.seed,
+            epoch=state.epoch,
+            rank=state.rank,
+            world_size=state.world_size,
+            worker=state.worker,
+            num_workers=state.num_workers,
+            shuffle=state.shuffle,
+            window=state.window,
+            remainder=state.remainder,
+        )
+        if not 0 <= state.position <= self.plan.num_records:
+            raise ResumeError(
+                f"position {state.position} is outside this consumer's epoch of "
+                f"{self.plan.num_records} records"
+            )
+        self.position = state.position
+        self._records = track(self._generate())
+
+    def __len__(self) -> int:
+        """Records left in this epoch."""
+        return self.plan.num_records - self.position
+
+    def __next__(self) -> np.ndarray:
+        record = next(self._records)
+        self.position += 1
+        return record
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-ready dict from which ``ds.resume(state)`` continues after the last record."""
+        return IterState(**{**self._base.to_dict(), "position": self.position}).to_dict()
+
+    def _generate(self) -> Iterator[np.ndarray]:
+        ds, p = self._ds, self.plan
+        order = p.shard_order.tolist()
+        rank_of = {k: i for i, k in enumerate(order)}
+        ds._set_order(order)
+        ds._hold_at_least(p.num_windows and int(max(len(p.window_shards(w)) for w in range(p.num_windows))))
+        starts = ds.record_starts
+        for ids in p.records(self.position):
+            shard_ids = np.searchsorted(starts, ids, side="right") - 1
+            window = np.unique(shard_ids)
+            furthest = max(rank_of[int(k)] for k in window)
+            ds._prefetch(order[furthest + 1 :])
+            local = ids - starts[shard_ids]
+            begins = np.empty(len(ids), dtype=np.int64)
+            ends = np.empty(len(ids), dtype=np.int64)
+            payloads = {}
+            for k in window.tolist():
+                shard = ds.shard(k)
+                rows = shard_ids == k
+                offsets = shard.offsets
+                j = local[rows]
+                ends[rows] = offsets[j]
+                begins[rows] = np.where(j > 0, offsets[np.maximum(j - 1, 0)], 0)
+                payloads[k] = shard.payload
+            for k, b, e in zip(shard_ids.tolist(), begins.tolist(), ends.tolist()):
+                yield payloads[k][b:e]
+            ds._forget_order(window.tolist())
+
+
+def new_state(ds: Dataset, **kwargs: Any) -> IterState:
+    """The state of a fresh iterator, with the topology detected where not given."""
+    rank, world_size, worker, num_workers = detect_topology(
+        kwargs.pop("rank"), kwargs.pop("world_size"), kwargs.pop("worker"), kwargs.pop("num_workers")
+    )
+    return IterState(
+        rank=rank,
+        world_size=world_size,
+        worker=worker,
+        num_workers=num_workers,
+        fingerprint=ds.manifest.fingerprint(),
+        window=kwargs.pop("window") or DEFAULT_WINDOW,
+        **kwargs,
+    )
+
+
+def check_resumable(ds: Dataset, saved: IterState, now: tuple[int, int, int, int]) -> None:
+    """ResumeError unless ``saved`` belongs to this dataset and this topology."""
+    fingerprint = ds.manifest.fingerprint()
+    if saved.fingerprint != fingerprint:
+        raise ResumeError(
+            f"the saved state belongs to another dataset or version (manifest fingerprint "
+            f"{saved.fingerprint}); {ds.url} has {fingerprint}"
+        )
+    rank, world_size, worker, num_workers = now
+    if (saved.world_size, saved.num_workers) != (world_size, num_workers):
+        raise ResumeError(
+            f"the state was saved with world_size={saved.world_size}, num_workers={saved.num_workers}; "
+            f"this process runs with world_size={world_size}, num_workers={num_workers}. Elastic resume "
+            "is not supported: resume with the saved topology, or start the epoch over"
+        )
+    if (saved.rank, saved.worker) != (rank, worker):
+        raise ResumeError(
+            f"the state is rank {saved.rank} worker {saved.worker}'s; this is rank {rank} worker {worker}"
+        )

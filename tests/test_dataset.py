@@ -1,0 +1,256 @@
+"""roxxel.open: reading published datasets through the node-local cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import roxxel
+from roxxel.backends import Store
+from roxxel.errors import CacheError, IntegrityError, NotFoundError
+from roxxel.manifest import Manifest, ShardInfo
+from roxxel.manifest.io import dataset_store, publish_manifest
+
+
+def make_records(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=int(rng.integers(1, 2000)), dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+def publish(url: str, options: dict, recs: list[bytes], shard_bytes: int = 16 * 1024, **kw) -> Manifest:
+    with roxxel.Writer(url, shard_bytes=shard_bytes, storage_options=options, **kw) as w:
+        w.extend(recs)
+    assert w.manifest is not None
+    return w.manifest
+
+
+class CountingStore(Store):
+    """Counts whole-object downloads and ranged reads; can hold or break some shards."""
+
+    def __init__(self, *args, hold: threading.Event | None = None, hold_except: str = "",
+                 fail_uri: str | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.streams: list[str] = []
+        self.ranges: list[tuple[str, int, int]] = []
+        self.hold, self.hold_except, self.fail_uri = hold, hold_except, fail_uri
+
+    def stream(self, key, sink):
+        self.streams.append(key)
+        if key == self.fail_uri:
+            raise NotFoundError(f"could not download {self.url(key)}: injected")
+        if self.hold is not None and key != self.hold_except:
+            self.hold.wait(30)
+        return super().stream(key, sink)
+
+    def read_range(self, key, start, end):
+        self.ranges.append((key, start, end))
+        return super().read_range(key, start, end)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_every_record_reads_back_exactly_in_a_shuffled_order(dataset_location, tmp_path, compression):
+    url, options = dataset_location
+    recs = make_records(400)
+    manifest = publish(url, options, recs, compression=compression)
+    assert len(manifest.shards) > 10
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), storage_options=options) as ds:
+        assert len(ds) == 400
+        for i in np.random.default_rng(1).permutation(400).tolist():
+            assert bytes(ds[i]) == recs[i]
+        assert [bytes(r) for r in ds[-3:]] == recs[-3:]
+        assert [bytes(r) for r in ds[[5, -1, 5]]] == [recs[5], recs[-1], recs[5]]
+        assert ds.stats["shards_downloaded"] == len(manifest.shards)
+
+
+def test_open_reads_only_the_manifest(tmp_path):
+    url = str(tmp_path / "ds")
+    publish(url, {}, make_records(200))
+    store = CountingStore(url)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        assert len(ds) == 200 and ds.num_shards > 5
+        assert store.streams == [] and store.ranges == []
+        assert ds.stats == {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
+
+
+def test_url_may_name_the_manifest_itself(tmp_path):
+    url = str(tmp_path / "ds")
+    publish(url, {}, [b"x"])
+    with roxxel.open(url + "/manifest.json", cache_dir=str(tmp_path / "c")) as ds:
+        assert bytes(ds[0]) == b"x"
+
+
+def test_iteration_yields_every_record_in_order(dataset_location, tmp_path):
+    url, options = dataset_location
+    recs = make_records(300)
+    publish(url, options, recs)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), storage_options=options) as ds:
+        assert [bytes(r) for r in ds] == recs
+
+
+def test_first_record_arrives_before_the_other_shards(tmp_path):
+    url = str(tmp_path / "ds")
+    recs = make_records(300)
+    manifest = publish(url, {}, recs)
+    hold = threading.Event()  # every shard but the first is held back until set
+    store = CountingStore(url, hold=hold, hold_except=str(manifest.shards.uris[0]))
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store, lookahead=3) as ds:
+        it = iter(ds)
+        t0 = time.monotonic()
+        first = next(it)  # only shard 0 may be needed for this
+        assert time.monotonic() - t0 < 10
+        assert bytes(first) == recs[0]
+        hold.set()
+        assert [bytes(first)] + [bytes(r) for r in it] == recs
+
+
+def test_a_background_download_error_surfaces_in_the_reader(tmp_path):
+    url = str(tmp_path / "ds")
+    manifest = publish(url, {}, make_records(300))
+    bad = manifest.shards.uris[2]
+    store = CountingStore(url, fail_uri=str(bad))
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        with pytest.raises(NotFoundError, match=f"could not download .*{bad}: injected"):
+            for _ in ds:
+                pass
+
+
+def threads_named(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def test_close_leaves_no_thread_descriptor_or_map(tmp_path):
+    url = str(tmp_path / "ds")
+    publish(url, {}, make_records(300))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        ds = roxxel.open(url, cache_dir=str(tmp_path / "cache"))
+        it = iter(ds)
+        for _ in range(50):
+            next(it)
+        assert threads_named("roxxel-download")
+        ds.close()
+        ds.close()  # idempotent
+        assert threads_named("roxxel-download") == []
+    with open("/proc/self/maps") as f:
+        assert str(tmp_path / "cache") not in f.read()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    with pytest.raises(ValueError, match="closed"):
+        ds[0]
+
+
+def test_a_corrupted_remote_object_raises_integrity_error(tmp_path):
+    url = str(tmp_path / "ds")
+    manifest = publish(url, {}, make_records(100))
+    uri = str(manifest.shards.uris[1])
+    path = os.path.join(url, uri)
+    data = bytearray(open(path, "rb").read())
+    data[10] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    k0_records = int(manifest.shards.records[0])
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        ds[0]
+        with pytest.raises(IntegrityError, match=rf"{uri}.*{manifest.shards.checksums[1][7:19]}"):
+            ds[k0_records]
+    assert not any(n.endswith(".rox") for n in os.listdir(tmp_path / "cache" / "shards")) or all(
+        manifest.shards.checksums[1][7:] not in n for n in os.listdir(tmp_path / "cache" / "shards")
+    )
+
+
+def test_fetch_reads_one_record_with_ranged_reads(tmp_path):
+    url = str(tmp_path / "ds")
+    recs = make_records(200)
+    manifest = publish(url, {}, recs)
+    store = CountingStore(url)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        k1 = int(manifest.shards.records[0])
+        assert ds.fetch(k1 + 3) == recs[k1 + 3]
+        assert len(store.ranges) == 3  # footer, two offsets, the record
+        assert ds.fetch(k1) == recs[k1] and ds.fetch(-1) == recs[-1]
+        assert len(store.ranges) == 3 + 2 + 3  # the footer of shard 1 is remembered
+        assert store.streams == []  # no shard was downloaded
+        assert ds.stats["shards_downloaded"] == 0
+
+
+def test_cache_limit_too_small_is_refused_with_the_minimum(tmp_path):
+    url = str(tmp_path / "ds")
+    manifest = publish(url, {}, make_records(200))
+    largest = int(manifest.shards.raw_size.max())
+    with pytest.raises(CacheError, match=rf"cache limit {largest} bytes is too small: at least {largest * 3} bytes"):
+        roxxel.open(url, cache_dir=str(tmp_path / "cache"), cache_limit=largest, lookahead=2)
+
+
+def cache_usage(cache_dir) -> int:
+    total = 0
+    for root, _, files in os.walk(cache_dir):
+        for name in files:
+            total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def test_small_cache_limit_holds_during_a_shuffled_full_read(tmp_path):
+    url = str(tmp_path / "ds")
+    recs = make_records(800, seed=5)
+    manifest = publish(url, {}, recs, shard_bytes=32 * 1024)
+    assert len(manifest.shards) >= 20
+    largest = int(manifest.shards.raw_size.max())
+    limit = 2 * largest
+    cache_dir = tmp_path / "cache"
+    peak = 0
+    with roxxel.open(url, cache_dir=str(cache_dir), cache_limit=limit, lookahead=0) as ds:
+        for i in np.random.default_rng(2).permutation(len(recs)).tolist():
+            assert bytes(ds[i]) == recs[i]
+            peak = max(peak, cache_usage(cache_dir))
+    in_flight = largest  # one download at a time with lookahead=0
+    assert peak <= limit + in_flight
+
+
+def test_large_manifest_opens_fast_with_numpy_columns(tmp_path):
+    n = 100_000
+    digest = "sha256:" + "ab" * 32
+    shards = [ShardInfo(uri=f"shards/{k:06d}.rox", records=10, stored_size=1000, raw_size=1000,
+                        compression=None, checksum=digest) for k in range(n)]
+    url = f"memory://big{os.getpid()}/ds"
+    store = dataset_store(url, {})
+    publish_manifest(store, Manifest.build(shards), create_only=True)
+    t0 = time.perf_counter()
+    ds = roxxel.open(url, cache_dir=str(tmp_path / "cache"))
+    elapsed = time.perf_counter() - t0
+    assert len(ds) == 10 * n and ds.num_shards == n
+    assert isinstance(ds.shards.records, np.ndarray) and isinstance(ds.shards.uris, np.ndarray)
+    assert elapsed < 2.0, f"opening {n} shards took {elapsed:.2f} s"
+    ds.close()
+
+
+READER = textwrap.dedent(
+    """
+    import json, sys
+    import roxxel
+    url, options, cache_dir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    with roxxel.open(url, cache_dir=cache_dir, storage_options=options) as ds:
+        total = sum(r.nbytes for r in ds)
+        print(json.dumps({"bytes": total, **ds.stats}))
+    """
+)
+
+
+def test_four_processes_share_one_cache_and_download_each_shard_once(new_location, tmp_path):
+    url, options = new_location("s3")
+    recs = make_records(400)
+    manifest = publish(url, options, recs)
+    cache_dir = str(tmp_path / "shared-cache")
+    env = dict(os.environ, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+    procs = [subprocess.Popen([sys.executable, "-c", READER, url, json.dumps(options), cache_dir],
+                              stdout=subprocess.PIPE, env=env) for _ in range(4)]
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert all(r["bytes"] == sum(map(len, recs)) for r in results)
+    assert sum(r["shards_downloaded"] for r in results) == len(manifest.shards)
+    assert sum(r["bytes_downloaded"] for r in results) == int(manifest.shards.stored_size.sum())
