@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable, TypeVar
 
 from fsspec import AbstractFileSystem
+from fsspec.asyn import sync
 
 from ..errors import NotFoundError, StorageError
 from . import localfiles
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_CHUNK_SIZE = 16 * 2**20
+# Parts of multipart/resumable uploads: memory per upload stays near this, whatever the size.
+UPLOAD_CHUNK_SIZE = 16 * 2**20
+_S3_SINGLE_PUT_MAX = 5 * 2**30
 MANIFEST_MAX_BYTES = 64 * 2**20
 
 # Protocols whose pipe_file(mode="create") sends a server-side precondition
@@ -74,6 +78,7 @@ class Store:
         else:
             self._kind = "object"
         self._conditional = bool(_CONDITIONAL_PROTOCOLS.intersection(protocols))
+        self._s3 = bool({"s3", "s3a"}.intersection(protocols)) and hasattr(fs, "_call_s3")
         plain_path = self._kind == "local" and "://" not in url and "::" not in url
         self._url = self.root if plain_path else url.rstrip("/")
 
@@ -255,10 +260,26 @@ class Store:
                 # AbstractFileSystem.put_file would commit a partial object on a read error.
                 with open(local_path, "rb") as f:
                     self.fs.pipe_file(path, f.read())
+            elif self._s3 and os.path.getsize(local_path) < _S3_SINGLE_PUT_MAX:
+                self._put_object_streaming(local_path, path)
             else:
-                self.fs.put_file(local_path, path)
+                self.fs.put_file(local_path, path, chunksize=UPLOAD_CHUNK_SIZE)
 
         self._run("upload", key, upload)
+
+    def _put_object_streaming(self, local_path: str, path: str) -> None:
+        """One PUT whose body streams from the file.
+
+        s3fs's put_file reads an object under 2 chunks into memory (twice over, through
+        botocore and aiohttp), so memory would grow with the shard size; a file body is
+        read in small blocks instead, and is rewound by botocore if it retries.
+        """
+        bucket, key, _ = self.fs.split_path(path)
+        size = os.path.getsize(local_path)
+        with open(local_path, "rb") as body:
+            sync(self.fs.loop, self.fs._call_s3, "put_object",
+                 Bucket=bucket, Key=key, Body=body, ContentLength=size)
+        self.fs.invalidate_cache(path)
 
     def put_bytes_overwrite(self, key: str, data: bytes) -> None:
         """Atomically make ``key`` hold ``data``, replacing any object there."""
