@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .backends import Store
 from .cache import CachedShard, ShardCache
@@ -27,6 +28,7 @@ from .manifest import COMPRESSIONS, Manifest, ShardTable
 from .manifest.io import dataset_store, read_manifest
 from .planner import DEFAULT_WINDOW
 from .records import ShardedRecords
+from .tokens import TokenWindows, token_batches
 
 __all__ = ["Dataset", "open"]
 
@@ -293,6 +295,40 @@ class Dataset(ShardedRecords):
         saved = IterState.from_dict(state)
         check_resumable(self, saved, detect_topology(rank, world_size, worker, num_workers))
         return RecordIterator(self, saved, self._track)
+
+    def stream(
+        self,
+        seq_len: int,
+        batch_size: int = 32,
+        seed: int = 42,
+        start_step: int = 0,
+        dtype: npt.DTypeLike = np.int32,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Endless ``(batch_size, seq_len)`` token batches, as ``Roxxel.stream`` gives locally.
+
+        The payloads are read as ``dtype`` tokens cut into windows of ``seq_len`` (see
+        :mod:`roxxel.tokens`); all ranks share one seeded order and rank ``r`` of ``w``
+        takes every ``w``-th batch of it, so ranks never see the same window in an epoch.
+        ``start_step`` resumes at once. Shards are fetched as batches need them, the next
+        batch's shards in the background.
+        """
+        self._check_open()
+        rank, world_size, _, _ = detect_topology(rank, world_size, 0, 1)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        table = self.manifest.shards
+        payload_sizes = table.raw_size - OFFSET_SIZE * table.records - FOOTER_SIZE
+        windows = TokenWindows(payload_sizes, lambda k: self.shard(k).payload, seq_len, dtype)
+        self._hold_at_least(min(batch_size, self.num_shards))
+        return self._track(
+            token_batches(
+                windows, batch_size, seed, start_step,
+                shard=(rank, world_size), prefetch=lambda shards: self._prefetch(shards.tolist()),
+            )
+        )
 
     def fetch(self, i: int) -> bytes:
         """Record ``i`` read with ranged GETs, without downloading its whole shard.

@@ -48,19 +48,19 @@ class TokenWindows:
         self.starts = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.starts[1:])
         self._payload = payload
-        self._views: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def _windows_of(self, k: int) -> np.ndarray:
-        view = self._views.get(k)
-        if view is None:
-            count = int(self.starts[k + 1] - self.starts[k])
-            raw = self._payload(k)[: count * self.seq_len * self.dtype.itemsize]
-            view = raw.view(self.dtype).reshape(count, self.seq_len)
-            self._views[k] = view
-        return view
+        # Not cached: the payload's owner decides how long a shard stays mapped.
+        count = int(self.starts[k + 1] - self.starts[k])
+        raw = self._payload(k)[: count * self.seq_len * self.dtype.itemsize]
+        return raw.view(self.dtype).reshape(count, self.seq_len)
+
+    def shards_of(self, windows: np.ndarray) -> np.ndarray:
+        """The distinct shards holding ``windows``, in ascending order."""
+        return np.unique(np.searchsorted(self.starts, windows, side="right") - 1)
 
     def gather(self, windows: np.ndarray, out: np.ndarray) -> None:
         """Copy the sorted global ``windows`` into the rows of ``out``, shard by shard."""
@@ -126,11 +126,13 @@ def token_batches(
     start_step: int = 0,
     *,
     shard: tuple[int, int] = (0, 1),
+    prefetch: Callable[[np.ndarray], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Endless ``(batch_size, seq_len)`` batches from step ``start_step`` on.
 
     ``shard=(rank, world_size)`` gives rank ``rank`` every ``world_size``-th global batch,
-    so ranks see disjoint batches of one shared order.
+    so ranks see disjoint batches of one shared order. ``prefetch``, if given, is called
+    with the shards of the next batch before the current one is gathered.
     """
     for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0), ("start_step", start_step, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -143,9 +145,17 @@ def token_batches(
         )
     order = _EpochOrder(n, int(seed))
     step = int(start_step)
-    while True:
+
+    def batch_windows(step: int) -> np.ndarray:
         picked = order.windows((step * world + rank) * batch_size, batch_size)
         picked.sort()
+        return picked
+
+    upcoming = batch_windows(step)
+    while True:
+        picked, upcoming = upcoming, batch_windows(step + 1)
+        if prefetch is not None:
+            prefetch(windows.shards_of(upcoming))
         out = np.empty((batch_size, windows.seq_len), dtype=windows.dtype)
         windows.gather(picked, out)
         yield out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -254,3 +255,23 @@ def test_four_processes_share_one_cache_and_download_each_shard_once(new_locatio
     assert all(r["bytes"] == sum(map(len, recs)) for r in results)
     assert sum(r["shards_downloaded"] for r in results) == len(manifest.shards)
     assert sum(r["bytes_downloaded"] for r in results) == int(manifest.shards.stored_size.sum())
+
+
+def test_remote_token_stream_matches_the_local_api_and_splits_ranks(dataset_location, tmp_path):
+    url, options = dataset_location
+    local = roxxel.Roxxel(str(tmp_path / "tok_*.rox"))
+    docs = [np.arange(k * 10_000, (k + 1) * 10_000, dtype=np.int32) for k in range(6)]
+    local.write(docs, max_shard_bytes=45_000)  # one document per shard
+    with roxxel.Writer(url, storage_options=options, shard_bytes=45_000) as w:
+        w.extend(docs)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), storage_options=options) as ds:
+        remote = ds.stream(seq_len=100, batch_size=8, seed=7, rank=0, world_size=1)
+        mine = local.stream(seq_len=100, batch_size=8, seed=7)
+        for _ in range(20):
+            assert np.array_equal(next(remote), next(mine))
+        resumed = next(ds.stream(100, 8, seed=7, start_step=19, rank=0, world_size=1))
+        full = list(itertools.islice(ds.stream(100, 8, seed=7, rank=0, world_size=1), 20))
+        assert np.array_equal(resumed, full[19])
+        ranks = [list(itertools.islice(ds.stream(100, 8, seed=7, rank=r, world_size=3), 25)) for r in range(3)]
+        firsts = [int(row[0]) for batches in ranks for b in batches for row in b]
+        assert len(firsts) == len(set(firsts)) == 600  # the epoch, split between ranks
