@@ -8,18 +8,23 @@ verified (size, checksum, bounded decompression, footer) before it is mapped.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .backends import Store
+from .backends import Store, redact
 from .cache import CachedShard, ShardCache
+from .cache.files import TempFile, ensure_private_dir
 from .downloader import Downloader
 from .errors import CacheError, ShardFormatError
 from .format import FOOTER_SIZE, OFFSET_SIZE, MappedShard, int_sequence, parse_footer
@@ -30,12 +35,14 @@ from .planner import DEFAULT_WINDOW
 from .records import ShardedRecords
 from .tokens import TokenWindows, token_batches
 
-__all__ = ["Dataset", "open"]
+__all__ = ["DATASETS_DIR", "Dataset", "open"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOOKAHEAD = 4
 DEFAULT_DOWNLOAD_WORKERS = 4
+#: Folder of the cache directory where open() notes which shards each dataset uses.
+DATASETS_DIR = "datasets"
 
 
 def open(  # noqa: A001 - the public name is roxxel.open
@@ -59,6 +66,7 @@ def open(  # noqa: A001 - the public name is roxxel.open
     cache = ShardCache(cache_dir, cache_limit)
     if cache.limit is not None and len(manifest.shards):
         cache.check_limit(int(manifest.shards.raw_size.max()), lookahead)
+    _record_use(cache, store.base_url, manifest)
     return Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
 
 
@@ -95,6 +103,7 @@ class Dataset(ShardedRecords):
         self._lock = threading.Lock()
         self._stats = {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
         self._iterators: weakref.WeakSet[Iterator[np.ndarray]] = weakref.WeakSet()
+        self._on_bytes: Callable[[int], object] | None = None  # set by warm()
 
     # -- metadata ----------------------------------------------------------------------
 
@@ -120,6 +129,7 @@ class Dataset(ShardedRecords):
         table = self.manifest.shards
         uri = str(table.uris[k])
         downloader = self._downloader
+        on_bytes = self._on_bytes
         fetched = False
 
         def fetch(sink: Any) -> None:
@@ -132,6 +142,8 @@ class Dataset(ShardedRecords):
                 sink(chunk)
                 with self._lock:
                     self._stats["bytes_downloaded"] += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
 
             self.store.stream(uri, guarded)
 
@@ -151,6 +163,51 @@ class Dataset(ShardedRecords):
 
     def _prefetch_job(self, k: int) -> None:
         self._fetch_to_cache(k).close()
+
+    def warm(
+        self,
+        shards: Iterable[int] | None = None,
+        *,
+        workers: int = DEFAULT_DOWNLOAD_WORKERS,
+        progress: Callable[[int], object] | None = None,
+    ) -> dict[str, int]:
+        """Fetch ``shards`` (default: all, in stored order) into the cache, in that order.
+
+        Shards already cached are skipped. The others are downloaded by ``workers``
+        threads, started in the given order, verified, published and released at once:
+        none stays mapped or held. ``progress(nbytes)`` is called from those threads for
+        every chunk downloaded. Safe while other processes use the same cache (each shard
+        is downloaded once per node); not while this object is being iterated. Returns
+        ``shards_fetched``, ``shards_cached`` (found in the cache) and ``bytes_downloaded``.
+        The first failure stops the warm-up and is raised here.
+        """
+        self._check_open()
+        n = self.num_shards
+        order = list(dict.fromkeys(range(n) if shards is None else (int(k) for k in shards)))
+        for k in order:
+            if not 0 <= k < n:
+                raise IndexError(f"shard index {k} out of range for {n} shards")
+        self._set_order(order)
+        checksums = self.manifest.shards.checksums
+        todo = [k for k in order if not self.cache.contains(str(checksums[k]))]
+        before = self.stats
+        ahead = 2 * workers
+        downloader = Downloader(self._prefetch_job, workers=workers, lookahead=ahead)
+        previous, self._downloader, self._on_bytes = self._downloader, downloader, progress
+        try:
+            for i, k in enumerate(todo):
+                downloader.prefetch(todo[i : i + ahead])
+                downloader.claim(k)
+        finally:
+            downloader.close()
+            self._downloader, self._on_bytes = previous, None
+        after = self.stats
+        fetched = after["shards_downloaded"] - before["shards_downloaded"]
+        return {
+            "shards_fetched": fetched,
+            "shards_cached": len(order) - fetched,
+            "bytes_downloaded": after["bytes_downloaded"] - before["bytes_downloaded"],
+        }
 
     def _prefetch(self, upcoming: Iterable[int]) -> None:
         if self.lookahead == 0:
@@ -395,6 +452,67 @@ class Dataset(ShardedRecords):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled for DataLoader workers: the same manifest (the same dataset version),
+        store and cache settings; the copy opens lazily, with its own threads and maps.
+        The store carries the storage_options it was given, credentials included: a worker
+        needs them. roxxel never writes this pickle anywhere."""
+        return (
+            _unpickle_dataset,
+            (self.store, self.manifest, self.cache.directory, self.cache.limit,
+             self.lookahead, self._download_workers),
+        )
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"records={self._n}"
         return f"Dataset({self.url!r}, shards={self.num_shards}, {state})"
+
+
+def _unpickle_dataset(
+    store: Store, manifest: Manifest, cache_dir: str, cache_limit: int | None, lookahead: int, workers: int
+) -> Dataset:
+    return Dataset(store, manifest, ShardCache(cache_dir, cache_limit),
+                   lookahead=lookahead, download_workers=workers)
+
+
+def _record_use(cache: ShardCache, url: str, manifest: Manifest) -> None:
+    """Note in the cache which shards the dataset at ``url`` uses (for ``roxxel cache``).
+
+    One JSON file per dataset URL and shard list, ``datasets/<hash of url>.<hash of
+    checksums>.json``, holding the URL (redacted: never credentials) and the checksums.
+    A newer shard list of the same URL replaces the older file. Best effort: a failure
+    here only loses that attribution, so it is logged, never raised.
+    """
+    shown = redact(url)
+    checksums = manifest.shards.checksums.tolist()
+    stem = hashlib.sha256(shown.encode("utf-8")).hexdigest()[:32]
+    version = hashlib.sha256("\n".join(checksums).encode("ascii")).hexdigest()[:16]
+    folder = os.path.join(cache.directory, DATASETS_DIR)
+    name = f"{stem}.{version}.json"
+    path = os.path.join(folder, name)
+    try:
+        ensure_private_dir(folder)
+        try:
+            os.utime(path, follow_symlinks=False)  # known: only note the last use
+            return
+        except FileNotFoundError:
+            pass
+        doc = {
+            "url": shown,
+            "records": manifest.records,
+            "raw_bytes": int(manifest.shards.raw_size.sum()),
+            "checksums": checksums,
+        }
+        temp = TempFile(os.path.join(cache.directory, "tmp"))
+        try:
+            temp.file.write(json.dumps(doc).encode("utf-8"))
+            temp.file.flush()
+            temp.rename(path)
+        finally:
+            temp.discard()
+        for other in os.listdir(folder):
+            if other.startswith(stem + ".") and other != name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, other))
+    except OSError as exc:
+        log.warning("could not note the use of %s in the cache %s: %s", shown, cache.directory, exc)
