@@ -70,6 +70,18 @@ def open(  # noqa: A001 - the public name is roxxel.open
     return Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
 
 
+_LIVE: weakref.WeakSet[Dataset] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by one of the parent's threads at the fork would stay locked forever.
+    for ds in list(_LIVE):
+        ds._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Dataset(ShardedRecords):
     """The records of a published dataset; ``ds[i]`` is a zero-copy ``uint8`` view.
 
@@ -103,6 +115,7 @@ class Dataset(ShardedRecords):
         self._lock = threading.Lock()
         self._stats = {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
         self._iterators: weakref.WeakSet[Iterator[np.ndarray]] = weakref.WeakSet()
+        _LIVE.add(self)
         self._on_bytes: Callable[[int], object] | None = None  # set by warm()
 
     # -- metadata ----------------------------------------------------------------------

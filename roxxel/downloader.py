@@ -43,8 +43,15 @@ class Downloader:
         self._lock = threading.Lock()
         self._closing = threading.Event()
 
+    def _after_fork(self) -> None:
+        """In a forked child the parent's fetches will never finish here: forget them."""
+        if self._pool.forked:
+            self._lock = threading.Lock()
+            self._pending = OrderedDict()
+
     def prefetch(self, upcoming: Iterable[int]) -> None:
         """Start fetching the first ``lookahead`` shards of ``upcoming`` not yet started."""
+        self._after_fork()
         if self._closing.is_set() or self.lookahead == 0:
             return
         with self._lock:
@@ -59,6 +66,7 @@ class Downloader:
 
         Returns whether there was one. Re-raises the fetch's exception, if it failed.
         """
+        self._after_fork()
         with self._lock:
             future = self._pending.pop(k, None)
         if future is None:
@@ -78,6 +86,7 @@ class Downloader:
 
     def close(self) -> None:
         """Cancel queued fetches, interrupt running ones and join the threads (idempotent)."""
+        self._after_fork()
         self._closing.set()
         self._pool.close(wait=True)
         with self._lock:

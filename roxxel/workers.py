@@ -11,6 +11,7 @@ original exception intact.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -32,12 +33,24 @@ class WorkerPool:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self._size = workers
         self._name = name
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
         self._jobs: queue.Queue[tuple[Future[Any], Callable[[], Any]] | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
+    @property
+    def forked(self) -> bool:
+        """Whether this process is a fork of the one that made the pool (whose threads
+        did not come along)."""
+        return self._pid != os.getpid()
+
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         """Queue ``fn``; its future holds its result or the exception it raised."""
+        if self.forked:
+            self._reset()  # start afresh in the child; the parent's queue is not ours
         if self._stop.is_set():
             raise RuntimeError(f"{self._name}: the pool is closed")
         if len(self._threads) < self._size:
@@ -77,6 +90,10 @@ class WorkerPool:
 
     def close(self, wait: bool = True) -> None:
         """Stop the threads after their current job (idempotent); queued jobs are cancelled."""
+        if self.forked:
+            self._reset()
+            self._stop.set()
+            return
         self.cancel_pending()
         self._stop.set()
         for _ in self._threads:
