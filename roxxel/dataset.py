@@ -109,6 +109,11 @@ class Dataset(ShardedRecords):
         self._handles: dict[int, CachedShard] = {}
         self._mapped: deque[int] = deque()
         self._max_mapped = max(2, lookahead + 1)
+        if cache.limit is not None and len(manifest.shards):
+            # Leave the cache room for one more shard than this dataset keeps mapped (and
+            # so locked), or no download could make room by evicting.
+            fits = cache.limit // max(1, int(manifest.shards.raw_size.max()))
+            self._max_mapped = max(1, min(self._max_mapped, fits - 1))
         self._downloader: Downloader | None = None
         self._next_use: dict[str, int] = {}
         self._footers: dict[int, tuple[int, int]] = {}
@@ -240,6 +245,8 @@ class Dataset(ShardedRecords):
         self._next_use = order  # replaced, never mutated: download threads may be reading it
 
     def _load_shard(self, k: int) -> MappedShard:
+        while len(self._mapped) >= self._max_mapped:  # unlock one before the cache needs room
+            self.release(self._mapped[0])
         claimed = self._downloader is not None and self._downloader.claim(k)
         handle = self._fetch_to_cache(k)
         if claimed:  # the prefetch already counted this shard
@@ -252,13 +259,12 @@ class Dataset(ShardedRecords):
             raise
         self._handles[k] = handle
         self._mapped.append(k)
-        while len(self._mapped) > self._max_mapped:
-            self.release(self._mapped.popleft())
         return shard
 
     def _hold_at_least(self, shards: int) -> None:
-        """Keep at least ``shards`` (plus the lookahead) mapped at once, for shuffle windows."""
-        self._max_mapped = max(self._max_mapped, shards + self.lookahead)
+        """Keep at least ``shards`` mapped at once, for shuffle windows (the lookahead's
+        shards are prefetched into the cache, not mapped)."""
+        self._max_mapped = max(self._max_mapped, shards)
 
     def _forget_order(self, shards: list[int]) -> None:
         """These shards will not be used again in the current order: evict them first."""

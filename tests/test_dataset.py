@@ -189,10 +189,15 @@ def test_cache_limit_too_small_is_refused_with_the_minimum(tmp_path):
 
 
 def cache_usage(cache_dir) -> int:
+    """Bytes of published shards and downloads in flight."""
     total = 0
-    for root, _, files in os.walk(cache_dir):
-        for name in files:
-            total += os.path.getsize(os.path.join(root, name))
+    for sub in ("shards", "tmp"):
+        for root, _, files in os.walk(os.path.join(cache_dir, sub)):
+            for name in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, name))
+                except FileNotFoundError:  # evicted meanwhile
+                    pass
     return total
 
 
