@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from .backends import Store
+from .cache.files import pid_alive
 from .errors import DatasetExistsError, IntegrityError, ManifestError, StorageError
 from .format import FOOTER_SIZE, Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
@@ -352,15 +353,6 @@ def _remove_dead_staging(staging_dir: str | None) -> None:
         return
     for name in names:
         m = re.match(re.escape(_STAGING_PREFIX) + r"(\d+)-", name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
