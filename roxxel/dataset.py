@@ -252,14 +252,33 @@ class Dataset(ShardedRecords):
         if claimed:  # the prefetch already counted this shard
             with self._lock:
                 self._stats["cache_hits"] -= 1
-        try:
-            shard = handle.map()
-        except BaseException:
-            handle.close()
-            raise
+        shard, handle = self._map_or_heal(k, handle)
         self._handles[k] = handle
         self._mapped.append(k)
         return shard
+
+    def _map_or_heal(self, k: int, handle: CachedShard) -> tuple[MappedShard, CachedShard]:
+        """Map a cached shard; if its cached copy was damaged on disk since it was verified
+        (the footer or offsets no longer check out), replace it with a fresh download."""
+        try:
+            return handle.map(), handle
+        except ShardFormatError as damaged:
+            handle.close()
+            log.warning("cached copy of %s is damaged (%s); downloading it again",
+                        self.store.url(str(self.manifest.shards.uris[k])), damaged)
+            try:
+                self.cache.remove(str(self.manifest.shards.checksums[k]))
+            except CacheError:  # another process has it open: it cannot be replaced now
+                raise damaged from None
+        except BaseException:
+            handle.close()
+            raise
+        handle = self._fetch_to_cache(k)
+        try:
+            return handle.map(), handle
+        except BaseException:
+            handle.close()
+            raise
 
     def _hold_at_least(self, shards: int) -> None:
         """Keep at least ``shards`` mapped at once, for shuffle windows (the lookahead's

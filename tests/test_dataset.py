@@ -280,3 +280,20 @@ def test_remote_token_stream_matches_the_local_api_and_splits_ranks(dataset_loca
         ranks = [list(itertools.islice(ds.stream(100, 8, seed=7, rank=r, world_size=3), 25)) for r in range(3)]
         firsts = [int(row[0]) for batches in ranks for b in batches for row in b]
         assert len(firsts) == len(set(firsts)) == 600  # the epoch, split between ranks
+
+
+def test_a_cached_copy_damaged_on_disk_is_downloaded_again(tmp_path):
+    url = str(tmp_path / "ds")
+    recs = make_records(100)
+    publish(url, {}, recs)
+    cache_dir = tmp_path / "cache"
+    with roxxel.open(url, cache_dir=str(cache_dir)) as ds:
+        assert bytes(ds[0]) == recs[0]
+    (cached,) = [p for p in (cache_dir / "shards").iterdir() if p.stat().st_size > 0][:1]
+    data = bytearray(cached.read_bytes())
+    data[-8:] = b"GARBAGE!"  # same size, broken footer
+    cached.write_bytes(bytes(data))
+    with roxxel.open(url, cache_dir=str(cache_dir)) as ds:
+        assert bytes(ds[0]) == recs[0]
+        assert ds.stats["shards_downloaded"] == 1
+    assert cached.read_bytes()[-8:] == b"ROXXEL01"
