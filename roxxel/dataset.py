@@ -163,7 +163,7 @@ class Dataset(ShardedRecords):
                 if on_bytes is not None:
                     on_bytes(len(chunk))
 
-            self.store.stream(uri, guarded)
+            self.store.stream(uri, guarded, size=int(table.stored_size[k]))
 
         handle = self.cache.get(
             str(table.checksums[k]),

@@ -444,15 +444,15 @@ def test_stream_resumes_from_the_offset_reached(dataset_location, monkeypatch):
         opened_at.append(offset)
         if len(opened_at) > 1:
             return reader
-        real_read, reads = reader.read, []
+        real_read, reads = reader.read_parts, []
 
-        def read(size: int) -> bytes:
+        def read_parts(size: int) -> list[bytes]:
             reads.append(size)
             if len(reads) == 3:
                 raise aiohttp.ClientPayloadError("Response payload is not completed")
             return real_read(size)
 
-        reader.read = read
+        reader.read_parts = read_parts
         return reader
 
     monkeypatch.setattr(store_module, "open_chunk_reader", open_flaky)

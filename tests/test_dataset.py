@@ -43,13 +43,13 @@ class CountingStore(Store):
         self.ranges: list[tuple[str, int, int]] = []
         self.hold, self.hold_except, self.fail_uri = hold, hold_except, fail_uri
 
-    def stream(self, key, sink):
+    def stream(self, key, sink, size=None):
         self.streams.append(key)
         if key == self.fail_uri:
             raise NotFoundError(f"could not download {self.url(key)}: injected")
         if self.hold is not None and key != self.hold_except:
             self.hold.wait(30)
-        return super().stream(key, sink)
+        return super().stream(key, sink, size)
 
     def read_range(self, key, start, end):
         self.ranges.append((key, start, end))

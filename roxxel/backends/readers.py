@@ -31,6 +31,9 @@ class ChunkReader(Protocol):
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes (fewer only at the end of the object)."""
 
+    def read_parts(self, size: int) -> list[bytes]:
+        """Up to ``size`` bytes as received, unjoined (empty only at the end)."""
+
     def close(self) -> None:
         """Release the connection or file; idempotent."""
 
@@ -58,6 +61,10 @@ class _FileReader:
     def read(self, size: int) -> bytes:
         return self._f.read(size)
 
+    def read_parts(self, size: int) -> list[bytes]:
+        data = self._f.read(size)
+        return [data] if data else []
+
     def close(self) -> None:
         self._f.close()
 
@@ -71,6 +78,10 @@ class _RangeReader:
         self._pos += len(data)
         return data
 
+    def read_parts(self, size: int) -> list[bytes]:
+        data = self.read(size)
+        return [data] if data else []
+
     def close(self) -> None:
         pass
 
@@ -82,6 +93,10 @@ class _StreamReader:
         self._fs, self._path, self._f = fs, path, f
 
     def read(self, size: int) -> bytes:
+        return b"".join(self.read_parts(size))
+
+    def read_parts(self, size: int) -> list[bytes]:
+        # The body's pieces as aiohttp delivers them: joining them would copy every byte.
         return sync(self._fs.loop, _read_up_to, self._f, size)
 
     def close(self) -> None:
@@ -94,7 +109,7 @@ class _StreamReader:
             logger.debug("ignored error closing the stream of %s: %s", self._path, exc)
 
 
-async def _read_up_to(f: Any, size: int) -> bytes:
+async def _read_up_to(f: Any, size: int) -> list[bytes]:
     parts = []
     remaining = size
     while remaining > 0:
@@ -103,7 +118,7 @@ async def _read_up_to(f: Any, size: int) -> bytes:
             break
         parts.append(part)
         remaining -= len(part)
-    return b"".join(parts)
+    return parts
 
 
 async def _close_stream(f: Any) -> None:

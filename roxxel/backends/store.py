@@ -144,25 +144,28 @@ class Store:
             )
         return data
 
-    def stream(self, key: str, sink: Callable[[bytes], object]) -> int:
+    def stream(self, key: str, sink: Callable[[bytes], object], size: int | None = None) -> int:
         """Feed the whole object to ``sink`` in order, in chunks, and return its size.
 
-        ``sink`` sees every byte exactly once, at most :attr:`chunk_size` at a time, so a
-        caller can hash while writing to a file without holding the object in memory.
-        A transient failure is retried from the offset reached (the retry deadline
-        applies per chunk). Exceptions raised by ``sink`` propagate unchanged.
+        ``sink`` sees every byte exactly once, in pieces of at most :attr:`chunk_size`, so
+        a caller can hash while writing to a file without holding the object in memory.
+        ``size``, when the caller knows it (from a manifest), saves a metadata request;
+        then exactly ``size`` bytes are streamed, and an object that ends earlier is an
+        error. A transient failure is retried from the offset reached (the retry
+        deadline applies per chunk). Exceptions raised by ``sink`` propagate unchanged.
         """
         path = self.path(key)
-        size = self.size(key)
+        if size is None:
+            size = self.size(key)
         pos = 0
         reader: ChunkReader | None = None
 
-        def next_chunk() -> bytes:
+        def next_parts() -> list[bytes]:
             nonlocal reader
             try:
                 if reader is None:
                     reader = open_chunk_reader(self.fs, path, pos)
-                return reader.read(min(self.chunk_size, size - pos))
+                return reader.read_parts(min(self.chunk_size, size - pos))
             except BaseException:
                 if reader is not None:
                     reader, broken = None, reader
@@ -171,14 +174,15 @@ class Store:
 
         try:
             while pos < size:
-                chunk = self._run("download", key, next_chunk)
-                if not chunk:
+                parts = self._run("download", key, next_parts)
+                if not parts:
                     raise StorageError(
                         f"could not download {redact(self.url(key))}: it ended at byte {pos}, "
                         f"expected {size} bytes; was it replaced while being read?"
                     )
-                sink(chunk)
-                pos += len(chunk)
+                for part in parts:
+                    sink(part)
+                    pos += len(part)
         finally:
             if reader is not None:
                 reader.close()
