@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOOKAHEAD = 4
 DEFAULT_DOWNLOAD_WORKERS = 4
+MAPPED_SHARDS = 64
 #: Folder of the cache directory where open() notes which shards each dataset uses.
 DATASETS_DIR = "datasets"
 
@@ -86,8 +87,9 @@ class Dataset(ShardedRecords):
     """The records of a published dataset; ``ds[i]`` is a zero-copy ``uint8`` view.
 
     Mapped shards hold a shared lock in the cache, so no process evicts them while they
-    are in use; at most ``lookahead + 1`` shards stay mapped (views already handed out
-    stay valid after their shard is unmapped).
+    are in use; at most 64 shards stay mapped (fewer if ``cache_limit`` is small), the
+    oldest unmapped first. Views already handed out stay valid after their shard is
+    unmapped.
     """
 
     def __init__(
@@ -108,7 +110,9 @@ class Dataset(ShardedRecords):
         self._set_shards(manifest.shards.records)
         self._handles: dict[int, CachedShard] = {}
         self._mapped: deque[int] = deque()
-        self._max_mapped = max(2, lookahead + 1)
+        # Mapped shards cost only address space and two descriptors each; keeping many
+        # makes random access cheap. Each one is locked in the cache while mapped.
+        self._max_mapped = max(MAPPED_SHARDS, lookahead + 1)
         if cache.limit is not None and len(manifest.shards):
             # Leave the cache room for one more shard than this dataset keeps mapped (and
             # so locked), or no download could make room by evicting.
@@ -227,14 +231,22 @@ class Dataset(ShardedRecords):
             "bytes_downloaded": after["bytes_downloaded"] - before["bytes_downloaded"],
         }
 
-    def _prefetch(self, upcoming: Iterable[int]) -> None:
-        if self.lookahead == 0:
-            return
+    def _get_downloader(self) -> Downloader:
         if self._downloader is None:
             self._downloader = Downloader(
                 self._prefetch_job, workers=self._download_workers, lookahead=self.lookahead
             )
-        self._downloader.prefetch(k for k in upcoming if not self.is_mapped(k))
+        return self._downloader
+
+    def _prefetch(self, upcoming: Iterable[int]) -> None:
+        if self.lookahead > 0:
+            self._get_downloader().prefetch(k for k in upcoming if not self.is_mapped(k))
+
+    def _fetch_in_parallel(self, shards: Iterable[int]) -> None:
+        """Download the unmapped ones of ``shards`` (all needed now) side by side."""
+        missing = [k for k in shards if not self.is_mapped(k)]
+        if len(missing) > 1:
+            self._get_downloader().fetch_now(missing)
 
     def _set_order(self, shards: Iterable[int]) -> None:
         """Tell the cache the order shards will be used in (for furthest-next-use eviction)."""
@@ -285,6 +297,11 @@ class Dataset(ShardedRecords):
         shards are prefetched into the cache, not mapped)."""
         self._max_mapped = max(self._max_mapped, shards)
 
+    def _release_window(self, shards: list[int]) -> None:
+        """A shuffle window is done with these shards: unmap them so the cache may evict."""
+        for k in shards:
+            self.release(k)
+
     def _forget_order(self, shards: list[int]) -> None:
         """These shards will not be used again in the current order: evict them first."""
         checksums = self.manifest.shards.checksums
@@ -318,8 +335,11 @@ class Dataset(ShardedRecords):
         self._set_order(range(n))
         for k in range(n):
             self._check_open()
-            self._prefetch(range(k + 1, n))  # before blocking on shard k: they overlap
+            if k:  # (the first shard downloads alone: the first record comes sooner)
+                self._prefetch(range(k + 1, n))  # before blocking on shard k: they overlap
             shard = self.shard(k)
+            if not k:
+                self._prefetch(range(1, n))
             payload = shard.payload
             ends = int_sequence(shard.offsets)  # survives the shard being unmapped meanwhile
             start = 0

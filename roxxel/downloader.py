@@ -61,6 +61,17 @@ class Downloader:
                 if k not in self._pending:
                     self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k))
 
+    def fetch_now(self, shards: Iterable[int]) -> None:
+        """Start fetching ``shards`` (needed right now) in parallel, ahead of any prefetch
+        submitted later, whatever the lookahead."""
+        self._after_fork()
+        if self._closing.is_set():
+            return
+        with self._lock:
+            for k in shards:
+                if k not in self._pending:
+                    self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k))
+
     def claim(self, k: int) -> bool:
         """Wait for a background fetch of shard ``k``, if one was started, and forget it.
 

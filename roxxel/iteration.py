@@ -113,13 +113,14 @@ class RecordIterator(Iterator[np.ndarray]):
         return self.plan.num_records - self.position
 
     def __next__(self) -> np.ndarray:
-        record = next(self._records)
-        self.position += 1
-        return record
+        return next(self._records)  # the generator keeps self.position
 
     def state(self) -> dict[str, Any]:
         """A JSON-ready dict from which ``ds.resume(state)`` continues after the last record."""
         return IterState(**{**self._base.to_dict(), "position": self.position}).to_dict()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._records  # iterating it directly saves a Python call per record
 
     def _generate(self) -> Iterator[np.ndarray]:
         ds, p = self._ds, self.plan
@@ -128,27 +129,32 @@ class RecordIterator(Iterator[np.ndarray]):
         ds._set_order(order)
         ds._hold_at_least(p.num_windows and int(max(len(p.window_shards(w)) for w in range(p.num_windows))))
         starts = ds.record_starts
-        for ids in p.records(self.position):
+        position = self.position
+        for w, ids in p.windows(position):
             shard_ids = np.searchsorted(starts, ids, side="right") - 1
-            window = np.unique(shard_ids)
-            furthest = max(rank_of[int(k)] for k in window)
-            ds._prefetch(order[furthest + 1 :])
+            window = np.unique(shard_ids).tolist()
+            ds._fetch_in_parallel(window)
+            ds._prefetch(order[max(rank_of[k] for k in window) + 1 :])
             local = ids - starts[shard_ids]
             begins = np.empty(len(ids), dtype=np.int64)
             ends = np.empty(len(ids), dtype=np.int64)
-            payloads = {}
-            for k in window.tolist():
+            payloads = []
+            for k in window:
                 shard = ds.shard(k)
                 rows = shard_ids == k
-                offsets = shard.offsets
                 j = local[rows]
-                ends[rows] = offsets[j]
-                begins[rows] = np.where(j > 0, offsets[np.maximum(j - 1, 0)], 0)
-                payloads[k] = shard.payload
-            for k, b, e in zip(shard_ids.tolist(), begins.tolist(), ends.tolist()):
-                yield payloads[k][b:e]
-            ds._forget_order(window.tolist())
-
+                ends[rows] = shard.offsets[j]
+                begins[rows] = np.where(j > 0, shard.offsets[np.maximum(j - 1, 0)], 0)
+                payloads.append(shard.payload)
+            slot = np.searchsorted(window, shard_ids).tolist()
+            for s, b, e in zip(slot, begins.tolist(), ends.tolist()):
+                position += 1
+                self.position = position
+                yield payloads[s][b:e]
+            following = set(p.window_shards(w + 1).tolist()) if w + 1 < p.num_windows else set()
+            done = [k for k in window if k not in following]
+            ds._forget_order(done)
+            ds._release_window(done)
 
 def new_state(ds: Dataset, **kwargs: Any) -> IterState:
     """The state of a fresh iterator, with the topology detected where not given."""

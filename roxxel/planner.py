@@ -100,19 +100,24 @@ class Plan:
 
     def records(self, start: int = 0) -> Iterator[np.ndarray]:
         """Global record indices from stream position ``start`` on, one array per window."""
+        for _, ids in self.windows(start):
+            yield ids
+
+    def windows(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """``(window, global record indices)`` from stream position ``start`` on."""
         if not 0 <= start <= self.num_records:
             raise ValueError(f"start must be in [0, {self.num_records}], got {start}")
         sizes = self.window_sizes()
         edges = np.zeros(len(sizes) + 1, dtype=np.int64)
         np.cumsum(sizes, out=edges[1:])
-        w = int(np.searchsorted(edges, start, side="right")) - 1
-        skip = start - (int(edges[w]) if w >= 0 else 0)
-        for window in range(max(w, 0), self.num_windows):
+        first = int(np.searchsorted(edges, start, side="right")) - 1
+        skip = start - (int(edges[first]) if first >= 0 else 0)
+        for window in range(max(first, 0), self.num_windows):
             ids = self.window_records(window)
             if skip:
                 ids, skip = ids[skip:], 0
             if len(ids):
-                yield ids
+                yield window, ids
 
 
 def _check_int(name: str, value: object, low: int) -> int:
