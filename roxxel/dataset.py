@@ -298,9 +298,11 @@ class Dataset(ShardedRecords):
         self._max_mapped = max(self._max_mapped, shards)
 
     def _release_window(self, shards: list[int]) -> None:
-        """A shuffle window is done with these shards: unmap them so the cache may evict."""
-        for k in shards:
-            self.release(k)
+        """A shuffle window is done with these shards: with a cache limit, unmap them so the
+        cache may evict them (without one, they stay mapped for the next epoch)."""
+        if self.cache.limit is not None:
+            for k in shards:
+                self.release(k)
 
     def _forget_order(self, shards: list[int]) -> None:
         """These shards will not be used again in the current order: evict them first."""
