@@ -1,0 +1,241 @@
+"""Copying a dataset between stores (S3 to GCS, a bucket to local disk, ...).
+
+Shards are copied first, each one verified against its checksum before it is uploaded
+and read back after; the manifest is published last, so the destination dataset appears
+complete or not at all. An interrupted copy resumes: a destination object that already has the shard's
+size is re-read and re-hashed, and kept if its checksum is right. Re-hashing costs a
+read of the destination, but unlike a progress marker it cannot be fooled by an object
+that was changed or cut short after the marker was written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from fsspec.callbacks import Callback
+
+from ..backends import Store
+from ..cache.names import parse_checksum
+from ..errors import DatasetExistsError, IntegrityError, ManifestError, NotFoundError
+from ..manifest import ShardInfo
+from ..manifest.io import MANIFEST_KEY, dataset_store, publish_manifest, read_manifest, try_read_manifest
+from ._common import DEFAULT_WORKERS, Jobs, Meter
+
+__all__ = ["CopyReport", "copy", "copy_shard"]
+
+log = logging.getLogger(__name__)
+
+#: Reads of a source shard, and uploads of it, before a checksum mismatch is final.
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    """What :func:`copy` did. ``published`` is False when the destination already held
+    this exact dataset (nothing was written)."""
+
+    src: str
+    dst: str
+    shards: int
+    copied: int  # shard objects uploaded
+    kept: int  # already at the destination with the right checksum
+    bytes_copied: int
+    published: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _HashingFile:
+    """A download sink that hashes, counts, and refuses more bytes than the shard has."""
+
+    def __init__(self, f: BinaryIO | None, shard: ShardInfo, jobs: Jobs, meter: Any) -> None:
+        self.f, self.shard, self.jobs, self.meter = f, shard, jobs, meter
+        self.key = parse_checksum(shard.checksum)
+        self.hash = self.key.new_hash()
+        self.size = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        self.jobs.check()
+        self.size += len(chunk)
+        if self.size > self.shard.stored_size:
+            raise IntegrityError(f"more than {self.shard.stored_size} bytes arrived")
+        self.hash.update(chunk)
+        if self.f is not None:
+            self.f.write(chunk)
+        if self.meter is not None:
+            self.meter.add(len(chunk))
+
+    def problem(self) -> str | None:
+        if self.size != self.shard.stored_size:
+            return f"size is {self.size} bytes, expected {self.shard.stored_size}"
+        actual = f"{self.key.algorithm}:{self.hash.hexdigest()}"
+        if actual != self.shard.checksum:
+            return f"checksum is {actual}, expected {self.shard.checksum}"
+        return None
+
+
+def _has_copy(store: Store, key: str, shard: ShardInfo, jobs: Jobs) -> bool:
+    """True if ``key`` holds exactly the shard's bytes (re-hashed); False if not there."""
+    try:
+        if store.size(key) != shard.stored_size:
+            return False
+        check = _HashingFile(None, shard, jobs, None)
+        store.stream(key, check, size=shard.stored_size)
+    except NotFoundError:
+        return False
+    except IntegrityError:  # the object grew past the expected size while being read
+        return False
+    problem = check.problem()
+    if problem is not None:
+        log.info("%s: %s", store.url(key), problem)
+    return problem is None
+
+
+class _OnceMeter:
+    """Counts at most one shard's size into ``meter``, however often it is read."""
+
+    def __init__(self, meter: Meter, size: int) -> None:
+        self.meter, self.left = meter, size
+
+    def add(self, nbytes: int) -> None:
+        counted = min(nbytes, self.left)
+        self.left -= counted
+        self.meter.add(counted)
+
+
+def _stage(src: Store, key: str, shard: ShardInfo, path: str, jobs: Jobs, meter: _OnceMeter) -> None:
+    """Download the shard to ``path`` and check it; a wrong read is read again, since
+    bytes can be corrupted in transit; a source that stays wrong raises IntegrityError."""
+    for attempt in range(1, ATTEMPTS + 1):
+        with open(path, "wb") as f:
+            sink = _HashingFile(f, shard, jobs, meter)  # type: ignore[arg-type]
+            try:
+                src.stream(key, sink)
+                problem = sink.problem()
+            except IntegrityError as exc:
+                problem = f"{exc}, expected {shard.stored_size}"
+        if problem is None:
+            return
+        if attempt == ATTEMPTS:
+            raise IntegrityError(
+                f"{src.url(key)}: {problem} (read {ATTEMPTS} times); the source is corrupt, "
+                "nothing was copied over it"
+            )
+        log.warning("%s: %s; reading it again (attempt %d of %d)", src.url(key), problem, attempt, ATTEMPTS)
+
+
+def copy_shard(
+    src: Store,
+    src_key: str,
+    dst: Store,
+    dst_key: str,
+    shard: ShardInfo,
+    *,
+    staging_dir: str,
+    jobs: Jobs,
+    meter: Meter,
+) -> bool:
+    """Make ``dst_key`` hold the shard at ``src_key``; True if it was uploaded, False if
+    the destination already held those exact bytes.
+
+    The bytes are staged in ``staging_dir`` and verified (size, checksum) before the
+    upload, so a bad source never lands at the destination; after the upload the object
+    is read back and re-hashed, so a copy corrupted on the way is uploaded again. Either
+    check failing ``ATTEMPTS`` times raises IntegrityError naming the object.
+    """
+    if _has_copy(dst, dst_key, shard, jobs):
+        meter.add(shard.stored_size)
+        return False
+    fd, path = tempfile.mkstemp(prefix="shard-", dir=staging_dir)
+    os.close(fd)
+    try:
+        _stage(src, src_key, shard, path, jobs, _OnceMeter(meter, shard.stored_size))
+        for attempt in range(1, ATTEMPTS + 1):
+            dst.put_file(path, dst_key)
+            if _has_copy(dst, dst_key, shard, jobs):
+                return True
+            if attempt < ATTEMPTS:
+                log.warning("%s: the uploaded object does not match its checksum; uploading it "
+                            "again (attempt %d of %d)", dst.url(dst_key), attempt, ATTEMPTS)
+        raise IntegrityError(
+            f"{dst.url(dst_key)}: the uploaded object does not match size {shard.stored_size} "
+            f"and checksum {shard.checksum} after {ATTEMPTS} uploads"
+        )
+    finally:
+        os.unlink(path)
+
+
+def copy(
+    src_url: str,
+    dst_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    src_options: Mapping[str, Any] | None = None,
+    dst_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    staging_dir: str | None = None,
+    progress: Callback | None = None,
+) -> CopyReport:
+    """Copy the dataset at ``src_url`` to ``dst_url``, verifying every shard; resumable.
+
+    ``storage_options`` apply to both stores unless ``src_options`` / ``dst_options``
+    are given for one side. Shards keep their relative URIs; the manifest is published
+    last, create-only: an existing different dataset at ``dst_url`` raises
+    DatasetExistsError unless ``overwrite``. Each shard is checked before its upload and
+    read back after it (see :func:`copy_shard`). Rerunning a finished copy changes nothing;
+    rerunning an interrupted one copies only the shards missing or wrong at the
+    destination. Shards are staged on local disk (``staging_dir``, default the system
+    temp dir; up to ``workers`` shards at a time). ``progress`` counts stored bytes.
+    """
+    src = dataset_store(src_url, storage_options if src_options is None else src_options)
+    dst = dataset_store(dst_url, storage_options if dst_options is None else dst_options)
+    if src.base_url == dst.base_url and type(src.fs) is type(dst.fs) and src.root == dst.root:
+        raise ValueError(f"source and destination are the same dataset: {src.base_url}")
+    manifest = read_manifest(src)
+    try:
+        existing = try_read_manifest(dst)
+    except ManifestError:
+        if not overwrite:
+            raise
+        existing = None
+    if existing is not None and existing == manifest:
+        log.info("%s already holds this dataset; nothing to copy", dst.base_url)
+        n = len(manifest.shards)
+        return CopyReport(src.base_url, dst.base_url, n, 0, n, 0, published=False)
+    if existing is not None and not overwrite:
+        raise DatasetExistsError(
+            f"a different dataset already exists at {dst.url(MANIFEST_KEY)}; "
+            "choose another destination, or overwrite it"
+        )
+    table = manifest.shards
+    meter = Meter(progress, int(sum(table.stored_size.tolist())))
+    jobs = Jobs(workers, "roxxel-copy")
+    staging = tempfile.mkdtemp(prefix="roxxel-copy-", dir=staging_dir)
+    try:
+        copied = jobs.run(
+            lambda shard: copy_shard(
+                src, shard.uri, dst, shard.uri, shard, staging_dir=staging, jobs=jobs, meter=meter
+            ),
+            list(table),
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    publish_manifest(dst, manifest, create_only=existing is None)
+    n_copied = sum(copied)
+    return CopyReport(
+        src=src.base_url,
+        dst=dst.base_url,
+        shards=len(table),
+        copied=n_copied,
+        kept=len(table) - n_copied,
+        bytes_copied=sum(s.stored_size for s, c in zip(table, copied) if c),
+        published=True,
+    )

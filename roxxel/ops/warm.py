@@ -1,0 +1,119 @@
+"""Filling a node's cache before a job starts, in the order its ranks will read.
+
+The shards come from the same cache and downloader as training reads (verified, then
+published atomically), so warming is idempotent, skips what is cached, and is safe to
+run while training processes read the same cache: each shard is downloaded once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fsspec.callbacks import Callback
+
+from ..cache import parse_size
+from ..dataset import open as open_dataset
+from ..manifest import Manifest
+from ..planner import plan
+from ._common import DEFAULT_WORKERS, Meter
+
+__all__ = ["WarmReport", "warm", "warm_order"]
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    """What :func:`warm` did: shards planned, fetched, found cached, and left out."""
+
+    url: str
+    cache_dir: str
+    shards_planned: int  # distinct shards the plan (or --all) needs
+    shards_fetched: int
+    shards_cached: int  # already in the cache (or fetched meanwhile by another process)
+    shards_over_limit: int  # needed, but beyond what fits under the limit
+    bytes_downloaded: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def warm_order(
+    manifest: Manifest,
+    *,
+    ranks: Sequence[int] | None = None,
+    world_size: int = 1,
+    seed: int = 0,
+    epoch: int = 0,
+) -> list[int]:
+    """The shards to fetch, in the order they are first needed.
+
+    ``ranks=None``: every shard, in stored order. Otherwise the shards of those ranks'
+    plans for ``(seed, epoch, world_size)`` (as ``ds.iter`` plans them), interleaved
+    rank by rank, so each rank's first shards come first (a node runs several ranks).
+    """
+    if ranks is None:
+        return list(range(len(manifest.shards)))
+    if not ranks:
+        raise ValueError("ranks must name at least one rank")
+    counts = manifest.shards.records
+    orders = [
+        plan(counts, seed=seed, epoch=epoch, rank=r, world_size=world_size).shard_order.tolist()
+        for r in ranks
+    ]
+    merged: dict[int, None] = {}
+    for position in range(max(map(len, orders), default=0)):
+        for order in orders:
+            if position < len(order):
+                merged.setdefault(int(order[position]))
+    return list(merged)
+
+
+def warm(
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    limit: int | str | None = None,
+    ranks: Sequence[int] | None = None,
+    world_size: int = 1,
+    seed: int = 0,
+    epoch: int = 0,
+    workers: int = DEFAULT_WORKERS,
+    progress: Callback | None = None,
+) -> WarmReport:
+    """Fill the node cache with the shards of the dataset at ``url`` in plan order.
+
+    The shards are those of :func:`warm_order` (all of them if ``ranks`` is None).
+    With ``limit`` (the cache limit, bytes or ``"50GB"``), only the longest prefix of
+    that order whose raw sizes fit under it is fetched: warming never evicts a shard it
+    will need sooner to make room for one needed later. Shards already cached are
+    skipped; ``workers`` threads download the others, started in order. ``progress``
+    (an fsspec ``Callback``) gets the stored bytes to download, then bytes as they come.
+    """
+    with open_dataset(url, cache_dir, limit, storage_options, lookahead=0) as ds:
+        table = ds.manifest.shards
+        order = warm_order(ds.manifest, ranks=ranks, world_size=world_size, seed=seed, epoch=epoch)
+        chosen = order
+        cap = parse_size(limit)
+        if cap is not None:
+            total = 0
+            for i, k in enumerate(order):
+                total += int(table.raw_size[k])
+                if total > cap:
+                    chosen = order[:i]
+                    break
+        cached = {entry.checksum for entry in ds.cache.entries()}
+        missing = [k for k in chosen if str(table.checksums[k]) not in cached]
+        meter = Meter(progress, int(sum(int(table.stored_size[k]) for k in missing)))
+        counts = ds.warm(chosen, workers=workers, progress=meter.add)
+        return WarmReport(
+            url=ds.url,
+            cache_dir=ds.cache.directory,
+            shards_planned=len(order),
+            shards_fetched=counts["shards_fetched"],
+            shards_cached=counts["shards_cached"],
+            shards_over_limit=len(order) - len(chosen),
+            bytes_downloaded=counts["bytes_downloaded"],
+        )
