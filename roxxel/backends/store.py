@@ -8,6 +8,7 @@ messages, logs or ``repr``.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import threading
@@ -126,8 +127,15 @@ class Store:
             )
         if size == 0:
             return b""
-        # The range keeps the read bounded even if the object grew since size().
-        return self._run("read", key, lambda: self.fs.cat_file(path, start=0, end=size))
+
+        def read_all() -> bytes:
+            # The range keeps the read bounded even if the object grew since size().
+            data = self.fs.cat_file(path, start=0, end=size)
+            if len(data) != size:  # a body cut short but reported as complete: retried
+                raise http.client.IncompleteRead(data, size - len(data))
+            return data
+
+        return self._run("read", key, read_all)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the object; StorageError if it ends before ``end``."""
