@@ -18,6 +18,7 @@ from typing import Callable, TypeVar
 from ..errors import RoxxelError
 from .errors import Kind, classify, describe, translate
 from .urls import redact
+from .watchdog import watched
 
 __all__ = ["DEFAULT_POLICY", "NO_RETRY", "RetryPolicy", "call"]
 
@@ -38,6 +39,8 @@ class RetryPolicy:
     ``unreachable_deadline``: the (shorter) window when the endpoint refuses connections
     or does not resolve, which is usually a misconfiguration rather than a blip.
     The n-th retry waits a random time in ``[0, min(max_delay, base_delay * 2**(n-1))]``.
+    ``stall_timeout``: an attempt that gets no response (for downloads: no data) for this
+    many seconds is abandoned and retried like a transient failure; None waits forever.
     """
 
     max_attempts: int = 8
@@ -45,10 +48,13 @@ class RetryPolicy:
     unreachable_deadline: float = 5.0
     base_delay: float = 0.2
     max_delay: float = 10.0
+    stall_timeout: float | None = 120.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.stall_timeout is not None and self.stall_timeout <= 0:
+            raise ValueError(f"RetryPolicy.stall_timeout must be > 0 or None, got {self.stall_timeout}")
         for name in ("deadline", "unreachable_deadline", "base_delay", "max_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RetryPolicy.{name} must be >= 0, got {getattr(self, name)}")
@@ -69,21 +75,35 @@ DEFAULT_POLICY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
-def call(fn: Callable[[], T], *, op: str, url: str, policy: RetryPolicy = DEFAULT_POLICY) -> T:
+_POLICY_TIMEOUT = -1.0  # "use policy.stall_timeout"
+
+
+def call(
+    fn: Callable[[], T],
+    *,
+    op: str,
+    url: str,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    timeout: float | None = _POLICY_TIMEOUT,
+) -> T:
     """Return ``fn()``, retrying transient failures; raise a roxxel error otherwise.
 
     Every backend exception leaves as a :class:`~roxxel.errors.StorageError` subclass
     chained to the original (``TransientStorageError`` once retries are exhausted).
     Roxxel errors and programming errors (TypeError, AttributeError, ...) pass unchanged.
     ``op`` (a verb such as ``"read"``) and ``url`` are only used in messages and logs.
+    An attempt still running after ``timeout`` seconds (default: the policy's
+    ``stall_timeout``; None: no limit) is abandoned and counts as a transient failure.
     """
+    if timeout == _POLICY_TIMEOUT:
+        timeout = policy.stall_timeout
     started = time.monotonic()
     first_failure: float | None = None
     attempt = 0
     while True:
         attempt += 1
         try:
-            return fn()
+            return watched(fn, timeout)
         except _PASS_THROUGH:
             raise
         except Exception as exc:

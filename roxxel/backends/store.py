@@ -23,6 +23,7 @@ from . import localfiles
 from .readers import ChunkReader, StoreReader, open_chunk_reader
 from .retry import DEFAULT_POLICY, RetryPolicy, call
 from .urls import check_key, join_url, redact, resolve
+from .watchdog import StallError, watched
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "MANIFEST_MAX_BYTES", "Store"]
 
@@ -34,6 +35,7 @@ DEFAULT_CHUNK_SIZE = 16 * 2**20
 # Parts of multipart/resumable uploads: memory per upload stays near this, whatever the size.
 UPLOAD_CHUNK_SIZE = 16 * 2**20
 _S3_SINGLE_PUT_MAX = 5 * 2**30
+_MIN_UPLOAD_RATE = 2**20  # bytes/s below which an upload counts as stalled
 MANIFEST_MAX_BYTES = 64 * 2**20
 
 # Protocols whose pipe_file(mode="create") sends a server-side precondition
@@ -168,21 +170,36 @@ class Store:
         pos = 0
         reader: ChunkReader | None = None
 
+        stall = self.retry.stall_timeout
+
         def next_parts() -> list[bytes]:
             nonlocal reader
+            want, box = min(self.chunk_size, size - pos), [reader]
+
+            def step() -> list[bytes]:
+                if box[0] is None:
+                    box[0] = open_chunk_reader(self.fs, path, pos)
+                return box[0].read_parts(want)
+
+            def abandon() -> None:  # runs when a stalled step finally returns
+                if box[0] is not None:
+                    box[0].close()
+
             try:
-                if reader is None:
-                    reader = open_chunk_reader(self.fs, path, pos)
-                return reader.read_parts(min(self.chunk_size, size - pos))
-            except BaseException:
-                if reader is not None:
-                    reader, broken = None, reader
-                    broken.close()
+                parts = watched(step, self.retry.stall_timeout, on_abandon=abandon)
+            except StallError:
+                reader = None  # still in use by the abandoned step, which closes it
                 raise
+            except BaseException:
+                reader = None
+                abandon()
+                raise
+            reader = box[0]
+            return parts
 
         try:
             while pos < size:
-                parts = self._run("download", key, next_parts)
+                parts = self._run("download", key, next_parts, timeout=None)
                 if not parts:
                     raise StorageError(
                         f"could not download {redact(self.url(key))}: it ended at byte {pos}, "
@@ -277,7 +294,10 @@ class Store:
             else:
                 self.fs.put_file(local_path, path, chunksize=UPLOAD_CHUNK_SIZE)
 
-        self._run("upload", key, upload)
+        stall = self.retry.stall_timeout
+        # An upload reports no progress: allow it the stall timeout plus 1 MiB/s.
+        budget = None if stall is None else stall + os.path.getsize(local_path) / _MIN_UPLOAD_RATE
+        self._run("upload", key, upload, timeout=budget)
 
     def _put_object_streaming(self, local_path: str, path: str) -> None:
         """One PUT whose body streams from the file.
@@ -343,9 +363,11 @@ class Store:
 
     # -- internals -------------------------------------------------------------------
 
-    def _run(self, op: str, key: str, fn: Callable[[], T]) -> T:
+    def _run(self, op: str, key: str, fn: Callable[[], T], timeout: float | None = -1.0) -> T:
+        """``fn`` with retries; ``timeout`` bounds each attempt (-1: the policy's
+        stall_timeout)."""
         url = self.url(key) if key else self._url
-        return call(fn, op=op, url=url, policy=self.retry)
+        return call(fn, op=op, url=url, policy=self.retry, timeout=timeout)
 
     def _file_info(self, path: str) -> dict[str, Any]:
         """``fs.info`` of a file, fresh from the store; FileNotFoundError for a prefix."""
