@@ -8,9 +8,6 @@ verified (size, checksum, bounded decompression, footer) before it is mapped.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -22,9 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .backends import Store, redact
-from .cache import CachedShard, ShardCache
-from .cache.files import TempFile, ensure_private_dir
+from .backends import Store
+from .cache import CachedShard, ShardCache, record_dataset_use
 from .downloader import Downloader
 from .errors import CacheError, ShardFormatError
 from .format import FOOTER_SIZE, OFFSET_SIZE, MappedShard, int_sequence, parse_footer
@@ -35,15 +31,13 @@ from .planner import DEFAULT_WINDOW
 from .records import ShardedRecords
 from .tokens import TokenWindows, token_batches
 
-__all__ = ["DATASETS_DIR", "Dataset", "open"]
+__all__ = ["Dataset", "open"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOOKAHEAD = 4
 DEFAULT_DOWNLOAD_WORKERS = 4
 MAPPED_SHARDS = 64
-#: Folder of the cache directory where open() notes which shards each dataset uses.
-DATASETS_DIR = "datasets"
 
 
 def open(  # noqa: A001 - the public name is roxxel.open
@@ -67,7 +61,7 @@ def open(  # noqa: A001 - the public name is roxxel.open
     cache = ShardCache(cache_dir, cache_limit)
     if cache.limit is not None and len(manifest.shards):
         cache.check_limit(int(manifest.shards.raw_size.max()), lookahead)
-    _record_use(cache, store.base_url, manifest)
+    record_dataset_use(cache, store.base_url, manifest)
     return Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
 
 
@@ -533,46 +527,3 @@ def _unpickle_dataset(
 ) -> Dataset:
     return Dataset(store, manifest, ShardCache(cache_dir, cache_limit),
                    lookahead=lookahead, download_workers=workers)
-
-
-def _record_use(cache: ShardCache, url: str, manifest: Manifest) -> None:
-    """Note in the cache which shards the dataset at ``url`` uses (for ``roxxel cache``).
-
-    One JSON file per dataset URL and shard list, ``datasets/<hash of url>.<hash of
-    checksums>.json``, holding the URL (redacted: never credentials) and the checksums.
-    A newer shard list of the same URL replaces the older file. Best effort: a failure
-    here only loses that attribution, so it is logged, never raised.
-    """
-    shown = redact(url)
-    checksums = manifest.shards.checksums.tolist()
-    stem = hashlib.sha256(shown.encode("utf-8")).hexdigest()[:32]
-    version = hashlib.sha256("\n".join(checksums).encode("ascii")).hexdigest()[:16]
-    folder = os.path.join(cache.directory, DATASETS_DIR)
-    name = f"{stem}.{version}.json"
-    path = os.path.join(folder, name)
-    try:
-        ensure_private_dir(folder)
-        try:
-            os.utime(path, follow_symlinks=False)  # known: only note the last use
-            return
-        except FileNotFoundError:
-            pass
-        doc = {
-            "url": shown,
-            "records": manifest.records,
-            "raw_bytes": int(manifest.shards.raw_size.sum()),
-            "checksums": checksums,
-        }
-        temp = TempFile(os.path.join(cache.directory, "tmp"))
-        try:
-            temp.file.write(json.dumps(doc).encode("utf-8"))
-            temp.file.flush()
-            temp.rename(path)
-        finally:
-            temp.discard()
-        for other in os.listdir(folder):
-            if other.startswith(stem + ".") and other != name:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, other))
-    except OSError as exc:
-        log.warning("could not note the use of %s in the cache %s: %s", shown, cache.directory, exc)

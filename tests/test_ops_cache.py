@@ -10,8 +10,7 @@ import pytest
 
 import roxxel
 from roxxel import ops
-from roxxel.dataset import DATASETS_DIR, _record_use
-from roxxel.cache import ShardCache
+from roxxel.cache import DATASETS_DIR, ShardCache, record_dataset_use
 from roxxel.errors import CacheError
 from roxxel.manifest.io import dataset_store
 
@@ -110,7 +109,7 @@ def _held(url, manifest, cache_dir):
 def test_notes_never_hold_credentials(tmp_path):
     cache = ShardCache(str(tmp_path / "cache"))
     manifest = publish(str(tmp_path / "ds"), make_records(5))
-    _record_use(cache, "s3://AKIAEXAMPLE:very-secret@bucket/ds?X-Amz-Signature=abc123", manifest)
+    record_dataset_use(cache, "s3://AKIAEXAMPLE:very-secret@bucket/ds?X-Amz-Signature=abc123", manifest)
     folder = tmp_path / "cache" / DATASETS_DIR
     (note,) = folder.iterdir()
     text = note.read_text()

@@ -7,6 +7,7 @@ the cache directory and the locking protocol.
 
 from __future__ import annotations
 
+from .datasets import DATASETS_DIR, record_dataset_use
 from .download import Fetch, ShardSpec, Sink
 from .evict import CacheEntry, OrderHint
 from .names import CHECKSUM_ALGORITHMS, min_limit, parse_checksum, parse_size
@@ -15,6 +16,7 @@ from .store import ENV_DIR, ShardCache, default_directory
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
+    "DATASETS_DIR",
     "ENV_DIR",
     "CacheEntry",
     "CachedShard",
@@ -27,4 +29,5 @@ __all__ = [
     "min_limit",
     "parse_checksum",
     "parse_size",
+    "record_dataset_use",
 ]

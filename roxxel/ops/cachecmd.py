@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cache import ShardCache
+from ..cache import DATASETS_DIR, ShardCache, record_dataset_use
 from ..cache.files import clean_temp, open_regular
-from ..dataset import DATASETS_DIR, _record_use
 from ..errors import CacheError, RoxxelError
 from ..manifest.io import dataset_store, try_read_manifest
 from ._common import cache_directory
@@ -216,7 +215,7 @@ def _refresh(cache: ShardCache, notes: list[_Note], storage_options: Mapping[str
             dropped += 1
         elif frozenset(manifest.shards.checksums.tolist()) != note.checksums:
             log.info("renewing %s: its manifest changed", note.url)
-            _record_use(cache, note.url, manifest)
+            record_dataset_use(cache, note.url, manifest)
     return _notes(cache), dropped
 
 

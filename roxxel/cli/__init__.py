@@ -1,0 +1,58 @@
+"""The ``roxxel`` console command for operators.
+
+Each subcommand parses its arguments, calls one function of :mod:`roxxel.ops`, and
+prints the result; all the work (and its tests) lives in the library. Results go to
+stdout (``--json`` for scripts), logs and progress to stderr. Exit status: 0 success,
+1 failure (one line saying what is wrong and what to do), 2 usage error.
+
+Modules: :mod:`.parser` (commands, options, help), :mod:`.commands` (one handler per
+command), :mod:`.options` (argument types), :mod:`.progress` and :mod:`.logs` (stderr),
+:mod:`.formatting` (stdout), :mod:`.errors` (exit statuses and one-line errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..errors import RoxxelError
+from .errors import Failure, UsageError, hint, one_line, print_error
+from .logs import configure_logging
+from .options import parse_storage_options, resolve_storage_options
+from .parser import build_parser
+
+__all__ = ["build_parser", "main", "parse_storage_options"]
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    configure_logging(args.verbose, args.quiet)
+    try:
+        resolve_storage_options(args)
+        return args.handler(args)
+    except UsageError as exc:
+        args.subparser.error(str(exc))  # exits with status 2
+        return 2
+    except Failure as exc:
+        return print_error(one_line(exc))
+    except KeyboardInterrupt:
+        print("roxxel: interrupted", file=sys.stderr)
+        return 130
+    except (RoxxelError, OSError, ValueError) as exc:
+        log.debug("traceback", exc_info=True)
+        return print_error(one_line(exc), hint(exc, args.command))
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        log.debug("traceback", exc_info=True)
+        return print_error(f"a storage option is not accepted by this store: {one_line(exc)}",
+                           "check the -o options")
+

@@ -1,0 +1,43 @@
+"""``roxxel cp`` and ``merge``: datasets copied between stores, or combined into one."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..formatting import human
+from ..options import merged
+from ..progress import run_with_progress
+
+__all__ = ["cmd_cp", "cmd_merge"]
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from ...ops import copy
+
+    report = run_with_progress(
+        "cp", args.quiet, copy, args.src, args.dst,
+        src_options=merged(args.options, args.src_options), dst_options=merged(args.options, args.dst_options),
+        overwrite=args.overwrite, workers=args.workers,
+    )
+    if not report.published:
+        print(f"{report.dst} already holds this dataset ({report.shards} shards); nothing copied")
+    else:
+        print(f"copied {report.src} to {report.dst}: {report.copied} shards copied "
+              f"({human(report.bytes_copied)}), {report.kept} already there and verified")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ...ops import merge
+
+    report = run_with_progress(
+        "merge", args.quiet, merge, args.sources, args.dest, args.options,
+        meta=args.meta, overwrite=args.overwrite, workers=args.workers,
+    )
+    if not report.published:
+        print(f"{report.dst} already holds this merged dataset ({report.shards} shards); nothing changed")
+    else:
+        print(f"merged {report.sources} datasets into {report.dst}: {report.records} records in "
+              f"{report.shards} shards ({report.in_place} in place, {report.copied} copied, "
+              f"{report.kept} already copied)")
+    return 0

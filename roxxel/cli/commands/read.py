@@ -1,0 +1,81 @@
+"""``roxxel info``, ``ls`` and ``verify``: reading a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import Failure, UsageError
+from ..formatting import human, print_json, table
+from ..progress import run_with_progress
+
+__all__ = ["cmd_info", "cmd_ls", "cmd_verify"]
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ...ops import info
+
+    result = info(args.url, args.options, cache_dir=args.cache_dir)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    compression = ", ".join(f"{name} ({count} shards)" for name, count in result.compression.items())
+    table(
+        [
+            ["url", result.url],
+            ["records", f"{result.records:,}"],
+            ["shards", f"{result.shards:,}"],
+            ["stored", f"{human(result.stored_bytes)} ({result.stored_bytes:,} bytes)"],
+            ["raw", f"{human(result.raw_bytes)} ({result.raw_bytes:,} bytes)"],
+            ["compression", compression or "-"],
+            ["meta", json.dumps(result.meta, sort_keys=True)],
+            ["fingerprint", result.fingerprint],
+            ["cached", f"{result.cached_shards} of {result.shards} shards, "
+                       f"{human(result.cached_bytes)} (in {result.cache_dir})"],
+        ]
+    )
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from ...ops import list_shards
+
+    shards = list_shards(args.url, args.options, cache_dir=args.cache_dir)
+    if args.json:
+        print_json([s.to_dict() for s in shards])
+        return 0
+    table(
+        [[s.uri, str(s.records), str(s.stored_size), s.checksum, "cached" if s.cached else "-"] for s in shards],
+        right=(1, 2),
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ...ops import verify, verify_cache
+
+    if args.remove_bad and not args.cache:
+        raise UsageError("--remove-bad only applies with --cache")
+    if args.cache:
+        report = run_with_progress(
+            "verify cache", args.quiet, verify_cache, args.url, args.options,
+            cache_dir=args.cache_dir, workers=args.workers, remove_bad=args.remove_bad,
+        )
+    else:
+        report = run_with_progress("verify", args.quiet, verify, args.url, args.options, workers=args.workers)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        for bad in report.bad:
+            print(f"BAD {bad.uri}: {bad.problem}")
+        where = "cached copies" if args.cache else "shards"
+        skipped = f" ({report.not_cached} not cached, skipped)" if args.cache else ""
+        if report.ok:
+            print(f"ok: {report.checked} {where} verified, {human(report.bytes)}{skipped}")
+    if report.ok:
+        return 0
+    if args.cache:
+        hint = "" if args.remove_bad else "; rerun with --remove-bad to drop them from the cache"
+        raise Failure(f"{len(report.bad)} of {report.checked} cached copies are bad{hint}")
+    raise Failure(f"{len(report.bad)} of {report.checked} shards are bad; "
+                  "restore them from a good copy of the dataset")
