@@ -39,8 +39,8 @@ def base_doc(n: int = 3) -> dict[str, Any]:
         {
             "uri": f"shards/{i:06d}.rox",
             "records": 10,
-            "stored_size": 100,
-            "raw_size": 100,
+            "stored_size": 1000,
+            "raw_size": 1000,
             "compression": None,
             "checksum": f"sha256:{i:064x}",
         }
@@ -59,8 +59,8 @@ def info(i: int = 0, **changes: Any) -> ShardInfo:
     fields = {
         "uri": f"shards/{i:06d}.rox",
         "records": 10,
-        "stored_size": 100,
-        "raw_size": 100,
+        "stored_size": 1000,
+        "raw_size": 1000,
         "compression": None,
         "checksum": f"sha256:{i:064x}",
     }
@@ -182,7 +182,7 @@ def test_from_json_takes_bytes_like_but_not_other_types() -> None:
 
 
 def test_pickle_round_trip_keeps_columns_read_only() -> None:
-    m = Manifest.build([info(0), info(1, compression="zstd", raw_size=7)], {"a": [1]})
+    m = Manifest.build([info(0), info(1, compression="zstd", raw_size=700)], {"a": [1]})
     again = pickle.loads(pickle.dumps(m))
     assert again == m and again.meta == {"a": [1]}
     assert not again.shards.records.flags.writeable
@@ -200,7 +200,7 @@ def test_table_columns_are_read_only_numpy_arrays() -> None:
     assert isinstance(t.uris, np.ndarray) and isinstance(t.checksums, np.ndarray)
     assert isinstance(t.compression, np.ndarray) and t.compression.dtype.kind == "i"
     assert [COMPRESSIONS[c] for c in t.compression] == [None, "zstd"]
-    assert t.raw_size.tolist() == [100, 300]
+    assert t.raw_size.tolist() == [1000, 300]
     assert t.record_starts.tolist() == [0, 10, 15]
     for column in (t.uris, t.records, t.compression, t.checksums, t.record_starts):
         with pytest.raises(ValueError, match="read-only"):
@@ -212,8 +212,8 @@ def test_table_copies_its_inputs() -> None:
     t = ShardTable(
         uris=["a", "b"],
         records=records,
-        stored_size=[1, 1],
-        raw_size=[1, 1],
+        stored_size=[40, 40],
+        raw_size=[40, 40],
         compression=np.zeros(2, np.int8),
         checksums=[f"sha256:{0:064x}"] * 2,
     )
@@ -273,16 +273,16 @@ def test_table_from_columns_with_names_or_codes() -> None:
     by_codes = ShardTable(
         uris=np.array(["a", "b"]),
         records=np.array([1, 2], dtype=np.uint32),
-        stored_size=[5, 6],
-        raw_size=[5, 60],
+        stored_size=[40, 48],
+        raw_size=[40, 480],
         compression=np.array([0, 1]),
         checksums=np.array([f"sha256:{0:064x}", f"sha256:{1:064x}"]),
     )
     by_names = ShardTable(
         uris=["a", "b"],
         records=[1, 2],
-        stored_size=[5, 6],
-        raw_size=[5, 60],
+        stored_size=[40, 48],
+        raw_size=[40, 480],
         compression=[None, "zstd"],
         checksums=[f"sha256:{0:064x}", f"sha256:{1:064x}"],
     )
@@ -299,8 +299,13 @@ def test_shard_info_validates_and_normalizes() -> None:
     cases = [
         ({"records": True}, r"^manifest: shard\.records: expected a non-negative integer, got Tr"),
         ({"uri": "../x"}, r"shard\.uri: expected a path without '\.' or '\.\.' segments"),
-        ({"raw_size": 101}, r"shard\.raw_size: expected 100 \(equal to stored_size"),
+        ({"raw_size": 1001}, r"shard\.raw_size: expected 1000 \(equal to stored_size"),
         ({"compression": "gzip"}, r"shard\.compression: expected null or 'zstd', got 'gzip'"),
+        (
+            {"records": 123},
+            r"shard\.records: expected at most 122 records in a shard of raw_size 1000 "
+            r"\(8 bytes of index per record \+ 24\), got 123",
+        ),
     ]
     for changes, match in cases:
         with pytest.raises(ManifestError, match=match):
@@ -311,8 +316,8 @@ def columns(**changes: Any) -> dict[str, Any]:
     cols: dict[str, Any] = {
         "uris": ["a", "b"],
         "records": [1, 2],
-        "stored_size": [5, 6],
-        "raw_size": [5, 6],
+        "stored_size": [40, 48],
+        "raw_size": [40, 48],
         "compression": [None, None],
         "checksums": [f"sha256:{0:064x}"] * 2,
     }
@@ -470,9 +475,9 @@ def doc_cases() -> list[Any]:
         (put("shards", 1, "extra", 1), r"shards\[1\]\.extra: unknown field \(expected uri, rec"),
         (drop("shards", 2, "checksum"), r"shards\[2\]\.checksum: missing required field"),
         (
-            put("shards", 1, "raw_size", 101),
-            r"shards\[1\]\.raw_size: expected 100 \(equal to stored_size, "
-            r"as compression is null\), got 101",
+            put("shards", 1, "raw_size", 1001),
+            r"shards\[1\]\.raw_size: expected 1000 \(equal to stored_size, "
+            r"as compression is null\), got 1001",
         ),
         (
             put("shards", 2, "uri", "shards/000000.rox"),
@@ -638,15 +643,16 @@ JSON_VALUES = st.recursive(
 @st.composite
 def shard_infos(draw: st.DrawFn, uri: str) -> ShardInfo:
     compression = draw(st.sampled_from(COMPRESSIONS))
-    stored_size = draw(st.integers(0, 2**40))
+    stored_size = draw(st.integers(24, 2**40))
+    raw_size = stored_size if compression is None else draw(st.integers(24, 2**40))
     algorithm = draw(st.sampled_from(sorted(CHECKSUM_ALGORITHMS)))
     size = CHECKSUM_ALGORITHMS[algorithm] // 2
     digest = draw(st.binary(min_size=size, max_size=size)).hex()
     return ShardInfo(
         uri=uri,
-        records=draw(st.integers(0, 2**40)),
+        records=draw(st.integers(0, (raw_size - 24) // 8)),  # room for its offsets and footer
         stored_size=stored_size,
-        raw_size=stored_size if compression is None else draw(st.integers(0, 2**40)),
+        raw_size=raw_size,
         compression=compression,
         checksum=f"{algorithm}:{digest}",
     )

@@ -76,7 +76,7 @@ def test_warm_is_idempotent_and_skips_cached_shards(tmp_path):
 
 def test_warm_order_interleaves_the_ranks_of_a_node():
     manifest = roxxel.Manifest.build(
-        [roxxel.ShardInfo(uri=f"s/{k}", records=10, stored_size=100, raw_size=100,
+        [roxxel.ShardInfo(uri=f"s/{k}", records=10, stored_size=1000, raw_size=1000,
                           compression=None, checksum="sha256:" + f"{k:064x}") for k in range(40)]
     )
     orders = [plan(manifest.shards.records, seed=3, rank=r, world_size=4).shard_order.tolist() for r in (0, 2)]

@@ -41,6 +41,7 @@ _SHARD_FIELDS = ("uri", "records", "stored_size", "raw_size", "compression", "ch
 _SHARD_FIELD_SET = frozenset(_SHARD_FIELDS)
 _COLUMNS = ("uris", "records", "stored_size", "raw_size", "compression", "checksums")
 _COMPRESSION_CODES = {name: code for code, name in enumerate(COMPRESSIONS)}
+_FOOTER_BYTES = 24  # the ROXXEL01 footer
 _META_INT_RANGE = (-(2**63), 2**64)  # what every JSON reader with 64-bit ints accepts
 
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*:"
@@ -202,6 +203,17 @@ def _check_sizes(stored_size: int, raw_size: int, compression: str | None, path:
             path,
             f"expected {stored_size} (equal to stored_size, as compression is null), "
             f"got {raw_size}",
+        )
+
+
+def _check_room(records: int, raw_size: int, path: str) -> None:
+    """A ROXXEL01 shard of ``records`` records holds at least an 8-byte offset for each and
+    the 24-byte footer: a manifest claiming more records than its bytes allow is lying."""
+    if records > (raw_size - _FOOTER_BYTES) // 8:
+        raise _error(
+            path,
+            f"expected at most {max((raw_size - _FOOTER_BYTES) // 8, 0)} records in a shard of "
+            f"raw_size {raw_size} (8 bytes of index per record + {_FOOTER_BYTES}), got {records}",
         )
 
 

@@ -85,6 +85,7 @@ from ._validate import (  # noqa: F401 - re-exported constants
     _check_fields,
     _check_header,
     _check_json_value,
+    _check_room,
     _check_sizes,
     _checksum,
     _checksum_column,
@@ -139,6 +140,7 @@ class ShardInfo:
         put(self, "compression", _compression(self.compression, "shard.compression"))
         put(self, "checksum", _checksum(self.checksum, "shard.checksum"))
         _check_sizes(self.stored_size, self.raw_size, self.compression, "shard.raw_size")
+        _check_room(self.records, self.raw_size, "shard.records")
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -180,6 +182,10 @@ class ShardTable:
             i = int(bad[0])
             _check_sizes(int(self.stored_size[i]), int(self.raw_size[i]), None, _row(i, "raw_size"))
         object.__setattr__(self, "record_starts", self._prefix_sums())
+        bad = np.flatnonzero(self.records > (self.raw_size - 24) // 8)
+        if bad.size:
+            i = int(bad[0])
+            _check_room(int(self.records[i]), int(self.raw_size[i]), _row(i, "records"))
 
     def _prefix_sums(self) -> NDArray[np.int64]:
         total = sum(self.records.tolist())  # exact: int64 sums could wrap around
