@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import weakref
+from concurrent.futures import CancelledError
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -21,7 +22,7 @@ import numpy.typing as npt
 
 from .backends import Store
 from .cache import CachedShard, ShardCache, record_dataset_use
-from .downloader import Downloader
+from .downloader import DownloadCancelled, Downloader
 from .errors import CacheError, ShardFormatError
 from .format import FOOTER_SIZE, OFFSET_SIZE, MappedShard, int_sequence, parse_footer
 from .iteration import IterState, RecordIterator, check_resumable, detect_topology, new_state
@@ -253,8 +254,11 @@ class Dataset(ShardedRecords):
     def _load_shard(self, k: int) -> MappedShard:
         while len(self._mapped) >= self._max_mapped:  # unlock one before the cache needs room
             self.release(self._mapped[0])
-        claimed = self._downloader is not None and self._downloader.claim(k)
-        handle = self._fetch_to_cache(k)
+        try:
+            claimed = self._downloader is not None and self._downloader.claim(k)
+            handle = self._fetch_to_cache(k)
+        except (DownloadCancelled, CancelledError):
+            raise ValueError(f"{self!r} was closed while a shard was being fetched") from None
         if claimed:  # the prefetch already counted this shard
             with self._lock:
                 self._stats["cache_hits"] -= 1

@@ -21,6 +21,8 @@ __all__ = ["DownloadCancelled", "Downloader"]
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT = 5.0  # seconds close() waits for running fetches
+
 
 class DownloadCancelled(Exception):
     """Raised inside a fetch when its downloader is closing (never reaches the user)."""
@@ -99,7 +101,9 @@ class Downloader:
         """Cancel queued fetches, interrupt running ones and join the threads (idempotent)."""
         self._after_fork()
         self._closing.set()
-        self._pool.close(wait=True)
+        # Fetches notice the closing flag between chunks; a request that is stalled
+        # inside the store is not waited out (its thread is a daemon).
+        self._pool.close(wait=True, timeout=CLOSE_TIMEOUT)
         with self._lock:
             for future in self._pending.values():
                 future.cancel()

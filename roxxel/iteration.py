@@ -130,22 +130,27 @@ class RecordIterator(Iterator[np.ndarray]):
         ds._hold_at_least(p.num_windows and int(max(len(p.window_shards(w)) for w in range(p.num_windows))))
         starts = ds.record_starts
         position = self.position
-        for w, ids in p.windows(position):
-            shard_ids = np.searchsorted(starts, ids, side="right") - 1
-            window = np.unique(shard_ids).tolist()
+        first, skip = p.locate(position)
+        for w in range(first, p.num_windows):
+            window = p.window_shards(w).tolist()
             ds._fetch_in_parallel(window)
             ds._prefetch(order[max(rank_of[k] for k in window) + 1 :])
+            # The shards are verified against the manifest before the window's records,
+            # whose count the manifest claims, are planned (and allocated).
+            maps = [(s.payload, s.offsets) for s in (ds.shard(k) for k in window)]
+            ids = p.window_records(w)[skip:]
+            skip = 0
+            shard_ids = np.searchsorted(starts, ids, side="right") - 1
             local = ids - starts[shard_ids]
             begins = np.empty(len(ids), dtype=np.int64)
             ends = np.empty(len(ids), dtype=np.int64)
             payloads = []
-            for k in window:
-                shard = ds.shard(k)
+            for k, (payload, offsets) in zip(window, maps):
                 rows = shard_ids == k
                 j = local[rows]
-                ends[rows] = shard.offsets[j]
-                begins[rows] = np.where(j > 0, shard.offsets[np.maximum(j - 1, 0)], 0)
-                payloads.append(shard.payload)
+                ends[rows] = offsets[j]
+                begins[rows] = np.where(j > 0, offsets[np.maximum(j - 1, 0)], 0)
+                payloads.append(payload)
             slot = np.searchsorted(window, shard_ids).tolist()
             for s, b, e in zip(slot, begins.tolist(), ends.tolist()):
                 position += 1
@@ -155,6 +160,7 @@ class RecordIterator(Iterator[np.ndarray]):
             done = [k for k in window if k not in following]
             ds._forget_order(done)
             ds._release_window(done)
+
 
 def new_state(ds: Dataset, **kwargs: Any) -> IterState:
     """The state of a fresh iterator, with the topology detected where not given."""

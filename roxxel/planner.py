@@ -105,19 +105,23 @@ class Plan:
 
     def windows(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """``(window, global record indices)`` from stream position ``start`` on."""
-        if not 0 <= start <= self.num_records:
-            raise ValueError(f"start must be in [0, {self.num_records}], got {start}")
-        sizes = self.window_sizes()
-        edges = np.zeros(len(sizes) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=edges[1:])
-        first = int(np.searchsorted(edges, start, side="right")) - 1
-        skip = start - (int(edges[first]) if first >= 0 else 0)
-        for window in range(max(first, 0), self.num_windows):
+        first, skip = self.locate(start)
+        for window in range(first, self.num_windows):
             ids = self.window_records(window)
             if skip:
                 ids, skip = ids[skip:], 0
             if len(ids):
                 yield window, ids
+
+    def locate(self, start: int) -> tuple[int, int]:
+        """The window holding stream position ``start``, and how far into it that is."""
+        if not 0 <= start <= self.num_records:
+            raise ValueError(f"start must be in [0, {self.num_records}], got {start}")
+        sizes = self.window_sizes()
+        edges = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=edges[1:])
+        first = max(int(np.searchsorted(edges, start, side="right")) - 1, 0)
+        return first, start - int(edges[first]) if len(sizes) else 0
 
 
 def _check_int(name: str, value: object, low: int) -> int:

@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -88,8 +89,12 @@ class WorkerPool:
             if job is not None:
                 job[0].cancel()
 
-    def close(self, wait: bool = True) -> None:
-        """Stop the threads after their current job (idempotent); queued jobs are cancelled."""
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop the threads after their current job (idempotent); queued jobs are cancelled.
+
+        With ``timeout``, waits at most that long in all: a thread still inside a job
+        then (a stalled request) is left to finish on its own; it is a daemon.
+        """
         if self.forked:
             self._reset()
             self._stop.set()
@@ -99,6 +104,11 @@ class WorkerPool:
         for _ in self._threads:
             self._jobs.put(None)
         if wait:
+            deadline = None if timeout is None else time.monotonic() + timeout
             for t in self._threads:
                 if t is not threading.current_thread():
-                    t.join()
+                    t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            stuck = [t.name for t in self._threads if t.is_alive() and t is not threading.current_thread()]
+            if stuck:
+                log.warning("%s: %d thread(s) still busy after %.1f s; leaving them to finish",
+                            self._name, len(stuck), timeout)

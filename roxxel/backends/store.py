@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Callable, TypeVar
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
-from ..errors import NotFoundError, StorageError
+from ..errors import IntegrityError, NotFoundError, StorageError
 from . import localfiles
 from .readers import ChunkReader, StoreReader, open_chunk_reader
 from .retry import DEFAULT_POLICY, RetryPolicy, call
@@ -165,6 +165,7 @@ class Store:
         deadline applies per chunk). Exceptions raised by ``sink`` propagate unchanged.
         """
         path = self.path(key)
+        known_size = size is not None
         if size is None:
             size = self.size(key)
         pos = 0
@@ -201,9 +202,10 @@ class Store:
             while pos < size:
                 parts = self._run("download", key, next_parts, timeout=None)
                 if not parts:
-                    raise StorageError(
+                    error = IntegrityError if known_size else StorageError
+                    raise error(
                         f"could not download {redact(self.url(key))}: it ended at byte {pos}, "
-                        f"expected {size} bytes; was it replaced while being read?"
+                        f"expected {size} bytes; was it replaced or truncated?"
                     )
                 for part in parts:
                     sink(part)
