@@ -43,6 +43,7 @@ _COMPRESSIONS = (None, "zstd")
 _SHARD_NAME = re.compile(r"^shards/(\d{5,})-\d{6,}-[0-9a-f]{12}\.rox(\.zst)?$")
 _STAGING_PREFIX = "roxxel-writer-"
 _COPY_CHUNK = 8 << 20
+_UPLOAD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -223,12 +224,7 @@ class Writer:
             key = f"shards/{self._generation:05d}-{staged.index:06d}-{digest[:12]}.rox{suffix}"
             with self._lock:
                 self._uploaded.append(key)
-            self.store.put_file(path, key)
-            found = self.store.size(key)
-            if found != stored_size:
-                raise IntegrityError(
-                    f"{self.store.url(key)}: uploaded object is {found} bytes, expected {stored_size}"
-                )
+            self._put_checked(path, key, digest)
             for p in {path, staged.path}:
                 os.unlink(p)
             with self._lock:
@@ -245,6 +241,18 @@ class Writer:
             )
         finally:
             self._slots.release()
+
+    def _put_checked(self, path: str, key: str, digest: str) -> None:
+        """Upload, then check the object holds exactly our bytes; upload again if not."""
+        for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
+            self.store.put_file(path, key)
+            try:
+                self.store.check_upload(key, path, digest)
+                return
+            except IntegrityError as exc:
+                if attempt == _UPLOAD_ATTEMPTS:
+                    raise
+                log.warning("uploading %s again (attempt %d): %s", self.store.url(key), attempt + 1, exc)
 
     def _report(self) -> None:
         if self._progress is not None:

@@ -8,9 +8,13 @@ messages, logs or ``repr``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import http.client
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable, TypeVar
@@ -301,6 +305,34 @@ class Store:
         budget = None if stall is None else stall + os.path.getsize(local_path) / _MIN_UPLOAD_RATE
         self._run("upload", key, upload, timeout=budget)
 
+    def check_upload(self, key: str, local_path: str | os.PathLike[str], sha256_hex: str) -> None:
+        """IntegrityError unless the object ``key`` holds exactly the bytes of ``local_path``.
+
+        The size always; then the MD5 the store reports for the object (S3's ETag of a
+        single-part upload, GCS's md5Hash) against the local file's, or, where the store
+        reports none (local disk, memory, others), the object read back against
+        ``sha256_hex``.
+        """
+        local_path = os.fspath(local_path)
+        path = self.path(key)
+        info = self._run("stat", key, lambda: self._file_info(path))
+        expected = os.path.getsize(local_path)
+        if info["size"] != expected:
+            raise IntegrityError(
+                f"{redact(self.url(key))}: uploaded object is {info['size']} bytes, expected {expected}"
+            )
+        reported = _reported_md5(info)
+        if reported is not None:
+            found, wanted, name = reported, _file_digest(local_path, hashlib.md5()), "md5"
+        else:
+            digest = hashlib.sha256()
+            self.stream(key, digest.update, size=expected)
+            found, wanted, name = digest.hexdigest(), sha256_hex, "sha256"
+        if found != wanted:
+            raise IntegrityError(
+                f"{redact(self.url(key))}: uploaded object has {name} {found}, expected {wanted}"
+            )
+
     def _put_object_streaming(self, local_path: str, path: str) -> None:
         """One PUT whose body streams from the file.
 
@@ -402,3 +434,24 @@ class Store:
                 self.fs.pipe_file(path, data, mode="create")
             else:
                 self.fs.pipe_file(path, data)
+
+
+def _reported_md5(info: dict[str, Any]) -> str | None:
+    """The MD5 hex digest a store reports for a whole object, if it reports one."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    if re.fullmatch(r"[0-9a-f]{32}", etag):  # multipart ETags ("...-N") are not MD5s
+        return etag
+    md5 = info.get("md5Hash")
+    if isinstance(md5, str):
+        try:
+            return base64.b64decode(md5, validate=True).hex()
+        except (ValueError, binascii.Error):
+            return None
+    return None
+
+
+def _file_digest(path: str, digest: Any) -> str:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
