@@ -12,6 +12,11 @@
     the running emulators (:class:`tests.servers.Server`: ``endpoint``,
     ``storage_options``, ``create_bucket``, ``reset``); started once per session.
 
+``reliability``
+    for tests marked ``@pytest.mark.reliability(category, what)``: ``reliability.note(text)``
+    adds a measured detail to the reliability summary (see ``tests/reliability_report.py``,
+    which also writes the README's reliability table).
+
 Objects written in ``memory://`` do not leak between tests: the in-memory filesystem is
 emptied after every test. Nothing here reaches the internet.
 """
@@ -31,6 +36,15 @@ from typing import Any, NamedTuple  # noqa: E402
 import pytest  # noqa: E402
 
 from tests import servers  # noqa: E402
+from tests.reliability_report import (  # noqa: E402,F401 - hooks and fixture of the reliability table
+    pytest_collection_finish,
+    pytest_configure,
+    pytest_deselected,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    reliability,
+)
 
 STORE_KINDS = ("local", "memory", "s3", "gcs")
 _SESSION_BUCKET = "roxxel-tests"
