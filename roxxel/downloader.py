@@ -21,7 +21,7 @@ __all__ = ["DownloadCancelled", "Downloader"]
 
 log = logging.getLogger(__name__)
 
-CLOSE_TIMEOUT = 5.0  # seconds close() waits for running fetches
+CLOSE_TIMEOUT = 1.0  # seconds close() waits for running fetches
 
 
 class DownloadCancelled(Exception):

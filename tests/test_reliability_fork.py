@@ -127,18 +127,7 @@ def dataset(new_location, kind: str) -> tuple[str, dict]:
 
 
 @rel("fork", "os.fork while a dataset ({kind}) is being read and shards are downloading: the child reads the whole dataset, or fails at once saying what to do")
-@pytest.mark.parametrize("kind", [
-    pytest.param("local", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="the child inherits the fds of the per-shard cache locks that the parent's download "
-               "threads hold at the fork; those flocks are never released in the child, whose own "
-               "downloads of the same shards then wait on them forever")),
-    pytest.param("s3", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError,
-        reason="as with local disk (inherited lock fds: a hang), and the child also inherits the "
-               "parent's s3fs filesystem, which fsspec refuses after a fork ('This class is not "
-               "fork-safe', a StorageError that does not say what to do)")),
-])
+@pytest.mark.parametrize("kind", ["local", "s3"])
 def test_os_fork_with_downloads_in_flight(new_location, tmp_path, kind, reliability):
     url, options = dataset(new_location, kind)
     outcome = run(FORKED, url, options, tmp_path / "cache", kind)
@@ -147,12 +136,8 @@ def test_os_fork_with_downloads_in_flight(new_location, tmp_path, kind, reliabil
 
 
 @rel("fork", "PyTorch DataLoader with 2 fork workers over an IterableRecords ({kind}) already iterated in the parent: every record once, or an immediate error saying what to do")
-@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="fork workers inherit the parent's opened dataset and its s3fs filesystem, which fsspec "
-           "refuses in a child ('This class is not fork-safe'): a StorageError that does not say what to do"))])
+@pytest.mark.parametrize("kind", ["local", "s3"])
 def test_dataloader_fork_workers_after_use_in_the_parent(new_location, tmp_path, kind, reliability):
-    pytest.importorskip("torch")
     url, options = dataset(new_location, kind)
     outcome = run(LOADER, url, options, tmp_path / "cache", kind)
     reliability.note(json.dumps(outcome)[:200])

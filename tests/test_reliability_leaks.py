@@ -160,10 +160,6 @@ EXITING = textwrap.dedent(
 @pytest.mark.parametrize("mode", ["busy", pytest.param("stalled", id="stalled")])
 @pytest.mark.parametrize("how", ["without close()", "after close()"])
 def test_interpreter_exits_while_downloading(tmp_path, mode, how, request, reliability):
-    if mode == "stalled" and how == "after close()":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=AssertionError, reason="Dataset.close() waits up to 5 s for download threads blocked in a stalled "
-            "read, the whole exit budget, so the interpreter exits after more than 5 s"))
     url = str(tmp_path / "ds")
     write(url, 400, shard_bytes=16384)
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -73,7 +73,8 @@ class Store:
             root = fs._strip_protocol(url)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        self.fs = fs
+        self._fs = fs
+        self._pid = os.getpid()
         self.root = root.rstrip("/") or root
         self.retry = retry
         self.chunk_size = chunk_size
@@ -91,6 +92,16 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({redact(self._url)!r})"
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The filesystem; in a forked child, a new instance made from the same arguments
+        (async clients such as s3fs refuse to be used across a fork)."""
+        if self._pid != os.getpid():
+            fs = self._fs
+            self._fs = type(fs)(*fs.storage_args, **fs.storage_options)
+            self._pid = os.getpid()
+        return self._fs
 
     # -- names -----------------------------------------------------------------------
 
@@ -350,10 +361,12 @@ class Store:
     def put_bytes_overwrite(self, key: str, data: bytes) -> None:
         """Atomically make ``key`` hold ``data``, replacing any object there."""
         path = self.path(key)
+        # Never abandoned on a stall: an abandoned write could still land later, over a
+        # newer one (the clients' own timeouts bound it).
         if self._kind == "local":
-            self._run("write", key, lambda: localfiles.write_replace(path, data))
+            self._run("write", key, lambda: localfiles.write_replace(path, data), timeout=None)
         else:
-            self._run("write", key, lambda: self.fs.pipe_file(path, data))
+            self._run("write", key, lambda: self.fs.pipe_file(path, data), timeout=None)
 
     def put_bytes_create_only(self, key: str, data: bytes) -> None:
         """Publish ``data`` at ``key`` atomically; DatasetExistsError if ``key`` exists.
@@ -380,7 +393,7 @@ class Store:
                     return
                 raise
 
-        self._run("publish", key, attempt)
+        self._run("publish", key, attempt, timeout=None)  # never abandoned: see overwrite
 
     def delete(self, key: str) -> None:
         """Delete the object ``key``; a missing object is not an error."""

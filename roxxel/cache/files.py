@@ -159,6 +159,9 @@ def exclusive_lock(path: str) -> Iterator[None]:
     finally:
         with suppress(FileNotFoundError):
             os.unlink(path)
+        # Unlock explicitly: a child forked meanwhile holds a copy of this descriptor, and
+        # a plain close would leave the lock held until the child closes its copy too.
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
