@@ -15,6 +15,7 @@ the seed decides.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -48,15 +49,24 @@ class TokenWindows:
         self.starts = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.starts[1:])
         self._payload = payload
+        self._starts_list: list[int] = self.starts.tolist()
+        self._last: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def _windows_of(self, k: int) -> np.ndarray:
-        # Not cached: the payload's owner decides how long a shard stays mapped.
+        payload = self._payload(k)
+        last = self._last
+        if last is not None and last[0] == k and last[1] is payload:
+            return last[2]
+        # Only the last shard's view is kept, and only while its owner hands out the same
+        # payload: the owner decides how long a shard stays mapped.
         count = int(self.starts[k + 1] - self.starts[k])
-        raw = self._payload(k)[: count * self.seq_len * self.dtype.itemsize]
-        return raw.view(self.dtype).reshape(count, self.seq_len)
+        raw = payload[: count * self.seq_len * self.dtype.itemsize]
+        view = raw.view(self.dtype).reshape(count, self.seq_len)
+        self._last = (k, payload, view)
+        return view
 
     def shards_of(self, windows: np.ndarray) -> np.ndarray:
         """The distinct shards holding ``windows``, in ascending order."""
@@ -64,12 +74,13 @@ class TokenWindows:
 
     def gather(self, windows: np.ndarray, out: np.ndarray) -> None:
         """Copy the sorted global ``windows`` into the rows of ``out``, shard by shard."""
-        starts = self.starts
-        first, last = (np.searchsorted(starts, windows[[0, -1]], side="right") - 1).tolist()
+        starts = self._starts_list
+        first = bisect_right(starts, int(windows[0])) - 1
+        last = bisect_right(starts, int(windows[-1])) - 1
         if first == last:  # the common case: one vectorized copy
-            self._take(first, windows - starts[first], out)
+            self._take(first, windows - starts[first] if first else windows, out)
             return
-        shard_ids = np.searchsorted(starts, windows, side="right") - 1
+        shard_ids = np.searchsorted(self.starts, windows, side="right") - 1
         cuts = np.flatnonzero(shard_ids[1:] != shard_ids[:-1]) + 1
         bounds = [0, *cuts.tolist(), len(windows)]
         for a, b in zip(bounds[:-1], bounds[1:]):
