@@ -113,6 +113,7 @@ class Dataset(ShardedRecords):
             # so locked), or no download could make room by evicting.
             fits = cache.limit // max(1, int(manifest.shards.raw_size.max()))
             self._max_mapped = max(1, min(self._max_mapped, fits - 1))
+        self._mapping_cap = self._max_mapped if cache.limit is not None else self.num_shards
         self._downloader: Downloader | None = None
         self._next_use: dict[str, int] = {}
         self._footers: dict[int, tuple[int, int]] = {}
@@ -245,11 +246,14 @@ class Dataset(ShardedRecords):
 
     def _set_order(self, shards: Iterable[int]) -> None:
         """Tell the cache the order shards will be used in (for furthest-next-use eviction)."""
+        shards = list(shards)
         checksums = self.manifest.shards.checksums
         order: dict[str, int] = {}
         for pos, k in enumerate(shards):
             order.setdefault(str(checksums[k]), pos)
         self._next_use = order  # replaced, never mutated: download threads may be reading it
+        if self._downloader is not None:  # prefetches for an abandoned order free their slots
+            self._downloader.retain(set(shards))
 
     def _load_shard(self, k: int) -> MappedShard:
         while len(self._mapped) >= self._max_mapped:  # unlock one before the cache needs room
@@ -437,7 +441,7 @@ class Dataset(ShardedRecords):
         table = self.manifest.shards
         payload_sizes = table.raw_size - OFFSET_SIZE * table.records - FOOTER_SIZE
         windows = TokenWindows(payload_sizes, lambda k: self.shard(k).payload, seq_len, dtype)
-        self._hold_at_least(min(batch_size, self.num_shards))
+        self._hold_at_least(min(batch_size, self._mapping_cap))
         return self._track(
             token_batches(
                 windows, batch_size, seed, start_step,

@@ -57,11 +57,13 @@ class Downloader:
         if self._closing.is_set() or self.lookahead == 0:
             return
         with self._lock:
+            busy = sum(not f.done() for f in self._pending.values())
             for k in upcoming:
-                if len(self._pending) >= self.lookahead:
+                if busy >= self.lookahead:
                     break
                 if k not in self._pending:
                     self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k))
+                    busy += 1
 
     def fetch_now(self, shards: Iterable[int]) -> None:
         """Start fetching ``shards`` (needed right now) in parallel, ahead of any prefetch
@@ -73,6 +75,16 @@ class Downloader:
             for k in shards:
                 if k not in self._pending:
                     self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k))
+
+    def retain(self, shards: set[int]) -> None:
+        """Forget fetches of shards outside ``shards`` (a new read order): queued ones are
+        cancelled, finished ones dropped (their shards stay in the cache)."""
+        self._after_fork()
+        with self._lock:
+            for k in [k for k in self._pending if k not in shards]:
+                future = self._pending[k]
+                if future.cancel() or future.done():
+                    del self._pending[k]
 
     def claim(self, k: int) -> bool:
         """Wait for a background fetch of shard ``k``, if one was started, and forget it.

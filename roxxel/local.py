@@ -281,6 +281,7 @@ def _write_staged(
     """Write records into staged temp files, then rename them all into place."""
     staged: list[tuple[str, str]] = []  # (temp path, final path)
     done = _Written()
+    f = None
     try:
         target = next(targets)
         writer, f = _open_staged(target, continue_last, staged)
@@ -300,6 +301,8 @@ def _write_staged(
         if not done.records:
             raise _NothingWritten
     except BaseException as exc:
+        if f is not None:
+            f.close()  # idempotent: the last shard's file may be closed already
         for temp, _ in staged:
             _remove_quietly(temp)
         if isinstance(exc, _NothingWritten):

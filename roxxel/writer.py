@@ -263,8 +263,8 @@ class Writer:
     def close(self) -> Manifest:
         """Wait for every upload and publish the manifest; returns it (idempotent).
 
-        If anything fails, nothing is published, staged files and uploaded shard
-        objects of this writer are removed, and the original error is raised.
+        If anything fails, nothing is published, the staged files are removed, and the
+        original error is raised.
         """
         if self._state == "published":
             assert self.manifest is not None
@@ -303,7 +303,7 @@ class Writer:
         return manifest
 
     def abort(self) -> None:
-        """Publish nothing; remove staged files and this writer's uploaded shards."""
+        """Publish nothing and remove the staged files (uploaded shards stay unreferenced)."""
         if self._state == "open":
             self._abort()
 
@@ -313,11 +313,11 @@ class Writer:
             self._current[1].f.close()
             self._current = None
         self._pool.close(wait=True)
-        for key in list(self._uploaded):
-            try:
-                self.store.delete(key)
-            except Exception as exc:  # best effort: an orphan object is harmless
-                log.warning("could not remove unpublished shard %s: %s", self.store.url(key), exc)
+        # Uploaded shard objects stay, unreferenced: shard names are deterministic, so a
+        # concurrent writer of the same data may be about to publish the very same keys.
+        if self._uploaded:
+            log.info("aborted writer for %s left %d unreferenced shard objects under shards/",
+                     self.url, len(self._uploaded))
         self._cleanup()
 
     def __enter__(self) -> Writer:

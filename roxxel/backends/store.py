@@ -107,12 +107,12 @@ class Store:
 
     @property
     def base_url(self) -> str:
-        """The dataset URL (a local path stays a path)."""
-        return self._url
+        """The dataset URL for messages (a local path stays a path), credentials masked."""
+        return redact(self._url)
 
     def url(self, key: str) -> str:
-        """The full URL of ``key``, for messages and for other tools."""
-        return join_url(self._url, key)
+        """The full URL of ``key`` for messages, credentials masked."""
+        return redact(join_url(self._url, key))
 
     def path(self, key: str) -> str:
         """The path of ``key`` on :attr:`fs`."""
@@ -185,8 +185,6 @@ class Store:
             size = self.size(key)
         pos = 0
         reader: ChunkReader | None = None
-
-        stall = self.retry.stall_timeout
 
         def next_parts() -> list[bytes]:
             nonlocal reader

@@ -37,7 +37,6 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TEMP_SUFFIX = ".part"
 _TEMP_RE = re.compile(r"([0-9]+)\.[A-Za-z0-9_]+\.part")  # "<pid>.<mkstemp letters>.part"
-_LOCK_TRIES = 100
 # open() errors meaning "something other than a readable file of ours is at this name":
 # ELOOP a symlink (O_NOFOLLOW), ENXIO a socket, ENODEV a device, EACCES/EPERM unreadable.
 _NOT_A_FILE = frozenset(
@@ -140,7 +139,7 @@ def exclusive_lock(path: str) -> Iterator[None]:
     waiter that wakes on an unlinked file sees that the path names another file (or
     none) and locks again. A holder killed by any signal releases the lock.
     """
-    for _ in range(_LOCK_TRIES):
+    while True:  # each retry means another holder finished: this cannot livelock
         fd = _open_lock_file(path)
         if fd < 0:
             continue
@@ -152,8 +151,6 @@ def exclusive_lock(path: str) -> Iterator[None]:
             os.close(fd)
             raise
         os.close(fd)
-    else:
-        raise CacheError(f"could not lock {path}: it kept being replaced")
     try:
         yield
     finally:
