@@ -297,3 +297,21 @@ def test_a_cached_copy_damaged_on_disk_is_downloaded_again(tmp_path):
         assert bytes(ds[0]) == recs[0]
         assert ds.stats["shards_downloaded"] == 1
     assert cached.read_bytes()[-8:] == b"ROXXEL01"
+
+
+def test_credentials_in_a_url_never_reach_reprs_or_messages(tmp_path, caplog):
+    import logging
+
+    url = "memory://alice:s3cr3t@bucket/ds"
+    with caplog.at_level(logging.DEBUG, logger="roxxel"):
+        with roxxel.Writer(url) as w:
+            w.append(b"x")
+        assert "s3cr3t" not in repr(w)
+        with pytest.raises(roxxel.DatasetExistsError) as exists:
+            roxxel.Writer(url)
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+            assert bytes(ds[0]) == b"x"
+            text = repr(ds) + ds.url + str(exists.value)
+            with pytest.raises(roxxel.ResumeError) as resume:
+                ds.resume({**ds.iter().state(), "fingerprint": "sha256:" + "0" * 64})
+    assert "***" in text and "s3cr3t" not in text + str(resume.value) + caplog.text
