@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["IterState", "RecordIterator", "detect_topology"]
 
+_BLOCK = 1 << 16  # records turned into Python ints at once, whatever the window's size
+_STATE_TYPES = {"seed": int, "epoch": int, "position": int, "rank": int, "world_size": int,
+                "worker": int, "num_workers": int, "shuffle": bool, "window": int,
+                "remainder": str, "fingerprint": str}
+
 
 @dataclass(frozen=True)
 class IterState:
@@ -52,6 +57,10 @@ class IterState:
         if not isinstance(data, Mapping) or set(data) != names:
             got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
             raise ResumeError(f"iterator state must have the keys {sorted(names)}, got {got}")
+        for name, kind in _STATE_TYPES.items():
+            value = data[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ResumeError(f"iterator state field {name!r} must be {kind.__name__}, got {value!r}")
         return cls(**{name: data[name] for name in names})
 
 
@@ -151,11 +160,13 @@ class RecordIterator(Iterator[np.ndarray]):
                 ends[rows] = offsets[j]
                 begins[rows] = np.where(j > 0, offsets[np.maximum(j - 1, 0)], 0)
                 payloads.append(payload)
-            slot = np.searchsorted(window, shard_ids).tolist()
-            for s, b, e in zip(slot, begins.tolist(), ends.tolist()):
-                position += 1
-                self.position = position
-                yield payloads[s][b:e]
+            slots = np.searchsorted(window, shard_ids)
+            for lo in range(0, len(ids), _BLOCK):  # Python ints for one block at a time
+                hi = lo + _BLOCK
+                for s, b, e in zip(slots[lo:hi].tolist(), begins[lo:hi].tolist(), ends[lo:hi].tolist()):
+                    position += 1
+                    self.position = position
+                    yield payloads[s][b:e]
             following = set(p.window_shards(w + 1).tolist()) if w + 1 < p.num_windows else set()
             done = [k for k in window if k not in following]
             ds._forget_order(done)

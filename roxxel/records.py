@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .errors import ShardFormatError
 from .format import MappedShard
 
 __all__ = ["ShardedRecords"]
@@ -57,7 +58,9 @@ class ShardedRecords:
             expected = self._starts_list[k + 1] - self._starts_list[k]
             if len(s) != expected:
                 s.close()
-                raise ValueError(f"{s.path}: shard has {len(s)} records, expected {expected}")
+                raise ShardFormatError(
+                    f"{s.path}: footer says {len(s)} records, expected {expected} from the manifest"
+                )
             self._shards[k] = s
             self._views[k] = (s.payload, s.ends)
         return s

@@ -315,3 +315,13 @@ def test_credentials_in_a_url_never_reach_reprs_or_messages(tmp_path, caplog):
             with pytest.raises(roxxel.ResumeError) as resume:
                 ds.resume({**ds.iter().state(), "fingerprint": "sha256:" + "0" * 64})
     assert "***" in text and "s3cr3t" not in text + str(resume.value) + caplog.text
+
+
+@pytest.mark.parametrize(("field", "value"), [("position", "5"), ("shuffle", "no"), ("world_size", True)])
+def test_a_malformed_iterator_state_is_refused_naming_the_field(tmp_path, field, value):
+    url = str(tmp_path / "ds")
+    publish(url, {}, make_records(50))
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        state = {**ds.iter(rank=0, world_size=1).state(), field: value}
+        with pytest.raises(roxxel.ResumeError, match=f"field '{field}' must be"):
+            ds.resume(state, rank=0, world_size=1)
