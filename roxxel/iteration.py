@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from itertools import islice
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -143,7 +144,7 @@ class RecordIterator(Iterator[np.ndarray]):
         for w in range(first, p.num_windows):
             window = p.window_shards(w).tolist()
             ds._fetch_in_parallel(window)
-            ds._prefetch(order[max(rank_of[k] for k in window) + 1 :])
+            ds._prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
             # The shards are verified against the manifest before the window's records,
             # whose count the manifest claims, are planned (and allocated).
             maps = [(s.payload, s.offsets) for s in (ds.shard(k) for k in window)]

@@ -358,7 +358,11 @@ class Manifest:
 
     def fingerprint(self) -> str:
         """``"sha256:<hex>"`` of :meth:`to_json`, identifying this exact dataset."""
-        return "sha256:" + sha256(self.to_json().encode("ascii")).hexdigest()
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:  # computed once: the manifest is immutable
+            cached = "sha256:" + sha256(self.to_json().encode("ascii")).hexdigest()
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
 
     @classmethod
     def from_json(cls, data: str | bytes, source: str | None = None) -> Manifest:
