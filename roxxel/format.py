@@ -236,10 +236,17 @@ class MappedShard:
 
     __slots__ = ("path", "layout", "payload", "offsets", "ends", "_map")
 
-    def __init__(self, path: str | os.PathLike[str], *, name: str | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, name: str | None = None, fd: int | None = None
+    ) -> None:
+        """Map ``path``, or the file already open on ``fd`` (``path`` then only names it;
+        the file is opened anew through /proc, so no lock on ``fd`` is shared)."""
         self.path = os.fspath(path)
         label = name or self.path
-        with open(self.path, "rb") as f:
+        source = self.path
+        if fd is not None and os.path.isdir("/proc/self/fd"):
+            source = f"/proc/self/fd/{fd}"
+        with open(source, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < FOOTER_SIZE:
                 parse_footer(b"", size, label)

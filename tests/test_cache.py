@@ -797,3 +797,13 @@ def test_a_download_killed_midway_leaves_nothing_that_blocks_or_passes(tmp_path,
         assert bytes(shard.map()[1]) == b"record-000031"
     assert time.monotonic() - started < 5
     assert remote.calls == 1
+
+
+def test_map_uses_the_locked_file_even_if_the_path_is_swapped(cache: ShardCache, tmp_path: Path) -> None:
+    remote = Remote(numbered_shard(1))
+    with remote.get(cache) as shard:
+        impostor = tmp_path / "impostor.rox"
+        impostor.write_bytes(numbered_shard(2))
+        os.replace(impostor, shard.path)  # someone swaps the file after our lock
+        with shard.map() as mapped:
+            assert bytes(mapped[1]) == b"record-000001"

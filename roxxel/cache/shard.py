@@ -46,8 +46,8 @@ class CachedShard:
 
     def map(self) -> MappedShard:
         """Memory-map the shard (validating its footer and offsets); errors name the label."""
-        self._require_open()
-        return MappedShard(self.path, name=self.label)
+        # The very file we hold the shared lock on, not whatever the path names by now.
+        return MappedShard(self.path, name=self.label, fd=self._require_open())
 
     def open(self) -> BinaryIO:
         """A new read-only binary file on the shard, positioned at its start."""
