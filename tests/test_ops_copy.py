@@ -185,3 +185,18 @@ def test_an_upload_that_lands_corrupted_is_uploaded_again(tmp_path):
     broken = FlakyStore(str(tmp_path / "dst2"), bad_uploads=3)
     with pytest.raises(IntegrityError, match="does not match size .* after 3 uploads"):
         _copy_one(tmp_path, src, broken, shard)
+
+
+def test_overwrite_never_changes_a_shard_the_live_destination_lists(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    src = publish(a, {}, make_records(5, seed=1))
+    other = publish(b, {}, make_records(5, seed=2))
+    uri = src.shards[0].uri  # give b's only shard the name a's first shard has
+    target = dataset_store(b)
+    target.put_bytes_overwrite(uri, target.read_bytes(other.shards[0].uri, max_bytes=None))
+    renamed = other.with_shards([roxxel.ShardInfo(**{**vars(other.shards[0]), "uri": uri})])
+    target.put_bytes_overwrite("manifest.json", renamed.to_json().encode())
+    with pytest.raises(DatasetExistsError, match=rf"{uri} is listed by the dataset published at .*with checksum"):
+        ops.copy(a, b, overwrite=True)
+    assert read_manifest(target) == renamed
+    assert read_all(b, {}, tmp_path / "cache") == make_records(5, seed=2)

@@ -23,7 +23,7 @@ from fsspec.callbacks import Callback
 from ..backends import Store
 from ..cache.names import parse_checksum
 from ..errors import DatasetExistsError, IntegrityError, ManifestError, NotFoundError
-from ..manifest import ShardInfo
+from ..manifest import Manifest, ShardInfo
 from ..manifest.io import MANIFEST_KEY, dataset_store, publish_manifest, read_manifest, try_read_manifest
 from ._common import DEFAULT_WORKERS, Jobs, Meter
 
@@ -216,6 +216,8 @@ def copy(
             "choose another destination, or overwrite it"
         )
     table = manifest.shards
+    if existing is not None:
+        _refuse_live_clashes(existing, manifest, dst)
     meter = Meter(progress, int(sum(table.stored_size.tolist())))
     jobs = Jobs(workers, "roxxel-copy")
     staging = tempfile.mkdtemp(prefix="roxxel-copy-", dir=staging_dir)
@@ -239,3 +241,16 @@ def copy(
         bytes_copied=sum(s.stored_size for s, c in zip(table, copied) if c),
         published=True,
     )
+
+
+def _refuse_live_clashes(existing: Manifest, incoming: Manifest, dst: Store) -> None:
+    """DatasetExistsError if a shard URI of the published destination would get other
+    bytes: readers of the live dataset would see them before the new manifest lands."""
+    live = dict(zip(existing.shards.uris.tolist(), existing.shards.checksums.tolist()))
+    for uri, checksum in zip(incoming.shards.uris.tolist(), incoming.shards.checksums.tolist()):
+        if live.get(uri, checksum) != checksum:
+            raise DatasetExistsError(
+                f"{dst.url(uri)} is listed by the dataset published at {dst.url(MANIFEST_KEY)} "
+                f"with checksum {live[uri]}; the copy has {checksum} there. Overwriting it would "
+                "change a shard under live readers: copy to a new destination instead"
+            )
