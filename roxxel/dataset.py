@@ -116,6 +116,7 @@ class Dataset(ShardedRecords):
         self._mapping_cap = self._max_mapped if cache.limit is not None else self.num_shards
         self._downloader: Downloader | None = None
         self._next_use: dict[str, int] = {}
+        self._later: dict[str, int] = {}
         self._footers: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._stats = {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
@@ -244,13 +245,19 @@ class Dataset(ShardedRecords):
         if len(missing) > 1:
             self._get_downloader().fetch_now(missing)
 
-    def _set_order(self, shards: Iterable[int]) -> None:
-        """Tell the cache the order shards will be used in (for furthest-next-use eviction)."""
+    def _set_order(self, shards: Iterable[int], then: Iterable[int] = ()) -> None:
+        """Tell the cache the order shards will be used in (for furthest-next-use
+        eviction); ``then`` is the order after that (the next epoch's), if known."""
         shards = list(shards)
         checksums = self.manifest.shards.checksums
         order: dict[str, int] = {}
         for pos, k in enumerate(shards):
             order.setdefault(str(checksums[k]), pos)
+        self._later = {}
+        for pos, k in enumerate(then, start=len(shards)):
+            self._later.setdefault(str(checksums[k]), pos)
+        for checksum, pos in self._later.items():
+            order.setdefault(checksum, pos)
         self._next_use = order  # replaced, never mutated: download threads may be reading it
         if self._downloader is not None:  # prefetches for an abandoned order free their slots
             self._downloader.retain(set(shards))
@@ -307,10 +314,14 @@ class Dataset(ShardedRecords):
                 self.release(k)
 
     def _forget_order(self, shards: list[int]) -> None:
-        """These shards will not be used again in the current order: evict them first."""
+        """These shards are done with in the current order: their next use is in the order
+        after it, if they are in it, else never (evicted first)."""
         checksums = self.manifest.shards.checksums
         gone = {str(checksums[k]) for k in shards}
-        self._next_use = {c: pos for c, pos in self._next_use.items() if c not in gone}
+        later = self._later
+        order = {c: pos for c, pos in self._next_use.items() if c not in gone}
+        order.update((c, later[c]) for c in gone if c in later)
+        self._next_use = order
 
     def release(self, k: int) -> None:
         """Unmap shard ``k`` and let the cache evict it again (views stay valid)."""

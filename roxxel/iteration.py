@@ -132,11 +132,21 @@ class RecordIterator(Iterator[np.ndarray]):
     def __iter__(self) -> Iterator[np.ndarray]:
         return self._records  # iterating it directly saves a Python call per record
 
+    def _next_epoch_order(self) -> list[int]:
+        """This consumer's shard order in the next epoch: known now, as plans are pure."""
+        st = self._base
+        following = plan(
+            self._ds.manifest.shards.records, seed=st.seed, epoch=st.epoch + 1, rank=st.rank,
+            world_size=st.world_size, worker=st.worker, num_workers=st.num_workers,
+            shuffle=st.shuffle, window=st.window, remainder=st.remainder,
+        )
+        return following.shard_order.tolist()
+
     def _generate(self) -> Iterator[np.ndarray]:
         ds, p = self._ds, self.plan
         order = p.shard_order.tolist()
         rank_of = {k: i for i, k in enumerate(order)}
-        ds._set_order(order)
+        ds._set_order(order, then=self._next_epoch_order())
         ds._hold_at_least(p.num_windows and int(max(len(p.window_shards(w)) for w in range(p.num_windows))))
         starts = ds.record_starts
         position = self.position

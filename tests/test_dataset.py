@@ -325,3 +325,38 @@ def test_a_malformed_iterator_state_is_refused_naming_the_field(tmp_path, field,
         state = {**ds.iter(rank=0, world_size=1).state(), field: value}
         with pytest.raises(roxxel.ResumeError, match=f"field '{field}' must be"):
             ds.resume(state, rank=0, world_size=1)
+
+
+def belady_misses(sequence: list[int], capacity: int) -> int:
+    """Misses of the offline optimum: evict the shard whose next use is furthest away."""
+    cached: set[int] = set()
+    misses = 0
+    for i, k in enumerate(sequence):
+        if k in cached:
+            continue
+        misses += 1
+        if len(cached) >= capacity:
+            def next_use(s: int) -> int:
+                rest = sequence[i + 1:]
+                return rest.index(s) if s in rest else len(sequence)
+            cached.remove(max(cached, key=next_use))
+        cached.add(k)
+    return misses
+
+
+def test_eviction_under_a_small_limit_is_optimal_across_epochs(tmp_path):
+    from roxxel.planner import plan
+
+    url = str(tmp_path / "ds")
+    manifest = publish(url, {}, make_records(500, seed=3), shard_bytes=20 * 1024)
+    window, lookahead = 4, 2
+    capacity = window + lookahead + 1
+    limit = capacity * int(manifest.shards.raw_size.max())
+    sequences = [plan(manifest.shards.records, seed=4, epoch=e, window=window).piece_shard.tolist()
+                 for e in (0, 1)]
+    optimum = belady_misses(sequences[0] + sequences[1], capacity)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), cache_limit=limit, lookahead=lookahead) as ds:
+        for epoch in (0, 1):
+            assert sum(1 for _ in ds.iter(seed=4, epoch=epoch, window=window)) == 500
+        assert len(manifest.shards) >= 12
+        assert ds.stats["shards_downloaded"] <= optimum + 1  # a prefetch race may cost one
