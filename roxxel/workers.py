@@ -41,6 +41,7 @@ class WorkerPool:
         self._jobs: queue.Queue[tuple[Future[Any], Callable[[], Any]] | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._grow = threading.Lock()
 
     @property
     def forked(self) -> bool:
@@ -54,10 +55,12 @@ class WorkerPool:
             self._reset()  # start afresh in the child; the parent's queue is not ours
         if self._stop.is_set():
             raise RuntimeError(f"{self._name}: the pool is closed")
-        if len(self._threads) < self._size:
-            t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
-            self._threads.append(t)
-            t.start()
+        with self._grow:  # callers may submit from several threads
+            if len(self._threads) < self._size:
+                name = f"{self._name}-{len(self._threads)}"
+                t = threading.Thread(target=self._run, name=name, daemon=True)
+                self._threads.append(t)
+                t.start()
         future: Future[Any] = Future()
         self._jobs.put((future, fn))
         return future
