@@ -39,6 +39,7 @@ __all__ = [
     "check_offsets",
     "int_sequence",
     "parse_footer",
+    "read_footer",
     "read_layout",
     "record_bytes",
 ]
@@ -135,6 +136,14 @@ def check_offsets(offsets: np.ndarray, layout: ShardLayout, name: str) -> None:
             f"{name}: offset[{layout.record_count - 1}] is {last}, "
             f"expected the payload size {layout.payload_size}"
         )
+
+
+def read_footer(fd: int, name: str) -> tuple[ShardLayout, int]:
+    """The validated layout of the shard open on ``fd``, and the file's size."""
+    size = os.fstat(fd).st_size
+    if size < FOOTER_SIZE:
+        parse_footer(b"", size, name)  # raises with the size in the message
+    return parse_footer(os.pread(fd, FOOTER_SIZE, size - FOOTER_SIZE), size, name), size
 
 
 def read_layout(f: BinaryIO, file_size: int, name: str) -> tuple[ShardLayout, np.ndarray]:
@@ -247,11 +256,7 @@ class MappedShard:
         if fd is not None and os.path.isdir("/proc/self/fd"):
             source = f"/proc/self/fd/{fd}"
         with open(source, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < FOOTER_SIZE:
-                parse_footer(b"", size, label)
-            footer = os.pread(f.fileno(), FOOTER_SIZE, size - FOOTER_SIZE)
-            self.layout = parse_footer(footer, size, label)
+            self.layout, size = read_footer(f.fileno(), label)
             self._map = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
         try:
             count, payload = self.layout.record_count, self.layout.payload_size

@@ -29,8 +29,9 @@ from .format import (
     FOOTER_SIZE,
     MappedShard,
     Record,
+    ShardLayout,
     ShardWriter,
-    parse_footer,
+    read_footer,
     read_layout,
     record_bytes,
 )
@@ -115,7 +116,7 @@ class Roxxel(ShardedRecords):
     def _refresh(self) -> None:
         self._release_all()
         self._paths = self._discover()
-        self._set_shards([_record_count(p) for p in self._paths])
+        self._set_shards([_layout(p).record_count for p in self._paths])
 
     def _load_shard(self, k: int) -> MappedShard:
         return MappedShard(self._paths[k])
@@ -154,7 +155,7 @@ class Roxxel(ShardedRecords):
         ``s`` on, at once (no replay). See :mod:`roxxel.tokens` for the details.
         """
         self._check_open()
-        sizes = [_payload_size(p) for p in self._paths]
+        sizes = [_layout(p).payload_size for p in self._paths]
         windows = TokenWindows(sizes, lambda k: self.shard(k).payload, seq_len, dtype)
         return token_batches(windows, batch_size, seed, start_step)
 
@@ -222,18 +223,9 @@ class Roxxel(ShardedRecords):
 # -- helpers -----------------------------------------------------------------------
 
 
-def _record_count(path: str) -> int:
+def _layout(path: str) -> ShardLayout:
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < FOOTER_SIZE:
-            parse_footer(b"", size, path)
-        return parse_footer(os.pread(f.fileno(), FOOTER_SIZE, size - FOOTER_SIZE), size, path).record_count
-
-
-def _payload_size(path: str) -> int:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        return parse_footer(os.pread(f.fileno(), FOOTER_SIZE, size - FOOTER_SIZE), size, path).payload_size
+        return read_footer(f.fileno(), path)[0]
 
 
 def _shard_number(path: str) -> int:

@@ -63,10 +63,6 @@ class Plan:
         _, first = np.unique(self.piece_shard, return_index=True)
         return self.piece_shard[np.sort(first)]
 
-    def next_use(self) -> dict[int, int]:
-        """Shard -> position of its first use in :attr:`shard_order` (for eviction)."""
-        return {int(k): pos for pos, k in enumerate(self.shard_order.tolist())}
-
     @property
     def num_windows(self) -> int:
         return len(self.window_starts) - 1
