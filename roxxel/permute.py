@@ -24,6 +24,7 @@ _ROUNDS = 4  # Luby-Rackoff: four rounds of a good round function give a strong 
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's mixing constants
 _MUL2 = np.uint64(0x94D049BB133111EB)
 _U31, _U32 = np.uint64(31), np.uint64(32)
+_PIECE = 8192  # indices encrypted at once
 
 
 class Permutation:
@@ -70,7 +71,9 @@ class Permutation:
             raise IndexError(f"permutation index out of range(0, {self.n})")
         if self.n <= 1:
             return idx.reshape(shape)
-        y = self._encrypt(idx.astype(np.uint64))
+        x = idx.astype(np.uint64)
+        # In cache-sized pieces: each round's dozen array passes then stay in L2.
+        y = np.concatenate([self._encrypt(x[i : i + _PIECE]) for i in range(0, len(x), _PIECE)] or [x])
         n = np.uint64(self.n)
         outside = y >= n
         while outside.any():

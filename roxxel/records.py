@@ -28,6 +28,7 @@ class ShardedRecords:
 
     _n: int = 0
     _closed: bool = False
+    _only: tuple[np.ndarray, Sequence[int]] | None = None
 
     def _set_shards(self, counts: Sequence[int] | np.ndarray) -> None:
         counts = np.asarray(counts, dtype=np.int64)
@@ -39,6 +40,7 @@ class ShardedRecords:
         self._shards: list[MappedShard | None] = [None] * len(counts)
         # (payload, end offsets) per mapped shard: the two things a lookup needs
         self._views: list[tuple[np.ndarray, Sequence[int]] | None] = [None] * len(counts)
+        self._only: tuple[np.ndarray, Sequence[int]] | None = None  # the view of a lone shard
 
     def _load_shard(self, k: int) -> MappedShard:
         raise NotImplementedError
@@ -63,6 +65,8 @@ class ShardedRecords:
                 )
             self._shards[k] = s
             self._views[k] = (s.payload, s.ends)
+            if not self._multi:
+                self._only = self._views[k]
         return s
 
     def is_mapped(self, k: int) -> bool:
@@ -79,6 +83,7 @@ class ShardedRecords:
         if s is not None:
             self._shards[k] = None
             self._views[k] = None
+            self._only = None
             s.close()
 
     def _release_all(self) -> None:
@@ -95,19 +100,22 @@ class ShardedRecords:
         """``ds[i]`` is one record; a slice or a list/array of indices gives a list."""
         if type(key) is int:  # the hot path, kept free of calls
             n = self._n
-            if key < 0:
-                key += n
-            if 0 <= key < n:
+            i = key + n if key < 0 else key
+            if 0 <= i < n:
+                only = self._only
+                if only is not None:  # one shard, mapped: its offsets are global
+                    payload, ends = only
+                    return payload[ends[i - 1] if i else 0 : ends[i]]
                 starts = self._starts_list
-                k = bisect_right(starts, key) - 1 if self._multi else 0
+                k = bisect_right(starts, i) - 1 if self._multi else 0
                 view = self._views[k]
                 if view is None:
                     self.shard(k)
                     view = self._views[k]
                 payload, ends = view  # type: ignore[misc]
-                j = key - starts[k]
+                j = i - starts[k]
                 return payload[ends[j - 1] if j else 0 : ends[j]]
-        return self._getitem_general(key)
+        return self._getitem_general(key)  # errors name the index as given
 
     def _getitem_general(self, key: object) -> np.ndarray | list[np.ndarray]:
         self._check_open()

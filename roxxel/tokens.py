@@ -75,6 +75,9 @@ class TokenWindows:
     def gather(self, windows: np.ndarray, out: np.ndarray) -> None:
         """Copy the sorted global ``windows`` into the rows of ``out``, shard by shard."""
         starts = self._starts_list
+        if len(starts) == 2:  # one shard: its window numbers are global
+            self._take(0, windows, out)
+            return
         first = bisect_right(starts, int(windows[0])) - 1
         last = bisect_right(starts, int(windows[-1])) - 1
         if first == last:  # the common case: one vectorized copy
@@ -89,7 +92,7 @@ class TokenWindows:
 
     def _take(self, k: int, local: np.ndarray, out: np.ndarray) -> None:
         # mode="clip" skips numpy's buffered bounds-checked path; the indices are in range
-        np.take(self._windows_of(k), local, axis=0, out=out, mode="clip")
+        self._windows_of(k).take(local, axis=0, out=out, mode="clip")
 
 
 class _EpochOrder:
@@ -106,18 +109,25 @@ class _EpochOrder:
         self.n, self.seed = n, seed
         self._key: tuple[int, int] | None = None
         self._block = np.empty(0, dtype=np.int64)
+        self._perm: tuple[int, Permutation] | None = None
 
     def _get_block(self, epoch: int, b: int) -> np.ndarray:
         if self._key != (epoch, b):
             lo = b * self.BLOCK
             hi = min(self.n, lo + self.BLOCK)
-            perm = Permutation(self.n, [self.seed, epoch])
-            self._block = perm(np.arange(lo, hi, dtype=np.int64))
+            if self._perm is None or self._perm[0] != epoch:
+                self._perm = (epoch, Permutation(self.n, [self.seed, epoch]))
+            self._block = self._perm[1](np.arange(lo, hi, dtype=np.int64))
             self._key = (epoch, b)
         return self._block
 
     def windows(self, first: int, count: int) -> np.ndarray:
         """Window ids of samples ``first .. first+count-1``."""
+        epoch, pos = divmod(first, self.n)
+        b, start = divmod(pos, self.BLOCK)
+        block = self._get_block(epoch, b)
+        if start + count <= len(block):  # within one block: the common case
+            return block[start : start + count].copy()
         out = np.empty(count, dtype=np.int64)
         filled = 0
         while filled < count:

@@ -70,6 +70,26 @@ def test_indexing_negative_slices_lists_and_errors(tmp_path):
         ds[1.5]  # type: ignore[index]
 
 
+def test_one_shard_indexing_survives_unmapping_and_refuses_out_of_range(tmp_path):
+    # One shard has a lookup path of its own; it must follow the shard being unmapped.
+    ds = Roxxel(tmp_path / "one.rox")
+    recs = [bytes([i]) * (i % 5 + 1) for i in range(30)]
+    ds.write(recs)
+    assert ds.num_shards == 1
+    assert [bytes(ds[i]) for i in range(-30, 30)] == recs + recs
+    view = ds[7]
+    ds.release(0)
+    assert not ds.is_mapped(0)
+    assert bytes(view) == recs[7]  # handed-out views stay valid
+    assert bytes(ds[0]) == recs[0] and bytes(ds[-1]) == recs[-1] and ds.is_mapped(0)
+    for bad in (30, -31):
+        with pytest.raises(IndexError, match=f"record index {bad} out of range for 30 records"):
+            ds[bad]
+    ds.close()
+    with pytest.raises(ValueError, match="closed"):
+        ds[0]
+
+
 def test_sharding_respects_max_shard_bytes_and_never_splits_a_record(tmp_path):
     ds = Roxxel(tmp_path / "base.rox")
     recs = [os.urandom(n) for n in (10, 300, 20, 20, 20, 1000, 5)]
