@@ -69,6 +69,10 @@ def test_every_record_reads_back_exactly_in_a_shuffled_order(dataset_location, t
             assert bytes(ds[i]) == recs[i]
         assert [bytes(r) for r in ds[-3:]] == recs[-3:]
         assert [bytes(r) for r in ds[[5, -1, 5]]] == [recs[5], recs[-1], recs[5]]
+        assert bytes(ds[-400]) == recs[0]
+        for bad in (400, -401):
+            with pytest.raises(IndexError, match=f"record index {bad} out of range for 400 records"):
+                ds[bad]
         assert ds.stats["shards_downloaded"] == len(manifest.shards)
 
 
