@@ -10,6 +10,7 @@ the same record, after checking that the dataset and topology are the same.
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 from itertools import islice
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["IterState", "RecordIterator", "detect_topology"]
 
-_BLOCK = 1 << 16  # records turned into Python ints at once, whatever the window's size
+_BLOCK = 1 << 14  # records turned into Python ints at once, whatever the window's size
 _STATE_TYPES = {"seed": int, "epoch": int, "position": int, "rank": int, "world_size": int,
                 "worker": int, "num_workers": int, "shuffle": bool, "window": int,
                 "remainder": str, "fingerprint": str}
@@ -115,15 +116,27 @@ class RecordIterator(Iterator[np.ndarray]):
                 f"position {state.position} is outside this consumer's epoch of "
                 f"{self.plan.num_records} records"
             )
-        self.position = state.position
+        self._at = state.position  # the position where the current block starts
+        # (first position, length, iterator of the block's begin offsets): how far the
+        # block's iterator has got is how far the stream has, with no per-record counting
+        self._block: tuple[int, int, Iterator[int]] | None = None
         self._records = track(self._generate())
+
+    @property
+    def position(self) -> int:
+        """Records of this epoch consumed so far, counting those before a resume."""
+        block = self._block
+        if block is None:
+            return self._at
+        first, length, cursor = block
+        return first + length - operator.length_hint(cursor)
 
     def __len__(self) -> int:
         """Records left in this epoch."""
         return self.plan.num_records - self.position
 
     def __next__(self) -> np.ndarray:
-        return next(self._records)  # the generator keeps self.position
+        return next(self._records)
 
     def state(self) -> dict[str, Any]:
         """A JSON-ready dict from which ``ds.resume(state)`` continues after the last record."""
@@ -148,36 +161,33 @@ class RecordIterator(Iterator[np.ndarray]):
         rank_of = {k: i for i, k in enumerate(order)}
         ds._set_order(order, then=self._next_epoch_order())
         ds._hold_at_least(p.num_windows and int(max(len(p.window_shards(w)) for w in range(p.num_windows))))
-        starts = ds.record_starts
-        position = self.position
-        first, skip = p.locate(position)
+        first, skip = p.locate(self._at)
         for w in range(first, p.num_windows):
             window = p.window_shards(w).tolist()
             ds._fetch_in_parallel(window)
             ds._prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
             # The shards are verified against the manifest before the window's records,
             # whose count the manifest claims, are planned (and allocated).
-            maps = [(s.payload, s.offsets) for s in (ds.shard(k) for k in window)]
-            ids = p.window_records(w)[skip:]
-            skip = 0
-            shard_ids = np.searchsorted(starts, ids, side="right") - 1
-            local = ids - starts[shard_ids]
-            begins = np.empty(len(ids), dtype=np.int64)
-            ends = np.empty(len(ids), dtype=np.int64)
-            payloads = []
-            for k, (payload, offsets) in zip(window, maps):
-                rows = shard_ids == k
-                j = local[rows]
-                ends[rows] = offsets[j]
-                begins[rows] = np.where(j > 0, offsets[np.maximum(j - 1, 0)], 0)
-                payloads.append(payload)
-            slots = np.searchsorted(window, shard_ids)
-            for lo in range(0, len(ids), _BLOCK):  # Python ints for one block at a time
-                hi = lo + _BLOCK
-                for s, b, e in zip(slots[lo:hi].tolist(), begins[lo:hi].tolist(), ends[lo:hi].tolist()):
-                    position += 1
-                    self.position = position
+            shards = [ds.shard(k) for k in window]
+            payloads = [s.payload for s in shards]
+            _, slots, local = p.window_layout(w)
+            slots, local, skip = slots[skip:], local[skip:], 0
+            # every end offset of the window's shards, end to end: one gather finds a record's
+            ends_all = np.concatenate([s.offsets for s in shards]) if shards else np.zeros(0, np.int64)
+            firsts = np.zeros(len(shards), dtype=np.int64)
+            np.cumsum([len(s) for s in shards[:-1]], out=firsts[1:])
+            at = firsts[slots] + local
+            ends = ends_all[at]
+            begins = ends_all[at - 1]
+            begins[local == 0] = 0
+            for lo in range(0, len(at), _BLOCK):  # Python ints for one block at a time
+                hi = min(lo + _BLOCK, len(at))
+                cursor = iter(begins[lo:hi].tolist())
+                self._block = (self._at + lo, hi - lo, cursor)
+                for s, b, e in zip(slots[lo:hi].tolist(), cursor, ends[lo:hi].tolist()):
                     yield payloads[s][b:e]
+            self._at += len(at)
+            self._block = None
             following = set(p.window_shards(w + 1).tolist()) if w + 1 < p.num_windows else set()
             done = [k for k in window if k not in following]
             ds._forget_order(done)

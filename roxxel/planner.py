@@ -80,19 +80,28 @@ class Plan:
 
     def window_records(self, w: int) -> np.ndarray:
         """Global record indices of window ``w``, in stream order."""
+        shards, slot, local = self.window_layout(w)
+        return self.record_starts[shards][slot] + local
+
+    def window_layout(self, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Window ``w``'s records in stream order, by shard: ``(shards, slot, local)``.
+
+        ``shards`` are the window's distinct shards in ascending order; the ``i``-th
+        record of the window is record ``local[i]`` of shard ``shards[slot[i]]``.
+        """
         a, b = int(self.window_starts[w]), int(self.window_starts[w + 1])
         begin, end = self.piece_begin[a:b], self.piece_end[a:b]
         counts = end - begin
         total = int(counts.sum())
-        # position within the window -> (piece, offset in piece), vectorized
-        piece_of = np.repeat(np.arange(b - a), counts)
-        firsts = np.zeros(b - a, dtype=np.int64)
+        shards, piece_slot = np.unique(self.piece_shard[a:b], return_inverse=True)
+        firsts = np.zeros(b - a, dtype=np.int64)  # each piece's first position in the window
         np.cumsum(counts[:-1], out=firsts[1:])
-        offset = np.arange(total, dtype=np.int64) - firsts[piece_of]
-        ids = self.record_starts[self.piece_shard[a:b]][piece_of] + begin[piece_of] + offset
+        slot = np.repeat(piece_slot.astype(np.int64), counts)
+        local = np.arange(total, dtype=np.int64) - np.repeat(firsts - begin, counts)
         if self.shuffle and total > 1:
-            ids = ids[Permutation(total, [*self.key, w])(np.arange(total))]
-        return ids
+            order = Permutation(total, [*self.key, w])(np.arange(total))
+            slot, local = slot[order], local[order]
+        return shards, slot, local
 
     def records(self, start: int = 0) -> Iterator[np.ndarray]:
         """Global record indices from stream position ``start`` on, one array per window."""

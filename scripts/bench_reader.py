@@ -14,7 +14,10 @@ dataset is written first (by default 384 MiB of incompressible records of 1-15 K
    ``fs.get_file`` to local temp files; the faster of the two is the limit. Stored MiB/s,
    best of ``--repeat`` rounds for each side (the order rotates between rounds). Target:
    roxxel >= 90% of the limit. Also (no target) the median of the per-round ratios, which
-   a burst of load from other processes skews less.
+   a burst of load from other processes skews less; the CPU time this process spent on
+   each side (median); and what sha256 of the stored bytes costs on one core, the part
+   of roxxel's CPU that verifying every shard adds (the client, not moto, is what keeps
+   the 2 cores of the reference machine busy).
 2. Warm full read in a random order: ``ds[i]`` over a random permutation of all records,
    against the cheapest Python loop over the same cached files: each file under the
    cache dir's ``shards/`` mapped with ``mmap``, its offsets read from its footer, and a
@@ -62,6 +65,7 @@ high.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import mmap
 import os
@@ -491,11 +495,13 @@ def bench_cold(args: argparse.Namespace, reader: Reader, fs: Any, paths: list[st
     """Items 1 and 5 (throughput): rotating rounds. Returns a warm cache dir."""
     sides = ("roxxel-full", "cat_file", "get_file", "roxxel-iter")
     seconds: dict[str, list[float]] = {side: [] for side in sides}
+    cpu: dict[str, list[float]] = {side: [] for side in sides}  # this process, all threads
     warm_cache = tmp / "cache-warm"
     for r in range(args.repeat):
         order = sides[r % len(sides):] + sides[: r % len(sides)]
         line = []
         for side in order:
+            before = os.times()
             if side == "roxxel-full":
                 cache = warm_cache if r == args.repeat - 1 else tmp / f"cache-full-{r}"
                 s, stats = cold_full_read(reader, cache)
@@ -518,6 +524,8 @@ def bench_cold(args: argparse.Namespace, reader: Reader, fs: Any, paths: list[st
                 if got != stored:
                     raise RuntimeError(f"get_file received {got} bytes, expected {stored}")
             seconds[side].append(s)
+            after = os.times()
+            cpu[side].append(after.user + after.system - before.user - before.system)
             line.append(f"{side} {stored / MiB / s:6.1f}")
         print(f"round {r + 1}/{args.repeat} (MiB/s): {'   '.join(line)}", flush=True)
 
@@ -537,7 +545,27 @@ def bench_cold(args: argparse.Namespace, reader: Reader, fs: Any, paths: list[st
         # Paired within each round, so a burst of load on the machine hits both sides.
         paired = statistics.median(a / b for a, b in zip(seconds[limit_name], seconds[side]))
         report.add(Row(item, "  same, median of the per-round ratios (info)", f"{paired:.1%}"))
+    # Where the client's CPU goes: on a machine this small the reader competes with moto
+    # for the cores, so CPU spent verifying is throughput lost.
+    report.add(Row("1", "  client CPU per read, median (info)",
+                   ", ".join(f"{side} {statistics.median(cpu[side]):.2f} s" for side in sides)))
+    hash_s = sha256_seconds(warm_cache, stored)
+    report.add(Row("1", "  of which verifying: sha256 of the stored bytes on one core (info)",
+                   f"{hash_s:.2f} s", f"{stored / MiB / hash_s:,.0f} MiB/s"))
     return warm_cache
+
+
+def sha256_seconds(cache_dir: Path, stored: int) -> float:
+    """CPU seconds for sha256 over ``stored`` bytes of the cached shards (page cache)."""
+    largest = max((p for p in (cache_dir / "shards").iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(largest, "rb") as f:
+        data = f.read()
+    t0 = time.process_time()
+    h = hashlib.sha256()
+    for _ in range(stored // len(data)):
+        h.update(data)
+    h.update(data[: stored % len(data)])
+    return time.process_time() - t0
 
 
 def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manifest, warm_cache: Path,
