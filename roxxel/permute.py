@@ -56,8 +56,8 @@ class Permutation:
             h ^= h >> _U31
             h *= _MUL2
             f = ((h >> _U32) * a) >> _U32  # F(r) in range(a), without a division
-            left += f
-            left -= (left >= a).astype(np.uint64) * a  # (l + F(r)) mod a
+            left += f  # < 2a; mod a: below a, left - a wraps around above left
+            left = np.minimum(left, left - a)
             x = right * a + left
             a, b = b, a
         return x

@@ -165,19 +165,27 @@ def token_batches(
             f"no complete window of seq_len={windows.seq_len} {windows.dtype} tokens in the data"
         )
     order = _EpochOrder(n, int(seed))
-    step = int(start_step)
-
-    def batch_windows(step: int) -> np.ndarray:
-        picked = order.windows((step * world + rank) * batch_size, batch_size)
-        picked.sort()
-        return picked
-
-    upcoming = batch_windows(step)
+    batches = _sorted_batches(order, int(start_step), batch_size, rank, world)
+    upcoming = next(batches)
     while True:
-        picked, upcoming = upcoming, batch_windows(step + 1)
+        picked, upcoming = upcoming, next(batches)
         if prefetch is not None:
             prefetch(windows.shards_of(upcoming))
         out = np.empty((batch_size, windows.seq_len), dtype=windows.dtype)
         windows.gather(picked, out)
         yield out
-        step += 1
+
+
+def _sorted_batches(order: _EpochOrder, step: int, batch_size: int, rank: int, world: int) -> Iterator[np.ndarray]:
+    """Each step's window ids, ascending, from ``step`` on; planned many steps at a time,
+    as one permutation block and one sort serve them all."""
+    steps = max(1, _EpochOrder.BLOCK // batch_size)
+    while True:
+        if world == 1:  # this rank's samples of consecutive steps are consecutive
+            picked = order.windows(step * batch_size, steps * batch_size).reshape(steps, batch_size)
+        else:
+            picked = np.stack([order.windows(((step + j) * world + rank) * batch_size, batch_size)
+                               for j in range(steps)])
+        picked.sort(axis=1)
+        yield from picked
+        step += steps
