@@ -23,8 +23,10 @@ dataset is written first (by default 384 MiB of incompressible records of 1-15 K
    cache dir's ``shards/`` mapped with ``mmap``, its offsets read from its footer, and a
    ``memoryview`` slice per record, given precomputed lists of (shard, start, end) in the
    same order. Both touch ``nbytes``. Records/s, best of ``--warm-repeat``. Target >= 80%.
-   Also (no target) the bare loop slicing ``np.uint8`` arrays over the maps, the type
-   ``ds[i]`` returns, to show what numpy's slicing alone costs.
+   Also (no target) roxxel against three other loops in the same order: slicing
+   ``np.uint8`` arrays over the maps (the type ``ds[i]`` returns: what NumPy's slicing
+   alone costs), reading each record's offsets from its shard's index in the map instead
+   of a precomputed list, and slicing the ``mmap`` objects themselves (bytes copies).
 3. Warm random access, µs per record: ``--draws`` random ``ds[i]`` against the bare slice.
    Target: ``ds[i]`` <= 3 µs. Also (no target) ``ds[i]`` on a dataset opened with a
    lookahead large enough that every shard stays mapped.
@@ -37,7 +39,7 @@ dataset is written first (by default 384 MiB of incompressible records of 1-15 K
    consecutive records as a ratio of n/3, which a uniform permutation gives (target >=
    0.9); both also at scale from the planner alone (a whole epoch of 4096 shards of 1024
    records; no data, no target). And a warm ``ds.iter`` epoch against the bare mmap loop
-   in the same order (target >= 80%). The order's global ids come from
+   in the same order (target >= 80%), and the same three other loops as item 2. The order's global ids come from
    ``roxxel.planner.plan`` with the same arguments; they are checked against the
    iterator's records once, untimed.
 6. Planner: ``plan()`` and ``next(p.records(start))`` at the middle of the epoch, for
@@ -329,8 +331,9 @@ class BareMaps:
     footers and offset tables, as flat arrays indexed by global record id."""
 
     def __init__(self, paths: Sequence[str]) -> None:
-        self._maps: list[mmap.mmap] = []
+        self.maps: list[mmap.mmap] = []
         self.views: list[memoryview] = []
+        self.index: list[memoryview] = []  # each shard's end offsets, as int64, in its map
         self.arrays: list[np.ndarray] = []  # np.uint8 over each map: the type ds[i] returns
         shard, begins, ends = [], [], []
         for k, path in enumerate(paths):
@@ -340,13 +343,15 @@ class BareMaps:
             if magic != b"ROXXEL01":
                 raise RuntimeError(f"{path}: not a ROXXEL01 shard")
             offsets = np.frombuffer(mm, dtype="<i8", count=count, offset=payload).astype(np.int64)
-            self._maps.append(mm)
+            self.maps.append(mm)
             self.views.append(memoryview(mm))
+            self.index.append(self.views[-1][payload : payload + 8 * count].cast("q"))
             self.arrays.append(np.frombuffer(mm, dtype=np.uint8))
             shard.append(np.full(count, k, dtype=np.int64))
             begins.append(np.concatenate([[0], offsets[:-1]]))
             ends.append(offsets)
         self.shard = np.concatenate(shard)
+        self.first = np.cumsum([0] + [len(e) for e in ends[:-1]])  # each shard's first global id
         self.begins = np.concatenate(begins)
         self.ends = np.concatenate(ends)
 
@@ -354,13 +359,18 @@ class BareMaps:
         """(shard, start, end) of each global record id, as plain Python ints."""
         return list(zip(self.shard[ids].tolist(), self.begins[ids].tolist(), self.ends[ids].tolist()))
 
+    def pairs(self, ids: np.ndarray) -> list[tuple[int, int]]:
+        """(shard, record within shard) of each global record id."""
+        local = ids - self.first[self.shard[ids]]
+        return list(zip(self.shard[ids].tolist(), local.tolist()))
+
     def close(self) -> None:
         self.arrays = []
-        for view in self.views:
+        for view in self.index + self.views:
             view.release()
-        for mm in self._maps:
+        for mm in self.maps:
             mm.close()
-        self.views, self._maps = [], []
+        self.views, self.index, self.maps = [], [], []
 
 
 def bare_touch(views: Sequence[memoryview | np.ndarray], triples: list[tuple[int, int, int]]) -> int:
@@ -373,6 +383,35 @@ def bare_touch(views: Sequence[memoryview | np.ndarray], triples: list[tuple[int
 def bare_slice(views: Sequence[memoryview | np.ndarray], triples: list[tuple[int, int, int]]) -> None:
     for k, s, e in triples:
         views[k][s:e]
+
+
+def index_touch(views: Sequence[memoryview], index: Sequence[memoryview], pairs: list[tuple[int, int]]) -> int:
+    total = 0
+    for k, j in pairs:
+        ends = index[k]
+        total += views[k][ends[j - 1] if j else 0 : ends[j]].nbytes
+    return total
+
+
+def bytes_touch(maps: Sequence[mmap.mmap], triples: list[tuple[int, int, int]]) -> int:
+    total = 0
+    for k, s, e in triples:
+        total += len(maps[k][s:e])
+    return total
+
+
+def other_loops(report: Report, item: str, repeat: int, rate: float, bare: BareMaps, ids: np.ndarray) -> None:
+    """Roxxel's warm rate against three other bare loops, for scale (no target)."""
+    triples, pairs = bare.triples(ids), bare.pairs(ids)
+    loops = (
+        ("loop slicing np.uint8 arrays (the type roxxel returns)", lambda: bare_touch(bare.arrays, triples)),
+        ("loop reading offsets from each shard's index", lambda: index_touch(bare.views, bare.index, pairs)),
+        ("loop slicing the mmap objects (bytes copies)", lambda: bytes_touch(bare.maps, triples)),
+    )
+    for what, loop in loops:
+        rate_loop = len(ids) / best_of(repeat, loop)
+        report.add(Row(item, f"  against the {what} (info)", f"{rate:,.0f} rec/s",
+                       f"{rate_loop:,.0f} rec/s", f"{rate / rate_loop:.1%}"))
 
 
 def ds_touch(ds: roxxel.Dataset, order: list[int]) -> int:
@@ -595,10 +634,7 @@ def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manife
         report.add(ratio_row("2", "warm random-order full read, ds[i] (touch nbytes)",
                              n / t_ds, n / t_bare, "rec/s", TARGET_WARM,
                              reference_text=f"{n / t_bare:,.0f} rec/s bare mmap"))
-        t_np = best_of(args.warm_repeat, lambda: bare_touch(bare.arrays, triples))
-        report.add(Row("2", "  bare loop slicing np.uint8 arrays instead of memoryviews (info)",
-                       f"{n / t_np:,.0f} rec/s", f"{n / t_bare:,.0f} rec/s bare mmap",
-                       f"{t_bare / t_np:.1%}"))
+        other_loops(report, "2", args.warm_repeat, n / t_ds, bare, order_ids)
 
         # 3. random access latency
         draws_ids = rng.integers(0, n, size=args.draws)
@@ -639,10 +675,7 @@ def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manife
         report.add(ratio_row("5", f"warm shuffled epoch, ds.iter(seed={SEED}, window={args.window})",
                              len(ids) / t_ds, len(ids) / t_bare, "rec/s", TARGET_WARM,
                              reference_text=f"{len(ids) / t_bare:,.0f} rec/s bare mmap"))
-        t_np = best_of(args.warm_repeat, lambda: bare_touch(bare.arrays, iter_triples))
-        report.add(Row("5", "  bare loop slicing np.uint8 arrays instead of memoryviews (info)",
-                       f"{len(ids) / t_np:,.0f} rec/s", f"{len(ids) / t_bare:,.0f} rec/s bare mmap",
-                       f"{t_bare / t_np:.1%}"))
+        other_loops(report, "5", args.warm_repeat, len(ids) / t_ds, bare, ids)
         if ds.stats["shards_downloaded"] != downloads:
             raise RuntimeError(f"the warm runs downloaded shards: {ds.stats}")
     finally:
