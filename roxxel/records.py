@@ -98,14 +98,14 @@ class ShardedRecords:
 
     def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> np.ndarray | list[np.ndarray]:
         """``ds[i]`` is one record; a slice or a list/array of indices gives a list."""
+        only = self._only  # one shard, mapped: its offsets are global
+        if only is not None and type(key) is int and 0 <= key < self._n:  # the hottest path
+            payload, ends = only
+            return payload[ends[key - 1] if key else 0 : ends[key]]
         if type(key) is int:  # the hot path, kept free of calls
             n = self._n
             i = key + n if key < 0 else key
             if 0 <= i < n:
-                only = self._only
-                if only is not None:  # one shard, mapped: its offsets are global
-                    payload, ends = only
-                    return payload[ends[i - 1] if i else 0 : ends[i]]
                 starts = self._starts_list
                 k = bisect_right(starts, i) - 1 if self._multi else 0
                 view = self._views[k]

@@ -7,7 +7,7 @@
    from the same map, per batch size. Target: at least 50% of memcpy once a batch is
    1 MiB or more.
 
-Usage: ``.venv/bin/python scripts/bench_local.py [--mib 512] [--repeat 3]``
+Usage: ``.venv/bin/python scripts/bench_local.py [--mib 512] [--repeat 5]``
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def bench_stream(path: Path, seq_len: int, batch_size: int, repeat: int) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=512, help="dataset size (default 512 MiB)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5, help="rounds; best of each side (default 5)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     mib = 1 << 20
