@@ -181,6 +181,9 @@ def test_warm_then_a_read_downloads_nothing(gcs_server, env, tmp_path):
     assert re.match(r"warmed .*: 0 shards fetched", again.stdout)
     everything = roxxel_cli("warm", url, "--all", "--cache-dir", str(cache), "-q", env=env)
     assert f"already cached" in everything.stdout and everything.stderr == ""
+    report = json.loads(roxxel_cli("warm", url, "--all", "--cache-dir", str(cache), "--json", env=env).stdout)
+    assert report["shards_planned"] == report["shards_cached"] == len(manifest.shards)
+    assert report["shards_fetched"] == 0 and report["bytes_downloaded"] == 0
     info = json.loads(roxxel_cli("info", url, "--cache-dir", str(cache), "--json", env=env).stdout)
     assert info["cached_shards"] == len(manifest.shards)
     assert roxxel_cli("verify", url, "--cache", "--cache-dir", str(cache), env=env).stdout.startswith(
@@ -202,6 +205,8 @@ def test_cp_between_stores_with_options_per_side(s3_server, gcs_server, env, tmp
 
     again = roxxel_cli("cp", src, dst, env=env)  # both endpoints from the environment
     assert "already holds this dataset" in again.stdout
+    report = json.loads(roxxel_cli("cp", src, dst, "--json", env=env).stdout)
+    assert report["published"] is False and report["shards"] == len(manifest.shards) and report["copied"] == 0
     local = tmp_path / "copy"
     roxxel_cli("cp", dst, str(local), env=env)
     assert read_manifest(dataset_store(str(local))) == manifest
@@ -224,6 +229,8 @@ def test_merge_parts_in_place_and_refuse_duplicates(s3_server, env):
     assert read_manifest(dataset_store(base, options)).records == 100
     again = roxxel_cli("merge", f"{base}/part-0", f"{base}/part-1", base, env=env)
     assert "already holds this merged dataset" in again.stdout
+    report = json.loads(roxxel_cli("merge", f"{base}/part-0", f"{base}/part-1", base, "--json", env=env).stdout)
+    assert report["published"] is False and report["records"] == 100 and report["sources"] == 2
 
     twin = unique(s3_server, "twin")
     roxxel_cli("cp", f"{base}/part-0", twin, "-q", env=env)
@@ -237,8 +244,12 @@ def test_pack_formats_and_cache_commands(env, tmp_path):
     np.save(tmp_path / "x.npy", np.arange(12, dtype=np.int32).reshape(4, 3))
     rox, npy = str(tmp_path / "rox"), str(tmp_path / "npy")
     roxxel_cli("pack", str(tmp_path / "old.rox"), rox, "--format", "rox", env=env)
-    roxxel_cli("pack", str(tmp_path / "x.npy"), npy, "--format", "npy", env=env)
-    assert read_manifest(dataset_store(npy)).meta == {"dtype": "<i4", "shape": [3]}
+    packed = json.loads(roxxel_cli("pack", str(tmp_path / "x.npy"), npy, "--format", "npy", "--json",
+                                   env=env).stdout)
+    manifest = read_manifest(dataset_store(npy))
+    assert manifest.meta == {"dtype": "<i4", "shape": [3]}
+    assert packed == {"url": npy, "records": 4, "shards": 1, "stored_bytes": 4 * 12 + 4 * 8 + 24,
+                      "raw_bytes": 4 * 12 + 4 * 8 + 24, "fingerprint": manifest.fingerprint()}
 
     cache = str(tmp_path / "cache")
     roxxel_cli("warm", rox, "--cache-dir", cache, env=env)

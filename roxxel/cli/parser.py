@@ -130,7 +130,7 @@ def _add_warm_command(sub: Any, c: _Parents) -> None:
              "a list or range (0-7) for the ranks of one node. Without --rank (or with --all):\n"
              "every shard. Skips cached shards; idempotent; safe while training processes\n"
              "read the same cache. With --limit, fetches only what fits under it, in order.",
-             [c.storage, c.cache, c.workers, c.logs], cmd_warm)
+             [c.storage, c.cache, c.workers, c.json, c.logs], cmd_warm)
     p.add_argument("url", help="the dataset URL")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--rank", type=ranks, metavar="R", help="rank(s): 3, 0,1,2 or 0-7")
@@ -149,7 +149,7 @@ def _add_pack_command(sub: Any, c: _Parents) -> None:
              "line), npy (each row of .npy arrays one record; dtype and row shape go to meta),\n"
              "rox (the records of .rox shards of the original Roxxel library). The manifest\n"
              "is published last: an error publishes nothing.",
-             [c.storage, c.logs], cmd_pack)
+             [c.storage, c.json, c.logs], cmd_pack)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files or directories")
     p.add_argument("url", help="the dataset URL to create")
     p.add_argument("--format", choices=("files", "jsonl", "npy", "rox"), default="files",
@@ -170,7 +170,7 @@ def _add_copy_commands(sub: Any, c: _Parents) -> None:
              "back after), then publishes the manifest last. Rerun after an interruption:\n"
              "shards already at the destination are re-hashed and kept. -o applies to both\n"
              "stores; --src-option and --dst-option to one side.",
-             [c.storage, c.workers, c.logs], cmd_cp)
+             [c.storage, c.workers, c.json, c.logs], cmd_cp)
     p.add_argument("src", metavar="SRC_URL", help="the dataset to copy")
     p.add_argument("dst", metavar="DST_URL", help="where to copy it")
     p.add_argument("--src-option", dest="src_options", metavar="KEY=VALUE", action="append",
@@ -184,7 +184,7 @@ def _add_copy_commands(sub: Any, c: _Parents) -> None:
              "other sources' shards are copied into DEST_URL/shards/. The same shard object\n"
              "listed twice is kept once; two objects with the same checksum (duplicates) or one\n"
              "object with two checksums (conflict) are errors. Idempotent.",
-             [c.storage, c.workers, c.logs], cmd_merge)
+             [c.storage, c.workers, c.json, c.logs], cmd_merge)
     p.add_argument("sources", nargs="+", metavar="URL", help="the datasets to merge, in order")
     p.add_argument("dest", metavar="DEST_URL", help="where to publish the merged manifest")
     p.add_argument("--meta", metavar="KEY=VALUE", action="append", type=storage_option, default=None,

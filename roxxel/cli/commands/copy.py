@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..formatting import human
+from ..formatting import human, print_json
 from ..options import merged
 from ..progress import run_with_progress
 
@@ -19,7 +19,9 @@ def cmd_cp(args: argparse.Namespace) -> int:
         src_options=merged(args.options, args.src_options), dst_options=merged(args.options, args.dst_options),
         overwrite=args.overwrite, workers=args.workers,
     )
-    if not report.published:
+    if args.json:
+        print_json(report.to_dict())
+    elif not report.published:
         print(f"{report.dst} already holds this dataset ({report.shards} shards); nothing copied")
     else:
         print(f"copied {report.src} to {report.dst}: {report.copied} shards copied "
@@ -34,7 +36,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         "merge", args.quiet, merge, args.sources, args.dest, args.options,
         meta=args.meta, overwrite=args.overwrite, workers=args.workers,
     )
-    if not report.published:
+    if args.json:
+        print_json(report.to_dict())
+    elif not report.published:
         print(f"{report.dst} already holds this merged dataset ({report.shards} shards); nothing changed")
     else:
         print(f"merged {report.sources} datasets into {report.dst}: {report.records} records in "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..formatting import human
+from ..formatting import human, print_json
 from ..progress import run_with_progress
 
 __all__ = ["cmd_warm"]
@@ -31,6 +31,9 @@ def cmd_warm(args: argparse.Namespace) -> int:
         ranks=args.rank, world_size=args.world_size or 1, seed=args.seed or 0, epoch=args.epoch or 0,
         workers=args.workers,
     )
+    if args.json:
+        print_json(report.to_dict())
+        return 0
     line = (
         f"warmed {report.cache_dir}: {report.shards_fetched} shards fetched "
         f"({human(report.bytes_downloaded)}), {report.shards_cached} already cached"
