@@ -12,7 +12,11 @@ import roxxel
 from roxxel import ops
 from roxxel.cache import DATASETS_DIR, ShardCache, record_dataset_use
 from roxxel.errors import CacheError
+from roxxel.backends import without_masked
 from roxxel.manifest.io import dataset_store
+
+
+BUCKET = "roxxel-tests"  # created by the session fixtures in conftest.py
 
 
 def make_records(n: int, seed: int = 0) -> list[bytes]:
@@ -122,3 +126,32 @@ def test_cache_commands_need_an_existing_cache(tmp_path):
     with pytest.raises(CacheError, match="there is no cache at"):
         ops.cache_usage(tmp_path / "none")
     assert not (tmp_path / "none").exists()
+
+
+def test_gc_refresh_reopens_a_dataset_noted_without_its_credentials(s3_server, tmp_path):
+    # The note keeps "s3://***@bucket/..." (never the secret); --refresh opens
+    # "s3://bucket/..." with the credentials the caller passes.
+    url = s3_server.url(BUCKET, f"gc-{tmp_path.name}/ds")
+    options = s3_server.storage_options
+    with roxxel.Writer(url, shard_bytes=8 * 1024, storage_options=options) as w:
+        w.extend(make_records(40))
+    cache = ShardCache(str(tmp_path / "cache"))
+    secret_url = url.replace("s3://", "s3://AKIAEXAMPLE:very-secret@")
+    record_dataset_use(cache, secret_url, w.manifest)
+    (note,) = (tmp_path / "cache" / DATASETS_DIR).iterdir()
+    assert "very-secret" not in note.read_text() and "***@" in note.read_text()
+    assert ops.cache_gc(tmp_path / "cache", refresh=True, storage_options=options).notes_dropped == 0
+    assert note.exists()  # the dataset is there: its note stays
+    dataset_store(url, options).delete("manifest.json")
+    report = ops.cache_gc(tmp_path / "cache", refresh=True, storage_options=options)
+    assert report.notes_dropped == 1 and not note.exists()
+
+
+@pytest.mark.parametrize("masked, reopened", [
+    ("s3://***@bucket/ds", "s3://bucket/ds"),
+    ("s3://bucket/ds?X-Amz-Signature=***&versionId=3", "s3://bucket/ds?versionId=3"),
+    ("gs://bucket/ds?token=***", "gs://bucket/ds"),
+    ("/data/plain/ds", "/data/plain/ds"),
+])
+def test_masked_parts_are_left_out_when_a_noted_url_is_reopened(masked, reopened):
+    assert without_masked(masked) == reopened

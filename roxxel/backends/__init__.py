@@ -11,7 +11,7 @@ from __future__ import annotations
 from .errors import Kind, classify
 from .retry import DEFAULT_POLICY, NO_RETRY, RetryPolicy
 from .store import DEFAULT_CHUNK_SIZE, MANIFEST_MAX_BYTES, Store
-from .urls import check_key, join_url, redact, relative_key, resolve
+from .urls import check_key, join_url, redact, relative_key, resolve, without_masked
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -27,4 +27,5 @@ __all__ = [
     "redact",
     "relative_key",
     "resolve",
+    "without_masked",
 ]

@@ -12,11 +12,12 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
-__all__ = ["check_key", "join_url", "redact", "relative_key", "resolve"]
+__all__ = ["check_key", "join_url", "redact", "relative_key", "resolve", "without_masked"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
@@ -84,3 +85,14 @@ def redact(text: str) -> str:
     """``text`` with URL user-info and credential-like query parameters masked."""
     text = _USERINFO.sub(r"\1***@", text)
     return _SECRET_PARAM.sub(r"\1***", text)
+
+
+def without_masked(url: str) -> str:
+    """A :func:`redact`-ed URL with the masked parts left out, so that it can be opened
+    again with credentials from storage options or the environment."""
+    if "***" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.partition("***@")[2] if parts.netloc.startswith("***@") else parts.netloc
+    query = "&".join(q for q in parts.query.split("&") if q and not q.endswith("=***"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

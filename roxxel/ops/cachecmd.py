@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backends import without_masked
 from ..cache import DATASETS_DIR, ShardCache, record_dataset_use
 from ..cache.files import clean_temp, open_regular
 from ..errors import CacheError, RoxxelError
@@ -203,10 +204,13 @@ def _refresh(cache: ShardCache, notes: list[_Note], storage_options: Mapping[str
     renew those whose shards changed. A dataset that cannot be read is kept."""
     dropped = 0
     for note in notes:
+        # A note never holds credentials: they come from storage_options or the environment.
+        url = without_masked(note.url)
         try:
-            manifest = try_read_manifest(dataset_store(note.url, storage_options))
+            manifest = try_read_manifest(dataset_store(url, storage_options))
         except (RoxxelError, OSError, ValueError) as exc:
-            log.warning("keeping %s: could not read its manifest: %s", note.url, exc)
+            hint = " (its URL was noted without its credentials: pass them as options)" if url != note.url else ""
+            log.warning("keeping %s: could not read its manifest: %s%s", note.url, exc, hint)
             continue
         if manifest is None:
             log.info("dropping %s: its manifest is gone", note.url)
