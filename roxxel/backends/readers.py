@@ -3,7 +3,9 @@
 :func:`open_chunk_reader` picks the cheapest way to read an object from an offset on:
 
 - a synchronous filesystem (local disk, memory): an open file, seeked;
-- an async filesystem with ``open_async`` (s3fs), from offset 0: one streaming GET;
+- S3, where :mod:`.direct` applies: one plain HTTP GET of a presigned URL (ranged when
+  resuming after a failure);
+- an async filesystem with ``open_async`` (s3fs otherwise), from offset 0: one streaming GET;
 - otherwise (gcsfs, or resuming after a failure): one ranged GET per chunk.
 
 A single streaming GET matters: moto, for one, re-reads the whole object for every
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
+from .direct import open_direct
 from .retry import RetryPolicy, call
 
 __all__ = ["ChunkReader", "StoreReader", "open_chunk_reader"]
@@ -44,6 +47,9 @@ def open_chunk_reader(fs: AbstractFileSystem, path: str, offset: int) -> ChunkRe
         f = fs.open(path, "rb")
         f.seek(offset)
         return _FileReader(f)
+    direct = open_direct(fs, path, offset)
+    if direct is not None:
+        return direct
     if offset == 0:
         try:
             f = sync(fs.loop, fs.open_async, path, "rb")

@@ -1,0 +1,161 @@
+"""Whole-object S3 downloads as plain HTTP GETs of presigned URLs.
+
+s3fs reads an object's body through aiobotocore and aiohttp; on the reference machine
+that stack alone costs more CPU per byte than hashing and writing the bytes to the
+cache together. A GET of a URL that s3fs itself presigned (so the same credentials,
+endpoint, region and addressing), read with :mod:`http.client` in large pieces, costs a
+fraction of it.
+
+It is used only where it reads exactly what s3fs would read: an ``S3FileSystem``
+without requester-pays, versioning, extra request parameters (SSE-C keys and the like),
+TLS or proxy settings of its own, and no proxy in the environment. Anything unexpected
+before the body starts (a refused signature, a redirect, a TLS error, an unreachable
+host) makes :func:`open_direct` return None, and the caller reads through s3fs; a
+failure that is not the object's own (missing, or a busy server) also turns this path
+off for that filesystem for good. Presigned URLs hold a signature: they never reach a
+message or a log.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import ssl
+import sys
+import urllib.parse
+import urllib.request
+import weakref
+from typing import Any
+
+from fsspec import AbstractFileSystem
+
+__all__ = ["DirectReader", "open_direct", "refused"]
+
+log = logging.getLogger(__name__)
+
+_EXPIRES = 3600  # seconds a presigned URL stays valid; one object's download needs far less
+_TIMEOUT = 60.0  # socket timeout when the filesystem's config sets none
+_CLIENT_KWARGS = {"endpoint_url", "region_name"}
+_CONFIG_KWARGS = {  # botocore Config options that do not change what a GET returns
+    "connect_timeout", "read_timeout", "retries", "max_pool_connections", "signature_version",
+    "s3", "region_name", "user_agent", "user_agent_extra", "parameter_validation",
+    "request_checksum_calculation", "response_checksum_validation",
+}
+# by identity: fsspec filesystems with equal options compare equal
+_refused: weakref.WeakValueDictionary[int, AbstractFileSystem] = weakref.WeakValueDictionary()
+
+
+class DirectReader:
+    """The body of one presigned GET, from the offset it was opened at."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        self._conn, self._response = conn, response
+
+    def read(self, size: int) -> bytes:
+        data = self._response.read(size)
+        if not data and self._response.length:
+            # http.client returns b"" when the connection ends early (for compatibility)
+            raise http.client.IncompleteRead(b"", self._response.length)
+        return data
+
+    def read_parts(self, size: int) -> list[bytes]:
+        data = self.read(size)
+        return [data] if data else []
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def open_direct(fs: AbstractFileSystem, path: str, offset: int) -> DirectReader | None:
+    """A reader of ``path`` from ``offset`` by a presigned GET, or None where s3fs must read."""
+    if not _eligible(fs):
+        return None
+    try:
+        url = fs.sign(path, expiration=_EXPIRES)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(parts.hostname):
+            raise _Unsuitable(f"a {parts.scheme or 'schemeless'} URL or a proxied host")
+        conn = _connect(fs, parts)
+    except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
+        _refuse(fs, exc)
+        return None
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", target, headers={"Range": f"bytes={offset}-"} if offset else {})
+        response = conn.getresponse()
+        expected = 206 if offset else 200
+        if response.status != expected or (offset and not _starts_at(response, offset)):
+            status = response.status
+            response.read(64 * 1024)  # the error document, if any; not shown: it may echo the URL
+            conn.close()
+            if status == 404 or status == 429 or status >= 500:
+                return None  # the object's own state or a busy server: s3fs reports or retries
+            raise _Unsuitable(f"HTTP {status} where {expected} was expected")
+    except Exception as exc:  # noqa: BLE001
+        conn.close()
+        _refuse(fs, exc)
+        return None
+    return DirectReader(conn, response)
+
+
+class _Unsuitable(Exception):
+    """The direct path does not fit this store."""
+
+
+def _eligible(fs: AbstractFileSystem) -> bool:
+    cls = type(fs)
+    if cls.__name__ != "S3FileSystem" or not cls.__module__.startswith("s3fs") or refused(fs):
+        return False
+    if getattr(fs, "requester_pays", False) or getattr(fs, "version_aware", False):
+        return False
+    if getattr(fs, "s3_additional_kwargs", None):
+        return False
+    if not set(getattr(fs, "client_kwargs", None) or {}) <= _CLIENT_KWARGS:
+        return False
+    return set(getattr(fs, "config_kwargs", None) or {}) <= _CONFIG_KWARGS
+
+
+def _proxied(host: str) -> bool:
+    proxies = urllib.request.getproxies()
+    if not any(k in proxies for k in ("http", "https", "all")):
+        return False
+    return not urllib.request.proxy_bypass(host)
+
+
+def _connect(fs: Any, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+    config = getattr(fs, "config_kwargs", None) or {}
+    timeout = float(config.get("read_timeout") or _TIMEOUT)
+    if parts.scheme == "http":
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    return http.client.HTTPSConnection(
+        parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context(cafile=_ca_bundle())
+    )
+
+
+def _ca_bundle() -> str | None:
+    """The CA bundle botocore verifies S3's certificate with."""
+    explicit = os.environ.get("AWS_CA_BUNDLE")
+    if explicit:
+        return explicit
+    httpsession = sys.modules.get("botocore.httpsession")
+    return httpsession.get_cert_path(True) if httpsession is not None else None
+
+
+def _starts_at(response: http.client.HTTPResponse, offset: int) -> bool:
+    content_range = response.getheader("Content-Range", "")
+    return content_range.startswith(f"bytes {offset}-")
+
+
+def refused(fs: AbstractFileSystem) -> bool:
+    """Whether the direct path is off for this filesystem (instance)."""
+    return _refused.get(id(fs)) is fs
+
+
+def _refuse(fs: AbstractFileSystem, exc: BaseException) -> None:
+    """Read this filesystem through s3fs from now on."""
+    if not refused(fs):
+        _refused[id(fs)] = fs
+        # another exception's text may hold the presigned URL: only its type is shown
+        detail = str(exc) if isinstance(exc, _Unsuitable) else type(exc).__name__
+        log.info("direct S3 GETs are off for this store (%s); reading through s3fs", detail)

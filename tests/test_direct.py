@@ -1,0 +1,97 @@
+"""Whole-object S3 downloads as plain GETs of presigned URLs, and every way back to s3fs."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+
+from roxxel.backends import Store
+from roxxel.backends.direct import DirectReader, open_direct, refused
+from roxxel.errors import NotFoundError
+from tests import servers
+
+BUCKET = "roxxel-tests"  # created by the session fixtures in conftest.py
+DATA = bytes((i * 131 + 7) % 256 for i in range(3 * 2**20 + 123))
+
+
+@pytest.fixture
+def s3_store(s3_server) -> Store:
+    store = Store(s3_server.url(BUCKET, f"direct-{uuid.uuid4().hex[:10]}"),
+                  s3_server.storage_options | {"skip_instance_cache": True})
+    store.put_bytes_overwrite("obj", DATA)
+    return store
+
+
+def read_all(reader, size: int = 1 << 20) -> bytes:
+    parts = []
+    while chunk := reader.read_parts(size):
+        parts.extend(chunk)
+    reader.close()
+    return b"".join(parts)
+
+
+def stream(store: Store, key: str, size: int | None = None) -> bytes:
+    parts: list[bytes] = []
+    store.stream(key, parts.append, size=size)
+    return b"".join(parts)
+
+
+def test_an_object_is_read_whole_and_from_an_offset(s3_store):
+    path = s3_store.path("obj")
+    whole = open_direct(s3_store.fs, path, 0)
+    assert isinstance(whole, DirectReader)
+    assert read_all(whole) == DATA
+    tail = open_direct(s3_store.fs, path, 2**20 + 5)
+    assert isinstance(tail, DirectReader)
+    assert read_all(tail, 333_333) == DATA[2**20 + 5 :]
+    assert stream(s3_store, "obj", size=len(DATA)) == DATA
+
+
+@pytest.mark.parametrize("option", [
+    {"requester_pays": True},
+    {"s3_additional_kwargs": {"SSECustomerAlgorithm": "AES256"}},
+    {"client_kwargs": {"region_name": "us-east-1", "verify": False}},
+    {"config_kwargs": {"proxies": {"http": "http://127.0.0.1:9"}}},
+])
+def test_stores_with_settings_of_their_own_are_read_through_s3fs(s3_server, option):
+    options = s3_server.storage_options | {"skip_instance_cache": True} | option
+    store = Store(s3_server.url(BUCKET, f"direct-{uuid.uuid4().hex[:10]}"), options)
+    assert open_direct(store.fs, store.path("obj"), 0) is None
+
+
+def test_a_proxy_in_the_environment_leaves_reads_to_s3fs(s3_store, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert open_direct(s3_store.fs, s3_store.path("obj"), 0) is None
+
+
+def test_a_failing_direct_get_falls_back_to_s3fs_for_good(s3_store, monkeypatch, caplog):
+    # A presigned URL on a port nothing listens on: the direct path is turned off for
+    # this filesystem, and the download goes through s3fs, complete.
+    sign = s3_store.fs.sign
+    dead = f"http://127.0.0.1:{servers.free_port()}"
+    calls = []
+
+    def dead_sign(path, expiration=100, **kwargs):
+        calls.append(path)
+        url = sign(path, expiration=expiration, **kwargs)
+        return dead + url[url.index("/", len("http://")):]
+
+    monkeypatch.setattr(s3_store.fs, "sign", dead_sign)
+    with caplog.at_level(logging.INFO, logger="roxxel.backends.direct"):
+        assert stream(s3_store, "obj", size=len(DATA)) == DATA
+        assert stream(s3_store, "obj", size=len(DATA)) == DATA
+    assert len(calls) == 1 and refused(s3_store.fs)  # off for good after the first failure
+    assert "direct S3 GETs are off for this store (ConnectionRefusedError)" in caplog.text
+    assert "Signature" not in caplog.text and "Credential" not in caplog.text
+
+
+def test_a_missing_object_is_reported_by_s3fs_and_keeps_the_direct_path(s3_store):
+    assert open_direct(s3_store.fs, s3_store.path("missing"), 0) is None
+    with pytest.raises(NotFoundError, match="missing"):
+        stream(s3_store, "missing")
+    assert not refused(s3_store.fs)
+    assert isinstance(open_direct(s3_store.fs, s3_store.path("obj"), 0), DirectReader)
