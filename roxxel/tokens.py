@@ -178,8 +178,9 @@ def token_batches(
 
 def _sorted_batches(order: _EpochOrder, step: int, batch_size: int, rank: int, world: int) -> Iterator[np.ndarray]:
     """Each step's window ids, ascending, from ``step`` on; planned many steps at a time,
-    as one permutation block and one sort serve them all."""
-    steps = max(1, _EpochOrder.BLOCK // batch_size)
+    as one permutation block and one sort serve them all (at most an epoch's worth, so
+    that a tiny dataset does not plan thousands of epochs before its first batch)."""
+    steps = max(1, min(_EpochOrder.BLOCK, order.n) // (batch_size * world))
     while True:
         if world == 1:  # this rank's samples of consecutive steps are consecutive
             picked = order.windows(step * batch_size, steps * batch_size).reshape(steps, batch_size)
