@@ -170,13 +170,15 @@ class RecordIterator(Iterator[np.ndarray]):
             # whose count the manifest claims, are planned (and allocated).
             shards = [ds.shard(k) for k in window]
             payloads = [s.payload for s in shards]
-            _, slots, local = p.window_layout(w)
-            slots, local, skip = slots[skip:], local[skip:], 0
-            # every end offset of the window's shards, end to end: one gather finds a record's
-            ends_all = np.concatenate([s.offsets for s in shards]) if shards else np.zeros(0, np.int64)
-            firsts = np.zeros(len(shards), dtype=np.int64)
-            np.cumsum([len(s) for s in shards[:-1]], out=firsts[1:])
-            at = firsts[slots] + local
+            layout = p.window_layout(w)
+            slots, local, skip = layout.slot[skip:], layout.local[skip:], 0
+            # The end offsets of the records the window reads (and of each run's predecessor),
+            # end to end: one gather then finds every record's bounds.
+            since = np.maximum(layout.first - 1, 0)
+            ends_all = np.concatenate([s.offsets[a:b] for s, a, b in zip(shards, since.tolist(), layout.stop.tolist())])
+            runs = np.zeros(len(shards), dtype=np.int64)
+            np.cumsum((layout.stop - since)[:-1], out=runs[1:])
+            at = (runs - since)[slots] + local
             ends = ends_all[at]
             begins = ends_all[at - 1]
             begins[local == 0] = 0

@@ -33,10 +33,23 @@ import numpy.typing as npt
 
 from .permute import Permutation
 
-__all__ = ["DEFAULT_WINDOW", "Plan", "plan"]
+__all__ = ["DEFAULT_WINDOW", "Plan", "WindowLayout", "plan"]
 
 DEFAULT_WINDOW = 16
 _REMAINDERS = ("pad", "drop")
+
+
+@dataclass(frozen=True, eq=False)
+class WindowLayout:
+    """One window's records in stream order: record ``local[i]`` of shard
+    ``shards[slot[i]]`` comes ``i``-th. ``shards`` are the window's distinct shards,
+    ascending; the window reads records ``first[j]:stop[j]`` of shard ``shards[j]``."""
+
+    shards: np.ndarray
+    first: np.ndarray
+    stop: np.ndarray
+    slot: np.ndarray
+    local: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,28 +93,26 @@ class Plan:
 
     def window_records(self, w: int) -> np.ndarray:
         """Global record indices of window ``w``, in stream order."""
-        shards, slot, local = self.window_layout(w)
-        return self.record_starts[shards][slot] + local
+        layout = self.window_layout(w)
+        return self.record_starts[layout.shards][layout.slot] + layout.local
 
-    def window_layout(self, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Window ``w``'s records in stream order, by shard: ``(shards, slot, local)``.
-
-        ``shards`` are the window's distinct shards in ascending order; the ``i``-th
-        record of the window is record ``local[i]`` of shard ``shards[slot[i]]``.
-        """
+    def window_layout(self, w: int) -> WindowLayout:
+        """Window ``w``'s records in stream order, by shard; see :class:`WindowLayout`."""
         a, b = int(self.window_starts[w]), int(self.window_starts[w + 1])
         begin, end = self.piece_begin[a:b], self.piece_end[a:b]
         counts = end - begin
         total = int(counts.sum())
         shards, piece_slot = np.unique(self.piece_shard[a:b], return_inverse=True)
-        firsts = np.zeros(b - a, dtype=np.int64)  # each piece's first position in the window
-        np.cumsum(counts[:-1], out=firsts[1:])
+        first = np.full(len(shards), np.iinfo(np.int64).max, dtype=np.int64)
+        stop = np.zeros(len(shards), dtype=np.int64)
+        np.minimum.at(first, piece_slot, begin)  # a shard may have two pieces (a padded wrap)
+        np.maximum.at(stop, piece_slot, end)
         slot = np.repeat(piece_slot.astype(np.int64), counts)
-        local = np.arange(total, dtype=np.int64) - np.repeat(firsts - begin, counts)
+        local = np.arange(total, dtype=np.int64) - np.repeat(_exclusive_cumsum(counts) - begin, counts)
         if self.shuffle and total > 1:
             order = Permutation(total, [*self.key, w])(np.arange(total))
             slot, local = slot[order], local[order]
-        return shards, slot, local
+        return WindowLayout(shards, first, stop, slot, local)
 
     def records(self, start: int = 0) -> Iterator[np.ndarray]:
         """Global record indices from stream position ``start`` on, one array per window."""
@@ -127,6 +138,13 @@ class Plan:
         np.cumsum(sizes, out=edges[1:])
         first = max(int(np.searchsorted(edges, start, side="right")) - 1, 0)
         return first, start - int(edges[first]) if len(sizes) else 0
+
+
+def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
+    """``[0, c0, c0+c1, ...]`` without the grand total: where each count's run starts."""
+    out = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
 
 
 def _check_int(name: str, value: object, low: int) -> int:

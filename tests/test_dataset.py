@@ -132,11 +132,22 @@ def threads_named(prefix: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
+def open_descriptors() -> set[tuple[str, str]]:
+    """(number, target) of each open descriptor: a leak shows even on a reused number."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+        except FileNotFoundError:  # the listing's own descriptor, closed by now
+            pass
+    return out
+
+
 def test_close_leaves_no_thread_descriptor_or_map(tmp_path):
     url = str(tmp_path / "ds")
     publish(url, {}, make_records(300))
     gc.collect()  # so that another test's garbage does not close a descriptor meanwhile
-    fds_before = set(os.listdir("/proc/self/fd"))
+    fds_before = open_descriptors()
     for _ in range(3):
         ds = roxxel.open(url, cache_dir=str(tmp_path / "cache"))
         it = iter(ds)
@@ -148,8 +159,7 @@ def test_close_leaves_no_thread_descriptor_or_map(tmp_path):
         assert threads_named("roxxel-download") == []
     with open("/proc/self/maps") as f:
         assert str(tmp_path / "cache") not in f.read()
-    opened = set(os.listdir("/proc/self/fd")) - fds_before  # left open by roxxel
-    assert not opened, [os.readlink(f"/proc/self/fd/{fd}") for fd in opened if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not open_descriptors() - fds_before  # none left open by roxxel
     with pytest.raises(ValueError, match="closed"):
         ds[0]
 
@@ -367,3 +377,28 @@ def test_eviction_under_a_small_limit_is_optimal_across_epochs(tmp_path):
             assert sum(1 for _ in ds.iter(seed=4, epoch=epoch, window=window)) == 500
         assert len(manifest.shards) >= 12
         assert ds.stats["shards_downloaded"] <= optimum + 1  # a prefetch race may cost one
+
+
+@pytest.mark.parametrize("topology", [
+    dict(rank=0, world_size=1, window=2),
+    dict(rank=2, world_size=3, window=4, num_workers=2, worker=1),  # padded: wraps around
+    dict(rank=1, world_size=2, window=3, shuffle=False),
+])
+def test_state_and_resume_are_exact_at_every_position(tmp_path, monkeypatch, topology):
+    # Blocks of 3 records: the position is read from the block's cursor, so block and
+    # window boundaries are where a miscount would show.
+    monkeypatch.setattr(roxxel.iteration, "_BLOCK", 3)
+    url = str(tmp_path / "ds")
+    manifest = publish(url, {}, make_records(61), shard_bytes=4096)
+    assert len(manifest.shards) > 8
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        it = ds.iter(seed=5, **topology)
+        states, records = [it.state()], []
+        for record in it:
+            records.append(bytes(record))
+            states.append(it.state())
+        assert [s["position"] for s in states] == list(range(len(records) + 1))
+        assert len(it) == 0 and len(records) == it.plan.num_records
+        pos = {k: topology[k] for k in ("rank", "world_size", "worker", "num_workers") if k in topology}
+        for k, state in enumerate(states):
+            assert [bytes(r) for r in ds.resume(state, **pos)] == records[k:], k

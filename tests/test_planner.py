@@ -102,3 +102,18 @@ def test_memory_and_time_do_not_depend_on_the_record_count():
 def test_bad_plan_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         plan([5, 5], **kwargs)
+
+
+@pytest.mark.parametrize("world_size, rank", [(4, 1), (3, 2), (1, 0)])
+def test_window_layout_spans_only_the_records_a_consumer_reads(world_size, rank):
+    # The reader copies each shard's offsets over [first, stop) only: with many ranks,
+    # that is a rank's share of a shard, not the whole shard.
+    p = plan([1000, 700, 1300], seed=2, world_size=world_size, rank=rank, window=2)
+    spanned = 0
+    for w in range(p.num_windows):
+        layout = p.window_layout(w)
+        for j in range(len(layout.shards)):
+            mine = layout.local[layout.slot == j]
+            assert (layout.first[j], layout.stop[j]) == (mine.min(), mine.max() + 1)
+            spanned += int(layout.stop[j] - layout.first[j])
+    assert spanned == p.num_records  # no padding wrap here: every span is read in full

@@ -17,6 +17,7 @@ import pytest
 
 import roxxel
 from tests.reliability_kit import check_record, write
+from tests.test_dataset import open_descriptors
 
 REPO = Path(__file__).resolve().parents[1]
 CYCLES = 1000
@@ -25,10 +26,10 @@ EXIT_WITHIN = 5.0
 rel = pytest.mark.reliability
 
 
-def fds() -> set[str]:
+def fds() -> set[tuple[str, str]]:
     """Open descriptors, after collecting garbage that may still hold some."""
     gc.collect()
-    return set(os.listdir("/proc/self/fd"))
+    return open_descriptors()
 
 
 def maps_of(folder: Path) -> int:
