@@ -39,9 +39,9 @@ dataset is written first (by default 384 MiB of incompressible records of 1-15 K
    consecutive records as a ratio of n/3, which a uniform permutation gives (target >=
    0.9); both also at scale from the planner alone (a whole epoch of 4096 shards of 1024
    records; no data, no target). And a warm ``ds.iter`` epoch against the bare mmap loop
-   in the same order (target >= 80%), and the same three other loops as item 2. The order's global ids come from
-   ``roxxel.planner.plan`` with the same arguments; they are checked against the
-   iterator's records once, untimed.
+   in the same order (target >= 80%), and against the same three other loops as item 2.
+   The order's global ids come from ``roxxel.planner.plan`` with the same arguments;
+   they are checked against the iterator's records once, untimed.
 6. Planner: ``plan()`` and ``next(p.records(start))`` at the middle of the epoch, for
    10^6, 10^8 and 10^9 records of synthetic shards of 10^4..10^5 records (window 16).
    Best of 3. Target: flat, the 10^9 total within 2x of the 10^6 total.
@@ -78,6 +78,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,29 +237,44 @@ def write_dataset(
 # -- plain s3fs: the physical limit -----------------------------------------------------
 
 
-def limit_cat(fs: Any, paths: Sequence[str], workers: int) -> tuple[float, int]:
-    """Seconds to fs.cat_file every object ``workers`` at a time, and the bytes received."""
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(workers, thread_name_prefix="limit-cat") as pool:
+@dataclass
+class Took:
+    """Wall-clock seconds of a timed region, and this process's CPU seconds (all threads)."""
+
+    seconds: float = 0.0
+    cpu: float = 0.0
+
+
+@contextmanager
+def timed() -> Iterator[Took]:
+    took = Took()
+    t0, c0 = time.perf_counter(), os.times()
+    yield took
+    c1 = os.times()
+    took.seconds = time.perf_counter() - t0
+    took.cpu = c1.user + c1.system - c0.user - c0.system
+
+
+def limit_cat(fs: Any, paths: Sequence[str], workers: int) -> tuple[Took, int]:
+    """fs.cat_file of every object ``workers`` at a time, and the bytes received."""
+    with timed() as took, ThreadPoolExecutor(workers, thread_name_prefix="limit-cat") as pool:
         futures = [pool.submit(lambda p: len(fs.cat_file(p)), p) for p in paths]
         received = sum(f.result() for f in futures)
-    return time.perf_counter() - t0, received
+    return took, received
 
 
-def limit_get(fs: Any, paths: Sequence[str], workers: int, folder: Path) -> tuple[float, int]:
-    """Seconds to fs.get_file every object to local files ``workers`` at a time."""
+def limit_get(fs: Any, paths: Sequence[str], workers: int, folder: Path) -> tuple[Took, int]:
+    """fs.get_file of every object to local files ``workers`` at a time."""
     folder.mkdir(parents=True)
     targets = [str(folder / f"{i:06d}.rox") for i in range(len(paths))]
     try:
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(workers, thread_name_prefix="limit-get") as pool:
+        with timed() as took, ThreadPoolExecutor(workers, thread_name_prefix="limit-get") as pool:
             for future in [pool.submit(fs.get_file, p, t) for p, t in zip(paths, targets)]:
                 future.result()
-        seconds = time.perf_counter() - t0
         received = sum(os.path.getsize(t) for t in targets)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return seconds, received
+    return took, received
 
 
 # -- roxxel, cold -----------------------------------------------------------------------
@@ -282,32 +298,16 @@ class Reader:
         )
 
 
-def cold_full_read(reader: Reader, cache_dir: Path) -> tuple[float, dict[str, int]]:
-    """Seconds from open to the last record of ``for r in ds`` on an empty cache dir."""
-    t0 = time.perf_counter()
-    ds = reader.open(cache_dir)
-    try:
+def cold_read(reader: Reader, cache_dir: Path, window: int | None = None) -> tuple[Took, dict[str, int]]:
+    """From open to the last record on an empty cache dir: ``for r in ds``, or with a
+    ``window``, ``ds.iter(seed=1, window=...)``."""
+    with timed() as took:
+        ds = reader.open(cache_dir)
         total = 0
-        for r in ds:
+        for r in ds if window is None else ds.iter(seed=SEED, window=window):
             total += r.nbytes
-        seconds = time.perf_counter() - t0
-        return seconds, ds.stats
-    finally:
-        ds.close()
-
-
-def cold_shuffled(reader: Reader, cache_dir: Path, window: int) -> tuple[float, dict[str, int]]:
-    """Seconds from open to the last record of ``ds.iter(seed=1, window=...)``, cold."""
-    t0 = time.perf_counter()
-    ds = reader.open(cache_dir)
-    try:
-        total = 0
-        for r in ds.iter(seed=SEED, window=window):
-            total += r.nbytes
-        seconds = time.perf_counter() - t0
-        return seconds, ds.stats
-    finally:
-        ds.close()
+    ds.close()
+    return took, ds.stats
 
 
 def time_to_first(reader: Reader, cache_dir: Path, lookahead: int | None = None) -> float:
@@ -540,32 +540,30 @@ def bench_cold(args: argparse.Namespace, reader: Reader, fs: Any, paths: list[st
         order = sides[r % len(sides):] + sides[: r % len(sides)]
         line = []
         for side in order:
-            before = os.times()
             if side == "roxxel-full":
                 cache = warm_cache if r == args.repeat - 1 else tmp / f"cache-full-{r}"
-                s, stats = cold_full_read(reader, cache)
+                took, stats = cold_read(reader, cache)
                 if stats["bytes_downloaded"] != stored:
                     raise RuntimeError(f"cold full read downloaded {stats}, expected {stored} bytes")
                 if cache != warm_cache:
                     shutil.rmtree(cache)
             elif side == "roxxel-iter":
                 cache = tmp / f"cache-iter-{r}"
-                s, stats = cold_shuffled(reader, cache, args.window)
+                took, stats = cold_read(reader, cache, args.window)
                 if stats["bytes_downloaded"] != stored:
                     raise RuntimeError(f"cold ds.iter downloaded {stats}, expected {stored} bytes")
                 shutil.rmtree(cache)
             elif side == "cat_file":
-                s, got = limit_cat(fs, paths, args.workers)
+                took, got = limit_cat(fs, paths, args.workers)
                 if got != stored:
                     raise RuntimeError(f"cat_file received {got} bytes, expected {stored}")
             else:
-                s, got = limit_get(fs, paths, args.workers, tmp / f"get-{r}")
+                took, got = limit_get(fs, paths, args.workers, tmp / f"get-{r}")
                 if got != stored:
                     raise RuntimeError(f"get_file received {got} bytes, expected {stored}")
-            seconds[side].append(s)
-            after = os.times()
-            cpu[side].append(after.user + after.system - before.user - before.system)
-            line.append(f"{side} {stored / MiB / s:6.1f}")
+            seconds[side].append(took.seconds)
+            cpu[side].append(took.cpu)
+            line.append(f"{side} {stored / MiB / took.seconds:6.1f}")
         print(f"round {r + 1}/{args.repeat} (MiB/s): {'   '.join(line)}", flush=True)
 
     mibs = {side: stored / MiB / min(values) for side, values in seconds.items()}
