@@ -175,7 +175,8 @@ class RecordIterator(Iterator[np.ndarray]):
             # The end offsets of the records the window reads (and of each run's predecessor),
             # end to end: one gather then finds every record's bounds.
             since = np.maximum(layout.first - 1, 0)
-            ends_all = np.concatenate([s.offsets[a:b] for s, a, b in zip(shards, since.tolist(), layout.stop.tolist())])
+            reads = zip(shards, since.tolist(), layout.stop.tolist())
+            ends_all = np.concatenate([s.offsets[a:b] for s, a, b in reads])
             runs = np.zeros(len(shards), dtype=np.int64)
             np.cumsum((layout.stop - since)[:-1], out=runs[1:])
             at = (runs - since)[slots] + local

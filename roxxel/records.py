@@ -40,7 +40,7 @@ class ShardedRecords:
         self._shards: list[MappedShard | None] = [None] * len(counts)
         # (payload, end offsets) per mapped shard: the two things a lookup needs
         self._views: list[tuple[np.ndarray, Sequence[int]] | None] = [None] * len(counts)
-        self._only: tuple[np.ndarray, Sequence[int]] | None = None  # the view of a lone shard
+        self._only = None  # (payload, end offsets) of the lone shard of a one-shard dataset, mapped
 
     def _load_shard(self, k: int) -> MappedShard:
         raise NotImplementedError

@@ -176,10 +176,14 @@ def token_batches(
         yield out
 
 
-def _sorted_batches(order: _EpochOrder, step: int, batch_size: int, rank: int, world: int) -> Iterator[np.ndarray]:
-    """Each step's window ids, ascending, from ``step`` on; planned many steps at a time,
-    as one permutation block and one sort serve them all (at most an epoch's worth, so
-    that a tiny dataset does not plan thousands of epochs before its first batch)."""
+def _sorted_batches(
+    order: _EpochOrder, step: int, batch_size: int, rank: int, world: int
+) -> Iterator[np.ndarray]:
+    """This rank's window ids of each step from ``step`` on, each step's ascending.
+
+    Steps are planned several at a time (up to a permutation block's or an epoch's
+    worth of samples), so that numpy's per-call cost is shared between them.
+    """
     steps = max(1, min(_EpochOrder.BLOCK, order.n) // (batch_size * world))
     while True:
         if world == 1:  # this rank's samples of consecutive steps are consecutive
