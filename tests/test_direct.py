@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from roxxel.backends import Store
+from roxxel.backends import direct
 from roxxel.backends.direct import DirectReader, open_direct, refused
 from roxxel.errors import NotFoundError
 from tests import servers
@@ -95,3 +96,20 @@ def test_a_missing_object_is_reported_by_s3fs_and_keeps_the_direct_path(s3_store
         stream(s3_store, "missing")
     assert not refused(s3_store.fs)
     assert isinstance(open_direct(s3_store.fs, s3_store.path("obj"), 0), DirectReader)
+
+
+def test_https_endpoints_verify_the_certificate_and_host_with_botocore_s_bundle(s3_store, monkeypatch):
+    import ssl
+    import urllib.parse
+
+    import botocore.httpsession
+
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    parts = urllib.parse.urlsplit("https://bucket.s3.example.com/key?X-Amz-Signature=x")
+    conn = direct._connect(s3_store.fs, parts)
+    assert (conn.host, conn.port) == ("bucket.s3.example.com", 443)
+    assert conn._context.verify_mode == ssl.CERT_REQUIRED and conn._context.check_hostname
+    assert direct._ca_bundle() == botocore.httpsession.get_cert_path(True)
+    assert direct._connect(s3_store.fs, parts)._context is conn._context  # loaded once
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/custom-ca.pem")
+    assert direct._ca_bundle() == "/etc/custom-ca.pem"

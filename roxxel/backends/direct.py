@@ -8,16 +8,17 @@ fraction of it.
 
 It is used only where it reads exactly what s3fs would read: an ``S3FileSystem``
 without requester-pays, versioning, extra request parameters (SSE-C keys and the like),
-TLS or proxy settings of its own, and no proxy in the environment. Anything unexpected
-before the body starts (a refused signature, a redirect, a TLS error, an unreachable
-host) makes :func:`open_direct` return None, and the caller reads through s3fs; a
-failure that is not the object's own (missing, or a busy server) also turns this path
-off for that filesystem for good. Presigned URLs hold a signature: they never reach a
-message or a log.
+TLS or proxy settings of its own, and no proxy in the environment. When a GET fails
+before its body starts, :func:`open_direct` returns None and the caller reads through
+s3fs, which reports a missing object or retries a busy server in its own way; any other
+failure (a refused signature, a redirect, a TLS error, an unreachable host) also turns
+this path off for that filesystem for good. Presigned URLs hold a signature: they never
+reach a message or a log.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import os
@@ -128,9 +129,14 @@ def _connect(fs: Any, parts: urllib.parse.SplitResult) -> http.client.HTTPConnec
     timeout = float(config.get("read_timeout") or _TIMEOUT)
     if parts.scheme == "http":
         return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    return http.client.HTTPSConnection(
-        parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context(cafile=_ca_bundle())
-    )
+    context = _tls_context(_ca_bundle())
+    return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(cafile: str | None) -> ssl.SSLContext:
+    """One context per CA bundle: loading a bundle takes milliseconds, a download many."""
+    return ssl.create_default_context(cafile=cafile)
 
 
 def _ca_bundle() -> str | None:
