@@ -7,8 +7,7 @@ import uuid
 
 import pytest
 
-from roxxel.backends import Store
-from roxxel.backends import direct
+from roxxel.backends import Store, direct
 from roxxel.backends.direct import DirectReader, open_direct, refused
 from roxxel.errors import NotFoundError
 from tests import servers
