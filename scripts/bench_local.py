@@ -18,21 +18,12 @@ import argparse
 import itertools
 import mmap
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from benchkit import best_of
 
 import roxxel
-
-
-def best_of(repeat: int, fn) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def bench_random_access(pattern: str, repeat: int) -> tuple[float, float]:

@@ -77,7 +77,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,20 +86,16 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.servers
+import fsspec
+from benchkit import POOL_BYTES, MiB, RecordSource, bench_storage_options, best_of
 
-import fsspec  # noqa: E402
+import roxxel
+from roxxel.planner import DEFAULT_WINDOW, Plan
+from roxxel.planner import plan as make_plan
+from tests.servers import s3_server
 
-import roxxel  # noqa: E402
-from roxxel.planner import DEFAULT_WINDOW, Plan  # noqa: E402
-from roxxel.planner import plan as make_plan  # noqa: E402
-from tests.servers import s3_server, s3_storage_options  # noqa: E402
-
-MiB = 1 << 20
 BUCKET = "bench"
 PREFIX = "ds"
-POOL_BYTES = 32 * MiB
 FOOTER = struct.Struct("<qq8s")  # record count, payload size, magic (roxxel/format.py)
 BATCH = 256
 SEED = 1
@@ -109,11 +105,6 @@ TARGET_WARM = 0.80
 TARGET_US = 3.0
 TARGET_DISTANCE = 0.90
 TARGET_FLAT = 2.0
-
-
-def bench_storage_options(endpoint: str) -> dict[str, Any]:
-    """Options with timeouts long enough for large objects on a loaded 2-core machine."""
-    return s3_storage_options(endpoint, connect_timeout=10, read_timeout=600, max_attempts=2)
 
 
 # -- the report -------------------------------------------------------------------------
@@ -180,35 +171,7 @@ def ratio_row(item: str, what: str, value: float, reference: float, unit: str,
     )
 
 
-def best_of(repeat: int, fn: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 # -- the dataset ------------------------------------------------------------------------
-
-
-class RecordSource:
-    """Records of ``min_bytes..max_bytes``, slices of one random pool: incompressible, and
-    cheap to produce, so generating them never limits the writer."""
-
-    def __init__(self, total_bytes: int, min_bytes: int, max_bytes: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.pool = memoryview(rng.bytes(POOL_BYTES))
-        mean = (min_bytes + max_bytes) / 2
-        lengths = rng.integers(min_bytes, max_bytes + 1, size=int(total_bytes / mean * 1.1) + 16)
-        count = int(np.searchsorted(np.cumsum(lengths), total_bytes)) + 1
-        self.lengths = lengths[:count]
-        self.starts = rng.integers(0, POOL_BYTES - max_bytes, size=count)
-
-    def __iter__(self) -> Iterator[memoryview]:
-        pool = self.pool
-        for start, length in zip(self.starts.tolist(), self.lengths.tolist()):
-            yield pool[start : start + length]
 
 
 def write_dataset(

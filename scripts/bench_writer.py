@@ -44,58 +44,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import fsspec
+from benchkit import POOL_BYTES, REPO, MiB, RecordSource, bench_storage_options
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.servers
+import roxxel
+from tests.servers import s3_server
 
-import fsspec  # noqa: E402
-
-import roxxel  # noqa: E402
-from tests.servers import s3_server, s3_storage_options  # noqa: E402
-
-MiB = 1 << 20
 TARGET = 0.85
 BUCKET = "bench"
-POOL_BYTES = 32 * MiB
-
-
-def bench_storage_options(endpoint: str) -> dict[str, Any]:
-    """Options with timeouts long enough for large parts on a loaded 2-core machine."""
-    return s3_storage_options(endpoint, connect_timeout=10, read_timeout=600, max_attempts=2)
-
-
-# -- records ----------------------------------------------------------------------------
-
-
-class RecordSource:
-    """Records of ``min_bytes..max_bytes``, slices of one random pool: incompressible, and
-    cheap to produce, so generating them never limits the writer."""
-
-    def __init__(self, total_bytes: int, min_bytes: int, max_bytes: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.pool = memoryview(rng.bytes(POOL_BYTES))
-        mean = (min_bytes + max_bytes) / 2
-        lengths = rng.integers(min_bytes, max_bytes + 1, size=int(total_bytes / mean * 1.1) + 16)
-        ends = np.cumsum(lengths)
-        count = int(np.searchsorted(ends, total_bytes)) + 1
-        self.lengths = lengths[:count]
-        self.starts = rng.integers(0, POOL_BYTES - max_bytes, size=count)
-        self.total_bytes = int(self.lengths.sum())
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[memoryview]:
-        pool = self.pool
-        for start, length in zip(self.starts.tolist(), self.lengths.tolist()):
-            yield pool[start : start + length]
 
 
 # -- the two timed runs -----------------------------------------------------------------
