@@ -87,7 +87,7 @@ from typing import Any
 import numpy as np
 
 import fsspec
-from benchkit import POOL_BYTES, MiB, RecordSource, bench_storage_options, best_of
+from benchkit import MiB, RecordSource, bench_storage_options, best_of, check_record_sizes
 
 import roxxel
 from roxxel.planner import DEFAULT_WINDOW, Plan
@@ -747,10 +747,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.mib, args.shard_mib, args.repeat, args.warm_repeat, args.draws = 48, 4, 1, 2, 50_000
-    if not 1 <= args.min_kib <= args.max_kib:
-        p.error("need 1 <= --min-kib <= --max-kib")
-    if args.max_kib * 1024 >= POOL_BYTES:
-        p.error(f"--max-kib must be below {POOL_BYTES // 1024}")
+    check_record_sizes(p, args.min_kib, args.max_kib)
     return args
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from benchkit import POOL_BYTES, REPO, MiB, RecordSource, bench_storage_options
+from benchkit import REPO, MiB, RecordSource, bench_storage_options, check_record_sizes
 
 import roxxel
 from tests.servers import s3_server
@@ -303,10 +303,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.mib, args.shard_mib, args.repeat = 48, 8, 1
         args.rss_mib, args.rss_small_shard_mib, args.rss_large_shard_mib = 96, 8, 64
-    if not 1 <= args.min_kib <= args.max_kib:
-        p.error("need 1 <= --min-kib <= --max-kib")
-    if args.max_kib * 1024 >= POOL_BYTES:
-        p.error(f"--max-kib must be below {POOL_BYTES // 1024}")
+    check_record_sizes(p, args.min_kib, args.max_kib)
     return args
 
 

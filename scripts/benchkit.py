@@ -6,6 +6,7 @@ the repository root there too, for ``tests.servers``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,14 @@ def bench_storage_options(endpoint: str) -> dict[str, Any]:
     from tests.servers import s3_storage_options
 
     return s3_storage_options(endpoint, connect_timeout=10, read_timeout=600, max_attempts=2)
+
+
+def check_record_sizes(parser: argparse.ArgumentParser, min_kib: int, max_kib: int) -> None:
+    """Exit with a usage error unless ``--min-kib``/``--max-kib`` suit :class:`RecordSource`."""
+    if not 1 <= min_kib <= max_kib:
+        parser.error("need 1 <= --min-kib <= --max-kib")
+    if max_kib * 1024 >= POOL_BYTES:
+        parser.error(f"--max-kib must be below {POOL_BYTES // 1024}")
 
 
 class RecordSource:
