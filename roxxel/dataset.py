@@ -15,7 +15,8 @@ import weakref
 from concurrent.futures import CancelledError
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from itertools import chain
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,13 +25,14 @@ from .backends import Store
 from .cache import CachedShard, ShardCache, record_dataset_use
 from .downloader import DownloadCancelled, Downloader
 from .errors import CacheError, ShardFormatError
-from .format import FOOTER_SIZE, OFFSET_SIZE, MappedShard, int_sequence, parse_footer
+from .format import FOOTER_SIZE, OFFSET_SIZE, MappedShard, parse_footer
 from .iteration import IterState, RecordIterator, check_resumable, detect_topology, new_state
 from .manifest import COMPRESSIONS, Manifest, ShardTable
 from .manifest.io import dataset_store, read_manifest
 from .planner import DEFAULT_WINDOW
 from .records import ShardedRecords
 from .tokens import TokenWindows, token_batches
+from .views import RecordViews, stored_blocks
 
 __all__ = ["Dataset", "open"]
 
@@ -67,6 +69,7 @@ def open(  # noqa: A001 - the public name is roxxel.open
 
 
 _LIVE: weakref.WeakSet[Dataset] = weakref.WeakSet()
+T = TypeVar("T")
 
 
 def _after_fork_in_child() -> None:
@@ -120,7 +123,7 @@ class Dataset(ShardedRecords):
         self._footers: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._stats = {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
-        self._iterators: weakref.WeakSet[Iterator[np.ndarray]] = weakref.WeakSet()
+        self._iterators: weakref.WeakSet[Iterator[Any]] = weakref.WeakSet()
         _LIVE.add(self)
         self._on_bytes: Callable[[int], object] | None = None  # set by warm()
 
@@ -338,30 +341,31 @@ class Dataset(ShardedRecords):
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Every record in stored order, with the next shards downloading meanwhile."""
-        return self._track(self._stored_order())
+        self._check_open()
+        return chain.from_iterable(self._track(self._stored_blocks()))
 
-    def _track(self, records: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    def _track(self, records: Iterator[T]) -> Iterator[T]:
         """Remember a live iterator, so that close() can let go of the maps it holds."""
         self._iterators.add(records)
         return records
 
-    def _stored_order(self) -> Iterator[np.ndarray]:
+    def _stored_blocks(self) -> Iterator[RecordViews]:
         n = self.num_shards
         self._set_order(range(n))
-        for k in range(n):
-            self._check_open()
-            if k:  # (the first shard downloads alone: the first record comes sooner)
-                self._prefetch(range(k + 1, n))  # before blocking on shard k: they overlap
-            shard = self.shard(k)
-            if not k:
-                self._prefetch(range(1, n))
-            payload = shard.payload
-            ends = int_sequence(shard.offsets)  # survives the shard being unmapped meanwhile
-            start = 0
-            for j in range(len(ends)):
-                end = ends[j]
-                yield payload[start:end]
-                start = end
+        block: RecordViews | None = None
+        try:
+            for k in range(n):
+                self._check_open()
+                if k:  # (the first shard downloads alone: the first record comes sooner)
+                    self._prefetch(range(k + 1, n))  # before blocking on shard k: they overlap
+                shard = self.shard(k)
+                if not k:
+                    self._prefetch(range(1, n))
+                for block in stored_blocks(shard.payload, shard.offsets):
+                    yield block
+        finally:
+            if block is not None:
+                block.close()  # ds.close() closes this generator: the maps go with it
 
     def iter(
         self,

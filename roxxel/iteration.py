@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 import os
 import sys
-from itertools import islice
+from itertools import chain, islice
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ResumeError
-from .planner import DEFAULT_WINDOW, Plan, plan
+from .planner import DEFAULT_WINDOW, Plan, WindowLayout, plan
+from .views import BLOCK, RecordViews, record_views
 
 if TYPE_CHECKING:
     from .dataset import Dataset
+    from .format import MappedShard
 
 __all__ = ["IterState", "RecordIterator", "detect_topology"]
 
-_BLOCK = 1 << 14  # records turned into Python ints at once, whatever the window's size
 _STATE_TYPES = {"seed": int, "epoch": int, "position": int, "rank": int, "world_size": int,
                 "worker": int, "num_workers": int, "shuffle": bool, "window": int,
                 "remainder": str, "fingerprint": str}
@@ -117,10 +118,10 @@ class RecordIterator(Iterator[np.ndarray]):
                 f"{self.plan.num_records} records"
             )
         self._at = state.position  # the position where the current block starts
-        # (first position, length, iterator of the block's begin offsets): how far the
-        # block's iterator has got is how far the stream has, with no per-record counting
-        self._block: tuple[int, int, Iterator[int]] | None = None
-        self._records = track(self._generate())
+        # (first position, length, the block's views): how far the block's views have got
+        # is how far the stream has, with no per-record counting
+        self._block: tuple[int, int, RecordViews] | None = None
+        self._records = chain.from_iterable(track(self._blocks()))
 
     @property
     def position(self) -> int:
@@ -128,8 +129,8 @@ class RecordIterator(Iterator[np.ndarray]):
         block = self._block
         if block is None:
             return self._at
-        first, length, cursor = block
-        return first + length - operator.length_hint(cursor)
+        first, length, views = block
+        return first + length - operator.length_hint(views)
 
     def __len__(self) -> int:
         """Records left in this epoch."""
@@ -155,46 +156,60 @@ class RecordIterator(Iterator[np.ndarray]):
         )
         return following.shard_order.tolist()
 
-    def _generate(self) -> Iterator[np.ndarray]:
+    def _blocks(self) -> Iterator[RecordViews]:
+        """The stream in blocks of views; between windows, the downloads and the cache's
+        bookkeeping. Closing it (``ds.close()`` does) lets go of the current block's maps."""
         ds, p = self._ds, self.plan
         order = p.shard_order.tolist()
         rank_of = {k: i for i, k in enumerate(order)}
         ds._set_order(order, then=self._next_epoch_order())
         ds._hold_at_least(p.num_windows and int(max(len(p.window_shards(w)) for w in range(p.num_windows))))
         first, skip = p.locate(self._at)
-        for w in range(first, p.num_windows):
-            window = p.window_shards(w).tolist()
-            ds._fetch_in_parallel(window)
-            ds._prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
-            # The shards are verified against the manifest before the window's records,
-            # whose count the manifest claims, are planned (and allocated).
-            shards = [ds.shard(k) for k in window]
-            payloads = [s.payload for s in shards]
-            layout = p.window_layout(w)
-            slots, local, skip = layout.slot[skip:], layout.local[skip:], 0
-            # The end offsets of the records the window reads (and of each run's predecessor),
-            # end to end: one gather then finds every record's bounds.
-            since = np.maximum(layout.first - 1, 0)
-            reads = zip(shards, since.tolist(), layout.stop.tolist())
-            ends_all = np.concatenate([s.offsets[a:b] for s, a, b in reads])
-            runs = np.zeros(len(shards), dtype=np.int64)
-            np.cumsum((layout.stop - since)[:-1], out=runs[1:])
-            at = (runs - since)[slots] + local
-            ends = ends_all[at]
-            begins = ends_all[at - 1]
-            begins[local == 0] = 0
-            for lo in range(0, len(at), _BLOCK):  # Python ints for one block at a time
-                hi = min(lo + _BLOCK, len(at))
-                cursor = iter(begins[lo:hi].tolist())
-                self._block = (self._at + lo, hi - lo, cursor)
-                for s, b, e in zip(slots[lo:hi].tolist(), cursor, ends[lo:hi].tolist()):
-                    yield payloads[s][b:e]
-            self._at += len(at)
-            self._block = None
-            following = set(p.window_shards(w + 1).tolist()) if w + 1 < p.num_windows else set()
-            done = [k for k in window if k not in following]
-            ds._forget_order(done)
-            ds._release_window(done)
+        try:
+            for w in range(first, p.num_windows):
+                window = p.window_shards(w).tolist()
+                ds._fetch_in_parallel(window)
+                ds._prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
+                # The shards are verified against the manifest before the window's records,
+                # whose count the manifest claims, are planned (and allocated).
+                shards = [ds.shard(k) for k in window]
+                slots, begins, ends = _window_bounds(shards, p.window_layout(w), skip)
+                skip = 0
+                payloads = [s.payload for s in shards]
+                for lo in range(0, len(slots), BLOCK):
+                    hi = lo + BLOCK
+                    views = record_views(payloads, slots[lo:hi], begins[lo:hi], ends[lo:hi])
+                    self._block = (self._at + lo, len(slots[lo:hi]), views)
+                    yield views
+                self._at += len(slots)
+                self._block = None
+                following = set(p.window_shards(w + 1).tolist()) if w + 1 < p.num_windows else set()
+                done = [k for k in window if k not in following]
+                ds._forget_order(done)
+                ds._release_window(done)
+        finally:
+            if self._block is not None:
+                self._block[2].close()
+
+
+def _window_bounds(
+    shards: list[MappedShard], layout: WindowLayout, skip: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slot (index into ``shards``), begin and end offset of each record the window
+    reads from position ``skip`` on, in stream order."""
+    slots, local = layout.slot[skip:], layout.local[skip:]
+    # The end offsets of the records the window reads (and of each run's predecessor),
+    # end to end: one gather then finds every record's bounds.
+    since = np.maximum(layout.first - 1, 0)
+    reads = zip(shards, since.tolist(), layout.stop.tolist())
+    ends_all = np.concatenate([s.offsets[a:b] for s, a, b in reads])
+    runs = np.zeros(len(shards), dtype=np.int64)
+    np.cumsum((layout.stop - since)[:-1], out=runs[1:])
+    at = (runs - since)[slots] + local
+    ends = ends_all[at].astype(np.int64, copy=False)
+    begins = ends_all[at - 1].astype(np.int64, copy=False)
+    begins[local == 0] = 0
+    return np.ascontiguousarray(slots, dtype=np.int64), begins, ends
 
 
 def new_state(ds: Dataset, **kwargs: Any) -> IterState:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
+from itertools import chain
 
 import numpy as np
 
 from .errors import ShardFormatError
 from .format import MappedShard
+from .views import RecordViews, record_views, stored_blocks
 
 __all__ = ["ShardedRecords"]
 
@@ -131,8 +133,13 @@ class ShardedRecords:
         raise TypeError(f"record index must be an int, slice or list of ints, got {type(key).__name__}")
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(len(self)):
-            yield self[i]  # type: ignore[misc]
+        self._check_open()
+        return chain.from_iterable(self._stored_blocks())
+
+    def _stored_blocks(self) -> Iterator[RecordViews]:
+        for k in range(self.num_shards):
+            shard = self.shard(k)
+            yield from stored_blocks(shard.payload, shard.offsets)
 
     def gather(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """Records at ``indices`` (negative allowed), in that order, as views.
@@ -153,18 +160,20 @@ class ShardedRecords:
         idx = np.where(idx < 0, idx + n, idx)
         shard_ids = np.searchsorted(self.record_starts, idx, side="right") - 1
         local = idx - self.record_starts[shard_ids]
-        out: list[np.ndarray | None] = [None] * len(idx)
         order = np.argsort(shard_ids, kind="stable")
         cuts = np.flatnonzero(np.diff(shard_ids[order])) + 1
-        for group in np.split(order, cuts):
+        slots = np.empty(len(idx), dtype=np.int64)
+        begins = np.empty(len(idx), dtype=np.int64)
+        ends = np.empty(len(idx), dtype=np.int64)
+        payloads = []
+        for slot, group in enumerate(np.split(order, cuts)):
             shard = self.shard(int(shard_ids[group[0]]))
+            payloads.append(shard.payload)  # keeps its map alive if the shard is released
             rec = local[group]
-            ends = shard.offsets[rec]
-            begins = np.where(rec > 0, shard.offsets[np.maximum(rec - 1, 0)], 0)
-            payload = shard.payload
-            for pos, b, e in zip(group.tolist(), begins.tolist(), ends.tolist()):
-                out[pos] = payload[b:e]
-        return out  # type: ignore[return-value]
+            slots[group] = slot
+            ends[group] = shard.offsets[rec]
+            begins[group] = np.where(rec > 0, shard.offsets[np.maximum(rec - 1, 0)], 0)
+        return list(record_views(payloads, slots, begins, ends))
 
     def _check_open(self) -> None:
         if self._closed:

@@ -387,7 +387,7 @@ def test_eviction_under_a_small_limit_is_optimal_across_epochs(tmp_path):
 def test_state_and_resume_are_exact_at_every_position(tmp_path, monkeypatch, topology):
     # Blocks of 3 records: the position is read from the block's cursor, so block and
     # window boundaries are where a miscount would show.
-    monkeypatch.setattr(roxxel.iteration, "_BLOCK", 3)
+    monkeypatch.setattr(roxxel.iteration, "BLOCK", 3)
     url = str(tmp_path / "ds")
     manifest = publish(url, {}, make_records(61), shard_bytes=4096)
     assert len(manifest.shards) > 8
