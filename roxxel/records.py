@@ -152,27 +152,28 @@ class ShardedRecords:
             return []
         if idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"record indices must be integers, got dtype {idx.dtype}")
-        idx = idx.astype(np.int64).ravel()
+        idx = idx.astype(np.int64, copy=False).ravel()
         n = self._n
-        bad = np.flatnonzero((idx < -n) | (idx >= n))
-        if len(bad):
+        low, high = int(idx.min()), int(idx.max())
+        if low < -n or high >= n:
+            bad = np.flatnonzero((idx < -n) | (idx >= n))
             raise IndexError(f"record index {int(idx[bad[0]])} out of range for {n} records")
-        idx = np.where(idx < 0, idx + n, idx)
+        if low < 0:
+            idx = np.where(idx < 0, idx + n, idx)
         shard_ids = np.searchsorted(self.record_starts, idx, side="right") - 1
         local = idx - self.record_starts[shard_ids]
-        order = np.argsort(shard_ids, kind="stable")
-        cuts = np.flatnonzero(np.diff(shard_ids[order])) + 1
-        slots = np.empty(len(idx), dtype=np.int64)
-        begins = np.empty(len(idx), dtype=np.int64)
-        ends = np.empty(len(idx), dtype=np.int64)
-        payloads = []
-        for slot, group in enumerate(np.split(order, cuts)):
-            shard = self.shard(int(shard_ids[group[0]]))
+        present = np.bincount(shard_ids, minlength=self.num_shards)
+        involved = np.flatnonzero(present)
+        payloads, offsets = [], []
+        for k in involved.tolist():
+            shard = self.shard(k)
             payloads.append(shard.payload)  # keeps its map alive if the shard is released
-            rec = local[group]
-            slots[group] = slot
-            ends[group] = shard.offsets[rec]
-            begins[group] = np.where(rec > 0, shard.offsets[np.maximum(rec - 1, 0)], 0)
+            offsets.append(shard.offsets)
+        counts = np.diff(self.record_starts)[involved]
+        if int(counts.sum()) <= _CONCAT_FACTOR * len(idx) + _CONCAT_SLACK:
+            slots, begins, ends = _bounds_by_table(shard_ids, local, involved, offsets, counts)
+        else:  # the shards are much larger than the gather: read their offsets per shard
+            slots, begins, ends = _bounds_by_shard(shard_ids, local, offsets)
         return list(record_views(payloads, slots, begins, ends))
 
     def _check_open(self) -> None:
@@ -183,3 +184,44 @@ class ShardedRecords:
         self._release_all()
         self._closed = True
         self._n = 0
+
+
+# A gather reads its records' bounds from one table of the involved shards' offsets, end
+# to end, when that table is not much larger than the gather; else shard by shard.
+_CONCAT_FACTOR = 4
+_CONCAT_SLACK = 1 << 16
+
+
+def _bounds_by_table(
+    shard_ids: np.ndarray, local: np.ndarray, involved: np.ndarray, offsets: list[np.ndarray], counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slot, begin, end) of each record, with one fancy index into all the offsets."""
+    slot_of = np.zeros(int(involved[-1]) + 1, dtype=np.int64)
+    slot_of[involved] = np.arange(len(involved), dtype=np.int64)
+    slots = slot_of[shard_ids]
+    table = np.concatenate(offsets).astype(np.int64, copy=False)
+    first = np.zeros(len(involved), dtype=np.int64)
+    np.cumsum(counts[:-1], out=first[1:])
+    at = first[slots] + local
+    ends = table[at]
+    begins = table[at - 1]  # at 0 this wraps to the table's end; local == 0 is fixed below
+    begins[local == 0] = 0
+    return slots, begins, ends
+
+
+def _bounds_by_shard(
+    shard_ids: np.ndarray, local: np.ndarray, offsets: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slot, begin, end) of each record, reading each shard's offsets once per group."""
+    order = np.argsort(shard_ids, kind="stable")
+    cuts = np.flatnonzero(np.diff(shard_ids[order])) + 1
+    slots = np.empty(len(local), dtype=np.int64)
+    begins = np.empty(len(local), dtype=np.int64)
+    ends = np.empty(len(local), dtype=np.int64)
+    for slot, group in enumerate(np.split(order, cuts)):
+        rec = local[group]
+        table = offsets[slot]
+        slots[group] = slot
+        ends[group] = table[rec]
+        begins[group] = np.where(rec > 0, table[np.maximum(rec - 1, 0)], 0)
+    return slots, begins, ends

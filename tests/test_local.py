@@ -70,6 +70,29 @@ def test_indexing_negative_slices_lists_and_errors(tmp_path):
         ds[1.5]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("by_table", [True, False], ids=["offsets-table", "shard-by-shard"])
+def test_gathers_read_every_record_both_ways(tmp_path, monkeypatch, by_table):
+    # A gather reads bounds from one table of the involved shards' offsets, or, when
+    # those shards are much larger than the gather, shard by shard: both must agree.
+    import roxxel.records
+
+    if not by_table:
+        monkeypatch.setattr(roxxel.records, "_CONCAT_FACTOR", 0)
+        monkeypatch.setattr(roxxel.records, "_CONCAT_SLACK", 0)
+    ds = Roxxel(str(tmp_path / "g_*.rox"))
+    recs = [bytes([i % 251]) * (i % 13) for i in range(300)]
+    ds.write(recs, max_shard_bytes=200)
+    assert ds.num_shards > 10
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 37, 300, 1000):
+        idx = rng.integers(-300, 300, size=size)
+        assert [bytes(r) for r in ds[idx]] == [recs[i] for i in idx.tolist()]
+    first_of_each = np.asarray(ds.record_starts[:-1])  # record 0 of every shard, and the last
+    idx = np.concatenate([first_of_each, first_of_each - 1, [-1]])[1:]
+    assert [bytes(r) for r in ds[idx]] == [recs[i] for i in idx.tolist()]
+    assert all(r.base is not None and not r.flags.writeable for r in ds[idx])
+
+
 def test_one_shard_indexing_survives_unmapping_and_refuses_out_of_range(tmp_path):
     # One shard has a lookup path of its own; it must follow the shard being unmapped.
     ds = Roxxel(tmp_path / "one.rox")
