@@ -55,8 +55,8 @@ dataset is written first (by default 384 MiB of incompressible records of 1-15 K
    first access of every shard is a compulsory miss), misses counted in stored bytes. No
    target: 1.00x is optimal.
 
-Usage (from the repository root; about 2 minutes at default sizes on 2 cores, a third of it
-in ``ds[i]`` remapping shards; the exit status is 1 when a target is missed)::
+Usage (from the repository root; about 30 s at default sizes on 2 cores; the exit status
+is 1 when a target is missed)::
 
     .venv/bin/python scripts/bench_reader.py            # 384 MiB in 32 MiB shards
     .venv/bin/python scripts/bench_reader.py --quick    # 48 MiB in 4 MiB shards, a smoke test
@@ -80,7 +80,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -95,6 +95,7 @@ from benchkit import MiB, RecordSource, bench_storage_options, best_of, check_re
 import roxxel
 from roxxel.planner import DEFAULT_WINDOW, Plan
 from roxxel.planner import plan as make_plan
+from roxxel import views as views_module
 from roxxel.views import ACCELERATED
 from tests.servers import s3_server
 
@@ -381,6 +382,20 @@ def other_loops(report: Report, item: str, repeat: int, rate: float, bare: BareM
                        f"{rate_loop:,.0f} rec/s", f"{rate / rate_loop:.1%}"))
 
 
+def pure_python_row(report: Report, item: str, repeat: int, n: int, t_bare: float, loop: Callable[[], object]) -> None:
+    """The same loop with the C extension switched off: what an install without a C
+    compiler gets (info)."""
+    if not views_module.ACCELERATED:
+        return
+    saved, views_module._c_views = views_module._c_views, None
+    try:
+        t = best_of(repeat, loop)
+    finally:
+        views_module._c_views = saved
+    report.add(Row(item, "  same, with the pure-Python twin of roxxel._cviews (info)", f"{n / t:,.0f} rec/s",
+                   f"{n / t_bare:,.0f} rec/s bare mmap", f"{t_bare / t:.1%}"))
+
+
 def ds_touch(ds: roxxel.Dataset, order: list[int]) -> int:
     total = 0
     for i in order:
@@ -612,6 +627,7 @@ def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manife
         report.add(Row("2", "  same order, one ds[i] per record (info)", f"{n / t_index:,.0f} rec/s",
                        f"{n / t_bare:,.0f} rec/s bare mmap", f"{t_bare / t_index:.1%}"))
         other_loops(report, "2", args.warm_repeat, n / t_ds, bare, order_ids)
+        pure_python_row(report, "2", args.warm_repeat, n, t_bare, lambda: ds_gather_touch(ds, order_ids, args.gather))
 
         # 3. random access latency
         draws_ids = rng.integers(0, n, size=args.draws)
@@ -653,6 +669,7 @@ def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manife
                              len(ids) / t_ds, len(ids) / t_bare, "rec/s", TARGET_WARM,
                              reference_text=f"{len(ids) / t_bare:,.0f} rec/s bare mmap"))
         other_loops(report, "5", args.warm_repeat, len(ids) / t_ds, bare, ids)
+        pure_python_row(report, "5", args.warm_repeat, len(ids), t_bare, lambda: ds_iter_touch(ds, args.window))
         if ds.stats["shards_downloaded"] != downloads:
             raise RuntimeError(f"the warm runs downloaded shards: {ds.stats}")
     finally:
