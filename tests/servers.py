@@ -13,7 +13,8 @@ with the code under test) and is killed when its context exits, when ``stop()`` 
 called, or at interpreter exit. ``python -m tests.servers`` starts both and prints the
 endpoints until interrupted.
 
-Nothing here reaches the internet: every endpoint is ``http://127.0.0.1:PORT``.
+Nothing here reaches the internet: every endpoint is ``http://127.0.0.1:PORT`` (``https``
+for an S3 server started with a test certificate).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -101,9 +103,13 @@ def gcs_storage_options(endpoint: str) -> dict[str, Any]:
     return {"endpoint_url": endpoint, "token": "anon", "project": "test"}
 
 
-def _http(method: str, url: str, timeout: float = 5.0) -> bytes:
+def _http(method: str, url: str, timeout: float = 5.0, cafile: str | None = None) -> bytes:
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    context = None
+    if url.startswith("https:"):  # a readiness probe: the certificate may name another host
+        context = ssl.create_default_context(cafile=cafile)
+        context.check_hostname = False
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return response.read()
 
 
@@ -224,12 +230,14 @@ def _start(
     ready_path: str,
     options: Callable[[str], dict[str, Any]],
     timeout: float,
+    cafile: str | None = None,
 ) -> Server:
-    """Start a server, wait until ``ready_path`` answers, retrying on a port clash."""
+    """Start a server, wait until ``ready_path`` answers, retrying on a port clash.
+    With ``cafile`` the server speaks TLS with a certificate that ``cafile`` verifies."""
     last_error = ""
     for _ in range(3):
         port = free_port()
-        endpoint = f"http://{_HOST}:{port}"
+        endpoint = f"{'https' if cafile else 'http'}://{_HOST}:{port}"
         log = tempfile.TemporaryFile()
         process = subprocess.Popen(
             argv_for_port(port),
@@ -246,7 +254,7 @@ def _start(
             if process.poll() is not None:
                 break
             try:
-                _http("GET", endpoint + ready_path, timeout=1.0)
+                _http("GET", endpoint + ready_path, timeout=1.0, cafile=cafile)
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)  # no event to wait on: the server gives no ready signal
                 continue
@@ -258,14 +266,17 @@ def _start(
     raise RuntimeError(f"{kind} server did not start within {timeout}s; output:\n{last_error}")
 
 
-def start_s3(timeout: float = 30.0) -> Server:
-    """Start moto's S3 server as a subprocess; the caller must ``stop()`` it."""
+def start_s3(timeout: float = 30.0, tls: tuple[str, str] | None = None) -> Server:
+    """Start moto's S3 server as a subprocess; the caller must ``stop()`` it.
+    ``tls``: (certificate, key) PEM files, to serve HTTPS with that certificate."""
+    extra = ["-s", "-c", tls[0], "-k", tls[1]] if tls else []
     return _start(
         "s3",
-        lambda port: [sys.executable, "-m", "moto.server", "-H", _HOST, "-p", str(port)],
+        lambda port: [sys.executable, "-m", "moto.server", "-H", _HOST, "-p", str(port), *extra],
         "/moto-api/data.json",
         s3_storage_options,
         timeout,
+        cafile=tls[0] if tls else None,
     )
 
 
@@ -284,9 +295,9 @@ def start_gcs(timeout: float = 30.0) -> Server:
 
 
 @contextlib.contextmanager
-def s3_server(timeout: float = 30.0) -> Iterator[Server]:
-    """A moto S3 server for the duration of the ``with`` block."""
-    server = start_s3(timeout)
+def s3_server(timeout: float = 30.0, tls: tuple[str, str] | None = None) -> Iterator[Server]:
+    """A moto S3 server for the duration of the ``with`` block (HTTPS with ``tls``)."""
+    server = start_s3(timeout, tls)
     try:
         yield server
     finally:

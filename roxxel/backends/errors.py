@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import http.client
+import ssl
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -95,6 +96,11 @@ def translate(
             f"{where}: {kind.value}, still failing after {attempts} attempt(s) "
             f"over {elapsed:.1f}s ({detail}){hint}"
         )
+    if any(_bad_certificate(link) for link in _chain(exc)):
+        return StorageError(
+            f"{where}: the server's TLS certificate did not verify ({detail}); if the store "
+            "uses a private CA, point AWS_CA_BUNDLE (S3) at it"
+        )
     return StorageError(f"{where}: {detail}")
 
 
@@ -116,7 +122,22 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _bad_certificate(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or wraps, a TLS certificate that did not verify: a
+    configuration error that no retry mends (botocore files it as a connection error)."""
+    inner = (getattr(exc, "kwargs", None) or {}).get("error")  # botocore's SSLError(error=...)
+    links = [*_chain(inner)] if isinstance(inner, BaseException) else []
+    for link in (exc, *links):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(getattr(link, "certificate_error", None), ssl.SSLCertVerificationError):
+            return True  # aiohttp's ClientConnectorCertificateError
+    return False
+
+
 def _classify_one(exc: BaseException) -> Kind | None:
+    if _bad_certificate(exc):
+        return Kind.PERMANENT
     if isinstance(exc, FileNotFoundError):
         return Kind.NOT_FOUND
     if isinstance(exc, PermissionError):
