@@ -5,6 +5,7 @@ fault-injecting filesystems and a dead endpoint."""
 from __future__ import annotations
 
 import errno
+import ssl
 import hashlib
 import os
 import pickle
@@ -352,7 +353,20 @@ def _examples() -> list[tuple[Callable[[], BaseException], Kind]]:
         (lambda: TimeoutError(), Kind.TRANSIENT),
         (lambda: FileNotFoundError("x"), Kind.NOT_FOUND),
         (lambda: ValueError("Bad Request: invalid"), Kind.PERMANENT),
+        # TLS: a certificate that does not verify is configuration, not bad luck ...
+        (lambda: bce.SSLError(endpoint_url="https://h", error=ssl.SSLCertVerificationError(1, "verify failed")),
+         Kind.PERMANENT),
+        (lambda: _raised_from(OSError("stat failed"), ssl.SSLCertVerificationError(1, "self-signed")), Kind.PERMANENT),
+        # ... while a handshake cut short is retried like any dropped connection
+        (lambda: bce.SSLError(endpoint_url="https://h", error=ssl.SSLEOFError(8, "EOF in violation")), Kind.TRANSIENT),
     ]
+
+
+def _raised_from(outer: BaseException, cause: BaseException) -> BaseException:
+    try:
+        raise outer from cause
+    except BaseException as exc:  # noqa: BLE001 - the point is the chained exception
+        return exc
 
 
 def test_classification_of_backend_exceptions():
