@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -313,6 +314,48 @@ def test_a_bad_download_is_fetched_again(cache):
     with remote.get(cache) as shard:
         assert shard.map()[0][5] == 4
     assert remote.calls == 2
+
+
+class _FullDisk:
+    """A temp file whose writes (or fsync) fail as on a full disk."""
+
+    def __init__(self, real, fail_sync: bool) -> None:
+        self._real, self._fail_sync = real, fail_sync
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def write(self, data) -> int:
+        if self._fail_sync:
+            return self._real.write(data)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        self._real.flush()
+        if self._fail_sync:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("fail_sync", [False, True], ids=["write", "flush"])
+def test_a_full_disk_is_a_cache_error_naming_shard_and_directory(cache, cache_dir, monkeypatch, compress, fail_sync):
+    remote = Remote(make_shard([b"abc" * 1000] * 20), compress=compress)
+    real_init = files_module.TempFile.__init__
+
+    def init(self, tmp_dir):
+        real_init(self, tmp_dir)
+        self.file = _FullDisk(self.file, fail_sync)
+
+    monkeypatch.setattr(download_module.TempFile, "__init__", init)
+    with pytest.raises(CacheError) as info:
+        remote.get(cache)
+    message = str(info.value)
+    assert f"could not write {LABEL} into the cache directory {cache_dir / 'tmp'}" in message
+    assert "bytes free there; this shard needs" in message and "free some space" in message
+    assert info.value.errno in (errno.ENOSPC, errno.EDQUOT)
+    assert remote.calls == 1  # not fetched again: the store was not at fault
+    assert list((cache_dir / "tmp").iterdir()) == []
+    assert not cache.contains(remote.checksum)
 
 
 def test_persistent_mismatch_names_label_and_both_digests(cache, cache_dir):

@@ -8,14 +8,17 @@ ROXXEL01 footer and offsets are validated. Only then does the caller publish it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
 
-from ..errors import IntegrityError, ShardFormatError
+from ..errors import CacheError, IntegrityError, RoxxelError, ShardFormatError
 from ..format import read_layout
 from .files import TempFile
 from .names import ShardKey
@@ -65,8 +68,9 @@ class _Mismatch(IntegrityError):
 class _HashingSink:
     """The ``sink`` handed to ``fetch``: writes, hashes and counts, refusing excess bytes."""
 
-    def __init__(self, temp: TempFile, key: ShardKey, limit: int) -> None:
+    def __init__(self, temp: TempFile, key: ShardKey, limit: int, spec: ShardSpec, tmp_dir: str) -> None:
         self._file = temp.file
+        self._where = (spec, tmp_dir)
         self._hash = key.new_hash()
         self._limit = limit
         self.received = 0
@@ -83,7 +87,8 @@ class _HashingSink:
         if self.overflow:
             raise _Mismatch(f"more than {self._limit} bytes arrived, expected {self._limit}")
         self._hash.update(view)
-        self._file.write(view)
+        with writing_locally(*self._where):  # a full disk is not the store's fault
+            self._file.write(view)
 
     def check(self, key: ShardKey, label: str) -> None:
         """Raise :class:`_Mismatch` unless exactly ``limit`` bytes of the right digest came."""
@@ -103,9 +108,29 @@ class _HashingSink:
             )
 
 
-def _receive(key: ShardKey, fetch: Fetch, spec: ShardSpec, temp: TempFile) -> None:
+@contextlib.contextmanager
+def writing_locally(spec: ShardSpec, tmp_dir: str) -> Iterator[None]:
+    """Turn an OSError of writing ``spec``'s shard into the cache into a
+    :class:`CacheError` that names the shard and the directory (and, for a full disk,
+    the free space and what the shard needs)."""
+    try:
+        yield
+    except RoxxelError:
+        raise
+    except OSError as exc:
+        message = f"could not write {spec.label} into the cache directory {tmp_dir}: {exc.strerror or exc}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(tmp_dir).free
+                message += f" ({free:,} bytes free there"
+                message += f"; this shard needs {spec.stored_size + spec.raw_size:,} while it is verified)"
+            message += "; free some space, or set a cache_limit that fits"
+        raise CacheError(exc.errno, message) from exc
+
+
+def _receive(key: ShardKey, fetch: Fetch, spec: ShardSpec, temp: TempFile, tmp_dir: str) -> None:
     """Run ``fetch`` into ``temp``; errors of ``fetch`` itself propagate unchanged."""
-    sink = _HashingSink(temp, key, spec.stored_size)
+    sink = _HashingSink(temp, key, spec.stored_size, spec, tmp_dir)
     try:
         fetch(sink)
     except Exception:
@@ -115,7 +140,8 @@ def _receive(key: ShardKey, fetch: Fetch, spec: ShardSpec, temp: TempFile) -> No
     finally:
         sink.closed = True
     sink.check(key, spec.label)
-    temp.file.flush()
+    with writing_locally(spec, tmp_dir):
+        temp.file.flush()
 
 
 def _decompress(
@@ -189,15 +215,18 @@ def _check_layout(raw: TempFile, spec: ShardSpec) -> None:
 def _attempt(
     key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str
 ) -> tuple[TempFile, str | None]:
-    stored = TempFile(tmp_dir)
+    with writing_locally(spec, tmp_dir):
+        stored = TempFile(tmp_dir)
     raw, raw_digest = stored, None
     try:
-        _receive(key, fetch, spec, stored)
+        _receive(key, fetch, spec, stored, tmp_dir)
         if spec.compression == "zstd":
-            raw, raw_digest = _decompress(stored, spec, tmp_dir, key)
+            with writing_locally(spec, tmp_dir):
+                raw, raw_digest = _decompress(stored, spec, tmp_dir, key)
             stored.discard()
         _check_layout(raw, spec)
-        raw.sync()
+        with writing_locally(spec, tmp_dir):
+            raw.sync()
     except BaseException:
         stored.discard()
         raw.discard()
