@@ -8,9 +8,9 @@
  *   ends    1-d int64 buffer: where each record ends
  *
  * Record i is bases[slots[i]][begins[i]:ends[i]]: a zero-copy view, read-only when its
- * base is, that keeps the base's memory alive. Every slot and bound is checked when
- * the iterator is made, before any pointer is formed; a bad one raises IndexError and
- * nothing is yielded. The iterator keeps its bases until it is exhausted or closed,
+ * base is, that keeps the base's memory alive. The three columns are copied when the
+ * iterator is made, and every slot and bound is checked then, before any pointer is
+ * formed; a bad one raises IndexError and nothing is yielded. The iterator keeps its bases until it is exhausted or closed,
  * then lets go of them (so a memory map under them can be closed). Its length hint is
  * the number of records left.
  *
@@ -31,22 +31,22 @@ static PyArray_Descr *uint8_descr; /* one reference, owned by the module */
 typedef struct {
     PyObject_HEAD
     PyObject *bases; /* tuple of arrays, or NULL once exhausted or closed */
-    Py_buffer slots, begins, ends;
-    int held; /* whether the three buffers are held */
+    int64_t *rows;   /* (slot, begin, end) per record: checked copies the object owns */
     Py_ssize_t at, n;
 } ViewsObject;
 
+/* Let go of everything; the object is left exhausted first, so code that runs while
+ * the references are dropped (a finalizer) finds nothing more to yield. */
 static void
 views_release(ViewsObject *self)
 {
-    if (self->held) {
-        self->held = 0;
-        PyBuffer_Release(&self->slots);
-        PyBuffer_Release(&self->begins);
-        PyBuffer_Release(&self->ends);
-    }
+    int64_t *rows = self->rows;
+    PyObject *bases = self->bases;
     self->at = self->n;
-    Py_CLEAR(self->bases);
+    self->rows = NULL;
+    self->bases = NULL;
+    PyMem_Free(rows);
+    Py_XDECREF(bases);
 }
 
 static int
@@ -78,17 +78,15 @@ views_next(ViewsObject *self)
         views_release(self);
         return NULL;
     }
-    Py_ssize_t i = self->at++;
+    const int64_t *row = self->rows + 3 * self->at++;
     /* A strong reference, taken before anything allocates: an allocation can run a
      * collection, whose finalizers can let another thread close this iterator. */
-    PyArrayObject *base =
-        (PyArrayObject *)PyTuple_GET_ITEM(self->bases, ((const int64_t *)self->slots.buf)[i]);
+    PyArrayObject *base = (PyArrayObject *)PyTuple_GET_ITEM(self->bases, row[0]);
     Py_INCREF(base);
-    int64_t begin = ((const int64_t *)self->begins.buf)[i];
-    npy_intp length = (npy_intp)(((const int64_t *)self->ends.buf)[i] - begin);
+    npy_intp length = (npy_intp)(row[2] - row[1]);
+    char *data = PyArray_BYTES(base) + row[1];
     Py_INCREF(uint8_descr); /* stolen by PyArray_NewFromDescr */
-    PyObject *view = PyArray_NewFromDescr(&PyArray_Type, uint8_descr, 1, &length, NULL,
-                                          PyArray_BYTES(base) + begin,
+    PyObject *view = PyArray_NewFromDescr(&PyArray_Type, uint8_descr, 1, &length, NULL, data,
                                           PyArray_FLAGS(base) & NPY_ARRAY_WRITEABLE, NULL);
     if (view == NULL) {
         Py_DECREF(base);
@@ -136,18 +134,20 @@ static PyTypeObject ViewsType = {
     .tp_methods = views_methods,
 };
 
-/* A 1-d, C-contiguous buffer of native int64 from `obj`, or -1 with TypeError. */
+/* A 1-d, contiguous buffer of native int64 from `obj`, or -1 with TypeError. */
 static int
 get_int64s(PyObject *obj, Py_buffer *view, const char *name)
 {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+    if (PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO) < 0)
         return -1;
     const char *f = view->format ? view->format : "B";
     if (*f == '@' || *f == '=' || (*f == '<' && PY_LITTLE_ENDIAN) || (*f == '>' && !PY_LITTLE_ENDIAN))
         f++;
-    if (view->ndim != 1 || view->itemsize != 8 || !(strcmp(f, "q") == 0 || strcmp(f, "l") == 0)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a 1-d array of native int64, got format '%s' "
-                     "with %d dimension(s)", name, view->format ? view->format : "B", view->ndim);
+    if (view->ndim != 1 || view->itemsize != 8 || !(strcmp(f, "q") == 0 || strcmp(f, "l") == 0) ||
+        !PyBuffer_IsContiguous(view, 'C')) {
+        PyErr_Format(PyExc_TypeError, "%s must be a 1-d contiguous array of native int64, got "
+                     "format '%s' with %d dimension(s)", name, view->format ? view->format : "B",
+                     view->ndim);
         PyBuffer_Release(view);
         return -1;
     }
@@ -172,14 +172,31 @@ check_bases(PyObject *bases)
     return 0;
 }
 
-/* Every slot names a base and every record lies inside it; -1 with IndexError if not. */
+/* Copy the columns into self->rows, checking that every slot names a base and every
+ * record lies inside it; -1 with an exception if not. The copy is what views_next
+ * reads: the caller's arrays may change afterwards without effect. */
 static int
-check_records(ViewsObject *self)
+copy_rows(ViewsObject *self, const Py_buffer *slots, const Py_buffer *begins, const Py_buffer *ends)
 {
-    const int64_t *slots = self->slots.buf, *begins = self->begins.buf, *ends = self->ends.buf;
+    Py_ssize_t n = slots->shape[0];
+    if (begins->shape[0] != n || ends->shape[0] != n) {
+        PyErr_Format(PyExc_ValueError, "slots, begins and ends must have one length, got %zd, %zd "
+                     "and %zd", n, begins->shape[0], ends->shape[0]);
+        return -1;
+    }
+    if (n > PY_SSIZE_T_MAX / (Py_ssize_t)(3 * sizeof(int64_t))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->rows = PyMem_Malloc(n ? (size_t)n * 3 * sizeof(int64_t) : 1);
+    if (self->rows == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    const int64_t *s_in = slots->buf, *b_in = begins->buf, *e_in = ends->buf;
     Py_ssize_t m = PyTuple_GET_SIZE(self->bases);
-    for (Py_ssize_t i = 0; i < self->n; i++) {
-        int64_t s = slots[i], b = begins[i], e = ends[i];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t s = s_in[i], b = b_in[i], e = e_in[i];
         if (s < 0 || s >= m) {
             PyErr_Format(PyExc_IndexError, "record %zd: slot %lld is not one of the %zd bases",
                          i, (long long)s, m);
@@ -191,7 +208,11 @@ check_records(ViewsObject *self)
                          "of %zd bytes", i, (long long)b, (long long)e, (long long)s, (Py_ssize_t)size);
             return -1;
         }
+        self->rows[3 * i] = s;
+        self->rows[3 * i + 1] = b;
+        self->rows[3 * i + 2] = e;
     }
+    self->n = n;
     return 0;
 }
 
@@ -205,38 +226,34 @@ views_new(PyObject *Py_UNUSED(module), PyObject *args)
     if (self == NULL)
         return NULL;
     self->bases = NULL;
-    self->held = 0;
+    self->rows = NULL;
     self->at = self->n = 0;
     self->bases = PySequence_Tuple(bases);
-    if (self->bases == NULL || check_bases(self->bases) < 0)
-        goto fail;
-    if (get_int64s(slots, &self->slots, "slots") < 0)
-        goto fail;
-    if (get_int64s(begins, &self->begins, "begins") < 0) {
-        PyBuffer_Release(&self->slots);
-        goto fail;
+    if (self->bases == NULL || check_bases(self->bases) < 0) {
+        Py_DECREF(self);
+        return NULL;
     }
-    if (get_int64s(ends, &self->ends, "ends") < 0) {
-        PyBuffer_Release(&self->slots);
-        PyBuffer_Release(&self->begins);
-        goto fail;
+    Py_buffer columns[3];
+    const char *names[3] = {"slots", "begins", "ends"};
+    PyObject *objects[3] = {slots, begins, ends};
+    int got = 0, ok = 1;
+    for (; got < 3; got++) {
+        if (get_int64s(objects[got], &columns[got], names[got]) < 0) {
+            ok = 0;
+            break;
+        }
     }
-    self->held = 1;
-    Py_ssize_t n = self->slots.shape[0];
-    if (self->begins.shape[0] != n || self->ends.shape[0] != n) {
-        PyErr_Format(PyExc_ValueError, "slots, begins and ends must have one length, got %zd, %zd "
-                     "and %zd", n, self->begins.shape[0], self->ends.shape[0]);
-        goto fail;
+    if (ok && copy_rows(self, &columns[0], &columns[1], &columns[2]) < 0)
+        ok = 0;
+    for (int k = 0; k < got; k++)
+        PyBuffer_Release(&columns[k]);
+    if (!ok) {
+        Py_DECREF(self); /* tp_dealloc frees what was made */
+        return NULL;
     }
-    self->n = n;
-    if (check_records(self) < 0)
-        goto fail;
+    self->at = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
-fail:
-    views_release(self);
-    PyObject_GC_Del(self);
-    return NULL;
 }
 
 static PyMethodDef module_methods[] = {

@@ -15,8 +15,7 @@ import weakref
 from concurrent.futures import CancelledError
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import chain
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +31,7 @@ from .manifest.io import dataset_store, read_manifest
 from .planner import DEFAULT_WINDOW
 from .records import ShardedRecords
 from .tokens import TokenWindows, token_batches
-from .views import RecordViews, stored_blocks
+from .views import RecordViews
 
 __all__ = ["Dataset", "open"]
 
@@ -69,7 +68,6 @@ def open(  # noqa: A001 - the public name is roxxel.open
 
 
 _LIVE: weakref.WeakSet[Dataset] = weakref.WeakSet()
-T = TypeVar("T")
 
 
 def _after_fork_in_child() -> None:
@@ -123,7 +121,6 @@ class Dataset(ShardedRecords):
         self._footers: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._stats = {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
-        self._iterators: weakref.WeakSet[Iterator[Any]] = weakref.WeakSet()
         _LIVE.add(self)
         self._on_bytes: Callable[[int], object] | None = None  # set by warm()
 
@@ -339,33 +336,19 @@ class Dataset(ShardedRecords):
 
     # -- reading -----------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[np.ndarray]:
-        """Every record in stored order, with the next shards downloading meanwhile."""
-        self._check_open()
-        return chain.from_iterable(self._track(self._stored_blocks()))
-
-    def _track(self, records: Iterator[T]) -> Iterator[T]:
-        """Remember a live iterator, so that close() can let go of the maps it holds."""
-        self._iterators.add(records)
-        return records
-
     def _stored_blocks(self) -> Iterator[RecordViews]:
+        """Every record in stored order, with the next shards downloading meanwhile."""
+        self._set_order(range(self.num_shards))
+        return super()._stored_blocks()
+
+    def _next_in_stored_order(self, k: int) -> MappedShard:
         n = self.num_shards
-        self._set_order(range(n))
-        block: RecordViews | None = None
-        try:
-            for k in range(n):
-                self._check_open()
-                if k:  # (the first shard downloads alone: the first record comes sooner)
-                    self._prefetch(range(k + 1, n))  # before blocking on shard k: they overlap
-                shard = self.shard(k)
-                if not k:
-                    self._prefetch(range(1, n))
-                for block in stored_blocks(shard.payload, shard.offsets):
-                    yield block
-        finally:
-            if block is not None:
-                block.close()  # ds.close() closes this generator: the maps go with it
+        if k:  # (the first shard downloads alone: the first record comes sooner)
+            self._prefetch(range(k + 1, n))  # before blocking on shard k: they overlap
+        shard = self.shard(k)
+        if not k:
+            self._prefetch(range(1, n))
+        return shard
 
     def iter(
         self,
@@ -516,12 +499,7 @@ class Dataset(ShardedRecords):
         if self._downloader is not None:
             self._downloader.close()
             self._downloader = None
-        for records in list(self._iterators):
-            try:
-                records.close()  # type: ignore[attr-defined]
-            except ValueError:  # running in another thread right now; it ends on its own
-                pass
-        self._close_records()
+        self._close_records()  # ends live iterators too
 
     def __enter__(self) -> Dataset:
         return self

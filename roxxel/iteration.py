@@ -187,9 +187,11 @@ class RecordIterator(Iterator[np.ndarray]):
                 done = [k for k in window if k not in following]
                 ds._forget_order(done)
                 ds._release_window(done)
-        finally:
+        finally:  # closed (by ds.close()) mid-block: keep the position, let go of the maps
             if self._block is not None:
-                self._block[2].close()
+                self._at = self.position
+                views, self._block = self._block[2], None
+                views.close()
 
 
 def _window_bounds(

@@ -7,9 +7,11 @@ the per-shard record counts are held up front, as one NumPy array.
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from itertools import chain
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +20,8 @@ from .format import MappedShard
 from .views import RecordViews, record_views, stored_blocks
 
 __all__ = ["ShardedRecords"]
+
+T = TypeVar("T")
 
 
 class ShardedRecords:
@@ -30,6 +34,7 @@ class ShardedRecords:
 
     _n: int = 0
     _closed: bool = False
+    _iterators: weakref.WeakSet[Iterator[Any]] | None = None  # live generators of blocks
     _only: tuple[np.ndarray, Sequence[int]] | None = None
 
     def _set_shards(self, counts: Sequence[int] | np.ndarray) -> None:
@@ -133,13 +138,33 @@ class ShardedRecords:
         raise TypeError(f"record index must be an int, slice or list of ints, got {type(key).__name__}")
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        """Every record in stored order."""
         self._check_open()
-        return chain.from_iterable(self._stored_blocks())
+        return chain.from_iterable(self._track(self._stored_blocks()))
+
+    def _track(self, blocks: Iterator[T]) -> Iterator[T]:
+        """Remember a live generator of blocks, so that close() can end it (and let go of
+        the maps its current block holds)."""
+        if self._iterators is None:
+            self._iterators = weakref.WeakSet()
+        self._iterators.add(blocks)
+        return blocks
 
     def _stored_blocks(self) -> Iterator[RecordViews]:
-        for k in range(self.num_shards):
-            shard = self.shard(k)
-            yield from stored_blocks(shard.payload, shard.offsets)
+        block: RecordViews | None = None
+        try:
+            for k in range(self.num_shards):
+                self._check_open()
+                shard = self._next_in_stored_order(k)
+                for block in stored_blocks(shard.payload, shard.offsets):
+                    yield block
+        finally:
+            if block is not None:
+                block.close()  # close() closes this generator: the maps go with it
+
+    def _next_in_stored_order(self, k: int) -> MappedShard:
+        """Shard ``k``, as plain iteration reaches it (a hook for prefetching)."""
+        return self.shard(k)
 
     def gather(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """Records at ``indices`` (negative allowed), in that order, as views.
@@ -162,8 +187,10 @@ class ShardedRecords:
             idx = np.where(idx < 0, idx + n, idx)
         shard_ids = np.searchsorted(self.record_starts, idx, side="right") - 1
         local = idx - self.record_starts[shard_ids]
-        present = np.bincount(shard_ids, minlength=self.num_shards)
-        involved = np.flatnonzero(present)
+        if len(idx) * 8 < self.num_shards:  # a few records of many shards: no O(#shards) pass
+            involved = np.unique(shard_ids)
+        else:
+            involved = np.flatnonzero(np.bincount(shard_ids, minlength=self.num_shards))
         payloads, offsets = [], []
         for k in involved.tolist():
             shard = self.shard(k)
@@ -181,6 +208,11 @@ class ShardedRecords:
             raise ValueError(f"{self!r} is closed")
 
     def _close_records(self) -> None:
+        for blocks in list(self._iterators or ()):
+            try:
+                blocks.close()  # type: ignore[attr-defined]
+            except ValueError:  # running in another thread right now; it ends on its own
+                pass
         self._release_all()
         self._closed = True
         self._n = 0

@@ -16,6 +16,7 @@ as fast, which matters when a record costs less than the loop around it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -39,7 +40,7 @@ class RecordViews(Protocol):
 class PyViews:
     """The pure-Python twin of ``roxxel._cviews.views``."""
 
-    __slots__ = ("_cursor", "_records")
+    __slots__ = ("_cursor", "_records", "_slots")
 
     def __init__(
         self, bases: Sequence[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray
@@ -49,16 +50,19 @@ class PyViews:
             if not (isinstance(base, np.ndarray) and base.ndim == 1 and base.dtype == np.uint8
                     and base.flags.c_contiguous):
                 raise TypeError(f"base {k} must be a 1-d contiguous np.uint8 array, got {type(base)!r}")
-        columns = [_int64s(a, name) for a, name in ((slots, "slots"), (begins, "begins"), (ends, "ends"))]
-        slots, begins, ends = columns
+            if type(base) is not np.ndarray:
+                bases[k] = base.view(np.ndarray)  # as the C twin: plain arrays, not subclasses
+        slots, begins, ends = (_int64s(a, name) for a, name in ((slots, "slots"), (begins, "begins"), (ends, "ends")))
         if not len(slots) == len(begins) == len(ends):
             raise ValueError(
                 f"slots, begins and ends must have one length, got {len(slots)}, {len(begins)} and {len(ends)}"
             )
         _check_records(bases, slots, begins, ends)
-        # The begins' iterator is the cursor: how far it has got is how far the records have.
+        # Copies, as Python ints; the begins' iterator is the cursor: how far it has got is
+        # how far the records have.
+        self._slots = slots.tolist()
         self._cursor = iter(begins.tolist())
-        self._records = _slice_all(bases, slots.tolist(), self._cursor, ends.tolist())
+        self._records = _slice_all(bases, self._slots, self._cursor, ends.tolist())
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self._records
@@ -67,11 +71,14 @@ class PyViews:
         return next(self._records)
 
     def __length_hint__(self) -> int:
-        return self._cursor.__length_hint__()
+        return self._cursor.__length_hint__() if self._slots else 0
 
     def close(self) -> None:
-        self._records.close()
-        self._cursor = iter(())
+        self._slots.clear()  # ends the loop, even one running in another thread right now
+        try:
+            self._records.close()
+        except ValueError:  # running in another thread: it ends at its next step
+            pass
 
 
 def _slice_all(
@@ -82,10 +89,15 @@ def _slice_all(
 
 
 def _int64s(a: object, name: str) -> np.ndarray:
-    arr = np.asarray(a)
-    if arr.ndim != 1 or arr.dtype != np.int64:
-        raise TypeError(f"{name} must be a 1-d array of native int64, got {arr.dtype} with {arr.ndim} dimension(s)")
-    return arr
+    """``a`` as a 1-d int64 array, if it exports a 1-d contiguous native int64 buffer."""
+    view = memoryview(a)  # type: ignore[arg-type]  # TypeError for lists, as in C
+    fmt = view.format.lstrip("@=" + ("<" if sys.byteorder == "little" else ">"))
+    if view.ndim != 1 or view.itemsize != 8 or fmt not in ("q", "l") or not view.c_contiguous:
+        raise TypeError(
+            f"{name} must be a 1-d contiguous array of native int64, got format "
+            f"'{view.format}' with {view.ndim} dimension(s)"
+        )
+    return np.frombuffer(view, dtype=np.int64)
 
 
 def _check_records(bases: list[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray) -> None:

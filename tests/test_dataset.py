@@ -164,6 +164,22 @@ def test_close_leaves_no_thread_descriptor_or_map(tmp_path):
         ds[0]
 
 
+def test_an_iterator_keeps_its_position_when_the_dataset_is_closed_under_it(tmp_path):
+    url = str(tmp_path / "ds")
+    publish(url, {}, make_records(300))
+    ds = roxxel.open(url, cache_dir=str(tmp_path / "cache"))
+    it = ds.iter(seed=5)
+    taken = [bytes(next(it)) for _ in range(37)]
+    ds.close()
+    assert it.position == 37 and it.state()["position"] == 37 and len(it) == 300 - 37
+    assert list(it) == []
+    state = it.state()
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as again:
+        whole = [bytes(r) for r in again.iter(seed=5)]
+        assert [bytes(r) for r in again.resume(state)] == whole[37:]
+    assert taken == whole[:37]
+
+
 def test_a_corrupted_remote_object_raises_integrity_error(tmp_path):
     url = str(tmp_path / "ds")
     manifest = publish(url, {}, make_records(100))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import struct
@@ -208,6 +209,21 @@ def test_context_manager_closes_and_views_survive(tmp_path):
     assert bytes(rec) == b"keep"
     with pytest.raises(ValueError, match="closed"):
         len(ds)
+
+
+def test_close_ends_live_iterators_and_lets_go_of_their_maps(tmp_path):
+    ds = Roxxel(tmp_path / "it.rox")
+    ds.write([bytes([i % 256]) * 10 for i in range(1000)])
+    it = iter(ds)
+    taken = [next(it) for _ in range(5)]
+    ds.close()
+    assert list(it) == []  # the rest of the block is not served from a closed dataset
+    del taken[1:]
+    assert bytes(taken[0]) == bytes([0]) * 10  # records already handed out stay valid
+    del taken
+    gc.collect()
+    with open("/proc/self/maps") as f:
+        assert str(tmp_path / "it.rox") not in f.read()
 
 
 def test_a_corrupt_file_is_reported_by_name(tmp_path):

@@ -111,10 +111,16 @@ def test_bad_slots_and_bounds_raise_before_any_record(make) -> None:
 @pytest.mark.parametrize("make", IMPLEMENTATIONS)
 def test_wrong_types_and_lengths_are_refused(make) -> None:
     bases = payloads()
-    with pytest.raises(TypeError, match="slots must be a 1-d array of native int64"):
+    with pytest.raises(TypeError, match="slots must be a 1-d contiguous array of native int64, got format 'i'"):
         make(bases, np.zeros(1, dtype=np.int32), i64([0]), i64([1]))
-    with pytest.raises(TypeError, match="ends must be a 1-d array of native int64"):
+    with pytest.raises(TypeError, match="ends must be a 1-d contiguous array of native int64, got format 'l' with 2"):
         make(bases, i64([0]), i64([0]), np.zeros((1, 1), dtype=np.int64))
+    with pytest.raises(TypeError, match="begins must be a 1-d contiguous array of native int64"):
+        make(bases, i64([0, 0]), i64([0, 9, 1, 9])[::2], i64([1, 2]))  # strided
+    with pytest.raises(TypeError, match="begins must be a 1-d contiguous array of native int64"):
+        make(bases, i64([0]), np.zeros(1, dtype=">i8"), i64([1]))  # not native
+    with pytest.raises(TypeError):
+        make(bases, [0], [0], [1])  # lists are not buffers
     with pytest.raises(TypeError, match="base 1 must be a 1-d contiguous np.uint8 array"):
         make([bases[0], np.zeros(4, dtype=np.int16)], i64([0]), i64([0]), i64([1]))
     with pytest.raises(TypeError, match="base 0 must be a 1-d contiguous np.uint8 array"):
@@ -123,6 +129,46 @@ def test_wrong_types_and_lengths_are_refused(make) -> None:
         make([b"bytes are not arrays"], i64([0]), i64([0]), i64([1]))
     with pytest.raises(ValueError, match="one length, got 2, 1 and 1"):
         make(bases, i64([0, 0]), i64([0]), i64([1]))
+
+
+@pytest.mark.parametrize("make", IMPLEMENTATIONS)
+def test_the_columns_are_copied_when_the_iterator_is_made(make) -> None:
+    # Checked once, so read from copies: changing the caller's arrays afterwards must
+    # change nothing (in C, a bound changed after the check would point anywhere).
+    bases = payloads()
+    slots, begins, ends = i64([0, 0]), i64([0, 6]), i64([5, 11])
+    it = make(bases, slots, begins, ends)
+    slots[1], begins[1], ends[1] = 7, 2**40, 2**41
+    assert [bytes(r) for r in it] == [b"hello", b"world"]
+
+
+@pytest.mark.parametrize("make", IMPLEMENTATIONS)
+def test_records_are_plain_arrays_whatever_the_base_subclass(make, tmp_path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"0123456789")
+    base = np.memmap(path, dtype=np.uint8, mode="r")
+    (record,) = make([base], i64([0]), i64([2]), i64([5]))
+    assert type(record) is np.ndarray and bytes(record) == b"234"
+    del record, base
+
+
+@pytest.mark.skipif(c_views is None, reason="roxxel._cviews was not built")
+def test_the_twins_word_their_errors_alike() -> None:
+    bases = payloads()
+    calls = [
+        (bases, i64([0, 5]), i64([0, 0]), i64([1, 1])),
+        (bases, i64([0]), i64([3]), i64([99])),
+        (bases, np.zeros(2, dtype=np.int16), i64([0, 0]), i64([1, 1])),
+        ([bases[0], np.zeros((2, 2), dtype=np.uint8)], i64([0]), i64([0]), i64([1])),
+        (bases, i64([0]), i64([0, 1]), i64([1])),
+    ]
+    for args in calls:
+        messages = []
+        for make in (PyViews, c_views):
+            with pytest.raises(Exception) as info:
+                make(*args)
+            messages.append((type(info.value), str(info.value).replace("roxxel._cviews", "")))
+        assert messages[0] == messages[1]
 
 
 @pytest.mark.parametrize("make", IMPLEMENTATIONS)
