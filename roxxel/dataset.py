@@ -239,6 +239,10 @@ class Dataset(ShardedRecords):
         if self.lookahead > 0:
             self._get_downloader().prefetch(k for k in upcoming if not self.is_mapped(k))
 
+    def _about_to_map(self, shards: list[int]) -> None:
+        if self.cache.limit is None:  # (under a limit, one at a time: they may not all fit)
+            self._fetch_in_parallel(shards)
+
     def _fetch_in_parallel(self, shards: Iterable[int]) -> None:
         """Download the unmapped ones of ``shards`` (all needed now) side by side."""
         missing = [k for k in shards if not self.is_mapped(k)]

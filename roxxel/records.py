@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ShardFormatError
 from .format import MappedShard
-from .views import RecordViews, record_views, stored_blocks
+from .views import BLOCK, RecordViews, record_views, stored_blocks
 
 __all__ = ["ShardedRecords"]
 
@@ -172,9 +172,33 @@ class ShardedRecords:
         Shard lookups and offset reads are vectorized; each shard is mapped once.
         """
         self._check_open()
+        idx = self._checked_indices(indices)
+        return list(self._views_at(idx)) if len(idx) else []
+
+    def iter_at(self, indices: Sequence[int] | np.ndarray) -> Iterator[np.ndarray]:
+        """Records at ``indices`` (negative allowed), in that order, as views made a block
+        at a time: ``ds[indices]`` without holding every view at once, for reading many
+        records in an order of your own. Bad indices raise here, before any record."""
+        self._check_open()
+        idx = np.array(self._checked_indices(indices))  # a copy: the caller may reuse theirs
+        return chain.from_iterable(self._track(self._blocks_at(idx)))
+
+    def _blocks_at(self, idx: np.ndarray) -> Iterator[RecordViews]:
+        block: RecordViews | None = None
+        try:
+            for lo in range(0, len(idx), BLOCK):
+                self._check_open()
+                block = self._views_at(idx[lo : lo + BLOCK])
+                yield block
+        finally:
+            if block is not None:
+                block.close()  # close() closes this generator: the maps go with it
+
+    def _checked_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``indices`` as a flat int64 array of 0..len-1 (negatives counted from the end)."""
         idx = np.asarray(indices)
         if idx.size == 0:
-            return []
+            return np.zeros(0, dtype=np.int64)
         if idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"record indices must be integers, got dtype {idx.dtype}")
         idx = idx.astype(np.int64, copy=False).ravel()
@@ -185,14 +209,20 @@ class ShardedRecords:
             raise IndexError(f"record index {int(idx[bad[0]])} out of range for {n} records")
         if low < 0:
             idx = np.where(idx < 0, idx + n, idx)
+        return idx
+
+    def _views_at(self, idx: np.ndarray) -> RecordViews:
+        """Views of records ``idx`` (checked, non-empty), with their shards mapped."""
         shard_ids = np.searchsorted(self.record_starts, idx, side="right") - 1
         local = idx - self.record_starts[shard_ids]
         if len(idx) * 8 < self.num_shards:  # a few records of many shards: no O(#shards) pass
             involved = np.unique(shard_ids)
         else:
             involved = np.flatnonzero(np.bincount(shard_ids, minlength=self.num_shards))
+        needed = involved.tolist()
+        self._about_to_map(needed)
         payloads, offsets = [], []
-        for k in involved.tolist():
+        for k in needed:
             shard = self.shard(k)
             payloads.append(shard.payload)  # keeps its map alive if the shard is released
             offsets.append(shard.offsets)
@@ -201,7 +231,10 @@ class ShardedRecords:
             slots, begins, ends = _bounds_by_table(shard_ids, local, involved, offsets, counts)
         else:  # the shards are much larger than the gather: read their offsets per shard
             slots, begins, ends = _bounds_by_shard(shard_ids, local, offsets)
-        return list(record_views(payloads, slots, begins, ends))
+        return record_views(payloads, slots, begins, ends)
+
+    def _about_to_map(self, shards: list[int]) -> None:
+        """A hook: ``shards`` are all needed now (a remote dataset fetches them side by side)."""
 
     def _check_open(self) -> None:
         if self._closed:
@@ -219,7 +252,9 @@ class ShardedRecords:
 
 
 # A gather reads its records' bounds from one table of the involved shards' offsets, end
-# to end, when that table is not much larger than the gather; else shard by shard.
+# to end, when that table is not much larger than the gather; else shard by shard. (Copying
+# an offset into the table costs about 1 ns; going shard by shard, several microseconds a
+# shard: on 13 shards of 4K records, the table is faster even for a gather of 1024.)
 _CONCAT_FACTOR = 4
 _CONCAT_SLACK = 1 << 16
 

@@ -19,13 +19,13 @@ dataset is written first (by default 384 MiB of incompressible records of 1-15 K
    of roxxel's CPU that verifying every shard adds (the client, not moto, is what keeps
    the 2 cores of the reference machine busy).
 2. Warm full read in a random order: a random permutation of all records read through
-   ``ds[block]``, the vectorized gather, in blocks of ``--gather`` indices (about 2 MiB of
-   views at a time, as a reader that shuffles on its own would), against the cheapest
-   Python loop over the same cached files: each file under the cache dir's ``shards/``
-   mapped with ``mmap``, its offsets read from its footer, and a ``memoryview`` slice per
-   record, given precomputed lists of (shard, start, end) in the same order. Both touch
+   ``ds.iter_at(order)`` (views made a block at a time), against the cheapest Python loop
+   over the same cached files: each file under the cache dir's ``shards/`` mapped with
+   ``mmap``, its offsets read from its footer, and a ``memoryview`` slice per record,
+   given precomputed lists of (shard, start, end) in the same order. Both touch
    ``nbytes`` of every record. Records/s, best of ``--warm-repeat``. Target >= 80%.
-   Also (no target) the same permutation through one ``ds[i]`` per record, and roxxel
+   Also (no target) the same order through ``ds[block]`` gathers of ``--gather``
+   indices, each a list of views, and through one ``ds[i]`` per record; and roxxel
    against three other loops in the same order: slicing ``np.uint8`` arrays over the
    maps (the type roxxel returns: what NumPy's slicing alone costs), reading each
    record's offsets from its shard's index in the map instead of a precomputed list,
@@ -403,6 +403,13 @@ def ds_touch(ds: roxxel.Dataset, order: list[int]) -> int:
     return total
 
 
+def touch(records: Iterator[np.ndarray]) -> int:
+    total = 0
+    for r in records:
+        total += r.nbytes
+    return total
+
+
 def ds_gather_touch(ds: roxxel.Dataset, order: np.ndarray, block: int) -> int:
     total = 0
     for lo in range(0, len(order), block):
@@ -616,18 +623,24 @@ def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manife
         order = order_ids.tolist()
         triples = bare.triples(order_ids)
         expected = bare_touch(views, triples)
-        if ds_gather_touch(ds, order_ids, args.gather) != expected or ds_touch(ds, order) != expected:
+        loops = {
+            "iter_at": lambda: touch(ds.iter_at(order_ids)),
+            "gather": lambda: ds_gather_touch(ds, order_ids, args.gather),
+            "index": lambda: ds_touch(ds, order),
+        }
+        if any(loop() != expected for loop in loops.values()):
             raise RuntimeError("roxxel and the bare loop read different byte counts")
-        t_ds = best_of(args.warm_repeat, lambda: ds_gather_touch(ds, order_ids, args.gather))
+        t = {name: best_of(args.warm_repeat, loop) for name, loop in loops.items()}
         t_bare = best_of(args.warm_repeat, lambda: bare_touch(views, triples))
-        report.add(ratio_row("2", f"warm random-order full read, ds[block of {args.gather:,}] (touch nbytes)",
-                             n / t_ds, n / t_bare, "rec/s", TARGET_WARM,
+        report.add(ratio_row("2", "warm random-order full read, ds.iter_at(order) (touch nbytes)",
+                             n / t["iter_at"], n / t_bare, "rec/s", TARGET_WARM,
                              reference_text=f"{n / t_bare:,.0f} rec/s bare mmap"))
-        t_index = best_of(args.warm_repeat, lambda: ds_touch(ds, order))
-        report.add(Row("2", "  same order, one ds[i] per record (info)", f"{n / t_index:,.0f} rec/s",
-                       f"{n / t_bare:,.0f} rec/s bare mmap", f"{t_bare / t_index:.1%}"))
-        other_loops(report, "2", args.warm_repeat, n / t_ds, bare, order_ids)
-        pure_python_row(report, "2", args.warm_repeat, n, t_bare, lambda: ds_gather_touch(ds, order_ids, args.gather))
+        for name, what in (("gather", f"ds[block of {args.gather:,}], lists of views"),
+                           ("index", "one ds[i] per record")):
+            report.add(Row("2", f"  same order, {what} (info)", f"{n / t[name]:,.0f} rec/s",
+                           f"{n / t_bare:,.0f} rec/s bare mmap", f"{t_bare / t[name]:.1%}"))
+        other_loops(report, "2", args.warm_repeat, n / t["iter_at"], bare, order_ids)
+        pure_python_row(report, "2", args.warm_repeat, n, t_bare, loops["iter_at"])
 
         # 3. random access latency
         draws_ids = rng.integers(0, n, size=args.draws)

@@ -76,6 +76,22 @@ def test_every_record_reads_back_exactly_in_a_shuffled_order(dataset_location, t
         assert ds.stats["shards_downloaded"] == len(manifest.shards)
 
 
+def test_iter_at_reads_an_order_of_our_own_from_a_cold_cache(dataset_location, tmp_path, monkeypatch):
+    monkeypatch.setattr(roxxel.records, "BLOCK", 64)  # many blocks, each over many shards
+    url, options = dataset_location
+    recs = make_records(400)
+    manifest = publish(url, options, recs)
+    order = np.random.default_rng(2).integers(-400, 400, size=1000)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), storage_options=options) as ds:
+        with pytest.raises(IndexError, match="record index 400 out of range for 400 records"):
+            ds.iter_at([0, 400])  # at the call, before any record
+        it = ds.iter_at(order)
+        order[:] = 0  # the caller's array is theirs again
+        assert [bytes(r) for r in it] == [recs[i] for i in np.random.default_rng(2).integers(-400, 400, size=1000)]
+        assert ds.stats["shards_downloaded"] == len(manifest.shards)  # each once
+        assert list(ds.iter_at([])) == []
+
+
 def test_open_reads_only_the_manifest(tmp_path):
     url = str(tmp_path / "ds")
     publish(url, {}, make_records(200))

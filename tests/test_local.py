@@ -214,10 +214,10 @@ def test_context_manager_closes_and_views_survive(tmp_path):
 def test_close_ends_live_iterators_and_lets_go_of_their_maps(tmp_path):
     ds = Roxxel(tmp_path / "it.rox")
     ds.write([bytes([i % 256]) * 10 for i in range(1000)])
-    it = iter(ds)
-    taken = [next(it) for _ in range(5)]
+    it, at = iter(ds), ds.iter_at(list(range(999, -1, -1)))
+    taken = [next(it) for _ in range(5)] + [next(at)]
     ds.close()
-    assert list(it) == []  # the rest of the block is not served from a closed dataset
+    assert list(it) == [] and list(at) == []  # the rest of a block is not served once closed
     del taken[1:]
     assert bytes(taken[0]) == bytes([0]) * 10  # records already handed out stay valid
     del taken
