@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import http.client
 import logging
@@ -266,15 +267,28 @@ class Store:
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys of all objects under the directory-like ``prefix`` (all if empty)."""
+        return sorted(self._find(prefix))
+
+    def list_info(self, prefix: str = "") -> list[tuple[str, int, float | None]]:
+        """``(key, size, modified)`` of all objects under ``prefix``, sorted by key;
+        ``modified`` is in seconds since the epoch, None where the store does not say."""
+        return sorted(
+            (key, int(info.get("size") or 0), modified_time(info))
+            for key, info in self._find(prefix, detail=True).items()
+        )
+
+    def _find(self, prefix: str, detail: bool = False) -> dict[str, dict[str, Any]]:
+        """Key -> fsspec info (empty unless ``detail``) of every object under ``prefix``."""
         prefix = prefix.strip("/")
         base = self.path(prefix) if prefix else self.root
         self.fs.invalidate_cache(base)
         found = self._run(
-            "list", prefix, lambda: self.fs.find(base, withdirs=False, detail=False)
+            "list", prefix, lambda: self.fs.find(base, withdirs=False, detail=detail)
         )
+        entries = found.items() if detail else ((full, {}) for full in found)
         root = self.root.rstrip("/") + "/"
-        keys = []
-        for full in found:
+        keys = {}
+        for full, info in entries:
             full = full.rstrip("/")
             if not full.startswith(root):
                 logger.debug("list %s: ignoring %s outside the store", self, full)
@@ -282,8 +296,8 @@ class Store:
             key = full[len(root):]
             if self._kind == "local" and key.rsplit("/", 1)[-1].startswith(localfiles.TEMP_PREFIX):
                 continue
-            keys.append(key)
-        return sorted(keys)
+            keys[key] = info
+        return keys
 
     # -- writing ---------------------------------------------------------------------
 
@@ -466,3 +480,23 @@ def _file_digest(path: str, digest: Any) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def modified_time(info: Mapping[str, Any]) -> float | None:
+    """When an object was last written, in seconds since the epoch, from an fsspec
+    ``info`` dict of S3 (LastModified), GCS (mtime, updated), local disk (mtime) or
+    memory (created); None if it says nothing usable."""
+    for name in ("LastModified", "mtime", "updated", "created"):
+        value = info.get(name)
+        if isinstance(value, str):
+            try:
+                value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.timezone.utc)
+            return value.timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None

@@ -14,6 +14,7 @@ __all__ = [
     "OPTION_ATTRS",
     "merged",
     "non_negative",
+    "seconds",
     "parse_storage_options",
     "positive",
     "ranks",
@@ -92,6 +93,22 @@ def size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).replace("cache limit", "size")) from None
     assert parsed is not None  # only None parses to None
     return parsed
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(text: str) -> float:
+    """``"1d"``, ``"12h"``, ``"30m"``, ``"90s"`` or a number of seconds -> seconds (>= 0)."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if unit else raw) * (unit or 1)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a duration like 1d, 12h, 30m, 90s or 0, got {text!r}")
+    return value
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:

@@ -15,10 +15,11 @@ from .commands import (
     cmd_merge,
     cmd_pack,
     cmd_plan,
+    cmd_prune,
     cmd_verify,
     cmd_warm,
 )
-from .options import non_negative, positive, ranks, size, storage_option
+from .options import non_negative, positive, ranks, seconds, size, storage_option
 
 __all__ = ["build_parser"]
 
@@ -32,6 +33,7 @@ _EXAMPLES = {
     "merge": "roxxel merge s3://my-bucket/wiki/part-0 s3://my-bucket/wiki/part-1 s3://my-bucket/wiki",
     "cache": "roxxel cache du --cache-dir /nvme/roxxel",
     "plan": "roxxel plan s3://my-bucket/wiki --seed 42 --epoch 0 --world-size 8 --cache-limit 100GB",
+    "prune": "roxxel prune s3://my-bucket/wiki --older-than 7d --delete",
 }
 
 
@@ -120,6 +122,20 @@ def _add_read_commands(sub: Any, c: _Parents) -> None:
     p.add_argument("--cache", action="store_true", help="check the cached copies instead of the store")
     p.add_argument("--remove-bad", action="store_true",
                    help="with --cache: remove bad cached copies, so they are downloaded again")
+
+    p = _add(sub, "prune", "List (and with --delete, delete) shard objects no manifest lists.",
+             "Failed or killed writers, and overwrites, leave shard objects that no manifest\n"
+             "lists. Candidates are objects under the dataset's shards/ with names roxxel\n"
+             "gives; a shard listed by the dataset's manifest, or by a manifest above it (a\n"
+             "merge in place), is kept. Only shards older than --older-than are deleted, so a\n"
+             "writer still uploading, or a job still reading an overwritten version, is safe.\n"
+             "Without --delete, only lists what would be deleted.",
+             [c.storage, c.json, c.logs], cmd_prune)
+    p.add_argument("url", help="the dataset URL")
+    p.add_argument("--older-than", type=seconds, default=86400.0, metavar="AGE",
+                   help="delete only shards written at least AGE ago: 7d, 12h, 30m, 90s or 0 "
+                        "(default: 1d)")
+    p.add_argument("--delete", action="store_true", help="delete them (default: only list)")
 
 
 def _add_warm_command(sub: Any, c: _Parents) -> None:

@@ -14,6 +14,7 @@ dataclasses with ``to_dict()``, and raise :mod:`roxxel.errors` errors.
 - :func:`merge`: one manifest over datasets written in parallel
 - :func:`cache_usage`, :func:`cache_list`, :func:`cache_gc`, :func:`cache_clear`
 - :func:`plan_summary`: a dry run of an epoch for every rank
+- :func:`prune`: find (and delete) shard objects no manifest lists
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .info import DatasetInfo, ShardStatus, info, list_shards
 from .merge import MergeReport, merge
 from .pack import FORMATS, pack
 from .plansummary import PlanSummary, RankSummary, plan_summary
+from .prune import PruneReport, UnreferencedShard, prune
 from .verify import BadShard, VerifyReport, verify, verify_cache
 from .warm import WarmReport, warm, warm_order
 
@@ -47,8 +49,10 @@ __all__ = [
     "DatasetUsage",
     "MergeReport",
     "PlanSummary",
+    "PruneReport",
     "RankSummary",
     "ShardStatus",
+    "UnreferencedShard",
     "VerifyReport",
     "WarmReport",
     "cache_clear",
@@ -61,6 +65,7 @@ __all__ = [
     "merge",
     "pack",
     "plan_summary",
+    "prune",
     "verify",
     "verify_cache",
     "warm",

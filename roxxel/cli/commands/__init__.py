@@ -7,7 +7,7 @@ from .cache import cmd_cache
 from .copy import cmd_cp, cmd_merge
 from .pack import cmd_pack
 from .plan import cmd_plan
-from .read import cmd_info, cmd_ls, cmd_verify
+from .read import cmd_info, cmd_ls, cmd_prune, cmd_verify
 from .warm import cmd_warm
 
-__all__ = ["cmd_cache", "cmd_cp", "cmd_info", "cmd_ls", "cmd_merge", "cmd_pack", "cmd_plan", "cmd_verify", "cmd_warm"]
+__all__ = ["cmd_cache", "cmd_cp", "cmd_info", "cmd_ls", "cmd_merge", "cmd_pack", "cmd_plan", "cmd_prune", "cmd_verify", "cmd_warm"]

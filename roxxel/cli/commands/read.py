@@ -1,4 +1,4 @@
-"""``roxxel info``, ``ls`` and ``verify``: reading a dataset."""
+"""``roxxel info``, ``ls``, ``verify`` and ``prune``: reading (and tidying) a dataset."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ..errors import Failure, UsageError
 from ..formatting import human, print_json, table
 from ..progress import run_with_progress
 
-__all__ = ["cmd_info", "cmd_ls", "cmd_verify"]
+__all__ = ["cmd_info", "cmd_ls", "cmd_prune", "cmd_verify"]
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -79,3 +79,38 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise Failure(f"{len(report.bad)} of {report.checked} cached copies are bad{hint}")
     raise Failure(f"{len(report.bad)} of {report.checked} shards are bad; "
                   "restore them from a good copy of the dataset")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from ...ops import prune
+
+    report = run_with_progress("prune", args.quiet, prune, args.url, args.options,
+                               older_than=args.older_than, delete=args.delete)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    collectable = {s.key for s in report.collectable}
+    rows = []
+    for shard in report.unreferenced:
+        age = "?" if shard.age_seconds is None else f"{shard.age_seconds / 3600:.1f}h"
+        if shard.deleted:
+            status = "deleted"
+        elif shard.key in collectable:
+            status = "would delete"
+        else:
+            status = "kept (too recent)" if shard.age_seconds is not None else "kept (age unknown)"
+        rows.append([shard.key, str(shard.size), age, status])
+    if rows:
+        table(rows, right=(1, 2))
+    grace = f"{report.older_than / 3600:g}h"
+    total = sum(s.size for s in report.unreferenced)
+    summary = (f"{len(report.unreferenced)} unreferenced shard objects ({human(total)}) under {report.url}; "
+               f"{report.referenced} referenced by {len(report.manifests)} manifest(s)")
+    if report.delete:
+        gone = report.deleted
+        print(f"{summary}; deleted {len(gone)} older than {grace} ({human(sum(s.size for s in gone))})")
+    else:
+        some = report.collectable
+        print(f"{summary}; {len(some)} older than {grace} ({human(sum(s.size for s in some))}) "
+              "would be deleted: pass --delete to delete them")
+    return 0

@@ -1,0 +1,183 @@
+"""roxxel.ops.prune and ``roxxel prune``: shard objects no manifest lists are found, and
+deleted only when asked, only when old enough, and never when a manifest lists them."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from fsspec.callbacks import Callback
+
+import roxxel
+from roxxel import ops
+from roxxel.backends.store import modified_time
+from roxxel.cli import main
+from roxxel.manifest.io import dataset_store, read_manifest
+from roxxel.ops.prune import SHARD_KEY, ManifestChanged
+
+
+def records(n: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=int(rng.integers(1, 1500)), dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+def write(url, options, recs, **kw):
+    with roxxel.Writer(url, shard_bytes=8 * 1024, storage_options=options, **kw) as w:
+        w.extend(recs)
+    return w.manifest
+
+
+class Boom(Exception):
+    pass
+
+
+def shard_keys(store) -> set[str]:
+    return {k for k in store.list("shards") if SHARD_KEY.match(k)}
+
+
+class Total(Callback):
+    def call(self, *args, **kwargs):
+        pass
+
+
+def test_orphans_of_an_overwrite_and_an_aborted_writer_are_found_then_deleted(dataset_location, tmp_path):
+    url, options = dataset_location
+    write(url, options, records(60, 1))
+    v2 = records(80, 2)
+    write(url, options, v2, mode="overwrite")
+    with pytest.raises(Boom):
+        with roxxel.Writer(url, shard_bytes=8 * 1024, storage_options=options, mode="overwrite") as w:
+            w.extend(records(60, 3))
+            raise Boom
+    store = dataset_store(url, options)
+    store.put_bytes_overwrite("shards/notes.txt", b"not a shard")  # never a candidate
+    store.put_bytes_overwrite("other/0001-000001-0123456789ab.rox", b"outside shards/")
+    live = set(read_manifest(store).shards.uris.tolist())
+    orphans = shard_keys(store) - live
+    assert len(orphans) >= 5  # at least the first version's shards
+
+    young = ops.prune(url, options)  # default grace: one day
+    assert {s.key for s in young.unreferenced} == orphans and young.referenced == len(live)
+    assert young.collectable == [] and young.deleted == []
+    assert all(s.age_seconds is not None and s.age_seconds < 600 for s in young.unreferenced)
+
+    dry = ops.prune(url, options, older_than=0)
+    assert {s.key for s in dry.collectable} == orphans and dry.deleted == []
+    assert shard_keys(store) == orphans | live  # a dry run deletes nothing
+
+    progress = Total()
+    done = ops.prune(url, options, older_than=0, delete=True, progress=progress)
+    assert {s.key for s in done.deleted} == orphans
+    assert progress.size == progress.value == sum(s.size for s in done.deleted) > 0
+    assert shard_keys(store) == live
+    assert store.exists("shards/notes.txt") and store.exists("other/0001-000001-0123456789ab.rox")
+    assert done.to_dict()["deleted"] == len(orphans)
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(r) for r in ds] == v2
+    assert ops.prune(url, options, older_than=0).unreferenced == []
+
+
+def test_shards_a_manifest_above_lists_are_kept(tmp_path):
+    dest = str(tmp_path / "merged")
+    parts = [f"{dest}/part-{i}" for i in range(2)]
+    for i, part in enumerate(parts):
+        write(part, {}, records(40, 10 + i))
+    ops.merge(parts, dest)  # in place: the merged manifest lists part-0/shards/...
+    whole = [bytes(r) for r in roxxel.open(dest, cache_dir=str(tmp_path / "c"))]
+    old_part0 = set(read_manifest(dataset_store(parts[0])).shards.uris.tolist())
+    write(parts[0], {}, records(30, 20), mode="overwrite")  # part-0's own manifest drops them
+    report = ops.prune(parts[0], older_than=0, delete=True)
+    assert report.deleted == [] and report.unreferenced == []
+    assert len(report.manifests) == 2  # part-0's and the merged one above it
+    assert old_part0 <= shard_keys(dataset_store(parts[0]))
+    with roxxel.open(dest, cache_dir=str(tmp_path / "c2")) as ds:
+        assert [bytes(r) for r in ds] == whole
+
+
+def test_only_shards_older_than_the_grace_period_are_deleted(tmp_path):
+    url = str(tmp_path / "ds")
+    write(url, {}, records(50, 4))
+    write(url, {}, records(50, 5), mode="overwrite")
+    store = dataset_store(url)
+    orphans = sorted(shard_keys(store) - set(read_manifest(store).shards.uris.tolist()))
+    old = orphans[: len(orphans) // 2]
+    two_days_ago = time.time() - 2 * 86400
+    for key in old:
+        os.utime(store.path(key), (two_days_ago, two_days_ago))
+    report = ops.prune(url, delete=True)  # default: older than one day
+    assert sorted(s.key for s in report.deleted) == old
+    assert shard_keys(store) - set(read_manifest(store).shards.uris.tolist()) == set(orphans) - set(old)
+
+
+def test_a_manifest_changed_meanwhile_stops_every_deletion(tmp_path, monkeypatch):
+    url = str(tmp_path / "ds")
+    write(url, {}, records(50, 6))
+    write(url, {}, records(50, 7), mode="overwrite")
+    store = dataset_store(url)
+    before = shard_keys(store)
+    real = type(store).list_info
+
+    def list_then_publish(self, prefix=""):
+        found = real(self, prefix)
+        write(url, {}, records(10, 8), mode="append")  # a writer publishes while we list
+        return found
+
+    monkeypatch.setattr(type(store), "list_info", list_then_publish)
+    with pytest.raises(ManifestChanged, match="changed while its shards were being listed; nothing was deleted"):
+        ops.prune(url, older_than=0, delete=True)
+    assert before <= shard_keys(store)
+
+
+def test_a_prefix_without_a_manifest_has_only_unreferenced_shards(tmp_path):
+    url = str(tmp_path / "ds")
+    with pytest.raises(Boom):
+        with roxxel.Writer(url, shard_bytes=4096) as w:
+            w.extend(records(80, 9))
+            raise Boom
+    report = ops.prune(url, older_than=0)
+    assert report.manifests == [] and report.referenced == 0
+    assert {s.key for s in report.unreferenced} == shard_keys(dataset_store(url))
+
+
+def test_bad_grace_periods_are_refused(tmp_path):
+    for bad in (-1, float("nan"), True, "1d"):
+        with pytest.raises(ValueError, match="older_than must be a number of seconds >= 0"):
+            ops.prune(str(tmp_path), older_than=bad)
+
+
+def test_modified_times_of_every_backend_are_read():
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    stamp = moment.timestamp()
+    assert modified_time({"LastModified": moment}) == stamp  # S3
+    assert modified_time({"mtime": moment, "updated": "2020-01-01T00:00:00Z"}) == stamp  # GCS
+    assert modified_time({"updated": "2026-01-02T03:04:05.000Z"}) == stamp
+    assert modified_time({"mtime": stamp}) == stamp  # local disk
+    assert modified_time({"created": stamp}) == stamp  # memory
+    assert modified_time({"mtime": moment.replace(tzinfo=None)}) == stamp  # naive: UTC
+    assert modified_time({"size": 3}) is None and modified_time({"updated": "soon"}) is None
+
+
+def test_the_command_lists_then_deletes(tmp_path, capsys):
+    url = str(tmp_path / "ds")
+    write(url, {}, records(50, 11))
+    write(url, {}, records(50, 12), mode="overwrite")
+    store = dataset_store(url)
+    orphans = shard_keys(store) - set(read_manifest(store).shards.uris.tolist())
+    assert main(["prune", url, "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(orphans)} unreferenced shard objects" in out and "kept (too recent)" in out
+    assert "0 older than 24h" in out and "pass --delete to delete them" in out
+    assert main(["prune", url, "--older-than", "0", "-q"]) == 0
+    assert out.count("\n") and "would delete" in capsys.readouterr().out
+    assert shard_keys(store) >= orphans
+    assert main(["prune", url, "--older-than", "0s", "--delete", "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["deleted"] == len(orphans) and report["delete"] is True
+    assert not shard_keys(store) & orphans
+    with pytest.raises(SystemExit):
+        main(["prune", url, "--older-than", "soon"])
+    assert "expected a duration like 1d" in capsys.readouterr().err
