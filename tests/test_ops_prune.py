@@ -8,7 +8,6 @@ import json
 import os
 import time
 
-import numpy as np
 import pytest
 from fsspec.callbacks import Callback
 
@@ -18,17 +17,8 @@ from roxxel.backends.store import modified_time
 from roxxel.cli import main
 from roxxel.manifest.io import dataset_store, read_manifest
 from roxxel.ops.prune import SHARD_KEY, ManifestChanged
-
-
-def records(n: int, seed: int) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, size=int(rng.integers(1, 1500)), dtype=np.uint8).tobytes() for _ in range(n)]
-
-
-def write(url, options, recs, **kw):
-    with roxxel.Writer(url, shard_bytes=8 * 1024, storage_options=options, **kw) as w:
-        w.extend(recs)
-    return w.manifest
+from tests.test_ops_verify import make_records as records
+from tests.test_ops_verify import publish as write
 
 
 class Boom(Exception):
