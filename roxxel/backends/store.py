@@ -126,6 +126,13 @@ class Store:
         path = self.path(key)
         return self._run("stat", key, lambda: self._file_info(path)["size"])
 
+    def stat(self, key: str) -> tuple[int, float | None]:
+        """Size and modification time (see :meth:`list_info`) of the object ``key``;
+        NotFoundError if there is none."""
+        path = self.path(key)
+        info = self._run("stat", key, lambda: self._file_info(path))
+        return int(info.get("size") or 0), modified_time(info)
+
     def exists(self, key: str) -> bool:
         """Whether an object (not merely a prefix) exists at ``key``."""
         try:
@@ -484,8 +491,12 @@ def _file_digest(path: str, digest: Any) -> str:
 
 def modified_time(info: Mapping[str, Any]) -> float | None:
     """When an object was last written, in seconds since the epoch, from an fsspec
-    ``info`` dict of S3 (LastModified), GCS (mtime, updated), local disk (mtime) or
-    memory (created); None if it says nothing usable."""
+    ``info`` dict of S3 (LastModified), GCS (mtime, updated), local disk or memory
+    (created); None if it says nothing usable. On local disk, the later of the file's
+    mtime and its inode change time (``created`` there), as ``cp -p``, ``tar`` and
+    ``rsync -a`` give a file just written an old mtime."""
+    if isinstance(info.get("mtime"), (int, float)) and isinstance(info.get("created"), (int, float)):
+        return float(max(info["mtime"], info["created"]))
     for name in ("LastModified", "mtime", "updated", "created"):
         value = info.get(name)
         if isinstance(value, str):

@@ -5,31 +5,43 @@ leaves the old version's shards, so that jobs reading it are not cut off. They c
 storage until someone removes them: :func:`prune` does, conservatively.
 
 - Only objects under the dataset's ``shards/`` whose names roxxel's writer or merge
-  could have given are candidates; nothing else under the prefix is ever touched.
+  give are candidates; nothing else under the prefix is ever touched.
 - A shard is referenced if the dataset's manifest lists it, or the manifest of any
   prefix above it does (a merge in place lists its parts' shards from above). Manifest
-  URIs are relative and have no ``..``, so no other manifest can name them.
-- An unreferenced shard is deleted only once it is older than ``older_than`` seconds
-  (default one day): a writer still uploading the next version, or a job still reading
-  an overwritten one, is protected by that grace period.
-- Deleting is opt-in (``delete=True``); before the first deletion every manifest is
-  read again, and if one changed meanwhile nothing is deleted.
+  URIs are relative and have no ``..``, so no other manifest can name them. On local
+  disk the walk up follows the real path, not a symlink's.
+- An unreferenced shard is deleted only once both it and the newest of those manifests
+  are older than ``older_than`` seconds (default one day): a job still reading the
+  version an overwrite replaced, or a writer still uploading, is protected for that
+  long after the overwrite or the upload.
+- Deleting is opt-in (``delete=True``) and needs the dataset's own manifest. Before
+  the first deletion every manifest is read again, and if one changed, nothing is
+  deleted; each shard is looked at again just before it is deleted, and kept if it
+  changed since it was listed (a writer re-uploading a shard of the same name).
+
+What prune cannot see is a writer, ``cp`` or ``merge`` into the same dataset that has
+run for longer than the grace period, or one that keeps a shard it finds already in
+place: choose a grace period longer than your longest write, and do not prune a
+dataset while a copy into it is being resumed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fsspec.callbacks import Callback
+from fsspec.implementations.local import LocalFileSystem
 
 from ..backends import Store
-from ..errors import RoxxelError
+from ..errors import NotFoundError, StorageError
+from ..manifest import CHECKSUM_ALGORITHMS
 from ..manifest.io import MANIFEST_KEY, dataset_store, try_read_manifest
 
 __all__ = ["PruneReport", "UnreferencedShard", "prune"]
@@ -38,22 +50,31 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 24 * 3600.0
 # shards/<generation>-<index>-<digest prefix>.rox[.zst] (Writer) and
-# shards/<algorithm>-<digest prefix>.rox[.zst] (merge, for shards it copies in)
-SHARD_KEY = re.compile(r"^shards/(?:\d{5,}-\d{6,}-[0-9a-f]{12}|[a-z0-9]+-[0-9a-f]{32})\.rox(?:\.zst)?$")
+# shards/<algorithm>-<digest prefix>.rox[.zst] (merge, for the shards it copies in)
+SHARD_KEY = re.compile(
+    r"^shards/(?:\d{5,}-\d{6,}-[0-9a-f]{12}|(?:" + "|".join(CHECKSUM_ALGORITHMS) + r")-[0-9a-f]{32})\.rox(?:\.zst)?$"
+)
 
-
-class ManifestChanged(RoxxelError):
-    """A manifest changed while unreferenced shards were being collected."""
+# What became of an unreferenced shard (UnreferencedShard.status).
+RECENT = "kept: too recent"
+UNKNOWN_AGE = "kept: age unknown"
+COLLECTABLE = "would delete"
+DELETED = "deleted"
+CHANGED = "kept: changed since listed"
+FAILED = "failed to delete"
 
 
 @dataclass(frozen=True)
 class UnreferencedShard:
-    """A shard object no manifest lists: its key under the dataset, size and age."""
+    """A shard object no manifest lists: its key under the dataset, its size, how long
+    it has been unreferenced at most (None if the store did not say when it was
+    written), and what prune did with it (``status``, and ``error`` if it failed)."""
 
     key: str
     size: int
-    age_seconds: float | None  # None when the store did not say when it was written
-    deleted: bool = False
+    age_seconds: float | None
+    status: str
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -61,8 +82,7 @@ class UnreferencedShard:
 
 @dataclass(frozen=True)
 class PruneReport:
-    """What :func:`prune` found and did. ``collectable`` shards are unreferenced and
-    older than the grace period; they were deleted if ``deleted`` says so."""
+    """What :func:`prune` found and did."""
 
     url: str
     manifests: list[str]  # the manifests whose references were counted
@@ -71,26 +91,28 @@ class PruneReport:
     older_than: float = DEFAULT_GRACE
     delete: bool = False
 
-    @property
-    def collectable(self) -> list[UnreferencedShard]:
-        return [s for s in self.unreferenced if s.age_seconds is not None and s.age_seconds >= self.older_than]
+    def having(self, *statuses: str) -> list[UnreferencedShard]:
+        return [s for s in self.unreferenced if s.status in statuses]
 
     @property
-    def deleted(self) -> list[UnreferencedShard]:
-        return [s for s in self.unreferenced if s.deleted]
+    def ok(self) -> bool:
+        return not self.having(FAILED)
 
     def to_dict(self) -> dict[str, Any]:
+        counts: dict[str, dict[str, int]] = {}
+        for s in self.unreferenced:
+            entry = counts.setdefault(s.status, {"shards": 0, "bytes": 0})
+            entry["shards"] += 1
+            entry["bytes"] += s.size
         return {
             "url": self.url,
             "manifests": self.manifests,
             "referenced": self.referenced,
             "older_than": self.older_than,
             "delete": self.delete,
+            "ok": self.ok,
+            "by_status": counts,
             "unreferenced": [s.to_dict() for s in self.unreferenced],
-            "collectable": len(self.collectable),
-            "collectable_bytes": sum(s.size for s in self.collectable),
-            "deleted": len(self.deleted),
-            "deleted_bytes": sum(s.size for s in self.deleted),
         }
 
 
@@ -103,63 +125,95 @@ def prune(
     progress: Callback | None = None,
 ) -> PruneReport:
     """Find the dataset's shard objects that no manifest lists; with ``delete``, delete
-    those older than ``older_than`` seconds. ``progress`` counts deleted bytes."""
-    if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
+    those unreferenced for at least ``older_than`` seconds (see the module). A shard
+    that fails to delete is reported, not raised; ``progress`` counts deleted bytes."""
+    if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not 0 <= older_than < float("inf"):
         raise ValueError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
     store = dataset_store(url, storage_options)
-    references, fingerprints = _references(store)
+    if isinstance(store.fs, LocalFileSystem):
+        store = Store(os.path.realpath(store.root), fs=store.fs, retry=store.retry)
+    found = _references(store)
+    if delete and store.url(MANIFEST_KEY) not in found.fingerprints:
+        raise NotFoundError(
+            f"could not prune {store.base_url}: it has no {MANIFEST_KEY}, so every shard under it "
+            "would count as unreferenced; prune deletes only from a published dataset"
+        )
     now = time.time()
-    found = store.list_info("shards")
-    referenced = 0
-    unreferenced = []
-    for key, size, modified in found:
+    listed: dict[str, tuple[int, float | None]] = {}
+    referenced, unreferenced = 0, []
+    for key, size, modified in store.list_info("shards"):
         if not SHARD_KEY.match(key):
             continue
-        if key in references:
+        if key in found.keys:
             referenced += 1
             continue
-        age = None if modified is None else max(0.0, now - modified)
-        unreferenced.append(UnreferencedShard(key, size, age))
-    report = PruneReport(store.base_url, sorted(fingerprints), referenced, unreferenced, float(older_than), delete)
-    if not delete or not report.collectable:
+        listed[key] = (size, modified)
+        age = None if modified is None else max(0.0, now - max(modified, found.newest))
+        status = UNKNOWN_AGE if age is None else (COLLECTABLE if age >= older_than else RECENT)
+        unreferenced.append(UnreferencedShard(key, size, age, status))
+    report = PruneReport(store.base_url, sorted(found.fingerprints), referenced, unreferenced,
+                         float(older_than), delete)
+    doomed = report.having(COLLECTABLE)
+    if not delete or not doomed:
         return report
-    if _references(store)[1] != fingerprints:
-        raise ManifestChanged(
-            f"a manifest at or above {store.base_url} changed while its shards were being listed; "
-            "nothing was deleted: run prune again"
+    if _references(store).fingerprints != found.fingerprints:
+        raise StorageError(
+            f"could not prune {store.base_url}: a manifest at or above it changed while its shards "
+            "were being listed; nothing was deleted: run prune again"
         )
     callback = Callback.as_callback(progress)
-    callback.set_size(sum(s.size for s in report.collectable))
-    collect = {s.key for s in report.collectable}
-    done = []
-    for shard in unreferenced:
-        if shard.key in collect:
-            store.delete(shard.key)
-            log.info("deleted unreferenced shard %s (%d bytes)", store.url(shard.key), shard.size)
-            callback.relative_update(shard.size)
-            shard = UnreferencedShard(shard.key, shard.size, shard.age_seconds, deleted=True)
-        done.append(shard)
-    return PruneReport(store.base_url, report.manifests, referenced, done, float(older_than), delete)
+    callback.set_size(sum(s.size for s in doomed))
+    done = [_delete(store, shard, listed[shard.key], callback) if shard.status == COLLECTABLE else shard
+            for shard in unreferenced]
+    return replace(report, unreferenced=done)
 
 
-def _references(store: Store) -> tuple[set[str], dict[str, str]]:
-    """Keys under ``store`` that a manifest lists (its own, or one above it), and the
-    fingerprint of each manifest read, by URL."""
-    keys: set[str] = set()
-    fingerprints: dict[str, str] = {}
+def _delete(store: Store, shard: UnreferencedShard, listed: tuple[int, float | None], callback: Callback
+            ) -> UnreferencedShard:
+    """Delete ``shard`` unless it changed since it was listed (a new upload of the name)."""
+    try:
+        size, modified = store.stat(shard.key)
+        # (a listing and a HEAD may round the time differently: a second is noise, a new
+        # upload of the name is newer than the grace period by construction)
+        if size != listed[0] or modified is None or listed[1] is None or modified - listed[1] > 1.0:
+            log.warning("kept %s: it changed after it was listed", store.url(shard.key))
+            return replace(shard, status=CHANGED)
+        store.delete(shard.key)
+    except NotFoundError:
+        pass  # already gone
+    except StorageError as exc:
+        log.error("could not delete %s: %s", store.url(shard.key), exc)
+        return replace(shard, status=FAILED, error=str(exc))
+    log.info("deleted unreferenced shard %s (%d bytes)", store.url(shard.key), shard.size)
+    callback.relative_update(shard.size)
+    return replace(shard, status=DELETED)
+
+
+@dataclass
+class _Found:
+    keys: set[str]  # keys under the dataset that a manifest lists
+    fingerprints: dict[str, str]  # manifest URL -> fingerprint, of every manifest read
+    newest: float  # when the newest of them was written (0 if none or unknown)
+
+
+def _references(store: Store) -> _Found:
+    """The keys under ``store`` that its manifest or one above it lists."""
+    found = _Found(set(), {}, 0.0)
     below = ""  # the dataset's path relative to the prefix being read
     for root in [store.root, *_ancestors(store.root)]:
         here = store if root == store.root else Store(root, fs=store.fs, retry=store.retry)
         manifest = try_read_manifest(here)
         if manifest is not None:
-            fingerprints[here.url(MANIFEST_KEY)] = manifest.fingerprint()
+            found.fingerprints[here.url(MANIFEST_KEY)] = manifest.fingerprint()
+            modified = here.stat(MANIFEST_KEY)[1]
+            found.newest = max(found.newest, modified or 0.0)
             for uri in manifest.shards.uris.tolist():
                 if not below:
-                    keys.add(uri)
+                    found.keys.add(uri)
                 elif uri.startswith(below + "/"):
-                    keys.add(uri[len(below) + 1 :])
+                    found.keys.add(uri[len(below) + 1 :])
         below = f"{root.rstrip('/').rpartition('/')[2]}/{below}".rstrip("/")
-    return keys, fingerprints
+    return found
 
 
 def _ancestors(root: str) -> list[str]:

@@ -88,29 +88,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                older_than=args.older_than, delete=args.delete)
     if args.json:
         print_json(report.to_dict())
-        return 0
-    collectable = {s.key for s in report.collectable}
-    rows = []
-    for shard in report.unreferenced:
-        age = "?" if shard.age_seconds is None else f"{shard.age_seconds / 3600:.1f}h"
-        if shard.deleted:
-            status = "deleted"
-        elif shard.key in collectable:
-            status = "would delete"
-        else:
-            status = "kept (too recent)" if shard.age_seconds is not None else "kept (age unknown)"
-        rows.append([shard.key, str(shard.size), age, status])
-    if rows:
-        table(rows, right=(1, 2))
-    grace = f"{report.older_than / 3600:g}h"
-    total = sum(s.size for s in report.unreferenced)
-    summary = (f"{len(report.unreferenced)} unreferenced shard objects ({human(total)}) under {report.url}; "
-               f"{report.referenced} referenced by {len(report.manifests)} manifest(s)")
-    if report.delete:
-        gone = report.deleted
-        print(f"{summary}; deleted {len(gone)} older than {grace} ({human(sum(s.size for s in gone))})")
     else:
-        some = report.collectable
-        print(f"{summary}; {len(some)} older than {grace} ({human(sum(s.size for s in some))}) "
-              "would be deleted: pass --delete to delete them")
+        rows = [[s.key, str(s.size), "?" if s.age_seconds is None else _age(s.age_seconds), s.status]
+                for s in report.unreferenced]
+        if rows:
+            table(rows, right=(1, 2))
+        total = sum(s.size for s in report.unreferenced)
+        print(f"{len(report.unreferenced)} unreferenced shard objects ({human(total)}) under {report.url}; "
+              f"{report.referenced} referenced by {len(report.manifests)} manifest(s)")
+        for status, entry in report.to_dict()["by_status"].items():
+            print(f"  {status}: {entry['shards']} ({human(entry['bytes'])})")
+        if not report.delete and report.having("would delete"):
+            print(f"unreferenced for over {_age(report.older_than)}: pass --delete to delete them")
+    if not report.ok:
+        raise Failure(f"{len(report.having('failed to delete'))} shard objects could not be deleted; "
+                      "see the errors above and run prune again")
     return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
