@@ -239,6 +239,21 @@ class Dataset(ShardedRecords):
         if self.lookahead > 0:
             self._get_downloader().prefetch(k for k in upcoming if not self.is_mapped(k))
 
+    def _mappable_parts(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Under a cache limit, runs of ``idx`` that touch at most as many shards as this
+        dataset keeps mapped, so that a block's maps never pin more than the cache holds."""
+        if self.cache.limit is None:
+            return [idx]
+        cap = self._max_mapped
+        shard_ids = (np.searchsorted(self.record_starts, idx, side="right") - 1).tolist()
+        cuts, seen = [], set()
+        for i, k in enumerate(shard_ids):
+            if k not in seen and len(seen) == cap:
+                cuts.append(i)
+                seen = set()
+            seen.add(k)
+        return np.split(idx, cuts)
+
     def _about_to_map(self, shards: list[int]) -> None:
         if self.cache.limit is None:  # (under a limit, one at a time: they may not all fit)
             self._fetch_in_parallel(shards)

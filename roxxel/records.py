@@ -187,9 +187,10 @@ class ShardedRecords:
         block: RecordViews | None = None
         try:
             for lo in range(0, len(idx), BLOCK):
-                self._check_open()
-                block = self._views_at(idx[lo : lo + BLOCK])
-                yield block
+                for part in self._mappable_parts(idx[lo : lo + BLOCK]):
+                    self._check_open()
+                    block = self._views_at(part)
+                    yield block
         finally:
             if block is not None:
                 block.close()  # close() closes this generator: the maps go with it
@@ -232,6 +233,11 @@ class ShardedRecords:
         else:  # the shards are much larger than the gather: read their offsets per shard
             slots, begins, ends = _bounds_by_shard(shard_ids, local, offsets)
         return record_views(payloads, slots, begins, ends)
+
+    def _mappable_parts(self, idx: np.ndarray) -> list[np.ndarray]:
+        """``idx`` cut into runs whose shards may all be mapped at once (a hook: a remote
+        dataset under a cache limit cuts; else one run)."""
+        return [idx]
 
     def _about_to_map(self, shards: list[int]) -> None:
         """A hook: ``shards`` are all needed now (a remote dataset fetches them side by side)."""

@@ -359,7 +359,16 @@ def _examples() -> list[tuple[Callable[[], BaseException], Kind]]:
         (lambda: _raised_from(OSError("stat failed"), ssl.SSLCertVerificationError(1, "self-signed")), Kind.PERMANENT),
         # ... while a handshake cut short is retried like any dropped connection
         (lambda: bce.SSLError(endpoint_url="https://h", error=ssl.SSLEOFError(8, "EOF in violation")), Kind.TRANSIENT),
+        (lambda: ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), Kind.TRANSIENT),  # direct GETs
+        (lambda: ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac"), Kind.TRANSIENT),
+        (lambda: ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), Kind.PERMANENT),
+        (lambda: _with_kwargs(ValueError("odd"), ("not", "a", "mapping")), Kind.PERMANENT),
     ]
+
+
+def _with_kwargs(exc: Exception, kwargs: object) -> Exception:
+    exc.kwargs = kwargs  # type: ignore[attr-defined]
+    return exc
 
 
 def _raised_from(outer: BaseException, cause: BaseException) -> BaseException:

@@ -267,6 +267,36 @@ def test_small_cache_limit_holds_during_a_shuffled_full_read(tmp_path):
     assert peak <= limit + in_flight
 
 
+def unlinked_but_mapped(directory) -> int:
+    """Bytes of files under ``directory`` this process still maps after they were unlinked
+    (they hold disk space that a directory listing no longer shows)."""
+    sizes: dict[str, int] = {}
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 7 and fields[-1] == "(deleted)" and fields[5].startswith(str(directory)):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                sizes[fields[4]] = sizes.get(fields[4], 0) + end - start
+    return sum(sizes.values())
+
+
+def test_iter_at_in_a_random_order_keeps_the_disk_within_a_small_cache_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(roxxel.records, "BLOCK", 128)
+    url = str(tmp_path / "ds")
+    recs = make_records(800, seed=6)
+    manifest = publish(url, {}, recs, shard_bytes=32 * 1024)
+    largest = int(manifest.shards.raw_size.max())
+    limit = 3 * largest
+    cache_dir = tmp_path / "cache"
+    order = np.random.default_rng(3).permutation(len(recs))
+    peak = 0
+    with roxxel.open(url, cache_dir=str(cache_dir), cache_limit=limit, lookahead=0) as ds:
+        for i, record in zip(order.tolist(), ds.iter_at(order)):
+            assert bytes(record) == recs[i]
+            peak = max(peak, cache_usage(cache_dir) + unlinked_but_mapped(cache_dir))
+    assert peak <= limit + largest  # one download in flight with lookahead=0
+
+
 def test_large_manifest_opens_fast_with_numpy_columns(tmp_path):
     n = 100_000
     digest = "sha256:" + "ab" * 32

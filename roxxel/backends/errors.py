@@ -17,7 +17,7 @@ import enum
 import http.client
 import ssl
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 
 from ..errors import (
@@ -122,10 +122,15 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+# A TLS connection cut short (mid-handshake or mid-body): as transient as a reset.
+_TLS_DROPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
 def _bad_certificate(exc: BaseException) -> bool:
     """Whether ``exc`` is, or wraps, a TLS certificate that did not verify: a
     configuration error that no retry mends (botocore files it as a connection error)."""
-    inner = (getattr(exc, "kwargs", None) or {}).get("error")  # botocore's SSLError(error=...)
+    kwargs = getattr(exc, "kwargs", None)  # botocore's SSLError(error=...)
+    inner = kwargs.get("error") if isinstance(kwargs, Mapping) else None
     links = [*_chain(inner)] if isinstance(inner, BaseException) else []
     for link in (exc, *links):
         if isinstance(link, ssl.SSLCertVerificationError):
@@ -151,9 +156,11 @@ def _classify_one(exc: BaseException) -> Kind | None:
         if kind is not None:
             return kind
     if isinstance(
-        exc, (ConnectionError, TimeoutError, asyncio.TimeoutError, http.client.IncompleteRead)
+        exc, (ConnectionError, TimeoutError, asyncio.TimeoutError, http.client.IncompleteRead, *_TLS_DROPS)
     ):
         return Kind.TRANSIENT
+    if isinstance(exc, ssl.SSLError) and "BAD_RECORD_MAC" in str(exc):
+        return Kind.TRANSIENT  # a record damaged in transit
     if type(exc) is OSError and str(exc).startswith("Forbidden"):
         return Kind.DENIED  # gcsfs turns HTTP 403 into a bare OSError("Forbidden: ...")
     return None

@@ -123,7 +123,8 @@ def writing_locally(spec: ShardSpec, tmp_dir: str) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 free = shutil.disk_usage(tmp_dir).free
                 message += f" ({free:,} bytes free there"
-                message += f"; this shard needs {spec.stored_size + spec.raw_size:,} while it is verified)"
+                need = spec.stored_size + (spec.raw_size if spec.compression else 0)
+                message += f"; this shard needs {need:,} while it is verified)"
             message += "; free some space, or set a cache_limit that fits"
         raise CacheError(exc.errno, message) from exc
 
