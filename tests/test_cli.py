@@ -116,7 +116,9 @@ def test_the_console_script_lists_every_command(env):
     result = roxxel_cli("--help", env=env)
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\s", result.stdout, flags=re.M), command
-    assert roxxel_cli("--version", env=env).stdout.strip() == f"roxxel {roxxel.__version__}"
+    version = roxxel_cli("--version", env=env).stdout.strip()
+    assert version.startswith(f"roxxel {roxxel.__version__} (records made in ")
+    assert ("records made in C" in version) == roxxel.views.ACCELERATED
 
 
 # -------------------------------------------------------------------- success paths

@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         "local disk or memory) and node caches.",
         epilog="Run 'roxxel COMMAND --help' for a command's options and an example.",
     )
-    parser.add_argument("--version", action="version", version=f"roxxel {__version__}")
+    from ..views import ACCELERATED
+
+    views = "records made in C" if ACCELERATED else "records made in Python: roxxel._cviews was not built"
+    parser.add_argument("--version", action="version", version=f"roxxel {__version__} ({views})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common_parsers()
     for add_commands in (_add_read_commands, _add_warm_command, _add_pack_command, _add_copy_commands,
@@ -127,9 +130,10 @@ def _add_read_commands(sub: Any, c: _Parents) -> None:
              "Failed or killed writers, and overwrites, leave shard objects that no manifest\n"
              "lists. Candidates are objects under the dataset's shards/ with names roxxel\n"
              "gives; a shard listed by the dataset's manifest, or by a manifest above it (a\n"
-             "merge in place), is kept. Only shards older than --older-than are deleted, so a\n"
-             "writer still uploading, or a job still reading an overwritten version, is safe.\n"
-             "Without --delete, only lists what would be deleted.",
+             "merge in place), is kept. --delete deletes the shards unreferenced for at least\n"
+             "--older-than: the shard and the newest of those manifests both that old. Choose\n"
+             "it longer than your longest write, cp or merge into the dataset. Without\n"
+             "--delete, only lists. Exit status 1 if a deletion failed.",
              [c.storage, c.json, c.logs], cmd_prune)
     p.add_argument("url", help="the dataset URL")
     p.add_argument("--older-than", type=seconds, default=86400.0, metavar="AGE",
