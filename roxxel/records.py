@@ -227,7 +227,7 @@ class ShardedRecords:
             shard = self.shard(k)
             payloads.append(shard.payload)  # keeps its map alive if the shard is released
             offsets.append(shard.offsets)
-        counts = np.diff(self.record_starts)[involved]
+        counts = self.record_starts[involved + 1] - self.record_starts[involved]
         if int(counts.sum()) <= _CONCAT_FACTOR * len(idx) + _CONCAT_SLACK:
             slots, begins, ends = _bounds_by_table(shard_ids, local, involved, offsets, counts)
         else:  # the shards are much larger than the gather: read their offsets per shard
@@ -269,9 +269,7 @@ def _bounds_by_table(
     shard_ids: np.ndarray, local: np.ndarray, involved: np.ndarray, offsets: list[np.ndarray], counts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(slot, begin, end) of each record, with one fancy index into all the offsets."""
-    slot_of = np.zeros(int(involved[-1]) + 1, dtype=np.int64)
-    slot_of[involved] = np.arange(len(involved), dtype=np.int64)
-    slots = slot_of[shard_ids]
+    slots = np.searchsorted(involved, shard_ids)  # involved is sorted and holds every id
     table = np.concatenate(offsets).astype(np.int64, copy=False)
     first = np.zeros(len(involved), dtype=np.int64)
     np.cumsum(counts[:-1], out=first[1:])

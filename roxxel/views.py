@@ -10,8 +10,8 @@ number of records left, which is how a stream knows its position without countin
 Two implementations share that contract and its tests: the C extension
 ``roxxel._cviews``, built at install time where a C compiler is at hand, and
 :class:`PyViews`, used where it is not. ``ACCELERATED`` says which one this process
-runs. Records are the same objects either way; the C one makes them about three times
-as fast, which matters when a record costs less than the loop around it.
+runs. Records are the same objects either way; the C one makes bulk reads two to three
+times as fast, which matters when a record costs less than the loop around it.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -436,20 +436,21 @@ def plan_ids(p: Plan) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def check_iter_order(ds: roxxel.Dataset, window: int, ids: np.ndarray, bare: BareMaps) -> None:
-    """The iterator yields exactly the planned records (sizes of all, bytes of a sample)."""
+def check_order(what: str, records: Iterable[np.ndarray], ids: np.ndarray, bare: BareMaps) -> None:
+    """``records`` are exactly global records ``ids``, in order (sizes of all, bytes of a
+    sample): a loop that read the right bytes in another order would not pass."""
     count = 0
-    for pos, r in enumerate(ds.iter(seed=SEED, window=window)):
+    for pos, r in enumerate(records):
         i = int(ids[pos])
         if r.nbytes != bare.ends[i] - bare.begins[i]:
-            raise RuntimeError(f"ds.iter record {pos} is not global record {i} of the plan")
+            raise RuntimeError(f"{what}: record {pos} is not global record {i}")
         if pos % 97 == 0:
             k, s, e = int(bare.shard[i]), int(bare.begins[i]), int(bare.ends[i])
             if bytes(r) != bytes(bare.views[k][s:e]):
-                raise RuntimeError(f"ds.iter record {pos} differs from global record {i}'s bytes")
+                raise RuntimeError(f"{what}: record {pos} differs from global record {i}'s bytes")
         count += 1
     if count != len(ids):
-        raise RuntimeError(f"ds.iter gave {count} records, the plan has {len(ids)}")
+        raise RuntimeError(f"{what} gave {count} records, expected {len(ids)}")
 
 
 # -- shuffle quality, planner scaling, Belady -----------------------------------------------
@@ -622,14 +623,15 @@ def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manife
         order_ids = rng.permutation(n)
         order = order_ids.tolist()
         triples = bare.triples(order_ids)
-        expected = bare_touch(views, triples)
         loops = {
             "iter_at": lambda: touch(ds.iter_at(order_ids)),
             "gather": lambda: ds_gather_touch(ds, order_ids, args.gather),
             "index": lambda: ds_touch(ds, order),
         }
-        if any(loop() != expected for loop in loops.values()):
-            raise RuntimeError("roxxel and the bare loop read different byte counts")
+        gathered = (r for lo in range(0, n, args.gather) for r in ds[order_ids[lo : lo + args.gather]])
+        for what, records in (("ds.iter_at", ds.iter_at(order_ids)), ("ds[block]", gathered),
+                              ("ds[i]", (ds[i] for i in order))):
+            check_order(what, records, order_ids, bare)
         t = {name: best_of(args.warm_repeat, loop) for name, loop in loops.items()}
         t_bare = best_of(args.warm_repeat, lambda: bare_touch(views, triples))
         report.add(ratio_row("2", "warm random-order full read, ds.iter_at(order) (touch nbytes)",
@@ -664,7 +666,7 @@ def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manife
         p = make_plan(table.records, seed=SEED, epoch=0, rank=0, world_size=1, worker=0,
                       num_workers=1, shuffle=True, window=args.window, remainder="pad")
         ids = plan_ids(p)
-        check_iter_order(ds, args.window, ids, bare)
+        check_order("ds.iter", ds.iter(seed=SEED, window=args.window), ids, bare)
         distinct, distance = shuffle_quality(ids, ds.record_starts)
         windows = f"{p.num_windows} window{'s' if p.num_windows != 1 else ''}"
         report.add(Row("5", f"shuffle: distinct shards per batch of {BATCH} ({len(table)} shards, {windows} "

@@ -336,15 +336,22 @@ class _FullDisk:
             raise OSError(errno.EDQUOT, "Disk quota exceeded")
 
 
-@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("compress, first_failing", [(False, 0), (True, 0), (True, 1)],
+                         ids=["stored", "zstd-stored", "zstd-decompressed"])
 @pytest.mark.parametrize("fail_sync", [False, True], ids=["write", "flush"])
-def test_a_full_disk_is_a_cache_error_naming_shard_and_directory(cache, cache_dir, monkeypatch, compress, fail_sync):
+def test_a_full_disk_is_a_cache_error_naming_shard_and_directory(
+    cache, cache_dir, monkeypatch, compress, first_failing, fail_sync
+):
+    # first_failing=1: the download fits, the decompressed copy (or its fsync) does not.
     remote = Remote(make_shard([b"abc" * 1000] * 20), compress=compress)
     real_init = files_module.TempFile.__init__
+    made = []
 
     def init(self, tmp_dir):
         real_init(self, tmp_dir)
-        self.file = _FullDisk(self.file, fail_sync)
+        made.append(self)
+        if len(made) > first_failing:
+            self.file = _FullDisk(self.file, fail_sync)
 
     monkeypatch.setattr(download_module.TempFile, "__init__", init)
     with pytest.raises(CacheError) as info:
@@ -353,6 +360,7 @@ def test_a_full_disk_is_a_cache_error_naming_shard_and_directory(cache, cache_di
     assert f"could not write {LABEL} into the cache directory {cache_dir / 'tmp'}" in message
     assert "bytes free there; this shard needs" in message and "free some space" in message
     assert info.value.errno in (errno.ENOSPC, errno.EDQUOT)
+    assert len(made) == first_failing + 1  # it failed in the file it was meant to
     assert remote.calls == 1  # not fetched again: the store was not at fault
     assert list((cache_dir / "tmp").iterdir()) == []
     assert not cache.contains(remote.checksum)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import time
 import uuid
 from pathlib import Path
 
@@ -94,6 +93,7 @@ def test_with_the_certificate_trusted_shards_arrive_by_verified_direct_gets(tls_
         got = [bytes(r) for r in ds.iter(seed=3)]
         assert sorted(got) == sorted(record(i) for i in range(3000))
         assert ds.stats["shards_downloaded"] == ds.num_shards
+        assert not refused(ds.store.fs)  # no fallback to s3fs was needed
     store = Store(url, options(server))
     reader = open_direct(store.fs, store.path(ds.manifest.shards.uris[0]), 0)
     assert isinstance(reader, DirectReader)  # the direct path took TLS, verified, in its stride
@@ -107,11 +107,11 @@ def test_an_untrusted_certificate_fails_fast_on_both_paths(tls_s3, tmp_path, mon
     store = Store(url, options(server))
     assert open_direct(store.fs, store.path("manifest.json"), 0) is None
     assert refused(store.fs)  # the direct path is off for this store, not retried per read
-    started = time.monotonic()
     with pytest.raises(StorageError, match=r"manifest\.json: the server's TLS certificate did not verify") as caught:
         roxxel.open(url, cache_dir=str(tmp_path / "cache"), storage_options=options(server))
-    # Not retried: retries took 15 s here before certificate errors were told apart.
-    assert time.monotonic() - started < 5, "a certificate that does not verify is not transient"
+    # Not retried (retries took 15 s here before certificate errors were told apart): a
+    # retried error would be a TransientStorageError saying how many attempts it made.
+    assert "attempt" not in str(caught.value)
     assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value) and "AWS_CA_BUNDLE" in str(caught.value)
     assert type(caught.value) is StorageError  # not a TransientStorageError
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.rox*"))

@@ -14,11 +14,11 @@ __all__ = [
     "OPTION_ATTRS",
     "merged",
     "non_negative",
-    "seconds",
     "parse_storage_options",
     "positive",
     "ranks",
     "resolve_storage_options",
+    "seconds",
     "size",
     "storage_option",
 ]

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from ..views import ACCELERATED
 
-    views = "records made in C" if ACCELERATED else "records made in Python: roxxel._cviews was not built"
+    views = "records made in C" if ACCELERATED else "records made in Python: roxxel._cviews is not available"
     parser.add_argument("--version", action="version", version=f"roxxel {__version__} ({views})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common_parsers()
