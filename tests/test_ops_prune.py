@@ -78,7 +78,8 @@ def test_shards_a_manifest_above_lists_are_kept(tmp_path):
     for i, part in enumerate(parts):
         write(part, {}, records(40, 10 + i))
     ops.merge(parts, dest)  # in place: the merged manifest lists part-0/shards/...
-    whole = [bytes(r) for r in roxxel.open(dest, cache_dir=str(tmp_path / "c"))]
+    with roxxel.open(dest, cache_dir=str(tmp_path / "c")) as ds:
+        whole = [bytes(r) for r in ds]
     old_part0 = set(read_manifest(dataset_store(parts[0])).shards.uris.tolist())
     write(parts[0], {}, records(30, 20), mode="overwrite")  # part-0's own manifest drops them
     report = ops.prune(parts[0], older_than=0, delete=True)
