@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import time
+from typing import Any
 
 import pytest
 from fsspec.callbacks import Callback
@@ -15,8 +16,8 @@ import roxxel
 from roxxel import ops
 from roxxel.backends.store import modified_time
 from roxxel.cli import main
-from roxxel.manifest.io import dataset_store, read_manifest
 from roxxel.errors import NotFoundError, StorageError
+from roxxel.manifest.io import dataset_store, read_manifest
 from roxxel.ops.prune import CHANGED, COLLECTABLE, DELETED, FAILED, RECENT, SHARD_KEY
 from tests.test_ops_verify import make_records as records
 from tests.test_ops_verify import publish as write
@@ -90,17 +91,23 @@ def test_shards_a_manifest_above_lists_are_kept(tmp_path):
         assert [bytes(r) for r in ds] == whole
 
 
+def overwritten(folder, seed: int) -> tuple[str, Any, list[str]]:
+    """A local dataset written twice (the second time with ``mode="overwrite"``): its URL,
+    its store, and the first version's shards, which no manifest lists any more."""
+    url = str(folder / "ds")
+    write(url, {}, records(50, seed))
+    write(url, {}, records(50, seed + 1), mode="overwrite")
+    store = dataset_store(url)
+    return url, store, sorted(shard_keys(store) - set(read_manifest(store).shards.uris.tolist()))
+
+
 def age(path: str, days: float) -> None:
     then = time.time() - days * 86400
     os.utime(path, (then, then))
 
 
 def test_the_grace_period_counts_from_the_shard_and_from_the_newest_manifest(tmp_path, monkeypatch):
-    url = str(tmp_path / "ds")
-    write(url, {}, records(50, 4))
-    write(url, {}, records(50, 5), mode="overwrite")
-    store = dataset_store(url)
-    orphans = sorted(shard_keys(store) - set(read_manifest(store).shards.uris.tolist()))
+    url, store, orphans = overwritten(tmp_path, 4)
     old = orphans[: len(orphans) // 2]
     # Only mtimes can be set back here; the inode change time, which modified_time also
     # takes on local disk, is now: tell the store's stat to ignore it for this test.
@@ -120,11 +127,7 @@ def test_the_grace_period_counts_from_the_shard_and_from_the_newest_manifest(tmp
 
 
 def test_a_shard_uploaded_again_after_listing_is_kept(tmp_path, monkeypatch):
-    url = str(tmp_path / "ds")
-    write(url, {}, records(50, 13))
-    write(url, {}, records(50, 14), mode="overwrite")
-    store = dataset_store(url)
-    orphans = sorted(shard_keys(store) - set(read_manifest(store).shards.uris.tolist()))
+    url, store, orphans = overwritten(tmp_path, 13)
     real = type(store).list_info
 
     def list_then_reupload(self, prefix=""):
@@ -141,11 +144,8 @@ def test_a_shard_uploaded_again_after_listing_is_kept(tmp_path, monkeypatch):
 
 
 def test_a_failed_deletion_is_reported_and_fails_the_command(tmp_path, monkeypatch, capsys):
-    url = str(tmp_path / "ds")
-    write(url, {}, records(50, 15))
-    write(url, {}, records(50, 16), mode="overwrite")
-    store = dataset_store(url)
-    victim = sorted(shard_keys(store) - set(read_manifest(store).shards.uris.tolist()))[0]
+    url, store, orphans = overwritten(tmp_path, 15)
+    victim = orphans[0]
     real = type(store).delete
 
     def delete(self, key):
@@ -184,10 +184,7 @@ def test_shard_names_roxxel_does_not_give_are_never_candidates():
 
 
 def test_a_manifest_changed_meanwhile_stops_every_deletion(tmp_path, monkeypatch):
-    url = str(tmp_path / "ds")
-    write(url, {}, records(50, 6))
-    write(url, {}, records(50, 7), mode="overwrite")
-    store = dataset_store(url)
+    url, store, _ = overwritten(tmp_path, 6)
     before = shard_keys(store)
     real = type(store).list_info
 
@@ -236,11 +233,8 @@ def test_modified_times_of_every_backend_are_read():
 
 
 def test_the_command_lists_then_deletes(tmp_path, capsys):
-    url = str(tmp_path / "ds")
-    write(url, {}, records(50, 11))
-    write(url, {}, records(50, 12), mode="overwrite")
-    store = dataset_store(url)
-    orphans = shard_keys(store) - set(read_manifest(store).shards.uris.tolist())
+    url, store, orphan_list = overwritten(tmp_path, 11)
+    orphans = set(orphan_list)
     assert main(["prune", url, "-q"]) == 0
     out = capsys.readouterr().out
     assert f"{len(orphans)} unreferenced shard objects" in out and f"  {RECENT}: {len(orphans)}" in out
