@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ShardFormatError
 from .format import MappedShard
-from .views import BLOCK, RecordViews, record_views, stored_blocks
+from .views import BLOCK, RecordViews, closing, record_views, stored_blocks
 
 __all__ = ["ShardedRecords"]
 
@@ -151,16 +151,13 @@ class ShardedRecords:
         return blocks
 
     def _stored_blocks(self) -> Iterator[RecordViews]:
-        block: RecordViews | None = None
-        try:
-            for k in range(self.num_shards):
-                self._check_open()
-                shard = self._next_in_stored_order(k)
-                for block in stored_blocks(shard.payload, shard.offsets):
-                    yield block
-        finally:
-            if block is not None:
-                block.close()  # close() closes this generator: the maps go with it
+        return closing(self._each_stored_block())
+
+    def _each_stored_block(self) -> Iterator[RecordViews]:
+        for k in range(self.num_shards):
+            self._check_open()
+            shard = self._next_in_stored_order(k)
+            yield from stored_blocks(shard.payload, shard.offsets)
 
     def _next_in_stored_order(self, k: int) -> MappedShard:
         """Shard ``k``, as plain iteration reaches it (a hook for prefetching)."""
@@ -181,19 +178,13 @@ class ShardedRecords:
         records in an order of your own. Bad indices raise here, before any record."""
         self._check_open()
         idx = np.array(self._checked_indices(indices))  # a copy: the caller may reuse theirs
-        return chain.from_iterable(self._track(self._blocks_at(idx)))
+        return chain.from_iterable(self._track(closing(self._blocks_at(idx))))
 
     def _blocks_at(self, idx: np.ndarray) -> Iterator[RecordViews]:
-        block: RecordViews | None = None
-        try:
-            for lo in range(0, len(idx), BLOCK):
-                for part in self._mappable_parts(idx[lo : lo + BLOCK]):
-                    self._check_open()
-                    block = self._views_at(part)
-                    yield block
-        finally:
-            if block is not None:
-                block.close()  # close() closes this generator: the maps go with it
+        for lo in range(0, len(idx), BLOCK):
+            for part in self._mappable_parts(idx[lo : lo + BLOCK]):
+                self._check_open()
+                yield self._views_at(part)
 
     def _checked_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """``indices`` as a flat int64 array of 0..len-1 (negatives counted from the end)."""

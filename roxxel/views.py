@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["ACCELERATED", "BLOCK", "PyViews", "RecordViews", "record_views", "stored_blocks"]
+__all__ = ["ACCELERATED", "BLOCK", "PyViews", "RecordViews", "closing", "record_views", "stored_blocks"]
 
 BLOCK = 1 << 14  # records per block of views: bounds the bounds arrays, whatever the shard
 
@@ -132,6 +132,18 @@ def record_views(
     if _c_views is not None:
         return _c_views(bases, slots, begins, ends)  # type: ignore[no-any-return]
     return PyViews(bases, slots, begins, ends)
+
+
+def closing(blocks: Iterator[RecordViews]) -> Iterator[RecordViews]:
+    """``blocks``; closed early (as ``close()`` of a dataset does), it closes the block
+    being read, so the maps that block holds go with it."""
+    block: RecordViews | None = None
+    try:
+        for block in blocks:
+            yield block
+    finally:
+        if block is not None:
+            block.close()
 
 
 _ZERO_SLOTS = np.zeros(BLOCK, dtype=np.int64)

@@ -68,11 +68,11 @@ class _Mismatch(IntegrityError):
 class _HashingSink:
     """The ``sink`` handed to ``fetch``: writes, hashes and counts, refusing excess bytes."""
 
-    def __init__(self, temp: TempFile, key: ShardKey, limit: int, spec: ShardSpec, tmp_dir: str) -> None:
+    def __init__(self, temp: TempFile, key: ShardKey, spec: ShardSpec, tmp_dir: str) -> None:
         self._file = temp.file
         self._where = (spec, tmp_dir)
         self._hash = key.new_hash()
-        self._limit = limit
+        self._limit = spec.stored_size
         self.received = 0
         self.overflow = False
         self.closed = False
@@ -131,7 +131,7 @@ def writing_locally(spec: ShardSpec, tmp_dir: str) -> Iterator[None]:
 
 def _receive(key: ShardKey, fetch: Fetch, spec: ShardSpec, temp: TempFile, tmp_dir: str) -> None:
     """Run ``fetch`` into ``temp``; errors of ``fetch`` itself propagate unchanged."""
-    sink = _HashingSink(temp, key, spec.stored_size, spec, tmp_dir)
+    sink = _HashingSink(temp, key, spec, tmp_dir)
     try:
         fetch(sink)
     except Exception:

@@ -137,7 +137,7 @@ def _add_read_commands(sub: Any, c: _Parents) -> None:
              [c.storage, c.json, c.logs], cmd_prune)
     p.add_argument("url", help="the dataset URL")
     p.add_argument("--older-than", type=seconds, default=86400.0, metavar="AGE",
-                   help="delete only shards written at least AGE ago: 7d, 12h, 30m, 90s or 0 "
+                   help="delete only shards unreferenced for at least AGE: 7d, 12h, 30m, 90s or 0 "
                         "(default: 1d)")
     p.add_argument("--delete", action="store_true", help="delete them (default: only list)")
 

@@ -83,6 +83,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from ...ops import prune
+    from ...ops.prune import COLLECTABLE, FAILED
 
     report = run_with_progress("prune", args.quiet, prune, args.url, args.options,
                                older_than=args.older_than, delete=args.delete)
@@ -98,10 +99,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
               f"{report.referenced} referenced by {len(report.manifests)} manifest(s)")
         for status, entry in report.to_dict()["by_status"].items():
             print(f"  {status}: {entry['shards']} ({human(entry['bytes'])})")
-        if not report.delete and report.having("would delete"):
+        if not report.delete and report.having(COLLECTABLE):
             print(f"unreferenced for over {_age(report.older_than)}: pass --delete to delete them")
     if not report.ok:
-        raise Failure(f"{len(report.having('failed to delete'))} shard objects could not be deleted; "
+        raise Failure(f"{len(report.having(FAILED))} shard objects could not be deleted; "
                       "see the errors above and run prune again")
     return 0
 
