@@ -8,9 +8,10 @@ run time by POSTing JSON to ``/__faults__``::
 
 and ``GET /__faults__`` returns the requests seen and the faults injected (both reset by
 every POST). Kinds: ``slowdown`` (503 SlowDown), ``500`` (InternalError), ``cut`` (a GET
-body cut in half after a full Content-Length header, then the connection closed), and
-``stall`` (the request hangs for ``stall_seconds`` before it is served); ``limit`` caps
-the faults injected. Only requests
+body cut in half after a full Content-Length header, then the connection closed),
+``stall`` (the request hangs for ``stall_seconds`` before it is served) and ``stallbody``
+(a GET body sends its first half, then nothing for ``stall_seconds``, then the rest);
+``limit`` caps the faults injected. Only requests
 for objects (``/bucket/key...``) are faulted; moto's own API is left alone. The n-th
 request of a method is faulted when a hash of (seed, method, n) falls below ``rate``.
 """
@@ -27,7 +28,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 __all__ = ["FaultMiddleware", "FaultyS3", "start"]
 
@@ -95,6 +96,8 @@ class FaultMiddleware:
             return [body]
         if kind == "stall":
             time.sleep(float(self.config["stall_seconds"]))
+        if kind == "stallbody" and method == "GET":
+            return self._stalled_body(environ, start_response)
         if kind == "cut" and method == "GET":
             captured: dict[str, Any] = {}
 
@@ -111,6 +114,17 @@ class FaultMiddleware:
             start_response(captured["status"], captured["headers"])
             return [body]
         return self.app(environ, start_response)
+
+    def _stalled_body(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        body = b"".join(self.app(environ, start_response))
+        stall = float(self.config["stall_seconds"])
+
+        def chunks() -> Iterator[bytes]:
+            yield body[: len(body) // 2]
+            time.sleep(stall)
+            yield body[len(body) // 2 :]
+
+        return chunks()
 
 
 def serve(port: int) -> None:

@@ -77,14 +77,15 @@ def read_epoch(url: str, store: Store, cache_dir, n: int = N) -> None:
 
 
 def stall_policy() -> RetryPolicy:
-    return dataclasses.replace(FAST, stall_timeout=1.0)
+    return dataclasses.replace(FAST, stall_timeout=1.0, upload_timeout=1.0)
 
 
 def short_stall_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 1 s inactivity timeout in the default policy of every Store: warm and cp build
-    their stores from URLs and take no RetryPolicy (the default waits 120 s)."""
+    """1 s inactivity and upload timeouts in the default policy of every Store: warm and
+    cp build their stores from URLs and take no RetryPolicy (the defaults wait 30 s and
+    120 s)."""
     defaults = dict(Store.__init__.__kwdefaults__)
-    defaults["retry"] = dataclasses.replace(defaults["retry"], stall_timeout=1.0)
+    defaults["retry"] = dataclasses.replace(defaults["retry"], stall_timeout=1.0, upload_timeout=1.0)
     monkeypatch.setattr(Store.__init__, "__kwdefaults__", defaults)
 
 
@@ -222,7 +223,7 @@ def test_writer_request_overhead_at_five_percent(tmp_path, reliability):
     assert ratio < MAX_OVERHEAD
 
 
-@rel("faults", "Writer: a shard upload that stalls for 6 s is cut off by the inactivity timeout (stall_timeout=1) and retried; the dataset publishes")
+@rel("faults", "Writer: a shard upload that stalls for 6 s is cut off by the upload timeout (upload_timeout=1) and retried; the dataset publishes")
 def test_writer_stall_is_cut_off(tmp_path):
     url = str(tmp_path / "ds")
     store, fs = faulty(url, Scripted([("put_file", "*/shards/*", Fault("stall"))]), stall_policy(),
@@ -366,7 +367,7 @@ def test_copy_source_corruption_is_caught(dataset, tmp_path):
         check_all(ds, N, 0)
 
 
-@rel("faults", "`roxxel.ops.copy`: a source read and a destination upload that stall for 6 s are cut off by the inactivity timeout (stall_timeout=1) and retried; the copy is correct")
+@rel("faults", "`roxxel.ops.copy`: a source read and a destination upload that stall for 6 s are cut off by the inactivity and upload timeouts (stall_timeout=1, upload_timeout=1) and retried; the copy is correct")
 def test_copy_stall_is_cut_off(dataset, tmp_path, monkeypatch):
     short_stall_timeout(monkeypatch)
     src = Scripted([("open", "*/shards/*", Fault("stall"))])

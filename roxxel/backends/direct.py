@@ -31,12 +31,14 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
+from .retry import DEFAULT_POLICY
+from .watchdog import current_timeout, read_in_pieces
+
 __all__ = ["DirectReader", "open_direct", "refused"]
 
 log = logging.getLogger(__name__)
 
 _EXPIRES = 3600  # seconds a presigned URL stays valid; one object's download needs far less
-_TIMEOUT = 60.0  # socket timeout when the filesystem's config sets none
 _CLIENT_KWARGS = {"endpoint_url", "region_name"}
 _CONFIG_KWARGS = {  # botocore Config options that do not change what a GET returns
     "connect_timeout", "read_timeout", "retries", "max_pool_connections", "signature_version",
@@ -61,8 +63,7 @@ class DirectReader:
         return data
 
     def read_parts(self, size: int) -> list[bytes]:
-        data = self.read(size)
-        return [data] if data else []
+        return read_in_pieces(self.read, size)
 
     def close(self) -> None:
         self._conn.close()
@@ -125,8 +126,11 @@ def _proxied(host: str) -> bool:
 
 
 def _connect(fs: Any, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+    # The socket timeout is the inactivity timeout: a body silent that long fails its
+    # read (a transient TimeoutError, resumed by a ranged GET) instead of being abandoned.
     config = getattr(fs, "config_kwargs", None) or {}
-    timeout = float(config.get("read_timeout") or _TIMEOUT)
+    timeout = config.get("read_timeout") or current_timeout(DEFAULT_POLICY.stall_timeout)
+    timeout = None if timeout is None else float(timeout)
     if parts.scheme == "http":
         return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     context = _tls_context(_ca_bundle())

@@ -10,6 +10,10 @@
 
 A single streaming GET matters: moto, for one, re-reads the whole object for every
 ranged GET, and every ranged GET costs a round trip on a real store.
+
+Readers report every piece they receive to the watchdog (:func:`.watchdog.current`), so
+a call is cut off only after its inactivity timeout without a byte, however long a
+slow but steady chunk takes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Protocol
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
+from . import watchdog
 from .direct import open_direct
 from .retry import RetryPolicy, call
 
@@ -68,8 +73,7 @@ class _FileReader:
         return self._f.read(size)
 
     def read_parts(self, size: int) -> list[bytes]:
-        data = self._f.read(size)
-        return [data] if data else []
+        return watchdog.read_in_pieces(self._f.read, size)
 
     def close(self) -> None:
         self._f.close()
@@ -80,7 +84,12 @@ class _RangeReader:
         self._fs, self._path, self._pos = fs, path, offset
 
     def read(self, size: int) -> bytes:
+        progress = watchdog.current()
+        if progress is not None:  # one request: no byte is seen before the last
+            progress.unseen(size)
         data = self._fs.cat_file(self._path, start=self._pos, end=self._pos + size)
+        if progress is not None:
+            progress.beat()
         self._pos += len(data)
         return data
 
@@ -103,7 +112,8 @@ class _StreamReader:
 
     def read_parts(self, size: int) -> list[bytes]:
         # The body's pieces as aiohttp delivers them: joining them would copy every byte.
-        return sync(self._fs.loop, _read_up_to, self._f, size)
+        progress = watchdog.current()
+        return sync(self._fs.loop, _read_up_to, self._f, size, progress)
 
     def close(self) -> None:
         if self._f is None:
@@ -115,7 +125,7 @@ class _StreamReader:
             logger.debug("ignored error closing the stream of %s: %s", self._path, exc)
 
 
-async def _read_up_to(f: Any, size: int) -> list[bytes]:
+async def _read_up_to(f: Any, size: int, progress: watchdog.Progress | None) -> list[bytes]:
     parts = []
     remaining = size
     while remaining > 0:
@@ -124,6 +134,8 @@ async def _read_up_to(f: Any, size: int) -> list[bytes]:
             break
         parts.append(part)
         remaining -= len(part)
+        if progress is not None:
+            progress.beat()
     return parts
 
 

@@ -39,8 +39,15 @@ class RetryPolicy:
     ``unreachable_deadline``: the (shorter) window when the endpoint refuses connections
     or does not resolve, which is usually a misconfiguration rather than a blip.
     The n-th retry waits a random time in ``[0, min(max_delay, base_delay * 2**(n-1))]``.
-    ``stall_timeout``: an attempt that gets no response (for downloads: no data) for this
-    many seconds is abandoned and retried like a transient failure; None waits forever.
+    ``stall_timeout``: an attempt that receives nothing for this many seconds (a request
+    without a response, a download body without a byte) is abandoned and retried like a
+    transient failure; None waits forever. A healthy store sends a body's bytes every few
+    milliseconds and answers a request within seconds even under load, so 30 s leaves a
+    wide margin while bounding the time accelerators wait on a dead connection.
+    ``upload_timeout``: an upload shows no progress until the store answers, so it is
+    abandoned only after this many seconds plus one per MiB it sends (a store may take a
+    while to assemble a large object before it answers); None never abandons one.
+    Manifest publishes are never abandoned, whatever the policy.
     """
 
     max_attempts: int = 8
@@ -48,13 +55,16 @@ class RetryPolicy:
     unreachable_deadline: float = 5.0
     base_delay: float = 0.2
     max_delay: float = 10.0
-    stall_timeout: float | None = 120.0
+    stall_timeout: float | None = 30.0
+    upload_timeout: float | None = 120.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
-        if self.stall_timeout is not None and self.stall_timeout <= 0:
-            raise ValueError(f"RetryPolicy.stall_timeout must be > 0 or None, got {self.stall_timeout}")
+        for name in ("stall_timeout", "upload_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"RetryPolicy.{name} must be > 0 or None, got {value}")
         for name in ("deadline", "unreachable_deadline", "base_delay", "max_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RetryPolicy.{name} must be >= 0, got {getattr(self, name)}")
@@ -92,8 +102,9 @@ def call(
     chained to the original (``TransientStorageError`` once retries are exhausted).
     Roxxel errors and programming errors (TypeError, AttributeError, ...) pass unchanged.
     ``op`` (a verb such as ``"read"``) and ``url`` are only used in messages and logs.
-    An attempt still running after ``timeout`` seconds (default: the policy's
-    ``stall_timeout``; None: no limit) is abandoned and counts as a transient failure.
+    An attempt silent for ``timeout`` seconds (default: the policy's ``stall_timeout``;
+    None: no limit; see :func:`.watchdog.watched`) is abandoned and counts as a
+    transient failure.
     """
     if timeout == _POLICY_TIMEOUT:
         timeout = policy.stall_timeout

@@ -330,9 +330,9 @@ class Store:
             else:
                 self.fs.put_file(local_path, path, chunksize=UPLOAD_CHUNK_SIZE)
 
-        stall = self.retry.stall_timeout
-        # An upload reports no progress: allow it the stall timeout plus 1 MiB/s.
-        budget = None if stall is None else stall + os.path.getsize(local_path) / _MIN_UPLOAD_RATE
+        base = self.retry.upload_timeout
+        # An upload reports no progress: allow it the upload timeout plus 1 MiB/s.
+        budget = None if base is None else base + os.path.getsize(local_path) / _MIN_UPLOAD_RATE
         self._run("upload", key, upload, timeout=budget)
 
     def check_upload(self, key: str, local_path: str | os.PathLike[str], sha256_hex: str) -> None:

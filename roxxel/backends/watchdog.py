@@ -3,46 +3,132 @@
 A request that stops making progress (a server that accepted the connection and then
 went quiet, a stuck mount) would otherwise block its thread for as long as the client
 libraries' own timeouts allow, which can be minutes. :func:`watched` runs a call on a
-helper thread and gives up on it after ``timeout`` seconds with :class:`StallError`, a
-``TimeoutError`` that the retry loop treats as transient. The abandoned call keeps its
-thread (a daemon) until it returns on its own; ``on_abandon`` then cleans up after it.
+helper thread and gives up on it with :class:`StallError`, a ``TimeoutError`` that the
+retry loop treats as transient, once it has been silent for ``timeout`` seconds. The
+abandoned call keeps its thread (a daemon) until it returns on its own; ``on_abandon``
+then cleans up after it.
+
+Silence is measured from the last sign of progress: the readers of a download body
+call :meth:`Progress.beat` on :func:`current` progress for every piece they receive, so
+a slow but steady body is never cut off, and a body that stops is cut off ``timeout``
+seconds after its last byte. A call that reports nothing (a metadata request) is
+silent from its start. A transfer whose bytes arrive all at once (one ranged read)
+announces them with :meth:`Progress.unseen` and gets one more second per MiB.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["StallError", "watched"]
+__all__ = [
+    "PIECE_SIZE", "UNSEEN_RATE", "Progress", "StallError", "current", "current_timeout",
+    "read_in_pieces", "watched",
+]
 
 T = TypeVar("T")
+
+UNSEEN_RATE = 2**20  # bytes/s allowed to a transfer whose progress cannot be seen
+PIECE_SIZE = 2**20  # bytes read between two progress reports, where a read blocks until full
+
+_local = threading.local()
 
 
 class StallError(TimeoutError):
     """A store call made no progress within its inactivity timeout."""
 
 
+class Progress:
+    """When a watched call last showed progress. Written by the call's threads, read by
+    the watchdog: single attribute stores, so no lock is needed."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._grace = 0.0
+
+    def beat(self) -> None:
+        """Bytes arrived just now."""
+        self._grace = 0.0
+        self._last = time.monotonic()
+
+    def unseen(self, nbytes: int) -> None:
+        """The next ``nbytes`` arrive all at once: allow them time at :data:`UNSEEN_RATE`."""
+        self._grace = nbytes / UNSEEN_RATE
+
+    def deadline(self, timeout: float) -> float:
+        """The :func:`time.monotonic` time at which the call counts as stalled."""
+        return self._last + self._grace + timeout
+
+
+def current() -> Progress | None:
+    """The progress of the watched call running on this thread (None if there is none)."""
+    watch = getattr(_local, "watch", None)
+    return None if watch is None else watch[0]
+
+
+def current_timeout(default: float | None) -> float | None:
+    """The inactivity timeout of the watched call running on this thread (None: it waits
+    forever), or ``default`` outside a watched call."""
+    watch = getattr(_local, "watch", None)
+    return default if watch is None else watch[1]
+
+
+def read_in_pieces(read: Callable[[int], bytes], size: int) -> list[bytes]:
+    """Up to ``size`` bytes from ``read`` in pieces of at most :data:`PIECE_SIZE`, each
+    reported to the watchdog (empty only at the end of the object)."""
+    progress = current()
+    parts = []
+    while size > 0:
+        data = read(min(size, PIECE_SIZE))
+        if not data:
+            break
+        parts.append(data)
+        size -= len(data)
+        if progress is not None:
+            progress.beat()
+    return parts
+
+
+@contextmanager
+def _watching(progress: Progress | None, timeout: float | None) -> Iterator[None]:
+    outer = getattr(_local, "watch", None)
+    _local.watch = (progress, timeout)
+    try:
+        yield
+    finally:
+        _local.watch = outer
+
+
 def watched(
     fn: Callable[[], T], timeout: float | None, on_abandon: Callable[[], Any] | None = None
 ) -> T:
-    """``fn()``, or StallError if it has not returned after ``timeout`` seconds (None: wait)."""
+    """``fn()``, or StallError once it has shown no progress for ``timeout`` seconds
+    (None: wait as long as it takes)."""
     if timeout is None:
-        return fn()
+        with _watching(None, None):
+            return fn()
     future: Future[T] = Future()
+    progress = Progress()
 
     def run() -> None:
         try:
-            future.set_result(fn())
+            with _watching(progress, timeout):
+                future.set_result(fn())
         except BaseException as exc:  # handed to the waiting caller
             future.set_exception(exc)
 
     threading.Thread(target=run, name="roxxel-store-call", daemon=True).start()
-    try:
-        return future.result(timeout)
-    except FutureTimeout:
-        if on_abandon is not None:
-            future.add_done_callback(lambda _: on_abandon())
-        raise StallError(f"no response within {timeout:g} s (inactivity timeout)") from None
+    while True:
+        try:
+            return future.result(max(0.0, progress.deadline(timeout) - time.monotonic()))
+        except FutureTimeout:
+            if progress.deadline(timeout) > time.monotonic():
+                continue  # progress since the wait began
+            if on_abandon is not None:
+                future.add_done_callback(lambda _: on_abandon())
+            raise StallError(f"no data for {timeout:g} s (inactivity timeout)") from None

@@ -1,0 +1,104 @@
+"""The inactivity timeout of downloads: its default (the README's), and a body that goes
+silent is cut off after the configured timeout and resumed, on both S3 read paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+
+import roxxel
+from roxxel.backends import DEFAULT_POLICY, RetryPolicy, Store
+from roxxel.backends import readers as readers_module
+from roxxel.backends.watchdog import StallError, current, watched
+from tests.reliability_kit import FAST, check_all, write
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SERVER_STALL = 30.0  # seconds the faulty server holds a body back
+BOUND = 15.0  # a cut-off stall ends well before the server would have resumed
+
+
+def test_the_default_stall_timeout_is_the_one_the_readme_states():
+    stated = re.search(r"receives\s+nothing\s+for\s+(\d+)\s+s\s+\(`RetryPolicy\.stall_timeout`", README.read_text())
+    assert stated is not None, "the README no longer states the inactivity timeout"
+    assert DEFAULT_POLICY.stall_timeout == RetryPolicy().stall_timeout == float(stated.group(1)) == 30.0
+
+
+def test_uploads_keep_their_longer_allowance():
+    assert RetryPolicy().upload_timeout == 120.0
+    with pytest.raises(ValueError, match="upload_timeout must be > 0 or None"):
+        RetryPolicy(upload_timeout=0)
+
+
+def test_a_slow_but_steady_call_is_not_cut_off():
+    def steady() -> str:
+        for _ in range(10):  # 1 s in all, never silent for 0.3 s
+            time.sleep(0.1)
+            current().beat()
+        return "done"
+
+    assert watched(steady, 0.3) == "done"
+
+
+def test_a_call_is_cut_off_once_silent_for_the_timeout():
+    release = threading.Event()
+
+    def goes_quiet() -> None:
+        for _ in range(5):
+            time.sleep(0.1)
+            current().beat()
+        release.wait(30)
+
+    started = time.monotonic()
+    with pytest.raises(StallError, match=r"no data for 0\.3 s"):
+        watched(goes_quiet, 0.3)
+    elapsed = time.monotonic() - started
+    release.set()
+    assert 0.5 < elapsed < BOUND  # after its last byte, not after its start
+
+
+def test_an_unseen_transfer_gets_time_for_its_size():
+    def one_request() -> str:
+        current().unseen(2**20)  # 1 MiB arriving at once: 1 s more
+        time.sleep(0.6)
+        return "done"
+
+    assert watched(one_request, 0.3) == "done"
+
+
+@pytest.fixture(scope="module")
+def faulty_s3():
+    from tests import faulty_s3 as module
+    from tests.servers import _clear_instance_caches, s3_storage_options
+
+    server = module.start()
+    # The client's own read timeout is far longer than the stall: only roxxel's cuts it off.
+    options = s3_storage_options(server.endpoint, read_timeout=120) | {"skip_instance_cache": True}
+    fsspec.filesystem("s3", **options).call_s3("create_bucket", Bucket="stalls")
+    try:
+        yield server, options
+    finally:
+        server.stop()
+        _clear_instance_caches()
+
+
+@pytest.mark.parametrize("path", ["direct", "s3fs"])
+def test_a_silent_s3_body_is_retried_after_the_configured_timeout(faulty_s3, tmp_path, monkeypatch, path):
+    server, options = faulty_s3
+    url = f"s3://stalls/{tmp_path.name}/ds"
+    server.configure()
+    write(url, 200, shard_bytes=64 * 1024, storage_options=options)
+    if path == "s3fs":  # the streaming GET through aiohttp, watched piece by piece
+        monkeypatch.setattr(readers_module, "open_direct", lambda *args: None)
+    store = Store(url, options, retry=dataclasses.replace(FAST, stall_timeout=1.0))
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        server.configure(rate=1.0, kinds=["stallbody"], methods=["GET"], stall_seconds=SERVER_STALL, limit=1)
+        started = time.monotonic()
+        check_all(ds, 200)
+    assert server.counts()["injected"] == {"stallbody": 1}
+    assert time.monotonic() - started < BOUND
