@@ -443,13 +443,15 @@ class Dataset(ShardedRecords):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> Iterator[np.ndarray]:
-        """Endless ``(batch_size, seq_len)`` token batches, as ``Roxxel.stream`` gives locally.
+        """``(batch_size, seq_len)`` token batches, as ``Roxxel.stream`` gives locally.
 
         The payloads are read as ``dtype`` tokens cut into windows of ``seq_len`` (see
         :mod:`roxxel.tokens`); all ranks share one seeded order and rank ``r`` of ``w``
         takes every ``w``-th batch of it, so ranks never see the same window in an epoch.
-        ``start_step`` resumes at once. Shards are fetched as batches need them, the next
-        batch's shards in the background.
+        epochs: int | None = 1,
+        The stream stops after ``epochs`` epochs (default 1), every rank after the same
+        number of batches, or never with ``epochs=None``. ``start_step`` resumes at once.
+        Shards are fetched as batches need them, the next batch's shards in the background.
         """
         self._check_open()
         rank, world_size, _, _ = detect_topology(rank, world_size, 0, 1)
@@ -461,7 +463,7 @@ class Dataset(ShardedRecords):
         self._hold_at_least(min(batch_size, self._mapping_cap))
         return self._track(
             token_batches(
-                windows, batch_size, seed, start_step,
+                windows, batch_size, seed, start_step, epochs=epochs,
                 shard=(rank, world_size), prefetch=lambda shards: self._prefetch(shards.tolist()),
             )
         )

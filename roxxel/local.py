@@ -9,10 +9,16 @@ differences where the old releases misbehaved:
   existing files byte for byte as they were.
 - Empty records are stored (as zero-length records), never silently dropped.
 - Status messages go through ``logging`` (logger ``roxxel.local``), never ``print``.
+- A write to a glob pattern never shifts existing records' indices: it continues the
+  numbered series its files end with, names new files as 0.3.0 does otherwise, and
+  refuses a file that would sort before existing ones.
+- ``stream`` ends after one pass as 0.3.0's does, but in its own order (windows of a
+  keyed permutation, not 0.3.0's shuffled records joined into batches).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -35,6 +41,7 @@ from .format import (
     read_layout,
     record_bytes,
 )
+from .errors import DatasetExistsError
 from .records import ShardedRecords
 from .tokens import TokenWindows, token_batches
 
@@ -45,6 +52,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _SUFFIX = ".rox"
+_SERIES = re.compile(r"^(.*)_(\d{4,})" + re.escape(_SUFFIX) + "$")
 
 
 def _natural_key(path: str) -> list[object]:
@@ -56,7 +64,8 @@ class Roxxel(ShardedRecords):
     or ``Roxxel([path, ...])``.
 
     A plain path that does not exist stands for the numbered shards ``data_0000.rox``,
-    ``data_0001.rox``, ... that ``write(..., max_shard_bytes=...)`` creates from it.
+    ``data_0001.rox``, ... that ``write(..., max_shard_bytes=...)`` creates from it; a
+    pattern writes as :meth:`write` says (0.3.0's names, or the series already there).
     ``ds[i]`` is a zero-copy ``numpy.uint8`` view into the memory-mapped shard.
     """
 
@@ -78,14 +87,8 @@ class Roxxel(ShardedRecords):
         return list(self._paths)
 
     def _base(self) -> str:
-        """Path prefix of numbered shards: ``data.rox`` and ``data_*.rox`` give ``data``."""
-        if self._spec is None:
-            raise ValueError("write() needs a path or glob pattern, not a list of paths")
-        m = _GLOB_CHARS.search(self._spec)
-        if m:
-            base = self._spec[: m.start()].rstrip("_")
-            return base + "shard" if base.endswith(os.sep) or not base else base
-        return self._spec[: -len(_SUFFIX)] if self._spec.endswith(_SUFFIX) else self._spec
+        """Path prefix of a plain path's numbered shards: ``data.rox`` gives ``data``."""
+        return (self._spec or "").removesuffix(_SUFFIX)
 
     def _numbered(self) -> list[str]:
         base = self._base()
@@ -146,18 +149,22 @@ class Roxxel(ShardedRecords):
         seed: int = 42,
         start_step: int = 0,
         dtype: npt.DTypeLike = np.int32,
+        *,
+        epochs: int | None = 1,
     ) -> Iterator[np.ndarray]:
-        """Endless ``(batch_size, seq_len)`` token batches in a seeded order.
+        """``(batch_size, seq_len)`` token batches in a seeded order, for ``epochs`` epochs.
 
         The payloads are read as ``dtype`` tokens and cut into windows of ``seq_len``;
-        each epoch visits every window once in an order fixed by ``(seed, epoch)``.
-        ``start_step=s`` yields exactly what an uninterrupted stream yields from step
-        ``s`` on, at once (no replay). See :mod:`roxxel.tokens` for the details.
+        each epoch visits every window once in an order fixed by ``(seed, epoch)``. The
+        stream stops after ``epochs`` epochs (default 1, one pass as in Roxxel 0.3.0;
+        the windows short of a whole batch at the end are dropped), or never ends with
+        ``epochs=None``. ``start_step=s`` yields exactly what an uninterrupted stream
+        yields from step ``s`` on, at once (no replay). See :mod:`roxxel.tokens`.
         """
         self._check_open()
         sizes = [_layout(p).payload_size for p in self._paths]
         windows = TokenWindows(sizes, lambda k: self.shard(k).payload, seq_len, dtype)
-        return token_batches(windows, batch_size, seed, start_step)
+        return token_batches(windows, batch_size, seed, start_step, epochs=epochs)
 
     # -- writing -------------------------------------------------------------------
 
@@ -172,9 +179,14 @@ class Roxxel(ShardedRecords):
         """Append ``records`` to the dataset; returns the files created or extended.
 
         Without ``max_shard_bytes`` a plain path is one file that grows. With it, records
-        go to numbered shards ``base_0000.rox``, ... of at most ``max_shard_bytes`` bytes
+        go to numbered shards ``data_0000.rox``, ... of at most ``max_shard_bytes`` bytes
         each (a record larger than that gets a shard of its own; nothing is split or
-        dropped). With ``block_size`` (the 0.3 block mode), each record followed by
+        dropped). A glob pattern continues the numbered series that sorts last among its
+        files; with none, files are named as Roxxel 0.3.0 names them (``wiki_*.rox``:
+        ``wiki_base.rox``, or ``wiki_base_0000.rox``, ... with ``max_shard_bytes``).
+        Existing records keep their indices: a write whose files would sort before
+        existing ones raises :class:`~roxxel.DatasetExistsError` naming them.
+        With ``block_size`` (the 0.3 block mode), each record followed by
         ``separator`` is appended to one byte stream that is cut into records of exactly
         ``block_size`` bytes; the last block is padded with the separator.
 
@@ -186,18 +198,18 @@ class Roxxel(ShardedRecords):
             raise ValueError(f"max_shard_bytes must be an integer > {FOOTER_SIZE}, got {max_shard_bytes!r}")
         if block_size is not None:
             records = _blocks(records, block_size, separator)
-        base = self._base()
-        if max_shard_bytes is None and self._single_file_mode():
-            targets: Iterator[str] = iter([self._spec])  # type: ignore[list-item]
-            continue_last = os.path.exists(self._spec)  # type: ignore[arg-type]
-            limit = None
+        if self._spec is None:
+            raise ValueError("write() needs a path or glob pattern, not a list of paths")
+        if _GLOB_CHARS.search(self._spec):
+            targets, continue_last = _glob_targets(self._spec, self._discover(), max_shard_bytes)
+        elif max_shard_bytes is None and self._single_file_mode():
+            targets, continue_last = iter([self._spec]), os.path.exists(self._spec)
         else:
             existing = self._numbered()
             start = _shard_number(existing[-1]) if existing else 0
-            targets = (f"{base}_{k:04d}{_SUFFIX}" for k in _count_from(start))
+            targets = _series(self._base(), start)
             continue_last = bool(existing)
-            limit = max_shard_bytes
-        written = _write_staged(records, targets, continue_last, limit)
+        written = _write_staged(records, targets, continue_last, max_shard_bytes)
         self._refresh()
         log.info("wrote %d records into %s", written.records, ", ".join(written.paths))
         return written.paths
@@ -232,11 +244,56 @@ def _shard_number(path: str) -> int:
     return int(re.search(r"_(\d+)" + re.escape(_SUFFIX) + "$", path).group(1))  # type: ignore[union-attr]
 
 
-def _count_from(start: int) -> Iterator[int]:
+def _series(base: str, start: int) -> Iterator[str]:
+    """``base_0000.rox``, ``base_0001.rox``, ... from number ``start`` on (0.3.0's names)."""
     k = start
     while True:
-        yield k
+        yield f"{base}_{k:04d}{_SUFFIX}"
         k += 1
+
+
+def _glob_targets(
+    pattern: str, existing: list[str], max_shard_bytes: int | None
+) -> tuple[Iterator[str], bool]:
+    """Where a write to ``pattern`` goes, given the files it matches in read order.
+
+    A numbered series ``x_0007.rox`` that sorts last among them is continued (its last
+    shard grows while it has room). Otherwise files are named as Roxxel 0.3.0 names
+    them: each ``*`` and ``?`` of the pattern becomes ``base``, giving one file
+    (``wiki_*.rox`` -> ``wiki_base.rox``) or, with ``max_shard_bytes``, the series
+    ``wiki_base_0000.rox``, ... Either way every new record sorts after every existing
+    one: a name that would not is refused, never written.
+    """
+    numbered = _SERIES.match(existing[-1]) if existing else None
+    if numbered:
+        targets = _series(numbered.group(1), int(numbered.group(2)))
+    else:
+        named = pattern.replace("*", "base").replace("?", "base")
+        targets = iter([named]) if max_shard_bytes is None else _series(named.removesuffix(_SUFFIX), 0)
+    # A first target that exists is the last file (_in_order refuses any other): continue it.
+    return _in_order(targets, pattern, existing), True
+
+
+def _in_order(targets: Iterator[str], pattern: str, existing: list[str]) -> Iterator[str]:
+    """``targets``, each checked to be read back by ``pattern`` after every existing file."""
+    last = existing[-1] if existing else None
+    for target in targets:
+        if not fnmatch.fnmatchcase(target, pattern):
+            raise ValueError(
+                f"cannot write to {pattern!r}: the next shard would be {target!r}, which the "
+                "pattern does not match; write through a pattern with one '*' or a plain path"
+            )
+        if last is None or _natural_key(target) > _natural_key(last):
+            yield target
+        elif os.path.abspath(target) == os.path.abspath(last):
+            yield target  # the last existing shard, continued
+        else:
+            after = [p for p in existing if _natural_key(p) >= _natural_key(target)]
+            raise DatasetExistsError(
+                f"cannot write to {pattern!r}: the next shard {target!r} would sort before "
+                f"existing files {after!r} and shift their records' indices; rename them or "
+                "write through another pattern"
+            )
 
 
 def _blocks(records: Iterable[Record], block_size: int, separator: bytes) -> Iterator[bytes]:

@@ -6,7 +6,10 @@ a shard's last ``ntokens % seq_len`` tokens (and trailing bytes short of one tok
 not used. Windows are numbered across shards; epoch ``e`` visits them in the order of a
 keyed permutation of ``(seed, e)``. Sample ``j`` of the endless stream is window
 ``perm[j // N](j % N)``, and step ``s`` is samples ``s*B .. s*B+B-1``, so any step is
-computed directly: resuming costs O(batch), not O(steps).
+computed directly: resuming costs O(batch), not O(steps). A stream of ``E`` epochs is
+the endless one's first ``E*N // B`` steps: a batch may hold the end of one epoch and
+the start of the next, and the samples short of a whole batch after the last epoch are
+dropped (as Roxxel 0.3.0 drops the bytes short of a batch at the end of its one pass).
 
 Rows within a batch are ordered by their position in the dataset, which lets each
 shard's rows be gathered with one vectorized copy; which windows form a batch is what
@@ -15,6 +18,7 @@ the seed decides.
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 
@@ -146,18 +150,21 @@ def token_batches(
     seed: int,
     start_step: int = 0,
     *,
+    epochs: int | None = 1,
     shard: tuple[int, int] = (0, 1),
     prefetch: Callable[[np.ndarray], None] | None = None,
 ) -> Iterator[np.ndarray]:
-    """Endless ``(batch_size, seq_len)`` batches from step ``start_step`` on.
+    """``(batch_size, seq_len)`` batches from step ``start_step`` on.
 
-    ``shard=(rank, world_size)`` gives rank ``rank`` every ``world_size``-th global batch,
-    so ranks see disjoint batches of one shared order. ``prefetch``, if given, is called
-    with the shards of the next batch before the current one is gathered.
+    The stream covers ``epochs`` epochs and stops, or never ends with ``epochs=None``.
+    Its batches are those of the endless stream, cut off before the first one that would
+    reach past the last epoch: ``epochs * len(windows) // (batch_size * world_size)``
+    steps per rank, the same on every rank. ``shard=(rank, world_size)`` gives rank
+    ``rank`` every ``world_size``-th global batch, so ranks see disjoint batches of one
+    shared order. ``prefetch``, if given, is called with the shards of the next batch
+    before the current one is gathered.
     """
-    for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0), ("start_step", start_step, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    _check_stream_arguments(batch_size, seed, start_step, epochs)
     rank, world = shard
     n = len(windows)
     if n == 0:
@@ -166,14 +173,28 @@ def token_batches(
         )
     order = _EpochOrder(n, int(seed))
     batches = _sorted_batches(order, int(start_step), batch_size, rank, world)
-    upcoming = next(batches)
-    while True:
-        picked, upcoming = upcoming, next(batches)
-        if prefetch is not None:
+    if epochs is not None:
+        steps = int(epochs) * n // (batch_size * world)
+        batches = itertools.islice(batches, max(0, steps - int(start_step)))
+    picked = next(batches, None)
+    while picked is not None:
+        upcoming = next(batches, None)
+        if prefetch is not None and upcoming is not None:
             prefetch(windows.shards_of(upcoming))
         out = np.empty((batch_size, windows.seq_len), dtype=windows.dtype)
         windows.gather(picked, out)
         yield out
+        picked = upcoming
+
+
+def _check_stream_arguments(batch_size: int, seed: int, start_step: int, epochs: int | None) -> None:
+    checks = [("batch_size", batch_size, 1), ("seed", seed, 0), ("start_step", start_step, 0)]
+    if epochs is not None:
+        checks.append(("epochs", epochs, 1))
+    for name, value, low in checks:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            hint = " (or None for an endless stream)" if name == "epochs" else ""
+            raise ValueError(f"{name} must be an integer >= {low}{hint}, got {value!r}")
 
 
 def _sorted_batches(

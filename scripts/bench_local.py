@@ -85,7 +85,7 @@ def bench_stream(path: Path, seq_len: int, batch_size: int, repeat: int) -> tupl
             np.copyto(buf, payload[k * batch_bytes : (k + 1) * batch_bytes])
 
     def stream():
-        for _ in itertools.islice(ds.stream(seq_len, batch_size, seed=1), steps):
+        for _ in itertools.islice(ds.stream(seq_len, batch_size, seed=1, epochs=None), steps):
             pass
 
     windows = payload[: len(payload) // (seq_len * 4) * seq_len * 4].view(np.int32).reshape(-1, seq_len)

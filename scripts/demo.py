@@ -80,9 +80,11 @@ def main() -> None:
         with roxxel.open(url, cache_dir=cache_dir, storage_options=options) as ds:
             steps = 50
             t0 = time.perf_counter()
-            batches = list(itertools.islice(ds.stream(args.seq_len, args.batch_size, seed=42), steps))
+            stream = ds.stream(args.seq_len, args.batch_size, seed=42, epochs=None)  # 50 steps, however small the corpus
+            batches = list(itertools.islice(stream, steps))
             secs = time.perf_counter() - t0
-            resumed = next(ds.stream(args.seq_len, args.batch_size, seed=42, start_step=steps - 1))
+            resumed = next(ds.stream(args.seq_len, args.batch_size, seed=42, start_step=steps - 1,
+                                     epochs=None))
             same = np.array_equal(resumed, batches[-1])
             print(f"streamed {steps} batches of {args.batch_size}x{args.seq_len} int32 tokens "
                   f"({steps * batches[0].nbytes / MIB / secs:.0f} MiB/s); resume at step "

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from roxxel import Roxxel, ShardFormatError
+from roxxel import DatasetExistsError, Roxxel, ShardFormatError
 from tests.test_format import golden_shard
 
 
@@ -150,6 +150,36 @@ def test_append_extends_the_last_shard(tmp_path):
     ds.write([b"second", b"third"])
     assert (tmp_path / "a.rox").read_bytes() == golden_shard([b"first", b"second", b"third"])
     assert [os.path.basename(n) for n in os.listdir(tmp_path)] == ["a.rox"]
+
+
+def test_a_glob_continues_the_numbered_series_already_there(tmp_path):
+    (tmp_path / "wiki_en_0000.rox").write_bytes(golden_shard([b"a", b"b"]))
+    (tmp_path / "wiki_en_0001.rox").write_bytes(golden_shard([b"c"]))
+    ds = Roxxel(str(tmp_path / "wiki_*.rox"))
+    assert ds.write([b"d"]) == [str(tmp_path / "wiki_en_0001.rox")]  # the last shard grows
+    ds.write([b"e" * 40, b"f" * 40], max_shard_bytes=80)
+    assert sorted(os.listdir(tmp_path)) == [f"wiki_en_000{k}.rox" for k in range(4)]
+    assert [bytes(r) for r in Roxxel(str(tmp_path / "wiki_*.rox"))] == [
+        b"a", b"b", b"c", b"d", b"e" * 40, b"f" * 40]
+
+
+@pytest.mark.parametrize("max_shard_bytes", [None, 100])
+def test_a_write_that_would_shift_existing_records_is_refused(tmp_path, max_shard_bytes):
+    # 0.3.0 names new files wiki_base.rox / wiki_base_0000.rox: both sort before wiki_zzz.rox
+    (tmp_path / "wiki_zzz.rox").write_bytes(golden_shard([b"z"]))
+    (tmp_path / "wiki_base_0000.rox").write_bytes(golden_shard([b"y"]))  # not last: not continued
+    before = listing(tmp_path)
+    ds = Roxxel(str(tmp_path / "wiki_*.rox"))
+    with pytest.raises(DatasetExistsError, match=r"would sort before existing files .*wiki_zzz\.rox"):
+        ds.write([b"new"], max_shard_bytes=max_shard_bytes)
+    assert listing(tmp_path) == before and [bytes(r) for r in ds] == [b"y", b"z"]
+
+
+def test_a_pattern_that_would_not_read_back_the_new_shard_is_refused(tmp_path):
+    ds = Roxxel(str(tmp_path / "x_?.rox"))  # 0.3.0 would write x_base.rox, which x_?.rox misses
+    with pytest.raises(ValueError, match=r"next shard would be '.*x_base\.rox', which the pattern does not match"):
+        ds.write([b"a"])
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("failure", ["iterator", "bad record"])

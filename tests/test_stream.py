@@ -68,9 +68,10 @@ def test_one_epoch_visits_every_window_exactly_once(tokens):
 
 @pytest.mark.parametrize("seed", [0, 1, 42, 2**31])
 def test_start_step_resumes_exactly_where_an_uninterrupted_run_is(tokens, seed):
-    full = list(itertools.islice(tokens.stream(seq_len=40, batch_size=7, seed=seed), 60))
-    for start in (0, 1, 9, 10, 11, 37, 59):  # several epochs: 66 windows, 7 per batch
-        resumed = list(itertools.islice(tokens.stream(40, 7, seed, start_step=start), 60 - start))
+    full = list(itertools.islice(tokens.stream(seq_len=40, batch_size=7, seed=seed, epochs=None), 60))
+    for start in (0, 1, 9, 10, 11, 37, 59):  # several epochs: 81 windows, 7 per batch
+        resumed = list(itertools.islice(tokens.stream(40, 7, seed, start_step=start, epochs=None), 60 - start))
+        assert len(resumed) == 60 - start
         assert all(np.array_equal(a, b) for a, b in zip(full[start:], resumed))
 
 
@@ -78,12 +79,12 @@ def test_seed_and_epoch_change_the_order(tokens):
     a = next(tokens.stream(10, 32, seed=1))
     b = next(tokens.stream(10, 32, seed=2))
     assert not np.array_equal(a, b)
-    stream = tokens.stream(10, 327, seed=1)  # one batch = one whole epoch of 327 windows
+    stream = tokens.stream(10, 327, seed=1, epochs=2)  # one batch = one whole epoch of 327 windows
     e0, e1 = next(stream), next(stream)
     assert sorted(e0[:, 0].tolist()) == sorted(e1[:, 0].tolist())  # each epoch: every window
     small = tokens.stream(10, 4, seed=1)
     first_epoch = [next(small)[:, 0].tolist() for _ in range(3)]
-    second_epoch = [b[:, 0].tolist() for b in itertools.islice(tokens.stream(10, 4, seed=1, start_step=82), 3)]
+    second_epoch = [b[:, 0].tolist() for b in itertools.islice(tokens.stream(10, 4, seed=1, start_step=82, epochs=2), 3)]
     assert first_epoch != second_epoch
 
 
@@ -102,6 +103,8 @@ def test_dtype_changes_how_the_payload_is_read(tmp_path):
         (dict(seq_len=10, seed=-1), "seed must be an integer >= 0, got -1"),
         (dict(seq_len=10, start_step=-3), "start_step must be an integer >= 0, got -3"),
         (dict(seq_len=10**6), "no complete window of seq_len=1000000"),
+        (dict(seq_len=10, epochs=0), r"epochs must be an integer >= 1 \(or None for an endless stream\), got 0"),
+        (dict(seq_len=10, epochs=2.0), "epochs must be an integer >= 1 .*got 2.0"),
     ],
 )
 def test_bad_stream_arguments_are_refused_with_the_value(tokens, kwargs, message):
@@ -113,9 +116,48 @@ def test_resume_is_exact_across_permutation_block_boundaries(tokens, monkeypatch
     from roxxel import tokens as tokens_module
 
     monkeypatch.setattr(tokens_module._EpochOrder, "BLOCK", 5)  # many blocks per epoch
-    full = list(itertools.islice(tokens.stream(seq_len=40, batch_size=7, seed=9), 40))
+    full = list(itertools.islice(tokens.stream(seq_len=40, batch_size=7, seed=9, epochs=None), 40))
     firsts = np.concatenate([b[:, 0] for b in full[:66 // 7]])
     assert len(set(firsts.tolist())) == len(firsts)  # no window twice within an epoch
     for start in (3, 17, 33):
-        resumed = list(itertools.islice(tokens.stream(40, 7, 9, start_step=start), 40 - start))
+        resumed = list(itertools.islice(tokens.stream(40, 7, 9, start_step=start, epochs=None), 40 - start))
         assert all(np.array_equal(a, b) for a, b in zip(full[start:], resumed))
+
+
+def test_a_stream_is_one_epoch_by_default_and_stops(tokens):
+    # 65 windows of 50 tokens, 5 per batch: 13 batches, then the stream ends (as in 0.3.0)
+    batches = list(itertools.islice(tokens.stream(seq_len=50, batch_size=5, seed=3), 100))
+    assert len(batches) == 13
+    assert sorted(int(row[0]) for b in batches for row in b) == sorted(
+        int(row[0]) for b in itertools.islice(tokens.stream(50, 5, 3, epochs=None), 13) for row in b)
+    # 25 + 37 + 19 = 81 windows of 40, 7 per batch: 11 batches; the 4 windows short of
+    # a batch are dropped
+    assert len(list(itertools.islice(tokens.stream(40, 7, seed=1), 100))) == 11
+    assert len(list(itertools.islice(tokens.stream(40, 7, seed=1, epochs=None), 100))) == 100
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_resuming_a_finite_stream_yields_exactly_the_rest_of_it(tokens, epochs):
+    # 81 windows, 7 per batch: batches straddle epochs; 3 epochs are 243 // 7 = 34 steps
+    full = list(tokens.stream(seq_len=40, batch_size=7, seed=5, epochs=epochs))
+    endless = list(itertools.islice(tokens.stream(40, 7, seed=5, epochs=None), len(full) + 1))
+    assert len(full) == epochs * 81 // 7
+    assert all(np.array_equal(a, b) for a, b in zip(full, endless))  # the endless stream's head
+    for start in range(len(full) + 2):
+        resumed = list(tokens.stream(40, 7, seed=5, start_step=start, epochs=epochs))
+        assert len(resumed) == max(0, len(full) - start)
+        assert all(np.array_equal(a, b) for a, b in zip(full[start:], resumed))
+
+
+def test_ranks_of_a_finite_stream_stop_together(tokens):
+    from roxxel.tokens import TokenWindows, token_batches
+
+    sizes = [p.nbytes for p in tokens.payloads]
+    windows = TokenWindows(sizes, lambda k: tokens.shard(k).payload, 40, np.int32)
+    ranks = [list(token_batches(windows, 4, 2, epochs=2, shard=(r, 3))) for r in range(3)]
+    assert [len(r) for r in ranks] == [2 * 81 // (4 * 3)] * 3  # 13 each, the tail dropped
+    global_steps = list(itertools.islice(token_batches(windows, 4, 2, epochs=None), 39))
+    for r, batches in enumerate(ranks):
+        assert all(np.array_equal(a, b) for a, b in zip(batches, global_steps[r::3]))
+        resumed = list(token_batches(windows, 4, 2, 7, epochs=2, shard=(r, 3)))
+        assert len(resumed) == 6 and all(np.array_equal(a, b) for a, b in zip(batches[7:], resumed))
