@@ -440,6 +440,7 @@ class Dataset(ShardedRecords):
         start_step: int = 0,
         dtype: npt.DTypeLike = np.int32,
         *,
+        epochs: int | None = 1,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> Iterator[np.ndarray]:
@@ -448,7 +449,6 @@ class Dataset(ShardedRecords):
         The payloads are read as ``dtype`` tokens cut into windows of ``seq_len`` (see
         :mod:`roxxel.tokens`); all ranks share one seeded order and rank ``r`` of ``w``
         takes every ``w``-th batch of it, so ranks never see the same window in an epoch.
-        epochs: int | None = 1,
         The stream stops after ``epochs`` epochs (default 1), every rank after the same
         number of batches, or never with ``epochs=None``. ``start_step`` resumes at once.
         Shards are fetched as batches need them, the next batch's shards in the background.
