@@ -1,5 +1,8 @@
+"""``python -m roxxel``: the ``roxxel`` command. Importing this module runs nothing."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
-"""``python -m roxxel.cli``, as the ``roxxel`` command."""
+"""``python -m roxxel.cli``, as the ``roxxel`` command. Importing this module runs nothing."""
 
 import sys
 
 from . import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
