@@ -15,6 +15,7 @@ The epoch and the resume point live in shared memory, so ``set_epoch`` and
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -37,6 +38,10 @@ def default_collate_records(records: list[np.ndarray]) -> list[torch.Tensor]:
 class IterableRecords(torch.utils.data.IterableDataset):
     """Records of the dataset at ``url``, split across ranks and DataLoader workers.
 
+    ``url`` may also be an open :class:`roxxel.Dataset`: the process that has it reads
+    it, and each DataLoader worker reads a copy of it, as pickling makes one (the same
+    manifest version, store and ``storage_options``, cache directory, limit and
+    lookahead; its own threads and maps). Open options go with a URL only.
     ``transform(record)`` maps each ``uint8`` record view (copy what you keep: the view
     points into a shard that may be unmapped later). With ``batch_size``, lists of
     ``batch_size`` transformed records go through ``collate`` (default: a list of
@@ -46,7 +51,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        url: str,
+        url: str | os.PathLike[str] | _dataset.Dataset,
         *,
         batch_size: int | None = None,
         transform: Callable[[np.ndarray], Any] | None = None,
@@ -61,14 +66,16 @@ class IterableRecords(torch.utils.data.IterableDataset):
         super().__init__()
         if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        self.url = url
+        # This process's dataset (None until opened from the URL), and the process it is for.
+        self._ds: _dataset.Dataset | None = _given_dataset(url, open_kwargs)
+        self._ds_pid = os.getpid()
+        self.url: str = self._ds.url if self._ds is not None else os.fspath(url)  # type: ignore[arg-type]
         self.batch_size = batch_size
         self.transform = transform
         self.collate = collate or default_collate_records
         self.seed, self.shuffle, self.window, self.remainder = seed, shuffle, window, remainder
         self.drop_last = drop_last
         self._open_kwargs = open_kwargs
-        self._ds: _dataset.Dataset | None = None
         # shared with worker processes: [epoch, batches of this epoch already consumed]
         self._shared = multiprocessing.Array("q", [0, 0], lock=False)
 
@@ -88,15 +95,20 @@ class IterableRecords(torch.utils.data.IterableDataset):
     # -- reading --------------------------------------------------------------------------
 
     def dataset(self) -> _dataset.Dataset:
-        """The underlying :class:`roxxel.Dataset`, opened once per process."""
+        """The underlying :class:`roxxel.Dataset`, one per process: the one given, or
+        opened from the URL on first use; in a worker process, a copy of the parent's
+        (the same manifest version, its own threads and maps)."""
         if self._ds is None:
             self._ds = _dataset.open(self.url, **self._open_kwargs)
+        elif self._ds_pid != os.getpid():  # forked: the parent's threads are not here
+            self._ds = _copy_for_this_process(self._ds)
+        self._ds_pid = os.getpid()
         return self._ds
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_ds"] = None  # each worker opens its own (own threads, own maps)
-        return state
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A pickled dataset (spawn) arrives as a fresh copy: this process's own.
+        self.__dict__.update(state)
+        self._ds_pid = os.getpid()
 
     def __iter__(self) -> Iterator[Any]:
         ds = self.dataset()
@@ -141,6 +153,30 @@ class IterableRecords(torch.utils.data.IterableDataset):
             b = self.batch_size or 1
             out.append(n // b if self.drop_last else -(-n // b))
         return out
+
+
+def _given_dataset(url: Any, open_kwargs: Mapping[str, Any]) -> _dataset.Dataset | None:
+    """The open dataset passed as ``url``, or None for a URL; TypeError for anything else."""
+    if isinstance(url, _dataset.Dataset):
+        if open_kwargs:
+            raise TypeError(
+                f"IterableRecords got an open dataset and open options {sorted(open_kwargs)}: "
+                "pass the dataset URL with the options, or a dataset opened with them"
+            )
+        return url
+    if not isinstance(url, (str, os.PathLike)):
+        raise TypeError(
+            f"IterableRecords takes a dataset URL or an open roxxel.Dataset (from roxxel.open), "
+            f"got {type(url).__name__}"
+        )
+    return None
+
+
+def _copy_for_this_process(ds: _dataset.Dataset) -> _dataset.Dataset:
+    """``ds`` as a worker process gets it by pickling: the same manifest, store and cache
+    settings, and none of its threads, maps or cache handles."""
+    rebuild, args = ds.__reduce__()
+    return rebuild(*args)
 
 
 def _batches_taken(consumed: int, per_worker: list[int]) -> tuple[list[int], int]:

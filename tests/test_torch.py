@@ -139,3 +139,32 @@ def test_torchrun_three_ranks_two_workers_cover_the_epoch_once(dataset_url, tmp_
     union = [i for r in per_rank for i in r]
     assert sorted(union) == list(range(N))  # the whole epoch, no duplicates
     assert torch.__version__.startswith("2.13.0")
+
+
+# -- an open dataset instead of a URL --------------------------------------------------------
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_an_open_dataset_is_read_by_the_workers_every_record_once(new_location, tmp_path, kind, context):
+    url, options = new_location(kind)
+    with roxxel.Writer(url, shard_bytes=1024, storage_options=options) as w:
+        w.extend(np.array([i], dtype="<i8") for i in range(N))
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), storage_options=options) as ds:
+        next(iter(ds))  # in use in the parent (threads, maps) before the workers start
+        records = IterableRecords(ds, batch_size=16, window=4)
+        assert records.url == ds.url
+        loader = DataLoader(records, batch_size=None, num_workers=2, multiprocessing_context=context)
+        seen = [i for batch in loader for i in ids(batch)]
+        assert sorted(seen) == list(range(N))
+        in_process = [i for batch in DataLoader(records, batch_size=None) for i in ids(batch)]
+        assert records.dataset() is ds  # the process that has it reads it
+        assert sorted(in_process) == list(range(N))
+
+
+def test_an_open_dataset_with_open_options_or_a_wrong_type_is_refused(dataset_url, tmp_path):
+    with roxxel.open(dataset_url, cache_dir=str(tmp_path / "cache")) as ds:
+        with pytest.raises(TypeError, match=r"open dataset and open options \['cache_dir'\]: pass the dataset URL"):
+            IterableRecords(ds, cache_dir=str(tmp_path / "other"))
+    with pytest.raises(TypeError, match="takes a dataset URL or an open roxxel.Dataset .*got list"):
+        IterableRecords([dataset_url])
