@@ -163,8 +163,8 @@ def test_an_open_dataset_is_read_by_the_workers_every_record_once(new_location, 
 
 
 def test_an_open_dataset_with_open_options_or_a_wrong_type_is_refused(dataset_url, tmp_path):
-    with roxxel.open(dataset_url, cache_dir=str(tmp_path / "cache")) as ds:
-        with pytest.raises(TypeError, match=r"open dataset and open options \['cache_dir'\]: pass the dataset URL"):
-            IterableRecords(ds, cache_dir=str(tmp_path / "other"))
+    refused = r"open dataset and open options \['cache_dir'\]: pass the dataset URL"
+    with roxxel.open(dataset_url, cache_dir=str(tmp_path / "cache")) as ds, pytest.raises(TypeError, match=refused):
+        IterableRecords(ds, cache_dir=str(tmp_path / "other"))
     with pytest.raises(TypeError, match="takes a dataset URL or an open roxxel.Dataset .*got list"):
         IterableRecords([dataset_url])
