@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .backends import Store
-from .cache import CachedShard, ShardCache, record_dataset_use
+from .cache import CachedShard, ShardCache, fit_lookahead, record_dataset_use, shards_that_fit
 from .downloader import DownloadCancelled, Downloader
 from .errors import CacheError, ShardFormatError
 from .format import FOOTER_SIZE, OFFSET_SIZE, MappedShard, parse_footer
@@ -48,7 +48,7 @@ def open(  # noqa: A001 - the public name is roxxel.open
     cache_limit: int | str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     *,
-    lookahead: int = DEFAULT_LOOKAHEAD,
+    lookahead: int | None = None,
     download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
     store: Store | None = None,
 ) -> Dataset:
@@ -56,15 +56,17 @@ def open(  # noqa: A001 - the public name is roxxel.open
 
     Only the manifest is read. ``cache_dir`` defaults to ``$ROXXEL_CACHE_DIR`` or
     ``~/.cache/roxxel``; ``cache_limit`` (bytes, or a string like ``"50GB"``) bounds it.
-    ``lookahead`` shards are fetched ahead of iteration by ``download_workers`` threads.
+    ``lookahead`` shards (default 4, fewer if ``cache_limit`` needs it) are fetched ahead
+    of iteration by ``download_workers`` threads. A limit below the largest shard (what
+    one read maps), or below what a chosen ``lookahead`` needs, raises
+    :class:`~roxxel.errors.CacheError` stating the minimum.
     """
     store = store if store is not None else dataset_store(url, storage_options)
     manifest = read_manifest(store)
     cache = ShardCache(cache_dir, cache_limit)
-    if cache.limit is not None and len(manifest.shards):
-        cache.check_limit(int(manifest.shards.raw_size.max()), lookahead)
+    ds = Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
     record_dataset_use(cache, store.base_url, manifest)
-    return Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
+    return ds
 
 
 _LIVE: weakref.WeakSet[Dataset] = weakref.WeakSet()
@@ -94,25 +96,27 @@ class Dataset(ShardedRecords):
         manifest: Manifest,
         cache: ShardCache,
         *,
-        lookahead: int = DEFAULT_LOOKAHEAD,
+        lookahead: int | None = None,
         download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
     ) -> None:
         self.store = store
         self.url = store.base_url
         self.manifest = manifest
         self.cache = cache
-        self.lookahead = lookahead
+        self._chosen_lookahead = lookahead  # None: shrunk to fit the cache limit as needed
+        self.lookahead = fit_lookahead(cache.limit, manifest.shards.raw_size, lookahead=lookahead,
+                                       default=DEFAULT_LOOKAHEAD, what=self.url)
         self._download_workers = download_workers
         self._set_shards(manifest.shards.records)
         self._handles: dict[int, CachedShard] = {}
         self._mapped: deque[int] = deque()
         # Mapped shards cost only address space and two descriptors each; keeping many
         # makes random access cheap. Each one is locked in the cache while mapped.
-        self._max_mapped = max(MAPPED_SHARDS, lookahead + 1)
+        self._max_mapped = max(MAPPED_SHARDS, self.lookahead + 1)
         if cache.limit is not None and len(manifest.shards):
             # Leave the cache room for one more shard than this dataset keeps mapped (and
             # so locked), or no download could make room by evicting.
-            fits = cache.limit // max(1, int(manifest.shards.raw_size.max()))
+            fits = shards_that_fit(cache.limit, manifest.shards.raw_size)
             self._max_mapped = max(1, min(self._max_mapped, fits - 1))
         self._mapping_cap = self._max_mapped if cache.limit is not None else self.num_shards
         self._downloader: Downloader | None = None
@@ -400,17 +404,18 @@ class Dataset(ShardedRecords):
         return RecordIterator(self, state, self._track)
 
     def _check_window(self, window: int) -> None:
-        limit = self.cache.limit
-        if limit is None or not self.num_shards:
-            return
-        largest = int(self.manifest.shards.raw_size.max())
-        need = largest * (window + self.lookahead)
-        if limit < need:
-            raise CacheError(
-                f"cache limit {limit} bytes is too small for window={window}: a shuffle window "
-                f"and the lookahead need {window} + {self.lookahead} shards of up to {largest} "
-                f"bytes = {need} bytes; lower window= or raise cache_limit"
-            )
+        """Refuse a shuffle window whose shards (and a chosen lookahead) the cache limit
+        cannot hold; shrink an unchosen lookahead to fit beside it."""
+        chosen = self._chosen_lookahead
+        fitted = fit_lookahead(
+            self.cache.limit, self.manifest.shards.raw_size, held=window,
+            lookahead=chosen, default=self.lookahead if chosen is None else chosen,
+            what=f"{self.url} with window={window}", fix="lower window= or raise cache_limit",
+        )
+        if fitted < self.lookahead:
+            self.lookahead = fitted
+            if self._downloader is not None:
+                self._downloader.lookahead = fitted
 
     def resume(
         self,
@@ -536,7 +541,7 @@ class Dataset(ShardedRecords):
         return (
             _unpickle_dataset,
             (self.store, self.manifest, self.cache.directory, self.cache.limit,
-             self.lookahead, self._download_workers),
+             self._chosen_lookahead, self._download_workers),
         )
 
     def __repr__(self) -> str:
@@ -545,7 +550,8 @@ class Dataset(ShardedRecords):
 
 
 def _unpickle_dataset(
-    store: Store, manifest: Manifest, cache_dir: str, cache_limit: int | None, lookahead: int, workers: int
+    store: Store, manifest: Manifest, cache_dir: str, cache_limit: int | None, lookahead: int | None,
+    workers: int,
 ) -> Dataset:
     return Dataset(store, manifest, ShardCache(cache_dir, cache_limit),
                    lookahead=lookahead, download_workers=workers)

@@ -238,8 +238,13 @@ def test_cache_limit_too_small_is_refused_with_the_minimum(tmp_path):
     url = str(tmp_path / "ds")
     manifest = publish(url, {}, make_records(200))
     largest = int(manifest.shards.raw_size.max())
-    with pytest.raises(CacheError, match=rf"cache limit {largest} bytes is too small: at least {largest * 3} bytes"):
+    three = int(np.sort(manifest.shards.raw_size)[-3:].sum())  # the shard read and 2 prefetched
+    with pytest.raises(CacheError, match=rf"cache limit {largest} bytes is too small for {url} with "
+                                         rf"lookahead=2: at least {three} bytes"):
         roxxel.open(url, cache_dir=str(tmp_path / "cache"), cache_limit=largest, lookahead=2)
+    with pytest.raises(CacheError, match=rf"cache limit {largest - 1} bytes is too small for {url}: "
+                                         rf"at least {largest} bytes"):
+        roxxel.open(url, cache_dir=str(tmp_path / "cache"), cache_limit=largest - 1)
 
 
 def cache_usage(cache_dir) -> int:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from .datasets import DATASETS_DIR, record_dataset_use
 from .download import Fetch, ShardSpec, Sink
 from .evict import CacheEntry, OrderHint
-from .names import CHECKSUM_ALGORITHMS, min_limit, parse_checksum, parse_size
+from .names import CHECKSUM_ALGORITHMS, parse_checksum, parse_size
 from .shard import CachedShard
+from .sizing import fit_lookahead, min_limit, required_bytes, shards_that_fit
 from .store import ENV_DIR, ShardCache, default_directory
 
 __all__ = [
@@ -26,8 +27,11 @@ __all__ = [
     "ShardSpec",
     "Sink",
     "default_directory",
+    "fit_lookahead",
     "min_limit",
     "parse_checksum",
     "parse_size",
     "record_dataset_use",
+    "required_bytes",
+    "shards_that_fit",
 ]

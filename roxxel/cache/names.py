@@ -1,4 +1,5 @@
-"""Names in the cache: checksum strings, the file names derived from them, size limits.
+"""Names in the cache: checksum strings, the file names derived from them, size limits
+(parsed here; what a limit must hold is decided in :mod:`roxxel.cache.sizing`).
 
 Nothing here touches the file system. Every name the cache creates comes from a
 checksum that passed :func:`parse_checksum`, so no string from a manifest can reach a
@@ -14,13 +15,9 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Mapping
 
-from ..errors import CacheError
-
 __all__ = [
     "CHECKSUM_ALGORITHMS",
     "ShardKey",
-    "check_limit",
-    "min_limit",
     "parse_checksum",
     "parse_size",
 ]
@@ -123,23 +120,3 @@ def parse_size(value: int | str | None) -> int | None:
     if size <= 0:
         raise ValueError(f"cache limit {value!r} is {size} bytes; expected a positive size")
     return size
-
-
-def min_limit(largest_shard_raw_size: int, lookahead: int) -> int:
-    """The smallest useful cache limit: the shard in use plus ``lookahead`` prefetched ones."""
-    if largest_shard_raw_size < 0 or lookahead < 0:
-        raise ValueError(
-            f"largest shard size {largest_shard_raw_size} and lookahead {lookahead} "
-            "must be >= 0"
-        )
-    return largest_shard_raw_size * (lookahead + 1)
-
-
-def check_limit(limit: int | None, largest_shard_raw_size: int, lookahead: int) -> None:
-    """Raise :class:`CacheError` stating the minimum if ``limit`` is below :func:`min_limit`."""
-    minimum = min_limit(largest_shard_raw_size, lookahead)
-    if limit is not None and limit < minimum:
-        raise CacheError(
-            f"cache limit {limit} bytes is too small: at least {minimum} bytes are needed "
-            f"(largest shard {largest_shard_raw_size} bytes x (lookahead {lookahead} + 1))"
-        )

@@ -43,8 +43,9 @@ from .files import (
     same_file,
     try_remove_unused,
 )
-from .names import ShardKey, check_limit, min_limit, parse_checksum, parse_size
+from .names import ShardKey, parse_checksum, parse_size
 from .shard import CachedShard
+from .sizing import fit_lookahead, min_limit
 
 __all__ = ["ShardCache"]
 
@@ -243,7 +244,8 @@ class ShardCache:
     def check_limit(self, largest_shard_raw_size: int, lookahead: int) -> None:
         """Raise :class:`CacheError` stating the minimum if the limit cannot hold the
         largest shard times ``lookahead + 1`` (the shard in use plus those prefetched)."""
-        check_limit(self.limit, largest_shard_raw_size, lookahead)
+        sizes = [largest_shard_raw_size] * (lookahead + 1)
+        fit_lookahead(self.limit, sizes, lookahead=lookahead, default=lookahead, what=self.directory)
 
     min_limit = staticmethod(min_limit)
 

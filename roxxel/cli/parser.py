@@ -238,5 +238,5 @@ def _add_plan_command(sub: Any, c: _Parents) -> None:
     p.add_argument("--world-size", type=positive, required=True, metavar="W", help="number of ranks")
     p.add_argument("--cache-limit", type=size, metavar="BYTES", help="the cache limit to check")
     p.add_argument("--window", type=positive, default=16, metavar="N", help="shuffle window (default 16)")
-    p.add_argument("--lookahead", type=non_negative, default=4, metavar="N",
-                   help="prefetched shards (default 4)")
+    p.add_argument("--lookahead", type=non_negative, default=None, metavar="N",
+                   help="prefetched shards (default 4, fewer if --cache-limit needs it)")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import parse_size
+from ..cache.sizing import fitted_lookahead, required_bytes
 from ..dataset import DEFAULT_LOOKAHEAD
 from ..planner import DEFAULT_WINDOW, Plan, plan
 from ._common import load
@@ -41,9 +42,10 @@ class RankSummary:
 class PlanSummary:
     """Every rank's :class:`RankSummary`, and the cache limit roxxel requires.
 
-    ``required_cache_limit`` is what ``ds.iter`` demands of a limited cache: the largest
-    shard times (``window`` + ``lookahead``). ``limit_ok`` says whether ``cache_limit``
-    (if given) meets it.
+    ``required_cache_limit`` is what ``ds.iter`` demands of a limited cache: room for its
+    ``required_shards`` largest shards, a shuffle window's (``window`` of them at most)
+    plus a chosen lookahead (an unchosen one shrinks to fit the limit; ``lookahead`` is
+    what it comes to). ``limit_ok`` says whether ``cache_limit`` (if given) meets it.
     """
 
     url: str
@@ -57,6 +59,7 @@ class PlanSummary:
     stored_bytes: int
     largest_shard_bytes: int
     required_cache_limit: int
+    required_shards: int
     cache_limit: int | None
     ranks: list[RankSummary] = field(default_factory=list)
 
@@ -92,19 +95,25 @@ def plan_summary(
     epoch: int = 0,
     world_size: int = 1,
     window: int = DEFAULT_WINDOW,
-    lookahead: int = DEFAULT_LOOKAHEAD,
+    lookahead: int | None = None,
     cache_limit: int | str | None = None,
     show: int = 3,
 ) -> PlanSummary:
     """Summarize the epoch ``(seed, epoch)`` of every rank of ``world_size``.
 
     Reads the manifest only. ``window`` and ``lookahead`` are the reader's (``ds.iter``
-    and ``roxxel.open`` defaults); ``show`` is how many first shard URIs to list per rank.
+    and ``roxxel.open`` defaults: None is the default lookahead, shrunk to fit
+    ``cache_limit``); ``show`` is how many first shard URIs to list per rank.
     """
     store, manifest = load(url, storage_options)
     table = manifest.shards
     raw, stored = table.raw_size, table.stored_size
     largest = int(raw.max()) if len(table) else 0
+    limit = parse_size(cache_limit)
+    held = min(window, len(table))
+    required = min(len(table), held + (lookahead or 0))
+    if lookahead is None:
+        lookahead = fitted_lookahead(limit, raw, held=held, default=DEFAULT_LOOKAHEAD)
     ranks = []
     for rank in range(world_size):
         p = plan(table.records, seed=seed, epoch=epoch, rank=rank, world_size=world_size, window=window)
@@ -131,7 +140,8 @@ def plan_summary(
         records=manifest.records,
         stored_bytes=int(sum(stored.tolist())),
         largest_shard_bytes=largest,
-        required_cache_limit=largest * (window + lookahead),
-        cache_limit=parse_size(cache_limit),
+        required_cache_limit=required_bytes(raw, required),
+        required_shards=required,
+        cache_limit=limit,
         ranks=ranks,
     )

@@ -43,5 +43,5 @@ def _print_summary(summary: PlanSummary) -> None:
                      human(r.peak_cache_bytes), ", ".join(r.first_shards)])
     table(rows, right=(0, 1, 2))
     print(f"cache limit needed by ds.iter: {human(summary.required_cache_limit)} "
-          f"({summary.required_cache_limit} bytes = largest shard {summary.largest_shard_bytes} "
-          f"x (window {summary.window} + lookahead {summary.lookahead}))")
+          f"({summary.required_cache_limit} bytes = its {summary.required_shards} largest shards: "
+          f"a window of up to {summary.window} shards, plus the lookahead if one is chosen)")
