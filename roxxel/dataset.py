@@ -51,6 +51,7 @@ def open(  # noqa: A001 - the public name is roxxel.open
     lookahead: int | None = None,
     download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
     store: Store | None = None,
+    verify: str = "changed",
 ) -> Dataset:
     """Open the dataset at ``url`` (its prefix or its ``manifest.json``).
 
@@ -59,11 +60,13 @@ def open(  # noqa: A001 - the public name is roxxel.open
     ``lookahead`` shards (default 4, fewer if ``cache_limit`` needs it) are fetched ahead
     of iteration by ``download_workers`` threads. A limit below the largest shard (what
     one read maps), or below what a chosen ``lookahead`` needs, raises
-    :class:`~roxxel.errors.CacheError` stating the minimum.
+    :class:`~roxxel.errors.CacheError` stating the minimum. A cached shard is hashed
+    again before it is mapped when it changed since it was verified (``verify="changed"``)
+    or, with ``verify="always"``, also the first time this process maps it.
     """
     store = store if store is not None else dataset_store(url, storage_options)
     manifest = read_manifest(store)
-    cache = ShardCache(cache_dir, cache_limit)
+    cache = ShardCache(cache_dir, cache_limit, verify=verify)
     ds = Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
     record_dataset_use(cache, store.base_url, manifest)
     return ds
@@ -541,7 +544,7 @@ class Dataset(ShardedRecords):
         return (
             _unpickle_dataset,
             (self.store, self.manifest, self.cache.directory, self.cache.limit,
-             self._chosen_lookahead, self._download_workers),
+             self._chosen_lookahead, self._download_workers, self.cache.verify_mode),
         )
 
     def __repr__(self) -> str:
@@ -551,7 +554,7 @@ class Dataset(ShardedRecords):
 
 def _unpickle_dataset(
     store: Store, manifest: Manifest, cache_dir: str, cache_limit: int | None, lookahead: int | None,
-    workers: int,
+    workers: int, verify: str = "changed",
 ) -> Dataset:
-    return Dataset(store, manifest, ShardCache(cache_dir, cache_limit),
+    return Dataset(store, manifest, ShardCache(cache_dir, cache_limit, verify=verify),
                    lookahead=lookahead, download_workers=workers)

@@ -26,7 +26,7 @@ from roxxel.cache import CachedShard, ShardCache, parse_size
 from roxxel.cache import download as download_module
 from roxxel.cache import files as files_module
 from roxxel.cache import store as store_module
-from roxxel.errors import CacheError, IntegrityError, ShardFormatError
+from roxxel.errors import CacheError, IntegrityError
 from roxxel.format import ShardWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -613,10 +613,14 @@ def test_eviction_without_order_is_least_recently_used(cache_dir):
     a, b, c, d = (Remote(numbered_shard(i)) for i in range(4))
     cache = ShardCache(cache_dir, limit=3 * len(a.raw))
     _fill(cache, [a, b, c])
+    # The last use is noted on the shard's record of verification, never on the shard.
+    records = {r: cache_dir / "verified" / (r.checksum.replace(":", "-") + ".json") for r in (a, b, c)}
     for remote, when in ((a, 1000), (b, 3000), (c, 2000)):
-        os.utime(cache.path_for(remote.checksum), (when, when))
+        os.utime(records[remote], (when, when))
+    shard_a = os.stat(cache.path_for(a.checksum))
     a.get(cache).close()  # a use makes a the most recent
-    assert os.stat(cache.path_for(a.checksum)).st_mtime > 3000
+    assert os.stat(records[a]).st_mtime > 3000
+    assert os.stat(cache.path_for(a.checksum)).st_mtime_ns == shard_a.st_mtime_ns
     d.get(cache).close()
     assert {x.checksum for x in cache.entries()} == {a.checksum, b.checksum, d.checksum}
     assert a.calls == 1
@@ -705,19 +709,17 @@ def test_a_wrong_sized_file_at_the_name_is_replaced(cache):
     assert remote.calls == 1
 
 
-def test_on_disk_corruption_is_caught_by_map_and_verify(cache):
+def test_on_disk_corruption_is_caught_by_verify_and_never_served(cache):
     remote = Remote(numbered_shard(25))
     remote.get(cache).close()
     path = cache.path_for(remote.checksum)
     assert cache.verify(remote.checksum)
-    with open(path, "r+b") as f:  # someone flips a payload byte: only verify() sees it
+    with open(path, "r+b") as f:  # someone flips a payload byte
         f.write(b"\xff")
     assert not cache.verify(remote.checksum)
-    with open(path, "r+b") as f:  # and the magic: map() refuses the file
-        f.seek(-1, os.SEEK_END)
-        f.write(b"!")
-    with remote.get(cache) as shard, pytest.raises(ShardFormatError, match="magic"):
-        shard.map()
+    with remote.get(cache) as shard:  # changed since verified: hashed, removed, fetched again
+        assert bytes(shard.map()[0]) == bytes([25]) * 100
+    assert remote.calls == 2
     with pytest.raises(CacheError, match="not in the cache"):
         cache.verify(digest(b"other"))
 

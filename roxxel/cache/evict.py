@@ -28,11 +28,15 @@ class CacheEntry(NamedTuple):
     mtime: float
 
 
-def scan_shards(shards_dir: str) -> list[CacheEntry]:
+def scan_shards(shards_dir: str, records_dir: str | None = None) -> list[CacheEntry]:
     """The regular files in ``shards_dir`` whose names are shard names.
 
     Other entries (symlinks, directories, foreign names) are not shards and not counted.
+    A shard's last use is the mtime of its record of verification in ``records_dir``
+    (``<name>.json``), which readers touch; without one (never verified by this
+    release), the shard's own mtime, which older releases touched.
     """
+    used = _mtimes(records_dir) if records_dir is not None else {}
     found = []
     with os.scandir(shards_dir) as entries:
         for entry in entries:
@@ -44,8 +48,26 @@ def scan_shards(shards_dir: str) -> list[CacheEntry]:
             except FileNotFoundError:  # evicted by another process meanwhile
                 continue
             if stat.S_ISREG(st.st_mode):
-                found.append(CacheEntry(key.checksum, st.st_size, st.st_mtime))
+                last = used.get(key.stem + ".json", st.st_mtime)
+                found.append(CacheEntry(key.checksum, st.st_size, last))
     return found
+
+
+def _mtimes(directory: str) -> dict[str, float]:
+    """Name -> mtime of the regular files in ``directory`` (empty if it is missing)."""
+    out = {}
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    out[entry.name] = st.st_mtime
+    except FileNotFoundError:
+        pass
+    return out
 
 
 def eviction_order(

@@ -180,7 +180,7 @@ def try_remove_unused(path: str, *companions: str) -> str:
         if not same_file(fd, path):
             return "absent"
         for companion in companions:
-            with suppress(FileNotFoundError):
+            with suppress(FileNotFoundError, IsADirectoryError):  # (a planted directory stays)
                 os.unlink(companion)
         os.unlink(path)
         return "removed"

@@ -21,9 +21,12 @@ class CachedShard:
     :meth:`close`, maps and files already opened stay valid (eviction only unlinks), but
     the file may then disappear from the cache directory.
 
-    The bytes were verified against the checksum when they were downloaded; a file that
-    was corrupted on disk since is caught by :meth:`map`'s footer and offset checks
-    (:class:`~roxxel.errors.ShardFormatError`), or by :meth:`ShardCache.verify`.
+    The bytes were verified against the checksum when they were downloaded, and the file
+    is handed out only while its identity is the one recorded then (or after hashing it
+    again). Damage that changes no metadata (a failing disk) is caught by :meth:`map`'s
+    footer and offset checks (:class:`~roxxel.errors.ShardFormatError`), by
+    ``verify="always"``, or by :meth:`ShardCache.reverify`. A write into the file while a
+    process maps it shows in that map: nothing can vet bytes already mapped.
     """
 
     __slots__ = ("checksum", "path", "size", "label", "_fd")

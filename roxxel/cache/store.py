@@ -6,6 +6,9 @@ Layout of the cache directory (each part mode 0700, owned by the user)::
                               verified checksum of their stored bytes
     digests/<algo>-<hex>      for compressed shards: the checksum of the raw file, so
                               verify() can re-hash it
+    verified/<algo>-<hex>.json the identity (inode, size, mtime_ns, ctime_ns) the shard
+                              file had when it was verified; its mtime is the shard's
+                              last use (the shard itself is never touched)
     locks/<algo>-<hex>.lock   per-shard download locks (removed by their holder)
     locks/publish.lock        serializes "make room, then publish"
     tmp/<pid>.<random>.part   downloads in progress; never served, cleaned when the pid
@@ -15,10 +18,17 @@ Locking protocol (all ``flock``, released by the kernel when a process dies):
 
 * a reader opens ``shards/<name>`` and takes ``LOCK_SH`` on its own fd for as long as it
   uses the shard, then checks the path still names that file (an evictor may have
-  unlinked it between the open and the lock);
+  unlinked it between the open and the lock), and that the file is the one that was
+  verified (its identity matches ``verified/<name>.json``);
+* a file that is not (changed since, written by an older release, or under
+  ``verify="always"`` not yet hashed by this process) is hashed again under
+  ``locks/<name>.lock`` (``LOCK_EX``, blocking): if it still matches, its identity is
+  recorded anew; if not, it is unlinked (processes mapping it keep their maps) and
+  fetched again;
 * a downloader takes ``LOCK_EX`` on ``locks/<name>.lock`` (blocking), looks again,
-  downloads into ``tmp/``, takes ``LOCK_SH`` on the finished temp file, and renames it
-  into place under ``locks/publish.lock`` after evicting what the limit requires;
+  downloads into ``tmp/``, takes ``LOCK_SH`` on the finished temp file, renames it
+  into place under ``locks/publish.lock`` after evicting what the limit requires, then
+  records the published file's identity;
 * an evictor removes a shard only if ``LOCK_EX | LOCK_NB`` on it succeeds, and only
   unlinks: mapped files stay readable.
 """
@@ -43,6 +53,7 @@ from .files import (
     same_file,
     try_remove_unused,
 )
+from .identity import FileIdentity, hash_fd, read_identity, write_identity
 from .names import ShardKey, parse_checksum, parse_size
 from .shard import CachedShard
 from .sizing import fit_lookahead, min_limit
@@ -52,8 +63,14 @@ __all__ = ["ShardCache"]
 log = logging.getLogger(__name__)
 
 ENV_DIR = "ROXXEL_CACHE_DIR"
-_SUBDIRS = ("shards", "digests", "locks", "tmp")
-_HASH_CHUNK = 1 << 20
+#: ``verify=`` values: re-hash a cached file when its identity "changed" since it was
+#: verified, or "always" on its first use in this process as well.
+VERIFY_MODES = ("changed", "always")
+_SUBDIRS = ("shards", "digests", "verified", "locks", "tmp")
+
+# (path, identity) of the cached files this process hashed or downloaded itself: under
+# verify="always", those need no second hash. A forked child inherits the parent's.
+_HASHED_HERE: set[tuple[str, FileIdentity]] = set()
 
 
 def default_directory() -> str:
@@ -70,6 +87,9 @@ class ShardCache:
     is exceeded only by downloads in flight (in ``tmp/``) and, with a warning, when every
     cached shard is in use: the cache never deadlocks waiting for room.
     ``attempts`` is how many times a download whose size or checksum is wrong is made.
+    ``verify`` says when a cached file is hashed again before it is handed out:
+    ``"changed"`` (when its identity differs from the one recorded at verification, or
+    none was recorded) or ``"always"`` (also on its first use in this process).
     """
 
     def __init__(
@@ -78,9 +98,13 @@ class ShardCache:
         limit: int | str | None = None,
         *,
         attempts: int = 3,
+        verify: str = "changed",
     ) -> None:
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts is {attempts!r}, expected an int >= 1")
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify is {verify!r}, expected one of {', '.join(map(repr, VERIFY_MODES))}")
+        self.verify_mode = verify
         path = default_directory() if directory is None else os.fspath(directory)
         self.directory = os.path.abspath(os.path.expanduser(path))
         self.limit = parse_size(limit)
@@ -104,6 +128,12 @@ class ShardCache:
     def _digest_path(self, key: ShardKey) -> str:
         return self._sub("digests", key.stem)
 
+    def _record_path(self, key: ShardKey) -> str:
+        return self._sub("verified", key.stem + ".json")
+
+    def _lock_path(self, key: ShardKey) -> str:
+        return self._sub("locks", key.stem + ".lock")
+
     def path_for(self, checksum: str) -> str:
         """Where the shard with this checksum is (or would be) published."""
         return self._shard_path(parse_checksum(checksum))
@@ -124,8 +154,10 @@ class ShardCache:
     ) -> CachedShard:
         """The shard whose stored bytes have ``checksum``, downloaded once per node.
 
-        If it is cached, it is returned without calling ``fetch``. Otherwise one process
-        calls ``fetch(sink)``, which must pass the stored bytes to ``sink`` in chunks;
+        If it is cached, and is the file that was verified (see ``verify``), it is
+        returned without calling ``fetch``; a cached file that changed since and no
+        longer hashes to what was verified is removed, with a warning. Otherwise one
+        process calls ``fetch(sink)``, which must pass the stored bytes to ``sink`` in chunks;
         the others wait for it. The bytes are verified (size, checksum, bounded zstd
         decompression, footer and ``record_count``) before anyone can see them; a wrong
         size or checksum is fetched again up to ``attempts`` times, then raises
@@ -135,20 +167,37 @@ class ShardCache:
         """
         key = parse_checksum(checksum)
         spec = ShardSpec(stored_size, raw_size, compression, record_count, label)
-        shard = self._open_cached(key, spec.raw_size, label)
+        shard = self._open_cached(key, spec, may_hash=False)
         if shard is not None:
             return shard
-        with exclusive_lock(self._sub("locks", key.stem + ".lock")):
-            shard = self._open_cached(key, spec.raw_size, label)
+        with exclusive_lock(self._lock_path(key)):
+            shard = self._open_cached(key, spec, may_hash=True)
             if shard is None:
                 shard = self._download(key, fetch, spec, order_hint)
         return shard
 
-    def _open_cached(
-        self, key: ShardKey, raw_size: int | None, label: str
-    ) -> CachedShard | None:
-        """The published file, share-locked and touched, or None if absent or unusable."""
+    def _open_cached(self, key: ShardKey, spec: ShardSpec, *, may_hash: bool) -> CachedShard | None:
+        """The published file, share-locked, if it is the file that was verified.
+
+        One that is not is hashed again if ``may_hash`` (the caller holds the shard's
+        lock), and removed if it no longer matches. None if absent or unusable.
+        """
         path = self._shard_path(key)
+        fd = self._open_locked(path, spec.raw_size, spec.label)
+        if fd is None:
+            return None
+        try:
+            if self._trusted(key, fd) or (may_hash and self._rehash(key, fd, spec) is None):
+                return CachedShard(key.checksum, path, fd, spec.label)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    def _open_locked(self, path: str, raw_size: int | None, label: str) -> int | None:
+        """A share-locked fd on the file published at ``path``, or None if there is none
+        (or it is not ``raw_size`` bytes: it will be replaced)."""
         fd = open_regular(path)
         if fd is None:
             return None
@@ -160,13 +209,67 @@ class ShardCache:
             else:
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 if same_file(fd, path):  # else evicted between our open and our lock
-                    os.utime(fd)  # the last use, for least-recently-used eviction
-                    return CachedShard(key.checksum, path, fd, label)
+                    return fd
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
         return None
+
+    def _trusted(self, key: ShardKey, fd: int) -> bool:
+        """True if the file on ``fd`` is the one that was verified (and, under
+        ``verify="always"``, was hashed by this process); then notes its use."""
+        identity = FileIdentity.of(fd)
+        if read_identity(self._record_path(key), touch_if=identity) != identity:
+            return False
+        return self.verify_mode == "changed" or (self._shard_path(key), identity) in _HASHED_HERE
+
+    def _rehash(self, key: ShardKey, fd: int, spec: ShardSpec | None, *, repair: bool = True) -> str | None:
+        """Hash the file on ``fd`` again, holding the shard's lock: None if it still holds
+        the verified bytes (its identity is recorded anew), else what is wrong; with
+        ``repair`` a bad file is unlinked, if the path still names it."""
+        path, label = self._shard_path(key), spec.label if spec else key.checksum
+        before = FileIdentity.of(fd)
+        expected = self._expected_digest(key, spec)
+        actual = hash_fd(fd, key)
+        if actual == expected and FileIdentity.of(fd) == before:
+            self._record(key, before)
+            log.debug("%s: re-verified cached file %s", label, path)
+            return None
+        if expected is None:
+            problem = "no checksum of its decompressed bytes is recorded"
+        elif actual != expected:
+            problem = f"hashes to {actual}, expected {expected}"
+        else:
+            problem = "it was modified while it was being hashed"
+        action = "not removed" if not repair else "removing it" + ("; it will be fetched again" if spec else "")
+        log.warning("%s: cached file %s changed since it was verified: %s; %s", label, path, problem, action)
+        if repair and same_file(fd, path):  # (no publisher can race us: we hold the shard's lock)
+            with suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(self._record_path(key))
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        return problem
+
+    def _record(self, key: ShardKey, identity: FileIdentity) -> None:
+        """Record that the shard file with ``identity`` was verified. Best effort: a file
+        without a record is only hashed again when it is next used."""
+        path = self._record_path(key)
+        try:
+            write_identity(path, identity, self._sub("tmp"))
+        except OSError as exc:  # CacheError too: a directory planted at the record's name
+            log.warning("%s: could not record its verification in %s (%s); it will be hashed "
+                        "again when it is next used", key.checksum, path, exc)
+        _HASHED_HERE.add((self._shard_path(key), identity))
+
+    def _expected_digest(self, key: ShardKey, spec: ShardSpec | None) -> str | None:
+        """What the cached (raw) file must hash to: the checksum itself for an uncompressed
+        shard, the digest recorded at download for a compressed one (None if missing);
+        without a spec, whichever applies (a digest is recorded only for compressed ones)."""
+        if spec is not None and spec.compression is None:
+            return key.checksum
+        digest = self._read_digest(key)
+        return digest if digest is not None or spec is not None else key.checksum
 
     def _download(
         self, key: ShardKey, fetch: Fetch, spec: ShardSpec, order_hint: OrderHint | None
@@ -179,6 +282,7 @@ class ShardCache:
                 self._write_digest(key, raw_digest)
             fd = raw.open_shared()  # held across the rename: no evictor can take it
             self._publish(raw, key, spec.raw_size, order_hint)
+            self._record(key, FileIdentity.of(fd))  # after the rename, which changes the ctime
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -223,7 +327,7 @@ class ShardCache:
             return self._make_room(self.limit, need_bytes, order_hint)
 
     def _make_room(self, limit: int, need: int, order_hint: OrderHint | None) -> int:
-        entries = scan_shards(self._sub("shards"))
+        entries = self.entries()
         excess = sum(e.size for e in entries) + need - limit
         freed = 0
         for entry in eviction_order(entries, order_hint) if excess > 0 else ():
@@ -239,7 +343,7 @@ class ShardCache:
         return freed
 
     def _remove(self, key: ShardKey) -> str:
-        return try_remove_unused(self._shard_path(key), self._digest_path(key))
+        return try_remove_unused(self._shard_path(key), self._digest_path(key), self._record_path(key))
 
     def check_limit(self, largest_shard_raw_size: int, lookahead: int) -> None:
         """Raise :class:`CacheError` stating the minimum if the limit cannot hold the
@@ -261,7 +365,7 @@ class ShardCache:
 
     def entries(self) -> list[CacheEntry]:
         """The published shards: ``(checksum, size, mtime)``, mtime being the last use."""
-        return scan_shards(self._sub("shards"))
+        return scan_shards(self._sub("shards"), self._sub("verified"))
 
     def usage(self) -> int:
         """Bytes of published shards (downloads in progress excluded)."""
@@ -295,23 +399,40 @@ class ShardCache:
         """Re-hash a cached shard: True if its bytes are still those that were verified.
 
         For an uncompressed shard the file must hash to ``checksum``; for a compressed
-        one, to the raw checksum recorded at download time. Raises :class:`CacheError`
-        if the shard is not cached.
+        one, to the raw checksum recorded at download time. Changes nothing (see
+        :meth:`reverify`). Raises :class:`CacheError` if the shard is not cached.
         """
         key = parse_checksum(checksum)
-        shard = self._open_cached(key, None, checksum)
-        if shard is None:
+        fd = self._open_locked(self._shard_path(key), None, checksum)
+        if fd is None:
             raise CacheError(f"{checksum} is not in the cache {self.directory}")
-        with shard, shard.open() as f:
-            hasher = key.new_hash()
-            while chunk := f.read(_HASH_CHUNK):
-                hasher.update(chunk)
-            actual = f"{key.algorithm}:{hasher.hexdigest()}"
-            expected = {key.checksum, self._read_digest(key)}
-        if actual not in expected:
-            log.warning("%s: cached file %s hashes to %s; it is corrupt", checksum,
-                        shard.path, actual)
-        return actual in expected
+        try:
+            actual = hash_fd(fd, key)
+        finally:
+            os.close(fd)
+        expected = self._expected_digest(key, None)
+        if actual != expected:
+            log.warning("%s: cached file %s hashes to %s, expected %s; it is corrupt",
+                        checksum, self._shard_path(key), actual, expected)
+        return actual == expected
+
+    def reverify(self, checksum: str, *, repair: bool = True) -> str | None:
+        """Re-hash a cached shard under its lock, whatever its recorded identity says.
+
+        Returns None if it still holds the verified bytes (its identity is recorded anew,
+        so readers need not hash it again), else what is wrong; with ``repair`` the bad
+        file is then unlinked (processes that map it keep their maps), so the next reader
+        fetches it again. Raises :class:`CacheError` if the shard is not cached.
+        """
+        key = parse_checksum(checksum)
+        with exclusive_lock(self._lock_path(key)):
+            fd = self._open_locked(self._shard_path(key), None, checksum)
+            if fd is None:
+                raise CacheError(f"{checksum} is not in the cache {self.directory}")
+            try:
+                return self._rehash(key, fd, None, repair=repair)
+            finally:
+                os.close(fd)
 
     def _read_digest(self, key: ShardKey) -> str | None:
         fd = open_regular(self._digest_path(key))

@@ -213,14 +213,16 @@ def _add_copy_commands(sub: Any, c: _Parents) -> None:
 
 
 def _add_cache_command(sub: Any, c: _Parents) -> None:
-    """cache du|ls|gc|clear."""
-    p = _add(sub, "cache", "Inspect and clean the node cache.",
+    """cache du|ls|gc|clear|verify."""
+    p = _add(sub, "cache", "Inspect, clean and check the node cache.",
              "du: bytes per dataset that used the cache. ls: every cached shard.\n"
              "gc: remove temp files of dead processes and shards no noted dataset needs\n"
              "(--refresh re-reads each dataset's manifest first). clear: remove every shard.\n"
-             "Shards in use by a process are never removed.",
+             "Shards in use by a process are never removed by gc or clear.\n"
+             "verify: re-hash every cached shard and remove those that no longer match what\n"
+             "was verified (exit status 1 and one 'BAD <path>: <problem>' line for each).",
              [c.storage, c.cache, c.json, c.logs], cmd_cache)
-    p.add_argument("action", choices=("du", "ls", "gc", "clear"), help="what to do")
+    p.add_argument("action", choices=("du", "ls", "gc", "clear", "verify"), help="what to do")
     p.add_argument("--refresh", action="store_true",
                    help="gc: re-read the manifests of the noted datasets first (needs their stores)")
 

@@ -12,7 +12,8 @@ dataclasses with ``to_dict()``, and raise :mod:`roxxel.errors` errors.
 - :func:`pack`: files, JSON lines, ``.npy`` rows or old ``.rox`` shards into a dataset
 - :func:`copy`: copy a dataset between stores, verified and resumable
 - :func:`merge`: one manifest over datasets written in parallel
-- :func:`cache_usage`, :func:`cache_list`, :func:`cache_gc`, :func:`cache_clear`
+- :func:`cache_usage`, :func:`cache_list`, :func:`cache_gc`, :func:`cache_clear`,
+  :func:`cache_verify`
 - :func:`plan_summary`: a dry run of an epoch for every rank
 - :func:`prune`: find (and delete) shard objects no manifest lists
 """
@@ -22,12 +23,15 @@ from __future__ import annotations
 from .cachecmd import (
     CacheGcReport,
     CacheUsage,
+    CacheVerifyReport,
     CachedShardInfo,
+    DamagedShard,
     DatasetUsage,
     cache_clear,
     cache_gc,
     cache_list,
     cache_usage,
+    cache_verify,
 )
 from .copy import CopyReport, copy
 from .info import DatasetInfo, ShardStatus, info, list_shards
@@ -43,8 +47,10 @@ __all__ = [
     "BadShard",
     "CacheGcReport",
     "CacheUsage",
+    "CacheVerifyReport",
     "CachedShardInfo",
     "CopyReport",
+    "DamagedShard",
     "DatasetInfo",
     "DatasetUsage",
     "MergeReport",
@@ -59,6 +65,7 @@ __all__ = [
     "cache_gc",
     "cache_list",
     "cache_usage",
+    "cache_verify",
     "copy",
     "info",
     "list_shards",

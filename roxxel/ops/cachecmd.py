@@ -1,4 +1,4 @@
-"""Inspecting and cleaning a node-local cache: usage per dataset, listing, gc, clear.
+"""Inspecting and cleaning a node-local cache: usage per dataset, listing, gc, clear, verify.
 
 The cache is content-addressed (shards are named by checksum), so to attribute shards to
 datasets ``roxxel.open`` leaves a small note per dataset in ``<cache>/datasets/``: the
@@ -16,22 +16,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsspec.callbacks import Callback
+
 from ..backends import without_masked
 from ..cache import DATASETS_DIR, ShardCache, record_dataset_use
 from ..cache.files import clean_temp, open_regular
 from ..errors import CacheError, RoxxelError
 from ..manifest.io import dataset_store, try_read_manifest
-from ._common import cache_directory
+from ._common import DEFAULT_WORKERS, Jobs, Meter, cache_directory
 
 __all__ = [
     "CacheGcReport",
     "CacheUsage",
+    "CacheVerifyReport",
     "CachedShardInfo",
+    "DamagedShard",
     "DatasetUsage",
     "cache_clear",
     "cache_gc",
     "cache_list",
     "cache_usage",
+    "cache_verify",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,42 @@ class CacheGcReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class DamagedShard:
+    """A cached file that no longer holds the bytes that were verified, and whether it
+    was removed (so that the next reader fetches the shard again)."""
+
+    checksum: str
+    path: str
+    size: int
+    problem: str
+    removed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class CacheVerifyReport:
+    """What :func:`cache_verify` found: ``checked`` files (``bytes`` re-hashed), the
+    ``damaged`` ones; ``ok`` when there are none."""
+
+    cache_dir: str
+    checked: int
+    bytes: int
+    damaged: list[DamagedShard] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["damaged"] = [d.to_dict() for d in self.damaged]
+        out["ok"] = self.ok
+        return out
 
 
 @dataclass(frozen=True)
@@ -273,3 +314,41 @@ def cache_clear(cache_dir: str | os.PathLike[str] | None = None) -> CacheGcRepor
         with contextlib.suppress(FileNotFoundError):
             os.unlink(note.path)
     return CacheGcReport(cache.directory, temp, removed, freed, in_use, in_use, len(notes))
+
+
+def cache_verify(
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    repair: bool = True,
+    workers: int = DEFAULT_WORKERS,
+    progress: Callback | None = None,
+) -> CacheVerifyReport:
+    """Re-hash every cached shard, whatever its recorded identity says.
+
+    A file must hash to the checksum its name holds or, decompressed from a zstd shard,
+    to the digest recorded when it was downloaded. One that does not is reported and,
+    with ``repair``, removed: unlinked (a process mapping it keeps its map), so the next
+    reader fetches the shard again. A good file has its identity recorded anew, so that
+    readers do not hash it again. Shards evicted meanwhile are skipped. ``progress``
+    counts the bytes re-hashed; ``workers`` files are hashed at once.
+    """
+    cache = _open_cache(cache_dir)
+    entries = cache.entries()
+    meter = Meter(progress, sum(e.size for e in entries))
+    jobs = Jobs(workers, "roxxel-cache-verify")
+
+    def check(entry: Any) -> tuple[bool, DamagedShard | None]:
+        jobs.check()
+        try:
+            problem = cache.reverify(entry.checksum, repair=repair)
+        except CacheError:  # evicted since the scan: nothing left to serve
+            return False, None
+        finally:
+            meter.add(entry.size)
+        if problem is None:
+            return True, None
+        return True, DamagedShard(entry.checksum, cache.path_for(entry.checksum), entry.size, problem, repair)
+
+    results = jobs.run(check, entries)
+    damaged = [d for _, d in results if d is not None]
+    return CacheVerifyReport(cache.directory, sum(c for c, _ in results), meter.done, damaged)

@@ -1,11 +1,12 @@
-"""``roxxel cache du|ls|gc|clear``: inspect and clean the node cache."""
+"""``roxxel cache du|ls|gc|clear|verify``: inspect, clean and check the node cache."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..errors import UsageError
+from ..errors import Failure, UsageError
 from ..formatting import human, print_json, table, when
+from ..progress import run_with_progress
 
 __all__ = ["cmd_cache"]
 
@@ -17,6 +18,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         _du(args)
     elif args.action == "ls":
         _ls(args)
+    elif args.action == "verify":
+        _verify(args)
     else:
         _clean(args)
     return 0
@@ -67,3 +70,20 @@ def _clean(args: argparse.Namespace) -> None:
         f"{report.notes_dropped} dataset notes; kept {report.shards_kept} shards"
     )
     print(line + (f" ({report.shards_in_use} in use by a process)" if report.shards_in_use else ""))
+
+
+def _verify(args: argparse.Namespace) -> None:
+    """Re-hash every cached file; remove the damaged ones; exit status 1 if there were any."""
+    from ...ops import cache_verify
+
+    report = run_with_progress("cache verify", args.quiet, cache_verify, args.cache_dir)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        for bad in report.damaged:
+            print(f"BAD {bad.path}: {bad.problem}; removed")
+        if report.ok:
+            print(f"ok: {report.checked} cached shards verified, {human(report.bytes)} in {report.cache_dir}")
+    if not report.ok:
+        raise Failure(f"{len(report.damaged)} of {report.checked} cached shards were damaged and were "
+                      "removed; they will be downloaded again when read")
