@@ -9,6 +9,7 @@ from .dataset import Dataset, open
 from .errors import (
     AccessDeniedError,
     CacheError,
+    ConflictError,
     DatasetExistsError,
     IntegrityError,
     ManifestError,
@@ -27,6 +28,7 @@ from .writer import WriteProgress, Writer
 __all__ = [
     "AccessDeniedError",
     "CacheError",
+    "ConflictError",
     "Dataset",
     "DatasetExistsError",
     "IntegrityError",

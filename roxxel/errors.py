@@ -14,6 +14,7 @@ also derives from the builtin exception it means, so callers that already catch
         ├── NotFoundError(FileNotFoundError)
         ├── AccessDeniedError(PermissionError)
         ├── DatasetExistsError(FileExistsError)
+        ├── ConflictError                 another writer published first (a compare-and-swap lost)
         └── TransientStorageError         retried, and still failing at the deadline
 
 Messages name the URL or file, the field or offset, what was expected and what was
@@ -25,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "CacheError",
+    "ConflictError",
     "DatasetExistsError",
     "IntegrityError",
     "ManifestError",
@@ -75,6 +77,11 @@ class AccessDeniedError(StorageError, PermissionError):
 
 class DatasetExistsError(StorageError, FileExistsError):
     """A dataset already exists where a new one was to be created."""
+
+
+class ConflictError(StorageError):
+    """Another writer changed the manifest between this writer's read and its publish;
+    nothing was published, and writing again (after re-reading) is safe."""
 
 
 class TransientStorageError(StorageError):

@@ -27,10 +27,17 @@ import zstandard
 
 from .backends import Store
 from .cache.files import pid_alive
-from .errors import DatasetExistsError, IntegrityError, ManifestError, StorageError
+from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
 from .format import FOOTER_SIZE, Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
-from .manifest.io import MANIFEST_KEY, dataset_store, publish_manifest, try_read_manifest
+from .manifest.io import (
+    MANIFEST_KEY,
+    Snapshot,
+    dataset_store,
+    publish_manifest,
+    read_snapshot,
+    require_conditional_writes,
+)
 from .workers import WorkerPool
 
 __all__ = ["DEFAULT_SHARD_BYTES", "WriteProgress", "Writer"]
@@ -88,6 +95,13 @@ class Writer:
     off); ``"append"`` publishes a manifest listing the old shards and then the new.
     Use as a context manager: a clean exit publishes, an exception publishes nothing.
     ``progress(WriteProgress)`` is called from the writer's threads; keep it quick.
+
+    Concurrent writers: create and append publish by compare-and-swap, so of two writers
+    one may get :class:`~roxxel.errors.DatasetExistsError` (create) or
+    :class:`~roxxel.errors.ConflictError` (append) and publish nothing; an append that
+    lost can simply be written again. On a store that does not enforce conditional
+    writes, create and append refuse at once unless ``single_writer=True`` says that
+    nothing else writes this dataset meanwhile.
     """
 
     def __init__(
@@ -104,6 +118,7 @@ class Writer:
         staging_dir: str | None = None,
         progress: Callable[[WriteProgress], None] | None = None,
         store: Store | None = None,
+        single_writer: bool = False,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
@@ -116,10 +131,13 @@ class Writer:
         self.shard_bytes = shard_bytes
         self.compression = compression
         self.mode = mode
+        self.single_writer = single_writer
         self._meta = meta
         self._progress = progress
         self.manifest: Manifest | None = None
 
+        if mode != "overwrite":  # fail before uploading anything, not at the publish
+            require_conditional_writes(self.store, single_writer=single_writer)
         self._base = self._existing_manifest()
         self._generation = _next_generation(self._base)
 
@@ -145,7 +163,7 @@ class Writer:
                 )
             return None
         try:
-            return try_read_manifest(self.store)
+            return read_snapshot(self.store).manifest
         except ManifestError as exc:
             if self.mode == "append":
                 raise
@@ -287,20 +305,34 @@ class Writer:
         return manifest
 
     def _publish(self, shards: list[ShardInfo]) -> Manifest:
+        if self.mode == "overwrite":
+            manifest = Manifest.build(shards, self._meta)
+            publish_manifest(self.store, manifest, replaces=None)
+            return manifest
         if self.mode == "append" and self._base is not None:
-            current = try_read_manifest(self.store)
-            if current is None or current.fingerprint() != self._base.fingerprint():
-                raise StorageError(
-                    f"{self.store.url(MANIFEST_KEY)} changed while this writer was appending; "
-                    "nothing was published, write again"
-                )
+            current = read_snapshot(self.store)
+            if current.manifest is None or current.manifest.fingerprint() != self._base.fingerprint():
+                raise self._conflict()
             meta = self._base.meta if self._meta is None else self._meta
             manifest = self._base.with_meta(meta).extended(shards)
         else:
+            current = Snapshot(None, None)
             manifest = Manifest.build(shards, self._meta)
-        create_only = self.mode == "create" or (self.mode == "append" and self._base is None)
-        publish_manifest(self.store, manifest, create_only=create_only)
+        try:
+            publish_manifest(self.store, manifest, replaces=current, single_writer=self.single_writer)
+        except DatasetExistsError as exc:
+            if self.mode == "append":  # another appender created the dataset first
+                raise self._conflict() from exc
+            raise
+        except ConflictError as exc:
+            raise self._conflict() from exc
         return manifest
+
+    def _conflict(self) -> ConflictError:
+        return ConflictError(
+            f"{self.store.url(MANIFEST_KEY)} changed while this writer was appending "
+            "(another writer published first); nothing was published, write again"
+        )
 
     def abort(self) -> None:
         """Publish nothing and remove the staged files (uploaded shards stay unreferenced)."""

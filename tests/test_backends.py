@@ -28,8 +28,10 @@ from roxxel.backends import (
     relative_key,
     resolve,
 )
+from roxxel.backends import conditional as conditional_module
 from roxxel.backends import store as store_module
 from roxxel.errors import (
+    ConflictError,
     AccessDeniedError,
     DatasetExistsError,
     NotFoundError,
@@ -155,28 +157,15 @@ def test_create_only_publish_refuses_an_existing_key(store):
     assert store.list() == ["manifest.json"], "no temporary file is left behind"
 
 
-@pytest.mark.parametrize("kind", ["local", "s3", "gcs"])
+@pytest.mark.parametrize("kind", ["local", "memory", "s3", "gcs"])
 def test_create_only_relies_on_the_server_precondition(new_location, kind, monkeypatch):
     """With the existence check skipped, only the store itself can refuse the write."""
     store = Store(*new_location(kind), retry=FAST)
     store.put_bytes_create_only("manifest.json", b"first")
-    monkeypatch.setattr(store, "_is_file", lambda path: False)
-    calls: list[dict[str, Any]] = []
-    pipe_file = store.fs.pipe_file
-    monkeypatch.setattr(
-        store.fs, "pipe_file", lambda *a, **kw: calls.append(kw) or pipe_file(*a, **kw)
-    )
-    if kind == "gcs":
-        # gcp-storage-emulator ignores ifGenerationMatch=0 (real GCS enforces it): check
-        # that we ask for it, and that the emulator is indeed the one letting it through.
-        store.put_bytes_create_only("manifest.json", b"second")
-        assert calls == [{"mode": "create"}]
-        return
-    with pytest.raises(DatasetExistsError):
+    monkeypatch.setattr(store, "exists", lambda key: False)
+    with pytest.raises(DatasetExistsError, match="already exists"):
         store.put_bytes_create_only("manifest.json", b"second")
     assert store.read_bytes("manifest.json") == b"first"
-    if kind == "s3":
-        assert calls == [{"mode": "create"}]
 
 
 @pytest.mark.parametrize("kind", ["local", "memory"])
@@ -436,19 +425,32 @@ def faulty_store(
     return Store(base.base_url, fs=fs, retry=policy), fs  # type: ignore[arg-type]
 
 
-def test_transient_errors_are_retried_until_success(store):
+def faulty_conditional(monkeypatch, **faults: list[Any]) -> Faulty:
+    """Make every Store's whole-object reads and conditional writes (the backend's
+    :mod:`roxxel.backends.conditional` operations) raise the queued exceptions first."""
+    real = conditional_module.for_filesystem
+    faulty = Faulty(None, **faults)
+
+    def wrapped(fs: Any) -> Faulty:
+        faulty._fs = real(fs)
+        return faulty
+
+    monkeypatch.setattr(conditional_module, "for_filesystem", wrapped)
+    return faulty
+
+
+def test_transient_errors_are_retried_until_success(store, monkeypatch):
     import aiohttp
     from gcsfs.retry import HttpError
 
     data = payload(500)
     store.put_bytes_overwrite("manifest.json", data)
-    flaky, fs = faulty_store(
-        store,
-        info=[_client_error(503, "SlowDown"), HttpError({"code": 502, "message": "bad gw"})],
-        cat_file=[aiohttp.ClientPayloadError("cut short"), ConnectionResetError(104, "reset")],
-    )
-    assert flaky.read_bytes("manifest.json") == data
-    assert fs.calls == {"info": 3, "cat_file": 3}
+    ops = faulty_conditional(monkeypatch, read=[
+        _client_error(503, "SlowDown"), HttpError({"code": 502, "message": "bad gw"}),
+        aiohttp.ClientPayloadError("cut short"), ConnectionResetError(104, "reset"),
+    ])
+    assert store.read_bytes("manifest.json") == data
+    assert ops.calls == {"read": 5}
 
 
 def test_stream_resumes_from_the_offset_reached(dataset_location, monkeypatch):
@@ -485,18 +487,35 @@ def test_stream_resumes_from_the_offset_reached(dataset_location, monkeypatch):
     assert opened_at == [0, 2000]
 
 
-@pytest.mark.parametrize("kind", ["memory", "s3", "gcs"])
-def test_create_only_retry_after_a_lost_response_succeeds(new_location, kind):
+@pytest.mark.parametrize("kind", ["local", "memory", "s3", "gcs"])
+def test_create_only_retry_after_a_lost_response_succeeds(new_location, kind, monkeypatch):
     """The first PUT lands but its response is lost; the retry finds our own object."""
     import aiohttp
 
-    base = Store(*new_location(kind), retry=FAST)
-    flaky, fs = faulty_store(base, pipe_file=[AfterCall(aiohttp.ServerDisconnectedError())])
-    flaky.put_bytes_create_only("manifest.json", b"ours")
-    assert fs.calls["pipe_file"] == 1, "the retry stops at the existence check"
-    assert base.read_bytes("manifest.json") == b"ours"
+    store = Store(*new_location(kind), retry=FAST)
+    ops = faulty_conditional(monkeypatch, put_if_absent=[AfterCall(aiohttp.ServerDisconnectedError())])
+    monkeypatch.setattr(store, "exists", lambda key: False)  # only the store's condition decides
+    store.put_bytes_create_only("manifest.json", b"ours")
+    assert ops.calls["put_if_absent"] == 2, "the retry is refused, then finds our own object"
+    assert store.read_bytes("manifest.json") == b"ours"
     with pytest.raises(DatasetExistsError):
-        flaky.put_bytes_create_only("manifest.json", b"ours")
+        store.put_bytes_create_only("manifest.json", b"ours")
+
+
+@pytest.mark.parametrize("kind", ["local", "memory", "s3", "gcs"])
+def test_conditional_replace_retry_after_a_lost_response_succeeds(new_location, kind, monkeypatch):
+    import aiohttp
+
+    store = Store(*new_location(kind), retry=FAST)
+    store.put_bytes_overwrite("manifest.json", b"old")
+    _, version = store.read_versioned("manifest.json")
+    ops = faulty_conditional(monkeypatch, put_if_match=[AfterCall(aiohttp.ServerDisconnectedError())])
+    store.put_bytes_if_match("manifest.json", b"new", version)
+    assert ops.calls["put_if_match"] == 2
+    assert store.read_bytes("manifest.json") == b"new"
+    with pytest.raises(ConflictError, match="another writer changed it"):
+        store.put_bytes_if_match("manifest.json", b"newer", version)
+    assert store.read_bytes("manifest.json") == b"new"
 
 
 @pytest.mark.parametrize(

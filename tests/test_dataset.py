@@ -19,7 +19,7 @@ import roxxel
 from roxxel.backends import Store
 from roxxel.errors import CacheError, IntegrityError, NotFoundError
 from roxxel.manifest import Manifest, ShardInfo
-from roxxel.manifest.io import dataset_store, publish_manifest
+from roxxel.manifest.io import Snapshot, dataset_store, publish_manifest
 
 
 def make_records(n: int, seed: int = 0) -> list[bytes]:
@@ -314,7 +314,7 @@ def test_large_manifest_opens_fast_with_numpy_columns(tmp_path):
                         compression=None, checksum=digest) for k in range(n)]
     url = f"memory://big{os.getpid()}/ds"
     store = dataset_store(url, {})
-    publish_manifest(store, Manifest.build(shards), create_only=True)
+    publish_manifest(store, Manifest.build(shards), replaces=Snapshot(None, None))
     t0 = time.perf_counter()
     ds = roxxel.open(url, cache_dir=str(tmp_path / "cache"))
     elapsed = time.perf_counter() - t0

@@ -8,7 +8,7 @@ import pytest
 import roxxel
 from roxxel import ops
 from roxxel.errors import DatasetExistsError, ManifestError, NotFoundError
-from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
+from roxxel.manifest.io import Snapshot, dataset_store, publish_manifest, read_manifest
 
 
 def make_records(n: int, seed: int = 0) -> list[bytes]:
@@ -85,7 +85,7 @@ def test_conflicting_shards_are_refused(tmp_path):
     # A dataset at dest whose manifest names dest/p's first object with another checksum.
     fake = roxxel.ShardInfo(uri=f"p/{shard.uri}", records=theirs.records, stored_size=theirs.stored_size,
                             raw_size=theirs.raw_size, compression=None, checksum=theirs.checksum)
-    publish_manifest(dataset_store(dest), roxxel.Manifest.build([fake]), create_only=True)
+    publish_manifest(dataset_store(dest), roxxel.Manifest.build([fake]), replaces=Snapshot(None, None))
     with pytest.raises(ManifestError, match=rf"conflicting shards: .*p/{shard.uri} is listed with checksum"):
         ops.merge([dest + "/p", dest], dest, overwrite=True)
 

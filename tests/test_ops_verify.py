@@ -79,7 +79,7 @@ def _republish(url: str, manifest: Manifest, k: int, **changes) -> None:
     shards = list(manifest.shards)
     fields = {**shards[k].__dict__, **changes}
     shards[k] = ShardInfo(**fields)
-    publish_manifest(dataset_store(url), manifest.with_shards(shards), create_only=False)
+    publish_manifest(dataset_store(url), manifest.with_shards(shards), replaces=None)
 
 
 def test_a_manifest_that_lies_about_the_record_count_fails_the_footer_check(tmp_path):

@@ -12,19 +12,18 @@ import base64
 import binascii
 import datetime
 import hashlib
-import http.client
 import logging
 import os
 import re
-import threading
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable, TypeVar
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
-from ..errors import IntegrityError, NotFoundError, StorageError
-from . import localfiles
+from ..errors import ConflictError, DatasetExistsError, IntegrityError, NotFoundError, StorageError
+from . import conditional, localfiles
+from .conditional import Versioned
 from .readers import ChunkReader, StoreReader, open_chunk_reader
 from .retry import DEFAULT_POLICY, RetryPolicy, call
 from .urls import check_key, join_url, redact, resolve
@@ -42,12 +41,9 @@ UPLOAD_CHUNK_SIZE = 16 * 2**20
 _S3_SINGLE_PUT_MAX = 5 * 2**30
 _MIN_UPLOAD_RATE = 2**20  # bytes/s below which an upload counts as stalled
 MANIFEST_MAX_BYTES = 64 * 2**20
+# Temporary files, lock files and probes that roxxel itself leaves beside objects.
+_HIDDEN_PREFIX = ".roxxel-"
 
-# Protocols whose pipe_file(mode="create") sends a server-side precondition
-# (S3 If-None-Match: *, GCS ifGenerationMatch=0).
-_CONDITIONAL_PROTOCOLS = {"s3", "s3a", "gs", "gcs"}
-# memory:// is one process-wide dict; this makes its check-then-set atomic.
-_MEMORY_LOCK = threading.Lock()
 
 
 class Store:
@@ -86,7 +82,6 @@ class Store:
             self._kind = "memory"
         else:
             self._kind = "object"
-        self._conditional = bool(_CONDITIONAL_PROTOCOLS.intersection(protocols))
         self._s3 = bool({"s3", "s3a"}.intersection(protocols)) and hasattr(fs, "_call_s3")
         plain_path = self._kind == "local" and "://" not in url and "::" not in url
         self._url = self.root if plain_path else url.rstrip("/")
@@ -143,24 +138,27 @@ class Store:
 
     def read_bytes(self, key: str, max_bytes: int | None = MANIFEST_MAX_BYTES) -> bytes:
         """The whole object; StorageError, reading nothing, if it exceeds ``max_bytes``."""
+        return self.read_versioned(key, max_bytes).data
+
+    def read_versioned(self, key: str, max_bytes: int | None = MANIFEST_MAX_BYTES) -> Versioned:
+        """The whole object and its version, read consistently: one request, or pinned to
+        the version its metadata named, so an object replaced meanwhile is never seen
+        half old, half new. The version (an ETag, a GCS generation, a content digest) is
+        what :meth:`put_bytes_if_match` compares against; None where the store has none.
+        StorageError, reading nothing more, if the object exceeds ``max_bytes``."""
         path = self.path(key)
-        size = self.size(key)
-        if max_bytes is not None and size > max_bytes:
-            raise StorageError(
-                f"could not read {redact(self.url(key))}: it is {size} bytes, "
-                f"more than the limit of {max_bytes} bytes"
-            )
-        if size == 0:
-            return b""
+        ops = conditional.for_filesystem(self.fs)
 
-        def read_all() -> bytes:
-            # The range keeps the read bounded even if the object grew since size().
-            data = self.fs.cat_file(path, start=0, end=size)
-            if len(data) != size:  # a body cut short but reported as complete: retried
-                raise http.client.IncompleteRead(data, size - len(data))
-            return data
+        def read() -> Versioned:
+            try:
+                return ops.read(path, max_bytes)
+            except conditional.TooLarge as exc:
+                raise StorageError(
+                    f"could not read {self.url(key)}: it is {exc.size} bytes, "
+                    f"more than the limit of {max_bytes} bytes"
+                ) from None
 
-        return self._run("read", key, read_all)
+        return self._run("read", key, read)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the object; StorageError if it ends before ``end``."""
@@ -301,7 +299,7 @@ class Store:
                 logger.debug("list %s: ignoring %s outside the store", self, full)
                 continue
             key = full[len(root):]
-            if self._kind == "local" and key.rsplit("/", 1)[-1].startswith(localfiles.TEMP_PREFIX):
+            if key.rsplit("/", 1)[-1].startswith(_HIDDEN_PREFIX):
                 continue
             keys[key] = info
         return keys
@@ -380,39 +378,79 @@ class Store:
     def put_bytes_overwrite(self, key: str, data: bytes) -> None:
         """Atomically make ``key`` hold ``data``, replacing any object there."""
         path = self.path(key)
+        ops = conditional.for_filesystem(self.fs)
         # Never abandoned on a stall: an abandoned write could still land later, over a
         # newer one (the clients' own timeouts bound it).
-        if self._kind == "local":
-            self._run("write", key, lambda: localfiles.write_replace(path, data), timeout=None)
-        else:
-            self._run("write", key, lambda: self.fs.pipe_file(path, data), timeout=None)
+        self._run("write", key, lambda: ops.put(path, data), timeout=None)
 
     def put_bytes_create_only(self, key: str, data: bytes) -> None:
         """Publish ``data`` at ``key`` atomically; DatasetExistsError if ``key`` exists.
 
         Local disk: ``os.link`` of a finished temp file (refuses an existing target).
         memory: check and set under a lock. S3: a PUT with ``If-None-Match: *``. GCS: an
-        existence check, then a PUT with ``ifGenerationMatch=0``; real GCS enforces the
-        precondition, but gcp-storage-emulator ignores it, so there only the check
-        protects (a race window). Other object stores: check then PUT (best effort).
-        If a retried PUT finds an identical object, it was our own lost-response attempt
-        and counts as success.
+        upload with ``ifGenerationMatch=0``. Other stores: check, then put (best effort;
+        see :meth:`conditional_writes_enforced`). If a retried write finds an identical
+        object, it was our own lost-response attempt and counts as success.
         """
         path = self.path(key)
+        ops = conditional.for_filesystem(self.fs)
+        if self.exists(key):  # the store may not enforce the condition: refuse early
+            raise DatasetExistsError(f"could not publish {self.url(key)}: it already exists")
+        self._put_once(key, data, lambda: ops.put_if_absent(path, data), FileExistsError)
+
+    def put_bytes_if_match(self, key: str, data: bytes, version: str) -> None:
+        """Make ``key`` hold ``data`` only if it is still at ``version`` (from
+        :meth:`read_versioned`); ConflictError, writing nothing, if another writer
+        changed it since. S3: ``If-Match``; GCS: ``ifGenerationMatch``; local disk and
+        memory: a lock held across compare and replace. A store without conditional
+        writes raises StorageError."""
+        path = self.path(key)
+        ops = conditional.for_filesystem(self.fs)
+
+        def put() -> None:
+            try:
+                ops.put_if_match(path, data, version)
+            except NotImplementedError:
+                raise StorageError(
+                    f"could not publish {self.url(key)}: {type(self.fs).__name__} has no "
+                    "conditional writes, so a concurrent writer could not be detected"
+                ) from None
+
+        self._put_once(key, data, put, conditional.PreconditionFailed)
+
+    def _put_once(self, key: str, data: bytes, put: Callable[[], None], lost: type[Exception]) -> None:
+        """Run a conditional ``put``, never abandoned on a stall (an abandoned write could
+        land later, over a newer one). ``lost`` is what ``put`` raises when its condition
+        failed: after a retry that may be our own earlier attempt whose response was
+        lost, so the object is read back, and holding exactly ``data`` counts as success.
+        """
         attempts = 0
 
         def attempt() -> None:
             nonlocal attempts
             attempts += 1
             try:
-                self._create(path, data)
-            except FileExistsError:
-                if attempts > 1 and self.fs.cat_file(path) == data:
+                put()
+            except lost:
+                if attempts > 1 and self.fs.cat_file(self.path(key)) == data:
                     logger.info("publish %s: found our own earlier attempt", self.url(key))
                     return
-                raise
+                if lost is FileExistsError:
+                    raise DatasetExistsError(f"could not publish {self.url(key)}: it already exists") from None
+                raise ConflictError(
+                    f"could not publish {self.url(key)}: another writer changed it since it was "
+                    "read (the conditional write was refused); nothing was published"
+                ) from None
 
-        self._run("publish", key, attempt, timeout=None)  # never abandoned: see overwrite
+        self._run("publish", key, attempt, timeout=None)
+
+    def conditional_writes_enforced(self) -> bool:
+        """Whether this store refuses a write whose precondition fails. Local disk and
+        memory: yes. S3 and GCS: probed once per process and bucket with a small object
+        under this prefix (``.roxxel-probe-*``, deleted at once), because some servers
+        accept the headers and ignore them. Other stores: no."""
+        ops = conditional.for_filesystem(self.fs)
+        return self._run("probe conditional writes at", "", lambda: ops.enforced(self.root), timeout=None)
 
     def delete(self, key: str) -> None:
         """Delete the object ``key``; a missing object is not an error."""
@@ -442,30 +480,6 @@ class Store:
         if info.get("type") != "file":
             raise FileNotFoundError(f"{path} is a directory or prefix, not an object")
         return info
-
-    def _is_file(self, path: str) -> bool:
-        try:
-            self._file_info(path)
-        except FileNotFoundError:
-            return False
-        return True
-
-    def _create(self, path: str, data: bytes) -> None:
-        """Write ``path`` unless it exists (FileExistsError); see put_bytes_create_only."""
-        if self._kind == "local":
-            localfiles.write_new(path, data)
-        elif self._kind == "memory":
-            with _MEMORY_LOCK:
-                if self._is_file(path):
-                    raise FileExistsError(path)
-                self.fs.pipe_file(path, data)
-        else:
-            if self._is_file(path):
-                raise FileExistsError(path)
-            if self._conditional:
-                self.fs.pipe_file(path, data, mode="create")
-            else:
-                self.fs.pipe_file(path, data)
 
 
 def _reported_md5(info: dict[str, Any]) -> str | None:

@@ -1,21 +1,40 @@
 """Reading and publishing a dataset's manifest through a :class:`~roxxel.backends.Store`.
 
 The manifest lives at ``<dataset url>/manifest.json``. Publishing it is the commit point
-of a dataset: it is written last, atomically, and (for new datasets) create-only.
+of a dataset: it is written last and atomically. A publish that depends on what it read
+(a new dataset, an append, a merge or copy over an existing one) is a compare-and-swap
+against the version that was read (DESIGN.md, invariant 9): the loser gets a
+:class:`~roxxel.errors.ConflictError` or :class:`~roxxel.errors.DatasetExistsError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..backends import Store
-from ..errors import NotFoundError
+from ..errors import ConflictError, NotFoundError, StorageError
 from .schema import MAX_MANIFEST_BYTES, Manifest
 
-__all__ = ["MANIFEST_KEY", "dataset_store", "publish_manifest", "read_manifest", "try_read_manifest"]
+__all__ = [
+    "MANIFEST_KEY",
+    "Snapshot",
+    "dataset_store",
+    "publish_manifest",
+    "read_manifest",
+    "read_snapshot",
+    "require_conditional_writes",
+    "try_read_manifest",
+]
 
 MANIFEST_KEY = "manifest.json"
+
+
+class Snapshot(NamedTuple):
+    """The manifest as read (None: no dataset yet) and the store's version of it."""
+
+    manifest: Manifest | None
+    version: str | None
 
 
 def dataset_store(url: str, storage_options: Mapping[str, Any] | None = None, **store_kwargs: Any) -> Store:
@@ -27,6 +46,16 @@ def dataset_store(url: str, storage_options: Mapping[str, Any] | None = None, **
     return Store(stripped, storage_options, **store_kwargs)
 
 
+def read_snapshot(store: Store) -> Snapshot:
+    """The validated manifest and its version, read consistently (one request, or pinned
+    to one version); ``Snapshot(None, None)`` when the dataset does not exist (yet)."""
+    try:
+        data, version = store.read_versioned(MANIFEST_KEY, max_bytes=MAX_MANIFEST_BYTES)
+    except NotFoundError:
+        return Snapshot(None, None)
+    return Snapshot(Manifest.from_json(data, source=store.url(MANIFEST_KEY)), version)
+
+
 def read_manifest(store: Store) -> Manifest:
     """The validated manifest of the dataset; NotFoundError naming the URL if none."""
     data = store.read_bytes(MANIFEST_KEY, max_bytes=MAX_MANIFEST_BYTES)
@@ -35,16 +64,55 @@ def read_manifest(store: Store) -> Manifest:
 
 def try_read_manifest(store: Store) -> Manifest | None:
     """The manifest, or None when the dataset does not exist (yet)."""
-    try:
-        return read_manifest(store)
-    except NotFoundError:
-        return None
+    return read_snapshot(store).manifest
 
 
-def publish_manifest(store: Store, manifest: Manifest, *, create_only: bool) -> None:
-    """Publish ``manifest`` atomically; with ``create_only``, DatasetExistsError if one is there."""
+def require_conditional_writes(store: Store, *, single_writer: bool) -> None:
+    """StorageError unless the store enforces conditional writes or the caller says it is
+    the only writer: on a store that ignores preconditions, two writers could both
+    "win" a publish and one would lose its records without an error."""
+    if single_writer or store.conditional_writes_enforced():
+        return
+    raise StorageError(
+        f"{store.base_url}: this store accepts conditional writes but does not enforce them "
+        "(a probe write that had to fail succeeded), so a concurrent writer could not be "
+        "detected and one writer's records could be lost. Publish there only if nothing else "
+        "writes this dataset at the same time, and say so with single_writer=True "
+        "(CLI: --single-writer)"
+    )
+
+
+def publish_manifest(
+    store: Store, manifest: Manifest, *, replaces: Snapshot | None, single_writer: bool = False
+) -> None:
+    """Publish ``manifest`` atomically.
+
+    ``replaces=None`` overwrites whatever is there (the last writer wins). Otherwise the
+    publish succeeds only if the store still holds what ``replaces`` read: no manifest
+    (create-only; DatasetExistsError if one appeared), or the manifest at
+    ``replaces.version`` (ConflictError if another writer published since). On a store
+    without enforced conditional writes this refuses unless ``single_writer``; then the
+    condition is checked by reading first (best effort).
+    """
     data = manifest.to_json().encode("ascii")
-    if create_only:
-        store.put_bytes_create_only(MANIFEST_KEY, data)
-    else:
+    if replaces is None:
         store.put_bytes_overwrite(MANIFEST_KEY, data)
+        return
+    require_conditional_writes(store, single_writer=single_writer)
+    if replaces.manifest is None:
+        store.put_bytes_create_only(MANIFEST_KEY, data)
+    elif replaces.version is not None and store.conditional_writes_enforced():
+        store.put_bytes_if_match(MANIFEST_KEY, data, replaces.version)
+    else:
+        _publish_unconditionally_if_unchanged(store, data, replaces)
+
+
+def _publish_unconditionally_if_unchanged(store: Store, data: bytes, replaces: Snapshot) -> None:
+    """For a single writer on a store without conditional writes: re-read, compare, put."""
+    current = read_snapshot(store)
+    if current.manifest != replaces.manifest:
+        raise ConflictError(
+            f"could not publish {store.url(MANIFEST_KEY)}: it changed since it was read; "
+            "nothing was published"
+        )
+    store.put_bytes_overwrite(MANIFEST_KEY, data)

@@ -24,7 +24,14 @@ from ..backends import Store
 from ..cache.names import parse_checksum
 from ..errors import DatasetExistsError, IntegrityError, ManifestError, NotFoundError
 from ..manifest import Manifest, ShardInfo
-from ..manifest.io import MANIFEST_KEY, dataset_store, publish_manifest, read_manifest, try_read_manifest
+from ..manifest.io import (
+    MANIFEST_KEY,
+    dataset_store,
+    publish_manifest,
+    read_manifest,
+    read_snapshot,
+    require_conditional_writes,
+)
 from ._common import DEFAULT_WORKERS, Jobs, Meter
 
 __all__ = ["CopyReport", "copy", "copy_shard"]
@@ -183,6 +190,7 @@ def copy(
     workers: int = DEFAULT_WORKERS,
     staging_dir: str | None = None,
     progress: Callback | None = None,
+    single_writer: bool = False,
 ) -> CopyReport:
     """Copy the dataset at ``src_url`` to ``dst_url``, verifying every shard; resumable.
 
@@ -194,18 +202,23 @@ def copy(
     rerunning an interrupted one copies only the shards missing or wrong at the
     destination. Shards are staged on local disk (``staging_dir``, default the system
     temp dir; up to ``workers`` shards at a time). ``progress`` counts stored bytes.
+    The publish is a compare-and-swap against the destination manifest read at the start:
+    ConflictError (or DatasetExistsError) if another writer published there meanwhile;
+    on a store that does not enforce conditional writes it refuses unless ``single_writer``.
     """
     src = dataset_store(src_url, storage_options if src_options is None else src_options)
     dst = dataset_store(dst_url, storage_options if dst_options is None else dst_options)
     if src.base_url == dst.base_url and type(src.fs) is type(dst.fs) and src.root == dst.root:
         raise ValueError(f"source and destination are the same dataset: {src.base_url}")
     manifest = read_manifest(src)
+    require_conditional_writes(dst, single_writer=single_writer)
     try:
-        existing = try_read_manifest(dst)
+        snapshot = read_snapshot(dst)
     except ManifestError:
         if not overwrite:
             raise
-        existing = None
+        snapshot = None  # unreadable: replaced whatever it is, unconditionally
+    existing = None if snapshot is None else snapshot.manifest
     if existing is not None and existing == manifest:
         log.info("%s already holds this dataset; nothing to copy", dst.base_url)
         n = len(manifest.shards)
@@ -230,7 +243,7 @@ def copy(
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    publish_manifest(dst, manifest, create_only=existing is None)
+    publish_manifest(dst, manifest, replaces=snapshot, single_writer=single_writer)
     n_copied = sum(copied)
     return CopyReport(
         src=src.base_url,

@@ -27,7 +27,14 @@ from fsspec.callbacks import Callback
 from ..backends import Store
 from ..errors import DatasetExistsError, IntegrityError, ManifestError
 from ..manifest import Manifest, ShardInfo
-from ..manifest.io import MANIFEST_KEY, dataset_store, publish_manifest, read_manifest, try_read_manifest
+from ..manifest.io import (
+    MANIFEST_KEY,
+    dataset_store,
+    publish_manifest,
+    read_manifest,
+    read_snapshot,
+    require_conditional_writes,
+)
 from ._common import DEFAULT_WORKERS, Jobs, Meter
 from .copy import copy_shard
 
@@ -148,6 +155,7 @@ def merge(
     workers: int = DEFAULT_WORKERS,
     staging_dir: str | None = None,
     progress: Callback | None = None,
+    single_writer: bool = False,
 ) -> MergeReport:
     """Publish at ``dst_url`` one dataset holding the shards of ``src_urls``, in order.
 
@@ -157,6 +165,9 @@ def merge(
     ones are verified (see :func:`roxxel.ops.copy`). Idempotent: if ``dst_url`` already
     holds exactly the merged manifest nothing is written; a different dataset there
     raises DatasetExistsError unless ``overwrite``. ``progress`` counts bytes copied.
+    The publish is a compare-and-swap against the destination manifest read at the start:
+    ConflictError (or DatasetExistsError) if another writer published there meanwhile;
+    on a store that does not enforce conditional writes it refuses unless ``single_writer``.
     """
     if not src_urls:
         raise ValueError("merge needs at least one source dataset")
@@ -169,12 +180,14 @@ def merge(
     entries = _entries(dst, sources)
     manifest = Manifest.build([e.shard for e in entries], merged_meta)
 
+    require_conditional_writes(dst, single_writer=single_writer)
     try:
-        existing = try_read_manifest(dst)
+        snapshot = read_snapshot(dst)
     except ManifestError:
         if not overwrite:
             raise
-        existing = None
+        snapshot = None  # unreadable: replaced whatever it is, unconditionally
+    existing = None if snapshot is None else snapshot.manifest
     in_place = [e for e in entries if e.in_place]
     to_copy = [e for e in entries if not e.in_place]
     report = dict(
@@ -213,7 +226,7 @@ def merge(
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    publish_manifest(dst, manifest, create_only=existing is None)
+    publish_manifest(dst, manifest, replaces=snapshot, single_writer=single_writer)
     return MergeReport(
         **report,
         copied=sum(copied),
