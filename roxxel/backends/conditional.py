@@ -10,9 +10,8 @@ One class per kind of store, chosen by :func:`for_filesystem`:
 - memory: the same under one process-wide lock (``memory://`` is one dict per process);
 - S3: one ``GetObject`` gives body and ETag; ``PutObject`` with ``If-Match: <etag>``, or
   ``If-None-Match: *`` to create;
-- GCS: the generation is read from metadata and the body fetched pinned to it (a
-  replaced object answers 404 and the read starts again); uploads carry
-  ``ifGenerationMatch`` (0 to create);
+- GCS: one GET gives the body and its generation (``x-goog-generation``), after the
+  metadata bounds the size; uploads carry ``ifGenerationMatch`` (0 to create);
 - any other fsspec store: no conditional writes, unless its protocol was given its own
   operations with :func:`register`.
 
@@ -247,22 +246,16 @@ class GCSConditional(_ProbedConditional):
     """GCS through gcsfs: generations and ``ifGenerationMatch`` on multipart uploads."""
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
-        for _ in range(8):
-            self.fs.invalidate_cache(path)
-            info = self.fs.info(path)
-            if info.get("type") != "file":
-                raise FileNotFoundError(f"{path} is a prefix, not an object")
-            size = int(info.get("size") or 0)
-            check_size(size, max_bytes)
-            generation = info.get("generation")
-            try:
-                _, data = self.fs.call("GET", self.fs.url(path, generation=generation))
-            except FileNotFoundError:
-                continue  # replaced since the metadata was read: read the new one
-            if len(data) != size:
-                raise http.client.IncompleteRead(data[:size], max(0, size - len(data)))
-            return Versioned(data, None if generation is None else str(generation))
-        raise OSError(f"{path} was replaced 8 times while it was being read")
+        self.fs.invalidate_cache(path)
+        info = self.fs.info(path)
+        if info.get("type") != "file":
+            raise FileNotFoundError(f"{path} is a prefix, not an object")
+        check_size(int(info.get("size") or 0), max_bytes)  # before the body is read
+        headers, data = self.fs.call("GET", self.fs.url(path))
+        check_size(len(data), max_bytes)  # replaced by a larger one since the metadata
+        # The body's own generation: the object may have been replaced since info().
+        generation = headers.get("x-goog-generation")
+        return Versioned(data, None if generation is None else str(generation))
 
     def put(self, path: str, data: bytes) -> None:
         self._upload(path, data, None)

@@ -181,6 +181,9 @@ def _add_pack_command(sub: Any, c: _Parents) -> None:
                    help="create (default: refuse an existing dataset), overwrite, or append")
     p.add_argument("--meta", metavar="KEY=VALUE", action="append", type=storage_option, default=None,
                    help="a meta entry for the manifest (repeatable; JSON values, dotted keys)")
+    p.add_argument("--single-writer", action="store_true",
+                   help="publish even on a store that does not enforce conditional writes "
+                        "(you promise nothing else writes this dataset meanwhile)")
 
 
 def _add_copy_commands(sub: Any, c: _Parents) -> None:
@@ -198,6 +201,9 @@ def _add_copy_commands(sub: Any, c: _Parents) -> None:
     p.add_argument("--dst-option", dest="dst_options", metavar="KEY=VALUE", action="append",
                    type=storage_option, default=[], help="a storage option for the destination only")
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset at DST_URL")
+    p.add_argument("--single-writer", action="store_true",
+                   help="publish even on a store that does not enforce conditional writes "
+                        "(you promise nothing else writes this dataset meanwhile)")
 
     p = _add(sub, "merge", "Combine datasets written in parallel into one manifest.",
              "Sources at or below DEST_URL stay where they are (the manifest refers to them);\n"
@@ -210,6 +216,9 @@ def _add_copy_commands(sub: Any, c: _Parents) -> None:
     p.add_argument("--meta", metavar="KEY=VALUE", action="append", type=storage_option, default=None,
                    help="the merged meta (default: the sources' meta, which must agree)")
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset at DEST_URL")
+    p.add_argument("--single-writer", action="store_true",
+                   help="publish even on a store that does not enforce conditional writes "
+                        "(you promise nothing else writes this dataset meanwhile)")
 
 
 def _add_cache_command(sub: Any, c: _Parents) -> None:

@@ -140,6 +140,7 @@ def pack(
     meta: Mapping[str, Any] | None = None,
     mode: str = "create",
     progress: Callback | None = None,
+    single_writer: bool = False,
 ) -> Manifest:
     """Pack local ``inputs`` into a dataset at ``url`` and publish it; returns its manifest.
 
@@ -154,7 +155,8 @@ def pack(
       - ``"rox"``: the records of ROXXEL01 shards of the original Roxxel library (files,
         directories, globs or ``data.rox`` standing for ``data_0000.rox``, ...), in order.
     ``meta`` is merged over the format's meta (None: when appending, the dataset keeps
-    its meta). ``mode`` is the Writer's (``create``, ``overwrite``, ``append``). ``progress`` (an fsspec ``Callback``) counts input bytes.
+    its meta). ``mode`` and ``single_writer`` are the Writer's (``create``, ``overwrite``,
+    ``append``). ``progress`` (an fsspec ``Callback``) counts input bytes.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
@@ -188,6 +190,7 @@ def pack(
         storage_options=storage_options,
         meta=None if meta is None and not format_meta else {**format_meta, **dict(meta or {})},
         mode=mode,
+        single_writer=single_writer,
     ) as writer:
         for record, nbytes in records:
             if record is not None:

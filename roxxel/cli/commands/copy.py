@@ -17,7 +17,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
     report = run_with_progress(
         "cp", args.quiet, copy, args.src, args.dst,
         src_options=merged(args.options, args.src_options), dst_options=merged(args.options, args.dst_options),
-        overwrite=args.overwrite, workers=args.workers,
+        overwrite=args.overwrite, workers=args.workers, single_writer=args.single_writer,
     )
     if args.json:
         print_json(report.to_dict())
@@ -34,7 +34,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     report = run_with_progress(
         "merge", args.quiet, merge, args.sources, args.dest, args.options,
-        meta=args.meta, overwrite=args.overwrite, workers=args.workers,
+        meta=args.meta, overwrite=args.overwrite, workers=args.workers, single_writer=args.single_writer,
     )
     if args.json:
         print_json(report.to_dict())

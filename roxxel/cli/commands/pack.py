@@ -17,7 +17,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     manifest = run_with_progress(
         "pack", args.quiet, pack, args.inputs, args.url, args.options, format=args.format,
         shard_bytes=args.shard_bytes, compression=None if args.compression == "none" else args.compression,
-        meta=args.meta, mode=args.mode,
+        meta=args.meta, mode=args.mode, single_writer=args.single_writer,
     )
     stored = int(sum(manifest.shards.stored_size.tolist()))
     if args.json:
