@@ -5,11 +5,12 @@ fault-injecting filesystems and a dead endpoint."""
 from __future__ import annotations
 
 import errno
-import ssl
 import hashlib
+import logging
 import os
 import pickle
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +32,10 @@ from roxxel.backends import (
 from roxxel.backends import conditional as conditional_module
 from roxxel.backends import store as store_module
 from roxxel.errors import (
-    ConflictError,
     AccessDeniedError,
+    ConflictError,
     DatasetExistsError,
+    IntegrityError,
     NotFoundError,
     StorageError,
     TransientStorageError,
@@ -589,3 +591,31 @@ def test_connection_refused_fails_within_seconds_naming_the_url():
     assert time.monotonic() - started < 12
     assert isinstance(caught.value, TransientStorageError)
     assert "server up" in str(caught.value)
+
+
+@pytest.mark.parametrize("stored", [3000, 2500], ids=["ends-at-a-chunk-boundary", "ends-mid-chunk"])
+def test_a_truncated_object_of_known_size_is_an_integrity_error(dataset_location, stored, caplog):
+    """A shard cut short in the store (GCS answers a range past its end with 416) is an
+    IntegrityError naming it, on every store, and no client logs an error on the way."""
+    url, options = dataset_location
+    store = Store(url, options, retry=FAST, chunk_size=1000)
+    store.put_bytes_overwrite("shards/s.rox", payload(stored))
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(IntegrityError, match=rf"s\.rox: it ended at byte {stored}, expected 6000 bytes"):
+            store.stream("shards/s.rox", lambda chunk: None, size=6000)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_server_that_ignores_range_is_named(new_location):
+    base = Store(*new_location("memory"), retry=FAST)
+    base.put_bytes_overwrite("x", payload(100))
+
+    class IgnoresRange(Faulty):
+        def __getattr__(self, name: str) -> Any:
+            if name == "cat_file":
+                return lambda path, start=None, end=None, **kw: self._fs.cat_file(path)
+            return super().__getattr__(name)
+
+    flaky = Store(base.base_url, fs=IgnoresRange(base.fs), retry=FAST)  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match=r"asked for bytes \[10, 20\) \(10 bytes\), got 100; the server ignored the Range header"):
+        flaky.read_range("x", 10, 20)

@@ -42,6 +42,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from . import localfiles
+from .errors import http_status
 
 __all__ = ["Conditional", "PreconditionFailed", "TooLarge", "Versioned", "for_filesystem", "register"]
 
@@ -235,7 +236,7 @@ class S3Conditional(_ProbedConditional):
             sync(self.fs.loop, self.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data,
                  **conditions, **self.fs.req_kw)
         except Exception as exc:
-            if conditions and _http_status(exc) in (409, 412):
+            if conditions and http_status(exc) in (409, 412):
                 raise PreconditionFailed(path) from exc
             raise
         finally:
@@ -288,7 +289,7 @@ class GCSConditional(_ProbedConditional):
                 headers={"Content-Type": f'multipart/related; boundary="{boundary}"'}, **params,
             )
         except (FileExistsError, OSError) as exc:
-            if generation is not None and (isinstance(exc, FileExistsError) or _http_status(exc) == 412):
+            if generation is not None and (isinstance(exc, FileExistsError) or http_status(exc) == 412):
                 raise PreconditionFailed(path) from exc
             raise
         finally:
@@ -355,24 +356,6 @@ def _refused(write: Any) -> bool:
     except (PreconditionFailed, FileExistsError):
         return True
     return False
-
-
-def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status in ``exc`` or its chain (botocore ClientError, gcsfs HttpError)."""
-    current: BaseException | None = exc
-    for _ in range(8):
-        if current is None:
-            return None
-        response = getattr(current, "response", None)
-        if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if isinstance(status, int):
-                return status
-        code = getattr(current, "code", None)
-        if isinstance(code, int):
-            return code
-        current = current.__cause__ or current.__context__
-    return None
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from .urls import redact
 
-__all__ = ["Kind", "classify", "describe", "translate"]
+__all__ = ["Kind", "classify", "describe", "http_status", "translate"]
 
 _DETAIL_LIMIT = 300
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchVersion"}
@@ -111,6 +111,22 @@ def describe(exc: BaseException) -> str:
         text = text[: _DETAIL_LIMIT - 3] + "..."
     name = type(exc).__name__
     return f"{name}: {redact(text)}" if text else name
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status that ``exc`` or its chain carries (botocore's ClientError, gcsfs's
+    HttpError, aiohttp's ClientResponseError), or None."""
+    for link in _chain(exc):
+        response = getattr(link, "response", None)
+        if isinstance(response, Mapping):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status
+        for name in ("code", "status"):
+            value = getattr(link, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and 100 <= value < 600:
+                return value
+    return None
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -28,6 +28,7 @@ from fsspec.asyn import sync
 
 from . import watchdog
 from .direct import open_direct
+from .errors import http_status
 from .retry import RetryPolicy, call
 
 __all__ = ["ChunkReader", "StoreReader", "open_chunk_reader"]
@@ -80,14 +81,29 @@ class _FileReader:
 
 
 class _RangeReader:
+    """One ranged GET per read, never past the object's end as its metadata gave it when
+    the reader opened (a range that starts past the end is answered 416, which gcsfs
+    also logs as an error); a 416 all the same (the object shrank since) ends the reads."""
+
     def __init__(self, fs: AbstractFileSystem, path: str, offset: int) -> None:
         self._fs, self._path, self._pos = fs, path, offset
+        self._end: int | None = None
 
     def read(self, size: int) -> bytes:
+        if self._end is None:
+            self._end = int(self._fs.size(self._path))
+        end = min(self._pos + size, self._end)
+        if end <= self._pos:
+            return b""
         progress = watchdog.current()
         if progress is not None:  # one request: no byte is seen before the last
-            progress.unseen(size)
-        data = self._fs.cat_file(self._path, start=self._pos, end=self._pos + size)
+            progress.unseen(end - self._pos)
+        try:
+            data = self._fs.cat_file(self._path, start=self._pos, end=end)
+        except Exception as exc:
+            if http_status(exc) != 416:  # Range Not Satisfiable: the object ends before _pos
+                raise
+            data, self._end = b"", self._pos
         if progress is not None:
             progress.beat()
         self._pos += len(data)

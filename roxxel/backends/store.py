@@ -21,7 +21,13 @@ from typing import Any, BinaryIO, Callable, TypeVar
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
-from ..errors import ConflictError, DatasetExistsError, IntegrityError, NotFoundError, StorageError
+from ..errors import (
+    ConflictError,
+    DatasetExistsError,
+    IntegrityError,
+    NotFoundError,
+    StorageError,
+)
 from . import conditional, localfiles
 from .conditional import Versioned
 from .readers import ChunkReader, StoreReader, open_chunk_reader
@@ -168,7 +174,13 @@ class Store:
         if start == end:
             return b""
         data = self._run("read", key, lambda: self.fs.cat_file(path, start=start, end=end))
-        if len(data) != end - start:
+        if len(data) > end - start:
+            raise StorageError(
+                f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}) "
+                f"({end - start} bytes), got {len(data)}; the server ignored the Range header "
+                "(a proxy or server that does not support ranged GETs?)"
+            )
+        if len(data) < end - start:
             raise StorageError(
                 f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}), "
                 f"got {len(data)} bytes; the object is shorter than expected"
