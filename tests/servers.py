@@ -376,36 +376,21 @@ def start_gcs_emulator(timeout: float = 30.0) -> Server:
     )
 
 
-@contextlib.contextmanager
 def s3_server(
     timeout: float = 30.0, tls: tuple[str, str] | None = None, *, honour_preconditions: bool = True
-) -> Iterator[Server]:
-    """A moto S3 server for the duration of the ``with`` block (HTTPS with ``tls``)."""
-    server = start_s3(timeout, tls, honour_preconditions=honour_preconditions)
-    try:
-        yield server
-    finally:
-        server.stop()
+) -> Server:
+    """A moto S3 server, stopped when the ``with`` block around it exits (HTTPS with ``tls``)."""
+    return start_s3(timeout, tls, honour_preconditions=honour_preconditions)
 
 
-@contextlib.contextmanager
-def gcs_server(timeout: float = 30.0) -> Iterator[Server]:
-    """fake-gcs-server for the duration of the ``with`` block."""
-    server = start_gcs(timeout)
-    try:
-        yield server
-    finally:
-        server.stop()
+def gcs_server(timeout: float = 30.0) -> Server:
+    """fake-gcs-server, stopped when the ``with`` block around it exits."""
+    return start_gcs(timeout)
 
 
-@contextlib.contextmanager
-def gcs_emulator_server(timeout: float = 30.0) -> Iterator[Server]:
-    """gcp-storage-emulator for the duration of the ``with`` block."""
-    server = start_gcs_emulator(timeout)
-    try:
-        yield server
-    finally:
-        server.stop()
+def gcs_emulator_server(timeout: float = 30.0) -> Server:
+    """gcp-storage-emulator, stopped when the ``with`` block around it exits."""
+    return start_gcs_emulator(timeout)
 
 
 def main() -> None:
