@@ -295,3 +295,27 @@ def test_processes_never_share_a_probe_verdict_across_stores(s3_server, careless
     careless = dataset_store(careless_s3.url("careless", f"t{uuid.uuid4().hex[:8]}"), careless_s3.storage_options)
     assert careless.conditional_writes_enforced() is False
     assert honest.conditional_writes_enforced() is True
+
+
+@pytest.mark.parametrize("kind", ["local", "s3", "gcs"])
+def test_a_merge_in_place_loses_to_an_append_published_while_it_read(new_location, kind, monkeypatch, tmp_path):
+    """``merge DEST PART DEST --overwrite`` (adding a part to a dataset in place) reads DEST
+    as a source; an append published after that read must make the merge a conflict, not
+    vanish under the merged manifest."""
+    merge_module = importlib.import_module("roxxel.ops.merge")
+    dst, options = new_location(kind)
+    for url, record in ((dst, b"base"), (dst + "/part", b"part")):
+        with roxxel.Writer(url, storage_options=options) as w:
+            w.append(record)
+    real = merge_module._entries
+
+    def append_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        with roxxel.Writer(dst, storage_options=options, mode="append") as w:
+            w.append(b"appended meanwhile")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(merge_module, "_entries", append_meanwhile)
+    with pytest.raises(ConflictError):
+        merge_datasets([dst, dst + "/part"], dst, options, overwrite=True)
+    with roxxel.open(dst, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(r) for r in ds] == [b"base", b"appended meanwhile"]

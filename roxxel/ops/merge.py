@@ -172,14 +172,6 @@ def merge(
     if not src_urls:
         raise ValueError("merge needs at least one source dataset")
     dst = dataset_store(dst_url, storage_options)
-    sources = []
-    for url in src_urls:
-        store = dataset_store(url, storage_options)
-        sources.append((store, read_manifest(store)))
-    merged_meta = dict(meta) if meta is not None else _merged_meta(sources)
-    entries = _entries(dst, sources)
-    manifest = Manifest.build([e.shard for e in entries], merged_meta)
-
     require_conditional_writes(dst, single_writer=single_writer)
     try:
         snapshot = read_snapshot(dst)
@@ -188,6 +180,16 @@ def merge(
             raise
         snapshot = None  # unreadable: replaced whatever it is, unconditionally
     existing = None if snapshot is None else snapshot.manifest
+    sources = []
+    for url in src_urls:
+        store = dataset_store(url, storage_options)
+        # The destination as a source (a merge in place) is the very manifest the publish
+        # compares against: a manifest read twice could hide a publish in between.
+        same = existing is not None and (type(store.fs), store.root) == (type(dst.fs), dst.root)
+        sources.append((store, existing if same else read_manifest(store)))
+    merged_meta = dict(meta) if meta is not None else _merged_meta(sources)
+    entries = _entries(dst, sources)
+    manifest = Manifest.build([e.shard for e in entries], merged_meta)
     in_place = [e for e in entries if e.in_place]
     to_copy = [e for e in entries if not e.in_place]
     report = dict(
