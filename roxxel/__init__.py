@@ -5,7 +5,7 @@ or memory, and stream them back through a node-local cache of memory-mapped shar
 """
 
 from ._version import __version__
-from .dataset import Dataset, open
+from .read import Dataset, open
 from .errors import (
     AccessDeniedError,
     CacheError,

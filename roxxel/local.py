@@ -33,7 +33,6 @@ import numpy.typing as npt
 
 from .format import (
     FOOTER_SIZE,
-    MappedShard,
     Record,
     ShardLayout,
     ShardWriter,
@@ -42,8 +41,8 @@ from .format import (
     record_bytes,
 )
 from .errors import DatasetExistsError
-from .records import ShardedRecords
-from .tokens import TokenWindows, token_batches
+from .read.records import LocalShards, Records
+from .read.tokens import TokenWindows, token_batches
 
 __all__ = ["Roxxel"]
 
@@ -59,7 +58,7 @@ def _natural_key(path: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
-class Roxxel(ShardedRecords):
+class Roxxel(Records):
     """Records in local ROXXEL01 shards: ``Roxxel("data.rox")``, ``Roxxel("wiki_*.rox")``
     or ``Roxxel([path, ...])``.
 
@@ -76,8 +75,9 @@ class Roxxel(ShardedRecords):
         else:
             self._spec = None
             self._explicit = [os.fspath(p) for p in path]
-        self._paths: list[str] = []
-        self._refresh()
+        self._paths = self._discover()
+        self._files = LocalShards(self._paths)
+        super().__init__([_layout(p).record_count for p in self._paths], self._files)
 
     # -- which files ---------------------------------------------------------------
 
@@ -118,11 +118,8 @@ class Roxxel(ShardedRecords):
 
     def _refresh(self) -> None:
         self._release_all()
-        self._paths = self._discover()
-        self._set_shards([_layout(p).record_count for p in self._paths])
-
-    def _load_shard(self, k: int) -> MappedShard:
-        return MappedShard(self._paths[k])
+        self._paths = self._files.paths = self._discover()
+        self._set_counts([_layout(p).record_count for p in self._paths])
 
     @property
     def raw_data(self) -> np.ndarray:

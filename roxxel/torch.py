@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from . import dataset as _dataset
+from .read import dataset as _dataset
 from .errors import ResumeError
-from .iteration import detect_topology
+from .read.iteration import detect_topology
 from .planner import DEFAULT_WINDOW, plan
 
 __all__ = ["IterableRecords", "StatefulLoader", "default_collate_records"]

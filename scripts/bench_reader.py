@@ -95,8 +95,8 @@ from benchkit import MiB, RecordSource, bench_storage_options, best_of, check_re
 import roxxel
 from roxxel.planner import DEFAULT_WINDOW, Plan
 from roxxel.planner import plan as make_plan
-from roxxel import views as views_module
-from roxxel.views import ACCELERATED
+from roxxel.read import views as views_module
+from roxxel.read.views import ACCELERATED
 from tests.servers import s3_server
 
 BUCKET = "bench"

@@ -118,7 +118,7 @@ def test_the_console_script_lists_every_command(env):
         assert re.search(rf"^\s+{command}\s", result.stdout, flags=re.M), command
     version = roxxel_cli("--version", env=env).stdout.strip()
     assert version.startswith(f"roxxel {roxxel.__version__} (records made in ")
-    assert ("records made in C" in version) == roxxel.views.ACCELERATED
+    assert ("records made in C" in version) == roxxel.read.views.ACCELERATED
 
 
 # -------------------------------------------------------------------- success paths

@@ -77,7 +77,7 @@ def test_every_record_reads_back_exactly_in_a_shuffled_order(dataset_location, t
 
 
 def test_iter_at_reads_an_order_of_our_own_from_a_cold_cache(dataset_location, tmp_path, monkeypatch):
-    monkeypatch.setattr(roxxel.records, "BLOCK", 64)  # many blocks, each over many shards
+    monkeypatch.setattr(roxxel.read.records, "BLOCK", 64)  # many blocks, each over many shards
     url, options = dataset_location
     recs = make_records(400)
     manifest = publish(url, options, recs)
@@ -291,7 +291,7 @@ def unlinked_but_mapped(directory) -> int:
 
 
 def test_iter_at_in_a_random_order_keeps_the_disk_within_a_small_cache_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(roxxel.records, "BLOCK", 128)
+    monkeypatch.setattr(roxxel.read.records, "BLOCK", 128)
     url = str(tmp_path / "ds")
     recs = make_records(800, seed=6)
     manifest = publish(url, {}, recs, shard_bytes=32 * 1024)
@@ -459,7 +459,7 @@ def test_eviction_under_a_small_limit_is_optimal_across_epochs(tmp_path):
 def test_state_and_resume_are_exact_at_every_position(tmp_path, monkeypatch, topology):
     # Blocks of 3 records: the position is read from the block's cursor, so block and
     # window boundaries are where a miscount would show.
-    monkeypatch.setattr(roxxel.iteration, "BLOCK", 3)
+    monkeypatch.setattr(roxxel.read.iteration, "BLOCK", 3)
     url = str(tmp_path / "ds")
     manifest = publish(url, {}, make_records(61), shard_bytes=4096)
     assert len(manifest.shards) > 8

@@ -75,11 +75,11 @@ def test_indexing_negative_slices_lists_and_errors(tmp_path):
 def test_gathers_read_every_record_both_ways(tmp_path, monkeypatch, by_table):
     # A gather reads bounds from one table of the involved shards' offsets, or, when
     # those shards are much larger than the gather, shard by shard: both must agree.
-    import roxxel.records
+    import roxxel.read.records
 
     if not by_table:
-        monkeypatch.setattr(roxxel.records, "_CONCAT_FACTOR", 0)
-        monkeypatch.setattr(roxxel.records, "_CONCAT_SLACK", 0)
+        monkeypatch.setattr(roxxel.read.records, "_CONCAT_FACTOR", 0)
+        monkeypatch.setattr(roxxel.read.records, "_CONCAT_SLACK", 0)
     ds = Roxxel(str(tmp_path / "g_*.rox"))
     recs = [bytes([i % 251]) * (i % 13) for i in range(300)]
     ds.write(recs, max_shard_bytes=200)

@@ -113,7 +113,7 @@ def test_bad_stream_arguments_are_refused_with_the_value(tokens, kwargs, message
 
 
 def test_resume_is_exact_across_permutation_block_boundaries(tokens, monkeypatch):
-    from roxxel import tokens as tokens_module
+    from roxxel.read import tokens as tokens_module
 
     monkeypatch.setattr(tokens_module._EpochOrder, "BLOCK", 5)  # many blocks per epoch
     full = list(itertools.islice(tokens.stream(seq_len=40, batch_size=7, seed=9, epochs=None), 40))
@@ -150,7 +150,7 @@ def test_resuming_a_finite_stream_yields_exactly_the_rest_of_it(tokens, epochs):
 
 
 def test_ranks_of_a_finite_stream_stop_together(tokens):
-    from roxxel.tokens import TokenWindows, token_batches
+    from roxxel.read.tokens import TokenWindows, token_batches
 
     sizes = [p.nbytes for p in tokens.payloads]
     windows = TokenWindows(sizes, lambda k: tokens.shard(k).payload, 40, np.int32)

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roxxel import views as views_module
-from roxxel.views import PyViews, record_views
+from roxxel.read import views as views_module
+from roxxel.read.views import PyViews, record_views
 
 try:
     from roxxel._cviews import views as c_views

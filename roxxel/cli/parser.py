@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "local disk or memory) and node caches.",
         epilog="Run 'roxxel COMMAND --help' for a command's options and an example.",
     )
-    from ..views import ACCELERATED
+    from ..read.views import ACCELERATED
 
     views = "records made in C" if ACCELERATED else "records made in Python: roxxel._cviews is not available"
     parser.add_argument("--version", action="version", version=f"roxxel {__version__} ({views})")

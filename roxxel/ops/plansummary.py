@@ -14,7 +14,7 @@ import numpy as np
 
 from ..cache import parse_size
 from ..cache.sizing import fitted_lookahead, required_bytes
-from ..dataset import DEFAULT_LOOKAHEAD
+from ..read.residency import DEFAULT_LOOKAHEAD
 from ..planner import DEFAULT_WINDOW, Plan, plan
 from ._common import load
 

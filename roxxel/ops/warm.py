@@ -15,7 +15,7 @@ from typing import Any
 from fsspec.callbacks import Callback
 
 from ..cache import parse_size
-from ..dataset import open as open_dataset
+from ..read import open as open_dataset
 from ..manifest import Manifest
 from ..planner import plan
 from ._common import DEFAULT_WORKERS, Meter

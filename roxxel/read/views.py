@@ -118,7 +118,7 @@ def _check_records(bases: list[np.ndarray], slots: np.ndarray, begins: np.ndarra
 
 
 try:
-    from ._cviews import views as _c_views
+    from .._cviews import views as _c_views
 except ImportError:  # built without a C compiler: the twin below does the same, slower
     _c_views = None
 

@@ -16,17 +16,16 @@ import sys
 from itertools import chain, islice
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import ResumeError
-from .planner import DEFAULT_WINDOW, Plan, WindowLayout, plan
+from ..errors import ResumeError
+from ..format import MappedShard
+from ..planner import DEFAULT_WINDOW, Plan, WindowLayout, plan
+from .records import Records
+from .residency import Residency
 from .views import BLOCK, RecordViews, record_views
-
-if TYPE_CHECKING:
-    from .dataset import Dataset
-    from .format import MappedShard
 
 __all__ = ["IterState", "RecordIterator", "detect_topology"]
 
@@ -93,15 +92,26 @@ def detect_topology(
 
 
 class RecordIterator(Iterator[np.ndarray]):
-    """Records of one consumer's epoch as zero-copy ``uint8`` views, in plan order."""
+    """Records of one consumer's epoch as zero-copy ``uint8`` views, in plan order.
+
+    ``records`` maps the shards, ``residency`` is told what they will need and when;
+    ``counts`` are the shards' record counts (the plan is a function of them).
+    """
 
     def __init__(
-        self, ds: Dataset, state: IterState, track: Callable[[Iterator[np.ndarray]], Iterator[np.ndarray]]
+        self,
+        records: Records,
+        residency: Residency,
+        counts: np.ndarray,
+        state: IterState,
+        track: Callable[[Iterator[RecordViews]], Iterator[RecordViews]],
     ) -> None:
-        self._ds = ds
+        self._index = records
+        self._residency = residency
+        self._counts = counts
         self._base = state
         self.plan: Plan = plan(
-            ds.manifest.shards.records,
+            counts,
             seed=state.seed,
             epoch=state.epoch,
             rank=state.rank,
@@ -150,7 +160,7 @@ class RecordIterator(Iterator[np.ndarray]):
         """This consumer's shard order in the next epoch: known now, as plans are pure."""
         st = self._base
         following = plan(
-            self._ds.manifest.shards.records, seed=st.seed, epoch=st.epoch + 1, rank=st.rank,
+            self._counts, seed=st.seed, epoch=st.epoch + 1, rank=st.rank,
             world_size=st.world_size, worker=st.worker, num_workers=st.num_workers,
             shuffle=st.shuffle, window=st.window, remainder=st.remainder,
         )
@@ -159,20 +169,20 @@ class RecordIterator(Iterator[np.ndarray]):
     def _blocks(self) -> Iterator[RecordViews]:
         """The stream in blocks of views; between windows, the downloads and the cache's
         bookkeeping. Closing it (``ds.close()`` does) lets go of the current block's maps."""
-        ds, p = self._ds, self.plan
+        residency, p = self._residency, self.plan
         order = p.shard_order.tolist()
         rank_of = {k: i for i, k in enumerate(order)}
-        ds._set_order(order, then=self._next_epoch_order())
-        ds._hold_at_least(p.num_windows and int(max(len(p.window_shards(w)) for w in range(p.num_windows))))
+        residency.expect(order, then=self._next_epoch_order())
+        residency.hold(p.num_windows and int(max(len(p.window_shards(w)) for w in range(p.num_windows))))
         first, skip = p.locate(self._at)
         try:
             for w in range(first, p.num_windows):
                 window = p.window_shards(w).tolist()
-                ds._fetch_in_parallel(window)
-                ds._prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
+                residency.fetch_together(window)
+                residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
                 # The shards are verified against the manifest before the window's records,
                 # whose count the manifest claims, are planned (and allocated).
-                shards = [ds.shard(k) for k in window]
+                shards = [self._index.shard(k) for k in window]
                 slots, begins, ends = _window_bounds(shards, p.window_layout(w), skip)
                 skip = 0
                 payloads = [s.payload for s in shards]
@@ -185,8 +195,7 @@ class RecordIterator(Iterator[np.ndarray]):
                 self._block = None
                 following = set(p.window_shards(w + 1).tolist()) if w + 1 < p.num_windows else set()
                 done = [k for k in window if k not in following]
-                ds._forget_order(done)
-                ds._release_window(done)
+                residency.finished(done)
         finally:  # closed (by ds.close()) mid-block: keep the position, let go of the maps
             if self._block is not None:
                 self._at = self.position
@@ -214,7 +223,7 @@ def _window_bounds(
     return np.ascontiguousarray(slots, dtype=np.int64), begins, ends
 
 
-def new_state(ds: Dataset, **kwargs: Any) -> IterState:
+def new_state(fingerprint: str, **kwargs: Any) -> IterState:
     """The state of a fresh iterator, with the topology detected where not given."""
     rank, world_size, worker, num_workers = detect_topology(
         kwargs.pop("rank"), kwargs.pop("world_size"), kwargs.pop("worker"), kwargs.pop("num_workers")
@@ -224,19 +233,21 @@ def new_state(ds: Dataset, **kwargs: Any) -> IterState:
         world_size=world_size,
         worker=worker,
         num_workers=num_workers,
-        fingerprint=ds.manifest.fingerprint(),
+        fingerprint=fingerprint,
         window=kwargs.pop("window") or DEFAULT_WINDOW,
         **kwargs,
     )
 
 
-def check_resumable(ds: Dataset, saved: IterState, now: tuple[int, int, int, int]) -> None:
-    """ResumeError unless ``saved`` belongs to this dataset and this topology."""
-    fingerprint = ds.manifest.fingerprint()
+def check_resumable(
+    saved: IterState, fingerprint: str, url: str, now: tuple[int, int, int, int]
+) -> None:
+    """ResumeError unless ``saved`` belongs to the dataset at ``url`` with ``fingerprint``
+    and to this topology."""
     if saved.fingerprint != fingerprint:
         raise ResumeError(
             f"the saved state belongs to another dataset or version (manifest fingerprint "
-            f"{saved.fingerprint}); {ds.url} has {fingerprint}"
+            f"{saved.fingerprint}); {url} has {fingerprint}"
         )
     rank, world_size, worker, num_workers = now
     if (saved.world_size, saved.num_workers) != (world_size, num_workers):

@@ -1,35 +1,98 @@
 """Global record indexing over a sequence of shards that are mapped on first use.
 
 Both the local ``Roxxel`` API and the object-store dataset address records by a global
-index; this base class owns that arithmetic, so it is written (and tested) once. Only
-the per-shard record counts are held up front, as one NumPy array.
+index; :class:`Records` owns that arithmetic, so it is written (and tested) once. Which
+shards are mapped, and how a shard gets mapped, is the business of a
+:class:`ShardSource` given to it (for a dataset, its :class:`~roxxel.read.residency.Residency`;
+for local files, :class:`LocalShards`). Only the per-shard record counts are held up
+front, as one NumPy array.
 """
 
 from __future__ import annotations
 
 import weakref
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from .errors import ShardFormatError
-from .format import MappedShard
+from ..errors import ShardFormatError
+from ..format import MappedShard
 from .views import BLOCK, RecordViews, closing, record_views, stored_blocks
 
-__all__ = ["ShardedRecords"]
+__all__ = ["LocalShards", "Records", "ShardSource"]
 
 T = TypeVar("T")
 
 
-class ShardedRecords:
+class ShardSource(Protocol):
+    """What :class:`Records` needs of whoever maps its shards."""
+
+    @property
+    def max_mapped(self) -> int | None:
+        """How many shards one read may keep mapped at once (None: any number)."""
+
+    def map(self, k: int) -> MappedShard:
+        """Shard ``k``, mapped and validated; held until :meth:`release`."""
+
+    def release(self, k: int) -> None:
+        """Let go of shard ``k``'s map (if mapped), telling the :meth:`on_unmap` callback."""
+
+    def on_unmap(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(k)`` whenever shard ``k`` is unmapped, whoever decided it."""
+
+    def about_to_map(self, shards: list[int]) -> None:
+        """``shards`` are all needed now (a remote source may fetch them side by side)."""
+
+    def expect(self, shards: Iterable[int]) -> None:
+        """``shards`` will be read in this order (a remote source plans its cache by it)."""
+
+    def prefetch(self, upcoming: Iterable[int]) -> None:
+        """These shards come next, in this order (a remote source downloads ahead)."""
+
+
+class LocalShards:
+    """Shard files on local disk: mapped when asked, nothing fetched or planned."""
+
+    max_mapped = None
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        self._maps: dict[int, MappedShard] = {}
+        self._unmapped: Callable[[int], object] = lambda k: None
+
+    def map(self, k: int) -> MappedShard:
+        shard = self._maps[k] = MappedShard(self.paths[k])
+        return shard
+
+    def release(self, k: int) -> None:
+        shard = self._maps.pop(k, None)
+        if shard is not None:
+            self._unmapped(k)
+            shard.close()
+
+    def on_unmap(self, callback: Callable[[int], object]) -> None:
+        self._unmapped = callback
+
+    def about_to_map(self, shards: list[int]) -> None:
+        pass
+
+    def expect(self, shards: Iterable[int]) -> None:
+        pass
+
+    def prefetch(self, upcoming: Iterable[int]) -> None:
+        pass
+
+
+class Records:
     """Records ``0..len-1`` laid end to end across shards with known record counts.
 
-    Subclasses call :meth:`_set_shards` with the counts and implement
-    :meth:`_load_shard` (return shard ``k`` mapped and validated). ``self[i]`` is a
-    zero-copy ``numpy.uint8`` view; slices and index lists give lists of views.
+    ``counts`` are the shards' record counts; ``source`` maps them (see
+    :class:`ShardSource`). ``self[i]`` is a zero-copy ``numpy.uint8`` view; slices and
+    index lists give lists of views. The dataset classes are :class:`Records` with a
+    source: the index's hot path is their own ``__getitem__``, with no call in between.
     """
 
     _n: int = 0
@@ -37,7 +100,13 @@ class ShardedRecords:
     _iterators: weakref.WeakSet[Iterator[Any]] | None = None  # live generators of blocks
     _only: tuple[np.ndarray, Sequence[int]] | None = None
 
-    def _set_shards(self, counts: Sequence[int] | np.ndarray) -> None:
+    def __init__(self, counts: Sequence[int] | np.ndarray, source: ShardSource) -> None:
+        self._source = source
+        source.on_unmap(self._unmapped)
+        self._set_counts(counts)
+
+    def _set_counts(self, counts: Sequence[int] | np.ndarray) -> None:
+        """Index these record counts (every shard unmapped)."""
         counts = np.asarray(counts, dtype=np.int64)
         self.record_starts = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.record_starts[1:])
@@ -48,9 +117,6 @@ class ShardedRecords:
         # (payload, end offsets) per mapped shard: the two things a lookup needs
         self._views: list[tuple[np.ndarray, Sequence[int]] | None] = [None] * len(counts)
         self._only = None  # (payload, end offsets) of the lone shard of a one-shard dataset, mapped
-
-    def _load_shard(self, k: int) -> MappedShard:
-        raise NotImplementedError
 
     # -- shards --------------------------------------------------------------------
 
@@ -63,10 +129,10 @@ class ShardedRecords:
         self._check_open()
         s = self._shards[k]
         if s is None:
-            s = self._load_shard(k)
+            s = self._source.map(k)
             expected = self._starts_list[k + 1] - self._starts_list[k]
             if len(s) != expected:
-                s.close()
+                self._source.release(k)
                 raise ShardFormatError(
                     f"{s.path}: footer says {len(s)} records, expected {expected} from the manifest"
                 )
@@ -86,12 +152,14 @@ class ShardedRecords:
 
     def release(self, k: int) -> None:
         """Unmap shard ``k`` (views already handed out stay valid)."""
-        s = self._shards[k]
-        if s is not None:
+        self._source.release(k)
+
+    def _unmapped(self, k: int) -> None:
+        """The source is letting go of shard ``k``'s map: so does the index."""
+        if self._shards[k] is not None:
             self._shards[k] = None
             self._views[k] = None
             self._only = None
-            s.close()
 
     def _release_all(self) -> None:
         for k in range(len(getattr(self, "_shards", ()))):
@@ -154,14 +222,16 @@ class ShardedRecords:
         return closing(self._each_stored_block())
 
     def _each_stored_block(self) -> Iterator[RecordViews]:
-        for k in range(self.num_shards):
+        n, source = self.num_shards, self._source
+        source.expect(range(n))
+        for k in range(n):
             self._check_open()
-            shard = self._next_in_stored_order(k)
+            if k:  # (the first shard is fetched alone: the first record comes sooner)
+                source.prefetch(range(k + 1, n))
+            shard = self.shard(k)  # (after the prefetch: the downloads overlap)
+            if not k:
+                source.prefetch(range(1, n))
             yield from stored_blocks(shard.payload, shard.offsets)
-
-    def _next_in_stored_order(self, k: int) -> MappedShard:
-        """Shard ``k``, as plain iteration reaches it (a hook for prefetching)."""
-        return self.shard(k)
 
     def gather(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """Records at ``indices`` (negative allowed), in that order, as views.
@@ -212,7 +282,7 @@ class ShardedRecords:
         else:
             involved = np.flatnonzero(np.bincount(shard_ids, minlength=self.num_shards))
         needed = involved.tolist()
-        self._about_to_map(needed)
+        self._source.about_to_map(needed)
         payloads, offsets = [], []
         for k in needed:
             shard = self.shard(k)
@@ -226,12 +296,19 @@ class ShardedRecords:
         return record_views(payloads, slots, begins, ends)
 
     def _mappable_parts(self, idx: np.ndarray) -> list[np.ndarray]:
-        """``idx`` cut into runs whose shards may all be mapped at once (a hook: a remote
-        dataset under a cache limit cuts; else one run)."""
-        return [idx]
-
-    def _about_to_map(self, shards: list[int]) -> None:
-        """A hook: ``shards`` are all needed now (a remote dataset fetches them side by side)."""
+        """``idx`` cut into runs that touch at most as many shards as the source may keep
+        mapped, so that a block's maps never pin more than it holds (else one run)."""
+        cap = self._source.max_mapped
+        if cap is None:
+            return [idx]
+        shard_ids = (np.searchsorted(self.record_starts, idx, side="right") - 1).tolist()
+        cuts, seen = [], set()
+        for i, k in enumerate(shard_ids):
+            if k not in seen and len(seen) == cap:
+                cuts.append(i)
+                seen = set()
+            seen.add(k)
+        return np.split(idx, cuts)
 
     def _check_open(self) -> None:
         if self._closed:

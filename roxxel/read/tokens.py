@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from .permute import Permutation
+from ..permute import Permutation
 
 __all__ = ["TokenWindows", "token_batches"]
 

@@ -1,6 +1,6 @@
 """Background downloads of the shards a reader will need next.
 
-A :class:`Downloader` runs ``fetch(k)`` for upcoming shards on a few background threads,
+A :class:`Downloader` runs ``fetch(k, check_cancelled)`` for upcoming shards on a few background threads,
 in the order they are asked for, never more than ``lookahead`` ahead of the reader.
 The reader claims a shard with :meth:`Downloader.claim`: it blocks only on that one
 shard, and an error from the background fetch is raised there, in the reader's thread,
@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 
-from .workers import WorkerPool
+from ..workers import WorkerPool
 
 __all__ = ["DownloadCancelled", "Downloader"]
 
@@ -29,13 +29,16 @@ class DownloadCancelled(Exception):
 
 
 class Downloader:
-    """Prefetch shards with ``fetch(k)`` on ``workers`` threads, at most ``lookahead`` queued.
+    """Prefetch shards with ``fetch(k, check_cancelled)`` on ``workers`` threads, at most
+    ``lookahead`` queued.
 
-    ``fetch`` should call :meth:`check_cancelled` between chunks so that :meth:`close`
-    does not wait for whole shards to finish.
+    ``fetch`` should call ``check_cancelled()`` (this downloader's :meth:`check_cancelled`)
+    between chunks so that :meth:`close` does not wait for whole shards to finish.
     """
 
-    def __init__(self, fetch: Callable[[int], None], *, workers: int, lookahead: int) -> None:
+    def __init__(
+        self, fetch: Callable[[int, Callable[[], None]], None], *, workers: int, lookahead: int
+    ) -> None:
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
             raise ValueError(f"lookahead must be an integer >= 0, got {lookahead!r}")
         self._fetch = fetch
@@ -62,7 +65,7 @@ class Downloader:
                 if busy >= self.lookahead:
                     break
                 if k not in self._pending:
-                    self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k))
+                    self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k, self.check_cancelled))
                     busy += 1
 
     def fetch_now(self, shards: Iterable[int]) -> None:
@@ -74,7 +77,7 @@ class Downloader:
         with self._lock:
             for k in shards:
                 if k not in self._pending:
-                    self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k))
+                    self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k, self.check_cancelled))
 
     def retain(self, shards: set[int]) -> None:
         """Forget fetches of shards outside ``shards`` (a new read order): queued ones are

@@ -1,0 +1,13 @@
+"""The read path: a published dataset read through the node-local cache.
+
+``dataset`` is the user-facing :class:`Dataset` (and :func:`open`); ``records`` indexes
+records across shards; ``residency`` owns which shards are downloading, cached, mapped
+and needed next (with ``catalog``, what they are and where, and ``downloader``, the
+background downloads); ``iteration`` walks a planned epoch; ``views`` makes many
+records' views at once; ``tokens`` cuts payloads into token windows; ``ranged`` reads
+single records by range.
+"""
+
+from .dataset import Dataset, open
+
+__all__ = ["Dataset", "open"]

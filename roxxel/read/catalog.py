@@ -1,0 +1,93 @@
+"""The shards a reader may need: where each one is stored and what it must be.
+
+A :class:`ShardCatalog` numbers the shards of one or more datasets end to end, so that
+one :class:`~roxxel.read.residency.Residency` can serve them all: shard ``g`` of the
+catalog is shard ``g - offset`` of the dataset added at ``offset``. A shard's identity
+in the cache is its checksum, never its number, so two datasets sharing a shard share
+its cached copy.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable
+
+import numpy as np
+
+from ..backends import Store
+from ..cache import CachedShard, OrderHint, ShardCache
+from ..manifest import COMPRESSIONS, ShardTable
+
+__all__ = ["ShardCatalog"]
+
+
+class ShardCatalog:
+    """The shards of the datasets added, numbered end to end in the order added."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[Store, ShardTable]] = []
+        self._starts = [0]
+        self.raw_sizes = np.zeros(0, dtype=np.int64)
+        self.checksums: list[str] = []
+
+    @classmethod
+    def of(cls, store: Store, table: ShardTable) -> ShardCatalog:
+        """The catalog of one dataset's shards (numbered as in its manifest)."""
+        catalog = cls()
+        catalog.add(store, table)
+        return catalog
+
+    def add(self, store: Store, table: ShardTable) -> int:
+        """Add a dataset's shards; returns the number its shard 0 has in the catalog."""
+        offset = self._starts[-1]
+        self._parts.append((store, table))
+        self._starts.append(offset + len(table))
+        self.raw_sizes = np.concatenate([self.raw_sizes, np.asarray(table.raw_size, dtype=np.int64)])
+        self.checksums.extend(str(c) for c in table.checksums)
+        return offset
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _part(self, g: int) -> tuple[Store, ShardTable, int]:
+        p = bisect_right(self._starts, g) - 1
+        store, table = self._parts[p]
+        return store, table, g - self._starts[p]
+
+    def label(self, g: int) -> str:
+        """Shard ``g``'s URL, for messages."""
+        store, table, k = self._part(g)
+        return store.url(str(table.uris[k]))
+
+    def get(
+        self, g: int, cache: ShardCache, on_chunk: Callable[[int], object], order_hint: OrderHint
+    ) -> tuple[CachedShard, bool]:
+        """Shard ``g`` in ``cache``, held, and whether it was downloaded (else it was cached).
+
+        ``on_chunk(nbytes)`` is called after each downloaded chunk is written (it may
+        raise to stop the download)."""
+        store, table, k = self._part(g)
+        uri, size = str(table.uris[k]), int(table.stored_size[k])
+        fetched = False
+
+        def fetch(sink: Callable[[bytes], object]) -> None:
+            nonlocal fetched
+            fetched = True
+
+            def counted(chunk: bytes) -> None:
+                sink(chunk)
+                on_chunk(len(chunk))
+
+            store.stream(uri, counted, size=size)
+
+        handle = cache.get(
+            self.checksums[g],
+            fetch,
+            stored_size=size,
+            raw_size=int(table.raw_size[k]),
+            compression=COMPRESSIONS[int(table.compression[k])],
+            record_count=int(table.records[k]),
+            label=store.url(uri),
+            order_hint=order_hint,
+        )
+        return handle, fetched

@@ -1,0 +1,285 @@
+"""``roxxel.open``: a dataset in an object store, read through the node-local cache.
+
+Opening reads the manifest only; ``len`` and shard boundaries come from it. A record
+access maps its shard, fetching it into the cache first if needed (blocking on that one
+shard only); iteration keeps the next shards arriving in the background. Every shard is
+verified (size, checksum, bounded decompression, footer) before it is mapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..backends import Store
+from ..cache import ShardCache, record_dataset_use
+from ..format import FOOTER_SIZE, OFFSET_SIZE
+from ..manifest import Manifest, ShardTable
+from ..manifest.io import dataset_store, read_manifest
+from ..planner import DEFAULT_WINDOW
+from .catalog import ShardCatalog
+from .iteration import IterState, RecordIterator, check_resumable, detect_topology, new_state
+from .ranged import RangedReader
+from .records import Records
+from .residency import DEFAULT_DOWNLOAD_WORKERS, Residency
+from .tokens import TokenWindows, token_batches
+
+__all__ = ["Dataset", "open"]
+
+
+def open(  # noqa: A001 - the public name is roxxel.open
+    url: str,
+    cache_dir: str | None = None,
+    cache_limit: int | str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    lookahead: int | None = None,
+    download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
+    store: Store | None = None,
+    verify: str = "changed",
+) -> Dataset:
+    """Open the dataset at ``url`` (its prefix or its ``manifest.json``).
+
+    Only the manifest is read. ``cache_dir`` defaults to ``$ROXXEL_CACHE_DIR`` or
+    ``~/.cache/roxxel``; ``cache_limit`` (bytes, or a string like ``"50GB"``) bounds it.
+    ``lookahead`` shards (default 4, fewer if ``cache_limit`` needs it) are fetched ahead
+    of iteration by ``download_workers`` threads. A limit below the largest shard (what
+    one read maps), or below what a chosen ``lookahead`` needs, raises
+    :class:`~roxxel.errors.CacheError` stating the minimum. A cached shard is hashed
+    again before it is mapped when it changed since it was verified (``verify="changed"``)
+    or, with ``verify="always"``, also the first time this process maps it.
+    """
+    store = store if store is not None else dataset_store(url, storage_options)
+    manifest = read_manifest(store)
+    cache = ShardCache(cache_dir, cache_limit, verify=verify)
+    ds = Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
+    record_dataset_use(cache, store.base_url, manifest)
+    return ds
+
+
+class Dataset(Records):
+    """The records of a published dataset; ``ds[i]`` is a zero-copy ``uint8`` view.
+
+    Its shards are held by a :class:`~roxxel.read.residency.Residency`: mapped shards hold
+    a shared lock in the cache, so no process evicts them while they are in use; at most
+    64 shards stay mapped (fewer if ``cache_limit`` is small), the oldest unmapped first.
+    Views already handed out stay valid after their shard is unmapped.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        manifest: Manifest,
+        cache: ShardCache,
+        *,
+        lookahead: int | None = None,
+        download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
+    ) -> None:
+        self.store = store
+        self.url = store.base_url
+        self.manifest = manifest
+        self.residency = Residency(
+            ShardCatalog.of(store, manifest.shards), cache,
+            lookahead=lookahead, download_workers=download_workers, what=self.url,
+        )
+        super().__init__(manifest.shards.records, self.residency)
+        self._ranged = RangedReader(store, manifest.shards)
+
+    # -- metadata ----------------------------------------------------------------------
+
+    @property
+    def shards(self) -> ShardTable:
+        """Per-shard metadata from the manifest (NumPy columns)."""
+        return self.manifest.shards
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        return self.manifest.meta
+
+    @property
+    def cache(self) -> ShardCache:
+        return self.residency.cache
+
+    @property
+    def lookahead(self) -> int:
+        """Shards downloaded ahead of use (fitted to the cache limit unless chosen)."""
+        return self.residency.lookahead
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Shards and bytes this dataset downloaded, and shard loads served by the cache."""
+        return self.residency.stats
+
+    def warm(
+        self,
+        shards: Iterable[int] | None = None,
+        *,
+        workers: int = DEFAULT_DOWNLOAD_WORKERS,
+        progress: Callable[[int], object] | None = None,
+    ) -> dict[str, int]:
+        """Fetch ``shards`` (default: all, in stored order) into the cache, in that order.
+
+        Shards already cached are skipped. The others are downloaded by ``workers``
+        threads, started in the given order, verified, published and released at once:
+        none stays mapped or held. ``progress(nbytes)`` is called from those threads for
+        every chunk downloaded. Safe while other processes use the same cache (each shard
+        is downloaded once per node); not while this object is being iterated. Returns
+        ``shards_fetched``, ``shards_cached`` (found in the cache) and ``bytes_downloaded``.
+        The first failure stops the warm-up and is raised here.
+        """
+        self._check_open()
+        n = self.num_shards
+        order = list(dict.fromkeys(range(n) if shards is None else (int(k) for k in shards)))
+        for k in order:
+            if not 0 <= k < n:
+                raise IndexError(f"shard index {k} out of range for {n} shards")
+        return self.residency.warm(order, workers=workers, progress=progress)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def iter(
+        self,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start: int = 0,
+        *,
+        worker: int | None = None,
+        num_workers: int | None = None,
+        window: int | None = None,
+        remainder: str = "pad",
+    ) -> RecordIterator:
+        """This consumer's records of ``epoch`` in a planned order (see :mod:`roxxel.planner`).
+
+        Rank and world size default to ``torch.distributed`` when it is initialized, else
+        to ``RANK``/``WORLD_SIZE``; the worker to PyTorch's DataLoader worker info.
+        ``window`` shards (default 16) are shuffled together and must fit in the cache;
+        ``remainder`` is ``"pad"`` (every record at least once, a few twice) or ``"drop"``.
+        ``start`` skips that many of this consumer's records at O(#shards) cost.
+        """
+        self._check_open()
+        self.residency.fit_window(window or DEFAULT_WINDOW)
+        state = new_state(
+            self.manifest.fingerprint(), seed=seed, epoch=epoch, shuffle=shuffle, rank=rank, world_size=world_size,
+            worker=worker, num_workers=num_workers, window=window, remainder=remainder, position=start,
+        )
+        return self._iterator(state)
+
+    def _iterator(self, state: IterState) -> RecordIterator:
+        return RecordIterator(self, self.residency, self.manifest.shards.records, state, self._track)
+
+    def resume(
+        self,
+        state: Mapping[str, Any],
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        worker: int | None = None,
+        num_workers: int | None = None,
+    ) -> RecordIterator:
+        """An iterator that continues right after the last record ``state`` counted.
+
+        The topology is detected as in :meth:`iter` unless given. ResumeError if the state
+        belongs to another dataset (manifest fingerprint), or to another rank, worker,
+        world size or worker count (elastic resume is not supported).
+        """
+        self._check_open()
+        saved = IterState.from_dict(state)
+        now = detect_topology(rank, world_size, worker, num_workers)
+        check_resumable(saved, self.manifest.fingerprint(), self.url, now)
+        return self._iterator(saved)
+
+    def stream(
+        self,
+        seq_len: int,
+        batch_size: int = 32,
+        seed: int = 42,
+        start_step: int = 0,
+        dtype: npt.DTypeLike = np.int32,
+        *,
+        epochs: int | None = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """``(batch_size, seq_len)`` token batches, as ``Roxxel.stream`` gives locally.
+
+        The payloads are read as ``dtype`` tokens cut into windows of ``seq_len`` (see
+        :mod:`roxxel.tokens`); all ranks share one seeded order and rank ``r`` of ``w``
+        takes every ``w``-th batch of it, so ranks never see the same window in an epoch.
+        The stream stops after ``epochs`` epochs (default 1), every rank after the same
+        number of batches, or never with ``epochs=None``. ``start_step`` resumes at once.
+        Shards are fetched as batches need them, the next batch's shards in the background.
+        """
+        self._check_open()
+        rank, world_size, _, _ = detect_topology(rank, world_size, 0, 1)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        table = self.manifest.shards
+        payload_sizes = table.raw_size - OFFSET_SIZE * table.records - FOOTER_SIZE
+        windows = TokenWindows(payload_sizes, lambda k: self.shard(k).payload, seq_len, dtype)
+        residency = self.residency
+        residency.hold(min(batch_size, residency.mapping_cap))
+        return self._track(
+            token_batches(
+                windows, batch_size, seed, start_step, epochs=epochs,
+                shard=(rank, world_size), prefetch=lambda shards: residency.prefetch(shards.tolist()),
+            )
+        )
+
+    def fetch(self, i: int) -> bytes:
+        """Record ``i`` read with ranged GETs, without downloading its whole shard.
+
+        For inspecting huge remote datasets. Uses the cached or mapped shard when there is
+        one; zstd shards cannot be read by range and are downloaded whole. The footer and
+        offsets are validated, but a ranged read is not covered by the shard checksum.
+        """
+        self._check_open()
+        n = self._n
+        if not -n <= i < n:
+            raise IndexError(f"record index {i} out of range for {n} records")
+        k, j = self.locate(i + n if i < 0 else i)
+        table = self.manifest.shards
+        if self.is_mapped(k) or table.compression[k] != 0 or self.cache.contains(str(table.checksums[k])):
+            return bytes(self.shard(k).view(j))
+        return self._ranged.record(k, j)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the downloads, unmap every shard and release the cache (idempotent)."""
+        self.residency.close()
+        self._close_records()  # ends live iterators too
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled for DataLoader workers: the same manifest (the same dataset version),
+        store and cache settings; the copy opens lazily, with its own threads and maps.
+        The store carries the storage_options it was given, credentials included: a worker
+        needs them. roxxel never writes this pickle anywhere."""
+        return (
+            _unpickle_dataset,
+            (self.store, self.manifest, self.cache.directory, self.cache.limit,
+             self.residency.chosen_lookahead, self.residency.download_workers, self.cache.verify_mode),
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"records={self._n}"
+        return f"Dataset({self.url!r}, shards={self.num_shards}, {state})"
+
+
+def _unpickle_dataset(
+    store: Store, manifest: Manifest, cache_dir: str, cache_limit: int | None, lookahead: int | None,
+    workers: int, verify: str = "changed",
+) -> Dataset:
+    return Dataset(store, manifest, ShardCache(cache_dir, cache_limit, verify=verify),
+                   lookahead=lookahead, download_workers=workers)

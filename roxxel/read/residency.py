@@ -1,0 +1,335 @@
+"""Shard residency: which shards are downloading, cached, mapped and needed next.
+
+:class:`Residency` is the one owner of that state for the shards of a
+:class:`~roxxel.read.catalog.ShardCatalog`: the background downloads in flight, the
+cache handles (shared locks) and maps of the shards in use, the order the shards will
+be used in (which guides the cache's eviction), and every decision that depends on the
+cache limit (the lookahead, how many shards stay mapped, what a shuffle window or a
+warm-up may hold), made with the rules of :mod:`roxxel.cache.sizing`. Datasets, their
+iterators and ``warm`` use it through its public methods only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError
+
+import numpy as np
+
+from ..cache import CachedShard, ShardCache, fit_lookahead, shards_that_fit
+from ..errors import CacheError, ShardFormatError
+from ..format import MappedShard
+from .catalog import ShardCatalog
+from .downloader import DownloadCancelled, Downloader
+
+__all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOOKAHEAD = 4
+DEFAULT_DOWNLOAD_WORKERS = 4
+# Mapped shards cost only address space and two descriptors each; keeping many makes
+# random access cheap. Each one is locked in the cache while mapped.
+MAPPED_SHARDS = 64
+
+_LIVE: weakref.WeakSet[Residency] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by one of the parent's threads at the fork would stay locked forever.
+    for residency in list(_LIVE):
+        residency._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Residency:
+    """The shards of ``catalog`` as one reader (or several sharing it) holds them in ``cache``.
+
+    Shards are the catalog's numbers. ``lookahead`` shards (default 4; an unchosen one
+    shrinks to fit ``cache.limit``) are downloaded ahead of use by ``download_workers``
+    threads, started lazily. At most 64 shards stay mapped (fewer under a cache limit,
+    leaving room for one more download), the oldest unmapped first. ``what`` names the
+    reader in messages. Raises :class:`~roxxel.errors.CacheError` stating the minimum if
+    the limit cannot hold one shard, or the chosen lookahead.
+
+    A mixture of datasets shares one residency: it adds every member's shards to one
+    catalog and reads member ``m``'s shard ``k`` as the catalog's ``offset_m + k``. The
+    order of next use is kept by checksum, as the cache is, so the order given by
+    :meth:`expect` spans the members, and the limit arithmetic runs over all their shards.
+    """
+
+    def __init__(
+        self,
+        catalog: ShardCatalog,
+        cache: ShardCache,
+        *,
+        lookahead: int | None = None,
+        download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
+        what: str,
+    ) -> None:
+        self.catalog = catalog
+        self.cache = cache
+        self.chosen_lookahead = lookahead  # None: shrunk to fit the cache limit as needed
+        self.download_workers = download_workers
+        self._what = what
+        self._limit = cache.limit
+        sizes = catalog.raw_sizes
+        self.lookahead = fit_lookahead(self._limit, sizes, lookahead=lookahead,
+                                       default=DEFAULT_LOOKAHEAD, what=what)
+        self._max_mapped = max(MAPPED_SHARDS, self.lookahead + 1)
+        if self._limit is not None and len(sizes):
+            # Leave the cache room for one more shard than is kept mapped (and so locked),
+            # or no download could make room by evicting.
+            fits = shards_that_fit(self._limit, sizes)
+            self._max_mapped = max(1, min(self._max_mapped, fits - 1))
+        self._downloader: Downloader | None = None
+        self._handles: dict[int, CachedShard] = {}
+        self._maps: dict[int, MappedShard] = {}
+        self._mapped: deque[int] = deque()  # the mapped shards, oldest first
+        self._next_use: dict[str, int] = {}  # checksum -> position in the current order
+        self._later: dict[str, int] = {}  # the same for the order after it
+        self._unmapped: Callable[[int], object] = lambda k: None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._stats = {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
+        _LIVE.add(self)
+
+    # -- what the limit allows ---------------------------------------------------------
+
+    @property
+    def max_mapped(self) -> int | None:
+        """How many shards one read may map at once: None without a cache limit."""
+        return None if self._limit is None else self._max_mapped
+
+    @property
+    def mapping_cap(self) -> int:
+        """How many shards may stay mapped at once (all of them without a cache limit)."""
+        return self._max_mapped if self._limit is not None else len(self.catalog)
+
+    def fit_window(self, window: int) -> None:
+        """Refuse (CacheError) a shuffle window whose shards, and a chosen lookahead, the
+        cache limit cannot hold; shrink an unchosen lookahead to fit beside it."""
+        chosen = self.chosen_lookahead
+        fitted = fit_lookahead(
+            self._limit, self.catalog.raw_sizes, held=window,
+            lookahead=chosen, default=self.lookahead if chosen is None else chosen,
+            what=f"{self._what} with window={window}", fix="lower window= or raise cache_limit",
+        )
+        if fitted < self.lookahead:
+            self.lookahead = fitted
+            if self._downloader is not None:
+                self._downloader.lookahead = fitted
+
+    def hold(self, shards: int) -> None:
+        """Keep at least ``shards`` mapped at once (a shuffle window, a batch's shards)."""
+        self._max_mapped = max(self._max_mapped, shards)
+
+    def that_fit(self, shards: list[int]) -> list[int]:
+        """The longest prefix of ``shards`` whose raw sizes fit under the cache limit
+        together (all of them without one)."""
+        if self._limit is None or not shards:
+            return list(shards)
+        totals = np.cumsum(self.catalog.raw_sizes[np.asarray(shards, dtype=np.int64)])
+        return list(shards[: int(np.searchsorted(totals, self._limit, side="right"))])
+
+    # -- the order of use --------------------------------------------------------------
+
+    def expect(self, shards: Iterable[int], then: Iterable[int] = ()) -> None:
+        """The shards will be used in this order (eviction removes the one needed furthest
+        ahead first); ``then`` is the order after that (the next epoch's), if known.
+        Downloads queued for shards outside ``shards`` are dropped."""
+        shards = list(shards)
+        checksums = self.catalog.checksums
+        order: dict[str, int] = {}
+        for pos, k in enumerate(shards):
+            order.setdefault(checksums[k], pos)
+        self._later = {}
+        for pos, k in enumerate(then, start=len(shards)):
+            self._later.setdefault(checksums[k], pos)
+        for checksum, pos in self._later.items():
+            order.setdefault(checksum, pos)
+        self._next_use = order  # replaced, never mutated: download threads may be reading it
+        if self._downloader is not None:  # prefetches for an abandoned order free their slots
+            self._downloader.retain(set(shards))
+
+    def finished(self, shards: list[int]) -> None:
+        """These shards are done with in the current order: their next use is in the order
+        after it, if they are in it, else never (evicted first); under a cache limit they
+        are unmapped so the cache may evict them (without one they stay for next time)."""
+        checksums = self.catalog.checksums
+        gone = {checksums[k] for k in shards}
+        later = self._later
+        order = {c: pos for c, pos in self._next_use.items() if c not in gone}
+        order.update((c, later[c]) for c in gone if c in later)
+        self._next_use = order
+        if self._limit is not None:
+            for k in shards:
+                self.release(k)
+
+    # -- downloads ---------------------------------------------------------------------
+
+    def prefetch(self, upcoming: Iterable[int]) -> None:
+        """Download the first ``lookahead`` unmapped shards of ``upcoming`` in the background."""
+        if self.lookahead > 0 and not self._closed:
+            self._get_downloader().prefetch(k for k in upcoming if k not in self._handles)
+
+    def fetch_together(self, shards: Iterable[int]) -> None:
+        """Download the unmapped ones of ``shards`` (all needed now) side by side."""
+        missing = [k for k in shards if k not in self._handles]
+        if len(missing) > 1 and not self._closed:
+            self._get_downloader().fetch_now(missing)
+
+    def about_to_map(self, shards: list[int]) -> None:
+        """``shards`` are all needed now: without a cache limit, download them side by
+        side (under one they are fetched one at a time: they may not all fit)."""
+        if self._limit is None:
+            self.fetch_together(shards)
+
+    def _get_downloader(self) -> Downloader:
+        if self._downloader is None:
+            self._downloader = Downloader(self._prefetch_job, workers=self.download_workers,
+                                          lookahead=self.lookahead)
+        return self._downloader
+
+    def _cancel_check(self) -> Callable[[], None] | None:
+        downloader = self._downloader
+        return downloader.check_cancelled if downloader is not None else None
+
+    def _prefetch_job(self, k: int, check_cancelled: Callable[[], None]) -> None:
+        self._fetch(k, check_cancelled).close()
+
+    def _fetch(
+        self, k: int, check_cancelled: Callable[[], None] | None,
+        progress: Callable[[int], object] | None = None,
+    ) -> CachedShard:
+        """Shard ``k`` in the cache (downloaded and verified if it was not), held."""
+
+        def on_chunk(nbytes: int) -> None:
+            if check_cancelled is not None:
+                check_cancelled()
+            with self._lock:
+                self._stats["bytes_downloaded"] += nbytes
+            if progress is not None:
+                progress(nbytes)
+
+        handle, fetched = self.catalog.get(k, self.cache, on_chunk, self._next_use)
+        with self._lock:
+            self._stats["shards_downloaded" if fetched else "cache_hits"] += 1
+        return handle
+
+    def warm(
+        self, shards: list[int], *, workers: int, progress: Callable[[int], object] | None = None
+    ) -> dict[str, int]:
+        """Fetch ``shards`` into the cache in that order on ``workers`` threads of their own,
+        skipping cached ones and holding none; ``progress(nbytes)`` for every chunk. Returns
+        ``shards_fetched``, ``shards_cached`` and ``bytes_downloaded``; the first failure
+        stops the warm-up and is raised here."""
+        self.expect(shards)
+        checksums = self.catalog.checksums
+        todo = [k for k in shards if not self.cache.contains(checksums[k])]
+        before = self.stats
+        ahead = 2 * workers
+        downloader = Downloader(lambda k, check: self._fetch(k, check, progress).close(),
+                                workers=workers, lookahead=ahead)
+        try:
+            for i, k in enumerate(todo):
+                downloader.prefetch(todo[i : i + ahead])
+                downloader.claim(k)
+        finally:
+            downloader.close()
+        after = self.stats
+        fetched = after["shards_downloaded"] - before["shards_downloaded"]
+        return {
+            "shards_fetched": fetched,
+            "shards_cached": len(shards) - fetched,
+            "bytes_downloaded": after["bytes_downloaded"] - before["bytes_downloaded"],
+        }
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Shards and bytes downloaded, and shard loads served by the cache."""
+        with self._lock:
+            return dict(self._stats)
+
+    # -- maps --------------------------------------------------------------------------
+
+    def on_unmap(self, callback: Callable[[int], object]) -> None:
+        """Call ``callback(k)`` whenever shard ``k`` is unmapped (before its cache handle
+        is let go), whoever decided it."""
+        self._unmapped = callback
+
+    def map(self, k: int) -> MappedShard:
+        """Shard ``k`` mapped, fetched into the cache first if needed (waiting for its
+        background download if one is running), and held until :meth:`release`."""
+        if self._closed:
+            raise ValueError(f"{self._what} is closed")
+        while len(self._mapped) >= self._max_mapped:  # unlock one before the cache needs room
+            self.release(self._mapped[0])
+        downloader = self._downloader
+        try:
+            claimed = downloader is not None and downloader.claim(k)
+            handle = self._fetch(k, downloader.check_cancelled if downloader is not None else None)
+        except (DownloadCancelled, CancelledError):
+            raise ValueError(f"{self._what} was closed while a shard was being fetched") from None
+        if claimed:  # the prefetch already counted this shard
+            with self._lock:
+                self._stats["cache_hits"] -= 1
+        shard, handle = self._map_or_heal(k, handle)
+        self._handles[k] = handle
+        self._maps[k] = shard
+        self._mapped.append(k)
+        return shard
+
+    def _map_or_heal(self, k: int, handle: CachedShard) -> tuple[MappedShard, CachedShard]:
+        """Map a cached shard; if its cached copy was damaged on disk since it was verified
+        (the footer or offsets no longer check out), replace it with a fresh download."""
+        try:
+            return handle.map(), handle
+        except ShardFormatError as damaged:
+            handle.close()
+            log.warning("cached copy of %s is damaged (%s); downloading it again",
+                        self.catalog.label(k), damaged)
+            try:
+                self.cache.remove(self.catalog.checksums[k])
+            except CacheError:  # another process has it open: it cannot be replaced now
+                raise damaged from None
+        except BaseException:
+            handle.close()
+            raise
+        handle = self._fetch(k, self._cancel_check())
+        try:
+            return handle.map(), handle
+        except BaseException:
+            handle.close()
+            raise
+
+    def release(self, k: int) -> None:
+        """Unmap shard ``k`` and let the cache evict it again (views stay valid)."""
+        shard = self._maps.pop(k, None)
+        if shard is not None:
+            self._unmapped(k)
+            shard.close()
+        handle = self._handles.pop(k, None)
+        if handle is not None:
+            handle.close()
+        try:
+            self._mapped.remove(k)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        """Stop the downloads and release every shard (idempotent); no shard is mapped
+        or downloaded after it."""
+        self._closed = True
+        if self._downloader is not None:
+            self._downloader.close()
+            self._downloader = None
+        for k in list(self._handles):
+            self.release(k)
