@@ -14,7 +14,6 @@ from typing import Any
 
 from fsspec.callbacks import Callback
 
-from ..cache import parse_size
 from ..read import open as open_dataset
 from ..manifest import Manifest
 from ..planner import plan
@@ -95,15 +94,7 @@ def warm(
     with open_dataset(url, cache_dir, limit, storage_options, lookahead=0) as ds:
         table = ds.manifest.shards
         order = warm_order(ds.manifest, ranks=ranks, world_size=world_size, seed=seed, epoch=epoch)
-        chosen = order
-        cap = parse_size(limit)
-        if cap is not None:
-            total = 0
-            for i, k in enumerate(order):
-                total += int(table.raw_size[k])
-                if total > cap:
-                    chosen = order[:i]
-                    break
+        chosen = ds.residency.that_fit(order)
         cached = {entry.checksum for entry in ds.cache.entries()}
         missing = [k for k in chosen if str(table.checksums[k]) not in cached]
         meter = Meter(progress, int(sum(int(table.stored_size[k]) for k in missing)))
