@@ -78,13 +78,15 @@ _GCS_LAUNCHER = (
 
 
 # moto's server with a WSGI layer in front: conditional PUTs (and writes of manifests)
-# run one at a time, as S3 makes them atomic; argv[1] == "strip" removes the conditions.
+# run one at a time, as S3 makes them atomic; argv[1] "strip" removes the conditions,
+# "strip-if-match" only If-Match (a store that honours one header and not the other).
 _MOTO_LAUNCHER = """
 import sys, threading
 import moto.server
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
-STRIP = sys.argv[1] == "strip"
+STRIP = {"honour": (), "strip": ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH"),
+         "strip-if-match": ("HTTP_IF_MATCH",)}[sys.argv[1]]
 LOCK = threading.Lock()
 CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH")
 
@@ -93,7 +95,7 @@ class App(DomainDispatcherApplication):
         if environ.get("REQUEST_METHOD") not in ("PUT", "POST"):
             return super().__call__(environ, start_response)
         if STRIP:
-            for name in CONDITIONS:
+            for name in STRIP:
                 environ.pop(name, None)
             return super().__call__(environ, start_response)
         if any(n in environ for n in CONDITIONS) or environ.get("PATH_INFO", "").endswith("/manifest.json"):
@@ -325,13 +327,17 @@ def _start(
 
 
 def start_s3(
-    timeout: float = 30.0, tls: tuple[str, str] | None = None, *, honour_preconditions: bool = True
+    timeout: float = 30.0,
+    tls: tuple[str, str] | None = None,
+    *,
+    honour_preconditions: bool | str = True,
 ) -> Server:
     """Start moto's S3 server as a subprocess; the caller must ``stop()`` it.
     ``tls``: (certificate, key) PEM files, to serve HTTPS with that certificate.
-    ``honour_preconditions=False``: the server ignores If-Match/If-None-Match."""
+    ``honour_preconditions=False``: the server ignores If-Match and If-None-Match;
+    ``"if-none-match-only"``: it honours If-None-Match and ignores If-Match."""
     extra = ["-s", "-c", tls[0], "-k", tls[1]] if tls else []
-    mode = "honour" if honour_preconditions else "strip"
+    mode = {True: "honour", False: "strip", "if-none-match-only": "strip-if-match"}[honour_preconditions]
     return _start(
         "s3",
         lambda port: [sys.executable, "-c", _MOTO_LAUNCHER, mode, "-H", _HOST, "-p", str(port), *extra],
@@ -376,7 +382,7 @@ def start_gcs_emulator(timeout: float = 30.0) -> Server:
 
 
 def s3_server(
-    timeout: float = 30.0, tls: tuple[str, str] | None = None, *, honour_preconditions: bool = True
+    timeout: float = 30.0, tls: tuple[str, str] | None = None, *, honour_preconditions: bool | str = True
 ) -> Server:
     """A moto S3 server, stopped when the ``with`` block around it exits (HTTPS with ``tls``)."""
     return start_s3(timeout, tls, honour_preconditions=honour_preconditions)
