@@ -1,0 +1,118 @@
+"""Shard residency (roxxel.read.residency): one owner of what is downloading, cached,
+mapped and needed next, usable by several datasets at once; and the read path's
+structure (no import cycle)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import numpy as np
+import pytest
+
+import roxxel
+from roxxel.cache import ShardCache, required_bytes
+from roxxel.manifest.io import dataset_store, read_manifest
+from roxxel.read.catalog import ShardCatalog
+from roxxel.read.residency import Residency
+
+
+def make_records(n: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=int(rng.integers(1, 2000)), dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+def publish(url: str, recs: list[bytes]) -> None:
+    with roxxel.Writer(url, shard_bytes=16 * 1024) as w:
+        w.extend(recs)
+
+
+@pytest.fixture
+def two_datasets(tmp_path):
+    """Two published datasets, each with several shards, and their records."""
+    out = []
+    for seed in (1, 2):
+        url, recs = str(tmp_path / f"ds{seed}"), make_records(120, seed)
+        publish(url, recs)
+        store = dataset_store(url, None)
+        out.append((store, read_manifest(store), recs))
+    return out
+
+
+def test_one_residency_serves_the_shards_of_two_datasets(two_datasets, tmp_path):
+    catalog = ShardCatalog()
+    offsets = [catalog.add(store, manifest.shards) for store, manifest, _ in two_datasets]
+    assert offsets == [0, len(two_datasets[0][1].shards)]
+    residency = Residency(catalog, ShardCache(tmp_path / "cache"), what="a mixture")
+    unmapped: list[int] = []
+    residency.on_unmap(unmapped.append)
+    try:
+        for (_, manifest, recs), offset in zip(two_datasets, offsets):
+            last = len(manifest.shards) - 1
+            shard = residency.map(offset + last)  # the member's last shard
+            first = int(manifest.shards.record_starts[last])
+            assert bytes(shard.view(0)) == recs[first]
+        residency.release(offsets[1])  # not mapped: nothing to tell
+        residency.release(offsets[1] + len(two_datasets[1][1].shards) - 1)
+        assert unmapped == [offsets[1] + len(two_datasets[1][1].shards) - 1]
+        assert residency.stats["shards_downloaded"] == 2
+    finally:
+        residency.close()
+    with pytest.raises(ValueError, match="a mixture is closed"):
+        residency.map(0)
+
+
+def test_warm_and_the_limit_arithmetic_run_over_the_whole_catalog(two_datasets, tmp_path):
+    catalog = ShardCatalog()
+    for store, manifest, _ in two_datasets:
+        catalog.add(store, manifest.shards)
+    sizes = catalog.raw_sizes
+    limit = required_bytes(sizes, 4)
+    residency = Residency(catalog, ShardCache(tmp_path / "cache", limit), what="a mixture")
+    try:
+        order = list(range(len(catalog)))[::-1]  # the second dataset's shards first
+        fits = residency.that_fit(order)
+        assert fits == order[: len(fits)] and int(sizes[fits].sum()) <= limit < int(sizes[order[: len(fits) + 1]].sum())
+        counts = residency.warm(fits, workers=2)
+        assert counts["shards_fetched"] == len(fits) and residency.cache.usage() == int(sizes[fits].sum())
+        assert residency.warm(fits, workers=2)["shards_cached"] == len(fits)
+    finally:
+        residency.close()
+
+
+def test_a_dataset_reads_its_shards_through_its_residency_only(two_datasets, tmp_path):
+    store, manifest, recs = two_datasets[0]
+    with roxxel.open(store.base_url, cache_dir=str(tmp_path / "cache")) as ds:
+        assert bytes(ds[len(recs) - 1]) == recs[-1]
+        last = ds.num_shards - 1
+        assert ds.is_mapped(last)
+        ds.residency.release(last)  # the residency decides: the dataset's index hears of it
+        assert not ds.is_mapped(last)
+        assert bytes(ds[len(recs) - 1]) == recs[-1]
+        assert ds.stats == ds.residency.stats
+
+
+def _imports(path: pathlib.Path, package: str) -> set[str]:
+    """Modules of ``package`` that the module at ``path`` imports (at any level)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.add(f"{package}.{node.module}" if node.module else package)
+    return found
+
+
+def test_the_read_path_has_no_import_cycle():
+    folder = pathlib.Path(roxxel.__file__).parent / "read"
+    graph = {f"roxxel.read.{p.stem}": _imports(p, "roxxel.read") for p in folder.glob("*.py") if p.stem != "__init__"}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for imported in graph.get(module, ()):
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
