@@ -19,7 +19,9 @@ import numpy.typing as npt
 
 from ..errors import CacheError
 
-__all__ = ["fit_lookahead", "fitted_lookahead", "min_limit", "required_bytes", "shards_that_fit"]
+__all__ = [
+    "fit_lookahead", "fitted_lookahead", "min_limit", "required_bytes", "required_shards", "shards_that_fit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,12 @@ def required_bytes(raw_sizes: npt.ArrayLike, shards: int) -> int:
     if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 0:
         raise ValueError(f"shards is {shards!r}, expected an int >= 0")
     return int(_largest_first(raw_sizes)[: int(shards)].sum())
+
+
+def required_shards(total: int, *, held: int, lookahead: int | None) -> int:
+    """How many of ``total`` shards a reader needs room for: the ``held`` it maps at once
+    plus a chosen ``lookahead`` (an unchosen one, None, shrinks to fit the limit instead)."""
+    return min(total, held + (lookahead or 0))
 
 
 def shards_that_fit(limit: int, raw_sizes: npt.ArrayLike) -> int:
@@ -77,9 +85,9 @@ def fit_lookahead(
     sizes = np.asarray(raw_sizes)
     if limit is None or not len(sizes):
         return default if lookahead is None else lookahead
-    held = min(held, len(sizes))
+    held = required_shards(len(sizes), held=held, lookahead=None)
     if lookahead is not None:
-        count = min(len(sizes), held + lookahead)
+        count = required_shards(len(sizes), held=held, lookahead=lookahead)
         if required_bytes(sizes, count) <= limit:
             return lookahead
         _refuse(limit, sizes, count, f"{what} with lookahead={lookahead}",

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from ..cache import parse_size
-from ..cache.sizing import fitted_lookahead, required_bytes
-from ..read.residency import DEFAULT_LOOKAHEAD
+from ..cache.sizing import fitted_lookahead, required_bytes, required_shards
 from ..planner import DEFAULT_WINDOW, Plan, plan
+from ..read.residency import DEFAULT_LOOKAHEAD
 from ._common import load
 
 __all__ = ["PlanSummary", "RankSummary", "plan_summary"]
@@ -110,8 +110,8 @@ def plan_summary(
     raw, stored = table.raw_size, table.stored_size
     largest = int(raw.max()) if len(table) else 0
     limit = parse_size(cache_limit)
-    held = min(window, len(table))
-    required = min(len(table), held + (lookahead or 0))
+    held = required_shards(len(table), held=window, lookahead=None)
+    required = required_shards(len(table), held=held, lookahead=lookahead)
     if lookahead is None:
         lookahead = fitted_lookahead(limit, raw, held=held, default=DEFAULT_LOOKAHEAD)
     ranks = []
