@@ -81,7 +81,7 @@ def test_warm_and_the_limit_arithmetic_run_over_the_whole_catalog(two_datasets, 
 
 
 def test_a_dataset_reads_its_shards_through_its_residency_only(two_datasets, tmp_path):
-    store, manifest, recs = two_datasets[0]
+    store, _, recs = two_datasets[0]
     with roxxel.open(store.base_url, cache_dir=str(tmp_path / "cache")) as ds:
         assert bytes(ds[len(recs) - 1]) == recs[-1]
         last = ds.num_shards - 1
