@@ -14,9 +14,9 @@ from typing import Any
 
 from fsspec.callbacks import Callback
 
-from ..read import open as open_dataset
 from ..manifest import Manifest
 from ..planner import plan
+from ..read import open as open_dataset
 from ._common import DEFAULT_WORKERS, Meter
 
 __all__ = ["WarmReport", "warm", "warm_order"]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import operator
 import os
 import sys
-from itertools import chain, islice
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
