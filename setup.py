@@ -1,6 +1,6 @@
 """Builds roxxel's one optional C extension, ``roxxel._cviews`` (everything else is in
 pyproject.toml). ``optional=True``: where no C compiler is at hand the install still
-succeeds, and roxxel runs its pure-Python twin of the module (roxxel/views.py)."""
+succeeds, and roxxel runs its pure-Python twin of the module (roxxel/read/views.py)."""
 
 from setuptools import Extension, setup
 

@@ -156,7 +156,7 @@ class Roxxel(Records):
         stream stops after ``epochs`` epochs (default 1, one pass as in Roxxel 0.3.0;
         the windows short of a whole batch at the end are dropped), or never ends with
         ``epochs=None``. ``start_step=s`` yields exactly what an uninterrupted stream
-        yields from step ``s`` on, at once (no replay). See :mod:`roxxel.tokens`.
+        yields from step ``s`` on, at once (no replay). See :mod:`roxxel.read.tokens`.
         """
         self._check_open()
         sizes = [_layout(p).payload_size for p in self._paths]

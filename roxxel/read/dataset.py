@@ -209,7 +209,7 @@ class Dataset(Records):
         """``(batch_size, seq_len)`` token batches, as ``Roxxel.stream`` gives locally.
 
         The payloads are read as ``dtype`` tokens cut into windows of ``seq_len`` (see
-        :mod:`roxxel.tokens`); all ranks share one seeded order and rank ``r`` of ``w``
+        :mod:`roxxel.read.tokens`); all ranks share one seeded order and rank ``r`` of ``w``
         takes every ``w``-th batch of it, so ranks never see the same window in an epoch.
         The stream stops after ``epochs`` epochs (default 1), every rank after the same
         number of batches, or never with ``epochs=None``. ``start_step`` resumes at once.
