@@ -262,7 +262,8 @@ class Residency:
 
     def on_unmap(self, callback: Callable[[int], object]) -> None:
         """Call ``callback(k)`` whenever shard ``k`` is unmapped (before its cache handle
-        is let go), whoever decided it."""
+        is let go), whoever decided it. One listener: the record index over the catalog's
+        shards (a mixture has one index over all its members' shards)."""
         self._unmapped = callback
 
     def map(self, k: int) -> MappedShard:
