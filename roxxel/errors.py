@@ -52,7 +52,26 @@ class ManifestError(RoxxelError, ValueError):
 
 
 class IntegrityError(RoxxelError, ValueError):
-    """Stored bytes do not match the size or checksum their manifest promises."""
+    """Stored bytes do not match the size or checksum their manifest promises.
+
+    Raised by the one shard check (:mod:`roxxel.format.check`), which also checks a
+    shard's decompressed size and layout, it tells more: ``label`` names the shard,
+    ``problem`` says what is wrong without naming it, and ``transient`` is True for a
+    wrong size or checksum (bytes damaged on the way: reading them again may help), False
+    for bytes that match their checksum yet are no valid shard (reading them again brings
+    the same bytes). Raised elsewhere, all three are None.
+    """
+
+    label: str | None = None
+    problem: str | None = None
+    transient: bool | None = None
+
+    @classmethod
+    def of_shard(cls, label: str, problem: str, *, transient: bool) -> IntegrityError:
+        """The error of the shard ``label``: the message is ``"<label>: <problem>"``."""
+        error = cls(f"{label}: {problem}")
+        error.label, error.problem, error.transient = label, problem, transient
+        return error
 
 
 class ResumeError(RoxxelError, ValueError):

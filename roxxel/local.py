@@ -334,7 +334,7 @@ def _write_staged(
         for pos, record in enumerate(records):
             data = record_bytes(record, pos)
             if limit is not None and writer.record_count and (
-                writer.file_size + data.nbytes + 8 > limit
+                writer.file_size_with(data.nbytes) > limit
             ):
                 writer.finish()
                 f.close()

@@ -30,6 +30,7 @@ from .cache.files import pid_alive
 from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
 from .format import FOOTER_SIZE, Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
+from .manifest.compressions import COMPRESSIONS, describe
 from .manifest.io import (
     MANIFEST_KEY,
     Snapshot,
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_BYTES = 64 << 20
 _MODES = ("create", "overwrite", "append")
-_COMPRESSIONS = (None, "zstd")
 _SHARD_NAME = re.compile(r"^shards/(\d{5,})-\d{6,}-[0-9a-f]{12}\.rox(\.zst)?$")
 _STAGING_PREFIX = "roxxel-writer-"
 _COPY_CHUNK = 8 << 20
@@ -122,8 +122,8 @@ class Writer:
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
-        if compression not in _COMPRESSIONS:
-            raise ValueError(f"compression must be None or 'zstd', got {compression!r}")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be {describe()}, got {compression!r}")
         if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes <= FOOTER_SIZE:
             raise ValueError(f"shard_bytes must be an integer > {FOOTER_SIZE}, got {shard_bytes!r}")
         self.store = store if store is not None else dataset_store(url, storage_options)
@@ -179,7 +179,7 @@ class Writer:
         data = record_bytes(record, self._counts[0])
         current = self._current
         if current is None or (
-            current[0].record_count and current[0].file_size + data.nbytes + 8 > self.shard_bytes
+            current[0].record_count and current[0].file_size_with(data.nbytes) > self.shard_bytes
         ):
             if current is not None:
                 self._finish_shard()

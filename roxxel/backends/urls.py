@@ -9,7 +9,6 @@ untrusted, so :func:`check_key` refuses anything that could leave the prefix.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -17,15 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
-__all__ = ["check_key", "join_url", "redact", "relative_key", "resolve", "without_masked"]
+from ..manifest.keys import check_key
+from ..manifest.redaction import redact
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
-_SECRET_PARAM = re.compile(
-    r"(?i)([?&;](?:x-amz-security-token|x-amz-signature|x-amz-credential|x-goog-signature|"
-    r"x-goog-credential|access_token|token|signature|sig|secret|password|key|credential)=)"
-    r"[^&\s\"']*"
-)
+__all__ = ["check_key", "join_url", "redact", "relative_key", "resolve", "without_masked"]
 
 
 def resolve(
@@ -38,31 +32,6 @@ def resolve(
     ``file://``, ``memory://``, ``s3://``, ``gs://`` and chained URLs all work.
     """
     return url_to_fs(os.fspath(url), **dict(storage_options or {}))
-
-
-def check_key(key: str) -> str:
-    """Return ``key`` if it is a safe relative key, else raise ValueError naming it.
-
-    A safe key is non-empty, relative, uses ``/`` separators, and has no empty, ``.`` or
-    ``..`` segment, no protocol, no backslash and no control character; so joining it
-    to a prefix can never address anything outside that prefix.
-    """
-    if not isinstance(key, str):
-        raise TypeError(f"store key must be a str, got {type(key).__name__}")
-    problem = None
-    if not key:
-        problem = "it is empty"
-    elif key.startswith("/"):
-        problem = "it is absolute"
-    elif "://" in key or "::" in key:
-        problem = "it contains a protocol"
-    elif "\\" in key or _CONTROL.search(key):
-        problem = "it contains a backslash or control character"
-    elif any(part in ("", ".", "..") for part in key.split("/")):
-        problem = "it has an empty, '.' or '..' segment"
-    if problem:
-        raise ValueError(f"invalid store key {key!r}: {problem}")
-    return key
 
 
 def join_url(base: str, key: str) -> str:
@@ -79,12 +48,6 @@ def relative_key(base: str, url: str) -> str:
     if not url.startswith(prefix):
         raise ValueError(f"{redact(url)} is not inside {redact(base)}")
     return check_key(url[len(prefix):].rstrip("/"))
-
-
-def redact(text: str) -> str:
-    """``text`` with URL user-info and credential-like query parameters masked."""
-    text = _USERINFO.sub(r"\1***@", text)
-    return _SECRET_PARAM.sub(r"\1***", text)
 
 
 def without_masked(url: str) -> str:

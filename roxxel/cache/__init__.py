@@ -8,15 +8,14 @@ the cache directory and the locking protocol.
 from __future__ import annotations
 
 from .datasets import DATASETS_DIR, record_dataset_use
-from .download import Fetch, ShardSpec, Sink
+from .download import Fetch, Sink
 from .evict import CacheEntry, OrderHint
-from .names import CHECKSUM_ALGORITHMS, parse_checksum, parse_size
+from .names import parse_size
 from .shard import CachedShard
 from .sizing import fit_lookahead, min_limit, required_bytes, shards_that_fit
 from .store import ENV_DIR, ShardCache, default_directory
 
 __all__ = [
-    "CHECKSUM_ALGORITHMS",
     "DATASETS_DIR",
     "ENV_DIR",
     "CacheEntry",
@@ -24,12 +23,10 @@ __all__ = [
     "Fetch",
     "OrderHint",
     "ShardCache",
-    "ShardSpec",
     "Sink",
     "default_directory",
     "fit_lookahead",
     "min_limit",
-    "parse_checksum",
     "parse_size",
     "record_dataset_use",
     "required_bytes",

@@ -16,8 +16,8 @@ import os
 from dataclasses import asdict, dataclass
 
 from ..errors import CacheError
+from ..manifest.checksums import ShardKey
 from .files import TempFile, open_regular
-from .names import ShardKey
 
 __all__ = ["FileIdentity", "hash_fd", "read_identity", "write_identity"]
 

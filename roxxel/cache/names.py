@@ -1,32 +1,23 @@
-"""Names in the cache: checksum strings, the file names derived from them, size limits
-(parsed here; what a limit must hold is decided in :mod:`roxxel.cache.sizing`).
+"""Names in the cache: the file names derived from checksums, and size limits (parsed
+here; what a limit must hold is decided in :mod:`roxxel.cache.sizing`).
 
 Nothing here touches the file system. Every name the cache creates comes from a
-checksum that passed :func:`parse_checksum`, so no string from a manifest can reach a
-path unchecked.
+checksum that passed :func:`roxxel.manifest.checksums.parse_checksum`, so no string from
+a manifest can reach a path unchecked.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Mapping
 
-__all__ = [
-    "CHECKSUM_ALGORITHMS",
-    "ShardKey",
-    "parse_checksum",
-    "parse_size",
-]
+from ..manifest.checksums import CHECKSUM_ALGORITHMS, ShardKey
 
-#: Allowed checksum algorithms and the exact number of lowercase hex digits of each.
-CHECKSUM_ALGORITHMS: Mapping[str, int] = MappingProxyType({"sha256": 64, "blake2b": 128})
+__all__ = ["key_from_filename", "parse_size"]
 
-_CHECKSUM_RE = re.compile(r"(sha256|blake2b):([0-9a-f]+)")
-_FILE_RE = re.compile(r"(sha256|blake2b)-([0-9a-f]+)\.rox")
+_FILE_RE = re.compile(rf"({'|'.join(CHECKSUM_ALGORITHMS)})-([0-9a-f]+)\.rox")
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
 _UNITS: Mapping[str, int] = MappingProxyType(
     {
@@ -36,48 +27,6 @@ _UNITS: Mapping[str, int] = MappingProxyType(
         "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
     }
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ShardKey:
-    """A validated checksum: the identity of one shard's stored bytes."""
-
-    algorithm: str
-    hexdigest: str
-
-    @property
-    def checksum(self) -> str:
-        """The checksum string, ``"<algorithm>:<hex>"``."""
-        return f"{self.algorithm}:{self.hexdigest}"
-
-    @property
-    def stem(self) -> str:
-        """The base of every file name for this shard, ``"<algorithm>-<hex>"``."""
-        return f"{self.algorithm}-{self.hexdigest}"
-
-    def new_hash(self) -> hashlib._Hash:
-        """A fresh hash object of this key's algorithm (blake2b: 64-byte digest)."""
-        return hashlib.new(self.algorithm)
-
-
-def parse_checksum(checksum: object) -> ShardKey:
-    """Validate ``"sha256:<64 hex>"`` or ``"blake2b:<128 hex>"`` (lowercase, exact length).
-
-    Raises ``ValueError`` naming the value for anything else.
-    """
-    match = _CHECKSUM_RE.fullmatch(checksum) if isinstance(checksum, str) else None
-    if match is None:
-        allowed = " or ".join(
-            f"'{name}:<{n} lowercase hex digits>'" for name, n in CHECKSUM_ALGORITHMS.items()
-        )
-        raise ValueError(f"checksum {checksum!r} is not valid; expected one of {allowed}")
-    algorithm, digest = match.groups()
-    if len(digest) != CHECKSUM_ALGORITHMS[algorithm]:
-        raise ValueError(
-            f"checksum {checksum!r} has {len(digest)} hex digits after '{algorithm}:', "
-            f"expected {CHECKSUM_ALGORITHMS[algorithm]}"
-        )
-    return ShardKey(algorithm, digest)
 
 
 def key_from_filename(name: str) -> ShardKey | None:

@@ -41,7 +41,9 @@ import os
 from contextlib import suppress
 
 from ..errors import CacheError
-from .download import Fetch, ShardSpec, fetch_verified
+from ..format import ShardSpec
+from ..manifest.checksums import ShardKey, parse_checksum
+from .download import Fetch, fetch_verified
 from .evict import CacheEntry, OrderHint, eviction_order, scan_shards
 from .files import (
     TempFile,
@@ -54,7 +56,7 @@ from .files import (
     try_remove_unused,
 )
 from .identity import FileIdentity, hash_fd, read_identity, write_identity
-from .names import ShardKey, parse_checksum, parse_size
+from .names import parse_size
 from .shard import CachedShard
 from .sizing import fit_lookahead, min_limit
 

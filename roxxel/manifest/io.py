@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 from ..backends import Store
 from ..errors import ConflictError, NotFoundError, StorageError
-from .schema import MAX_MANIFEST_BYTES, Manifest
+from ._json import MAX_MANIFEST_BYTES
+from .schema import Manifest
 
 __all__ = [
     "MANIFEST_KEY",

@@ -11,9 +11,9 @@ A dataset is described by one JSON document at ``<dataset url>/manifest.json``::
 Per-shard metadata is held in NumPy columns (:class:`ShardTable`), never one Python
 object per shard, so a manifest of 100,000+ shards opens fast and stays small.
 
-Every manifest read here is treated as hostile. Parsing and validation raise
-:class:`~roxxel.errors.ManifestError` naming the manifest's URL (secrets redacted), the
-field path (``shards[3].checksum``), what was expected and what was found. Constructing
+Every manifest read here is treated as hostile. Parsing (:mod:`._json`) and the field
+checks (:mod:`._fields`) raise :class:`~roxxel.errors.ManifestError` naming the
+manifest's URL (secrets redacted), the field path (``shards[3].checksum``), what was expected and what was found. Constructing
 :class:`ShardInfo`, :class:`ShardTable` or :class:`Manifest` directly runs the same
 checks, so every instance of these classes is valid.
 
@@ -23,14 +23,8 @@ This module does no I/O; fetching and publishing manifests live elsewhere.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import operator
-import re
-import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from hashlib import sha256
 from operator import itemgetter
@@ -40,79 +34,37 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ManifestError
-
-__all__ = [
-    "CHECKSUM_ALGORITHMS",
-    "COMPRESSIONS",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "MAX_COUNT",
-    "MAX_DEPTH",
-    "MAX_MANIFEST_BYTES",
-    "MAX_URI_LENGTH",
-    "Manifest",
-    "ShardInfo",
-    "ShardTable",
-]
-
-from ._validate import (  # noqa: F401 - re-exported constants
-    CHECKSUM_ALGORITHMS,
-    COMPRESSIONS,
-    FORMAT_NAME,
-    FORMAT_VERSION,
+from ..format.layout import max_records
+from ._fields import (
+    COLUMNS,
     MAX_COUNT,
-    MAX_DEPTH,
-    MAX_MANIFEST_BYTES,
-    MAX_URI_LENGTH,
-    _CHECKSUM_RE,
-    _COLUMNS,
-    _COMPRESSION_CODES,
-    _META_INT_RANGE,
-    _REPR,
-    _SCHEME,
-    _SEGMENT,
-    _SHARD_FIELDS,
-    _SHARD_FIELD_SET,
-    _SOURCE,
-    _STR_DTYPE,
-    _TOP_FIELDS,
-    _URI_PROBLEMS,
-    _URI_RE,
-    _USERINFO_RE,
-    _as_list,
-    _check_entries,
-    _check_fields,
-    _check_header,
-    _check_json_value,
-    _check_room,
-    _check_sizes,
-    _checksum,
-    _checksum_column,
-    _compression,
-    _compression_column,
-    _copy_meta,
-    _count,
-    _count_column,
-    _error,
-    _expected,
-    _finite_float,
-    _member,
-    _meta_json,
-    _parse_json,
-    _plain_str,
-    _readonly,
-    _redact,
-    _refuse_constant,
-    _reporting_source,
-    _row,
-    _show,
-    _string_column,
-    _string_dtype,
-    _unique_keys,
-    _uri,
-    _uri_column,
+    SHARD_FIELDS,
+    TOP_FIELDS,
+    check_checksum,
+    check_compression,
+    check_count,
+    check_entries,
+    check_fields,
+    check_room,
+    check_sizes,
+    check_uri,
+    checksum_column,
+    compression_column,
+    copy_meta,
+    count_column,
+    meta_json,
+    readonly,
+    string_column,
+    uri_column,
 )
+from ._json import parse_json
+from ._report import error, expected, reporting_source, row, show
+from .compressions import COMPRESSIONS
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Manifest", "ShardInfo", "ShardTable"]
+
+FORMAT_NAME = "roxxel.manifest"
+FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,14 +85,14 @@ class ShardInfo:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        put(self, "uri", _uri(self.uri, "shard.uri"))
-        put(self, "records", _count(self.records, "shard.records"))
-        put(self, "stored_size", _count(self.stored_size, "shard.stored_size"))
-        put(self, "raw_size", _count(self.raw_size, "shard.raw_size"))
-        put(self, "compression", _compression(self.compression, "shard.compression"))
-        put(self, "checksum", _checksum(self.checksum, "shard.checksum"))
-        _check_sizes(self.stored_size, self.raw_size, self.compression, "shard.raw_size")
-        _check_room(self.records, self.raw_size, "shard.records")
+        put(self, "uri", check_uri(self.uri, "shard.uri"))
+        put(self, "records", check_count(self.records, "shard.records"))
+        put(self, "stored_size", check_count(self.stored_size, "shard.stored_size"))
+        put(self, "raw_size", check_count(self.raw_size, "shard.raw_size"))
+        put(self, "compression", check_compression(self.compression, "shard.compression"))
+        put(self, "checksum", check_checksum(self.checksum, "shard.checksum"))
+        check_sizes(self.stored_size, self.raw_size, self.compression, "shard.raw_size")
+        check_room(self.records, self.raw_size, "shard.records")
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -165,59 +117,59 @@ class ShardTable:
 
     def __post_init__(self) -> None:
         columns = {
-            "uris": _string_column(_uri_column(self.uris)),
-            "records": _count_column(self.records, "records"),
-            "stored_size": _count_column(self.stored_size, "stored_size"),
-            "raw_size": _count_column(self.raw_size, "raw_size"),
-            "compression": _compression_column(self.compression),
-            "checksums": _string_column(_checksum_column(self.checksums)),
+            "uris": string_column(uri_column(self.uris)),
+            "records": count_column(self.records, "records"),
+            "stored_size": count_column(self.stored_size, "stored_size"),
+            "raw_size": count_column(self.raw_size, "raw_size"),
+            "compression": compression_column(self.compression),
+            "checksums": string_column(checksum_column(self.checksums)),
         }
         lengths = {name: len(column) for name, column in columns.items()}
         if len(set(lengths.values())) > 1:
-            raise _expected("shards", "columns of equal length", lengths)
+            raise expected("shards", "columns of equal length", lengths)
         for name, column in columns.items():
             object.__setattr__(self, name, column)
         bad = np.flatnonzero((self.compression == 0) & (self.raw_size != self.stored_size))
         if bad.size:
             i = int(bad[0])
-            _check_sizes(int(self.stored_size[i]), int(self.raw_size[i]), None, _row(i, "raw_size"))
+            check_sizes(int(self.stored_size[i]), int(self.raw_size[i]), None, row(i, "raw_size"))
         object.__setattr__(self, "record_starts", self._prefix_sums())
-        bad = np.flatnonzero(self.records > (self.raw_size - 24) // 8)
+        bad = np.flatnonzero(self.records > max_records(self.raw_size))
         if bad.size:
             i = int(bad[0])
-            _check_room(int(self.records[i]), int(self.raw_size[i]), _row(i, "records"))
+            check_room(int(self.records[i]), int(self.raw_size[i]), row(i, "records"))
 
     def _prefix_sums(self) -> NDArray[np.int64]:
         total = sum(self.records.tolist())  # exact: int64 sums could wrap around
         if total > MAX_COUNT:
-            raise _error("shards", f"expected at most 2**62 records in total, got {total}")
+            raise error("shards", f"expected at most 2**62 records in total, got {total}")
         starts = np.zeros(len(self.records) + 1, dtype=np.int64)
         np.cumsum(self.records, out=starts[1:])
-        return _readonly(starts)
+        return readonly(starts)
 
     @classmethod
     def from_infos(cls, infos: Iterable[ShardInfo]) -> ShardTable:
         """The table holding ``infos`` in order."""
         rows = list(infos)
-        for i, row in enumerate(rows):
-            if not isinstance(row, ShardInfo):
-                kind = type(row).__name__
+        for i, info in enumerate(rows):
+            if not isinstance(info, ShardInfo):
+                kind = type(info).__name__
                 raise TypeError(f"from_infos() takes ShardInfo objects, got {kind} at {i}")
         return cls(
-            uris=[row.uri for row in rows],
-            records=np.array([row.records for row in rows], dtype=np.int64),
-            stored_size=np.array([row.stored_size for row in rows], dtype=np.int64),
-            raw_size=np.array([row.raw_size for row in rows], dtype=np.int64),
-            compression=[row.compression for row in rows],
-            checksums=[row.checksum for row in rows],
+            uris=[info.uri for info in rows],
+            records=np.array([info.records for info in rows], dtype=np.int64),
+            stored_size=np.array([info.stored_size for info in rows], dtype=np.int64),
+            raw_size=np.array([info.raw_size for info in rows], dtype=np.int64),
+            compression=[info.compression for info in rows],
+            checksums=[info.checksum for info in rows],
         )
 
     @classmethod
     def from_list(cls, entries: Sequence[Mapping[str, Any]]) -> ShardTable:
         """The table described by a manifest's ``shards`` array of JSON objects."""
-        entries = _check_entries(entries)
-        columns = (list(map(itemgetter(name), entries)) for name in _SHARD_FIELDS)
-        return cls(**dict(zip(_COLUMNS, columns)))
+        entries = check_entries(entries)
+        columns = (list(map(itemgetter(name), entries)) for name in SHARD_FIELDS)
+        return cls(**dict(zip(COLUMNS, columns)))
 
     @classmethod
     def concat(cls, tables: Iterable[ShardTable]) -> ShardTable:
@@ -225,7 +177,7 @@ class ShardTable:
         tables = list(tables)
         if not tables:
             return cls.from_infos(())
-        columns = {name: np.concatenate([getattr(t, name) for t in tables]) for name in _COLUMNS}
+        columns = {name: np.concatenate([getattr(t, name) for t in tables]) for name in COLUMNS}
         return cls(**columns)
 
     def to_list(self) -> list[dict[str, Any]]:
@@ -238,7 +190,7 @@ class ShardTable:
             [COMPRESSIONS[code] for code in self.compression.tolist()],
             self.checksums.tolist(),
         )
-        return [dict(zip(_SHARD_FIELDS, row)) for row in rows]
+        return [dict(zip(SHARD_FIELDS, row)) for row in rows]
 
     @property
     def total_records(self) -> int:
@@ -281,7 +233,7 @@ class ShardTable:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ShardTable):
             return NotImplemented
-        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in _COLUMNS)
+        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in COLUMNS)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -290,11 +242,11 @@ class ShardTable:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuilt through the constructor, so the copy is validated and read-only again.
-        return (_rebuild_table, tuple(getattr(self, name) for name in _COLUMNS))
+        return (_rebuild_table, tuple(getattr(self, name) for name in COLUMNS))
 
 
 def _rebuild_table(*columns: NDArray[Any]) -> ShardTable:
-    return ShardTable(**dict(zip(_COLUMNS, columns)))
+    return ShardTable(**dict(zip(COLUMNS, columns)))
 
 
 def _as_table(shards: ShardTable | Iterable[ShardInfo]) -> ShardTable:
@@ -316,7 +268,7 @@ class Manifest:
     def __post_init__(self) -> None:
         if not isinstance(self.shards, ShardTable):
             raise TypeError("Manifest.shards must be a ShardTable; build() takes ShardInfo")
-        object.__setattr__(self, "meta", MappingProxyType(_copy_meta(self.meta)))
+        object.__setattr__(self, "meta", MappingProxyType(copy_meta(self.meta)))
 
     @classmethod
     def build(
@@ -348,7 +300,7 @@ class Manifest:
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "records": self.records,
-            "meta": _copy_meta(self.meta),
+            "meta": copy_meta(self.meta),
             "shards": self.shards.to_list(),
         }
 
@@ -367,27 +319,27 @@ class Manifest:
     @classmethod
     def from_json(cls, data: str | bytes, source: str | None = None) -> Manifest:
         """The manifest in ``data``; :class:`ManifestError` naming ``source`` if invalid."""
-        with _reporting_source(source):
-            return cls._from_document(_parse_json(data))
+        with reporting_source(source):
+            return cls._from_document(parse_json(data))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> Manifest:
         """The manifest described by ``data`` (as :meth:`to_dict` returns), validated."""
-        with _reporting_source(source):
+        with reporting_source(source):
             return cls._from_document(dict(data) if isinstance(data, Mapping) else data)
 
     @classmethod
     def _from_document(cls, doc: object) -> Manifest:
         if not isinstance(doc, dict):
-            raise _expected("", "a JSON object at the top level", doc)
+            raise expected("", "a JSON object at the top level", doc)
         _check_header(doc)
-        _check_fields(doc, _TOP_FIELDS, "")
-        records = _count(doc["records"], "records")
+        check_fields(doc, TOP_FIELDS, "")
+        records = check_count(doc["records"], "records")
         if not isinstance(doc["meta"], dict):
-            raise _expected("meta", "an object", doc["meta"])
+            raise expected("meta", "an object", doc["meta"])
         shards = ShardTable.from_list(doc["shards"])
         if shards.total_records != records:
-            raise _error(
+            raise error(
                 "records",
                 f"expected {shards.total_records} (the sum of shards[*].records), got {records}",
             )
@@ -397,13 +349,30 @@ class Manifest:
         if not isinstance(other, Manifest):
             return NotImplemented
         # Compared as JSON text, because as Python values 1 == 1.0 == True.
-        return self.shards == other.shards and _meta_json(self.meta) == _meta_json(other.meta)
+        return self.shards == other.shards and meta_json(self.meta) == meta_json(other.meta)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        meta = _show(dict(self.meta))
+        meta = show(dict(self.meta))
         return f"Manifest(records={self.records}, shards={len(self.shards)}, meta={meta})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.shards, dict(self.meta)))
+
+
+def _check_header(doc: dict[str, Any]) -> None:
+    """Refuse a document of another format or version before judging its fields."""
+    for name in ("format", "version"):
+        if name not in doc:
+            raise error(name, "missing required field")
+    if doc["format"] != FORMAT_NAME:
+        raise expected("format", repr(FORMAT_NAME), doc["format"])
+    version = doc["version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise expected("version", "an integer", version)
+    if version != FORMAT_VERSION:
+        raise error(
+            "version",
+            f"unsupported version {show(version)}; this roxxel reads version {FORMAT_VERSION}",
+        )

@@ -14,16 +14,22 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from fsspec.callbacks import Callback
 
 from ..backends import Store
-from ..cache.names import parse_checksum
-from ..errors import DatasetExistsError, IntegrityError, ManifestError, NotFoundError
+from ..errors import (
+    DatasetExistsError,
+    IntegrityError,
+    ManifestError,
+    NotFoundError,
+)
+from ..format import ShardCheck, ShardSpec
 from ..manifest import Manifest, ShardInfo
+from ..manifest.checksums import parse_checksum
 from ..manifest.io import (
     MANIFEST_KEY,
     dataset_store,
@@ -59,50 +65,39 @@ class CopyReport:
         return dict(self.__dict__)
 
 
-class _HashingFile:
-    """A download sink that hashes, counts, and refuses more bytes than the shard has."""
+def _checked(
+    store: Store, key: str, shard: ShardInfo, jobs: Jobs, out: Callable[[bytes], object] | None = None
+) -> tuple[ShardCheck, Callable[[bytes], None]]:
+    """The one shard check of the object ``key``, and the sink that feeds it (then ``out``).
 
-    def __init__(self, f: BinaryIO | None, shard: ShardInfo, jobs: Jobs, meter: Any) -> None:
-        self.f, self.shard, self.jobs, self.meter = f, shard, jobs, meter
-        self.key = parse_checksum(shard.checksum)
-        self.hash = self.key.new_hash()
-        self.size = 0
+    Only the stored size and checksum are checked: the layout is ``verify``'s to check,
+    and decompressing here would slow every copy.
+    """
+    spec = ShardSpec(shard.stored_size, shard.raw_size, shard.compression, shard.records, store.url(key))
+    check = ShardCheck(spec, parse_checksum(shard.checksum), layout=False)
 
-    def __call__(self, chunk: bytes) -> None:
-        self.jobs.check()
-        self.size += len(chunk)
-        if self.size > self.shard.stored_size:
-            raise IntegrityError(f"more than {self.shard.stored_size} bytes arrived")
-        self.hash.update(chunk)
-        if self.f is not None:
-            self.f.write(chunk)
-        if self.meter is not None:
-            self.meter.add(len(chunk))
+    def sink(chunk: bytes) -> None:
+        jobs.check()
+        check(chunk)
+        if out is not None:
+            out(chunk)
 
-    def problem(self) -> str | None:
-        if self.size != self.shard.stored_size:
-            return f"size is {self.size} bytes, expected {self.shard.stored_size}"
-        actual = f"{self.key.algorithm}:{self.hash.hexdigest()}"
-        if actual != self.shard.checksum:
-            return f"checksum is {actual}, expected {self.shard.checksum}"
-        return None
+    return check, sink
 
 
 def _has_copy(store: Store, key: str, shard: ShardInfo, jobs: Jobs) -> bool:
     """True if ``key`` holds exactly the shard's bytes (re-hashed); False if not there."""
+    check, sink = _checked(store, key, shard, jobs)
     try:
-        if store.size(key) != shard.stored_size:
-            return False
-        check = _HashingFile(None, shard, jobs, None)
-        store.stream(key, check, size=shard.stored_size)
+        check.expect_stored_size(store.size(key))
+        store.stream(key, sink, size=shard.stored_size)
+        check.finish()
     except NotFoundError:
         return False
-    except IntegrityError:  # the object grew past the expected size while being read
+    except IntegrityError as exc:  # the shard check's, or the object shrank while being read
+        log.info("%s", exc)
         return False
-    problem = check.problem()
-    if problem is not None:
-        log.info("%s: %s", store.url(key), problem)
-    return problem is None
+    return True
 
 
 class _OnceMeter:
@@ -122,14 +117,20 @@ def _stage(src: Store, key: str, shard: ShardInfo, path: str, jobs: Jobs, meter:
     bytes can be corrupted in transit; a source that stays wrong raises IntegrityError."""
     for attempt in range(1, ATTEMPTS + 1):
         with open(path, "wb") as f:
-            sink = _HashingFile(f, shard, jobs, meter)  # type: ignore[arg-type]
+
+            def out(chunk: bytes) -> None:
+                f.write(chunk)
+                meter.add(len(chunk))
+
+            check, sink = _checked(src, key, shard, jobs, out)
             try:
                 src.stream(key, sink)
-                problem = sink.problem()
+                check.finish()
+                return
             except IntegrityError as exc:
-                problem = f"{exc}, expected {shard.stored_size}"
-        if problem is None:
-            return
+                if exc.problem is None:  # not the shard check's: the store's own error
+                    raise
+                problem = exc.problem
         if attempt == ATTEMPTS:
             raise IntegrityError(
                 f"{src.url(key)}: {problem} (read {ATTEMPTS} times); the source is corrupt, "

@@ -16,12 +16,18 @@ import numpy.typing as npt
 
 from ..backends import Store
 from ..cache import ShardCache, record_dataset_use
-from ..format import FOOTER_SIZE, OFFSET_SIZE
+from ..format import payload_size
 from ..manifest import Manifest, ShardTable
 from ..manifest.io import dataset_store, read_manifest
 from ..planner import DEFAULT_WINDOW
 from .catalog import ShardCatalog
-from .iteration import IterState, RecordIterator, check_resumable, detect_topology, new_state
+from .iteration import (
+    IterState,
+    RecordIterator,
+    check_resumable,
+    detect_topology,
+    new_state,
+)
 from .ranged import RangedReader
 from .records import Records
 from .residency import DEFAULT_DOWNLOAD_WORKERS, Residency
@@ -220,7 +226,7 @@ class Dataset(Records):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         table = self.manifest.shards
-        payload_sizes = table.raw_size - OFFSET_SIZE * table.records - FOOTER_SIZE
+        payload_sizes = payload_size(table.raw_size, table.records)
         windows = TokenWindows(payload_sizes, lambda k: self.shard(k).payload, seq_len, dtype)
         residency = self.residency
         residency.hold(min(batch_size, residency.mapping_cap))

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backends import Store
 from ..errors import ShardFormatError
-from ..format import FOOTER_SIZE, OFFSET_SIZE, parse_footer
+from ..format import FOOTER_SIZE, footer_span, offsets_span, parse_footer
 from ..manifest import ShardTable
 
 __all__ = ["RangedReader"]
@@ -28,8 +28,7 @@ class RangedReader:
         """Record ``j`` of shard ``k`` (which must be stored uncompressed)."""
         uri = str(self.table.uris[k])
         payload_size = self._payload_size(k)
-        lo = payload_size + OFFSET_SIZE * (j - 1 if j else j)
-        ends = np.frombuffer(self.store.read_range(uri, lo, payload_size + OFFSET_SIZE * (j + 1)), "<i8")
+        ends = np.frombuffer(self.store.read_range(uri, *offsets_span(payload_size, j)), "<i8")
         start, end = (int(ends[0]), int(ends[1])) if j else (0, int(ends[0]))
         if not 0 <= start <= end <= payload_size:
             raise ShardFormatError(
@@ -47,7 +46,7 @@ class RangedReader:
             label = self.store.url(uri)
             if size < FOOTER_SIZE:
                 parse_footer(b"", size, label)
-            layout = parse_footer(self.store.read_range(uri, size - FOOTER_SIZE, size), size, label)
+            layout = parse_footer(self.store.read_range(uri, *footer_span(size)), size, label)
             if layout.record_count != int(table.records[k]):
                 raise ShardFormatError(
                     f"{label}: footer record count is {layout.record_count}, "
