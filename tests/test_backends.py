@@ -293,7 +293,7 @@ def test_no_credentials_in_repr_or_messages(s3_server):
     assert "s3cr3t" not in str(caught.value) and "testing" not in str(caught.value)
     assert (
         redact("https://user:pw@h/x?a=1&X-Amz-Signature=abc")
-        == "https://***@h/x?a=1&X-Amz-Signature=***"
+        == "https://***@h/x?***"  # the whole query: credentials may sit under any name
     )
 
 
