@@ -1,0 +1,172 @@
+"""The one shard check (roxxel.format.check): each kind of bad shard is refused with the
+same problem, naming the shard, whether the check runs in a cache download, ``verify`` or
+``cp`` (which checks the stored size and checksum only)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+
+import pytest
+import zstandard
+
+from roxxel import ops
+from roxxel.backends import Store
+from roxxel.cache import ShardCache
+from roxxel.errors import IntegrityError
+from roxxel.format import MAGIC, ShardCheck, ShardSpec, ShardWriter
+from roxxel.manifest import Manifest, ShardInfo
+from roxxel.manifest.checksums import parse_checksum
+from roxxel.manifest.io import dataset_store, publish_manifest
+
+RECORDS = [b"abc", b"de", b"f" * 300]
+PAYLOAD = sum(map(len, RECORDS))
+
+
+def shard_bytes(records: list[bytes] = RECORDS) -> bytes:
+    out = io.BytesIO()
+    writer = ShardWriter(out)
+    for record in records:
+        writer.append(record)
+    writer.finish()
+    return out.getvalue()
+
+
+def checksum(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def bad_shard(kind: str) -> tuple[bytes, ShardInfo, str]:
+    """(the object's bytes, its manifest entry, the problem the check must name)."""
+    good = shard_bytes()
+    raw, compression = bytearray(good), None
+    stored_size = len(good)
+    if kind == "size":
+        stored = good[:-1]
+        info = dict(stored_size=stored_size, raw_size=stored_size, checksum=checksum(good))
+        return stored, _info(info, compression), f"stored size is {stored_size - 1} bytes, expected {stored_size}"
+    if kind == "checksum":
+        stored = bytes([good[0] ^ 1]) + good[1:]
+        problem = f"checksum is {checksum(stored)}, expected {checksum(good)}"
+        return stored, _info(dict(stored_size=stored_size, raw_size=stored_size, checksum=checksum(good)), None), problem
+    if kind == "decompression bomb":
+        stored = zstandard.ZstdCompressor(write_content_size=False).compress(good + bytes(4 << 20))
+        info = dict(stored_size=len(stored), raw_size=len(good), checksum=checksum(stored))
+        return stored, _info(info, "zstd"), f"decompresses to more than {len(good)} bytes, expected raw size {len(good)}"
+    if kind == "footer":
+        raw[-8:] = b"ROXXEL0X"
+        problem = f"footer: magic is {b'ROXXEL0X'!r}, expected {MAGIC!r}"
+    elif kind == "offsets":
+        raw[PAYLOAD + 8 : PAYLOAD + 16] = (1).to_bytes(8, "little")  # offset[1] = 1 < offset[0] = 3
+        problem = "offset[1] is 1, expected >= offset[0] = 3 (offsets must not decrease)"
+    else:
+        raise AssertionError(kind)
+    stored = bytes(raw)
+    return stored, _info(dict(stored_size=stored_size, raw_size=stored_size, checksum=checksum(stored)), None), problem
+
+
+def _info(sizes: dict, compression: str | None) -> ShardInfo:
+    suffix = ".zst" if compression else ""
+    return ShardInfo(uri=f"shards/a.rox{suffix}", records=len(RECORDS), compression=compression, **sizes)
+
+
+KINDS = ["size", "checksum", "decompression bomb", "footer", "offsets"]
+STORED_ONLY = {"size", "checksum"}  # what cp checks; the layout is verify's to check
+
+
+@pytest.fixture(params=KINDS)
+def bad(request, tmp_path):
+    """A dataset at tmp_path/ds whose one shard is bad in the way ``request.param`` says."""
+    kind = request.param
+    stored, info, problem = bad_shard(kind)
+    url = str(tmp_path / "ds")
+    store = dataset_store(url)
+    store.put_bytes_overwrite(info.uri, stored)
+    publish_manifest(store, Manifest.build([info]), replaces=None)
+    return kind, url, store, info, problem
+
+
+def test_the_cache_download_refuses_it(bad, tmp_path):
+    kind, url, store, info, problem = bad
+    label = store.url(info.uri)
+    cache = ShardCache(tmp_path / "cache", attempts=2)
+    with pytest.raises(IntegrityError) as caught:
+        cache.get(info.checksum, lambda sink: store.stream(info.uri, sink), stored_size=info.stored_size,
+                  raw_size=info.raw_size, compression=info.compression, record_count=info.records, label=label)
+    assert str(caught.value).startswith(f"{label}: {problem}")
+    assert not cache.contains(info.checksum)
+
+
+def test_verify_reports_it(bad):
+    kind, url, store, info, problem = bad
+    report = ops.verify(url)
+    assert [(b.uri, b.problem) for b in report.bad] == [(info.uri, problem)]
+
+
+def test_cp_refuses_a_wrong_size_or_checksum(bad, tmp_path):
+    kind, url, store, info, problem = bad
+    if kind not in STORED_ONLY:
+        pytest.skip("cp checks the stored size and checksum only")
+    with pytest.raises(IntegrityError) as caught:
+        ops.copy(url, str(tmp_path / "copy"), workers=1)
+    assert str(caught.value).startswith(f"{store.url(info.uri)}: {problem} (read 3 times)")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("step", [1, 7, 8, 4096])
+def test_the_check_itself_in_any_chunking(kind, step):
+    stored, info, problem = bad_shard(kind)
+    spec = ShardSpec(info.stored_size, info.raw_size, info.compression, info.records, "s3://b/ds/a.rox")
+    check = ShardCheck(spec, parse_checksum(info.checksum))
+    with pytest.raises(IntegrityError) as caught:
+        for i in range(0, len(stored), step):
+            check(stored[i : i + step])
+        check.finish()
+    error = caught.value
+    assert (error.label, error.problem, error.transient) == ("s3://b/ds/a.rox", problem, kind in STORED_ONLY)
+    assert str(error) == f"s3://b/ds/a.rox: {problem}"
+    again = pickle.loads(pickle.dumps(error))  # errors travel back from worker processes
+    assert (type(again), str(again), again.problem, again.transient) == (IntegrityError, str(error), problem, error.transient)
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 8, 1000])
+def test_a_valid_shard_passes_in_any_chunking(step):
+    records = [b"a" * n for n in (0, 5, 9, 0, 17)]
+    data = shard_bytes(records)
+    for stored, compression in ((data, None), (zstandard.ZstdCompressor().compress(data), "zstd")):
+        spec = ShardSpec(len(stored), len(data), compression, len(records), "x")
+        raw = bytearray()
+        check = ShardCheck(spec, parse_checksum(checksum(stored)), raw=raw.extend, raw_digest=True)
+        for i in range(0, len(stored), step):
+            check(stored[i : i + step])
+        assert check.finish() == checksum(data)
+        assert raw == data
+
+
+def test_more_bytes_than_promised_are_refused_as_they_arrive():
+    data = shard_bytes()
+    spec = ShardSpec(len(data), len(data), None, len(RECORDS), "x")
+    check = ShardCheck(spec, parse_checksum(checksum(data)))
+    check(data)
+    with pytest.raises(IntegrityError, match=rf"x: stored size is more than {len(data)} bytes \(at least {len(data) + 1} arrived\)"):
+        check(b"!")
+    assert check.refused
+
+
+def test_a_copy_into_a_store_is_not_decompressed(tmp_path, monkeypatch):
+    """cp checks stored bytes only: a zstd shard is copied without being decompressed."""
+    url = str(tmp_path / "ds")
+    store = Store(url)
+    data = shard_bytes()
+    stored = zstandard.ZstdCompressor().compress(data)
+    info = ShardInfo(uri="shards/a.rox.zst", records=len(RECORDS), stored_size=len(stored), raw_size=len(data),
+                     compression="zstd", checksum=checksum(stored))
+    store.put_bytes_overwrite(info.uri, stored)
+    publish_manifest(store, Manifest.build([info]), replaces=None)
+
+    def no_decompression(*args, **kwargs):
+        raise AssertionError("decompression started")
+
+    monkeypatch.setattr(zstandard, "ZstdDecompressor", no_decompression)
+    assert ops.copy(url, str(tmp_path / "copy"), workers=1).copied == 1
