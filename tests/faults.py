@@ -45,7 +45,11 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
-from roxxel.backends import conditional
+from roxxel.backends import FsspecBackend, PreconditionFailed, Versioned
+from roxxel.backends import register as register_backend
+from roxxel.backends.base import digest
+from roxxel.backends.generic import read_whole
+from roxxel.backends.local import file_lock
 
 __all__ = [
     "KINDS",
@@ -486,17 +490,18 @@ class _UploadFile(io.BytesIO):
             self._fs._store("put_file", self._path, data)
 
 
-class FaultyConditional(conditional.Conditional):
-    """Manifest reads and conditional writes on ``faulty://``: every request goes through
-    the faulty filesystem (counted, and faulted like any other), while a lock on the
-    target (its file lock on local disk, one lock in memory) makes compare and write
-    atomic, as the target store's own conditional writes are."""
+class FaultyBackend(FsspecBackend):
+    """``faulty://`` as a store: the generic fsspec backend, plus manifest reads and
+    conditional writes in which every request goes through the faulty filesystem
+    (counted, and faulted like any other), while a lock on the target (its file lock on
+    local disk, one lock in memory) makes compare and write atomic, as the target
+    store's own conditional writes are."""
 
     _memory_lock = threading.Lock()
 
-    def read(self, path: str, max_bytes: int | None) -> conditional.Versioned:
-        data = conditional.read_whole(self.fs, path, max_bytes)
-        return conditional.Versioned(data, conditional.digest(data))
+    def read(self, path: str, max_bytes: int | None) -> Versioned:
+        data = read_whole(self.fs, path, max_bytes)
+        return Versioned(data, digest(data))
 
     def put(self, path: str, data: bytes) -> None:
         with self._lock(path):
@@ -509,26 +514,26 @@ class FaultyConditional(conditional.Conditional):
     def put_if_match(self, path: str, data: bytes, version: str) -> None:
         with self._lock(path):
             try:
-                current = conditional.digest(self.fs.target.cat_file(self.fs._strip_protocol(path)))
+                current = digest(self.fs.target.cat_file(self.fs._strip_protocol(path)))
             except FileNotFoundError:
                 current = None
             if current != version:
-                raise conditional.PreconditionFailed(path)
+                raise PreconditionFailed(path)
             self.fs.pipe_file(path, data)
 
-    def enforced(self, root: str) -> bool:
+    def conditional_writes_enforced(self, root: str) -> bool:
         return True
 
     def _lock(self, path: str) -> Any:
         if "file" in self.fs.target.protocol or "local" in self.fs.target.protocol:
-            return conditional.file_lock(self.fs._strip_protocol(path))
+            return file_lock(self.fs._strip_protocol(path))
         return self._memory_lock
 
 
 def register() -> None:
     """Make ``faulty://`` URLs resolve to :class:`FaultyFileSystem` (idempotent)."""
     fsspec.register_implementation("faulty", FaultyFileSystem, clobber=True)
-    conditional.register("faulty", FaultyConditional)
+    register_backend("faulty", FaultyBackend)
 
 
 register()

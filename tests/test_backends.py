@@ -1,14 +1,11 @@
-"""The storage boundary: one conformance suite run against local disk, memory://, S3
-(moto) and GCS (gcp-storage-emulator), then retries and error translation with
-fault-injecting filesystems and a dead endpoint."""
+"""The storage boundary beyond the conformance suite (tests/test_store_conformance.py):
+names and URLs, error classification, and the wrapper's retries and error translation
+with fault-injecting filesystems and a dead endpoint."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import logging
 import os
-import pickle
 import re
 import ssl
 import threading
@@ -29,13 +26,9 @@ from roxxel.backends import (
     relative_key,
     resolve,
 )
-from roxxel.backends import conditional as conditional_module
-from roxxel.backends import store as store_module
 from roxxel.errors import (
     AccessDeniedError,
-    ConflictError,
     DatasetExistsError,
-    IntegrityError,
     NotFoundError,
     StorageError,
     TransientStorageError,
@@ -51,123 +44,6 @@ def payload(n: int, seed: int = 0) -> bytes:
 
 def url_pattern(url: str) -> str:
     return re.escape(url)
-
-
-# -- conformance: every store behaves the same ------------------------------------------
-
-
-@pytest.fixture
-def store(dataset_location) -> Store:
-    url, options = dataset_location
-    return Store(url, options, retry=FAST)
-
-
-def test_bytes_round_trip_size_and_exists(store):
-    data = payload(1000)
-    store.put_bytes_overwrite("a/b.bin", data)
-    assert store.read_bytes("a/b.bin") == data
-    assert store.size("a/b.bin") == 1000
-    assert store.exists("a/b.bin")
-    assert not store.exists("a/missing.bin")
-    assert not store.exists("a"), "a prefix is not an object"
-    store.put_bytes_overwrite("empty", b"")
-    assert store.read_bytes("empty") == b""
-    assert store.size("empty") == 0
-
-
-def test_read_range(store):
-    data = payload(300)
-    store.put_bytes_overwrite("r.bin", data)
-    assert store.read_range("r.bin", 0, 10) == data[:10]
-    assert store.read_range("r.bin", 100, 300) == data[100:]
-    assert store.read_range("r.bin", 7, 7) == b""
-    with pytest.raises(StorageError, match=url_pattern(store.url("r.bin"))):
-        store.read_range("r.bin", 250, 400)
-    with pytest.raises(ValueError):
-        store.read_range("r.bin", 5, 4)
-
-
-def test_stream_feeds_sink_each_byte_once_in_bounded_chunks(dataset_location):
-    url, options = dataset_location
-    store = Store(url, options, retry=FAST, chunk_size=1000)
-    data = payload(5_007)
-    store.put_bytes_overwrite("shards/000001.rox", data)
-    digest, sizes, parts = hashlib.sha256(), [], []
-
-    def sink(chunk: bytes) -> None:
-        digest.update(chunk)
-        sizes.append(len(chunk))
-        parts.append(chunk)
-
-    assert store.stream("shards/000001.rox", sink) == 5_007
-    assert b"".join(parts) == data
-    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
-    assert max(sizes) <= 1000
-    store.put_bytes_overwrite("empty", b"")
-    assert store.stream("empty", sizes.append) == 0
-
-
-def test_get_file_streams_to_disk_with_progress(store, tmp_path):
-    data = payload(70_000)
-    store.put_bytes_overwrite("x.bin", data)
-    seen: list[int] = []
-    target = tmp_path / "download" / "x.bin"
-    target.parent.mkdir()
-    assert store.get_file("x.bin", target, callback=seen.append) == len(data)
-    assert target.read_bytes() == data
-    assert sum(seen) == len(data)
-
-
-def test_get_file_of_missing_object_leaves_no_file(store, tmp_path):
-    target = tmp_path / "nothing.bin"
-    with pytest.raises(NotFoundError, match=url_pattern(store.url("nothing.bin"))):
-        store.get_file("nothing.bin", target)
-    assert not target.exists()
-
-
-def test_open_read_is_seekable(store):
-    data = payload(5000)
-    store.put_bytes_overwrite("o.bin", data)
-    with store.open_read("o.bin") as f:
-        assert f.read(10) == data[:10]
-        f.seek(-20, os.SEEK_END)
-        assert f.tell() == 4980
-        assert f.read() == data[-20:]
-        f.seek(100)
-        buffer = bytearray(50)
-        assert f.readinto(buffer) == 50
-        assert bytes(buffer) == data[100:150]
-
-
-@pytest.mark.parametrize("size", [1234, 6 * 2**20 + 5], ids=["small", "over-5MiB"])
-def test_put_file_uploads_a_finished_file(store, tmp_path, size):
-    source = tmp_path / "staged.rox"
-    data = os.urandom(size)
-    source.write_bytes(data)
-    store.put_file(source, "shards/000001.rox")
-    assert store.size("shards/000001.rox") == size
-    assert store.read_bytes("shards/000001.rox", max_bytes=None) == data
-    with pytest.raises(FileNotFoundError):
-        store.put_file(tmp_path / "missing", "shards/000002.rox")
-
-
-def test_create_only_publish_refuses_an_existing_key(store):
-    store.put_bytes_create_only("manifest.json", b'{"v": 1}')
-    with pytest.raises(DatasetExistsError, match=url_pattern(store.url("manifest.json"))):
-        store.put_bytes_create_only("manifest.json", b'{"v": 2}')
-    assert store.read_bytes("manifest.json") == b'{"v": 1}'
-    assert store.list() == ["manifest.json"], "no temporary file is left behind"
-
-
-@pytest.mark.parametrize("kind", ["local", "memory", "s3", "gcs"])
-def test_create_only_relies_on_the_server_precondition(new_location, kind, monkeypatch):
-    """With the existence check skipped, only the store itself can refuse the write."""
-    store = Store(*new_location(kind), retry=FAST)
-    store.put_bytes_create_only("manifest.json", b"first")
-    monkeypatch.setattr(store, "exists", lambda key: False)
-    with pytest.raises(DatasetExistsError, match="already exists"):
-        store.put_bytes_create_only("manifest.json", b"second")
-    assert store.read_bytes("manifest.json") == b"first"
 
 
 @pytest.mark.parametrize("kind", ["local", "memory"])
@@ -193,71 +69,6 @@ def test_concurrent_create_only_has_exactly_one_winner(new_location, kind):
     winners = [i for i, outcome in outcomes.items() if outcome == "won"]
     assert len(outcomes) == 8 and len(winners) == 1
     assert store.read_bytes("manifest.json") == b"writer %d" % winners[0]
-
-
-def test_overwrite_replaces(store):
-    store.put_bytes_overwrite("manifest.json", b"old")
-    store.put_bytes_overwrite("manifest.json", b"new and longer")
-    assert store.read_bytes("manifest.json") == b"new and longer"
-    assert store.list() == ["manifest.json"]
-
-
-def test_list_is_recursive_sorted_and_relative(store):
-    for key in ["shards/000002.rox", "manifest.json", "shards/000001.rox", "shards/sub/x"]:
-        store.put_bytes_overwrite(key, b"x")
-    assert store.list() == [
-        "manifest.json", "shards/000001.rox", "shards/000002.rox", "shards/sub/x",
-    ]
-    assert store.list("shards/") == ["shards/000001.rox", "shards/000002.rox", "shards/sub/x"]
-    assert store.list("nothing") == []
-
-
-def test_delete_and_delete_missing(store):
-    store.put_bytes_overwrite("d.bin", b"x")
-    store.delete("d.bin")
-    assert not store.exists("d.bin")
-    store.delete("d.bin")
-    store.delete("never-existed.bin")
-
-
-@pytest.mark.parametrize(
-    "operation",
-    [
-        lambda s, k: s.size(k),
-        lambda s, k: s.read_bytes(k),
-        lambda s, k: s.read_range(k, 0, 10),
-        lambda s, k: s.stream(k, lambda chunk: None),
-        lambda s, k: s.open_read(k),
-    ],
-    ids=["size", "read_bytes", "read_range", "stream", "open_read"],
-)
-def test_missing_object_is_not_found_naming_the_url(store, operation):
-    url = store.url("shards/missing.rox")
-    with pytest.raises(NotFoundError, match=url_pattern(url)) as caught:
-        operation(store, "shards/missing.rox")
-    assert isinstance(caught.value, FileNotFoundError)
-    assert caught.value.__cause__ is not None
-
-
-def test_read_bytes_refuses_objects_over_the_cap(store):
-    store.put_bytes_overwrite("manifest.json", b"x" * 100)
-    assert store.read_bytes("manifest.json", max_bytes=100) == b"x" * 100
-    with pytest.raises(StorageError, match=r"100 bytes, more than the limit of 99"):
-        store.read_bytes("manifest.json", max_bytes=99)
-
-
-def test_store_survives_pickling(store):
-    """DataLoader workers receive the store by pickle (storage_options included)."""
-    store.put_bytes_overwrite("manifest.json", b"{}")
-    clone = pickle.loads(pickle.dumps(store))
-    assert clone.read_bytes("manifest.json") == b"{}" and clone.url("a") == store.url("a")
-
-
-def test_invalid_keys_are_refused_before_any_io(store):
-    for key in ["", "/etc/passwd", "../other/manifest.json", "a//b", "a/./b", "s3://x/y"]:
-        with pytest.raises(ValueError, match="invalid store key"):
-            store.size(key)
-
 
 # -- names and URLs -------------------------------------------------------------------
 
@@ -427,99 +238,6 @@ def faulty_store(
     return Store(base.base_url, fs=fs, retry=policy), fs  # type: ignore[arg-type]
 
 
-def faulty_conditional(monkeypatch, **faults: list[Any]) -> Faulty:
-    """Make every Store's whole-object reads and conditional writes (the backend's
-    :mod:`roxxel.backends.conditional` operations) raise the queued exceptions first."""
-    real = conditional_module.for_filesystem
-    faulty = Faulty(None, **faults)
-
-    def wrapped(fs: Any) -> Faulty:
-        faulty._fs = real(fs)
-        return faulty
-
-    monkeypatch.setattr(conditional_module, "for_filesystem", wrapped)
-    return faulty
-
-
-def test_transient_errors_are_retried_until_success(store, monkeypatch):
-    import aiohttp
-    from gcsfs.retry import HttpError
-
-    data = payload(500)
-    store.put_bytes_overwrite("manifest.json", data)
-    ops = faulty_conditional(monkeypatch, read=[
-        _client_error(503, "SlowDown"), HttpError({"code": 502, "message": "bad gw"}),
-        aiohttp.ClientPayloadError("cut short"), ConnectionResetError(104, "reset"),
-    ])
-    assert store.read_bytes("manifest.json") == data
-    assert ops.calls == {"read": 5}
-
-
-def test_stream_resumes_from_the_offset_reached(dataset_location, monkeypatch):
-    """A body cut short mid-object is re-requested from where it stopped, not from 0."""
-    import aiohttp
-
-    url, options = dataset_location
-    store = Store(url, options, retry=FAST, chunk_size=1000)
-    data = payload(4_500)
-    store.put_bytes_overwrite("shard.rox", data)
-    opened_at: list[int] = []
-    real_open = store_module.open_chunk_reader
-
-    def open_flaky(fs, path, offset):
-        reader = real_open(fs, path, offset)
-        opened_at.append(offset)
-        if len(opened_at) > 1:
-            return reader
-        real_read, reads = reader.read_parts, []
-
-        def read_parts(size: int) -> list[bytes]:
-            reads.append(size)
-            if len(reads) == 3:
-                raise aiohttp.ClientPayloadError("Response payload is not completed")
-            return real_read(size)
-
-        reader.read_parts = read_parts
-        return reader
-
-    monkeypatch.setattr(store_module, "open_chunk_reader", open_flaky)
-    parts: list[bytes] = []
-    assert store.stream("shard.rox", parts.append) == len(data)
-    assert b"".join(parts) == data
-    assert opened_at == [0, 2000]
-
-
-@pytest.mark.parametrize("kind", ["local", "memory", "s3", "gcs"])
-def test_create_only_retry_after_a_lost_response_succeeds(new_location, kind, monkeypatch):
-    """The first PUT lands but its response is lost; the retry finds our own object."""
-    import aiohttp
-
-    store = Store(*new_location(kind), retry=FAST)
-    ops = faulty_conditional(monkeypatch, put_if_absent=[AfterCall(aiohttp.ServerDisconnectedError())])
-    monkeypatch.setattr(store, "exists", lambda key: False)  # only the store's condition decides
-    store.put_bytes_create_only("manifest.json", b"ours")
-    assert ops.calls["put_if_absent"] == 2, "the retry is refused, then finds our own object"
-    assert store.read_bytes("manifest.json") == b"ours"
-    with pytest.raises(DatasetExistsError):
-        store.put_bytes_create_only("manifest.json", b"ours")
-
-
-@pytest.mark.parametrize("kind", ["local", "memory", "s3", "gcs"])
-def test_conditional_replace_retry_after_a_lost_response_succeeds(new_location, kind, monkeypatch):
-    import aiohttp
-
-    store = Store(*new_location(kind), retry=FAST)
-    store.put_bytes_overwrite("manifest.json", b"old")
-    _, version = store.read_versioned("manifest.json")
-    ops = faulty_conditional(monkeypatch, put_if_match=[AfterCall(aiohttp.ServerDisconnectedError())])
-    store.put_bytes_if_match("manifest.json", b"new", version)
-    assert ops.calls["put_if_match"] == 2
-    assert store.read_bytes("manifest.json") == b"new"
-    with pytest.raises(ConflictError, match="another writer changed it"):
-        store.put_bytes_if_match("manifest.json", b"newer", version)
-    assert store.read_bytes("manifest.json") == b"new"
-
-
 @pytest.mark.parametrize(
     ("make_error", "expected"),
     [
@@ -564,18 +282,6 @@ def test_attempt_limit(new_location):
         flaky.size("x")
     assert fs.calls["info"] == 3
 
-
-def test_sink_errors_propagate_unchanged(store):
-    store.put_bytes_overwrite("x", b"abc")
-
-    def sink(chunk: bytes) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(OSError, match="No space left") as caught:
-        store.stream("x", sink)
-    assert not isinstance(caught.value, StorageError)
-
-
 def test_connection_refused_fails_within_seconds_naming_the_url():
     """A dead S3 endpoint: refused connections get a short retry window, then a clear error.
 
@@ -591,20 +297,6 @@ def test_connection_refused_fails_within_seconds_naming_the_url():
     assert time.monotonic() - started < 12
     assert isinstance(caught.value, TransientStorageError)
     assert "server up" in str(caught.value)
-
-
-@pytest.mark.parametrize("stored", [3000, 2500], ids=["ends-at-a-chunk-boundary", "ends-mid-chunk"])
-def test_a_truncated_object_of_known_size_is_an_integrity_error(dataset_location, stored, caplog):
-    """A shard cut short in the store (GCS answers a range past its end with 416) is an
-    IntegrityError naming it, on every store, and no client logs an error on the way."""
-    url, options = dataset_location
-    store = Store(url, options, retry=FAST, chunk_size=1000)
-    store.put_bytes_overwrite("shards/s.rox", payload(stored))
-    with caplog.at_level(logging.WARNING):
-        with pytest.raises(IntegrityError, match=rf"s\.rox: it ended at byte {stored}, expected 6000 bytes"):
-            store.stream("shards/s.rox", lambda chunk: None, size=6000)
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
-
 
 def test_a_server_that_ignores_range_is_named(new_location):
     base = Store(*new_location("memory"), retry=FAST)

@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from roxxel.backends import Store, direct
-from roxxel.backends.direct import DirectReader, open_direct, refused
+from roxxel.backends import Store
+from roxxel.backends import s3 as direct
+from roxxel.backends.s3 import DirectReader, open_direct, refused
 from roxxel.errors import NotFoundError
 from tests import servers
 
@@ -81,7 +82,7 @@ def test_a_failing_direct_get_falls_back_to_s3fs_for_good(s3_store, monkeypatch,
         return dead + url[url.index("/", len("http://")):]
 
     monkeypatch.setattr(s3_store.fs, "sign", dead_sign)
-    with caplog.at_level(logging.INFO, logger="roxxel.backends.direct"):
+    with caplog.at_level(logging.INFO, logger="roxxel.backends.s3"):
         assert stream(s3_store, "obj", size=len(DATA)) == DATA
         assert stream(s3_store, "obj", size=len(DATA)) == DATA
     assert len(calls) == 1 and refused(s3_store.fs)  # off for good after the first failure

@@ -14,7 +14,7 @@ import pytest
 
 import roxxel
 from roxxel.backends import DEFAULT_POLICY, RetryPolicy, Store
-from roxxel.backends import readers as readers_module
+from roxxel.backends import s3 as s3_module
 from roxxel.backends.watchdog import StallError, current, watched
 from tests.reliability_kit import FAST, check_all, write
 
@@ -94,7 +94,7 @@ def test_a_silent_s3_body_is_retried_after_the_configured_timeout(faulty_s3, tmp
     server.configure()
     write(url, 200, shard_bytes=64 * 1024, storage_options=options)
     if path == "s3fs":  # the streaming GET through aiohttp, watched piece by piece
-        monkeypatch.setattr(readers_module, "open_direct", lambda *args: None)
+        monkeypatch.setattr(s3_module, "open_direct", lambda *args: None)
     store = Store(url, options, retry=dataclasses.replace(FAST, stall_timeout=1.0))
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
         server.configure(rate=1.0, kinds=["stallbody"], methods=["GET"], stall_seconds=SERVER_STALL, limit=1)

@@ -17,7 +17,7 @@ import pytest
 
 import roxxel
 from roxxel.backends import Store
-from roxxel.backends.direct import DirectReader, open_direct, refused
+from roxxel.backends.s3 import DirectReader, open_direct, refused
 from roxxel.errors import StorageError
 from tests import servers
 

@@ -1,72 +1,62 @@
-"""Sequential readers of one object, used by :meth:`Store.stream` and :meth:`Store.open_read`.
+"""Sequential readers of one object that backends hand out (:meth:`.Backend.open_reader`).
 
-:func:`open_chunk_reader` picks the cheapest way to read an object from an offset on:
-
-- a synchronous filesystem (local disk, memory): an open file, seeked;
-- S3, where :mod:`.direct` applies: one plain HTTP GET of a presigned URL (ranged when
-  resuming after a failure);
-- an async filesystem with ``open_async`` (s3fs otherwise), from offset 0: one streaming GET;
-- otherwise (gcsfs, or resuming after a failure): one ranged GET per chunk.
+- :class:`FileReader`: an open file, seeked (local disk, memory, any synchronous
+  filesystem);
+- :class:`StreamReader`: one streaming GET through an async filesystem's ``open_async``
+  (s3fs), for a read from offset 0;
+- :class:`RangeReader`: one ranged GET per chunk (gcsfs, or a read resumed after a
+  failure).
 
 A single streaming GET matters: moto, for one, re-reads the whole object for every
-ranged GET, and every ranged GET costs a round trip on a real store.
+ranged GET, and every ranged GET costs a round trip on a real store. (S3's own,
+cheaper, reader is in :mod:`.s3`.)
 
 Readers report every piece they receive to the watchdog (:func:`.watchdog.current`), so
 a call is cut off only after its inactivity timeout without a byte, however long a
-slow but steady chunk takes.
+slow but steady chunk takes. Backend errors propagate untranslated.
 """
 
 from __future__ import annotations
 
 import inspect
-import io
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from . import watchdog
-from .direct import open_direct
+from .base import ChunkReader
 from .errors import http_status
-from .retry import RetryPolicy, call
 
-__all__ = ["ChunkReader", "StoreReader", "open_chunk_reader"]
+__all__ = ["FileReader", "RangeReader", "StreamReader", "open_async_reader", "open_file_reader"]
 
 logger = logging.getLogger(__name__)
 
 
-class ChunkReader(Protocol):
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes (fewer only at the end of the object)."""
-
-    def read_parts(self, size: int) -> list[bytes]:
-        """Up to ``size`` bytes as received, unjoined (empty only at the end)."""
-
-    def close(self) -> None:
-        """Release the connection or file; idempotent."""
+def open_file_reader(fs: AbstractFileSystem, path: str, offset: int) -> ChunkReader:
+    """An open file of a synchronous filesystem, positioned at ``offset``."""
+    f = fs.open(path, "rb")
+    f.seek(offset)
+    return FileReader(f)
 
 
-def open_chunk_reader(fs: AbstractFileSystem, path: str, offset: int) -> ChunkReader:
-    """A reader of ``path`` positioned at ``offset``; backend errors propagate untranslated."""
-    if not getattr(fs, "async_impl", False):
-        f = fs.open(path, "rb")
-        f.seek(offset)
-        return _FileReader(f)
-    direct = open_direct(fs, path, offset)
-    if direct is not None:
-        return direct
+def open_async_reader(fs: AbstractFileSystem, path: str, offset: int) -> ChunkReader:
+    """For an async filesystem: one streaming GET from offset 0 where it has
+    ``open_async``, otherwise one ranged GET per read."""
     if offset == 0:
         try:
             f = sync(fs.loop, fs.open_async, path, "rb")
-        except NotImplementedError:
+        except (NotImplementedError, AttributeError):
+            # AttributeError: a wrapper whose wrapped filesystem has none (DirFileSystem
+            # over a synchronous filesystem says it is async)
             pass
         else:
-            return _StreamReader(fs, path, f)
-    return _RangeReader(fs, path, offset)
+            return StreamReader(fs, path, f)
+    return RangeReader(fs, path, offset)
 
 
-class _FileReader:
+class FileReader:
     def __init__(self, f: Any) -> None:
         self._f = f
 
@@ -80,7 +70,7 @@ class _FileReader:
         self._f.close()
 
 
-class _RangeReader:
+class RangeReader:
     """One ranged GET per read, never past the object's end as its metadata gave it when
     the reader opened (a range that starts past the end is answered 416, which gcsfs
     also logs as an error); a 416 all the same (the object shrank since) ends the reads."""
@@ -117,7 +107,7 @@ class _RangeReader:
         pass
 
 
-class _StreamReader:
+class StreamReader:
     """One streaming GET, read from the caller's thread through fsspec's event loop."""
 
     def __init__(self, fs: AbstractFileSystem, path: str, f: Any) -> None:
@@ -164,62 +154,3 @@ async def _close_stream(f: Any) -> None:
         if inspect.isawaitable(closing):
             await closing
     await f.close()
-
-
-class StoreReader(io.RawIOBase):
-    """A read-only, seekable binary file over one object.
-
-    Each read is retried on transient errors (from the same position) and every backend
-    error is translated to a roxxel error naming ``url``.
-    """
-
-    def __init__(self, f: Any, url: str, policy: RetryPolicy, size: int) -> None:
-        super().__init__()
-        self._f, self._url, self._policy = f, url, policy
-        self._pos = 0
-        self.size = size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset} in {self._url}")
-        self._pos = base + offset
-        return self._pos
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = max(self.size - self._pos, 0)
-        pos = self._pos
-
-        def attempt() -> bytes:
-            self._f.seek(pos)
-            return self._f.read(size)
-
-        data = call(attempt, op="read", url=self._url, policy=self._policy)
-        self._pos += len(data)
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._f.close()
-            finally:
-                super().close()

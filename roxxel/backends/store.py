@@ -1,9 +1,13 @@
-"""A dataset prefix on one fsspec filesystem, addressed by relative keys.
+"""A dataset prefix on one store, addressed by relative keys: the one wrapper around
+every backend.
 
-Every method retries transient failures and raises only roxxel errors (chained to the
-backend's exception), whose messages name the operation and the full URL. Nothing
-reads credentials: ``storage_options`` go to fsspec unchanged and never appear in
-messages, logs or ``repr``.
+:class:`Store` maps keys to paths and runs each operation of its backend
+(:class:`.base.Backend`, chosen by :func:`.registry.backend_for`) under retries
+(:mod:`.retry`), stall detection (:mod:`.watchdog`) and error translation
+(:mod:`.errors`): every method retries transient failures and raises only roxxel errors
+(chained to the backend's exception), whose messages name the operation and the full
+URL. Nothing reads credentials: ``storage_options`` go to fsspec unchanged and never
+appear in messages, logs or ``repr``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import base64
 import binascii
 import datetime
 import hashlib
+import io
 import logging
 import os
 import re
@@ -19,7 +24,6 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable, TypeVar
 
 from fsspec import AbstractFileSystem
-from fsspec.asyn import sync
 
 from ..errors import (
     ConflictError,
@@ -28,9 +32,15 @@ from ..errors import (
     NotFoundError,
     StorageError,
 )
-from . import conditional, localfiles
-from .conditional import Versioned
-from .readers import ChunkReader, StoreReader, open_chunk_reader
+from .base import (
+    HIDDEN_PREFIX,
+    Backend,
+    ChunkReader,
+    PreconditionFailed,
+    TooLarge,
+    Versioned,
+)
+from .registry import backend_for
 from .retry import DEFAULT_POLICY, RetryPolicy, call
 from .urls import check_key, join_url, redact, resolve
 from .watchdog import StallError, watched
@@ -42,14 +52,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_CHUNK_SIZE = 16 * 2**20
-# Parts of multipart/resumable uploads: memory per upload stays near this, whatever the size.
-UPLOAD_CHUNK_SIZE = 16 * 2**20
-_S3_SINGLE_PUT_MAX = 5 * 2**30
 _MIN_UPLOAD_RATE = 2**20  # bytes/s below which an upload counts as stalled
 MANIFEST_MAX_BYTES = 64 * 2**20
-# Temporary files, lock files and probes that roxxel itself leaves beside objects.
-_HIDDEN_PREFIX = ".roxxel-"
-
 
 
 class Store:
@@ -76,34 +80,32 @@ class Store:
             root = fs._strip_protocol(url)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        self._fs = fs
+        self._backend = backend_for(fs)
         self._pid = os.getpid()
         self.root = root.rstrip("/") or root
         self.retry = retry
         self.chunk_size = chunk_size
-        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-        if "file" in protocols or "local" in protocols:
-            self._kind = "local"
-        elif "memory" in protocols:
-            self._kind = "memory"
-        else:
-            self._kind = "object"
-        self._s3 = bool({"s3", "s3a"}.intersection(protocols)) and hasattr(fs, "_call_s3")
-        plain_path = self._kind == "local" and "://" not in url and "::" not in url
+        plain_path = self._backend.paths_are_local and "://" not in url and "::" not in url
         self._url = self.root if plain_path else url.rstrip("/")
 
     def __repr__(self) -> str:
         return f"Store({redact(self._url)!r})"
 
     @property
-    def fs(self) -> AbstractFileSystem:
-        """The filesystem; in a forked child, a new instance made from the same arguments
-        (async clients such as s3fs refuse to be used across a fork)."""
+    def backend(self) -> Backend:
+        """The backend this store wraps; in a forked child, a new one over a new
+        filesystem made from the same arguments (async clients such as s3fs refuse to be
+        used across a fork)."""
         if self._pid != os.getpid():
-            fs = self._fs
-            self._fs = type(fs)(*fs.storage_args, **fs.storage_options)
+            fs = self._backend.fs
+            self._backend = backend_for(type(fs)(*fs.storage_args, **fs.storage_options))
             self._pid = os.getpid()
-        return self._fs
+        return self._backend
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The backend's fsspec filesystem (see :attr:`backend`)."""
+        return self.backend.fs
 
     # -- names -----------------------------------------------------------------------
 
@@ -125,13 +127,13 @@ class Store:
     def size(self, key: str) -> int:
         """The size in bytes of the object ``key``; NotFoundError if there is none."""
         path = self.path(key)
-        return self._run("stat", key, lambda: self._file_info(path)["size"])
+        return self._run("stat", key, lambda: self.backend.info(path)["size"])
 
     def stat(self, key: str) -> tuple[int, float | None]:
         """Size and modification time (see :meth:`list_info`) of the object ``key``;
         NotFoundError if there is none."""
         path = self.path(key)
-        info = self._run("stat", key, lambda: self._file_info(path))
+        info = self._run("stat", key, lambda: self.backend.info(path))
         return int(info.get("size") or 0), modified_time(info)
 
     def exists(self, key: str) -> bool:
@@ -153,12 +155,12 @@ class Store:
         what :meth:`put_bytes_if_match` compares against; None where the store has none.
         StorageError, reading nothing more, if the object exceeds ``max_bytes``."""
         path = self.path(key)
-        ops = conditional.for_filesystem(self.fs)
+        backend = self.backend
 
         def read() -> Versioned:
             try:
-                return ops.read(path, max_bytes)
-            except conditional.TooLarge as exc:
+                return backend.read(path, max_bytes)
+            except TooLarge as exc:
                 raise StorageError(
                     f"could not read {self.url(key)}: it is {exc.size} bytes, "
                     f"more than the limit of {max_bytes} bytes"
@@ -173,7 +175,8 @@ class Store:
         path = self.path(key)
         if start == end:
             return b""
-        data = self._run("read", key, lambda: self.fs.cat_file(path, start=start, end=end))
+        backend = self.backend
+        data = self._run("read", key, lambda: backend.read_range(path, start, end))
         if len(data) > end - start:
             raise StorageError(
                 f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}) "
@@ -203,6 +206,7 @@ class Store:
             size = self.size(key)
         pos = 0
         reader: ChunkReader | None = None
+        backend = self.backend
 
         def next_parts() -> list[bytes]:
             nonlocal reader
@@ -210,7 +214,7 @@ class Store:
 
             def step() -> list[bytes]:
                 if box[0] is None:
-                    box[0] = open_chunk_reader(self.fs, path, pos)
+                    box[0] = backend.open_reader(path, pos)
                 return box[0].read_parts(want)
 
             def abandon() -> None:  # runs when a stalled step finally returns
@@ -279,7 +283,8 @@ class Store:
         """A seekable binary file over the object; reads are retried and translated."""
         path = self.path(key)
         size = self.size(key)
-        f = self._run("open", key, lambda: self.fs.open(path, "rb"))
+        backend = self.backend
+        f = self._run("open", key, lambda: backend.open(path))
         return StoreReader(f, self.url(key), self.retry, size)  # type: ignore[return-value]
 
     def list(self, prefix: str = "") -> list[str]:
@@ -298,22 +303,19 @@ class Store:
         """Key -> fsspec info (empty unless ``detail``) of every object under ``prefix``."""
         prefix = prefix.strip("/")
         base = self.path(prefix) if prefix else self.root
-        self.fs.invalidate_cache(base)
-        found = self._run(
-            "list", prefix, lambda: self.fs.find(base, withdirs=False, detail=detail)
-        )
-        entries = found.items() if detail else ((full, {}) for full in found)
+        backend = self.backend
+        found = self._run("list", prefix, lambda: backend.list_info(base))
         root = self.root.rstrip("/") + "/"
         keys = {}
-        for full, info in entries:
+        for full, info in found.items():
             full = full.rstrip("/")
             if not full.startswith(root):
                 logger.debug("list %s: ignoring %s outside the store", self, full)
                 continue
             key = full[len(root):]
-            if key.rsplit("/", 1)[-1].startswith(_HIDDEN_PREFIX):
+            if key.rsplit("/", 1)[-1].startswith(HIDDEN_PREFIX):
                 continue
-            keys[key] = info
+            keys[key] = info if detail else {}
         return keys
 
     # -- writing ---------------------------------------------------------------------
@@ -327,18 +329,10 @@ class Store:
         local_path = os.fspath(local_path)
         os.stat(local_path)  # a missing source is the caller's FileNotFoundError, not the store's
         path = self.path(key)
+        backend = self.backend
 
         def upload() -> None:
-            if self._kind == "local":
-                localfiles.copy_replace(local_path, path)
-            elif self._kind == "memory":
-                # AbstractFileSystem.put_file would commit a partial object on a read error.
-                with open(local_path, "rb") as f:
-                    self.fs.pipe_file(path, f.read())
-            elif self._s3 and os.path.getsize(local_path) < _S3_SINGLE_PUT_MAX:
-                self._put_object_streaming(local_path, path)
-            else:
-                self.fs.put_file(local_path, path, chunksize=UPLOAD_CHUNK_SIZE)
+            backend.put_file(local_path, path)
 
         base = self.retry.upload_timeout
         # An upload reports no progress: allow it the upload timeout plus 1 MiB/s.
@@ -355,7 +349,8 @@ class Store:
         """
         local_path = os.fspath(local_path)
         path = self.path(key)
-        info = self._run("stat", key, lambda: self._file_info(path))
+        backend = self.backend
+        info = self._run("stat", key, lambda: backend.info(path))
         expected = os.path.getsize(local_path)
         if info["size"] != expected:
             raise IntegrityError(
@@ -373,27 +368,13 @@ class Store:
                 f"{redact(self.url(key))}: uploaded object has {name} {found}, expected {wanted}"
             )
 
-    def _put_object_streaming(self, local_path: str, path: str) -> None:
-        """One PUT whose body streams from the file.
-
-        s3fs's put_file reads an object under 2 chunks into memory (twice over, through
-        botocore and aiohttp), so memory would grow with the shard size; a file body is
-        read in small blocks instead, and is rewound by botocore if it retries.
-        """
-        bucket, key, _ = self.fs.split_path(path)
-        size = os.path.getsize(local_path)
-        with open(local_path, "rb") as body:
-            sync(self.fs.loop, self.fs._call_s3, "put_object",
-                 Bucket=bucket, Key=key, Body=body, ContentLength=size)
-        self.fs.invalidate_cache(path)
-
     def put_bytes_overwrite(self, key: str, data: bytes) -> None:
         """Atomically make ``key`` hold ``data``, replacing any object there."""
         path = self.path(key)
-        ops = conditional.for_filesystem(self.fs)
+        backend = self.backend
         # Never abandoned on a stall: an abandoned write could still land later, over a
         # newer one (the clients' own timeouts bound it).
-        self._run("write", key, lambda: ops.put(path, data), timeout=None)
+        self._run("write", key, lambda: backend.put(path, data), timeout=None)
 
     def put_bytes_create_only(self, key: str, data: bytes) -> None:
         """Publish ``data`` at ``key`` atomically; DatasetExistsError if ``key`` exists.
@@ -405,10 +386,10 @@ class Store:
         object, it was our own lost-response attempt and counts as success.
         """
         path = self.path(key)
-        ops = conditional.for_filesystem(self.fs)
+        backend = self.backend
         if self.exists(key):  # the store may not enforce the condition: refuse early
             raise DatasetExistsError(f"could not publish {self.url(key)}: it already exists")
-        self._put_once(key, data, lambda: ops.put_if_absent(path, data), FileExistsError)
+        self._put_once(key, data, lambda: backend.put_if_absent(path, data), FileExistsError)
 
     def put_bytes_if_match(self, key: str, data: bytes, version: str) -> None:
         """Make ``key`` hold ``data`` only if it is still at ``version`` (from
@@ -417,18 +398,18 @@ class Store:
         memory: a lock held across compare and replace. A store without conditional
         writes raises StorageError."""
         path = self.path(key)
-        ops = conditional.for_filesystem(self.fs)
+        backend = self.backend
 
         def put() -> None:
             try:
-                ops.put_if_match(path, data, version)
+                backend.put_if_match(path, data, version)
             except NotImplementedError:
                 raise StorageError(
                     f"could not publish {self.url(key)}: {type(self.fs).__name__} has no "
                     "conditional writes, so a concurrent writer could not be detected"
                 ) from None
 
-        self._put_once(key, data, put, conditional.PreconditionFailed)
+        self._put_once(key, data, put, PreconditionFailed)
 
     def _put_once(self, key: str, data: bytes, put: Callable[[], None], lost: type[Exception]) -> None:
         """Run a conditional ``put``, never abandoned on a stall (an abandoned write could
@@ -437,6 +418,7 @@ class Store:
         lost, so the object is read back, and holding exactly ``data`` counts as success.
         """
         attempts = 0
+        backend, path = self.backend, self.path(key)
 
         def attempt() -> None:
             nonlocal attempts
@@ -444,7 +426,7 @@ class Store:
             try:
                 put()
             except lost:
-                if attempts > 1 and self.fs.cat_file(self.path(key)) == data:
+                if attempts > 1 and backend.read(path, None).data == data:
                     logger.info("publish %s: found our own earlier attempt", self.url(key))
                     return
                 if lost is FileExistsError:
@@ -461,19 +443,18 @@ class Store:
         memory: yes. S3 and GCS: probed once per process and bucket with a small object
         under this prefix (``.roxxel-probe-*``, deleted at once), because some servers
         accept the headers and ignore them. Other stores: no."""
-        ops = conditional.for_filesystem(self.fs)
-        return self._run("probe conditional writes at", "", lambda: ops.enforced(self.root), timeout=None)
+        backend = self.backend
+        return self._run(
+            "probe conditional writes at", "", lambda: backend.conditional_writes_enforced(self.root),
+            timeout=None,
+        )
 
     def delete(self, key: str) -> None:
         """Delete the object ``key``; a missing object is not an error."""
         path = self.path(key)
-
-        def remove() -> None:
-            self.fs.rm_file(path)
-            self.fs.invalidate_cache(path)
-
+        backend = self.backend
         try:
-            self._run("delete", key, remove)
+            self._run("delete", key, lambda: backend.delete(path))
         except NotFoundError:
             pass
 
@@ -484,14 +465,6 @@ class Store:
         stall_timeout)."""
         url = self.url(key) if key else self._url
         return call(fn, op=op, url=url, policy=self.retry, timeout=timeout)
-
-    def _file_info(self, path: str) -> dict[str, Any]:
-        """``fs.info`` of a file, fresh from the store; FileNotFoundError for a prefix."""
-        self.fs.invalidate_cache(path)
-        info = self.fs.info(path)
-        if info.get("type") != "file":
-            raise FileNotFoundError(f"{path} is a directory or prefix, not an object")
-        return info
 
 
 def _reported_md5(info: dict[str, Any]) -> str | None:
@@ -537,3 +510,62 @@ def modified_time(info: Mapping[str, Any]) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return None
+
+
+class StoreReader(io.RawIOBase):
+    """A read-only, seekable binary file over one object.
+
+    Each read is retried on transient errors (from the same position) and every backend
+    error is translated to a roxxel error naming ``url``.
+    """
+
+    def __init__(self, f: Any, url: str, policy: RetryPolicy, size: int) -> None:
+        super().__init__()
+        self._f, self._url, self._policy = f, url, policy
+        self._pos = 0
+        self.size = size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset} in {self._url}")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(self.size - self._pos, 0)
+        pos = self._pos
+
+        def attempt() -> bytes:
+            self._f.seek(pos)
+            return self._f.read(size)
+
+        data = call(attempt, op="read", url=self._url, policy=self._policy)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._f.close()
+            finally:
+                super().close()

@@ -1,19 +1,26 @@
-"""Whole-object S3 downloads as plain HTTP GETs of presigned URLs.
+"""S3 through s3fs: whole objects with their ETag, conditional PUTs, streaming uploads,
+and downloads as plain HTTP GETs of presigned URLs.
 
-s3fs reads an object's body through aiobotocore and aiohttp; on the reference machine
-that stack alone costs more CPU per byte than hashing and writing the bytes to the
-cache together. A GET of a URL that s3fs itself presigned (so the same credentials,
+Versions are ETags: one ``GetObject`` gives body and ETag; ``PutObject`` carries
+``If-Match: <etag>``, or ``If-None-Match: *`` to create. Whether the server enforces
+them is probed once per process and bucket (:func:`.base.probed_enforcement`).
+
+Uploads of finished files under 5 GiB are one ``PutObject`` whose body streams from
+the file (s3fs's ``put_file`` would hold a small object in memory twice over).
+
+Downloads (:meth:`S3Backend.open_reader`) are, where possible, plain GETs of presigned
+URLs. s3fs reads an object's body through aiobotocore and aiohttp; on the reference
+machine that stack alone costs more CPU per byte than hashing and writing the bytes to
+the cache together. A GET of a URL that s3fs itself presigned (so the same credentials,
 endpoint, region and addressing), read with :mod:`http.client` in large pieces, costs a
-fraction of it.
-
-It is used only where it reads exactly what s3fs would read: an ``S3FileSystem``
-without requester-pays, versioning, extra request parameters (SSE-C keys and the like),
-TLS or proxy settings of its own, and no proxy in the environment. When a GET fails
-before its body starts, :func:`open_direct` returns None and the caller reads through
-s3fs, which reports a missing object or retries a busy server in its own way; any other
-failure (a refused signature, a redirect, a TLS error, an unreachable host) also turns
-this path off for that filesystem for good. Presigned URLs hold a signature: they never
-reach a message or a log.
+fraction of it. It is used only where it reads exactly what s3fs would read: an
+``S3FileSystem`` without requester-pays, versioning, extra request parameters (SSE-C
+keys and the like), TLS or proxy settings of its own, and no proxy in the environment.
+When a GET fails before its body starts, :func:`open_direct` returns None and the
+reader is s3fs's, which reports a missing object or retries a busy server in its own
+way; any other failure (a refused signature, a redirect, a TLS error, an unreachable
+host) also turns this path off for that filesystem for good. Presigned URLs hold a
+signature: they never reach a message or a log.
 """
 
 from __future__ import annotations
@@ -30,11 +37,102 @@ import weakref
 from typing import Any
 
 from fsspec import AbstractFileSystem
+from fsspec.asyn import sync
 
+from .base import (
+    ChunkReader,
+    PreconditionFailed,
+    Versioned,
+    check_size,
+    probed_enforcement,
+)
+from .errors import http_status
+from .generic import FsspecBackend
+from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .watchdog import current_timeout, read_in_pieces
 
-__all__ = ["DirectReader", "open_direct", "refused"]
+__all__ = ["DirectReader", "S3Backend", "open_direct", "refused"]
+
+_S3_SINGLE_PUT_MAX = 5 * 2**30
+
+
+class S3Backend(FsspecBackend):
+    """S3 through s3fs."""
+
+    def read(self, path: str, max_bytes: int | None) -> Versioned:
+        return sync(self.fs.loop, self._read, path, max_bytes)
+
+    async def _read(self, path: str, max_bytes: int | None) -> Versioned:
+        bucket, key, version_id = self.fs.split_path(path)
+        extra = {"VersionId": version_id} if version_id else {}
+        response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **extra, **self.fs.req_kw)
+        body = response["Body"]
+        size = int(response.get("ContentLength") or 0)
+        try:
+            check_size(size, max_bytes)
+            data = await body.read()
+        finally:
+            body.close()
+        if len(data) != size:
+            raise http.client.IncompleteRead(data[:size], max(0, size - len(data)))
+        return Versioned(data, response.get("ETag"))
+
+    def open_reader(self, path: str, offset: int) -> ChunkReader:
+        direct = open_direct(self.fs, path, offset)
+        if direct is not None:
+            return direct
+        return open_async_reader(self.fs, path, offset)
+
+    def put_file(self, local_path: str, path: str) -> None:
+        if os.path.getsize(local_path) < _S3_SINGLE_PUT_MAX:
+            self._put_object_streaming(local_path, path)
+        else:
+            super().put_file(local_path, path)
+
+    def _put_object_streaming(self, local_path: str, path: str) -> None:
+        """One PUT whose body streams from the file.
+
+        s3fs's put_file reads an object under 2 chunks into memory (twice over, through
+        botocore and aiohttp), so memory would grow with the shard size; a file body is
+        read in small blocks instead, and is rewound by botocore if it retries.
+        """
+        bucket, key, _ = self.fs.split_path(path)
+        size = os.path.getsize(local_path)
+        with open(local_path, "rb") as body:
+            sync(self.fs.loop, self.fs._call_s3, "put_object",
+                 Bucket=bucket, Key=key, Body=body, ContentLength=size)
+        self.fs.invalidate_cache(path)
+
+    def put(self, path: str, data: bytes) -> None:
+        self._put(path, data)
+
+    def put_if_absent(self, path: str, data: bytes) -> None:
+        try:
+            self._put(path, data, IfNoneMatch="*")
+        except PreconditionFailed:
+            raise FileExistsError(path) from None
+
+    def put_if_match(self, path: str, data: bytes, version: str) -> None:
+        self._put(path, data, IfMatch=version)
+
+    def _put(self, path: str, data: bytes, **conditions: str) -> None:
+        bucket, key, _ = self.fs.split_path(path)
+        try:
+            sync(self.fs.loop, self.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data,
+                 **conditions, **self.fs.req_kw)
+        except Exception as exc:
+            if conditions and http_status(exc) in (409, 412):
+                raise PreconditionFailed(path) from exc
+            raise
+        finally:
+            self.fs.invalidate_cache(path)
+
+    def conditional_writes_enforced(self, root: str) -> bool:
+        return probed_enforcement(self, root)
+
+
+# -- downloads by presigned GETs -------------------------------------------------------
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,143 @@
+"""Local disk: versions are content digests, and writes are atomic through the
+filesystem itself.
+
+Every write goes to a durable temporary file in the target's directory, then is
+linked (create only: ``os.link`` refuses an existing target, so two writers cannot both
+win) or renamed into place: readers see the old file, the new file, or nothing, never a
+partial one. A compare-and-swap holds an exclusive ``flock`` on a lock file beside the
+object (``.roxxel-lock-<name>``) across read, compare and rename, taken by every
+roxxel writer of that object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from .base import (
+    HIDDEN_PREFIX,
+    ChunkReader,
+    PreconditionFailed,
+    Versioned,
+    check_size,
+    digest,
+)
+from .generic import FsspecBackend
+from .readers import open_file_reader
+
+__all__ = ["LOCK_PREFIX", "TEMP_PREFIX", "LocalBackend", "copy_replace", "file_lock", "write_new",
+           "write_replace"]
+
+TEMP_PREFIX = HIDDEN_PREFIX + "tmp-"
+LOCK_PREFIX = HIDDEN_PREFIX + "lock-"
+_COPY_CHUNK = 8 * 2**20
+
+
+class LocalBackend(FsspecBackend):
+    """fsspec's local filesystem."""
+
+    paths_are_local = True
+
+    def read(self, path: str, max_bytes: int | None) -> Versioned:
+        with open(path, "rb") as f:
+            check_size(os.fstat(f.fileno()).st_size, max_bytes)
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+        check_size(len(data), max_bytes)
+        return Versioned(data, digest(data))
+
+    def open_reader(self, path: str, offset: int) -> ChunkReader:
+        return open_file_reader(self.fs, path, offset)
+
+    def put_file(self, local_path: str, path: str) -> None:
+        copy_replace(local_path, path)
+
+    def put(self, path: str, data: bytes) -> None:
+        with file_lock(path):
+            write_replace(path, data)
+
+    def put_if_absent(self, path: str, data: bytes) -> None:
+        write_new(path, data)
+
+    def put_if_match(self, path: str, data: bytes, version: str) -> None:
+        with file_lock(path):
+            try:
+                with open(path, "rb") as f:
+                    current = digest(f.read())
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                raise PreconditionFailed(path)
+            write_replace(path, data)
+
+    def conditional_writes_enforced(self, root: str) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """An exclusive lock on ``<dir>/.roxxel-lock-<name>``, shared by every roxxel process
+    that writes ``path``."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    fd = os.open(os.path.join(folder, LOCK_PREFIX + name), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+
+def write_new(path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data``; raise FileExistsError if ``path`` exists.
+
+    ``os.link`` refuses an existing target, so two concurrent writers cannot both win.
+    """
+    temp = _write_temp(path, lambda f: f.write(data))
+    try:
+        os.link(temp, path)
+    finally:
+        os.unlink(temp)
+
+
+def write_replace(path: str, data: bytes) -> None:
+    """Atomically make ``path`` hold ``data``, replacing any previous file."""
+    _replace_with(path, lambda f: f.write(data))
+
+
+def copy_replace(source: str, path: str) -> None:
+    """Atomically make ``path`` a copy of the local file ``source``."""
+    with open(source, "rb") as src:
+        _replace_with(path, lambda f: shutil.copyfileobj(src, f, _COPY_CHUNK))
+
+
+def _replace_with(path: str, fill: Callable[[BinaryIO], object]) -> None:
+    temp = _write_temp(path, fill)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def _write_temp(path: str, fill: Callable[[BinaryIO], object]) -> str:
+    """Write a durable temporary file next to ``path`` and return its name."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f"{TEMP_PREFIX}{os.path.basename(path)}.{secrets.token_hex(8)}")
+    # os.open with 0o666 honours the umask (mkstemp would force 0o600 on a shared dataset).
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return temp
