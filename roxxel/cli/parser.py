@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .._version import __version__
+from ..manifest.compressions import COMPRESSIONS
 from .commands import (
     cmd_cache,
     cmd_cp,
@@ -176,7 +177,8 @@ def _add_pack_command(sub: Any, c: _Parents) -> None:
                    help="how inputs become records (default: files)")
     p.add_argument("--shard-bytes", type=size, default="64MiB", metavar="BYTES",
                    help="target shard size (default: 64MiB)")
-    p.add_argument("--compression", choices=("none", "zstd"), default="none", help="shard compression")
+    p.add_argument("--compression", choices=[name or "none" for name in COMPRESSIONS], default="none",
+                   help="shard compression")
     p.add_argument("--mode", choices=("create", "overwrite", "append"), default="create",
                    help="create (default: refuse an existing dataset), overwrite, or append")
     p.add_argument("--meta", metavar="KEY=VALUE", action="append", type=storage_option, default=None,
