@@ -60,7 +60,8 @@ class Residency:
     the limit cannot hold one shard, or the chosen lookahead.
 
     A mixture of datasets shares one residency: it adds every member's shards to one
-    catalog and reads member ``m``'s shard ``k`` as the catalog's ``offset_m + k``. The
+    catalog (before the residency is made: the limit arithmetic is done then) and reads
+    member ``m``'s shard ``k`` as the catalog's ``offset_m + k``. The
     order of next use is kept by checksum, as the cache is, so the order given by
     :meth:`expect` spans the members, and the limit arithmetic runs over all their shards.
     """
@@ -89,6 +90,9 @@ class Residency:
             # or no download could make room by evicting.
             fits = shards_that_fit(self._limit, sizes)
             self._max_mapped = max(1, min(self._max_mapped, fits - 1))
+        # what the limit allows to stay mapped (hold() may raise _max_mapped for a window
+        # that fit_window checked)
+        self._fits_mapped = self._max_mapped if self._limit is not None else len(catalog)
         self._downloader: Downloader | None = None
         self._handles: dict[int, CachedShard] = {}
         self._maps: dict[int, MappedShard] = {}
@@ -110,8 +114,9 @@ class Residency:
 
     @property
     def mapping_cap(self) -> int:
-        """How many shards may stay mapped at once (all of them without a cache limit)."""
-        return self._max_mapped if self._limit is not None else len(self.catalog)
+        """How many shards the cache limit lets stay mapped at once (all of them without
+        one), whatever :meth:`hold` asked for since."""
+        return self._fits_mapped
 
     def fit_window(self, window: int) -> None:
         """Refuse (CacheError) a shuffle window whose shards, and a chosen lookahead, the
