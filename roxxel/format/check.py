@@ -75,11 +75,12 @@ class ShardCheck:
     then :meth:`finish`.
 
     ``key`` is the manifest's checksum (:class:`~roxxel.manifest.checksums.ShardKey`).
-    ``stored(chunk)`` receives the stored bytes that were accepted, ``raw(chunk)`` the raw
-    bytes (decompressed for a zstd shard, never past the raw size); either may be None.
-    ``layout=False`` checks the stored size and checksum only (no decompression: for a
-    copy between stores, whose bytes are checked in full elsewhere). ``raw_digest=True``
-    hashes the raw bytes too, with ``key``'s algorithm, for :meth:`finish` to return.
+    ``raw(chunk)``, if given, receives the raw bytes as they are checked (decompressed for
+    a zstd shard, never past the raw size). ``layout=False`` checks the stored size and
+    checksum only, decompressing nothing (``cp``: a copy's layout is ``verify``'s to
+    check). ``raw_digest=True`` makes :meth:`finish` return the digest of the raw bytes
+    (with ``key``'s algorithm): hashed as they pass for a zstd shard, the checksum itself
+    for an uncompressed one, so no byte is hashed twice.
 
     A chunk past the stored size raises at once; every other problem is kept and raised
     by :meth:`finish`, size and checksum first: a checksum mismatch explains a broken
@@ -91,14 +92,13 @@ class ShardCheck:
         spec: ShardSpec,
         key: ShardKey,
         *,
-        stored: Output | None = None,
         raw: Output | None = None,
         layout: bool = True,
         raw_digest: bool = False,
     ) -> None:
         self.spec, self.key = spec, key
         self.received = 0
-        self._stored = stored
+        self._raw_digest = raw_digest
         self._hash = key.new_hash()
         self._overflow = False
         self._problem: str | None = None
@@ -107,7 +107,8 @@ class ShardCheck:
         self._header = b""  # a zstd frame's first bytes, until its header can be read
         if layout:
             try:
-                self._raw = _RawCheck(spec.raw_size, spec.record_count, raw, raw_digest and key)
+                hashed = key if raw_digest and spec.compression is not None else None
+                self._raw = _RawCheck(spec.raw_size, spec.record_count, raw, hashed)
             except _Bad as exc:
                 self._problem = str(exc)
 
@@ -133,8 +134,6 @@ class ShardCheck:
         if self._overflow:
             raise self._too_many()
         self._hash.update(view)
-        if self._stored is not None:
-            self._stored(view)
         if self._raw is not None and self._problem is None:
             # Hashing goes on after a layout problem: a wrong checksum explains more.
             try:
@@ -203,6 +202,10 @@ class ShardCheck:
                 self._problem = f"zstd decompression failed: {exc}"
         if self._problem is not None:
             raise self._fail(self._problem, transient=False)
+        if not self._raw_digest:
+            return None
+        if spec.compression is None:
+            return key.checksum
         return None if self._raw is None else self._raw.digest()
 
 
@@ -214,7 +217,7 @@ class _RawCheck:
     Bytes past the raw size are refused before they reach ``out``.
     """
 
-    def __init__(self, raw_size: int, records: int, out: Output | None, key: Any) -> None:
+    def __init__(self, raw_size: int, records: int, out: Output | None, key: ShardKey | None) -> None:
         self.raw_size, self.records, self.out = raw_size, records, out
         self.payload = payload_size(raw_size, records)
         if self.payload < 0:
@@ -223,8 +226,8 @@ class _RawCheck:
                 f"footer alone take {raw_size - self.payload} bytes"
             )
         self.index_end = self.payload + OFFSET_SIZE * records
-        self.hash = key.new_hash() if key else None
-        self.algorithm = key.algorithm if key else None
+        self.hash = None if key is None else key.new_hash()
+        self.algorithm = None if key is None else key.algorithm
         self.pos = 0
         self.carry = b""
         self.seen = 0  # offsets parsed so far
