@@ -30,6 +30,7 @@ from .cache.files import pid_alive
 from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
 from .format import FOOTER_SIZE, Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
+from .manifest.checksums import DEFAULT_ALGORITHM
 from .manifest.compressions import COMPRESSIONS, describe
 from .manifest.io import (
     MANIFEST_KEY,
@@ -69,7 +70,7 @@ class _HashingFile:
 
     def __init__(self, f: BinaryIO) -> None:
         self.f = f
-        self.hash = hashlib.sha256()
+        self.hash = hashlib.new(DEFAULT_ALGORITHM)
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -255,7 +256,7 @@ class Writer:
                 stored_size=stored_size,
                 raw_size=staged.raw_size,
                 compression=self.compression,
-                checksum=f"sha256:{digest}",
+                checksum=f"{DEFAULT_ALGORITHM}:{digest}",
             )
         finally:
             self._slots.release()

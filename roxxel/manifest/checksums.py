@@ -14,10 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["CHECKSUM_ALGORITHMS", "CHECKSUM_RE", "ChecksumError", "ShardKey", "parse_checksum"]
+__all__ = [
+    "CHECKSUM_ALGORITHMS",
+    "CHECKSUM_RE",
+    "DEFAULT_ALGORITHM",
+    "ChecksumError",
+    "ShardKey",
+    "parse_checksum",
+]
 
 #: Allowed checksum algorithms and the exact number of lowercase hex digits of each.
 CHECKSUM_ALGORITHMS: Mapping[str, int] = MappingProxyType({"sha256": 64, "blake2b": 128})
+#: The algorithm of the checksums roxxel writes.
+DEFAULT_ALGORITHM = "sha256"
 
 #: Matches exactly the valid checksum strings (for checking whole columns at once).
 CHECKSUM_RE = re.compile(
