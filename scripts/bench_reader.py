@@ -101,7 +101,7 @@ from tests.servers import s3_server
 
 BUCKET = "bench"
 PREFIX = "ds"
-FOOTER = struct.Struct("<qq8s")  # record count, payload size, magic (roxxel/format.py)
+FOOTER = struct.Struct("<qq8s")  # record count, payload size, magic (roxxel/format/layout.py)
 BATCH = 256
 SEED = 1
 
