@@ -29,6 +29,7 @@ from ..manifest.compressions import COMPRESSIONS, describe
 from .layout import OFFSET_DTYPE, OFFSET_SIZE, parse_footer, payload_size
 
 if TYPE_CHECKING:
+    from ..manifest import ShardInfo
     from ..manifest.checksums import ShardKey
 
 __all__ = ["ShardCheck", "ShardSpec"]
@@ -49,6 +50,11 @@ class ShardSpec:
     compression: str | None
     record_count: int
     label: str
+
+    @classmethod
+    def of(cls, shard: ShardInfo, label: str) -> ShardSpec:
+        """What the manifest entry ``shard`` promises; ``label`` names it in errors."""
+        return cls(shard.stored_size, shard.raw_size, shard.compression, shard.records, label)
 
     def __post_init__(self) -> None:
         for name in ("stored_size", "raw_size", "record_count"):

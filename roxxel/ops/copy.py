@@ -73,8 +73,7 @@ def _checked(
     Only the stored size and checksum are checked: the layout is ``verify``'s to check,
     and decompressing here would slow every copy.
     """
-    spec = ShardSpec(shard.stored_size, shard.raw_size, shard.compression, shard.records, store.url(key))
-    check = ShardCheck(spec, parse_checksum(shard.checksum), layout=False)
+    check = ShardCheck(ShardSpec.of(shard, store.url(key)), parse_checksum(shard.checksum), layout=False)
 
     def sink(chunk: bytes) -> None:
         jobs.check()

@@ -89,9 +89,7 @@ def verify(
 
     def check(k: int) -> BadShard | None:
         shard = table[k]
-        spec = ShardSpec(shard.stored_size, shard.raw_size, shard.compression, shard.records,
-                         store.url(shard.uri))
-        check = ShardCheck(spec, parse_checksum(shard.checksum))
+        check = ShardCheck(ShardSpec.of(shard, store.url(shard.uri)), parse_checksum(shard.checksum))
 
         def sink(chunk: bytes) -> None:
             jobs.check()
