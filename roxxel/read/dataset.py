@@ -17,7 +17,7 @@ import numpy.typing as npt
 from ..backends import Store
 from ..cache import ShardCache, record_dataset_use
 from ..format import payload_size
-from ..manifest import Manifest, ShardTable
+from ..manifest import COMPRESSIONS, Manifest, ShardTable
 from ..manifest.io import dataset_store, read_manifest
 from ..planner import DEFAULT_WINDOW
 from .catalog import ShardCatalog
@@ -250,7 +250,8 @@ class Dataset(Records):
             raise IndexError(f"record index {i} out of range for {n} records")
         k, j = self.locate(i + n if i < 0 else i)
         table = self.manifest.shards
-        if self.is_mapped(k) or table.compression[k] != 0 or self.cache.contains(str(table.checksums[k])):
+        stored_plain = COMPRESSIONS[int(table.compression[k])] is None
+        if self.is_mapped(k) or not stored_plain or self.cache.contains(str(table.checksums[k])):
             return bytes(self.shard(k).view(j))
         return self._ranged.record(k, j)
 
