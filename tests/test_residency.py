@@ -5,13 +5,16 @@ structure (no import cycle)."""
 from __future__ import annotations
 
 import ast
+import gc
 import pathlib
+import weakref
 
 import numpy as np
 import pytest
 
 import roxxel
 from roxxel.cache import ShardCache, required_bytes
+from roxxel.errors import CacheError
 from roxxel.manifest.io import dataset_store, read_manifest
 from roxxel.read.catalog import ShardCatalog
 from roxxel.read.residency import Residency
@@ -116,3 +119,21 @@ def test_the_read_path_has_no_import_cycle():
 
     for module in graph:
         visit(module, ())
+
+
+def test_a_dataset_dropped_without_close_lets_go_of_its_shards_at_once(two_datasets, tmp_path):
+    store, _, recs = two_datasets[0]
+    cache_dir = str(tmp_path / "cache")
+    checksum = str(read_manifest(store).shards.checksums[0])
+    gc.disable()  # no cycle may keep it: reference counting alone must free it
+    try:
+        ds = roxxel.open(store.base_url, cache_dir=cache_dir)
+        assert bytes(ds[0]) == recs[0]
+        with pytest.raises(CacheError, match="in use"):
+            ShardCache(cache_dir).remove(checksum)
+        alive = weakref.ref(ds)
+        del ds
+        assert alive() is None
+        assert ShardCache(cache_dir).remove(checksum)  # its lock went with it
+    finally:
+        gc.enable()

@@ -102,7 +102,10 @@ class Records:
 
     def __init__(self, counts: Sequence[int] | np.ndarray, source: ShardSource) -> None:
         self._source = source
-        source.on_unmap(self._unmapped)
+        # Held weakly: no reference cycle, so a dataset dropped without close() goes (and
+        # its shards' cache locks with it) at once, not at the next garbage collection.
+        unmapped = weakref.WeakMethod(self._unmapped)
+        source.on_unmap(lambda k: _call_if_alive(unmapped, k))
         self._set_counts(counts)
 
     def _set_counts(self, counts: Sequence[int] | np.ndarray) -> None:
@@ -323,6 +326,12 @@ class Records:
         self._release_all()
         self._closed = True
         self._n = 0
+
+
+def _call_if_alive(method: weakref.WeakMethod[Callable[[int], None]], k: int) -> None:
+    bound = method()
+    if bound is not None:
+        bound(k)
 
 
 # A gather reads its records' bounds from one table of the involved shards' offsets, end
