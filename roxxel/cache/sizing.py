@@ -20,7 +20,8 @@ import numpy.typing as npt
 from ..errors import CacheError
 
 __all__ = [
-    "fit_lookahead", "fitted_lookahead", "min_limit", "required_bytes", "required_shards", "shards_that_fit",
+    "fit_lookahead", "fitted_lookahead", "min_limit", "prefix_that_fits", "required_bytes", "required_shards",
+    "shards_that_fit",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ def shards_that_fit(limit: int, raw_sizes: npt.ArrayLike) -> int:
     """How many shards always fit in ``limit`` bytes, whichever they are: the largest
     ``n`` with ``required_bytes(raw_sizes, n) <= limit``."""
     totals = np.cumsum(_largest_first(raw_sizes))
+    return int(np.searchsorted(totals, limit, side="right"))
+
+
+def prefix_that_fits(limit: int, raw_sizes: npt.ArrayLike) -> int:
+    """How many of these shards, taken in order, fit in ``limit`` bytes together: the
+    longest prefix whose sizes sum to at most ``limit`` (a warm-up fetches no more)."""
+    totals = np.cumsum(np.asarray(raw_sizes, dtype=np.int64).ravel())
     return int(np.searchsorted(totals, limit, side="right"))
 
 

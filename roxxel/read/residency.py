@@ -21,7 +21,8 @@ from concurrent.futures import CancelledError
 
 import numpy as np
 
-from ..cache import CachedShard, ShardCache, fit_lookahead, shards_that_fit
+from ..cache import CachedShard, ShardCache
+from ..cache.sizing import fit_lookahead, prefix_that_fits, shards_that_fit
 from ..errors import CacheError, ShardFormatError
 from ..format import MappedShard
 from .catalog import ShardCatalog
@@ -141,8 +142,8 @@ class Residency:
         together (all of them without one)."""
         if self._limit is None or not shards:
             return list(shards)
-        totals = np.cumsum(self.catalog.raw_sizes[np.asarray(shards, dtype=np.int64)])
-        return list(shards[: int(np.searchsorted(totals, self._limit, side="right"))])
+        sizes = self.catalog.raw_sizes[np.asarray(shards, dtype=np.int64)]
+        return list(shards[: prefix_that_fits(self._limit, sizes)])
 
     # -- the order of use --------------------------------------------------------------
 
