@@ -207,9 +207,6 @@ class Faulty:
             queue = self._faults[name]
             if queue and isinstance(queue[0], Forever):
                 raise queue[0].exc
-            if queue and isinstance(queue[0], AfterCall):
-                attr(*args, **kwargs)
-                raise queue.pop(0).exc
             if queue:
                 raise queue.pop(0)
             return attr(*args, **kwargs)
@@ -219,13 +216,6 @@ class Faulty:
 
 class Forever:
     """A queue entry that is raised on every call."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-class AfterCall:
-    """A queue entry raised after the real call went through: a lost response."""
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
