@@ -15,6 +15,7 @@ import pytest
 import roxxel
 from roxxel import ops
 from roxxel.cache import fit_lookahead, required_bytes, shards_that_fit
+from roxxel.cache.sizing import mapped_at_most, prefix_that_fits
 from roxxel.errors import CacheError
 
 
@@ -128,3 +129,17 @@ def test_fit_lookahead_without_a_limit_or_shards_keeps_the_lookahead():
     assert fit_lookahead(None, [10**12], lookahead=None, default=4, what="x") == 4
     assert fit_lookahead(None, [10**12], lookahead=7, default=4, what="x") == 7
     assert fit_lookahead(10, [], lookahead=None, default=4, what="x") == 4
+
+
+def test_mapped_shards_leave_room_for_one_more_download():
+    sizes = [10, 50, 20, 40]  # the largest first: 50, 40, 20, 10
+    assert mapped_at_most(None, sizes, 64) == 64 and mapped_at_most(10, [], 64) == 64
+    assert mapped_at_most(120, sizes, 64) == 3  # all 4 fit: one is left for a download
+    assert mapped_at_most(110, sizes, 64) == 2 and mapped_at_most(110, sizes, 1) == 1
+    assert mapped_at_most(50, sizes, 64) == 1  # never below one: a read maps a shard
+
+
+def test_a_warm_up_takes_the_longest_prefix_that_fits():
+    assert prefix_that_fits(60, [10, 50, 20]) == 2
+    assert prefix_that_fits(59, [10, 50, 20]) == 1
+    assert prefix_that_fits(5, [10]) == 0 and prefix_that_fits(5, []) == 0

@@ -20,8 +20,8 @@ import numpy.typing as npt
 from ..errors import CacheError
 
 __all__ = [
-    "fit_lookahead", "fitted_lookahead", "min_limit", "prefix_that_fits", "required_bytes", "required_shards",
-    "shards_that_fit",
+    "fit_lookahead", "fitted_lookahead", "mapped_at_most", "min_limit", "prefix_that_fits", "required_bytes",
+    "required_shards", "shards_that_fit",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,16 @@ def shards_that_fit(limit: int, raw_sizes: npt.ArrayLike) -> int:
     ``n`` with ``required_bytes(raw_sizes, n) <= limit``."""
     totals = np.cumsum(_largest_first(raw_sizes))
     return int(np.searchsorted(totals, limit, side="right"))
+
+
+def mapped_at_most(limit: int | None, raw_sizes: npt.ArrayLike, wanted: int) -> int:
+    """How many shards a reader may keep mapped (and so locked in the cache) at once:
+    ``wanted``, or fewer under ``limit`` so that the cache keeps room for one more shard
+    than are locked (else no download could make room by evicting); at least 1."""
+    sizes = np.asarray(raw_sizes)
+    if limit is None or not len(sizes):
+        return wanted
+    return max(1, min(wanted, shards_that_fit(limit, sizes) - 1))
 
 
 def prefix_that_fits(limit: int, raw_sizes: npt.ArrayLike) -> int:

@@ -22,7 +22,7 @@ from concurrent.futures import CancelledError
 import numpy as np
 
 from ..cache import CachedShard, ShardCache
-from ..cache.sizing import fit_lookahead, prefix_that_fits, shards_that_fit
+from ..cache.sizing import fit_lookahead, mapped_at_most, prefix_that_fits
 from ..errors import CacheError, ShardFormatError
 from ..format import MappedShard
 from .catalog import ShardCatalog
@@ -85,12 +85,7 @@ class Residency:
         sizes = catalog.raw_sizes
         self.lookahead = fit_lookahead(self._limit, sizes, lookahead=lookahead,
                                        default=DEFAULT_LOOKAHEAD, what=what)
-        self._max_mapped = max(MAPPED_SHARDS, self.lookahead + 1)
-        if self._limit is not None and len(sizes):
-            # Leave the cache room for one more shard than is kept mapped (and so locked),
-            # or no download could make room by evicting.
-            fits = shards_that_fit(self._limit, sizes)
-            self._max_mapped = max(1, min(self._max_mapped, fits - 1))
+        self._max_mapped = mapped_at_most(self._limit, sizes, max(MAPPED_SHARDS, self.lookahead + 1))
         # what the limit allows to stay mapped (hold() may raise _max_mapped for a window
         # that fit_window checked)
         self._fits_mapped = self._max_mapped if self._limit is not None else len(catalog)
