@@ -14,8 +14,14 @@ from roxxel.backends import Store, check_key, redact
 from roxxel.cache.names import key_from_filename
 from roxxel.errors import ManifestError
 from roxxel.format import ShardSpec
-from roxxel.manifest import CHECKSUM_ALGORITHMS, COMPRESSIONS, ShardInfo
-from roxxel.manifest import checksums, keys, redaction
+from roxxel.manifest import (
+    CHECKSUM_ALGORITHMS,
+    COMPRESSIONS,
+    ShardInfo,
+    checksums,
+    keys,
+    redaction,
+)
 from roxxel.manifest.checksums import ChecksumError, ShardKey, parse_checksum
 
 GOOD = "sha256:" + "ab" * 32
