@@ -425,11 +425,13 @@ def test_stat_and_list_info_give_sizes_and_modification_times(store):
         store.stat("sub")
 
 
-def test_check_upload_accepts_the_same_bytes_and_refuses_others(store, tmp_path):
+def test_check_upload_accepts_the_same_bytes_and_refuses_others(store, kind, tmp_path):
     source = tmp_path / "staged.rox"
     source.write_bytes(payload(3000))
     store.put_file(source, "shards/1.rox")
     store.check_upload("shards/1.rox", source, hashlib.sha256(payload(3000)).hexdigest())
+    reported = store.backend.reported_md5(store.backend.info(store.path("shards/1.rox")))
+    assert reported == (hashlib.md5(payload(3000)).hexdigest() if kind in ("s3", "gcs") else None)
     store.put_bytes_overwrite("shards/1.rox", payload(3000, seed=1))
     with pytest.raises(IntegrityError, match=url_pattern(store.url("shards/1.rox"))):
         store.check_upload("shards/1.rox", source, hashlib.sha256(payload(3000)).hexdigest())

@@ -105,6 +105,11 @@ class Backend(ABC):
     def list_info(self, base: str) -> dict[str, dict[str, Any]]:
         """Path -> fsspec ``info`` of every object below ``base``, fresh from the store."""
 
+    @abstractmethod
+    def reported_md5(self, info: dict[str, Any]) -> str | None:
+        """The MD5 hex digest of the whole object that the store reports in ``info``
+        (from :meth:`info`), or None where it reports none."""
+
     # -- reading -----------------------------------------------------------------------
 
     @abstractmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from .base import (
     ChunkReader,
@@ -22,7 +23,7 @@ from .base import (
     probed_enforcement,
 )
 from .errors import http_status
-from .generic import FsspecBackend
+from .generic import FsspecBackend, base64_md5
 from .readers import RangeReader
 
 __all__ = ["GCSBackend"]
@@ -30,6 +31,9 @@ __all__ = ["GCSBackend"]
 
 class GCSBackend(FsspecBackend):
     """GCS through gcsfs."""
+
+    def reported_md5(self, info: dict[str, Any]) -> str | None:
+        return base64_md5(info)
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         info = self.info(path)

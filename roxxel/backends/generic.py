@@ -10,13 +10,16 @@ a backend of its own with :func:`roxxel.backends.register`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
+import re
 from typing import Any, BinaryIO
 
 from .base import Backend, ChunkReader, Versioned, check_size
 from .readers import open_async_reader, open_file_reader
 
-__all__ = ["UPLOAD_CHUNK_SIZE", "FsspecBackend", "read_whole"]
+__all__ = ["UPLOAD_CHUNK_SIZE", "FsspecBackend", "base64_md5", "etag_md5", "read_whole"]
 
 # Parts of multipart/resumable uploads: memory per upload stays near this, whatever the size.
 UPLOAD_CHUNK_SIZE = 16 * 2**20
@@ -35,6 +38,10 @@ class FsspecBackend(Backend):
     def list_info(self, base: str) -> dict[str, dict[str, Any]]:
         self.fs.invalidate_cache(base)
         return self.fs.find(base, withdirs=False, detail=True)
+
+    def reported_md5(self, info: dict[str, Any]) -> str | None:
+        # an unknown store may report either, as S3 or as GCS does
+        return etag_md5(info) or base64_md5(info)
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         return Versioned(read_whole(self.fs, path, max_bytes), None)
@@ -70,6 +77,23 @@ class FsspecBackend(Backend):
 
     def conditional_writes_enforced(self, root: str) -> bool:
         return False
+
+
+def etag_md5(info: dict[str, Any]) -> str | None:
+    """The MD5 an S3-style ETag is, if it is one (a multipart upload's "...-N" is not)."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return etag if re.fullmatch(r"[0-9a-f]{32}", etag) else None
+
+
+def base64_md5(info: dict[str, Any]) -> str | None:
+    """The MD5 of a GCS-style base64 ``md5Hash``, as hex."""
+    md5 = info.get("md5Hash")
+    if isinstance(md5, str):
+        try:
+            return base64.b64decode(md5, validate=True).hex()
+        except (ValueError, binascii.Error):
+            return None
+    return None
 
 
 def read_whole(fs: Any, path: str, max_bytes: int | None) -> bytes:

@@ -17,7 +17,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .base import (
     HIDDEN_PREFIX,
@@ -42,6 +42,9 @@ class LocalBackend(FsspecBackend):
     """fsspec's local filesystem."""
 
     paths_are_local = True
+
+    def reported_md5(self, info: dict[str, Any]) -> str | None:
+        return None  # no checksum in its metadata: uploads are read back
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         with open(path, "rb") as f:

@@ -4,6 +4,7 @@ makes its check-then-set writes atomic; versions are content digests."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from .base import PreconditionFailed, Versioned, check_size, digest
 from .generic import FsspecBackend
@@ -15,6 +16,9 @@ _MEMORY_LOCK = threading.Lock()
 
 class MemoryBackend(FsspecBackend):
     """fsspec's memory filesystem."""
+
+    def reported_md5(self, info: dict[str, Any]) -> str | None:
+        return None  # no checksum in its metadata: uploads are read back
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         data = self.fs.cat_file(path)

@@ -47,7 +47,7 @@ from .base import (
     probed_enforcement,
 )
 from .errors import http_status
-from .generic import FsspecBackend
+from .generic import FsspecBackend, etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .watchdog import current_timeout, read_in_pieces
@@ -59,6 +59,9 @@ _S3_SINGLE_PUT_MAX = 5 * 2**30
 
 class S3Backend(FsspecBackend):
     """S3 through s3fs."""
+
+    def reported_md5(self, info: dict[str, Any]) -> str | None:
+        return etag_md5(info)  # the ETag of a single-part upload
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         return sync(self.fs.loop, self._read, path, max_bytes)

@@ -12,16 +12,13 @@ appear in messages, logs or ``repr``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import hashlib
 import io
 import logging
 import os
-import re
-from collections.abc import Mapping
-from typing import Any, BinaryIO, Callable, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, TypeVar
 
 from fsspec import AbstractFileSystem
 
@@ -343,9 +340,9 @@ class Store:
         """IntegrityError unless the object ``key`` holds exactly the bytes of ``local_path``.
 
         The size always; then the MD5 the store reports for the object (S3's ETag of a
-        single-part upload, GCS's md5Hash) against the local file's, or, where the store
-        reports none (local disk, memory, others), the object read back against
-        ``sha256_hex``.
+        single-part upload, GCS's md5Hash; :meth:`.Backend.reported_md5`) against the
+        local file's, or, where the store reports none (local disk, memory), the object
+        read back against ``sha256_hex``.
         """
         local_path = os.fspath(local_path)
         path = self.path(key)
@@ -356,7 +353,7 @@ class Store:
             raise IntegrityError(
                 f"{redact(self.url(key))}: uploaded object is {info['size']} bytes, expected {expected}"
             )
-        reported = _reported_md5(info)
+        reported = backend.reported_md5(info)
         if reported is not None:
             found, wanted, name = reported, _file_digest(local_path, hashlib.md5()), "md5"
         else:
@@ -465,20 +462,6 @@ class Store:
         stall_timeout)."""
         url = self.url(key) if key else self._url
         return call(fn, op=op, url=url, policy=self.retry, timeout=timeout)
-
-
-def _reported_md5(info: dict[str, Any]) -> str | None:
-    """The MD5 hex digest a store reports for a whole object, if it reports one."""
-    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-    if re.fullmatch(r"[0-9a-f]{32}", etag):  # multipart ETags ("...-N") are not MD5s
-        return etag
-    md5 = info.get("md5Hash")
-    if isinstance(md5, str):
-        try:
-            return base64.b64decode(md5, validate=True).hex()
-        except (ValueError, binascii.Error):
-            return None
-    return None
 
 
 def _file_digest(path: str, digest: Any) -> str:
