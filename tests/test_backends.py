@@ -8,7 +8,6 @@ import errno
 import os
 import re
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,6 @@ from roxxel.backends import (
 )
 from roxxel.errors import (
     AccessDeniedError,
-    DatasetExistsError,
     NotFoundError,
     StorageError,
     TransientStorageError,
@@ -45,30 +43,6 @@ def payload(n: int, seed: int = 0) -> bytes:
 def url_pattern(url: str) -> str:
     return re.escape(url)
 
-
-@pytest.mark.parametrize("kind", ["local", "memory"])
-def test_concurrent_create_only_has_exactly_one_winner(new_location, kind):
-    url, options = new_location(kind)
-    store = Store(url, options, retry=FAST)
-    outcomes: dict[int, str] = {}
-    start = threading.Barrier(8)
-
-    def publish(i: int) -> None:
-        start.wait()
-        try:
-            store.put_bytes_create_only("manifest.json", b"writer %d" % i)
-            outcomes[i] = "won"
-        except DatasetExistsError:
-            outcomes[i] = "lost"
-
-    threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [i for i, outcome in outcomes.items() if outcome == "won"]
-    assert len(outcomes) == 8 and len(winners) == 1
-    assert store.read_bytes("manifest.json") == b"writer %d" % winners[0]
 
 # -- names and URLs -------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -237,6 +238,29 @@ def test_create_only_relies_on_the_server_precondition(conditional_store, monkey
     with pytest.raises(DatasetExistsError, match="already exists"):
         store.put_bytes_create_only("manifest.json", b"second")
     assert store.read_bytes("manifest.json") == b"first"
+
+
+def test_concurrent_create_only_has_exactly_one_winner(conditional_store):
+    store = conditional_store
+    outcomes: dict[int, str] = {}
+    start = threading.Barrier(8)
+
+    def publish(i: int) -> None:
+        start.wait()
+        try:
+            store.put_bytes_create_only("manifest.json", b"writer %d" % i)
+            outcomes[i] = "won"
+        except DatasetExistsError:
+            outcomes[i] = "lost"
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, outcome in outcomes.items() if outcome == "won"]
+    assert len(outcomes) == 8 and len(winners) == 1
+    assert store.read_bytes("manifest.json") == b"writer %d" % winners[0]
 
 
 def test_overwrite_replaces(store):
