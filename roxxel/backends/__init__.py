@@ -6,12 +6,14 @@ one wrapper that retries, watches and translates.
 - one module per backend: :mod:`.local` (local disk), :mod:`.memory` (``memory://``),
   :mod:`.s3` (s3fs, with presigned direct GETs and conditional PUTs), :mod:`.gcs`
   (gcsfs, with generation preconditions) and :mod:`.generic` (any other fsspec
-  filesystem); :func:`register` serves another protocol with a backend of its own;
+  filesystem), over the sequential readers of :mod:`.readers`; :func:`register` serves
+  another protocol with a backend of its own (:func:`backend_for` picks one);
 - :class:`Store`: everything roxxel reads or writes in a store goes through it. It takes
   keys relative to a dataset URL, retries transient failures (:class:`RetryPolicy`),
   cuts off stalled calls (:mod:`.watchdog`) and turns every backend exception into a
   :mod:`roxxel.errors` error chained to the original (:mod:`.errors`).
 
+URLs, keys and the resolution of a URL to a filesystem live in :mod:`.urls`.
 ``storage_options`` are passed to fsspec untouched and never shown.
 """
 

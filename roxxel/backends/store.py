@@ -58,7 +58,8 @@ class Store:
 
     ``Store("s3://bucket/wiki", storage_options)`` addresses ``s3://bucket/wiki/<key>``.
     ``fs`` may be given to use a ready filesystem (for instance a fault-injecting one in
-    tests); ``url`` is then only stripped of its protocol by that filesystem.
+    tests); ``url`` is then only stripped of its protocol by that filesystem. The
+    filesystem's protocol picks the :attr:`backend` (:func:`.registry.backend_for`).
     """
 
     def __init__(
