@@ -23,7 +23,7 @@ from .errors import (
 from .format import MappedShard, ShardWriter
 from .local import Roxxel
 from .manifest import Manifest, ShardInfo
-from .writer import WriteProgress, Writer
+from .writer import Writer
 
 __all__ = [
     "AccessDeniedError",
@@ -44,7 +44,6 @@ __all__ = [
     "ShardWriter",
     "StorageError",
     "TransientStorageError",
-    "WriteProgress",
     "Writer",
     "__version__",
     "open",

@@ -1,11 +1,18 @@
-"""A small pool of background threads that run jobs and hand back their results.
+"""The one pool of background threads: jobs run on it and hand back their results.
 
-Used by the writer to upload finished shards while the caller packs the next ones, and
-by the reader to download shards ahead of use.
-Threads start lazily, are named, end on :meth:`close` and also when the main thread has
-ended (they are daemons that poll their queue with a timeout), so a forgotten ``close()``
-never hangs interpreter exit. Results and errors travel back through futures, with the
-original exception intact.
+Every background thread of roxxel's own runs on a :class:`WorkerPool`, each user keeping its policy on top:
+the reader's downloader (shards in order of next use, claimed by the reader, cancelled
+when the order changes), the writer's uploads (staging bounded by blocking on the
+uploads' futures) and the operations' parallel jobs (:meth:`WorkerPool.run`: results in
+order, the first failure stops the rest).
+
+Threads start lazily, are named, and end on :meth:`WorkerPool.close` and also when the
+main thread has ended (they are daemons that wait on their queue with a timeout), so a
+forgotten ``close()`` never hangs interpreter exit. A pool that is stopping makes
+:meth:`WorkerPool.check` raise :class:`Cancelled` inside its running jobs, so they stop
+between chunks instead of finishing whole shards. Results and errors travel back to the
+caller through futures: ``Future.result()`` raises the job's own exception, with its
+traceback and cause.
 """
 
 from __future__ import annotations
@@ -15,33 +22,55 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from typing import Any, TypeVar
 
-__all__ = ["WorkerPool"]
+__all__ = ["Cancelled", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
-_POLL_SECONDS = 0.5
+T = TypeVar("T")
+R = TypeVar("R")
+
+_POLL_SECONDS = 0.5  # how soon an idle thread notices that the main thread has ended
+
+
+class Cancelled(Exception):
+    """Raised inside a job by :meth:`WorkerPool.check` once its pool is stopping.
+
+    The pool's users catch it (or let its future carry it to a caller that is itself
+    closing): it never reaches the user as such.
+    """
 
 
 class WorkerPool:
-    """Run callables on up to ``workers`` named daemon threads."""
+    """Run callables on up to ``workers`` named daemon threads (``name-0``, ``name-1``, ...).
+
+    Also a context manager that closes the pool on exit.
+    """
 
     def __init__(self, workers: int, name: str) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self._size = workers
         self._name = name
-        self._reset()
+        self._reset(stopped=False)
 
-    def _reset(self) -> None:
+    def _reset(self, *, stopped: bool) -> None:
         self._pid = os.getpid()
         self._jobs: queue.Queue[tuple[Future[Any], Callable[[], Any]] | None] = queue.Queue()
         self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
         self._threads: list[threading.Thread] = []
         self._grow = threading.Lock()
+
+    def _after_fork(self) -> None:
+        # The parent's threads did not come along, and its queue is not ours: start
+        # afresh in the child, closed if the pool was closed in the parent.
+        if self.forked:
+            self._reset(stopped=self._stop.is_set())
 
     @property
     def forked(self) -> bool:
@@ -49,23 +78,53 @@ class WorkerPool:
         did not come along)."""
         return self._pid != os.getpid()
 
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`close` has begun: nothing more may be submitted."""
+        return self._stop.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the pool is stopping (call it between chunks)."""
+        if self._stop.is_set():
+            raise Cancelled(f"{self._name}: stopping")
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Queue ``fn``; its future holds its result or the exception it raised."""
-        if self.forked:
-            self._reset()  # start afresh in the child; the parent's queue is not ours
+        self._after_fork()
         if self._stop.is_set():
             raise RuntimeError(f"{self._name}: the pool is closed")
         with self._grow:  # callers may submit from several threads
             if len(self._threads) < self._size:
                 name = f"{self._name}-{len(self._threads)}"
-                t = threading.Thread(target=self._run, name=name, daemon=True)
+                t = threading.Thread(target=self._serve, name=name, daemon=True)
                 self._threads.append(t)
                 t.start()
-        future: Future[Any] = Future()
+        future: Future[T] = Future()
         self._jobs.put((future, fn))
         return future
 
-    def _run(self) -> None:
+    def run(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """``fn(item)`` for every item, started in order; the results in item order.
+
+        The first failure (the first in item order among the jobs done when it happens)
+        is raised as soon as it happens, without waiting for long jobs before it: the
+        pool is closed first, which cancels the jobs not started and makes :meth:`check`
+        raise in the running ones, and waits for them to end.
+        """
+        futures: list[Future[R]] = []
+        try:
+            for item in items:
+                futures.append(self.submit(lambda item=item: fn(item)))
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    future.result()  # raises the job's own exception
+            return [future.result() for future in futures]
+        except BaseException:
+            self.close(wait=True)
+            raise
+
+    def _serve(self) -> None:
         main = threading.main_thread()
         while not self._stop.is_set() and main.is_alive():
             try:
@@ -93,25 +152,33 @@ class WorkerPool:
                 job[0].cancel()
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
-        """Stop the threads after their current job (idempotent); queued jobs are cancelled.
+        """Stop the threads after their current job (idempotent): running jobs see
+        :meth:`check` raise, queued jobs are cancelled.
 
         With ``timeout``, waits at most that long in all: a thread still inside a job
         then (a stalled request) is left to finish on its own; it is a daemon.
         """
         if self.forked:
-            self._reset()
-            self._stop.set()
+            self._reset(stopped=True)
             return
-        self.cancel_pending()
         self._stop.set()
+        self.cancel_pending()
         for _ in self._threads:
             self._jobs.put(None)
-        if wait:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            for t in self._threads:
-                if t is not threading.current_thread():
-                    t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            stuck = [t.name for t in self._threads if t.is_alive() and t is not threading.current_thread()]
-            if stuck:
-                log.warning("%s: %d thread(s) still busy after %.1f s; leaving them to finish",
-                            self._name, len(stuck), timeout)
+        if not wait:
+            return
+        me = threading.current_thread()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            if t is not me:
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive() and t is not me]
+        if stuck:
+            log.warning("%s: %d thread(s) still busy after %.1f s; leaving them to finish",
+                        self._name, len(stuck), timeout)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -2,8 +2,9 @@
 
 Records are streamed into a local staging shard (only the offsets stay in memory) whose
 checksum is computed while it is written. A finished shard goes to a background upload
-thread (compressed there with zstd if asked), while packing goes on; staging is bounded,
-so ``append`` waits when uploads fall behind. ``close()`` waits for every upload, checks
+thread of a :class:`~roxxel.workers.WorkerPool` (compressed there with zstd if asked),
+while packing goes on; staging is bounded, so ``append`` waits (on the uploads' futures)
+when uploads fall behind. ``close()`` waits for every upload, checks
 each object's size in the store, and publishes ``manifest.json`` last: the dataset
 becomes visible all at once, or not at all.
 """
@@ -18,12 +19,13 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
+from collections.abc import Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import zstandard
+from fsspec.callbacks import Callback
 
 from .backends import Store
 from .cache.files import pid_alive
@@ -40,9 +42,10 @@ from .manifest.io import (
     read_snapshot,
     require_conditional_writes,
 )
+from .progress import Meter
 from .workers import WorkerPool
 
-__all__ = ["DEFAULT_SHARD_BYTES", "WriteProgress", "Writer"]
+__all__ = ["DEFAULT_SHARD_BYTES", "Writer"]
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +55,6 @@ _SHARD_NAME = re.compile(r"^shards/(\d{5,})-\d{6,}-[0-9a-f]{12}\.rox(\.zst)?$")
 _STAGING_PREFIX = "roxxel-writer-"
 _COPY_CHUNK = 8 << 20
 _UPLOAD_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class WriteProgress:
-    """Counts reported to a writer's ``progress`` callback."""
-
-    records: int
-    bytes: int
-    shards_finished: int
-    shards_uploaded: int
-    bytes_uploaded: int
 
 
 class _HashingFile:
@@ -84,6 +76,7 @@ class _Staged:
     index: int
     path: str
     records: int
+    payload_size: int  # the records' bytes
     raw_size: int
     raw_digest: str
 
@@ -95,7 +88,12 @@ class Writer:
     (old shard objects stay, unreferenced, so readers of the old version are not cut
     off); ``"append"`` publishes a manifest listing the old shards and then the new.
     Use as a context manager: a clean exit publishes, an exception publishes nothing.
-    ``progress(WriteProgress)`` is called from the writer's threads; keep it quick.
+
+    ``progress``, an fsspec ``Callback`` (for a bar, ``fsspec.callbacks.TqdmCallback``),
+    counts the records' bytes: its size is the bytes appended so far (set every 4,096
+    records and at each finished shard), its value the bytes of the shards uploaded, so
+    the two meet when :meth:`close` has uploaded everything. It is called from the
+    writer's threads, one call at a time; keep it quick.
 
     Concurrent writers: create and append publish by compare-and-swap, so of two writers
     one may get :class:`~roxxel.errors.DatasetExistsError` (create) or
@@ -117,7 +115,7 @@ class Writer:
         upload_workers: int = 4,
         max_staged_shards: int | None = None,
         staging_dir: str | None = None,
-        progress: Callable[[WriteProgress], None] | None = None,
+        progress: Callback | None = None,
         store: Store | None = None,
         single_writer: bool = False,
     ) -> None:
@@ -134,7 +132,7 @@ class Writer:
         self.mode = mode
         self.single_writer = single_writer
         self._meta = meta
-        self._progress = progress
+        self._meter = None if progress is None else Meter(progress)
         self.manifest: Manifest | None = None
 
         if mode != "overwrite":  # fail before uploading anything, not at the publish
@@ -146,13 +144,15 @@ class Writer:
         self._staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=staging_dir)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._staging, True)
         self._pool = WorkerPool(upload_workers, name="roxxel-upload")
-        self._slots = threading.Semaphore(max_staged_shards or upload_workers + 1)
+        self._max_staged = max_staged_shards or upload_workers + 1
         self._futures: list[Future[ShardInfo]] = []
+        self._staged: list[Future[ShardInfo]] = []  # uploads not finished, in order
         self._uploaded: list[str] = []  # keys of objects this writer put, for abort
         self._lock = threading.Lock()
         self._current: tuple[ShardWriter, _HashingFile, _Staged] | None = None
         self._next_index = 0
-        self._counts = [0, 0, 0, 0, 0]  # records, bytes, finished, uploaded, bytes uploaded
+        self._records = 0
+        self._bytes = 0
         self._state = "open"
 
     def _existing_manifest(self) -> Manifest | None:
@@ -177,7 +177,7 @@ class Writer:
         """Add one record (bytes-like, ``str`` as UTF-8, or a NumPy array's bytes)."""
         if self._state != "open":
             raise ValueError(f"writer for {self.url} is {self._state}")
-        data = record_bytes(record, self._counts[0])
+        data = record_bytes(record, self._records)
         current = self._current
         if current is None or (
             current[0].record_count and current[0].file_size_with(data.nbytes) > self.shard_bytes
@@ -186,11 +186,10 @@ class Writer:
                 self._finish_shard()
             current = self._start_shard()
         current[0].append(data)
-        counts = self._counts
-        counts[0] += 1
-        counts[1] += data.nbytes
-        if self._progress is not None and counts[0] % 4096 == 0:
-            self._report()
+        self._records += 1
+        self._bytes += data.nbytes
+        if self._meter is not None and self._records % 4096 == 0:
+            self._meter.set_total(self._bytes)
 
     def extend(self, records: Iterable[Record]) -> None:
         """Add every record of ``records`` in order."""
@@ -202,7 +201,7 @@ class Writer:
         self._next_index += 1
         path = os.path.join(self._staging, f"{index:06d}.rox")
         sink = _HashingFile(open(path, "wb", buffering=1 << 20))
-        staged = _Staged(index, path, 0, 0, "")
+        staged = _Staged(index, path, 0, 0, 0, "")
         self._current = (ShardWriter(sink), sink, staged)
         return self._current
 
@@ -212,54 +211,53 @@ class Writer:
         self._current = None
         layout = writer.finish()
         sink.f.close()
-        done = _Staged(staged.index, staged.path, layout.record_count, sink.size, sink.hash.hexdigest())
-        self._counts[2] += 1
-        self._wait_for_slot()
-        self._futures.append(self._pool.submit(lambda: self._upload(done)))
-        self._report()
+        done = _Staged(staged.index, staged.path, layout.record_count, layout.payload_size,
+                       sink.size, sink.hash.hexdigest())
+        if self._meter is not None:
+            self._meter.set_total(self._bytes)
+        self._wait_for_room()
+        future = self._pool.submit(lambda: self._upload(done))
+        self._futures.append(future)
+        self._staged.append(future)
 
-    def _wait_for_slot(self) -> None:
-        """Block until staging has room; raise at once if an upload has failed."""
-        while not self._slots.acquire(timeout=0.2):
-            self._raise_failed_upload()
-        self._raise_failed_upload()
-
-    def _raise_failed_upload(self) -> None:
-        for future in self._futures:
-            if future.done() and not future.cancelled() and future.exception() is not None:
-                error = future.exception()
-                self._abort()
-                raise error  # type: ignore[misc]
+    def _wait_for_room(self) -> None:
+        """Block until fewer than ``max_staged_shards`` finished shards wait for their
+        upload; raise the error of a failed upload as soon as it fails."""
+        while True:
+            finished = [f for f in self._staged if f.done()]
+            for future in finished:
+                if not future.cancelled() and future.exception() is not None:
+                    self._abort()
+                    future.result()  # raises the upload's own exception
+            self._staged = [f for f in self._staged if not f.done()]
+            if len(self._staged) < self._max_staged:
+                return
+            wait(self._staged, return_when=FIRST_COMPLETED)
 
     # -- uploading (background threads) ------------------------------------------------
 
     def _upload(self, staged: _Staged) -> ShardInfo:
-        try:
-            path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
-            suffix = ""
-            if self.compression == "zstd":
-                path, stored_size, digest = _compress(staged.path, staged.raw_size)
-                suffix = ".zst"
-            key = f"shards/{self._generation:05d}-{staged.index:06d}-{digest[:12]}.rox{suffix}"
-            with self._lock:
-                self._uploaded.append(key)
-            self._put_checked(path, key, digest)
-            for p in {path, staged.path}:
-                os.unlink(p)
-            with self._lock:
-                self._counts[3] += 1
-                self._counts[4] += stored_size
-            self._report()
-            return ShardInfo(
-                uri=key,
-                records=staged.records,
-                stored_size=stored_size,
-                raw_size=staged.raw_size,
-                compression=self.compression,
-                checksum=f"{DEFAULT_ALGORITHM}:{digest}",
-            )
-        finally:
-            self._slots.release()
+        path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
+        suffix = ""
+        if self.compression == "zstd":
+            path, stored_size, digest = _compress(staged.path, staged.raw_size)
+            suffix = ".zst"
+        key = f"shards/{self._generation:05d}-{staged.index:06d}-{digest[:12]}.rox{suffix}"
+        with self._lock:
+            self._uploaded.append(key)
+        self._put_checked(path, key, digest)
+        for p in {path, staged.path}:
+            os.unlink(p)
+        if self._meter is not None:
+            self._meter.add(staged.payload_size)
+        return ShardInfo(
+            uri=key,
+            records=staged.records,
+            stored_size=stored_size,
+            raw_size=staged.raw_size,
+            compression=self.compression,
+            checksum=f"{DEFAULT_ALGORITHM}:{digest}",
+        )
 
     def _put_checked(self, path: str, key: str, digest: str) -> None:
         """Upload, then check the object holds exactly our bytes; upload again if not."""
@@ -272,10 +270,6 @@ class Writer:
                 if attempt == _UPLOAD_ATTEMPTS:
                     raise
                 log.warning("uploading %s again (attempt %d): %s", self.store.url(key), attempt + 1, exc)
-
-    def _report(self) -> None:
-        if self._progress is not None:
-            self._progress(WriteProgress(*self._counts))
 
     # -- finishing ---------------------------------------------------------------------
 

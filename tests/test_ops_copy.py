@@ -11,8 +11,9 @@ from roxxel import ops
 from roxxel.backends import Store
 from roxxel.errors import DatasetExistsError, IntegrityError
 from roxxel.manifest.io import dataset_store, read_manifest
-from roxxel.ops._common import Jobs, Meter
 from roxxel.ops.copy import copy_shard
+from roxxel.progress import Meter
+from roxxel.workers import WorkerPool
 
 
 def make_records(n: int, seed: int = 0) -> list[bytes]:
@@ -156,10 +157,10 @@ class FlakyStore(Store):
 
 
 def _copy_one(tmp_path, src_store, dst_store, shard):
-    jobs = Jobs(1, "test")
     meter = Meter(None, shard.stored_size)
-    copied = copy_shard(src_store, shard.uri, dst_store, shard.uri, shard,
-                        staging_dir=str(tmp_path), jobs=jobs, meter=meter)
+    with WorkerPool(1, "test") as jobs:  # only its cancellation check is used here
+        copied = copy_shard(src_store, shard.uri, dst_store, shard.uri, shard,
+                            staging_dir=str(tmp_path), jobs=jobs, meter=meter)
     return copied, meter.done
 
 

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from fsspec.callbacks import Callback
 
 import roxxel
 from roxxel import ops
@@ -124,10 +125,13 @@ def test_concurrent_warms_download_each_shard_once(tmp_path):
 def test_dataset_warm_reports_progress_and_rejects_bad_indices(tmp_path):
     url = str(tmp_path / "ds")
     manifest = publish(url, {}, make_records(100))
-    seen = []
+    progress = Callback()
     with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
-        counts = ds.warm([2, 0, 2], workers=1, progress=seen.append)
-        assert counts == {"shards_fetched": 2, "shards_cached": 0, "bytes_downloaded": sum(seen)}
-        assert sum(seen) == int(manifest.shards.stored_size[[0, 2]].sum())
+        counts = ds.warm([2, 0, 2], workers=1, progress=progress)
+        assert counts == {"shards_fetched": 2, "shards_cached": 0, "bytes_downloaded": progress.value}
+        assert progress.size == progress.value == int(manifest.shards.stored_size[[0, 2]].sum())
+        again = Callback()
+        assert ds.warm([0], progress=again)["shards_cached"] == 1
+        assert again.size == again.value == 0  # nothing left to download
         with pytest.raises(IndexError, match="out of range"):
             ds.warm([len(manifest.shards)])

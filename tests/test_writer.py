@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import zstandard
+from fsspec.callbacks import Callback
 
 import roxxel
 from roxxel.backends import Store
@@ -22,7 +23,6 @@ from roxxel.errors import AccessDeniedError, DatasetExistsError
 from roxxel.format import MappedShard
 from roxxel.manifest import Manifest
 from roxxel.manifest.io import dataset_store, read_manifest
-from roxxel.writer import WriteProgress
 
 
 def records(n: int, seed: int = 0) -> list[bytes]:
@@ -211,15 +211,35 @@ def test_append_waits_when_uploads_fall_behind(tmp_path):
     assert read_back(store.base_url, {})[1] == records(400)
 
 
-def test_progress_reports_records_bytes_and_uploads(tmp_path):
-    seen: list[WriteProgress] = []
+class Recorder(Callback):
+    """Every (size, value) a callback was told, and the threads that told it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int | None, int]] = []
+        self.threads: set[str] = set()
+
+    def call(self, hook_name=None, **kwargs) -> None:
+        self.seen.append((self.size, self.value))
+        self.threads.add(threading.current_thread().name)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_progress_is_an_fsspec_callback_counting_bytes_appended_then_uploaded(tmp_path, compression):
+    progress = Recorder()
     recs = records(50)
-    with roxxel.Writer(str(tmp_path / "ds"), shard_bytes=8192, progress=seen.append) as w:
+    with roxxel.Writer(str(tmp_path / "ds"), shard_bytes=8192, compression=compression,
+                       progress=progress) as w:
         w.extend(recs)
-    final = max(seen, key=lambda p: (p.shards_uploaded, p.records))
-    assert final.records == 50 and final.bytes == sum(map(len, recs))
-    assert final.shards_uploaded == final.shards_finished == len(w.manifest.shards)
-    assert final.bytes_uploaded == int(w.manifest.shards.stored_size.sum())
+    total = sum(map(len, recs))
+    assert len(w.manifest.shards) > 2
+    assert progress.size == progress.value == total  # the records' bytes, compressed or not
+    sizes = [size for size, _ in progress.seen]
+    assert sizes == sorted(sizes)  # the size grows as records are appended
+    assert all(size is not None and value <= size for size, value in progress.seen)
+    values = {value for _, value in progress.seen}
+    assert len(values) > 2  # counted shard by shard, as uploads finish
+    assert any(name.startswith("roxxel-upload-") for name in progress.threads)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,9 @@ from ..cache import DATASETS_DIR, ShardCache, record_dataset_use
 from ..cache.files import clean_temp, open_regular
 from ..errors import CacheError, RoxxelError
 from ..manifest.io import dataset_store, try_read_manifest
-from ._common import DEFAULT_WORKERS, Jobs, Meter, cache_directory
+from ..progress import Meter
+from ..workers import WorkerPool
+from ._common import DEFAULT_WORKERS, cache_directory
 
 __all__ = [
     "CacheGcReport",
@@ -335,7 +337,7 @@ def cache_verify(
     cache = _open_cache(cache_dir)
     entries = cache.entries()
     meter = Meter(progress, sum(e.size for e in entries))
-    jobs = Jobs(workers, "roxxel-cache-verify")
+    jobs = WorkerPool(workers, "roxxel-cache-verify")
 
     def check(entry: Any) -> tuple[bool, DamagedShard | None]:
         jobs.check()
@@ -349,6 +351,7 @@ def cache_verify(
             return True, None
         return True, DamagedShard(entry.checksum, cache.path_for(entry.checksum), entry.size, problem, repair)
 
-    results = jobs.run(check, entries)
+    with jobs:
+        results = jobs.run(check, entries)
     damaged = [d for _, d in results if d is not None]
     return CacheVerifyReport(cache.directory, sum(c for c, _ in results), meter.done, damaged)

@@ -38,7 +38,9 @@ from ..manifest.io import (
     read_snapshot,
     require_conditional_writes,
 )
-from ._common import DEFAULT_WORKERS, Jobs, Meter
+from ..progress import Meter
+from ..workers import WorkerPool
+from ._common import DEFAULT_WORKERS
 
 __all__ = ["CopyReport", "copy", "copy_shard"]
 
@@ -66,7 +68,7 @@ class CopyReport:
 
 
 def _checked(
-    store: Store, key: str, shard: ShardInfo, jobs: Jobs, out: Callable[[bytes], object] | None = None
+    store: Store, key: str, shard: ShardInfo, jobs: WorkerPool, out: Callable[[bytes], object] | None = None
 ) -> tuple[ShardCheck, Callable[[bytes], None]]:
     """The one shard check of the object ``key``, and the sink that feeds it (then ``out``).
 
@@ -84,7 +86,7 @@ def _checked(
     return check, sink
 
 
-def _has_copy(store: Store, key: str, shard: ShardInfo, jobs: Jobs) -> bool:
+def _has_copy(store: Store, key: str, shard: ShardInfo, jobs: WorkerPool) -> bool:
     """True if ``key`` holds exactly the shard's bytes (re-hashed); False if not there."""
     check, sink = _checked(store, key, shard, jobs)
     try:
@@ -111,7 +113,7 @@ class _OnceMeter:
         self.meter.add(counted)
 
 
-def _stage(src: Store, key: str, shard: ShardInfo, path: str, jobs: Jobs, meter: _OnceMeter) -> None:
+def _stage(src: Store, key: str, shard: ShardInfo, path: str, jobs: WorkerPool, meter: _OnceMeter) -> None:
     """Download the shard to ``path`` and check it; a wrong read is read again, since
     bytes can be corrupted in transit; a source that stays wrong raises IntegrityError."""
     for attempt in range(1, ATTEMPTS + 1):
@@ -146,7 +148,7 @@ def copy_shard(
     shard: ShardInfo,
     *,
     staging_dir: str,
-    jobs: Jobs,
+    jobs: WorkerPool,
     meter: Meter,
 ) -> bool:
     """Make ``dst_key`` hold the shard at ``src_key``; True if it was uploaded, False if
@@ -232,15 +234,16 @@ def copy(
     if existing is not None:
         _refuse_live_clashes(existing, manifest, dst)
     meter = Meter(progress, int(sum(table.stored_size.tolist())))
-    jobs = Jobs(workers, "roxxel-copy")
+    jobs = WorkerPool(workers, "roxxel-copy")
     staging = tempfile.mkdtemp(prefix="roxxel-copy-", dir=staging_dir)
     try:
-        copied = jobs.run(
-            lambda shard: copy_shard(
-                src, shard.uri, dst, shard.uri, shard, staging_dir=staging, jobs=jobs, meter=meter
-            ),
-            list(table),
-        )
+        with jobs:
+            copied = jobs.run(
+                lambda shard: copy_shard(
+                    src, shard.uri, dst, shard.uri, shard, staging_dir=staging, jobs=jobs, meter=meter
+                ),
+                list(table),
+            )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     publish_manifest(dst, manifest, replaces=snapshot, single_writer=single_writer)

@@ -35,7 +35,9 @@ from ..manifest.io import (
     read_snapshot,
     require_conditional_writes,
 )
-from ._common import DEFAULT_WORKERS, Jobs, Meter
+from ..progress import Meter
+from ..workers import WorkerPool
+from ._common import DEFAULT_WORKERS
 from .copy import copy_shard
 
 __all__ = ["MergeReport", "merge"]
@@ -205,7 +207,7 @@ def merge(
             "choose another destination, or overwrite it"
         )
 
-    jobs = Jobs(workers, "roxxel-merge")
+    jobs = WorkerPool(workers, "roxxel-merge")
 
     def check_in_place(entry: _Entry) -> None:
         jobs.check()
@@ -216,18 +218,19 @@ def merge(
                 f"{entry.shard.stored_size} from {entry.source.url(MANIFEST_KEY)}"
             )
 
-    jobs.run(check_in_place, in_place)
-    meter = Meter(progress, sum(e.shard.stored_size for e in to_copy))
-    staging = tempfile.mkdtemp(prefix="roxxel-merge-", dir=staging_dir)
-    try:
-        copied = jobs.run(
-            lambda e: copy_shard(
-                e.source, e.src_key, dst, e.shard.uri, e.shard, staging_dir=staging, jobs=jobs, meter=meter
-            ),
-            to_copy,
-        )
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with jobs:
+        jobs.run(check_in_place, in_place)
+        meter = Meter(progress, sum(e.shard.stored_size for e in to_copy))
+        staging = tempfile.mkdtemp(prefix="roxxel-merge-", dir=staging_dir)
+        try:
+            copied = jobs.run(
+                lambda e: copy_shard(
+                    e.source, e.src_key, dst, e.shard.uri, e.shard, staging_dir=staging, jobs=jobs, meter=meter
+                ),
+                to_copy,
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     publish_manifest(dst, manifest, replaces=snapshot, single_writer=single_writer)
     return MergeReport(
         **report,

@@ -18,8 +18,8 @@ from fsspec.callbacks import Callback
 from ..format import MappedShard
 from ..local import Roxxel
 from ..manifest import Manifest
+from ..progress import Meter
 from ..writer import DEFAULT_SHARD_BYTES, Writer
-from ._common import Meter
 
 __all__ = ["FORMATS", "pack"]
 

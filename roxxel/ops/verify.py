@@ -21,7 +21,9 @@ from ..cache import ShardCache
 from ..errors import CacheError, IntegrityError, NotFoundError
 from ..format import ShardCheck, ShardSpec
 from ..manifest.checksums import parse_checksum
-from ._common import DEFAULT_WORKERS, Jobs, Meter, cache_directory, load
+from ..progress import Meter
+from ..workers import WorkerPool
+from ._common import DEFAULT_WORKERS, cache_directory, load
 
 __all__ = ["BadShard", "VerifyReport", "verify", "verify_cache"]
 
@@ -85,7 +87,7 @@ def verify(
     store, manifest = load(url, storage_options)
     table = manifest.shards
     meter = Meter(progress, int(sum(table.stored_size.tolist())))
-    jobs = Jobs(workers, "roxxel-verify")
+    jobs = WorkerPool(workers, "roxxel-verify")
 
     def check(k: int) -> BadShard | None:
         shard = table[k]
@@ -109,7 +111,8 @@ def verify(
             return BadShard(shard.uri, shard.checksum, str(exc))
         return None
 
-    results = jobs.run(check, range(len(table)))
+    with jobs:
+        results = jobs.run(check, range(len(table)))
     bad = [r for r in results if r is not None]
     return VerifyReport(
         url=store.base_url,
@@ -146,7 +149,7 @@ def verify_cache(
         wanted.setdefault(checksum, k)
     present = [k for checksum, k in wanted.items() if checksum in sizes]
     meter = Meter(progress, sum(sizes[str(table.checksums[k])] for k in present))
-    jobs = Jobs(workers, "roxxel-verify-cache")
+    jobs = WorkerPool(workers, "roxxel-verify-cache")
 
     def check(k: int) -> BadShard | None:
         jobs.check()
@@ -172,7 +175,8 @@ def verify_cache(
                 problem += "; in use by a process, not removed"
         return BadShard(shard.uri, shard.checksum, problem)
 
-    results = jobs.run(check, present)
+    with jobs:
+        results = jobs.run(check, present)
     bad = [r for r in results if r is not None]
     return VerifyReport(
         url=store.base_url,

@@ -17,7 +17,7 @@ from fsspec.callbacks import Callback
 from ..manifest import Manifest
 from ..planner import plan
 from ..read import open as open_dataset
-from ._common import DEFAULT_WORKERS, Meter
+from ._common import DEFAULT_WORKERS
 
 __all__ = ["WarmReport", "warm", "warm_order"]
 
@@ -92,13 +92,9 @@ def warm(
     (an fsspec ``Callback``) gets the stored bytes to download, then bytes as they come.
     """
     with open_dataset(url, cache_dir, limit, storage_options, lookahead=0) as ds:
-        table = ds.manifest.shards
         order = warm_order(ds.manifest, ranks=ranks, world_size=world_size, seed=seed, epoch=epoch)
         chosen = ds.residency.that_fit(order)
-        cached = {entry.checksum for entry in ds.cache.entries()}
-        missing = [k for k in chosen if str(table.checksums[k]) not in cached]
-        meter = Meter(progress, int(sum(int(table.stored_size[k]) for k in missing)))
-        counts = ds.warm(chosen, workers=workers, progress=meter.add)
+        counts = ds.warm(chosen, workers=workers, progress=progress)
         return WarmReport(
             url=ds.url,
             cache_dir=ds.cache.directory,

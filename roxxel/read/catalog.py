@@ -54,6 +54,11 @@ class ShardCatalog:
         store, table = self._parts[p]
         return store, table, g - self._starts[p]
 
+    def stored_size(self, g: int) -> int:
+        """Shard ``g``'s size in the store, in bytes."""
+        _, table, k = self._part(g)
+        return int(table.stored_size[k])
+
     def label(self, g: int) -> str:
         """Shard ``g``'s URL, for messages."""
         store, table, k = self._part(g)

@@ -8,11 +8,12 @@ verified (size, checksum, bounded decompression, footer) before it is mapped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from fsspec.callbacks import Callback
 
 from ..backends import Store
 from ..cache import ShardCache, record_dataset_use
@@ -124,14 +125,15 @@ class Dataset(Records):
         shards: Iterable[int] | None = None,
         *,
         workers: int = DEFAULT_DOWNLOAD_WORKERS,
-        progress: Callable[[int], object] | None = None,
+        progress: Callback | None = None,
     ) -> dict[str, int]:
         """Fetch ``shards`` (default: all, in stored order) into the cache, in that order.
 
         Shards already cached are skipped. The others are downloaded by ``workers``
         threads, started in the given order, verified, published and released at once:
-        none stays mapped or held. ``progress(nbytes)`` is called from those threads for
-        every chunk downloaded. Safe while other processes use the same cache (each shard
+        none stays mapped or held. ``progress``, an fsspec ``Callback`` (for a bar,
+        ``fsspec.callbacks.TqdmCallback``), gets the stored bytes of the shards not cached
+        with ``set_size``, then each chunk downloaded with ``relative_update``. Safe while other processes use the same cache (each shard
         is downloaded once per node); not while this object is being iterated. Returns
         ``shards_fetched``, ``shards_cached`` (found in the cache) and ``bytes_downloaded``.
         The first failure stops the warm-up and is raised here.

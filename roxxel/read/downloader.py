@@ -4,7 +4,9 @@ A :class:`Downloader` runs ``fetch(k, check_cancelled)`` for upcoming shards on 
 in the order they are asked for, never more than ``lookahead`` ahead of the reader.
 The reader claims a shard with :meth:`Downloader.claim`: it blocks only on that one
 shard, and an error from the background fetch is raised there, in the reader's thread,
-as the original exception.
+as the original exception. The threads are a :class:`~roxxel.workers.WorkerPool`'s; this
+module adds the reader's policy: one fetch per shard, a lookahead, claims, and dropping
+the fetches of an abandoned order.
 """
 
 from __future__ import annotations
@@ -17,15 +19,11 @@ from concurrent.futures import Future
 
 from ..workers import WorkerPool
 
-__all__ = ["DownloadCancelled", "Downloader"]
+__all__ = ["Downloader"]
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 1.0  # seconds close() waits for running fetches
-
-
-class DownloadCancelled(Exception):
-    """Raised inside a fetch when its downloader is closing (never reaches the user)."""
 
 
 class Downloader:
@@ -46,7 +44,6 @@ class Downloader:
         self._pool = WorkerPool(workers, name="roxxel-download")
         self._pending: OrderedDict[int, Future[None]] = OrderedDict()
         self._lock = threading.Lock()
-        self._closing = threading.Event()
 
     def _after_fork(self) -> None:
         """In a forked child the parent's fetches will never finish here: forget them."""
@@ -57,7 +54,7 @@ class Downloader:
     def prefetch(self, upcoming: Iterable[int]) -> None:
         """Start fetching the first ``lookahead`` shards of ``upcoming`` not yet started."""
         self._after_fork()
-        if self._closing.is_set() or self.lookahead == 0:
+        if self._pool.stopping or self.lookahead == 0:
             return
         with self._lock:
             busy = sum(not f.done() for f in self._pending.values())
@@ -72,7 +69,7 @@ class Downloader:
         """Start fetching ``shards`` (needed right now) in parallel, ahead of any prefetch
         submitted later, whatever the lookahead."""
         self._after_fork()
-        if self._closing.is_set():
+        if self._pool.stopping:
             return
         with self._lock:
             for k in shards:
@@ -103,9 +100,8 @@ class Downloader:
         return True
 
     def check_cancelled(self) -> None:
-        """Raise :class:`DownloadCancelled` if the downloader is closing."""
-        if self._closing.is_set():
-            raise DownloadCancelled("downloader closed")
+        """Raise :class:`~roxxel.workers.Cancelled` if the downloader is closing."""
+        self._pool.check()
 
     @property
     def in_flight(self) -> int:
@@ -115,8 +111,7 @@ class Downloader:
     def close(self) -> None:
         """Cancel queued fetches, interrupt running ones and join the threads (idempotent)."""
         self._after_fork()
-        self._closing.set()
-        # Fetches notice the closing flag between chunks; a request that is stalled
+        # Fetches notice the pool stopping between chunks; a request that is stalled
         # inside the store is not waited out (its thread is a daemon).
         self._pool.close(wait=True, timeout=CLOSE_TIMEOUT)
         with self._lock:

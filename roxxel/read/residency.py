@@ -20,13 +20,16 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
 
 import numpy as np
+from fsspec.callbacks import Callback
 
 from ..cache import CachedShard, ShardCache
 from ..cache.sizing import fit_lookahead, mapped_at_most, prefix_that_fits
 from ..errors import CacheError, ShardFormatError
 from ..format import MappedShard
+from ..progress import Meter
+from ..workers import Cancelled
 from .catalog import ShardCatalog
-from .downloader import DownloadCancelled, Downloader
+from .downloader import Downloader
 
 __all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency"]
 
@@ -207,8 +210,7 @@ class Residency:
         self._fetch(k, check_cancelled).close()
 
     def _fetch(
-        self, k: int, check_cancelled: Callable[[], None] | None,
-        progress: Callable[[int], object] | None = None,
+        self, k: int, check_cancelled: Callable[[], None] | None, meter: Meter | None = None
     ) -> CachedShard:
         """Shard ``k`` in the cache (downloaded and verified if it was not), held."""
 
@@ -217,8 +219,8 @@ class Residency:
                 check_cancelled()
             with self._lock:
                 self._stats["bytes_downloaded"] += nbytes
-            if progress is not None:
-                progress(nbytes)
+            if meter is not None:
+                meter.add(nbytes)
 
         handle, fetched = self.catalog.get(k, self.cache, on_chunk, self._next_use)
         with self._lock:
@@ -226,18 +228,20 @@ class Residency:
         return handle
 
     def warm(
-        self, shards: list[int], *, workers: int, progress: Callable[[int], object] | None = None
+        self, shards: list[int], *, workers: int, progress: Callback | None = None
     ) -> dict[str, int]:
         """Fetch ``shards`` into the cache in that order on ``workers`` threads of their own,
-        skipping cached ones and holding none; ``progress(nbytes)`` for every chunk. Returns
-        ``shards_fetched``, ``shards_cached`` and ``bytes_downloaded``; the first failure
-        stops the warm-up and is raised here."""
+        skipping cached ones and holding none. ``progress`` (an fsspec ``Callback``) gets
+        the stored bytes of the shards not cached, then the bytes as they are downloaded.
+        Returns ``shards_fetched``, ``shards_cached`` and ``bytes_downloaded``; the first
+        failure stops the warm-up and is raised here."""
         self.expect(shards)
         checksums = self.catalog.checksums
         todo = [k for k in shards if not self.cache.contains(checksums[k])]
+        meter = Meter(progress, sum(self.catalog.stored_size(k) for k in todo))
         before = self.stats
         ahead = 2 * workers
-        downloader = Downloader(lambda k, check: self._fetch(k, check, progress).close(),
+        downloader = Downloader(lambda k, check: self._fetch(k, check, meter).close(),
                                 workers=workers, lookahead=ahead)
         try:
             for i, k in enumerate(todo):
@@ -278,7 +282,7 @@ class Residency:
         try:
             claimed = downloader is not None and downloader.claim(k)
             handle = self._fetch(k, downloader.check_cancelled if downloader is not None else None)
-        except (DownloadCancelled, CancelledError):
+        except (Cancelled, CancelledError):
             raise ValueError(f"{self._what} was closed while a shard was being fetched") from None
         if claimed:  # the prefetch already counted this shard
             with self._lock:
