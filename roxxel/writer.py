@@ -315,13 +315,28 @@ class Writer:
             manifest = Manifest.build(shards, self._meta)
         try:
             publish_manifest(self.store, manifest, replaces=current, single_writer=self.single_writer)
-        except DatasetExistsError as exc:
-            if self.mode == "append":  # another appender created the dataset first
-                raise self._conflict() from exc
-            raise
-        except ConflictError as exc:
-            raise self._conflict() from exc
+        except (DatasetExistsError, ConflictError) as exc:
+            if self.mode != "append":
+                raise
+            if self._landed(manifest):
+                return manifest
+            raise self._conflict() from exc  # another appender published (or created) first
         return manifest
+
+    def _landed(self, manifest: Manifest) -> bool:
+        """Whether the published manifest begins with ours: our append landed although its
+        answer said otherwise (a lost response retried inside the cloud client meets the
+        condition it just changed) and another writer appended since. (An appender of
+        byte-identical records at the same moment writes the same shard names, and is
+        indistinguishable from ourselves here.)"""
+        current = read_snapshot(self.store).manifest
+        if current is None or len(current.shards) < len(manifest.shards):
+            return False
+        n = len(manifest.shards)
+        return bool(
+            (current.shards.uris[:n] == manifest.shards.uris).all()
+            and (current.shards.checksums[:n] == manifest.shards.checksums).all()
+        )
 
     def _conflict(self) -> ConflictError:
         return ConflictError(

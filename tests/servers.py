@@ -78,30 +78,43 @@ _GCS_LAUNCHER = (
 
 
 # moto's server with a WSGI layer in front: conditional PUTs (and writes of manifests)
-# run one at a time, as S3 makes them atomic; argv[1] "strip" removes the conditions,
-# "strip-if-match" only If-Match (a store that honours one header and not the other).
+# run one at a time, as S3 makes them atomic. argv[1] is the mode: "honour"; "strip"
+# removes the conditions, "strip-if-match" only If-Match (a store that honours one header
+# and not the other); "reject-conditional" answers a conditional PUT 501; "lose-first-
+# response" performs the first conditional PUT of each key and answers it 500.
 _MOTO_LAUNCHER = """
 import sys, threading
 import moto.server
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
-STRIP = {"honour": (), "strip": ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH"),
-         "strip-if-match": ("HTTP_IF_MATCH",)}[sys.argv[1]]
-LOCK = threading.Lock()
+MODE = sys.argv[1]
 CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH")
+STRIP = {"strip": CONDITIONS, "strip-if-match": ("HTTP_IF_MATCH",)}.get(MODE, ())
+LOCK = threading.Lock()
+LOST = set()
+
+def error(start_response, status, code):
+    start_response(status, [("Content-Type", "application/xml")])
+    return [f"<Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()]
 
 class App(DomainDispatcherApplication):
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") not in ("PUT", "POST"):
             return super().__call__(environ, start_response)
-        if STRIP:
-            for name in STRIP:
-                environ.pop(name, None)
+        for name in STRIP:
+            environ.pop(name, None)
+        path = environ.get("PATH_INFO", "")
+        conditional = any(n in environ for n in CONDITIONS)
+        if conditional and MODE == "reject-conditional":
+            return error(start_response, "501 Not Implemented", "NotImplemented")
+        if not (conditional or path.endswith("/manifest.json")):
             return super().__call__(environ, start_response)
-        if any(n in environ for n in CONDITIONS) or environ.get("PATH_INFO", "").endswith("/manifest.json"):
-            with LOCK:
-                return list(super().__call__(environ, start_response))
-        return super().__call__(environ, start_response)
+        with LOCK:
+            if conditional and MODE == "lose-first-response" and path not in LOST:
+                LOST.add(path)  # the write lands; its response is lost on the way back
+                list(super().__call__(environ, lambda *a, **k: None))
+                return error(start_response, "500 Internal Server Error", "InternalError")
+            return list(super().__call__(environ, start_response))
 
 moto.server.DomainDispatcherApplication = App
 moto.server.main(sys.argv[2:])
@@ -335,9 +348,12 @@ def start_s3(
     """Start moto's S3 server as a subprocess; the caller must ``stop()`` it.
     ``tls``: (certificate, key) PEM files, to serve HTTPS with that certificate.
     ``honour_preconditions=False``: the server ignores If-Match and If-None-Match;
-    ``"if-none-match-only"``: it honours If-None-Match and ignores If-Match."""
+    ``"if-none-match-only"``: it honours If-None-Match and ignores If-Match;
+    ``"reject"``: it answers every conditional PUT 501 Not Implemented; ``"lose-first-
+    response"``: it performs the first conditional PUT of each key, then answers 500."""
     extra = ["-s", "-c", tls[0], "-k", tls[1]] if tls else []
-    mode = {True: "honour", False: "strip", "if-none-match-only": "strip-if-match"}[honour_preconditions]
+    mode = {True: "honour", False: "strip", "if-none-match-only": "strip-if-match",
+            "reject": "reject-conditional", "lose-first-response": "lose-first-response"}[honour_preconditions]
     return _start(
         "s3",
         lambda port: [sys.executable, "-c", _MOTO_LAUNCHER, mode, "-H", _HOST, "-p", str(port), *extra],

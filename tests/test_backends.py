@@ -275,3 +275,55 @@ def test_a_server_that_ignores_range_is_named(new_location):
     flaky = Store(base.base_url, fs=IgnoresRange(base.fs), retry=FAST)  # type: ignore[arg-type]
     with pytest.raises(StorageError, match=r"asked for bytes \[10, 20\) \(10 bytes\), got 100; the server ignored the Range header"):
         flaky.read_range("x", 10, 20)
+
+
+@pytest.mark.parametrize(
+    ("fstype", "options", "node_local"),
+    [
+        ("ext4", {"rw", "relatime"}, False),
+        ("xfs", {"rw"}, False),
+        ("nfs4", {"rw", "vers=4.2"}, False),  # flock becomes a POSIX lock the server grants
+        ("nfs", {"rw", "vers=3", "nolock"}, True),
+        ("nfs4", {"rw", "local_lock=flock"}, True),
+        ("nfs4", {"rw", "local_lock=none"}, False),
+        ("lustre", {"rw", "flock"}, False),
+        ("lustre", {"rw", "localflock"}, True),
+        ("lustre", {"rw"}, True),  # without flock, Lustre refuses or keeps locks local
+        ("fuse.gcsfuse", {"rw"}, True),
+        ("fuse.s3fs", {"rw"}, True),
+    ],
+)
+def test_which_local_filesystems_keep_their_locks_to_one_node(fstype, options, node_local):
+    from roxxel.backends.local import node_local_locks
+
+    assert node_local_locks(fstype, options) is node_local
+
+
+def test_the_mount_of_a_path_is_the_longest_mount_point_above_it():
+    from roxxel.backends.local import mount_of
+
+    mounts = (
+        "/dev/sda1 / ext4 rw,relatime 0 0\n"
+        "server:/export /mnt/data nfs4 rw,vers=4.2,local_lock=flock 0 0\n"
+        "gcsfuse /mnt/data/bucket fuse.gcsfuse rw,nosuid 0 0\n"
+    )
+    assert mount_of("/mnt/data/ds", mounts) == ("nfs4", {"rw", "vers=4.2", "local_lock=flock"})
+    assert mount_of("/mnt/data/bucket/ds", mounts) == ("fuse.gcsfuse", {"rw", "nosuid"})
+    assert mount_of("/mnt/database/ds", mounts) == ("ext4", {"rw", "relatime"})
+    assert mount_of("/mnt/data", mounts)[0] == "nfs4"
+    assert mount_of("/tmp", "") is None
+
+
+def test_a_range_answered_with_the_whole_object_is_named_by_the_range_reader():
+    from roxxel.backends.readers import RangeReader
+
+    class WholeObject:
+        def size(self, path: str) -> int:
+            return 100
+
+        def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+            return b"x" * 100
+
+    reader = RangeReader(WholeObject(), "bucket/obj", 10)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match=r"asked for bytes \[10, 30\), got 100 bytes; the server ignored the Range header"):
+        reader.read(20)

@@ -332,3 +332,59 @@ def test_a_merge_in_place_loses_to_an_append_published_while_it_read(new_locatio
         merge_datasets([dst, dst + "/part"], dst, options, overwrite=True)
     with roxxel.open(dst, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
         assert [bytes(r) for r in ds] == [b"base", b"appended meanwhile"]
+
+
+@pytest.fixture(scope="module")
+def rejecting_s3() -> Any:
+    """Answers every conditional PUT 501 Not Implemented (some S3-compatible stores)."""
+    with servers.s3_server(honour_preconditions="reject") as server:
+        server.create_bucket("rejects")
+        yield server
+
+
+def test_a_store_that_rejects_conditional_writes_is_refused_or_used_by_a_single_writer(rejecting_s3, tmp_path):
+    url = rejecting_s3.url("rejects", f"t{uuid.uuid4().hex[:12]}/ds")
+    options = rejecting_s3.storage_options
+    with pytest.raises(StorageError, match="does not enforce them.*single_writer=True"):
+        roxxel.Writer(url, storage_options=options)
+    with roxxel.Writer(url, storage_options=options, single_writer=True) as w:
+        w.append(b"one")
+    with roxxel.Writer(url, storage_options=options, mode="append", single_writer=True) as w:
+        w.append(b"two")
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(r) for r in ds] == [b"one", b"two"]
+
+
+@pytest.fixture(scope="module")
+def lossy_s3() -> Any:
+    """Performs the first conditional PUT of each key, then answers it 500: the client's
+    own retry of a write that landed meets the precondition it just changed."""
+    with servers.s3_server(honour_preconditions="lose-first-response") as server:
+        server.create_bucket("lossy")
+        yield server
+
+
+def test_a_publish_whose_response_was_lost_counts_as_published(lossy_s3, tmp_path):
+    url = lossy_s3.url("lossy", f"t{uuid.uuid4().hex[:12]}/ds")
+    options = lossy_s3.storage_options
+    with roxxel.Writer(url, storage_options=options) as w:   # create: If-None-Match
+        w.append(b"one")
+    with roxxel.Writer(url, storage_options=options, mode="append") as w:   # append: If-Match
+        w.append(b"two")
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(r) for r in ds] == [b"one", b"two"]
+
+
+def test_a_local_dataset_on_a_mount_whose_locks_stay_on_one_node_is_refused(tmp_path, monkeypatch):
+    """flock on gcsfuse, s3fs-fuse, NFS with nolock/local_lock or Lustre with localflock
+    does not exclude a writer on another node: such a mount is a store without enforced
+    conditional writes."""
+    from roxxel.backends import local as local_backend
+
+    monkeypatch.setattr(local_backend, "mount_of", lambda path: ("fuse.gcsfuse", {"rw"}))
+    url = str(tmp_path / "ds")
+    with pytest.raises(StorageError, match="does not enforce them"):
+        roxxel.Writer(url)
+    with roxxel.Writer(url, single_writer=True) as w:
+        w.append(b"alone")
+    assert read_manifest(dataset_store(url)).records == 1

@@ -384,6 +384,9 @@ def test_create_only_retry_after_a_lost_response_succeeds(store, monkeypatch):
     assert ops["put_if_absent"] == 2, "the retry is refused, then finds our own object"
     assert store.read_bytes("manifest.json") == b"ours"
     with pytest.raises(DatasetExistsError):
+        store.put_bytes_create_only("manifest.json", b"theirs")
+    monkeypatch.undo()
+    with pytest.raises(DatasetExistsError):  # the existence check comes first
         store.put_bytes_create_only("manifest.json", b"ours")
 
 

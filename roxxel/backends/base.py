@@ -14,7 +14,6 @@ returned by :meth:`Backend.read` is what :meth:`Backend.put_if_match` compares a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import threading
@@ -24,6 +23,9 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, ClassVar, NamedTuple, Protocol
 
 from fsspec import AbstractFileSystem
+
+from .errors import http_status
+from .urls import redact
 
 __all__ = [
     "HIDDEN_PREFIX",
@@ -209,8 +211,11 @@ def _probe(backend: Backend, path: str) -> bool:
             lambda: backend.put_if_match(path, _PROBE_BODY, wrong)
         )
     finally:
-        with contextlib.suppress(Exception):
+        try:
             backend.fs.rm_file(path)
+        except Exception as exc:  # noqa: BLE001 - the verdict stands; say what is left
+            logger.warning("could not delete the probe object %s (%s: %s); it is safe to delete",
+                           redact(path), type(exc).__name__, exc)
 
 
 def _wrong_version(version: str | None) -> str:
@@ -220,10 +225,22 @@ def _wrong_version(version: str | None) -> str:
     return '"00000000000000000000000000000000"'
 
 
+# Answers of a store that does not take conditional writes at all (Bad Request, Method Not
+# Allowed, Not Implemented): as unprotected as one that ignores them.
+_REJECTED = (400, 405, 501)
+
+
 def _refused(write: Callable[[], None]) -> bool:
-    """Whether ``write()`` failed its precondition (any other error propagates)."""
+    """Whether ``write()`` failed its precondition; False if it went through or the store
+    rejected the condition itself (any other error propagates)."""
     try:
         write()
     except (PreconditionFailed, FileExistsError):
         return True
+    except NotImplementedError:
+        return False
+    except Exception as exc:
+        if http_status(exc) in _REJECTED:
+            return False
+        raise
     return False

@@ -41,7 +41,7 @@ _DENIED_CODES = {
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
     "TooManyRequestsException", "RequestTimeout", "InternalError", "ServiceUnavailable",
-    "RequestThrottled", "BandwidthLimitExceeded",
+    "RequestThrottled", "BandwidthLimitExceeded", "ConditionalRequestConflict",
 }
 
 
@@ -192,6 +192,8 @@ def from_http_status(status: object, code: str = "") -> Kind:
         return Kind.NOT_FOUND
     if number in (401, 403) or code in _DENIED_CODES:
         return Kind.DENIED
+    if number == 501:  # Not Implemented: no retry changes that
+        return Kind.PERMANENT
     if number in (408, 429) or number >= 500 or code in _TRANSIENT_CODES:
         return Kind.TRANSIENT
     return Kind.PERMANENT

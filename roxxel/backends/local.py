@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -29,6 +30,8 @@ from .base import (
 )
 from .generic import FsspecBackend
 from .readers import open_file_reader
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LOCK_PREFIX", "TEMP_PREFIX", "LocalBackend", "copy_replace", "file_lock", "write_new",
            "write_replace"]
@@ -78,7 +81,53 @@ class LocalBackend(FsspecBackend):
             write_replace(path, data)
 
     def conditional_writes_enforced(self, root: str) -> bool:
+        mount = mount_of(root)
+        if mount is None:
+            return True
+        fstype, options = mount
+        if node_local_locks(fstype, options):
+            logger.info("%s is on %s (%s): its locks do not reach other nodes", root, fstype,
+                        ",".join(sorted(options & _LOCAL_LOCK_OPTIONS)) or "no lock option")
+            return False
         return True
+
+
+# Mount options under which flock reaches no other node (NFS, Lustre).
+_LOCAL_LOCK_OPTIONS = {"nolock", "local_lock=flock", "local_lock=all", "localflock"}
+
+
+def node_local_locks(fstype: str, options: set[str]) -> bool:
+    """Whether ``flock`` on a filesystem of type ``fstype`` mounted with ``options`` can
+    exclude writers on other nodes: not on FUSE mounts (gcsfuse, s3fs-fuse, ...), nor on
+    NFS or Lustre mounted with node-local locks. (NFS otherwise turns flock into POSIX
+    locks its server grants; Lustre with ``flock``, likewise.)"""
+    if fstype.startswith("fuse") or fstype in ("9p", "virtiofs"):
+        return True
+    if fstype in ("nfs", "nfs4", "lustre"):
+        return bool(options & _LOCAL_LOCK_OPTIONS) or (fstype == "lustre" and "flock" not in options)
+    return False
+
+
+def mount_of(path: str, mounts: str | None = None) -> tuple[str, set[str]] | None:
+    """The filesystem type and mount options of the mount that holds ``path``: the longest
+    mount point of ``mounts`` (default: Linux's /proc/self/mounts) that contains its real
+    path; None where that is not known."""
+    if mounts is None:
+        try:
+            with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+                mounts = f.read()
+        except OSError:
+            return None
+    real, best = os.path.realpath(path), None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, fields[2], set(fields[3].split(",")))
+    return None if best is None else (best[1], best[2])
 
 
 @contextlib.contextmanager
@@ -87,7 +136,8 @@ def file_lock(path: str) -> Iterator[None]:
     that writes ``path``."""
     folder, name = os.path.split(path)
     os.makedirs(folder or ".", exist_ok=True)
-    fd = os.open(os.path.join(folder, LOCK_PREFIX + name), os.O_RDWR | os.O_CREAT, 0o666)
+    # flock needs no write access: read-only, so other users of a shared folder can lock it
+    fd = os.open(os.path.join(folder, LOCK_PREFIX + name), os.O_RDONLY | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -96,6 +96,11 @@ class RangeReader:
             data, self._end = b"", self._pos
         if progress is not None:
             progress.beat()
+        if len(data) > end - self._pos:
+            raise OSError(
+                f"{self._path}: asked for bytes [{self._pos}, {end}), got {len(data)} bytes; "
+                "the server ignored the Range header"
+            )
         self._pos += len(data)
         return data
 

@@ -125,7 +125,9 @@ class S3Backend(FsspecBackend):
             sync(self.fs.loop, self.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data,
                  **conditions, **self.fs.req_kw)
         except Exception as exc:
-            if conditions and http_status(exc) in (409, 412):
+            # 409 ConditionalRequestConflict (a concurrent conditional write in progress)
+            # is transient: the wrapper retries the same conditional PUT.
+            if conditions and http_status(exc) == 412:
                 raise PreconditionFailed(path) from exc
             raise
         finally:

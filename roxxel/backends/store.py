@@ -412,8 +412,9 @@ class Store:
     def _put_once(self, key: str, data: bytes, put: Callable[[], None], lost: type[Exception]) -> None:
         """Run a conditional ``put``, never abandoned on a stall (an abandoned write could
         land later, over a newer one). ``lost`` is what ``put`` raises when its condition
-        failed: after a retry that may be our own earlier attempt whose response was
-        lost, so the object is read back, and holding exactly ``data`` counts as success.
+        failed. That may be our own earlier attempt whose response was lost, retried by
+        this wrapper or inside the cloud client itself (botocore, s3fs and gcsfs each
+        retry), so the object is read back, and holding exactly ``data`` counts as success.
         """
         attempts = 0
         backend, path = self.backend, self.path(key)
@@ -424,7 +425,7 @@ class Store:
             try:
                 put()
             except lost:
-                if attempts > 1 and backend.read(path, None).data == data:
+                if backend.read(path, None).data == data:
                     logger.info("publish %s: found our own earlier attempt", self.url(key))
                     return
                 if lost is FileExistsError:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..backends import Store
-from ..errors import ConflictError, NotFoundError, StorageError
+from ..errors import ConflictError, DatasetExistsError, NotFoundError, StorageError
 from ._json import MAX_MANIFEST_BYTES
 from .schema import Manifest
 
@@ -92,26 +92,36 @@ def publish_manifest(
     publish succeeds only if the store still holds what ``replaces`` read: no manifest
     (create-only; DatasetExistsError if one appeared), or the manifest at
     ``replaces.version`` (ConflictError if another writer published since). On a store
-    without enforced conditional writes this refuses unless ``single_writer``; then the
-    condition is checked by reading first (best effort).
+    that does not enforce conditional writes this refuses, unless ``single_writer``:
+    then no conditional write is sent or probed for, and the condition is checked by
+    reading first, which is safe for one writer only.
     """
     data = manifest.to_json().encode("ascii")
     if replaces is None:
         store.put_bytes_overwrite(MANIFEST_KEY, data)
-        return
-    require_conditional_writes(store, single_writer=single_writer)
-    if replaces.manifest is None:
-        store.put_bytes_create_only(MANIFEST_KEY, data)
-    elif replaces.version is not None and store.conditional_writes_enforced():
-        store.put_bytes_if_match(MANIFEST_KEY, data, replaces.version)
+    elif single_writer:
+        _publish_if_unchanged(store, data, replaces)
     else:
-        _publish_unconditionally_if_unchanged(store, data, replaces)
+        require_conditional_writes(store, single_writer=False)
+        if replaces.manifest is None:
+            store.put_bytes_create_only(MANIFEST_KEY, data)
+        elif replaces.version is not None:
+            store.put_bytes_if_match(MANIFEST_KEY, data, replaces.version)
+        else:
+            raise StorageError(
+                f"could not publish {store.url(MANIFEST_KEY)}: the store gave no version "
+                "(ETag or generation) for the manifest that was read, so a concurrent writer "
+                "could not be detected; publish with single_writer=True if nothing else "
+                "writes this dataset meanwhile"
+            )
 
 
-def _publish_unconditionally_if_unchanged(store: Store, data: bytes, replaces: Snapshot) -> None:
-    """For a single writer on a store without conditional writes: re-read, compare, put."""
+def _publish_if_unchanged(store: Store, data: bytes, replaces: Snapshot) -> None:
+    """For a single writer: re-read, compare, then put without a condition."""
     current = read_snapshot(store)
     if current.manifest != replaces.manifest:
+        if replaces.manifest is None:
+            raise DatasetExistsError(f"could not publish {store.url(MANIFEST_KEY)}: it already exists")
         raise ConflictError(
             f"could not publish {store.url(MANIFEST_KEY)}: it changed since it was read; "
             "nothing was published"
