@@ -30,9 +30,9 @@ from fsspec.callbacks import Callback
 from .backends import Store
 from .cache.files import pid_alive
 from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
-from .format import FOOTER_SIZE, Record, ShardWriter, record_bytes
+from .format import FOOTER_SIZE, Record, ShardCheck, ShardSpec, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
-from .manifest.checksums import DEFAULT_ALGORITHM
+from .manifest.checksums import DEFAULT_ALGORITHM, parse_checksum
 from .manifest.compressions import COMPRESSIONS, describe
 from .manifest.io import (
     MANIFEST_KEY,
@@ -245,12 +245,7 @@ class Writer:
         key = f"shards/{self._generation:05d}-{staged.index:06d}-{digest[:12]}.rox{suffix}"
         with self._lock:
             self._uploaded.append(key)
-        self._put_checked(path, key, digest)
-        for p in {path, staged.path}:
-            os.unlink(p)
-        if self._meter is not None:
-            self._meter.add(staged.payload_size)
-        return ShardInfo(
+        shard = ShardInfo(
             uri=key,
             records=staged.records,
             stored_size=stored_size,
@@ -258,13 +253,22 @@ class Writer:
             compression=self.compression,
             checksum=f"{DEFAULT_ALGORITHM}:{digest}",
         )
+        self._put_checked(path, shard)
+        for p in {path, staged.path}:
+            os.unlink(p)
+        if self._meter is not None:
+            self._meter.add(staged.payload_size)
+        return shard
 
-    def _put_checked(self, path: str, key: str, digest: str) -> None:
-        """Upload, then check the object holds exactly our bytes; upload again if not."""
+    def _put_checked(self, path: str, shard: ShardInfo) -> None:
+        """Upload, then check the object is exactly the shard its manifest entry will
+        promise (the one shard check, where the store reports no MD5 to compare); upload
+        again if not."""
+        key, spec = shard.uri, ShardSpec.of(shard, self.store.url(shard.uri))
         for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
             self.store.put_file(path, key)
             try:
-                self.store.check_upload(key, path, digest)
+                self.store.check_upload(key, path, ShardCheck(spec, parse_checksum(shard.checksum)))
                 return
             except IntegrityError as exc:
                 if attempt == _UPLOAD_ATTEMPTS:

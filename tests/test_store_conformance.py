@@ -40,6 +40,8 @@ from roxxel.errors import (
     NotFoundError,
     StorageError,
 )
+from roxxel.format.check import ShardCheck, ShardSpec
+from roxxel.manifest.checksums import parse_checksum
 from tests.faults import FaultyBackend, faulty_url
 
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.01)
@@ -452,16 +454,23 @@ def test_stat_and_list_info_give_sizes_and_modification_times(store):
         store.stat("sub")
 
 
+def _read_back_check(store: Store, data: bytes) -> ShardCheck:
+    """The one shard check of ``data`` (size and checksum: ``data`` is no ROXXEL01 shard)."""
+    key = "shards/1.rox"
+    spec = ShardSpec(len(data), len(data), None, 0, store.url(key))
+    return ShardCheck(spec, parse_checksum("sha256:" + hashlib.sha256(data).hexdigest()), layout=False)
+
+
 def test_check_upload_accepts_the_same_bytes_and_refuses_others(store, kind, tmp_path):
     source = tmp_path / "staged.rox"
     source.write_bytes(payload(3000))
     store.put_file(source, "shards/1.rox")
-    store.check_upload("shards/1.rox", source, hashlib.sha256(payload(3000)).hexdigest())
+    store.check_upload("shards/1.rox", source, _read_back_check(store, payload(3000)))
     reported = store.backend.reported_md5(store.backend.info(store.path("shards/1.rox")))
     assert reported == (hashlib.md5(payload(3000)).hexdigest() if kind in ("s3", "gcs") else None)
     store.put_bytes_overwrite("shards/1.rox", payload(3000, seed=1))
     with pytest.raises(IntegrityError, match=url_pattern(store.url("shards/1.rox"))):
-        store.check_upload("shards/1.rox", source, hashlib.sha256(payload(3000)).hexdigest())
+        store.check_upload("shards/1.rox", source, _read_back_check(store, payload(3000)))
 
 
 def test_a_store_without_conditional_writes_says_so(store, kind):

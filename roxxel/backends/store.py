@@ -18,7 +18,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from fsspec import AbstractFileSystem
 
@@ -337,13 +337,15 @@ class Store:
         budget = None if base is None else base + os.path.getsize(local_path) / _MIN_UPLOAD_RATE
         self._run("upload", key, upload, timeout=budget)
 
-    def check_upload(self, key: str, local_path: str | os.PathLike[str], sha256_hex: str) -> None:
+    def check_upload(self, key: str, local_path: str | os.PathLike[str], check: ReadBackCheck) -> None:
         """IntegrityError unless the object ``key`` holds exactly the bytes of ``local_path``.
 
         The size always; then the MD5 the store reports for the object (S3's ETag of a
         single-part upload, GCS's md5Hash; :meth:`.Backend.reported_md5`) against the
         local file's, or, where the store reports none (local disk, memory), the object
-        read back against ``sha256_hex``.
+        read back through ``check`` (each chunk in order, then ``check.finish()``, which
+        raises IntegrityError: the writer passes the one shard check, roxxel.format's
+        ShardCheck).
         """
         local_path = os.fspath(local_path)
         path = self.path(key)
@@ -355,15 +357,14 @@ class Store:
                 f"{redact(self.url(key))}: uploaded object is {info['size']} bytes, expected {expected}"
             )
         reported = backend.reported_md5(info)
-        if reported is not None:
-            found, wanted, name = reported, _file_digest(local_path, hashlib.md5()), "md5"
-        else:
-            digest = hashlib.sha256()
-            self.stream(key, digest.update, size=expected)
-            found, wanted, name = digest.hexdigest(), sha256_hex, "sha256"
-        if found != wanted:
+        if reported is None:
+            self.stream(key, check, size=expected)
+            check.finish()
+            return
+        wanted = _file_digest(local_path, hashlib.md5())
+        if reported != wanted:
             raise IntegrityError(
-                f"{redact(self.url(key))}: uploaded object has {name} {found}, expected {wanted}"
+                f"{redact(self.url(key))}: uploaded object has md5 {reported}, expected {wanted}"
             )
 
     def put_bytes_overwrite(self, key: str, data: bytes) -> None:
@@ -464,6 +465,15 @@ class Store:
         stall_timeout)."""
         url = self.url(key) if key else self._url
         return call(fn, op=op, url=url, policy=self.retry, timeout=timeout)
+
+
+class ReadBackCheck(Protocol):
+    """What :meth:`Store.check_upload` feeds an object read back to: each chunk in order,
+    then ``finish()``, which raises IntegrityError unless the bytes were right."""
+
+    def __call__(self, chunk: bytes) -> object: ...
+
+    def finish(self) -> object: ...
 
 
 def _file_digest(path: str, digest: Any) -> str:
