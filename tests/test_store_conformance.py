@@ -46,6 +46,10 @@ from tests.faults import FaultyBackend, faulty_url
 
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.01)
 BACKENDS = ("local", "memory", "s3", "gcs", "fsspec", "registered")
+# Those that enforce conditional writes: all but a plain fsspec filesystem, which says it
+# has none (test_a_store_without_conditional_writes_says_so).
+CONDITIONAL = tuple(b for b in BACKENDS if b != "fsspec")
+on_conditional_stores = pytest.mark.parametrize("kind", CONDITIONAL, indirect=True)
 EXPECTED_BACKEND = {
     "local": LocalBackend, "memory": MemoryBackend, "s3": S3Backend, "gcs": GCSBackend,
     "fsspec": FsspecBackend, "registered": FaultyBackend,
@@ -84,9 +88,9 @@ def store(make_store) -> Store:
 
 @pytest.fixture
 def conditional_store(store) -> Store:
-    """The store, if it enforces conditional writes (every kind but plain fsspec)."""
-    if not store.conditional_writes_enforced():
-        pytest.skip("a store without conditional writes: see test_a_store_without_conditional_writes_says_so")
+    """The store, on the backends that enforce conditional writes (tests using it carry
+    ``@on_conditional_stores``)."""
+    assert store.conditional_writes_enforced()
     return store
 
 
@@ -232,6 +236,7 @@ def test_create_only_publish_refuses_an_existing_key(store):
     assert store.list() == ["manifest.json"], "no temporary file is left behind"
 
 
+@on_conditional_stores
 def test_create_only_relies_on_the_server_precondition(conditional_store, monkeypatch):
     """With the existence check skipped, only the store itself can refuse the write."""
     store = conditional_store
@@ -242,6 +247,7 @@ def test_create_only_relies_on_the_server_precondition(conditional_store, monkey
     assert store.read_bytes("manifest.json") == b"first"
 
 
+@on_conditional_stores
 def test_concurrent_create_only_has_exactly_one_winner(conditional_store):
     store = conditional_store
     outcomes: dict[int, str] = {}
@@ -392,6 +398,7 @@ def test_create_only_retry_after_a_lost_response_succeeds(store, monkeypatch):
         store.put_bytes_create_only("manifest.json", b"ours")
 
 
+@on_conditional_stores
 def test_conditional_replace_retry_after_a_lost_response_succeeds(conditional_store, monkeypatch):
     import aiohttp
 
@@ -430,6 +437,7 @@ def test_a_truncated_object_of_known_size_is_an_integrity_error(make_store, stor
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+@on_conditional_stores
 def test_whole_reads_carry_a_version_that_conditional_writes_compare(conditional_store):
     store = conditional_store
     store.put_bytes_overwrite("manifest.json", b"first")
