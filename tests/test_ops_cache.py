@@ -151,6 +151,8 @@ def test_gc_refresh_reopens_a_dataset_noted_without_its_credentials(s3_server, t
     ("s3://***@bucket/ds", "s3://bucket/ds"),
     ("s3://bucket/ds?X-Amz-Signature=***&versionId=3", "s3://bucket/ds?versionId=3"),
     ("gs://bucket/ds?token=***", "gs://bucket/ds"),
+    ("s3://bucket/ds?***", "s3://bucket/ds"),  # redact() masks a whole query string
+    ("https://***@host/ds?***", "https://host/ds"),
     ("/data/plain/ds", "/data/plain/ds"),
 ])
 def test_masked_parts_are_left_out_when_a_noted_url_is_reopened(masked, reopened):

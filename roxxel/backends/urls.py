@@ -57,5 +57,6 @@ def without_masked(url: str) -> str:
         return url
     parts = urlsplit(url)
     netloc = parts.netloc.partition("***@")[2] if parts.netloc.startswith("***@") else parts.netloc
-    query = "&".join(q for q in parts.query.split("&") if q and not q.endswith("=***"))
+    # redact() masks a whole query string ("?***"); older notes masked single parameters.
+    query = "&".join(q for q in parts.query.split("&") if q and q != "***" and not q.endswith("=***"))
     return urlunsplit(parts._replace(netloc=netloc, query=query))
