@@ -1,5 +1,5 @@
-"""Pieces shared by the operations: loading a dataset, cache lookups, the default
-number of worker threads.
+"""Pieces shared by the operations: loading a dataset, the destination of a copy or
+merge, cache lookups, the default number of worker threads.
 
 Their parallel jobs run on :meth:`roxxel.workers.WorkerPool.run` and report progress
 through :class:`roxxel.progress.Meter` into an fsspec ``Callback``.
@@ -13,10 +13,26 @@ from typing import Any
 
 from ..backends import Store
 from ..cache import ShardCache, default_directory
+from ..errors import DatasetExistsError, ManifestError
 from ..manifest import Manifest
-from ..manifest.io import dataset_store, read_manifest
+from ..manifest.io import (
+    MANIFEST_KEY,
+    Snapshot,
+    dataset_store,
+    read_manifest,
+    read_snapshot,
+    require_conditional_writes,
+)
 
-__all__ = ["DEFAULT_WORKERS", "cache_directory", "cached_checksums", "existing_cache", "load"]
+__all__ = [
+    "DEFAULT_WORKERS",
+    "cache_directory",
+    "cached_checksums",
+    "existing_cache",
+    "holds_already",
+    "load",
+    "read_destination",
+]
 
 DEFAULT_WORKERS = 4
 
@@ -25,6 +41,35 @@ def load(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Store, Ma
     """The store of the dataset at ``url`` and its validated manifest."""
     store = dataset_store(url, storage_options)
     return store, read_manifest(store)
+
+
+def read_destination(dst: Store, *, overwrite: bool, single_writer: bool) -> Snapshot | None:
+    """The destination's manifest and version, which a copy or merge publishes against by
+    compare-and-swap; None if it is unreadable and ``overwrite`` (then it is replaced
+    unconditionally). Refuses at once, before anything is copied, a store that does not
+    enforce conditional writes unless ``single_writer``."""
+    require_conditional_writes(dst, single_writer=single_writer)
+    try:
+        return read_snapshot(dst)
+    except ManifestError:
+        if not overwrite:
+            raise
+        return None
+
+
+def holds_already(dst: Store, existing: Manifest | None, incoming: Manifest, *, overwrite: bool) -> bool:
+    """True if ``dst`` already holds exactly ``incoming`` (nothing to do); DatasetExistsError
+    if it holds another dataset and not ``overwrite``."""
+    if existing is None:
+        return False
+    if existing == incoming:
+        return True
+    if not overwrite:
+        raise DatasetExistsError(
+            f"a different dataset already exists at {dst.url(MANIFEST_KEY)}; "
+            "choose another destination, or overwrite it"
+        )
+    return False
 
 
 def cache_directory(cache_dir: str | os.PathLike[str] | None) -> str:

@@ -24,7 +24,6 @@ from ..backends import Store
 from ..errors import (
     DatasetExistsError,
     IntegrityError,
-    ManifestError,
     NotFoundError,
 )
 from ..format import ShardCheck, ShardSpec
@@ -35,12 +34,10 @@ from ..manifest.io import (
     dataset_store,
     publish_manifest,
     read_manifest,
-    read_snapshot,
-    require_conditional_writes,
 )
 from ..progress import Meter
 from ..workers import WorkerPool
-from ._common import DEFAULT_WORKERS
+from ._common import DEFAULT_WORKERS, holds_already, read_destination
 
 __all__ = ["CopyReport", "copy", "copy_shard"]
 
@@ -213,23 +210,12 @@ def copy(
     if src.base_url == dst.base_url and type(src.fs) is type(dst.fs) and src.root == dst.root:
         raise ValueError(f"source and destination are the same dataset: {src.base_url}")
     manifest = read_manifest(src)
-    require_conditional_writes(dst, single_writer=single_writer)
-    try:
-        snapshot = read_snapshot(dst)
-    except ManifestError:
-        if not overwrite:
-            raise
-        snapshot = None  # unreadable: replaced whatever it is, unconditionally
+    snapshot = read_destination(dst, overwrite=overwrite, single_writer=single_writer)
     existing = None if snapshot is None else snapshot.manifest
-    if existing is not None and existing == manifest:
+    if holds_already(dst, existing, manifest, overwrite=overwrite):
         log.info("%s already holds this dataset; nothing to copy", dst.base_url)
         n = len(manifest.shards)
         return CopyReport(src.base_url, dst.base_url, n, 0, n, 0, published=False)
-    if existing is not None and not overwrite:
-        raise DatasetExistsError(
-            f"a different dataset already exists at {dst.url(MANIFEST_KEY)}; "
-            "choose another destination, or overwrite it"
-        )
     table = manifest.shards
     if existing is not None:
         _refuse_live_clashes(existing, manifest, dst)

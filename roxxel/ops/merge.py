@@ -25,19 +25,17 @@ from typing import Any
 from fsspec.callbacks import Callback
 
 from ..backends import Store
-from ..errors import DatasetExistsError, IntegrityError, ManifestError
+from ..errors import IntegrityError, ManifestError
 from ..manifest import Manifest, ShardInfo
 from ..manifest.io import (
     MANIFEST_KEY,
     dataset_store,
     publish_manifest,
     read_manifest,
-    read_snapshot,
-    require_conditional_writes,
 )
 from ..progress import Meter
 from ..workers import WorkerPool
-from ._common import DEFAULT_WORKERS
+from ._common import DEFAULT_WORKERS, holds_already, read_destination
 from .copy import copy_shard
 
 __all__ = ["MergeReport", "merge"]
@@ -147,6 +145,20 @@ def _with_uri(shard: ShardInfo, uri: str) -> ShardInfo:
     )
 
 
+def _sources(
+    urls: Sequence[str], storage_options: Mapping[str, Any] | None, dst: Store, existing: Manifest | None
+) -> list[tuple[Store, Manifest]]:
+    """Each source's store and manifest. The destination as a source (a merge in place)
+    is the very manifest the publish compares against: read twice, a publish between the
+    two reads would vanish under the merge."""
+    sources = []
+    for url in urls:
+        store = dataset_store(url, storage_options)
+        same = existing is not None and (type(store.fs), store.root) == (type(dst.fs), dst.root)
+        sources.append((store, existing if same else read_manifest(store)))
+    return sources
+
+
 def merge(
     src_urls: Sequence[str],
     dst_url: str,
@@ -174,21 +186,9 @@ def merge(
     if not src_urls:
         raise ValueError("merge needs at least one source dataset")
     dst = dataset_store(dst_url, storage_options)
-    require_conditional_writes(dst, single_writer=single_writer)
-    try:
-        snapshot = read_snapshot(dst)
-    except ManifestError:
-        if not overwrite:
-            raise
-        snapshot = None  # unreadable: replaced whatever it is, unconditionally
+    snapshot = read_destination(dst, overwrite=overwrite, single_writer=single_writer)
     existing = None if snapshot is None else snapshot.manifest
-    sources = []
-    for url in src_urls:
-        store = dataset_store(url, storage_options)
-        # The destination as a source (a merge in place) is the very manifest the publish
-        # compares against: a manifest read twice could hide a publish in between.
-        same = existing is not None and (type(store.fs), store.root) == (type(dst.fs), dst.root)
-        sources.append((store, existing if same else read_manifest(store)))
+    sources = _sources(src_urls, storage_options, dst, existing)
     merged_meta = dict(meta) if meta is not None else _merged_meta(sources)
     entries = _entries(dst, sources)
     manifest = Manifest.build([e.shard for e in entries], merged_meta)
@@ -198,14 +198,9 @@ def merge(
         dst=dst.base_url, sources=len(sources), shards=len(entries), records=manifest.records,
         in_place=len(in_place),
     )
-    if existing is not None and existing == manifest:
+    if holds_already(dst, existing, manifest, overwrite=overwrite):
         log.info("%s already holds this merged dataset; nothing to do", dst.base_url)
         return MergeReport(**report, copied=0, kept=len(to_copy), bytes_copied=0, published=False)
-    if existing is not None and not overwrite:
-        raise DatasetExistsError(
-            f"a different dataset already exists at {dst.url(MANIFEST_KEY)}; "
-            "choose another destination, or overwrite it"
-        )
 
     jobs = WorkerPool(workers, "roxxel-merge")
 
