@@ -2,6 +2,12 @@
 
 Pack records into ROXXEL01 shards, publish them with a manifest to S3, GCS, local disk
 or memory, and stream them back through a node-local cache of memory-mapped shards.
+
+The public surface is ``__all__`` here and in the subpackages (``roxxel.backends``,
+``cache``, ``manifest``, ``format``, ``read``, ``ops``, ``cli``), plus ``roxxel.torch``,
+``roxxel.jax`` and ``roxxel.read.views.ACCELERATED``; ``tests/test_public_api.py`` pins
+it. The other modules are the implementation: importable, with no promise that their
+names stay.
 """
 
 from ._version import __version__
@@ -32,8 +38,8 @@ __all__ = [
     "Dataset",
     "DatasetExistsError",
     "IntegrityError",
-    "ManifestError",
     "Manifest",
+    "ManifestError",
     "MappedShard",
     "NotFoundError",
     "ResumeError",

@@ -31,15 +31,8 @@ from typing import Union
 import numpy as np
 import numpy.typing as npt
 
-from .format import (
-    FOOTER_SIZE,
-    Record,
-    ShardLayout,
-    ShardWriter,
-    read_footer,
-    read_layout,
-    record_bytes,
-)
+from .format.layout import FOOTER_SIZE, ShardLayout, read_footer, read_layout
+from .format.writer import Record, ShardWriter, record_bytes
 from .errors import DatasetExistsError
 from .read.records import LocalShards, Records
 from .read.tokens import TokenWindows, token_batches

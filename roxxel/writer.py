@@ -30,7 +30,9 @@ from fsspec.callbacks import Callback
 from .backends import Store
 from .cache.files import pid_alive
 from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
-from .format import FOOTER_SIZE, Record, ShardCheck, ShardSpec, ShardWriter, record_bytes
+from .format.check import ShardCheck, ShardSpec
+from .format.layout import FOOTER_SIZE
+from .format.writer import Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
 from .manifest.checksums import DEFAULT_ALGORITHM, parse_checksum
 from .manifest.compressions import COMPRESSIONS, describe

@@ -14,23 +14,17 @@ from typing import Any
 
 import pytest
 
-from roxxel.backends import (
-    Kind,
-    RetryPolicy,
-    Store,
-    check_key,
-    classify,
-    join_url,
-    redact,
-    relative_key,
-    resolve,
-)
+from roxxel.backends import RetryPolicy, Store
+from roxxel.backends.errors import Kind, classify
+from roxxel.backends.urls import join_url, relative_key, resolve
 from roxxel.errors import (
     AccessDeniedError,
     NotFoundError,
     StorageError,
     TransientStorageError,
 )
+from roxxel.manifest.keys import check_key
+from roxxel.manifest.redaction import redact
 from tests import servers
 
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.01)

@@ -22,7 +22,8 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roxxel.cache import CachedShard, ShardCache, parse_size
+from roxxel.cache import CachedShard, ShardCache
+from roxxel.cache.names import parse_size
 from roxxel.cache import download as download_module
 from roxxel.cache import files as files_module
 from roxxel.cache import store as store_module

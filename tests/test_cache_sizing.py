@@ -14,7 +14,7 @@ import pytest
 
 import roxxel
 from roxxel import ops
-from roxxel.cache import fit_lookahead, required_bytes, shards_that_fit
+from roxxel.cache.sizing import fit_lookahead, required_bytes, shards_that_fit
 from roxxel.cache.sizing import mapped_at_most, prefix_that_fits
 from roxxel.errors import CacheError
 

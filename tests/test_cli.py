@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import roxxel
-from roxxel.cli import build_parser, main
+from roxxel.cli import main
+from roxxel.cli.parser import build_parser
 from roxxel.manifest.io import dataset_store, read_manifest
 
 BUCKET = "roxxel-tests"  # created by the session fixtures in conftest.py

@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roxxel.errors import ShardFormatError
-from roxxel.format import FOOTER_SIZE, MAGIC, MappedShard, ShardWriter, read_layout, record_bytes
+from roxxel.format import MappedShard, ShardWriter
+from roxxel.format.layout import FOOTER_SIZE, MAGIC, read_layout
+from roxxel.format.writer import record_bytes
 
 
 def golden_shard(records: list[bytes]) -> bytes:

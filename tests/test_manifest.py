@@ -17,16 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roxxel.errors import ManifestError
-from roxxel.manifest import (
-    CHECKSUM_ALGORITHMS,
-    COMPRESSIONS,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MAX_MANIFEST_BYTES,
-    Manifest,
-    ShardInfo,
-    ShardTable,
-)
+from roxxel.manifest import Manifest, ShardInfo, ShardTable
+from roxxel.manifest._json import MAX_MANIFEST_BYTES
+from roxxel.manifest.checksums import CHECKSUM_ALGORITHMS
+from roxxel.manifest.compressions import COMPRESSIONS
+from roxxel.manifest.schema import FORMAT_NAME, FORMAT_VERSION
 
 SOURCE = "s3://b/ds/manifest.json"
 TOP_FIELDS = ("format", "version", "records", "meta", "shards")

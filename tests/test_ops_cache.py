@@ -10,9 +10,10 @@ import pytest
 
 import roxxel
 from roxxel import ops
-from roxxel.cache import DATASETS_DIR, ShardCache, record_dataset_use
+from roxxel.cache import ShardCache
+from roxxel.cache.datasets import DATASETS_DIR, record_dataset_use
 from roxxel.errors import CacheError
-from roxxel.backends import without_masked
+from roxxel.backends.urls import without_masked
 from roxxel.manifest.io import dataset_store
 
 

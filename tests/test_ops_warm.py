@@ -12,6 +12,7 @@ import roxxel
 from roxxel import ops
 from roxxel.backends import Store
 from roxxel.errors import CacheError
+from roxxel.ops.warm import warm_order
 from roxxel.planner import plan
 
 
@@ -81,16 +82,16 @@ def test_warm_order_interleaves_the_ranks_of_a_node():
                           compression=None, checksum="sha256:" + f"{k:064x}") for k in range(40)]
     )
     orders = [plan(manifest.shards.records, seed=3, rank=r, world_size=4).shard_order.tolist() for r in (0, 2)]
-    merged = ops.warm_order(manifest, ranks=[0, 2], world_size=4, seed=3)
+    merged = warm_order(manifest, ranks=[0, 2], world_size=4, seed=3)
     assert merged[:2] == [orders[0][0], orders[1][0]]
     assert set(merged) == set(orders[0]) | set(orders[1]) and len(merged) == len(set(merged))
-    assert ops.warm_order(manifest) == list(range(40))
+    assert warm_order(manifest) == list(range(40))
 
 
 def test_warm_under_a_limit_fetches_the_longest_prefix_that_fits(tmp_path):
     url = str(tmp_path / "ds")
     manifest = publish(url, {}, make_records(200))
-    order = ops.warm_order(manifest, ranks=[0], world_size=1, seed=1)
+    order = warm_order(manifest, ranks=[0], world_size=1, seed=1)
     raw = manifest.shards.raw_size
     limit = int(raw[order[:4]].sum()) + int(raw[order[4]]) - 1  # the 5th does not fit
     cache_dir = tmp_path / "cache"

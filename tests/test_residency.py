@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import roxxel
-from roxxel.cache import ShardCache, required_bytes
+from roxxel.cache import ShardCache
+from roxxel.cache.sizing import required_bytes
 from roxxel.errors import CacheError
 from roxxel.manifest.io import dataset_store, read_manifest
 from roxxel.read.catalog import ShardCatalog

@@ -15,7 +15,9 @@ from roxxel import ops
 from roxxel.backends import Store
 from roxxel.cache import ShardCache
 from roxxel.errors import IntegrityError
-from roxxel.format import MAGIC, ShardCheck, ShardSpec, ShardWriter
+from roxxel.format import ShardWriter
+from roxxel.format.check import ShardCheck, ShardSpec
+from roxxel.format.layout import MAGIC
 from roxxel.manifest import Manifest, ShardInfo
 from roxxel.manifest.checksums import parse_checksum
 from roxxel.manifest.io import dataset_store, publish_manifest

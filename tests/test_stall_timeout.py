@@ -13,7 +13,8 @@ import fsspec
 import pytest
 
 import roxxel
-from roxxel.backends import DEFAULT_POLICY, RetryPolicy, Store
+from roxxel.backends import RetryPolicy, Store
+from roxxel.backends.retry import DEFAULT_POLICY
 from roxxel.backends import s3 as s3_module
 from roxxel.backends.watchdog import StallError, current, watched
 from tests.reliability_kit import FAST, check_all, write

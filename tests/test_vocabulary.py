@@ -10,19 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import roxxel
-from roxxel.backends import Store, check_key, redact
+from roxxel.backends import Store, urls
+from roxxel.cache import names
 from roxxel.cache.names import key_from_filename
 from roxxel.errors import ManifestError
-from roxxel.format import ShardSpec
-from roxxel.manifest import (
-    CHECKSUM_ALGORITHMS,
-    COMPRESSIONS,
-    ShardInfo,
-    checksums,
-    keys,
-    redaction,
-)
-from roxxel.manifest.checksums import ChecksumError, ShardKey, parse_checksum
+from roxxel.format.check import ShardSpec
+from roxxel.manifest import ShardInfo, checksums, keys, redaction
+from roxxel.manifest.checksums import CHECKSUM_ALGORITHMS, ChecksumError, ShardKey, parse_checksum
+from roxxel.manifest.compressions import COMPRESSIONS
+from roxxel.manifest.keys import check_key
+from roxxel.manifest.redaction import redact
 
 GOOD = "sha256:" + "ab" * 32
 
@@ -33,8 +30,8 @@ def shard(**changes) -> ShardInfo:
 
 
 def test_one_definition_each():
-    assert check_key is keys.check_key and redact is redaction.redact
-    assert roxxel.manifest.CHECKSUM_ALGORITHMS is checksums.CHECKSUM_ALGORITHMS
+    assert urls.check_key is keys.check_key and urls.redact is redaction.redact
+    assert names.CHECKSUM_ALGORITHMS is checksums.CHECKSUM_ALGORITHMS
 
 
 KEYS = [

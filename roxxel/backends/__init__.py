@@ -7,7 +7,7 @@ one wrapper that retries, watches and translates.
   :mod:`.s3` (s3fs, with presigned direct GETs and conditional PUTs), :mod:`.gcs`
   (gcsfs, with generation preconditions) and :mod:`.generic` (any other fsspec
   filesystem), over the sequential readers of :mod:`.readers`; :func:`register` serves
-  another protocol with a backend of its own (:func:`backend_for` picks one);
+  another protocol with a backend of its own (:func:`.registry.backend_for` picks one);
 - :class:`Store`: everything roxxel reads or writes in a store goes through it. It takes
   keys relative to a dataset URL, retries transient failures (:class:`RetryPolicy`),
   cuts off stalled calls (:mod:`.watchdog`) and turns every backend exception into a
@@ -15,38 +15,26 @@ one wrapper that retries, watches and translates.
 
 URLs, keys and the resolution of a URL to a filesystem live in :mod:`.urls`.
 ``storage_options`` are passed to fsspec untouched and never shown.
+
+``__all__`` is the public surface: :class:`Store` and :class:`RetryPolicy`, and what a
+backend given to :func:`register` is written with. The modules are the implementation.
 """
 
 from __future__ import annotations
 
 from .base import Backend, PreconditionFailed, TooLarge, Versioned
-from .errors import Kind, classify
 from .generic import FsspecBackend
-from .registry import backend_for, register
-from .retry import DEFAULT_POLICY, NO_RETRY, RetryPolicy
-from .store import DEFAULT_CHUNK_SIZE, MANIFEST_MAX_BYTES, Store
-from .urls import check_key, join_url, redact, relative_key, resolve, without_masked
+from .registry import register
+from .retry import RetryPolicy
+from .store import Store
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "DEFAULT_POLICY",
-    "MANIFEST_MAX_BYTES",
-    "NO_RETRY",
     "Backend",
     "FsspecBackend",
-    "Kind",
     "PreconditionFailed",
     "RetryPolicy",
     "Store",
     "TooLarge",
     "Versioned",
-    "backend_for",
-    "check_key",
-    "classify",
-    "join_url",
-    "redact",
     "register",
-    "relative_key",
-    "resolve",
-    "without_masked",
 ]

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 
-from ..backends import redact
+from ..manifest.redaction import redact
 from ..manifest import Manifest
 from .files import TempFile, ensure_private_dir
 from .store import ShardCache

@@ -1,6 +1,6 @@
 """Fetching one shard into a verified, decompressed temp file.
 
-The stored bytes go through :class:`~roxxel.format.ShardCheck` as they arrive: counted
+The stored bytes go through :class:`~roxxel.format.check.ShardCheck` as they arrive: counted
 and refused as soon as there are too many, hashed, and (a zstd frame's declared size
 checked first) decompressed on the fly, never past the promised raw size, into the temp
 file, whose ROXXEL01 offsets and footer are checked as they pass. Only a file that
@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable, Iterator
 
 from ..errors import CacheError, IntegrityError, RoxxelError
-from ..format import ShardCheck, ShardSpec
+from ..format.check import ShardCheck, ShardSpec
 from ..manifest.checksums import ShardKey
 from .files import TempFile
 

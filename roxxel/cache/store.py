@@ -41,7 +41,7 @@ import os
 from contextlib import suppress
 
 from ..errors import CacheError
-from ..format import ShardSpec
+from ..format.check import ShardSpec
 from ..manifest.checksums import ShardKey, parse_checksum
 from .download import Fetch, fetch_verified
 from .evict import CacheEntry, OrderHint, eviction_order, scan_shards
@@ -85,7 +85,7 @@ class ShardCache:
 
     ``directory`` defaults to :func:`default_directory`. ``limit`` bounds the bytes of
     published shards: None (no bound), an int, or a string such as ``"50GB"`` (1000**n),
-    ``"1.5GiB"`` or ``"10G"`` (1024**n); see :func:`~roxxel.cache.parse_size`. The limit
+    ``"1.5GiB"`` or ``"10G"`` (1024**n); see :func:`~roxxel.cache.names.parse_size`. The limit
     is exceeded only by downloads in flight (in ``tmp/``) and, with a warning, when every
     cached shard is in use: the cache never deadlocks waiting for room.
     ``attempts`` is how many times a download whose size or checksum is wrong is made.

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from ..errors import RoxxelError
 from .errors import Failure, UsageError, hint, one_line, print_error
 from .logs import configure_logging
-from .options import parse_storage_options, resolve_storage_options
+from .options import resolve_storage_options
 from .parser import build_parser
 
-__all__ = ["build_parser", "main", "parse_storage_options"]
+__all__ = ["main"]
 
 log = logging.getLogger(__name__)
 

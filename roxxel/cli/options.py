@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..cache import parse_size
+from ..cache.names import parse_size
 from .errors import UsageError
 
 __all__ = [

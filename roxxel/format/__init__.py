@@ -10,44 +10,7 @@
 
 from __future__ import annotations
 
-from .check import ShardCheck, ShardSpec
-from .layout import (
-    FOOTER_SIZE,
-    MAGIC,
-    OFFSET_SIZE,
-    ShardLayout,
-    check_offsets,
-    footer_span,
-    max_records,
-    offsets_span,
-    parse_footer,
-    payload_size,
-    read_footer,
-    read_layout,
-    shard_size,
-)
-from .mapped import MappedShard, int_sequence
-from .writer import Record, ShardWriter, record_bytes
+from .mapped import MappedShard
+from .writer import ShardWriter
 
-__all__ = [
-    "FOOTER_SIZE",
-    "MAGIC",
-    "OFFSET_SIZE",
-    "MappedShard",
-    "Record",
-    "ShardCheck",
-    "ShardLayout",
-    "ShardSpec",
-    "ShardWriter",
-    "check_offsets",
-    "footer_span",
-    "int_sequence",
-    "max_records",
-    "offsets_span",
-    "parse_footer",
-    "payload_size",
-    "read_footer",
-    "read_layout",
-    "record_bytes",
-    "shard_size",
-]
+__all__ = ["MappedShard", "ShardWriter"]

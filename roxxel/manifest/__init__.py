@@ -11,22 +11,6 @@
 
 from __future__ import annotations
 
-from ._fields import MAX_COUNT, MAX_URI_LENGTH
-from ._json import MAX_DEPTH, MAX_MANIFEST_BYTES
-from .checksums import CHECKSUM_ALGORITHMS
-from .compressions import COMPRESSIONS
-from .schema import FORMAT_NAME, FORMAT_VERSION, Manifest, ShardInfo, ShardTable
+from .schema import Manifest, ShardInfo, ShardTable
 
-__all__ = [
-    "CHECKSUM_ALGORITHMS",
-    "COMPRESSIONS",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "MAX_COUNT",
-    "MAX_DEPTH",
-    "MAX_MANIFEST_BYTES",
-    "MAX_URI_LENGTH",
-    "Manifest",
-    "ShardInfo",
-    "ShardTable",
-]
+__all__ = ["Manifest", "ShardInfo", "ShardTable"]

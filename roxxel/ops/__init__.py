@@ -36,14 +36,13 @@ from .cachecmd import (
 from .copy import CopyReport, copy
 from .info import DatasetInfo, ShardStatus, info, list_shards
 from .merge import MergeReport, merge
-from .pack import FORMATS, pack
+from .pack import pack
 from .plansummary import PlanSummary, RankSummary, plan_summary
 from .prune import PruneReport, UnreferencedShard, prune
 from .verify import BadShard, VerifyReport, verify, verify_cache
-from .warm import WarmReport, warm, warm_order
+from .warm import WarmReport, warm
 
 __all__ = [
-    "FORMATS",
     "BadShard",
     "CacheGcReport",
     "CacheUsage",
@@ -76,5 +75,4 @@ __all__ = [
     "verify",
     "verify_cache",
     "warm",
-    "warm_order",
 ]

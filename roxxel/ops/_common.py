@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..backends import Store
-from ..cache import ShardCache, default_directory
+from ..cache import ShardCache
+from ..cache.store import default_directory
 from ..errors import DatasetExistsError, ManifestError
 from ..manifest import Manifest
 from ..manifest.io import (

@@ -18,8 +18,9 @@ from typing import Any
 
 from fsspec.callbacks import Callback
 
-from ..backends import without_masked
-from ..cache import DATASETS_DIR, ShardCache, record_dataset_use
+from ..backends.urls import without_masked
+from ..cache import ShardCache
+from ..cache.datasets import DATASETS_DIR, record_dataset_use
 from ..cache.files import clean_temp, open_regular
 from ..errors import CacheError, RoxxelError
 from ..manifest.io import dataset_store, try_read_manifest

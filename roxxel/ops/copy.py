@@ -26,7 +26,7 @@ from ..errors import (
     IntegrityError,
     NotFoundError,
 )
-from ..format import ShardCheck, ShardSpec
+from ..format.check import ShardCheck, ShardSpec
 from ..manifest import Manifest, ShardInfo
 from ..manifest.checksums import parse_checksum
 from ..manifest.io import (

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..manifest import COMPRESSIONS
+from ..manifest.compressions import COMPRESSIONS
 from ._common import cache_directory, cached_checksums, existing_cache, load
 
 __all__ = ["DatasetInfo", "ShardStatus", "info", "list_shards"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import parse_size
+from ..cache.names import parse_size
 from ..cache.sizing import fitted_lookahead, required_bytes, required_shards
 from ..planner import DEFAULT_WINDOW, Plan, plan
 from ..read.residency import DEFAULT_LOOKAHEAD

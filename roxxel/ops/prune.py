@@ -41,7 +41,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..backends import Store
 from ..errors import NotFoundError, StorageError
-from ..manifest import CHECKSUM_ALGORITHMS
+from ..manifest.checksums import CHECKSUM_ALGORITHMS
 from ..manifest.io import MANIFEST_KEY, dataset_store, try_read_manifest
 
 __all__ = ["PruneReport", "UnreferencedShard", "prune"]

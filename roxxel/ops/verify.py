@@ -1,7 +1,7 @@
 """Checking every shard of a dataset against its manifest, in the store or in the cache.
 
 :func:`verify` streams each shard object once, in chunks, through the one shard check
-(:class:`~roxxel.format.ShardCheck`): its stored size and checksum, and (decompressing
+(:class:`~roxxel.format.check.ShardCheck`): its stored size and checksum, and (decompressing
 zstd on the fly, bounded by the manifest's raw size) its raw size, its ROXXEL01 offset
 table and its footer against the manifest's record count.
 Memory per worker is one chunk plus the decompressor's window; nothing is written to
@@ -19,7 +19,7 @@ from fsspec.callbacks import Callback
 
 from ..cache import ShardCache
 from ..errors import CacheError, IntegrityError, NotFoundError
-from ..format import ShardCheck, ShardSpec
+from ..format.check import ShardCheck, ShardSpec
 from ..manifest.checksums import parse_checksum
 from ..progress import Meter
 from ..workers import WorkerPool

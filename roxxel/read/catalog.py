@@ -15,8 +15,10 @@ from collections.abc import Callable
 import numpy as np
 
 from ..backends import Store
-from ..cache import CachedShard, OrderHint, ShardCache
-from ..manifest import COMPRESSIONS, ShardTable
+from ..cache import CachedShard, ShardCache
+from ..cache.evict import OrderHint
+from ..manifest import ShardTable
+from ..manifest.compressions import COMPRESSIONS
 
 __all__ = ["ShardCatalog"]
 

@@ -16,9 +16,11 @@ import numpy.typing as npt
 from fsspec.callbacks import Callback
 
 from ..backends import Store
-from ..cache import ShardCache, record_dataset_use
-from ..format import payload_size
-from ..manifest import COMPRESSIONS, Manifest, ShardTable
+from ..cache import ShardCache
+from ..cache.datasets import record_dataset_use
+from ..format.layout import payload_size
+from ..manifest import Manifest, ShardTable
+from ..manifest.compressions import COMPRESSIONS
 from ..manifest.io import dataset_store, read_manifest
 from ..planner import DEFAULT_WINDOW
 from .catalog import ShardCatalog

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backends import Store
 from ..errors import ShardFormatError
-from ..format import FOOTER_SIZE, footer_span, offsets_span, parse_footer
+from ..format.layout import FOOTER_SIZE, footer_span, offsets_span, parse_footer
 from ..manifest import ShardTable
 
 __all__ = ["RangedReader"]

@@ -11,7 +11,7 @@ __all__ = ["cmd_pack"]
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from ...backends import redact
+    from ...manifest.redaction import redact
     from ...ops import pack
 
     manifest = run_with_progress(
