@@ -83,15 +83,42 @@ _GCS_LAUNCHER = (
 # and not the other); "reject-conditional" answers a conditional PUT 501; "lose-first-
 # response" performs the first conditional PUT of each key and answers it 500.
 _MOTO_LAUNCHER = """
-import sys, threading
+import re, sys, threading
 import moto.server
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
-MODE = sys.argv[1]
+MODES = set(sys.argv[1].split(","))
+MODE = next(iter(MODES - {"ranges"}), "honour")
 CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH")
 STRIP = {"strip": CONDITIONS, "strip-if-match": ("HTTP_IF_MATCH",)}.get(MODE, ())
 LOCK = threading.Lock()
 LOST = set()
+RANGE = re.compile(r"bytes=(\\d+)-(\\d+)$")
+
+def ranged_get(environ, start_response):
+    # A GET of one byte range, served by reading only that range (moto reads the whole
+    # object for every ranged GET); None lets moto answer.
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    m = RANGE.match(environ.get("HTTP_RANGE", ""))
+    bucket, _, name = environ.get("PATH_INFO", "").lstrip("/").partition("/")
+    query = environ.get("QUERY_STRING", "")
+    if not m or not name or any(q in query for q in ("versionId", "partNumber", "uploadId")):
+        return None
+    key = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, name)
+    begin, end = int(m.group(1)), int(m.group(2))
+    if key is None or begin >= key.size:
+        return None
+    end = min(end, key.size - 1)
+    with key.lock:
+        key._value_buffer.seek(begin)
+        data = key._value_buffer.read(end - begin + 1)
+    start_response("206 Partial Content", [
+        ("Content-Type", "binary/octet-stream"), ("Content-Length", str(len(data))),
+        ("Content-Range", f"bytes {begin}-{end}/{key.size}"), ("ETag", key.etag),
+        ("Last-Modified", key.last_modified_RFC1123), ("Accept-Ranges", "bytes"),
+    ])
+    return [data]
 
 def error(start_response, status, code):
     start_response(status, [("Content-Type", "application/xml")])
@@ -99,6 +126,10 @@ def error(start_response, status, code):
 
 class App(DomainDispatcherApplication):
     def __call__(self, environ, start_response):
+        if "ranges" in MODES and environ.get("REQUEST_METHOD") == "GET":
+            served = ranged_get(environ, start_response)
+            if served is not None:
+                return served
         if environ.get("REQUEST_METHOD") not in ("PUT", "POST"):
             return super().__call__(environ, start_response)
         for name in STRIP:
@@ -344,16 +375,20 @@ def start_s3(
     tls: tuple[str, str] | None = None,
     *,
     honour_preconditions: bool | str = True,
+    fast_ranges: bool = False,
 ) -> Server:
     """Start moto's S3 server as a subprocess; the caller must ``stop()`` it.
     ``tls``: (certificate, key) PEM files, to serve HTTPS with that certificate.
     ``honour_preconditions=False``: the server ignores If-Match and If-None-Match;
     ``"if-none-match-only"``: it honours If-None-Match and ignores If-Match;
     ``"reject"``: it answers every conditional PUT 501 Not Implemented; ``"lose-first-
-    response"``: it performs the first conditional PUT of each key, then answers 500."""
+    response"``: it performs the first conditional PUT of each key, then answers 500.
+    ``fast_ranges``: a GET of one byte range reads only that range (moto reads the whole
+    object for each), for benchmarks of ranged downloads."""
     extra = ["-s", "-c", tls[0], "-k", tls[1]] if tls else []
     mode = {True: "honour", False: "strip", "if-none-match-only": "strip-if-match",
             "reject": "reject-conditional", "lose-first-response": "lose-first-response"}[honour_preconditions]
+    mode += ",ranges" if fast_ranges else ""
     return _start(
         "s3",
         lambda port: [sys.executable, "-c", _MOTO_LAUNCHER, mode, "-H", _HOST, "-p", str(port), *extra],
@@ -398,10 +433,14 @@ def start_gcs_emulator(timeout: float = 30.0) -> Server:
 
 
 def s3_server(
-    timeout: float = 30.0, tls: tuple[str, str] | None = None, *, honour_preconditions: bool | str = True
+    timeout: float = 30.0,
+    tls: tuple[str, str] | None = None,
+    *,
+    honour_preconditions: bool | str = True,
+    fast_ranges: bool = False,
 ) -> Server:
     """A moto S3 server, stopped when the ``with`` block around it exits (HTTPS with ``tls``)."""
-    return start_s3(timeout, tls, honour_preconditions=honour_preconditions)
+    return start_s3(timeout, tls, honour_preconditions=honour_preconditions, fast_ranges=fast_ranges)
 
 
 def gcs_server(timeout: float = 30.0) -> Server:

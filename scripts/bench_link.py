@@ -1,0 +1,144 @@
+"""Cold reads through a link shaped like a real object store's: the baseline of issue 17.
+
+moto runs on loopback behind ``tests/shaping_proxy.py``. By default the proxy adds 30 ms
+to each response's first byte and allows 25 MB/s per connection and 400 MB/s for the whole
+link, so one connection gets 1/16 of the link, as on S3. Datasets of incompressible
+records are written straight to moto, unshaped; every read below goes through the proxy.
+
+For each dataset (default: 12 shards of 32 MiB, and 1 shard of 256 MiB):
+
+- **best client**: the same objects fetched as ``--part-mib`` (8) MiB ranged GETs,
+  ``--parallel`` (32) in flight, each thread on a kept-alive ``http.client`` connection to
+  presigned URLs; bytes dropped. This is the limit.
+- **roxxel**, default options, each run in a fresh process with a fresh cache:
+  ``for r in ds``, then ``ds.iter(seed=1)``. Reported separately: the import, the open,
+  the time from the call to ``open`` to the first record, and the epoch.
+
+moto reads a whole object for every ranged GET (OBJECT-STORES.md); here it runs behind the
+test layer's ``fast_ranges``, which serves a single byte range by reading only that range.
+On this 2-core machine, check the load average printed at the end before trusting a ratio.
+
+Usage: ``.venv/bin/python scripts/bench_link.py [--datasets 12x32 1x256] [--latency 0.03]
+[--conn-mbps 25] [--link-mbps 400]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import s3fs
+from benchkit import MiB, RecordSource, bench_storage_options
+
+import roxxel
+from tests import servers, shaping_proxy
+
+_CHILD = """
+import json, sys, tempfile, time
+t0 = time.perf_counter()
+import roxxel
+t_import = time.perf_counter()
+url, options, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+with roxxel.open(url, storage_options=options, cache_dir=tempfile.mkdtemp()) as ds:
+    t_open = time.perf_counter()
+    records = iter(ds) if mode == "for r in ds" else ds.iter(seed=1)
+    first = next(records)
+    t_first = time.perf_counter()
+    n = first.nbytes + sum(r.nbytes for r in records)
+    t_end = time.perf_counter()
+print(json.dumps({"import": t_import - t0, "open": t_open - t_import, "first": t_first - t_import,
+                  "epoch": t_end - t_import, "bytes": n}))
+"""
+
+
+def write_dataset(url: str, options: dict[str, Any], shards: int, shard_mib: int) -> roxxel.Manifest:
+    """``shards`` shards of about ``shard_mib`` MiB of 1-15 KiB incompressible records."""
+    source = RecordSource(shards * shard_mib * MiB, 1024, 15 * 1024, seed=shards)
+    with roxxel.Writer(url, shard_bytes=shard_mib * MiB, storage_options=options) as writer:
+        writer.extend(source)
+    return writer.manifest
+
+
+def best_client(fs: Any, paths: list[str], sizes: list[int], part: int, parallel: int) -> float:
+    """Seconds to fetch every object as ranged parts, ``parallel`` in flight."""
+    jobs = [(fs.url(p, expires=3600), start, min(start + part, size))
+            for p, size in zip(paths, sizes) for start in range(0, size, part)]
+    local = threading.local()
+
+    def fetch(job: tuple[str, int, int]) -> int:
+        url, start, end = job
+        parts = urllib.parse.urlsplit(url)
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection(parts.netloc, timeout=600)
+        local.conn.request("GET", f"{parts.path}?{parts.query}", headers={"Range": f"bytes={start}-{end - 1}"})
+        response = local.conn.getresponse()
+        got = 0
+        while chunk := response.read(1 << 20):
+            got += len(chunk)
+        if response.status != 206 or got != end - start:
+            raise RuntimeError(f"GET {parts.path} [{start}, {end}): status {response.status}, {got} bytes")
+        return got
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        total = sum(pool.map(fetch, jobs))
+    assert total == sum(sizes)
+    return time.perf_counter() - started
+
+
+def roxxel_run(url: str, options: dict[str, Any], mode: str) -> dict[str, float]:
+    """One cold read with default options in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, url, json.dumps(options), mode],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["12x32", "1x256"], metavar="NxMIB")
+    parser.add_argument("--latency", type=float, default=0.03, help="seconds to each response's first byte")
+    parser.add_argument("--conn-mbps", type=float, default=25.0, help="MB/s per connection")
+    parser.add_argument("--link-mbps", type=float, default=400.0, help="MB/s for the whole link")
+    parser.add_argument("--part-mib", type=int, default=8)
+    parser.add_argument("--parallel", type=int, default=32)
+    args = parser.parse_args(argv)
+    print(f"link: {args.latency * 1000:.0f} ms to first byte, {args.conn_mbps:g} MB/s per connection, "
+          f"{args.link_mbps:g} MB/s link; best client: {args.parallel} x {args.part_mib} MiB ranged GETs")
+    with servers.s3_server(fast_ranges=True) as s3:  # moto serving a range reads only it
+        s3.create_bucket("link")
+        direct = bench_storage_options(s3.endpoint)
+        port = int(s3.endpoint.rsplit(":", 1)[1])
+        with shaping_proxy.start(port, latency=args.latency, conn_rate=args.conn_mbps * 1e6,
+                                 link_rate=args.link_mbps * 1e6) as proxy:
+            shaped = bench_storage_options(proxy.endpoint)
+            fs = s3fs.S3FileSystem(skip_instance_cache=True, **shaped)
+            for spec in args.datasets:
+                shards, shard_mib = (int(x) for x in spec.split("x"))
+                url = f"s3://link/d{spec}"
+                manifest = write_dataset(url, direct, shards, shard_mib)
+                paths = [f"link/d{spec}/{uri}" for uri in manifest.shards.uris.tolist()]
+                sizes = [int(s) for s in manifest.shards.stored_size.tolist()]
+                total = sum(sizes)
+                limit = total / best_client(fs, paths, sizes, args.part_mib * MiB, args.parallel) / 1e6
+                print(f"\n{spec} MiB ({total / 1e6:.0f} MB): best client {limit:.0f} MB/s")
+                for mode in ("for r in ds", "ds.iter(seed=1)"):
+                    r = roxxel_run(url, shaped, mode)
+                    rate = r["bytes"] / r["epoch"] / 1e6  # from the call to open to the last record
+                    print(f"  roxxel {mode:16s} import {r['import'] * 1000:5.0f} ms  open {r['open'] * 1000:5.0f} ms  "
+                          f"first record {r['first'] * 1000:6.0f} ms  epoch {r['epoch']:6.2f} s  "
+                          f"{rate:5.0f} MB/s = {rate / limit:4.0%} of the best client")
+    print(f"\nload average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
