@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, ClassVar, NamedTuple, Protocol
 
 from fsspec import AbstractFileSystem
 
-from .errors import http_status
+from .errors import describe, http_status
 from .urls import redact
 
 __all__ = [
@@ -214,8 +214,8 @@ def _probe(backend: Backend, path: str) -> bool:
         try:
             backend.fs.rm_file(path)
         except Exception as exc:  # noqa: BLE001 - the verdict stands; say what is left
-            logger.warning("could not delete the probe object %s (%s: %s); it is safe to delete",
-                           redact(path), type(exc).__name__, exc)
+            logger.warning("could not delete the probe object %s (%s); it is safe to delete",
+                           redact(path), describe(exc))
 
 
 def _wrong_version(version: str | None) -> str:

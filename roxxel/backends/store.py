@@ -381,8 +381,8 @@ class Store:
         Local disk: ``os.link`` of a finished temp file (refuses an existing target).
         memory: check and set under a lock. S3: a PUT with ``If-None-Match: *``. GCS: an
         upload with ``ifGenerationMatch=0``. Other stores: check, then put (best effort;
-        see :meth:`conditional_writes_enforced`). If a retried write finds an identical
-        object, it was our own lost-response attempt and counts as success.
+        see :meth:`conditional_writes_enforced`). A refused write that finds an identical
+        object there was our own attempt whose answer was lost: it counts as success.
         """
         path = self.path(key)
         backend = self.backend
@@ -417,12 +417,9 @@ class Store:
         this wrapper or inside the cloud client itself (botocore, s3fs and gcsfs each
         retry), so the object is read back, and holding exactly ``data`` counts as success.
         """
-        attempts = 0
         backend, path = self.backend, self.path(key)
 
         def attempt() -> None:
-            nonlocal attempts
-            attempts += 1
             try:
                 put()
             except lost:
