@@ -392,3 +392,22 @@ def test_a_local_dataset_on_a_mount_whose_locks_stay_on_one_node_is_refused(tmp_
     with roxxel.Writer(url, single_writer=True) as w:
         w.append(b"alone")
     assert read_manifest(dataset_store(url)).records == 1
+
+
+def test_a_manifest_read_without_a_version_is_refused_unless_single_writer(tmp_path, monkeypatch):
+    """A store that enforces conditions but answers a read with no ETag or generation (a
+    proxy that drops the header, say) gives nothing to compare: refused, not trusted."""
+    from roxxel.backends import Store
+
+    url = str(tmp_path / "ds")
+    with roxxel.Writer(url) as w:
+        w.append(b"one")
+    real = Store.read_versioned
+    monkeypatch.setattr(Store, "read_versioned",
+                        lambda self, key, max_bytes=None: real(self, key, max_bytes)._replace(version=None))
+    with pytest.raises(StorageError, match="gave no version .*single_writer=True"):
+        with roxxel.Writer(url, mode="append") as w:
+            w.append(b"two")
+    with roxxel.Writer(url, mode="append", single_writer=True) as w:
+        w.append(b"two")
+    assert read_manifest(dataset_store(url)).records == 2
