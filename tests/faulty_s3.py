@@ -18,6 +18,7 @@ request of a method is faulted when a hash of (seed, method, n) falls below ``ra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["FaultMiddleware", "FaultyS3", "start"]
+__all__ = ["FaultMiddleware", "FaultyS3", "running", "start"]
 
 REPO = Path(__file__).resolve().parents[1]
 _ERRORS = {
@@ -179,6 +180,24 @@ def start(timeout: float = 30.0) -> FaultyS3:
             time.sleep(0.05)
     server.stop()
     raise RuntimeError(f"the faulty S3 server did not start within {timeout}s")
+
+
+@contextlib.contextmanager
+def running(bucket: str, read_timeout: float) -> Iterator[tuple[FaultyS3, dict[str, Any]]]:
+    """A faulty S3 server with ``bucket`` created, and storage options for it whose client
+    read timeout is ``read_timeout`` (uncached filesystems); stopped on exit."""
+    import fsspec
+
+    from tests.servers import _clear_instance_caches, s3_storage_options
+
+    server = start()
+    options = s3_storage_options(server.endpoint, read_timeout=read_timeout) | {"skip_instance_cache": True}
+    try:
+        fsspec.filesystem("s3", **options).call_s3("create_bucket", Bucket=bucket)
+        yield server, options
+    finally:
+        server.stop()
+        _clear_instance_caches()
 
 
 if __name__ == "__main__":

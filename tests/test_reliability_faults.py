@@ -15,7 +15,6 @@ import os
 import re
 import time
 
-import fsspec
 import pytest
 
 import roxxel
@@ -408,16 +407,9 @@ def test_copy_never_publishes_a_corrupted_upload(dataset, tmp_path):
 @pytest.fixture(scope="module")
 def faulty_s3():
     from tests import faulty_s3 as module
-    from tests.servers import _clear_instance_caches, s3_storage_options
 
-    server = module.start()
-    options = s3_storage_options(server.endpoint, read_timeout=1) | {"skip_instance_cache": True}
-    fsspec.filesystem("s3", **options).call_s3("create_bucket", Bucket="faulty")
-    try:
-        yield server, options
-    finally:
-        server.stop()
-        _clear_instance_caches()
+    with module.running("faulty", read_timeout=1) as running:
+        yield running
 
 
 def s3_requests(server) -> int:

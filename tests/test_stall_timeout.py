@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import fsspec
 import pytest
 
 import roxxel
@@ -75,17 +74,10 @@ def test_an_unseen_transfer_gets_time_for_its_size():
 @pytest.fixture(scope="module")
 def faulty_s3():
     from tests import faulty_s3 as module
-    from tests.servers import _clear_instance_caches, s3_storage_options
 
-    server = module.start()
     # The client's own read timeout is far longer than the stall: only roxxel's cuts it off.
-    options = s3_storage_options(server.endpoint, read_timeout=120) | {"skip_instance_cache": True}
-    fsspec.filesystem("s3", **options).call_s3("create_bucket", Bucket="stalls")
-    try:
-        yield server, options
-    finally:
-        server.stop()
-        _clear_instance_caches()
+    with module.running("stalls", read_timeout=120) as running:
+        yield running
 
 
 @pytest.mark.parametrize("path", ["direct", "s3fs"])
