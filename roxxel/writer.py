@@ -11,7 +11,6 @@ becomes visible all at once, or not at all.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ from .format.check import ShardCheck, ShardSpec
 from .format.layout import FOOTER_SIZE
 from .format.writer import Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
-from .manifest.checksums import DEFAULT_ALGORITHM, parse_checksum
+from .manifest.checksums import DEFAULT_ALGORITHM, new_hasher, parse_checksum
 from .manifest.compressions import COMPRESSIONS, describe
 from .manifest.io import (
     MANIFEST_KEY,
@@ -64,7 +63,7 @@ class _HashingFile:
 
     def __init__(self, f: BinaryIO) -> None:
         self.f = f
-        self.hash = hashlib.new(DEFAULT_ALGORITHM)
+        self.hash = new_hasher(DEFAULT_ALGORITHM)
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:

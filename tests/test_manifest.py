@@ -427,10 +427,13 @@ URI_CASES = [
 ]
 
 CHECKSUM_CASES = [
-    ("abc", r"expected a checksum like 'sha256:<64 hex digits>', got 'abc'"),
-    (3, r"expected a checksum like 'sha256:<64 hex digits>', got 3"),
-    ("md5:" + "0" * 32, r"expected a checksum algorithm among blake2b, sha256, got 'md5:0+'"),
-    ("SHA256:" + "0" * 64, r"expected a checksum algorithm among blake2b, sha256"),
+    ("abc", r"expected a checksum like 'blake3:<64 hex digits>', got 'abc'"),
+    (3, r"expected a checksum like 'blake3:<64 hex digits>', got 3"),
+    ("md5:" + "0" * 32, r"expected a checksum algorithm among blake2b, blake3, sha256, got 'md5:0+'"),
+    ("SHA256:" + "0" * 64, r"expected a checksum algorithm among blake2b, blake3, sha256"),
+    ("BLAKE3:" + "0" * 64, r"expected a checksum algorithm among blake2b, blake3, sha256"),
+    ("blake3:" + "0" * 128, r"expected 64 hex digits after 'blake3:', got 128"),
+    ("blake3:" + "F" * 64, r"expected lowercase hex digits \[0-9a-f\], got 'blake3:F+'"),
     ("sha256:" + "0" * 63, r"expected 64 hex digits after 'sha256:', got 63: 'sha256:0+'"),
     ("sha256:" + "0" * 65, r"expected 64 hex digits after 'sha256:', got 65"),
     ("blake2b:" + "0" * 64, r"expected 128 hex digits after 'blake2b:', got 64"),

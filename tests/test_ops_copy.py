@@ -101,7 +101,7 @@ def test_a_corrupt_source_shard_is_not_copied_and_nothing_is_published(tmp_path)
     data = bytearray(store.read_bytes(bad))
     data[-30] ^= 1
     store.put_bytes_overwrite(bad, bytes(data))
-    with pytest.raises(IntegrityError, match=rf"{bad}: checksum is sha256:\w+, expected"):
+    with pytest.raises(IntegrityError, match=rf"{bad}: checksum is blake3:\w+, expected"):
         ops.copy(src, dst, workers=1)
     target = dataset_store(dst)
     assert not target.exists("manifest.json") and not target.exists(bad)

@@ -53,7 +53,7 @@ def test_sources_elsewhere_are_copied_under_checksum_names(tmp_path):
     assert report.in_place == 0 and report.copied == report.shards
     merged = read_manifest(dataset_store(dest))
     digest = mb.shards.checksums[0].split(":")[1]
-    assert f"shards/sha256-{digest[:32]}.rox" in merged.shards.uris.tolist()
+    assert f"shards/blake3-{digest[:32]}.rox" in merged.shards.uris.tolist()
     assert any(u.endswith(".rox.zst") for u in merged.shards.uris.tolist())
     assert read_all(dest, {}, tmp_path / "cache") == recs_a + recs_b
     assert ops.verify(dest).ok

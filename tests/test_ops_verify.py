@@ -63,7 +63,7 @@ def test_bad_shards_are_listed_with_what_is_wrong(tmp_path):
     assert not report.ok and report.checked == len(uris)
     problems = {b.uri: b.problem for b in report.bad}
     assert set(problems) == set(uris[1:4])
-    assert problems[uris[1]].startswith("checksum is sha256:")
+    assert problems[uris[1]].startswith("checksum is blake3:")
     assert f"expected {manifest.shards.checksums[1]}" in problems[uris[1]]
     size = int(manifest.shards.stored_size[2])
     assert problems[uris[2]] == f"stored size is {size - 1} bytes, expected {size}"

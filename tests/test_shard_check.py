@@ -1,10 +1,10 @@
 """The one shard check (roxxel.format.check): each kind of bad shard is refused with the
 same problem, naming the shard, whether the check runs in a cache download, ``verify`` or
-``cp`` (which checks the stored size and checksum only)."""
+``cp`` (which checks the stored size and checksum only). Every problem is told with the
+default checksum (BLAKE3); a wrong checksum, and a valid shard, with every algorithm."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 
@@ -19,8 +19,9 @@ from roxxel.format import ShardWriter
 from roxxel.format.check import ShardCheck, ShardSpec
 from roxxel.format.layout import MAGIC
 from roxxel.manifest import Manifest, ShardInfo
-from roxxel.manifest.checksums import parse_checksum
+from roxxel.manifest.checksums import DEFAULT_ALGORITHM, parse_checksum
 from roxxel.manifest.io import dataset_store, publish_manifest
+from tests.checksum_kit import ALGORITHMS, reference_checksum
 
 RECORDS = [b"abc", b"de", b"f" * 300]
 PAYLOAD = sum(map(len, RECORDS))
@@ -35,12 +36,13 @@ def shard_bytes(records: list[bytes] = RECORDS) -> bytes:
     return out.getvalue()
 
 
-def checksum(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def bad_shard(kind: str, algorithm: str = DEFAULT_ALGORITHM) -> tuple[bytes, ShardInfo, str]:
+    """(the object's bytes, its manifest entry with an ``algorithm`` checksum, the problem
+    the check must name)."""
 
+    def checksum(data: bytes) -> str:
+        return reference_checksum(data, algorithm)
 
-def bad_shard(kind: str) -> tuple[bytes, ShardInfo, str]:
-    """(the object's bytes, its manifest entry, the problem the check must name)."""
     good = shard_bytes()
     raw, compression = bytearray(good), None
     stored_size = len(good)
@@ -75,13 +77,21 @@ def _info(sizes: dict, compression: str | None) -> ShardInfo:
 
 KINDS = ["size", "checksum", "decompression bomb", "footer", "offsets"]
 STORED_ONLY = {"size", "checksum"}  # what cp checks; the layout is verify's to check
+# Every kind with the default checksum; a wrong checksum with every other algorithm too.
+CASES = [*KINDS, *(f"checksum/{a}" for a in ALGORITHMS if a != DEFAULT_ALGORITHM)]
 
 
-@pytest.fixture(params=KINDS)
+def case(name: str) -> tuple[str, str]:
+    """(kind, algorithm) of a ``CASES`` entry."""
+    kind, _, algorithm = name.partition("/")
+    return kind, algorithm or DEFAULT_ALGORITHM
+
+
+@pytest.fixture(params=CASES)
 def bad(request, tmp_path):
     """A dataset at tmp_path/ds whose one shard is bad in the way ``request.param`` says."""
-    kind = request.param
-    stored, info, problem = bad_shard(kind)
+    kind, algorithm = case(request.param)
+    stored, info, problem = bad_shard(kind, algorithm)
     url = str(tmp_path / "ds")
     store = dataset_store(url)
     store.put_bytes_overwrite(info.uri, stored)
@@ -106,7 +116,7 @@ def test_verify_reports_it(bad):
     assert [(b.uri, b.problem) for b in report.bad] == [(info.uri, problem)]
 
 
-@pytest.mark.parametrize("bad", sorted(STORED_ONLY), indirect=True)  # the layout is verify's
+@pytest.mark.parametrize("bad", [c for c in CASES if case(c)[0] in STORED_ONLY], indirect=True)  # the layout is verify's
 def test_cp_refuses_a_wrong_size_or_checksum(bad, tmp_path):
     kind, url, store, info, problem = bad
     with pytest.raises(IntegrityError) as caught:
@@ -114,10 +124,11 @@ def test_cp_refuses_a_wrong_size_or_checksum(bad, tmp_path):
     assert str(caught.value).startswith(f"{store.url(info.uri)}: {problem} (read 3 times)")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("step", [1, 7, 8, 4096])
-def test_the_check_itself_in_any_chunking(kind, step):
-    stored, info, problem = bad_shard(kind)
+def test_the_check_itself_in_any_chunking(name, step):
+    kind, algorithm = case(name)
+    stored, info, problem = bad_shard(kind, algorithm)
     spec = ShardSpec(info.stored_size, info.raw_size, info.compression, info.records, "s3://b/ds/a.rox")
     check = ShardCheck(spec, parse_checksum(info.checksum))
     with pytest.raises(IntegrityError) as caught:
@@ -131,24 +142,25 @@ def test_the_check_itself_in_any_chunking(kind, step):
     assert (type(again), str(again), again.problem, again.transient) == (IntegrityError, str(error), problem, error.transient)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("step", [1, 3, 7, 8, 1000])
-def test_a_valid_shard_passes_in_any_chunking(step):
+def test_a_valid_shard_passes_in_any_chunking(step, algorithm):
     records = [b"a" * n for n in (0, 5, 9, 0, 17)]
     data = shard_bytes(records)
     for stored, compression in ((data, None), (zstandard.ZstdCompressor().compress(data), "zstd")):
         spec = ShardSpec(len(stored), len(data), compression, len(records), "x")
         raw = bytearray()
-        check = ShardCheck(spec, parse_checksum(checksum(stored)), raw=raw.extend, raw_digest=True)
+        check = ShardCheck(spec, parse_checksum(reference_checksum(stored, algorithm)), raw=raw.extend, raw_digest=True)
         for i in range(0, len(stored), step):
             check(stored[i : i + step])
-        assert check.finish() == checksum(data)
+        assert check.finish() == reference_checksum(data, algorithm)  # the raw digest, same algorithm
         assert raw == data
 
 
 def test_more_bytes_than_promised_are_refused_as_they_arrive():
     data = shard_bytes()
     spec = ShardSpec(len(data), len(data), None, len(RECORDS), "x")
-    check = ShardCheck(spec, parse_checksum(checksum(data)))
+    check = ShardCheck(spec, parse_checksum(reference_checksum(data, DEFAULT_ALGORITHM)))
     check(data)
     with pytest.raises(IntegrityError, match=rf"x: stored size is more than {len(data)} bytes \(at least {len(data) + 1} arrived\)"):
         check(b"!")
@@ -162,7 +174,7 @@ def test_a_copy_into_a_store_is_not_decompressed(tmp_path, monkeypatch):
     data = shard_bytes()
     stored = zstandard.ZstdCompressor().compress(data)
     info = ShardInfo(uri="shards/a.rox.zst", records=len(RECORDS), stored_size=len(stored), raw_size=len(data),
-                     compression="zstd", checksum=checksum(stored))
+                     compression="zstd", checksum=reference_checksum(stored, DEFAULT_ALGORITHM))
     store.put_bytes_overwrite(info.uri, stored)
     publish_manifest(store, Manifest.build([info]), replaces=None)
 

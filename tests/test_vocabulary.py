@@ -4,6 +4,8 @@ keys, redaction): every user of a word agrees with its home."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -16,10 +18,18 @@ from roxxel.cache.names import key_from_filename
 from roxxel.errors import ManifestError
 from roxxel.format.check import ShardSpec
 from roxxel.manifest import ShardInfo, checksums, keys, redaction
-from roxxel.manifest.checksums import CHECKSUM_ALGORITHMS, ChecksumError, ShardKey, parse_checksum
+from roxxel.manifest.checksums import (
+    CHECKSUM_ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    ChecksumError,
+    ShardKey,
+    new_hasher,
+    parse_checksum,
+)
 from roxxel.manifest.compressions import COMPRESSIONS
 from roxxel.manifest.keys import check_key
 from roxxel.manifest.redaction import redact
+from tests.checksum_kit import ALGORITHMS, reference_checksum
 
 GOOD = "sha256:" + "ab" * 32
 
@@ -92,17 +102,74 @@ def test_one_checksum_parser():
     assert parse_checksum(GOOD) == ShardKey("sha256", "ab" * 32)
     blake = "blake2b:" + "0" * 128
     assert parse_checksum(blake).stem == "blake2b-" + "0" * 128
+    assert parse_checksum("blake3:" + "cd" * 32) == ShardKey("blake3", "cd" * 32)
+    assert CHECKSUM_ALGORITHMS == {"sha256": 64, "blake2b": 128, "blake3": 64}
     for algorithm, digits in CHECKSUM_ALGORITHMS.items():
         key = parse_checksum(f"{algorithm}:{'1' * digits}")
+        assert key.checksum == f"{algorithm}:{'1' * digits}" and key.stem == f"{algorithm}-{'1' * digits}"
         assert key_from_filename(f"{key.stem}.rox") == key
         assert len(key.new_hash().hexdigest()) == digits
-    with pytest.raises(ChecksumError, match=r"expected 64 hex digits after 'sha256:', got 63"):
-        parse_checksum("sha256:" + "0" * 63)
-    with pytest.raises(ManifestError, match=r"checksum: expected 64 hex digits after 'sha256:', got 63"):
-        shard(checksum="sha256:" + "0" * 63)
-    with pytest.raises(ValueError, match="a checksum algorithm among blake2b, sha256"):
+        shard(checksum=key.checksum)  # a manifest entry may name it
+        with pytest.raises(ChecksumError, match=rf"expected {digits} hex digits after '{algorithm}:', got {digits - 1}"):
+            parse_checksum(f"{algorithm}:{'1' * (digits - 1)}")
+        with pytest.raises(ManifestError, match=rf"checksum: expected {digits} hex digits after '{algorithm}:', got {digits + 1}"):
+            shard(checksum=f"{algorithm}:{'1' * (digits + 1)}")
+        with pytest.raises(ChecksumError, match=r"expected lowercase hex digits \[0-9a-f\]"):
+            parse_checksum(f"{algorithm}:{'A' * digits}")
+        assert key_from_filename(f"{algorithm}-{'1' * (digits - 1)}.rox") is None
+    with pytest.raises(ValueError, match="a checksum algorithm among blake2b, blake3, sha256"):
         parse_checksum("md5:" + "0" * 32)
+    with pytest.raises(ChecksumError, match=r"expected a checksum like 'blake3:<64 hex digits>', got 'abc'"):
+        parse_checksum("abc")
     assert key_from_filename("md5-" + "0" * 32 + ".rox") is None
+
+
+# Published test vectors (FIPS 180-2; RFC 7693's BLAKE2b-512 of "abc"; the first two cases
+# of the BLAKE3 team's test_vectors.json), so the table's constructors are the algorithms
+# they are named after.
+VECTORS = {
+    ("sha256", b"abc"): "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    ("blake2b", b"abc"): "ba80a53f981c4d0d6a2797b69f12f6e94c212f14685ac4b74b12bb6fdbffa2d1"
+                         "7d87c5392aab792dc252d5de4533cc9518d38aa8dbf1925ab92386edd4009923",
+    ("blake3", b""): "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+    ("blake3", b"\x00"): "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213",
+}
+
+
+@pytest.mark.parametrize("algorithm, data", sorted(VECTORS))
+def test_every_algorithm_is_the_one_it_is_named_after(algorithm, data):
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    assert hasher.hexdigest() == VECTORS[algorithm, data]
+
+
+@given(st.sampled_from(ALGORITHMS), st.binary(max_size=9000), st.lists(st.integers(0, 9000), max_size=6))
+def test_new_hasher_fed_in_pieces_is_the_reference(algorithm, data, cuts):
+    hasher = new_hasher(algorithm)
+    bounds = [0, *sorted(cuts), len(data)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        hasher.update(memoryview(data)[lo:max(lo, hi)])
+    assert f"{algorithm}:{hasher.hexdigest()}" == reference_checksum(data, algorithm)
+
+
+def test_the_default_is_blake3_and_unknown_algorithms_are_refused():
+    assert DEFAULT_ALGORITHM == "blake3"
+    for bad in ("md5", "SHA256", "xxh3-128", "", None):
+        with pytest.raises(ValueError, match=r"checksum algorithm .* is not one of blake2b, blake3, sha256"):
+            new_hasher(bad)  # type: ignore[arg-type]
+
+
+def test_import_roxxel_does_not_import_blake3():
+    """blake3 is imported when the first BLAKE3 hasher is made, not with roxxel."""
+    code = (
+        "import sys, roxxel\n"
+        "from roxxel.manifest.checksums import new_hasher\n"
+        "before = 'blake3' in sys.modules\n"
+        "new_hasher('blake3')\n"
+        "print(before, 'blake3' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_one_list_of_compressions(tmp_path):

@@ -6,7 +6,7 @@ A dataset is described by one JSON document at ``<dataset url>/manifest.json``::
      "meta": {"dtype": "uint16"},
      "shards": [{"uri": "shards/000000.rox", "records": 10, "stored_size": 1234,
                  "raw_size": 1234, "compression": null,
-                 "checksum": "sha256:<64 lowercase hex digits>"}, ...]}
+                 "checksum": "blake3:<64 lowercase hex digits>"}, ...]}
 
 Per-shard metadata is held in NumPy columns (:class:`ShardTable`), never one Python
 object per shard, so a manifest of 100,000+ shards opens fast and stays small.
@@ -72,8 +72,8 @@ class ShardInfo:
     """One shard's entry in a manifest. Construction validates every field.
 
     ``uri`` is relative to the manifest; ``stored_size`` counts the bytes in the store,
-    ``raw_size`` the bytes after decompression; ``checksum`` (``"sha256:<hex>"``) covers
-    the stored bytes.
+    ``raw_size`` the bytes after decompression; ``checksum`` (``"blake3:<hex>"``, or
+    another of :data:`~roxxel.manifest.checksums.CHECKSUM_ALGORITHMS`) covers the stored bytes.
     """
 
     uri: str
