@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import logging
@@ -29,6 +28,7 @@ from roxxel.cache import files as files_module
 from roxxel.cache import store as store_module
 from roxxel.errors import CacheError, IntegrityError
 from roxxel.format import ShardWriter
+from tests.checksum_kit import ALGORITHMS, reference_checksum
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL = "s3://bucket/ds/shard-00001.rox"
@@ -52,7 +52,7 @@ def numbered_shard(i: int, pad: int = 37) -> bytes:
 
 
 def digest(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+    return reference_checksum(data, algorithm)
 
 
 class Remote:
@@ -246,6 +246,9 @@ def test_parse_size_rejects_with_the_value(bad, tmp_path):
         "sha256:" + "a" * 63,
         "sha256:" + "a" * 65,
         "blake2b:" + "a" * 64,
+        "blake3:" + "a" * 128,
+        "blake3:" + "A" * 64,
+        "blake3-" + "a" * 64,
         "md5:" + "a" * 32,
         "sha256:../../../../etc/passwd",
         "sha256-" + "a" * 64,
@@ -290,11 +293,32 @@ def test_get_names_the_file_by_checksum_and_serves_hits_without_fetching(cache, 
     assert not os.path.exists("/tmp/evil.rox")
 
 
-def test_blake2b_checksums(cache, cache_dir):
-    remote = Remote(numbered_shard(2), algorithm="blake2b")
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "zstd"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_is_verified_and_named_by_its_digest(cache, cache_dir, algorithm, compress):
+    remote = Remote(make_shard([b"x" * 700, b"record", b"z" * 40]), compress=compress, algorithm=algorithm)
+    hexdigest = remote.checksum.partition(":")[2]
+    wrong = remote.stored[:-1] + bytes([remote.stored[-1] ^ 1])
+    remote.serve = [wrong, remote.stored]  # the first download is corrupt, the second right
     with remote.get(cache) as shard:
-        assert os.path.basename(shard.path) == f"blake2b-{remote.checksum[8:]}.rox"
-        assert len(shard.map()) == 3
+        assert os.path.basename(shard.path) == f"{algorithm}-{hexdigest}.rox"
+        assert shard.path == cache.path_for(remote.checksum)
+        assert bytes(shard.map()[1]) == b"record"
+    assert remote.calls == 2
+    assert [e.checksum for e in cache.entries()] == [remote.checksum]
+    assert cache.verify(remote.checksum)  # hashed again from disk, in the same algorithm
+    with open(shard.path, "r+b") as f:
+        f.write(b"\xff")
+    assert not cache.verify(remote.checksum)
+
+    other = Remote(numbered_shard(3), compress=compress, algorithm=algorithm)
+    bad = other.stored[:-1] + bytes([other.stored[-1] ^ 1])
+    other.serve = [bad]
+    with pytest.raises(IntegrityError) as caught:
+        other.get(cache)
+    message = str(caught.value)
+    assert message.startswith(f"{LABEL}: checksum is {digest(bad, algorithm)}, expected {other.checksum}")
+    assert not cache.contains(other.checksum)
 
 
 def test_compressed_shard_is_cached_decompressed(cache):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -21,8 +22,9 @@ from roxxel.backends import Store
 from roxxel.errors import AccessDeniedError, DatasetExistsError
 from roxxel.format import MappedShard
 from roxxel.manifest import Manifest
-from roxxel.manifest.io import dataset_store, read_manifest
-from tests.checksum_kit import reference_checksum
+from roxxel import ops
+from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
+from tests.checksum_kit import ALGORITHMS, reference_checksum
 
 
 def records(n: int, seed: int = 0) -> list[bytes]:
@@ -68,6 +70,33 @@ def test_round_trip_on_every_store(dataset_location, compression):
     assert dict(manifest.meta) == {"dtype": "uint8"}
     uris = manifest.shards.uris.tolist()
     assert uris == sorted(uris) and all(u.startswith("shards/00000-") for u in uris)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_dataset_of_any_algorithm_reads_and_verifies(tmp_path, algorithm):
+    """Datasets written before BLAKE3 was the default (sha256, blake2b) stay readable:
+    their checksums are verified, in their own algorithm, on download and by ``verify``."""
+    url = str(tmp_path / "ds")
+    recs = records(120)
+    with roxxel.Writer(url, shard_bytes=16 * 1024, compression="zstd") as w:
+        w.extend(recs)
+    assert {c.partition(":")[0] for c in w.manifest.shards.checksums.tolist()} == {"blake3"}
+    store = dataset_store(url)
+    shards = [dataclasses.replace(info, checksum=reference_checksum(store.read_bytes(info.uri), algorithm))
+              for info in w.manifest.shards]
+    publish_manifest(store, Manifest.build(shards, w.manifest.meta), replaces=None)
+    assert ops.verify(url).ok
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(r) for r in ds] == recs
+    names = sorted(p.name for p in (tmp_path / "cache" / "shards").iterdir())
+    assert names == sorted(f"{algorithm}-{info.checksum.partition(':')[2]}.rox" for info in shards)
+    corrupt = shards[1].uri
+    data = bytearray(store.read_bytes(corrupt))
+    data[-1] ^= 1
+    store.put_bytes_overwrite(corrupt, bytes(data))
+    [bad] = ops.verify(url).bad
+    assert (bad.uri, bad.problem) == (corrupt, f"checksum is {reference_checksum(bytes(data), algorithm)}, "
+                                               f"expected {shards[1].checksum}")
 
 
 def test_accepts_str_and_numpy_and_rejects_other_types(tmp_path):
