@@ -5,8 +5,10 @@ Versions are ETags: one ``GetObject`` gives body and ETag; ``PutObject`` carries
 ``If-Match: <etag>``, or ``If-None-Match: *`` to create. Whether the server enforces
 them is probed once per process and bucket (:func:`.base.probed_enforcement`).
 
-Uploads of finished files under 5 GiB are one ``PutObject`` whose body streams from
-the file (s3fs's ``put_file`` would hold a small object in memory twice over).
+Uploads of finished files below :attr:`.multipart.MultipartLimits.threshold` (16 MiB)
+are one ``PutObject`` whose body streams from the file (s3fs's ``put_file`` would hold a
+small object in memory twice over); larger files go up as parallel multipart uploads
+(:mod:`.multipart`).
 
 Downloads (:meth:`S3Backend.open_reader`) are, where possible, plain GETs of presigned
 URLs. s3fs reads an object's body through aiobotocore and aiohttp; on the reference
@@ -88,10 +90,24 @@ class S3Backend(FsspecBackend):
         return open_async_reader(self.fs, path, offset)
 
     def put_file(self, local_path: str, path: str) -> None:
-        if os.path.getsize(local_path) < _S3_SINGLE_PUT_MAX:
-            self._put_object_streaming(local_path, path)
+        from . import multipart
+
+        size = os.path.getsize(local_path)
+        if size >= min(multipart.limits().threshold, _S3_SINGLE_PUT_MAX):
+            self._put_multipart(local_path, path)
         else:
-            super().put_file(local_path, path)
+            self._put_object_streaming(local_path, path)
+
+    def _put_multipart(self, local_path: str, path: str) -> None:
+        """Parts in parallel under the process's budget (:mod:`.multipart`); each part
+        that lands counts as progress for the upload's stall timeout."""
+        from . import multipart
+        from .watchdog import current
+
+        try:
+            sync(self.fs.loop, multipart.upload, self.fs, local_path, path, current())
+        finally:
+            self.fs.invalidate_cache(path)
 
     def _put_object_streaming(self, local_path: str, path: str) -> None:
         """One PUT whose body streams from the file.

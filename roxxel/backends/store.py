@@ -37,6 +37,7 @@ from .base import (
     TooLarge,
     Versioned,
 )
+from .multipart import expected_etag, multipart_parts
 from .registry import backend_for
 from .retry import DEFAULT_POLICY, RetryPolicy, call
 from .urls import check_key, join_url, redact, resolve
@@ -342,7 +343,9 @@ class Store:
 
         The size always; then the MD5 the store reports for the object (S3's ETag of a
         single-part upload, GCS's md5Hash; :meth:`.Backend.reported_md5`) against the
-        local file's, or, where the store reports none (local disk, memory), the object
+        local file's; or a multipart ETag (``<md5 of the parts' MD5s>-N``) against the
+        one the file gives when split as :mod:`.multipart` splits it; or, where the store
+        reports neither (local disk, memory, an object split some other way), the object
         read back through ``check`` (each chunk in order, then ``check.finish()``, which
         raises IntegrityError: the writer passes the one shard check, roxxel.format's
         ShardCheck).
@@ -357,6 +360,17 @@ class Store:
                 f"{redact(self.url(key))}: uploaded object is {info['size']} bytes, expected {expected}"
             )
         reported = backend.reported_md5(info)
+        parts = multipart_parts(info) if reported is None else None
+        if parts is not None:
+            wanted_etag = expected_etag(local_path, parts)
+            if wanted_etag is not None:
+                actual = str(info.get("ETag") or info.get("etag")).strip('"')
+                if actual != wanted_etag:
+                    raise IntegrityError(
+                        f"{redact(self.url(key))}: uploaded object has multipart ETag {actual}, "
+                        f"expected {wanted_etag}"
+                    )
+                return
         if reported is None:
             self.stream(key, check, size=expected)
             check.finish()

@@ -1,0 +1,349 @@
+"""Parallel multipart uploads of finished files to S3, and the ETag they leave.
+
+One S3 connection carries roughly 50-100 MB/s; a node reaches its link only with many
+requests in flight. A file of at least :attr:`MultipartLimits.threshold` bytes therefore
+goes up as parts of :attr:`MultipartLimits.part_size` bytes (``CreateMultipartUpload``,
+``UploadPart`` for each part, ``CompleteMultipartUpload``), many at once, through the
+filesystem's own s3fs client on fsspec's event loop.
+
+Memory is bounded per process, not per file: every upload of the process draws its
+parts from one budget of :attr:`MultipartLimits.parts_in_flight` slots, and a part is
+read from the file only once it holds a slot, so at most ``parts_in_flight *
+part_size`` bytes of parts are in memory, whatever the size or number of the files
+(except for files above 10,000 parts, where parts grow so the file still fits).
+
+All or nothing: readers see no object, or the previous one, until Complete. A part that
+fails transiently (:func:`.errors.classify`) is sent again on its own, from the buffer
+it holds; any other failure, or a part that keeps failing, cancels the other parts and
+aborts the upload, so neither an object nor orphaned parts remain. The caller
+(:meth:`.store.Store.put_file`) retries the whole upload, as it would a single PUT.
+
+The ETag of a multipart object is ``md5(md5(part 1) + ... + md5(part N)) + "-N"``, not
+an MD5 of the object: :func:`expected_etag` computes it from the local file (or takes
+the one the upload just computed from the bytes it sent), so an upload is verified
+without reading the object back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import classify, describe, http_status
+from .retry import DEFAULT_POLICY
+from .watchdog import Progress
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MultipartLimits",
+    "configure",
+    "expected_etag",
+    "limits",
+    "multipart_parts",
+    "part_size_for",
+    "upload",
+]
+
+log = logging.getLogger(__name__)
+
+MiB = 2**20
+_MIN_PART = 5 * MiB  # S3's smallest part (but the last)
+_MAX_PART = 5 * 2**30
+_MAX_PARTS = 10_000
+_PART_ATTEMPTS = 5  # sends of one part, the first included
+_RETRIED_CODES = {"BadDigest"}  # a part damaged in transit (S3 checked its Content-MD5)
+
+
+@dataclass(frozen=True)
+class MultipartLimits:
+    """How files are split for upload, and how many parts a process sends at once.
+
+    ``part_size``: bytes per part (5 MiB to 5 GiB; S3 parts but the last are at least
+    5 MiB). ``parts_in_flight``: parts being read or sent at once by the whole process,
+    all files together; part buffers take at most ``parts_in_flight * part_size`` bytes.
+    ``threshold``: files of at least this many bytes go up in parts, smaller ones in one
+    PUT (which holds no part in memory).
+    """
+
+    part_size: int = 8 * MiB
+    parts_in_flight: int = 16
+    threshold: int = 16 * MiB
+
+    def __post_init__(self) -> None:
+        for name in ("part_size", "parts_in_flight", "threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"MultipartLimits.{name} must be an int, got {value!r}")
+        if not _MIN_PART <= self.part_size <= _MAX_PART:
+            raise ValueError(
+                f"MultipartLimits.part_size must be between {_MIN_PART} (5 MiB) and {_MAX_PART} "
+                f"(5 GiB) bytes, got {self.part_size}"
+            )
+        if self.parts_in_flight < 1:
+            raise ValueError(f"MultipartLimits.parts_in_flight must be >= 1, got {self.parts_in_flight}")
+        if self.threshold < self.part_size + 1:
+            raise ValueError(
+                f"MultipartLimits.threshold must exceed part_size ({self.part_size}), got {self.threshold}"
+            )
+
+
+DEFAULT_LIMITS = MultipartLimits()
+_limits = DEFAULT_LIMITS
+
+
+def limits() -> MultipartLimits:
+    """The limits uploads use now."""
+    return _limits
+
+
+def configure(**changes: int) -> MultipartLimits:
+    """Change the limits of uploads that start from now on (``part_size``,
+    ``parts_in_flight``, ``threshold``; see :class:`MultipartLimits`) and return the
+    previous ones, so ``configure(**dataclasses.asdict(previous))`` restores them."""
+    global _limits
+    previous = _limits
+    _limits = replace(previous, **changes)
+    return previous
+
+
+def part_size_for(size: int, part_size: int) -> int:
+    """The part size a file of ``size`` bytes is split with: ``part_size``, or, for a
+    file of more than 10,000 such parts, the MiB multiple that makes 10,000 enough."""
+    needed = -(-size // _MAX_PARTS)
+    return max(part_size, -(-needed // MiB) * MiB)
+
+
+# -- the ETag ----------------------------------------------------------------------------
+
+# ETags the uploads of this process computed from the bytes they sent, by file identity,
+# so the check after an upload does not hash the file a second time.
+_sent: OrderedDict[tuple[str, int, int, int, int], tuple[int, str]] = OrderedDict()
+_sent_lock = threading.Lock()
+_SENT_KEPT = 256
+
+
+def _identity(local_path: str) -> tuple[str, int, int, int, int]:
+    st = os.stat(local_path)
+    return (os.path.abspath(local_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def multipart_parts(info: dict[str, Any]) -> int | None:
+    """The number of parts of an object whose ETag is a multipart ETag ("<hex>-N")."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    match = re.fullmatch(r"[0-9a-f]{32}-([0-9]+)", etag)
+    return int(match.group(1)) if match else None
+
+
+def expected_etag(local_path: str, parts: int) -> str | None:
+    """The ETag S3 gives an upload of ``local_path`` in ``parts`` parts, as this module
+    splits files; None when this module would not split it into ``parts`` parts (the
+    object was uploaded by something else: only a read-back can check it)."""
+    size = os.path.getsize(local_path)
+    with _sent_lock:
+        sent = _sent.get(_identity(local_path))
+    if sent is not None and sent[0] == parts:
+        return sent[1]
+    for part_size in dict.fromkeys((part_size_for(size, _limits.part_size), part_size_for(size, DEFAULT_LIMITS.part_size))):
+        if -(-size // part_size) == parts:
+            digests = []
+            with open(local_path, "rb") as f:
+                for offset in range(0, size, part_size):
+                    digests.append(_read_part(f.fileno(), offset, min(part_size, size - offset))[1])
+            return _etag(digests)
+    return None
+
+
+def _etag(digests: list[bytes]) -> str:
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+def _remember(local_path: str, parts: int, etag: str) -> None:
+    with _sent_lock:
+        _sent[_identity(local_path)] = (parts, etag)
+        while len(_sent) > _SENT_KEPT:
+            _sent.popitem(last=False)
+
+
+# -- the upload --------------------------------------------------------------------------
+
+# One budget of part slots per event loop (fsspec runs every async filesystem of a
+# process on one loop, so this bounds the process), remade when the limit changes.
+_budgets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _budget(loop: asyncio.AbstractEventLoop, slots: int) -> asyncio.Semaphore:
+    held = _budgets.get(loop)
+    if held is None or held[0] != slots:
+        held = (slots, asyncio.Semaphore(slots))
+        _budgets[loop] = held
+    return held[1]
+
+
+def _read_part(fd: int, offset: int, length: int) -> tuple[bytes, bytes]:
+    """Bytes ``[offset, offset + length)`` of the open file ``fd`` and their MD5 digest."""
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise OSError(f"the file to upload ended at byte {offset + len(data)}, expected {offset + length}")
+    return data, hashlib.md5(data).digest()
+
+
+@dataclass
+class _Upload:
+    """One multipart upload in progress."""
+
+    fs: Any
+    bucket: str
+    key: str
+    upload_id: str
+    fd: int
+    progress: Progress | None
+
+    async def call(self, method: str, **kwargs: Any) -> Any:
+        return await self.fs._call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
+
+    async def send_part(self, budget: asyncio.Semaphore, number: int, offset: int, length: int) -> tuple[str, bytes]:
+        """Read part ``number`` once a slot is free, send it (again, if it fails
+        transiently), and return its ETag and MD5 digest; the buffer dies with the slot."""
+        async with budget:
+            data, md5 = await asyncio.to_thread(_read_part, self.fd, offset, length)
+            content_md5 = base64.b64encode(md5).decode()
+            response = await _retrying(
+                lambda: self.call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=data,
+                                  ContentMD5=content_md5),
+                f"part {number} of s3://{self.bucket}/{self.key}",
+            )
+            del data
+        if self.progress is not None:
+            self.progress.beat()
+        return str(response["ETag"]), md5
+
+    async def complete(self, etags: list[str], expected: str) -> None:
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, 1)]
+        try:
+            await _retrying(
+                lambda: self.call("complete_multipart_upload", UploadId=self.upload_id,
+                                  MultipartUpload={"Parts": parts}),
+                f"the completion of s3://{self.bucket}/{self.key}",
+            )
+        except Exception as exc:
+            # A completion whose answer was lost, then sent again, finds no upload:
+            # the object it made, with our ETag, is the success it did not report.
+            if http_status(exc) == 404 and await self._holds(expected):
+                return
+            raise
+
+    async def _holds(self, etag: str) -> bool:
+        try:
+            head = await self.call("head_object")
+        except Exception:  # noqa: BLE001 - the completion's own error is the one to report
+            return False
+        return str(head.get("ETag", "")).strip('"') == etag
+
+    async def abort(self) -> None:
+        """Abort the upload (its parts are deleted); a failure to is logged, not raised,
+        so the upload's own error is the one reported."""
+        try:
+            await _retrying(
+                lambda: self.call("abort_multipart_upload", UploadId=self.upload_id),
+                f"the abort of s3://{self.bucket}/{self.key}",
+            )
+        except Exception as exc:  # noqa: BLE001
+            if http_status(exc) != 404:  # 404: no such upload, nothing left
+                log.warning(
+                    "could not abort the multipart upload of s3://%s/%s (%s); its parts stay "
+                    "until a lifecycle rule removes them", self.bucket, self.key, describe(exc),
+                )
+
+
+async def _retrying(send: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """``send()``, sent again after a transient failure, up to ``_PART_ATTEMPTS`` times
+    within the default policy's deadline."""
+    first_failure = None
+    for attempt in range(1, _PART_ATTEMPTS + 1):
+        try:
+            return await send()
+        except Exception as exc:
+            retryable = classify(exc).retryable or _error_code(exc) in _RETRIED_CODES
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            delay = DEFAULT_POLICY.backoff(attempt)
+            if not retryable or attempt == _PART_ATTEMPTS or now + delay - first_failure > DEFAULT_POLICY.deadline:
+                raise
+            log.info("%s: attempt %d/%d failed (%s); sending it again in %.2fs",
+                     what, attempt, _PART_ATTEMPTS, describe(exc), delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code of ``exc`` or of the botocore error it was raised from."""
+    link: BaseException | None = exc
+    while link is not None:
+        response = getattr(link, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+            return str(response["Error"]["Code"])
+        link = link.__cause__
+    return None
+
+
+async def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None) -> str:
+    """Upload ``local_path`` to ``path`` on the s3fs filesystem ``fs`` in parts, on
+    ``fs``'s loop, and return the object's ETag; all or nothing (see the module)."""
+    chosen = _limits
+    size = os.path.getsize(local_path)
+    part_size = part_size_for(size, chosen.part_size)
+    budget = _budget(asyncio.get_running_loop(), chosen.parts_in_flight)
+    bucket, key, _ = fs.split_path(path)
+    fd = os.open(local_path, os.O_RDONLY)
+    try:
+        created = await _retrying(
+            lambda: fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key),
+            f"the start of s3://{bucket}/{key}",
+        )
+        job = _Upload(fs, bucket, key, created["UploadId"], fd, progress)
+        try:
+            sent = await _all_or_cancel([
+                asyncio.ensure_future(job.send_part(budget, number, offset, min(part_size, size - offset)))
+                for number, offset in enumerate(range(0, size, part_size), 1)
+            ])
+            etag = _etag([md5 for _, md5 in sent])
+            await job.complete([e for e, _ in sent], etag)
+        except BaseException:
+            await asyncio.shield(job.abort())
+            raise
+    finally:
+        os.close(fd)
+    _remember(local_path, len(sent), etag)
+    return etag
+
+
+async def _all_or_cancel(tasks: list[asyncio.Future[Any]]) -> list[Any]:
+    """The results of ``tasks`` in order; at the first failure (or cancellation) the
+    others are cancelled and waited for, then the failure is raised."""
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        done, pending = set(), set(tasks)
+    failures = [t for t in tasks if t in done and not t.cancelled() and t.exception() is not None]
+    failed = failures[0] if failures else None
+    if failed is None and not pending:
+        return [t.result() for t in tasks]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)  # no part is left in flight
+    if failed is not None:
+        raise failed.exception()  # type: ignore[misc]
+    raise asyncio.CancelledError()
