@@ -19,7 +19,6 @@ Usage: ``.venv/bin/python scripts/bench_cache_verify.py [--mib 32 256] [--repeat
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import tempfile
@@ -33,6 +32,7 @@ from roxxel.cache import ShardCache
 from roxxel.cache import store as cache_store
 from roxxel.cache.identity import FileIdentity, read_identity
 from roxxel.format import ShardWriter
+from roxxel.manifest.checksums import CHECKSUM_ALGORITHMS, new_hasher
 
 
 def make_shard(path: Path, mib: int) -> None:
@@ -47,7 +47,7 @@ def make_shard(path: Path, mib: int) -> None:
 
 def cache_shard(cache: ShardCache, source: Path, algorithm: str) -> dict:
     """Put ``source`` in ``cache`` as a download would; returns the ``get`` arguments."""
-    hasher = hashlib.new(algorithm)
+    hasher = new_hasher(algorithm)
     with open(source, "rb") as f:
         while block := f.read(8 * MiB):
             hasher.update(block)
@@ -138,7 +138,7 @@ def show(value: float, mib: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, nargs="+", default=[32, 256], help="shard sizes in MiB")
-    parser.add_argument("--algorithms", nargs="+", default=["sha256", "blake2b"], choices=["sha256", "blake2b"])
+    parser.add_argument("--algorithms", nargs="+", default=["sha256", "blake2b"], choices=sorted(CHECKSUM_ALGORITHMS))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", default=None, help="where to write the shards (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="smoke test: a 4 MiB shard, sha256, 3 rounds")
