@@ -14,36 +14,64 @@ no clock, pid, counter or Python ``hash()`` involved.
    Either way every rank gets exactly ``L`` records, so no rank waits on another.
 3. DataLoader workers split their rank's span the same way, contiguously.
 4. The consumer's span is a list of pieces (a shard and a range of its records). Runs of
-   ``window`` consecutive pieces are shuffled together: all their records in a keyed
-   uniform permutation. The shards of a window come from anywhere in the dataset (step
-   1), so consecutive records are usually far apart in storage; the window bounds how
-   many shards must be cached at once.
+   ``window`` consecutive pieces form a window, whose records are shuffled together.
+   The shards of a window come from anywhere in the dataset (step 1), so consecutive
+   records are usually far apart in storage; the window bounds how many shards must be
+   cached at once.
+5. A window is *staged*, so that its first records need only the first shard it
+   downloads. Its pieces ``0..W-1`` (slots), in plan order, are also its download
+   order. With ``n_j`` records in slot ``j`` and ``C_j = n_0 + ... + n_(j-1)``, slot
+   ``j`` opens at position ``A_j = floor(C_j * STAGE_FRACTION)`` of the window (so
+   ``A_0 = 0`` and every slot is open after ``STAGE_FRACTION`` of the window), and stage
+   ``k`` is positions ``[A_k, A_(k+1))`` (the last one ends at the window's end).
+   Stage ``k`` takes its records from the open slots ``0..k`` in proportion to what
+   each has left (largest remainders, ties to the lower slot: the expected composition
+   of a uniform draw without replacement), and puts them in a keyed uniform order
+   within the stage. The ``t``-th record slot ``j`` gives the window is its record
+   ``(r_j + t*a_j) mod n_j`` (a keyed offset ``r_j`` and a golden-ratio stride ``a_j``
+   coprime with ``n_j``), so the records a shard gives early are spread over all of it.
+   Position ``p`` of a window therefore reads only slots ``0..k`` where ``A_k <= p``:
+   a reader maps a shard only when its stage comes, and the first record waits for one
+   shard. The windows stay nearly as well mixed as uniform ones: see
+   ``tests/test_window_order.py`` and the README for the measure and the figure.
+   Unshuffled windows are the same staging with ``STAGE_FRACTION`` 1: the pieces in
+   order.
 
-Memory is O(#shards + window records); :meth:`Plan.records` starts at any position in
-O(#shards) time, without replaying the records before it.
+Memory is O(#shards + window) and a block of records costs O(block): no window is ever
+materialized. :meth:`Plan.records` starts at any position in O(#shards) time, without
+replaying the records before it. ``PLAN_VERSION`` names this order: a saved position
+means something only under the order it was saved with.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 
 from .permute import Permutation
 
-__all__ = ["DEFAULT_WINDOW", "Plan", "WindowLayout", "plan"]
+__all__ = ["DEFAULT_WINDOW", "PLAN_VERSION", "STAGE_FRACTION", "Plan", "WindowLayout", "WindowOrder", "plan"]
 
 DEFAULT_WINDOW = 16
+# 2: staged windows (0.4); 1: each window one uniform permutation (0.4.0.dev before it)
+PLAN_VERSION = 2
+# Every slot of a window is open after this fraction of it (see the module docstring).
+STAGE_FRACTION = (1, 8)
 _REMAINDERS = ("pad", "drop")
+_GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 @dataclass(frozen=True, eq=False)
 class WindowLayout:
-    """One window's records in stream order: record ``local[i]`` of shard
-    ``shards[slot[i]]`` comes ``i``-th. ``shards`` are the window's distinct shards,
-    ascending; the window reads records ``first[j]:stop[j]`` of shard ``shards[j]``."""
+    """One window's records in stream order, materialized: record ``local[i]`` of shard
+    ``shards[slot[i]]`` comes ``i``-th. ``shards`` are the window's pieces' shards in
+    download order (a shard may appear twice, in a padded wrap); slot ``j`` reads
+    records ``first[j]:stop[j]`` of shard ``shards[j]``."""
 
     shards: np.ndarray
     first: np.ndarray
@@ -52,13 +80,168 @@ class WindowLayout:
     local: np.ndarray
 
 
+class WindowOrder:
+    """The staged order of one window (see the module docstring, step 5), computed a
+    range of positions at a time.
+
+    ``shards[j]``, ``begin[j]`` and ``counts[j]`` are slot ``j``'s shard, first record and
+    record count; ``stage_starts[k]`` is where stage ``k`` (and slot ``k``) opens, with
+    the window's length last; ``taken[k, j]`` is how many records slot ``j`` gives
+    stage ``k``. Building one costs O(W^2) for W slots, whatever the record counts.
+    """
+
+    def __init__(self, shards: np.ndarray, begin: np.ndarray, end: np.ndarray,
+                 key: tuple[int, ...] | None) -> None:
+        self.shards, self.begin = shards, begin
+        self.counts = end - begin
+        self.key = key  # None: unshuffled
+        w = len(shards)
+        edges = np.zeros(w + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=edges[1:])
+        self.size = int(edges[-1])
+        num, den = STAGE_FRACTION if key is not None else (1, 1)
+        starts = [c * num // den for c in edges[:-1].tolist()] + [self.size]
+        self.stage_starts = np.asarray(starts, dtype=np.int64)
+        self.taken = _stage_composition(self.counts, self.stage_starts)
+        self._before = np.zeros_like(self.taken)  # records slot j gave the stages before k
+        np.cumsum(self.taken[:-1], axis=0, out=self._before[1:])
+        self._cum = np.zeros((w, w + 1), dtype=np.int64)  # stage k's elements, slot by slot
+        np.cumsum(self.taken, axis=1, out=self._cum[:, 1:])
+        self._perms: dict[int, Permutation] = {}
+        if key is not None and w:
+            seq = np.random.SeedSequence([*key, 0])
+            offsets = seq.generate_state(w, dtype=np.uint64) % np.maximum(self.counts, 1).astype(np.uint64)
+            self._offset = offsets.astype(np.int64)
+            self._stride = np.asarray([_stride(n) for n in self.counts.tolist()], dtype=np.int64)
+        else:
+            self._offset = np.zeros(w, dtype=np.int64)
+            self._stride = np.ones(w, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def stage_of(self, position: int) -> int:
+        """The stage that window position ``position`` lies in: it reads slots ``0..stage``."""
+        return int(np.searchsorted(self.stage_starts[:-1], position, side="right")) - 1
+
+    def slots_from(self, position: int) -> np.ndarray:
+        """The slots that give records to the stage of ``position`` or a later one,
+        ascending: what a reader resuming at ``position`` may need (O(W^2))."""
+        if position >= self.size:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.taken[self.stage_of(position) :].sum(axis=0))
+
+    def blocks(self, start: int, block: int) -> Iterator[tuple[int, int]]:
+        """``(lo, hi)`` ranges covering ``[start, len)``: at most ``block`` long, never
+        across a stage boundary (so a range needs no shard beyond its stage's)."""
+        cuts = self.stage_starts.tolist()
+        lo = start
+        for hi_stage in cuts[1:]:
+            while lo < hi_stage:
+                hi = min(lo + block, hi_stage)
+                yield lo, hi
+                lo = hi
+
+    def at(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(slot, local)`` of window positions ``lo..hi-1``: record ``local[i]`` of slot
+        ``slot[i]``'s shard (a record number within the shard)."""
+        parts = []
+        k = max(self.stage_of(lo), 0)
+        while lo < hi:
+            a, b = int(self.stage_starts[k]), int(self.stage_starts[k + 1])
+            stop = min(hi, b)
+            if stop > lo:
+                parts.append(self._in_stage(k, lo - a, stop - a))
+                lo = stop
+            k += 1
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([s for s, _ in parts]), np.concatenate([x for _, x in parts])
+
+    def _in_stage(self, k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.arange(lo, hi, dtype=np.int64)
+        m = int(self.stage_starts[k + 1] - self.stage_starts[k])
+        if self.key is not None and m > 1:
+            perm = self._perms.get(k)
+            if perm is None:
+                perm = self._perms[k] = Permutation(m, [*self.key, 1, k])
+            q = perm(q)
+        cum = self._cum[k]
+        slot = np.searchsorted(cum, q, side="right") - 1
+        t = q - cum[slot] + self._before[k][slot]  # the t-th record slot gives the window
+        n = self.counts[slot]
+        stride = self._stride[slot]
+        if self.key is None:
+            pick = t
+        elif len(n) and int(n.max()) < _SAFE_PRODUCT:
+            pick = (self._offset[slot] + t * stride) % n
+        else:  # records per shard beyond 3 * 10**9: exact, slower
+            pick = np.asarray([(int(o) + int(i) * int(s)) % int(c) for o, i, s, c
+                               in zip(self._offset[slot], t, stride, n)], dtype=np.int64)
+        return slot, self.begin[slot] + pick
+
+
+_SAFE_PRODUCT = 3 * 10**9  # below it, t * stride < n * n fits in an int64
+
+
+def _stride(n: int) -> int:
+    """A stride coprime with ``n`` near ``n / golden ratio``: a walk of it spreads well."""
+    if n <= 2:
+        return 1
+    a = max(1, round(n * _GOLDEN))
+    while math.gcd(a, n) != 1:
+        a += 1
+    return a
+
+
+def _stage_composition(counts: np.ndarray, stage_starts: np.ndarray) -> np.ndarray:
+    """``taken[k, j]``: records of slot ``j`` in stage ``k``, in proportion to what each
+    open slot has left (largest remainders, ties to the lower slot)."""
+    w = len(counts)
+    taken = np.zeros((w, w), dtype=np.int64)
+    left = np.zeros(w, dtype=np.int64)
+    for k in range(w):
+        left[k] = counts[k]
+        m = int(stage_starts[k + 1] - stage_starts[k])
+        if m == 0:
+            continue
+        pool = int(left[: k + 1].sum())
+        if m >= pool:
+            share = left.copy()
+        elif int(left.max()) < (1 << 62) // m:
+            share = _apportion(left[: k + 1], m, pool)
+        else:  # products beyond int64: Python integers
+            share = _apportion(np.asarray(left[: k + 1].tolist(), dtype=object), m, pool).astype(np.int64)
+        taken[k, : len(share)] = share
+        left[: len(share)] -= share
+    return taken
+
+
+def _apportion(left: np.ndarray, m: int, pool: int) -> np.ndarray:
+    """``m`` split in proportion to ``left`` (which adds up to ``pool > m``)."""
+    scaled = left * m
+    share, remainder = scaled // pool, scaled % pool
+    short = m - int(share.sum())
+    if short:
+        if remainder.dtype == object:
+            rem = remainder.tolist()
+            largest = sorted(range(len(rem)), key=lambda j: -rem[j])[:short]
+        else:
+            largest = np.argsort(-remainder, kind="stable")[:short]  # stable: ties to the lower slot
+        share[largest] += 1
+    return share
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
     """One consumer's epoch: its pieces of shards, its windows, and its record order.
 
     ``piece_shard[p]`` is the shard of piece ``p``, which covers that shard's records
     ``piece_begin[p]:piece_end[p]``. Window ``w`` is pieces
-    ``window_starts[w]:window_starts[w+1]``.
+    ``window_starts[w]:window_starts[w+1]``, in download order.
     """
 
     num_records: int
@@ -80,39 +263,40 @@ class Plan:
     def num_windows(self) -> int:
         return len(self.window_starts) - 1
 
-    def window_sizes(self) -> np.ndarray:
+    @cached_property
+    def _window_edges(self) -> np.ndarray:
         counts = self.piece_end - self.piece_begin
         edges = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=edges[1:])
-        return np.diff(edges[self.window_starts])
+        return edges[self.window_starts]
+
+    def window_sizes(self) -> np.ndarray:
+        return np.diff(self._window_edges)
 
     def window_shards(self, w: int) -> np.ndarray:
-        """The distinct shards window ``w`` reads."""
+        """The distinct shards window ``w`` reads, in download order (order of first use)."""
         a, b = self.window_starts[w], self.window_starts[w + 1]
-        return np.unique(self.piece_shard[a:b])
+        shards = self.piece_shard[a:b]
+        _, first = np.unique(shards, return_index=True)
+        return shards[np.sort(first)]
 
-    def window_records(self, w: int) -> np.ndarray:
-        """Global record indices of window ``w``, in stream order."""
-        layout = self.window_layout(w)
-        return self.record_starts[layout.shards][layout.slot] + layout.local
+    def window_order(self, w: int) -> WindowOrder:
+        """Window ``w``'s staged order (module docstring, step 5)."""
+        a, b = int(self.window_starts[w]), int(self.window_starts[w + 1])
+        key = (*self.key, w) if self.shuffle else None
+        return WindowOrder(self.piece_shard[a:b], self.piece_begin[a:b], self.piece_end[a:b], key)
+
+    def window_records(self, w: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Global record indices of window ``w``'s positions ``lo..hi-1``, in stream order."""
+        order = self.window_order(w)
+        slot, local = order.at(lo, len(order) if hi is None else hi)
+        return self.record_starts[order.shards[slot]] + local
 
     def window_layout(self, w: int) -> WindowLayout:
-        """Window ``w``'s records in stream order, by shard; see :class:`WindowLayout`."""
-        a, b = int(self.window_starts[w]), int(self.window_starts[w + 1])
-        begin, end = self.piece_begin[a:b], self.piece_end[a:b]
-        counts = end - begin
-        total = int(counts.sum())
-        shards, piece_slot = np.unique(self.piece_shard[a:b], return_inverse=True)
-        first = np.full(len(shards), np.iinfo(np.int64).max, dtype=np.int64)
-        stop = np.zeros(len(shards), dtype=np.int64)
-        np.minimum.at(first, piece_slot, begin)  # a shard may have two pieces (a padded wrap)
-        np.maximum.at(stop, piece_slot, end)
-        slot = np.repeat(piece_slot.astype(np.int64), counts)
-        local = np.arange(total, dtype=np.int64) - np.repeat(_exclusive_cumsum(counts) - begin, counts)
-        if self.shuffle and total > 1:
-            order = Permutation(total, [*self.key, w])(np.arange(total))
-            slot, local = slot[order], local[order]
-        return WindowLayout(shards, first, stop, slot, local)
+        """Window ``w``'s records in stream order, all at once; see :class:`WindowLayout`."""
+        order = self.window_order(w)
+        slot, local = order.at(0, len(order))
+        return WindowLayout(order.shards, order.begin, order.begin + order.counts, slot, local)
 
     def records(self, start: int = 0) -> Iterator[np.ndarray]:
         """Global record indices from stream position ``start`` on, one array per window."""
@@ -123,9 +307,8 @@ class Plan:
         """``(window, global record indices)`` from stream position ``start`` on."""
         first, skip = self.locate(start)
         for window in range(first, self.num_windows):
-            ids = self.window_records(window)
-            if skip:
-                ids, skip = ids[skip:], 0
+            ids = self.window_records(window, skip)
+            skip = 0
             if len(ids):
                 yield window, ids
 
@@ -133,26 +316,17 @@ class Plan:
         """The window holding stream position ``start``, and how far into it that is."""
         if not 0 <= start <= self.num_records:
             raise ValueError(f"start must be in [0, {self.num_records}], got {start}")
-        sizes = self.window_sizes()
-        edges = np.zeros(len(sizes) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=edges[1:])
+        edges = self._window_edges
+        if len(edges) < 2:
+            return 0, 0
         first = max(int(np.searchsorted(edges, start, side="right")) - 1, 0)
-        return first, start - int(edges[first]) if len(sizes) else 0
-
-
-def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
-    """``[0, c0, c0+c1, ...]`` without the grand total: where each count's run starts."""
-    out = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=out[1:])
-    return out
+        return first, start - int(edges[first])  # past the last window at the very end
 
 
 def _check_int(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
-
-
 def plan(
     counts: npt.ArrayLike,
     *,

@@ -1,11 +1,14 @@
 """Planned iteration over a remote dataset: ``ds.iter(...)`` and resumable state.
 
 A :class:`RecordIterator` walks one consumer's :class:`~roxxel.planner.Plan` window by
-window. Before a window starts, its shards are mapped (fetched if needed) and the
-shards of the following windows are queued for the background downloader in plan
-order; the cache is told the plan order, so eviction removes the shard used furthest
-in the future. ``state()`` is a small dict from which ``ds.resume(state)`` continues at
-the same record, after checking that the dataset and topology are the same.
+window. When a window starts, its shards' downloads start in the plan's order (the
+window's stages: see :mod:`roxxel.planner`), then the shards of the following windows
+are queued for the background downloader; a shard is mapped only when the stream
+first needs one of its records, so the first record waits for the window's first shard
+only, and a resume in the middle of a window maps only the shards still needed. The
+cache is told the plan order, so eviction removes the shard used furthest in the
+future. ``state()`` is a small dict from which ``ds.resume(state)`` continues at the same
+record, after checking that the dataset, the topology and the plan version are the same.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ResumeError
-from ..format import MappedShard
-from ..planner import DEFAULT_WINDOW, Plan, WindowLayout, plan
+from ..planner import DEFAULT_WINDOW, PLAN_VERSION, Plan, WindowOrder, plan
 from .records import Records
 from .residency import Residency
 from .views import BLOCK, RecordViews, record_views
@@ -31,7 +33,10 @@ __all__ = ["IterState", "RecordIterator", "detect_topology"]
 
 _STATE_TYPES = {"seed": int, "epoch": int, "position": int, "rank": int, "world_size": int,
                 "worker": int, "num_workers": int, "shuffle": bool, "window": int,
-                "remainder": str, "fingerprint": str}
+                "remainder": str, "fingerprint": str, "plan": int}
+# States saved before the plan version was kept (roxxel 0.4.0.dev0 until staged windows)
+# have no "plan": their windows were each one uniform permutation.
+_UNVERSIONED = 1
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class IterState:
     window: int
     remainder: str
     fingerprint: str
+    plan: int = PLAN_VERSION  # the planner's order the position counts in
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +62,8 @@ class IterState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IterState:
         names = {f.name for f in fields(cls)}
+        if isinstance(data, Mapping) and "plan" not in data:
+            data = {**data, "plan": _UNVERSIONED}
         if not isinstance(data, Mapping) or set(data) != names:
             got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
             raise ResumeError(f"iterator state must have the keys {sorted(names)}, got {got}")
@@ -127,6 +135,8 @@ class RecordIterator(Iterator[np.ndarray]):
                 f"position {state.position} is outside this consumer's epoch of "
                 f"{self.plan.num_records} records"
             )
+        _check_plan_version(state, self.plan)
+        self._base = IterState(**{**state.to_dict(), "plan": PLAN_VERSION})
         self._at = state.position  # the position where the current block starts
         # (first position, length, the block's views): how far the block's views have got
         # is how far the stream has, with no per-record counting
@@ -177,22 +187,22 @@ class RecordIterator(Iterator[np.ndarray]):
         first, skip = p.locate(self._at)
         try:
             for w in range(first, p.num_windows):
+                stages = p.window_order(w)
                 window = p.window_shards(w).tolist()
-                residency.fetch_together(window)
+                # Downloads start in the window's stage order, from the stage of the
+                # position on; then the following windows' shards.
+                residency.fetch_together(dict.fromkeys(stages.shards[stages.slots_from(skip)].tolist()))
                 residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
-                # The shards are verified against the manifest before the window's records,
-                # whose count the manifest claims, are planned (and allocated).
-                shards = [self._index.shard(k) for k in window]
-                slots, begins, ends = _window_bounds(shards, p.window_layout(w), skip)
-                skip = 0
-                payloads = [s.payload for s in shards]
-                for lo in range(0, len(slots), BLOCK):
-                    hi = lo + BLOCK
-                    views = record_views(payloads, slots[lo:hi], begins[lo:hi], ends[lo:hi])
-                    self._block = (self._at + lo, len(slots[lo:hi]), views)
+                reader = _WindowReader(self._index, stages)
+                start = self._at - skip  # the window's first position in the stream
+                for lo, hi in stages.blocks(skip, BLOCK):
+                    slots, begins, ends = reader.bounds(lo, hi)
+                    views = record_views(reader.payloads, slots, begins, ends)
+                    self._block = (start + lo, hi - lo, views)
                     yield views
-                self._at += len(slots)
+                self._at = start + len(stages)
                 self._block = None
+                skip = 0
                 following = set(p.window_shards(w + 1).tolist()) if w + 1 < p.num_windows else set()
                 done = [k for k in window if k not in following]
                 residency.finished(done)
@@ -203,24 +213,76 @@ class RecordIterator(Iterator[np.ndarray]):
                 views.close()
 
 
-def _window_bounds(
-    shards: list[MappedShard], layout: WindowLayout, skip: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Slot (index into ``shards``), begin and end offset of each record the window
-    reads from position ``skip`` on, in stream order."""
-    slots, local = layout.slot[skip:], layout.local[skip:]
-    # The end offsets of the records the window reads (and of each run's predecessor),
-    # end to end: one gather then finds every record's bounds.
-    since = np.maximum(layout.first - 1, 0)
-    reads = zip(shards, since.tolist(), layout.stop.tolist())
-    ends_all = np.concatenate([s.offsets[a:b] for s, a, b in reads])
-    runs = np.zeros(len(shards), dtype=np.int64)
-    np.cumsum((layout.stop - since)[:-1], out=runs[1:])
-    at = (runs - since)[slots] + local
-    ends = ends_all[at].astype(np.int64, copy=False)
-    begins = ends_all[at - 1].astype(np.int64, copy=False)
-    begins[local == 0] = 0
-    return np.ascontiguousarray(slots, dtype=np.int64), begins, ends
+_UNMAPPED = np.zeros(0, dtype=np.uint8)  # the payload of a slot no block has needed yet
+
+
+class _WindowReader:
+    """One window's shards, each mapped when a block first needs one of its records,
+    and the end offsets of the records the window reads from each."""
+
+    def __init__(self, index: Records, order: WindowOrder) -> None:
+        self._index, self._order = index, order
+        width = len(order.shards)
+        self.payloads: list[np.ndarray] = [_UNMAPPED] * width
+        self._mapped = [False] * width
+        # Slot j's offsets [since_j, stop_j) (a record's begin is its predecessor's end)
+        # are copied into one table as it is mapped: one gather then bounds a block. The
+        # table grows with the shards mapped, whose record counts are verified, never
+        # with what the manifest claims.
+        self._since = np.maximum(order.begin - 1, 0)
+        self._stop = order.begin + order.counts
+        self._runs = np.zeros(width, dtype=np.int64)  # slot j's offset in the table, less since_j
+        self._table = np.zeros(0, dtype=np.int64)
+        self._used = 0
+
+    def bounds(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Slot, begin and end offset of each record at window positions ``lo..hi-1``,
+        with the slots' shards mapped."""
+        slots, local = self._order.at(lo, hi)
+        present = np.flatnonzero(np.bincount(slots, minlength=len(self._mapped))).tolist()
+        for j in present:  # ascending: the window's download order
+            if not self._mapped[j]:
+                self._map(j)
+        at = self._runs[slots] + local
+        ends = self._table[at]
+        begins = self._table[at - 1]  # at 0 this wraps around; local == 0 is fixed below
+        begins[local == 0] = 0
+        return slots, begins, ends
+
+    def _map(self, j: int) -> None:
+        shard = self._index.shard(int(self._order.shards[j]))  # checks its record count
+        since, stop = int(self._since[j]), int(self._stop[j])
+        need = self._used + stop - since
+        if need > len(self._table):
+            grown = np.empty(max(need, 2 * len(self._table)), dtype=np.int64)
+            grown[: self._used] = self._table[: self._used]
+            self._table = grown
+        self._table[self._used : need] = shard.offsets[since:stop]
+        self._runs[j] = self._used - since
+        self._used = need
+        self.payloads[j] = shard.payload
+        self._mapped[j] = True
+
+
+def _check_plan_version(state: IterState, p: Plan) -> None:
+    """ResumeError unless ``state``'s position means the same records under this plan:
+    its version's, or (for a state saved before staged windows) a window boundary, where
+    the rest of the epoch is the same windows."""
+    if state.plan == PLAN_VERSION:
+        return
+    if state.plan == _UNVERSIONED and state.position in set(np.cumsum(p.window_sizes()).tolist()) | {0}:
+        return
+    if state.plan == _UNVERSIONED:
+        raise ResumeError(
+            f"the state was saved by an earlier roxxel, whose windows had another order (plan "
+            f"version {_UNVERSIONED}; this one reads version {PLAN_VERSION}): resuming at position "
+            f"{state.position}, inside a window, would read other records than the ones left. "
+            "Start the epoch over, or resume with the roxxel that saved it"
+        )
+    raise ResumeError(
+        f"the state is of plan version {state.plan}; this roxxel reads plan version {PLAN_VERSION} "
+        "only: resume with the roxxel that saved it"
+    )
 
 
 def new_state(fingerprint: str, **kwargs: Any) -> IterState:
