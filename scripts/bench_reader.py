@@ -15,7 +15,8 @@ dataset is written first (by default 384 MiB of incompressible records of 1-15 K
    best of ``--repeat`` rounds for each side (the order rotates between rounds). Target:
    roxxel >= 90% of the limit. Also (no target) the median of the per-round ratios, which
    a burst of load from other processes skews less; the CPU time this process spent on
-   each side (median); and what sha256 of the stored bytes costs on one core, the part
+   each side (median); and what hashing the stored bytes (the manifest's checksum
+   algorithm, BLAKE3 for datasets written now) costs on one core, the part
    of roxxel's CPU that verifying every shard adds (the client, not moto, is what keeps
    the 2 cores of the reference machine busy).
 2. Warm full read in a random order: a random permutation of all records read through
@@ -70,7 +71,6 @@ high.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import mmap
 import os
@@ -93,6 +93,8 @@ import fsspec
 from benchkit import MiB, RecordSource, bench_storage_options, best_of, check_record_sizes
 
 import roxxel
+from roxxel.cache.names import key_from_filename
+from roxxel.manifest.checksums import new_hasher
 from roxxel.planner import DEFAULT_WINDOW, Plan
 from roxxel.planner import plan as make_plan
 from roxxel.read import views as views_module
@@ -584,23 +586,26 @@ def bench_cold(args: argparse.Namespace, reader: Reader, fs: Any, paths: list[st
     # for the cores, so CPU spent verifying is throughput lost.
     report.add(Row("1", "  client CPU per read, median (info)",
                    ", ".join(f"{side} {statistics.median(cpu[side]):.2f} s" for side in sides)))
-    hash_s = sha256_seconds(warm_cache, stored)
-    report.add(Row("1", "  of which verifying: sha256 of the stored bytes on one core (info)",
+    algorithm, hash_s = checksum_seconds(warm_cache, stored)
+    report.add(Row("1", f"  of which verifying: {algorithm} of the stored bytes on one core (info)",
                    f"{hash_s:.2f} s", f"{stored / MiB / hash_s:,.0f} MiB/s"))
     return warm_cache
 
 
-def sha256_seconds(cache_dir: Path, stored: int) -> float:
-    """CPU seconds for sha256 over ``stored`` bytes of the cached shards (page cache)."""
+def checksum_seconds(cache_dir: Path, stored: int) -> tuple[str, float]:
+    """The cached shards' checksum algorithm, and the CPU seconds it takes over ``stored``
+    bytes of them (page cache)."""
     largest = max((p for p in (cache_dir / "shards").iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    key = key_from_filename(largest.name)
+    assert key is not None, largest
     with open(largest, "rb") as f:
         data = f.read()
     t0 = time.process_time()
-    h = hashlib.sha256()
+    h = new_hasher(key.algorithm)
     for _ in range(stored // len(data)):
         h.update(data)
     h.update(data[: stored % len(data)])
-    return time.process_time() - t0
+    return key.algorithm, time.process_time() - t0
 
 
 def bench_warm(args: argparse.Namespace, reader: Reader, manifest: roxxel.Manifest, warm_cache: Path,
