@@ -61,6 +61,7 @@ PUBLIC = {
     "roxxel.read": ["Dataset", "open"],
     "roxxel.ops": [
         "BadShard",
+        "BenchReport",
         "CacheGcReport",
         "CacheUsage",
         "CacheVerifyReport",
@@ -77,6 +78,7 @@ PUBLIC = {
         "UnreferencedShard",
         "VerifyReport",
         "WarmReport",
+        "bench",
         "cache_clear",
         "cache_gc",
         "cache_list",

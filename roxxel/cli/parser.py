@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from .._version import __version__
 from ..manifest.compressions import COMPRESSIONS
 from .commands import (
+    cmd_bench,
     cmd_cache,
     cmd_cp,
     cmd_info,
@@ -17,6 +18,7 @@ from .commands import (
     cmd_pack,
     cmd_plan,
     cmd_prune,
+    cmd_trace_merge,
     cmd_verify,
     cmd_warm,
 )
@@ -35,6 +37,8 @@ _EXAMPLES = {
     "cache": "roxxel cache du --cache-dir /nvme/roxxel",
     "plan": "roxxel plan s3://my-bucket/wiki --seed 42 --epoch 0 --world-size 8 --cache-limit 100GB",
     "prune": "roxxel prune s3://my-bucket/wiki --older-than 7d --delete",
+    "bench": "roxxel bench s3://my-bucket/wiki --max-bytes 4GB --trace bench.json",
+    "trace-merge": "roxxel trace-merge all.json run.json run.json.*.json",
 }
 
 
@@ -99,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common_parsers()
     for add_commands in (_add_read_commands, _add_warm_command, _add_pack_command, _add_copy_commands,
-                         _add_cache_command, _add_plan_command):
+                         _add_cache_command, _add_plan_command, _add_bench_commands):
         add_commands(sub, common)
     return parser
 
@@ -253,3 +257,35 @@ def _add_plan_command(sub: Any, c: _Parents) -> None:
     p.add_argument("--window", type=positive, default=16, metavar="N", help="shuffle window (default 16)")
     p.add_argument("--lookahead", type=non_negative, default=None, metavar="N",
                    help="prefetched shards (default 4, fewer if --cache-limit needs it)")
+
+
+def _add_bench_commands(sub: Any, c: _Parents) -> None:
+    """bench and trace-merge: where the time goes."""
+    p = _add(sub, "bench", "Measure this node against a dataset: the link, a cold and a warm read.",
+             "1. link: the dataset's shards as ranged GETs (--part-size, --parallel in flight,\n"
+             "   kept-alive connections; presigned GETs on S3), bytes dropped: the best a client\n"
+             "   does here. 2. cold: roxxel.open with default options on a fresh cache, then\n"
+             "   ds.iter(seed=0). 3. warm: the same on that cache. Each reads one epoch or\n"
+             "   --max-bytes, and reports the open, the first record and MB/s apart, as a share\n"
+             "   of the link; then what to change. The temporary cache is removed at the end.",
+             [c.storage, c.json, c.logs], cmd_bench)
+    p.add_argument("url", help="the dataset URL")
+    p.add_argument("--max-bytes", type=size, default="2GB", metavar="BYTES",
+                   help="read at most about this much in each measurement (default: 2GB)")
+    p.add_argument("--part-size", type=size, default="8MiB", metavar="BYTES",
+                   help="the link's ranged GETs (default: 8MiB)")
+    p.add_argument("--parallel", type=positive, default=32, metavar="N",
+                   help="the link's GETs in flight (default: 32)")
+    p.add_argument("--scratch-dir", metavar="DIR", default=None,
+                   help="where the temporary cache is made (default: the system's temporary "
+                        "directory; choose the disk training caches on)")
+    p.add_argument("--trace", metavar="PATH", default=None,
+                   help="also write a Chrome/Perfetto trace of the run to PATH")
+
+    p = _add(sub, "trace-merge", "Merge trace files of several processes into one.",
+             "Trace files come from roxxel.open(..., trace=PATH) or ROXXEL_TRACE=PATH, one per\n"
+             "process (rank, DataLoader worker). The merged file shows them all in one view\n"
+             "(https://ui.perfetto.dev or chrome://tracing).",
+             [c.logs], cmd_trace_merge)
+    p.add_argument("out", metavar="OUT", help="the merged trace to write")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="trace files to merge")

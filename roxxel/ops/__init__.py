@@ -16,10 +16,12 @@ dataclasses with ``to_dict()``, and raise :mod:`roxxel.errors` errors.
   :func:`cache_verify`
 - :func:`plan_summary`: a dry run of an epoch for every rank
 - :func:`prune`: find (and delete) shard objects no manifest lists
+- :func:`bench`: this node against a dataset: the raw link, a cold and a warm read
 """
 
 from __future__ import annotations
 
+from .bench import BenchReport, bench
 from .cachecmd import (
     CacheGcReport,
     CacheUsage,
@@ -44,6 +46,7 @@ from .warm import WarmReport, warm
 
 __all__ = [
     "BadShard",
+    "BenchReport",
     "CacheGcReport",
     "CacheUsage",
     "CacheVerifyReport",
@@ -60,6 +63,7 @@ __all__ = [
     "UnreferencedShard",
     "VerifyReport",
     "WarmReport",
+    "bench",
     "cache_clear",
     "cache_gc",
     "cache_list",
