@@ -131,19 +131,19 @@ class Tracer:
         """The clock of :meth:`complete`: :func:`time.perf_counter_ns`."""
         return time.perf_counter_ns()
 
-    def span(self, name: str, cat: str = "roxxel", **args: Any) -> Span:
+    def span(self, name: str, cat: str = "roxxel", /, **args: Any) -> Span:
         """A context manager recording ``name`` from entry to exit on this thread."""
         return Span(self, name, cat, args)
 
-    def complete(self, name: str, cat: str, start: int, end: int, **args: Any) -> None:
+    def complete(self, name: str, cat: str, start: int, end: int, /, **args: Any) -> None:
         """A span measured elsewhere: ``start``/``end`` are ``perf_counter_ns`` values."""
         self._add(("X", name, cat, start, max(0, end - start), self._tid(), args or None, ""))
 
-    def instant(self, name: str, cat: str = "roxxel", *, scope: str = "t", **args: Any) -> None:
+    def instant(self, name: str, cat: str = "roxxel", /, *, scope: str = "t", **args: Any) -> None:
         """A point in time; ``scope`` "t" (thread), "p" (process) or "g" (global)."""
         self._add(("i", name, cat, time.perf_counter_ns(), 0, self._tid(), args or None, scope))
 
-    def counter(self, name: str, **values: float) -> None:
+    def counter(self, name: str, /, **values: float) -> None:
         """Values of a counter track named ``name`` from now on (one series per key)."""
         self._add(("C", name, "counter", time.perf_counter_ns(), 0, self._tid(), values, ""))
 

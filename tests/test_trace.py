@@ -55,7 +55,7 @@ def test_events_are_written_in_trace_event_format(tmp_path):
         span.args["bytes"] = np.int64(8 << 20)  # NumPy scalars become JSON numbers
     start = t.now()
     t.complete("record", "consume", start, start + 2_500, index=5)
-    t.instant("stall", "download", shard=7)
+    t.instant("stall", "download", shard=7, name="an arg may be called name")
     t.counter("in flight", bytes=1024, parts=2)
     assert trace.stop() == str(path.with_name("run.json.%d.json" % os.getpid()))  # rank 3 is no main process
     assert trace.current() is None
@@ -236,8 +236,10 @@ def test_a_forked_worker_writes_its_own_file_and_merge_shows_both(tmp_path, caps
     assert main(["trace-merge", str(out), str(path), str(child_file)]) == 0
     assert "2 files" in capsys.readouterr().out
     merged = load(out)
-    spans = {e["name"]: e["pid"] for e in merged if e["ph"] == "X"}
-    assert spans == {"parent work": os.getpid(), "child work": child_pid}
+    spans = {e["name"]: e for e in merged if e["ph"] == "X"}
+    assert {name: e["pid"] for name, e in spans.items()} == {"parent work": os.getpid(), "child work": child_pid}
+    parent_span, child_span = spans["parent work"], spans["child work"]
+    assert child_span["ts"] >= parent_span["ts"] + parent_span["dur"]  # one clock: the child ran after
     names = {e["args"]["name"] for e in merged if e["name"] == "process_name"}
     assert names == {f"roxxel (pid {os.getpid()})", f"roxxel worker 0 (pid {child_pid})"}
 
@@ -262,3 +264,20 @@ def test_merge_refuses_a_file_that_is_no_trace(tmp_path, capsys):
     assert main(["trace-merge", str(tmp_path / "out.json"), str(bad)]) == 1
     assert "is not a trace" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_threads_recording_at_once_keep_the_bound_exactly(tmp_path):
+    t = trace.start(tmp_path / "busy.json", max_events=2500)
+
+    def work():
+        for i in range(1000):
+            t.counter("n", i=i)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    document = t.to_json()
+    assert sum(e["ph"] == "C" for e in document["traceEvents"]) == 2500
+    assert document["otherData"]["roxxel_trace"]["dropped"] == 1500
