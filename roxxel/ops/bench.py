@@ -378,15 +378,18 @@ def advice(report: BenchReport) -> list[str]:
     """What the numbers say to change, most important first; each line names its evidence."""
     link, cold, warm = report.link, report.cold, report.warm
     lines: list[str] = []
+    whole_dataset = link.shards == report.shards
+    more = "a larger dataset" if whole_dataset and cold.whole_epoch else "a larger --max-bytes"
     if link.seconds < _SHORT or cold.seconds < _SHORT:
         lines.append(
             f"these measurements are short (link {link.seconds:.2f} s, cold read {cold.seconds:.2f} s): "
-            "the ratios below are noisy; measure more bytes (--max-bytes, a larger dataset)"
+            f"the ratios below are noisy; measure more bytes ({more})"
         )
     if link.parts < link.parallel:
         lines.append(
-            f"the link was measured with {link.parts} parts, fewer than the {link.parallel} it may have in "
-            "flight: it is underestimated; raise --max-bytes (or lower --part-size)"
+            f"the link was measured with {link.parts} part{'s' * (link.parts != 1)}, fewer than the "
+            f"{link.parallel} it may have in "
+            f"flight: it is underestimated; measure more bytes ({more}) or lower --part-size"
         )
     if not cold.whole_epoch:
         lines.append(
