@@ -150,6 +150,10 @@ def test_bench_writes_a_trace_of_the_link(local_dataset, tmp_path, capsys):
     assert f"trace: {path}" in capsys.readouterr().out
     with open(path, encoding="utf-8") as f:
         events = json.load(f)["traceEvents"]
+    phases = [e["name"] for e in events if e["ph"] == "X" and e["name"].startswith("bench: ")]
+    assert phases == ["bench: link", "bench: cold read", "bench: warm read"]
+    firsts = [e["name"] for e in events if e["ph"] == "i" and e["name"].startswith("bench: ")]
+    assert firsts == ["bench: cold read's first record", "bench: warm read's first record"]
     gets = [e for e in events if e["ph"] == "X" and e["name"] == "link GET"]
     assert sum(e["args"]["bytes"] for e in gets) == int(manifest.shards.stored_size.sum())
     from roxxel import trace

@@ -16,6 +16,7 @@ Each reports the open, the time to the first record and the epoch's MB/s apart, 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -166,16 +167,25 @@ def bench(
     chosen = _link_shards(manifest, max_bytes)
     raw = int(manifest.shards.raw_size.sum())
     meter.set_total(sum(int(manifest.shards.stored_size[k]) for k in chosen) + 2 * min(raw, max_bytes))
-    link = measure_link(store, manifest, chosen, part_size=part_size, parallel=parallel, meter=meter)
+    with _phase("link"):
+        link = measure_link(store, manifest, chosen, part_size=part_size, parallel=parallel, meter=meter)
     scratch = tempfile.mkdtemp(prefix="roxxel-bench-", dir=scratch_dir)
     try:
-        cold = _read(url, storage_options, manifest, scratch, max_bytes, "cold", meter)
-        warm = _read(url, storage_options, manifest, scratch, max_bytes, "warm", meter)
+        with _phase("cold read"):
+            cold = _read(url, storage_options, manifest, scratch, max_bytes, "cold", meter)
+        with _phase("warm read"):
+            warm = _read(url, storage_options, manifest, scratch, max_bytes, "warm", meter)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report = BenchReport(url=store.base_url, shards=len(manifest.shards), stored_bytes=int(manifest.shards.stored_size.sum()),
                          max_bytes=max_bytes, link=link, cold=cold, warm=warm)
     return BenchReport(**{**report.__dict__, "advice": advice(report)})
+
+
+def _phase(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A span of the whole measurement ``name`` in the trace, if tracing is on."""
+    tracer = trace.current()
+    return tracer.span(f"bench: {name}", "bench") if tracer is not None else contextlib.nullcontext()
 
 
 def _link_shards(manifest: Manifest, max_bytes: int) -> list[int]:
@@ -350,6 +360,8 @@ def _read(url: str, storage_options: Mapping[str, Any] | None, manifest: Manifes
         for record in ds.iter(seed=0):
             if first is None:
                 first = time.perf_counter()
+                if (tracer := trace.current()) is not None:
+                    tracer.instant(f"bench: {label} read's first record", "bench")
             records += 1
             nbytes += record.nbytes
             meter.add(record.nbytes)
