@@ -108,6 +108,7 @@ class WindowOrder:
         self._cum = np.zeros((w, w + 1), dtype=np.int64)  # stage k's elements, slot by slot
         np.cumsum(self.taken, axis=1, out=self._cum[:, 1:])
         self._perms: dict[int, Permutation] = {}
+        self._luts: dict[int, tuple[int, np.ndarray]] = {}
         if key is not None and w:
             seq = np.random.SeedSequence([*key, 0])
             offsets = seq.generate_state(w, dtype=np.uint64) % np.maximum(self.counts, 1).astype(np.uint64)
@@ -161,6 +162,16 @@ class WindowOrder:
             return parts[0]
         return np.concatenate([s for s, _ in parts]), np.concatenate([x for _, x in parts])
 
+    def _lookup(self, k: int, m: int) -> tuple[int, np.ndarray]:
+        """Stage ``k``'s elements in buckets of ``2**shift``: the slot of each bucket's
+        first element (at most 4096 buckets; a binary search per record costs more)."""
+        found = self._luts.get(k)
+        if found is None:
+            shift = max(0, (m - 1).bit_length() - 12)
+            firsts = np.arange(0, m, 1 << shift, dtype=np.int64)
+            found = self._luts[k] = (shift, np.searchsorted(self._cum[k], firsts, side="right") - 1)
+        return found
+
     def _in_stage(self, k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.arange(lo, hi, dtype=np.int64)
         m = int(self.stage_starts[k + 1] - self.stage_starts[k])
@@ -170,7 +181,12 @@ class WindowOrder:
                 perm = self._perms[k] = Permutation(m, [*self.key, 1, k])
             q = perm(q)
         cum = self._cum[k]
-        slot = np.searchsorted(cum, q, side="right") - 1
+        shift, lut = self._lookup(k, m)
+        slot = lut[q >> shift]  # the slot of the bucket's first element: at most a few short
+        over = q >= cum[slot + 1]
+        while over.any():
+            slot += over
+            over = q >= cum[slot + 1]
         t = q - cum[slot] + self._before[k][slot]  # the t-th record slot gives the window
         n = self.counts[slot]
         stride = self._stride[slot]
