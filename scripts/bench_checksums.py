@@ -14,16 +14,18 @@ Two measurements, in one run, so the rows compare like with like:
    shard check (``format.check.ShardCheck``: size, checksum, offsets, footer) writing the
    raw bytes to a temp file, which is fsynced. One row per algorithm (xxh3-128 and crc32c
    through a bench-only key; ShardCheck only asks a key for a hasher), and a row of the
-   same reads, writes and fsync without any check, for scale.
+   same reads, writes and fsync without any check, for scale. Writing and fsyncing the
+   temp file costs kernel time that moves a lot with the machine's load, so the CPU time
+   spent inside the hasher's ``update`` calls is also measured on its own (the process's
+   CPU clock around each call): "of which hashing".
 
 Each figure is the median of ``--rounds`` rounds (default 3), the algorithms taking turns
 within a round. "GB/s" is wall-clock throughput (GB = 10^9 bytes); "core-s/GB" is the
 process's CPU time per GB, summed over its threads, which is what verifying takes away from
 a training job; "cores at 2.6 GB/s" is that cost at the loopback link rate of issue 17.
 On a shared machine the wall-clock figures move with the load; the CPU figures much less.
-In part 2, "added by the check" is a row's core-s/GB less the no-check row's; writing and
-fsyncing the temp file (kernel time, counted to this process) makes these figures noisier
-than part 1's.
+Part 2's whole-pipeline figures are noisier than part 1's: they include writing and
+fsyncing the temp file (kernel time, counted to this process).
 
 Usage: ``.venv/bin/python scripts/bench_checksums.py`` (default options, about a minute);
 ``--quick`` is a smoke test. Prints a table and writes ``bench-out/checksums.txt`` and
@@ -41,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,21 +118,44 @@ def available(candidate: Candidate) -> bool:
     return True
 
 
+class _Metered:
+    """A hasher that adds the process CPU time of each ``update`` to ``cpu``."""
+
+    def __init__(self, hasher: Hasher) -> None:
+        self.hasher, self.cpu = hasher, 0.0
+
+    def update(self, data: Any) -> None:
+        c0 = time.process_time()
+        self.hasher.update(data)
+        self.cpu += time.process_time() - c0
+
+    def hexdigest(self) -> str:
+        return self.hasher.hexdigest()
+
+
 @dataclass(frozen=True)
 class _BenchKey(ShardKey):
-    """A key whose hasher is any candidate's (ShardCheck asks its key for the hasher)."""
+    """A key whose hasher is any candidate's, metered (ShardCheck asks its key for the
+    hasher); ``made`` keeps the hashers it made."""
 
     factory: Callable[[], Hasher] = new_hasher  # type: ignore[assignment]
+    made: list[_Metered] = field(default_factory=list)
 
     def new_hash(self) -> Hasher:
-        return self.factory()
+        hasher = _Metered(self.factory())
+        self.made.append(hasher)
+        return hasher
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call of ``fn``."""
+def timed(fn: Callable[[], object], key: _BenchKey | None = None) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of this process, of which in ``key``'s hashers) of one
+    call of ``fn``."""
+    if key is not None:
+        key.made.clear()
     c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return wall, cpu, sum(h.cpu for h in key.made) if key is not None else 0.0
 
 
 def hash_alone(candidate: Candidate, pieces: list[bytes], count: int) -> Callable[[], object]:
@@ -197,35 +222,46 @@ def copy_run(path: Path, tmp_dir: str) -> Callable[[], object]:
     return run
 
 
-def median_of(samples: list[tuple[float, float]]) -> tuple[float, float]:
-    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
+def median_of(samples: list[tuple[float, ...]]) -> list[float]:
+    return [statistics.median(column) for column in zip(*samples)]
 
 
-def row(name: str, nbytes: int, wall: float, cpu: float) -> dict[str, Any]:
-    return {
+def row(name: str, nbytes: int, wall: float, cpu: float, hashing: float | None = None) -> dict[str, Any]:
+    """A table row; ``cores_at_link`` is hashing's share where ``hashing`` is given."""
+    gb = nbytes / GB
+    out = {
         "name": name,
         "bytes": nbytes,
         "wall_s": round(wall, 4),
         "cpu_s": round(cpu, 4),
-        "gb_per_s": round(nbytes / GB / wall, 3),
-        "core_s_per_gb": round(cpu / (nbytes / GB), 4),
-        "cores_at_link": round(cpu / (nbytes / GB) * LINK_GBPS, 3),
+        "gb_per_s": round(gb / wall, 3),
+        "core_s_per_gb": round(cpu / gb, 4),
+        "cores_at_link": round((cpu if hashing is None else hashing) / gb * LINK_GBPS, 3),
     }
+    if hashing is not None:
+        out["hashing_cpu_s"] = round(hashing, 4)
+        out["hashing_core_s_per_gb"] = round(hashing / gb, 4)
+    return out
 
 
-def table(title: str, rows: list[dict[str, Any]], note: dict[str, str], base: float | None = None) -> list[str]:
-    """Rows as text; with ``base`` (the core-s/GB of the run without a check), a column of
-    what the check adds to it."""
-    head = f"{'':34}{'GB/s':>8}{'core-s/GB':>11}{f'cores at {LINK_GBPS} GB/s':>18}"
-    lines = [title, head + ("   added by the check: core-s/GB" if base is not None else "")]
+def table(title: str, rows: list[dict[str, Any]], note: dict[str, str], *, hashing: bool = False) -> list[str]:
+    """Rows as text; with ``hashing``, a column of the CPU spent in the hasher, and the
+    cores at the link rate are hashing's."""
+    head = f"{'':34}{'GB/s':>8}{'core-s/GB':>11}"
+    head += f"{'of which hashing':>18}" if hashing else ""
+    head += f"{f'cores at {LINK_GBPS} GB/s':>18}" + (" (hashing)" if hashing else "")
+    lines = [title, head]
     for r in rows:
         name = r["name"] + note.get(r["name"], "")
         if "gb_per_s" not in r:
             lines.append(f"{name:34}{r['missing']:>37}")
             continue
-        line = f"{name:34}{r['gb_per_s']:8.2f}{r['core_s_per_gb']:11.3f}{r['cores_at_link']:18.2f}"
-        if base is not None and r["core_s_per_gb"] != base:
-            line += f"{r['core_s_per_gb'] - base:+13.3f}"
+        line = f"{name:34}{r['gb_per_s']:8.2f}{r['core_s_per_gb']:11.3f}"
+        if hashing:
+            line += f"{r['hashing_core_s_per_gb']:18.3f}" if "hashing_core_s_per_gb" in r else f"{'-':>18}"
+            line += f"{r['cores_at_link']:18.2f}" if "hashing_core_s_per_gb" in r else f"{'-':>18}"
+        else:
+            line += f"{r['cores_at_link']:18.2f}"
         lines.append(line)
     return lines
 
@@ -276,12 +312,12 @@ def main() -> None:
     pieces = [pool[i : i + PIECE] for i in range(0, POOL, PIECE)]
     del pool
     count = max(1, round(opts.gib * (1 << 30) / PIECE))
-    samples: dict[str, list[tuple[float, float]]] = {c.name: [] for c in present}
+    samples: dict[str, list[tuple[float, ...]]] = {c.name: [] for c in present}
     for c in present:  # warm up: imports, thread pools
         hash_alone(c, pieces, 2)()
     for _ in range(opts.rounds):
         for c in present:
-            samples[c.name].append(timed(hash_alone(c, pieces, count)))
+            samples[c.name].append(timed(hash_alone(c, pieces, count))[:2])
     alone = [row(c.name, count * PIECE, *median_of(samples[c.name])) for c in present]
     alone += [{"name": c.name, "missing": f"not installed (pip install {c.module})"} for c in missing]
     del pieces
@@ -291,18 +327,21 @@ def main() -> None:
         shard = Path(tmp) / "shard.rox"
         size, records = make_shard(shard, opts.shard_mib)
         spec = ShardSpec(size, size, None, records, str(shard))
-        runs: dict[str, Callable[[], object]] = {"no check (read, write, fsync)": copy_run(shard, tmp)}
+        no_check = "no check (read, write, fsync)"
+        runs: dict[str, tuple[Callable[[], object], _BenchKey | None]] = {no_check: (copy_run(shard, tmp), None)}
         for c in present:
             key = _BenchKey(c.name, digest_of(shard, c.new), c.new)
-            runs[c.name] = check_run(key, shard, spec, tmp)
-        for run in runs.values():  # warm up, and the shard's pages in the page cache
+            runs[c.name] = (check_run(key, shard, spec, tmp), key)
+        for run, _key in runs.values():  # warm up, and the shard's pages in the page cache
             run()
-        checked: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+        checked: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
         for _ in range(opts.rounds):
-            for name, run in runs.items():
-                checked[name].append(timed(run))
-    check_rows = [row(name, size, *median_of(s)) for name, s in checked.items()]
-    base = check_rows[0]["core_s_per_gb"]
+            for name, (run, key) in runs.items():
+                checked[name].append(timed(run, key))
+    check_rows = []
+    for name, samples_of in checked.items():
+        wall, cpu, hashing = median_of(samples_of)
+        check_rows.append(row(name, size, wall, cpu, None if name == no_check else hashing))
 
     load_after = os.getloadavg()
     header = [
@@ -315,7 +354,7 @@ def main() -> None:
     lines += table(f"1. hashing alone: {count * PIECE / (1 << 30):.2f} GiB in 8 MiB pieces", alone, note)
     lines += [""]
     lines += table(f"2. cache download check: ShardCheck over a {size / MiB:.0f} MiB uncompressed shard "
-                   "(8 MiB pieces from the page cache -> temp file, fsync)", check_rows, note, base)
+                   "(8 MiB pieces from the page cache -> temp file, fsync)", check_rows, note, hashing=True)
     text = "\n".join(lines)
     print(text)
     out = Path(opts.out)
