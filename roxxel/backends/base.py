@@ -89,6 +89,9 @@ class Backend(ABC):
     #: Paths on this backend are paths of the local filesystem (a dataset URL without a
     #: protocol names a local directory and is shown as such).
     paths_are_local: ClassVar[bool] = False
+    #: Whole objects are downloaded as ranged parts, many in flight (a remote store,
+    #: where one connection is far slower than the link); else streamed in one read.
+    downloads_in_parts: ClassVar[bool] = True
 
     def __init__(self, fs: AbstractFileSystem) -> None:
         self.fs = fs

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from .urls import redact
 
-__all__ = ["Kind", "classify", "describe", "http_status", "translate"]
+__all__ = ["HTTPStatusError", "Kind", "classify", "describe", "http_status", "throttled", "translate"]
 
 _DETAIL_LIMIT = 300
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchVersion"}
@@ -43,6 +43,19 @@ _TRANSIENT_CODES = {
     "TooManyRequestsException", "RequestTimeout", "InternalError", "ServiceUnavailable",
     "RequestThrottled", "BandwidthLimitExceeded", "ConditionalRequestConflict",
 }
+_THROTTLE_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "TooManyRequestsException", "RequestThrottled", "BandwidthLimitExceeded",
+}
+
+
+class HTTPStatusError(Exception):
+    """An HTTP error answer to a request roxxel made itself (a direct ranged GET); its
+    meaning comes from the status, as for the cloud clients' errors."""
+
+    def __init__(self, status: int, what: str) -> None:
+        super().__init__(f"HTTP {status} for {what}")
+        self.status = status
 
 
 class Kind(enum.Enum):
@@ -129,6 +142,18 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
+def throttled(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store asking the client to slow down (HTTP 429, 503, or an
+    S3 error code such as SlowDown)."""
+    if http_status(exc) in (429, 503):
+        return True
+    for link in _chain(exc):
+        response = getattr(link, "response", None)
+        if isinstance(response, Mapping) and response.get("Error", {}).get("Code") in _THROTTLE_CODES:
+            return True
+    return False
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -167,6 +192,8 @@ def _classify_one(exc: BaseException) -> Kind | None:
         return Kind.EXISTS
     if isinstance(exc, ConnectionRefusedError):
         return Kind.UNREACHABLE
+    if isinstance(exc, HTTPStatusError):
+        return from_http_status(exc.status)
     for classifier in (_botocore, _aiohttp, _gcsfs, _google, _requests):
         kind = classifier(exc)
         if kind is not None:

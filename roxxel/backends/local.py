@@ -45,6 +45,7 @@ class LocalBackend(FsspecBackend):
     """fsspec's local filesystem."""
 
     paths_are_local = True
+    downloads_in_parts = False
 
     def reported_md5(self, info: dict[str, Any]) -> str | None:
         return None  # no checksum in its metadata: uploads are read back

@@ -17,6 +17,8 @@ _MEMORY_LOCK = threading.Lock()
 class MemoryBackend(FsspecBackend):
     """fsspec's memory filesystem."""
 
+    downloads_in_parts = False
+
     def reported_md5(self, info: dict[str, Any]) -> str | None:
         return None  # no checksum in its metadata: uploads are read back
 

@@ -95,6 +95,7 @@ def call(
     url: str,
     policy: RetryPolicy = DEFAULT_POLICY,
     timeout: float | None = _POLICY_TIMEOUT,
+    on_failure: Callable[[BaseException], object] | None = None,
 ) -> T:
     """Return ``fn()``, retrying transient failures; raise a roxxel error otherwise.
 
@@ -104,7 +105,8 @@ def call(
     ``op`` (a verb such as ``"read"``) and ``url`` are only used in messages and logs.
     An attempt silent for ``timeout`` seconds (default: the policy's ``stall_timeout``;
     None: no limit; see :func:`.watchdog.watched`) is abandoned and counts as a
-    transient failure.
+    transient failure. ``on_failure(exc)`` is told of each failed attempt that will be
+    retried (the download engine backs off when the store throttles).
     """
     if timeout == _POLICY_TIMEOUT:
         timeout = policy.stall_timeout
@@ -129,6 +131,8 @@ def call(
                 raise translate(
                     exc, kind, op, url, attempts=attempt, elapsed=now - started
                 ) from exc
+            if on_failure is not None:
+                on_failure(exc)
             logger.info(
                 "%s %s: attempt %d/%d failed (%s: %s); retrying in %.2fs",
                 op, redact(url), attempt, policy.max_attempts, kind.value, describe(exc), delay,

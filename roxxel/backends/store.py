@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import http.client
 import io
 import logging
 import os
@@ -28,6 +29,7 @@ from ..errors import (
     IntegrityError,
     NotFoundError,
     StorageError,
+    TransientStorageError,
 )
 from .base import (
     HIDDEN_PREFIX,
@@ -100,6 +102,12 @@ class Store:
             self._backend = backend_for(type(fs)(*fs.storage_args, **fs.storage_options))
             self._pid = os.getpid()
         return self._backend
+
+    @property
+    def downloads_in_parts(self) -> bool:
+        """Whether whole objects are best downloaded as many ranged parts at once
+        (:meth:`read_range`) rather than streamed in one read (:meth:`stream`)."""
+        return self.backend.downloads_in_parts
 
     @property
     def fs(self) -> AbstractFileSystem:
@@ -188,6 +196,40 @@ class Store:
                 f"got {len(data)} bytes; the object is shorter than expected"
             )
         return data
+
+    def read_part(
+        self, key: str, start: int, end: int, *, on_failure: Callable[[BaseException], object] | None = None
+    ) -> bytes:
+        """Bytes ``[start, end)`` of an object whose size is known (from a manifest), as
+        one part of a download: an answer shorter than asked (a body cut short) is
+        retried like any transient failure, and if it stays short the object is not
+        what the manifest says (IntegrityError). ``on_failure(exc)`` is told of each
+        failed attempt that is retried."""
+        if not 0 <= start < end:
+            raise ValueError(f"invalid byte range [{start}, {end}) for {redact(self.url(key))}")
+        path, backend = self.path(key), self.backend
+
+        def attempt() -> bytes:
+            data = backend.read_range(path, start, end)
+            if len(data) > end - start:
+                raise StorageError(
+                    f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}) "
+                    f"({end - start} bytes), got {len(data)}; the server ignored the Range header "
+                    "(a proxy or server that does not support ranged GETs?)"
+                )
+            if len(data) < end - start:
+                raise http.client.IncompleteRead(b"", end - start - len(data))
+            return data
+
+        try:
+            return self._run("download", key, attempt, on_failure=on_failure)
+        except TransientStorageError as exc:
+            if not isinstance(exc.__cause__, http.client.IncompleteRead):
+                raise
+            raise IntegrityError(
+                f"could not download {redact(self.url(key))}: bytes [{start}, {end}) came back "
+                "short every time; was it replaced or truncated?"
+            ) from exc
 
     def stream(self, key: str, sink: Callable[[bytes], object], size: int | None = None) -> int:
         """Feed the whole object to ``sink`` in order, in chunks, and return its size.
@@ -471,11 +513,18 @@ class Store:
 
     # -- internals -------------------------------------------------------------------
 
-    def _run(self, op: str, key: str, fn: Callable[[], T], timeout: float | None = -1.0) -> T:
+    def _run(
+        self,
+        op: str,
+        key: str,
+        fn: Callable[[], T],
+        timeout: float | None = -1.0,
+        on_failure: Callable[[BaseException], object] | None = None,
+    ) -> T:
         """``fn`` with retries; ``timeout`` bounds each attempt (-1: the policy's
         stall_timeout)."""
         url = self.url(key) if key else self._url
-        return call(fn, op=op, url=url, policy=self.retry, timeout=timeout)
+        return call(fn, op=op, url=url, policy=self.retry, timeout=timeout, on_failure=on_failure)
 
 
 class ReadBackCheck(Protocol):

@@ -20,7 +20,10 @@ from ..cache.evict import OrderHint
 from ..manifest import ShardTable
 from ..manifest.compressions import COMPRESSIONS
 
-__all__ = ["ShardCatalog"]
+__all__ = ["Download", "ShardCatalog"]
+
+#: ``download(store, key, stored_size, sink)``: feed the object's bytes to ``sink`` in order.
+Download = Callable[[Store, str, int, Callable[[bytes], object]], object]
 
 
 class ShardCatalog:
@@ -30,6 +33,7 @@ class ShardCatalog:
         self._parts: list[tuple[Store, ShardTable]] = []
         self._starts = [0]
         self.raw_sizes = np.zeros(0, dtype=np.int64)
+        self.stored_sizes = np.zeros(0, dtype=np.int64)
         self.checksums: list[str] = []
 
     @classmethod
@@ -45,6 +49,7 @@ class ShardCatalog:
         self._parts.append((store, table))
         self._starts.append(offset + len(table))
         self.raw_sizes = np.concatenate([self.raw_sizes, np.asarray(table.raw_size, dtype=np.int64)])
+        self.stored_sizes = np.concatenate([self.stored_sizes, np.asarray(table.stored_size, dtype=np.int64)])
         self.checksums.extend(str(c) for c in table.checksums)
         return offset
 
@@ -67,12 +72,12 @@ class ShardCatalog:
         return store.url(str(table.uris[k]))
 
     def get(
-        self, g: int, cache: ShardCache, on_chunk: Callable[[int], object], order_hint: OrderHint
+        self, g: int, cache: ShardCache, download: Download, order_hint: OrderHint
     ) -> tuple[CachedShard, bool]:
         """Shard ``g`` in ``cache``, held, and whether it was downloaded (else it was cached).
 
-        ``on_chunk(nbytes)`` is called after each downloaded chunk is written (it may
-        raise to stop the download)."""
+        If it must be downloaded, ``download(store, key, stored_size, sink)`` feeds its
+        stored bytes to ``sink`` in order (it may raise to stop)."""
         store, table, k = self._part(g)
         uri, size = str(table.uris[k]), int(table.stored_size[k])
         fetched = False
@@ -80,12 +85,7 @@ class ShardCatalog:
         def fetch(sink: Callable[[bytes], object]) -> None:
             nonlocal fetched
             fetched = True
-
-            def counted(chunk: bytes) -> None:
-                sink(chunk)
-                on_chunk(len(chunk))
-
-            store.stream(uri, counted, size=size)
+            download(store, uri, size, sink)
 
         handle = cache.get(
             self.checksums[g],

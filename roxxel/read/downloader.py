@@ -1,7 +1,9 @@
 """Background downloads of the shards a reader will need next.
 
 A :class:`Downloader` runs ``fetch(k, check_cancelled)`` for upcoming shards on a few background threads,
-in the order they are asked for, never more than ``lookahead`` ahead of the reader.
+in the order they are asked for, never more than ``lookahead`` ahead of the reader: at
+most ``lookahead`` shards are downloading or downloaded and not yet claimed, and each
+one claimed or finished makes room for the next upcoming one at once (no waves).
 The reader claims a shard with :meth:`Downloader.claim`: it blocks only on that one
 shard, and an error from the background fetch is raised there, in the reader's thread,
 as the original exception. The threads are a :class:`~roxxel.workers.WorkerPool`'s; this
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 
 from ..workers import WorkerPool
@@ -43,27 +45,44 @@ class Downloader:
         self.lookahead = lookahead
         self._pool = WorkerPool(workers, name="roxxel-download")
         self._pending: OrderedDict[int, Future[None]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._upcoming: Iterator[int] = iter(())
+        # reentrant: a future that is already done runs its callback (a refill) at once
+        self._lock = threading.RLock()
 
     def _after_fork(self) -> None:
         """In a forked child the parent's fetches will never finish here: forget them."""
         if self._pool.forked:
-            self._lock = threading.Lock()
+            self._lock = threading.RLock()
             self._pending = OrderedDict()
+            self._upcoming = iter(())
 
     def prefetch(self, upcoming: Iterable[int]) -> None:
-        """Start fetching the first ``lookahead`` shards of ``upcoming`` not yet started."""
+        """Fetch the shards of ``upcoming`` in order from now on, at most ``lookahead``
+        ahead of the reader (it is drawn from lazily, as room frees up)."""
         self._after_fork()
         if self._pool.stopping or self.lookahead == 0:
             return
         with self._lock:
-            busy = sum(not f.done() for f in self._pending.values())
-            for k in upcoming:
-                if busy >= self.lookahead:
-                    break
+            self._upcoming = iter(upcoming)
+            self._refill()
+
+    def _refill(self) -> None:
+        """Start upcoming fetches while fewer than ``lookahead`` are unclaimed."""
+        with self._lock:
+            while len(self._pending) < self.lookahead and not self._pool.stopping:
+                k = next(self._upcoming, None)
+                if k is None:
+                    return
                 if k not in self._pending:
-                    self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k, self.check_cancelled))
-                    busy += 1
+                    try:
+                        self._submit(k)
+                    except RuntimeError:  # the pool closed meanwhile
+                        return
+
+    def _submit(self, k: int) -> None:
+        future = self._pool.submit(lambda: self._fetch(k, self.check_cancelled))
+        self._pending[k] = future
+        future.add_done_callback(lambda _: self._refill())
 
     def fetch_now(self, shards: Iterable[int]) -> None:
         """Start fetching ``shards`` (needed right now) in parallel, ahead of any prefetch
@@ -74,7 +93,7 @@ class Downloader:
         with self._lock:
             for k in shards:
                 if k not in self._pending:
-                    self._pending[k] = self._pool.submit(lambda k=k: self._fetch(k, self.check_cancelled))
+                    self._submit(k)
 
     def retain(self, shards: set[int]) -> None:
         """Forget fetches of shards outside ``shards`` (a new read order): queued ones are
@@ -89,12 +108,18 @@ class Downloader:
     def claim(self, k: int) -> bool:
         """Wait for a background fetch of shard ``k``, if one was started, and forget it.
 
-        Returns whether there was one. Re-raises the fetch's exception, if it failed.
+        Returns whether there was one. One still queued is cancelled instead (the caller,
+        who needs the shard now, fetches it itself) and False returned. Re-raises the
+        fetch's exception, if it failed.
         """
         self._after_fork()
         with self._lock:
             future = self._pending.pop(k, None)
         if future is None:
+            return False
+        started = not future.cancel()
+        self._refill()
+        if not started:
             return False
         future.result()
         return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -28,20 +29,34 @@ from ..errors import CacheError, ShardFormatError
 from ..format import MappedShard
 from ..progress import Meter
 from ..workers import Cancelled
+from ..backends import Store
 from .catalog import ShardCatalog
 from .downloader import Downloader
+from .parts import PartEngine, engine
 
-__all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency"]
+__all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency", "default_lookahead"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOOKAHEAD = 4
-DEFAULT_DOWNLOAD_WORKERS = 4
+DEFAULT_LOOKAHEAD = 4  # shards, at least
+DEFAULT_DOWNLOAD_WORKERS = 4  # at least
+#: Shards ahead at most by default: each one downloading takes a waiting thread.
+MAX_DEFAULT_LOOKAHEAD = 32
 # Mapped shards cost only address space and two descriptors each; keeping many makes
 # random access cheap. Each one is locked in the cache while mapped.
 MAPPED_SHARDS = 64
 
 _LIVE: weakref.WeakSet[Residency] = weakref.WeakSet()
+
+
+def default_lookahead(stored_sizes: np.ndarray, budget_bytes: int) -> int:
+    """Shards to keep downloading ahead of the reader: enough that their parts fill the
+    download engine's budget twice over (the link stays busy while the reader consumes),
+    from :data:`DEFAULT_LOOKAHEAD` to :data:`MAX_DEFAULT_LOOKAHEAD`."""
+    if len(stored_sizes) == 0:
+        return DEFAULT_LOOKAHEAD
+    typical = max(1, int(np.median(stored_sizes)))
+    return int(min(MAX_DEFAULT_LOOKAHEAD, max(DEFAULT_LOOKAHEAD, -(-2 * budget_bytes // typical))))
 
 
 def _after_fork_in_child() -> None:
@@ -56,9 +71,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class Residency:
     """The shards of ``catalog`` as one reader (or several sharing it) holds them in ``cache``.
 
-    Shards are the catalog's numbers. ``lookahead`` shards (default 4; an unchosen one
-    shrinks to fit ``cache.limit``) are downloaded ahead of use by ``download_workers``
-    threads, started lazily. At most 64 shards stay mapped (fewer under a cache limit,
+    Shards are the catalog's numbers. ``lookahead`` shards (by default enough to keep the
+    download engine's budget full, 4 to 32; an unchosen one shrinks to fit
+    ``cache.limit``) are downloaded ahead of use by ``download_workers`` threads (default:
+    one per shard of the lookahead), started lazily. From a remote store each shard is
+    fetched as ranged parts by the process's :class:`~roxxel.read.parts.PartEngine`. At most 64 shards stay mapped (fewer under a cache limit,
     leaving room for one more download), the oldest unmapped first. ``what`` names the
     reader in messages. Raises :class:`~roxxel.errors.CacheError` stating the minimum if
     the limit cannot hold one shard, or the chosen lookahead.
@@ -76,18 +93,21 @@ class Residency:
         cache: ShardCache,
         *,
         lookahead: int | None = None,
-        download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
+        download_workers: int | None = None,
         what: str,
     ) -> None:
         self.catalog = catalog
         self.cache = cache
         self.chosen_lookahead = lookahead  # None: shrunk to fit the cache limit as needed
-        self.download_workers = download_workers
         self._what = what
         self._limit = cache.limit
         sizes = catalog.raw_sizes
+        default = default_lookahead(catalog.stored_sizes, engine().max_bytes)
         self.lookahead = fit_lookahead(self._limit, sizes, lookahead=lookahead,
-                                       default=DEFAULT_LOOKAHEAD, what=what)
+                                       default=default, what=what)
+        if download_workers is None:
+            download_workers = max(DEFAULT_DOWNLOAD_WORKERS, self.lookahead)
+        self.download_workers = download_workers
         self._max_mapped = mapped_at_most(self._limit, sizes, max(MAPPED_SHARDS, self.lookahead + 1))
         # what the limit allows to stay mapped (hold() may raise _max_mapped for a window
         # that fit_window checked)
@@ -101,7 +121,13 @@ class Residency:
         self._unmapped: Callable[[int], object] = lambda k: None
         self._closed = False
         self._lock = threading.Lock()
-        self._stats = {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0}
+        self._engine: PartEngine | None = None  # attached on the first download in parts
+        self._used_engine: PartEngine | None = None  # kept after close, for stats
+        self._transfers: dict[int, object] = {}  # shard -> its download in parts, while running
+        self._stats: dict[str, float] = {
+            "shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0,
+            "gets": 0, "retries": 0, "wait_seconds": 0.0,
+        }
         _LIVE.add(self)
 
     # -- what the limit allows ---------------------------------------------------------
@@ -210,22 +236,66 @@ class Residency:
         self._fetch(k, check_cancelled).close()
 
     def _fetch(
-        self, k: int, check_cancelled: Callable[[], None] | None, meter: Meter | None = None
+        self,
+        k: int,
+        check_cancelled: Callable[[], None] | None,
+        meter: Meter | None = None,
+        *,
+        urgent: bool = False,
     ) -> CachedShard:
-        """Shard ``k`` in the cache (downloaded and verified if it was not), held."""
+        """Shard ``k`` in the cache (downloaded and verified if it was not), held.
+        ``urgent``: a reader is waiting for it (its parts go first)."""
 
-        def on_chunk(nbytes: int) -> None:
-            if check_cancelled is not None:
-                check_cancelled()
-            with self._lock:
-                self._stats["bytes_downloaded"] += nbytes
-            if meter is not None:
-                meter.add(nbytes)
+        def counted(sink: Callable[[bytes], object]) -> Callable[[bytes], None]:
+            def write(chunk: bytes) -> None:
+                sink(chunk)
+                if check_cancelled is not None:
+                    check_cancelled()
+                with self._lock:
+                    self._stats["bytes_downloaded"] += len(chunk)
+                if meter is not None:
+                    meter.add(len(chunk))
 
-        handle, fetched = self.catalog.get(k, self.cache, on_chunk, self._next_use)
+            return write
+
+        def download(store: Store, key: str, size: int, sink: Callable[[bytes], object]) -> None:
+            if not store.downloads_in_parts:
+                store.stream(key, counted(sink), size=size)
+                return
+            parts = self._attached_engine()
+            try:
+                parts.download(store, key, size, counted(sink), check_cancelled=check_cancelled,
+                               on_start=lambda transfer: self._started(k, transfer, urgent),
+                               on_part=self._count_part, on_retry=self._count_retry)
+            finally:
+                with self._lock:
+                    self._transfers.pop(k, None)
+
+        handle, fetched = self.catalog.get(k, self.cache, download, self._next_use)
         with self._lock:
             self._stats["shards_downloaded" if fetched else "cache_hits"] += 1
         return handle
+
+    def _attached_engine(self) -> PartEngine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._used_engine = engine()
+                self._engine.attach()
+            return self._engine
+
+    def _started(self, k: int, transfer: object, urgent: bool) -> None:
+        with self._lock:
+            self._transfers[k] = transfer
+        if urgent and self._engine is not None:
+            self._engine.hurry(transfer)
+
+    def _count_part(self, nbytes: int, start: float, end: float) -> None:
+        with self._lock:
+            self._stats["gets"] += 1
+
+    def _count_retry(self, exc: BaseException) -> None:
+        with self._lock:
+            self._stats["retries"] += 1
 
     def warm(
         self, shards: list[int], *, workers: int, progress: Callback | None = None
@@ -246,7 +316,8 @@ class Residency:
         try:
             for i, k in enumerate(todo):
                 downloader.prefetch(todo[i : i + ahead])
-                downloader.claim(k)
+                if not downloader.claim(k):  # not started yet: fetched here, now
+                    self._fetch(k, downloader.check_cancelled, meter).close()
         finally:
             downloader.close()
         after = self.stats
@@ -258,10 +329,17 @@ class Residency:
         }
 
     @property
-    def stats(self) -> dict[str, int]:
-        """Shards and bytes downloaded, and shard loads served by the cache."""
+    def stats(self) -> dict[str, float]:
+        """Shards and bytes downloaded, shard loads served by the cache, GETs made and
+        retried, and the seconds readers waited for shards to arrive; with
+        ``link_bytes_per_second``, what this process's downloads achieved while any was
+        running (all readers of the process together)."""
         with self._lock:
-            return dict(self._stats)
+            stats = dict(self._stats)
+        parts = self._used_engine
+        busy = parts.stats["busy_seconds"] if parts is not None else 0.0
+        stats["link_bytes_per_second"] = parts.stats["bytes"] / busy if parts is not None and busy else 0.0
+        return stats
 
     # -- maps --------------------------------------------------------------------------
 
@@ -279,11 +357,20 @@ class Residency:
         while len(self._mapped) >= self._max_mapped:  # unlock one before the cache needs room
             self.release(self._mapped[0])
         downloader = self._downloader
+        with self._lock:
+            transfer = self._transfers.get(k)
+        if transfer is not None and self._engine is not None:
+            self._engine.hurry(transfer)  # the reader waits for it: its parts go first
+        waited = time.perf_counter()
         try:
             claimed = downloader is not None and downloader.claim(k)
-            handle = self._fetch(k, downloader.check_cancelled if downloader is not None else None)
+            handle = self._fetch(k, downloader.check_cancelled if downloader is not None else None,
+                                 urgent=True)
         except (Cancelled, CancelledError):
             raise ValueError(f"{self._what} was closed while a shard was being fetched") from None
+        finally:
+            with self._lock:
+                self._stats["wait_seconds"] += time.perf_counter() - waited
         if claimed:  # the prefetch already counted this shard
             with self._lock:
                 self._stats["cache_hits"] -= 1
@@ -339,3 +426,7 @@ class Residency:
             self._downloader = None
         for k in list(self._handles):
             self.release(k)
+        with self._lock:
+            parts, self._engine = self._engine, None
+        if parts is not None:
+            parts.detach()

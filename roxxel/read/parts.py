@@ -1,0 +1,426 @@
+"""Shard downloads as ranged parts under one budget per process.
+
+One connection of a real object store delivers roughly 50-100 MB/s after tens of
+milliseconds to the first byte; a node reaches its link only with many ranged GETs in
+flight. A :class:`PartEngine` splits each object into parts (8 MiB by default) and runs
+them on one pool of connection threads, whatever the number of shards being downloaded
+or of threads waiting for them:
+
+- **One budget.** At most :attr:`PartEngine.limit` parts are in flight, and the bytes
+  in flight plus those received but not yet consumed stay under ``max_bytes``; only the
+  part a consumer is waiting for next may go past it (one part per object at most), so
+  the budget can never stall a download.
+- **Priority by next use.** Objects are served in the order their downloads were asked
+  for, except that one a reader is blocked on (:meth:`PartEngine.hurry`) goes first; an
+  object's parts go in order. The first shard's first parts go first, and the rest of the
+  link is filled with what is needed next.
+- **Refilled as parts complete**, not in waves: a connection thread takes the next part
+  as soon as its last one is done.
+- **In order to the consumer.** :meth:`PartEngine.download` hands an object's bytes to
+  its sink in order, part by part, so the caller hashes the in-order prefix as it
+  arrives (the cache publishes a shard only once it is whole and verified, as always).
+- **Adaptive.** :class:`Concurrency` raises the limit while throughput grows with it and
+  halves it when the store throttles (HTTP 503 SlowDown, 429).
+- **Shared fairly on a node.** Processes that share a node's link (torchrun's local ranks,
+  DataLoader workers) split the node's budget between them instead of multiplying it:
+  :func:`node_share`.
+
+Each part is one :meth:`~roxxel.backends.Store.read_part`, with that wrapper's retries,
+stall detection, length checks and error translation. The engine's threads start with
+the first download after a reader attaches (:meth:`PartEngine.attach`) and stop when the
+last one detaches, when the process forks (the child makes its own) and at interpreter
+exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..backends import Store
+from ..backends.errors import throttled
+
+__all__ = [
+    "DEFAULT_PARTS_IN_FLIGHT",
+    "DEFAULT_PART_SIZE",
+    "Concurrency",
+    "PartEngine",
+    "engine",
+    "node_share",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PART_SIZE = 8 * 2**20
+#: Parts in flight per node to start with: 32 connections of 50-100 MB/s each carry a
+#: link of 1.6-3.2 GB/s. :class:`Concurrency` may double it where throughput grows.
+DEFAULT_PARTS_IN_FLIGHT = 32
+_POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
+_CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
+
+
+def node_share() -> int:
+    """How many processes of this node share its download budget: torchrun's local world
+    size (``LOCAL_WORLD_SIZE``) times the DataLoader workers of this process's loader, if
+    this is one of its workers. Read when the engine is made, never at import."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    share = int(local) if local.isdigit() and int(local) > 0 else 1
+    torch = sys.modules.get("torch")
+    info = None
+    if torch is not None and hasattr(torch, "utils"):
+        info = torch.utils.data.get_worker_info()
+    if info is not None:
+        share *= max(1, info.num_workers)
+    return share
+
+
+@dataclass
+class Concurrency:
+    """The number of parts in flight: a hill climb on throughput, halved on throttling.
+
+    Every ``interval`` seconds in which the limit was the bottleneck (parts were waiting
+    for a slot), the throughput of that interval is compared with the best seen at the
+    previous limit: a gain of ``gain`` or more raises the limit by ``step`` (up to
+    ``maximum``); no gain after a raise takes it back and stops climbing. A throttled
+    request halves it (down to ``minimum``) and holds it there for ``hold`` seconds.
+    Pure: time and bytes are given to it.
+    """
+
+    limit: int
+    minimum: int = 2
+    maximum: int = 64
+    step: int = 8
+    gain: float = 1.10
+    interval: float = 1.0
+    hold: float = 5.0
+    _since: float | None = None
+    _bytes: int = 0
+    _saturated: bool = False
+    _previous: tuple[int, float] | None = None  # (limit, throughput) before the last raise
+    _climbing: bool = True
+    _held_until: float = 0.0
+    history: list[tuple[float, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.limit = max(self.minimum, min(self.limit, self.maximum))
+
+    def transferred(self, now: float, nbytes: int, saturated: bool) -> None:
+        """``nbytes`` arrived at ``now``; ``saturated``: parts were waiting for a slot."""
+        if self._since is None:
+            self._since = now
+        self._bytes += nbytes
+        self._saturated = self._saturated or saturated
+        elapsed = now - self._since
+        if elapsed < self.interval:
+            return
+        rate = self._bytes / elapsed
+        self._since, self._bytes, saturated, self._saturated = now, 0, self._saturated, False
+        if now < self._held_until or not saturated:
+            return
+        previous = self._previous
+        if previous is not None and previous[0] < self.limit and rate < previous[1] * self.gain:
+            self._set(now, previous[0])  # the raise did not pay: back, and stay
+            self._climbing, self._previous = False, None
+        elif self._climbing and self.limit < self.maximum:
+            self._previous = (self.limit, rate)
+            self._set(now, min(self.maximum, self.limit + self.step))
+        else:
+            self._previous = None
+
+    def throttled(self, now: float) -> None:
+        """The store asked us to slow down (HTTP 503 SlowDown, 429)."""
+        if now < self._held_until and self.history and self.history[-1][0] >= now - 0.5:
+            return  # one burst of refusals halves once
+        self._previous, self._climbing = None, False
+        self._held_until = now + self.hold
+        self._set(now, max(self.minimum, self.limit // 2))
+
+    def _set(self, now: float, limit: int) -> None:
+        if limit != self.limit:
+            self.limit = limit
+            self.history.append((now, limit))
+            log.debug("download concurrency now %d parts in flight", limit)
+
+
+class _Transfer:
+    """One object being downloaded as parts (guarded by the engine's lock)."""
+
+    def __init__(self, store: Store, key: str, size: int, part_size: int, ticket: int) -> None:
+        self.store, self.key, self.size = store, key, size
+        self.bounds = [(a, min(a + part_size, size)) for a in range(0, size, part_size)] or [(0, 0)]
+        self.ticket = ticket
+        self.urgent = False
+        self.issued = 0  # parts handed to connections
+        self.consumed = 0  # parts handed to the sink
+        self.results: dict[int, bytes | bytearray | BaseException] = {}
+        self.done = False  # the consumer has stopped: drop whatever still arrives
+        self.on_part: Callable[[int, float, float], object] | None = None
+        self.on_retry: Callable[[BaseException], object] | None = None
+
+    def priority(self) -> tuple[bool, int]:
+        return (not self.urgent, self.ticket)
+
+    def nbytes(self, i: int) -> int:
+        a, b = self.bounds[i]
+        return b - a
+
+
+class PartEngine:
+    """Download objects as ranged parts on one pool of connection threads (see the module).
+
+    ``parts`` is the starting number of parts in flight (adapted by :class:`Concurrency`
+    up to ``max_parts``), ``part_size`` the size of a part, ``max_bytes`` the bytes in
+    flight or received and not yet consumed.
+    """
+
+    def __init__(
+        self,
+        *,
+        parts: int = DEFAULT_PARTS_IN_FLIGHT,
+        max_parts: int | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, value in (("parts", parts), ("part_size", part_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        max_parts = 2 * parts if max_parts is None else max_parts
+        self.part_size = part_size
+        self.max_bytes = parts * part_size if max_bytes is None else max_bytes
+        self.concurrency = Concurrency(parts, minimum=min(2, parts), maximum=max(parts, max_parts))
+        self._clock = clock
+        self._cond = threading.Condition(threading.Lock())
+        self._transfers: list[_Transfer] = []
+        self._tickets = 0
+        self._in_flight = 0
+        self._reserved = 0  # bytes in flight plus received and not consumed
+        self._threads: list[threading.Thread] = []
+        self._users = 0
+        self._generation = 0  # bumped on stop: threads of an older generation end
+        self.stats = {"gets": 0, "bytes": 0, "retries": 0, "throttled": 0, "busy_seconds": 0.0}
+        self._busy_since: float | None = None
+
+    @property
+    def limit(self) -> int:
+        """Parts in flight at most, now."""
+        return self.concurrency.limit
+
+    # -- users -------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """A reader will download through this engine (its threads may run)."""
+        with self._cond:
+            self._users += 1
+
+    def detach(self) -> None:
+        """A reader is done; the last one stops the threads, waiting up to a second for
+        a part in flight (a thread still fetching one is a daemon and ends with it)."""
+        with self._cond:
+            self._users = max(0, self._users - 1)
+            stopped = self._stop_threads() if self._users == 0 and not self._transfers else []
+        deadline = time.monotonic() + _CLOSE_TIMEOUT
+        for thread in stopped:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _stop_threads(self) -> list[threading.Thread]:
+        """Tell the threads to end (under the lock); returns them."""
+        stopped, self._threads = self._threads, []
+        self._generation += 1
+        self._cond.notify_all()
+        return stopped
+
+    # -- downloading -------------------------------------------------------------------
+
+    def download(
+        self,
+        store: Store,
+        key: str,
+        size: int,
+        sink: Callable[[bytes | bytearray], object],
+        *,
+        check_cancelled: Callable[[], None] | None = None,
+        on_start: Callable[[_Transfer], object] | None = None,
+        on_part: Callable[[int, float, float], object] | None = None,
+        on_retry: Callable[[BaseException], object] | None = None,
+    ) -> _Transfer:
+        """Feed the ``size`` bytes of ``key`` to ``sink`` in order, fetched as parts.
+
+        Blocks the calling thread until the last part is consumed; ``check_cancelled`` is
+        called while waiting and may raise to stop. ``on_start(transfer)`` is called
+        once the download is queued (:meth:`hurry` takes that handle). ``on_part(nbytes, start, end)`` is
+        called for each part fetched (from a connection thread), ``on_retry(exc)`` for
+        each failed attempt that is retried. A part's error is raised here, at that part,
+        after the parts before it were consumed. Exceptions of ``sink`` propagate.
+        """
+        with self._cond:
+            self._tickets += 1
+            transfer = _Transfer(store, key, size, self.part_size, self._tickets)
+            transfer.on_part, transfer.on_retry = on_part, on_retry
+            self._transfers.append(transfer)
+            self._ensure_threads()
+            self._cond.notify_all()
+        try:
+            if on_start is not None:
+                on_start(transfer)
+            for i in range(len(transfer.bounds)):
+                data = self._wait_for(transfer, i, check_cancelled)
+                if isinstance(data, BaseException):
+                    raise data
+                if data:
+                    sink(data)
+        finally:
+            with self._cond:
+                self._finish(transfer)
+        return transfer
+
+    def hurry(self, transfer: _Transfer | None) -> None:
+        """A reader is blocked on this download: its parts go before everyone else's."""
+        if transfer is None:
+            return
+        with self._cond:
+            transfer.urgent = True
+            self._cond.notify_all()
+
+    def _wait_for(
+        self, transfer: _Transfer, i: int, check_cancelled: Callable[[], None] | None
+    ) -> bytes | bytearray | BaseException:
+        while True:
+            with self._cond:
+                if i in transfer.results:
+                    data = transfer.results.pop(i)
+                    transfer.consumed = i + 1
+                    self._reserved -= transfer.nbytes(i)
+                    self._cond.notify_all()  # the budget has room again
+                    return data
+                self._cond.wait(_POLL_SECONDS)
+            if check_cancelled is not None:
+                check_cancelled()
+
+    def _finish(self, transfer: _Transfer) -> None:
+        transfer.done = True
+        for i in list(transfer.results):
+            del transfer.results[i]
+            self._reserved -= transfer.nbytes(i)
+        # parts still in flight give their bytes back when they land (see _run)
+        self._transfers.remove(transfer)
+        self._cond.notify_all()
+        if self._users == 0 and not self._transfers:
+            self._stop_threads()
+
+    def _ensure_threads(self) -> None:
+        alive = [t for t in self._threads if t.is_alive()]
+        generation = self._generation
+        while len(alive) < self.concurrency.maximum and len(alive) < self.limit:
+            thread = threading.Thread(target=self._run, args=(generation,), daemon=True,
+                                      name=f"roxxel-part-{len(alive)}")
+            thread.start()
+            alive.append(thread)
+        self._threads = alive
+
+    def _pick(self) -> tuple[_Transfer, int] | None:
+        """The next part to fetch, if the limit and the budget allow one: in order of
+        priority; once the budget is full, only a part some consumer is waiting for."""
+        if self._in_flight >= self.limit:
+            return None
+        full = False
+        for transfer in sorted(self._transfers, key=_Transfer.priority):
+            i = transfer.issued
+            if transfer.done or i >= len(transfer.bounds):
+                continue
+            if i == transfer.consumed:  # its consumer waits for this very part
+                return transfer, i
+            if not full and self._reserved + transfer.nbytes(i) <= self.max_bytes:
+                return transfer, i
+            full = True  # nothing jumps this transfer's turn but a part being waited for
+        return None
+
+    def _waiting(self) -> bool:
+        return any(not t.done and t.issued < len(t.bounds) for t in self._transfers)
+
+    def _run(self, generation: int) -> None:
+        main = threading.main_thread()
+        while True:
+            with self._cond:
+                picked = None
+                while picked is None:
+                    if generation != self._generation or not main.is_alive():
+                        return
+                    if self._users == 0 and not self._transfers:  # nobody left to serve
+                        return
+                    picked = self._pick()
+                    if picked is None:
+                        self._cond.wait(_POLL_SECONDS)
+                transfer, i = picked
+                transfer.issued = i + 1
+                self._in_flight += 1
+                self._reserved += transfer.nbytes(i)
+                if self._busy_since is None:
+                    self._busy_since = self._clock()
+            start = self._clock()
+            result = self._fetch(transfer, i)
+            end = self._clock()
+            with self._cond:
+                self._in_flight -= 1
+                if transfer.done:
+                    self._reserved -= transfer.nbytes(i)
+                else:
+                    transfer.results[i] = result
+                if not isinstance(result, BaseException):
+                    self.stats["gets"] += 1
+                    self.stats["bytes"] += len(result)
+                    self.concurrency.transferred(end, len(result), saturated=self._waiting())
+                    if generation == self._generation and self._transfers:
+                        self._ensure_threads()  # the limit may have grown
+                if self._in_flight == 0 and self._busy_since is not None:
+                    self.stats["busy_seconds"] += end - self._busy_since
+                    self._busy_since = None
+                self._cond.notify_all()
+            if transfer.on_part is not None and not isinstance(result, BaseException):
+                transfer.on_part(len(result), start, end)
+
+    def _fetch(self, transfer: _Transfer, i: int) -> bytes | bytearray | BaseException:
+        a, b = transfer.bounds[i]
+
+        def failed(exc: BaseException) -> None:
+            with self._cond:
+                self.stats["retries"] += 1
+                if throttled(exc):
+                    self.stats["throttled"] += 1
+                    self.concurrency.throttled(self._clock())
+            if transfer.on_retry is not None:
+                transfer.on_retry(exc)
+
+        try:
+            return transfer.store.read_part(transfer.key, a, b, on_failure=failed)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            return exc
+
+
+_ENGINE: PartEngine | None = None
+_ENGINE_LOCK = threading.Lock()
+
+
+def engine() -> PartEngine:
+    """This process's engine, made on first use with the node's budget divided by
+    :func:`node_share` (at least 4 parts in flight)."""
+    global _ENGINE
+    with _ENGINE_LOCK:
+        if _ENGINE is None:
+            share = node_share()
+            parts = max(4, -(-DEFAULT_PARTS_IN_FLIGHT // share))
+            _ENGINE = PartEngine(parts=parts)
+        return _ENGINE
+
+
+def _after_fork_in_child() -> None:
+    global _ENGINE, _ENGINE_LOCK
+    _ENGINE, _ENGINE_LOCK = None, threading.Lock()  # the parent's threads did not come along
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
