@@ -51,22 +51,17 @@ def _blake3() -> Hasher:
     return blake3(max_threads=1)
 
 
-@dataclass(frozen=True)
-class _Algorithm:
-    digits: int  # lowercase hex digits of a digest
-    new: Callable[[], Hasher]
-
-
-_ALGORITHMS: Mapping[str, _Algorithm] = MappingProxyType(
+# The table: each algorithm's digest in lowercase hex digits, and how to make its hasher.
+_ALGORITHMS: Mapping[str, tuple[int, Callable[[], Hasher]]] = MappingProxyType(
     {
-        "sha256": _Algorithm(64, hashlib.sha256),
-        "blake2b": _Algorithm(128, hashlib.blake2b),  # a 64-byte digest
-        "blake3": _Algorithm(64, _blake3),  # a 32-byte digest
+        "sha256": (64, hashlib.sha256),
+        "blake2b": (128, hashlib.blake2b),  # a 64-byte digest
+        "blake3": (64, _blake3),  # a 32-byte digest
     }
 )
 
 #: Allowed checksum algorithms and the exact number of lowercase hex digits of each.
-CHECKSUM_ALGORITHMS: Mapping[str, int] = MappingProxyType({name: a.digits for name, a in _ALGORITHMS.items()})
+CHECKSUM_ALGORITHMS: Mapping[str, int] = MappingProxyType({name: n for name, (n, _) in _ALGORITHMS.items()})
 #: The algorithm of the checksums roxxel writes.
 DEFAULT_ALGORITHM = "blake3"
 
@@ -86,7 +81,7 @@ def new_hasher(algorithm: str) -> Hasher:
     if entry is None:
         allowed = ", ".join(sorted(_ALGORITHMS))
         raise ValueError(f"checksum algorithm {algorithm!r} is not one of {allowed}")
-    return entry.new()
+    return entry[1]()
 
 
 class ChecksumError(ValueError):
