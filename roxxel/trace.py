@@ -36,7 +36,9 @@ The API, for the code that records (all of it thread-safe):
 
 Events are buffered in memory, at most ``max_events`` (default 1,000,000, about 150 MB):
 later ones are dropped and counted (the count is in the file's ``otherData`` and shown
-as an instant event at the end).
+as an instant event at the end). Recording one costs about a microsecond or two, and
+writing a million a few seconds: trace parts, blocks of records and waits, not every
+record.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ class Span:
         end = time.perf_counter_ns()
         if exc_type is not None:
             self.args["error"] = exc_type.__name__  # the type only: messages may hold URLs
-        self._tracer.complete(self.name, self.cat, self.start, end, **self.args)
+        tracer = self._tracer
+        tracer._add(("X", self.name, self.cat, self.start, end - self.start, tracer._tid(), self.args or None, ""))
 
 
 class Tracer:
@@ -141,6 +144,8 @@ class Tracer:
 
     def instant(self, name: str, cat: str = "roxxel", /, *, scope: str = "t", **args: Any) -> None:
         """A point in time; ``scope`` "t" (thread), "p" (process) or "g" (global)."""
+        if scope not in ("t", "p", "g"):
+            raise ValueError(f"scope must be 't', 'p' or 'g', got {scope!r}")
         self._add(("i", name, cat, time.perf_counter_ns(), 0, self._tid(), args or None, scope))
 
     def counter(self, name: str, /, **values: float) -> None:
@@ -203,52 +208,61 @@ class Tracer:
 
     def to_json(self) -> dict[str, Any]:
         """The trace so far as a Trace Event Format object."""
-        events, other = self._snapshot()
-        return {"traceEvents": list(events), "displayTimeUnit": "ms", "otherData": other}
+        lines, other = self._snapshot()
+        return {"traceEvents": [json.loads(line) for line in lines], "displayTimeUnit": "ms", "otherData": other}
 
     def flush(self) -> str:
         """Write everything recorded so far to :meth:`output_path`, atomically (a temp
         file renamed into place); returns the path. Recording goes on."""
         path = self.output_path()
-        events, other = self._snapshot()
-        write_atomically(path, events, other)
+        lines, other = self._snapshot()
+        write_atomically(path, lines, other)
         return path
 
-    def _snapshot(self) -> tuple[Iterator[dict[str, Any]], dict[str, Any]]:
-        """The events recorded so far (made one by one: a million dicts would not fit)
-        and the file's ``otherData``."""
+    def _snapshot(self) -> tuple[Iterator[str], dict[str, Any]]:
+        """The events recorded so far as JSON texts (made one by one: a million dicts
+        would not fit) and the file's ``otherData``."""
         with self._lock:
             events, threads, dropped = list(self._events), dict(self._threads), self.dropped
             rank, worker = self.rank, self.worker
         other = {"roxxel_trace": {"pid": self.pid, "rank": rank, "worker": worker, "host": socket.gethostname(),
                                   "events": len(events), "dropped": dropped, "max_events": self.max_events}}
-        return self._event_dicts(events, threads, dropped, rank, worker), other
+        return self._lines(events, threads, dropped, rank, worker), other
 
-    def _event_dicts(self, events: list[_Event], threads: dict[int, str], dropped: int,
-                     rank: int | None, worker: int | None) -> Iterator[dict[str, Any]]:
+    def _lines(self, events: list[_Event], threads: dict[int, str], dropped: int,
+               rank: int | None, worker: int | None) -> Iterator[str]:
         offset, pid = self._wall_minus_perf, self.pid
-        yield {"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
-               "args": {"name": _process_name(rank, worker, pid)}}
-        yield {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0,
-               "args": {"sort_index": (rank or 0) * 1000 + (0 if worker is None else worker + 1)}}
+        metadata: list[tuple[str, int, dict[str, Any]]] = [
+            ("process_name", 0, {"name": _process_name(rank, worker, pid)}),
+            ("process_sort_index", 0, {"sort_index": (rank or 0) * 1000 + (0 if worker is None else worker + 1)}),
+        ]
         labels = [f"{k} {v}" for k, v in (("rank", rank), ("worker", worker)) if v is not None]
         if labels:
-            yield {"ph": "M", "name": "process_labels", "pid": pid, "tid": 0, "args": {"labels": ", ".join(labels)}}
-        for tid, name in threads.items():
-            yield {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}}
+            metadata.append(("process_labels", 0, {"labels": ", ".join(labels)}))
+        metadata.extend(("thread_name", tid, {"name": name}) for tid, name in threads.items())
+        for name, tid, args in metadata:
+            yield _dumps({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args})
+        # Written by hand, with each name encoded once: json.dumps of a dict per event
+        # would make writing a million events take many seconds at exit.
+        encoded: dict[str, str] = {}
         for phase, name, cat, start, dur, tid, args, scope in events:
-            event: dict[str, Any] = {"ph": phase, "name": name, "cat": cat, "pid": pid, "tid": tid,
-                                     "ts": (start + offset) / 1000}
+            ns = start + offset
+            text = (f'{{"ph":"{phase}","name":{encoded.get(name) or encoded.setdefault(name, _dumps(name))},'
+                    f'"cat":{encoded.get(cat) or encoded.setdefault(cat, _dumps(cat))},"pid":{pid},"tid":{tid},'
+                    f'"ts":{ns // 1000}.{ns % 1000:03d}')
             if phase == "X":
-                event["dur"] = dur / 1000
+                text += f',"dur":{dur // 1000}.{dur % 1000:03d}'
             elif phase == "i":
-                event["s"] = scope
+                text += f',"s":"{scope}"'
             if args:
-                event["args"] = {k: _jsonable(v) for k, v in args.items()}
-            yield event
+                text += ',"args":{' + ",".join(
+                    f"{encoded.get(k) or encoded.setdefault(k, _dumps(k))}:{v if type(v) is int else _dumps(v)}"
+                    for k, v in args.items()
+                ) + "}"
+            yield text + "}"
         if dropped:
-            yield {"ph": "i", "name": f"trace full: {dropped} events dropped", "cat": "trace", "pid": pid,
-                   "tid": 0, "s": "p", "ts": (time.perf_counter_ns() + offset) / 1000}
+            yield _dumps({"ph": "i", "name": f"trace full: {dropped} events dropped", "cat": "trace", "pid": pid,
+                          "tid": 0, "s": "p", "ts": (time.perf_counter_ns() + offset) / 1000})
 
     def empty(self) -> bool:
         """Whether nothing was recorded (nor dropped)."""
@@ -285,11 +299,14 @@ def _process_name(rank: int | None, worker: int | None, pid: int) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    """A value json cannot encode as itself: a NumPy scalar's Python value, else its str."""
     if hasattr(value, "item"):  # NumPy scalars
         return value.item()
     return str(value)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_jsonable)  # one: made per call, it is slow
+_dumps = _ENCODER.encode
 
 
 def _env_rank() -> int | None:
@@ -305,21 +322,22 @@ def _in_child() -> bool:
     return mp is not None and mp.parent_process() is not None
 
 
-def write_atomically(path: str, events: Iterable[dict[str, Any]], other: Any) -> None:
-    """A trace of ``events`` (and ``otherData``) at ``path``, written to a temp file in
-    the same directory and renamed into place: a reader sees a whole file or none."""
+def write_atomically(path: str, events: Iterable[str], other: Any) -> None:
+    """A trace of ``events`` (each one JSON text) and ``otherData`` at ``path``, written
+    to a temp file in the same directory and renamed into place: a reader sees a whole
+    file or none."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write('{"traceEvents":[')
+            f.write('{"traceEvents":[\n')
             for n, event in enumerate(events):
                 if n:
                     f.write(",\n")
-                f.write(json.dumps(event, separators=(",", ":")))
-            f.write('],"displayTimeUnit":"ms","otherData":')
-            f.write(json.dumps(other, separators=(",", ":")))
+                f.write(event)
+            f.write('\n],"displayTimeUnit":"ms","otherData":')
+            f.write(_dumps(other))
             f.write("}\n")
         os.replace(temp, path)
     except BaseException:
@@ -409,7 +427,7 @@ def merge(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]])
             events.append(event)
         if isinstance(loaded, Mapping) and "otherData" in loaded:
             other.append(loaded["otherData"])
-    write_atomically(os.fspath(out), events, {"merged": other})
+    write_atomically(os.fspath(out), map(_dumps, events), {"merged": other})
     return {"files": len(inputs), "events": len(events)}
 
 

@@ -153,21 +153,22 @@ def test_the_write_is_atomic(tmp_path, monkeypatch):
     t.flush()
     before = path.read_bytes()
     t.instant("second")
-    real_dumps = json.dumps
-    calls = []
+    real_replace = os.replace
+    seen = []
 
-    def failing_dumps(obj, **kwargs):
-        calls.append(obj)
-        if len(calls) == 3:
-            raise OSError("disk full")
-        return real_dumps(obj, **kwargs)
+    def replace(src, dst):
+        # at the rename: the new file is whole, and the old one is still in place
+        seen.append([e["name"] for e in load(src) if e["ph"] == "i"])
+        assert open(dst, "rb").read() == before
+        raise OSError("disk full")
 
-    monkeypatch.setattr(trace.json, "dumps", failing_dumps)
+    monkeypatch.setattr(trace.os, "replace", replace)
     with pytest.raises(OSError, match="disk full"):
         t.flush()
+    assert seen == [["first", "second"]]
     assert path.read_bytes() == before  # the old file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["atomic.json"]  # no temp file left
-    monkeypatch.setattr(trace.json, "dumps", real_dumps)
+    monkeypatch.setattr(trace.os, "replace", real_replace)
     t.flush()
     assert [e["name"] for e in load(path) if e["ph"] == "i"] == ["first", "second"]
 
