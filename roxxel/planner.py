@@ -21,9 +21,11 @@ no clock, pid, counter or Python ``hash()`` involved.
 5. A window is *staged*, so that its first records need only the first shard it
    downloads. Its pieces ``0..W-1`` (slots), in plan order, are also its download
    order. With ``n_j`` records in slot ``j`` and ``C_j = n_0 + ... + n_(j-1)``, slot
-   ``j`` opens at position ``A_j = floor(C_j * STAGE_FRACTION)`` of the window (so
-   ``A_0 = 0`` and every slot is open after ``STAGE_FRACTION`` of the window), and stage
-   ``k`` is positions ``[A_k, A_(k+1))`` (the last one ends at the window's end).
+   ``j`` opens at position ``A_j = min(C_j, max(j, floor(C_j * STAGE_FRACTION)))`` of
+   the window (so ``A_0 = 0``, each slot opens at least one position after the one
+   before while records are left for it, and every slot is open after about
+   ``STAGE_FRACTION`` of the window), and stage ``k`` is positions ``[A_k, A_(k+1))``
+   (the last one ends at the window's end).
    Stage ``k`` takes its records from the open slots ``0..k`` in proportion to what
    each has left (largest remainders, ties to the lower slot: the expected composition
    of a uniform draw without replacement), and puts them in a keyed uniform order
@@ -100,7 +102,7 @@ class WindowOrder:
         np.cumsum(self.counts, out=edges[1:])
         self.size = int(edges[-1])
         num, den = STAGE_FRACTION if key is not None else (1, 1)
-        starts = [c * num // den for c in edges[:-1].tolist()] + [self.size]
+        starts = [min(c, max(j, c * num // den)) for j, c in enumerate(edges[:-1].tolist())] + [self.size]
         self.stage_starts = np.asarray(starts, dtype=np.int64)
         self.taken = _stage_composition(self.counts, self.stage_starts)
         self._before = np.zeros_like(self.taken)  # records slot j gave the stages before k
