@@ -126,6 +126,7 @@ class Tracer:
         # perf_counter_ns to wall-clock ns: one offset per process, so processes line up
         self._wall_minus_perf = time.time_ns() - time.perf_counter_ns() if _offset is None else _offset
         self._exit_hooks = False
+        self._written: tuple[int, int] | None = None  # (events, dropped) in the file last written
 
     # -- recording ------------------------------------------------------------------
 
@@ -217,6 +218,8 @@ class Tracer:
         path = self.output_path()
         lines, other = self._snapshot()
         write_atomically(path, lines, other)
+        counts = other["roxxel_trace"]
+        self._written = (counts["events"], counts["dropped"])
         return path
 
     def _snapshot(self) -> tuple[Iterator[str], dict[str, Any]]:
@@ -273,7 +276,9 @@ class Tracer:
         """Write the file (if anything was recorded); idempotent, never raises."""
         if os.getpid() != self.pid:  # an atexit handler inherited by os.fork()
             return
-        if self.empty():
+        with self._lock:
+            current = (len(self._events), self.dropped)
+        if current == (0, 0) or current == self._written:  # nothing, or nothing new
             return
         try:
             path = self.flush()

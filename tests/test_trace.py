@@ -282,3 +282,19 @@ def test_threads_recording_at_once_keep_the_bound_exactly(tmp_path):
     document = t.to_json()
     assert sum(e["ph"] == "C" for e in document["traceEvents"]) == 2500
     assert document["otherData"]["roxxel_trace"]["dropped"] == 1500
+
+
+def test_close_writes_only_what_is_new(tmp_path):
+    path = tmp_path / "once.json"
+    t = trace.Tracer(str(path))
+    t.close()
+    assert not path.exists()  # nothing recorded, no file
+    t.instant("a")
+    t.close()
+    inode = path.stat().st_ino
+    t.close()  # atexit and multiprocessing's finalizer may both call it
+    assert path.stat().st_ino == inode  # not written again
+    t.instant("b")
+    t.close()
+    assert path.stat().st_ino != inode
+    assert [e["name"] for e in load(path) if e["ph"] == "i"] == ["a", "b"]
