@@ -177,7 +177,7 @@ def test_a_dataset_reached_through_a_symlink_counts_the_manifests_above_its_real
 
 def test_shard_names_roxxel_does_not_give_are_never_candidates():
     assert SHARD_KEY.match("shards/00001-000002-0123456789ab.rox")
-    for algorithm in ("sha256", "blake2b", "blake3"):  # names merge and cp give copies
+    for algorithm in ("sha256", "blake2b", "blake3"):  # the names merge gives the shards it copies
         assert SHARD_KEY.match(f"shards/{algorithm}-" + "a" * 32 + ".rox.zst")
     for name in ("shards/train-" + "a" * 32 + ".rox", "shards/00001-000002-0123456789ab.rox.bak",
                  "shards/sub/00001-000002-0123456789ab.rox", "00001-000002-0123456789ab.rox"):
