@@ -9,9 +9,11 @@ wrapper around the part reader counts the part buffers alive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import threading
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import pytest
 
 import roxxel
 from roxxel.backends import multipart
+from roxxel.backends.s3 import _refuse, refused
 from roxxel.backends.store import Store
 from roxxel.errors import AccessDeniedError, IntegrityError
 from tests import faulty_s3
@@ -50,10 +53,18 @@ def bucket(s3_server) -> str:
     return name
 
 
-def make_store(server: Any, bucket: str, **policy: Any) -> Store:
+@pytest.fixture(params=["presigned", "s3fs"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """How parts are sent: presigned PUTs from part threads (where the store allows,
+    the default), or through s3fs (the fallback)."""
+    return request.param
+
+
+def make_store(server: Any, bucket: str, transport: str = "presigned") -> Store:
     fs = fsspec.filesystem("s3", skip_instance_cache=True, **server.storage_options)
-    kwargs = {"retry": roxxel.backends.RetryPolicy(**policy)} if policy else {}
-    return Store(f"s3://{bucket}/ds", fs=fs, **kwargs)
+    if transport == "s3fs":
+        _refuse(fs, RuntimeError("this test sends parts through s3fs"))
+    return Store(f"s3://{bucket}/ds", fs=fs)
 
 
 def random_file(path: Any, size: int, seed: int = 0) -> str:
@@ -65,56 +76,85 @@ def random_file(path: Any, size: int, seed: int = 0) -> str:
 
 class Requests:
     """Counts the S3 requests of one filesystem and the ``UploadPart`` requests in
-    flight. With ``hold=k``, each ``UploadPart`` waits until ``k`` are in flight (or
-    until no more can start: ``parts``), so the peak is ``k`` only if the upload really
-    sends ``k`` parts at once. ``fail(method, number, attempt)`` may return an exception
-    to raise instead of sending a request."""
+    flight, whichever way parts are sent: presigned PUTs on part threads
+    (``multipart._put_part``) or s3fs's ``_call_s3``. With ``hold=k``, each part waits
+    until ``k`` are in flight (or no more can start: ``parts``), so the peak is ``k``
+    only if the upload really sends ``k`` parts at once. ``fail(method, number,
+    attempt)`` may return an exception to raise instead of sending a request."""
 
-    def __init__(self, fs: Any, hold: int = 0, parts: int = 0, fail: Any = None) -> None:
+    def __init__(self, fs: Any, monkeypatch: pytest.MonkeyPatch, hold: int = 0, parts: int = 0,
+                 fail: Any = None) -> None:
         self.calls: Counter[str] = Counter()
         self.attempts: Counter[int] = Counter()  # UploadPart requests per part number
         self.in_flight = self.peak = self.parts_done = 0
         self.hold, self.parts, self.fail = hold, parts, fail
-        self._full: asyncio.Event | None = None
-        original = fs._call_s3
+        self._lock = threading.Lock()
+        self._loop_full: asyncio.Event | None = None
+        self._thread_full = threading.Event()
+        original_call, original_put = fs._call_s3, multipart._put_part
 
         async def call(method: str, *args: Any, **kwargs: Any) -> Any:
-            self.calls[method] += 1
             if method != "upload_part":
-                error = self.fail and self.fail(method, 0, self.calls[method])
+                with self._lock:
+                    self.calls[method] += 1
+                    n = self.calls[method]
+                error = self.fail and self.fail(method, 0, n)
                 if error is not None:
                     raise error
-                return await original(method, *args, **kwargs)
-            number = kwargs["PartNumber"]
+                return await original_call(method, *args, **kwargs)
+            attempt, full = self._begin(kwargs["PartNumber"])
+            ok = False
+            try:
+                if self.hold:  # a sequential upload never fills the group: it goes on after
+                    if self._loop_full is None:  # the timeout, and fails on the peak, not on time
+                        self._loop_full = asyncio.Event()
+                    if full:
+                        self._loop_full.set()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._loop_full.wait(), timeout=10)
+                self._raise_if_failing(kwargs["PartNumber"], attempt)
+                result = await original_call(method, *args, **kwargs)
+                ok = True
+                return result
+            finally:
+                self._end(ok)
+
+        def put(fs_: Any, url: str, *args: Any) -> str:
+            number = int(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["partNumber"][0])
+            attempt, full = self._begin(number)
+            ok = False
+            try:
+                if self.hold:
+                    if full:
+                        self._thread_full.set()
+                    self._thread_full.wait(10)
+                self._raise_if_failing(number, attempt)
+                result = original_put(fs_, url, *args)
+                ok = True
+                return result
+            finally:
+                self._end(ok)
+
+        fs._call_s3 = call
+        monkeypatch.setattr(multipart, "_put_part", put)
+
+    def _begin(self, number: int) -> tuple[int, bool]:
+        with self._lock:
+            self.calls["upload_part"] += 1
             self.attempts[number] += 1
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
-            try:
-                await self._wait_for_company()
-                error = self.fail and self.fail(method, number, self.attempts[number])
-                if error is not None:
-                    raise error
-                result = await original(method, *args, **kwargs)
-                self.parts_done += 1
-                return result
-            finally:
-                self.in_flight -= 1
+            return self.attempts[number], self.in_flight >= min(self.hold, self.parts - self.parts_done)
 
-        fs._call_s3 = call
+    def _end(self, ok: bool) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.parts_done += ok
 
-    async def _wait_for_company(self) -> None:
-        if not self.hold:
-            return
-        if self._full is None:
-            self._full = asyncio.Event()
-        if self.in_flight >= min(self.hold, self.parts - self.parts_done):
-            self._full.set()
-        # A sequential upload never fills the group: it goes on after the timeout, and
-        # the test fails on the peak it reached, not on any time.
-        try:
-            await asyncio.wait_for(self._full.wait(), timeout=10)
-        except asyncio.TimeoutError:
-            pass
+    def _raise_if_failing(self, number: int, attempt: int) -> None:
+        error = self.fail and self.fail("upload_part", number, attempt)
+        if error is not None:
+            raise error
 
 
 class Buffers:
@@ -154,10 +194,10 @@ class NoReadBack:
         raise AssertionError("check_upload read the object back")
 
 
-def test_large_file_goes_up_in_parts_several_at_once(limits, s3_server, bucket, tmp_path) -> None:
+def test_large_file_goes_up_in_parts_several_at_once(limits, transport, s3_server, bucket, tmp_path, monkeypatch) -> None:
     source = random_file(tmp_path / "big", 5 * PART + 12345)  # 6 parts, the last short
-    store = make_store(s3_server, bucket)
-    requests = Requests(store.fs, hold=3, parts=6)
+    store = make_store(s3_server, bucket, transport)
+    requests = Requests(store.fs, monkeypatch, hold=3, parts=6)
 
     store.put_file(source, "big.bin")
 
@@ -173,10 +213,10 @@ def test_large_file_goes_up_in_parts_several_at_once(limits, s3_server, bucket, 
     store.check_upload("big.bin", source, NoReadBack())
 
 
-def test_small_file_is_one_put(limits, s3_server, bucket, tmp_path) -> None:
+def test_small_file_is_one_put(limits, s3_server, bucket, tmp_path, monkeypatch) -> None:
     source = random_file(tmp_path / "small", 2 * PART - 1)
     store = make_store(s3_server, bucket)
-    requests = Requests(store.fs)
+    requests = Requests(store.fs, monkeypatch)
 
     store.put_file(source, "small.bin")
 
@@ -185,24 +225,30 @@ def test_small_file_is_one_put(limits, s3_server, bucket, tmp_path) -> None:
     store.check_upload("small.bin", source, NoReadBack())
 
 
-def test_part_buffers_alive_never_exceed_the_budget(limits, s3_server, bucket, tmp_path, monkeypatch) -> None:
+def test_part_buffers_alive_never_exceed_the_budget(limits, transport, s3_server, bucket, tmp_path,
+                                                     monkeypatch) -> None:
+    """Through s3fs a part is read into memory when its turn comes and dropped when it
+    is sent; presigned parts are sent from the file and hold no buffer at all."""
     multipart.configure(parts_in_flight=2)
     source = random_file(tmp_path / "big", 6 * PART)
-    store = make_store(s3_server, bucket)
-    requests = Requests(store.fs, hold=2, parts=6)
+    store = make_store(s3_server, bucket, transport)
+    requests = Requests(store.fs, monkeypatch, hold=2, parts=6)
     buffers = Buffers(monkeypatch, requests)
 
     store.put_file(source, "big.bin")
 
-    assert buffers.reads == 6  # each part read once, when its turn came
-    assert buffers.peak == 2
     assert requests.peak == 2
+    if transport == "s3fs":
+        assert buffers.reads == 6  # each part read once, when its turn came
+        assert buffers.peak == 2
+    else:
+        assert buffers.reads == 0
 
 
-def test_the_budget_is_shared_by_concurrent_uploads(limits, s3_server, bucket, tmp_path, monkeypatch) -> None:
+def test_the_budget_is_shared_by_concurrent_uploads(limits, transport, s3_server, bucket, tmp_path, monkeypatch) -> None:
     sources = [random_file(tmp_path / f"f{i}", 4 * PART, seed=i) for i in range(3)]
-    store = make_store(s3_server, bucket)
-    requests = Requests(store.fs, hold=3, parts=12)
+    store = make_store(s3_server, bucket, transport)
+    requests = Requests(store.fs, monkeypatch, hold=3, parts=12)
     buffers = Buffers(monkeypatch, requests)
     errors: list[BaseException] = []
 
@@ -221,20 +267,20 @@ def test_the_budget_is_shared_by_concurrent_uploads(limits, s3_server, bucket, t
     assert errors == []
     assert requests.calls["upload_part"] == 12
     assert requests.peak == 3  # three files, twelve parts: three in flight at most
-    assert buffers.peak <= 3
+    assert buffers.peak <= 3 if transport == "s3fs" else buffers.reads == 0
     for i, source in enumerate(sources):
         with open(source, "rb") as f:
             assert store.read_bytes(f"f{i}.bin", None) == f.read()
 
 
-def test_a_failure_mid_upload_aborts_it(limits, s3_server, bucket, tmp_path) -> None:
+def test_a_failure_mid_upload_aborts_it(limits, transport, s3_server, bucket, tmp_path, monkeypatch) -> None:
     source = random_file(tmp_path / "big", 6 * PART)
-    store = make_store(s3_server, bucket)
+    store = make_store(s3_server, bucket, transport)
 
     def fail(method: str, number: int, attempt: int) -> BaseException | None:
         return client_error(403, "AccessDenied", "UploadPart") if number == 4 else None
 
-    requests = Requests(store.fs, fail=fail)
+    requests = Requests(store.fs, monkeypatch, fail=fail)
 
     with pytest.raises(AccessDeniedError, match=r"could not upload s3://mp-.*/ds/big\.bin: access denied"):
         store.put_file(source, "big.bin")
@@ -246,14 +292,14 @@ def test_a_failure_mid_upload_aborts_it(limits, s3_server, bucket, tmp_path) -> 
     assert pending_uploads(store, bucket) == []
 
 
-def test_a_failed_completion_aborts_the_upload(limits, s3_server, bucket, tmp_path) -> None:
+def test_a_failed_completion_aborts_the_upload(limits, transport, s3_server, bucket, tmp_path, monkeypatch) -> None:
     source = random_file(tmp_path / "big", 3 * PART)
-    store = make_store(s3_server, bucket)
+    store = make_store(s3_server, bucket, transport)
 
     def fail(method: str, number: int, attempt: int) -> BaseException | None:
         return client_error(403, "AccessDenied", "CompleteMultipartUpload") if method == "complete_multipart_upload" else None
 
-    requests = Requests(store.fs, fail=fail)
+    requests = Requests(store.fs, monkeypatch, fail=fail)
     with pytest.raises(AccessDeniedError):
         store.put_file(source, "big.bin")
     assert requests.calls["abort_multipart_upload"] == 1
@@ -261,9 +307,9 @@ def test_a_failed_completion_aborts_the_upload(limits, s3_server, bucket, tmp_pa
     assert pending_uploads(store, bucket) == []
 
 
-def test_a_part_is_sent_again_after_a_transient_error(limits, s3_server, bucket, tmp_path) -> None:
+def test_a_part_is_sent_again_after_a_transient_error(limits, transport, s3_server, bucket, tmp_path, monkeypatch) -> None:
     source = random_file(tmp_path / "big", 4 * PART)
-    store = make_store(s3_server, bucket)
+    store = make_store(s3_server, bucket, transport)
 
     def fail(method: str, number: int, attempt: int) -> BaseException | None:
         if number == 2 and attempt == 1:
@@ -272,12 +318,33 @@ def test_a_part_is_sent_again_after_a_transient_error(limits, s3_server, bucket,
             return client_error(503, "SlowDown", "UploadPart")
         return None
 
-    requests = Requests(store.fs, fail=fail)
+    requests = Requests(store.fs, monkeypatch, fail=fail)
     store.put_file(source, "big.bin")
 
     assert requests.attempts == Counter({1: 1, 2: 2, 3: 2, 4: 1})  # only the failed parts again
     assert requests.calls["create_multipart_upload"] == 1  # not the whole upload again
     assert requests.calls["abort_multipart_upload"] == 0
+    with open(source, "rb") as f:
+        assert store.read_bytes("big.bin", None) == f.read()
+    store.check_upload("big.bin", source, NoReadBack())
+
+
+def test_a_store_refusing_presigned_parts_gets_them_through_s3fs(limits, s3_server, bucket, tmp_path,
+                                                                   monkeypatch) -> None:
+    source = random_file(tmp_path / "big", 4 * PART)
+    store = make_store(s3_server, bucket)
+    requests = Requests(store.fs, monkeypatch)
+    put = multipart._put_part  # the counting wrapper
+
+    def refusing(fs: Any, url: str, *args: Any) -> str:
+        put(fs, url, *args)  # counted, and sent: then answered as a store refusing it would
+        raise client_error(403, "SignatureDoesNotMatch", "UploadPart")
+
+    monkeypatch.setattr(multipart, "_put_part", refusing)
+    store.put_file(source, "big.bin")
+
+    assert refused(store.fs)  # presigned requests are off for this filesystem from now on
+    assert requests.calls["upload_part"] >= 4 + 1  # at least one refused, then all four through s3fs
     with open(source, "rb") as f:
         assert store.read_bytes("big.bin", None) == f.read()
     store.check_upload("big.bin", source, NoReadBack())

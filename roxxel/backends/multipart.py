@@ -200,6 +200,103 @@ def _read_part(fd: int, offset: int, length: int) -> tuple[bytes, bytes]:
     return data, hashlib.md5(data).digest()
 
 
+def _md5_of(fd: int, offset: int, length: int) -> bytes:
+    """The MD5 digest of bytes ``[offset, offset + length)`` of the open file ``fd``,
+    read a MiB at a time."""
+    md5 = hashlib.md5()
+    end = offset + length
+    while offset < end:
+        block = os.pread(fd, min(MiB, end - offset), offset)
+        if not block:
+            raise OSError(f"the file to upload ended at byte {offset}, expected {end}")
+        md5.update(block)
+        offset += len(block)
+    return md5.digest()
+
+
+# -- parts by presigned PUTs -----------------------------------------------------------
+#
+# s3fs sends a body through aiobotocore and aiohttp on one event loop thread, signing
+# (over http: hashing) and copying every byte on the way. A presigned UploadPart URL,
+# PUT by http.client on a thread of its own with the body sent from the file by
+# sendfile, costs a small fraction of that CPU and holds no part in memory. It is used
+# where the presigned GETs of downloads are (:func:`.s3.open_direct`: the same
+# eligibility, endpoint and TLS settings, and a store that refuses them is read and
+# written through s3fs from then on).
+
+_EXPIRES = 3600
+_connections = threading.local()  # (scheme, netloc) -> a kept-alive connection, per part thread
+_pools: dict[int, Any] = {}
+_pools_lock = threading.Lock()
+
+
+def _part_threads(slots: int) -> Any:
+    """The process's part threads (lazy daemons; one pool per size of the budget)."""
+    from ..workers import WorkerPool
+
+    with _pools_lock:
+        pool = _pools.get(slots)
+        if pool is None:
+            pool = _pools[slots] = WorkerPool(slots, name="roxxel-part")
+        return pool
+
+
+def _direct_eligible(fs: Any) -> bool:
+    from .s3 import _eligible
+
+    return _eligible(fs)
+
+
+def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int) -> str:
+    """PUT bytes ``[offset, offset + length)`` of ``local_path`` to the presigned ``url``
+    and return the part's ETag; a refusal raises botocore's ClientError, as s3fs would."""
+    import http.client
+    import urllib.parse
+
+    from .s3 import _connect, _proxied
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(parts.hostname):
+        raise ValueError(f"a presigned part URL of scheme {parts.scheme!r} or to a proxied host")
+    kept = _connections.__dict__.setdefault("kept", {})
+    conn = kept.pop((parts.scheme, parts.netloc), None) or _connect(fs, parts)
+    try:
+        conn.putrequest("PUT", f"{parts.path}?{parts.query}", skip_accept_encoding=True)
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        with open(local_path, "rb") as f:
+            sent = conn.sock.sendfile(f, offset, length)
+        if sent != length:
+            raise OSError(f"sent {sent} bytes of a part of {length}")
+        response = conn.getresponse()
+        body = response.read()
+    except BaseException:
+        conn.close()
+        raise
+    if response.status != 200:
+        conn.close()
+        raise _client_error(response.status, body)
+    if response.will_close:
+        conn.close()
+    else:
+        kept[(parts.scheme, parts.netloc)] = conn
+    etag = response.getheader("ETag")
+    if not etag:
+        raise http.client.HTTPException("an UploadPart response without an ETag")
+    return etag
+
+
+def _client_error(status: int, body: bytes) -> Exception:
+    """botocore's ClientError for an S3 error response (its code from the XML body)."""
+    from botocore.exceptions import ClientError
+
+    text = body[:4096].decode("utf-8", "replace")
+    code = re.search(r"<Code>([^<]*)</Code>", text)
+    message = re.search(r"<Message>([^<]*)</Message>", text)
+    error = {"Code": code.group(1) if code else str(status), "Message": message.group(1) if message else ""}
+    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
+
+
 @dataclass
 class _Upload:
     """One multipart upload in progress."""
@@ -208,6 +305,7 @@ class _Upload:
     bucket: str
     key: str
     upload_id: str
+    local_path: str
     fd: int
     progress: Progress | None
 
@@ -215,20 +313,59 @@ class _Upload:
         return await self.fs._call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
 
     async def send_part(self, budget: asyncio.Semaphore, number: int, offset: int, length: int) -> tuple[str, bytes]:
-        """Read part ``number`` once a slot is free, send it (again, if it fails
-        transiently), and return its ETag and MD5 digest; the buffer dies with the slot."""
+        """Send part ``number`` once a slot is free (again, if it fails transiently) and
+        return its ETag and MD5 digest."""
         async with budget:
-            data, md5 = await asyncio.to_thread(_read_part, self.fd, offset, length)
-            content_md5 = base64.b64encode(md5).decode()
-            response = await _retrying(
-                lambda: self.call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=data,
-                                  ContentMD5=content_md5),
-                f"part {number} of s3://{self.bucket}/{self.key}",
-            )
-            del data
+            if _direct_eligible(self.fs):
+                sent = await self._send_direct(number, offset, length)
+            else:
+                sent = await self._send_through_s3fs(number, offset, length)
         if self.progress is not None:
             self.progress.beat()
+        return sent
+
+    async def _send_through_s3fs(self, number: int, offset: int, length: int) -> tuple[str, bytes]:
+        """The part read into memory and sent by s3fs; the buffer dies with the slot."""
+        data, md5 = await asyncio.to_thread(_read_part, self.fd, offset, length)
+        content_md5 = base64.b64encode(md5).decode()
+        response = await _retrying(
+            lambda: self.call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=data,
+                              ContentMD5=content_md5),
+            self._what(number),
+        )
         return str(response["ETag"]), md5
+
+    async def _send_direct(self, number: int, offset: int, length: int) -> tuple[str, bytes]:
+        """The part sent from the file by a presigned PUT on a part thread; no buffer."""
+        loop = asyncio.get_running_loop()
+        threads = _part_threads(_limits.parts_in_flight)
+        md5 = await asyncio.wrap_future(threads.submit(lambda: _md5_of(self.fd, offset, length)), loop=loop)
+
+        async def send() -> str:
+            s3 = await self.fs.get_s3(self.bucket)
+            # No Content-MD5: a SigV2 presigned URL would have to sign it. The part's
+            # ETag is its MD5 all the same, and the object's ETag is checked after.
+            url = await s3.generate_presigned_url(
+                "upload_part", ExpiresIn=_EXPIRES,
+                Params={"Bucket": self.bucket, "Key": self.key, "UploadId": self.upload_id, "PartNumber": number},
+            )
+            put = threads.submit(lambda: _put_part(self.fs, url, self.local_path, offset, length))
+            return await asyncio.wrap_future(put, loop=loop)
+
+        try:
+            return await _retrying(send, self._what(number)), md5
+        except Exception as exc:
+            if classify(exc).retryable:
+                raise
+            # A store may refuse presigned parts where it takes signed ones: send this
+            # part, and every later one, through s3fs, which reports a real refusal.
+            from .s3 import _refuse
+
+            _refuse(self.fs, exc)
+            return await self._send_through_s3fs(number, offset, length)
+
+    def _what(self, number: int) -> str:
+        return f"part {number} of s3://{self.bucket}/{self.key}"
 
     async def complete(self, etags: list[str], expected: str) -> None:
         parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, 1)]
@@ -313,7 +450,7 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
             lambda: fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key),
             f"the start of s3://{bucket}/{key}",
         )
-        job = _Upload(fs, bucket, key, created["UploadId"], fd, progress)
+        job = _Upload(fs, bucket, key, created["UploadId"], local_path, fd, progress)
         try:
             sent = await _all_or_cancel([
                 asyncio.ensure_future(job.send_part(budget, number, offset, min(part_size, size - offset)))
