@@ -117,7 +117,8 @@ def check_cache(cache_dir: Path | str, manifest: roxxel.Manifest) -> dict[str, i
     from roxxel.cache import ShardCache
 
     cache_dir = Path(cache_dir)
-    cache = ShardCache(cache_dir)  # a new process's first step: cleans dead processes' temp files
+    cache = ShardCache(cache_dir)
+    cache.clean_temp()  # what a new process's first ShardCache of the directory does
     leftovers = files(cache_dir / "tmp")
     assert leftovers == [], f"temp files survived the cleanup: {leftovers}"
     held = [name for name in files(cache_dir / "locks") if not lock_is_free(cache_dir / "locks" / name)]

@@ -46,6 +46,11 @@ class FsspecBackend(Backend):
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         return Versioned(read_whole(self.fs, path, max_bytes), None)
 
+    def read_data(self, path: str, max_bytes: int | None) -> bytes:
+        """:meth:`read` without the version, for readers that never publish: a store
+        whose versions are content digests (local disk, memory) skips hashing."""
+        return self.read(path, max_bytes).data
+
     def read_range(self, path: str, start: int, end: int) -> bytes:
         return self.fs.cat_file(path, start=start, end=end)
 

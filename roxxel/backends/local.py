@@ -51,11 +51,15 @@ class LocalBackend(FsspecBackend):
         return None  # no checksum in its metadata: uploads are read back
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
+        data = self.read_data(path, max_bytes)
+        return Versioned(data, digest(data))
+
+    def read_data(self, path: str, max_bytes: int | None) -> bytes:
         with open(path, "rb") as f:
             check_size(os.fstat(f.fileno()).st_size, max_bytes)
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
         check_size(len(data), max_bytes)
-        return Versioned(data, digest(data))
+        return data
 
     def open_reader(self, path: str, offset: int) -> ChunkReader:
         return open_file_reader(self.fs, path, offset)

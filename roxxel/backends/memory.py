@@ -23,9 +23,13 @@ class MemoryBackend(FsspecBackend):
         return None  # no checksum in its metadata: uploads are read back
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
+        data = self.read_data(path, max_bytes)
+        return Versioned(data, digest(data))
+
+    def read_data(self, path: str, max_bytes: int | None) -> bytes:
         data = self.fs.cat_file(path)
         check_size(len(data), max_bytes)
-        return Versioned(data, digest(data))
+        return data
 
     def put_file(self, local_path: str, path: str) -> None:
         # AbstractFileSystem.put_file would commit a partial object on a read error.

@@ -13,6 +13,7 @@ from .generic import FsspecBackend
 from .local import LocalBackend
 from .memory import MemoryBackend
 from .s3 import S3Backend
+from .s3open import DeferredS3FileSystem
 
 __all__ = ["backend_for", "register"]
 
@@ -29,6 +30,8 @@ def register(protocol: str, factory: Callable[[AbstractFileSystem], Backend]) ->
 
 def backend_for(fs: AbstractFileSystem) -> Backend:
     """The backend of ``fs``'s kind of store."""
+    if isinstance(fs, DeferredS3FileSystem) and not _REGISTRY.keys() & set(fs.protocol):
+        return S3Backend(fs)  # type: ignore[arg-type]
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     for name in protocols:
         if name in _REGISTRY:

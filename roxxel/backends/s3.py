@@ -52,6 +52,7 @@ from .errors import http_status
 from .generic import FsspecBackend, etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
+from .s3open import DeferredS3FileSystem, signed_get
 from .watchdog import current_timeout, read_in_pieces
 
 __all__ = ["DirectReader", "S3Backend", "open_direct", "refused"]
@@ -60,12 +61,35 @@ _S3_SINGLE_PUT_MAX = 5 * 2**30
 
 
 class S3Backend(FsspecBackend):
-    """S3 through s3fs."""
+    """S3 through s3fs; until something needs s3fs, over a :class:`.s3open.DeferredS3FileSystem`
+    (whole objects are then read by :func:`.s3open.signed_get`)."""
+
+    def __init__(self, fs: AbstractFileSystem | DeferredS3FileSystem) -> None:
+        self._fs = fs
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The ``S3FileSystem``, made (and s3fs imported) on first use."""
+        if isinstance(self._fs, DeferredS3FileSystem):
+            self._fs = self._fs.materialize()
+        return self._fs
+
+    @fs.setter
+    def fs(self, fs: AbstractFileSystem) -> None:
+        self._fs = fs
+
+    def __repr__(self) -> str:
+        return f"S3Backend({type(self._fs).__name__})"
 
     def reported_md5(self, info: dict[str, Any]) -> str | None:
         return etag_md5(info)  # the ETag of a single-part upload
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
+        deferred = self._fs
+        if isinstance(deferred, DeferredS3FileSystem):
+            read = signed_get(deferred, path, max_bytes)
+            if read is not None:
+                return read
         return sync(self.fs.loop, self._read, path, max_bytes)
 
     async def _read(self, path: str, max_bytes: int | None) -> Versioned:

@@ -29,9 +29,19 @@ def resolve(
 
     ``storage_options`` go to the filesystem constructor unchanged; credentials and
     endpoints are found by fsspec and the cloud SDKs, never by roxxel. Plain local paths,
-    ``file://``, ``memory://``, ``s3://``, ``gs://`` and chained URLs all work.
+    ``file://``, ``memory://``, ``s3://``, ``gs://`` and chained URLs all work. An
+    ``s3://`` URL whose options allow it gives a
+    :class:`~roxxel.backends.s3open.DeferredS3FileSystem`: s3fs is imported only when
+    the S3 backend needs it, not to open a dataset whose shards are cached.
     """
-    return url_to_fs(os.fspath(url), **dict(storage_options or {}))
+    from .s3open import deferred_s3  # s3open imports .base, which imports this module
+
+    url = os.fspath(url)
+    options = dict(storage_options or {})
+    deferred = deferred_s3(url, options)
+    if deferred is not None:
+        return deferred  # type: ignore[return-value]
+    return url_to_fs(url, **options)
 
 
 def join_url(base: str, key: str) -> str:

@@ -73,6 +73,9 @@ _SUBDIRS = ("shards", "digests", "verified", "locks", "tmp")
 # (path, identity) of the cached files this process hashed or downloaded itself: under
 # verify="always", those need no second hash. A forked child inherits the parent's.
 _HASHED_HERE: set[tuple[str, FileIdentity]] = set()
+# (pid, directory) of the caches whose tmp/ this process has cleaned (a forked child
+# has another pid, so it cleans again)
+_CLEANED: set[tuple[int, str]] = set()
 
 
 def default_directory() -> str:
@@ -114,7 +117,12 @@ class ShardCache:
         ensure_private_dir(self.directory)
         for sub in _SUBDIRS:
             ensure_private_dir(self._sub(sub))
-        self.clean_temp()
+        # Temp files of dead processes are cleaned by a process's first cache of a
+        # directory; later ones (every roxxel.open) would only find the same files.
+        first = (os.getpid(), self.directory)
+        if first not in _CLEANED:
+            self.clean_temp()
+            _CLEANED.add(first)
 
     def __repr__(self) -> str:
         return f"ShardCache({self.directory!r}, limit={self.limit!r})"

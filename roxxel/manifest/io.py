@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..backends import Store
+from ..backends import Store, TooLarge
+from ..backends.retry import call
 from ..errors import ConflictError, DatasetExistsError, NotFoundError, StorageError
 from ._json import MAX_MANIFEST_BYTES
 from .schema import Manifest
@@ -58,9 +59,32 @@ def read_snapshot(store: Store) -> Snapshot:
 
 
 def read_manifest(store: Store) -> Manifest:
-    """The validated manifest of the dataset; NotFoundError naming the URL if none."""
-    data = store.read_bytes(MANIFEST_KEY, max_bytes=MAX_MANIFEST_BYTES)
-    return Manifest.from_json(data, source=store.url(MANIFEST_KEY))
+    """The validated manifest of the dataset; NotFoundError naming the URL if none.
+
+    For readers: the store's version of it is not asked for (on local disk and in
+    memory that would hash the whole manifest); publishers use :func:`read_snapshot`."""
+    return Manifest.from_json(_read_data(store, MANIFEST_KEY), source=store.url(MANIFEST_KEY))
+
+
+def _read_data(store: Store, key: str) -> bytes:
+    """``store.read_bytes(key)`` through the backend's ``read_data``, which reads the
+    object as consistently (in one request, or pinned) but leaves out its version."""
+    backend = store.backend
+    read_data = getattr(backend, "read_data", None)
+    if read_data is None:  # a registered backend that is not an FsspecBackend
+        return store.read_bytes(key, max_bytes=MAX_MANIFEST_BYTES)
+    path = store.path(key)
+
+    def read() -> bytes:
+        try:
+            return read_data(path, MAX_MANIFEST_BYTES)
+        except TooLarge as exc:
+            raise StorageError(
+                f"could not read {store.url(key)}: it is {exc.size} bytes, "
+                f"more than the limit of {MAX_MANIFEST_BYTES} bytes"
+            ) from None
+
+    return call(read, op="read", url=store.url(key), policy=store.retry)
 
 
 def try_read_manifest(store: Store) -> Manifest | None:

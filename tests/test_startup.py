@@ -1,0 +1,180 @@
+"""Start-up: what opening a dataset imports, hashes and cleans (issue 17, part 6).
+
+Behaviour only: no wall-clock figures (those are scripts/bench_startup.py's). A fresh
+process is a subprocess; its ``sys.modules`` says what it imported.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+import roxxel
+from roxxel.backends import Store
+from roxxel.backends.s3open import DeferredS3FileSystem, sigv4_headers
+from roxxel.cache import ShardCache
+from roxxel.cache import store as cache_store
+from roxxel.manifest.io import read_manifest, read_snapshot
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ["s3fs", "aiohttp", "aiobotocore", "botocore", "gcsfs"]
+
+_CHILD = r"""
+import json, sys
+import roxxel
+url, options, cache_dir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+with roxxel.open(url, storage_options=options, cache_dir=cache_dir) as ds:
+    first = bytes(next(iter(ds.iter(seed=1))))
+    state = ds.iter(seed=1)
+    next(state)
+    resumed = bytes(next(ds.resume(state.state())))
+    records = len(ds)
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[4].split(",")))
+print(json.dumps({"heavy": heavy, "records": records, "first": first.hex()[:16], "resumed": resumed.hex()[:16]}))
+"""
+
+
+def fresh_open(url: str, options: dict, cache_dir: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, url, json.dumps(options), str(cache_dir), ",".join(HEAVY)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write(url: str, options: dict | None = None, n: int = 40) -> roxxel.Manifest:
+    with roxxel.Writer(url, shard_bytes=256, storage_options=options) as writer:
+        writer.extend(f"record-{i:04d}".encode() * 3 for i in range(n))
+    return writer.manifest
+
+
+# -- what an open imports ------------------------------------------------------------
+
+
+def test_opening_a_local_dataset_imports_no_cloud_sdk(tmp_path):
+    url = str(tmp_path / "ds")
+    write(url)
+    seen = fresh_open(url, {}, tmp_path / "cache")
+    assert seen["heavy"] == []
+    assert seen["records"] == 40
+
+
+def test_a_warm_s3_open_imports_neither_s3fs_nor_botocore(s3_server, tmp_path):
+    """The manifest is read by one signed GET; s3fs (aiobotocore, aiohttp) is imported
+    only when a shard must be downloaded."""
+    url = s3_server.url("roxxel-tests", f"startup-{tmp_path.name}/ds")
+    options = s3_server.storage_options
+    write(url, options)
+    cold = fresh_open(url, options, tmp_path / "cache")
+    assert "s3fs" in cold["heavy"]  # the shards were downloaded through it
+    warm = fresh_open(url, options, tmp_path / "cache")
+    assert warm["heavy"] == []
+    assert (warm["records"], warm["first"], warm["resumed"]) == (cold["records"], cold["first"], cold["resumed"])
+
+
+def test_an_s3_store_defers_s3fs_until_something_needs_it(s3_server, tmp_path):
+    url = s3_server.url("roxxel-tests", f"defer-{tmp_path.name}/ds")
+    manifest = write(url, s3_server.storage_options)
+    store = Store(url, s3_server.storage_options)
+    assert isinstance(store.backend._fs, DeferredS3FileSystem)
+    assert read_manifest(store) == manifest
+    assert isinstance(store.backend._fs, DeferredS3FileSystem)  # one signed GET
+    snapshot = read_snapshot(store)  # publishers get the ETag all the same
+    assert snapshot.manifest == manifest and snapshot.version
+    assert store.list("shards")  # a listing needs s3fs
+    assert type(store.fs).__name__ == "S3FileSystem"
+
+
+def test_a_missing_s3_dataset_is_reported_as_through_s3fs(s3_server, tmp_path):
+    url = s3_server.url("roxxel-tests", f"missing-{tmp_path.name}/ds")
+    with pytest.raises(roxxel.NotFoundError, match="manifest.json"):
+        roxxel.open(url, storage_options=s3_server.storage_options, cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("change", [
+    {"endpoint_url": None},  # AWS's own endpoints: s3fs resolves them
+    {"anon": True},
+    {"requester_pays": True},
+    {"config_kwargs": {"s3": {"addressing_style": "virtual"}}},
+    {"client_kwargs": {"verify": False}},
+])
+def test_options_the_signed_get_does_not_repeat_go_through_s3fs(s3_server, change):
+    options = {**s3_server.storage_options, **change}
+    options = {k: v for k, v in options.items() if v is not None}
+    store = Store("s3://roxxel-tests/x", options)
+    assert type(store.backend._fs).__name__ == "S3FileSystem"
+
+
+def test_the_signature_is_botocores():
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    now = time.gmtime(1765000000)
+    for token in (None, "session/token+="):
+        for target in ("/bucket/ds/manifest.json", "/b/a%20b/c~d/%C3%A9.json"):
+            ours = sigv4_headers("GET", "127.0.0.1:9000", target, "eu-west-1", ("AKID", "SECRET", token), now)
+            request = AWSRequest(method="GET", url="http://127.0.0.1:9000" + target)
+            with mock.patch("botocore.auth.get_current_datetime", return_value=datetime.datetime(*now[:6])):
+                S3SigV4Auth(Credentials("AKID", "SECRET", token), "s3", "eu-west-1").add_auth(request)
+            assert ours["Authorization"] == request.headers["Authorization"]
+            assert ours["x-amz-date"] == request.headers["X-Amz-Date"]
+
+
+# -- what an open hashes and cleans --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_a_readers_open_does_not_hash_the_manifest(kind, tmp_path, monkeypatch):
+    url = str(tmp_path / "ds") if kind == "local" else f"memory://startup-{tmp_path.name}/ds"
+    manifest = write(url)
+    calls = []
+
+    def counting(data: bytes) -> str:
+        calls.append(len(data))
+        return "sha256:" + "0" * 64
+
+    monkeypatch.setattr(f"roxxel.backends.{kind}.digest", counting)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        assert ds.manifest == manifest
+        assert bytes(ds[0]).startswith(b"record-0000")
+    assert calls == []
+    assert read_snapshot(Store(url)).version == "sha256:" + "0" * 64  # publishers still get one
+    assert len(calls) == 1
+
+
+def test_temp_files_are_cleaned_once_per_process_per_directory(tmp_path, monkeypatch):
+    cleaned = []
+    real = cache_store.clean_temp
+    monkeypatch.setattr(cache_store, "clean_temp", lambda tmp: cleaned.append(tmp) or real(tmp))
+    first, second = tmp_path / "a", tmp_path / "b"
+    for _ in range(3):
+        ShardCache(first)
+    ShardCache(second)
+    ShardCache(second)
+    assert cleaned == [str(first / "tmp"), str(second / "tmp")]
+    ShardCache(first).clean_temp()  # asked for: always
+    assert len(cleaned) == 3
+
+
+def test_a_new_process_cleans_what_a_dead_one_left(tmp_path):
+    cache_dir = tmp_path / "cache"
+    ShardCache(cache_dir)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = cache_dir / "tmp" / f"{int(child.stdout)}.abc123.part"
+    stale.write_bytes(b"partial")
+    ShardCache(cache_dir)  # this process cleaned the directory already
+    assert stale.exists()
+    code = f"from roxxel.cache import ShardCache; ShardCache({str(cache_dir)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert not stale.exists()
