@@ -179,6 +179,14 @@ def test_a_missing_dataset_is_one_line_and_exit_status_1(where, s3_server, tmp_p
     assert "testing" not in result.stderr  # no credentials in the message
 
 
+def test_an_empty_dataset_is_a_clear_failure(tmp_path, capsys):
+    url = str(tmp_path / "empty")
+    with roxxel.Writer(url):
+        pass
+    assert main(["bench", url]) == 1
+    assert "has no records: there is nothing to measure" in capsys.readouterr().err
+
+
 def test_bad_arguments_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["bench", "/x", "--parallel", "0"])

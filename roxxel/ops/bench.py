@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -179,7 +179,7 @@ def bench(
         shutil.rmtree(scratch, ignore_errors=True)
     report = BenchReport(url=store.base_url, shards=len(manifest.shards), stored_bytes=int(manifest.shards.stored_size.sum()),
                          max_bytes=max_bytes, link=link, cold=cold, warm=warm)
-    return BenchReport(**{**report.__dict__, "advice": advice(report)})
+    return replace(report, advice=advice(report))
 
 
 def _phase(name: str) -> contextlib.AbstractContextManager[Any]:
