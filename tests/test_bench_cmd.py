@@ -211,3 +211,10 @@ def test_help_and_readme_agree(command, capsys):
         for flag in action.option_strings:
             if flag.startswith("--") and flag not in ("--help", "--verbose", "--quiet", "--option"):
                 assert flag in section, f"the README's 'Where the time goes' does not mention {flag}"
+
+
+def test_bench_on_gcs_reads_the_link_through_fsspec(gcs_server):
+    url = gcs_server.url(BUCKET, f"bench-{uuid.uuid4().hex[:10]}/ds")
+    manifest = write(url, gcs_server.storage_options)
+    report = bench(url, gcs_server.storage_options, part_size=16 * 1024, parallel=4)
+    check_report(report.to_dict(), manifest, method="fsspec cat_file", whole=True)
