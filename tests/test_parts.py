@@ -274,3 +274,21 @@ def test_a_part_that_comes_back_short_is_fetched_again_then_refused(tmp_path):
             engine.download(store, "obj", 100, bytearray().extend)
     finally:
         engine.detach()
+
+
+def test_a_trace_shows_each_part_and_the_parts_in_flight(engine, tmp_path):
+    import json
+
+    from roxxel import trace
+
+    store = FakeStore({"a": b"t" * (256 * KIB)}, delay=0.01)
+    trace.start(tmp_path / "run.json")
+    try:
+        download(engine, store, "a")
+    finally:
+        path = trace.stop()
+    events = json.loads(open(path).read())["traceEvents"]
+    parts_seen = [e for e in events if e.get("name") == "part" and e.get("ph") == "X"]
+    assert sorted(e["args"]["offset"] for e in parts_seen) == [0, 64 * KIB, 128 * KIB, 192 * KIB]
+    assert all(e["args"]["bytes"] == 64 * KIB and e["dur"] >= 0 for e in parts_seen)
+    assert any(e.get("ph") == "C" and "parts_in_flight" in e.get("args", {}) for e in events)

@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import trace
 from ..backends import Store
 from ..backends.errors import throttled
 
@@ -362,9 +363,14 @@ class PartEngine:
                 self._reserved += transfer.nbytes(i)
                 if self._busy_since is None:
                     self._busy_since = self._clock()
-            start = self._clock()
+            tracer = trace.current()
+            start, began = self._clock(), time.perf_counter_ns()
             result = self._fetch(transfer, i)
             end = self._clock()
+            if tracer is not None:
+                a, b = transfer.bounds[i]
+                tracer.complete("part", "download", began, time.perf_counter_ns(), key=transfer.key,
+                                offset=a, bytes=b - a, ok=not isinstance(result, BaseException))
             with self._cond:
                 self._in_flight -= 1
                 if transfer.done:
@@ -377,6 +383,9 @@ class PartEngine:
                     self.concurrency.transferred(end, len(result), saturated=self._waiting())
                     if generation == self._generation and self._transfers:
                         self._ensure_threads()  # the limit may have grown
+                if tracer is not None:
+                    tracer.counter("downloads", parts_in_flight=self._in_flight, limit=self.limit,
+                                   bytes_held=self._reserved)
                 if self._in_flight == 0 and self._busy_since is not None:
                     self.stats["busy_seconds"] += end - self._busy_since
                     self._busy_since = None

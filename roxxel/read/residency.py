@@ -29,6 +29,7 @@ from ..errors import CacheError, ShardFormatError
 from ..format import MappedShard
 from ..progress import Meter
 from ..workers import Cancelled
+from .. import trace
 from ..backends import Store
 from .catalog import ShardCatalog
 from .downloader import Downloader
@@ -361,7 +362,7 @@ class Residency:
             transfer = self._transfers.get(k)
         if transfer is not None and self._engine is not None:
             self._engine.hurry(transfer)  # the reader waits for it: its parts go first
-        waited = time.perf_counter()
+        waited, began = time.perf_counter(), time.perf_counter_ns()
         try:
             claimed = downloader is not None and downloader.claim(k)
             handle = self._fetch(k, downloader.check_cancelled if downloader is not None else None,
@@ -371,6 +372,10 @@ class Residency:
         finally:
             with self._lock:
                 self._stats["wait_seconds"] += time.perf_counter() - waited
+            tracer = trace.current()
+            if tracer is not None:
+                tracer.complete("wait for shard", "read", began, time.perf_counter_ns(),
+                                shard=self.catalog.label(k))
         if claimed:  # the prefetch already counted this shard
             with self._lock:
                 self._stats["cache_hits"] -= 1
