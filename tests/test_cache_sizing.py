@@ -7,6 +7,7 @@ shards and prefetching ``lookahead`` needs room for that many of the largest sha
 from __future__ import annotations
 
 import logging
+import re
 import pickle
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_a_limit_of_two_shards_opens_with_a_shrunk_lookahead(ten_shards, tmp_pat
     with ds:
         assert ds.lookahead == 1
         reads_every_record(ds, recs, window=1)
-    shrunk = [r for r in caplog.records if "lookahead shrunk from 4 to 1" in r.getMessage()]
+    shrunk = [r for r in caplog.records if re.search(r"lookahead shrunk from \d+ to 1 ", r.getMessage())]
     assert shrunk and shrunk[0].levelno == logging.INFO
 
 

@@ -56,6 +56,12 @@ class ShardCatalog:
     def __len__(self) -> int:
         return self._starts[-1]
 
+    @property
+    def remote(self) -> bool:
+        """Whether any of the datasets is on a store whose shards download as ranged parts
+        (:attr:`~roxxel.backends.Store.downloads_in_parts`)."""
+        return any(store.downloads_in_parts for store, _ in self._parts)
+
     def _part(self, g: int) -> tuple[Store, ShardTable, int]:
         p = bisect_right(self._starts, g) - 1
         store, table = self._parts[p]

@@ -72,8 +72,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class Residency:
     """The shards of ``catalog`` as one reader (or several sharing it) holds them in ``cache``.
 
-    Shards are the catalog's numbers. ``lookahead`` shards (by default enough to keep the
-    download engine's budget full, 4 to 32; an unchosen one shrinks to fit
+    Shards are the catalog's numbers. ``lookahead`` shards (by default 4, or from a remote store
+    enough to keep the download engine's budget full, 4 to 32; an unchosen one shrinks to fit
     ``cache.limit``) are downloaded ahead of use by ``download_workers`` threads (default:
     one per shard of the lookahead), started lazily. From a remote store each shard is
     fetched as ranged parts by the process's :class:`~roxxel.read.parts.PartEngine`. At most 64 shards stay mapped (fewer under a cache limit,
@@ -103,7 +103,7 @@ class Residency:
         self._what = what
         self._limit = cache.limit
         sizes = catalog.raw_sizes
-        default = default_lookahead(catalog.stored_sizes, engine().max_bytes)
+        default = default_lookahead(catalog.stored_sizes, engine().max_bytes) if catalog.remote else DEFAULT_LOOKAHEAD
         self.lookahead = fit_lookahead(self._limit, sizes, lookahead=lookahead,
                                        default=default, what=what)
         if download_workers is None:
