@@ -132,3 +132,30 @@ def test_states_carry_the_plan_version(dataset, tmp_path):
             ds.resume({**state, "plan": 3}, rank=0, world_size=1)
         with pytest.raises(roxxel.ResumeError, match="field 'plan' must be int"):
             ds.resume({**state, "plan": "2"}, rank=0, world_size=1)
+
+
+def test_the_first_batch_of_a_stream_waits_for_one_shard(tmp_path):
+    from roxxel.read.tokens import _EpochOrder
+
+    url = str(tmp_path / "tokens")
+    with roxxel.Writer(url, shard_bytes=16_100) as w:  # 20 shards of 4,000 tokens: 400 windows of 10
+        for k in range(20):
+            w.append(np.arange(4000 * k, 4000 * (k + 1), dtype=np.int32))
+    manifest = w.manifest
+    assert len(manifest.shards) == 20
+    order = _EpochOrder(np.full(20, 400), seed=7)
+    first = int(order._epoch_plan(0)[0][0])
+    store = HoldingStore(url, free={str(manifest.shards.uris[first])})
+    try:
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+            stream = ds.stream(seq_len=10, batch_size=8, seed=7, rank=0, world_size=1)
+            head = [next(stream) for _ in range(50 // 8)]  # the group's stage 0: 50 windows of s_0
+            assert all(np.all(b // 4000 == first) for b in head)
+            assert [k for k in range(ds.num_shards) if ds.is_mapped(k)] == [first]
+            store.release()
+            rest = list(stream)
+        assert len(head) + len(rest) == 20 * 400 // 8
+        firsts = np.concatenate([b[:, 0] for b in head + rest])
+        assert sorted(firsts.tolist()) == list(range(0, 80_000, 10))  # every window once
+    finally:
+        store.release()

@@ -3,10 +3,17 @@
 Each shard's payload is read as a flat array of ``dtype`` tokens and cut into
 non-overlapping windows of ``seq_len`` tokens; windows never cross a shard boundary, and
 a shard's last ``ntokens % seq_len`` tokens (and trailing bytes short of one token) are
-not used. Windows are numbered across shards; epoch ``e`` visits them in the order of a
-keyed permutation of ``(seed, e)``. Sample ``j`` of the endless stream is window
-``perm[j // N](j % N)``, and step ``s`` is samples ``s*B .. s*B+B-1``, so any step is
-computed directly: resuming costs O(batch), not O(steps). A stream of ``E`` epochs is
+not used. Windows are numbered across shards. Epoch ``e`` visits the shards that hold
+windows in the order of a keyed permutation of ``(seed, e)``, in groups of
+``DEFAULT_WINDOW`` (16) shards, and each group's windows in the staged order of
+:class:`roxxel.planner.WindowOrder` (keyed by ``(seed, e, group)``): the group's first
+samples come from its first shard alone, the others join one by one within the first
+eighth of the group, and the group is then mixed as ``ds.iter``'s windows are (0.96 of a
+uniform permutation's mix). So a remote stream's first batch waits for one shard, not
+for ``batch_size`` shards from anywhere in the dataset, and a batch never needs more
+than a group's shards. Sample ``j`` of the endless stream is the ``j % N``-th sample of
+epoch ``j // N``, and step ``s`` is samples ``s*B .. s*B+B-1``, so any step is computed
+directly: resuming costs O(#shards + batch), not O(steps). A stream of ``E`` epochs is
 the endless one's first ``E*N // B`` steps: a batch may hold the end of one epoch and
 the start of the next, and the samples short of a whole batch after the last epoch are
 dropped (as Roxxel 0.3.0 drops the bytes short of a batch at the end of its one pass).
@@ -26,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..permute import Permutation
+from ..planner import DEFAULT_WINDOW, WindowOrder
 
 __all__ = ["TokenWindows", "token_batches"]
 
@@ -102,44 +110,69 @@ class TokenWindows:
 class _EpochOrder:
     """Window ids of consecutive samples of the endless stream, a block at a time.
 
-    Sample ``j`` is window ``Permutation(n, (seed, j // n))(j % n)``. Evaluating the
-    permutation over a block of positions at once amortizes numpy's per-call cost;
-    a block costs the same wherever it lies, so resuming stays O(1) in the step.
+    ``counts`` are the shards' window counts. Epoch ``e``'s shard order and group
+    boundaries cost O(#shards), once per epoch; a group's staged order O(group^2), once
+    per group; a block of samples O(block) wherever it lies, so resuming stays O(1) in
+    the step.
     """
 
-    BLOCK = 1 << 13
+    BLOCK = 1 << 13  # samples planned at once (several steps)
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
-        self._key: tuple[int, int] | None = None
-        self._block = np.empty(0, dtype=np.int64)
-        self._perm: tuple[int, Permutation] | None = None
+    def __init__(self, counts: np.ndarray, seed: int, group: int = DEFAULT_WINDOW) -> None:
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.starts = np.zeros(len(self.counts) + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=self.starts[1:])
+        self.n, self.seed, self.group = int(self.starts[-1]), seed, group
+        self._holding = np.flatnonzero(self.counts)  # shards with at least one window
+        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, shards, group edges)
+        self._orders: dict[tuple[int, int], WindowOrder] = {}  # (epoch, group) -> its order
 
-    def _get_block(self, epoch: int, b: int) -> np.ndarray:
-        if self._key != (epoch, b):
-            lo = b * self.BLOCK
-            hi = min(self.n, lo + self.BLOCK)
-            if self._perm is None or self._perm[0] != epoch:
-                self._perm = (epoch, Permutation(self.n, [self.seed, epoch]))
-            self._block = self._perm[1](np.arange(lo, hi, dtype=np.int64))
-            self._key = (epoch, b)
-        return self._block
+    def _epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch ``epoch``'s shards in visiting order, and where each group starts."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            shards = self._holding
+            if len(shards) > 1:
+                shards = shards[Permutation(len(shards), [self.seed, epoch, 0])(np.arange(len(shards)))]
+            ends = np.cumsum(self.counts[shards])
+            edges = np.concatenate([[0], ends[self.group - 1 :: self.group]])
+            if edges[-1] != self.n:
+                edges = np.append(edges, self.n)
+            self._epoch = (epoch, shards, edges.astype(np.int64))
+        return self._epoch[1], self._epoch[2]
+
+    def _group_order(self, epoch: int, g: int, shards: np.ndarray) -> WindowOrder:
+        order = self._orders.get((epoch, g))
+        if order is None:
+            mine = shards[g * self.group : (g + 1) * self.group]
+            order = WindowOrder(mine, np.zeros(len(mine), dtype=np.int64), self.counts[mine],
+                                key=(self.seed, epoch, 1, g))
+            if len(self._orders) >= 2:  # the group being read and the next one
+                del self._orders[next(iter(self._orders))]
+            self._orders[(epoch, g)] = order
+        return order
+
+    def shards_ahead(self, sample: int) -> np.ndarray:
+        """The shards samples from ``sample`` on open, in the order they open, to the end
+        of the next group of the epoch: the ones to download next."""
+        epoch, pos = divmod(sample, self.n)
+        shards, edges = self._epoch_plan(epoch)
+        g = int(np.searchsorted(edges, pos, side="right")) - 1
+        stage = self._group_order(epoch, g, shards).stage_of(pos - int(edges[g]))
+        return shards[g * self.group + stage : (g + 2) * self.group]
 
     def windows(self, first: int, count: int) -> np.ndarray:
         """Window ids of samples ``first .. first+count-1``."""
-        epoch, pos = divmod(first, self.n)
-        b, start = divmod(pos, self.BLOCK)
-        block = self._get_block(epoch, b)
-        if start + count <= len(block):  # within one block: the common case
-            return block[start : start + count].copy()
         out = np.empty(count, dtype=np.int64)
         filled = 0
         while filled < count:
             epoch, pos = divmod(first + filled, self.n)
-            b, start = divmod(pos, self.BLOCK)
-            block = self._get_block(epoch, b)
-            take = min(count - filled, len(block) - start)
-            out[filled : filled + take] = block[start : start + take]
+            shards, edges = self._epoch_plan(epoch)
+            g = int(np.searchsorted(edges, pos, side="right")) - 1
+            lo = pos - int(edges[g])
+            take = min(count - filled, int(edges[g + 1]) - pos)
+            order = self._group_order(epoch, g, shards)
+            slot, local = order.at(lo, lo + take)
+            out[filled : filled + take] = self.starts[order.shards[slot]] + local
             filled += take
         return out
 
@@ -161,8 +194,9 @@ def token_batches(
     reach past the last epoch: ``epochs * len(windows) // (batch_size * world_size)``
     steps per rank, the same on every rank. ``shard=(rank, world_size)`` gives rank
     ``rank`` every ``world_size``-th global batch, so ranks see disjoint batches of one
-    shared order. ``prefetch``, if given, is called with the shards of the next batch
-    before the current one is gathered.
+    shared order. ``prefetch``, if given, is called before the current batch is gathered
+    with the shards of the next batch, then those that open after them, in the order
+    they open, to the end of the next group (see the module docstring).
     """
     _check_stream_arguments(batch_size, seed, start_step, epochs)
     rank, world = shard
@@ -171,16 +205,19 @@ def token_batches(
         raise ValueError(
             f"no complete window of seq_len={windows.seq_len} {windows.dtype} tokens in the data"
         )
-    order = _EpochOrder(n, int(seed))
+    order = _EpochOrder(np.diff(windows.starts), int(seed))
     batches = _sorted_batches(order, int(start_step), batch_size, rank, world)
     if epochs is not None:
         steps = int(epochs) * n // (batch_size * world)
         batches = itertools.islice(batches, max(0, steps - int(start_step)))
     picked = next(batches, None)
+    step = int(start_step)
     while picked is not None:
         upcoming = next(batches, None)
+        step += 1
         if prefetch is not None and upcoming is not None:
-            prefetch(windows.shards_of(upcoming))
+            ahead = order.shards_ahead((step * world + rank) * batch_size)
+            prefetch(np.concatenate([windows.shards_of(upcoming), ahead]))
         out = np.empty((batch_size, windows.seq_len), dtype=windows.dtype)
         windows.gather(picked, out)
         yield out
