@@ -229,11 +229,10 @@ class Records:
         source.expect(range(n))
         for k in range(n):
             self._check_open()
-            if k:  # (the first shard is fetched alone: the first record comes sooner)
-                source.prefetch(range(k + 1, n))
-            shard = self.shard(k)  # (after the prefetch: the downloads overlap)
-            if not k:
-                source.prefetch(range(1, n))
+            # Before the map, so that the downloads overlap; the shard being mapped is
+            # needed now, and a remote source fetches it before those queued ahead of it.
+            source.prefetch(range(k + 1, n))
+            shard = self.shard(k)
             yield from stored_blocks(shard.payload, shard.offsets)
 
     def gather(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
