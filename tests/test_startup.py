@@ -75,9 +75,11 @@ def test_a_warm_s3_open_imports_neither_s3fs_nor_botocore(s3_server, tmp_path):
     url = s3_server.url("roxxel-tests", f"startup-{tmp_path.name}/ds")
     options = s3_server.storage_options
     write(url, options)
-    cold = fresh_open(url, options, tmp_path / "cache")
+    cold = fresh_open(url, options, tmp_path / "cold")
     assert "s3fs" in cold["heavy"]  # the shards were downloaded through it
-    warm = fresh_open(url, options, tmp_path / "cache")
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "warm")) as ds:
+        ds.warm()
+    warm = fresh_open(url, options, tmp_path / "warm")
     assert warm["heavy"] == []
     assert (warm["records"], warm["first"], warm["resumed"]) == (cold["records"], cold["first"], cold["resumed"])
 
@@ -178,3 +180,21 @@ def test_a_new_process_cleans_what_a_dead_one_left(tmp_path):
     code = f"from roxxel.cache import ShardCache; ShardCache({str(cache_dir)!r})"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert not stale.exists()
+
+
+def test_a_fork_right_after_open_reads_in_the_child(tmp_path):
+    """open() imports NumPy's lazy submodules on a background thread; a fork waits for
+    it, so a child never inherits a half-done import (and its lock)."""
+    url = str(tmp_path / "ds")
+    write(url)
+    code = (
+        "import os, sys, roxxel\n"
+        f"ds = roxxel.open({url!r}, cache_dir={str(tmp_path / 'cache')!r})\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if bytes(next(iter(ds.iter(seed=2)))).startswith(b'record-') else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert done.returncode == 0

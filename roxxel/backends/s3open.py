@@ -6,19 +6,22 @@ shards are all cached needs one object from the store: its manifest. So an ``s3:
 URL resolves to a :class:`DeferredS3FileSystem`, which imports s3fs and builds the real
 ``S3FileSystem`` only when something needs it (a download, a listing, a write), and
 :class:`~roxxel.backends.s3.S3Backend` reads whole objects, where the options allow it,
-with :func:`signed_get`: one ``GetObject`` signed by botocore's own SigV4 signer and
-sent with :mod:`http.client`.
+with :func:`signed_get`: one ``GetObject`` signed with AWS Signature Version 4
+(:func:`sigv4_headers`, tested to give botocore's ``S3SigV4Auth`` signature) and sent
+with :mod:`http.client`.
 
 Only what s3fs would send for the same options is sent. The fast read is used only for
 options whose meaning is plain: an explicit ``endpoint_url`` (buckets are then
-addressed by path, as botocore does for any custom endpoint), credentials given as
-``key``/``secret``/``token`` or found by botocore's own credential chain, a region from
-``client_kwargs`` or ``config_kwargs`` (else botocore's ``us-east-1``), and no proxy.
-Anything else (no endpoint: AWS's own endpoints depend on settings this module does not
-repeat; a profile, anonymous access, extra request parameters, virtual-host
-addressing) goes through s3fs as before. A GET that is answered with anything but 200
-(a missing object, a refused signature, a busy server) or that fails on the way is
-also left to s3fs, which reports or retries it in its own way.
+addressed by path, as botocore does for any custom endpoint); credentials given as
+``key``/``secret``/``token``, or else found by botocore's own credential chain (nothing
+here reads credentials or endpoints from the environment); a region from
+``client_kwargs`` or ``config_kwargs``, else botocore's configured one where botocore
+was asked for credentials, else ``us-east-1``; and no proxy. Anything else (no
+endpoint: AWS's own endpoints depend on settings this module does not repeat; a
+profile, anonymous access, requester-pays, extra request parameters, virtual-host
+addressing, TLS options) goes through s3fs as before. A GET answered with anything
+but 200 (a missing object, a refused signature, a busy server) or that fails on the
+way is left to s3fs too, which reports or retries it in its own way.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import TooLarge, Versioned
+from .retry import DEFAULT_POLICY
+from .watchdog import current_timeout
 
-__all__ = ["DeferredS3FileSystem", "deferred_s3", "signed_get"]
+__all__ = ["DeferredS3FileSystem", "deferred_s3", "sigv4_headers", "signed_get"]
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +163,21 @@ def _signed_request(options: Mapping[str, Any], path: str) -> tuple[str, dict[st
     bucket, _, key = path.partition("/")
     if not bucket or not key:
         return None
-    credentials = _credentials(options)
-    if credentials is None:
-        return None
     client = options.get("client_kwargs") or {}
     config = options.get("config_kwargs") or {}
-    region = client.get("region_name") or config.get("region_name") or "us-east-1"
+    found = _credentials(options)
+    if found is None:
+        return None
+    credentials, configured_region = found
+    region = client.get("region_name") or config.get("region_name") or configured_region or "us-east-1"
     base = urllib.parse.urlsplit(endpoint)
     quoted = urllib.parse.quote(f"{bucket}/{key}", safe="/~")
     target = f"{base.path.rstrip('/')}/{quoted}"
     default_port = {"http": ":80", "https": ":443"}.get(base.scheme, "")
     host = base.netloc[: -len(default_port)] if default_port and base.netloc.endswith(default_port) else base.netloc
     headers = sigv4_headers("GET", host, target, region, credentials, time.gmtime())
-    timeout = config.get("read_timeout")
+    # as for presigned downloads: a server silent this long fails the GET (and s3fs reads)
+    timeout = config.get("read_timeout") or current_timeout(DEFAULT_POLICY.stall_timeout)
     return f"{base.scheme}://{base.netloc}{target}", headers, None if timeout is None else float(timeout)
 
 
@@ -202,17 +209,19 @@ def sigv4_headers(method: str, host: str, target: str, region: str, credentials:
     return headers
 
 
-def _credentials(options: Mapping[str, Any]) -> tuple[str, str, str | None] | None:
-    """The credentials given, else those botocore's own chain finds (None: none)."""
+def _credentials(options: Mapping[str, Any]) -> tuple[tuple[str, str, str | None], str | None] | None:
+    """The credentials given, else those botocore's own chain finds, and the region
+    botocore is configured with where it was asked (None: no credentials found)."""
     if options.get("key"):
-        return options["key"], options["secret"], options.get("token") or None
+        return (options["key"], options["secret"], options.get("token") or None), None
     import botocore.session
 
-    found = botocore.session.Session().get_credentials()
+    session = botocore.session.Session()
+    found = session.get_credentials()
     if found is None:
         return None
     frozen = found.get_frozen_credentials()
-    return frozen.access_key, frozen.secret_key, frozen.token or None
+    return (frozen.access_key, frozen.secret_key, frozen.token or None), session.get_config_variable("region")
 
 
 def _proxied(endpoint: str) -> bool:
