@@ -88,8 +88,10 @@ class WindowOrder:
 
     ``shards[j]``, ``begin[j]`` and ``counts[j]`` are slot ``j``'s shard, first record and
     record count; ``stage_starts[k]`` is where stage ``k`` (and slot ``k``) opens, with
-    the window's length last; ``taken[k, j]`` is how many records slot ``j`` gives
-    stage ``k``. Building one costs O(W^2) for W slots, whatever the record counts.
+    the window's length last. Memory is O(W) for W slots, whatever the record counts;
+    the stages' compositions are worked out in order, O(W) each, so reading a window
+    from its start costs O(W^2) on top of O(1) per record, and starting at stage ``k``
+    O(k*W).
     """
 
     def __init__(self, shards: np.ndarray, begin: np.ndarray, end: np.ndarray,
@@ -104,13 +106,12 @@ class WindowOrder:
         num, den = STAGE_FRACTION if key is not None else (1, 1)
         starts = [min(c, max(j, c * num // den)) for j, c in enumerate(edges[:-1].tolist())] + [self.size]
         self.stage_starts = np.asarray(starts, dtype=np.int64)
-        self.taken = _stage_composition(self.counts, self.stage_starts)
-        self._before = np.zeros_like(self.taken)  # records slot j gave the stages before k
-        np.cumsum(self.taken[:-1], axis=0, out=self._before[1:])
-        self._cum = np.zeros((w, w + 1), dtype=np.int64)  # stage k's elements, slot by slot
-        np.cumsum(self.taken, axis=1, out=self._cum[:, 1:])
-        self._perms: dict[int, Permutation] = {}
-        self._luts: dict[int, tuple[int, np.ndarray]] = {}
+        # (k, what each slot has left as stage k starts, slot k's records included)
+        self._left: tuple[int, np.ndarray] = (0, self._opened(0, np.zeros(w, dtype=np.int64)))
+        # stage k's tables: (k, its elements' slot edges, records each slot gave before it,
+        # its permutation, lookup shift, lookup table)
+        self._stage: tuple[int, np.ndarray, np.ndarray, Permutation | np.ndarray | None, int, np.ndarray] | None = None
+        self._small: Permutation | None = None  # of the whole window, to order small stages
         if key is not None and w:
             seq = np.random.SeedSequence([*key, 0])
             offsets = seq.generate_state(w, dtype=np.uint64) % np.maximum(self.counts, 1).astype(np.uint64)
@@ -129,10 +130,13 @@ class WindowOrder:
 
     def slots_from(self, position: int) -> np.ndarray:
         """The slots that give records to the stage of ``position`` or a later one,
-        ascending: what a reader resuming at ``position`` may need (O(W^2))."""
+        ascending: what a reader resuming at ``position`` may need."""
         if position >= self.size:
             return np.zeros(0, dtype=np.int64)
-        return np.flatnonzero(self.taken[self.stage_of(position) :].sum(axis=0))
+        k = self.stage_of(position)
+        left = self._left_at(k).copy()
+        left[k + 1 :] = self.counts[k + 1 :]
+        return np.flatnonzero(left)
 
     def blocks(self, start: int, block: int) -> Iterator[tuple[int, int]]:
         """``(lo, hi)`` ranges covering ``[start, len)``: at most ``block`` long, never
@@ -164,32 +168,77 @@ class WindowOrder:
             return parts[0]
         return np.concatenate([s for s, _ in parts]), np.concatenate([x for _, x in parts])
 
-    def _lookup(self, k: int, m: int) -> tuple[int, np.ndarray]:
-        """Stage ``k``'s elements in buckets of ``2**shift``: the slot of each bucket's
-        first element (at most 4096 buckets; a binary search per record costs more)."""
-        found = self._luts.get(k)
-        if found is None:
+    # -- the stages' compositions, in order ----------------------------------------------
+
+    def _opened(self, k: int, left: np.ndarray) -> np.ndarray:
+        if k < len(left):
+            left[k] = self.counts[k]
+        return left
+
+    def _share(self, k: int, left: np.ndarray) -> np.ndarray:
+        """Records of each slot in stage ``k``, given what they have left as it starts:
+        in proportion (largest remainders, ties to the lower slot)."""
+        m = int(self.stage_starts[k + 1] - self.stage_starts[k])
+        pool = int(left[: k + 1].sum())
+        if m >= pool:
+            return left.copy()
+        share = np.zeros(len(left), dtype=np.int64)
+        if m == 0:
+            return share
+        if int(left.max()) < (1 << 62) // m:
+            share[: k + 1] = _apportion(left[: k + 1], m, pool)
+        else:  # products beyond int64: Python integers
+            share[: k + 1] = _apportion(np.asarray(left[: k + 1].tolist(), dtype=object), m, pool).astype(np.int64)
+        return share
+
+    def _left_at(self, k: int) -> np.ndarray:
+        """What each slot has left as stage ``k`` starts (slots past ``k``: 0)."""
+        at, left = self._left
+        if at > k:
+            at, left = 0, self._opened(0, np.zeros(len(self.counts), dtype=np.int64))
+        while at < k:
+            left = self._opened(at + 1, left - self._share(at, left))
+            at += 1
+        self._left = (at, left)
+        return left
+
+    def _tables(self, k: int) -> tuple[np.ndarray, np.ndarray, Permutation | np.ndarray | None, int, np.ndarray]:
+        stage = self._stage
+        if stage is None or stage[0] != k:
+            left = self._left_at(k)
+            m = int(self.stage_starts[k + 1] - self.stage_starts[k])
+            cum = np.zeros(len(left) + 1, dtype=np.int64)
+            np.cumsum(self._share(k, left), out=cum[1:])
+            before = np.where(np.arange(len(left)) <= k, self.counts - left, 0)
+            perm: Permutation | np.ndarray | None = None
+            if self.key is not None and m > _SMALL_STAGE:
+                perm = Permutation(m, [*self.key, 1, k])
+            elif self.key is not None and m > 1:  # a keyed permutation costs more to make
+                # than a small stage's worth of records: rank the window's one instead
+                if self._small is None:
+                    self._small = Permutation(self.size, [*self.key, 2])
+                a = int(self.stage_starts[k])
+                perm = np.argsort(self._small(np.arange(a, a + m, dtype=np.int64)), kind="stable")
+            # the slot of each bucket of 2**shift elements' first element (at most 4096
+            # buckets: a binary search per record would cost more)
             shift = max(0, (m - 1).bit_length() - 12)
-            firsts = np.arange(0, m, 1 << shift, dtype=np.int64)
-            found = self._luts[k] = (shift, np.searchsorted(self._cum[k], firsts, side="right") - 1)
-        return found
+            lut = np.searchsorted(cum, np.arange(0, m, 1 << shift, dtype=np.int64), side="right") - 1
+            stage = self._stage = (k, cum, before, perm, shift, lut)
+        return stage[1:]
 
     def _in_stage(self, k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        cum, before, perm, shift, lut = self._tables(k)
         q = np.arange(lo, hi, dtype=np.int64)
-        m = int(self.stage_starts[k + 1] - self.stage_starts[k])
-        if self.key is not None and m > 1:
-            perm = self._perms.get(k)
-            if perm is None:
-                perm = self._perms[k] = Permutation(m, [*self.key, 1, k])
+        if isinstance(perm, np.ndarray):
+            q = perm[q]
+        elif perm is not None:
             q = perm(q)
-        cum = self._cum[k]
-        shift, lut = self._lookup(k, m)
-        slot = lut[q >> shift]  # the slot of the bucket's first element: at most a few short
+        slot = lut[q >> shift]  # at most a few slots short of the element's
         over = q >= cum[slot + 1]
         while over.any():
             slot += over
             over = q >= cum[slot + 1]
-        t = q - cum[slot] + self._before[k][slot]  # the t-th record slot gives the window
+        t = q - cum[slot] + before[slot]  # the t-th record the slot gives the window
         n = self.counts[slot]
         stride = self._stride[slot]
         if self.key is None:
@@ -202,6 +251,7 @@ class WindowOrder:
         return slot, self.begin[slot] + pick
 
 
+_SMALL_STAGE = 1 << 14  # stages up to this long are ordered by ranking (O(m log m) once)
 _SAFE_PRODUCT = 3 * 10**9  # below it, t * stride < n * n fits in an int64
 
 
@@ -213,29 +263,6 @@ def _stride(n: int) -> int:
     while math.gcd(a, n) != 1:
         a += 1
     return a
-
-
-def _stage_composition(counts: np.ndarray, stage_starts: np.ndarray) -> np.ndarray:
-    """``taken[k, j]``: records of slot ``j`` in stage ``k``, in proportion to what each
-    open slot has left (largest remainders, ties to the lower slot)."""
-    w = len(counts)
-    taken = np.zeros((w, w), dtype=np.int64)
-    left = np.zeros(w, dtype=np.int64)
-    for k in range(w):
-        left[k] = counts[k]
-        m = int(stage_starts[k + 1] - stage_starts[k])
-        if m == 0:
-            continue
-        pool = int(left[: k + 1].sum())
-        if m >= pool:
-            share = left.copy()
-        elif int(left.max()) < (1 << 62) // m:
-            share = _apportion(left[: k + 1], m, pool)
-        else:  # products beyond int64: Python integers
-            share = _apportion(np.asarray(left[: k + 1].tolist(), dtype=object), m, pool).astype(np.int64)
-        taken[k, : len(share)] = share
-        left[: len(share)] -= share
-    return taken
 
 
 def _apportion(left: np.ndarray, m: int, pool: int) -> np.ndarray:
