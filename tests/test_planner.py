@@ -117,3 +117,16 @@ def test_window_layout_spans_only_the_records_a_consumer_reads(world_size, rank)
             assert (layout.first[j], layout.stop[j]) == (mine.min(), mine.max() + 1)
             spanned += int(layout.stop[j] - layout.first[j])
     assert spanned == p.num_records  # no padding wrap here: every span is read in full
+
+
+def test_a_windows_shards_are_listed_in_download_order():
+    # ds.iter starts a window's downloads in this order, and its stages open the shards in
+    # the same order: the plan's order of first use
+    p = plan([30, 10, 50, 20, 40, 60, 10], seed=4, window=3)
+    listed = np.concatenate([p.window_shards(w) for w in range(p.num_windows)])
+    assert listed.tolist() == p.shard_order.tolist()
+    for w in range(p.num_windows):
+        order = p.window_order(w)
+        assert order.shards.tolist() == p.window_shards(w).tolist()
+        slots, _ = order.at(0, len(order))
+        assert slots[0] == 0  # the window starts with the shard it downloads first
