@@ -198,3 +198,40 @@ def test_a_fork_right_after_open_reads_in_the_child(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert done.returncode == 0
+
+
+# -- what the first ds.iter or ds.resume computes ------------------------------------
+
+
+def test_the_canonical_json_is_json_dumps_of_the_dict():
+    """Manifest.to_json writes the shards column by column: the text (and so the
+    fingerprint saved in every iteration state) must stay exactly json.dumps's."""
+    import hashlib
+    import random
+
+    rng = random.Random(17)
+    checked = 0
+    for _ in range(200):
+        shards = []
+        for i in range(rng.randint(0, 12)):
+            compression = rng.choice([None, "zstd"])
+            raw = rng.randint(24, 10**12)
+            shards.append({
+                "uri": rng.choice(["shards/a", "shards/é€😀", 'shards/q"uote', "x y/z", "s/\u0001", "s/\u2028"]) + f"{i}.rox",
+                "records": rng.randint(0, 1),
+                "stored_size": raw if compression is None else rng.randint(1, raw),
+                "raw_size": raw,
+                "compression": compression,
+                "checksum": "sha256:" + hashlib.sha256(bytes([i])).hexdigest(),
+            })
+        meta = rng.choice([{}, {"a": [1, 2.5, "é"], "b": {"c": None, "d": True}}, {"tok": "x\u2028y"}])
+        doc = {"format": "roxxel.manifest", "version": 1, "records": sum(s["records"] for s in shards),
+               "meta": meta, "shards": shards}
+        try:
+            manifest = roxxel.Manifest.from_dict(doc)
+        except roxxel.ManifestError:
+            continue  # a combination the schema refuses
+        expected = json.dumps(manifest.to_dict(), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        assert manifest.to_json() == expected
+        checked += 1
+    assert checked > 50

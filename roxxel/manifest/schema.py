@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import operator
+from json.encoder import encode_basestring_ascii  # what json.dumps quotes strings with
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
+from itertools import chain, repeat
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
@@ -192,6 +194,27 @@ class ShardTable:
         )
         return [dict(zip(SHARD_FIELDS, row)) for row in rows]
 
+    def to_json(self) -> str:
+        """:meth:`to_list` as canonical compact ASCII JSON (exactly what ``json.dumps``
+        gives, tested), assembled from the columns without a dict per shard: at 100,000
+        shards 2-3x faster, a cost the first ``ds.iter`` or ``ds.resume`` of a process pays
+        for the manifest's fingerprint."""
+        quote = encode_basestring_ascii  # json.dumps's own quoting
+        names = ["null" if name is None else quote(name) for name in COMPRESSIONS]
+        columns = (
+            map(quote, self.uris.tolist()),
+            map(str, self.records.tolist()),
+            map(str, self.stored_size.tolist()),
+            map(str, self.raw_size.tolist()),
+            map(names.__getitem__, self.compression.tolist()),
+            map(quote, self.checksums.tolist()),
+        )
+        pieces = []  # '{"uri":', <uri>, ',"records":', <records>, ..., '},' per shard
+        for i, (name, column) in enumerate(zip(SHARD_FIELDS, columns)):
+            pieces += [repeat(("{" if i == 0 else ",") + f'"{name}":'), column]
+        text = "".join(chain.from_iterable(zip(*pieces, repeat("},"))))
+        return "[" + text[:-1] + "]"
+
     @property
     def total_records(self) -> int:
         """The number of records in all shards."""
@@ -306,7 +329,11 @@ class Manifest:
 
     def to_json(self) -> str:
         """Canonical compact ASCII JSON: equal manifests give identical strings."""
-        return json.dumps(self.to_dict(), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        head = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "records": self.records,
+                "meta": copy_meta(self.meta)}
+        text = json.dumps(head, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        # exactly json.dumps(self.to_dict(), ...), without a dict per shard (tested)
+        return f'{text[:-1]},"shards":{self.shards.to_json()}}}'
 
     def fingerprint(self) -> str:
         """``"sha256:<hex>"`` of :meth:`to_json`, identifying this exact dataset."""
