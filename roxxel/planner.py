@@ -56,6 +56,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -115,8 +116,8 @@ class WindowOrder:
         self._left: tuple[int, np.ndarray] = (0, self._opened(0, np.zeros(w, dtype=np.int64)))
         # stage k's tables: (k, its elements' slot edges, records each slot gave before it,
         # its permutation, lookup shift, lookup table)
-        self._stage: tuple[int, np.ndarray, np.ndarray, Permutation | np.ndarray | None, int, np.ndarray] | None = None
-        self._small: Permutation | None = None  # of the whole window, to order small stages
+        self._stage: _Stage | None = None
+        self._head: np.ndarray | None = None  # see _head_order
         if key is not None and w:
             seq = np.random.SeedSequence([*key, 0])
             offsets = seq.generate_state(w, dtype=np.uint64) % np.maximum(self.counts, 1).astype(np.uint64)
@@ -207,57 +208,101 @@ class WindowOrder:
         self._left = (at, left)
         return left
 
-    def _tables(self, k: int) -> tuple[np.ndarray, np.ndarray, Permutation | np.ndarray | None, int, np.ndarray]:
+    def _tables(self, k: int) -> _Stage:
         stage = self._stage
-        if stage is None or stage[0] != k:
-            left = self._left_at(k)
-            m = int(self.stage_starts[k + 1] - self.stage_starts[k])
-            cum = np.zeros(len(left) + 1, dtype=np.int64)
-            np.cumsum(self._share(k, left), out=cum[1:])
-            before = np.where(np.arange(len(left)) <= k, self.counts - left, 0)
-            perm: Permutation | np.ndarray | None = None
-            if self.key is not None and m > _SMALL_STAGE:
-                perm = Permutation(m, [*self.key, 1, k])
-            elif self.key is not None and m > 1:  # a keyed permutation costs more to make
-                # than a small stage's worth of records: rank the window's one instead
-                if self._small is None:
-                    self._small = Permutation(self.size, [*self.key, 2])
-                a = int(self.stage_starts[k])
-                perm = np.argsort(self._small(np.arange(a, a + m, dtype=np.int64)), kind="stable")
-            # the slot of each bucket of 2**shift elements' first element (at most 4096
-            # buckets: a binary search per record would cost more)
-            shift = max(0, (m - 1).bit_length() - 12)
-            lut = np.searchsorted(cum, np.arange(0, m, 1 << shift, dtype=np.int64), side="right") - 1
-            stage = self._stage = (k, cum, before, perm, shift, lut)
-        return stage[1:]
+        if stage is None or stage.k != k:
+            stage = self._stage = self._make_stage(k)
+        return stage
+
+    def _make_stage(self, k: int) -> _Stage:
+        left = self._left_at(k)
+        m = int(self.stage_starts[k + 1] - self.stage_starts[k])
+        share = self._share(k, left)
+        real = np.flatnonzero(share)  # the slots this stage reads, ascending
+        runs = share[real]  # the stage's elements are theirs in runs, slot by slot
+        ends = np.cumsum(runs)
+        before = (self.counts - left)[real]  # records each gave the stages before
+        base = before - (ends - runs)  # element q is the (q + base)-th record its slot gives
+        n = self.counts[real]
+        stride = self._stride[real]
+        fast = len(n) > 0 and (m + int(n.max())) * int(n.max()) < (1 << 62)
+        # pick = (offset + (q + base) * stride) mod n = (q * stride + add) mod n
+        add = (self._offset[real] + base * stride) % n if fast else base
+        perm: Permutation | np.ndarray | None = None
+        a = int(self.stage_starts[k])
+        if self.key is None or m <= 1:
+            pass
+        elif a + m <= _RANKED:  # a stage of the window's head: its slice of the ranking
+            perm = self._head_order()[a : a + m] - a
+        else:
+            perm = Permutation(m, [*self.key, 1, k])
+        # Buckets of 2**shift elements, no longer than the shortest run, so that a bucket
+        # holds one run boundary at most: the run of a bucket's first element, plus one for
+        # the elements past its end. A binary search per record would cost more.
+        shift = max(0, min(int(runs.min()).bit_length() - 1 if len(runs) else 0, 62))
+        single = (m >> shift) <= _LOOKUP_ENTRIES
+        if not single:  # a short run in a long stage: larger buckets, fixed up in passes
+            shift = max(0, (m - 1).bit_length() - _LOOKUP_ENTRIES.bit_length() + 1)
+        lut = np.searchsorted(ends, np.arange(0, m, 1 << shift, dtype=np.int64), side="right")
+        return _Stage(k, real, ends, n, stride, add, self.begin[real], perm, shift, lut, single, fast)
+
+    def _head_order(self) -> np.ndarray:
+        """The stages in the window's first ``_RANKED`` positions, each ordered at once by
+        ranking one window-wide keyed permutation within it (making a keyed permutation
+        per stage, and evaluating it over a few records at a time, costs more)."""
+        if self._head is None:
+            ends = self.stage_starts[1:]
+            head = int(ends[ends <= _RANKED].max(initial=0))  # whole stages only
+            values = Permutation(self.size, [*self.key, 2])(np.arange(head, dtype=np.int64))  # type: ignore[misc]
+            stage = np.searchsorted(self.stage_starts[:-1], np.arange(head), side="right") - 1
+            self._head = np.argsort(stage * self.size + values, kind="stable")
+        return self._head
 
     def _in_stage(self, k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        cum, before, perm, shift, lut = self._tables(k)
+        st = self._tables(k)
         q = np.arange(lo, hi, dtype=np.int64)
-        if isinstance(perm, np.ndarray):
-            q = perm[q]
-        elif perm is not None:
-            q = perm(q)
-        slot = lut[q >> shift]  # at most a few slots short of the element's
-        over = q >= cum[slot + 1]
-        while over.any():
-            slot += over
-            over = q >= cum[slot + 1]
-        t = q - cum[slot] + before[slot]  # the t-th record the slot gives the window
-        n = self.counts[slot]
-        stride = self._stride[slot]
-        if self.key is None:
-            pick = t
-        elif len(n) and int(n.max()) < _SAFE_PRODUCT:
-            pick = (self._offset[slot] + t * stride) % n
-        else:  # records per shard beyond 3 * 10**9: exact, slower
-            pick = np.asarray([(int(o) + int(i) * int(s)) % int(c) for o, i, s, c
-                               in zip(self._offset[slot], t, stride, n)], dtype=np.int64)
-        return slot, self.begin[slot] + pick
+        if isinstance(st.perm, np.ndarray):
+            q = st.perm[q]
+        elif st.perm is not None:
+            q = st.perm(q)
+        run = st.lut[q >> st.shift]
+        if st.single:
+            run += q >= st.ends[run]
+        else:
+            over = q >= st.ends[run]
+            while over.any():
+                run += over
+                over = q >= st.ends[run]
+        if self.key is None:  # the pieces in order: base is the piece's first element
+            pick = q + st.add[run]
+        elif st.fast:
+            pick = (q * st.stride[run] + st.add[run]) % st.n[run]
+        else:  # beyond int64 products (10**9 records a shard): exact, slower
+            pick = np.asarray([(int(o) + (int(i) + int(b)) * int(s)) % int(c) for o, i, b, s, c
+                               in zip(self._offset[st.real[run]], q, st.add[run], st.stride[run], st.n[run])],
+                              dtype=np.int64)
+        return st.real[run], st.begin[run] + pick
 
 
-_SMALL_STAGE = 1 << 14  # stages up to this long are ordered by ranking (O(m log m) once)
-_SAFE_PRODUCT = 3 * 10**9  # below it, t * stride < n * n fits in an int64
+class _Stage(NamedTuple):
+    """One stage's tables, per slot it reads (its runs of elements, in slot order)."""
+
+    k: int
+    real: np.ndarray  # the slot of each run
+    ends: np.ndarray  # where each run of the stage's elements ends
+    n: np.ndarray  # the slot's records in the window
+    stride: np.ndarray
+    add: np.ndarray  # the record number's constant term (fast), or base (not fast)
+    begin: np.ndarray  # the slot's first record in its shard
+    perm: Permutation | np.ndarray | None  # the stage's order (None: unshuffled or m <= 1)
+    shift: int
+    lut: np.ndarray  # the run of each bucket's first element
+    single: bool  # one fix-up pass is enough
+    fast: bool  # int64 products
+
+
+_LOOKUP_ENTRIES = 1 << 16
+_RANKED = 1 << 16  # the stages within a window's first _RANKED positions are ordered at once
 
 
 def _stride(n: int) -> int:
