@@ -255,7 +255,7 @@ class WindowOrder:
             head = int(ends[ends <= _RANKED].max(initial=0))  # whole stages only
             values = Permutation(self.size, [*self.key, 2])(np.arange(head, dtype=np.int64))  # type: ignore[misc]
             stage = np.searchsorted(self.stage_starts[:-1], np.arange(head), side="right") - 1
-            self._head = np.argsort(stage * self.size + values, kind="stable")
+            self._head = np.lexsort((values, stage))
         return self._head
 
     def _in_stage(self, k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
