@@ -1,0 +1,230 @@
+"""Start-up costs: import, open, first record and resume, each from a fresh process.
+
+A moto S3 server runs on loopback (a subprocess); one dataset is written to it (by
+default 16 shards of 4 MiB of 1-15 KiB incompressible records) and warmed into a cache
+directory, so every figure below is for a warm cache: what a job pays when it starts
+again on a node that already holds its shards. Each figure is the median of
+``--runs`` fresh processes, with default options:
+
+- **import**: ``import roxxel``;
+- **first open**: the first ``roxxel.open(url, storage_options=..., cache_dir=...)`` of
+  the process, with whatever it imports on the way (the S3 signer, s3fs if needed);
+- **second open**: another ``roxxel.open`` of the same dataset in the same process;
+- **first record warm**: a fresh process, from the call to ``roxxel.open`` to the first
+  record of ``ds.iter()``;
+- **resume**: a fresh process, from the call to ``roxxel.open`` to the first record of
+  ``ds.resume(state)``, with the state a ``ds.iter()`` gave after ``--resume-at`` records.
+
+With ``--mosaic PYTHON`` (a separate virtualenv with mosaicml-streaming; see below), the
+same records are written as MDS (``MDSWriter``, the same shard size), uploaded to the
+same server and warmed into their own local directory, and the same figures are taken
+for ``StreamingDataset(remote=..., local=...)`` with its defaults: import, construction,
+the first sample of ``iter(ds)``, and a resume (``load_state_dict`` of
+``state_dict(--resume-at)``, then the first sample). torchvision is replaced by stubs,
+as PEER-LIBRARIES.md describes. MosaicML reads a warm local index without contacting
+the store; roxxel reads the manifest from the store on every open (a dataset may have
+been appended to), so its figures include one GET.
+
+Bytecode is written and warmed first (``PYTHONDONTWRITEBYTECODE`` is dropped for the
+children): an installed package has it; the import figures would otherwise count
+compiling roxxel's sources.
+
+Usage: ``.venv/bin/python scripts/bench_startup.py [--runs 5] [--mosaic .venv-bench/bin/python]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchkit import REPO, MiB, RecordSource, bench_storage_options
+
+import roxxel
+from tests import servers
+
+_ROXXEL_CHILD = r"""
+import json, sys, time
+T = time.perf_counter
+t0 = T()
+import roxxel
+t_import = T()
+url, options, cache_dir, mode, state = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out = {"import": t_import - t0}
+t = T()
+ds = roxxel.open(url, storage_options=options, cache_dir=cache_dir)
+out["open"] = T() - t
+if mode == "first":
+    next(iter(ds.iter()))
+    out["first"] = T() - t
+    ds.close()
+    t = T()
+    ds = roxxel.open(url, storage_options=options, cache_dir=cache_dir)
+    out["open2"] = T() - t
+elif mode == "resume":
+    next(ds.resume(json.loads(state)))
+    out["resume"] = T() - t
+elif mode == "state":
+    it = ds.iter()
+    for _ in range(int(state)):
+        next(it)
+    out["state"] = it.state()
+elif mode == "warm":
+    ds.warm()
+ds.close()
+out["modules"] = sorted({m.split(".")[0] for m in sys.modules} & {"s3fs", "aiohttp", "aiobotocore", "botocore", "gcsfs"})
+print(json.dumps(out))
+"""
+
+_STUBS = r"""
+import importlib.machinery, sys, types
+def _stub_torchvision():
+    # streaming imports streaming.vision, which needs two names from torchvision (a PyPI
+    # torchvision does not load next to the CPU torch); stubs are enough for MDS.
+    names = ["torchvision", "torchvision.datasets", "torchvision.transforms", "torchvision.transforms.functional"]
+    mods = {n: types.ModuleType(n) for n in names}
+    for n, m in mods.items():
+        m.__spec__ = importlib.machinery.ModuleSpec(n, None)
+    mods["torchvision.datasets"].VisionDataset = type("VisionDataset", (), {})
+    mods["torchvision.transforms.functional"].to_tensor = lambda x: x
+    mods["torchvision"].datasets = mods["torchvision.datasets"]
+    mods["torchvision"].transforms = mods["torchvision.transforms"]
+    mods["torchvision.transforms"].functional = mods["torchvision.transforms.functional"]
+    sys.modules.update(mods)
+_stub_torchvision()
+"""
+
+_MOSAIC_WRITE = _STUBS + r"""
+sys.path.insert(0, sys.argv[1])
+from benchkit import RecordSource
+from streaming import MDSWriter
+total, shard_bytes, out = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+with MDSWriter(out=out, columns={"data": "bytes"}, size_limit=shard_bytes) as writer:
+    for record in RecordSource(total, 1024, 15 * 1024, seed=1):
+        writer.write({"data": bytes(record)})
+"""
+
+_MOSAIC_CHILD = _STUBS + r"""
+import json, time
+T = time.perf_counter
+t0 = T()
+import streaming
+t_import = T()
+remote, local, mode, arg = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+out = {"import": t_import - t0}
+t = T()
+ds = streaming.StreamingDataset(remote=remote, local=local, batch_size=1)
+out["open"] = T() - t
+if mode == "first":
+    next(iter(ds))
+    out["first"] = T() - t
+elif mode == "resume":
+    ds.load_state_dict(json.loads(arg))
+    next(iter(ds))
+    out["resume"] = T() - t
+elif mode == "state":
+    out["state"] = ds.state_dict(int(arg), from_beginning=False)
+elif mode == "warm":
+    n = sum(1 for _ in ds)
+    out["records"] = n
+print(json.dumps(out))
+"""
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra or {})
+    return env
+
+
+def run(python: str, code: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def median_ms(results: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] * 1000 for r in results]
+    return f"{statistics.median(values):6.1f} ms (min {min(values):.1f}, max {max(values):.1f})"
+
+
+def bench_roxxel(url: str, options: dict[str, Any], cache_dir: str, args: argparse.Namespace) -> dict[str, float]:
+    env = child_env()
+    opts = json.dumps(options)
+    run(sys.executable, _ROXXEL_CHILD, [url, opts, cache_dir, "warm", ""], env)  # also writes bytecode
+    state = run(sys.executable, _ROXXEL_CHILD, [url, opts, cache_dir, "state", str(args.resume_at)], env)["state"]
+    firsts, resumes = [], []
+    for _ in range(args.runs):
+        firsts.append(run(sys.executable, _ROXXEL_CHILD, [url, opts, cache_dir, "first", ""], env))
+        resumes.append(run(sys.executable, _ROXXEL_CHILD, [url, opts, cache_dir, "resume", json.dumps(state)], env))
+    print("roxxel (warm cache, fresh processes, median of %d):" % args.runs)
+    print(f"  import roxxel                 {median_ms(firsts, 'import')}")
+    print(f"  first open                    {median_ms(firsts, 'open')}")
+    print(f"  second open, same process     {median_ms(firsts, 'open2')}")
+    print(f"  first record warm (from open) {median_ms(firsts, 'first')}")
+    print(f"  resume (open to first record) {median_ms(resumes, 'resume')}")
+    print(f"  imported by then: {', '.join(firsts[-1]['modules']) or 'none of s3fs, aiohttp, aiobotocore, botocore'}")
+    return {k: statistics.median(r[k] for r in rs) for k, rs in (("first", firsts), ("resume", resumes))}
+
+
+def bench_mosaic(python: str, s3: servers.Server, total: int, shard_bytes: int, work: Path,
+                 args: argparse.Namespace) -> dict[str, float]:
+    mds = work / "mds-out"
+    run(python, _MOSAIC_WRITE, [str(REPO / "scripts"), str(total), str(shard_bytes), str(mds)], child_env())
+    fs = s3.filesystem()
+    fs.put(str(mds) + "/", "bench/mds/", recursive=True)
+    env = child_env({**s3.env, "S3_ENDPOINT_URL": s3.endpoint})
+    remote, local = "s3://bench/mds", str(work / "mds-local")
+    warmed = run(python, _MOSAIC_CHILD, [remote, local, "warm", ""], env)
+    state = run(python, _MOSAIC_CHILD, [remote, local, "state", str(args.resume_at)], env)["state"]
+    firsts, resumes = [], []
+    for _ in range(args.runs):
+        firsts.append(run(python, _MOSAIC_CHILD, [remote, local, "first", ""], env))
+        resumes.append(run(python, _MOSAIC_CHILD, [remote, local, "resume", json.dumps(state)], env))
+    print(f"MosaicML Streaming, StreamingDataset(remote=..., local=...) ({warmed['records']} samples; "
+          f"warm local directory, fresh processes, median of {args.runs}):")
+    print(f"  import streaming              {median_ms(firsts, 'import')}")
+    print(f"  construction                  {median_ms(firsts, 'open')}")
+    print(f"  first sample warm (from construction) {median_ms(firsts, 'first')}")
+    print(f"  resume (construction to first sample) {median_ms(resumes, 'resume')}")
+    return {k: statistics.median(r[k] for r in rs) for k, rs in (("first", firsts), ("resume", resumes))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--shard-mib", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=5, help="fresh processes per figure")
+    parser.add_argument("--resume-at", type=int, default=1000, help="records read before the state is taken")
+    parser.add_argument("--mosaic", metavar="PYTHON", help="a python with mosaicml-streaming installed")
+    args = parser.parse_args(argv)
+    total, shard_bytes = args.shards * args.shard_mib * MiB, args.shard_mib * MiB
+    with servers.s3_server() as s3, tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        work = Path(tmp)
+        s3.create_bucket("bench")
+        options = bench_storage_options(s3.endpoint)
+        url = "s3://bench/roxxel"
+        with roxxel.Writer(url, shard_bytes=shard_bytes, storage_options=options) as writer:
+            writer.extend(RecordSource(total, 1024, 15 * 1024, seed=1))
+        print(f"{writer.manifest.records} records in {len(writer.manifest.shards)} shards "
+              f"of {args.shard_mib} MiB on moto (loopback)\n")
+        ours = bench_roxxel(url, options, str(work / "cache"), args)
+        if args.mosaic:
+            theirs = bench_mosaic(args.mosaic, s3, total, shard_bytes, work, args)
+            print("\nroxxel / MosaicML: first record "
+                  f"{ours['first'] / theirs['first']:.2f}x, resume {ours['resume'] / theirs['resume']:.2f}x")
+    print(f"\nload average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
