@@ -33,7 +33,7 @@ class FakeStore:
         self.gate: threading.Event | None = None
         self.fail: dict[tuple[str, int], BaseException] = {}
 
-    def read_part(self, key, start, end, *, on_failure=None):
+    def read_part(self, key, start, end, into, *, on_failure=None):
         with self.lock:
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
@@ -45,7 +45,9 @@ class FakeStore:
             error = self.fail.get((key, start))
             if error is not None:
                 raise error
-            return self.objects[key][start:end]
+            data = self.objects[key][start:end]
+            into[: len(data)] = data
+            return into[: len(data)]
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -226,19 +228,19 @@ def test_s3_shards_through_a_shaped_link_arrive_as_parallel_ranged_gets(tmp_path
 
     live = {"now": 0, "peak": 0}
     lock = threading.Lock()
-    real = s3_backend.S3Backend.read_range
+    real = s3_backend.S3Backend.read_range_into
 
-    def counting(self, path, start, end):
+    def counting(self, path, start, end, into):
         with lock:
             live["now"] += 1
             live["peak"] = max(live["peak"], live["now"])
         try:
-            return real(self, path, start, end)
+            return real(self, path, start, end, into)
         finally:
             with lock:
                 live["now"] -= 1
 
-    monkeypatch.setattr(s3_backend.S3Backend, "read_range", counting)
+    monkeypatch.setattr(s3_backend.S3Backend, "read_range_into", counting)
     rng = np.random.default_rng(7)
     records = [rng.bytes(int(n)) for n in rng.integers(1000, 60_000, size=120)]
     with s3_server(fast_ranges=True) as server, \

@@ -35,6 +35,7 @@ __all__ = [
     "TooLarge",
     "Versioned",
     "check_size",
+    "copy_into",
     "digest",
     "probed_enforcement",
 ]
@@ -76,6 +77,13 @@ class ChunkReader(Protocol):
 
     def close(self) -> None:
         """Release the connection or file; idempotent."""
+
+
+def copy_into(data: bytes, into: memoryview) -> int:
+    """Copy what of ``data`` fits to the front of ``into``; returns ``len(data)``."""
+    n = min(len(data), len(into))
+    into[:n] = memoryview(data)[:n]
+    return len(data)
 
 
 class Backend(ABC):
@@ -127,6 +135,14 @@ class Backend(ABC):
     def read_range(self, path: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` (``start < end``) as the store returns them; the caller
         checks their length."""
+
+    def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
+        """Bytes ``[start, end)`` written to the front of ``into`` (at least ``end -
+        start`` bytes); returns how many the store sent, which may be more than fit
+        (nothing past ``len(into)`` is written) or fewer. A backend that can read
+        straight into the buffer overrides this; by default it is a copy of
+        :meth:`read_range`."""
+        return copy_into(self.read_range(path, start, end), into)
 
     @abstractmethod
     def open_reader(self, path: str, offset: int) -> ChunkReader:

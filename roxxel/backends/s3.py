@@ -33,6 +33,7 @@ import logging
 import os
 import ssl
 import sys
+import threading
 import urllib.parse
 import urllib.request
 import weakref
@@ -46,16 +47,17 @@ from .base import (
     PreconditionFailed,
     Versioned,
     check_size,
+    copy_into,
     probed_enforcement,
 )
-from .errors import http_status
+from .errors import HTTPStatusError, http_status
 from .generic import FsspecBackend, etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .s3open import DeferredS3FileSystem, signed_get
-from .watchdog import current_timeout, read_in_pieces
+from .watchdog import PIECE_SIZE, current, current_timeout, read_in_pieces
 
-__all__ = ["DirectReader", "S3Backend", "open_direct", "refused"]
+__all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
 
 _S3_SINGLE_PUT_MAX = 5 * 2**30
 
@@ -106,6 +108,15 @@ class S3Backend(FsspecBackend):
         if len(data) != size:
             raise http.client.IncompleteRead(data[:size], max(0, size - len(data)))
         return Versioned(data, response.get("ETag"))
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        data = bytearray(end - start)
+        n = read_direct_range(self.fs, path, start, end, memoryview(data))
+        return super().read_range(path, start, end) if n is None else data
+
+    def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
+        n = read_direct_range(self.fs, path, start, end, into)
+        return copy_into(super().read_range(path, start, end), into) if n is None else n
 
     def open_reader(self, path: str, offset: int) -> ChunkReader:
         direct = open_direct(self.fs, path, offset)
@@ -242,6 +253,117 @@ def open_direct(fs: AbstractFileSystem, path: str, offset: int) -> DirectReader 
         _refuse(fs, exc)
         return None
     return DirectReader(conn, response)
+
+
+class _Connections:
+    """Kept-alive connections to S3 endpoints, shared by the threads of this process.
+
+    A connection is taken for one request and given back only after its response was
+    read to the end; one that failed is closed. A forked child starts with none."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
+        self._pid = os.getpid()
+
+    def take(self, fs: AbstractFileSystem, parts: urllib.parse.SplitResult) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection to the URL's host, and whether it was used before."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._idle, self._pid = {}, os.getpid()
+            idle = self._idle.get((parts.scheme, parts.hostname or "", parts.port))
+            if idle:
+                return idle.pop(), True
+        return _connect(fs, parts), False
+
+    def give_back(self, parts: urllib.parse.SplitResult, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._idle.setdefault((parts.scheme, parts.hostname or "", parts.port), []).append(conn)
+                return
+        conn.close()
+
+
+_CONNECTIONS = _Connections()
+
+
+def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, into: memoryview) -> int | None:
+    """Bytes ``[start, end)`` of ``path``, read into the front of ``into`` by a presigned
+    ranged GET on a kept-alive connection; returns their number, or None where s3fs must
+    read them (see the module docstring). An answer
+    that says the store is busy (429, 5xx) raises :class:`.errors.HTTPStatusError`, a
+    transient error, so that the caller retries it and can slow down."""
+    if not _eligible(fs):
+        return None
+    try:
+        url = fs.sign(path, expiration=_EXPIRES)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(parts.hostname):
+            raise _Unsuitable(f"a {parts.scheme or 'schemeless'} URL or a proxied host")
+    except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
+        _refuse(fs, exc)
+        return None
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    headers = {"Range": f"bytes={start}-{end - 1}"}
+    while True:
+        conn, reused = _CONNECTIONS.take(fs, parts)
+        try:
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+            break
+        except (http.client.HTTPException, ConnectionError) as exc:
+            conn.close()
+            if reused:  # a kept-alive connection the server had closed: once more, anew
+                continue
+            _refuse(fs, exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - TLS, resolution, refusal: read through s3fs
+            conn.close()
+            _refuse(fs, exc)
+            return None
+    status = response.status
+    whole = status == 200 and start == 0 and response.length == end
+    if status != 206 and not whole:
+        response.read(64 * 1024)  # the error document, if any; not shown: it may echo the URL
+        conn.close()
+        if status == 429 or status >= 500:
+            raise HTTPStatusError(status, f"a ranged GET of {redact_path(path)}")
+        if status not in (404, 416):  # the object's own state is s3fs's to report
+            _refuse(fs, _Unsuitable(f"HTTP {status} where 206 was expected"))
+        return None
+    if not whole and not _starts_at(response, start):
+        response.read(64 * 1024)
+        conn.close()
+        _refuse(fs, _Unsuitable("a Content-Range that does not start where asked"))
+        return None
+    try:
+        _read_exactly(response, into[: end - start])
+    except BaseException:
+        conn.close()
+        raise
+    if response.read(1):  # more than the range: the connection cannot be reused
+        conn.close()
+        raise OSError(f"{redact_path(path)}: the server sent more than bytes [{start}, {end})")
+    _CONNECTIONS.give_back(parts, conn)
+    return end - start
+
+
+def _read_exactly(response: http.client.HTTPResponse, view: memoryview) -> None:
+    """Fill ``view`` from the body, in pieces, each reported to the watchdog."""
+    progress = current()
+    size, got = len(view), 0
+    while got < size:
+        n = response.readinto(view[got : got + PIECE_SIZE])
+        if not n:
+            raise http.client.IncompleteRead(b"", size - got)
+        got += n
+        if progress is not None:
+            progress.beat()
+
+
+def redact_path(path: str) -> str:
+    """An object path for messages (never a presigned URL)."""
+    return f"s3://{path}"
 
 
 class _Unsuitable(Exception):

@@ -198,28 +198,42 @@ class Store:
         return data
 
     def read_part(
-        self, key: str, start: int, end: int, *, on_failure: Callable[[BaseException], object] | None = None
-    ) -> bytes:
+        self,
+        key: str,
+        start: int,
+        end: int,
+        into: memoryview,
+        *,
+        on_failure: Callable[[BaseException], object] | None = None,
+    ) -> memoryview:
         """Bytes ``[start, end)`` of an object whose size is known (from a manifest), as
-        one part of a download: an answer shorter than asked (a body cut short) is
+        one part of a download, read into ``into`` (``end - start`` bytes or more);
+        returns the view of them: of ``into`` unless an attempt failed (then ``into`` may
+        still be written to by an abandoned attempt, and must not be reused). An answer shorter than asked (a body cut short) is
         retried like any transient failure, and if it stays short the object is not
         what the manifest says (IntegrityError). ``on_failure(exc)`` is told of each
         failed attempt that is retried."""
-        if not 0 <= start < end:
+        if not 0 <= start < end or len(into) < end - start:
             raise ValueError(f"invalid byte range [{start}, {end}) for {redact(self.url(key))}")
-        path, backend = self.path(key), self.backend
+        path, backend, want = self.path(key), self.backend, end - start
+        attempts = 0
 
-        def attempt() -> bytes:
-            data = backend.read_range(path, start, end)
-            if len(data) > end - start:
+        def attempt() -> memoryview:
+            # A retry reads into a buffer of its own: an attempt abandoned on a stall may
+            # still be writing into the caller's (which is then not the view returned).
+            nonlocal attempts
+            view = into[:want] if attempts == 0 else memoryview(bytearray(want))
+            attempts += 1
+            got = backend.read_range_into(path, start, end, view)
+            if got > want:
                 raise StorageError(
                     f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}) "
-                    f"({end - start} bytes), got {len(data)}; the server ignored the Range header "
+                    f"({want} bytes), got {got}; the server ignored the Range header "
                     "(a proxy or server that does not support ranged GETs?)"
                 )
-            if len(data) < end - start:
-                raise http.client.IncompleteRead(b"", end - start - len(data))
-            return data
+            if got < want:
+                raise http.client.IncompleteRead(b"", want - got)
+            return view
 
         try:
             return self._run("download", key, attempt, on_failure=on_failure)

@@ -158,7 +158,7 @@ class _Transfer:
         self.urgent = False
         self.issued = 0  # parts handed to connections
         self.consumed = 0  # parts handed to the sink
-        self.results: dict[int, bytes | bytearray | BaseException] = {}
+        self.results: dict[int, memoryview | BaseException] = {}
         self.done = False  # the consumer has stopped: drop whatever still arrives
         self.on_part: Callable[[int, float, float], object] | None = None
         self.on_retry: Callable[[BaseException], object] | None = None
@@ -201,6 +201,7 @@ class PartEngine:
         self._tickets = 0
         self._in_flight = 0
         self._reserved = 0  # bytes in flight plus received and not consumed
+        self._free: list[bytearray] = []  # part buffers to reuse, at most one per reserved part
         self._threads: list[threading.Thread] = []
         self._users = 0
         self._generation = 0  # bumped on stop: threads of an older generation end
@@ -230,8 +231,10 @@ class PartEngine:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _stop_threads(self) -> list[threading.Thread]:
-        """Tell the threads to end (under the lock); returns them."""
+        """Tell the threads to end and let go of the spare buffers (under the lock);
+        returns the threads."""
         stopped, self._threads = self._threads, []
+        self._free = []
         self._generation += 1
         self._cond.notify_all()
         return stopped
@@ -243,7 +246,7 @@ class PartEngine:
         store: Store,
         key: str,
         size: int,
-        sink: Callable[[bytes | bytearray], object],
+        sink: Callable[[memoryview], object],
         *,
         check_cancelled: Callable[[], None] | None = None,
         on_start: Callable[[_Transfer], object] | None = None,
@@ -275,6 +278,7 @@ class PartEngine:
                     raise data
                 if data:
                     sink(data)
+                self._recycle(data)
         finally:
             with self._cond:
                 self._finish(transfer)
@@ -290,7 +294,7 @@ class PartEngine:
 
     def _wait_for(
         self, transfer: _Transfer, i: int, check_cancelled: Callable[[], None] | None
-    ) -> bytes | bytearray | BaseException:
+    ) -> memoryview | BaseException:
         while True:
             with self._cond:
                 if i in transfer.results:
@@ -306,8 +310,10 @@ class PartEngine:
     def _finish(self, transfer: _Transfer) -> None:
         transfer.done = True
         for i in list(transfer.results):
-            del transfer.results[i]
+            dropped = transfer.results.pop(i)
             self._reserved -= transfer.nbytes(i)
+            if isinstance(dropped, memoryview) and len(dropped.obj) == self.part_size and self._threads:
+                self._free.append(dropped.obj)
         # parts still in flight give their bytes back when they land (see _run)
         self._transfers.remove(transfer)
         self._cond.notify_all()
@@ -375,6 +381,8 @@ class PartEngine:
                 self._in_flight -= 1
                 if transfer.done:
                     self._reserved -= transfer.nbytes(i)
+                    if isinstance(result, memoryview) and len(result.obj) == self.part_size and self._threads:
+                        self._free.append(result.obj)
                 else:
                     transfer.results[i] = result
                 if not isinstance(result, BaseException):
@@ -393,8 +401,10 @@ class PartEngine:
             if transfer.on_part is not None and not isinstance(result, BaseException):
                 transfer.on_part(len(result), start, end)
 
-    def _fetch(self, transfer: _Transfer, i: int) -> bytes | bytearray | BaseException:
+    def _fetch(self, transfer: _Transfer, i: int) -> memoryview | BaseException:
         a, b = transfer.bounds[i]
+        with self._cond:
+            buffer = self._free.pop() if self._free else bytearray(self.part_size)
 
         def failed(exc: BaseException) -> None:
             with self._cond:
@@ -406,9 +416,17 @@ class PartEngine:
                 transfer.on_retry(exc)
 
         try:
-            return transfer.store.read_part(transfer.key, a, b, on_failure=failed)
+            return transfer.store.read_part(transfer.key, a, b, memoryview(buffer), on_failure=failed)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            return exc
+            return exc  # (the buffer is dropped: an abandoned attempt may still write to it)
+
+    def _recycle(self, data: memoryview | BaseException) -> None:
+        """Keep a consumed part's buffer for the next part (fresh pages cost the kernel
+        more than the bytes' copy), unless the view is not of one of ours."""
+        if isinstance(data, memoryview) and isinstance(data.obj, bytearray) and len(data.obj) == self.part_size:
+            with self._cond:
+                if self._threads:  # not once stopped: its memory goes with the threads
+                    self._free.append(data.obj)
 
 
 _ENGINE: PartEngine | None = None
