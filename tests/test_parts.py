@@ -294,3 +294,23 @@ def test_a_trace_shows_each_part_and_the_parts_in_flight(engine, tmp_path):
     assert sorted(e["args"]["offset"] for e in parts_seen) == [0, 64 * KIB, 128 * KIB, 192 * KIB]
     assert all(e["args"]["bytes"] == 64 * KIB and e["dur"] >= 0 for e in parts_seen)
     assert any(e.get("ph") == "C" and "parts_in_flight" in e.get("args", {}) for e in events)
+
+
+def test_slowdown_answers_are_retried_and_halve_the_parts_in_flight(tmp_path, monkeypatch):
+    from roxxel.backends import RetryPolicy
+    from tests.faults import Fault, FaultyFileSystem, Scripted, faulty_url
+    from tests.reliability_kit import check_all, write
+
+    engine = PartEngine(parts=16, part_size=4 * KIB)
+    monkeypatch.setattr(parts, "_ENGINE", engine)
+    url = str(tmp_path / "ds")
+    write(url, 300, shard_bytes=16 * KIB)
+    plan = Scripted(script=[("cat_file", "*/shards/*", Fault("slowdown"))] * 3)
+    store = Store(faulty_url(url), fs=FaultyFileSystem(plan), retry=RetryPolicy(base_delay=0.001))
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        check_all(ds.iter(seed=2), 300)
+        stats = ds.stats
+    assert plan.injected["slowdown"] == 3
+    assert stats["retries"] == 3 and engine.stats["throttled"] == 3
+    assert engine.concurrency.history[0][1] == 8  # halved once for the burst
+    assert engine.limit <= 8
