@@ -161,3 +161,35 @@ def test_ranks_of_a_finite_stream_stop_together(tokens):
         assert all(np.array_equal(a, b) for a, b in zip(batches, global_steps[r::3]))
         resumed = list(token_batches(windows, 4, 2, 7, epochs=2, shard=(r, 3)))
         assert len(resumed) == 6 and all(np.array_equal(a, b) for a, b in zip(batches[7:], resumed))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tokens_per_shard=st.lists(st.integers(0, 300), min_size=1, max_size=45),
+    seq_len=st.integers(1, 20),
+    batch_size=st.integers(1, 9),
+    seed=st.integers(0, 2**32),
+    start=st.integers(0, 40),
+)
+def test_staged_groups_visit_every_window_once_and_resume_exactly(tokens_per_shard, seq_len, batch_size, seed, start):
+    # Many shards, so that an epoch has several groups of 16 (see roxxel.read.tokens)
+    from roxxel.read.tokens import TokenWindows, token_batches
+
+    edges = np.concatenate([[0], np.cumsum(tokens_per_shard)])
+    payloads = [np.arange(a, b, dtype=np.int32).view(np.uint8) for a, b in zip(edges[:-1], edges[1:])]
+    windows = TokenWindows([p.nbytes for p in payloads], lambda k: payloads[k], seq_len, np.int32)
+    n = len(windows)
+    if n == 0:
+        return
+    endless = list(itertools.islice(token_batches(windows, batch_size, seed, epochs=None), start + 3))
+    firsts = np.concatenate([b[:, 0] for b in endless])
+    per_epoch = firsts[: n // batch_size * batch_size] if len(firsts) >= n else firsts
+    assert len(set(per_epoch.tolist())) == len(per_epoch)  # no window twice in an epoch
+    for b in endless:  # real windows: seq_len consecutive tokens of one shard
+        assert np.all(np.diff(b, axis=1) == 1)
+        shard = np.searchsorted(edges, b[:, 0], side="right") - 1
+        assert np.all((b[:, 0] - edges[shard]) % seq_len == 0)
+    resumed = list(itertools.islice(token_batches(windows, batch_size, seed, start, epochs=None), 3))
+    assert all(np.array_equal(a, b) for a, b in zip(endless[start:], resumed))
+    every = sorted(int(b[0, 0]) for b in token_batches(windows, 1, seed))  # one epoch, a window a batch
+    assert every == [int(a) + j * seq_len for a, c in zip(edges[:-1], tokens_per_shard) for j in range(c // seq_len)]
