@@ -79,7 +79,7 @@ def test_the_first_record_comes_while_the_windows_other_shards_are_held(dataset,
 
 def test_a_resume_maps_only_the_shards_it_still_needs(dataset, tmp_path):
     url, recs, manifest = dataset
-    kwargs = dict(seed=8, window=8, rank=0, world_size=1)
+    kwargs = {"seed": 8, "window": 8, "rank": 0, "world_size": 1}
     p = plan(manifest.shards.records, seed=8, window=8)
     order = p.window_order(1)
     stage = 2
@@ -106,7 +106,7 @@ def test_a_resume_maps_only_the_shards_it_still_needs(dataset, tmp_path):
 
 def test_states_carry_the_plan_version(dataset, tmp_path):
     url, recs, manifest = dataset
-    kwargs = dict(seed=2, window=4, rank=0, world_size=1)
+    kwargs = {"seed": 2, "window": 4, "rank": 0, "world_size": 1}
     ids = expected_stream(manifest, seed=2, window=4)
     with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
         it = ds.iter(**kwargs)

@@ -176,7 +176,7 @@ def test_staged_groups_visit_every_window_once_and_resume_exactly(tokens_per_sha
     from roxxel.read.tokens import TokenWindows, token_batches
 
     edges = np.concatenate([[0], np.cumsum(tokens_per_shard)])
-    payloads = [np.arange(a, b, dtype=np.int32).view(np.uint8) for a, b in zip(edges[:-1], edges[1:])]
+    payloads = [np.arange(a, b, dtype=np.int32).view(np.uint8) for a, b in itertools.pairwise(edges)]
     windows = TokenWindows([p.nbytes for p in payloads], lambda k: payloads[k], seq_len, np.int32)
     n = len(windows)
     if n == 0:

@@ -96,8 +96,8 @@ def test_every_window_is_a_staged_permutation_of_its_records(
     counts, world, window, seed, epoch, shuffle, remainder, data
 ):
     rank = data.draw(st.integers(0, world - 1))
-    kwargs = dict(seed=seed, epoch=epoch, rank=rank, world_size=world, window=window,
-                  shuffle=shuffle, remainder=remainder)
+    kwargs = {"seed": seed, "epoch": epoch, "rank": rank, "world_size": world, "window": window,
+              "shuffle": shuffle, "remainder": remainder}
     p = plan(counts, **kwargs)
     again = plan(counts, **kwargs)
     for w in range(p.num_windows):
