@@ -1,5 +1,5 @@
 """GCS through gcsfs: generations as versions, ``ifGenerationMatch`` uploads, and
-downloads as one ranged GET per chunk.
+downloads as one ranged GET per chunk, and ranged parts as plain HTTP GETs.
 
 A whole object is read with one GET after its metadata bounds the size; the version is
 the generation the body itself came with (``x-goog-generation``), as the object may
@@ -7,13 +7,38 @@ have been replaced since the metadata. Small objects are written with one multip
 upload carrying ``ifGenerationMatch`` (0 to create). Whether the server enforces it is
 probed once per process and bucket (:func:`.base.probed_enforcement`):
 gcp-storage-emulator, for one, accepts it and ignores it.
+
+Parts of a download (:meth:`GCSBackend.read_range`) are GETs of the URL gcsfs itself
+would read (``fs.url(path)``, the JSON API's ``alt=media``) with a Range header, on
+kept-alive :mod:`http.client` connections, with the headers of gcsfs's own credentials
+object (a bearer token it refreshes; none for ``token="anon"``). gcsfs's ``cat_file``
+costs two to three times the CPU per byte (aiohttp and its event loop); on two cores
+that is the download's ceiling (README, Benchmarks: Transports). gcsfs reads where the
+plain GET would not read the same bytes: a subclass other than gcsfs's zonal-aware one,
+a zonal bucket (read over gRPC), requester pays, ``session_kwargs`` (proxies, TLS) or a
+client certificate. An answer that does not fit (a redirect, a 200 to a ranged GET, an
+encoded body, a reply that is not HTTP, a certificate http.client does not trust) turns
+the path off for that filesystem, as for S3's presigned GETs; an error answer (404, 403,
+429, 5xx) is raised as such, and a connection refused or cut short is retried like any
+other failure.
 """
 
 from __future__ import annotations
 
+import functools
+import http.client
 import json
+import logging
+import os
+import ssl
+import threading
+import urllib.parse
 import uuid
+import weakref
 from typing import Any
+
+from fsspec import AbstractFileSystem
+from fsspec.asyn import sync
 
 from .base import (
     ChunkReader,
@@ -22,11 +47,15 @@ from .base import (
     check_size,
     probed_enforcement,
 )
-from .errors import http_status
+from .errors import HTTPStatusError, http_status
 from .generic import FsspecBackend, base64_md5
 from .readers import RangeReader
+from .retry import DEFAULT_POLICY
+from .watchdog import PIECE_SIZE, current, current_timeout
 
-__all__ = ["GCSBackend"]
+__all__ = ["GCSBackend", "read_media_range"]
+
+log = logging.getLogger(__name__)
 
 
 class GCSBackend(FsspecBackend):
@@ -47,6 +76,17 @@ class GCSBackend(FsspecBackend):
         # The body's own generation: the object may have been replaced since info().
         generation = headers.get("x-goog-generation")
         return Versioned(data, None if generation is None else str(generation))
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        data = bytearray(end - start)
+        n = read_media_range(self.fs, path, start, end, memoryview(data))
+        if n is None:
+            return super().read_range(path, start, end)
+        return data if n == len(data) else bytes(data[:n])
+
+    def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
+        n = read_media_range(self.fs, path, start, end, into)
+        return super().read_range_into(path, start, end, into) if n is None else n
 
     def open_reader(self, path: str, offset: int) -> ChunkReader:
         # gcsfs has no streaming open_async: one ranged GET per chunk.
@@ -91,3 +131,137 @@ class GCSBackend(FsspecBackend):
 
     def conditional_writes_enforced(self, root: str) -> bool:
         return probed_enforcement(self, root)
+
+
+# -- ranged parts by plain GETs -------------------------------------------------------
+
+# by identity: fsspec filesystems with equal options compare equal
+_refused: weakref.WeakValueDictionary[int, AbstractFileSystem] = weakref.WeakValueDictionary()
+_idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
+_idle_lock = threading.Lock()
+_idle_pid = os.getpid()
+
+
+def read_media_range(fs: Any, path: str, start: int, end: int, into: memoryview) -> int | None:
+    """Bytes ``[start, end)`` of ``path`` read into the front of ``into`` by one ranged GET
+    on a kept-alive connection; returns their number (fewer if the object ends sooner),
+    or None where gcsfs must read them (see the module). Error answers raise
+    :class:`.errors.HTTPStatusError` (404: not found; 429, 5xx: transient); a range past
+    the end of the object reads as empty."""
+    if not _eligible(fs, path):
+        return None
+    url = urllib.parse.urlsplit(fs.url(path))
+    target = f"{url.path}?{url.query}"
+    headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity", "User-Agent": "roxxel"}
+    fs.credentials.apply(headers)  # gcsfs's credentials: refreshed by it, never read here
+    while True:
+        conn, reused = _take(url)
+        try:
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+            break
+        except (http.client.HTTPException, ConnectionError) as exc:
+            conn.close()
+            if reused:  # a kept-alive connection the server had closed: once more, anew
+                continue
+            if isinstance(exc, ConnectionError):
+                raise  # transient, or an unreachable store: as gcsfs would find it
+            _refuse(fs, exc)  # not an HTTP answer
+            return None
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()  # gcsfs's client may trust other certificates
+            _refuse(fs, exc)
+            return None
+        except BaseException:
+            conn.close()
+            raise
+    status, size = response.status, end - start
+    fits = status == 206 and response.getheader("Content-Range", "").startswith(f"bytes {start}-")
+    fits = fits or (status == 200 and start == 0 and response.length == size)
+    if not fits or response.getheader("Content-Encoding", "identity") != "identity":
+        response.read(64 * 1024)  # the error document, if any
+        conn.close()
+        if status == 416:  # the object ends before start
+            return 0
+        if status in (401, 403, 404, 408, 429) or status >= 500:
+            raise HTTPStatusError(status, f"a ranged GET of gs://{path}")
+        _refuse(fs, ValueError(f"HTTP {status} to a ranged GET"))
+        return None
+    try:
+        n = size if response.length is None else min(size, response.length)
+        _read_body(response, into[:n])
+        if response.read(1):  # more than the range: the connection cannot be reused
+            raise OSError(f"gs://{path}: the server sent more than bytes [{start}, {end})")
+    except BaseException:
+        conn.close()
+        raise
+    if response.will_close:
+        conn.close()
+    else:
+        _give_back(url, conn)
+    return n
+
+
+def _eligible(fs: Any, path: str) -> bool:
+    if refused(fs) or not type(fs).__module__.startswith("gcsfs") or not hasattr(fs, "credentials"):
+        return False
+    if getattr(fs, "requester_pays", False) or getattr(fs, "session_kwargs", None):
+        return False
+    if getattr(fs, "_use_client_cert", False) and str(getattr(fs, "_location", "")).startswith("https"):
+        return False
+    zonal = getattr(fs, "_is_zonal_bucket", None)  # gcsfs's zonal-aware subclass; cached
+    return zonal is None or not sync(fs.loop, zonal, fs.split_path(path)[0])
+
+
+def _take(url: urllib.parse.SplitResult) -> tuple[http.client.HTTPConnection, bool]:
+    """A connection to the URL's host, and whether it was used before."""
+    global _idle_pid
+    with _idle_lock:
+        if _idle_pid != os.getpid():  # a forked child starts with none
+            _idle.clear()
+            _idle_pid = os.getpid()
+        idle = _idle.get((url.scheme, url.hostname or "", url.port))
+        if idle:
+            return idle.pop(), True
+    timeout = current_timeout(DEFAULT_POLICY.stall_timeout)  # silence that long fails a read
+    if url.scheme == "http":
+        return http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout), False
+    return http.client.HTTPSConnection(url.hostname or "", url.port, timeout=timeout, context=_tls()), False
+
+
+@functools.lru_cache(maxsize=1)
+def _tls() -> ssl.SSLContext:
+    """One context for all connections: loading the CA certificates takes milliseconds."""
+    return ssl.create_default_context()
+
+
+def _give_back(url: urllib.parse.SplitResult, conn: http.client.HTTPConnection) -> None:
+    with _idle_lock:
+        if _idle_pid == os.getpid():
+            _idle.setdefault((url.scheme, url.hostname or "", url.port), []).append(conn)
+            return
+    conn.close()
+
+
+def _read_body(response: http.client.HTTPResponse, view: memoryview) -> None:
+    """Fill ``view`` from the body, in pieces, each reported to the watchdog."""
+    progress = current()
+    size, got = len(view), 0
+    while got < size:
+        n = response.readinto(view[got : got + PIECE_SIZE])
+        if not n:
+            raise http.client.IncompleteRead(b"", size - got)
+        got += n
+        if progress is not None:
+            progress.beat()
+
+
+def refused(fs: AbstractFileSystem) -> bool:
+    """Whether plain GETs are off for this filesystem (instance)."""
+    return _refused.get(id(fs)) is fs
+
+
+def _refuse(fs: AbstractFileSystem, exc: BaseException) -> None:
+    if not refused(fs):
+        _refused[id(fs)] = fs
+        log.info("plain GCS GETs are off for this store (%s); reading through gcsfs", exc)
