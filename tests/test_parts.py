@@ -314,3 +314,28 @@ def test_slowdown_answers_are_retried_and_halve_the_parts_in_flight(tmp_path, mo
     assert stats["retries"] == 3 and engine.stats["throttled"] == 3
     assert engine.concurrency.history[0][1] == 8  # halved once for the burst
     assert engine.limit <= 8
+
+
+def test_open_with_trace_records_parts_waits_and_blocks_of_records(tmp_path, monkeypatch):
+    import json
+
+    from roxxel import trace
+    from tests.faults import FaultyFileSystem, NoFaults, faulty_url
+    from tests.reliability_kit import check_all, write
+
+    monkeypatch.setattr(parts, "_ENGINE", PartEngine(parts=4, part_size=4 * KIB))
+    url = str(tmp_path / "ds")
+    write(url, 200, shard_bytes=16 * KIB)
+    store = Store(faulty_url(url), fs=FaultyFileSystem(NoFaults()))
+    try:
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store,
+                         trace=tmp_path / "run.json") as ds:
+            check_all(ds.iter(seed=3, rank=0, world_size=1), 200)
+    finally:
+        path = trace.stop()
+    events = json.loads(open(path).read())["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"part", "wait for shard", "records", "downloads"} <= names
+    records = [e for e in events if e.get("name") == "records"]
+    assert sum(e["args"]["records"] for e in records) == 200
+    assert any(e.get("ph") == "M" and "rank 0" in json.dumps(e.get("args", {})) for e in events)

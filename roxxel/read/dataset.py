@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from fsspec.callbacks import Callback
 
+from .. import trace as tracing
 from ..backends import Store
 from ..cache import ShardCache
 from ..cache.datasets import record_dataset_use
@@ -51,21 +52,26 @@ def open(  # noqa: A001 - the public name is roxxel.open
     storage_options: Mapping[str, Any] | None = None,
     *,
     lookahead: int | None = None,
-    download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
+    download_workers: int | None = None,
     store: Store | None = None,
     verify: str = "changed",
+    trace: str | os.PathLike[str] | None = None,
 ) -> Dataset:
     """Open the dataset at ``url`` (its prefix or its ``manifest.json``).
 
     Only the manifest is read. ``cache_dir`` defaults to ``$ROXXEL_CACHE_DIR`` or
     ``~/.cache/roxxel``; ``cache_limit`` (bytes, or a string like ``"50GB"``) bounds it.
-    ``lookahead`` shards (default 4, fewer if ``cache_limit`` needs it) are fetched ahead
-    of iteration by ``download_workers`` threads. A limit below the largest shard (what
-    one read maps), or below what a chosen ``lookahead`` needs, raises
-    :class:`~roxxel.errors.CacheError` stating the minimum. A cached shard is hashed
-    again before it is mapped when it changed since it was verified (``verify="changed"``)
-    or, with ``verify="always"``, also the first time this process maps it.
+    ``lookahead`` shards (default 4, or from a remote store enough to keep the download
+    budget full, 4 to 32; fewer if ``cache_limit`` needs it) are fetched ahead of
+    iteration by ``download_workers`` threads (default: one per shard of the lookahead).
+    A limit below the largest shard (what one read maps), or below what a chosen
+    ``lookahead`` needs, raises :class:`~roxxel.errors.CacheError` stating the minimum. A
+    cached shard is hashed again before it is mapped when it changed since it was
+    verified (``verify="changed"``) or, with ``verify="always"``, also the first time this
+    process maps it. ``trace`` (or ``$ROXXEL_TRACE``) writes a Chrome/Perfetto trace of
+    this process's downloads and reads there (see :mod:`roxxel.trace`).
     """
+    tracing.configure(trace)
     _preload_numpy()
     store = store if store is not None else dataset_store(url, storage_options)
     manifest = read_manifest(store)
@@ -125,7 +131,7 @@ class Dataset(Records):
         cache: ShardCache,
         *,
         lookahead: int | None = None,
-        download_workers: int = DEFAULT_DOWNLOAD_WORKERS,
+        download_workers: int | None = None,
     ) -> None:
         self.store = store
         self.url = store.base_url
@@ -158,8 +164,10 @@ class Dataset(Records):
         return self.residency.lookahead
 
     @property
-    def stats(self) -> dict[str, int]:
-        """Shards and bytes this dataset downloaded, and shard loads served by the cache."""
+    def stats(self) -> dict[str, float]:
+        """Shards and bytes this dataset downloaded, shard loads served by the cache, GETs
+        and retries, seconds readers waited for shards, and the process's download rate
+        while any ran (see :attr:`Residency.stats <roxxel.read.residency.Residency.stats>`)."""
         return self.residency.stats
 
     def warm(
@@ -317,10 +325,12 @@ class Dataset(Records):
         store and cache settings; the copy opens lazily, with its own threads and maps.
         The store carries the storage_options it was given, credentials included: a worker
         needs them. roxxel never writes this pickle anywhere."""
+        tracer = tracing.current()
         return (
             _unpickle_dataset,
             (self.store, self.manifest, self.cache.directory, self.cache.limit,
-             self.residency.chosen_lookahead, self.residency.download_workers, self.cache.verify_mode),
+             self.residency.chosen_lookahead, self.residency.download_workers, self.cache.verify_mode,
+             None if tracer is None else tracer.template),
         )
 
     def __repr__(self) -> str:
@@ -330,7 +340,8 @@ class Dataset(Records):
 
 def _unpickle_dataset(
     store: Store, manifest: Manifest, cache_dir: str, cache_limit: int | None, lookahead: int | None,
-    workers: int, verify: str = "changed",
+    workers: int, verify: str = "changed", trace: str | None = None,
 ) -> Dataset:
+    tracing.configure(trace)  # a spawned worker traces where its parent does
     return Dataset(store, manifest, ShardCache(cache_dir, cache_limit, verify=verify),
                    lookahead=lookahead, download_workers=workers)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from itertools import chain, islice
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import trace
 from ..errors import ResumeError
 from ..planner import DEFAULT_WINDOW, PLAN_VERSION, Plan, WindowOrder, plan
 from .records import Records
@@ -180,6 +182,9 @@ class RecordIterator(Iterator[np.ndarray]):
         """The stream in blocks of views; between windows, the downloads and the cache's
         bookkeeping. Closing it (``ds.close()`` does) lets go of the current block's maps."""
         residency, p = self._residency, self.plan
+        tracer = trace.current()
+        if tracer is not None:
+            tracer.label(rank=self._base.rank, worker=self._base.worker)
         order = p.shard_order.tolist()
         rank_of = {k: i for i, k in enumerate(order)}
         residency.expect(order, then=self._next_epoch_order())
@@ -199,7 +204,12 @@ class RecordIterator(Iterator[np.ndarray]):
                     slots, begins, ends = reader.bounds(lo, hi)
                     views = record_views(reader.payloads, slots, begins, ends)
                     self._block = (start + lo, hi - lo, views)
+                    tracer = trace.current()
+                    handed = time.perf_counter_ns()
                     yield views
+                    if tracer is not None:  # the consumer's time with the block
+                        tracer.complete("records", "read", handed, time.perf_counter_ns(),
+                                        records=hi - lo, window=w, position=start + lo)
                 self._at = start + len(stages)
                 self._block = None
                 skip = 0
