@@ -8,15 +8,12 @@ verified (size, checksum, bounded decompression, footer) before it is mapped.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import suppress
 from typing import Any
 
 import numpy as np
+import numpy.ma  # noqa: F401 - see below
+import numpy.random  # noqa: F401 - see below
 import numpy.typing as npt
 from fsspec.callbacks import Callback
 
@@ -43,6 +40,11 @@ from .residency import DEFAULT_DOWNLOAD_WORKERS, Residency
 from .tokens import TokenWindows, token_batches
 
 __all__ = ["Dataset", "open"]
+
+# numpy.random (the planner's SeedSequence) and numpy.ma (np.unique's masked-array check)
+# are imported here, not lazily by NumPy in the first ds.iter or ds.resume: every
+# shuffled read needs them within milliseconds of the import, and a lazy import would
+# cost the first record about 12 ms (measured: scripts/bench_startup.py).
 
 
 def open(  # noqa: A001 - the public name is roxxel.open
@@ -72,47 +74,12 @@ def open(  # noqa: A001 - the public name is roxxel.open
     this process's downloads and reads there (see :mod:`roxxel.trace`).
     """
     tracing.configure(trace)
-    _preload_numpy()
     store = store if store is not None else dataset_store(url, storage_options)
     manifest = read_manifest(store)
     cache = ShardCache(cache_dir, cache_limit, verify=verify)
     ds = Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
     record_dataset_use(cache, store.base_url, manifest)
     return ds
-
-
-# NumPy imports these lazily, and the first ds.iter needs both: numpy.random for the
-# planner's SeedSequence, numpy.ma for np.unique's masked-array check. In a fresh process
-# they cost about 25 ms, which a background import hides behind the manifest's GET.
-_PRELOAD = ("numpy.random", "numpy.ma")
-_preload_lock = threading.Lock()
-_preloading: threading.Thread | None = None
-
-
-def _preload_numpy() -> None:
-    global _preloading
-    if _preloading is not None or all(name in sys.modules for name in _PRELOAD):
-        return
-    with _preload_lock:
-        if _preloading is None:
-            _preloading = threading.Thread(target=_import_preloaded, name="roxxel-preload", daemon=True)
-            _preloading.start()
-
-
-def _import_preloaded() -> None:
-    with suppress(ImportError):  # then the reader's own import raises it
-        for name in _PRELOAD:
-            importlib.import_module(name)
-
-
-def _finish_preload() -> None:
-    """Before a fork: no import may be half done (the child would inherit its lock)."""
-    thread = _preloading
-    if thread is not None and thread.is_alive():
-        thread.join()
-
-
-os.register_at_fork(before=_finish_preload)
 
 
 class Dataset(Records):
