@@ -66,9 +66,6 @@ class S3Backend(FsspecBackend):
     """S3 through s3fs; until something needs s3fs, over a :class:`.s3open.DeferredS3FileSystem`
     (whole objects are then read by :func:`.s3open.signed_get`)."""
 
-    def __init__(self, fs: AbstractFileSystem | DeferredS3FileSystem) -> None:
-        self._fs = fs
-
     @property
     def fs(self) -> AbstractFileSystem:
         """The ``S3FileSystem``, made (and s3fs imported) on first use."""
