@@ -97,7 +97,7 @@ def test_parts_in_flight_never_exceed_the_limit_and_the_budget(engine):
     assert results == objects
     assert store.peak <= engine.limit
     # the budget, plus at most one part that a consumer waits for per object
-    assert max(seen_reserved) <= engine.max_bytes + len(objects) * engine.part_size
+    assert max(seen_reserved) <= engine.budget + len(objects) * engine.part_size
     assert engine._reserved == 0
 
 
@@ -137,7 +137,11 @@ def test_a_failed_part_is_raised_after_the_parts_before_it(engine):
     with pytest.raises(NotFoundError, match="gone"):
         engine.download(store, "a", len(data), got.extend)
     assert bytes(got) == data[: 128 * KIB]
-    assert engine._reserved == 0 and not engine._transfers
+    assert not engine._transfers
+    deadline = time.monotonic() + 5  # parts still in flight give their bytes back as they land
+    while engine._in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine._reserved == 0
 
 
 def test_a_cancelled_download_stops_waiting_and_frees_its_budget(engine):

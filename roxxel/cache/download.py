@@ -13,8 +13,10 @@ import contextlib
 import errno
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 
+from .. import trace
 from ..errors import CacheError, IntegrityError, RoxxelError
 from ..format.check import ShardCheck, ShardSpec
 from ..manifest.checksums import ShardKey
@@ -83,8 +85,12 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
         finally:
             sink.closed = True
         raw_digest = check.finish()
+        tracer = trace.current()
+        began = time.perf_counter_ns()
         with writing_locally(spec, tmp_dir):
             raw.sync()
+        if tracer is not None:
+            tracer.complete("fsync", "cache", began, time.perf_counter_ns(), shard=spec.label)
     except BaseException:
         raw.discard()
         raise

@@ -7,7 +7,8 @@ them on one pool of connection threads, whatever the number of shards being down
 or of threads waiting for them:
 
 - **One budget.** At most :attr:`PartEngine.limit` parts are in flight, and the bytes
-  in flight plus those received but not yet consumed stay under ``max_bytes``; only the
+  in flight plus those received but not yet consumed stay under as many parts' worth
+  (:attr:`PartEngine.budget`); only the
   part a consumer is waiting for next may go past it (one part per object at most), so
   the budget can never stall a download.
 - **Priority by next use.** Objects are served in the order their downloads were asked
@@ -58,9 +59,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_PART_SIZE = 8 * 2**20
-#: Parts in flight per node to start with: 32 connections of 50-100 MB/s each carry a
-#: link of 1.6-3.2 GB/s. :class:`Concurrency` may double it where throughput grows.
-DEFAULT_PARTS_IN_FLIGHT = 32
+#: Parts in flight per node to start with: 16 connections of 50-100 MB/s each carry a
+#: link of 0.8-1.6 GB/s; :class:`Concurrency` raises it (to 4x) while throughput grows.
+#: More parts than the link needs only slow each one down: the parts of a shard would
+#: all finish together, and the shard's check could start only then.
+DEFAULT_PARTS_IN_FLIGHT = 16
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
 
@@ -175,8 +178,9 @@ class PartEngine:
     """Download objects as ranged parts on one pool of connection threads (see the module).
 
     ``parts`` is the starting number of parts in flight (adapted by :class:`Concurrency`
-    up to ``max_parts``), ``part_size`` the size of a part, ``max_bytes`` the bytes in
-    flight or received and not yet consumed.
+    up to ``max_parts``, by default 4 times as many), ``part_size`` the size of a part;
+    the bytes in flight or received and not yet consumed stay under :attr:`budget`, at
+    most ``max_bytes`` (by default ``max_parts`` parts).
     """
 
     def __init__(
@@ -191,9 +195,9 @@ class PartEngine:
         for name, value in (("parts", parts), ("part_size", part_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        max_parts = 2 * parts if max_parts is None else max_parts
+        max_parts = 4 * parts if max_parts is None else max_parts
         self.part_size = part_size
-        self.max_bytes = parts * part_size if max_bytes is None else max_bytes
+        self.max_bytes = max_parts * part_size if max_bytes is None else max_bytes
         self.concurrency = Concurrency(parts, minimum=min(2, parts), maximum=max(parts, max_parts))
         self._clock = clock
         self._cond = threading.Condition(threading.Lock())
@@ -212,6 +216,12 @@ class PartEngine:
     def limit(self) -> int:
         """Parts in flight at most, now."""
         return self.concurrency.limit
+
+    @property
+    def budget(self) -> int:
+        """Bytes in flight plus received and not yet consumed at most, now: as many parts
+        as the limit, never more than ``max_bytes``."""
+        return min(self.max_bytes, self.limit * self.part_size)
 
     # -- users -------------------------------------------------------------------------
 
@@ -342,7 +352,7 @@ class PartEngine:
                 continue
             if i == transfer.consumed:  # its consumer waits for this very part
                 return transfer, i
-            if not full and self._reserved + transfer.nbytes(i) <= self.max_bytes:
+            if not full and self._reserved + transfer.nbytes(i) <= self.budget:
                 return transfer, i
             full = True  # nothing jumps this transfer's turn but a part being waited for
         return None

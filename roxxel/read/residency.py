@@ -103,7 +103,7 @@ class Residency:
         self._what = what
         self._limit = cache.limit
         sizes = catalog.raw_sizes
-        default = default_lookahead(catalog.stored_sizes, engine().max_bytes) if catalog.remote else DEFAULT_LOOKAHEAD
+        default = default_lookahead(catalog.stored_sizes, engine().budget) if catalog.remote else DEFAULT_LOOKAHEAD
         self.lookahead = fit_lookahead(self._limit, sizes, lookahead=lookahead,
                                        default=default, what=what)
         if download_workers is None:
