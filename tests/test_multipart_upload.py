@@ -87,6 +87,7 @@ class Requests:
         self.calls: Counter[str] = Counter()
         self.attempts: Counter[int] = Counter()  # UploadPart requests per part number
         self.in_flight = self.peak = self.parts_done = 0
+        self.in_flight_at_abort: int | None = None
         self.hold, self.parts, self.fail = hold, parts, fail
         self._lock = threading.Lock()
         self._loop_full: asyncio.Event | None = None
@@ -98,6 +99,8 @@ class Requests:
                 with self._lock:
                     self.calls[method] += 1
                     n = self.calls[method]
+                    if method == "abort_multipart_upload":
+                        self.in_flight_at_abort = self.in_flight
                 error = self.fail and self.fail(method, 0, n)
                 if error is not None:
                     raise error
@@ -287,6 +290,7 @@ def test_a_failure_mid_upload_aborts_it(limits, transport, s3_server, bucket, tm
 
     assert requests.parts_done >= 1  # some parts had landed before the failure
     assert requests.calls["abort_multipart_upload"] == 1
+    assert requests.in_flight_at_abort == 0  # no part still on the wire to land after it
     assert requests.calls["complete_multipart_upload"] == 0
     assert not store.exists("big.bin")
     assert pending_uploads(store, bucket) == []

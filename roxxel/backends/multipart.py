@@ -3,20 +3,24 @@
 One S3 connection carries roughly 50-100 MB/s; a node reaches its link only with many
 requests in flight. A file of at least :attr:`MultipartLimits.threshold` bytes therefore
 goes up as parts of :attr:`MultipartLimits.part_size` bytes (``CreateMultipartUpload``,
-``UploadPart`` for each part, ``CompleteMultipartUpload``), many at once, through the
-filesystem's own s3fs client on fsspec's event loop.
+``UploadPart`` for each part, ``CompleteMultipartUpload``), many at once. The upload is
+run on fsspec's event loop with the filesystem's own s3fs client; each part is a
+presigned PUT sent from the file by ``sendfile`` on a part thread where the store allows
+(see below), or else an s3fs ``UploadPart`` of the part read into memory.
 
 Memory is bounded per process, not per file: every upload of the process draws its
 parts from one budget of :attr:`MultipartLimits.parts_in_flight` slots, and a part is
 read from the file only once it holds a slot, so at most ``parts_in_flight *
-part_size`` bytes of parts are in memory, whatever the size or number of the files
-(except for files above 10,000 parts, where parts grow so the file still fits).
+part_size`` bytes of parts are in memory (none for presigned parts), whatever the size
+or number of the files (except for files above 10,000 parts, where parts grow so the
+file still fits).
 
 All or nothing: readers see no object, or the previous one, until Complete. A part that
-fails transiently (:func:`.errors.classify`) is sent again on its own, from the buffer
-it holds; any other failure, or a part that keeps failing, cancels the other parts and
-aborts the upload, so neither an object nor orphaned parts remain. The caller
-(:meth:`.store.Store.put_file`) retries the whole upload, as it would a single PUT.
+fails transiently (:func:`.errors.classify`) is sent again on its own (this one place
+retries inside a backend, so that one bad part does not cost the whole file); any other
+failure, or a part that keeps failing, cancels the other parts, waits for those already
+on the wire, and aborts the upload, so neither an object nor orphaned parts remain. The
+caller (:meth:`.store.Store.put_file`) retries the whole upload, as it would a single PUT.
 
 The ETag of a multipart object is ``md5(md5(part 1) + ... + md5(part N)) + "-N"``, not
 an MD5 of the object: :func:`expected_etag` computes it from the local file (or takes
@@ -247,9 +251,10 @@ def _direct_eligible(fs: Any) -> bool:
     return _eligible(fs)
 
 
-def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int) -> str:
+def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int) -> tuple[str, bytes]:
     """PUT bytes ``[offset, offset + length)`` of ``local_path`` to the presigned ``url``
-    and return the part's ETag; a refusal raises botocore's ClientError, as s3fs would."""
+    and return the part's ETag and the MD5 digest of the bytes sent; a refusal raises
+    botocore's ClientError, as s3fs would."""
     import http.client
     import urllib.parse
 
@@ -266,8 +271,9 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int) -> s
         conn.endheaders()
         with open(local_path, "rb") as f:
             sent = conn.sock.sendfile(f, offset, length)
-        if sent != length:
-            raise OSError(f"sent {sent} bytes of a part of {length}")
+            if sent != length:
+                raise OSError(f"sent {sent} bytes of a part of {length}")
+            md5 = _md5_of(f.fileno(), offset, length)  # while the server takes the part in
         response = conn.getresponse()
         body = response.read()
     except BaseException:
@@ -283,7 +289,7 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int) -> s
     etag = response.getheader("ETag")
     if not etag:
         raise http.client.HTTPException("an UploadPart response without an ETag")
-    return etag
+    return etag, md5
 
 
 def _client_error(status: int, body: bytes) -> Exception:
@@ -339,9 +345,8 @@ class _Upload:
         """The part sent from the file by a presigned PUT on a part thread; no buffer."""
         loop = asyncio.get_running_loop()
         threads = _part_threads(_limits.parts_in_flight)
-        md5 = await asyncio.wrap_future(threads.submit(lambda: _md5_of(self.fd, offset, length)), loop=loop)
 
-        async def send() -> str:
+        async def send() -> tuple[str, bytes]:
             s3 = await self.fs.get_s3(self.bucket)
             # No Content-MD5: a SigV2 presigned URL would have to sign it. The part's
             # ETag is its MD5 all the same, and the object's ETag is checked after.
@@ -349,13 +354,21 @@ class _Upload:
                 "upload_part", ExpiresIn=_EXPIRES,
                 Params={"Bucket": self.bucket, "Key": self.key, "UploadId": self.upload_id, "PartNumber": number},
             )
-            put = threads.submit(lambda: _put_part(self.fs, url, self.local_path, offset, length))
-            return await asyncio.wrap_future(put, loop=loop)
+            put = asyncio.wrap_future(
+                threads.submit(lambda: _put_part(self.fs, url, self.local_path, offset, length)), loop=loop
+            )
+            try:
+                return await asyncio.shield(put)
+            except asyncio.CancelledError:
+                # The PUT goes on in its thread: wait for it (its socket timeout bounds
+                # it), so that the abort that follows also removes its part.
+                await asyncio.wait({put})
+                raise
 
         try:
-            return await _retrying(send, self._what(number)), md5
+            return await _retrying(send, self._what(number))
         except Exception as exc:
-            if classify(exc).retryable:
+            if classify(exc).retryable or http_status(exc) == 404:  # 404: no such upload any more
                 raise
             # A store may refuse presigned parts where it takes signed ones: send this
             # part, and every later one, through s3fs, which reports a real refusal.

@@ -1,0 +1,287 @@
+"""Uploads through a link shaped like a real object store's: roxxel's writer against the
+best upload client, for the same bytes, in the same run (issue 17, uploads).
+
+moto runs on loopback behind ``tests/shaping_proxy.py``. By default the proxy adds 30 ms
+to each response's first byte and allows 25 MB/s per connection and 400 MB/s for the whole
+link, in both directions, so one connection gets 1/16 of the link, as on S3.
+
+For each dataset (default: 4 shards of 64 MiB, and 1 shard of 256 MiB):
+
+- **roxxel**: ``roxxel.Writer`` with default options (but ``shard_bytes``) in a fresh
+  process, through the proxy, timed from the first ``append`` to ``close()`` returning
+  (packing, hashing, staging, uploading, checking, the manifest), with the child's peak
+  RSS (VmHWM) and its RSS before the first record (the record pool of the generator).
+- **best client**: local files of exactly the shards' stored sizes, written before timing,
+  uploaded as multipart uploads of ``--part-mib`` (8) MiB parts, ``--parallel`` (32) in
+  flight over all files, each thread on a kept-alive ``http.client`` connection to
+  presigned ``UploadPart`` URLs (no payload hashing), the body sent with ``sendfile``:
+  the cheapest client there is in CPU, which matters when the server shares 2 cores.
+  ``--boto3`` also times boto3's ``upload_part`` from a thread pool.
+- **server limit**: the best client again, straight to moto, unshaped. When it is not
+  well above the shaped figure, the server, not the link, is the limit.
+
+Usage: ``.venv/bin/python scripts/bench_upload.py [--datasets 4x64 1x256] [--latency 0.03]
+[--conn-mbps 25] [--link-mbps 400] [--boto3]``; results under ``bench-out/`` if ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchkit import REPO, MiB
+
+from tests import servers, shaping_proxy
+
+_CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[5])
+from benchkit import MiB, RecordSource
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field))
+
+url, options, shards, shard_mib = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+import roxxel
+if int(sys.argv[6]):
+    from roxxel.backends import multipart
+    multipart.configure(parts_in_flight=int(sys.argv[6]))
+source = RecordSource(shards * shard_mib * MiB, 1024, 15 * 1024, seed=shards)
+before = rss("VmRSS:")
+t0 = time.perf_counter()
+with roxxel.Writer(url, shard_bytes=shard_mib * MiB, storage_options=options) as writer:
+    writer.extend(source)
+seconds = time.perf_counter() - t0
+stored = [int(s) for s in writer.manifest.shards.stored_size.tolist()]
+print(json.dumps({"seconds": seconds, "sizes": stored, "rss_before": before, "rss_peak": rss("VmHWM:")}))
+"""
+
+
+_PUT_CHILD = """
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from roxxel.backends import Store
+
+class NoReadBack:
+    def __call__(self, chunk):
+        raise AssertionError("read back")
+    finish = __call__
+
+url, options, parts_in_flight, files = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+if parts_in_flight:
+    from roxxel.backends import multipart
+    multipart.configure(parts_in_flight=parts_in_flight)
+store = Store(url, options)
+store.exists("warm-up")  # the client is made, as the best client's is before it is timed
+t0 = time.perf_counter()
+
+def put(path):
+    key = path.rsplit("/", 1)[-1]
+    store.put_file(path, key)
+    store.check_upload(key, path, NoReadBack())
+
+with ThreadPoolExecutor(4) as pool:  # the writer's upload_workers
+    list(pool.map(put, files))
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+
+def run_put_file(url: str, options: dict[str, Any], files: list[str], parts_in_flight: int | None = None) -> float:
+    """Seconds for ``Store.put_file`` and ``check_upload`` of ready files, 4 at once,
+    with default options in a fresh process: roxxel's uploads without the packing."""
+    out = subprocess.run([sys.executable, "-c", _PUT_CHILD, url, json.dumps(options), str(parts_in_flight or 0), *files],
+                         capture_output=True, text=True, cwd=REPO)
+    if out.returncode:
+        raise RuntimeError(f"the uploads failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def run_writer(url: str, options: dict[str, Any], shards: int, shard_mib: int,
+               parts_in_flight: int | None = None) -> dict[str, Any]:
+    """One writer run with default options in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, url, json.dumps(options), str(shards), str(shard_mib),
+         str(REPO / "scripts"), str(parts_in_flight or 0)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    if out.returncode:
+        raise RuntimeError(f"the writer failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def boto_client(endpoint: str, parallel: int) -> Any:
+    import boto3
+    import botocore.config
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+        region_name="us-east-1",
+        config=botocore.config.Config(max_pool_connections=parallel + 4, read_timeout=600,
+                                      retries={"total_max_attempts": 2, "mode": "standard"}),
+    )
+
+
+def best_client(endpoint: str, bucket: str, files: list[str], part: int, parallel: int,
+                boto3_parts: bool = False) -> float:
+    """Seconds to upload every file as multipart uploads, ``parallel`` parts in flight."""
+    client = boto_client(endpoint, parallel)
+    keys = [f"best/{os.path.basename(f)}" for f in files]
+    started = time.perf_counter()  # the client is made; every request counts
+    uploads = [client.create_multipart_upload(Bucket=bucket, Key=k)["UploadId"] for k in keys]
+    jobs = [(i, n, start, min(part, os.path.getsize(f) - start))
+            for i, f in enumerate(files) for n, start in enumerate(range(0, os.path.getsize(f), part), 1)]
+    urls = {(i, n): client.generate_presigned_url(
+                "upload_part", ExpiresIn=3600,
+                Params={"Bucket": bucket, "Key": keys[i], "UploadId": uploads[i], "PartNumber": n})
+            for i, n, _, _ in jobs}
+    local = threading.local()
+
+    def send_presigned(job: tuple[int, int, int, int]) -> tuple[int, int, str]:
+        i, n, start, length = job
+        parts = urllib.parse.urlsplit(urls[i, n])
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection(parts.netloc, timeout=600)
+        conn = local.conn
+        conn.putrequest("PUT", f"{parts.path}?{parts.query}", skip_accept_encoding=True)
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        with open(files[i], "rb") as f:
+            sent = conn.sock.sendfile(f, start, length)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200 or sent != length:
+            raise RuntimeError(f"UploadPart {keys[i]} #{n}: status {response.status}, {sent} bytes sent")
+        return i, n, response.getheader("ETag")
+
+    def send_boto3(job: tuple[int, int, int, int]) -> tuple[int, int, str]:
+        i, n, start, length = job
+        with open(files[i], "rb") as f:
+            f.seek(start)
+            data = f.read(length)
+        etag = client.upload_part(Bucket=bucket, Key=keys[i], UploadId=uploads[i], PartNumber=n, Body=data)["ETag"]
+        return i, n, etag
+
+    with ThreadPoolExecutor(parallel) as pool:
+        sent = list(pool.map(send_boto3 if boto3_parts else send_presigned, jobs))
+    for i, key in enumerate(keys):
+        parts = [{"PartNumber": n, "ETag": etag} for j, n, etag in sent if j == i]
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=uploads[i],
+                                         MultipartUpload={"Parts": parts})
+    return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["4x64", "1x256"], metavar="NxMIB")
+    parser.add_argument("--latency", type=float, default=0.03, help="seconds to each response's first byte")
+    parser.add_argument("--conn-mbps", type=float, default=25.0, help="MB/s per connection and direction")
+    parser.add_argument("--link-mbps", type=float, default=400.0, help="MB/s per direction for the whole link")
+    parser.add_argument("--part-mib", type=int, default=8)
+    parser.add_argument("--parallel", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds, alternating the order; the best is kept")
+    parser.add_argument("--parts-in-flight", type=int, default=None,
+                        help="the writer's multipart.configure(parts_in_flight=...) (default: roxxel's)")
+    parser.add_argument("--boto3", action="store_true", help="also time boto3 upload_part from threads")
+    parser.add_argument("--out", help="also write the results as JSON to this file (e.g. bench-out/upload.json)")
+    args = parser.parse_args(argv)
+    print(f"link: {args.latency * 1000:.0f} ms to first byte, {args.conn_mbps:g} MB/s per connection, "
+          f"{args.link_mbps:g} MB/s link; best client: {args.parallel} x {args.part_mib} MiB parts in flight; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results = []
+    with servers.s3_server() as s3, tempfile.TemporaryDirectory() as tmp:
+        port = int(s3.endpoint.rsplit(":", 1)[1])
+        with shaping_proxy.start(port, latency=args.latency, conn_rate=args.conn_mbps * 1e6,
+                                 link_rate=args.link_mbps * 1e6) as proxy:
+            from benchkit import bench_storage_options
+
+            shaped = bench_storage_options(proxy.endpoint)
+            for spec in args.datasets:
+                shards, shard_mib = (int(x) for x in spec.split("x"))
+                part = args.part_mib * MiB
+                rounds: list[dict[str, float]] = []
+                files: list[str] = []
+                for round_ in range(args.repeat):
+                    s3.reset()
+                    s3.create_bucket("upl")
+                    one: dict[str, float] = {}
+
+                    def writer() -> None:
+                        cpu0 = cpu_seconds(s3.process.pid)
+                        w = run_writer(f"s3://upl/d{spec}", shaped, shards, shard_mib, args.parts_in_flight)
+                        one.update(writer_s=w["seconds"], rss_peak=w["rss_peak"], rss_before=w["rss_before"],
+                                   moto_cpu_writer=cpu_seconds(s3.process.pid) - cpu0, bytes=sum(w["sizes"]))
+                        if not files:
+                            for k, size in enumerate(w["sizes"]):
+                                files.append(os.path.join(tmp, f"{spec}-{k}"))
+                                with open(files[-1], "wb") as f:
+                                    f.write(os.urandom(size))
+
+                    def best() -> None:
+                        cpu0 = cpu_seconds(s3.process.pid)
+                        one["best_s"] = best_client(proxy.endpoint, "upl", files, part, args.parallel)
+                        one["moto_cpu_best"] = cpu_seconds(s3.process.pid) - cpu0
+
+                    def put_file() -> None:
+                        one["put_file_s"] = run_put_file(f"s3://upl/p{spec}", shaped, files, args.parts_in_flight)
+
+                    for step in ((writer, best, put_file) if round_ % 2 == 0 or not files else (put_file, best, writer)):
+                        step()
+                    if args.boto3:
+                        one["boto3_s"] = best_client(proxy.endpoint, "upl", files, part, args.parallel, boto3_parts=True)
+                    one["server_s"] = best_client(s3.endpoint, "upl", files, part, args.parallel)
+                    rounds.append(one)
+                    total = one["bytes"]
+                    print(f"  {spec} round {round_ + 1}: roxxel {total / one['writer_s'] / 1e6:.0f} MB/s, its uploads "
+                          f"{total / one['put_file_s'] / 1e6:.0f} MB/s, best client "
+                          f"{total / one['best_s'] / 1e6:.0f} MB/s, unshaped {total / one['server_s'] / 1e6:.0f} MB/s; "
+                          f"load {os.getloadavg()[0]:.1f}", flush=True)
+                total = rounds[0]["bytes"]
+                rate = total / min(r["writer_s"] for r in rounds) / 1e6
+                put_rate = total / min(r["put_file_s"] for r in rounds) / 1e6
+                best_rate = total / min(r["best_s"] for r in rounds) / 1e6
+                server = total / min(r["server_s"] for r in rounds) / 1e6
+                peak = max(r["rss_peak"] for r in rounds)
+                before = max(r["rss_before"] for r in rounds)
+                row = {"dataset": spec, "bytes": total, "shards": len(files), "writer_mbps": rate, "put_file_mbps": put_rate,
+                       "best_mbps": best_rate, "server_mbps": server, "ratio": rate / best_rate,
+                       "writer_rss_peak_mib": peak / MiB, "writer_rss_before_mib": before / MiB, "rounds": rounds}
+                print(f"{spec} MiB ({len(files)} shards, {total / 1e6:.0f} MB), best of {len(rounds)}:")
+                print(f"  best client  {best_rate:6.0f} MB/s through the link (moto "
+                      f"{min(r['moto_cpu_best'] for r in rounds):.1f} CPU-s); unshaped {server:.0f} MB/s")
+                if args.boto3:
+                    b = total / min(r["boto3_s"] for r in rounds) / 1e6
+                    row["boto3_mbps"] = b
+                    print(f"  boto3 parts  {b:6.0f} MB/s through the link")
+                print(f"  roxxel       {rate:6.0f} MB/s = {rate / best_rate:4.0%} of the best client (moto "
+                      f"{min(r['moto_cpu_writer'] for r in rounds):.1f} CPU-s); writer peak RSS {peak / MiB:.0f} MiB "
+                      f"({before / MiB:.0f} MiB before the first record)")
+                print(f"  its uploads  {put_rate:6.0f} MB/s = {put_rate / best_rate:4.0%} of the best client "
+                      "(Store.put_file + check_upload of the same files, 4 at once)\n", flush=True)
+                results.append(row)
+    print(f"\nload average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
