@@ -60,12 +60,12 @@ if int(sys.argv[6]):
     multipart.configure(parts_in_flight=int(sys.argv[6]))
 source = RecordSource(shards * shard_mib * MiB, 1024, 15 * 1024, seed=shards)
 before = rss("VmRSS:")
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 with roxxel.Writer(url, shard_bytes=shard_mib * MiB, storage_options=options) as writer:
     writer.extend(source)
-seconds = time.perf_counter() - t0
+seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 stored = [int(s) for s in writer.manifest.shards.stored_size.tolist()]
-print(json.dumps({"seconds": seconds, "sizes": stored, "rss_before": before, "rss_peak": rss("VmHWM:")}))
+print(json.dumps({"seconds": seconds, "cpu": cpu, "sizes": stored, "rss_before": before, "rss_peak": rss("VmHWM:")}))
 """
 
 
@@ -85,7 +85,7 @@ if parts_in_flight:
     multipart.configure(parts_in_flight=parts_in_flight)
 store = Store(url, options)
 store.exists("warm-up")  # the client is made, as the best client's is before it is timed
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 
 def put(path):
     key = path.rsplit("/", 1)[-1]
@@ -94,18 +94,20 @@ def put(path):
 
 with ThreadPoolExecutor(4) as pool:  # the writer's upload_workers
     list(pool.map(put, files))
-print(json.dumps({"seconds": time.perf_counter() - t0}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}))
 """
 
 
-def run_put_file(url: str, options: dict[str, Any], files: list[str], parts_in_flight: int | None = None) -> float:
+def run_put_file(url: str, options: dict[str, Any], files: list[str],
+                 parts_in_flight: int | None = None) -> tuple[float, float]:
     """Seconds for ``Store.put_file`` and ``check_upload`` of ready files, 4 at once,
     with default options in a fresh process: roxxel's uploads without the packing."""
     out = subprocess.run([sys.executable, "-c", _PUT_CHILD, url, json.dumps(options), str(parts_in_flight or 0), *files],
                          capture_output=True, text=True, cwd=REPO)
     if out.returncode:
         raise RuntimeError(f"the uploads failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["seconds"], result["cpu"]
 
 
 def run_writer(url: str, options: dict[str, Any], shards: int, shard_mib: int,
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                     def writer() -> None:
                         cpu0 = cpu_seconds(s3.process.pid)
                         w = run_writer(f"s3://upl/d{spec}", shaped, shards, shard_mib, args.parts_in_flight)
-                        one.update(writer_s=w["seconds"], rss_peak=w["rss_peak"], rss_before=w["rss_before"],
+                        one.update(writer_s=w["seconds"], writer_cpu=w["cpu"], rss_peak=w["rss_peak"], rss_before=w["rss_before"],
                                    moto_cpu_writer=cpu_seconds(s3.process.pid) - cpu0, bytes=sum(w["sizes"]))
                         if not files:
                             for k, size in enumerate(w["sizes"]):
@@ -235,12 +237,14 @@ def main(argv: list[str] | None = None) -> int:
                                     f.write(os.urandom(size))
 
                     def best() -> None:
-                        cpu0 = cpu_seconds(s3.process.pid)
+                        cpu0, own0 = cpu_seconds(s3.process.pid), time.process_time()
                         one["best_s"] = best_client(proxy.endpoint, "upl", files, part, args.parallel)
                         one["moto_cpu_best"] = cpu_seconds(s3.process.pid) - cpu0
+                        one["best_cpu"] = time.process_time() - own0
 
                     def put_file() -> None:
-                        one["put_file_s"] = run_put_file(f"s3://upl/p{spec}", shaped, files, args.parts_in_flight)
+                        one["put_file_s"], one["put_file_cpu"] = run_put_file(
+                            f"s3://upl/p{spec}", shaped, files, args.parts_in_flight)
 
                     for step in ((writer, best, put_file) if round_ % 2 == 0 or not files else (put_file, best, writer)):
                         step()
@@ -264,17 +268,22 @@ def main(argv: list[str] | None = None) -> int:
                        "best_mbps": best_rate, "server_mbps": server, "ratio": rate / best_rate,
                        "writer_rss_peak_mib": peak / MiB, "writer_rss_before_mib": before / MiB, "rounds": rounds}
                 print(f"{spec} MiB ({len(files)} shards, {total / 1e6:.0f} MB), best of {len(rounds)}:")
-                print(f"  best client  {best_rate:6.0f} MB/s through the link (moto "
-                      f"{min(r['moto_cpu_best'] for r in rounds):.1f} CPU-s); unshaped {server:.0f} MB/s")
+                def cpu(name: str) -> str:
+                    return f"{min(r[name] for r in rounds):.2f}"
+
+                print(f"  best client  {best_rate:6.0f} MB/s through the link (its CPU {cpu('best_cpu')} s, moto's "
+                      f"{cpu('moto_cpu_best')} s); unshaped {server:.0f} MB/s")
                 if args.boto3:
                     b = total / min(r["boto3_s"] for r in rounds) / 1e6
                     row["boto3_mbps"] = b
                     print(f"  boto3 parts  {b:6.0f} MB/s through the link")
-                print(f"  roxxel       {rate:6.0f} MB/s = {rate / best_rate:4.0%} of the best client (moto "
-                      f"{min(r['moto_cpu_writer'] for r in rounds):.1f} CPU-s); writer peak RSS {peak / MiB:.0f} MiB "
+                print(f"  roxxel       {rate:6.0f} MB/s = {rate / best_rate:4.0%} of the best client (its CPU "
+                      f"{cpu('writer_cpu')} s, packing included, moto's {cpu('moto_cpu_writer')} s); "
+                      f"writer peak RSS {peak / MiB:.0f} MiB "
                       f"({before / MiB:.0f} MiB before the first record)")
                 print(f"  its uploads  {put_rate:6.0f} MB/s = {put_rate / best_rate:4.0%} of the best client "
-                      "(Store.put_file + check_upload of the same files, 4 at once)\n", flush=True)
+                      f"(Store.put_file + check_upload of the same files, 4 at once; its CPU {cpu('put_file_cpu')} s)\n",
+                      flush=True)
                 results.append(row)
     print(f"\nload average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.out:
