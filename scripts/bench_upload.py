@@ -37,12 +37,15 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchkit import REPO, MiB
+from benchkit import REPO, MiB, bench_storage_options
 
 from tests import servers, shaping_proxy
+
+BUCKET = "upl"
 
 _CHILD = """
 import json, sys, time
@@ -103,7 +106,7 @@ def run_put_file(url: str, options: dict[str, Any], files: list[str],
     """Seconds for ``Store.put_file`` and ``check_upload`` of ready files, 4 at once,
     with default options in a fresh process: roxxel's uploads without the packing."""
     out = subprocess.run([sys.executable, "-c", _PUT_CHILD, url, json.dumps(options), str(parts_in_flight or 0), *files],
-                         capture_output=True, text=True, cwd=REPO)
+                         capture_output=True, text=True, cwd=REPO, check=False)
     if out.returncode:
         raise RuntimeError(f"the uploads failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -116,7 +119,7 @@ def run_writer(url: str, options: dict[str, Any], shards: int, shard_mib: int,
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, url, json.dumps(options), str(shards), str(shard_mib),
          str(REPO / "scripts"), str(parts_in_flight or 0)],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True, text=True, cwd=REPO, check=False,
     )
     if out.returncode:
         raise RuntimeError(f"the writer failed:\n{out.stderr[-3000:]}")
@@ -190,7 +193,83 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass
+class Bench:
+    """The servers and options of one benchmark run."""
+
+    s3: Any
+    proxy: Any
+    shaped: dict[str, Any]
+    args: argparse.Namespace
+    tmp: str
+
+    def round(self, spec: str, files: list[str], writer_first: bool) -> dict[str, float]:
+        """One round of every client on dataset ``spec``; ``files`` (the shards' sizes,
+        random bytes) are made after the first writer run."""
+        shards, shard_mib = (int(x) for x in spec.split("x"))
+        part, pid = self.args.part_mib * MiB, self.s3.process.pid
+        self.s3.reset()
+        self.s3.create_bucket(BUCKET)
+        one: dict[str, float] = {}
+
+        def writer() -> None:
+            cpu0 = cpu_seconds(pid)
+            w = run_writer(f"s3://{BUCKET}/d{spec}", self.shaped, shards, shard_mib, self.args.parts_in_flight)
+            one.update(writer_s=w["seconds"], writer_cpu=w["cpu"], rss_peak=w["rss_peak"],
+                       rss_before=w["rss_before"], moto_cpu_writer=cpu_seconds(pid) - cpu0, bytes=sum(w["sizes"]))
+            for k, size in enumerate(w["sizes"] if not files else []):
+                files.append(os.path.join(self.tmp, f"{spec}-{k}"))
+                with open(files[-1], "wb") as f:
+                    f.write(os.urandom(size))
+
+        def best() -> None:
+            cpu0, own0 = cpu_seconds(pid), time.process_time()
+            one["best_s"] = best_client(self.proxy.endpoint, BUCKET, files, part, self.args.parallel)
+            one.update(moto_cpu_best=cpu_seconds(pid) - cpu0, best_cpu=time.process_time() - own0)
+
+        def put_file() -> None:
+            one["put_file_s"], one["put_file_cpu"] = run_put_file(
+                f"s3://{BUCKET}/p{spec}", self.shaped, files, self.args.parts_in_flight)
+
+        for step in (writer, best, put_file) if writer_first or not files else (put_file, best, writer):
+            step()
+        if self.args.boto3:
+            one["boto3_s"] = best_client(self.proxy.endpoint, BUCKET, files, part, self.args.parallel, boto3_parts=True)
+        one["server_s"] = best_client(self.s3.endpoint, BUCKET, files, part, self.args.parallel)
+        return one
+
+
+def summarize(spec: str, rounds: list[dict[str, float]], shards: int, boto3: bool) -> dict[str, Any]:
+    """Print the best of ``rounds`` and return it as a row."""
+    total = rounds[0]["bytes"]
+
+    def rate(name: str) -> float:
+        return total / min(r[name] for r in rounds) / 1e6
+
+    def cpu(name: str) -> str:
+        return f"{min(r[name] for r in rounds):.2f}"
+
+    writer, put, best, server = rate("writer_s"), rate("put_file_s"), rate("best_s"), rate("server_s")
+    peak, before = max(r["rss_peak"] for r in rounds), max(r["rss_before"] for r in rounds)
+    row = {"dataset": spec, "bytes": total, "shards": shards, "writer_mbps": writer, "put_file_mbps": put,
+           "best_mbps": best, "server_mbps": server, "ratio": writer / best,
+           "writer_rss_peak_mib": peak / MiB, "writer_rss_before_mib": before / MiB, "rounds": rounds}
+    print(f"{spec} MiB ({shards} shards, {total / 1e6:.0f} MB), best of {len(rounds)}:")
+    print(f"  best client  {best:6.0f} MB/s through the link (its CPU {cpu('best_cpu')} s, moto's "
+          f"{cpu('moto_cpu_best')} s); unshaped {server:.0f} MB/s")
+    if boto3:
+        row["boto3_mbps"] = rate("boto3_s")
+        print(f"  boto3 parts  {row['boto3_mbps']:6.0f} MB/s through the link")
+    print(f"  roxxel       {writer:6.0f} MB/s = {writer / best:4.0%} of the best client (its CPU "
+          f"{cpu('writer_cpu')} s, packing included, moto's {cpu('moto_cpu_writer')} s); "
+          f"writer peak RSS {peak / MiB:.0f} MiB ({before / MiB:.0f} MiB before the first record)")
+    print(f"  its uploads  {put:6.0f} MB/s = {put / best:4.0%} of the best client (Store.put_file + "
+          f"check_upload of the same files, 4 at once; its CPU {cpu('put_file_cpu')} s)\n", flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["4x64", "1x256"], metavar="NxMIB")
     parser.add_argument("--latency", type=float, default=0.03, help="seconds to each response's first byte")
@@ -212,79 +291,19 @@ def main(argv: list[str] | None = None) -> int:
         port = int(s3.endpoint.rsplit(":", 1)[1])
         with shaping_proxy.start(port, latency=args.latency, conn_rate=args.conn_mbps * 1e6,
                                  link_rate=args.link_mbps * 1e6) as proxy:
-            from benchkit import bench_storage_options
-
-            shaped = bench_storage_options(proxy.endpoint)
+            bench = Bench(s3, proxy, bench_storage_options(proxy.endpoint), args, tmp)
             for spec in args.datasets:
-                shards, shard_mib = (int(x) for x in spec.split("x"))
-                part = args.part_mib * MiB
                 rounds: list[dict[str, float]] = []
                 files: list[str] = []
-                for round_ in range(args.repeat):
-                    s3.reset()
-                    s3.create_bucket("upl")
-                    one: dict[str, float] = {}
-
-                    def writer() -> None:
-                        cpu0 = cpu_seconds(s3.process.pid)
-                        w = run_writer(f"s3://upl/d{spec}", shaped, shards, shard_mib, args.parts_in_flight)
-                        one.update(writer_s=w["seconds"], writer_cpu=w["cpu"], rss_peak=w["rss_peak"], rss_before=w["rss_before"],
-                                   moto_cpu_writer=cpu_seconds(s3.process.pid) - cpu0, bytes=sum(w["sizes"]))
-                        if not files:
-                            for k, size in enumerate(w["sizes"]):
-                                files.append(os.path.join(tmp, f"{spec}-{k}"))
-                                with open(files[-1], "wb") as f:
-                                    f.write(os.urandom(size))
-
-                    def best() -> None:
-                        cpu0, own0 = cpu_seconds(s3.process.pid), time.process_time()
-                        one["best_s"] = best_client(proxy.endpoint, "upl", files, part, args.parallel)
-                        one["moto_cpu_best"] = cpu_seconds(s3.process.pid) - cpu0
-                        one["best_cpu"] = time.process_time() - own0
-
-                    def put_file() -> None:
-                        one["put_file_s"], one["put_file_cpu"] = run_put_file(
-                            f"s3://upl/p{spec}", shaped, files, args.parts_in_flight)
-
-                    for step in ((writer, best, put_file) if round_ % 2 == 0 or not files else (put_file, best, writer)):
-                        step()
-                    if args.boto3:
-                        one["boto3_s"] = best_client(proxy.endpoint, "upl", files, part, args.parallel, boto3_parts=True)
-                    one["server_s"] = best_client(s3.endpoint, "upl", files, part, args.parallel)
+                for n in range(args.repeat):
+                    one = bench.round(spec, files, writer_first=n % 2 == 0)
                     rounds.append(one)
                     total = one["bytes"]
-                    print(f"  {spec} round {round_ + 1}: roxxel {total / one['writer_s'] / 1e6:.0f} MB/s, its uploads "
+                    print(f"  {spec} round {n + 1}: roxxel {total / one['writer_s'] / 1e6:.0f} MB/s, its uploads "
                           f"{total / one['put_file_s'] / 1e6:.0f} MB/s, best client "
                           f"{total / one['best_s'] / 1e6:.0f} MB/s, unshaped {total / one['server_s'] / 1e6:.0f} MB/s; "
                           f"load {os.getloadavg()[0]:.1f}", flush=True)
-                total = rounds[0]["bytes"]
-                rate = total / min(r["writer_s"] for r in rounds) / 1e6
-                put_rate = total / min(r["put_file_s"] for r in rounds) / 1e6
-                best_rate = total / min(r["best_s"] for r in rounds) / 1e6
-                server = total / min(r["server_s"] for r in rounds) / 1e6
-                peak = max(r["rss_peak"] for r in rounds)
-                before = max(r["rss_before"] for r in rounds)
-                row = {"dataset": spec, "bytes": total, "shards": len(files), "writer_mbps": rate, "put_file_mbps": put_rate,
-                       "best_mbps": best_rate, "server_mbps": server, "ratio": rate / best_rate,
-                       "writer_rss_peak_mib": peak / MiB, "writer_rss_before_mib": before / MiB, "rounds": rounds}
-                print(f"{spec} MiB ({len(files)} shards, {total / 1e6:.0f} MB), best of {len(rounds)}:")
-                def cpu(name: str) -> str:
-                    return f"{min(r[name] for r in rounds):.2f}"
-
-                print(f"  best client  {best_rate:6.0f} MB/s through the link (its CPU {cpu('best_cpu')} s, moto's "
-                      f"{cpu('moto_cpu_best')} s); unshaped {server:.0f} MB/s")
-                if args.boto3:
-                    b = total / min(r["boto3_s"] for r in rounds) / 1e6
-                    row["boto3_mbps"] = b
-                    print(f"  boto3 parts  {b:6.0f} MB/s through the link")
-                print(f"  roxxel       {rate:6.0f} MB/s = {rate / best_rate:4.0%} of the best client (its CPU "
-                      f"{cpu('writer_cpu')} s, packing included, moto's {cpu('moto_cpu_writer')} s); "
-                      f"writer peak RSS {peak / MiB:.0f} MiB "
-                      f"({before / MiB:.0f} MiB before the first record)")
-                print(f"  its uploads  {put_rate:6.0f} MB/s = {put_rate / best_rate:4.0%} of the best client "
-                      f"(Store.put_file + check_upload of the same files, 4 at once; its CPU {cpu('put_file_cpu')} s)\n",
-                      flush=True)
-                results.append(row)
+                results.append(summarize(spec, rounds, len(files), args.boto3))
     print(f"\nload average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

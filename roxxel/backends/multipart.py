@@ -485,15 +485,15 @@ async def _all_or_cancel(tasks: list[asyncio.Future[Any]]) -> list[Any]:
     others are cancelled and waited for, then the failure is raised."""
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except BaseException:
-        done, pending = set(), set(tasks)
+    except asyncio.CancelledError:  # the upload itself is cancelled: so is every part
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     failures = [t for t in tasks if t in done and not t.cancelled() and t.exception() is not None]
-    failed = failures[0] if failures else None
-    if failed is None and not pending:
+    if not failures:
         return [t.result() for t in tasks]
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)  # no part is left in flight
-    if failed is not None:
-        raise failed.exception()  # type: ignore[misc]
-    raise asyncio.CancelledError()
+    raise failures[0].exception()  # type: ignore[misc]
