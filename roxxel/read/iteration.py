@@ -184,7 +184,8 @@ class RecordIterator(Iterator[np.ndarray]):
         residency, p = self._residency, self.plan
         tracer = trace.current()
         if tracer is not None:
-            tracer.label(rank=self._base.rank, worker=self._base.worker)
+            st = self._base  # (a process that is no DataLoader worker has no worker label)
+            tracer.label(rank=st.rank, worker=st.worker if st.num_workers > 1 else None)
         order = p.shard_order.tolist()
         rank_of = {k: i for i, k in enumerate(order)}
         residency.expect(order, then=self._next_epoch_order())
