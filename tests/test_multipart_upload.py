@@ -80,15 +80,17 @@ class Requests:
     (``multipart._put_part``) or s3fs's ``_call_s3``. With ``hold=k``, each part waits
     until ``k`` are in flight (or no more can start: ``parts``), so the peak is ``k``
     only if the upload really sends ``k`` parts at once. ``fail(method, number,
-    attempt)`` may return an exception to raise instead of sending a request."""
+    attempt)`` may return an exception to raise instead of sending a request; the
+    responses to the requests in ``lose`` (method, n-th call) are lost after they were
+    done."""
 
     def __init__(self, fs: Any, monkeypatch: pytest.MonkeyPatch, hold: int = 0, parts: int = 0,
-                 fail: Any = None) -> None:
+                 fail: Any = None, lose: tuple[tuple[str, int], ...] = ()) -> None:
         self.calls: Counter[str] = Counter()
         self.attempts: Counter[int] = Counter()  # UploadPart requests per part number
         self.in_flight = self.peak = self.parts_done = 0
         self.in_flight_at_abort: int | None = None
-        self.hold, self.parts, self.fail = hold, parts, fail
+        self.hold, self.parts, self.fail, self.lose = hold, parts, fail, lose
         self._lock = threading.Lock()
         self._loop_full: asyncio.Event | None = None
         self._thread_full = threading.Event()
@@ -104,7 +106,10 @@ class Requests:
                 error = self.fail and self.fail(method, 0, n)
                 if error is not None:
                     raise error
-                return await original_call(method, *args, **kwargs)
+                result = await original_call(method, *args, **kwargs)
+                if (method, n) in self.lose:  # it was done; its answer is lost on the way back
+                    raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer (injected)")
+                return result
             attempt, full = self._begin(kwargs["PartNumber"])
             ok = False
             try:
@@ -309,6 +314,29 @@ def test_a_failed_completion_aborts_the_upload(limits, transport, s3_server, buc
     assert requests.calls["abort_multipart_upload"] == 1
     assert not store.exists("big.bin")
     assert pending_uploads(store, bucket) == []
+
+
+def test_a_completion_whose_answer_was_lost_counts(limits, s3_server, bucket, tmp_path, monkeypatch) -> None:
+    """Sent again, the completion finds no upload (it completed; S3 answers 404
+    NoSuchUpload, moto would complete it again): the object there, with the ETag of our
+    parts, is ours."""
+    source = random_file(tmp_path / "big", 3 * PART)
+    store = make_store(s3_server, bucket)
+
+    def fail(method: str, number: int, n: int) -> BaseException | None:
+        if method == "complete_multipart_upload" and n == 2:
+            return client_error(404, "NoSuchUpload", "CompleteMultipartUpload")
+        return None
+
+    requests = Requests(store.fs, monkeypatch, fail=fail, lose=(("complete_multipart_upload", 1),))
+
+    store.put_file(source, "big.bin")
+
+    assert requests.calls["complete_multipart_upload"] == 2
+    assert requests.calls["abort_multipart_upload"] == 0
+    with open(source, "rb") as f:
+        assert store.read_bytes("big.bin", None) == f.read()
+    store.check_upload("big.bin", source, NoReadBack())
 
 
 def test_a_part_is_sent_again_after_a_transient_error(limits, transport, s3_server, bucket, tmp_path, monkeypatch) -> None:
