@@ -4,7 +4,8 @@ A moto S3 server runs on loopback (a subprocess); one dataset is written to it (
 default 16 shards of 4 MiB of 1-15 KiB incompressible records) and warmed into a cache
 directory, so every figure below is for a warm cache: what a job pays when it starts
 again on a node that already holds its shards. Each figure is the median of
-``--runs`` fresh processes, with default options:
+``--runs`` fresh processes (rounds alternate between roxxel and MosaicML, so a burst
+of load from other processes hits both), with default options:
 
 - **import**: ``import roxxel``;
 - **first open**: the first ``roxxel.open(url, storage_options=..., cache_dir=...)`` of
@@ -157,46 +158,62 @@ def median_ms(results: list[dict[str, Any]], key: str) -> str:
     return f"{statistics.median(values):6.1f} ms (min {min(values):.1f}, max {max(values):.1f})"
 
 
-def bench_roxxel(url: str, options: dict[str, Any], cache_dir: str, args: argparse.Namespace) -> dict[str, float]:
-    env = child_env()
-    opts = json.dumps(options)
-    run(sys.executable, _ROXXEL_CHILD, [url, opts, cache_dir, "warm", ""], env)  # also writes bytecode
-    state = run(sys.executable, _ROXXEL_CHILD, [url, opts, cache_dir, "state", str(args.resume_at)], env)["state"]
-    firsts, resumes = [], []
-    for _ in range(args.runs):
-        firsts.append(run(sys.executable, _ROXXEL_CHILD, [url, opts, cache_dir, "first", ""], env))
-        resumes.append(run(sys.executable, _ROXXEL_CHILD, [url, opts, cache_dir, "resume", json.dumps(state)], env))
-    print("roxxel (warm cache, fresh processes, median of %d):" % args.runs)
-    print(f"  import roxxel                 {median_ms(firsts, 'import')}")
-    print(f"  first open                    {median_ms(firsts, 'open')}")
-    print(f"  second open, same process     {median_ms(firsts, 'open2')}")
-    print(f"  first record warm (from open) {median_ms(firsts, 'first')}")
-    print(f"  resume (open to first record) {median_ms(resumes, 'resume')}")
-    print(f"  imported by then: {', '.join(firsts[-1]['modules']) or 'none of s3fs, aiohttp, aiobotocore, botocore'}")
-    return {k: statistics.median(r[k] for r in rs) for k, rs in (("first", firsts), ("resume", resumes))}
+class Roxxel:
+    """roxxel's children: a warm cache, a saved iteration state, then one round per call."""
+
+    def __init__(self, url: str, options: dict[str, Any], cache_dir: str, args: argparse.Namespace) -> None:
+        self.env, self.args = child_env(), [url, json.dumps(options), cache_dir]
+        run(sys.executable, _ROXXEL_CHILD, [*self.args, "warm", ""], self.env)  # also writes bytecode
+        state = run(sys.executable, _ROXXEL_CHILD, [*self.args, "state", str(args.resume_at)], self.env)["state"]
+        self.state = json.dumps(state)
+        self.firsts: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+
+    def round(self) -> None:
+        self.firsts.append(run(sys.executable, _ROXXEL_CHILD, [*self.args, "first", ""], self.env))
+        self.resumes.append(run(sys.executable, _ROXXEL_CHILD, [*self.args, "resume", self.state], self.env))
+
+    def report(self) -> dict[str, float]:
+        firsts, resumes = self.firsts, self.resumes
+        print(f"roxxel (warm cache, fresh processes, median of {len(firsts)}):")
+        print(f"  import roxxel                 {median_ms(firsts, 'import')}")
+        print(f"  first open                    {median_ms(firsts, 'open')}")
+        print(f"  second open, same process     {median_ms(firsts, 'open2')}")
+        print(f"  first record warm (from open) {median_ms(firsts, 'first')}")
+        print(f"  resume (open to first record) {median_ms(resumes, 'resume')}")
+        print(f"  imported by then: {', '.join(firsts[-1]['modules']) or 'none of s3fs, aiohttp, aiobotocore, botocore'}")
+        return {k: statistics.median(r[k] for r in rs) for k, rs in (("first", firsts), ("resume", resumes))}
 
 
-def bench_mosaic(python: str, s3: servers.Server, total: int, shard_bytes: int, work: Path,
-                 args: argparse.Namespace) -> dict[str, float]:
-    mds = work / "mds-out"
-    run(python, _MOSAIC_WRITE, [str(REPO / "scripts"), str(total), str(shard_bytes), str(mds)], child_env())
-    fs = s3.filesystem()
-    fs.put(str(mds) + "/", "bench/mds/", recursive=True)
-    env = child_env({**s3.env, "S3_ENDPOINT_URL": s3.endpoint})
-    remote, local = "s3://bench/mds", str(work / "mds-local")
-    warmed = run(python, _MOSAIC_CHILD, [remote, local, "warm", ""], env)
-    state = run(python, _MOSAIC_CHILD, [remote, local, "state", str(args.resume_at)], env)["state"]
-    firsts, resumes = [], []
-    for _ in range(args.runs):
-        firsts.append(run(python, _MOSAIC_CHILD, [remote, local, "first", ""], env))
-        resumes.append(run(python, _MOSAIC_CHILD, [remote, local, "resume", json.dumps(state)], env))
-    print(f"MosaicML Streaming, StreamingDataset(remote=..., local=...) ({warmed['records']} samples; "
-          f"warm local directory, fresh processes, median of {args.runs}):")
-    print(f"  import streaming              {median_ms(firsts, 'import')}")
-    print(f"  construction                  {median_ms(firsts, 'open')}")
-    print(f"  first sample warm (from construction) {median_ms(firsts, 'first')}")
-    print(f"  resume (construction to first sample) {median_ms(resumes, 'resume')}")
-    return {k: statistics.median(r[k] for r in rs) for k, rs in (("first", firsts), ("resume", resumes))}
+class Mosaic:
+    """MosaicML Streaming's children on the same records, written as MDS and uploaded."""
+
+    def __init__(self, python: str, s3: servers.Server, total: int, shard_bytes: int, work: Path,
+                 args: argparse.Namespace) -> None:
+        mds = work / "mds-out"
+        run(python, _MOSAIC_WRITE, [str(REPO / "scripts"), str(total), str(shard_bytes), str(mds)], child_env())
+        s3.filesystem().put(str(mds) + "/", "bench/mds/", recursive=True)
+        self.python, self.env = python, child_env({**s3.env, "S3_ENDPOINT_URL": s3.endpoint})
+        self.args = ["s3://bench/mds", str(work / "mds-local")]
+        self.samples = run(python, _MOSAIC_CHILD, [*self.args, "warm", ""], self.env)["records"]
+        state = run(python, _MOSAIC_CHILD, [*self.args, "state", str(args.resume_at)], self.env)["state"]
+        self.state = json.dumps(state)
+        self.firsts: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+
+    def round(self) -> None:
+        self.firsts.append(run(self.python, _MOSAIC_CHILD, [*self.args, "first", ""], self.env))
+        self.resumes.append(run(self.python, _MOSAIC_CHILD, [*self.args, "resume", self.state], self.env))
+
+    def report(self) -> dict[str, float]:
+        firsts, resumes = self.firsts, self.resumes
+        print(f"MosaicML Streaming, StreamingDataset(remote=..., local=...) ({self.samples} samples; "
+              f"warm local directory, fresh processes, median of {len(firsts)}):")
+        print(f"  import streaming              {median_ms(firsts, 'import')}")
+        print(f"  construction                  {median_ms(firsts, 'open')}")
+        print(f"  first sample warm (from construction) {median_ms(firsts, 'first')}")
+        print(f"  resume (construction to first sample) {median_ms(resumes, 'resume')}")
+        return {k: statistics.median(r[k] for r in rs) for k, rs in (("first", firsts), ("resume", resumes))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,11 +234,17 @@ def main(argv: list[str] | None = None) -> int:
             writer.extend(RecordSource(total, 1024, 15 * 1024, seed=1))
         print(f"{writer.manifest.records} records in {len(writer.manifest.shards)} shards "
               f"of {args.shard_mib} MiB on moto (loopback)\n")
-        ours = bench_roxxel(url, options, str(work / "cache"), args)
-        if args.mosaic:
-            theirs = bench_mosaic(args.mosaic, s3, total, shard_bytes, work, args)
+        ours = Roxxel(url, options, str(work / "cache"), args)
+        theirs = Mosaic(args.mosaic, s3, total, shard_bytes, work, args) if args.mosaic else None
+        for _ in range(args.runs):  # rounds alternate, so a burst of load hits both sides
+            ours.round()
+            if theirs is not None:
+                theirs.round()
+        mine = ours.report()
+        if theirs is not None:
+            other = theirs.report()
             print("\nroxxel / MosaicML: first record "
-                  f"{ours['first'] / theirs['first']:.2f}x, resume {ours['resume'] / theirs['resume']:.2f}x")
+                  f"{mine['first'] / other['first']:.2f}x, resume {mine['resume'] / other['resume']:.2f}x")
     print(f"\nload average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
