@@ -229,9 +229,9 @@ class Records:
         source.expect(range(n))
         for k in range(n):
             self._check_open()
-            # Before the map, so that the downloads overlap; the shard being mapped is
-            # needed now, and a remote source fetches it before those queued ahead of it.
-            source.prefetch(range(k + 1, n))
+            if not k:  # the first shard's download starts first, and goes before the others
+                source.about_to_map([0])
+            source.prefetch(range(k + 1, n))  # before the map: the downloads overlap
             shard = self.shard(k)
             yield from stored_blocks(shard.payload, shard.offsets)
 

@@ -125,6 +125,7 @@ class Residency:
         self._engine: PartEngine | None = None  # attached on the first download in parts
         self._used_engine: PartEngine | None = None  # kept after close, for stats
         self._transfers: dict[int, object] = {}  # shard -> its download in parts, while running
+        self._wanted: set[int] = set()  # shards a reader is about to wait for (about_to_map)
         self._stats: dict[str, float] = {
             "shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0,
             "gets": 0, "retries": 0, "wait_seconds": 0.0,
@@ -218,10 +219,14 @@ class Residency:
             self._get_downloader().fetch_now(missing)
 
     def about_to_map(self, shards: list[int]) -> None:
-        """``shards`` are all needed now: without a cache limit, download them side by
-        side (under one they are fetched one at a time: they may not all fit)."""
-        if self._limit is None:
-            self.fetch_together(shards)
+        """``shards`` are all needed now: their downloads go before any other, and start
+        now, side by side (under a cache limit, several are fetched one at a time as they
+        are mapped: they may not all fit)."""
+        missing = [k for k in shards if k not in self._handles]
+        with self._lock:
+            self._wanted.update(missing)
+        if missing and (self._limit is None or len(missing) == 1) and not self._closed:
+            self._get_downloader().fetch_now(missing)
 
     def _get_downloader(self) -> Downloader:
         if self._downloader is None:
@@ -287,6 +292,7 @@ class Residency:
     def _started(self, k: int, transfer: object, urgent: bool) -> None:
         with self._lock:
             self._transfers[k] = transfer
+            urgent = urgent or k in self._wanted
         if urgent and self._engine is not None:
             self._engine.hurry(transfer)
 
@@ -372,6 +378,7 @@ class Residency:
         finally:
             with self._lock:
                 self._stats["wait_seconds"] += time.perf_counter() - waited
+                self._wanted.discard(k)
             tracer = trace.current()
             if tracer is not None:
                 tracer.complete("wait for shard", "read", began, time.perf_counter_ns(),
