@@ -197,7 +197,9 @@ class RecordIterator(Iterator[np.ndarray]):
                 window = p.window_shards(w).tolist()
                 # Downloads start in the window's stage order, from the stage of the
                 # position on; then the following windows' shards.
-                residency.fetch_together(dict.fromkeys(stages.shards[stages.slots_from(skip)].tolist()))
+                needed = list(dict.fromkeys(stages.shards[stages.slots_from(skip)].tolist()))
+                residency.about_to_map(needed[:1])  # the first one read: its download goes first
+                residency.fetch_together(needed)
                 residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
                 reader = _WindowReader(self._index, stages)
                 start = self._at - skip  # the window's first position in the stream
