@@ -102,31 +102,55 @@ def test_parts_in_flight_never_exceed_the_limit_and_the_budget(engine):
 
 
 def test_a_hurried_download_goes_before_earlier_ones(engine):
-    store = FakeStore({"early": b"e" * (2048 * KIB), "late": b"l" * (256 * KIB)})
+    size = 1024 * KIB  # 16 parts each: neither finishes first by being smaller
+    store = FakeStore({"early": b"e" * size, "late": b"l" * size})
     store.gate = threading.Event()
-    done: list[str] = []
-    started = threading.Event()
-
-    def fetch(key, on_start=None):
-        download(engine, store, key, on_start=on_start)
-        done.append(key)
-
     transfers = {}
-    early = threading.Thread(target=fetch, args=("early",))
-    early.start()
-    late = threading.Thread(target=fetch, args=("late", lambda t: (transfers.setdefault("late", t), started.set())))
-    late.start()
-    assert started.wait(5)
-    engine.hurry(transfers["late"])
-    while len(store.calls) < engine.limit:  # the first parts are taken while the gate is shut
+    registered = threading.Event()
+    finished: list[str] = []
+
+    def fetch(key, **kwargs):
+        download(engine, store, key, **kwargs)
+        finished.append(key)
+
+    threads = [
+        threading.Thread(target=fetch, args=("early",)),
+        threading.Thread(target=fetch, args=("late",),
+                         kwargs={"on_start": lambda t: (transfers.setdefault("late", t), registered.set())}),
+    ]
+    threads[0].start()
+    while len(store.calls) < engine.limit:  # every slot taken by "early", held at the gate
         time.sleep(0.001)
+    threads[1].start()
+    assert registered.wait(5)
+    engine.hurry(transfers["late"])
     store.gate.set()
-    early.join(10)
-    late.join(10)
-    # after the parts already in flight, the hurried object's parts went first
-    order = [key for key, _, _ in store.calls[engine.limit:]]
-    later_late = [i for i, key in enumerate(order) if key == "late"]
-    assert done == ["late", "early"] or (later_late and max(later_late) < order.index("early"))
+    for t in threads:
+        t.join(10)
+    # Without the hurry, the next parts sent would all be "early"'s (asked for first); with
+    # it, "late"'s go first, "early" keeping at most half the slots.
+    after = [key for key, _, _ in store.calls[engine.limit:]]
+    assert after[0] == "late" and after[: engine.limit].count("late") >= engine.limit // 2
+    assert sorted(finished) == ["early", "late"]
+
+
+def test_while_a_reader_waits_other_shards_get_half_the_slots(engine):
+    store = FakeStore({"waited": b"w" * (1024 * KIB), "a": b"a" * (1024 * KIB), "b": b"b" * (1024 * KIB)})
+    store.gate = threading.Event()
+    threads = [threading.Thread(target=download, args=(engine, store, k),
+                                kwargs={"on_start": engine.hurry} if k == "waited" else {})
+               for k in ("waited", "a", "b")]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while engine._in_flight < engine.limit and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with engine._cond:
+        others = sum(t.in_flight for t in engine._transfers if not t.urgent)
+    assert engine._in_flight == engine.limit and others <= engine.limit // 2
+    store.gate.set()
+    for t in threads:
+        t.join(10)
 
 
 def test_a_failed_part_is_raised_after_the_parts_before_it(engine):
@@ -343,3 +367,90 @@ def test_open_with_trace_records_parts_waits_and_blocks_of_records(tmp_path, mon
     records = [e for e in events if e.get("name") == "records"]
     assert sum(e["args"]["records"] for e in records) == 200
     assert any(e.get("ph") == "M" and "rank 0" in json.dumps(e.get("args", {})) for e in events)
+
+
+def test_an_error_outside_the_request_reaches_the_reader_instead_of_hanging_it(engine, monkeypatch):
+    store = FakeStore({"a": b"q" * (256 * KIB)})
+    real, calls = engine._fetch, []
+
+    def failing(transfer, i):
+        calls.append(i)
+        if len(calls) == 2:
+            raise MemoryError("no room for a part buffer (injected)")
+        return real(transfer, i)
+
+    monkeypatch.setattr(engine, "_fetch", failing)
+    with pytest.raises(MemoryError, match="injected"):
+        download(engine, store, "a")
+    deadline = time.monotonic() + 5
+    while engine._in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine._in_flight == 0 and engine._reserved == 0
+
+
+_FORK_CHILD = """
+import os, sys, threading
+import numpy as np
+import roxxel
+from roxxel.backends import Store
+from roxxel.read import parts
+from tests.faults import FaultyFileSystem, faulty_url
+
+url, cache = sys.argv[1], sys.argv[2]
+parts._ENGINE = parts.PartEngine(parts=4, part_size=64 * 1024)
+store = Store(faulty_url(url), fs=FaultyFileSystem(latency=0.01))
+ds = roxxel.open(url, cache_dir=cache, store=store, lookahead=4)
+it = iter(ds)
+for _ in range(5):
+    next(it)
+assert parts._ENGINE._in_flight == 4  # every slot of the parent's engine busy at the fork
+pid = os.fork()
+if pid == 0:
+    done, out = threading.Event(), {}
+
+    def run():
+        try:
+            out["n"] = sum(1 for _ in ds)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    os._exit(0 if done.wait(20) and out.get("n") == len(ds) else 3)
+_, status = os.waitpid(pid, 0)
+ds.close()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_downloads_with_an_engine_of_its_own(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url = str(tmp_path / "ds")
+    rng = np.random.default_rng(0)
+    with roxxel.Writer(url, shard_bytes=600 * KIB) as w:
+        w.extend(rng.bytes(10 * KIB) for _ in range(400))
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _FORK_CHILD, url, str(tmp_path / "cache")],
+                         cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_refused_connection_is_retried_and_leaves_the_direct_path_on(tmp_path):
+    import socket
+
+    import s3fs
+
+    from roxxel.backends import s3 as s3_backend
+    from tests.servers import s3_storage_options
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_storage_options(f"http://127.0.0.1:{port}"))
+    with pytest.raises(ConnectionRefusedError):
+        s3_backend.read_direct_range(fs, "bucket/key", 0, 10, memoryview(bytearray(10)))
+    assert not s3_backend.refused(fs)  # a blip of the network, not a store that does not fit

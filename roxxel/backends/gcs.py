@@ -139,6 +139,14 @@ class GCSBackend(FsspecBackend):
 _refused: weakref.WeakValueDictionary[int, AbstractFileSystem] = weakref.WeakValueDictionary()
 _idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
 _idle_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _idle_lock
+    _idle_lock = threading.Lock()  # a lock a parent's thread held at the fork stays locked
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _idle_pid = os.getpid()
 
 

@@ -234,15 +234,46 @@ _pools: dict[int, Any] = {}
 _pools_lock = threading.Lock()
 
 
+_uploads_running = 0  # the part threads stop when the last upload of the process ends
+
+
 def _part_threads(slots: int) -> Any:
     """The process's part threads (lazy daemons; one pool per size of the budget)."""
     from ..workers import WorkerPool
 
     with _pools_lock:
         pool = _pools.get(slots)
-        if pool is None:
-            pool = _pools[slots] = WorkerPool(slots, name="roxxel-part")
+        if pool is None or pool.stopping or pool.forked:
+            pool = _pools[slots] = WorkerPool(slots, name="roxxel-upload-part")
         return pool
+
+
+def _upload_started() -> None:
+    global _uploads_running
+    with _pools_lock:
+        _uploads_running += 1
+
+
+def _upload_ended() -> None:
+    """The last upload running stops the part threads (each kept-alive connection goes
+    with its thread)."""
+    global _uploads_running
+    with _pools_lock:
+        _uploads_running -= 1
+        idle = list(_pools.values()) if _uploads_running == 0 else []
+        if idle:
+            _pools.clear()
+    for pool in idle:
+        pool.close(wait=True, timeout=1.0)
+
+
+def _after_fork_in_child() -> None:
+    global _pools_lock, _sent_lock, _uploads_running, _pools
+    # a lock a parent's thread held at the fork would stay locked; its threads stayed
+    _pools_lock, _sent_lock, _uploads_running, _pools = threading.Lock(), threading.Lock(), 0, {}
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _direct_eligible(fs: Any) -> bool:
@@ -458,6 +489,7 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
     budget = _budget(asyncio.get_running_loop(), chosen.parts_in_flight)
     bucket, key, _ = fs.split_path(path)
     fd = os.open(local_path, os.O_RDONLY)
+    _upload_started()
     try:
         created = await _retrying(
             lambda: fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key),
@@ -476,6 +508,7 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
             raise
     finally:
         os.close(fd)
+        _upload_ended()
     _remember(local_path, len(sent), etag)
     return etag
 

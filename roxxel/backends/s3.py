@@ -60,6 +60,7 @@ from .watchdog import PIECE_SIZE, current, current_timeout, read_in_pieces
 __all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
 
 _S3_SINGLE_PUT_MAX = 5 * 2**30
+_MATERIALIZING = threading.Lock()
 
 
 class S3Backend(FsspecBackend):
@@ -68,9 +69,12 @@ class S3Backend(FsspecBackend):
 
     @property
     def fs(self) -> AbstractFileSystem:
-        """The ``S3FileSystem``, made (and s3fs imported) on first use."""
+        """The ``S3FileSystem``, made (and s3fs imported) on first use, once (the
+        download engine's threads may all ask at once)."""
         if isinstance(self._fs, DeferredS3FileSystem):
-            self._fs = self._fs.materialize()
+            with _MATERIALIZING:
+                if isinstance(self._fs, DeferredS3FileSystem):
+                    self._fs = self._fs.materialize()
         return self._fs
 
     @fs.setter
@@ -282,6 +286,17 @@ class _Connections:
 
 
 _CONNECTIONS = _Connections()
+# a TLS connection cut short: as transient as a reset (as backends.errors classifies it)
+_TLS_DROPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _after_fork_in_child() -> None:
+    global _CONNECTIONS, _MATERIALIZING
+    _CONNECTIONS = _Connections()  # the parent's lock may be held: a new pool, new lock
+    _MATERIALIZING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, into: memoryview) -> int | None:
@@ -308,13 +323,15 @@ def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, i
             conn.request("GET", target, headers=headers)
             response = conn.getresponse()
             break
-        except (http.client.HTTPException, ConnectionError) as exc:
+        except OSError as exc:
             conn.close()
+            if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_DROPS):
+                _refuse(fs, exc)  # a certificate or TLS setting that does not fit
+                return None
             if reused:  # a kept-alive connection the server had closed: once more, anew
                 continue
-            _refuse(fs, exc)
-            return None
-        except Exception as exc:  # noqa: BLE001 - TLS, resolution, refusal: read through s3fs
+            raise  # a refused or dropped connection, a timeout: transient, the caller retries
+        except Exception as exc:  # noqa: BLE001 - an answer that is not HTTP: read through s3fs
             conn.close()
             _refuse(fs, exc)
             return None

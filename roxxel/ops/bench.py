@@ -310,7 +310,8 @@ class _Presigned:
         if response.status != 206:
             response.read()
             # the presigned URL holds a signature: never in a message
-            raise StorageError(f"a presigned ranged GET answered HTTP {response.status}")
+            raise StorageError(f"a presigned ranged GET of bytes [{start}, {end}) of s3://{path} "
+                               f"answered HTTP {response.status}")
         buffer = getattr(self._local, "buffer", None)
         if buffer is None:
             buffer = self._local.buffer = memoryview(bytearray(_BUFFER))

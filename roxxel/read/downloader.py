@@ -2,8 +2,9 @@
 
 A :class:`Downloader` runs ``fetch(k, check_cancelled)`` for upcoming shards on a few background threads,
 in the order they are asked for, never more than ``lookahead`` ahead of the reader: at
-most ``lookahead`` shards are downloading or downloaded and not yet claimed, and each
-one claimed or finished makes room for the next upcoming one at once (no waves).
+most ``lookahead`` shards are downloading or downloaded and not yet claimed (so a cache
+limit that holds them holds what was fetched ahead), and each one claimed makes room
+for the next upcoming one at once, not at the next window (no waves).
 The reader claims a shard with :meth:`Downloader.claim`: it blocks only on that one
 shard, and an error from the background fetch is raised there, in the reader's thread,
 as the original exception. The threads are a :class:`~roxxel.workers.WorkerPool`'s; this
@@ -46,8 +47,7 @@ class Downloader:
         self._pool = WorkerPool(workers, name="roxxel-download")
         self._pending: OrderedDict[int, Future[None]] = OrderedDict()
         self._upcoming: Iterator[int] = iter(())
-        # reentrant: a future that is already done runs its callback (a refill) at once
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # (reentrant: _refill is called with it held)
 
     def _after_fork(self) -> None:
         """In a forked child the parent's fetches will never finish here: forget them."""
@@ -80,9 +80,7 @@ class Downloader:
                         return
 
     def _submit(self, k: int) -> None:
-        future = self._pool.submit(lambda: self._fetch(k, self.check_cancelled))
-        self._pending[k] = future
-        future.add_done_callback(lambda _: self._refill())
+        self._pending[k] = self._pool.submit(lambda: self._fetch(k, self.check_cancelled))
 
     def fetch_now(self, shards: Iterable[int]) -> None:
         """Start fetching ``shards`` (needed right now) in parallel, ahead of any prefetch

@@ -177,7 +177,7 @@ class PartEngine:
     """Download objects as ranged parts on one pool of connection threads (see the module).
 
     ``parts`` is the starting number of parts in flight (adapted by :class:`Concurrency`
-    up to ``max_parts``, by default 4 times as many), ``part_size`` the size of a part;
+    up to ``max_parts``, by default twice as many), ``part_size`` the size of a part;
     the bytes in flight or received and not yet consumed stay under :attr:`budget`, at
     most ``max_bytes`` (by default ``max_parts`` parts).
     """
@@ -199,6 +199,7 @@ class PartEngine:
         self.max_bytes = max_parts * part_size if max_bytes is None else max_bytes
         self.concurrency = Concurrency(parts, minimum=min(2, parts), maximum=max(parts, max_parts))
         self._clock = clock
+        self.pid = os.getpid()  # a forked child makes its own engine (engine())
         self._cond = threading.Condition(threading.Lock())
         self._transfers: list[_Transfer] = []
         self._tickets = 0
@@ -347,17 +348,18 @@ class PartEngine:
         # While a reader waits for a shard, the others' parts get at most half the slots:
         # on a link shared by every connection, fewer of them leave the waited-for parts
         # more of it, and the first record comes sooner.
-        waited = [t for t in self._transfers if t.urgent and not t.done]
+        # (Only while the waited-for shard still has parts to send out.)
+        waited = any(t.urgent and not t.done and t.issued < len(t.bounds) for t in self._transfers)
         others = sum(t.in_flight for t in self._transfers if not t.urgent) if waited else 0
         full = False
         for transfer in sorted(self._transfers, key=_Transfer.priority):
             i = transfer.issued
             if transfer.done or i >= len(transfer.bounds):
                 continue
+            if waited and not transfer.urgent and others >= self.limit // 2:
+                return None  # (the urgent ones sort first: nothing after this one is)
             if i == transfer.consumed:  # its consumer waits for this very part
                 return transfer, i
-            if waited and not transfer.urgent and others >= self.limit // 2:
-                return None
             if not full and self._reserved + transfer.nbytes(i) <= self.budget:
                 return transfer, i
             full = True  # nothing jumps this transfer's turn but a part being waited for
@@ -388,12 +390,16 @@ class PartEngine:
                     self._busy_since = self._clock()
             tracer = trace.current()
             start, began = self._clock(), time.perf_counter_ns()
-            result = self._fetch(transfer, i)
+            result: memoryview | BaseException
+            try:  # whatever happens, the part gets a result and its slot back
+                result = self._fetch(transfer, i)
+                if tracer is not None:
+                    a, b = transfer.bounds[i]
+                    tracer.complete("part", "download", began, time.perf_counter_ns(), key=transfer.key,
+                                    offset=a, bytes=b - a, ok=not isinstance(result, BaseException))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                result = exc
             end = self._clock()
-            if tracer is not None:
-                a, b = transfer.bounds[i]
-                tracer.complete("part", "download", began, time.perf_counter_ns(), key=transfer.key,
-                                offset=a, bytes=b - a, ok=not isinstance(result, BaseException))
             with self._cond:
                 self._in_flight -= 1
                 transfer.in_flight -= 1
@@ -421,8 +427,6 @@ class PartEngine:
 
     def _fetch(self, transfer: _Transfer, i: int) -> memoryview | BaseException:
         a, b = transfer.bounds[i]
-        with self._cond:
-            buffer = self._free.pop() if self._free else bytearray(self.part_size)
 
         def failed(exc: BaseException) -> None:
             with self._cond:
@@ -434,6 +438,10 @@ class PartEngine:
                 transfer.on_retry(exc)
 
         try:
+            with self._cond:
+                buffer = self._free.pop() if self._free else None
+            if buffer is None:
+                buffer = bytearray(self.part_size)
             return transfer.store.read_part(transfer.key, a, b, memoryview(buffer), on_failure=failed)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             return exc  # (the buffer is dropped: an abandoned attempt may still write to it)
@@ -456,7 +464,7 @@ def engine() -> PartEngine:
     :func:`node_share` (at least 4 parts in flight)."""
     global _ENGINE
     with _ENGINE_LOCK:
-        if _ENGINE is None:
+        if _ENGINE is None or _ENGINE.pid != os.getpid():
             share = node_share()
             parts = max(4, -(-DEFAULT_PARTS_IN_FLIGHT // share))
             _ENGINE = PartEngine(parts=parts)

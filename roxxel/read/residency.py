@@ -61,9 +61,13 @@ def default_lookahead(stored_sizes: np.ndarray, budget_bytes: int) -> int:
 
 
 def _after_fork_in_child() -> None:
-    # A lock held by one of the parent's threads at the fork would stay locked forever.
+    # A lock held by one of the parent's threads at the fork would stay locked forever;
+    # the parent's download engine (its threads, its parts in flight) did not come along.
     for residency in list(_LIVE):
         residency._lock = threading.Lock()
+        residency._engine = None
+        residency._transfers = {}
+        residency._wanted = set()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -188,6 +192,8 @@ class Residency:
         for checksum, pos in self._later.items():
             order.setdefault(checksum, pos)
         self._next_use = order  # replaced, never mutated: download threads may be reading it
+        with self._lock:
+            self._wanted.clear()  # what an abandoned order was about to map
         if self._downloader is not None:  # prefetches for an abandoned order free their slots
             self._downloader.retain(set(shards))
 
@@ -365,6 +371,7 @@ class Residency:
             self.release(self._mapped[0])
         downloader = self._downloader
         with self._lock:
+            self._wanted.add(k)  # a download of it that starts from now on is urgent too
             transfer = self._transfers.get(k)
         if transfer is not None and self._engine is not None:
             self._engine.hurry(transfer)  # the reader waits for it: its parts go first
@@ -440,5 +447,6 @@ class Residency:
             self.release(k)
         with self._lock:
             parts, self._engine = self._engine, None
-        if parts is not None:
+            self._wanted.clear()
+        if parts is not None and parts.pid == os.getpid():
             parts.detach()
