@@ -886,3 +886,38 @@ def test_map_uses_the_locked_file_even_if_the_path_is_swapped(cache: ShardCache,
         os.replace(impostor, shard.path)  # someone swaps the file after our lock
         with shard.map() as mapped:
             assert bytes(mapped[1]) == b"record-000001"
+
+
+def test_waiters_on_an_unlinked_lock_file_are_let_go_while_a_forked_child_holds_copies(tmp_path, monkeypatch):
+    """A lock holder unlinks the lock file, then unlocks; each waiter queued on the old
+    file then gets it, sees it is stale, and must unlock it too: a child forked at that
+    moment holds a copy of the descriptor, and a plain close would leave the remaining
+    waiters queued forever (a DataLoader's fork workers hung so)."""
+    import threading
+
+    from roxxel.cache import files
+
+    kept = []  # descriptors a forked child would still have open
+    real_close = files.os.close
+    monkeypatch.setattr(files.os, "close", lambda fd: (kept.append(files.os.dup(fd)), real_close(fd)))
+    path = str(tmp_path / "publish.lock")
+    entered = []
+    holder = files.exclusive_lock(path)
+    holder.__enter__()
+    waiters = []
+    for name in ("b", "c", "d"):
+        def wait(name=name):
+            with files.exclusive_lock(path):
+                entered.append(name)
+        waiters.append(threading.Thread(target=wait, daemon=True))
+    for t in waiters:
+        t.start()
+    time.sleep(0.2)  # all three queued on the file the holder will unlink
+    holder.__exit__(None, None, None)
+    for t in waiters:
+        t.join(5)
+    try:
+        assert sorted(entered) == ["b", "c", "d"]
+    finally:
+        for fd in kept:
+            real_close(fd)

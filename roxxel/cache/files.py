@@ -148,9 +148,13 @@ def exclusive_lock(path: str) -> Iterator[None]:
             if same_file(fd, path):
                 break
         except BaseException:
-            os.close(fd)
+            _unlock_and_close(fd)
             raise
-        os.close(fd)
+        # The file was unlinked by the holder we waited for; other waiters may still be
+        # queued on it. Unlock explicitly, as below: a plain close leaves the lock held
+        # while a child forked meanwhile keeps a copy of this descriptor, and those
+        # waiters would wait forever.
+        _unlock_and_close(fd)
     try:
         yield
     finally:
@@ -158,7 +162,13 @@ def exclusive_lock(path: str) -> Iterator[None]:
             os.unlink(path)
         # Unlock explicitly: a child forked meanwhile holds a copy of this descriptor, and
         # a plain close would leave the lock held until the child closes its copy too.
+        _unlock_and_close(fd)
+
+
+def _unlock_and_close(fd: int) -> None:
+    try:
         fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
         os.close(fd)
 
 

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+# Imported with roxxel (under a millisecond), never on first use: the first use is in a
+# download thread, and a process that forks while a thread imports a module leaves the
+# child waiting for that import forever (a DataLoader's fork workers hung so).
+from blake3 import blake3
+
 __all__ = [
     "CHECKSUM_ALGORITHMS",
     "CHECKSUM_RE",
@@ -43,11 +48,8 @@ class Hasher(Protocol):
 
 
 def _blake3() -> Hasher:
-    # Imported on first use, not with roxxel (import time matters to every reader).
     # One thread: the downloader already hashes shards side by side on its own threads,
     # and what verifying costs is counted in core-seconds, which threads do not lower.
-    from blake3 import blake3
-
     return blake3(max_threads=1)
 
 
