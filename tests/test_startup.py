@@ -237,3 +237,20 @@ def test_the_canonical_json_is_json_dumps_of_the_dict():
         assert manifest.to_json() == expected
         checked += 1
     assert checked > 50
+
+
+def test_a_forked_child_rebuilds_the_s3_backend_deferred():
+    """A fork DataLoader worker does not import s3fs or make a client to read cached
+    shards: its backend is deferred again, even after the parent's made its filesystem."""
+    from roxxel.backends import Store
+    from roxxel.backends.s3open import DeferredS3FileSystem
+
+    options = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s"}
+    store = Store("s3://bucket/ds", options)
+    assert isinstance(store.backend._fs, DeferredS3FileSystem)
+    child = store.backend.forked()
+    assert isinstance(child._fs, DeferredS3FileSystem) and child._fs.storage_options == options
+    store.backend.fs  # the parent makes its S3FileSystem (nothing is sent)
+    assert not isinstance(store.backend._fs, DeferredS3FileSystem)
+    again = store.backend.forked()
+    assert isinstance(again._fs, DeferredS3FileSystem) and again._fs.url == "s3://bucket/ds"

@@ -107,6 +107,14 @@ class Backend(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.fs).__name__})"
 
+    def forked(self) -> Backend:
+        """This backend for a forked child: over a new filesystem made from the same
+        arguments (async clients such as s3fs refuse to be used across a fork)."""
+        from .registry import backend_for
+
+        fs = self.fs
+        return backend_for(type(fs)(*fs.storage_args, **fs.storage_options))
+
     # -- metadata and listing ----------------------------------------------------------
 
     @abstractmethod

@@ -43,6 +43,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from .base import (
+    Backend,
     ChunkReader,
     PreconditionFailed,
     Versioned,
@@ -74,8 +75,16 @@ class S3Backend(FsspecBackend):
         if isinstance(self._fs, DeferredS3FileSystem):
             with _MATERIALIZING:
                 if isinstance(self._fs, DeferredS3FileSystem):
+                    self._deferred = self._fs
                     self._fs = self._fs.materialize()
         return self._fs
+
+    def forked(self) -> Backend:
+        deferred = self._fs if isinstance(self._fs, DeferredS3FileSystem) else getattr(self, "_deferred", None)
+        if deferred is None:
+            return super().forked()
+        # A forked child (a DataLoader worker) makes its own S3FileSystem only if it needs one.
+        return S3Backend(DeferredS3FileSystem(deferred.url, deferred.storage_options))
 
     @fs.setter
     def fs(self, fs: AbstractFileSystem) -> None:

@@ -98,8 +98,7 @@ class Store:
         filesystem made from the same arguments (async clients such as s3fs refuse to be
         used across a fork)."""
         if self._pid != os.getpid():
-            fs = self._backend.fs
-            self._backend = backend_for(type(fs)(*fs.storage_args, **fs.storage_options))
+            self._backend = self._backend.forked()
             self._pid = os.getpid()
         return self._backend
 
