@@ -454,3 +454,20 @@ def test_a_refused_connection_is_retried_and_leaves_the_direct_path_on(tmp_path)
     with pytest.raises(ConnectionRefusedError):
         s3_backend.read_direct_range(fs, "bucket/key", 0, 10, memoryview(bytearray(10)))
     assert not s3_backend.refused(fs)  # a blip of the network, not a store that does not fit
+
+
+def test_a_warm_cache_starts_no_download_thread(tmp_path):
+    from tests.reliability_kit import check_all, write
+
+    url = str(tmp_path / "ds")
+    write(url, 300, shard_bytes=4 * KIB)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        check_all(ds.iter(seed=1), 300)
+    before = {t for t in threading.enumerate() if t.name.startswith("roxxel-download")}
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        it = ds.iter(seed=2)
+        seen = [next(it)]
+        started = {t for t in threading.enumerate() if t.name.startswith("roxxel-download")} - before
+        check_all(seen + list(it), 300)
+        assert ds.stats["shards_downloaded"] == 0 and ds.stats["cache_hits"] == ds.num_shards
+    assert started == set()  # every shard of the window was cached: nothing to start

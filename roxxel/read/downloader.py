@@ -38,7 +38,12 @@ class Downloader:
     """
 
     def __init__(
-        self, fetch: Callable[[int, Callable[[], None]], None], *, workers: int, lookahead: int
+        self,
+        fetch: Callable[[int, Callable[[], None]], None],
+        *,
+        workers: int,
+        lookahead: int,
+        cached: Callable[[int], bool] | None = None,
     ) -> None:
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
             raise ValueError(f"lookahead must be an integer >= 0, got {lookahead!r}")
@@ -46,6 +51,10 @@ class Downloader:
         self.lookahead = lookahead
         self._pool = WorkerPool(workers, name="roxxel-download")
         self._pending: OrderedDict[int, Future[None]] = OrderedDict()
+        # ``cached(k)``: shard k needs no fetch; it is pending without a thread (a warm
+        # cache starts no thread per shard of a window)
+        self._cached = cached
+        self._instant: set[int] = set()
         self._upcoming: Iterator[int] = iter(())
         self._lock = threading.RLock()  # (reentrant: _refill is called with it held)
 
@@ -54,6 +63,7 @@ class Downloader:
         if self._pool.forked:
             self._lock = threading.RLock()
             self._pending = OrderedDict()
+            self._instant = set()
             self._upcoming = iter(())
 
     def prefetch(self, upcoming: Iterable[int]) -> None:
@@ -80,6 +90,12 @@ class Downloader:
                         return
 
     def _submit(self, k: int) -> None:
+        if self._cached is not None and self._cached(k):
+            done: Future[None] = Future()
+            done.set_result(None)
+            self._pending[k] = done
+            self._instant.add(k)
+            return
         self._pending[k] = self._pool.submit(lambda: self._fetch(k, self.check_cancelled))
 
     def fetch_now(self, shards: Iterable[int]) -> None:
@@ -102,6 +118,7 @@ class Downloader:
                 future = self._pending[k]
                 if future.cancel() or future.done():
                     del self._pending[k]
+                    self._instant.discard(k)
 
     def claim(self, k: int) -> bool:
         """Wait for a background fetch of shard ``k``, if one was started, and forget it.
@@ -113,7 +130,12 @@ class Downloader:
         self._after_fork()
         with self._lock:
             future = self._pending.pop(k, None)
+            instant = k in self._instant
+            self._instant.discard(k)
         if future is None:
+            return False
+        if instant:  # it was in the cache: the caller maps it (a cache hit)
+            self._refill()
             return False
         started = not future.cancel()
         self._refill()
@@ -141,3 +163,4 @@ class Downloader:
             for future in self._pending.values():
                 future.cancel()
             self._pending.clear()
+            self._instant.clear()

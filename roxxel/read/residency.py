@@ -236,8 +236,10 @@ class Residency:
 
     def _get_downloader(self) -> Downloader:
         if self._downloader is None:
+            checksums = self.catalog.checksums
             self._downloader = Downloader(self._prefetch_job, workers=self.download_workers,
-                                          lookahead=self.lookahead)
+                                          lookahead=self.lookahead,
+                                          cached=lambda k: self.cache.contains(checksums[k]))
         return self._downloader
 
     def _cancel_check(self) -> Callable[[], None] | None:
