@@ -61,7 +61,7 @@ t0 = time.perf_counter()
 import roxxel
 t_import = time.perf_counter()
 url, options, mode, root = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4] or None
-with roxxel.open(url, storage_options=options, cache_dir=tempfile.mkdtemp(dir=root)) as ds:
+with tempfile.TemporaryDirectory(dir=root) as cache, roxxel.open(url, storage_options=options, cache_dir=cache) as ds:
     t_open = time.perf_counter()
     records = iter(ds) if mode == "for r in ds" else ds.iter(seed=1)
     first = next(records)

@@ -157,6 +157,7 @@ class _Transfer:
         self.bounds = [(a, min(a + part_size, size)) for a in range(0, size, part_size)] or [(0, 0)]
         self.ticket = ticket
         self.urgent = False
+        self.first = False  # the first shard its reader waits for (the first record)
         self.issued = 0  # parts handed to connections
         self.in_flight = 0  # parts being fetched now
         self.consumed = 0  # parts handed to the sink
@@ -294,12 +295,14 @@ class PartEngine:
                 self._finish(transfer)
         return transfer
 
-    def hurry(self, transfer: _Transfer | None) -> None:
-        """A reader is blocked on this download: its parts go before everyone else's."""
+    def hurry(self, transfer: _Transfer | None, *, first: bool = False) -> None:
+        """A reader is blocked on this download: its parts go before everyone else's;
+        ``first``: the reader has nothing yet (its first record waits for it)."""
         if transfer is None:
             return
         with self._cond:
             transfer.urgent = True
+            transfer.first = transfer.first or first
             self._cond.notify_all()
 
     def _wait_for(
@@ -345,18 +348,20 @@ class PartEngine:
         priority; once the budget is full, only a part some consumer is waiting for."""
         if self._in_flight >= self.limit:
             return None
-        # While a reader waits for a shard, the others' parts get at most half the slots:
-        # on a link shared by every connection, fewer of them leave the waited-for parts
-        # more of it, and the first record comes sooner.
-        # (Only while the waited-for shard still has parts to send out.)
-        waited = any(t.urgent and not t.done and t.issued < len(t.bounds) for t in self._transfers)
+        # While a reader waits for a shard, the others' parts get at most half the slots
+        # (a quarter while it waits for its first): on a link (or a server) shared by
+        # every connection, fewer of them leave the waited-for parts more of it, and the
+        # record comes sooner; half still fill a link whose connections each carry a
+        # sixteenth of it, as on S3.
+        waited = [t for t in self._transfers if t.urgent and not t.done]
+        cap = self.limit // (4 if any(t.first for t in waited) else 2)
         others = sum(t.in_flight for t in self._transfers if not t.urgent) if waited else 0
         full = False
         for transfer in sorted(self._transfers, key=_Transfer.priority):
             i = transfer.issued
             if transfer.done or i >= len(transfer.bounds):
                 continue
-            if waited and not transfer.urgent and others >= self.limit // 2:
+            if waited and not transfer.urgent and others >= cap:
                 return None  # (the urgent ones sort first: nothing after this one is)
             if i == transfer.consumed:  # its consumer waits for this very part
                 return transfer, i

@@ -302,7 +302,7 @@ class Residency:
             self._transfers[k] = transfer
             urgent = urgent or k in self._wanted
         if urgent and self._engine is not None:
-            self._engine.hurry(transfer)
+            self._engine.hurry(transfer, first=not self._handles)
 
     def _count_part(self, nbytes: int, start: float, end: float) -> None:
         with self._lock:
@@ -376,7 +376,7 @@ class Residency:
             self._wanted.add(k)  # a download of it that starts from now on is urgent too
             transfer = self._transfers.get(k)
         if transfer is not None and self._engine is not None:
-            self._engine.hurry(transfer)  # the reader waits for it: its parts go first
+            self._engine.hurry(transfer, first=not self._handles)  # the reader waits for it
         waited, began = time.perf_counter(), time.perf_counter_ns()
         try:
             claimed = downloader is not None and downloader.claim(k)
