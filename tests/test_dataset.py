@@ -170,8 +170,8 @@ def test_close_leaves_no_thread_descriptor_or_map(tmp_path):
     # (another test's dataset may still be open, e.g. one that torch's IterableRecords
     # keeps for the next epoch: only this test's threads count)
     threads_before = set(threads_named("roxxel-download"))
-    for _ in range(3):
-        ds = roxxel.open(url, cache_dir=str(tmp_path / "cache"))
+    for i in range(3):  # (a cache of its own each time: cached shards start no thread)
+        ds = roxxel.open(url, cache_dir=str(tmp_path / "cache" / str(i)))
         it = iter(ds)
         for _ in range(50):
             next(it)

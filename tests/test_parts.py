@@ -471,3 +471,15 @@ def test_a_warm_cache_starts_no_download_thread(tmp_path):
         check_all(seen + list(it), 300)
         assert ds.stats["shards_downloaded"] == 0 and ds.stats["cache_hits"] == ds.num_shards
     assert started == set()  # every shard of the window was cached: nothing to start
+
+
+def test_the_parts_in_flight_can_be_set_for_a_node(monkeypatch):
+    monkeypatch.setattr(parts, "_ENGINE", None)
+    monkeypatch.setenv("ROXXEL_PARTS_IN_FLIGHT", "48")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert parts.engine().limit == 24  # the node's 48, shared by its 2 local ranks
+    monkeypatch.setattr(parts, "_ENGINE", None)
+    monkeypatch.setenv("ROXXEL_PARTS_IN_FLIGHT", "lots")
+    with pytest.raises(ValueError, match=r"ROXXEL_PARTS_IN_FLIGHT is 'lots', expected a whole number"):
+        parts.engine()
+    monkeypatch.setattr(parts, "_ENGINE", None)

@@ -51,7 +51,7 @@ from .errors import HTTPStatusError, http_status
 from .generic import FsspecBackend, base64_md5
 from .readers import RangeReader
 from .retry import DEFAULT_POLICY
-from .watchdog import PIECE_SIZE, current, current_timeout
+from .watchdog import current_timeout, fill
 
 __all__ = ["GCSBackend", "read_media_range"]
 
@@ -197,7 +197,7 @@ def read_media_range(fs: Any, path: str, start: int, end: int, into: memoryview)
         return None
     try:
         n = size if response.length is None else min(size, response.length)
-        _read_body(response, into[:n])
+        fill(response.readinto, into[:n])
         if response.read(1):  # more than the range: the connection cannot be reused
             raise OSError(f"gs://{path}: the server sent more than bytes [{start}, {end})")
     except BaseException:
@@ -249,19 +249,6 @@ def _give_back(url: urllib.parse.SplitResult, conn: http.client.HTTPConnection) 
             _idle.setdefault((url.scheme, url.hostname or "", url.port), []).append(conn)
             return
     conn.close()
-
-
-def _read_body(response: http.client.HTTPResponse, view: memoryview) -> None:
-    """Fill ``view`` from the body, in pieces, each reported to the watchdog."""
-    progress = current()
-    size, got = len(view), 0
-    while got < size:
-        n = response.readinto(view[got : got + PIECE_SIZE])
-        if not n:
-            raise http.client.IncompleteRead(b"", size - got)
-        got += n
-        if progress is not None:
-            progress.beat()
 
 
 def refused(fs: AbstractFileSystem) -> bool:

@@ -56,7 +56,7 @@ from .generic import FsspecBackend, etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .s3open import DeferredS3FileSystem, signed_get
-from .watchdog import PIECE_SIZE, current, current_timeout, read_in_pieces
+from .watchdog import current_timeout, fill, read_in_pieces
 
 __all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
 
@@ -235,13 +235,10 @@ class DirectReader:
 
 def open_direct(fs: AbstractFileSystem, path: str, offset: int) -> DirectReader | None:
     """A reader of ``path`` from ``offset`` by a presigned GET, or None where s3fs must read."""
-    if not _eligible(fs):
+    parts = _presigned(fs, path)
+    if parts is None:
         return None
     try:
-        url = fs.sign(path, expiration=_EXPIRES)
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(parts.hostname):
-            raise _Unsuitable(f"a {parts.scheme or 'schemeless'} URL or a proxied host")
         conn = _connect(fs, parts)
     except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
         _refuse(fs, exc)
@@ -314,15 +311,8 @@ def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, i
     read them (see the module docstring). An answer
     that says the store is busy (429, 5xx) raises :class:`.errors.HTTPStatusError`, a
     transient error, so that the caller retries it and can slow down."""
-    if not _eligible(fs):
-        return None
-    try:
-        url = fs.sign(path, expiration=_EXPIRES)
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(parts.hostname):
-            raise _Unsuitable(f"a {parts.scheme or 'schemeless'} URL or a proxied host")
-    except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
-        _refuse(fs, exc)
+    parts = _presigned(fs, path)
+    if parts is None:
         return None
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     headers = {"Range": f"bytes={start}-{end - 1}"}
@@ -360,7 +350,7 @@ def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, i
         _refuse(fs, _Unsuitable("a Content-Range that does not start where asked"))
         return None
     try:
-        _read_exactly(response, into[: end - start])
+        fill(response.readinto, into[: end - start])
     except BaseException:
         conn.close()
         raise
@@ -371,22 +361,24 @@ def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, i
     return end - start
 
 
-def _read_exactly(response: http.client.HTTPResponse, view: memoryview) -> None:
-    """Fill ``view`` from the body, in pieces, each reported to the watchdog."""
-    progress = current()
-    size, got = len(view), 0
-    while got < size:
-        n = response.readinto(view[got : got + PIECE_SIZE])
-        if not n:
-            raise http.client.IncompleteRead(b"", size - got)
-        got += n
-        if progress is not None:
-            progress.beat()
-
-
 def redact_path(path: str) -> str:
     """An object path for messages (never a presigned URL)."""
     return f"s3://{path}"
+
+
+def _presigned(fs: AbstractFileSystem, path: str) -> urllib.parse.SplitResult | None:
+    """The presigned GET URL of ``path``, split, or None where s3fs must read it (this
+    filesystem is not eligible, or the URL does not suit, which turns the path off)."""
+    if not _eligible(fs):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(fs.sign(path, expiration=_EXPIRES))
+        if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(parts.hostname):
+            raise _Unsuitable(f"a {parts.scheme or 'schemeless'} URL or a proxied host")
+    except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
+        _refuse(fs, exc)
+        return None
+    return parts
 
 
 class _Unsuitable(Exception):

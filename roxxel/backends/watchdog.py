@@ -18,6 +18,7 @@ announces them with :meth:`Progress.unseen` and gets one more second per MiB.
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "PIECE_SIZE", "UNSEEN_RATE", "Progress", "StallError", "current", "current_timeout",
-    "read_in_pieces", "watched",
+    "fill", "read_in_pieces", "watched",
 ]
 
 T = TypeVar("T")
@@ -92,6 +93,21 @@ def read_in_pieces(read: Callable[[int], bytes], size: int) -> list[bytes]:
         if progress is not None:
             progress.beat()
     return parts
+
+
+def fill(readinto: Callable[[memoryview], int | None], view: memoryview) -> None:
+    """Fill ``view`` from ``readinto`` (an HTTP body's) in pieces of at most
+    :data:`PIECE_SIZE`, each reported to the watchdog; IncompleteRead if the body ends
+    first."""
+    progress = current()
+    size, got = len(view), 0
+    while got < size:
+        n = readinto(view[got : got + PIECE_SIZE])
+        if not n:
+            raise http.client.IncompleteRead(b"", size - got)
+        got += n
+        if progress is not None:
+            progress.beat()
 
 
 @contextmanager

@@ -424,8 +424,9 @@ def advice(report: BenchReport) -> list[str]:
     if report.cold_download_ratio < 0.8 and cold.downloaded_bytes:
         lines.append(
             f"cold downloads reached {report.cold_download_ratio:.0%} of the link "
-            f"({cold.download_mb_per_s:.0f} of {link.mb_per_s:.0f} MB/s): raise the downloads in flight "
-            "(roxxel.open(..., download_workers=N, lookahead=N)) and check per-connection throughput above"
+            f"({cold.download_mb_per_s:.0f} of {link.mb_per_s:.0f} MB/s): raise the parts in flight "
+            "(ROXXEL_PARTS_IN_FLIGHT, 32 by default) if the link needs more transfers than that, "
+            "and check per-connection throughput above"
         )
     elif cold.downloaded_bytes:
         lines.append(f"cold downloads reached {report.cold_download_ratio:.0%} of the link: the download path "

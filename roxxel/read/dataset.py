@@ -8,6 +8,7 @@ verified (size, checksum, bounded decompression, footer) before it is mapped.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 

@@ -52,7 +52,9 @@ __all__ = [
     "DEFAULT_PART_SIZE",
     "Concurrency",
     "PartEngine",
+    "ENV_PARTS",
     "engine",
+    "node_parts",
     "node_share",
 ]
 
@@ -464,14 +466,29 @@ _ENGINE: PartEngine | None = None
 _ENGINE_LOCK = threading.Lock()
 
 
+#: The environment variable that sets a node's starting parts in flight (read when a
+#: process makes its engine): for a link that needs more connections than 32, or fewer.
+ENV_PARTS = "ROXXEL_PARTS_IN_FLIGHT"
+
+
+def node_parts() -> int:
+    """The node's starting parts in flight: ``$ROXXEL_PARTS_IN_FLIGHT``, else 32."""
+    value = os.environ.get(ENV_PARTS, "").strip()
+    if not value:
+        return DEFAULT_PARTS_IN_FLIGHT
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{ENV_PARTS} is {value!r}, expected a whole number of parts >= 1")
+    return int(value)
+
+
 def engine() -> PartEngine:
-    """This process's engine, made on first use with the node's budget divided by
-    :func:`node_share` (at least 4 parts in flight)."""
+    """This process's engine, made on first use with the node's budget
+    (:func:`node_parts`) divided by :func:`node_share` (at least 4 parts in flight)."""
     global _ENGINE
     with _ENGINE_LOCK:
         if _ENGINE is None or _ENGINE.pid != os.getpid():
             share = node_share()
-            parts = max(4, -(-DEFAULT_PARTS_IN_FLIGHT // share))
+            parts = max(4, -(-node_parts() // share))
             _ENGINE = PartEngine(parts=parts)
         return _ENGINE
 

@@ -23,14 +23,14 @@ from concurrent.futures import CancelledError
 import numpy as np
 from fsspec.callbacks import Callback
 
+from .. import trace
+from ..backends import Store
 from ..cache import CachedShard, ShardCache
 from ..cache.sizing import fit_lookahead, mapped_at_most, prefix_that_fits
 from ..errors import CacheError, ShardFormatError
 from ..format import MappedShard
 from ..progress import Meter
 from ..workers import Cancelled
-from .. import trace
-from ..backends import Store
 from .catalog import ShardCatalog
 from .downloader import Downloader
 from .parts import PartEngine, engine
