@@ -12,9 +12,10 @@ or of threads waiting for them:
   part a consumer is waiting for next may go past it (one part per object at most), so
   the budget can never stall a download.
 - **Priority by next use.** Objects are served in the order their downloads were asked
-  for, except that one a reader is blocked on (:meth:`PartEngine.hurry`) goes first; an
-  object's parts go in order. The first shard's first parts go first, and the rest of the
-  link is filled with what is needed next.
+  for, except that one a reader is blocked on (:meth:`PartEngine.hurry`) goes first, and
+  the others' parts get at most half the slots meanwhile (a quarter while the reader
+  waits for its first shard); an object's parts go in order. The first shard's first
+  parts go first, and the rest of the link is filled with what is needed next.
 - **Refilled as parts complete**, not in waves: a connection thread takes the next part
   as soon as its last one is done.
 - **In order to the consumer.** :meth:`PartEngine.download` hands an object's bytes to
@@ -148,6 +149,7 @@ class Concurrency:
         if limit != self.limit:
             self.limit = limit
             self.history.append((now, limit))
+            del self.history[:-100]  # the recent changes are enough to see what happened
             log.debug("download concurrency now %d parts in flight", limit)
 
 
