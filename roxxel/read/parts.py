@@ -11,8 +11,8 @@ or of threads waiting for them:
   (:attr:`PartEngine.budget`); only the
   part a consumer is waiting for next may go past it (one part per object at most), so
   the budget can never stall a download.
-- **Priority by next use.** Objects are served in the order their downloads were asked
-  for, except that one a reader is blocked on (:meth:`PartEngine.hurry`) goes first, and
+- **Priority by next use.** Objects are served in the order they are needed (their
+  position in the reader's order, else the order their downloads were asked for), except that one a reader is blocked on (:meth:`PartEngine.hurry`) goes first, and
   the others' parts get at most half the slots meanwhile (a quarter while the reader
   waits for its first shard); an object's parts go in order. The first shard's first
   parts go first, and the rest of the link is filled with what is needed next.
@@ -160,6 +160,7 @@ class _Transfer:
         self.store, self.key, self.size = store, key, size
         self.bounds = [(a, min(a + part_size, size)) for a in range(0, size, part_size)] or [(0, 0)]
         self.ticket = ticket
+        self.order: float = ticket  # when it is needed (the reader's order), if told
         self.urgent = False
         self.first = False  # the first shard its reader waits for (the first record)
         self.issued = 0  # parts handed to connections
@@ -170,8 +171,8 @@ class _Transfer:
         self.on_part: Callable[[int, float, float], object] | None = None
         self.on_retry: Callable[[BaseException], object] | None = None
 
-    def priority(self) -> tuple[bool, int]:
-        return (not self.urgent, self.ticket)
+    def priority(self) -> tuple[bool, float, int]:
+        return (not self.urgent, self.order, self.ticket)
 
     def nbytes(self, i: int) -> int:
         a, b = self.bounds[i]
@@ -267,6 +268,7 @@ class PartEngine:
         on_start: Callable[[_Transfer], object] | None = None,
         on_part: Callable[[int, float, float], object] | None = None,
         on_retry: Callable[[BaseException], object] | None = None,
+        order: float | None = None,
     ) -> _Transfer:
         """Feed the ``size`` bytes of ``key`` to ``sink`` in order, fetched as parts.
 
@@ -274,13 +276,17 @@ class PartEngine:
         called while waiting and may raise to stop. ``on_start(transfer)`` is called
         once the download is queued (:meth:`hurry` takes that handle). ``on_part(nbytes, start, end)`` is
         called for each part fetched (from a connection thread), ``on_retry(exc)`` for
-        each failed attempt that is retried. A part's error is raised here, at that part,
+        each failed attempt that is retried. ``order`` is when the object is needed (a
+        position in its reader's order; objects needed sooner go first), by default the
+        order downloads were asked for. A part's error is raised here, at that part,
         after the parts before it were consumed. Exceptions of ``sink`` propagate.
         """
         with self._cond:
             self._tickets += 1
             transfer = _Transfer(store, key, size, self.part_size, self._tickets)
             transfer.on_part, transfer.on_retry = on_part, on_retry
+            if order is not None:
+                transfer.order = order
             self._transfers.append(transfer)
             self._ensure_threads()
             self._cond.notify_all()

@@ -278,9 +278,11 @@ class Residency:
                 return
             parts = self._attached_engine()
             try:
+                # (threads start downloads in any order: the reader's order decides which goes first)
                 parts.download(store, key, size, counted(sink), check_cancelled=check_cancelled,
                                on_start=lambda transfer: self._started(k, transfer, urgent),
-                               on_part=self._count_part, on_retry=self._count_retry)
+                               on_part=self._count_part, on_retry=self._count_retry,
+                               order=self._next_use.get(self.catalog.checksums[k]))
             finally:
                 with self._lock:
                     self._transfers.pop(k, None)
