@@ -184,17 +184,20 @@ class Store:
         backend = self.backend
         data = self._run("read", key, lambda: backend.read_range(path, start, end))
         if len(data) > end - start:
-            raise StorageError(
-                f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}) "
-                f"({end - start} bytes), got {len(data)}; the server ignored the Range header "
-                "(a proxy or server that does not support ranged GETs?)"
-            )
+            raise self._range_ignored(key, start, end, len(data))
         if len(data) < end - start:
             raise StorageError(
                 f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}), "
                 f"got {len(data)} bytes; the object is shorter than expected"
             )
         return data
+
+    def _range_ignored(self, key: str, start: int, end: int, got: int) -> StorageError:
+        return StorageError(
+            f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}) "
+            f"({end - start} bytes), got {got}; the server ignored the Range header "
+            "(a proxy or server that does not support ranged GETs?)"
+        )
 
     def read_part(
         self,
@@ -225,11 +228,7 @@ class Store:
             attempts += 1
             got = backend.read_range_into(path, start, end, view)
             if got > want:
-                raise StorageError(
-                    f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}) "
-                    f"({want} bytes), got {got}; the server ignored the Range header "
-                    "(a proxy or server that does not support ranged GETs?)"
-                )
+                raise self._range_ignored(key, start, end, got)
             if got < want:
                 raise http.client.IncompleteRead(b"", want - got)
             return view

@@ -335,8 +335,7 @@ class PartEngine:
         for i in list(transfer.results):
             dropped = transfer.results.pop(i)
             self._reserved -= transfer.nbytes(i)
-            if isinstance(dropped, memoryview) and len(dropped.obj) == self.part_size and self._threads:
-                self._free.append(dropped.obj)
+            self._keep(dropped)
         # parts still in flight give their bytes back when they land (see _run)
         self._transfers.remove(transfer)
         self._cond.notify_all()
@@ -420,8 +419,7 @@ class PartEngine:
                 transfer.in_flight -= 1
                 if transfer.done:
                     self._reserved -= transfer.nbytes(i)
-                    if isinstance(result, memoryview) and len(result.obj) == self.part_size and self._threads:
-                        self._free.append(result.obj)
+                    self._keep(result)
                 else:
                     transfer.results[i] = result
                 if not isinstance(result, BaseException):
@@ -464,10 +462,15 @@ class PartEngine:
     def _recycle(self, data: memoryview | BaseException) -> None:
         """Keep a consumed part's buffer for the next part (fresh pages cost the kernel
         more than the bytes' copy), unless the view is not of one of ours."""
+        with self._cond:
+            self._keep(data)
+
+    def _keep(self, data: memoryview | BaseException) -> None:
+        """:meth:`_recycle` with the lock held; not once the threads stopped (the memory
+        goes with them)."""
         if isinstance(data, memoryview) and isinstance(data.obj, bytearray) and len(data.obj) == self.part_size:
-            with self._cond:
-                if self._threads:  # not once stopped: its memory goes with the threads
-                    self._free.append(data.obj)
+            if self._threads:
+                self._free.append(data.obj)
 
 
 _ENGINE: PartEngine | None = None
