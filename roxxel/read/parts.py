@@ -51,9 +51,9 @@ from ..backends.errors import throttled
 __all__ = [
     "DEFAULT_PARTS_IN_FLIGHT",
     "DEFAULT_PART_SIZE",
+    "ENV_PARTS",
     "Concurrency",
     "PartEngine",
-    "ENV_PARTS",
     "engine",
     "node_parts",
     "node_share",
@@ -468,9 +468,9 @@ class PartEngine:
     def _keep(self, data: memoryview | BaseException) -> None:
         """:meth:`_recycle` with the lock held; not once the threads stopped (the memory
         goes with them)."""
-        if isinstance(data, memoryview) and isinstance(data.obj, bytearray) and len(data.obj) == self.part_size:
-            if self._threads:
-                self._free.append(data.obj)
+        ours = isinstance(data, memoryview) and isinstance(data.obj, bytearray) and len(data.obj) == self.part_size
+        if ours and self._threads:
+            self._free.append(data.obj)
 
 
 _ENGINE: PartEngine | None = None
