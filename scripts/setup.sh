@@ -8,6 +8,8 @@ if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+# Every install below keeps the pins of scripts/constraints.txt.
+export PIP_CONSTRAINT="$PWD/scripts/constraints.txt"
 # torch first and pinned: anything unpinned would pull the newest CUDA build (gigabytes).
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,progress,torch,jax]"
