@@ -4,8 +4,9 @@ Pack records into ROXXEL01 shards, publish them with a manifest to S3, GCS, loca
 or memory, and stream them back through a node-local cache of memory-mapped shards.
 
 The public surface is ``__all__`` here and in the subpackages (``roxxel.backends``,
-``cache``, ``manifest``, ``format``, ``read``, ``ops``, ``cli``), plus ``roxxel.torch``,
-``roxxel.jax`` and ``roxxel.read.views.ACCELERATED``; ``tests/test_public_api.py`` pins
+``cache``, ``manifest``, ``format``, ``read``, ``build``, ``ops``, ``cli``), plus
+``roxxel.torch``, ``roxxel.jax``, ``roxxel.dask``, ``roxxel.ray`` and
+``roxxel.read.views.ACCELERATED``; ``tests/test_public_api.py`` pins
 it. The other modules are the implementation: importable, with no promise that their
 names stay.
 """
@@ -20,6 +21,7 @@ from .errors import (
     IntegrityError,
     ManifestError,
     NotFoundError,
+    ReceiptError,
     ResumeError,
     RoxxelError,
     ShardFormatError,
@@ -42,6 +44,7 @@ __all__ = [
     "ManifestError",
     "MappedShard",
     "NotFoundError",
+    "ReceiptError",
     "ResumeError",
     "Roxxel",
     "RoxxelError",

@@ -9,6 +9,7 @@ also derives from the builtin exception it means, so callers that already catch
     ├── ManifestError(ValueError)         a manifest is malformed or unsupported
     ├── IntegrityError(ValueError)        stored bytes do not match their checksum or size
     ├── ResumeError(ValueError)           an iterator state does not fit this dataset/topology
+    ├── ReceiptError(ValueError)          a build's part receipts are malformed, missing or disagree
     ├── CacheError(OSError)               the node-local cache cannot be used as asked
     └── StorageError(OSError)             a store operation failed
         ├── NotFoundError(FileNotFoundError)
@@ -31,6 +32,7 @@ __all__ = [
     "IntegrityError",
     "ManifestError",
     "NotFoundError",
+    "ReceiptError",
     "ResumeError",
     "RoxxelError",
     "ShardFormatError",
@@ -76,6 +78,11 @@ class IntegrityError(RoxxelError, ValueError):
 
 class ResumeError(RoxxelError, ValueError):
     """A saved iterator state does not match this dataset or this topology."""
+
+
+class ReceiptError(RoxxelError, ValueError):
+    """The receipts of a build's parts cannot be committed: one is malformed, a part has
+    none, or two receipts for one part disagree (``roxxel.build.commit``)."""
 
 
 class CacheError(RoxxelError, OSError):

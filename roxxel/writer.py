@@ -136,10 +136,7 @@ class Writer:
         self._meter = None if progress is None else Meter(progress)
         self.manifest: Manifest | None = None
 
-        if mode != "overwrite":  # fail before uploading anything, not at the publish
-            require_conditional_writes(self.store, single_writer=single_writer)
-        self._base = self._existing_manifest()
-        self._generation = _next_generation(self._base)
+        self._base, self._generation = self._prepare_publish()
 
         _remove_dead_staging(staging_dir)
         self._staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=staging_dir)
@@ -155,6 +152,15 @@ class Writer:
         self._records = 0
         self._bytes = 0
         self._state = "open"
+
+    def _prepare_publish(self) -> tuple[Manifest | None, int]:
+        """Check, before anything is uploaded, that the publish can succeed; returns the
+        existing manifest (an append's base) and the generation of the new shard names.
+        (A writer of one part of a build publishes nothing: ``roxxel.build`` skips this.)"""
+        if self.mode != "overwrite":  # fail before uploading anything, not at the publish
+            require_conditional_writes(self.store, single_writer=self.single_writer)
+        base = self._existing_manifest()
+        return base, _next_generation(base)
 
     def _existing_manifest(self) -> Manifest | None:
         if self.mode == "create":
@@ -243,7 +249,7 @@ class Writer:
         if self.compression == "zstd":
             path, stored_size, digest = _compress(staged.path, staged.raw_size)
             suffix = ".zst"
-        key = f"shards/{self._generation:05d}-{staged.index:06d}-{digest[:12]}.rox{suffix}"
+        key = self._shard_key(staged.index, digest, suffix)
         with self._lock:
             self._uploaded.append(key)
         shard = ShardInfo(
@@ -260,6 +266,10 @@ class Writer:
         if self._meter is not None:
             self._meter.add(staged.payload_size)
         return shard
+
+    def _shard_key(self, index: int, digest: str, suffix: str) -> str:
+        """The key of the writer's shard ``index`` (``roxxel.build`` names parts' shards)."""
+        return f"shards/{self._generation:05d}-{index:06d}-{digest[:12]}.rox{suffix}"
 
     def _put_checked(self, path: str, shard: ShardInfo) -> None:
         """Upload, then check the object is exactly the shard its manifest entry will
@@ -290,10 +300,7 @@ class Writer:
         if self._state != "open":
             raise ValueError(f"writer for {self.url} is {self._state}")
         try:
-            if self._current is not None:
-                self._finish_shard()
-            shards = [f.result() for f in self._futures]
-            manifest = self._publish(sorted(shards, key=lambda s: s.uri))
+            manifest = self._publish(self._upload_all())
         except BaseException:
             self._abort()
             raise
@@ -303,6 +310,13 @@ class Writer:
         self._cleanup()
         log.info("published %s: %d records in %d shards", self.url, manifest.records, len(manifest.shards))
         return manifest
+
+    def _upload_all(self) -> list[ShardInfo]:
+        """Finish the shard being packed and wait for every upload; the shards in order.
+        (The commit of a build lists its parts' shards here instead: ``roxxel.build``.)"""
+        if self._current is not None:
+            self._finish_shard()
+        return sorted((f.result() for f in self._futures), key=lambda s: s.uri)
 
     def _publish(self, shards: list[ShardInfo]) -> Manifest:
         if self.mode == "overwrite":

@@ -25,6 +25,7 @@ ERRORS = [
     "IntegrityError",
     "ManifestError",
     "NotFoundError",
+    "ReceiptError",
     "ResumeError",
     "RoxxelError",
     "ShardFormatError",
@@ -59,6 +60,7 @@ PUBLIC = {
     "roxxel.manifest": ["Manifest", "ShardInfo", "ShardTable"],
     "roxxel.format": ["MappedShard", "ShardWriter"],
     "roxxel.read": ["Dataset", "open"],
+    "roxxel.build": ["Receipt", "commit", "write_part"],
     "roxxel.ops": [
         "BadShard",
         "BenchReport",

@@ -49,10 +49,12 @@ __all__ = ["PruneReport", "UnreferencedShard", "prune"]
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 24 * 3600.0
-# shards/<generation>-<index>-<digest prefix>.rox[.zst] (Writer) and
-# shards/<algorithm>-<digest prefix>.rox[.zst] (merge, for the shards it copies in)
+# shards/<generation>-<index>-<digest prefix>.rox[.zst] (Writer),
+# shards/<algorithm>-<digest prefix>.rox[.zst] (merge, for the shards it copies in) and
+# shards/part-<part>-<attempt>-<index>-<digest prefix>.rox[.zst] (roxxel.build.write_part)
 SHARD_KEY = re.compile(
-    r"^shards/(?:\d{5,}-\d{6,}-[0-9a-f]{12}|(?:" + "|".join(CHECKSUM_ALGORITHMS) + r")-[0-9a-f]{32})\.rox(?:\.zst)?$"
+    r"^shards/(?:\d{5,}-\d{6,}-[0-9a-f]{12}|(?:" + "|".join(CHECKSUM_ALGORITHMS) + r")-[0-9a-f]{32}"
+    r"|part-\d{6,12}-[0-9a-f]{16}-\d{6,}-[0-9a-f]{12})\.rox(?:\.zst)?$"
 )
 
 # What became of an unreferenced shard (UnreferencedShard.status).
