@@ -11,6 +11,11 @@ also derives from the builtin exception it means, so callers that already catch
     ├── ResumeError(ValueError)           an iterator state does not fit this dataset/topology
     ├── ReceiptError(ValueError)          a build's part receipts are malformed, missing or disagree
     ├── CacheError(OSError)               the node-local cache cannot be used as asked
+    ├── SigningKeyError(ValueError)       a key cannot be used as given (a private key as trusted)
+    ├── SignatureError(ValueError)        a dataset's signature refused (``reason`` says why)
+    │   ├── SignatureMissingError         the manifest has no signature
+    │   ├── ManifestChangedError          the signature does not verify the manifest's bytes
+    │   └── UntrustedSignerError          a key that is not trusted signed it
     └── StorageError(OSError)             a store operation failed
         ├── NotFoundError(FileNotFoundError)
         ├── AccessDeniedError(PermissionError)
@@ -30,14 +35,19 @@ __all__ = [
     "ConflictError",
     "DatasetExistsError",
     "IntegrityError",
+    "ManifestChangedError",
     "ManifestError",
     "NotFoundError",
     "ReceiptError",
     "ResumeError",
     "RoxxelError",
     "ShardFormatError",
+    "SignatureError",
+    "SignatureMissingError",
+    "SigningKeyError",
     "StorageError",
     "TransientStorageError",
+    "UntrustedSignerError",
 ]
 
 
@@ -87,6 +97,51 @@ class ReceiptError(RoxxelError, ValueError):
 
 class CacheError(RoxxelError, OSError):
     """The node-local cache cannot be used as asked (limit too small, bad directory)."""
+
+
+class SigningKeyError(RoxxelError, ValueError):
+    """A key cannot be used as given: not Ed25519, unreadable, encrypted, or a private
+    key where only public keys are accepted. The message names the file, never the key."""
+
+
+class SignatureError(RoxxelError, ValueError):
+    """A dataset's manifest was refused by its signature check (or cannot be signed).
+
+    ``reason`` is ``"missing"``, ``"manifest changed"`` or ``"untrusted signer"`` (one
+    per subclass), or ``"weak checksum"`` for a manifest with a shard checksum that is
+    not cryptographic, which a signature could not vouch for; ``url`` is the dataset's.
+    The message starts with the URL and the reason; it never holds key material.
+    """
+
+    reason: str = "refused"
+
+    def __init__(self, url: str, detail: str, *, reason: str | None = None) -> None:
+        self.url, self.detail = url, detail
+        if reason is not None:
+            self.reason = reason
+        super().__init__(f"{url}: signature refused ({self.reason}): {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:  # picklable (a DataLoader worker's error)
+        return type(self), (self.url, self.detail), self.__dict__
+
+
+class SignatureMissingError(SignatureError):
+    """The manifest has no signature (it was never signed, or not since it was written)."""
+
+    reason = "missing"
+
+
+class ManifestChangedError(SignatureError):
+    """The signature does not verify the manifest's bytes: the manifest changed since it
+    was signed, or the signature file was damaged or forged."""
+
+    reason = "manifest changed"
+
+
+class UntrustedSignerError(SignatureError):
+    """The signature is valid, but made with a key that is not among the trusted keys."""
+
+    reason = "untrusted signer"
 
 
 class StorageError(RoxxelError, OSError):

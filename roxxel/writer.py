@@ -43,6 +43,8 @@ from .manifest.io import (
     read_snapshot,
     require_conditional_writes,
 )
+from .manifest.signing import sign_manifest
+from .manifest.signing_keys import PrivateKeyLike, load_private_key
 from .progress import Meter
 from .workers import WorkerPool
 
@@ -102,6 +104,13 @@ class Writer:
     lost can simply be written again. On a store that does not enforce conditional
     writes, create and append refuse at once unless ``single_writer=True`` says that
     nothing else writes this dataset meanwhile.
+
+    ``sign_with``, an Ed25519 private key (a ``cryptography`` key object, unencrypted PEM
+    or OpenSSH key text, or the path of a key file), signs the dataset: the signature of
+    the manifest's exact bytes is stored (under ``signatures/``, a name bound to those
+    bytes) just before the manifest is published, so readers with ``trusted_keys`` never
+    find the new manifest unsigned. The key is loaded here (a bad one fails before any
+    upload) and is never logged or shown.
     """
 
     def __init__(
@@ -114,6 +123,7 @@ class Writer:
         mode: str = "create",
         *,
         upload_workers: int = 4,
+        sign_with: PrivateKeyLike | None = None,
         max_staged_shards: int | None = None,
         staging_dir: str | None = None,
         progress: Callback | None = None,
@@ -133,6 +143,7 @@ class Writer:
         self.mode = mode
         self.single_writer = single_writer
         self._meta = meta
+        self._signer = None if sign_with is None else load_private_key(sign_with)
         self._meter = None if progress is None else Meter(progress)
         self.manifest: Manifest | None = None
 
@@ -321,6 +332,7 @@ class Writer:
     def _publish(self, shards: list[ShardInfo]) -> Manifest:
         if self.mode == "overwrite":
             manifest = Manifest.build(shards, self._meta)
+            self._sign(manifest)
             publish_manifest(self.store, manifest, replaces=None)
             return manifest
         if self.mode == "append" and self._base is not None:
@@ -332,6 +344,7 @@ class Writer:
         else:
             current = Snapshot(None, None)
             manifest = Manifest.build(shards, self._meta)
+        self._sign(manifest)
         try:
             publish_manifest(self.store, manifest, replaces=current, single_writer=self.single_writer)
         except (DatasetExistsError, ConflictError) as exc:
@@ -341,6 +354,14 @@ class Writer:
                 return manifest
             raise self._conflict() from exc  # another appender published (or created) first
         return manifest
+
+    def _sign(self, manifest: Manifest) -> None:
+        """With ``sign_with``: store the signature of ``manifest``'s bytes before they are
+        published. A publish that fails after it leaves a signature of bytes that were
+        never published, which vouches for nothing else (see roxxel.manifest.signing)."""
+        if self._signer is not None:
+            data = manifest.to_json().encode("ascii")  # exactly the bytes publish_manifest writes
+            sign_manifest(self.store, data, manifest, self._signer)
 
     def _landed(self, manifest: Manifest) -> bool:
         """Whether the published manifest begins with ours: our append landed although its

@@ -26,6 +26,8 @@ from ..format.layout import payload_size
 from ..manifest import Manifest, ShardTable
 from ..manifest.compressions import COMPRESSIONS
 from ..manifest.io import dataset_store, read_manifest
+from ..manifest.signing import read_signed_manifest
+from ..manifest.signing_keys import PublicKeyLike, TrustedKeys, load_trusted_keys
 from ..planner import DEFAULT_WINDOW
 from .catalog import ShardCatalog
 from .iteration import (
@@ -59,6 +61,7 @@ def open(  # noqa: A001 - the public name is roxxel.open
     store: Store | None = None,
     verify: str = "changed",
     trace: str | os.PathLike[str] | None = None,
+    trusted_keys: TrustedKeys | Iterable[PublicKeyLike] | None = None,
 ) -> Dataset:
     """Open the dataset at ``url`` (its prefix or its ``manifest.json``).
 
@@ -73,10 +76,20 @@ def open(  # noqa: A001 - the public name is roxxel.open
     verified (``verify="changed"``) or, with ``verify="always"``, also the first time this
     process maps it. ``trace`` (or ``$ROXXEL_TRACE``) writes a Chrome/Perfetto trace of
     this process's downloads and reads there (see :mod:`roxxel.trace`).
+
+    With ``trusted_keys`` (Ed25519 public keys: ``cryptography`` key objects, PEM or
+    OpenSSH public key text, or paths of such files; a private key is refused with
+    :class:`~roxxel.errors.SigningKeyError`), the manifest must carry a signature by one
+    of them over the exact bytes read (read once: those bytes are verified, then
+    parsed), or the dataset is refused with :class:`~roxxel.errors.SignatureMissingError`,
+    :class:`~roxxel.errors.ManifestChangedError` or
+    :class:`~roxxel.errors.UntrustedSignerError` naming the URL. The shards' checksums,
+    which the signed manifest holds, then vouch for every byte read.
     """
+    trusted = None if trusted_keys is None else load_trusted_keys(trusted_keys)
     tracing.configure(trace)
     store = store if store is not None else dataset_store(url, storage_options)
-    manifest = read_manifest(store)
+    manifest = read_manifest(store) if trusted is None else read_signed_manifest(store, trusted)[0]
     cache = ShardCache(cache_dir, cache_limit, verify=verify)
     ds = Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
     record_dataset_use(cache, store.base_url, manifest)
