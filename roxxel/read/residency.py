@@ -134,6 +134,9 @@ class Residency:
             "shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0,
             "gets": 0, "retries": 0, "wait_seconds": 0.0,
         }
+        # per shard of the catalog: downloads, cache hits, bytes downloaded (a mixture's
+        # statistics per member)
+        self._per_shard = np.zeros((len(catalog), 3), dtype=np.int64)
         _LIVE.add(self)
 
     # -- what the limit allows ---------------------------------------------------------
@@ -267,6 +270,7 @@ class Residency:
                     check_cancelled()
                 with self._lock:
                     self._stats["bytes_downloaded"] += len(chunk)
+                    self._per_shard[k, 2] += len(chunk)
                 if meter is not None:
                     meter.add(len(chunk))
 
@@ -290,6 +294,7 @@ class Residency:
         handle, fetched = self.catalog.get(k, self.cache, download, self._next_use)
         with self._lock:
             self._stats["shards_downloaded" if fetched else "cache_hits"] += 1
+            self._per_shard[k, 0 if fetched else 1] += 1
         return handle
 
     def _attached_engine(self) -> PartEngine:
@@ -358,6 +363,12 @@ class Residency:
         stats["link_bytes_per_second"] = parts.stats["bytes"] / busy if parts is not None and busy else 0.0
         return stats
 
+    def stats_of(self, first: int, stop: int) -> dict[str, int]:
+        """Downloads, cache hits and bytes downloaded of shards ``first..stop-1``."""
+        with self._lock:
+            got = self._per_shard[first:stop].sum(axis=0).tolist()
+        return {"shards_downloaded": got[0], "cache_hits": got[1], "bytes_downloaded": got[2]}
+
     # -- maps --------------------------------------------------------------------------
 
     def on_unmap(self, callback: Callable[[int], object]) -> None:
@@ -397,6 +408,7 @@ class Residency:
         if claimed:  # the prefetch already counted this shard
             with self._lock:
                 self._stats["cache_hits"] -= 1
+                self._per_shard[k, 1] -= 1
         shard, handle = self._map_or_heal(k, handle)
         self._handles[k] = handle
         self._maps[k] = shard

@@ -1,0 +1,545 @@
+"""Mixtures: several datasets read as one weighted, deterministic, resumable stream.
+
+:func:`mix` opens the sources' manifests and puts every shard of every source in one
+:class:`~roxxel.read.catalog.ShardCatalog`, read through one
+:class:`~roxxel.read.residency.Residency`: one cache (whose limit holds across the
+sources), one downloader and one order of next use, so eviction removes the shard
+needed furthest ahead whatever its source, and ``lookahead`` counts the mixture's
+shards. The order each consumer reads is :class:`~roxxel.read.mixplan.MixturePlan`'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from ..backends import Store
+from ..cache import ShardCache
+from ..errors import ResumeError
+from ..manifest import Manifest
+from ..manifest.io import dataset_store, read_manifest
+from ..planner import DEFAULT_WINDOW, PLAN_VERSION
+from .catalog import ShardCatalog
+from .iteration import detect_topology
+from .mixplan import MixSource, MixturePlan, Topology
+from .mixspec import MixtureSpec, is_spec_location, load_spec, spec_from_arguments
+from .records import Records
+from .residency import Residency
+from .schedule import Schedule, integer_weights
+from .views import BLOCK, RecordViews
+
+__all__ = ["Mixture", "MixtureIterator", "mix"]
+
+
+def mix(
+    sources: Sequence[Any] | str | Mapping[str, Any],
+    weights: Sequence[float] | None = None,
+    *,
+    seed: int = 0,
+    samples: int | None = None,
+    policy: str | Sequence[str] | None = None,
+    cache_dir: str | None = None,
+    cache_limit: int | str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    lookahead: int | None = None,
+    download_workers: int | None = None,
+    verify: str = "changed",
+) -> Mixture:
+    """Several datasets read as one stream in fixed proportions (see the README's
+    "Mixing datasets" for the exact semantics).
+
+    ``sources`` is a list whose items are open datasets, URLs, or mappings ``{"url": ...,
+    "weight": ..., "policy": ..., "storage_options": {...}}``; or the path or URL of a
+    mixture JSON document (see :mod:`roxxel.read.mixspec`), or such a document as a dict.
+    ``weights`` (any positive numbers; None: proportional to the sources' record counts,
+    a shuffled union) and ``policy`` (``"stop"``, the default, or ``"repeat"``; one for
+    all or one per source) apply to sources that do not say. ``samples`` is the epoch's
+    length in records over all consumers; by default the epoch ends where the first
+    ``"stop"`` source runs out. ``storage_options`` are for every source (and the
+    document) that has none of its own. The cache settings are :func:`roxxel.open`'s;
+    with no ``cache_dir``, an open dataset's cache is used, else the default one.
+    """
+    if isinstance(sources, str) and is_spec_location(sources):
+        spec = load_spec(sources, storage_options)
+    elif isinstance(sources, Mapping) and "format" in sources:
+        spec = MixtureSpec.from_json(json.dumps(sources), where="the mixture document")
+    elif isinstance(sources, str):
+        raise ValueError(f"{sources!r} is not a mixture document (a .json path or URL): "
+                         "give a list of datasets or URLs")
+    else:
+        spec = spec_from_arguments(sources, weights, seed, samples, policy)
+    if isinstance(sources, (str, Mapping)) and (weights is not None or policy is not None):
+        raise ValueError("weights and policy come from the mixture document: give them there")
+    opened: list[tuple[Store, Manifest]] = []
+    for src in spec.sources:
+        if src.dataset is not None:
+            opened.append((src.dataset.store, src.dataset.manifest))
+        else:
+            store = dataset_store(src.url, src.storage_options if src.storage_options is not None else storage_options)
+            opened.append((store, read_manifest(store)))
+    if cache_dir is None:
+        given = next((s.dataset for s in spec.sources if s.dataset is not None), None)
+        if given is not None:
+            cache_dir = given.cache.directory
+            cache_limit = given.cache.limit if cache_limit is None else cache_limit
+    cache = ShardCache(cache_dir, cache_limit, verify=verify)
+    return Mixture(spec, opened, cache, lookahead=lookahead, download_workers=download_workers)
+
+
+@dataclass(frozen=True)
+class MixState:
+    """Where a consumer is in a mixture's epoch, and what that is a function of."""
+
+    mixture: str  # the mixture's fingerprint
+    sources: list[str]  # the sources' manifest fingerprints
+    weights: list[int]
+    policies: list[str]
+    seed: int
+    samples: int | None
+    epoch: int
+    position: int  # records read in this epoch, before the continuation included
+    rank: int
+    world_size: int
+    worker: int
+    num_workers: int
+    shuffle: bool
+    window: int
+    remainder: str
+    consumed: list[int]  # records of each source read in this epoch
+    since: int  # the epoch position where this mixture's schedule started (0, or a resume with changes)
+    plan: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "roxxel-mixture-state", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MixState:
+        if not isinstance(data, Mapping) or data.get("kind") != "roxxel-mixture-state":
+            raise ResumeError("not a mixture iterator's state (no 'kind': 'roxxel-mixture-state'); "
+                              "a dataset's state resumes with ds.resume")
+        names = {f.name for f in fields(cls)}
+        got = set(data) - {"kind"}
+        if got != names:
+            raise ResumeError(f"mixture state must have the keys {sorted(names)}, got {sorted(got)}")
+        ints = ("seed", "epoch", "position", "rank", "world_size", "worker", "num_workers", "window", "since", "plan")
+        for name in ints:
+            v = data[name]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ResumeError(f"mixture state field {name!r} must be an integer >= 0, got {v!r}")
+        if data["samples"] is not None and (isinstance(data["samples"], bool) or not isinstance(data["samples"], int)):
+            raise ResumeError(f"mixture state field 'samples' must be an integer or null, got {data['samples']!r}")
+        for name, kind in (("mixture", str), ("remainder", str), ("shuffle", bool)):
+            if not isinstance(data[name], kind):
+                raise ResumeError(f"mixture state field {name!r} must be {kind.__name__}, got {data[name]!r}")
+        lists = {"sources": str, "weights": int, "policies": str, "consumed": int}
+        size = len(data["sources"]) if isinstance(data["sources"], list) else -1
+        for name, kind in lists.items():
+            v = data[name]
+            if not isinstance(v, list) or len(v) != size or not all(
+                isinstance(x, kind) and not isinstance(x, bool) for x in v
+            ):
+                raise ResumeError(f"mixture state field {name!r} must be a list of {size} {kind.__name__}, got {v!r}")
+        return cls(**{name: data[name] for name in names})
+
+
+class Mixture:
+    """Datasets read as one stream: ``len``, ``iter``, ``resume``, ``stats``, ``close``.
+
+    Made by :func:`mix`. ``weights`` are the exact shares the schedule realizes
+    (fractions with the period as denominator); ``records`` indexes every source's
+    records end to end (source ``i``'s record ``j`` is ``records[record_offsets[i] + j]``).
+    """
+
+    def __init__(
+        self,
+        spec: MixtureSpec,
+        opened: list[tuple[Store, Manifest]],
+        cache: ShardCache,
+        *,
+        lookahead: int | None = None,
+        download_workers: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.stores = [store for store, _ in opened]
+        self.manifests = [manifest for _, manifest in opened]
+        self.urls = [store.base_url for store in self.stores]
+        counts = [np.asarray(m.shards.records, dtype=np.int64) for m in self.manifests]
+        given = [s.weight for s in spec.sources]
+        raw = [int(c.sum()) for c in counts] if given[0] is None else given
+        if given[0] is None and min(raw) <= 0:
+            empty = self.urls[raw.index(min(raw))]
+            raise ValueError(f"{empty} has no records: it cannot be mixed")
+        self.schedule = Schedule(integer_weights(raw))
+        self.weights: tuple[Fraction, ...] = self.schedule.weights
+        self.policies = tuple(s.policy or "stop" for s in spec.sources)
+        self.seed, self.samples = spec.seed, spec.samples
+        keys, seen = [], {}
+        for m in self.manifests:  # a source's key comes from its manifest (twice the same: two keys)
+            fp = m.fingerprint()
+            seen[fp] = seen.get(fp, -1) + 1
+            keys.append(int(hashlib.sha256(f"{fp}#{seen[fp]}".encode()).hexdigest()[:15], 16))
+        self._sources = [MixSource(c, k, p) for c, k, p in zip(counts, keys, self.policies)]
+        catalog = ShardCatalog()
+        self.shard_offsets = [catalog.add(store, m.shards) for store, m in opened] + [len(catalog)]
+        self.record_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum([int(c.sum()) for c in counts], out=self.record_offsets[1:])
+        self.residency = Residency(catalog, cache, lookahead=lookahead, download_workers=download_workers,
+                                   what=f"mixture of {len(opened)} datasets")
+        self.records = Records(np.concatenate(counts), self.residency)
+        self._iterators: weakref.WeakSet[MixtureIterator] = weakref.WeakSet()
+        self._read = np.zeros(len(counts), dtype=np.int64)  # records read by ended iterators
+
+    # -- what it is --------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """Identifies the mixture: its sources' manifests, weights, policies and ``samples``
+        (a state also holds the seed it was read with)."""
+        doc = {"sources": [m.fingerprint() for m in self.manifests], "weights": list(self.schedule.n),
+               "policies": list(self.policies), "samples": self.samples}
+        return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def __len__(self) -> int:
+        """Records in an epoch read by one consumer (world size 1, no workers)."""
+        return self._plan(epoch=0, topology=Topology(0, 1, 0, 1), shuffle=True, window=DEFAULT_WINDOW,
+                          remainder="pad").length
+
+    @property
+    def cache(self) -> ShardCache:
+        return self.residency.cache
+
+    @property
+    def lookahead(self) -> int:
+        return self.residency.lookahead
+
+    def to_json(self) -> str:
+        """The mixture's JSON document (no credentials): see :mod:`roxxel.read.mixspec`."""
+        return self.spec.to_json()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def iter(
+        self,
+        seed: int | None = None,
+        epoch: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        start: int = 0,
+        *,
+        worker: int | None = None,
+        num_workers: int | None = None,
+        window: int | None = None,
+        remainder: str = "pad",
+    ) -> MixtureIterator:
+        """This consumer's records of ``epoch``, as ``ds.iter`` gives a dataset's.
+
+        ``seed`` defaults to the mixture's. The topology is detected as ``ds.iter``
+        detects it. ``window`` shards of each source (default 16) are shuffled together,
+        so the cache must hold a window of every source at once. ``start`` skips that many
+        of this consumer's records at O(#shards) cost."""
+        self.records._check_open()
+        topology = Topology(*detect_topology(rank, world_size, worker, num_workers))
+        window = window or DEFAULT_WINDOW
+        self.residency.fit_window(window * len(self._sources))
+        seed = self.seed if seed is None else seed
+        p = self._plan(epoch=epoch, topology=topology, shuffle=shuffle, window=window, remainder=remainder,
+                       seed=seed)
+        if not 0 <= start <= p.length:
+            raise ValueError(f"start must be in [0, {p.length}], got {start}")
+        state = self._state(p, seed=seed, position=start, since=0)
+        return self._iterator(p, state)
+
+    def resume(
+        self,
+        state: Mapping[str, Any],
+        *,
+        allow_changes: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        worker: int | None = None,
+        num_workers: int | None = None,
+    ) -> MixtureIterator:
+        """An iterator that continues right after the last record ``state`` counted.
+
+        ResumeError if the state is another mixture's (naming what differs), another
+        consumer's or another topology's. With ``allow_changes=True``, a state saved
+        with other weights, policies or ``samples``, or with sources added or removed,
+        continues from how many records of each source the consumer had read: a source
+        kept continues where it was in its own order, so no record read before is read
+        again in the epoch; a new source starts from its beginning."""
+        self.records._check_open()
+        saved = MixState.from_dict(state)
+        topology = Topology(*detect_topology(rank, world_size, worker, num_workers))
+        now = self._state_header()
+        same = {k: getattr(saved, k) for k in now} == now
+        if saved.plan != PLAN_VERSION:
+            raise ResumeError(f"the state is of plan version {saved.plan}; this roxxel reads {PLAN_VERSION}")
+        if (saved.world_size, saved.num_workers) != (topology.world_size, topology.num_workers):
+            raise ResumeError(
+                f"the state was saved with world_size={saved.world_size}, num_workers={saved.num_workers}; "
+                f"this process runs with world_size={topology.world_size}, num_workers={topology.num_workers}"
+            )
+        if (saved.rank, saved.worker) != (topology.rank, topology.worker):
+            raise ResumeError(f"the state is rank {saved.rank} worker {saved.worker}'s; "
+                              f"this is rank {topology.rank} worker {topology.worker}")
+        if not same and not allow_changes:
+            raise ResumeError(
+                "the state belongs to another mixture: " + _differences(saved, now, self.urls)
+                + "; resume with resume(state, allow_changes=True) to continue from the records of each "
+                "source already read"
+            )
+        common: dict[str, Any] = {"epoch": saved.epoch, "topology": topology, "shuffle": saved.shuffle,
+                                  "window": saved.window, "remainder": saved.remainder, "seed": saved.seed}
+        if same:  # the same mixture: the same plan (a continuation's base is in the state)
+            offset = saved.position - saved.since
+            p = self._plan(done=saved.since, **common)
+            if not 0 <= offset <= p.length:
+                raise ResumeError(f"position {saved.position} is outside this consumer's epoch")
+            base = np.asarray(saved.consumed, dtype=np.int64) - p.schedule.counts(offset)
+            if (base < 0).any() or (saved.since == 0 and base.any()):
+                raise ResumeError(f"the state's per-source counts {saved.consumed} do not match its position "
+                                  f"{saved.position}")
+            if saved.since:
+                p = self._plan(base=base, done=saved.since, **common)
+            return self._iterator(p, self._state(p, seed=saved.seed, position=saved.position, since=saved.since))
+        base = _base_for(saved, self.manifests, now["sources"])
+        p = self._plan(base=base, done=saved.position, **common)
+        state = self._state(p, seed=saved.seed, position=saved.position, since=saved.position)
+        return self._iterator(p, state)
+
+    def _plan(self, *, epoch: int, topology: Topology, shuffle: bool, window: int, remainder: str,
+              seed: int | None = None, base: np.ndarray | None = None, done: int = 0) -> MixturePlan:
+        return MixturePlan(self._sources, self.schedule, seed=self.seed if seed is None else seed, epoch=epoch,
+                           topology=topology, samples=self.samples, shuffle=shuffle, window=window,
+                           remainder=remainder, base=base, done=done)
+
+    def _state_header(self) -> dict[str, Any]:
+        return {"mixture": self.fingerprint(), "sources": [m.fingerprint() for m in self.manifests],
+                "weights": list(self.schedule.n), "policies": list(self.policies), "samples": self.samples}
+
+    def _state(self, p: MixturePlan, *, seed: int, position: int, since: int) -> MixState:
+        t = p.topology
+        return MixState(**self._state_header(), seed=seed, epoch=p.epoch, position=position, rank=t.rank, world_size=t.world_size,
+                        worker=t.worker, num_workers=t.num_workers, shuffle=p.shuffle, window=p.window,
+                        remainder=p.remainder, consumed=p.consumed(position - since).tolist(), since=since)
+
+    def _iterator(self, p: MixturePlan, state: MixState) -> MixtureIterator:
+        it = MixtureIterator(self, p, state)
+        self._iterators.add(it)
+        return it
+
+    # -- what happened -----------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The residency's statistics over all sources, and per source (``"sources"``, one
+        dict each: ``url``, ``weight``, ``records`` read by this process's iterators,
+        ``shards_downloaded``, ``cache_hits``, ``bytes_downloaded``), with the realized
+        proportions of the records read (``"proportions"``)."""
+        read = self._read.copy()
+        for it in list(self._iterators):
+            read += it.read_per_source()
+        total = int(read.sum())
+        per = []
+        for i, url in enumerate(self.urls):
+            entry = {"url": url, "weight": float(self.weights[i]), "records": int(read[i])}
+            entry.update(self.residency.stats_of(self.shard_offsets[i], self.shard_offsets[i + 1]))
+            per.append(entry)
+        return {**self.residency.stats, "sources": per,
+                "proportions": [float(r) / total if total else 0.0 for r in read.tolist()]}
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the downloads, unmap every shard and release the cache (idempotent). Open
+        datasets given as sources stay open."""
+        self.residency.close()
+        self.records._close_records()
+
+    def __enter__(self) -> Mixture:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled for DataLoader workers like a dataset: the same manifests, stores and
+        cache settings (credentials included, for the worker's use only; never written)."""
+        res = self.residency
+        return (_unpickle_mixture, (self.spec, self.stores, self.manifests, self.cache.directory, self.cache.limit,
+                                    res.chosen_lookahead, res.download_workers, self.cache.verify_mode))
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{u} {float(w):.3g}" for u, w in zip(self.urls, self.weights))
+        return f"Mixture({parts})"
+
+
+def _unpickle_mixture(spec: MixtureSpec, stores: list[Store], manifests: list[Manifest], cache_dir: str,
+                      cache_limit: int | None, lookahead: int | None, workers: int, verify: str) -> Mixture:
+    return Mixture(spec, list(zip(stores, manifests)), ShardCache(cache_dir, cache_limit, verify=verify),
+                   lookahead=lookahead, download_workers=workers)
+
+
+def _differences(saved: MixState, now: Mapping[str, Any], urls: list[str]) -> str:
+    out = []
+    if saved.sources != now["sources"]:
+        gone = [fp for fp in saved.sources if fp not in now["sources"]]
+        new = [urls[i] for i, fp in enumerate(now["sources"]) if fp not in saved.sources]
+        out.append(f"sources differ ({len(gone)} of the state's are not here; new here: {new})")
+    for name in ("weights", "policies", "samples"):
+        if getattr(saved, name) != now[name]:
+            out.append(f"{name} {getattr(saved, name)} in the state, {now[name]} here")
+    return "; ".join(out) or "its fingerprint differs"
+
+
+def _base_for(saved: MixState, manifests: list[Manifest], fingerprints: list[str]) -> np.ndarray:
+    """Records of each current source the consumer had read, from a state of another
+    mixture (matched by manifest fingerprint; a source new here starts at 0)."""
+    counts: dict[str, list[int]] = {}
+    for fp, n in zip(saved.sources, saved.consumed):
+        counts.setdefault(fp, []).append(n)
+    base = []
+    for fp in fingerprints:
+        got = counts.get(fp)
+        base.append(got.pop(0) if got else 0)
+    return np.asarray(base, dtype=np.int64)
+
+
+class MixtureIterator(Iterator[np.ndarray]):
+    """One consumer's records of a mixture's epoch as zero-copy ``uint8`` views."""
+
+    def __init__(self, mixture: Mixture, p: MixturePlan, state: MixState) -> None:
+        self._mixture, self.plan = mixture, p
+        self._base_state = state
+        self._since = state.since
+        self._start = state.position - state.since  # plan positions
+        self._at = self._start
+        self._block: tuple[int, int, RecordViews] | None = None
+        self._order_key: tuple[tuple[int, int], ...] | None = None
+        self._records = chain.from_iterable(mixture.records._track(self._blocks()))
+
+    @property
+    def position(self) -> int:
+        """Records of this epoch this consumer has read, counting those before a resume."""
+        return self._since + self._plan_position()
+
+    def _plan_position(self) -> int:
+        block = self._block
+        if block is None:
+            return self._at
+        first, length, views = block
+        return first + length - operator.length_hint(views)
+
+    def __len__(self) -> int:
+        return self.plan.length - self._plan_position()
+
+    def __next__(self) -> np.ndarray:
+        return next(self._records)
+
+    def __iter__(self) -> Iterator[np.ndarray]:  # noqa: PYI034
+        return self._records
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-ready dict from which ``mixture.resume(state)`` continues after the last record."""
+        t = self._plan_position()
+        fields_ = {**asdict(self._base_state), "position": self._since + t,
+                   "consumed": self.plan.consumed(t).tolist()}
+        return MixState(**fields_).to_dict()
+
+    def read_per_source(self) -> np.ndarray:
+        """Records of each source this iterator has handed out."""
+        return self.plan.schedule.counts(self._plan_position()) - self.plan.schedule.counts(self._start)
+
+    def _blocks(self) -> Iterator[RecordViews]:
+        p, mixture = self.plan, self._mixture
+        records, residency = mixture.records, mixture.residency
+        offsets = mixture.record_offsets
+        residency.hold(p.window * len(p.sources))
+        try:
+            while self._at < p.length:
+                lo, hi = self._at, min(p.length, self._at + BLOCK)
+                self._refresh_order(lo)
+                srcs, per_source = p.records(lo, hi)
+                ids = np.empty(hi - lo, dtype=np.int64)
+                for i, local in enumerate(per_source):
+                    if len(local):
+                        ids[srcs == i] = local + offsets[i]
+                at = lo
+                for views in records._blocks_at(ids):
+                    length = operator.length_hint(views)
+                    self._block = (at, length, views)
+                    yield views
+                    at += length
+                self._block = None
+                self._at = hi
+        finally:
+            if self._block is not None:
+                self._at = self._plan_position()
+                views, self._block = self._block[2], None
+                views.close()
+            self._mixture._read += self.read_per_source()
+            self._start = self._at
+
+    def _refresh_order(self, t: int) -> None:
+        """Tell the residency the order of the shards still to be read, when a source's
+        reading has moved into another window since it was last told."""
+        p = self.plan
+        consumed = p.consumed(t)
+        key = []
+        for i in range(len(p.sources)):
+            pass_, off = divmod(int(consumed[i]), int(p.per_pass[i]))
+            key.append((pass_, p.pass_plan(i, pass_).locate(off)[0]))
+        key_t = tuple(key)
+        if key_t == self._order_key:
+            return
+        self._order_key = key_t
+        order = upcoming_shards(p, t, self._mixture.shard_offsets)
+        residency = self._mixture.residency
+        residency.expect(order)
+        if order:
+            residency.about_to_map(order[:1])
+        residency.prefetch(order)
+
+
+def upcoming_shards(p: MixturePlan, t: int, shard_offsets: Sequence[int], passes: int = 2) -> list[int]:
+    """The catalog shards plan ``p`` reads from position ``t`` to its end, in order of
+    first use (each source's windows placed where the schedule reaches their first
+    record; at most ``passes`` passes of a source ahead)."""
+    consumed = p.consumed(t)
+    positions, shards = [], []
+    for i in range(len(p.sources)):
+        n = int(p.per_pass[i])
+        first_pass = int(consumed[i]) // n
+        for pass_ in range(first_pass, first_pass + passes):
+            plan_ = p.pass_plan(i, pass_)
+            starts = np.concatenate([[0], np.cumsum(plan_.window_sizes())])[:-1]
+            for w in range(plan_.num_windows):
+                k = pass_ * n + int(starts[w])
+                end = pass_ * n + int(starts[w]) + int(plan_.window_sizes()[w])
+                if end <= consumed[i]:
+                    continue
+                occurrence = max(k, int(consumed[i])) - int(p.base[i])
+                at = p.schedule.position_of(i, occurrence)
+                if at >= p.length:
+                    break
+                ws = plan_.window_shards(w) + shard_offsets[i]
+                positions.extend([at] * len(ws))
+                shards.extend(ws.tolist())
+            else:
+                continue
+            break
+    if not shards:
+        return []
+    order = np.asarray(shards, dtype=np.int64)[np.argsort(np.asarray(positions), kind="stable")]
+    _, first = np.unique(order, return_index=True)
+    return order[np.sort(first)].tolist()
+
