@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from .read import dataset as _dataset
 from .errors import ResumeError
-from .read.iteration import detect_topology
 from .planner import DEFAULT_WINDOW, plan
+from .read import dataset as _dataset
+from .read import mixture as _mixture
+from .read.iteration import detect_topology
+from .read.mixspec import is_spec_location
 
 __all__ = ["IterableRecords", "StatefulLoader", "default_collate_records"]
 
@@ -99,7 +101,8 @@ class IterableRecords(torch.utils.data.IterableDataset):
         opened from the URL on first use; in a worker process, a copy of the parent's
         (the same manifest version, its own threads and maps)."""
         if self._ds is None:
-            self._ds = _dataset.open(self.url, **self._open_kwargs)
+            opener = _mixture.mix if is_spec_location(self.url) else _dataset.open
+            self._ds = opener(self.url, **self._open_kwargs)  # type: ignore[assignment]
         elif self._ds_pid != os.getpid():  # forked: the parent's threads are not here
             self._ds = _copy_for_this_process(self._ds)
         self._ds_pid = os.getpid()
@@ -144,12 +147,15 @@ class IterableRecords(torch.utils.data.IterableDataset):
     def _batches_per_worker(
         self, ds: _dataset.Dataset, rank: int, world_size: int, num_workers: int, epoch: int
     ) -> list[int]:
-        counts = ds.manifest.shards.records
         out = []
         for w in range(num_workers):
-            n = plan(counts, seed=self.seed, epoch=epoch, rank=rank, world_size=world_size, worker=w,
-                     num_workers=num_workers, shuffle=self.shuffle, window=self.window,
-                     remainder=self.remainder).num_records
+            if isinstance(ds, _mixture.Mixture):
+                n = ds.consumer_length(epoch, rank, world_size, w, num_workers, shuffle=self.shuffle,
+                                       window=self.window, remainder=self.remainder)
+            else:
+                n = plan(ds.manifest.shards.records, seed=self.seed, epoch=epoch, rank=rank,
+                         world_size=world_size, worker=w, num_workers=num_workers, shuffle=self.shuffle,
+                         window=self.window, remainder=self.remainder).num_records
             b = self.batch_size or 1
             out.append(n // b if self.drop_last else -(-n // b))
         return out
@@ -157,7 +163,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
 
 def _given_dataset(url: Any, open_kwargs: Mapping[str, Any]) -> _dataset.Dataset | None:
     """The open dataset passed as ``url``, or None for a URL; TypeError for anything else."""
-    if isinstance(url, _dataset.Dataset):
+    if isinstance(url, (_dataset.Dataset, _mixture.Mixture)):
         if open_kwargs:
             raise TypeError(
                 f"IterableRecords got an open dataset and open options {sorted(open_kwargs)}: "
@@ -170,6 +176,10 @@ def _given_dataset(url: Any, open_kwargs: Mapping[str, Any]) -> _dataset.Dataset
             f"got {type(url).__name__}"
         )
     return None
+
+
+def _fingerprint(ds: _dataset.Dataset | _mixture.Mixture) -> str:
+    return ds.fingerprint() if isinstance(ds, _mixture.Mixture) else ds.manifest.fingerprint()
 
 
 def _copy_for_this_process(ds: _dataset.Dataset) -> _dataset.Dataset:
@@ -236,14 +246,14 @@ class StatefulLoader(torch.utils.data.DataLoader):
         return {
             "epoch": records.epoch,
             "batches": self._batches,
-            "fingerprint": records.dataset().manifest.fingerprint(),
+            "fingerprint": _fingerprint(records.dataset()),
             "world_size": world_size,
             "num_workers": max(self.num_workers, 1),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         records: IterableRecords = self.dataset  # type: ignore[assignment]
-        fingerprint = records.dataset().manifest.fingerprint()
+        fingerprint = _fingerprint(records.dataset())
         if state.get("fingerprint") != fingerprint:
             raise ResumeError(
                 f"the loader state belongs to another dataset or version (fingerprint "

@@ -212,6 +212,12 @@ class Mixture:
         return self._plan(epoch=0, topology=Topology(0, 1, 0, 1), shuffle=True, window=DEFAULT_WINDOW,
                           remainder="pad").length
 
+    def consumer_length(self, epoch: int, rank: int, world_size: int, worker: int, num_workers: int, *,
+                        shuffle: bool = True, window: int = DEFAULT_WINDOW, remainder: str = "pad") -> int:
+        """Records consumer ``(rank, worker)`` reads in ``epoch`` (what its ``iter`` yields)."""
+        return self._plan(epoch=epoch, topology=Topology(rank, world_size, worker, num_workers),
+                          shuffle=shuffle, window=window, remainder=remainder).length
+
     @property
     def cache(self) -> ShardCache:
         return self.residency.cache
