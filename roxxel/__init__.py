@@ -12,7 +12,7 @@ names stay.
 """
 
 from ._version import __version__
-from .read import Dataset, open
+from .read import Dataset, Mixture, mix, open
 from .errors import (
     AccessDeniedError,
     CacheError,
@@ -43,6 +43,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MappedShard",
+    "Mixture",
     "NotFoundError",
     "ReceiptError",
     "ResumeError",
@@ -55,5 +56,6 @@ __all__ = [
     "TransientStorageError",
     "Writer",
     "__version__",
+    "mix",
     "open",
 ]

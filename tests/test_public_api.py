@@ -39,11 +39,13 @@ PUBLIC = {
         "Dataset",
         "Manifest",
         "MappedShard",
+        "Mixture",
         "Roxxel",
         "ShardInfo",
         "ShardWriter",
         "Writer",
         "__version__",
+        "mix",
         "open",
     ]),
     "roxxel.backends": [
@@ -59,7 +61,7 @@ PUBLIC = {
     "roxxel.cache": ["CachedShard", "ShardCache"],
     "roxxel.manifest": ["Manifest", "ShardInfo", "ShardTable"],
     "roxxel.format": ["MappedShard", "ShardWriter"],
-    "roxxel.read": ["Dataset", "open"],
+    "roxxel.read": ["Dataset", "Mixture", "mix", "open"],
     "roxxel.build": ["Receipt", "commit", "write_part"],
     "roxxel.ops": [
         "BadShard",

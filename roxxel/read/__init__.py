@@ -5,9 +5,11 @@ records across shards; ``residency`` owns which shards are downloading, cached, 
 and needed next (with ``catalog``, what they are and where, and ``downloader``, the
 background downloads); ``iteration`` walks a planned epoch; ``views`` makes many
 records' views at once; ``tokens`` cuts payloads into token windows; ``ranged`` reads
-single records by range.
+single records by range; ``schedule``, ``mixplan``, ``mixspec`` and ``mixture`` read
+several datasets as one weighted stream.
 """
 
 from .dataset import Dataset, open
+from .mixture import Mixture, mix
 
-__all__ = ["Dataset", "open"]
+__all__ = ["Dataset", "Mixture", "mix", "open"]
