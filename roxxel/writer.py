@@ -18,11 +18,13 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import numpy as np
+import numpy.typing as npt
 import zstandard
 from fsspec.callbacks import Callback
 
@@ -43,6 +45,7 @@ from .manifest.io import (
     read_snapshot,
     require_conditional_writes,
 )
+from .manifest.record_type import RecordType
 from .manifest.signing import sign_manifest
 from .manifest.signing_keys import PrivateKeyLike, load_private_key
 from .progress import Meter
@@ -129,6 +132,8 @@ class Writer:
         progress: Callback | None = None,
         store: Store | None = None,
         single_writer: bool = False,
+        dtype: npt.DTypeLike | None = None,
+        shape: Sequence[int] | int | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
@@ -136,6 +141,12 @@ class Writer:
             raise ValueError(f"compression must be {describe()}, got {compression!r}")
         if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes <= FOOTER_SIZE:
             raise ValueError(f"shard_bytes must be an integer > {FOOTER_SIZE}, got {shard_bytes!r}")
+        # the records' type, declared in meta (see roxxel.manifest.record_type)
+        self.record_type: RecordType | None = None if dtype is None else RecordType.of(dtype, shape)
+        if dtype is None and shape is not None:
+            raise ValueError(f"shape {shape!r} needs a dtype: Writer(..., dtype=..., shape=...)")
+        if self.record_type is not None and (mode != "append" or meta is not None):
+            meta = _typed_meta(meta, self.record_type)  # (an append with meta=None keeps the dataset's)
         self.store = store if store is not None else dataset_store(url, storage_options)
         self.url = self.store.base_url
         self.shard_bytes = shard_bytes
@@ -182,7 +193,10 @@ class Writer:
                 )
             return None
         try:
-            return read_snapshot(self.store).manifest
+            base = read_snapshot(self.store).manifest
+            if base is not None and self.mode == "append":
+                self._adopt_record_type(base)
+            return base
         except ManifestError as exc:
             if self.mode == "append":
                 raise
@@ -195,7 +209,11 @@ class Writer:
         """Add one record (bytes-like, ``str`` as UTF-8, or a NumPy array's bytes)."""
         if self._state != "open":
             raise ValueError(f"writer for {self.url} is {self._state}")
+        if self.record_type is not None and isinstance(record, np.generic):
+            record = np.asarray(record)  # one value: a record of shape ()
         data = record_bytes(record, self._records)
+        if self.record_type is not None:
+            _check_typed(record, data, self.record_type, self._records)
         current = self._current
         if current is None or (
             current[0].record_count and current[0].file_size_with(data.nbytes) > self.shard_bytes
@@ -209,10 +227,64 @@ class Writer:
         if self._meter is not None and self._records % 4096 == 0:
             self._meter.set_total(self._bytes)
 
-    def extend(self, records: Iterable[Record]) -> None:
-        """Add every record of ``records`` in order."""
+    def extend(self, records: Iterable[Record] | np.ndarray) -> None:
+        """Add every record of ``records`` in order.
+
+        An array of shape ``(n, ...)`` is n records, one a row, written in bulk (no
+        Python loop per record). A typed writer takes only arrays of its dtype whose
+        rows have its shape (any row shape for variable-length records), and refuses
+        others with a ValueError naming both.
+        """
+        if isinstance(records, np.ndarray) and records.ndim >= 1:
+            self._extend_rows(records)
+            return
         for record in records:
             self.append(record)
+
+    def _extend_rows(self, rows: np.ndarray) -> None:
+        """The rows of ``rows`` as records: each shard gets as many as fit, in one write."""
+        if self._state != "open":
+            raise ValueError(f"writer for {self.url} is {self._state}")
+        kind = self.record_type
+        if kind is not None and (rows.dtype != kind.dtype or (kind.fixed and rows.shape[1:] != kind.shape)):
+            raise ValueError(
+                f"writer for {self.url} takes {kind.describe()} records, got an array of "
+                f"{rows.dtype} of shape {rows.shape} (rows of shape {rows.shape[1:]})"
+            )
+        if rows.dtype.hasobject:
+            raise TypeError(f"records must be arrays of numbers, got an array of {rows.dtype}")
+        n = len(rows)
+        flat = np.ascontiguousarray(rows).reshape(-1).view(np.uint8)
+        size = flat.nbytes // n if n else 0  # bytes a record
+        done = 0
+        while done < n:
+            current = self._current
+            if current is None:
+                current = self._start_shard()
+            writer = current[0]
+            room = (self.shard_bytes - writer.file_size) // (size + 8)  # an offset is 8 bytes
+            if room < 1 and writer.record_count:
+                self._finish_shard()
+                continue
+            take = min(n - done, max(room, 1))
+            writer.append_equal(memoryview(flat[done * size : (done + take) * size]), take)
+            done += take
+            self._records += take
+            self._bytes += take * size
+        if self._meter is not None:
+            self._meter.set_total(self._bytes)
+
+    def _adopt_record_type(self, base: Manifest) -> None:
+        """Appending: the records must be of the dataset's declared type, if any."""
+        declared = RecordType.from_meta(base.meta, self.store.url(MANIFEST_KEY))
+        if self.record_type is None:
+            self.record_type = declared
+        elif declared != self.record_type:
+            have = "no record type" if declared is None else declared.describe()
+            raise ValueError(
+                f"{self.url} declares {have} in meta.dtype/meta.shape; this writer's records are "
+                f"{self.record_type.describe()}: append records of the dataset's type"
+            )
 
     def _start_shard(self) -> tuple[ShardWriter, _HashingFile, _Staged]:
         index = self._next_index
@@ -413,6 +485,36 @@ class Writer:
 
     def __repr__(self) -> str:
         return f"Writer({self.url!r}, mode={self.mode!r}, state={self._state!r})"
+
+
+def _typed_meta(meta: Mapping[str, Any] | None, kind: RecordType) -> Mapping[str, Any]:
+    """``meta`` with ``kind`` declared in it; ValueError if ``meta`` declares another type."""
+    declared = kind.to_meta()
+    if meta is not None:
+        given = RecordType.from_meta(meta, "given to the Writer")
+        if given is not None and given != kind:
+            raise ValueError(
+                f"meta declares records of {given.describe()}, but dtype/shape say {kind.describe()}"
+            )
+        return {key: value for key, value in meta.items() if key not in ("dtype", "shape")} | declared
+    return declared
+
+
+def _check_typed(record: Record, data: memoryview, kind: RecordType, position: int) -> None:
+    """ValueError unless ``record`` (an array of the dtype, or bytes) fits ``kind``."""
+    if isinstance(record, np.ndarray):
+        if record.dtype != kind.dtype or (kind.fixed and record.shape != kind.shape):
+            raise ValueError(
+                f"record at position {position} is {record.dtype} of shape {record.shape}; "
+                f"this writer takes {kind.describe()}"
+            )
+        return
+    want = kind.record_bytes
+    if (data.nbytes != want) if want is not None else (data.nbytes % kind.dtype.itemsize):
+        what = f"{want} bytes" if want is not None else f"a multiple of {kind.dtype.itemsize} bytes"
+        raise ValueError(
+            f"record at position {position} has {data.nbytes} bytes; {kind.describe()} records have {what}"
+        )
 
 
 def _next_generation(base: Manifest | None) -> int:

@@ -41,6 +41,7 @@ from .ranged import RangedReader
 from .records import Records
 from .residency import DEFAULT_DOWNLOAD_WORKERS, Residency
 from .tokens import TokenWindows, token_batches
+from .typed import RecordType, TypedRecords, declared_type
 
 __all__ = ["Dataset", "open"]
 
@@ -150,6 +151,25 @@ class Dataset(Records):
         and retries, seconds readers waited for shards, and the process's download rate
         while any ran (see :attr:`Residency.stats <roxxel.read.residency.Residency.stats>`)."""
         return self.residency.stats
+
+    @property
+    def record_type(self) -> RecordType | None:
+        """The records' dtype and shape as the manifest declares them (``meta["dtype"]``,
+        ``meta["shape"]``), or None; ManifestError naming the field if they are invalid."""
+        return declared_type(self.manifest, self.store)
+
+    @property
+    def arrays(self) -> TypedRecords:
+        """The records as arrays of the declared :attr:`record_type` (see
+        :mod:`roxxel.read.typed`): ``ds.arrays[i]``, ``ds.arrays[a:b]``, ``ds.arrays.iter()``.
+        ValueError for a dataset that declares none: use ``ds.as_arrays(dtype, shape)``."""
+        kind = self.record_type
+        if kind is None:
+            raise ValueError(
+                f"{self.url} declares no record dtype (meta.dtype): read its records as arrays "
+                "with ds.as_arrays(dtype, shape), or write it with Writer(..., dtype=..., shape=...)"
+            )
+        return TypedRecords(self, kind, self.url)
 
     def warm(
         self,

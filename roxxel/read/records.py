@@ -17,9 +17,12 @@ from itertools import chain
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import ShardFormatError
 from ..format import MappedShard
+from ..manifest.record_type import RecordType
+from .typed import TypedRecords
 from .views import BLOCK, RecordViews, closing, record_views, stored_blocks
 
 __all__ = ["LocalShards", "Records", "ShardSource"]
@@ -234,6 +237,11 @@ class Records:
             source.prefetch(range(k + 1, n))  # before the map: the downloads overlap
             shard = self.shard(k)
             yield from stored_blocks(shard.payload, shard.offsets)
+
+    def as_arrays(self, dtype: npt.DTypeLike, shape: Sequence[int] | int | None = None) -> TypedRecords:
+        """These records read as arrays of ``dtype`` (a plain number type), each of
+        ``shape`` or, with ``shape=None``, 1-D of any length (see :mod:`roxxel.read.typed`)."""
+        return TypedRecords(self, RecordType.of(dtype, shape), str(getattr(self, "url", None) or repr(self)))
 
     def gather(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """Records at ``indices`` (negative allowed), in that order, as views.

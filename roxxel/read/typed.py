@@ -1,0 +1,240 @@
+"""Records read as typed NumPy arrays: ``ds.arrays`` and ``records.as_arrays(dtype, shape)``.
+
+A :class:`TypedRecords` reads the records of a dataset (or of local shards) as arrays of
+one :class:`~roxxel.manifest.record_type.RecordType`, without copying where the bytes
+allow it:
+
+- ``typed[i]`` is a view of record ``i`` in its shard's map: an array of the shape, or a
+  1-D array for variable-length records;
+- ``typed[a:b]`` of fixed-shape records in one shard is one ``(n, *shape)`` view of that
+  shard's map; across shards, and for index lists and stepped slices, it is one stacked
+  ``(n, *shape)`` array (a copy). Variable-length records give a list of 1-D views.
+- ``typed.iter(...)`` (a dataset's, with ``ds.iter``'s arguments) yields the planned
+  stream as arrays, or with ``batch_size`` as ``(batch, *shape)`` arrays.
+
+A record whose length does not fit the type (not the fixed shape's size, or not a
+multiple of the dtype's size) raises :class:`~roxxel.errors.ShardFormatError` naming the
+record. A record's offset in its shard need not be a multiple of the dtype's size: such
+views are valid but unaligned (NumPy reads them, somewhat more slowly).
+
+The raw ``uint8`` views stay where they were: ``ds[i]`` is unchanged for every dataset,
+typed or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ShardFormatError
+from ..manifest import Manifest
+from ..manifest.io import MANIFEST_KEY
+from ..manifest.record_type import RecordType
+
+if TYPE_CHECKING:
+    from ..backends import Store
+    from .iteration import RecordIterator
+    from .records import Records
+
+__all__ = ["RecordType", "TypedIterator", "TypedRecords", "declared_type"]
+
+
+def declared_type(manifest: Manifest, store: Store) -> RecordType | None:
+    """The record type ``manifest`` (of the dataset in ``store``) declares, or None;
+    ManifestError naming the manifest, the field and the value if it is invalid."""
+    return RecordType.from_meta(manifest.meta, store.url(MANIFEST_KEY))
+
+
+class TypedRecords:
+    """The records of ``records`` as arrays of ``kind`` (see the module docstring).
+
+    ``label`` names the dataset in error messages.
+    """
+
+    def __init__(self, records: Records, kind: RecordType, label: str) -> None:
+        self.records = records
+        self.kind = kind
+        self.dtype = kind.dtype
+        self.shape = kind.shape
+        self._label = label
+        self._nbytes = kind.record_bytes
+        self._itemsize = kind.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """One record as an array; a slice or index list as one array (fixed shape) or a
+        list of arrays (variable length)."""
+        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            i = int(key)
+            return self.typed(self.records[i], i + len(self.records) if i < 0 else i)
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self.records))
+            if step == 1 and self._nbytes is not None:
+                return self._run(start, stop)
+            return self._gather(np.arange(start, stop, step, dtype=np.int64))
+        if isinstance(key, (list, tuple, np.ndarray, range)):
+            return self._gather(key)
+        raise TypeError(f"record index must be an int, slice or list of ints, got {type(key).__name__}")
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Every record in stored order, as arrays."""
+        typed = self.typed
+        return (typed(raw, i) for i, raw in enumerate(self.records))
+
+    def iter(self, *args: Any, batch_size: int | None = None, **kwargs: Any) -> TypedIterator:
+        """``ds.iter(*args, **kwargs)`` as arrays; with ``batch_size``, as ``(batch, *shape)``
+        arrays of fixed-shape records (lists of arrays for variable-length ones), the last
+        batch shorter. ``state()`` and ``position`` count records, as ``ds.iter``'s do."""
+        raw: RecordIterator = self.records.iter(*args, **kwargs)  # type: ignore[attr-defined]
+        return TypedIterator(raw, self, batch_size)
+
+    def resume(self, state: Any, *, batch_size: int | None = None, **kwargs: Any) -> TypedIterator:
+        """``ds.resume(state, **kwargs)`` as arrays (or batches), as :meth:`iter` gives them."""
+        raw: RecordIterator = self.records.resume(state, **kwargs)  # type: ignore[attr-defined]
+        return TypedIterator(raw, self, batch_size)
+
+    # -- conversions ----------------------------------------------------------------
+
+    def typed(self, raw: np.ndarray, index: int | str) -> np.ndarray:
+        """The ``uint8`` view ``raw`` of record ``index`` as an array of this type."""
+        n = raw.shape[0]
+        if self._nbytes is not None:
+            if n != self._nbytes:
+                raise self._misfit(index, n)
+            return raw.view(self.dtype).reshape(self.shape)  # type: ignore[arg-type]
+        if n % self._itemsize:
+            raise self._misfit(index, n)
+        return raw.view(self.dtype)
+
+    def stack(self, views: list[np.ndarray], where: Any) -> np.ndarray:
+        """Fixed-shape records' ``uint8`` views as one ``(n, *shape)`` array (a copy);
+        ``where(j)`` names the j-th record if it does not fit."""
+        size = self._nbytes
+        assert size is not None
+        if not views:
+            return np.empty((0, *self.shape), dtype=self.dtype)  # type: ignore[misc]
+        lengths = np.fromiter(map(len, views), dtype=np.int64, count=len(views))
+        bad = np.flatnonzero(lengths != size)
+        if len(bad):
+            raise self._misfit(where(int(bad[0])), int(lengths[bad[0]]))
+        return np.concatenate(views).view(self.dtype).reshape(len(views), *self.shape)  # type: ignore[misc]
+
+    def _misfit(self, index: int | str, n: int) -> ShardFormatError:
+        name = f"record {index}" if isinstance(index, int) else index
+        if self._nbytes is not None:
+            want = f"the {self._nbytes} bytes of one {self.kind.describe()}"
+        else:
+            want = f"a multiple of {self._itemsize} bytes ({self.dtype})"
+        return ShardFormatError(f"{self._label}: {name} has {n} bytes, expected {want}")
+
+    def _gather(self, indices: Sequence[int] | np.ndarray) -> np.ndarray | list[np.ndarray]:
+        views = self.records.gather(indices)  # checks the indices
+        n = len(self.records)
+        idx = np.asarray(indices, dtype=np.int64).ravel() if len(views) else np.zeros(0, np.int64)
+        if self._nbytes is None:
+            return [self.typed(v, int(i) % n) for v, i in zip(views, idx.tolist())]
+        return self.stack(views, lambda j: int(idx[j]) % n)
+
+    def _run(self, start: int, stop: int) -> np.ndarray:
+        """Fixed-shape records ``start..stop-1``: a view inside one shard, else stacked."""
+        if start >= stop:
+            return np.empty((0, *self.shape), dtype=self.dtype)  # type: ignore[misc]
+        records = self.records
+        first, lo = records.locate(start)
+        last, hi = records.locate(stop - 1)
+        if first != last:
+            records._source.about_to_map(list(range(first, last + 1)))
+        parts = []
+        for k in range(first, last + 1):
+            count = int(records.record_starts[k + 1] - records.record_starts[k])
+            parts.append(self._shard_run(k, lo if k == first else 0, hi + 1 if k == last else count))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _shard_run(self, k: int, lo: int, hi: int) -> np.ndarray:
+        """Records ``lo..hi-1`` of shard ``k`` (fixed shape): one view of its map."""
+        size = self._nbytes
+        assert size is not None
+        shard = self.records.shard(k)
+        begin = int(shard.offsets[lo - 1]) if lo else 0
+        ends = shard.offsets[lo:hi]
+        bad = np.flatnonzero(ends - begin != size * np.arange(1, hi - lo + 1, dtype=np.int64))
+        if len(bad):
+            j = lo + int(bad[0])
+            length = int(ends[bad[0]]) - (int(shard.offsets[j - 1]) if j else 0)
+            raise self._misfit(int(self.records.record_starts[k]) + j, length)
+        block = shard.payload[begin : begin + (hi - lo) * size]
+        return block.view(self.dtype).reshape(hi - lo, *self.shape)  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"TypedRecords({self._label}, {self.kind.describe()}, records={len(self.records)})"
+
+
+class TypedIterator(Iterator[Any]):
+    """A planned stream (``ds.iter``) as arrays, one record or one batch at a time."""
+
+    def __init__(self, raw: RecordIterator, typed: TypedRecords, batch_size: int | None = None) -> None:
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.raw = raw
+        self.plan = raw.plan
+        self._typed = typed
+        self.batch_size = batch_size
+        self._items = self._records() if batch_size is None else self._batches(batch_size)
+
+    @property
+    def position(self) -> int:
+        """Records of this epoch consumed so far (see ``RecordIterator.position``)."""
+        return self.raw.position
+
+    def state(self) -> dict[str, Any]:
+        """As ``RecordIterator.state``: ``ds.resume(state)`` continues after the last
+        record yielded (for batches, after the last batch)."""
+        return self.raw.state()
+
+    def __len__(self) -> int:
+        """Records (or batches) left in this epoch."""
+        left = len(self.raw)
+        return left if self.batch_size is None else -(-left // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def _where(self, position: int) -> str:
+        """The record at stream position ``position``, named by its global index."""
+        for ids in self.plan.records(position):
+            return f"record {int(ids[0])}"
+        return f"the record at position {position}"
+
+    def _records(self) -> Iterator[np.ndarray]:
+        raw, typed = self.raw, self._typed
+        fit = typed.typed
+        for view in raw:
+            try:
+                yield fit(view, "")
+            except ShardFormatError:
+                raise typed._misfit(self._where(raw.position - 1), view.shape[0]) from None
+
+    def _batches(self, size: int) -> Iterator[Any]:
+        raw, typed = self.raw, self._typed
+        while True:
+            at = raw.position
+            views = list(islice(raw, size))
+            if not views:
+                return
+            def where(j: int, at: int = at) -> str:
+                return self._where(at + j)
+
+            if typed.kind.fixed:
+                yield typed.stack(views, where)
+            else:
+                yield [typed.typed(v, where(j)) if len(v) % typed._itemsize else v.view(typed.dtype)
+                       for j, v in enumerate(views)]

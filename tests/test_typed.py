@@ -1,0 +1,266 @@
+"""Typed datasets (issue 18, part 1): the record type in meta, Writer(dtype=, shape=),
+bulk extend, and typed zero-copy reads through ds.arrays, as_arrays, iter and the local API."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import roxxel
+from roxxel.errors import ManifestError, ShardFormatError
+from roxxel.manifest import Manifest
+from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
+from roxxel.manifest.record_type import RecordType
+
+
+def open_ds(url, tmp_path, options=None):
+    return roxxel.open(url, cache_dir=str(tmp_path / "cache"), storage_options=options or {})
+
+
+CASES = [  # dtype, shape, records
+    ("float32", (768,), 40),
+    ("<i2", (2, 3), 500),
+    (">f8", (3,), 300),  # big-endian, as declared
+    ("complex64", (4,), 400),
+    ("bool", (5,), 900),
+    ("uint8", (), 900),  # one value a record
+]
+
+
+def values(dtype: str, shape: tuple[int, ...], n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    raw = rng.standard_normal((n, *shape)) * 100
+    if np.dtype(dtype).kind == "c":
+        raw = raw + 1j * raw[::-1]
+    return raw.astype(dtype)
+
+
+@pytest.mark.parametrize(("dtype", "shape", "n"), CASES, ids=[f"{d}{list(s)}" for d, s, _ in CASES])
+def test_typed_round_trip(tmp_path, dtype, shape, n):
+    url = str(tmp_path / "ds")
+    x = values(dtype, shape, n)
+    with roxxel.Writer(url, dtype=dtype, shape=shape, shard_bytes=4096) as w:
+        w.extend(x[: n // 2])
+        for row in x[n // 2 : n // 2 + 3]:
+            w.append(row)
+        w.extend(x[n // 2 + 3 :])
+    assert w.manifest.meta == {"dtype": np.dtype(dtype).str, "shape": list(shape)}
+    with open_ds(url, tmp_path) as ds:
+        assert ds.num_shards > 1
+        assert ds.record_type == RecordType(np.dtype(dtype), shape)
+        a = ds.arrays
+        assert len(a) == n
+        for i in (0, 1, n // 2 + 1, n - 1, -1):
+            got = a[i]
+            assert got.dtype == np.dtype(dtype) and got.shape == shape
+            assert np.array_equal(got, x[i])
+        whole = a[:]
+        assert whole.shape == (n, *shape) and np.array_equal(whole, x)
+        picks = [n - 1, 0, 7, 7, n // 3]
+        assert np.array_equal(a[picks], x[picks])
+        assert np.array_equal(a[np.array(picks)], x[picks])
+        assert np.array_equal(a[5:n:7], x[5:n:7])
+        assert a[3:3].shape == (0, *shape)
+        assert np.array_equal(np.stack(list(a)), x)
+        assert bytes(ds[3]) == x[3].tobytes()  # ds[i] is the uint8 view it always was
+        assert ds[3].dtype == np.uint8
+
+
+def test_views_lie_in_the_shard_map_and_cross_shards_are_stacked(tmp_path):
+    url = str(tmp_path / "ds")
+    x = values("float32", (16,), 400)
+    with roxxel.Writer(url, dtype="float32", shape=16, shard_bytes=8 * 1024) as w:
+        w.extend(x)
+    with open_ds(url, tmp_path) as ds:
+        first = int(ds.shards.records[0])
+        payload = ds.shard(0).payload
+        one = ds.arrays[2]
+        run = ds.arrays[1 : first - 1]  # inside shard 0
+        assert np.shares_memory(one, payload) and np.shares_memory(run, payload)
+        assert run.shape == (first - 2, 16) and not run.flags.writeable
+        assert np.array_equal(run, x[1 : first - 1])
+        across = ds.arrays[first - 3 : first + 3]  # shards 0 and 1: one stacked copy
+        assert across.shape == (6, 16) and np.array_equal(across, x[first - 3 : first + 3])
+        assert not np.shares_memory(across, payload)
+        listed = ds.arrays[[first + 1, 2]]
+        assert listed.shape == (2, 16) and not np.shares_memory(listed, payload)
+
+
+def test_variable_length_records_are_1d_arrays_and_a_misfit_names_its_record(tmp_path):
+    url = str(tmp_path / "ds")
+    docs = [np.arange(k, dtype=np.int32) * 3 for k in (5, 0, 1, 17, 4)]
+    with roxxel.Writer(url, dtype="int32") as w:
+        w.extend(docs)
+    with open_ds(url, tmp_path) as ds:
+        assert ds.record_type == RecordType(np.dtype("int32"), None)
+        for i, doc in enumerate(docs):
+            assert ds.arrays[i].dtype == np.int32 and np.array_equal(ds.arrays[i], doc)
+        assert [len(d) for d in ds.arrays[1:4]] == [0, 1, 17]
+        batches = list(ds.arrays.iter(seed=0, shuffle=False, batch_size=2))
+        assert [[len(d) for d in b] for b in batches] == [[5, 0], [1, 17], [4]]
+    # Bytes that are no int32 records: the error names the record and its length.
+    url2 = str(tmp_path / "raw")
+    with roxxel.Writer(url2) as w:
+        w.extend([b"\x01", np.arange(2, dtype="<i4").tobytes(), b"abcdef"])
+    with open_ds(url2, tmp_path) as ds:
+        tokens = ds.as_arrays("<i4")
+        assert np.array_equal(tokens[1], [0, 1])  # at byte offset 1: an unaligned view reads right
+        assert not tokens[1].flags.aligned or tokens[1].ctypes.data % 4 == 0
+        with pytest.raises(ShardFormatError, match=r"record 2 has 6 bytes, expected a multiple of 4"):
+            tokens[2]
+        with pytest.raises(ShardFormatError, match=r"record 0 has 1 bytes"):
+            tokens[[1, 0]]
+        with pytest.raises(ShardFormatError, match=r"raw: record (0 has 1|2 has 6) bytes"):
+            list(tokens.iter(seed=3))
+        with pytest.raises(ShardFormatError, match=r"record 2 has 6 bytes, expected the 8 bytes of one int32 of shape"):
+            ds.as_arrays("int32", 2)[1:3]
+
+
+def test_writer_refuses_another_dtype_or_shape(tmp_path):
+    url = str(tmp_path / "ds")
+    with roxxel.Writer(url, dtype="float32", shape=(4,)) as w:
+        with pytest.raises(ValueError, match=r"takes float32 of shape \(4,\) records, got an array of float64"):
+            w.extend(np.zeros((3, 4)))
+        with pytest.raises(ValueError, match=r"float32 of shape \(4,\) records, got .* of shape \(3, 5\)"):
+            w.extend(np.zeros((3, 5), np.float32))
+        with pytest.raises(ValueError, match=r"position 0 is int32 of shape \(4,\)"):
+            w.append(np.zeros(4, np.int32))
+        with pytest.raises(ValueError, match=r"position 0 has 12 bytes; float32 of shape \(4,\) records have 16"):
+            w.append(b"x" * 12)
+        w.append(np.ones(4, np.float32))
+        w.append(b"y" * 16)
+    assert len(read_manifest(dataset_store(url)).shards) == 1
+    for dtype, shape, match in [("O", None, "plain number dtype"), ("U4", (2,), "plain number dtype"),
+                                ("f4,i4", None, "plain number dtype"), ("f4", (0,), r"shape\[0\]"),
+                                ("f4", (2, True), r"shape\[1\]")]:
+        with pytest.raises(ValueError, match=match):
+            roxxel.Writer(str(tmp_path / "no"), dtype=dtype, shape=shape)
+    with pytest.raises(ValueError, match="needs a dtype"):
+        roxxel.Writer(str(tmp_path / "no"), shape=(3,))
+    with pytest.raises(ValueError, match=r"meta declares records of int16 .* dtype/shape say float32"):
+        roxxel.Writer(str(tmp_path / "no"), dtype="float32", meta={"dtype": "int16"})
+
+
+def test_append_keeps_the_dataset_type(tmp_path):
+    url = str(tmp_path / "ds")
+    x = values("int16", (3,), 50)
+    with roxxel.Writer(url, dtype="int16", shape=3, meta={"tokenizer": "t"}) as w:
+        w.extend(x[:20])
+    with roxxel.Writer(url, mode="append") as w:  # adopts the declared type, and checks it
+        with pytest.raises(ValueError, match="int16 of shape"):
+            w.extend(np.zeros((2, 3), np.float32))
+        w.extend(x[20:])
+    assert w.manifest.meta == {"dtype": "<i2", "shape": [3], "tokenizer": "t"}
+    with pytest.raises(ValueError, match=r"declares int16 of shape \(3,\).* this writer's records are float32"):
+        roxxel.Writer(url, mode="append", dtype="float32", shape=3)
+    with open_ds(url, tmp_path) as ds:
+        assert np.array_equal(ds.arrays[:], x)
+
+
+def test_bulk_extend_packs_shards_exactly_as_appending(tmp_path):
+    x = values("float32", (37,), 333)
+    for name, write in (("bulk", lambda w: w.extend(x)), ("each", lambda w: [w.append(r) for r in x])):
+        with roxxel.Writer(str(tmp_path / name), shard_bytes=5000) as w:
+            write(w)
+    bulk, each = (read_manifest(dataset_store(str(tmp_path / n))) for n in ("bulk", "each"))
+    assert len(bulk.shards) > 10
+    assert np.array_equal(bulk.shards.checksums, each.shards.checksums)
+    w = roxxel.Writer(str(tmp_path / "obj"))
+    with pytest.raises(TypeError, match="object"):
+        w.extend(np.array([b"a", None], dtype=object))
+    w.abort()
+
+
+@pytest.mark.parametrize(
+    ("meta", "match"),
+    [
+        ({"dtype": "object"}, r"meta\.dtype: expected a plain number dtype .*'\|O'"),
+        ({"dtype": "O8"}, r"meta\.dtype"),
+        ({"dtype": [["a", "<f4"], ["b", "|O"]]}, r"meta\.dtype: expected a NumPy dtype string .*\[\['a'"),
+        ({"dtype": "f4,O"}, r"meta\.dtype"),
+        ({"dtype": "(2,)f4"}, r"meta\.dtype"),
+        ({"dtype": "datetime64[s]"}, r"meta\.dtype"),
+        ({"dtype": "x" * 100}, r"meta\.dtype"),
+        ({"dtype": "f4", "shape": [3, -1]}, r"meta\.shape\[1\]: expected a positive integer, got -1"),
+        ({"dtype": "f4", "shape": [3, True]}, r"meta\.shape\[1\]: expected a positive integer, got True"),
+        ({"dtype": "f4", "shape": "3"}, r"meta\.shape: expected a list of positive integers, got '3'"),
+        ({"dtype": "f4", "shape": [1 << 30, 1 << 30]}, r"meta\.shape: expected a record of at most 2\*\*48"),
+        ({"shape": [3]}, r"meta\.shape: is set, but meta\.dtype is not"),
+    ],
+)
+def test_a_hostile_declaration_is_refused_naming_the_field(tmp_path, meta, match):
+    url = str(tmp_path / "ds")
+    with roxxel.Writer(url) as w:
+        w.append(b"abcd")
+    store = dataset_store(url)
+    publish_manifest(store, read_manifest(store).with_meta(meta), replaces=None)
+    with open_ds(url, tmp_path) as ds:
+        assert bytes(ds[0]) == b"abcd"  # the uint8 records read as before
+        with pytest.raises(ManifestError, match=rf"{os.path.basename(url)}/manifest.json: {match}"):
+            ds.arrays
+
+
+def test_an_untyped_dataset_reads_as_before(tmp_path):
+    url = str(tmp_path / "ds")
+    with roxxel.Writer(url, meta={"source": "web"}) as w:
+        w.extend([b"ab", b"cdef"])
+    assert w.manifest.meta == {"source": "web"}
+    with open_ds(url, tmp_path) as ds:
+        assert ds.record_type is None
+        assert ds[1].dtype == np.uint8 and bytes(ds[1]) == b"cdef"
+        assert [bytes(r) for r in ds[0:2]] == [b"ab", b"cdef"]
+        with pytest.raises(ValueError, match=r"declares no record dtype .*as_arrays"):
+            ds.arrays
+        assert np.array_equal(ds.as_arrays("<u2")[1], np.frombuffer(b"cdef", "<u2"))
+
+
+def test_typed_iteration_batches_and_resumes(tmp_path):
+    url = str(tmp_path / "ds")
+    x = values("float32", (8,), 300)
+    with roxxel.Writer(url, dtype="float32", shape=8, shard_bytes=4096) as w:
+        w.extend(x)
+    with open_ds(url, tmp_path) as ds:
+        order = np.concatenate(list(ds.iter(seed=5).plan.records()))
+        records = list(ds.arrays.iter(seed=5))
+        assert all(r.shape == (8,) and r.dtype == np.float32 for r in records)
+        assert np.array_equal(np.stack(records), x[order])
+        it = ds.arrays.iter(seed=5, batch_size=64)
+        assert len(it) == 5
+        first = next(it)
+        assert first.shape == (64, 8) and np.array_equal(first, x[order[:64]])
+        state = it.state()
+        assert state["position"] == 64
+        assert np.array_equal(np.concatenate(list(ds.arrays.resume(state, batch_size=100))), x[order[64:]])
+        tail = list(it)
+        assert [len(b) for b in tail] == [64, 64, 64, 44]
+
+
+def test_the_local_api_reads_typed_records(tmp_path):
+    x = values("<f4", (6,), 100)
+    path = str(tmp_path / "vec.rox")
+    roxxel.Roxxel(path).write([row.tobytes() for row in x])
+    local = roxxel.Roxxel(path)
+    a = local.as_arrays("<f4", 6)
+    assert np.array_equal(a[:], x) and np.shares_memory(a[10:20], local.shard(0).payload)
+    assert np.array_equal(a[[3, 1]], x[[3, 1]]) and np.array_equal(a[-1], x[-1])
+    local.close()
+
+
+def test_a_typed_dataset_on_object_stores(dataset_location, tmp_path):
+    url, options = dataset_location
+    x = values("float32", (32,), 120)
+    with roxxel.Writer(url, dtype="float32", shape=(32,), shard_bytes=4096, storage_options=options) as w:
+        w.extend(x)
+    with open_ds(url, tmp_path, options) as ds:
+        assert ds.num_shards > 2
+        assert np.array_equal(ds.arrays[:], x)
+        assert np.shares_memory(ds.arrays[0:2], ds.shard(0).payload)
+        assert np.array_equal(np.concatenate(list(ds.arrays.iter(seed=1, batch_size=50))),
+                              x[np.concatenate(list(ds.iter(seed=1).plan.records()))])
+
+
+def test_record_type_is_part_of_meta_so_version_1_readers_read_the_manifest(tmp_path):
+    m = Manifest.build([], {**RecordType.of("float32", (2, 2)).to_meta(), "x": 1})
+    assert Manifest.from_json(m.to_json()).meta == {"dtype": "<f4", "shape": [2, 2], "x": 1}
