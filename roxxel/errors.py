@@ -10,6 +10,7 @@ also derives from the builtin exception it means, so callers that already catch
     ├── IntegrityError(ValueError)        stored bytes do not match their checksum or size
     ├── ResumeError(ValueError)           an iterator state does not fit this dataset/topology
     ├── ReceiptError(ValueError)          a build's part receipts are malformed, missing or disagree
+    ├── SourceFormatError(ValueError)     a file being imported (MDS, LitData, tar, ...) is malformed
     ├── CacheError(OSError)               the node-local cache cannot be used as asked
     ├── SigningKeyError(ValueError)       a key cannot be used as given (a private key as trusted)
     ├── SignatureError(ValueError)        a dataset's signature refused (``reason`` says why)
@@ -45,6 +46,7 @@ __all__ = [
     "SignatureError",
     "SignatureMissingError",
     "SigningKeyError",
+    "SourceFormatError",
     "StorageError",
     "TransientStorageError",
     "UntrustedSignerError",
@@ -93,6 +95,12 @@ class ResumeError(RoxxelError, ValueError):
 class ReceiptError(RoxxelError, ValueError):
     """The receipts of a build's parts cannot be committed: one is malformed, a part has
     none, or two receipts for one part disagree (``roxxel.build.commit``)."""
+
+
+class SourceFormatError(RoxxelError, ValueError):
+    """A file being imported (an MDS or LitData index or shard, a WebDataset tar, a Parquet
+    or JSON lines file) is malformed, truncated, inconsistent with its index, or uses a
+    feature roxxel does not read. The message names the file, the field and the value."""
 
 
 class CacheError(RoxxelError, OSError):
