@@ -1,0 +1,352 @@
+"""Mixtures: the schedule's bound, the per-consumer plan, resume, policies, JSON, stores, torch."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import roxxel
+from roxxel.errors import ManifestError, ResumeError
+from roxxel.read.mixplan import MixSource, MixturePlan, Topology
+from roxxel.read.schedule import MAX_PERIOD, Schedule, integer_weights
+
+# -- the schedule ----------------------------------------------------------------------------
+
+
+def _prefix_counts(schedule: Schedule, length: int) -> np.ndarray:
+    """counts[i, t]: how often source i comes in positions 0..t-1, for t = 0..length."""
+    srcs = schedule.sources(0, length)
+    out = np.zeros((len(schedule.n), length + 1), dtype=np.int64)
+    for i in range(len(schedule.n)):
+        np.cumsum(srcs == i, out=out[i, 1:])
+    return out
+
+
+weights_strategy = st.lists(
+    st.one_of(st.integers(1, 1000), st.floats(0.001, 1000, allow_nan=False, allow_infinity=False)),
+    min_size=1, max_size=7,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights=weights_strategy, offset=st.integers(0, 10**12))
+def test_every_prefix_is_within_one_and_every_run_within_two_of_its_share(weights, offset):
+    schedule = Schedule(integer_weights(weights))
+    length = min(2 * schedule.period + 7, 20_000)
+    counts = _prefix_counts(schedule, length)
+    w = np.asarray([float(x) for x in schedule.weights])[:, None]
+    t = np.arange(length + 1)
+    prefix = np.abs(counts - w * t)
+    assert prefix.max() < 1 - 1 / (2 * len(weights) - 2) + 1e-9 if len(weights) > 1 else prefix.max() == 0
+    for b in sorted({1, 2, 3, 7, 64, schedule.period, length // 3, length}):
+        if 0 < b <= length:
+            runs = counts[:, b:] - counts[:, :-b]
+            assert np.abs(runs - w * b).max() < 2
+    # a position far away is the same function of the position: counts without replay
+    far = offset * schedule.period + 5
+    assert schedule.counts(far).sum() == far
+    assert np.array_equal(schedule.counts(far) - schedule.counts(offset * schedule.period),
+                          schedule.counts(5))
+
+
+def test_integer_weights_read_decimal_weights_as_the_fractions_meant():
+    assert integer_weights([0.5, 0.3, 0.2]) == (5, 3, 2)
+    assert integer_weights([7, 2, 1]) == (7, 2, 1)
+    assert integer_weights([2, 2]) == (1, 1)
+    odd = integer_weights([1, 1e-9])  # a weight below 1/MAX_PERIOD keeps the smallest share
+    assert sum(odd) == MAX_PERIOD and min(odd) == 1
+    with pytest.raises(ValueError, match="positive finite"):
+        integer_weights([1, 0])
+    with pytest.raises(ValueError, match="positive finite"):
+        integer_weights([1, float("nan")])
+
+
+def test_schedule_positions_and_counts_agree():
+    s = Schedule((5, 3, 2))
+    srcs = s.sources(0, 100)
+    for i in range(3):
+        positions = np.flatnonzero(srcs == i)
+        assert [s.position_of(i, k) for k in range(len(positions))] == positions.tolist()
+        assert s.positions_of(i, np.arange(len(positions))).tolist() == positions.tolist()
+
+
+# -- the per-consumer plan (pure) ------------------------------------------------------------
+
+
+def _sources(sizes, policies, shard=37):
+    out = []
+    for k, (n, policy) in enumerate(zip(sizes, policies)):
+        counts = np.full(n // shard, shard, dtype=np.int64)
+        if n % shard:
+            counts = np.append(counts, n % shard)
+        out.append(MixSource(counts, key=1000 + k, policy=policy))
+    return out
+
+
+def _consumer_sequence(sources, n, topology, samples=None, epoch=0):
+    p = MixturePlan(sources, Schedule(n), seed=3, epoch=epoch, topology=topology, samples=samples,
+                    shuffle=True, window=4, remainder="pad")
+    srcs, per = p.records(0, p.length)
+    return p, srcs, per
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 9), min_size=2, max_size=4),
+    world_size=st.integers(1, 4),
+    workers=st.integers(1, 3),
+    b=st.integers(1, 200),
+)
+def test_every_consumer_carries_the_mix_in_every_run_and_consumers_are_disjoint(weights, world_size, workers, b):
+    n = integer_weights(weights)
+    sizes = [600 + 50 * i for i in range(len(n))]
+    sources = _sources(sizes, ["stop"] * len(n))
+    share = np.asarray([float(Fraction(k, sum(n))) for k in n])
+    lengths, seen = set(), [collections.Counter() for _ in n]
+    for rank in range(world_size):
+        for worker in range(workers):
+            p, srcs, per = _consumer_sequence(sources, n, Topology(rank, world_size, worker, workers))
+            lengths.add(p.length)
+            onehot = np.stack([srcs == i for i in range(len(n))]).astype(np.int64)
+            cum = np.concatenate([np.zeros((len(n), 1), dtype=np.int64), np.cumsum(onehot, axis=1)], axis=1)
+            if 0 < b <= p.length:
+                runs = cum[:, b:] - cum[:, :-b]
+                assert np.abs(runs - share[:, None] * b).max() < 2
+            for i, ids in enumerate(per):
+                assert len(ids) == int(onehot[i].sum())
+                seen[i].update(ids.tolist())
+    assert len(lengths) == 1  # every consumer reads as many records
+    for i, counter in enumerate(seen):  # within a pass, no record twice (pad's wrap aside)
+        repeats = sum(c - 1 for c in counter.values())
+        assert repeats <= world_size  # "pad" wraps a rank's span around: fewer than world_size
+        assert max(counter) < sizes[i]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 7])
+def test_world_sizes_equal_counts_disjoint_and_deterministic_across_processes(world_size):
+    sources = _sources([3000, 2000, 500], ["stop", "stop", "repeat"])
+    n = integer_weights([0.5, 0.3, 0.2])
+    sequences = []
+    for rank in range(world_size):
+        p, srcs, per = _consumer_sequence(sources, n, Topology(rank, world_size, 0, 1))
+        sequences.append((srcs, per))
+    assert len({len(s) for s, _ in sequences}) == 1
+    for i in (0, 1):  # the stop sources: no record read by two ranks (pad's wrap aside)
+        ids = np.concatenate([per[i] for _, per in sequences])
+        assert len(ids) - len(np.unique(ids)) < world_size
+    digest = json.dumps([[s.tolist(), [x.tolist() for x in per]] for s, per in sequences])
+    code = textwrap.dedent(f"""
+        import json, numpy as np
+        from roxxel.read.mixplan import MixSource, MixturePlan, Topology
+        from roxxel.read.schedule import Schedule, integer_weights
+        def src(n, policy, key):
+            c = np.full(n // 37, 37, dtype=np.int64)
+            return MixSource(np.append(c, n % 37) if n % 37 else c, key=key, policy=policy)
+        sources = [src(3000, "stop", 1000), src(2000, "stop", 1001), src(500, "repeat", 1002)]
+        out = []
+        for rank in range({world_size}):
+            p = MixturePlan(sources, Schedule(integer_weights([0.5, 0.3, 0.2])), seed=3, epoch=0,
+                            topology=Topology(rank, {world_size}, 0, 1), samples=None, shuffle=True,
+                            window=4, remainder="pad")
+            s, per = p.records(0, p.length)
+            out.append([s.tolist(), [x.tolist() for x in per]])
+        print(json.dumps(out))
+    """)
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert other.stdout.strip() == digest
+
+
+def test_the_epoch_ends_where_the_first_stop_source_runs_out_and_repeat_sources_repeat():
+    sources = _sources([1000, 90], ["stop", "repeat"])
+    p, srcs, per = _consumer_sequence(sources, (1, 1), Topology(0, 1, 0, 1))
+    assert p.length == 2000  # source 0 reads all 1000 records: the epoch ends before its 1001st
+    assert len(per[0]) == 1000 and sorted(per[0].tolist()) == list(range(1000))
+    # the repeat source made 11+ passes, each one all of its records, each reshuffled
+    passes = [per[1][k : k + 90] for k in range(0, len(per[1]) - 90, 90)]
+    assert all(sorted(x.tolist()) == list(range(90)) for x in passes)
+    assert len({tuple(x.tolist()) for x in passes}) == len(passes)
+    stop_both = _sources([1000, 90], ["stop", "stop"])
+    p2, _, per2 = _consumer_sequence(stop_both, (1, 1), Topology(0, 1, 0, 1))
+    assert len(per2[1]) == 90 and p2.length < 200
+    p3, _, per3 = _consumer_sequence(sources, (1, 1), Topology(0, 1, 0, 1), samples=301)
+    assert p3.length == 301
+    with pytest.raises(ValueError, match="all repeat needs samples="):
+        _consumer_sequence(_sources([100, 90], ["repeat", "repeat"]), (1, 1), Topology(0, 1, 0, 1))
+
+
+# -- datasets --------------------------------------------------------------------------------
+
+
+def _write(url, n, tag, options=None, shard_bytes=2048):
+    with roxxel.Writer(url, shard_bytes=shard_bytes, storage_options=options or {}) as w:
+        w.extend(f"{tag}{i:06d}".encode() for i in range(n))
+
+
+@pytest.fixture
+def three(new_location, tmp_path):
+    """Three sources: on the S3 server, the GCS server and local disk."""
+    locs = [new_location("s3"), new_location("gcs"), new_location("local")]
+    for (url, opts), n, tag in zip(locs, (1200, 600, 150), "abc"):
+        _write(url, n, tag, opts)
+    return locs
+
+
+def _names(records):
+    return [bytes(r).decode() for r in records]
+
+
+def test_one_mixture_over_s3_gcs_and_local_resumes_anywhere_exactly(three, tmp_path):
+    sources = [{"url": u, "storage_options": o} for u, o in three]
+    with roxxel.mix(sources, [0.5, 0.3, 0.2], policy=["stop", "stop", "repeat"],
+                    cache_dir=str(tmp_path / "cache")) as m:
+        epoch = _names(m.iter(seed=5))
+        assert len(epoch) == len(m)
+        counts = collections.Counter(x[0] for x in epoch)
+        assert counts["b"] == 600 and len({x for x in epoch if x[0] == "b"}) == 600
+        assert abs(counts["a"] - 0.5 * len(epoch)) < 1 and abs(counts["c"] - 0.2 * len(epoch)) < 1
+        for cut in (0, 1, 333, len(epoch) - 1, len(epoch)):
+            it = m.iter(seed=5)
+            head = [bytes(next(it)).decode() for _ in range(cut)]
+            state = json.loads(json.dumps(it.state()))
+            assert state["consumed"] == [sum(1 for x in head if x[0] == t) for t in "abc"]
+            assert head + _names(m.resume(state)) == epoch
+        assert _names(m.iter(seed=5, start=333)) == epoch[333:]
+        stats = m.stats
+        assert [s["url"] for s in stats["sources"]] == [u for u, _ in three]
+        assert all(s["shards_downloaded"] >= 1 for s in stats["sources"])
+        assert abs(stats["proportions"][0] - 0.5) < 0.01
+        assert _names(m.iter(seed=5, epoch=1)) != epoch
+
+
+def test_a_state_of_another_mixture_is_refused_naming_what_differs(three, tmp_path):
+    sources = [{"url": u, "storage_options": o} for u, o in three]
+    cache = str(tmp_path / "cache")
+    with roxxel.mix(sources, [0.5, 0.3, 0.2], cache_dir=cache) as m:
+        it = m.iter()
+        head = [bytes(next(it)).decode() for _ in range(200)]
+        state = it.state()
+    with roxxel.mix(sources, [0.6, 0.2, 0.2], cache_dir=cache) as other:
+        with pytest.raises(ResumeError, match=r"weights \[5, 3, 2\] in the state, \[3, 1, 1\] here"):
+            other.resume(state)
+        rest = _names(other.resume(state, allow_changes=True))
+        # no record read before is read again in the epoch
+        assert not set(head) & set(rest)
+        assert all(x not in head for x in rest)
+    with roxxel.mix(sources[:2], [0.5, 0.5], cache_dir=cache) as fewer:
+        with pytest.raises(ResumeError, match="sources differ"):
+            fewer.resume(state)
+        rest = _names(fewer.resume(state, allow_changes=True))
+        assert not set(head) & set(rest) and {x[0] for x in rest} <= {"a", "b"}
+    with roxxel.mix(sources, [0.5, 0.3, 0.2], cache_dir=cache) as same:
+        with pytest.raises(ResumeError, match="rank 0 worker 0's; this is rank 1"):
+            same.resume(state, rank=1, world_size=1)
+        with pytest.raises(ResumeError, match="not a mixture iterator's state"):
+            same.resume({"seed": 0})
+
+
+def test_the_mixture_document_resolves_relative_urls_and_never_holds_credentials(tmp_path):
+    for name, n in (("web", 300), ("code", 100)):
+        _write(str(tmp_path / "data" / name), n, name[0])
+    doc = {"format": "roxxel-mixture", "version": 1, "seed": 7, "samples": 200,
+           "sources": [{"url": "data/web", "weight": 3}, {"url": "data/code", "weight": 1, "policy": "repeat"}]}
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps(doc))
+    with roxxel.mix(str(path), cache_dir=str(tmp_path / "cache")) as m:
+        assert len(m) == 200 and m.seed == 7
+        assert collections.Counter(x[0] for x in _names(m.iter())) == {"w": 150, "c": 50}
+        again = json.loads(m.to_json())
+        assert again["sources"][0]["url"] == str(tmp_path / "data" / "web")
+    for bad, message in (
+        ({**doc, "storage_options": {"key": "secret"}}, "never holds credentials"),
+        ({**doc, "sources": [{"url": "x", "storage_options": {}}]}, r"sources\[0\]: a mixture document never"),
+        ({**doc, "weights": [1]}, r"unknown field\(s\) \['weights'\]"),
+        ({**doc, "version": 2}, "field 'version' must be 1, got 2"),
+        ({**doc, "sources": [{"url": "x", "weight": -1}]}, r"sources\[0\]: field 'weight' must be a positive"),
+        ({**doc, "sources": [{"url": "x", "policy": "loop"}]}, r"field 'policy' must be one of"),
+    ):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ManifestError, match=message):
+            roxxel.mix(str(path))
+
+
+def test_cache_limit_holds_across_sources(tmp_path):
+    for name, n in (("a", 3000), ("b", 3000)):
+        _write(str(tmp_path / name), n, name, shard_bytes=4096)
+    cache = tmp_path / "cache"
+    shard = max(os.path.getsize(p) for p in (tmp_path / "a").rglob("*.rox"))
+    limit = 12 * shard
+    with roxxel.mix([str(tmp_path / "a"), str(tmp_path / "b")], cache_dir=str(cache), cache_limit=limit) as m:
+        peak = 0
+        for k, _ in enumerate(m.iter(window=2)):
+            if k % 200 == 0:
+                peak = max(peak, sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()))
+        assert peak <= limit + 2 * shard  # the limit plus its bookkeeping slack
+        assert m.stats["shards_downloaded"] > 12  # it had to evict to get through the epoch
+
+
+def test_weights_none_is_a_shuffled_union(tmp_path):
+    for name, n in (("a", 500), ("b", 250)):
+        _write(str(tmp_path / name), n, name)
+    with roxxel.mix([str(tmp_path / "a"), str(tmp_path / "b")], cache_dir=str(tmp_path / "c")) as m:
+        got = _names(m.iter())
+        assert m.weights == (Fraction(2, 3), Fraction(1, 3))
+        assert sorted(got) == sorted([f"a{i:06d}" for i in range(500)] + [f"b{i:06d}" for i in range(250)])
+
+
+TORCHRUN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader
+    from roxxel.torch import IterableRecords, StatefulLoader
+
+    dist.init_process_group("gloo")
+    doc, cache = sys.argv[1], sys.argv[2]
+    records = IterableRecords(doc, cache_dir=cache, batch_size=8, window=4,
+                              collate=lambda rs: [bytes(r).decode() for r in rs])
+    loader = StatefulLoader(records, num_workers=2)
+    mine = [x for batch in loader for x in batch]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    if dist.get_rank() == 0:
+        print("RESULT " + json.dumps(gathered), flush=True)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_torchrun_three_ranks_two_workers_over_a_three_source_mixture(tmp_path):
+    for name, n in (("web", 900), ("code", 600), ("math", 120)):
+        _write(str(tmp_path / name), n, name[0])
+    doc = {"format": "roxxel-mixture", "version": 1, "seed": 1,
+           "sources": [{"url": "web", "weight": 0.5}, {"url": "code", "weight": 0.3},
+                       {"url": "math", "weight": 0.2, "policy": "repeat"}]}
+    (tmp_path / "mix.json").write_text(json.dumps(doc))
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=3", "--standalone",
+         str(script), str(tmp_path / "mix.json"), str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    per_rank = json.loads(line[len("RESULT "):])
+    assert len({len(r) for r in per_rank}) == 1 and len(per_rank[0]) > 0
+    web = [x for r in per_rank for x in r if x[0] == "w"]
+    code = [x for r in per_rank for x in r if x[0] == "c"]
+    assert len(set(web)) == len(web) and len(set(code)) >= len(code) - 3  # pad's wrap aside
+    for r in per_rank:  # every rank carries the mix
+        c = collections.Counter(x[0] for x in r)
+        assert abs(c["w"] - 0.5 * len(r)) < 4 and abs(c["m"] - 0.2 * len(r)) < 4
