@@ -13,6 +13,7 @@ names stay.
 
 from ._version import __version__
 from .read import Dataset, Mixture, mix, open
+from .read.jobstate import job_state
 from .errors import (
     AccessDeniedError,
     CacheError,
@@ -56,6 +57,7 @@ __all__ = [
     "TransientStorageError",
     "Writer",
     "__version__",
+    "job_state",
     "mix",
     "open",
 ]

@@ -23,10 +23,12 @@ import numpy as np
 import torch.utils.data
 
 from .errors import ResumeError
-from .planner import DEFAULT_WINDOW, plan
+from .planner import DEFAULT_WINDOW, PLAN_VERSION
 from .read import dataset as _dataset
 from .read import mixture as _mixture
-from .read.iteration import detect_topology
+from .read.elastic import Generation, remaining, span
+from .read.iteration import IterState, detect_topology
+from .read.jobstate import Job
 from .read.mixspec import is_spec_location
 
 __all__ = ["IterableRecords", "StatefulLoader", "default_collate_records"]
@@ -80,6 +82,9 @@ class IterableRecords(torch.utils.data.IterableDataset):
         self._open_kwargs = open_kwargs
         # shared with worker processes: [epoch, batches of this epoch already consumed]
         self._shared = multiprocessing.Array("q", [0, 0], lock=False)
+        # (epoch, the generations before this one) after an elastic resume: set before the
+        # workers start (they get it with the dataset), used for that epoch only
+        self._elastic: tuple[int, tuple[Generation, ...]] | None = None
 
     # -- epochs and resume --------------------------------------------------------------
 
@@ -125,11 +130,21 @@ class IterableRecords(torch.utils.data.IterableDataset):
             taken, nxt = _batches_taken(consumed, per_worker)
             worker = (worker + nxt) % num_workers
             start = taken[worker] * (self.batch_size or 1)
-        records = ds.iter(
-            seed=self.seed, epoch=epoch, shuffle=self.shuffle, rank=rank, world_size=world_size,
-            start=start, worker=worker, num_workers=num_workers, window=self.window,
-            remainder=self.remainder,
-        )
+        history = self._history(epoch)
+        if history:  # an elastic continuation: this consumer's share of what was left
+            state = IterState(
+                seed=self.seed, epoch=epoch, position=start, rank=rank, world_size=world_size, worker=worker,
+                num_workers=num_workers, shuffle=self.shuffle, window=self.window, remainder=self.remainder,
+                fingerprint=_fingerprint(ds), plan=PLAN_VERSION, elastic=history,
+            )
+            records = ds.resume(state.to_dict(), rank=rank, world_size=world_size, worker=worker,
+                                num_workers=num_workers)
+        else:
+            records = ds.iter(
+                seed=self.seed, epoch=epoch, shuffle=self.shuffle, rank=rank, world_size=world_size,
+                start=start, worker=worker, num_workers=num_workers, window=self.window,
+                remainder=self.remainder,
+            )
         transform = self.transform
         if self.batch_size is None:
             for record in records:
@@ -148,17 +163,48 @@ class IterableRecords(torch.utils.data.IterableDataset):
         self, ds: _dataset.Dataset, rank: int, world_size: int, num_workers: int, epoch: int
     ) -> list[int]:
         out = []
-        for w in range(num_workers):
-            if isinstance(ds, _mixture.Mixture):
-                n = ds.consumer_length(epoch, rank, world_size, w, num_workers, shuffle=self.shuffle,
-                                       window=self.window, remainder=self.remainder)
-            else:
-                n = plan(ds.manifest.shards.records, seed=self.seed, epoch=epoch, rank=rank,
-                         world_size=world_size, worker=w, num_workers=num_workers, shuffle=self.shuffle,
-                         window=self.window, remainder=self.remainder).num_records
+        for n in self._records_per_worker(ds, rank, world_size, num_workers, epoch):
             b = self.batch_size or 1
             out.append(n // b if self.drop_last else -(-n // b))
         return out
+
+    def _records_per_worker(
+        self, ds: _dataset.Dataset | _mixture.Mixture, rank: int, world_size: int, num_workers: int, epoch: int
+    ) -> list[int]:
+        """How many records each worker of ``rank`` reads in ``epoch``: O(1) each for a
+        dataset, once the length of its stream is known (O(#shards) after an elastic resume)."""
+        if isinstance(ds, _mixture.Mixture):
+            return [ds.consumer_length(epoch, rank, world_size, w, num_workers, shuffle=self.shuffle,
+                                       window=self.window, remainder=self.remainder) for w in range(num_workers)]
+        history = self._history(epoch)
+        if history:
+            _, segments = remaining(ds.manifest.shards.records, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                    window=self.window, remainder=self.remainder, generations=history)
+            total = segments.total
+        else:
+            total = int(ds.manifest.shards.records.sum())
+        spans = [span(total, rank, world_size, w, num_workers, self.remainder) for w in range(num_workers)]
+        return [hi - lo for lo, hi in spans]
+
+    def _history(self, epoch: int) -> tuple[Generation, ...]:
+        """The generations before this one in ``epoch`` (none unless resumed elastically)."""
+        elastic = self._elastic
+        return elastic[1] if elastic is not None and elastic[0] == epoch else ()
+
+    def _job_state(self, batches: list[int], world_size: int, num_workers: int) -> dict[str, Any]:
+        """The job state of this epoch when rank ``r`` has yielded ``batches[r]`` batches."""
+        ds, epoch, b = self.dataset(), self.epoch, self.batch_size or 1
+        positions: list[int] = []
+        for rank, consumed in enumerate(batches):
+            counts = self._records_per_worker(ds, rank, world_size, num_workers, epoch)
+            per_worker = [n // b if self.drop_last else -(-n // b) for n in counts]
+            taken, _ = _batches_taken(consumed, per_worker)
+            positions.extend(min(t * b, n) for t, n in zip(taken, counts))
+        generation = Generation(world_size, num_workers, tuple(positions))
+        return Job(
+            fingerprint=_fingerprint(ds), seed=self.seed, epoch=epoch, shuffle=self.shuffle, window=self.window,
+            remainder=self.remainder, plan=PLAN_VERSION, generations=(*self._history(epoch), generation),
+        ).to_dict()
 
 
 def _given_dataset(url: Any, open_kwargs: Mapping[str, Any]) -> _dataset.Dataset | None:
@@ -241,31 +287,78 @@ class StatefulLoader(torch.utils.data.DataLoader):
         self._batches = 0
 
     def state_dict(self) -> dict[str, Any]:
+        """The loader's state: ``{"epoch", "batches", "fingerprint", "world_size",
+        "num_workers"}`` and, for a dataset, ``"job"``: the whole job's state (see
+        :func:`roxxel.job_state`), from which :meth:`load_state_dict` resumes on any
+        topology. With ``torch.distributed`` initialized on more than one rank this is a
+        collective (each rank's batch count goes to every rank with ``all_gather_object``):
+        call it on every rank, then save any one rank's result, rank 0's say. Without it,
+        every rank is taken to have yielded as many batches as this one, as ranks stepping
+        together do."""
         records: IterableRecords = self.dataset  # type: ignore[assignment]
         _, world_size, _, _ = detect_topology(None, None, 0, 1)
-        return {
+        ds = records.dataset()
+        state = {
             "epoch": records.epoch,
             "batches": self._batches,
-            "fingerprint": _fingerprint(records.dataset()),
+            "fingerprint": _fingerprint(ds),
             "world_size": world_size,
             "num_workers": max(self.num_workers, 1),
         }
+        if isinstance(ds, _mixture.Mixture):
+            return state
+        batches = [self._batches] * world_size
+        dist = torch.distributed
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, self._batches)
+            batches = [int(b) for b in gathered]
+        state["job"] = records._job_state(batches, world_size, max(self.num_workers, 1))
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` (of :meth:`state_dict`): on the topology it was saved on,
+        every worker where it was; on another, with its ``"job"``, the records the job had
+        not read split over this topology's consumers (see :mod:`roxxel.read.elastic`).
+        After an elastic resume, load a state before the loader's first iteration if it
+        has persistent workers."""
         records: IterableRecords = self.dataset  # type: ignore[assignment]
-        fingerprint = _fingerprint(records.dataset())
+        ds = records.dataset()
+        fingerprint = _fingerprint(ds)
         if state.get("fingerprint") != fingerprint:
             raise ResumeError(
                 f"the loader state belongs to another dataset or version (fingerprint "
                 f"{state.get('fingerprint')}); {records.url} has {fingerprint}"
             )
         _, world_size, _, _ = detect_topology(None, None, 0, 1)
+        num_workers = max(self.num_workers, 1)
         saved = (state.get("world_size"), state.get("num_workers"))
-        if saved != (world_size, max(self.num_workers, 1)):
+        same = saved == (world_size, num_workers)
+        job = state.get("job")
+        if not same and job is None:
             raise ResumeError(
                 f"the loader state was saved with world_size={saved[0]}, num_workers={saved[1]}; "
-                f"this loader has world_size={world_size}, num_workers={max(self.num_workers, 1)}. "
-                "Elastic resume is not supported: resume with the saved topology"
+                f"this loader has world_size={world_size}, num_workers={num_workers}, and the state has no "
+                "job state (a mixture's, or saved by an earlier roxxel): resume with the saved topology"
             )
-        records._resume_at(int(state["epoch"]), int(state["batches"]))
-        self._batches = int(state["batches"])
+        epoch, batches, history = int(state["epoch"]), int(state["batches"]), ()
+        if job is not None:
+            parsed = Job.from_dict(job)
+            mine = {"seed": records.seed, "shuffle": records.shuffle, "window": records.window,
+                    "remainder": records.remainder}
+            for name, value in mine.items():
+                if getattr(parsed, name) != value:
+                    raise ResumeError(f"the loader state's job was read with {name}={getattr(parsed, name)!r}; "
+                                      f"this loader's IterableRecords has {name}={value!r}")
+            if same:
+                history = parsed.generations[:-1]
+            else:  # a new generation: every consumer starts its share of what is left
+                begun = parsed.resume_state(ds.manifest.shards.records, 0, world_size, 0, num_workers)
+                epoch, batches, history = parsed.epoch, 0, begun.elastic or ()
+        elastic = (epoch, tuple(history)) if history else None
+        if elastic != records._elastic and self.persistent_workers and self._iterator is not None:
+            raise ResumeError("this loader's persistent workers have started: load an elastic state into a "
+                              "new StatefulLoader, or before its first iteration")
+        records._elastic = elastic
+        records._resume_at(epoch, batches)
+        self._batches = batches

@@ -45,6 +45,7 @@ PUBLIC = {
         "ShardWriter",
         "Writer",
         "__version__",
+        "job_state",
         "mix",
         "open",
     ]),

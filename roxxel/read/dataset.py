@@ -37,6 +37,7 @@ from .iteration import (
     detect_topology,
     new_state,
 )
+from .jobstate import resume_state
 from .ranged import RangedReader
 from .records import Records
 from .residency import DEFAULT_DOWNLOAD_WORKERS, Residency
@@ -243,14 +244,20 @@ class Dataset(Records):
     ) -> RecordIterator:
         """An iterator that continues right after the last record ``state`` counted.
 
-        The topology is detected as in :meth:`iter` unless given. ResumeError if the state
-        belongs to another dataset (manifest fingerprint), or to another rank, worker,
-        world size or worker count (elastic resume is not supported).
+        ``state`` is one consumer's ``it.state()``, or a whole job's
+        :func:`roxxel.job_state`. The topology is detected as in :meth:`iter` unless given.
+        A job state resumes on any topology: on the one it was saved on, each consumer
+        continues where it was; on another, the records the job has not read are split over
+        the new consumers (see :mod:`roxxel.read.elastic` for the guarantee). One
+        consumer's state resumes that consumer only (or any topology, if it was the only
+        one). ResumeError if the state belongs to another dataset (manifest fingerprint),
+        or to another consumer of its topology.
         """
         self._check_open()
-        saved = IterState.from_dict(state)
         now = detect_topology(rank, world_size, worker, num_workers)
-        check_resumable(saved, self.manifest.fingerprint(), self.url, now)
+        fingerprint = self.manifest.fingerprint()
+        saved = resume_state(state, fingerprint, self.url, self.manifest.shards.records, now)
+        check_resumable(saved, fingerprint, self.url, now)
         return self._iterator(saved)
 
     def stream(

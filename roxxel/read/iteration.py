@@ -27,6 +27,7 @@ import numpy as np
 from .. import trace
 from ..errors import ResumeError
 from ..planner import DEFAULT_WINDOW, PLAN_VERSION, Plan, WindowOrder, plan
+from .elastic import ConsumerPlan, Generation, LooseOrder, elastic_plan
 from .records import Records
 from .residency import Residency
 from .views import BLOCK, RecordViews, record_views
@@ -57,15 +58,33 @@ class IterState:
     remainder: str
     fingerprint: str
     plan: int = PLAN_VERSION  # the planner's order the position counts in
+    # An elastic continuation: the generations of the epoch before this one's (see
+    # roxxel.read.elastic); None for the epoch's first topology. Saved only when set.
+    elastic: tuple[Generation, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.elastic is not None:
+            gens = tuple(Generation.from_dict(g, f"iterator state field 'elastic'[{i}]")
+                         for i, g in enumerate(self.elastic))
+            object.__setattr__(self, "elastic", gens)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.elastic is None:
+            del data["elastic"]
+        else:
+            data["elastic"] = [g.to_dict() for g in self.elastic]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IterState:
         names = {f.name for f in fields(cls)}
         if isinstance(data, Mapping) and "plan" not in data:
             data = {**data, "plan": _UNVERSIONED}
+        if isinstance(data, Mapping) and "elastic" not in data:
+            data = {**data, "elastic": None}
+        if isinstance(data, Mapping) and not isinstance(data["elastic"], (list, tuple, type(None))):
+            raise ResumeError(f"iterator state field 'elastic' must be a list, got {data['elastic']!r}"[:300])
         if not isinstance(data, Mapping) or set(data) != names:
             got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
             raise ResumeError(f"iterator state must have the keys {sorted(names)}, got {got}")
@@ -120,7 +139,7 @@ class RecordIterator(Iterator[np.ndarray]):
         self._residency = residency
         self._counts = counts
         self._base = state
-        self.plan: Plan = plan(
+        self.plan: Plan | ConsumerPlan = (plan if state.elastic is None else _elastic_plan)(
             counts,
             seed=state.seed,
             epoch=state.epoch,
@@ -131,6 +150,7 @@ class RecordIterator(Iterator[np.ndarray]):
             shuffle=state.shuffle,
             window=state.window,
             remainder=state.remainder,
+            **({} if state.elastic is None else {"generations": state.elastic}),
         )
         if not 0 <= state.position <= self.plan.num_records:
             raise ResumeError(
@@ -233,7 +253,7 @@ class _WindowReader:
     """One window's shards, each mapped when a block first needs one of its records,
     and the end offsets of the records the window reads from each."""
 
-    def __init__(self, index: Records, order: WindowOrder) -> None:
+    def __init__(self, index: Records, order: WindowOrder | LooseOrder) -> None:
         self._index, self._order = index, order
         width = len(order.shards)
         self.payloads: list[np.ndarray] = [_UNMAPPED] * width
@@ -277,7 +297,14 @@ class _WindowReader:
         self._mapped[j] = True
 
 
-def _check_plan_version(state: IterState, p: Plan) -> None:
+def _elastic_plan(counts: np.ndarray, **kwargs: Any) -> ConsumerPlan:
+    try:
+        return elastic_plan(counts, **kwargs)
+    except ValueError as exc:  # an invalid topology, as plan() reports it
+        raise ResumeError(str(exc)) from exc
+
+
+def _check_plan_version(state: IterState, p: Plan | ConsumerPlan) -> None:
     """ResumeError unless ``state``'s position means the same records under this plan:
     its version's, or (for a state saved before staged windows) a window boundary, where
     the rest of the epoch is the same windows."""
@@ -328,8 +355,10 @@ def check_resumable(
     if (saved.world_size, saved.num_workers) != (world_size, num_workers):
         raise ResumeError(
             f"the state was saved with world_size={saved.world_size}, num_workers={saved.num_workers}; "
-            f"this process runs with world_size={world_size}, num_workers={num_workers}. Elastic resume "
-            "is not supported: resume with the saved topology, or start the epoch over"
+            f"this process runs with world_size={world_size}, num_workers={num_workers}. One consumer's "
+            "state resumes that consumer only: to resume on another topology, merge every consumer's state "
+            "with roxxel.job_state(states) (or job_state(state, lockstep=True) if every consumer has read "
+            "as many records as this one) and resume from that"
         )
     if (saved.rank, saved.worker) != (rank, worker):
         raise ResumeError(

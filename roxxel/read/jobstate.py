@@ -1,0 +1,195 @@
+"""A job's checkpoint: its consumers' iterator states merged into one small dict.
+
+``job_state(states)`` takes the states of every consumer (rank x DataLoader worker) of one
+topology and returns a JSON-ready dict of O(world_size x num_workers) integers per
+generation (see :mod:`roxxel.read.elastic`), from which ``ds.resume`` continues the epoch
+on any topology. On the same topology each consumer continues exactly where it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ResumeError
+from ..planner import PLAN_VERSION
+from .elastic import Generation, fold, remaining, span
+from .iteration import IterState
+
+__all__ = ["JOB_KIND", "Job", "job_state"]
+
+JOB_KIND = "roxxel.job"
+JOB_VERSION = 1
+_SHARED = ("fingerprint", "seed", "epoch", "shuffle", "window", "remainder", "plan")
+_TYPES = {"fingerprint": str, "seed": int, "epoch": int, "shuffle": bool, "window": int, "remainder": str,
+          "plan": int, "lockstep": bool}
+
+
+@dataclass(frozen=True)
+class Job:
+    """An epoch's stream parameters and its generations, the last one current.
+    ``lockstep``: the last generation's positions were filled in from some consumers'
+    (see :func:`job_state`): a consumer whose span is shorter is at its end."""
+
+    fingerprint: str
+    seed: int
+    epoch: int
+    shuffle: bool
+    window: int
+    remainder: str
+    plan: int
+    generations: tuple[Generation, ...]
+    lockstep: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": JOB_KIND, "version": JOB_VERSION, **{k: getattr(self, k) for k in _SHARED},
+                "lockstep": self.lockstep, "generations": [g.to_dict() for g in self.generations]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        keys = {"kind", "version", *_SHARED, "lockstep", "generations"}
+        if not isinstance(data, Mapping) or set(data) != keys:
+            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ResumeError(f"a job state must have the keys {sorted(keys)}, got {got}")
+        if data["kind"] != JOB_KIND or data["version"] != JOB_VERSION:
+            raise ResumeError(
+                f"job state kind/version {data['kind']!r}/{data['version']!r}: this roxxel reads "
+                f"{JOB_KIND!r} version {JOB_VERSION}"
+            )
+        for name, kind in _TYPES.items():
+            value = data[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ResumeError(f"job state field {name!r} must be {kind.__name__}, got {value!r}")
+        gens = data["generations"]
+        if not isinstance(gens, list) or not gens:
+            raise ResumeError(f"job state field 'generations' must be a non-empty list, got {gens!r}"[:300])
+        generations = tuple(Generation.from_dict(g, f"job state field 'generations'[{i}]")
+                            for i, g in enumerate(gens))
+        return cls(**{k: data[k] for k in _SHARED}, generations=generations, lockstep=data["lockstep"])
+
+    def consumer_state(self, rank: int, worker: int, position: int, topology: Generation,
+                       history: tuple[Generation, ...]) -> IterState:
+        return IterState(
+            seed=self.seed, epoch=self.epoch, position=position, rank=rank, world_size=topology.world_size,
+            worker=worker, num_workers=topology.num_workers, shuffle=self.shuffle, window=self.window,
+            remainder=self.remainder, fingerprint=self.fingerprint, plan=self.plan, elastic=history or None,
+        )
+
+    def exact(self, counts: np.ndarray) -> Job:
+        """This job with a lockstep generation's positions cut to each consumer's span."""
+        if not self.lockstep:
+            return self
+        *history, last = self.generations
+        if history:
+            _, segments = remaining(counts, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+                                    window=self.window, remainder=self.remainder, generations=history)
+            total = segments.total
+        else:
+            total = int(np.asarray(counts, dtype=np.int64).sum())
+        positions = []
+        for c, p in enumerate(last.positions):
+            rank, worker = divmod(c, last.num_workers)
+            lo, hi = span(total, rank, last.world_size, worker, last.num_workers, self.remainder)
+            positions.append(min(p, hi - lo))
+        gens = (*history, Generation(last.world_size, last.num_workers, tuple(positions)))
+        return Job(**{k: getattr(self, k) for k in _SHARED}, generations=gens, lockstep=False)
+
+    def resume_state(self, counts: np.ndarray, rank: int, world_size: int, worker: int, num_workers: int) -> IterState:
+        """The state consumer ``(rank, worker)`` of ``world_size x num_workers`` continues from."""
+        job = self.exact(counts)
+        *history, last = job.generations
+        if not (0 <= rank < world_size and 0 <= worker < num_workers):
+            raise ResumeError(f"rank {rank} worker {worker} is not a consumer of world_size={world_size}, "
+                              f"num_workers={num_workers}")
+        if (last.world_size, last.num_workers) == (world_size, num_workers):
+            return job.consumer_state(rank, worker, last.positions[rank * num_workers + worker], last,
+                                      tuple(history))
+        if job.plan != PLAN_VERSION:
+            raise ResumeError(
+                f"the job state is of plan version {job.plan}; this roxxel resumes plan version "
+                f"{PLAN_VERSION} on another topology only: resume on world_size={last.world_size}, "
+                f"num_workers={last.num_workers}, or with the roxxel that saved it"
+            )
+        topology = Generation(world_size, num_workers, (0,) * (world_size * num_workers))
+        return job.consumer_state(rank, worker, 0, topology, fold(job.generations))
+
+
+def job_state(states: Mapping[str, Any] | Iterable[Mapping[str, Any]], *, lockstep: bool = False) -> dict[str, Any]:
+    """One JSON-ready state for a whole job, from its consumers' ``it.state()`` dicts.
+
+    ``states`` are the states of every consumer (rank x worker) of one topology, in any
+    order, or a job state (returned as it is). With ``lockstep=True`` the consumers not
+    given are taken to have read as many records as the ones given (which must agree), or
+    all of theirs if they have fewer: true of synchronous training where every consumer
+    takes the same number of records per step. The result resumes with
+    ``ds.resume(job, rank=..., world_size=..., worker=..., num_workers=...)`` on any
+    topology. ResumeError if the states belong to different epochs, datasets, streams or
+    topologies, or if a consumer is missing (without ``lockstep``).
+    """
+    if isinstance(states, Mapping):
+        if states.get("kind") == JOB_KIND:
+            return Job.from_dict(states).to_dict()
+        states = [states]
+    parsed = [IterState.from_dict(s) for s in states]
+    if not parsed:
+        raise ResumeError("job_state needs at least one consumer's state")
+    first = parsed[0]
+    same = (*_SHARED, "world_size", "num_workers", "elastic")
+    for s in parsed[1:]:
+        for name in same:
+            if getattr(s, name) != getattr(first, name):
+                raise ResumeError(
+                    f"the states are of different streams: {name} is {getattr(first, name)!r} in rank "
+                    f"{first.rank} worker {first.worker}'s and {getattr(s, name)!r} in rank {s.rank} worker "
+                    f"{s.worker}'s"[:400]
+                )
+    positions: dict[int, int] = {}
+    for s in parsed:
+        c = s.rank * first.num_workers + s.worker
+        if positions.setdefault(c, s.position) != s.position:
+            raise ResumeError(f"two states of rank {s.rank} worker {s.worker} at positions {positions[c]} "
+                              f"and {s.position}")
+    consumers = first.world_size * first.num_workers
+    missing = [c for c in range(consumers) if c not in positions]
+    if missing and not lockstep:
+        rank, worker = divmod(missing[0], first.num_workers)
+        raise ResumeError(
+            f"job_state got {len(positions)} of the {consumers} consumers' states (world_size="
+            f"{first.world_size}, num_workers={first.num_workers}); rank {rank} worker {worker}'s is "
+            "missing. Pass every consumer's state, or lockstep=True if every consumer has read as many "
+            "records as these"
+        )
+    if missing and len(set(positions.values())) > 1:
+        raise ResumeError(f"lockstep=True, but the states given are at different positions "
+                          f"{sorted(set(positions.values()))}")
+    fill = next(iter(positions.values()))
+    generation = Generation(first.world_size, first.num_workers,
+                            tuple(positions.get(c, fill) for c in range(consumers)))
+    job = Job(**{k: getattr(first, k) for k in _SHARED}, generations=(*(first.elastic or ()), generation),
+              lockstep=bool(missing))
+    return job.to_dict()
+
+
+def resume_state(
+    state: Mapping[str, Any], fingerprint: str, url: str, counts: np.ndarray, now: tuple[int, int, int, int]
+) -> IterState:
+    """The state a consumer of topology ``now`` (rank, world_size, worker, num_workers)
+    continues from: ``state`` is a job state or one consumer's state. A consumer's state
+    resumes that consumer; on another topology only if it was the only consumer."""
+    rank, world_size, worker, num_workers = now
+    if isinstance(state, Mapping) and state.get("kind") == JOB_KIND:
+        job = Job.from_dict(state)
+    else:
+        saved = IterState.from_dict(state)
+        if (saved.world_size, saved.num_workers) == (world_size, num_workers) or saved.world_size * saved.num_workers > 1:
+            return saved  # check_resumable says what is wrong with it, if anything
+        job = Job.from_dict(job_state([saved.to_dict()]))
+    if job.fingerprint != fingerprint:
+        raise ResumeError(
+            f"the job state belongs to another dataset or version (manifest fingerprint "
+            f"{job.fingerprint}); {url} has {fingerprint}"
+        )
+    return job.resume_state(counts, rank, world_size, worker, num_workers)
