@@ -190,6 +190,12 @@ def _add_pack_command(sub: Any, c: _Parents) -> None:
     p.add_argument("--single-writer", action="store_true",
                    help="publish even on a store that does not enforce conditional writes "
                         "(you promise nothing else writes this dataset meanwhile)")
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument("--workers", type=positive, default=None, metavar="N",
+                        help="pack on a local Dask cluster of N worker processes (roxxel[dask])")
+    engine.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                        help="pack on the running Dask scheduler at ADDRESS (tcp://host:8786); its "
+                             "workers must see the inputs at the same paths")
 
 
 def _add_copy_commands(sub: Any, c: _Parents) -> None:

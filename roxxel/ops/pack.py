@@ -7,9 +7,11 @@ JSON line, publishes nothing and removes the shards already uploaded.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,8 @@ from ..progress import Meter
 from ..writer import DEFAULT_SHARD_BYTES, Writer
 
 __all__ = ["FORMATS", "pack"]
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("files", "jsonl", "npy", "rox")
 _REPORT_EVERY = 1 << 20  # bytes between progress updates
@@ -99,6 +103,10 @@ def _npy_arrays(paths: list[str]) -> tuple[list[np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
+def _npy_file_records(paths: list[str]) -> Iterator[tuple[Any, int]]:
+    return _npy_records([np.load(p, mmap_mode="r", allow_pickle=False) for p in paths])
+
+
 def _npy_records(arrays: list[np.ndarray]) -> Iterator[tuple[Any, int]]:
     for array in arrays:
         for row in array:
@@ -141,6 +149,8 @@ def pack(
     mode: str = "create",
     progress: Callback | None = None,
     single_writer: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Manifest:
     """Pack local ``inputs`` into a dataset at ``url`` and publish it; returns its manifest.
 
@@ -157,6 +167,12 @@ def pack(
     ``meta`` is merged over the format's meta (None: when appending, the dataset keeps
     its meta). ``mode`` and ``single_writer`` are the Writer's (``create``, ``overwrite``,
     ``append``). ``progress`` (an fsspec ``Callback``) counts input bytes.
+
+    With ``workers`` (a local Dask cluster of that many processes) or ``scheduler`` (the
+    address of a running Dask scheduler, whose workers must see the same input paths),
+    consecutive inputs are grouped into parts packed on the workers and committed once,
+    in input order (:func:`roxxel.dask.write_parts`; needs ``roxxel[dask]``); progress
+    then counts the records' bytes as the workers upload them.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
@@ -166,21 +182,27 @@ def pack(
     format_meta: dict[str, Any] = {}
     if format == "files":
         paths = _walk(names)
-        records = _file_records(paths)
+        read_paths: Callable[[list[str]], Iterator[tuple[Any, int]]] = _file_records
         total = sum(os.path.getsize(p) for p in paths)
     elif format == "jsonl":
         paths = _walk(names)
-        records = _jsonl_records(paths)
+        read_paths = _jsonl_records
         total = sum(os.path.getsize(p) for p in paths)
     elif format == "npy":
         paths = _walk(names, ".npy")
         arrays, format_meta = _npy_arrays(paths)
-        records = _npy_records(arrays)
+        read_paths = _npy_file_records
         total = sum(a.nbytes for a in arrays)
     else:
         paths = _rox_paths(names)
-        records = _rox_records(paths)
+        read_paths = _rox_records
         total = sum(os.path.getsize(p) for p in paths)
+    meta = None if meta is None and not format_meta else {**format_meta, **dict(meta or {})}
+    if workers is not None or scheduler is not None:
+        return _pack_on_dask(read_paths, paths, url, storage_options, total=total, workers=workers,
+                             scheduler=scheduler, shard_bytes=shard_bytes, compression=compression, meta=meta,
+                             mode=mode, progress=progress, single_writer=single_writer)
+    records = read_paths(paths)
     meter = Meter(progress, total)
     pending = 0
     with Writer(
@@ -188,7 +210,7 @@ def pack(
         shard_bytes=shard_bytes,
         compression=compression,
         storage_options=storage_options,
-        meta=None if meta is None and not format_meta else {**format_meta, **dict(meta or {})},
+        meta=meta,
         mode=mode,
         single_writer=single_writer,
     ) as writer:
@@ -201,3 +223,52 @@ def pack(
                 pending = 0
         meter.add(pending)
     return writer.close()  # already published by the with block; returns the manifest
+
+
+def _pack_on_dask(
+    read_paths: Callable[[list[str]], Iterator[tuple[Any, int]]],
+    paths: list[str],
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    *,
+    total: int,
+    workers: int | None,
+    scheduler: str | None,
+    progress: Callback | None,
+    **writing: Any,
+) -> Manifest:
+    """The inputs in parts of consecutive files, each packed by a Dask task, one commit."""
+    from ..dask import dask_client, write_parts
+
+    callback = Callback.as_callback(progress)
+    callback.set_size(total)
+    with dask_client(workers=workers, scheduler=scheduler) as client:
+        slots = max(1, sum(client.nthreads().values()))
+        part_bytes = max(writing["shard_bytes"], total // (4 * slots))
+        parts = _group(paths, [os.path.getsize(p) for p in paths], part_bytes)
+        log.info("packing %d inputs in %d parts on %d Dask worker threads", len(paths), len(parts), slots)
+        manifest = write_parts(parts, functools.partial(_records_only, read_paths), url,
+                               storage_options=storage_options, progress=callback, client=client, **writing)
+    callback.relative_update(max(0, total - callback.value))  # line ends, headers: not in records
+    return manifest
+
+
+def _group(paths: list[str], sizes: list[int], part_bytes: int) -> list[list[str]]:
+    """Consecutive paths in groups of about ``part_bytes`` (a bigger file is a group alone)."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    held = 0
+    for path, size in zip(paths, sizes):
+        if current and held + size > part_bytes:
+            groups.append(current)
+            current, held = [], 0
+        current.append(path)
+        held += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _records_only(read_paths: Callable[[list[str]], Iterator[tuple[Any, int]]], paths: list[str]) -> Iterator[Any]:
+    """A part's records (the readers also yield progress-only entries: None)."""
+    return (record for record, _ in read_paths(paths) if record is not None)

@@ -18,6 +18,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         "pack", args.quiet, pack, args.inputs, args.url, args.options, format=args.format,
         shard_bytes=args.shard_bytes, compression=None if args.compression == "none" else args.compression,
         meta=args.meta, mode=args.mode, single_writer=args.single_writer,
+        workers=args.workers, scheduler=args.scheduler,
     )
     stored = int(sum(manifest.shards.stored_size.tolist()))
     if args.json:
