@@ -350,3 +350,22 @@ def test_torchrun_three_ranks_two_workers_over_a_three_source_mixture(tmp_path):
     for r in per_rank:  # every rank carries the mix
         c = collections.Counter(x[0] for x in r)
         assert abs(c["w"] - 0.5 * len(r)) < 4 and abs(c["m"] - 0.2 * len(r)) < 4
+
+
+def test_token_streams_over_a_mixture_carry_the_weights_split_ranks_and_resume(tmp_path):
+    for name, base, n in (("a", 0, 60), ("b", 10**6, 30)):
+        with roxxel.Writer(str(tmp_path / name), shard_bytes=4096) as w:
+            w.extend(np.arange(base + i * 64, base + (i + 1) * 64, dtype=np.int32) for i in range(n))
+    with roxxel.mix([str(tmp_path / "a"), str(tmp_path / "b")], [0.75, 0.25], cache_dir=str(tmp_path / "c")) as m:
+        batches = list(m.stream(16, batch_size=8, seed=1))
+        assert batches[0].shape == (8, 16) and batches[0].dtype == np.int32
+        for b in batches:  # every batch carries the mix: 6 rows of a, 2 of b
+            assert int((b[:, 0] >= 10**6).sum()) == 2
+        firsts = [int(r[0]) for b in batches for r in b]
+        assert len(set(firsts)) == len(firsts)  # one epoch: no window twice
+        resumed = list(m.stream(16, batch_size=8, seed=1, start_step=5))
+        assert len(resumed) == len(batches) - 5
+        assert all(np.array_equal(x, y) for x, y in zip(batches[5:], resumed))
+        ranks = [[int(r[0]) for b in m.stream(16, batch_size=4, seed=1, rank=r, world_size=2) for r in b]
+                 for r in range(2)]
+        assert len(ranks[0]) == len(ranks[1]) > 0 and not set(ranks[0]) & set(ranks[1])

@@ -126,7 +126,7 @@ class MixturePlan:
                 self._plans.clear()
                 self._orders.clear()
             t = self.topology
-            p = plan(self.sources[i].counts, seed=_pass_seed(self.seed, self.sources[i].key, self.epoch, pass_),
+            p = plan(self.sources[i].counts, seed=pass_seed(self.seed, self.sources[i].key, self.epoch, pass_),
                      rank=t.rank, world_size=t.world_size, worker=t.worker, num_workers=t.num_workers,
                      shuffle=self.shuffle, window=self.window, remainder=self.remainder)
             self._plans[(i, pass_)] = p
@@ -190,7 +190,7 @@ def _fewest_per_pass(records: int, world_size: int, num_workers: int, remainder:
     return per_rank // num_workers
 
 
-def _pass_seed(seed: int, key: int, epoch: int, pass_: int) -> int:
+def pass_seed(seed: int, key: int, epoch: int, pass_: int) -> int:
     """The planner seed of one source's pass: a pure function, never Python's hash()."""
     state = np.random.SeedSequence([seed, key, epoch, pass_, 0x6D6978]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) | (int(state[1]) >> 1)

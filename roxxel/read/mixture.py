@@ -21,20 +21,24 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..backends import Store
 from ..cache import ShardCache
 from ..errors import ResumeError
+from ..format.layout import payload_size
 from ..manifest import Manifest
 from ..manifest.io import dataset_store, read_manifest
 from ..planner import DEFAULT_WINDOW, PLAN_VERSION
 from .catalog import ShardCatalog
 from .iteration import detect_topology
-from .mixplan import MixSource, MixturePlan, Topology
+from .mixplan import MixSource, MixturePlan, Topology, pass_seed
 from .mixspec import MixtureSpec, is_spec_location, load_spec, spec_from_arguments
+from .mixstream import mixture_batches, stream_length
 from .records import Records
 from .residency import Residency
 from .schedule import Schedule, integer_weights
+from .tokens import TokenWindows
 from .views import BLOCK, RecordViews
 
 __all__ = ["Mixture", "MixtureIterator", "mix"]
@@ -321,6 +325,48 @@ class Mixture:
         p = self._plan(base=base, done=saved.position, **common)
         state = self._state(p, seed=saved.seed, position=saved.position, since=saved.position)
         return self._iterator(p, state)
+
+    def stream(
+        self,
+        seq_len: int,
+        batch_size: int = 32,
+        seed: int | None = None,
+        start_step: int = 0,
+        dtype: npt.DTypeLike = np.int32,
+        *,
+        epochs: int | None = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """``(batch_size, seq_len)`` token batches whose rows follow the mixture's weights,
+        as ``ds.stream`` gives a dataset's (see :mod:`roxxel.read.mixstream`). ``seed``
+        defaults to the mixture's; ``epochs=None`` never ends (needed when every source
+        repeats); ``start_step`` resumes at once."""
+        self.records._check_open()
+        rank, world_size, _, _ = detect_topology(rank, world_size, 0, 1)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        seed = self.seed if seed is None else seed
+        windows = []
+        for i, m in enumerate(self.manifests):
+            table, first = m.shards, self.shard_offsets[i]
+            sizes = payload_size(table.raw_size, table.records)
+            windows.append(TokenWindows(sizes, lambda k, first=first: self.records.shard(first + k).payload,
+                                        seq_len, dtype))
+        per_epoch = stream_length(self.schedule, windows, self.policies, world_size)
+        if epochs is not None and per_epoch == 0:
+            raise ValueError("every source of this mixture repeats: its stream has no epochs; use epochs=None")
+        steps = None if epochs is None else int(epochs) * per_epoch // batch_size
+        seeds = [pass_seed(seed, src.key, 0, 0) for src in self._sources]
+        residency = self.residency
+        residency.hold(min(batch_size, residency.mapping_cap))
+        offsets = self.shard_offsets
+
+        def prefetch(per_source: list[np.ndarray]) -> None:
+            residency.prefetch(chain.from_iterable((s + offsets[i]).tolist() for i, s in enumerate(per_source)))
+
+        return self.records._track(mixture_batches(windows, seeds, self.schedule, batch_size, start_step,
+                                                   steps=steps, shard=(rank, world_size), prefetch=prefetch))
 
     def _plan(self, *, epoch: int, topology: Topology, shuffle: bool, window: int, remainder: str,
               seed: int | None = None, base: np.ndarray | None = None, done: int = 0) -> MixturePlan:
