@@ -34,6 +34,7 @@ import numpy.typing as npt
 from .format.layout import FOOTER_SIZE, ShardLayout, read_footer, read_layout
 from .format.writer import Record, ShardWriter, record_bytes
 from .errors import DatasetExistsError
+from .read.payload import PayloadFile, mapped_parts
 from .read.records import LocalShards, Records
 from .read.tokens import TokenWindows, token_batches
 
@@ -126,6 +127,14 @@ class Roxxel(Records):
                 "use .payloads for one flat view per shard"
             )
         return self.shard(0).payload
+
+    def payload(self) -> PayloadFile:
+        """Every shard's payload end to end as one read-only seekable binary file, read
+        from the maps (see :mod:`roxxel.read.payload`)."""
+        self._check_open()
+        sizes = [_layout(p).payload_size for p in self._paths]
+        name = self._spec if self._spec is not None else repr(self)
+        return PayloadFile(sizes, mapped_parts(lambda k: self.shard(k).payload, sizes, name), name)
 
     @property
     def payloads(self) -> list[np.ndarray]:

@@ -43,6 +43,7 @@ from .records import Records
 from .residency import DEFAULT_DOWNLOAD_WORKERS, Residency
 from .tokens import TokenWindows, token_batches
 from .typed import RecordType, TypedRecords, declared_type
+from .payload import DEFAULT_READAHEAD, PayloadFile, dataset_payload
 
 __all__ = ["Dataset", "open"]
 
@@ -296,6 +297,17 @@ class Dataset(Records):
                 shard=(rank, world_size), prefetch=lambda shards: residency.prefetch(shards.tolist()),
             )
         )
+
+    def payload(self, *, readahead: int = DEFAULT_READAHEAD) -> PayloadFile:
+        """The records' bytes end to end, across shards, as a read-only seekable binary
+        file (``read``, ``readinto``, ``seek``, ``tell``, ``read_at(offset, length)``).
+
+        Cached shards are read from their maps; uncompressed shards not in the cache with
+        ranged GETs of at least ``readahead`` bytes (not covered by the shard checksum);
+        zstd shards are fetched into the cache whole. See :mod:`roxxel.read.payload`.
+        """
+        self._check_open()
+        return dataset_payload(self, readahead)
 
     def fetch(self, i: int) -> bytes:
         """Record ``i`` read with ranged GETs, without downloading its whole shard.
