@@ -27,7 +27,7 @@ BUCKET = "roxxel-tests"  # created by the session fixtures in conftest.py
 README = Path(__file__).resolve().parents[1] / "README.md"
 SCRIPT = Path(sys.executable).with_name("roxxel")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "roxxel"]
-COMMANDS = ("info", "ls", "verify", "prune", "warm", "pack", "cp", "merge", "cache", "plan")
+COMMANDS = ("info", "ls", "verify", "sign", "prune", "warm", "pack", "cp", "merge", "cache", "plan")
 
 
 def make_records(n: int, seed: int = 0) -> list[bytes]:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import DatasetExistsError, IntegrityError, NotFoundError, ShardFormatError
+from ..errors import (
+    DatasetExistsError,
+    IntegrityError,
+    ManifestChangedError,
+    NotFoundError,
+    ShardFormatError,
+    SignatureMissingError,
+    UntrustedSignerError,
+)
 
 __all__ = ["Failure", "UsageError", "hint", "one_line", "print_error"]
 
@@ -35,6 +43,12 @@ def hint(exc: BaseException, command: str) -> str:
         return _EXISTS_HINTS.get(command, "")
     if isinstance(exc, NotFoundError):
         return "check the URL, and the storage options (-o) or credentials for that store"
+    if isinstance(exc, SignatureMissingError):
+        return "if you publish it, sign it: roxxel sign URL --key KEY"
+    if isinstance(exc, ManifestChangedError):
+        return "do not use it unless you know who changed it; its publisher can sign it again"
+    if isinstance(exc, UntrustedSignerError):
+        return "trust that key only if you know it is the publisher's (--trusted-key FILE)"
     if isinstance(exc, (IntegrityError, ShardFormatError)) and command != "verify":
         return "run 'roxxel verify URL' to list the bad shards"
     return ""

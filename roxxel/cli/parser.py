@@ -18,6 +18,7 @@ from .commands import (
     cmd_pack,
     cmd_plan,
     cmd_prune,
+    cmd_sign,
     cmd_trace_merge,
     cmd_verify,
     cmd_warm,
@@ -29,7 +30,8 @@ __all__ = ["build_parser"]
 _EXAMPLES = {
     "info": "roxxel info s3://my-bucket/wiki",
     "ls": "roxxel ls gs://my-bucket/wiki --json",
-    "verify": "roxxel verify s3://my-bucket/wiki --workers 8",
+    "verify": "roxxel verify s3://my-bucket/wiki --workers 8 --trusted-key publisher.pub",
+    "sign": "roxxel sign s3://my-bucket/wiki --key ~/.keys/publisher.pem",
     "warm": "roxxel warm s3://my-bucket/wiki --rank 0-7 --world-size 64 --seed 42 --epoch 0 --limit 500GB",
     "pack": "roxxel pack corpus.jsonl s3://my-bucket/corpus --format jsonl --compression zstd",
     "cp": "roxxel cp s3://my-bucket/wiki gs://other-bucket/wiki",
@@ -102,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"roxxel {__version__} ({views})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = _common_parsers()
-    for add_commands in (_add_read_commands, _add_warm_command, _add_pack_command, _add_copy_commands,
+    for add_commands in (_add_read_commands, _add_sign_command, _add_warm_command, _add_pack_command,
+                         _add_copy_commands,
                          _add_cache_command, _add_plan_command, _add_bench_commands):
         add_commands(sub, common)
     return parser
@@ -124,12 +127,18 @@ def _add_read_commands(sub: Any, c: _Parents) -> None:
              "Downloads each shard (streamed: memory stays bounded, nothing is written to disk)\n"
              "and checks its size, checksum, raw size, offset table and footer against the\n"
              "manifest. With --cache, re-hashes the copies in the node cache instead.\n"
+             "With --trusted-key, first checks the manifest's signature: a dataset whose\n"
+             "signature is missing, does not verify the manifest (it changed), or is by a\n"
+             "key not given is refused before any shard is read (exit status 1).\n"
              "Exit status 1 and one 'BAD <uri>: <problem>' line per bad shard on failure.",
              [c.storage, c.cache, c.workers, c.json, c.logs], cmd_verify)
     p.add_argument("url", help="the dataset URL")
     p.add_argument("--cache", action="store_true", help="check the cached copies instead of the store")
     p.add_argument("--remove-bad", action="store_true",
                    help="with --cache: remove bad cached copies, so they are downloaded again")
+    p.add_argument("--trusted-key", dest="trusted_keys", metavar="FILE", action="append", default=None,
+                   help="an Ed25519 public key file (PEM or OpenSSH .pub) whose signature of the manifest "
+                        "is required (repeatable: any one of them)")
 
     p = _add(sub, "prune", "List (and with --delete, delete) shard objects no manifest lists.",
              "Failed or killed writers, and overwrites, leave shard objects that no manifest\n"
@@ -145,6 +154,19 @@ def _add_read_commands(sub: Any, c: _Parents) -> None:
                    help="delete only shards unreferenced for at least AGE: 7d, 12h, 30m, 90s or 0 "
                         "(default: 1d)")
     p.add_argument("--delete", action="store_true", help="delete them (default: only list)")
+
+
+def _add_sign_command(sub: Any, c: _Parents) -> None:
+    """sign: a signature of a dataset's manifest."""
+    p = _add(sub, "sign", "Sign a dataset's manifest with an Ed25519 private key.",
+             "Stores a signature of the manifest's exact bytes, as read now, under the\n"
+             "dataset's signatures/ (see the README, 'Signed datasets'). Readers that pass\n"
+             "trusted_keys to roxxel.open, or --trusted-key to roxxel verify, then accept it.\n"
+             "Refuses a manifest whose shard checksums are not cryptographic. The key file\n"
+             "(unencrypted PEM or OpenSSH) is read here and never printed or logged.",
+             [c.storage, c.json, c.logs], cmd_sign)
+    p.add_argument("url", help="the dataset URL")
+    p.add_argument("--key", required=True, metavar="FILE", help="the Ed25519 private key file")
 
 
 def _add_warm_command(sub: Any, c: _Parents) -> None:
@@ -216,6 +238,9 @@ def _add_copy_commands(sub: Any, c: _Parents) -> None:
     p.add_argument("--single-writer", action="store_true",
                    help="publish even on a store that does not enforce conditional writes "
                         "(you promise nothing else writes this dataset meanwhile)")
+    p.add_argument("--sign-with", metavar="FILE", default=None,
+                   help="sign the copy with this Ed25519 private key file (without it, the source's "
+                        "signature is copied when the manifest's bytes are unchanged)")
 
     p = _add(sub, "merge", "Combine datasets written in parallel into one manifest.",
              "Sources at or below DEST_URL stay where they are (the manifest refers to them);\n"
@@ -231,6 +256,9 @@ def _add_copy_commands(sub: Any, c: _Parents) -> None:
     p.add_argument("--single-writer", action="store_true",
                    help="publish even on a store that does not enforce conditional writes "
                         "(you promise nothing else writes this dataset meanwhile)")
+    p.add_argument("--sign-with", metavar="FILE", default=None,
+                   help="sign the merged manifest with this Ed25519 private key file (no source's "
+                        "signature covers a merged manifest)")
 
 
 def _add_cache_command(sub: Any, c: _Parents) -> None:

@@ -16,6 +16,7 @@ dataclasses with ``to_dict()``, and raise :mod:`roxxel.errors` errors.
   :func:`cache_verify`
 - :func:`plan_summary`: a dry run of an epoch for every rank
 - :func:`prune`: find (and delete) shard objects no manifest lists
+- :func:`sign`: sign a dataset's manifest with an Ed25519 key (see :mod:`roxxel.manifest.signing`)
 - :func:`bench`: this node against a dataset: the raw link, a cold and a warm read
 """
 
@@ -41,6 +42,7 @@ from .merge import MergeReport, merge
 from .pack import pack
 from .plansummary import PlanSummary, RankSummary, plan_summary
 from .prune import PruneReport, UnreferencedShard, prune
+from .sign import SignReport, sign
 from .verify import BadShard, VerifyReport, verify, verify_cache
 from .warm import WarmReport, warm
 
@@ -60,6 +62,7 @@ __all__ = [
     "PruneReport",
     "RankSummary",
     "ShardStatus",
+    "SignReport",
     "UnreferencedShard",
     "VerifyReport",
     "WarmReport",
@@ -76,6 +79,7 @@ __all__ = [
     "pack",
     "plan_summary",
     "prune",
+    "sign",
     "verify",
     "verify_cache",
     "warm",

@@ -33,11 +33,13 @@ from ..manifest.io import (
     MANIFEST_KEY,
     dataset_store,
     publish_manifest,
-    read_manifest,
 )
+from ..manifest.signing import read_manifest_bytes
+from ..manifest.signing_keys import PrivateKeyLike, load_private_key
 from ..progress import Meter
 from ..workers import WorkerPool
 from ._common import DEFAULT_WORKERS, holds_already, read_destination
+from .sign import SIGNED, UNCHANGED, UNSIGNED, carry_signature, sign_published
 
 __all__ = ["CopyReport", "copy", "copy_shard"]
 
@@ -50,7 +52,10 @@ ATTEMPTS = 3
 @dataclass(frozen=True)
 class CopyReport:
     """What :func:`copy` did. ``published`` is False when the destination already held
-    this exact dataset (nothing was written)."""
+    this exact dataset (nothing was written). ``signature`` is what became of the
+    source's signature (:mod:`roxxel.ops.sign`): ``"copied"`` (the manifest's bytes are
+    unchanged, its signature still valid), ``"signed"`` (with ``sign_with``),
+    ``"must be signed again"``, ``"unsigned"`` or ``"unchanged"``."""
 
     src: str
     dst: str
@@ -59,6 +64,7 @@ class CopyReport:
     kept: int  # already at the destination with the right checksum
     bytes_copied: int
     published: bool
+    signature: str = UNSIGNED
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -190,6 +196,7 @@ def copy(
     staging_dir: str | None = None,
     progress: Callback | None = None,
     single_writer: bool = False,
+    sign_with: PrivateKeyLike | None = None,
 ) -> CopyReport:
     """Copy the dataset at ``src_url`` to ``dst_url``, verifying every shard; resumable.
 
@@ -204,18 +211,22 @@ def copy(
     The publish is a compare-and-swap against the destination manifest read at the start:
     ConflictError (or DatasetExistsError) if another writer published there meanwhile;
     on a store that does not enforce conditional writes it refuses unless ``single_writer``.
+    The source's signature of its manifest is copied when the published manifest has the
+    same bytes (still valid); otherwise the report says it must be signed again, or
+    ``sign_with`` (an Ed25519 private key, see :class:`roxxel.Writer`) signs the copy.
     """
+    signer = None if sign_with is None else load_private_key(sign_with)
     src = dataset_store(src_url, storage_options if src_options is None else src_options)
     dst = dataset_store(dst_url, storage_options if dst_options is None else dst_options)
     if src.base_url == dst.base_url and type(src.fs) is type(dst.fs) and src.root == dst.root:
         raise ValueError(f"source and destination are the same dataset: {src.base_url}")
-    manifest = read_manifest(src)
+    src_data, manifest = read_manifest_bytes(src)
     snapshot = read_destination(dst, overwrite=overwrite, single_writer=single_writer)
     existing = None if snapshot is None else snapshot.manifest
     if holds_already(dst, existing, manifest, overwrite=overwrite):
         log.info("%s already holds this dataset; nothing to copy", dst.base_url)
         n = len(manifest.shards)
-        return CopyReport(src.base_url, dst.base_url, n, 0, n, 0, published=False)
+        return CopyReport(src.base_url, dst.base_url, n, 0, n, 0, published=False, signature=UNCHANGED)
     table = manifest.shards
     if existing is not None:
         _refuse_live_clashes(existing, manifest, dst)
@@ -232,6 +243,9 @@ def copy(
             )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if signer is not None:
+        sign_published(dst, manifest, signer)
+    signature = SIGNED if signer is not None else carry_signature(src, src_data, dst, manifest)
     publish_manifest(dst, manifest, replaces=snapshot, single_writer=single_writer)
     n_copied = sum(copied)
     return CopyReport(
@@ -242,6 +256,7 @@ def copy(
         kept=len(table) - n_copied,
         bytes_copied=sum(s.stored_size for s, c in zip(table, copied) if c),
         published=True,
+        signature=signature,
     )
 
 

@@ -33,10 +33,12 @@ from ..manifest.io import (
     publish_manifest,
     read_manifest,
 )
+from ..manifest.signing_keys import PrivateKeyLike, load_private_key
 from ..progress import Meter
 from ..workers import WorkerPool
 from ._common import DEFAULT_WORKERS, holds_already, read_destination
 from .copy import copy_shard
+from .sign import RESIGN, SIGNED, UNCHANGED, UNSIGNED, sign_published, sources_signed
 
 __all__ = ["MergeReport", "merge"]
 
@@ -46,7 +48,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MergeReport:
     """What :func:`merge` did. ``published`` is False when the destination already held
-    this exact merged dataset."""
+    this exact merged dataset. ``signature``: the merged manifest is new, so no source's
+    signature covers it: ``"signed"`` (with ``sign_with``), ``"must be signed again"``
+    (a source or the destination was signed), ``"unsigned"`` or ``"unchanged"``."""
 
     dst: str
     sources: int
@@ -57,6 +61,7 @@ class MergeReport:
     kept: int  # shards to copy that were already there, verified
     bytes_copied: int
     published: bool
+    signature: str = UNSIGNED
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -170,6 +175,7 @@ def merge(
     staging_dir: str | None = None,
     progress: Callback | None = None,
     single_writer: bool = False,
+    sign_with: PrivateKeyLike | None = None,
 ) -> MergeReport:
     """Publish at ``dst_url`` one dataset holding the shards of ``src_urls``, in order.
 
@@ -182,9 +188,12 @@ def merge(
     The publish is a compare-and-swap against the destination manifest read at the start:
     ConflictError (or DatasetExistsError) if another writer published there meanwhile;
     on a store that does not enforce conditional writes it refuses unless ``single_writer``.
+    ``sign_with`` (an Ed25519 private key, see :class:`roxxel.Writer`) signs the merged
+    manifest; without it, a merge of signed datasets reports that it must be signed again.
     """
     if not src_urls:
         raise ValueError("merge needs at least one source dataset")
+    signer = None if sign_with is None else load_private_key(sign_with)
     dst = dataset_store(dst_url, storage_options)
     snapshot = read_destination(dst, overwrite=overwrite, single_writer=single_writer)
     existing = None if snapshot is None else snapshot.manifest
@@ -200,7 +209,8 @@ def merge(
     )
     if holds_already(dst, existing, manifest, overwrite=overwrite):
         log.info("%s already holds this merged dataset; nothing to do", dst.base_url)
-        return MergeReport(**report, copied=0, kept=len(to_copy), bytes_copied=0, published=False)
+        return MergeReport(**report, copied=0, kept=len(to_copy), bytes_copied=0, published=False,
+                           signature=UNCHANGED)
 
     jobs = WorkerPool(workers, "roxxel-merge")
 
@@ -226,6 +236,11 @@ def merge(
             )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    if signer is not None:
+        sign_published(dst, manifest, signer)
+        signature = SIGNED
+    else:
+        signature = RESIGN if sources_signed(dst, *(store for store, _ in sources)) else UNSIGNED
     publish_manifest(dst, manifest, replaces=snapshot, single_writer=single_writer)
     return MergeReport(
         **report,
@@ -233,4 +248,5 @@ def merge(
         kept=len(copied) - sum(copied),
         bytes_copied=sum(e.shard.stored_size for e, c in zip(to_copy, copied) if c),
         published=True,
+        signature=signature,
     )

@@ -5,7 +5,8 @@ leaves the old version's shards, so that jobs reading it are not cut off. They c
 storage until someone removes them: :func:`prune` does, conservatively.
 
 - Only objects under the dataset's ``shards/`` whose names roxxel's writer or merge
-  give are candidates; nothing else under the prefix is ever touched.
+  give are candidates; nothing else under the prefix is ever touched: not the
+  manifest, and not the signatures under ``signatures/``, which are part of the dataset.
 - A shard is referenced if the dataset's manifest lists it, or the manifest of any
   prefix above it does (a merge in place lists its parts' shards from above). Manifest
   URIs are relative and have no ``..``, so no other manifest can name them. On local

@@ -5,22 +5,29 @@
 zstd on the fly, bounded by the manifest's raw size) its raw size, its ROXXEL01 offset
 table and its footer against the manifest's record count.
 Memory per worker is one chunk plus the decompressor's window; nothing is written to
-disk. :func:`verify_cache` re-hashes the node-local copies instead.
+disk. :func:`verify_cache` re-hashes the node-local copies instead. With ``trusted_keys``,
+both first check the manifest's signature (:mod:`roxxel.manifest.signing`) and check the
+shards against the very bytes whose signature was verified.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fsspec.callbacks import Callback
 
+from ..backends import Store
 from ..cache import ShardCache
 from ..errors import CacheError, IntegrityError, NotFoundError
 from ..format.check import ShardCheck, ShardSpec
+from ..manifest import Manifest
 from ..manifest.checksums import parse_checksum
+from ..manifest.io import dataset_store
+from ..manifest.signing import read_signed_manifest
+from ..manifest.signing_keys import PublicKeyLike, TrustedKeys, load_trusted_keys
 from ..progress import Meter
 from ..workers import WorkerPool
 from ._common import DEFAULT_WORKERS, cache_directory, load
@@ -46,6 +53,8 @@ class VerifyReport:
 
     ``checked`` shards (``bytes`` read) were examined; for a cache verification,
     ``not_cached`` shards of the manifest were not in the cache and were skipped.
+    ``signed_by`` is the fingerprint of the trusted key whose signature of the manifest
+    was verified (None when no trusted keys were given).
     """
 
     url: str
@@ -55,6 +64,7 @@ class VerifyReport:
     bad: list[BadShard] = field(default_factory=list)
     not_cached: int = 0
     where: str = "store"  # "store", or the cache directory
+    signed_by: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +83,7 @@ def verify(
     *,
     workers: int = DEFAULT_WORKERS,
     progress: Callback | None = None,
+    trusted_keys: TrustedKeys | Iterable[PublicKeyLike] | None = None,
 ) -> VerifyReport:
     """Download and check every shard of the dataset at ``url``; report the bad ones.
 
@@ -82,9 +93,11 @@ def verify(
     stays bounded whatever the shard sizes. ``progress`` (an fsspec ``Callback``) gets
     the total stored bytes, then the bytes read as they arrive. Other storage errors
     (access denied, an endpoint down after retries) say nothing about the shards and
-    are raised, stopping the verification.
+    are raised, stopping the verification. With ``trusted_keys`` (public keys, as
+    :func:`roxxel.open` takes them), a manifest without a signature by one of them is
+    refused first with a :class:`~roxxel.errors.SignatureError`, before any shard is read.
     """
-    store, manifest = load(url, storage_options)
+    store, manifest, signed_by = _load(url, storage_options, trusted_keys)
     table = manifest.shards
     meter = Meter(progress, int(sum(table.stored_size.tolist())))
     jobs = WorkerPool(workers, "roxxel-verify")
@@ -120,7 +133,21 @@ def verify(
         checked=len(table),
         bytes=meter.done,
         bad=bad,
+        signed_by=signed_by,
     )
+
+
+def _load(
+    url: str, storage_options: Mapping[str, Any] | None, trusted_keys: TrustedKeys | Iterable[PublicKeyLike] | None
+) -> tuple[Store, Manifest, str | None]:
+    """The store and manifest, as :func:`load`; with ``trusted_keys``, the manifest read
+    once and its signature verified, and the signer's fingerprint."""
+    if trusted_keys is None:
+        return (*load(url, storage_options), None)
+    trusted = load_trusted_keys(trusted_keys)  # before any request: a private key fails fast
+    store = dataset_store(url, storage_options)
+    manifest, signature = read_signed_manifest(store, trusted)
+    return store, manifest, signature.key
 
 
 def verify_cache(
@@ -131,6 +158,7 @@ def verify_cache(
     workers: int = DEFAULT_WORKERS,
     remove_bad: bool = False,
     progress: Callback | None = None,
+    trusted_keys: TrustedKeys | Iterable[PublicKeyLike] | None = None,
 ) -> VerifyReport:
     """Re-hash the cached copies of the shards of the dataset at ``url``.
 
@@ -138,9 +166,9 @@ def verify_cache(
     whose size differs from the manifest's raw size, or whose bytes no longer hash to
     what was verified at download, is bad; with ``remove_bad`` it is also removed from
     the cache (unless a process is using it), so the next reader downloads it again.
-    ``progress`` counts the raw bytes re-hashed.
+    ``progress`` counts the raw bytes re-hashed. ``trusted_keys``: as :func:`verify`.
     """
-    store, manifest = load(url, storage_options)
+    store, manifest, signed_by = _load(url, storage_options, trusted_keys)
     cache = ShardCache(cache_directory(cache_dir))
     sizes = {entry.checksum: entry.size for entry in cache.entries()}
     table = manifest.shards
@@ -186,4 +214,5 @@ def verify_cache(
         bad=bad,
         not_cached=len(wanted) - len(present),
         where=cache.directory,
+        signed_by=signed_by,
     )

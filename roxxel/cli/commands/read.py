@@ -60,12 +60,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = run_with_progress(
             "verify cache", args.quiet, verify_cache, args.url, args.options,
             cache_dir=args.cache_dir, workers=args.workers, remove_bad=args.remove_bad,
+            trusted_keys=args.trusted_keys,
         )
     else:
-        report = run_with_progress("verify", args.quiet, verify, args.url, args.options, workers=args.workers)
+        report = run_with_progress("verify", args.quiet, verify, args.url, args.options, workers=args.workers,
+                                   trusted_keys=args.trusted_keys)
     if args.json:
         print_json(report.to_dict())
     else:
+        if report.signed_by is not None:
+            print(f"signature: ok, the manifest is signed by trusted key {report.signed_by}")
         for bad in report.bad:
             print(f"BAD {bad.uri}: {bad.problem}")
         where = "cached copies" if args.cache else "shards"
