@@ -30,13 +30,39 @@ from .read.elastic import Generation, remaining, span
 from .read.iteration import IterState, detect_topology
 from .read.jobstate import Job
 from .read.mixspec import is_spec_location
+from .read.typed import TypedIterator, TypedRecords
 
-__all__ = ["IterableRecords", "StatefulLoader", "default_collate_records"]
+__all__ = ["IterableRecords", "StatefulLoader", "default_collate_records", "stack_records"]
 
 
 def default_collate_records(records: list[np.ndarray]) -> list[torch.Tensor]:
-    """Each record as a ``uint8`` tensor (a copy: the tensors outlive the shard maps)."""
-    return [torch.from_numpy(np.array(r)) for r in records]
+    """Each record as a tensor of its dtype (``uint8``, or a typed dataset's variable-length
+    records' dtype): copies, as the tensors outlive the shard maps."""
+    return [torch.from_numpy(_native(np.array(r))) for r in records]
+
+
+def stack_records(records: list[np.ndarray]) -> torch.Tensor:
+    """Fixed-shape records stacked into one ``(batch, *shape)`` tensor (a copy): the
+    default collate of a typed dataset whose records have one shape."""
+    return torch.from_numpy(_native(np.stack(records)))
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """``a`` in this machine's byte order (torch takes no other)."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
+def _typed_stream(ds: Any, records: Iterator[np.ndarray], collate: Callable[[list[Any]], Any]) -> tuple[
+    Iterator[Any], Callable[[list[Any]], Any]
+]:
+    """A typed dataset's records as arrays of its dtype and shape (see
+    :mod:`roxxel.read.typed`), stacked by the default collate when their shape is fixed;
+    other datasets' records (and a mixture's) as they are."""
+    kind = getattr(ds, "record_type", None)
+    if kind is None:
+        return records, collate
+    typed = TypedIterator(records, TypedRecords(ds, kind, ds.url))  # type: ignore[arg-type]
+    return typed, stack_records if collate is default_collate_records and kind.fixed else collate
 
 
 class IterableRecords(torch.utils.data.IterableDataset):
@@ -46,7 +72,8 @@ class IterableRecords(torch.utils.data.IterableDataset):
     it, and each DataLoader worker reads a copy of it, as pickling makes one (the same
     manifest version, store and ``storage_options``, cache directory, limit and
     lookahead; its own threads and maps). Open options go with a URL only.
-    ``transform(record)`` maps each ``uint8`` record view (copy what you keep: the view
+    ``transform(record)`` maps each record view (``uint8``; for a typed dataset, an array of its
+    dtype and shape: see :mod:`roxxel.read.typed`) (copy what you keep: the view
     points into a shard that may be unmapped later). With ``batch_size``, lists of
     ``batch_size`` transformed records go through ``collate`` (default: a list of
     tensors); use the dataset with ``DataLoader(..., batch_size=None)`` or
@@ -145,6 +172,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
                 start=start, worker=worker, num_workers=num_workers, window=self.window,
                 remainder=self.remainder,
             )
+        records, collate = _typed_stream(ds, records, self.collate)
         transform = self.transform
         if self.batch_size is None:
             for record in records:
@@ -154,10 +182,10 @@ class IterableRecords(torch.utils.data.IterableDataset):
         for record in records:
             batch.append(transform(record) if transform is not None else record)
             if len(batch) == self.batch_size:
-                yield self.collate(batch)
+                yield collate(batch)
                 batch = []
         if batch and not self.drop_last:
-            yield self.collate(batch)
+            yield collate(batch)
 
     def _batches_per_worker(
         self, ds: _dataset.Dataset, rank: int, world_size: int, num_workers: int, epoch: int

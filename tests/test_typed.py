@@ -264,3 +264,27 @@ def test_a_typed_dataset_on_object_stores(dataset_location, tmp_path):
 def test_record_type_is_part_of_meta_so_version_1_readers_read_the_manifest(tmp_path):
     m = Manifest.build([], {**RecordType.of("float32", (2, 2)).to_meta(), "x": 1})
     assert Manifest.from_json(m.to_json()).meta == {"dtype": "<f4", "shape": [2, 2], "x": 1}
+
+
+def test_the_torch_adapter_stacks_fixed_shape_records(tmp_path):
+    torch = pytest.importorskip("torch")  # installed with the project: this runs
+    from roxxel.torch import IterableRecords
+
+    url = str(tmp_path / "ds")
+    x = values(">f8", (3, 2), 100)  # big-endian on disk: torch gets native tensors
+    with roxxel.Writer(url, dtype=">f8", shape=(3, 2), shard_bytes=2048) as w:
+        w.extend(x)
+    with open_ds(url, tmp_path) as ds:
+        order = np.concatenate(list(ds.iter(seed=4).plan.records()))
+        batches = list(torch.utils.data.DataLoader(IterableRecords(ds, batch_size=32, seed=4), batch_size=None))
+    assert [tuple(b.shape) for b in batches] == [(32, 3, 2)] * 3 + [(4, 3, 2)]
+    assert all(b.dtype == torch.float64 for b in batches)
+    assert np.array_equal(torch.cat(batches).numpy(), x[order])
+
+    docs = [np.arange(k, dtype=np.int32) for k in (3, 1, 4, 1, 5)]
+    with roxxel.Writer(str(tmp_path / "tokens"), dtype="int32") as w:
+        w.extend(docs)
+    loader = IterableRecords(str(tmp_path / "tokens"), batch_size=5, shuffle=False, cache_dir=str(tmp_path / "c2"))
+    (batch,) = list(loader)
+    assert [t.dtype for t in batch] == [torch.int32] * 5
+    assert [t.tolist() for t in batch] == [d.tolist() for d in docs]

@@ -182,7 +182,7 @@ class TypedIterator(Iterator[Any]):
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         self.raw = raw
-        self.plan = raw.plan
+        self.plan = getattr(raw, "plan", None)  # (to name a record that does not fit)
         self._typed = typed
         self.batch_size = batch_size
         self._items = self._records() if batch_size is None else self._batches(batch_size)
@@ -210,7 +210,7 @@ class TypedIterator(Iterator[Any]):
 
     def _where(self, position: int) -> str:
         """The record at stream position ``position``, named by its global index."""
-        for ids in self.plan.records(position):
+        for ids in self.plan.records(position) if self.plan is not None else ():
             return f"record {int(ids[0])}"
         return f"the record at position {position}"
 
