@@ -369,3 +369,24 @@ def test_token_streams_over_a_mixture_carry_the_weights_split_ranks_and_resume(t
         ranks = [[int(r[0]) for b in m.stream(16, batch_size=4, seed=1, rank=r, world_size=2) for r in b]
                  for r in range(2)]
         assert len(ranks[0]) == len(ranks[1]) > 0 and not set(ranks[0]) & set(ranks[1])
+
+
+def test_roxxel_plan_and_warm_take_a_mixture_document(tmp_path, capsys):
+    from roxxel.cli import main
+
+    for name, n in (("web", 3000), ("code", 1000)):
+        _write(str(tmp_path / name), n, name[0], shard_bytes=4096)
+    doc = tmp_path / "mix.json"
+    doc.write_text(json.dumps({"format": "roxxel-mixture", "version": 1,
+                               "sources": [{"url": "web", "weight": 3}, {"url": "code", "weight": 1}]}))
+    assert main(["plan", str(doc), "--world-size", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [[s["records"] for s in r["sources"]] for r in summary["ranks"]] == [[1500, 500], [1500, 500]]
+    rank0 = summary["ranks"][0]["sources"]
+    assert main(["warm", str(doc), "--cache-dir", str(tmp_path / "c"), "--rank", "0", "--world-size", "2",
+                 "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shards_fetched"] == sum(s["shards"] for s in rank0)
+    with roxxel.mix(str(doc), cache_dir=str(tmp_path / "c")) as m:  # rank 0 then reads from the cache only
+        list(m.iter(rank=0, world_size=2))
+        assert m.stats["shards_downloaded"] == 0

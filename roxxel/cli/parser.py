@@ -178,7 +178,7 @@ def _add_warm_command(sub: Any, c: _Parents) -> None:
              "every shard. Skips cached shards; idempotent; safe while training processes\n"
              "read the same cache. With --limit, fetches only what fits under it, in order.",
              [c.storage, c.cache, c.workers, c.json, c.logs], cmd_warm)
-    p.add_argument("url", help="the dataset URL")
+    p.add_argument("url", help="the dataset URL, or a mixture document (.json): its sources, in one cache")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--rank", type=ranks, metavar="R", help="rank(s): 3, 0,1,2 or 0-7")
     which.add_argument("--all", action="store_true", help="every shard, in stored order (the default)")
@@ -283,7 +283,7 @@ def _add_plan_command(sub: Any, c: _Parents) -> None:
              "it downloads and the raw bytes its cache holds at most. With --cache-limit,\n"
              "exit status 1 if the limit is below what ds.iter requires.",
              [c.storage, c.json, c.logs], cmd_plan)
-    p.add_argument("url", help="the dataset URL")
+    p.add_argument("url", help="the dataset URL, or a mixture document (.json): per rank and source")
     p.add_argument("--seed", type=non_negative, default=0, metavar="S", help="the stream seed (default 0)")
     p.add_argument("--epoch", type=non_negative, default=0, metavar="E", help="the epoch (default 0)")
     p.add_argument("--world-size", type=positive, required=True, metavar="W", help="number of ranks")

@@ -17,6 +17,7 @@ from fsspec.callbacks import Callback
 from ..manifest import Manifest
 from ..planner import plan
 from ..read import open as open_dataset
+from ..read.mixspec import is_spec_location
 from ._common import DEFAULT_WORKERS
 
 __all__ = ["WarmReport", "warm", "warm_order"]
@@ -82,7 +83,9 @@ def warm(
     workers: int = DEFAULT_WORKERS,
     progress: Callback | None = None,
 ) -> WarmReport:
-    """Fill the node cache with the shards of the dataset at ``url`` in plan order.
+    """Fill the node cache with the shards of the dataset at ``url`` in plan order (or of
+    the mixture whose JSON document ``url`` is: every source's shards, or those ranks'
+    mixture plans, into one cache).
 
     The shards are those of :func:`warm_order` (all of them if ``ranks`` is None).
     With ``limit`` (the cache limit, bytes or ``"50GB"``), only the longest prefix of
@@ -91,6 +94,9 @@ def warm(
     skipped; ``workers`` threads download the others, started in order. ``progress``
     (an fsspec ``Callback``) gets the stored bytes to download, then bytes as they come.
     """
+    if is_spec_location(url):  # a mixture document: its sources' shards, in one cache
+        return _warm_mixture(url, storage_options, cache_dir=cache_dir, limit=limit, ranks=ranks,
+                             world_size=world_size, seed=seed, epoch=epoch, workers=workers, progress=progress)
     with open_dataset(url, cache_dir, limit, storage_options, lookahead=0) as ds:
         order = warm_order(ds.manifest, ranks=ranks, world_size=world_size, seed=seed, epoch=epoch)
         chosen = ds.residency.that_fit(order)
@@ -104,3 +110,19 @@ def warm(
             shards_over_limit=len(order) - len(chosen),
             bytes_downloaded=counts["bytes_downloaded"],
         )
+
+
+def _warm_mixture(doc: str, storage_options: Mapping[str, Any] | None, *, cache_dir: str | os.PathLike[str] | None,
+                  limit: int | str | None, ranks: Sequence[int] | None, world_size: int, seed: int, epoch: int,
+                  workers: int, progress: Callback | None) -> WarmReport:
+    from ..read.mixture import mix
+    from .mixsummary import mixture_warm_order
+
+    cache = None if cache_dir is None else os.fspath(cache_dir)
+    with mix(doc, storage_options=storage_options, cache_dir=cache, cache_limit=limit, lookahead=0) as m:
+        order = mixture_warm_order(m, ranks, world_size, seed, epoch)
+        chosen = m.residency.that_fit(order)
+        counts = m.residency.warm(chosen, workers=workers, progress=progress)
+        return WarmReport(url=doc, cache_dir=m.cache.directory, shards_planned=len(order),
+                          shards_fetched=counts["shards_fetched"], shards_cached=counts["shards_cached"],
+                          shards_over_limit=len(order) - len(chosen), bytes_downloaded=counts["bytes_downloaded"])

@@ -16,7 +16,10 @@ __all__ = ["cmd_plan"]
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from ...ops import plan_summary
+    from ...read.mixspec import is_spec_location
 
+    if is_spec_location(args.url):
+        return _plan_mixture(args)
     summary = plan_summary(
         args.url, args.options, seed=args.seed, epoch=args.epoch, world_size=args.world_size,
         window=args.window, lookahead=args.lookahead, cache_limit=args.cache_limit,
@@ -30,6 +33,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"--cache-limit {summary.cache_limit} bytes is too small: ds.iter needs at least "
             f"{summary.required_cache_limit} bytes; raise the limit or lower --window/--lookahead"
         )
+    return 0
+
+
+def _plan_mixture(args: argparse.Namespace) -> int:
+    from ...ops.mixsummary import mixture_plan_summary
+
+    summary = mixture_plan_summary(args.url, args.options, seed=args.seed, epoch=args.epoch,
+                                   world_size=args.world_size, window=args.window)
+    if args.json:
+        print_json(summary)
+        return 0
+    weights = ", ".join(f"{w:.3g} {p}" for w, p in zip(summary["weights"], summary["policies"]))
+    print(f"{summary['mixture']}: seed {summary['seed']}, epoch {summary['epoch']}, world size "
+          f"{summary['world_size']}; weights {weights}")
+    rows = [["rank", "source", "records", "shards", "download"]]
+    for r in summary["ranks"]:
+        for s in r["sources"]:
+            rows.append([str(r["rank"]), s["url"], str(s["records"]), str(s["shards"]), human(s["download_bytes"])])
+    table(rows, right=(0, 2, 3))
     return 0
 
 
