@@ -364,3 +364,28 @@ def test_prune_keeps_the_signatures(tmp_path, key):
     assert report.having("deleted")  # the first version's shards are gone
     assert store.list("signatures") == signatures
     roxxel.open(url, cache_dir=str(tmp_path / "cache"), trusted_keys=[key.public_key()]).close()
+
+
+def test_signing_keys_in_their_usual_files(tmp_path, key):
+    """An OpenSSH private key (ssh-keygen's format) signs; an encrypted one is refused with
+    what to do; a non-Ed25519 key is refused; none of them is quoted."""
+    url = str(tmp_path / "ds")
+    publish(url, {}, make_records(5))
+    ssh_private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption())
+    (tmp_path / "id_ed25519").write_bytes(ssh_private)
+    report = ops.sign(url, tmp_path / "id_ed25519")
+    assert report.key == fingerprint(key.public_key())
+    roxxel.open(url, cache_dir=str(tmp_path / "cache"), trusted_keys=[ssh_public(key)]).close()
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"passphrase"))
+    (tmp_path / "encrypted.pem").write_bytes(encrypted)
+    with pytest.raises(SigningKeyError, match=r"encrypted\.pem is encrypted; load it with") as refused:
+        ops.sign(url, tmp_path / "encrypted.pem")
+    assert "BEGIN" not in str(refused.value)
+    rsa_private = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(SigningKeyError, match="Ed25519 keys only"):
+        roxxel.Writer(str(tmp_path / "other"), sign_with=rsa_private)
+    with pytest.raises(SigningKeyError, match="not a PEM or OpenSSH private key"):
+        ops.sign(url, b"not a key")
