@@ -1,0 +1,299 @@
+"""Elastic resume (issue 13): an epoch continued on other topologies, every record once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import roxxel
+from roxxel.errors import ResumeError
+from roxxel.planner import plan
+from roxxel.read.elastic import EpochStream, Generation, Segments, consumer_plan, elastic_plan, remaining, window_key
+
+DATA = Path(__file__).parent / "data" / "elastic_v1"
+N = 500
+
+
+def ids_of(p) -> list[int]:
+    return [int(i) for chunk in p.records() for i in chunk.tolist()]
+
+
+def rid(record) -> int:
+    """Records are 8-byte little-endian record numbers."""
+    return int(np.frombuffer(bytes(record), "<i8")[0])
+
+
+# -- the pure function ------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 40), max_size=12),
+    seed=st.integers(0, 2**32),
+    shuffle=st.booleans(),
+    window=st.integers(1, 5),
+    remainder=st.sampled_from(["pad", "drop"]),
+    topology=st.tuples(st.integers(1, 16), st.integers(1, 3)),
+)
+def test_over_the_whole_stream_a_consumer_plan_is_the_planners(counts, seed, shuffle, window, remainder,
+                                                               topology):
+    world_size, num_workers = topology
+    stream = EpochStream(counts, seed, 2, shuffle)
+    whole = Segments([(0, stream.total)])
+    for rank in range(world_size):
+        for worker in range(num_workers):
+            theirs = plan(counts, seed=seed, epoch=2, rank=rank, world_size=world_size, worker=worker,
+                          num_workers=num_workers, shuffle=shuffle, window=window, remainder=remainder)
+            key = window_key(seed, 2, 0, rank, world_size, worker, num_workers) if shuffle else None
+            ours = consumer_plan(stream, whole, rank=rank, world_size=world_size, worker=worker,
+                                 num_workers=num_workers, window=window, remainder=remainder, key=key)
+            assert ids_of(ours) == ids_of(theirs)
+            assert ours.window_sizes().tolist() == theirs.window_sizes().tolist()
+
+
+def _generation_reads(counts, params, generations, topology, positions_from, read_all):
+    """Every consumer's records of the next generation, and the Generation of where they stop."""
+    world_size, num_workers = topology
+    reads, positions = [], []
+    for c in range(world_size * num_workers):
+        rank, worker = divmod(c, num_workers)
+        p = elastic_plan(counts, **params, generations=generations, rank=rank, world_size=world_size,
+                         worker=worker, num_workers=num_workers)
+        mine = ids_of(p)
+        assert len(mine) == p.num_records
+        at = len(mine) if read_all else positions_from[c % len(positions_from)] % (len(mine) + 1)
+        reads.append(mine[:at])
+        positions.append(at)
+    return reads, Generation(world_size, num_workers, tuple(positions)), p.total
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 60), max_size=10),
+    seed=st.integers(0, 2**32),
+    shuffle=st.booleans(),
+    window=st.integers(1, 4),
+    remainder=st.sampled_from(["pad", "drop"]),
+    topologies=st.lists(st.tuples(st.integers(1, 16), st.integers(1, 3)), min_size=2, max_size=3),
+    positions=st.lists(st.integers(0, 10**6), min_size=1, max_size=20),
+)
+def test_read_part_and_resumed_part_are_the_epoch_once(counts, seed, shuffle, window, remainder, topologies,
+                                                        positions):
+    """(W, workers, positions) -> (W', workers') [-> (W'', workers'')], W and W' in 1..16.
+
+    Every record is read at exactly one real position, except those "drop" leaves at the
+    end of each generation's stream; "pad" reads a record again only at pad positions,
+    fewer than W_g in generation g."""
+    params = dict(seed=seed, epoch=1, shuffle=shuffle, window=window, remainder=remainder)
+    total = sum(counts)
+    reads: list[int] = []
+    generations: list[Generation] = []
+    dropped = padded = 0
+    for g, topology in enumerate(topologies):
+        last = g == len(topologies) - 1
+        got, generation, length = _generation_reads(counts, params, generations, topology, positions, last)
+        if g == 0:
+            assert length == total
+        world = topology[0]
+        per_rank = -(-length // world) if remainder == "pad" else length // world
+        dropped += length - world * per_rank if remainder == "drop" else 0
+        padded += world * per_rank - length if remainder == "pad" else 0
+        reads += [i for r in got for i in r]
+        generations.append(generation)
+    seen = Counter(reads)
+    if remainder == "drop":
+        assert max(seen.values(), default=1) == 1  # nothing twice
+        assert total - len(seen) == dropped  # and only the dropped tails missing
+    else:
+        assert set(seen) == set(range(total))  # everything at least once
+        assert len(reads) - total <= padded  # again only at pad positions
+        if len(topologies) == 1:
+            assert len(reads) - total == padded
+
+
+def test_a_new_rank_reads_about_its_share_of_the_remaining_shards():
+    counts = [1000] * 64
+    params = dict(seed=1, epoch=0, shuffle=True, window=4, remainder="pad")
+    first = Generation(8, 2, tuple(range(100, 1700, 100)))
+    _, left = remaining(counts, **params, generations=[first])
+    for rank in range(5):
+        p = elastic_plan(counts, **params, generations=[first], rank=rank, world_size=5, worker=0, num_workers=1)
+        runs = np.unique(p.piece_shard).size
+        assert runs <= 64 / 5 + 2 + 16 * 4  # its share, two shared at the ends, some windows' rests
+        assert p.num_records == -(-left.total // 5)
+
+
+# -- a dataset read with ds.iter -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("elastic") / "ds")
+    with roxxel.Writer(url, shard_bytes=600) as w:  # ~14 shards of ~36 records
+        w.extend(np.array([i], dtype="<i8") for i in range(N))
+    return url
+
+
+def _read(its, counts) -> list[int]:
+    out = []
+    for it, k in zip(its, counts):
+        for _ in range(k):
+            out.append(rid(next(it)))
+    return out
+
+
+def test_ds_iter_resized_twice_reads_the_epoch_once(url, tmp_path):
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        its = [ds.iter(seed=3, rank=r, world_size=3, worker=w, num_workers=2, window=4)
+               for r in range(3) for w in range(2)]
+        read = _read(its, [17, 18, 20, 40, 23, 0])
+        job = json.loads(json.dumps(roxxel.job_state([it.state() for it in reversed(its)])))
+        assert len(job["generations"]) == 1 and len(json.dumps(job)) < 1000
+        its = [ds.resume(job, rank=r, world_size=2, worker=w, num_workers=3) for r in range(2) for w in range(3)]
+        lengths = [len(it) for it in its]
+        assert max(lengths) - min(lengths) <= 1
+        read += _read(its, [11, 0, 30, 12, 13, 5])
+        states = [json.loads(json.dumps(it.state())) for it in its]
+        assert all(len(s["elastic"]) == 1 for s in states)
+        again = ds.resume(states[2], rank=0, world_size=2, worker=2, num_workers=3)  # a consumer, as before
+        rest = [rid(r) for r in its[2]]
+        assert [rid(r) for r in again] == rest
+        read += rest
+        states[2] = again.state()
+        job = roxxel.job_state(states)
+        assert len(job["generations"]) == 2
+        its = [ds.resume(job, rank=r, world_size=4, worker=0, num_workers=1) for r in range(4)]
+        assert len({len(it) for it in its}) == 1
+        for it in its:
+            read += [rid(r) for r in it]
+    seen = Counter(read)
+    assert set(seen) == set(range(N))
+    # 500 on 3 ranks pads 1; what is left then is padded to a multiple of 4 at most
+    assert len(read) - N <= 1 + 3 + 3 and all(v <= 2 for v in seen.values())
+
+
+def test_a_job_state_resumes_each_consumer_where_it_was_on_its_topology(url, tmp_path):
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        its = [ds.iter(seed=4, rank=r, world_size=2, window=3, remainder="drop") for r in range(2)]
+        _read(its, [30, 7])
+        job = roxxel.job_state([it.state() for it in its])
+        for r, it in enumerate(its):
+            resumed = ds.resume(job, rank=r, world_size=2, worker=0, num_workers=1)
+            assert resumed.state() == it.state()
+            assert [rid(x) for x in resumed] == [rid(x) for x in it]
+
+
+def test_one_consumers_state_is_enough_when_it_was_alone_or_all_read_as_much(url, tmp_path):
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        alone = ds.iter(seed=5, rank=0, world_size=1)
+        read = _read([alone], [123])
+        its = [ds.resume(alone.state(), rank=r, world_size=3, worker=0, num_workers=1) for r in range(3)]
+        for it in its:
+            read += [rid(x) for x in it]
+        assert set(read) == set(range(N)) and len(read) == N + 1  # one pad: 377 records on 3 ranks
+
+        its = [ds.iter(seed=5, rank=r, world_size=4) for r in range(4)]
+        _read(its, [60] * 4)
+        full = roxxel.job_state([it.state() for it in its])
+        assert roxxel.job_state(its[2].state(), lockstep=True) == {**full, "lockstep": True}
+        with pytest.raises(ResumeError, match="rank 0 worker 0's is missing.*lockstep=True"):
+            roxxel.job_state([its[1].state()])
+        with pytest.raises(ResumeError, match="One consumer's state resumes that consumer only.*job_state"):
+            ds.resume(its[1].state(), rank=0, world_size=2, worker=0, num_workers=1)
+
+
+def test_a_lockstep_job_state_counts_shorter_consumers_as_done(url, tmp_path):
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        its = [ds.iter(seed=6, rank=0, world_size=1, worker=w, num_workers=3, window=2) for w in range(3)]
+        assert [len(it) for it in its] == [166, 167, 167]
+        read = [rid(x) for x in its[0]]
+        read += _read(its[1:], [166, 166])
+        job = roxxel.job_state(its[1].state(), lockstep=True)
+        assert job["generations"][0]["positions"] == [166] * 3
+        for r in range(2):
+            read += [rid(x) for x in ds.resume(job, rank=r, world_size=2, worker=0, num_workers=1)]
+        assert sorted(read) == list(range(N))
+
+
+def test_states_that_disagree_or_belong_elsewhere_are_refused(url, tmp_path):
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        a = ds.iter(seed=1, rank=0, world_size=2).state()
+        b = ds.iter(seed=2, rank=1, world_size=2).state()
+        with pytest.raises(ResumeError, match="different streams: seed is 1 .* and 2"):
+            roxxel.job_state([a, b])
+        with pytest.raises(ResumeError, match="two states of rank 0 worker 0 at positions 0 and 5"):
+            roxxel.job_state([a, {**a, "position": 5}])
+        job = roxxel.job_state([a, {**b, "seed": 1}])
+        with pytest.raises(ResumeError, match="another dataset or version"):
+            ds.resume({**job, "fingerprint": "sha256:" + "0" * 64}, rank=0, world_size=3, worker=0, num_workers=1)
+        bad = {**job, "generations": [{"world_size": 2, "num_workers": 1, "positions": [0, 10**6]}]}
+        with pytest.raises(ResumeError, match="rank 1 worker 0's position 1000000 is past its 250 records"):
+            ds.resume(bad, rank=0, world_size=3, worker=0, num_workers=1)
+        with pytest.raises(ResumeError, match="'positions' must list 2 positions"):
+            ds.resume({**job, "generations": [{"world_size": 2, "num_workers": 1, "positions": [0]}]},
+                      rank=0, world_size=3, worker=0, num_workers=1)
+        with pytest.raises(ResumeError, match="job state kind/version"):
+            ds.resume({**job, "version": 99}, rank=0, world_size=3, worker=0, num_workers=1)
+        assert "elastic" not in a  # states of a first topology are as before
+
+
+# -- a state saved by this version -----------------------------------------------------------
+
+
+def test_a_job_state_saved_by_roxxel_0_4_still_resumes(tmp_path):
+    """tests/data/elastic_v1: a dataset, a job state after two generations (3x2 ranks x
+    workers, then 2x3) and the records each consumer of 4x1 reads after it. Later versions
+    must keep resuming from it to the same records (or change the plan version)."""
+    shutil.copytree(DATA / "ds", tmp_path / "ds")
+    expected = json.loads((DATA / "expected.json").read_text())
+    job = json.loads((DATA / "job.json").read_text())
+    consumer = json.loads((DATA / "consumer.json").read_text())
+    with roxxel.open(str(tmp_path / "ds"), cache_dir=str(tmp_path / "cache")) as ds:
+        got = [[rid(x) for x in ds.resume(job, rank=r, world_size=4, worker=0, num_workers=1)] for r in range(4)]
+        assert got == expected["4x1"]
+        every = Counter(expected["read"] + [i for r in got for i in r])
+        assert set(every) == set(range(N)) and sum(every.values()) - N <= 1 + 1 + 3  # the pads
+        rest = [rid(x) for x in ds.resume(consumer, rank=1, world_size=2, worker=2, num_workers=3)]
+        assert rest == expected["consumer"]
+
+
+def make_fixture(out: Path) -> None:  # pragma: no cover - run once by hand: python tests/test_elastic.py
+    """Write tests/data/elastic_v1 (see the test above)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with roxxel.Writer(str(out / "ds"), shard_bytes=600) as w:
+        w.extend(np.array([i], dtype="<i8") for i in range(N))
+    with roxxel.open(str(out / "ds"), cache_dir=str(out / "cache")) as ds:
+        its = [ds.iter(seed=9, rank=r, world_size=3, worker=w, num_workers=2, window=4)
+               for r in range(3) for w in range(2)]
+        read = _read(its, [20, 31, 5, 40, 0, 13])
+        job = roxxel.job_state([it.state() for it in its])
+        its = [ds.resume(job, rank=r, world_size=2, worker=w, num_workers=3) for r in range(2) for w in range(3)]
+        read += _read(its, [9, 0, 33, 12, 14, 50])
+        consumer = its[5].state()
+        job = roxxel.job_state([it.state() for it in its])
+        expected = {
+            "read": read,
+            "4x1": [[rid(x) for x in ds.resume(job, rank=r, world_size=4, worker=0, num_workers=1)]
+                    for r in range(4)],
+            "consumer": [rid(x) for x in its[5]],
+        }
+    shutil.rmtree(out / "cache")
+    (out / "job.json").write_text(json.dumps(job, indent=1) + "\n")
+    (out / "consumer.json").write_text(json.dumps(consumer, indent=1) + "\n")
+    (out / "expected.json").write_text(json.dumps(expected) + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    make_fixture(DATA)
