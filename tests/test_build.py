@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -213,3 +215,23 @@ def test_a_part_holds_one_shards_offsets_and_stages_on_disk(tmp_path, monkeypatc
                          staging_dir=str(staging))
     assert sum(seen) == 5000 and len(seen) == len(receipt.shards) > 3
     assert list(staging.iterdir()) == []
+
+
+def test_the_engines_are_imported_lazily_and_named_when_missing():
+    code = (
+        "import sys\n"
+        "import roxxel.dask, roxxel.ray\n"
+        "assert not {'dask', 'ray', 'distributed'} & set(sys.modules), 'an engine was imported'\n"
+        "sys.modules.update(dict.fromkeys(['dask', 'ray', 'ray.data', 'distributed']))\n"
+        "for name, call in [('ray', lambda: roxxel.ray.Datasink),\n"
+        "                   ('dask', lambda: roxxel.dask.write([], 'memory://x/ds'))]:\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [
+        "roxxel.ray needs Ray Data: pip install roxxel[ray]",
+        "roxxel.dask needs Dask: pip install roxxel[dask]",
+    ]

@@ -137,6 +137,8 @@ def test_the_readme_names_outside_all_exist() -> None:
     assert isinstance(views.ACCELERATED, bool)
     assert importlib.util.find_spec("roxxel.torch") is not None
     assert importlib.util.find_spec("roxxel.jax") is not None
+    assert importlib.util.find_spec("roxxel.dask") is not None
+    assert importlib.util.find_spec("roxxel.ray") is not None
 
 
 def test_import_roxxel_loads_no_cloud_sdk() -> None:
