@@ -13,6 +13,10 @@ export PIP_CONSTRAINT="$PWD/scripts/constraints.txt"
 # torch first and pinned: anything unpinned would pull the newest CUDA build (gigabytes).
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,progress,torch,jax]"
+# MosaicML's library writes the MDS files of the import tests. Without --no-deps it pins
+# numpy<2.2 and pulls transformers, matplotlib, azure, oci and paramiko; what its writer
+# needs is in the test extra. Its version is the one the tests were checked with.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "mosaicml-streaming==0.13.0"
 # The released Roxxel 0.3.0 (the format and API users have data in), unpacked where the
 # compatibility tests run it in subprocesses: never installed into .venv, since its
 # package is also named roxxel. Fetched once, pinned by hash, unpacked under a temporary
@@ -31,3 +35,7 @@ if [ ! -f "$compat/roxxel.py" ]; then
     rm -rf "$tmp"
     trap - EXIT
 fi
+# Last: PyPI's torchvision (pulled by litdata) is built against CUDA torch and does not
+# load next to the CPU torch; the tests stub the two names `import streaming` needs
+# (tests/peer_stubs.py).
+.venv/bin/python -m pip uninstall --quiet --yes torchvision 2>/dev/null || true
