@@ -297,3 +297,137 @@ def make_fixture(out: Path) -> None:  # pragma: no cover - run once by hand: pyt
 
 if __name__ == "__main__":  # pragma: no cover
     make_fixture(DATA)
+
+
+# -- token streams ------------------------------------------------------------------------------
+
+
+def test_a_token_stream_continues_on_another_world_and_batch_size(tmp_path):
+    url = str(tmp_path / "tokens")
+    with roxxel.Writer(url, shard_bytes=4000) as w:  # int32 tokens numbered by their position
+        w.extend(np.arange(i * 1000, (i + 1) * 1000, dtype=np.int32) for i in range(7))
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        whole = [int(row[0]) for batch in ds.stream(10, 1, seed=3, rank=0, world_size=1) for row in batch]
+        assert len(whole) == 700
+        first = [int(row[0]) for r in range(2)
+                 for _, batch in zip(range(5), ds.stream(10, 4, seed=3, rank=r, world_size=2)) for row in batch]
+        samples = 5 * 2 * 4  # every rank took 5 steps of 2 ranks x 4
+        rest = [int(row[0]) for r in range(3)
+                for batch in ds.stream(10, 6, seed=3, rank=r, world_size=3, start_sample=samples) for row in batch]
+    assert len(rest) == (700 - samples) // 18 * 18  # the samples short of a whole step are dropped
+    assert sorted(first + rest) == sorted(whole[: len(first) + len(rest)])  # each sample once, in order
+
+
+# -- PyTorch: StatefulLoader with DataLoader workers ---------------------------------------------
+
+
+def _loader(url, tmp_path, workers, **kw):
+    from roxxel.torch import IterableRecords, StatefulLoader
+
+    records = IterableRecords(url, cache_dir=str(tmp_path / "cache"), batch_size=8, window=3, seed=2)
+    return StatefulLoader(records, num_workers=workers, **kw)
+
+
+def _ids(batch) -> list[int]:
+    return [int(np.frombuffer(t.numpy().tobytes(), "<i8")[0]) for t in batch]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_loaders_state_resumes_on_more_ranks_with_workers(url, tmp_path, monkeypatch, context):
+    loader = _loader(url, tmp_path, 2, multiprocessing_context=context)
+    read = []
+    for batch in loader:
+        read += _ids(batch)
+        if len(read) == 7 * 8:
+            break
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert state["job"]["generations"][0]["positions"] == [32, 24]  # round-robin: 4 and 3 batches
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        resumed = _loader(url, tmp_path, 2, multiprocessing_context=context)
+        resumed.load_state_dict(state)
+        read += [i for batch in resumed for i in _ids(batch)]
+    assert sorted(read) == list(range(N))  # 444 left: 222 a rank, no pad
+
+
+def test_persistent_workers_read_the_rest_then_the_next_epoch_on_the_new_topology(url, tmp_path):
+    loader = _loader(url, tmp_path, 0)
+    read = [i for _, batch in zip(range(20), loader) for i in _ids(batch)]
+    state = loader.state_dict()
+    resumed = _loader(url, tmp_path, 3, persistent_workers=True, multiprocessing_context="fork")
+    resumed.load_state_dict(state)
+    read += [i for batch in resumed for i in _ids(batch)]
+    assert sorted(read) == list(range(N))
+    assert resumed.dataset.epoch == 1
+    again = [i for batch in resumed for i in _ids(batch)]  # epoch 1, planned for 1 x 3 as usual
+    assert sorted(again) == list(range(N))
+    resumed.load_state_dict(state)  # the workers know this continuation already
+    assert sorted(i for batch in resumed for i in _ids(batch)) == sorted(read[160:])
+    loader = _loader(url, tmp_path, 0)
+    next(iter(loader))
+    with pytest.raises(ResumeError, match="persistent workers have started"):
+        resumed.load_state_dict(loader.state_dict())  # another one they do not
+
+
+TORCHRUN = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch.distributed as dist
+    from roxxel.torch import IterableRecords, StatefulLoader
+
+    dist.init_process_group("gloo")
+    url, cache, workers, batches, state_in, state_out = sys.argv[1:7]
+    loader = StatefulLoader(IterableRecords(url, cache_dir=cache, batch_size=10, window=4, seed=7),
+                            num_workers=int(workers))
+    if state_in != "-":
+        with open(state_in) as f:
+            loader.load_state_dict(json.load(f))
+    mine = []
+    for batch in loader:
+        mine += [int(np.frombuffer(t.numpy().tobytes(), "<i8")[0]) for t in batch]
+        if int(batches) and len(mine) == 10 * int(batches):
+            break
+    state = loader.state_dict()  # a collective: every rank calls it, rank 0 saves it
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    if dist.get_rank() == 0:
+        with open(state_out, "w") as f:
+            json.dump(state, f)
+        print("RESULT " + json.dumps(gathered), flush=True)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_torchrun_three_ranks_then_two_then_four_cover_the_epoch_once(url, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    read: list[int] = []
+    state = "-"
+    # (ranks, workers, batches per rank): 3x2 reads 5 batches, 2x3 4 more, 4x1 the rest
+    for step, (ranks, workers, batches) in enumerate([(3, 2, 5), (2, 3, 4), (4, 1, 0)]):
+        out = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--standalone",
+             str(script), url, str(tmp_path / "cache"), str(workers), str(batches), state,
+             str(tmp_path / f"state{step}.json")],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+        per_rank = json.loads(line[len("RESULT "):])
+        assert len(per_rank) == ranks
+        if batches:
+            assert [len(r) for r in per_rank] == [10 * batches] * ranks
+        read += [i for r in per_rank for i in r]
+        state = str(tmp_path / f"state{step}.json")
+    seen = Counter(read)
+    assert set(seen) == set(range(N))  # the whole epoch
+    assert len(read) - N <= 1 + 1 + 3  # read again only at pad positions: 500 on 3 ranks, then 2, then 4
+    job = json.loads((tmp_path / "state1.json").read_text())["job"]
+    assert [(g["world_size"], g["num_workers"]) for g in job["generations"]] == [(3, 2), (2, 3)]
+    done = json.loads(Path(state).read_text())  # the epoch was read to its end: the next one's start
+    assert done["epoch"] == 1 and done["job"]["generations"] == [
+        {"world_size": 4, "num_workers": 1, "positions": [0, 0, 0, 0]}]

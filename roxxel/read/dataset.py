@@ -272,6 +272,7 @@ class Dataset(Records):
         epochs: int | None = 1,
         rank: int | None = None,
         world_size: int | None = None,
+        start_sample: int = 0,
     ) -> Iterator[np.ndarray]:
         """``(batch_size, seq_len)`` token batches, as ``Roxxel.stream`` gives locally.
 
@@ -280,6 +281,9 @@ class Dataset(Records):
         takes every ``w``-th batch of it, so ranks never see the same window in an epoch.
         The stream stops after ``epochs`` epochs (default 1), every rank after the same
         number of batches, or never with ``epochs=None``. ``start_step`` resumes at once.
+        ``start_sample`` continues a job that has read that many samples of the stream, on
+        any world size and batch size: after ``s`` steps on every rank, a job has read
+        ``start_sample + s * world_size * batch_size`` (see :func:`roxxel.read.tokens.token_batches`).
         Shards are fetched as batches need them, the next batch's shards in the background.
         """
         self._check_open()
@@ -295,6 +299,7 @@ class Dataset(Records):
             token_batches(
                 windows, batch_size, seed, start_step, epochs=epochs,
                 shard=(rank, world_size), prefetch=lambda shards: residency.prefetch(shards.tolist()),
+                start_sample=start_sample,
             )
         )
 

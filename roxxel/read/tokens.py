@@ -186,6 +186,7 @@ def token_batches(
     epochs: int | None = 1,
     shard: tuple[int, int] = (0, 1),
     prefetch: Callable[[np.ndarray], None] | None = None,
+    start_sample: int = 0,
 ) -> Iterator[np.ndarray]:
     """``(batch_size, seq_len)`` batches from step ``start_step`` on.
 
@@ -197,8 +198,19 @@ def token_batches(
     shared order. ``prefetch``, if given, is called before the current batch is gathered
     with the shards of the next batch, then those that open after them, in the order
     they open, to the end of the next group (see the module docstring).
+
+    ``start_sample`` shifts the stream: step ``s`` of rank ``r`` is samples
+    ``start_sample + (s*world_size + r)*batch_size`` on, and the stream has
+    ``(epochs * len(windows) - start_sample) // (batch_size * world_size)`` steps. A job
+    whose ranks have all taken ``s`` steps has read the samples before
+    ``start_sample + s*world_size*batch_size``, whatever its topology: passing that as
+    ``start_sample`` (and ``start_step=0``) continues on any world size and batch size
+    with every sample of the endless stream once (elastic resume).
     """
     _check_stream_arguments(batch_size, seed, start_step, epochs)
+    if isinstance(start_sample, bool) or not isinstance(start_sample, (int, np.integer)) or start_sample < 0:
+        raise ValueError(f"start_sample must be an integer >= 0, got {start_sample!r}")
+    start_sample = int(start_sample)
     rank, world = shard
     n = len(windows)
     if n == 0:
@@ -206,9 +218,9 @@ def token_batches(
             f"no complete window of seq_len={windows.seq_len} {windows.dtype} tokens in the data"
         )
     order = _EpochOrder(np.diff(windows.starts), int(seed))
-    batches = _sorted_batches(order, int(start_step), batch_size, rank, world)
+    batches = _sorted_batches(order, int(start_step), batch_size, rank, world, start_sample)
     if epochs is not None:
-        steps = int(epochs) * n // (batch_size * world)
+        steps = max(0, int(epochs) * n - start_sample) // (batch_size * world)
         batches = itertools.islice(batches, max(0, steps - int(start_step)))
     picked = next(batches, None)
     step = int(start_step)
@@ -216,7 +228,7 @@ def token_batches(
         upcoming = next(batches, None)
         step += 1
         if prefetch is not None and upcoming is not None:
-            ahead = order.shards_ahead((step * world + rank) * batch_size)
+            ahead = order.shards_ahead(start_sample + (step * world + rank) * batch_size)
             prefetch(np.concatenate([windows.shards_of(upcoming), ahead]))
         out = np.empty((batch_size, windows.seq_len), dtype=windows.dtype)
         windows.gather(picked, out)
@@ -235,7 +247,7 @@ def _check_stream_arguments(batch_size: int, seed: int, start_step: int, epochs:
 
 
 def _sorted_batches(
-    order: _EpochOrder, step: int, batch_size: int, rank: int, world: int
+    order: _EpochOrder, step: int, batch_size: int, rank: int, world: int, start_sample: int = 0
 ) -> Iterator[np.ndarray]:
     """This rank's window ids of each step from ``step`` on, each step's ascending.
 
@@ -245,9 +257,9 @@ def _sorted_batches(
     steps = max(1, min(_EpochOrder.BLOCK, order.n) // (batch_size * world))
     while True:
         if world == 1:  # this rank's samples of consecutive steps are consecutive
-            picked = order.windows(step * batch_size, steps * batch_size).reshape(steps, batch_size)
+            picked = order.windows(start_sample + step * batch_size, steps * batch_size).reshape(steps, batch_size)
         else:
-            picked = np.stack([order.windows(((step + j) * world + rank) * batch_size, batch_size)
+            picked = np.stack([order.windows(start_sample + ((step + j) * world + rank) * batch_size, batch_size)
                                for j in range(steps)])
         picked.sort(axis=1)
         yield from picked
