@@ -26,12 +26,13 @@ import numpy.typing as npt
 from ..backends import Store
 from ..cache import ShardCache
 from ..errors import ResumeError
+from ..format import MappedShard
 from ..format.layout import payload_size
 from ..manifest import Manifest
 from ..manifest.io import dataset_store, read_manifest
 from ..planner import DEFAULT_WINDOW, PLAN_VERSION
 from .catalog import ShardCatalog
-from .iteration import detect_topology
+from .iteration import _WindowReader, detect_topology
 from .mixplan import MixSource, MixturePlan, Topology, pass_seed
 from .mixspec import MixtureSpec, is_spec_location, load_spec, spec_from_arguments
 from .mixstream import mixture_batches, stream_length
@@ -39,7 +40,7 @@ from .records import Records
 from .residency import Residency
 from .schedule import Schedule, integer_weights
 from .tokens import TokenWindows
-from .views import BLOCK, RecordViews
+from .views import BLOCK, RecordViews, record_views
 
 __all__ = ["Mixture", "MixtureIterator", "mix"]
 
@@ -466,6 +467,17 @@ def _base_for(saved: MixState, manifests: list[Manifest], fingerprints: list[str
     return np.asarray(base, dtype=np.int64)
 
 
+class _Member:
+    """Member ``i``'s shards as the mixture's record index maps them (its numbers shifted
+    to the catalog's), for a window reader."""
+
+    def __init__(self, records: Records, offset: int) -> None:
+        self._records, self._offset = records, offset
+
+    def shard(self, k: int) -> MappedShard:
+        return self._records.shard(self._offset + k)
+
+
 class MixtureIterator(Iterator[np.ndarray]):
     """One consumer's records of a mixture's epoch as zero-copy ``uint8`` views."""
 
@@ -512,25 +524,37 @@ class MixtureIterator(Iterator[np.ndarray]):
         return self.plan.schedule.counts(self._plan_position()) - self.plan.schedule.counts(self._start)
 
     def _blocks(self) -> Iterator[RecordViews]:
+        """The stream in blocks of views. A block never crosses a stage of any source's
+        window (see :mod:`roxxel.planner`), so it maps only the shards its stages open,
+        and each source's part of it is read as ``ds.iter`` reads a window."""
         p, mixture = self.plan, self._mixture
-        records, residency = mixture.records, mixture.residency
-        offsets = mixture.record_offsets
-        residency.hold(p.window * len(p.sources))
+        mixture.residency.hold(p.window * len(p.sources))
+        readers: dict[int, tuple[tuple[int, int], _WindowReader]] = {}
         try:
             while self._at < p.length:
-                lo, hi = self._at, min(p.length, self._at + BLOCK)
+                lo = self._at
                 self._refresh_order(lo)
-                srcs, per_source = p.records(lo, hi)
-                ids = np.empty(hi - lo, dtype=np.int64)
-                for i, local in enumerate(per_source):
-                    if len(local):
-                        ids[srcs == i] = local + offsets[i]
-                at = lo
-                for views in records._blocks_at(ids):
-                    length = operator.length_hint(views)
-                    self._block = (at, length, views)
-                    yield views
-                    at += length
+                hi, cursors = self._block_end(lo)
+                srcs = p.schedule.sources(lo, hi)
+                slots = np.empty(hi - lo, dtype=np.int64)
+                begins = np.empty(hi - lo, dtype=np.int64)
+                ends = np.empty(hi - lo, dtype=np.int64)
+                payloads: list[np.ndarray] = []
+                for i, (pass_, w, skip) in enumerate(cursors):
+                    rows = np.flatnonzero(srcs == i)
+                    if not len(rows):
+                        continue
+                    held = readers.get(i)
+                    if held is None or held[0] != (pass_, w):
+                        order = p.window_order(i, pass_, w)
+                        held = readers[i] = ((pass_, w), _WindowReader(_Member(mixture.records, mixture.shard_offsets[i]), order))
+                    s_, b_, e_ = held[1].bounds(skip, skip + len(rows))
+                    slots[rows] = s_ + len(payloads)
+                    begins[rows], ends[rows] = b_, e_
+                    payloads.extend(held[1].payloads)
+                views = record_views(payloads, slots, begins, ends)
+                self._block = (lo, hi - lo, views)
+                yield views
                 self._block = None
                 self._at = hi
         finally:
@@ -540,6 +564,24 @@ class MixtureIterator(Iterator[np.ndarray]):
                 views.close()
             self._mixture._read += self.read_per_source()
             self._start = self._at
+
+    def _block_end(self, lo: int) -> tuple[int, list[tuple[int, int, int]]]:
+        """Where the block from ``lo`` ends (at most ``BLOCK`` on, at the next stage of
+        any source's window), and each source's (pass, window, position in the window)."""
+        p = self.plan
+        consumed = p.consumed(lo)
+        hi = min(p.length, lo + BLOCK)
+        cursors = []
+        for i in range(len(p.sources)):
+            k = int(consumed[i])
+            pass_, off = divmod(k, int(p.per_pass[i]))
+            w, skip = p.pass_plan(i, pass_).locate(off)
+            stages = p.window_order(i, pass_, w).stage_starts
+            opens = int(stages[int(np.searchsorted(stages, skip, side="right"))]) if skip < stages[-1] else skip
+            if opens > skip:  # the source's k-th record at the stage's opening ends the block
+                hi = min(hi, p.schedule.position_of(i, k - skip + opens - int(p.base[i])))
+            cursors.append((pass_, w, skip))
+        return hi, cursors
 
     def _refresh_order(self, t: int) -> None:
         """Tell the residency the order of the shards still to be read, when a source's
