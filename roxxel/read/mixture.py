@@ -15,6 +15,7 @@ import json
 import operator
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from itertools import chain
@@ -34,7 +35,13 @@ from ..planner import DEFAULT_WINDOW, PLAN_VERSION
 from .catalog import ShardCatalog
 from .iteration import _WindowReader, detect_topology
 from .mixplan import MixSource, MixturePlan, Topology, pass_seed
-from .mixspec import MixtureSpec, is_spec_location, load_spec, spec_from_arguments
+from .mixspec import (
+    MixtureSpec,
+    SourceSpec,
+    is_spec_location,
+    load_spec,
+    spec_from_arguments,
+)
 from .mixstream import mixture_batches, stream_length
 from .records import Records
 from .residency import Residency
@@ -84,13 +91,15 @@ def mix(
         spec = spec_from_arguments(sources, weights, seed, samples, policy)
     if isinstance(sources, (str, Mapping)) and (weights is not None or policy is not None):
         raise ValueError("weights and policy come from the mixture document: give them there")
-    opened: list[tuple[Store, Manifest]] = []
-    for src in spec.sources:
+    def opening(src: SourceSpec) -> tuple[Store, Manifest]:
         if src.dataset is not None:
-            opened.append((src.dataset.store, src.dataset.manifest))
-        else:
-            store = dataset_store(src.url, src.storage_options if src.storage_options is not None else storage_options)
-            opened.append((store, read_manifest(store)))
+            return src.dataset.store, src.dataset.manifest
+        store = dataset_store(src.url, src.storage_options if src.storage_options is not None else storage_options)
+        return store, read_manifest(store)
+
+    # the manifests are read side by side: on a real store each read is a round trip
+    with ThreadPoolExecutor(min(8, len(spec.sources)), thread_name_prefix="roxxel-mix-open") as pool:
+        opened = list(pool.map(opening, spec.sources))
     if cache_dir is None:
         given = next((s.dataset for s in spec.sources if s.dataset is not None), None)
         if given is not None:
@@ -530,11 +539,14 @@ class MixtureIterator(Iterator[np.ndarray]):
         p, mixture = self.plan, self._mixture
         mixture.residency.hold(p.window * len(p.sources))
         readers: dict[int, tuple[tuple[int, int], _WindowReader]] = {}
+        first = True
         try:
             while self._at < p.length:
                 lo = self._at
                 self._refresh_order(lo)
                 hi, cursors = self._block_end(lo)
+                if first:  # the first record waits for its own shard only, not one of every source
+                    hi, first = lo + 1, False
                 srcs = p.schedule.sources(lo, hi)
                 slots = np.empty(hi - lo, dtype=np.int64)
                 begins = np.empty(hi - lo, dtype=np.int64)
