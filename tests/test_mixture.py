@@ -403,3 +403,37 @@ def test_roxxel_plan_and_warm_take_a_mixture_document(tmp_path, capsys):
     with roxxel.mix(str(doc), cache_dir=str(tmp_path / "c")) as m:  # rank 0 then reads from the cache only
         list(m.iter(rank=0, world_size=2))
         assert m.stats["shards_downloaded"] == 0
+
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax
+    import numpy as np
+    import roxxel
+    from roxxel.jax import global_batches
+
+    with roxxel.mix([sys.argv[1], sys.argv[2]], [0.75, 0.25], cache_dir=sys.argv[3]) as m:
+        local = list(m.stream(seq_len=16, batch_size=4, seed=3))
+        arrays = list(global_batches(iter(local)))
+    assert len(arrays) == len(local) > 0
+    for a, b in zip(arrays, local):
+        assert a.shape == (4, 16) and np.array_equal(np.asarray(a), b)
+        assert int((np.asarray(a)[:, 0] >= 10**6).sum()) == 1  # every global batch carries the mix
+    print("OK", len(arrays))
+    """
+)
+
+
+def test_the_jax_helper_takes_a_mixture_stream(tmp_path):
+    for name, base, n in (("a", 0, 48), ("b", 10**6, 16)):
+        with roxxel.Writer(str(tmp_path / name), shard_bytes=4096) as w:
+            w.extend(np.arange(base + i * 64, base + (i + 1) * 64, dtype=np.int32) for i in range(n))
+    script = tmp_path / "jax_mix.py"
+    script.write_text(JAX_SCRIPT)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b"),
+                          str(tmp_path / "cache")], check=False, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("OK ")
