@@ -40,7 +40,7 @@ generation: state and time grow with the number of generations (see :func:`fold`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,8 @@ from ..errors import ResumeError
 from ..permute import Permutation
 from ..planner import WindowOrder
 
-__all__ = ["ConsumerPlan", "Generation", "LooseOrder", "Segments", "consumer_plan", "remaining", "span"]
+__all__ = ["ConsumerPlan", "Generation", "Loose", "LooseOrder", "Segments", "consumer_plan", "elastic_plan", "fold",
+           "remaining", "span"]
 
 # Window keys of generations after the first: (seed, epoch, _ELASTIC, generation, ...)
 _ELASTIC = 3
@@ -126,7 +127,31 @@ class EpochStream:
         return self.order[idx], begin, end
 
 
-Segment = tuple[int, int] | np.ndarray  # a run [a, b) of the epoch's stream, or loose record ids
+class Loose:
+    """Loose records: ``ids[start:stop]`` of an array of global record ids computed when
+    first needed (the rest of a consumer's window), so that a resume materializes only
+    the rests that the consumer it plans reads."""
+
+    def __init__(self, compute: Callable[[], np.ndarray] | np.ndarray, start: int = 0, stop: int | None = None) -> None:
+        self._source: list[Any] = [compute]  # shared by slices: computed once
+        self.start = start
+        self.stop = len(compute) if stop is None else stop  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, cut: slice) -> Loose:
+        view = Loose.__new__(Loose)
+        view._source, view.start, view.stop = self._source, self.start + cut.start, self.start + cut.stop
+        return view
+
+    def ids(self) -> np.ndarray:
+        if not isinstance(self._source[0], np.ndarray):
+            self._source[0] = np.asarray(self._source[0](), dtype=np.int64)
+        return self._source[0][self.start : self.stop]
+
+
+Segment = tuple[int, int] | Loose  # a run [a, b) of the epoch's stream, or loose record ids
 
 
 class Segments:
@@ -174,7 +199,7 @@ class Segments:
                 for k, b, e in zip(*_run_pieces(order, edges, *item)):
                     out.append(np.arange(starts[k] + b, starts[k] + e))
             else:
-                out.append(item)
+                out.append(item.ids())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -245,7 +270,7 @@ class ConsumerPlan:
     piece_begin: np.ndarray
     piece_end: np.ndarray
     piece_pad: np.ndarray
-    windows: list[tuple[int, int] | tuple[np.ndarray, bool]]
+    windows: list[tuple[int, int] | tuple[Loose, bool]]
     window_edges: np.ndarray  # positions within the span where each window starts, then the end
     record_starts: np.ndarray
     key: tuple[int, ...] | None  # None: unshuffled
@@ -269,21 +294,22 @@ class ConsumerPlan:
     def window_order(self, w: int) -> WindowOrder | LooseOrder:
         key = None if self.key is None else (*self.key, w)
         item = self.windows[w]
-        if isinstance(item[0], np.ndarray):
-            return LooseOrder(item[0], self.record_starts, key)
+        if isinstance(item[0], Loose):
+            return LooseOrder(item[0].ids(), self.record_starts, key)
         a, b = item
         return WindowOrder(self.piece_shard[a:b], self.piece_begin[a:b], self.piece_end[a:b], key)
 
-    def _slot_pad(self, w: int, order: WindowOrder | LooseOrder) -> np.ndarray:
+    def _slot_pad(self, w: int) -> np.ndarray:
+        """Which of window ``w``'s slots are at pad positions (one flag for a loose window)."""
         item = self.windows[w]
-        if isinstance(item[0], np.ndarray):
-            return np.full(len(order.shards), bool(item[1]))
+        if isinstance(item[0], Loose):
+            return np.full(1, bool(item[1]))
         return self.piece_pad[item[0] : item[1]]
 
     def window_shards(self, w: int) -> np.ndarray:
         """The distinct shards window ``w`` reads, in download order."""
         item = self.windows[w]
-        shards = self.window_order(w).shards if isinstance(item[0], np.ndarray) else self.piece_shard[item[0] : item[1]]
+        shards = self.window_order(w).shards if isinstance(item[0], Loose) else self.piece_shard[item[0] : item[1]]
         _, first = np.unique(shards, return_index=True)
         return shards[np.sort(first)]
 
@@ -310,18 +336,26 @@ class ConsumerPlan:
             if len(ids):
                 yield ids
 
-    def remainder(self, position: int) -> tuple[np.ndarray, tuple[int, int]]:
+    def remainder(self, position: int) -> tuple[Loose, tuple[int, int]]:
         """What is left at ``position``, without pad positions: the rest of the current
-        window (global ids, in its order) and a run ``[a, b)`` of the stream's positions."""
+        window (global ids in its order, computed when first needed unless the window
+        holds pad positions) and a run ``[a, b)`` of the stream's positions."""
         w, skip = self.locate(position)
         real_end = min(self.lo + self.num_records, self.total)
         if w >= self.num_windows:
-            return np.zeros(0, dtype=np.int64), (0, 0)
-        order = self.window_order(w)
-        slot, local = order.at(skip, len(order))
-        ids = (self.record_starts[order.shards[slot]] + local)[~self._slot_pad(w, order)[slot]]
+            return Loose(np.zeros(0, dtype=np.int64)), (0, 0)
+        pad = self._slot_pad(w)
+        size = int(self.window_edges[w + 1] - self.window_edges[w])
+        if isinstance(self.windows[w][0], Loose) and pad[0]:
+            rest = Loose(np.zeros(0, dtype=np.int64))
+        elif pad.any():  # a window across the wrap: the rest's real records, now
+            order = self.window_order(w)
+            slot, local = order.at(skip, size)
+            rest = Loose((self.record_starts[order.shards[slot]] + local)[~pad[slot]])
+        else:
+            rest = Loose(lambda: self.window_records(w, skip), 0, size - skip)
         after = self.lo + int(self.window_edges[w + 1])
-        return ids, (after, real_end) if after < real_end else (0, 0)
+        return rest, (after, real_end) if after < real_end else (0, 0)
 
 
 def consumer_plan(
@@ -361,7 +395,7 @@ def consumer_plan(
     piece_begin, piece_end = cat(begin), cat(end)
     piece_edges = np.zeros(pieces + 1, dtype=np.int64)
     np.cumsum(piece_end - piece_begin, out=piece_edges[1:])
-    windows: list[tuple[int, int] | tuple[np.ndarray, bool]] = []
+    windows: list[tuple[int, int] | tuple[Loose, bool]] = []
     sizes: list[int] = []
     for kind, first, last in marks:
         if kind == "loose":
