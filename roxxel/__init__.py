@@ -4,7 +4,7 @@ Pack records into ROXXEL01 shards, publish them with a manifest to S3, GCS, loca
 or memory, and stream them back through a node-local cache of memory-mapped shards.
 
 The public surface is ``__all__`` here and in the subpackages (``roxxel.backends``,
-``cache``, ``manifest``, ``format``, ``read``, ``build``, ``ops``, ``cli``), plus
+``cache``, ``manifest``, ``format``, ``read``, ``build``, ``imports``, ``ops``, ``cli``), plus
 ``roxxel.torch``, ``roxxel.jax``, ``roxxel.dask``, ``roxxel.ray`` and
 ``roxxel.read.views.ACCELERATED``; ``tests/test_public_api.py`` pins
 it. The other modules are the implementation: importable, with no promise that their
@@ -30,6 +30,7 @@ from .errors import (
     SignatureError,
     SignatureMissingError,
     SigningKeyError,
+    SourceFormatError,
     StorageError,
     TransientStorageError,
     UntrustedSignerError,
@@ -62,6 +63,7 @@ __all__ = [
     "SignatureError",
     "SignatureMissingError",
     "SigningKeyError",
+    "SourceFormatError",
     "StorageError",
     "TransientStorageError",
     "UntrustedSignerError",

@@ -449,3 +449,27 @@ def test_units_are_picklable_without_credentials(mds_dirs, new_location):
     per_unit = [list(imports.read_unit(u, dest.storage_options)) for u in units]
     assert records == [r for chunk in reversed(per_unit) for r in chunk]
     assert [r for chunk in per_unit for r in chunk] == expected
+
+
+def test_pack_imports_from_the_command_line(mds_dirs, wds_dir, new_location, tmp_path, capsys):
+    from roxxel.cli import main
+
+    url = str(tmp_path / "from-mds")
+    assert main(["pack", mds_dirs[0]["zstd"], url, "--format", "mds", "--field", "tokens", "--decode", "natural",
+                 "--shard-bytes", "1KiB", "--quiet"]) == 0
+    with roxxel.open(url, cache_dir=str(tmp_path / "c1")) as ds:
+        assert [bytes(r) for r in ds] == [s["tokens"].tobytes() for s in mds_dirs[1]]
+        assert ds.meta["dtype"] == "<i4" and ds.meta["import"]["field"] == "tokens" and len(ds.shards) > 1
+    capsys.readouterr()
+    s3 = new_location("s3")
+    src = upload(wds_dir, s3)
+    so = s3.storage_options
+    flags = [f"--source-option={key}={json.dumps(value)}" for key, value in so.items() if key != "client_kwargs"]
+    flags += [f"--source-option=client_kwargs.{k}={json.dumps(v)}" for k, v in so.get("client_kwargs", {}).items()]
+    url = str(tmp_path / "from-wds")
+    assert main(["pack", src, url, "--format", "wds", "--per-member", "--json", "--quiet", *flags]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 3 * 40
+    with roxxel.open(url, cache_dir=str(tmp_path / "c2")) as ds:
+        assert bytes(ds[1]) == wds_sample(0)["jpg"] and ds.meta["import"]["record"] == "member"
+    with pytest.raises(ValueError, match=r"import_options are for the formats jsonl, mds"):
+        roxxel.ops.pack([wds_dir], str(tmp_path / "x"), format="files", import_options={"field": "jpg"})

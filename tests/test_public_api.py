@@ -33,6 +33,7 @@ ERRORS = [
     "SignatureError",
     "SignatureMissingError",
     "SigningKeyError",
+    "SourceFormatError",
     "StorageError",
     "TransientStorageError",
     "UntrustedSignerError",
@@ -108,6 +109,8 @@ PUBLIC = {
         "warm",
     ],
     "roxxel.cli": ["main"],
+    "roxxel.imports": ["FORMATS", "Record", "Source", "Unit", "frame_fields", "open_source", "read_unit",
+                       "split_fields"],
 }
 
 CLOUD_SDKS = ("s3fs", "gcsfs", "aiobotocore", "botocore")

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: The ``args`` attributes that hold parsed ``KEY=VALUE`` pairs, nested by main().
-OPTION_ATTRS = ("options", "src_options", "dst_options", "meta")
+OPTION_ATTRS = ("options", "src_options", "dst_options", "meta", "source_options")
 _MAX_RANK = 1 << 20
 
 

@@ -190,17 +190,20 @@ def _add_warm_command(sub: Any, c: _Parents) -> None:
 
 def _add_pack_command(sub: Any, c: _Parents) -> None:
     """pack: files into a dataset."""
-    p = _add(sub, "pack", "Pack local files into a dataset and publish it.",
+    p = _add(sub, "pack", "Pack files, or another format's dataset, into a dataset and publish it.",
              "Formats: files (each file one record; directories walked in sorted order),\n"
-             "jsonl (each non-blank line one record; invalid JSON is an error naming the\n"
-             "line), npy (each row of .npy arrays one record; dtype and row shape go to meta),\n"
-             "rox (the records of .rox shards of the original Roxxel library). The manifest\n"
-             "is published last: an error publishes nothing.",
+             "jsonl (each non-blank line one record, or --field's value; invalid JSON is an\n"
+             "error naming the line), npy (each row of .npy arrays one record; dtype and row\n"
+             "shape go to meta), rox (the records of .rox shards of the original Roxxel\n"
+             "library); imports, local or in a store (--source-option): mds (a MosaicML\n"
+             "directory), litdata (a LitData optimized directory), wds (WebDataset tar\n"
+             "shards), parquet. What a record is goes to meta.import (see the README,\n"
+             "'Importing'). The manifest is published last: an error publishes nothing.",
              [c.storage, c.json, c.logs], cmd_pack)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files or directories")
     p.add_argument("url", help="the dataset URL to create")
-    p.add_argument("--format", choices=("files", "jsonl", "npy", "rox"), default="files",
-                   help="how inputs become records (default: files)")
+    p.add_argument("--format", choices=("files", "jsonl", "npy", "rox", "mds", "litdata", "wds", "parquet"),
+                   default="files", help="how inputs become records (default: files)")
     p.add_argument("--shard-bytes", type=size, default="64MiB", metavar="BYTES",
                    help="target shard size (default: 64MiB)")
     p.add_argument("--compression", choices=[name or "none" for name in COMPRESSIONS], default="none",
@@ -212,6 +215,21 @@ def _add_pack_command(sub: Any, c: _Parents) -> None:
     p.add_argument("--single-writer", action="store_true",
                    help="publish even on a store that does not enforce conditional writes "
                         "(you promise nothing else writes this dataset meanwhile)")
+    imports = p.add_argument_group("imports (jsonl, mds, litdata, wds, parquet)")
+    imports.add_argument("--field", metavar="NAME", default=None,
+                         help="one field per record: an MDS column, a LitData field, a tar member's "
+                              "extension, a Parquet column or a JSON key (default: whole samples)")
+    imports.add_argument("--decode", choices=("raw", "natural"), default=None,
+                         help="mds, litdata: a field's stored bytes (raw, the default) or its natural "
+                              "type (arrays with their dtype in meta; whole samples as JSON)")
+    imports.add_argument("--per-member", action="store_true",
+                         help="wds: every tar member is a record (default: one record per sample)")
+    imports.add_argument("--rows", choices=("json", "arrow"), default=None,
+                         help="parquet without --field: each row as a JSON object (default) or an "
+                              "Arrow IPC stream")
+    imports.add_argument("--source-option", dest="source_options", metavar="KEY=VALUE", action="append",
+                         type=storage_option, default=None,
+                         help="a storage option for the inputs only (repeatable; merged over -o)")
     engine = p.add_mutually_exclusive_group()
     engine.add_argument("--workers", type=positive, default=None, metavar="N",
                         help="pack on a local Dask cluster of N worker processes (roxxel[dask])")

@@ -1,4 +1,6 @@
-"""Packing local files into a dataset: files, JSON lines, NumPy arrays or old ``.rox`` shards.
+"""Packing inputs into a dataset: local files, NumPy arrays or old ``.rox`` shards, and the
+formats of :mod:`roxxel.imports` (JSON lines, MDS, LitData, WebDataset, Parquet), local or
+in a store.
 
 Every input format becomes records appended to one :class:`roxxel.Writer`, so the result
 is published all at once (manifest last) or not at all: any error, such as an invalid
@@ -18,16 +20,19 @@ import numpy as np
 from fsspec.callbacks import Callback
 
 from ..format import MappedShard
+from ..imports import Unit, open_source, read_unit
 from ..local import Roxxel
 from ..manifest import Manifest
 from ..progress import Meter
 from ..writer import DEFAULT_SHARD_BYTES, Writer
 
-__all__ = ["FORMATS", "pack"]
+__all__ = ["FORMATS", "IMPORT_FORMATS", "pack"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("files", "jsonl", "npy", "rox")
+#: The formats read by roxxel.imports (jsonl among them).
+IMPORT_FORMATS = ("jsonl", "mds", "litdata", "wds", "parquet")
+FORMATS = ("files", "jsonl", "npy", "rox", "mds", "litdata", "wds", "parquet")
 _REPORT_EVERY = 1 << 20  # bytes between progress updates
 
 
@@ -60,20 +65,12 @@ def _file_records(paths: list[str]) -> Iterator[tuple[bytes | None, int]]:
         yield data, len(data)
 
 
-def _jsonl_records(paths: list[str]) -> Iterator[tuple[bytes | None, int]]:
-    for path in paths:
-        with open(path, "rb") as f:
-            for number, line in enumerate(f, start=1):
-                consumed = len(line)
-                line = line.rstrip(b"\r\n")
-                if not line.strip():
-                    yield None, consumed  # blank lines are not records
-                    continue
-                try:
-                    json.loads(line)
-                except ValueError as exc:
-                    raise ValueError(f"{path}:{number}: invalid JSON line: {exc}") from None
-                yield line, consumed
+def _unit_records(storage_options: Mapping[str, Any] | None, units: list[Unit]) -> Iterator[tuple[Any, int]]:
+    """The records of units of an import; a unit's stored bytes count once it is read."""
+    for unit in units:
+        for record in read_unit(unit, storage_options):
+            yield record, 0
+        yield None, unit.size
 
 
 def _npy_arrays(paths: list[str]) -> tuple[list[np.ndarray], dict[str, Any]]:
@@ -151,19 +148,27 @@ def pack(
     single_writer: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
+    source_options: Mapping[str, Any] | None = None,
+    import_options: Mapping[str, Any] | None = None,
 ) -> Manifest:
-    """Pack local ``inputs`` into a dataset at ``url`` and publish it; returns its manifest.
+    """Pack ``inputs`` into a dataset at ``url`` and publish it; returns its manifest.
 
     ``format``:
       - ``"files"``: each file is one record (directories are walked recursively, in
         sorted order); names are not stored.
       - ``"jsonl"``: each non-blank line, without its line ending, is one record; every
-        line must be valid JSON (ValueError naming the file and line number otherwise).
+        line must be valid JSON (ValueError naming the file and line number otherwise);
+        directories are listed for ``*.jsonl``/``*.json``/``*.ndjson`` (and ``.gz``).
       - ``"npy"``: each row of each ``.npy`` array (memory-mapped, never loaded whole) is
         one record; all arrays must share dtype and row shape, which go to ``meta`` as
         ``{"dtype": "<f4", "shape": [...]}``.
       - ``"rox"``: the records of ROXXEL01 shards of the original Roxxel library (files,
         directories, globs or ``data.rox`` standing for ``data_0000.rox``, ...), in order.
+      - ``"mds"``, ``"litdata"`` (one directory), ``"wds"``, ``"parquet"`` and ``"jsonl"``
+        (files or directories): read by :func:`roxxel.imports.open_source`, local or in a
+        store (``source_options``: the inputs' storage options, default
+        ``storage_options``), with the format's ``import_options`` (``field``, ``decode``,
+        ``per_member``, ``rows``, ...); what a record is goes to ``meta["import"]``.
     ``meta`` is merged over the format's meta (None: when appending, the dataset keeps
     its meta). ``mode`` and ``single_writer`` are the Writer's (``create``, ``overwrite``,
     ``append``). ``progress`` (an fsspec ``Callback``) counts input bytes.
@@ -176,6 +181,8 @@ def pack(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if import_options and format not in IMPORT_FORMATS:
+        raise ValueError(f"import_options are for the formats {', '.join(IMPORT_FORMATS)}, not {format!r}")
     names = [os.fspath(p) for p in inputs]
     if not names:
         raise ValueError("no inputs to pack")
@@ -184,10 +191,13 @@ def pack(
         paths = _walk(names)
         read_paths: Callable[[list[str]], Iterator[tuple[Any, int]]] = _file_records
         total = sum(os.path.getsize(p) for p in paths)
-    elif format == "jsonl":
-        paths = _walk(names)
-        read_paths = _jsonl_records
-        total = sum(os.path.getsize(p) for p in paths)
+    elif format in IMPORT_FORMATS:
+        source = open_source(format, names, storage_options if source_options is None else source_options,
+                             **dict(import_options or {}))
+        format_meta = dict(source.meta)
+        paths = list(source.units)  # units of work: a file or a row group each
+        read_paths = functools.partial(_unit_records, source.storage_options)
+        total = source.size
     elif format == "npy":
         paths = _walk(names, ".npy")
         arrays, format_meta = _npy_arrays(paths)
@@ -245,7 +255,7 @@ def _pack_on_dask(
     with dask_client(workers=workers, scheduler=scheduler) as client:
         slots = max(1, sum(client.nthreads().values()))
         part_bytes = max(writing["shard_bytes"], total // (4 * slots))
-        parts = _group(paths, [os.path.getsize(p) for p in paths], part_bytes)
+        parts = _group(paths, [p.size if isinstance(p, Unit) else os.path.getsize(p) for p in paths], part_bytes)
         log.info("packing %d inputs in %d parts on %d Dask worker threads", len(paths), len(parts), slots)
         manifest = write_parts(parts, functools.partial(_records_only, read_paths), url,
                                storage_options=storage_options, progress=callback, client=client, **writing)
