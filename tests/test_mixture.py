@@ -437,3 +437,36 @@ def test_the_jax_helper_takes_a_mixture_stream(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("OK ")
+
+
+def _decoded(records):  # a module-level function: spawned workers unpickle it
+    return [bytes(r).decode() for r in records]
+
+
+@pytest.mark.parametrize(("workers", "context"), [(0, None), (2, "fork"), (2, "spawn")])
+def test_stateful_loader_over_a_mixture_resumes_mid_epoch_exactly(tmp_path, workers, context):
+    from roxxel.torch import IterableRecords, StatefulLoader
+
+    for name, n in (("a", 900), ("b", 400), ("c", 90)):
+        _write(str(tmp_path / name), n, name)
+
+    def loader():
+        m = roxxel.mix([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")], [0.5, 0.3, 0.2],
+                       policy=["stop", "stop", "repeat"], cache_dir=str(tmp_path / "cache"))
+        records = IterableRecords(m, batch_size=16, collate=_decoded)
+        return StatefulLoader(records, num_workers=workers, multiprocessing_context=context)
+
+    full = list(loader())
+    assert sum(map(len, full)) > 0
+    head, it = [], iter(loader_ := loader())
+    for batch in it:
+        head.append(batch)
+        if len(head) == 7:
+            break
+    state = json.loads(json.dumps(loader_.state_dict()))
+    del it
+    fresh = loader()
+    fresh.load_state_dict(state)
+    assert head + list(fresh) == full
+    names = [x for b in full for x in b]
+    assert len({x for x in names if x[0] == "b"}) == sum(1 for x in names if x[0] == "b")

@@ -106,7 +106,8 @@ def mix(
             cache_dir = given.cache.directory
             cache_limit = given.cache.limit if cache_limit is None else cache_limit
     cache = ShardCache(cache_dir, cache_limit, verify=verify)
-    return Mixture(spec, opened, cache, lookahead=lookahead, download_workers=download_workers)
+    where = sources if isinstance(sources, str) else None
+    return Mixture(spec, opened, cache, lookahead=lookahead, download_workers=download_workers, url=where)
 
 
 @dataclass(frozen=True)
@@ -181,11 +182,14 @@ class Mixture:
         *,
         lookahead: int | None = None,
         download_workers: int | None = None,
+        url: str | None = None,
     ) -> None:
         self.spec = spec
         self.stores = [store for store, _ in opened]
         self.manifests = [manifest for _, manifest in opened]
         self.urls = [store.base_url for store in self.stores]
+        #: the mixture document's location, or the sources' URLs: what messages name
+        self.url = url if url is not None else "mixture of " + ", ".join(self.urls)
         counts = [np.asarray(m.shards.records, dtype=np.int64) for m in self.manifests]
         given = [s.weight for s in spec.sources]
         raw = [int(c.sum()) for c in counts] if given[0] is None else given
@@ -207,7 +211,7 @@ class Mixture:
         self.record_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum([int(c.sum()) for c in counts], out=self.record_offsets[1:])
         self.residency = Residency(catalog, cache, lookahead=lookahead, download_workers=download_workers,
-                                   what=f"mixture of {len(opened)} datasets")
+                                   what=self.url)
         self.records = Records(np.concatenate(counts), self.residency)
         self._iterators: weakref.WeakSet[MixtureIterator] = weakref.WeakSet()
         self._read = np.zeros(len(counts), dtype=np.int64)  # records read by ended iterators
@@ -438,7 +442,7 @@ class Mixture:
         cache settings (credentials included, for the worker's use only; never written)."""
         res = self.residency
         return (_unpickle_mixture, (self.spec, self.stores, self.manifests, self.cache.directory, self.cache.limit,
-                                    res.chosen_lookahead, res.download_workers, self.cache.verify_mode))
+                                    res.chosen_lookahead, res.download_workers, self.cache.verify_mode, self.url))
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{u} {float(w):.3g}" for u, w in zip(self.urls, self.weights))
@@ -446,9 +450,10 @@ class Mixture:
 
 
 def _unpickle_mixture(spec: MixtureSpec, stores: list[Store], manifests: list[Manifest], cache_dir: str,
-                      cache_limit: int | None, lookahead: int | None, workers: int, verify: str) -> Mixture:
+                      cache_limit: int | None, lookahead: int | None, workers: int, verify: str,
+                      url: str | None = None) -> Mixture:
     return Mixture(spec, list(zip(stores, manifests)), ShardCache(cache_dir, cache_limit, verify=verify),
-                   lookahead=lookahead, download_workers=workers)
+                   lookahead=lookahead, download_workers=workers, url=url)
 
 
 def _differences(saved: MixState, now: Mapping[str, Any], urls: list[str]) -> str:
