@@ -163,6 +163,9 @@ class RecordIterator(Iterator[np.ndarray]):
         # (first position, length, the block's views): how far the block's views have got
         # is how far the stream has, with no per-record counting
         self._block: tuple[int, int, RecordViews] | None = None
+        # What makes a block's records from its bounds (the views; roxxel.read.typed
+        # puts typed batches here): settable until the first record is read.
+        self.make_views: Callable[[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray], RecordViews] = record_views
         self._records = chain.from_iterable(track(self._blocks()))
 
     @property
@@ -225,7 +228,7 @@ class RecordIterator(Iterator[np.ndarray]):
                 start = self._at - skip  # the window's first position in the stream
                 for lo, hi in stages.blocks(skip, BLOCK):
                     slots, begins, ends = reader.bounds(lo, hi)
-                    views = record_views(reader.payloads, slots, begins, ends)
+                    views = self.make_views(reader.payloads, slots, begins, ends)
                     self._block = (start + lo, hi - lo, views)
                     tracer = trace.current()
                     handed = time.perf_counter_ns()

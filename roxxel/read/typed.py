@@ -10,7 +10,10 @@ allow it:
   shard's map; across shards, and for index lists and stepped slices, it is one stacked
   ``(n, *shape)`` array (a copy). Variable-length records give a list of 1-D views.
 - ``typed.iter(...)`` (a dataset's, with ``ds.iter``'s arguments) yields the planned
-  stream as arrays, or with ``batch_size`` as ``(batch, *shape)`` arrays.
+  stream as arrays, or with ``batch_size`` as ``(batch, *shape)`` arrays: each batch
+  holds the stream's next ``batch_size`` records (``state()`` counts them as ``ds.iter``
+  does), copied a shard at a time with one ``take`` each, so within a batch they are
+  grouped by shard (in stream order within each group). Batches are fresh arrays.
 
 A record whose length does not fit the type (not the fixed shape's size, or not a
 multiple of the dtype's size) raises :class:`~roxxel.errors.ShardFormatError` naming the
@@ -23,8 +26,8 @@ typed or not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from itertools import islice
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice, pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +39,7 @@ from ..manifest.record_type import RecordType
 
 if TYPE_CHECKING:
     from ..backends import Store
+    from ..format import MappedShard
     from .iteration import RecordIterator
     from .records import Records
 
@@ -62,6 +66,8 @@ class TypedRecords:
         self._label = label
         self._nbytes = kind.record_bytes
         self._itemsize = kind.dtype.itemsize
+        # per shard: (its map, whether all its records have the fixed size)
+        self._gridded: dict[int, tuple[MappedShard, bool]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -147,28 +153,41 @@ class TypedRecords:
         records = self.records
         first, lo = records.locate(start)
         last, hi = records.locate(stop - 1)
-        if first != last:
-            records._source.about_to_map(list(range(first, last + 1)))
-        parts = []
-        for k in range(first, last + 1):
-            count = int(records.record_starts[k + 1] - records.record_starts[k])
-            parts.append(self._shard_run(k, lo if k == first else 0, hi + 1 if k == last else count))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if first == last:
+            return self._shard_run(first, lo, hi + 1)
+        records._source.about_to_map(list(range(first, last + 1)))
+        starts = records._starts_list
+        parts = [self._shard_run(k, lo if k == first else 0, hi + 1 if k == last else starts[k + 1] - starts[k])
+                 for k in range(first, last + 1)]
+        return np.concatenate(parts)
 
     def _shard_run(self, k: int, lo: int, hi: int) -> np.ndarray:
         """Records ``lo..hi-1`` of shard ``k`` (fixed shape): one view of its map."""
         size = self._nbytes
         assert size is not None
         shard = self.records.shard(k)
-        begin = int(shard.offsets[lo - 1]) if lo else 0
-        ends = shard.offsets[lo:hi]
-        bad = np.flatnonzero(ends - begin != size * np.arange(1, hi - lo + 1, dtype=np.int64))
-        if len(bad):
-            j = lo + int(bad[0])
-            length = int(ends[bad[0]]) - (int(shard.offsets[j - 1]) if j else 0)
-            raise self._misfit(int(self.records.record_starts[k]) + j, length)
+        known = self._gridded.get(k)
+        if known is None or known[0] is not shard:
+            known = self._gridded[k] = (shard, self._on_grid(shard, size))
+        if known[1]:  # every record of the shard has the size: record j starts at j * size
+            begin = lo * size
+        else:
+            offsets = shard.offsets
+            begin = int(offsets[lo - 1]) if lo else 0
+            ends = offsets[lo:hi]
+            bad = np.flatnonzero(ends - begin != size * np.arange(1, hi - lo + 1, dtype=np.int64))
+            if len(bad):  # the first record of another size
+                j = lo + int(bad[0])
+                length = int(offsets[j]) - (int(offsets[j - 1]) if j else 0)
+                raise self._misfit(int(self.records.record_starts[k]) + j, length)
         block = shard.payload[begin : begin + (hi - lo) * size]
         return block.view(self.dtype).reshape(hi - lo, *self.shape)  # type: ignore[misc]
+
+    def _on_grid(self, shard: MappedShard, size: int) -> bool:
+        """Whether every record of ``shard`` has ``size`` bytes (checked once a map)."""
+        if len(self._gridded) >= 64:  # at most what a dataset keeps mapped
+            self._gridded.clear()
+        return bool(np.array_equal(shard.offsets, size * np.arange(1, len(shard.offsets) + 1, dtype=np.int64)))
 
     def __repr__(self) -> str:
         return f"TypedRecords({self._label}, {self.kind.describe()}, records={len(self.records)})"
@@ -185,7 +204,12 @@ class TypedIterator(Iterator[Any]):
         self.plan = getattr(raw, "plan", None)  # (to name a record that does not fit)
         self._typed = typed
         self.batch_size = batch_size
-        self._items = self._records() if batch_size is None else self._batches(batch_size)
+        if batch_size is None:
+            self._items = self._records()
+        elif typed.kind.fixed and hasattr(raw, "make_views"):
+            self._items = self._fixed_batches(batch_size)
+        else:
+            self._items = self._batches(batch_size)
 
     @property
     def position(self) -> int:
@@ -223,6 +247,31 @@ class TypedIterator(Iterator[Any]):
             except ShardFormatError:
                 raise typed._misfit(self._where(raw.position - 1), view.shape[0]) from None
 
+    def _fixed_batches(self, size: int) -> Iterator[np.ndarray]:
+        """Batches of fixed-shape records gathered from the stream's blocks' bounds, a
+        shard at a time (no object per record): the stream yields pieces of batches."""
+        raw, typed = self.raw, self._typed
+        have = 0  # records of the batch being assembled
+
+        def make(payloads: list[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray) -> _Pieces:
+            first = raw.position  # the block's first position: the previous block is done
+            return _Pieces(payloads, slots, begins, ends, typed, lambda: size - have, lambda j: self._where(first + j))
+
+        raw.make_views = make
+        pending: list[np.ndarray] = []
+        for piece in raw:
+            if not have and len(piece) == size:
+                yield piece
+                continue
+            pending.append(piece)
+            have += len(piece)
+            if have == size:
+                batch = np.concatenate(pending)
+                pending, have = [], 0
+                yield batch
+        if pending:
+            yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
     def _batches(self, size: int) -> Iterator[Any]:
         raw, typed = self.raw, self._typed
         while True:
@@ -238,3 +287,77 @@ class TypedIterator(Iterator[Any]):
             else:
                 yield [typed.typed(v, where(j)) if len(v) % typed._itemsize else v.view(typed.dtype)
                        for j, v in enumerate(views)]
+
+
+class _Pieces:
+    """One block of a planned stream (its records' bounds in its shards' payloads), read
+    as pieces of batches of fixed-shape records: the ``RecordViews`` contract of
+    :mod:`roxxel.read.views`, with ``(n, *shape)`` arrays for views. A piece is as long
+    as ``wanted()`` (what the batch being assembled still needs) or the block's rest;
+    its records are copied a shard at a time (one ``take`` each), grouped by shard in
+    stream order. ``__length_hint__`` counts the records not yet in a piece, which is
+    how the stream's position is known.
+
+    Every bound is checked before the first piece, as ``record_views`` checks them; a
+    record of another size raises the misfit error naming ``where(j)``, its j-th record.
+    """
+
+    __slots__ = ("_at", "_local", "_rows", "_slots", "_typed", "_wanted")
+
+    def __init__(
+        self, payloads: list[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray,
+        typed: TypedRecords, wanted: Callable[[], int], where: Callable[[int], str],
+    ) -> None:
+        size = typed._nbytes
+        assert size is not None
+        sizes = np.array([len(p) for p in payloads], dtype=np.int64)
+        if len(slots) and (slots.min() < 0 or slots.max() >= len(payloads)):
+            raise IndexError(f"a block's slots must be in [0, {len(payloads)})")
+        bad = np.flatnonzero((begins < 0) | (begins > ends) | (ends > sizes[slots]))
+        if len(bad):
+            raise IndexError(f"record {int(bad[0])} of a block: bounds [{int(begins[bad[0]])}, "
+                             f"{int(ends[bad[0]])}) are outside its payload of {int(sizes[slots[bad[0]]])} bytes")
+        bad = np.flatnonzero(ends - begins != size)
+        if len(bad):
+            raise typed._misfit(where(int(bad[0])), int(ends[bad[0]] - begins[bad[0]]))
+        self._typed, self._wanted = typed, wanted
+        self._slots = slots
+        self._rows: list[np.ndarray] | None = None
+        self._local = begins // size
+        if not (begins % size == 0).all():  # a record off the grid of its shard: byte by byte
+            self._local = begins
+            self._rows = [np.lib.stride_tricks.sliding_window_view(p, size) if len(p) >= size else
+                          p[:0].reshape(0, size) for p in payloads]
+        else:
+            self._rows = [p[: len(p) // size * size].reshape(-1, size) for p in payloads]
+        self._at = 0
+
+    def __iter__(self) -> _Pieces:
+        return self
+
+    def __length_hint__(self) -> int:
+        return len(self._slots) - self._at
+
+    def __next__(self) -> np.ndarray:
+        rows, lo = self._rows, self._at
+        if rows is None or lo >= len(self._slots):
+            raise StopIteration
+        hi = min(len(self._slots), lo + max(self._wanted(), 1))
+        slots, local = self._slots[lo:hi], self._local[lo:hi]
+        typed = self._typed
+        out = np.empty((hi - lo, typed._nbytes), dtype=np.uint8)  # type: ignore[arg-type]
+        first = int(slots[0])
+        if (slots == first).all():
+            np.take(rows[first], local, axis=0, out=out, mode="clip")  # (bounds checked above)
+        else:
+            order = np.argsort(slots, kind="stable")
+            slots, local = slots[order], local[order]
+            cuts = [0, *(np.flatnonzero(slots[1:] != slots[:-1]) + 1).tolist(), hi - lo]
+            for a, b in pairwise(cuts):
+                np.take(rows[int(slots[a])], local[a:b], axis=0, out=out[a:b], mode="clip")
+        self._at = hi
+        return out.view(typed.dtype).reshape(hi - lo, *typed.shape)  # type: ignore[misc]
+
+    def close(self) -> None:
+        self._rows = None  # lets go of the maps
+        self._at = len(self._slots)
