@@ -144,6 +144,11 @@ def test_world_sizes_equal_counts_disjoint_and_deterministic_across_processes(wo
     for i in (0, 1):  # the stop sources: no record read by two ranks (pad's wrap aside)
         ids = np.concatenate([per[i] for _, per in sequences])
         assert len(ids) - len(np.unique(ids)) < world_size
+        # and each rank reads (so downloads) about 1/world_size of the source's shards
+        starts = np.concatenate([[0], np.cumsum(sources[i].counts)])
+        for _, per in sequences:
+            shards = np.unique(np.searchsorted(starts, per[i], side="right") - 1)
+            assert len(shards) <= -(-len(sources[i].counts) // world_size) + 2
     digest = json.dumps([[s.tolist(), [x.tolist() for x in per]] for s, per in sequences])
     code = textwrap.dedent(f"""
         import json, numpy as np

@@ -37,7 +37,6 @@ from .iteration import _WindowReader, detect_topology
 from .mixplan import MixSource, MixturePlan, Topology, pass_seed
 from .mixspec import (
     MixtureSpec,
-    SourceSpec,
     is_spec_location,
     load_spec,
     spec_from_arguments,
@@ -91,15 +90,20 @@ def mix(
         spec = spec_from_arguments(sources, weights, seed, samples, policy)
     if isinstance(sources, (str, Mapping)) and (weights is not None or policy is not None):
         raise ValueError("weights and policy come from the mixture document: give them there")
-    def opening(src: SourceSpec) -> tuple[Store, Manifest]:
-        if src.dataset is not None:
-            return src.dataset.store, src.dataset.manifest
-        store = dataset_store(src.url, src.storage_options if src.storage_options is not None else storage_options)
-        return store, read_manifest(store)
+    stores = [src.dataset.store if src.dataset is not None else
+              dataset_store(src.url, src.storage_options if src.storage_options is not None else storage_options)
+              for src in spec.sources]
 
-    # the manifests are read side by side: on a real store each read is a round trip
-    with ThreadPoolExecutor(min(8, len(spec.sources)), thread_name_prefix="roxxel-mix-open") as pool:
-        opened = list(pool.map(opening, spec.sources))
+    def manifest_of(i: int) -> Manifest:
+        given = spec.sources[i].dataset
+        return given.manifest if given is not None else read_manifest(stores[i])
+
+    if sum(store.downloads_in_parts for store in stores) > 1:  # remote: each read is a round trip
+        with ThreadPoolExecutor(min(8, len(stores)), thread_name_prefix="roxxel-mix-open") as pool:
+            manifests = list(pool.map(manifest_of, range(len(stores))))
+    else:
+        manifests = [manifest_of(i) for i in range(len(stores))]
+    opened = list(zip(stores, manifests))
     if cache_dir is None:
         given = next((s.dataset for s in spec.sources if s.dataset is not None), None)
         if given is not None:
