@@ -112,6 +112,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
         # (epoch, the generations before this one) after an elastic resume: set before the
         # workers start (they get it with the dataset), used for that epoch only
         self._elastic: tuple[int, tuple[Generation, ...]] | None = None
+        self._left: tuple[Any, int] | None = None  # ((epoch, history), records they left)
 
     # -- epochs and resume --------------------------------------------------------------
 
@@ -205,12 +206,15 @@ class IterableRecords(torch.utils.data.IterableDataset):
             return [ds.consumer_length(epoch, rank, world_size, w, num_workers, shuffle=self.shuffle,
                                        window=self.window, remainder=self.remainder) for w in range(num_workers)]
         history = self._history(epoch)
-        if history:
+        if not history:
+            total = int(ds.manifest.shards.records.sum())
+        elif self._left is not None and self._left[0] == (epoch, history):
+            total = self._left[1]
+        else:
             _, segments = remaining(ds.manifest.shards.records, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                                     window=self.window, remainder=self.remainder, generations=history)
             total = segments.total
-        else:
-            total = int(ds.manifest.shards.records.sum())
+            self._left = ((epoch, history), total)  # a state_dict asks for every rank's
         spans = [span(total, rank, world_size, w, num_workers, self.remainder) for w in range(num_workers)]
         return [hi - lo for lo, hi in spans]
 

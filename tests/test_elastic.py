@@ -378,6 +378,20 @@ def test_persistent_workers_read_the_rest_then_the_next_epoch_on_the_new_topolog
         resumed.load_state_dict(loader.state_dict())  # another one they do not
 
 
+def test_a_loader_resumed_elastically_resumes_again_on_its_topology(url, tmp_path):
+    loader = _loader(url, tmp_path, 0)
+    read = [i for _, batch in zip(range(9), loader) for i in _ids(batch)]
+    resized = _loader(url, tmp_path, 2, multiprocessing_context="fork")
+    resized.load_state_dict(loader.state_dict())
+    read += [i for _, batch in zip(range(11), resized) for i in _ids(batch)]
+    state = json.loads(json.dumps(resized.state_dict()))
+    assert state["batches"] == 11 and len(state["job"]["generations"]) == 2
+    again = _loader(url, tmp_path, 2, multiprocessing_context="fork")
+    again.load_state_dict(state)  # the same topology: each worker where it was
+    read += [i for batch in again for i in _ids(batch)]
+    assert sorted(read) == list(range(N))
+
+
 TORCHRUN = textwrap.dedent(
     """
     import json, sys
