@@ -33,9 +33,12 @@ pad positions: at most ``W_g * ceil(R_g / W_g) - R_g`` (fewer than ``W_g``) in g
 ``g``, all of them read if the last generation reads to the end.
 
 **Cost.** The stream's shard order is O(#shards); a consumer's remainder costs O(its
-pieces) plus O(one window's records) for the rest of its window; a generation
-O(#shards + consumers + consumers x window records). A resume recomputes every earlier
-generation: state and time grow with the number of generations (see :func:`fold`).
+pieces), and the rest of its window (O(one window's records)) is computed only when a
+consumer of the next generation reads it (:class:`Loose`; a window across the pad wrap is
+computed at once, to count its real records). So planning a new consumer costs
+O(#shards + consumers of every earlier generation) plus the window rests it reads. A
+resume recomputes every earlier generation: state and time grow with the number of
+generations in the epoch (a generation where nothing was read is dropped: :func:`fold`).
 """
 
 from __future__ import annotations

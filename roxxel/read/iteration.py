@@ -66,7 +66,7 @@ class IterState:
         if self.elastic is not None:
             gens = tuple(Generation.from_dict(g, f"iterator state field 'elastic'[{i}]")
                          for i, g in enumerate(self.elastic))
-            object.__setattr__(self, "elastic", gens)
+            object.__setattr__(self, "elastic", gens or None)  # no generation before: the planner's
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
