@@ -14,6 +14,7 @@ The epoch and the resume point live in shared memory, so ``set_epoch`` and
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from .errors import ResumeError
+from .errors import ManifestError, ResumeError
 from .planner import DEFAULT_WINDOW, PLAN_VERSION
 from .read import dataset as _dataset
 from .read import mixture as _mixture
@@ -57,8 +58,13 @@ def _typed_stream(ds: Any, records: Iterator[np.ndarray], collate: Callable[[lis
 ]:
     """A typed dataset's records as arrays of its dtype and shape (see
     :mod:`roxxel.read.typed`), stacked by the default collate when their shape is fixed;
-    other datasets' records (and a mixture's) as they are."""
-    kind = getattr(ds, "record_type", None)
+    other datasets' records (and a mixture's) as they are, as are the records of a
+    dataset whose meta.dtype/meta.shape declare no type roxxel reads (with a warning)."""
+    try:
+        kind = getattr(ds, "record_type", None)
+    except ManifestError as exc:  # e.g. a structured dtype from `roxxel pack --format npy`
+        logging.getLogger(__name__).warning("reading the records of %s as uint8: %s", ds.url, exc)
+        return records, collate
     if kind is None:
         return records, collate
     typed = TypedIterator(records, TypedRecords(ds, kind, ds.url))  # type: ignore[arg-type]

@@ -321,3 +321,32 @@ def test_the_torch_adapter_stacks_fixed_shape_records(tmp_path):
     (batch,) = list(loader)
     assert [t.dtype for t in batch] == [torch.int32] * 5
     assert [t.tolist() for t in batch] == [d.tolist() for d in docs]
+
+
+def test_the_torch_adapter_reads_an_undeclarable_type_as_bytes(tmp_path, caplog):
+    pytest.importorskip("torch")
+    from roxxel.torch import IterableRecords
+
+    url = str(tmp_path / "ds")
+    with roxxel.Writer(url, meta={"dtype": [["a", "<f4"], ["b", "<i4"]], "shape": []}) as w:
+        w.extend([b"12345678", b"abcdefgh"])  # as `roxxel pack --format npy` packs a structured array
+    (batch,) = list(IterableRecords(url, batch_size=2, shuffle=False, cache_dir=str(tmp_path / "c")))
+    assert [bytes(t.numpy()) for t in batch] == [b"12345678", b"abcdefgh"]
+    assert "reading the records of" in caplog.text and "meta.dtype" in caplog.text
+
+
+def test_pieces_read_records_off_their_shard_s_grid():
+    from roxxel.read.typed import TypedRecords, _Pieces
+
+    payload = np.arange(64, dtype=np.uint8)
+    typed = TypedRecords(None, RecordType.of("<u2", 2), "synthetic")  # records of 4 bytes
+    begins = np.array([1, 9, 30, 1], dtype=np.int64)  # not multiples of 4: byte by byte
+    pieces = _Pieces([payload], np.zeros(4, np.int64), begins, begins + 4, typed, lambda: 3, str)
+    first, second = list(pieces)
+    expect = np.stack([payload[b : b + 4].view("<u2") for b in begins.tolist()])
+    assert first.shape == (3, 2) and np.array_equal(np.concatenate([first, second]), expect)
+    with pytest.raises(IndexError, match="outside its payload of 64 bytes"):
+        _Pieces([payload], np.zeros(1, np.int64), np.array([62]), np.array([66]), typed, lambda: 1, str)
+    with pytest.raises(ShardFormatError, match="synthetic: rec 0 has 3 bytes"):
+        _Pieces([payload], np.zeros(1, np.int64), np.array([0]), np.array([3]), typed, lambda: 1,
+                lambda j: f"rec {j}")
