@@ -215,6 +215,7 @@ def test_one_consumers_state_is_enough_when_it_was_alone_or_all_read_as_much(url
         _read(its, [60] * 4)
         full = roxxel.job_state([it.state() for it in its])
         assert roxxel.job_state(its[2].state(), lockstep=True) == {**full, "lockstep": True}
+        assert roxxel.job_state(full) == full  # a job state passes through
         with pytest.raises(ResumeError, match="rank 0 worker 0's is missing.*lockstep=True"):
             roxxel.job_state([its[1].state()])
         with pytest.raises(ResumeError, match="One consumer's state resumes that consumer only.*job_state"):
