@@ -350,3 +350,16 @@ def test_pieces_read_records_off_their_shard_s_grid():
     with pytest.raises(ShardFormatError, match="synthetic: rec 0 has 3 bytes"):
         _Pieces([payload], np.zeros(1, np.int64), np.array([0]), np.array([3]), typed, lambda: 1,
                 lambda j: f"rec {j}")
+
+
+def test_what_roxxel_pack_writes_from_npy_reads_typed(tmp_path):
+    from roxxel import ops
+
+    x = values("<i2", (4, 2), 50)
+    np.save(tmp_path / "a.npy", x[:30])
+    np.save(tmp_path / "b.npy", x[30:])
+    url = str(tmp_path / "packed")
+    ops.pack([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")], url, format="npy")
+    with open_ds(url, tmp_path) as ds:
+        assert ds.record_type == RecordType(np.dtype("<i2"), (4, 2))
+        assert np.array_equal(ds.arrays[:], x)
