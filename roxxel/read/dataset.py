@@ -259,6 +259,7 @@ class Dataset(Records):
         fingerprint = self.manifest.fingerprint()
         saved = resume_state(state, fingerprint, self.url, self.manifest.shards.records, now)
         check_resumable(saved, fingerprint, self.url, now)
+        self.residency.fit_window(saved.window)  # as ds.iter does: the window must fit the cache
         return self._iterator(saved)
 
     def stream(
