@@ -6,14 +6,16 @@ The input is ``--mib`` (256; ``--full``: 1024) MiB of incompressible records of
 ``--min-kib``..``--max-kib`` KiB in ``--files`` (8) Parquet files of one binary column
 ``data``, written with pyarrow before timing (row groups of 16 MiB).
 
-- **dask**: ``roxxel.dask.write_parts`` with one part per Parquet file (each read one row
-  group at a time), on a fresh ``distributed.LocalCluster`` (one thread per worker
+- **dask**: ``roxxel.dask.write_parts`` with one part per Parquet file (each read in
+  batches of 64 rows), on a fresh ``distributed.LocalCluster`` (one thread per worker
   process), timed from submitting the parts to the commit returning; with each worker's
-  peak RSS (``ru_maxrss``) and its RSS before the job (roxxel, pyarrow and Dask
+  peak RSS (VmHWM) and its RSS before the job (roxxel, pyarrow and Dask
   imported), for each ``--shard-mib`` size: the peak must not grow with the shard size
   (a worker holds one shard's offsets; shards are staged on disk).
 - **writer**: one ``roxxel.Writer`` in a fresh process reading the same files, timed from
   the first record to ``close()``, with its peak RSS.
+- **reading alone**: the same reading of the files in a fresh process, writing nothing:
+  the part of each peak RSS that is pyarrow's.
 - **upload limit**: the best upload client of ``scripts/bench_upload.py`` (presigned
   multipart ``UploadPart``, ``sendfile``) putting files of the dataset's size, with
   ``--parallel`` parts in flight (default: workers x the writer's 4 upload threads: the
@@ -29,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from tests import servers
 
 BUCKET = "build"
 ROW_GROUP_BYTES = 16 * MiB
+READ = {"pre_buffer": False, "buffer_size": 1 << 20}  # pyarrow's leanest reading
 
 _WRITER_CHILD = """
 import json, sys, time
@@ -56,11 +58,18 @@ def rss(field):
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field))
 
 url, options, shard_bytes, paths = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[5:]
+READ = {"pre_buffer": False, "buffer_size": 1 << 20}
 before = rss("VmRSS:")
 t0 = time.perf_counter()
+if not url:  # the reading alone
+    for path in paths:
+        for batch in pq.ParquetFile(path, **READ).iter_batches(columns=["data"], batch_size=64):
+            batch.column(0).to_pylist()
+    print(json.dumps({"seconds": time.perf_counter() - t0, "rss_peak": rss("VmHWM:"), "rss_before": before}))
+    sys.exit(0)
 with roxxel.Writer(url, storage_options=options, shard_bytes=shard_bytes) as w:
     for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["data"], batch_size=64):
+        for batch in pq.ParquetFile(path, **READ).iter_batches(columns=["data"], batch_size=64):
             for value in batch.column(0).to_pylist():
                 w.append(value)
 print(json.dumps({"seconds": time.perf_counter() - t0, "rss_peak": rss("VmHWM:"), "rss_before": before,
@@ -75,38 +84,39 @@ def make_parquet(folder: str, total: int, files: int, min_kib: int, max_kib: int
     import pyarrow.parquet as pq
 
     source = RecordSource(total, min_kib * 1024, max_kib * 1024, seed=0)
-    records = [bytes(r) for r in source]
-    per_file = -(-len(records) // files)
+    per_file = -(-len(source) // files)
     paths = []
-    mean = source.total_bytes / max(1, len(records))
+    mean = source.total_bytes / max(1, len(source))
+    records = iter(source)
     for k in range(files):
-        chunk = records[k * per_file : (k + 1) * per_file]
+        chunk = [bytes(r) for _, r in zip(range(per_file), records)]  # one file's records at a time
         if not chunk:
             break
         path = os.path.join(folder, f"part-{k:03d}.parquet")
         pq.write_table(pa.table({"data": pa.array(chunk, pa.binary())}), path,
                        row_group_size=max(1, int(ROW_GROUP_BYTES / mean)), compression="none")
         paths.append(path)
-    return paths, source.total_bytes, len(records)
+    return paths, source.total_bytes, len(source)
 
 
 def parquet_records(path: str) -> Any:
     """A Parquet file's ``data`` values, one row group batch at a time (runs on a worker)."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(columns=["data"], batch_size=64):
+    for batch in pq.ParquetFile(path, **READ).iter_batches(columns=["data"], batch_size=64):
         yield from batch.column(0).to_pylist()
 
 
 def worker_rss() -> dict[str, int]:
-    """This process's RSS and peak RSS, in bytes (runs on every Dask worker)."""
+    """This process's RSS and peak RSS (VmHWM: since its exec, unlike ``ru_maxrss``, which
+    a spawned child inherits from its parent), in bytes (runs on every Dask worker)."""
     import pyarrow.parquet  # noqa: F401 - what a part imports, before the job
 
     import roxxel.build  # noqa: F401
 
     with open("/proc/self/status") as f:
         fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.startswith("Vm")}
-    return {"rss": fields["VmRSS"], "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {"rss": fields["VmRSS"], "peak": fields["VmHWM"]}
 
 
 def run_dask(url: str, options: dict[str, Any], paths: list[str], workers: int, shard_bytes: int) -> dict[str, Any]:
@@ -166,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         options = bench_storage_options(s3.endpoint)
         paths, record_bytes, count = make_parquet(tmp, total, args.files, args.min_kib, args.max_kib)
         print(f"input: {count} records, {record_bytes / 1e6:.0f} MB", flush=True)
+        reading = run_writer("", {}, paths, 0)  # pyarrow reading every file, in one process, nothing written
+        results["reading_alone"] = reading
+        print(f"pyarrow reading the input alone: peak RSS {reading['rss_peak'] / MiB:.0f} MiB "
+              f"({reading['rss_before'] / MiB:.0f} MiB before)", flush=True)
         for shard_mib in args.shard_mib:
             s3.reset()
             s3.create_bucket(BUCKET)
