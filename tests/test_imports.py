@@ -262,6 +262,49 @@ def test_litdata_from_s3_into_gcs(litdata_dir, new_location, tmp_path):
     assert meta["import"]["field"] == "tokens"
 
 
+def row_item(i: int) -> dict:
+    return {"text": f"doc {i}", "n": i, "x": i / 2}
+
+
+def token_item(i: int) -> dict:
+    return {"data": bytes([i % 256]) * (i % 9), "tokens": np.arange(i % 13 + 1, dtype=np.int32)}
+
+
+@pytest.mark.parametrize("layout", ["chunk", "batch", "sample"])
+def test_litdata_zstd_layouts(layout, tmp_path):
+    import litdata
+
+    out = str(tmp_path / layout)
+    litdata.optimize(token_item, list(range(40)), out, chunk_bytes=400, num_workers=1, start_method="fork",
+                     keep_data_ordered=True, compression="zstd", compression_level=layout,
+                     compression_batch_size=3)
+    source = imports.open_source("litdata", out, field="tokens", decode="natural")
+    assert len(source.units) > 2
+    assert [r.tobytes() for r in source] == [token_item(i)["tokens"].tobytes() for i in range(40)]
+    assert list(imports.open_source("litdata", out, field="data")) == [token_item(i)["data"] for i in range(40)]
+
+
+def test_litdata_rows_in_arrow_footers(tmp_path):
+    import litdata
+    import pyarrow as pa
+
+    out = str(tmp_path / "rows")
+    litdata.optimize(row_item, list(range(30)), out, chunk_bytes=300, num_workers=1, start_method="fork",
+                     keep_data_ordered=True)
+    source = imports.open_source("litdata", out, decode="natural")
+    assert source.meta["import"]["rows"] == "arrow-footer" and source.meta["import"]["fields"] == ["text", "n", "x"]
+    assert [json.loads(r) for r in source] == [row_item(i) for i in range(30)]
+    arrow = list(imports.open_source("litdata", out))
+    assert [pa.ipc.open_stream(r).read_all().to_pylist()[0] for r in arrow] == [row_item(i) for i in range(30)]
+    numbers = imports.open_source("litdata", out, field="n")
+    assert numbers.meta["dtype"] == "<i8" and [int(r) for r in numbers] == list(range(30))
+    chunk = Path(out, "chunk-0-1.bin")
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[:-12] + struct.pack("<I", len(data)) + data[-8:])  # a footer longer than its file
+    with pytest.raises(SourceFormatError, match=r"chunk-0-1\.bin: the Arrow footer says it has \d+ bytes"):
+        list(imports.open_source("litdata", out, field="text"))
+
+
 def test_litdata_hostile(litdata_dir, tmp_path):
     path = _copy(litdata_dir, tmp_path / "lit")
     _edit_index(path, lambda ix: ix["chunks"][0].update(filename="../index.json"))
@@ -275,7 +318,12 @@ def test_litdata_hostile(litdata_dir, tmp_path):
     chunk = os.path.join(path, "chunk-0-4.bin")
     data = Path(chunk).read_bytes()
     Path(chunk).write_bytes(data[:-5])
-    with pytest.raises(SourceFormatError, match=r"chunk-0-4\.bin: truncated: item \d+ needs \d+ bytes"):
+    with pytest.raises(SourceFormatError, match=rf"chunk-0-4\.bin has {len(data) - 5} bytes, the index says {len(data)}"):
+        imports.open_source("litdata", path)
+    _edit_index(path, lambda ix: next(c for c in ix["chunks"] if c["filename"] == "chunk-0-4.bin").update(
+        chunk_bytes=len(data) - 5))
+    with pytest.raises(SourceFormatError, match=rf"chunk-0-4\.bin: the offsets end at {len(data)}, the index says "
+                                                rf"the file has {len(data) - 5} bytes"):
         list(imports.open_source("litdata", path))
     path = _copy(litdata_dir, tmp_path / "lit4")
     _edit_index(path, lambda ix: ix["config"].update(encryption="fernet"))

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import SourceFormatError
 from ._common import Record, Source, Unit, check_choice, locate, open_stream, spec
 
-__all__ = ["read_unit", "source"]
+__all__ = ["batch_records", "describe", "read_unit", "source"]
 
 FORMAT = "parquet"
 SUFFIXES = (".parquet", ".pq")
@@ -75,7 +75,7 @@ def source(
         file_schema = metadata.schema.to_arrow_schema()
         if schema is None:
             schema, first = file_schema, probe.label
-            kind, dtype, shape = _describe(schema, field, rows, first)
+            kind, dtype, shape = describe(schema, field, rows, first)
         elif not file_schema.equals(schema):
             raise SourceFormatError(f"{probe.label}: schema differs from {first}'s:\n{file_schema}\nvs\n{schema}")
         for group in range(metadata.num_row_groups):
@@ -97,7 +97,7 @@ def source(
     return Source(FORMAT, tuple(units), meta, storage_options)
 
 
-def _describe(schema: Any, field: str | None, rows: str, label: str) -> tuple[str, str | None, list[int] | None]:
+def describe(schema: Any, field: str | None, rows: str, label: str) -> tuple[str, str | None, list[int] | None]:
     """(record kind, dtype, fixed shape) of the records, or ValueError/SourceFormatError."""
     pa = _pyarrow()
     types = pa.types
@@ -146,18 +146,7 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
             batches = pf.iter_batches(batch_size=options["batch_rows"], row_groups=[unit.part],
                                       columns=None if field is None else [field])
             for batch in batches:
-                if field is not None:
-                    yield from _column(batch.column(0), field, label, count)
-                elif rows == "json":
-                    for row in batch.to_pylist():
-                        yield json.dumps(row, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                                         default=_json_default).encode("utf-8")
-                else:
-                    for i in range(batch.num_rows):
-                        sink = pa.BufferOutputStream()
-                        with pa.ipc.new_stream(sink, batch.schema) as writer:
-                            writer.write_batch(batch.slice(i, 1))
-                        yield sink.getvalue().to_pybytes()
+                yield from batch_records(batch, field, rows, label, count)
                 count += batch.num_rows
         except (pa.ArrowException, OSError) as exc:
             from ..errors import StorageError
@@ -171,6 +160,26 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
             raise SourceFormatError(f"{label}: row {count}+: cannot be JSON: {exc}") from None
     if count != options["rows_in_group"]:
         raise SourceFormatError(f"{label}: read {count} rows, the file's metadata says {options['rows_in_group']}")
+
+
+def batch_records(batch: Any, field: str | None, rows: str, label: str, start: int) -> Iterator[Record]:
+    """The records of an Arrow record batch: ``field``'s values (the batch's only column,
+    or its column of that name), or each row as JSON or as a one-row Arrow IPC stream.
+    ``start`` is the batch's first row, for messages."""
+    pa = _pyarrow()
+    if field is not None:
+        column = batch.column(0) if batch.num_columns == 1 else batch.column(field)
+        yield from _column(column, field, label, start)
+    elif rows == "json":
+        for row in batch.to_pylist():
+            yield json.dumps(row, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                             default=_json_default).encode("utf-8")
+    else:
+        for i in range(batch.num_rows):
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch.slice(i, 1))
+            yield sink.getvalue().to_pybytes()
 
 
 def _column(array: Any, field: str, label: str, start: int) -> Iterator[Record]:
