@@ -348,7 +348,11 @@ class _Pieces:
         out = np.empty((hi - lo, typed._nbytes), dtype=np.uint8)  # type: ignore[arg-type]
         first = int(slots[0])
         if (slots == first).all():
-            np.take(rows[first], local, axis=0, out=out, mode="clip")  # (bounds checked above)
+            start = int(local[0])
+            if int(local[-1]) - start == hi - lo - 1 and (hi - lo < 2 or (np.diff(local) == 1).all()):
+                np.copyto(out, rows[first][start : start + hi - lo])  # a run in stored order
+            else:
+                np.take(rows[first], local, axis=0, out=out, mode="clip")  # (bounds checked above)
         else:
             order = np.argsort(slots, kind="stable")
             slots, local = slots[order], local[order]
