@@ -114,6 +114,12 @@ class Writer:
     bytes) just before the manifest is published, so readers with ``trusted_keys`` never
     find the new manifest unsigned. The key is loaded here (a bad one fails before any
     upload) and is never logged or shown.
+
+    ``dtype`` (a NumPy number type) and ``shape`` (None: 1-D records of any length)
+    declare the records' type in the manifest's ``meta`` (``meta["dtype"]``,
+    ``meta["shape"]``: see :mod:`roxxel.manifest.record_type`); readers get the records as
+    arrays of it from ``ds.arrays``. A typed writer refuses records of another dtype,
+    shape or size with a ValueError; appending to a typed dataset keeps its type.
     """
 
     def __init__(

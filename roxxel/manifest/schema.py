@@ -8,6 +8,10 @@ A dataset is described by one JSON document at ``<dataset url>/manifest.json``::
                  "raw_size": 1234, "compression": null,
                  "checksum": "blake3:<64 lowercase hex digits>"}, ...]}
 
+Two keys of ``meta`` are reserved: ``dtype`` and ``shape`` declare the type of the
+records (see :mod:`roxxel.manifest.record_type`, which validates them when a reader asks
+for typed records); the rest of ``meta`` is the user's.
+
 Per-shard metadata is held in NumPy columns (:class:`ShardTable`), never one Python
 object per shard, so a manifest of 100,000+ shards opens fast and stays small.
 
