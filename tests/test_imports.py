@@ -212,6 +212,24 @@ def test_mds_bad_shards_refused(mds_dirs, tmp_path):
         list(imports.open_source("mds", path))
 
 
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_mds_digests_checked(compression, tmp_path):
+    streaming = peer_stubs.streaming()
+    path = str(tmp_path / "hashed")
+    with streaming.MDSWriter(out=path, columns={"data": "bytes"}, compression=compression,
+                             hashes=["sha1", "xxh64"], size_limit=1 << 20) as w:
+        for i in range(50):
+            w.write({"data": bytes([i]) * 100})
+    assert list(imports.open_source("mds", path, field="data")) == [bytes([i]) * 100 for i in range(50)]
+    shard = Path(path, "shard.00000.mds" + (".zstd" if compression else ""))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1  # the last sample's last byte (or the zstd frame's checksum): the layout still parses
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SourceFormatError, match=r"shard\.00000\.mds(\.zstd)?: (sha1 digest is [0-9a-f]+, the index "
+                                                r"says [0-9a-f]+|damaged zstd data)"):
+        list(imports.open_source("mds", path, field="data"))
+
+
 # -- LitData -----------------------------------------------------------------------------
 
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
+import logging
+import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import SourceFormatError
+from ..errors import SourceFormatError, StorageError
 
-__all__ = ["decompressed", "items", "read_exact"]
+log = logging.getLogger(__name__)
+
+__all__ = ["HashingReader", "decompressed", "hashers", "items", "read_exact"]
 
 
 def read_exact(f: Any, size: int, label: str, what: str) -> bytes:
@@ -52,15 +57,33 @@ def decompressed(f: BinaryIO, compression: str | None, label: str) -> Any:
     if algorithm == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(f, read_size=1 << 20, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=1 << 20, read_across_frames=True)
+        return _Decompressing(reader, (zstandard.ZstdError,), label, compression)
     if algorithm == "gz":
-        return gzip.GzipFile(fileobj=f, mode="rb")
+        return _Decompressing(gzip.GzipFile(fileobj=f, mode="rb"), (zlib.error, EOFError, OSError), label,
+                              compression)
     if algorithm == "bz2":
-        return bz2.BZ2File(f, mode="rb")
+        return _Decompressing(bz2.BZ2File(f, mode="rb"), (EOFError, OSError), label, compression)
     raise SourceFormatError(
         f"{label}: compression {compression!r} is not one roxxel reads (zstd, gz, bz2); "
         "decompress the files first"
     )
+
+
+class _Decompressing:
+    """A decompressor's ``read`` whose errors on damaged input become SourceFormatError
+    (a storage failure underneath stays what it is)."""
+
+    def __init__(self, reader: Any, damage: tuple[type[BaseException], ...], label: str, compression: str) -> None:
+        self._reader, self._damage, self._label, self._compression = reader, damage, label, compression
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._reader.read(size)
+        except self._damage as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise SourceFormatError(f"{self._label}: damaged {self._compression} data: {exc}") from exc
 
 
 def items(
@@ -96,3 +119,53 @@ def items(
         yield position, read_exact(f, length, label, f"{item} {position}")
     if size is not None and f.read(1):
         raise SourceFormatError(f"{label}: bytes after the last {item}, past the {size} its index says")
+
+
+def hashers(expected: Any, label: str) -> dict[str, tuple[Any, str]]:
+    """``{algorithm: (hasher, expected hex digest)}`` for the digests an index states that
+    can be checked here (hashlib's, and xxhash's when it is installed); others are skipped."""
+    if not expected:
+        return {}
+    if not isinstance(expected, dict):
+        raise SourceFormatError(f"{label}: hashes must be an object, got {expected!r}")
+    out: dict[str, tuple[Any, str]] = {}
+    for algorithm, digest in expected.items():
+        if not isinstance(digest, str):
+            raise SourceFormatError(f"{label}: hashes.{algorithm} must be a hex string, got {digest!r}")
+        if algorithm in hashlib.algorithms_available and not algorithm.startswith("shake_"):
+            out[algorithm] = (hashlib.new(algorithm), digest.lower())
+            continue
+        try:
+            import xxhash
+        except ImportError:
+            xxhash = None
+        if xxhash is not None and algorithm in xxhash.algorithms_available:
+            out[algorithm] = (getattr(xxhash, algorithm)(), digest.lower())
+        else:
+            log.debug("%s: cannot check the %s digest here", label, algorithm)
+    return out
+
+
+class HashingReader:
+    """A file's ``read`` that feeds every byte read to ``hashers`` (see :func:`hashers`);
+    :meth:`check` reads the rest and compares the digests."""
+
+    def __init__(self, f: Any, checks: dict[str, tuple[Any, str]], label: str) -> None:
+        self._f, self._checks, self._label = f, checks, label
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        for hasher, _ in self._checks.values():
+            hasher.update(data)
+        return data
+
+    def check(self) -> None:
+        """SourceFormatError naming the algorithm unless every digest matches the file."""
+        if not self._checks:
+            return
+        while self.read(1 << 20):
+            pass
+        for algorithm, (hasher, expected) in self._checks.items():
+            found = hasher.hexdigest()
+            if found != expected:
+                raise SourceFormatError(f"{self._label}: {algorithm} digest is {found}, the index says {expected}")

@@ -24,6 +24,9 @@ MDS encoding and fixed size):
   ``str_decimal`` as a string); binary columns cannot be JSON and are refused
   (``record == "json"``).
 
+Digests the index states for a shard file (``MDSWriter(hashes=[...])``: hashlib's, and
+xxhash's when installed) are checked once the shard is read; a mismatch raises
+SourceFormatError after its records, so a ``Writer`` fed by the import publishes nothing.
 Pickled columns are never unpickled (``pkl``: raw bytes only).
 """
 
@@ -38,7 +41,7 @@ import numpy as np
 from ..backends import Store
 from ..errors import SourceFormatError
 from ..manifest.keys import key_problem
-from ._binary import decompressed, items
+from ._binary import HashingReader, decompressed, hashers, items
 from ._common import (
     Record,
     Source,
@@ -107,7 +110,7 @@ def source(
                                     f"{stored['bytes']}")
         units.append(Unit(FORMAT, url, key, number, sizes[key], spec=spec(
             field=field, decode=decode, columns=columns, samples=shard["samples"],
-            raw_bytes=shard["raw_data"]["bytes"], compression=shard["compression"])))
+            raw_bytes=shard["raw_data"]["bytes"], compression=shard["compression"], hashes=stored.get("hashes"))))
     return Source(FORMAT, tuple(units), meta, storage_options)
 
 
@@ -120,7 +123,8 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
     pick = None if field is None else [c[0] for c in columns].index(field)
     decoders = [_field_decoder(c, label) for c in columns] if decode == "natural" else None
     with open_stream(unit, storage_options) as f:
-        stream = decompressed(f, options["compression"], label)
+        hashed = HashingReader(f, hashers(options.get("hashes"), label), label)
+        stream = decompressed(hashed, options["compression"], label)
         for position, sample in items(stream, label, count=options["samples"], size=options["raw_bytes"]):
             values = _split(sample, columns, label, position)
             if pick is not None:
@@ -131,6 +135,7 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
             else:
                 yield to_json_bytes({c[0]: _json_value(c, v, label, position) for c, v in zip(columns, values)},
                                     label, f"sample {position}")
+        hashed.check()  # the shard's digests, if its index states any: after its records, before the next
 
 
 # -- the index -------------------------------------------------------------------------
