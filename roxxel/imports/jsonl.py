@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,8 @@ from ._common import Record, Source, Unit, locate, open_stream, spec
 __all__ = ["read_unit", "source"]
 
 FORMAT = "jsonl"
-SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+MAX_LINE_BYTES = 1 << 30  # a file without line ends is refused, not read into memory whole
+SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 
 
 def source(
@@ -32,7 +34,8 @@ def source(
     field: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Source:
-    """The JSON lines files ``inputs`` (files, or directories of ``*.jsonl`` files)."""
+    """The JSON lines files ``inputs``: files (any name), or directories, listed for
+    ``*.jsonl`` and ``*.ndjson`` files (and their ``.gz``)."""
     if field is not None and (not isinstance(field, str) or not field):
         raise ValueError(f"field must be a non-empty string, got {field!r}")
     units = tuple(
@@ -51,7 +54,15 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
     label = unit.label
     with open_stream(unit, storage_options) as raw:
         f: Any = gzip.GzipFile(fileobj=raw, mode="rb") if unit.key.endswith(".gz") else raw
-        for number, line in enumerate(f, start=1):
+        yield from _lines(f, field, label)
+
+
+def _lines(f: Any, field: str | None, label: str) -> Iterator[Record]:
+    number = 0
+    try:
+        for number, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(line) > MAX_LINE_BYTES:
+                raise SourceFormatError(f"{label}:{number}: line longer than {MAX_LINE_BYTES} bytes")
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue  # blank lines are not records
@@ -70,3 +81,5 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
                 yield picked.encode("utf-8")
             else:
                 yield json.dumps(picked, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise SourceFormatError(f"{label}: damaged gzip data after line {number}: {exc}") from exc
