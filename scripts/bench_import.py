@@ -13,7 +13,9 @@ Each measurement runs in a fresh Python process and times its work only (imports
 - **pack to local**: ``roxxel.ops.pack(inputs, url, format=...)`` with default options
   (whole samples, 64 MiB shards, no compression) into a local directory, manifest
   published;
-- **pack to S3** (``--s3``): the same into a moto S3 server on loopback (a subprocess).
+- **pack to S3** (``--s3``): the same into a moto S3 server on loopback (a subprocess);
+- **writer alone**: the same records, made in memory, appended to a ``roxxel.Writer`` with
+  default options into a local directory: what packing costs without any import.
 
 Rates are MB/s (10^6 bytes/s) of the input files' bytes. On this loaded 2-core machine
 (other agents' jobs, moto) the figures are only comparable within one run. Usage:
@@ -50,6 +52,15 @@ if kind == "read":
     sys.exit(0)
 import roxxel
 from roxxel import imports, ops
+if kind == "writer":
+    sys.path.insert(0, os.path.join(os.path.dirname(roxxel.__file__), "..", "scripts"))
+    from benchkit import RecordSource
+    source = RecordSource(*options["records"], seed=14)
+    t0 = time.perf_counter()
+    with roxxel.Writer(url) as writer:
+        writer.extend(source)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "records": len(source)}))
+    sys.exit(0)
 t0 = time.perf_counter()
 if kind == "import":
     count = sum(1 for _ in imports.open_source(fmt, inputs))
@@ -131,6 +142,12 @@ def main() -> None:
                     row[label] = {"seconds": round(result["seconds"], 3), "MB/s": round(rate, 1)}
                     print(f"{fmt:4} {label:14} {result['seconds']:7.2f} s {rate:8.1f} MB/s", flush=True)
                 results["formats"][fmt] = row
+            records = [args.mib * MiB, args.min_kib * 1024, args.max_kib * 1024]
+            result = run_child("writer", "", [], os.path.join(tmp, "out-writer"), {"records": records})
+            rate = source.total_bytes / result["seconds"] / 1e6
+            results["writer alone"] = {"record_bytes": source.total_bytes, "seconds": round(result["seconds"], 3),
+                                       "MB/s": round(rate, 1)}
+            print(f"writer alone        {result['seconds']:7.2f} s {rate:8.1f} MB/s (record bytes)", flush=True)
         finally:
             if server is not None:
                 server.__exit__(None, None, None)
