@@ -13,7 +13,8 @@ allow it:
   stream as arrays, or with ``batch_size`` as ``(batch, *shape)`` arrays: each batch
   holds the stream's next ``batch_size`` records (``state()`` counts them as ``ds.iter``
   does), copied a shard at a time with one ``take`` each, so within a batch they are
-  grouped by shard (in stream order within each group). Batches are fresh arrays.
+  grouped by shard (in stream order within each group). Batches are new arrays (not
+  views of the maps); consecutive batches may share one buffer, each its own rows.
 
 A record whose length does not fit the type (not the fixed shape's size, or not a
 multiple of the dtype's size) raises :class:`~roxxel.errors.ShardFormatError` naming the
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from .records import Records
 
 __all__ = ["RecordType", "TypedIterator", "TypedRecords", "declared_type"]
+
+_PIECE_BYTES = 1 << 20  # a stream's typed batches are gathered about this much at a time
 
 
 def declared_type(manifest: Manifest, store: Store) -> RecordType | None:
@@ -204,6 +207,7 @@ class TypedIterator(Iterator[Any]):
         self.plan = getattr(raw, "plan", None)  # (to name a record that does not fit)
         self._typed = typed
         self.batch_size = batch_size
+        self._held = 0  # records read from the stream and not yet yielded in a batch
         if batch_size is None:
             self._items = self._records()
         elif typed.kind.fixed and hasattr(raw, "make_views"):
@@ -213,17 +217,20 @@ class TypedIterator(Iterator[Any]):
 
     @property
     def position(self) -> int:
-        """Records of this epoch consumed so far (see ``RecordIterator.position``)."""
-        return self.raw.position
+        """Records of this epoch consumed so far (see ``RecordIterator.position``): for
+        batches, the records of the batches yielded."""
+        return self.raw.position - self._held
 
     def state(self) -> dict[str, Any]:
         """As ``RecordIterator.state``: ``ds.resume(state)`` continues after the last
         record yielded (for batches, after the last batch)."""
-        return self.raw.state()
+        state = self.raw.state()
+        state["position"] -= self._held
+        return state
 
     def __len__(self) -> int:
         """Records (or batches) left in this epoch."""
-        left = len(self.raw)
+        left = len(self.raw) + self._held
         return left if self.batch_size is None else -(-left // self.batch_size)
 
     def __iter__(self) -> Iterator[Any]:
@@ -249,27 +256,41 @@ class TypedIterator(Iterator[Any]):
 
     def _fixed_batches(self, size: int) -> Iterator[np.ndarray]:
         """Batches of fixed-shape records gathered from the stream's blocks' bounds, a
-        shard at a time (no object per record): the stream yields pieces of batches."""
+        shard at a time (no object per record): the stream yields pieces of several
+        batches (about :data:`_PIECE_BYTES`), cut here into batches (views of the piece)."""
         raw, typed = self.raw, self._typed
+        assert typed._nbytes is not None
+        extra = max(_PIECE_BYTES // (size * max(typed._nbytes, 1)) - 1, 0) * size
         have = 0  # records of the batch being assembled
 
         def make(payloads: list[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray) -> _Pieces:
             first = raw.position  # the block's first position: the previous block is done
-            return _Pieces(payloads, slots, begins, ends, typed, lambda: size - have, lambda j: self._where(first + j))
+            return _Pieces(payloads, slots, begins, ends, typed, lambda: size - have,
+                           lambda j: self._where(first + j), size, extra)
 
         raw.make_views = make
         pending: list[np.ndarray] = []
         for piece in raw:
-            if not have and len(piece) == size:
-                yield piece
-                continue
-            pending.append(piece)
-            have += len(piece)
-            if have == size:
+            n, at = len(piece), 0
+            self._held = have + n
+            if have:  # finish the batch begun in the previous block
+                at = min(size - have, n)
+                pending.append(piece[:at])
+                have += at
+                if have < size:
+                    continue
                 batch = np.concatenate(pending)
                 pending, have = [], 0
+                self._held -= size
                 yield batch
+            while n - at >= size:
+                self._held -= size
+                yield piece[at : at + size]
+                at += size
+            if at < n:
+                pending, have = [piece[at:]], n - at
         if pending:
+            self._held = 0
             yield pending[0] if len(pending) == 1 else np.concatenate(pending)
 
     def _batches(self, size: int) -> Iterator[Any]:
@@ -292,21 +313,23 @@ class TypedIterator(Iterator[Any]):
 class _Pieces:
     """One block of a planned stream (its records' bounds in its shards' payloads), read
     as pieces of batches of fixed-shape records: the ``RecordViews`` contract of
-    :mod:`roxxel.read.views`, with ``(n, *shape)`` arrays for views. A piece is as long
-    as ``wanted()`` (what the batch being assembled still needs) or the block's rest;
-    its records are copied a shard at a time (one ``take`` each), grouped by shard in
-    stream order. ``__length_hint__`` counts the records not yet in a piece, which is
-    how the stream's position is known.
+    :mod:`roxxel.read.views`, with ``(n, *shape)`` arrays for views. A piece holds
+    ``wanted()`` records (what the batch being assembled still needs) and ``extra`` more
+    (whole batches of ``batch``), or the block's rest; within each batch's part, its
+    records are copied a shard at a time (one ``take`` each), grouped by shard in stream
+    order. ``__length_hint__`` counts the records not yet in a piece, which is how the
+    stream's position is known.
 
     Every bound is checked before the first piece, as ``record_views`` checks them; a
     record of another size raises the misfit error naming ``where(j)``, its j-th record.
     """
 
-    __slots__ = ("_at", "_local", "_rows", "_slots", "_typed", "_wanted")
+    __slots__ = ("_at", "_batch", "_extra", "_local", "_rows", "_slots", "_typed", "_wanted")
 
     def __init__(
         self, payloads: list[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray,
         typed: TypedRecords, wanted: Callable[[], int], where: Callable[[int], str],
+        batch: int = 1, extra: int = 0,
     ) -> None:
         size = typed._nbytes
         assert size is not None
@@ -320,7 +343,7 @@ class _Pieces:
         bad = np.flatnonzero(ends - begins != size)
         if len(bad):
             raise typed._misfit(where(int(bad[0])), int(ends[bad[0]] - begins[bad[0]]))
-        self._typed, self._wanted = typed, wanted
+        self._typed, self._wanted, self._batch, self._extra = typed, wanted, max(batch, 1), extra
         self._slots = slots
         self._rows: list[np.ndarray] | None = None
         self._local = begins // size
@@ -342,7 +365,8 @@ class _Pieces:
         rows, lo = self._rows, self._at
         if rows is None or lo >= len(self._slots):
             raise StopIteration
-        hi = min(len(self._slots), lo + max(self._wanted(), 1))
+        head = max(self._wanted(), 1)  # the rest of the batch being assembled
+        hi = min(len(self._slots), lo + head + self._extra)
         slots, local = self._slots[lo:hi], self._local[lo:hi]
         typed = self._typed
         out = np.empty((hi - lo, typed._nbytes), dtype=np.uint8)  # type: ignore[arg-type]
@@ -353,10 +377,12 @@ class _Pieces:
                 np.copyto(out, rows[first][start : start + hi - lo])  # a run in stored order
             else:
                 np.take(rows[first], local, axis=0, out=out, mode="clip")  # (bounds checked above)
-        else:
-            order = np.argsort(slots, kind="stable")
-            slots, local = slots[order], local[order]
-            cuts = [0, *(np.flatnonzero(slots[1:] != slots[:-1]) + 1).tolist(), hi - lo]
+        else:  # grouped by shard within each batch's part, so each batch holds its records
+            part = np.maximum(np.arange(-head, hi - lo - head), -1) // self._batch + 1
+            key = part * len(rows) + slots
+            order = np.argsort(key, kind="stable")
+            key, slots, local = key[order], slots[order], local[order]
+            cuts = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), hi - lo]
             for a, b in pairwise(cuts):
                 np.take(rows[int(slots[a])], local[a:b], axis=0, out=out[a:b], mode="clip")
         self._at = hi
