@@ -158,6 +158,11 @@ def test_pack_on_an_existing_scheduler_and_on_local_workers(dask_client, tmp_pat
     assert main(["pack", str(inputs), url, "--format", "jsonl", "--scheduler", address, "--shard-bytes", "1024",
                  "--quiet"]) == 0
     assert read_all(url, {}, tmp_path / "c1") == [line.encode() for line in lines]
+    (inputs / "9.jsonl").write_text('{"fine": 1}\nnot json\n')
+    with pytest.raises(ValueError, match=r"9.jsonl:2: invalid JSON line"):
+        ops.pack([str(inputs)], str(tmp_path / "broken"), format="jsonl", scheduler=address, shard_bytes=1024)
+    assert not os.path.exists(tmp_path / "broken" / "manifest.json")  # an error publishes nothing
+    (inputs / "9.jsonl").unlink()
     url = str(tmp_path / "packed-local")
     assert main(["pack", str(inputs), url, "--format", "jsonl", "--workers", "2", "--quiet"]) == 0
     assert read_all(url, {}, tmp_path / "c2") == [line.encode() for line in lines]
