@@ -419,6 +419,53 @@ def test_webdataset_hostile(wds_dir, tmp_path):
         list(imports.open_source("wds", [str(odd)], per_member=True, max_member_bytes=0))
 
 
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_members_as_tarfile_reads_them(fmt, tmp_path):
+    """Long names (ustar prefix, GNU long names, pax paths), directories and links: the
+    members imported are the regular files tarfile itself extracts, in order."""
+    names = ["p" * 120 + "/s0.jpg", "dir/sub/s1.txt", "é/s2.bin", "s3." + "y" * 150]
+    path = tmp_path / "t.tar.gz"
+    with tarfile.open(path, "w:gz", format=fmt) as tar:
+        folder = tarfile.TarInfo("folder")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for i, name in enumerate(names):
+            if fmt == tarfile.USTAR_FORMAT and i == 3:
+                continue  # a 150-byte name without a '/' does not fit ustar
+            info = tarfile.TarInfo(name)
+            info.size = i * 700 + 3
+            tar.addfile(info, io.BytesIO(bytes([i]) * info.size))
+        link = tarfile.TarInfo("link")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "x" * 90
+        tar.addfile(link)
+    with tarfile.open(path) as tar:
+        expected = [tar.extractfile(m).read() for m in tar if m.isfile()]
+    assert list(imports.open_source("wds", [str(path)], per_member=True)) == expected
+
+
+def test_tar_headers_are_checked(tmp_path):
+    good = io.BytesIO()
+    with tarfile.open(fileobj=good, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("a.bin")
+        info.size = 600
+        tar.addfile(info, io.BytesIO(b"z" * 600))
+    data = bytearray(good.getvalue())
+    bad = tmp_path / "sum.tar"
+    data[0] ^= 1  # the name changes, the checksum does not
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SourceFormatError, match=r"sum\.tar: header at offset 0: checksum \d+, the header's bytes"):
+        list(imports.open_source("wds", [str(bad)], per_member=True))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(good.getvalue()[:900])
+    with pytest.raises(SourceFormatError, match=r"cut\.tar: truncated: member 'a\.bin' needs 600 bytes"):
+        list(imports.open_source("wds", [str(cut)], per_member=True))
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all " * 64)
+    with pytest.raises(SourceFormatError, match=r"junk\.tar: header at offset 0: checksum"):
+        list(imports.open_source("wds", [str(junk)], per_member=True))
+
+
 # -- Parquet -----------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""WebDataset tar shards: POSIX tar files (optionally gzip-compressed), read as streams.
+"""WebDataset tar shards: POSIX tar files (optionally gzip-compressed), read as streams
+(:mod:`._tar`: one member in memory at a time).
 
 As in WebDataset, a sample is a run of consecutive members whose names share a key (the
 name up to the first dot of its last segment); the rest of the name is the field
@@ -20,16 +21,15 @@ One unit per tar file. ``max_member_bytes`` refuses a member a tar header says i
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
-import tarfile
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import SourceFormatError
+from ._binary import decompressed
 from ._common import Record, Source, Unit, frame_fields, locate, open_stream, spec
+from ._tar import regular_members
 
 __all__ = ["read_unit", "source"]
 
@@ -109,25 +109,11 @@ def _members(unit: Unit, storage_options: Mapping[str, Any] | None, limit: int) 
     """``(key, field, bytes)`` of each regular member with a ``key.field`` name, in order."""
     label = unit.label
     with open_stream(unit, storage_options) as f:
-        try:
-            with tarfile.open(fileobj=f, mode="r|*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    match = _SPLIT.match(member.name)
-                    if match is None:
-                        continue
-                    if member.size > limit:
-                        raise SourceFormatError(f"{label}: member {member.name!r} has {member.size} bytes, more "
-                                                f"than max_member_bytes={limit}")
-                    extracted = tar.extractfile(member)
-                    data = extracted.read() if extracted is not None else b""
-                    if len(data) != member.size:
-                        raise SourceFormatError(f"{label}: truncated: member {member.name!r} needs "
-                                                f"{member.size} bytes, the file has {len(data)}")
-                    yield match.group(1), match.group(2), data
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise SourceFormatError(f"{label}: not a readable tar file: {exc}") from exc
+        stream = decompressed(f, "gz", label) if f.peek(2)[:2] == b"\x1f\x8b" else f
+        for name, data in regular_members(stream, label, limit):
+            match = _SPLIT.match(name)
+            if match is not None:
+                yield match.group(1), match.group(2), data
 
 
 def _samples(members: Iterator[tuple[str, str, bytes]], label: str) -> Iterator[tuple[str, dict[str, bytes]]]:
