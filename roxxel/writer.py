@@ -281,8 +281,15 @@ class Writer:
             self._meter.set_total(self._bytes)
 
     def _adopt_record_type(self, base: Manifest) -> None:
-        """Appending: the records must be of the dataset's declared type, if any."""
-        declared = RecordType.from_meta(base.meta, self.store.url(MANIFEST_KEY))
+        """Appending: the records must be of the dataset's declared type, if any. (An
+        untyped writer appends to a dataset whose meta declares no type roxxel reads, a
+        structured dtype say, as it always did.)"""
+        try:
+            declared = RecordType.from_meta(base.meta, self.store.url(MANIFEST_KEY))
+        except ManifestError:
+            if self.record_type is not None:
+                raise
+            return
         if self.record_type is None:
             self.record_type = declared
         elif declared != self.record_type:

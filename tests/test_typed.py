@@ -363,3 +363,14 @@ def test_what_roxxel_pack_writes_from_npy_reads_typed(tmp_path):
     with open_ds(url, tmp_path) as ds:
         assert ds.record_type == RecordType(np.dtype("<i2"), (4, 2))
         assert np.array_equal(ds.arrays[:], x)
+
+
+def test_appending_to_a_dataset_whose_meta_declares_no_readable_type(tmp_path):
+    url = str(tmp_path / "ds")
+    with roxxel.Writer(url, meta={"dtype": [["a", "<f4"]], "shape": []}) as w:  # a structured npy pack
+        w.append(b"abcd")
+    with roxxel.Writer(url, mode="append") as w:
+        w.append(b"efgh")
+    assert w.manifest.records == 2
+    with pytest.raises(ManifestError, match=r"meta\.dtype"):
+        roxxel.Writer(url, mode="append", dtype="float32")
