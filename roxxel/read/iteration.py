@@ -165,7 +165,7 @@ class RecordIterator(Iterator[np.ndarray]):
         self._block: tuple[int, int, RecordViews] | None = None
         # What makes a block's records from its bounds (the views; roxxel.read.typed
         # puts typed batches here): settable until the first record is read.
-        self.make_views: Callable[[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray], RecordViews] = record_views
+        self.make_views: Callable[..., RecordViews] = record_views  # (payloads, slots, begins, ends)
         self._records = chain.from_iterable(track(self._blocks()))
 
     @property
