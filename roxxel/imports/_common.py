@@ -36,7 +36,7 @@ __all__ = [
 #: What an import yields: bytes, or a NumPy array whose dtype and shape the meta names.
 Record = bytes | np.ndarray
 
-_READ_BUFFER = 1 << 20
+_READ_BUFFER = 8 << 20  # each read of a store file is one watched call: few, large ones
 
 
 @dataclass(frozen=True)
