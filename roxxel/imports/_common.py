@@ -11,7 +11,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -25,7 +25,6 @@ __all__ = [
     "Record",
     "Source",
     "Unit",
-    "exact",
     "frame_fields",
     "locate",
     "natural_key",
@@ -142,14 +141,6 @@ def open_stream(unit: Unit, storage_options: Mapping[str, Any] | None) -> Binary
     return io.BufferedReader(raw, buffer_size=_READ_BUFFER)  # type: ignore[arg-type]
 
 
-def exact(f: BinaryIO, size: int, label: str, what: str) -> bytes:
-    """Exactly ``size`` bytes from ``f``, or SourceFormatError naming ``label`` and ``what``."""
-    data = f.read(size) if size else b""
-    if len(data) != size:
-        raise SourceFormatError(f"{label}: truncated: {what} needs {size} bytes, the file has {len(data)} left")
-    return data
-
-
 def frame_fields(values: Sequence[bytes | memoryview]) -> bytes:
     """One record of several fields: ``[uint64 LE size per field][the fields' bytes]``.
 
@@ -188,15 +179,6 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
-def json_value(value: Any, label: str, what: str) -> Any:
-    """``value`` as JSON text would hold it, or SourceFormatError (NaN, infinities)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise SourceFormatError(f"{label}: {what} cannot be JSON: {exc}") from None
-    return value
-
-
 def to_json_bytes(obj: Mapping[str, Any], label: str, what: str) -> bytes:
     """``obj`` as compact UTF-8 JSON; SourceFormatError naming ``what`` if it cannot be."""
     try:
@@ -209,5 +191,3 @@ def spec(**options: Any) -> str:
     """The JSON text of a unit's options (sorted keys: equal options, equal units)."""
     return json.dumps(options, sort_keys=True, separators=(",", ":"))
 
-
-Decoder = Callable[[bytes], Record]

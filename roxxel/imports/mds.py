@@ -47,6 +47,7 @@ from ._common import (
     Source,
     Unit,
     check_choice,
+    frame_fields,
     join,
     open_stream,
     spec,
@@ -131,7 +132,7 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
                 value = values[pick]
                 yield decoders[pick](value, position) if decoders else bytes(value)
             elif decoders is None:
-                yield _frame(values)
+                yield frame_fields(values)
             else:
                 yield to_json_bytes({c[0]: _json_value(c, v, label, position) for c, v in zip(columns, values)},
                                     label, f"sample {position}")
@@ -287,11 +288,6 @@ def _split(sample: bytes, columns: Sequence[tuple[Any, ...]], label: str, positi
         out.append(view[pos : pos + length])
         pos += length
     return out
-
-
-def _frame(values: Sequence[memoryview]) -> bytes:
-    sizes = np.fromiter((v.nbytes for v in values), dtype="<u8", count=len(values))
-    return b"".join([sizes.tobytes(), *values])
 
 
 def _natural(column: tuple[Any, ...], label: str) -> tuple[str, str | None, tuple[int, ...] | None]:
