@@ -61,6 +61,7 @@ _SHARD_NAME = re.compile(r"^shards/(\d{5,})-\d{6,}-[0-9a-f]{12}\.rox(\.zst)?$")
 _STAGING_PREFIX = "roxxel-writer-"
 _COPY_CHUNK = 8 << 20
 _UPLOAD_ATTEMPTS = 3
+_ROWS_BYTES = 64 << 20  # extend(array) makes rows contiguous this much at a time
 
 
 class _HashingFile:
@@ -272,8 +273,12 @@ class Writer:
             if room < 1 and writer.record_count:
                 self._finish_shard()
                 continue
-            take = min(n - done, max(room, 1))
-            writer.append_equal(memoryview(flat[done * size : (done + take) * size]), take)
+            if at == len(flat):  # a copy only where the rows are not contiguous, at most _ROWS_BYTES
+                stop = min(n, done + max(_ROWS_BYTES // max(size, 1), 1))
+                flat, at = np.ascontiguousarray(rows[done:stop]).reshape(-1).view(np.uint8), 0
+            take = min(n - done, max(room, 1), (len(flat) - at) // size if size else n - done)
+            writer.append_equal(memoryview(flat[at : at + take * size]), take)
+            at += take * size
             done += take
             self._records += take
             self._bytes += take * size

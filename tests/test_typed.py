@@ -374,3 +374,19 @@ def test_appending_to_a_dataset_whose_meta_declares_no_readable_type(tmp_path):
     assert w.manifest.records == 2
     with pytest.raises(ManifestError, match=r"meta\.dtype"):
         roxxel.Writer(url, mode="append", dtype="float32")
+
+
+def test_bulk_extend_of_strided_rows_a_chunk_at_a_time(tmp_path, monkeypatch):
+    import roxxel.writer
+
+    monkeypatch.setattr(roxxel.writer, "_ROWS_BYTES", 1000)  # many chunks of a few rows
+    x = values("float64", (20,), 300)[:, ::2]  # not contiguous: copied a chunk at a time
+    with roxxel.Writer(str(tmp_path / "ds"), dtype="float64", shape=10, shard_bytes=3000) as w:
+        w.extend(x)
+        w.extend(x[:0])
+    with roxxel.Writer(str(tmp_path / "empty")) as w2:
+        w2.extend(np.zeros((5, 0), np.int8))  # five empty records
+    with open_ds(str(tmp_path / "ds"), tmp_path) as ds:
+        assert ds.num_shards > 5 and np.array_equal(ds.arrays[:], x)
+    with open_ds(str(tmp_path / "empty"), tmp_path) as ds:
+        assert [bytes(r) for r in ds[:]] == [b""] * 5
