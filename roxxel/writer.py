@@ -261,9 +261,9 @@ class Writer:
         if rows.dtype.hasobject:
             raise TypeError(f"records must be arrays of numbers, got an array of {rows.dtype}")
         n = len(rows)
-        flat = np.ascontiguousarray(rows).reshape(-1).view(np.uint8)
-        size = flat.nbytes // n if n else 0  # bytes a record
-        done = 0
+        size = rows.dtype.itemsize * (int(np.prod(rows.shape[1:])) if rows.ndim > 1 else 1)  # bytes a record
+        flat = np.zeros(0, dtype=np.uint8)  # the records done..done+len(flat)//size, contiguous
+        at = done = 0
         while done < n:
             current = self._current
             if current is None:
