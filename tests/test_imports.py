@@ -191,6 +191,25 @@ def test_mds_lying_index_refused(mds_dirs, tmp_path, edit, match):
         list(imports.open_source("mds", path))
 
 
+def test_mds_huge_counts_and_sizes_are_not_allocated(mds_dirs, tmp_path):
+    path = _copy(mds_dirs[0]["zstd"], tmp_path / "mds")
+    _edit_index(path, lambda ix: ix["shards"][0].update(samples=2**32 - 2))
+    with pytest.raises(SourceFormatError, match=r"shard\.00000\.mds\.zstd: the file holds \d+ samples, its index"):
+        list(imports.open_source("mds", path))
+    path = _copy(mds_dirs[0]["zstd"], tmp_path / "mds2")
+    shard = Path(path, "shard.00000.mds.zstd")
+    import zstandard
+
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(shard.read_bytes()))
+    raw[0:4] = struct.pack("<I", 2**30)  # a count whose offset table is 4 GiB
+    shard.write_bytes(zstandard.ZstdCompressor().compress(bytes(raw)))
+    _edit_index(path, lambda ix: (ix["shards"][0].update(samples=2**30),
+                                  ix["shards"][0]["zip_data"].update(bytes=shard.stat().st_size)))
+    with pytest.raises(SourceFormatError, match=r"2\d+ samples need a \d+-byte offset table, the index says the file "
+                                                r"has \d+ bytes"):
+        list(imports.open_source("mds", path))
+
+
 def test_mds_bad_shards_refused(mds_dirs, tmp_path):
     path = _copy(mds_dirs[0]["plain"], tmp_path / "mds")
     _edit_index(path, lambda ix: ix["shards"][0].update(samples=ix["shards"][0]["samples"] + 1))

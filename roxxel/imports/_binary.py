@@ -25,17 +25,20 @@ log = logging.getLogger(__name__)
 __all__ = ["HashingReader", "decompressed", "hashers", "items", "read_exact"]
 
 
+_STEP = 64 << 20  # a size from a hostile header is read in steps: memory follows the bytes that come
+
+
 def read_exact(f: Any, size: int, label: str, what: str) -> bytes:
     """Exactly ``size`` bytes (reading as often as needed), or SourceFormatError."""
     if size <= 0:
         return b""
-    data = f.read(size)
+    data = f.read(min(size, _STEP))
     if len(data) == size:
         return data
     parts = [data]
     got = len(data)
     while got < size:
-        more = f.read(size - got)
+        more = f.read(min(size - got, _STEP))
         if not more:
             raise SourceFormatError(
                 f"{label}: truncated: {what} needs {size} bytes, the file ends after {got}"
@@ -101,6 +104,9 @@ def items(
     if found != count:
         raise SourceFormatError(f"{label}: the file holds {found} {item}s, its index says {count}")
     table = 4 * (count + 1)
+    if size is not None and 4 + table > size:
+        raise SourceFormatError(f"{label}: {count} {item}s need a {4 + table}-byte offset table, the index says "
+                                f"the file has {size} bytes")
     offsets = np.frombuffer(read_exact(f, table, label, "the offset table"), "<u4").astype(np.int64)
     start = 4 + table
     if offsets[0] < start:

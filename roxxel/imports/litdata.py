@@ -197,6 +197,8 @@ def _framed_items(f: Any, label: str, *, count: int, size: int) -> Iterator[tupl
         raise SourceFormatError(f"{label}: framed zstd chunk version {version} is not 1")
     if found != count:
         raise SourceFormatError(f"{label}: the file holds {found} items, its index says {count}")
+    if _FRAMED_PREFIX.size + 4 * (count + 1) + _FRAME.size * frames > size:
+        raise SourceFormatError(f"{label}: {count} items in {frames} frames need more than the {size}-byte file")
     if not 0 < frames <= max(count, 1):
         raise SourceFormatError(f"{label}: {frames} zstd frames for {count} items")
     offsets = np.frombuffer(read_exact(f, 4 * (count + 1), label, "the offset table"), "<u4").astype(np.int64)
