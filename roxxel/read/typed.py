@@ -131,7 +131,8 @@ class TypedRecords:
         bad = np.flatnonzero(lengths != size)
         if len(bad):
             raise self._misfit(where(int(bad[0])), int(lengths[bad[0]]))
-        return np.concatenate(views).view(self.dtype).reshape(len(views), *self.shape)  # type: ignore[misc]
+        joined = bytearray().join(views)  # one copy, faster than np.concatenate of many small arrays
+        return np.frombuffer(joined, dtype=self.dtype).reshape(len(views), *self.shape)  # type: ignore[misc]
 
     def _misfit(self, index: int | str, n: int) -> ShardFormatError:
         name = f"record {index}" if isinstance(index, int) else index
