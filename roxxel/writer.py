@@ -203,6 +203,8 @@ class Writer:
             base = read_snapshot(self.store).manifest
             if base is not None and self.mode == "append":
                 self._adopt_record_type(base)
+            elif self.mode == "append" and self.record_type is not None and self._meta is None:
+                self._meta = self.record_type.to_meta()  # an append that creates the dataset declares it
             return base
         except ManifestError as exc:
             if self.mode == "append":

@@ -155,6 +155,9 @@ def test_append_keeps_the_dataset_type(tmp_path):
     assert w.manifest.meta == {"dtype": "<i2", "shape": [3], "tokenizer": "t"}
     with pytest.raises(ValueError, match=r"declares int16 of shape \(3,\).* this writer's records are float32"):
         roxxel.Writer(url, mode="append", dtype="float32", shape=3)
+    with roxxel.Writer(str(tmp_path / "new"), mode="append", dtype="int16", shape=3) as w:  # creates it
+        w.extend(x[:2])
+    assert w.manifest.meta == {"dtype": "<i2", "shape": [3]}
     with open_ds(url, tmp_path) as ds:
         assert np.array_equal(ds.arrays[:], x)
 
