@@ -603,5 +603,7 @@ def test_pack_imports_from_the_command_line(mds_dirs, wds_dir, new_location, tmp
     assert json.loads(capsys.readouterr().out)["records"] == 3 * 40
     with roxxel.open(url, cache_dir=str(tmp_path / "c2")) as ds:
         assert bytes(ds[1]) == wds_sample(0)["jpg"] and ds.meta["import"]["record"] == "member"
+    with pytest.raises(ValueError, match=r"wds takes the options field, per_member, fields, max_member_bytes; not decode"):
+        roxxel.ops.pack([wds_dir], str(tmp_path / "x"), format="wds", import_options={"decode": "natural"})
     with pytest.raises(ValueError, match=r"import_options are for the formats jsonl, mds"):
         roxxel.ops.pack([wds_dir], str(tmp_path / "x"), format="files", import_options={"field": "jpg"})

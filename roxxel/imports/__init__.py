@@ -32,6 +32,7 @@ Nothing here ever unpickles: pickled columns are only ever copied as bytes.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -63,6 +64,11 @@ def open_source(
     if format not in _MODULES:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     module = _MODULES[format]
+    accepted = [name for name, p in inspect.signature(module.source).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "storage_options"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{format} takes the options {', '.join(accepted)}; not {', '.join(unknown)}")
     if format in ("mds", "litdata"):
         if not isinstance(inputs, (str, os.PathLike)):
             if len(inputs) != 1:
