@@ -143,7 +143,7 @@ def _run(dask: Any, tasks: list[Any], client: Any, topic: str, meter: Meter) -> 
     client.subscribe_topic(topic, lambda event: meter.add(int(event[1])))
     futures = client.compute(tasks)
     try:
-        return [future.result() for future in as_completed(futures)]
+        return [future.result() for future in as_completed(futures, loop=client.loop)]
     except BaseException:
         client.cancel(futures)
         raise

@@ -34,7 +34,8 @@ def dask_client():
     cluster = distributed.LocalCluster(
         n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", memory_limit="2GiB",
     )
-    client = distributed.Client(cluster)
+    # not the default client: other tests' Dask code (the README's) keeps its local scheduler
+    client = distributed.Client(cluster, set_as_default=False)
     try:
         yield client
     finally:
@@ -58,7 +59,7 @@ def test_a_bag_is_written_in_partition_order(dask_client, new_location, kind, tm
     seen: list[int] = []
     progress = _Counting(seen)
     manifest = roxxel.dask.write(bag, url, storage_options=options, shard_bytes=16 << 10, meta={"by": "dask"},
-                                 progress=progress)
+                                 progress=progress, client=dask_client)
     assert manifest.records == 600 and manifest.meta == {"by": "dask"}
     parts = [int(PART_SHARD_KEY.match(uri).group(1)) for uri in manifest.shards.uris.tolist()]
     assert parts == sorted(parts) and set(parts) == set(range(6))
@@ -69,7 +70,7 @@ def test_a_bag_is_written_in_partition_order(dask_client, new_location, kind, tm
         time.sleep(0.05)
     assert sum(seen) == sum(len(record(i)) for i in range(600))
     with pytest.raises(DatasetExistsError):
-        roxxel.dask.write(bag, url, storage_options=options)
+        roxxel.dask.write(bag, url, storage_options=options, client=dask_client)
 
 
 class _Counting(Callback):
@@ -89,15 +90,15 @@ def test_dataframes_one_column_or_rows_encoded(dask_client, tmp_path):
     frame = pd.DataFrame({"name": [f"n{i}" for i in range(100)], "value": range(100)})
     df = dd.from_pandas(frame, npartitions=4)
     url = str(tmp_path / "encoded")
-    roxxel.dask.write(df, url, encode=encode_row)
+    roxxel.dask.write(df, url, encode=encode_row, client=dask_client)
     assert read_all(url, {}, tmp_path / "c1") == [f"n{i}={i}".encode() for i in range(100)]
     url = str(tmp_path / "column")
-    roxxel.dask.write(df, url, column="name", shard_bytes=256)
+    roxxel.dask.write(df, url, column="name", shard_bytes=256, client=dask_client)
     assert read_all(url, {}, tmp_path / "c2") == [f"n{i}".encode() for i in range(100)]
     with pytest.raises(ValueError, match=r"rows have 2 columns \['name', 'value'\].*column=.*encode="):
-        roxxel.dask.write(df, str(tmp_path / "neither"))
+        roxxel.dask.write(df, str(tmp_path / "neither"), client=dask_client)
     url = str(tmp_path / "series")
-    roxxel.dask.write(df["name"], url, mode="overwrite")
+    roxxel.dask.write(df["name"], url, mode="overwrite", client=dask_client)
     assert read_all(url, {}, tmp_path / "c3") == [f"n{i}".encode() for i in range(100)]
 
 
@@ -120,7 +121,8 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(dask_client, new_l
 
     def job() -> None:
         try:
-            result["manifest"] = roxxel.dask.write(bag, url, storage_options=options, shard_bytes=4 << 10)
+            result["manifest"] = roxxel.dask.write(bag, url, storage_options=options, shard_bytes=4 << 10,
+                                                   client=dask_client)
         except BaseException as exc:  # noqa: BLE001 - reported below
             result["error"] = exc
 
