@@ -80,6 +80,7 @@ class _Counting(Callback):
 
     def relative_update(self, inc: int = 1) -> None:
         self.seen.append(inc)
+        super().relative_update(inc)
 
 
 def encode_row(row: dict[str, Any]) -> bytes:
@@ -160,6 +161,13 @@ def test_pack_on_an_existing_scheduler_and_on_local_workers(dask_client, tmp_pat
     assert main(["pack", str(inputs), url, "--format", "jsonl", "--scheduler", address, "--shard-bytes", "1024",
                  "--quiet"]) == 0
     assert read_all(url, {}, tmp_path / "c1") == [line.encode() for line in lines]
+    seen: list[int] = []
+    counting = _Counting(seen)
+    ops.pack([str(inputs)], str(tmp_path / "counted"), format="jsonl", scheduler=address, shard_bytes=256,
+             progress=counting)
+    total = sum(p.stat().st_size for p in inputs.iterdir())
+    assert counting.size == total and sum(seen) == total
+    assert len(seen) > 2  # the workers' uploads as they happened, then the line ends at the end
     (inputs / "9.jsonl").write_text('{"fine": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"9.jsonl:2: invalid JSON line"):
         ops.pack([str(inputs)], str(tmp_path / "broken"), format="jsonl", scheduler=address, shard_bytes=1024)
