@@ -549,6 +549,10 @@ def test_parquet_json_rows_in_gcs_and_hostile(new_location, tmp_path):
     pq.write_table(pa.table({"b": [b"x", None]}), str(nulls))
     with pytest.raises(SourceFormatError, match=r"nulls\.parquet \(row group 0\).*row 1: column 'b' is null"):
         list(imports.open_source("parquet", str(nulls), field="b"))
+    inner = tmp_path / "inner.parquet"
+    pq.write_table(pa.table({"t": pa.array([[1, 2], [3, None]], pa.list_(pa.int32()))}), str(inner))
+    with pytest.raises(SourceFormatError, match=r"row 1: column 't' holds a null inside its list"):
+        list(imports.open_source("parquet", str(inner), field="t"))
 
 
 # -- JSON lines, units, pack -----------------------------------------------------------------

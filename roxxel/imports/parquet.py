@@ -198,7 +198,10 @@ def _column(array: Any, field: str, label: str, start: int) -> Iterator[Record]:
         values = array.to_numpy(zero_copy_only=False)
         for value in values:
             yield np.asarray(value).reshape(())
-    else:  # lists of numbers
+    else:  # lists of numbers: a null inside one would turn it into floats
+        if array.flatten().null_count:
+            row = start + next(i for i, v in enumerate(array) if v.values.null_count)
+            raise SourceFormatError(f"{label}: row {row}: column {field!r} holds a null inside its list")
         for value in array:
             yield np.asarray(value.values.to_numpy(zero_copy_only=False))
 
