@@ -572,6 +572,25 @@ def test_jsonl_field_and_errors(tmp_path):
         list(imports.open_source("jsonl", str(bad)))
 
 
+def test_jsonl_gzip_in_a_store(new_location, tmp_path):
+    import gzip
+
+    local = tmp_path / "lines"
+    local.mkdir()
+    lines = [json.dumps({"text": f"line {i}", "n": i}) for i in range(30)]
+    (local / "a.jsonl.gz").write_bytes(gzip.compress("\n".join(lines[:20]).encode()))
+    (local / "b.jsonl").write_text("\n".join(lines[20:]) + "\n")
+    (local / "skip.txt").write_text("not listed")
+    dest = new_location("gcs")
+    src = upload(local, dest)
+    source = imports.open_source("jsonl", [src], dest.storage_options, field="n")
+    assert [u.key for u in source.units] == ["a.jsonl.gz", "b.jsonl"]
+    assert list(source) == [str(i).encode() for i in range(30)]
+    (local / "a.jsonl.gz").write_bytes(gzip.compress(b"\n".join(x.encode() for x in lines))[:-9])
+    with pytest.raises(SourceFormatError, match=r"a\.jsonl\.gz: damaged gzip data after line \d+"):
+        list(imports.open_source("jsonl", [str(local / "a.jsonl.gz")]))
+
+
 def test_units_are_picklable_without_credentials(mds_dirs, new_location):
     dest = new_location("s3")
     src = upload(mds_dirs[0]["plain"], dest)
