@@ -434,8 +434,13 @@ def plan(
     shuffle: bool = True,
     window: int = DEFAULT_WINDOW,
     remainder: str = "pad",
+    reshuffle: int = 0,
 ) -> Plan:
-    """The plan of consumer ``(rank, worker)`` for ``epoch``; see the module docstring."""
+    """The plan of consumer ``(rank, worker)`` for ``epoch``; see the module docstring.
+
+    ``reshuffle`` > 0 keeps the shards, pieces and windows and orders each window anew
+    (it joins the windows' key): a mixture's ``"repeat"`` source reads its next pass so,
+    every rank keeping its share of the shards."""
     seed, epoch = _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)
     world_size = _check_int("world_size", world_size, 1)
     num_workers = _check_int("num_workers", num_workers, 1)
@@ -458,6 +463,7 @@ def plan(
     lo = rank * per_rank + (worker * per_rank) // num_workers
     hi = rank * per_rank + ((worker + 1) * per_rank) // num_workers
     shard, begin, end = _pieces(order, counts[order], lo, hi, total)
+    window = min(window, max(len(shard), 1))  # a huge window is one window (no float rounding)
     window_starts = np.arange(0, len(shard) + window, window, dtype=np.int64)
     window_starts[-1] = len(shard)
     window_starts = np.unique(window_starts)
@@ -471,7 +477,8 @@ def plan(
         window_starts=window_starts,
         record_starts=record_starts,
         shuffle=shuffle,
-        key=(seed, epoch, 1, rank, world_size, worker, num_workers),
+        key=(seed, epoch, 1, rank, world_size, worker, num_workers) + ((_check_int("reshuffle", reshuffle, 0),)
+                                                                           if reshuffle else ()),
     )
 
 

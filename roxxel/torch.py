@@ -77,7 +77,9 @@ class IterableRecords(torch.utils.data.IterableDataset):
     ``url`` may also be an open :class:`roxxel.Dataset`: the process that has it reads
     it, and each DataLoader worker reads a copy of it, as pickling makes one (the same
     manifest version, store and ``storage_options``, cache directory, limit and
-    lookahead; its own threads and maps). Open options go with a URL only.
+    lookahead; its own threads and maps). Open options go with a URL only. A
+    :class:`roxxel.Mixture`, or the path or URL of a mixture document (``.json``), reads
+    the same way; ``seed`` defaults to the mixture's own, and to 0 for a dataset.
     ``transform(record)`` maps each record view (``uint8``; for a typed dataset, an array of its
     dtype and shape: see :mod:`roxxel.read.typed`) (copy what you keep: the view
     points into a shard that may be unmapped later). With ``batch_size``, lists of
@@ -93,7 +95,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
         batch_size: int | None = None,
         transform: Callable[[np.ndarray], Any] | None = None,
         collate: Callable[[list[Any]], Any] | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         shuffle: bool = True,
         window: int = DEFAULT_WINDOW,
         remainder: str = "pad",
@@ -110,7 +112,8 @@ class IterableRecords(torch.utils.data.IterableDataset):
         self.batch_size = batch_size
         self.transform = transform
         self.collate = collate or default_collate_records
-        self.seed, self.shuffle, self.window, self.remainder = seed, shuffle, window, remainder
+        self._seed = seed
+        self.shuffle, self.window, self.remainder = shuffle, window, remainder
         self.drop_last = drop_last
         self._open_kwargs = open_kwargs
         # shared with worker processes: [epoch, batches of this epoch already consumed]
@@ -119,6 +122,16 @@ class IterableRecords(torch.utils.data.IterableDataset):
         # workers start (they get it with the dataset), used for that epoch only
         self._elastic: tuple[int, tuple[Generation, ...]] | None = None
         self._left: tuple[Any, int] | None = None  # ((epoch, history), records they left)
+
+    @property
+    def seed(self) -> int:
+        """The seed the epochs are planned with: the one given, else a mixture's own (its
+        document's ``seed``), else 0."""
+        if self._seed is not None:
+            return self._seed
+        if isinstance(self._ds, _mixture.Mixture) or is_spec_location(self.url):
+            return self.dataset().seed  # type: ignore[union-attr]
+        return 0
 
     # -- epochs and resume --------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import roxxel
 from roxxel.errors import ManifestError, ResumeError
 from roxxel.read.mixplan import MixSource, MixturePlan, Topology
+from roxxel.read.mixspec import MixtureSpec
 from roxxel.read.schedule import MAX_PERIOD, Schedule, integer_weights
 
 # -- the schedule ----------------------------------------------------------------------------
@@ -475,3 +476,66 @@ def test_stateful_loader_over_a_mixture_resumes_mid_epoch_exactly(tmp_path, work
     assert head + list(fresh) == full
     names = [x for b in full for x in b]
     assert len({x for x in names if x[0] == "b"}) == sum(1 for x in names if x[0] == "b")
+
+
+def test_the_documents_seed_is_the_default_everywhere_and_arguments_do_not_override_it(tmp_path, capsys):
+    from roxxel.cli import main
+    from roxxel.torch import IterableRecords
+
+    for name, n in (("web", 600), ("code", 200)):
+        _write(str(tmp_path / name), n, name[0])
+    doc = tmp_path / "mix.json"
+    doc.write_text(json.dumps({"format": "roxxel-mixture", "version": 1, "seed": 7,
+                               "sources": [{"url": "web", "weight": 3}, {"url": "code", "weight": 1}]}))
+    cache = str(tmp_path / "cache")
+    with roxxel.mix(str(doc), cache_dir=cache) as m:
+        own = _names(m.iter())
+        assert own == _names(m.iter(seed=7)) != _names(m.iter(seed=0))
+    records = IterableRecords(str(doc), cache_dir=cache, collate=_decoded)
+    assert records.seed == 7 and [_names([r])[0] for r in records] == own
+    assert main(["plan", str(doc), "--world-size", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 7
+    for extra in ({"seed": 3}, {"samples": 10}, {"weights": [1, 1]}):
+        with pytest.raises(ValueError, match="come.* from the mixture document"):
+            roxxel.mix(str(doc), **extra)
+
+
+def test_hostile_documents_states_and_weights_are_refused_clearly(tmp_path):
+    for name, n in (("a", 300), ("b", 100)):
+        _write(str(tmp_path / name), n, name)
+    doc = {"format": "roxxel-mixture", "version": 1,
+           "sources": [{"url": "a"}, {"url": "b", "weight": 3}]}
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match=r"sources\[0\]: field 'weight' is missing"):
+        roxxel.mix(str(path))
+    with pytest.raises(ManifestError, match="leaves the document's bucket s3://b"):
+        MixtureSpec.from_json(json.dumps({**doc, "sources": [{"url": "../../other/x"}]}), base="s3://b/docs")
+    srcs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    with roxxel.mix(srcs, [np.float32(0.75), np.int64(1)], cache_dir=str(tmp_path / "c")) as m:
+        assert m.weights == (Fraction(3, 7), Fraction(4, 7))
+        it = m.iter()
+        next(it)
+        state = it.state()
+        for field, value in (("consumed", [10**30, 0]), ("consumed", [-1, 0]), ("window", 2**62),
+                             ("position", -5), ("window", 0)):
+            with pytest.raises(ResumeError, match=f"field '{field}'"):
+                m.resume({**state, field: value}, allow_changes=True)
+    largest = max(os.path.getsize(f) for f in tmp_path.glob("[ab]/**/*.rox"))
+    with roxxel.mix(srcs, cache_dir=str(tmp_path / "c2"), cache_limit=2 * largest) as small:
+        with pytest.raises(roxxel.CacheError, match="lower window= or raise cache_limit"):
+            small.resume({**state, "window": 64, "mixture": "sha256:other"}, allow_changes=True)
+
+
+def test_a_repeat_source_keeps_each_ranks_share_of_its_shards_pass_after_pass():
+    sources = _sources([4000, 37 * 12], ["stop", "repeat"])
+    for rank in range(4):
+        p, _, per = _consumer_sequence(sources, (1, 1), Topology(rank, 4, 0, 1))
+        n = int(p.per_pass[1])
+        assert len(per[1]) > 5 * n  # several passes of the small source
+        passes = [per[1][k : k + n] for k in range(0, len(per[1]) - n + 1, n)]
+        assert all(sorted(x.tolist()) == sorted(passes[0].tolist()) for x in passes)  # the same records
+        assert len({tuple(x.tolist()) for x in passes}) == len(passes)  # each pass reshuffled
+        starts = np.concatenate([[0], np.cumsum(sources[1].counts)])
+        shards = np.unique(np.searchsorted(starts, per[1], side="right") - 1)
+        assert len(shards) <= 12 // 4 + 2

@@ -183,7 +183,7 @@ def _add_warm_command(sub: Any, c: _Parents) -> None:
     which.add_argument("--rank", type=ranks, metavar="R", help="rank(s): 3, 0,1,2 or 0-7")
     which.add_argument("--all", action="store_true", help="every shard, in stored order (the default)")
     p.add_argument("--world-size", type=positive, metavar="W", help="number of ranks")
-    p.add_argument("--seed", type=non_negative, metavar="S", help="the stream seed (default 0)")
+    p.add_argument("--seed", type=non_negative, metavar="S", help="the stream seed (default 0; a mixture's own)")
     p.add_argument("--epoch", type=non_negative, metavar="E", help="the epoch (default 0)")
     p.add_argument("--limit", type=size, metavar="BYTES", help="the cache limit, e.g. 500GB or 1.5TiB")
 
@@ -302,7 +302,8 @@ def _add_plan_command(sub: Any, c: _Parents) -> None:
              "exit status 1 if the limit is below what ds.iter requires.",
              [c.storage, c.json, c.logs], cmd_plan)
     p.add_argument("url", help="the dataset URL, or a mixture document (.json): per rank and source")
-    p.add_argument("--seed", type=non_negative, default=0, metavar="S", help="the stream seed (default 0)")
+    p.add_argument("--seed", type=non_negative, default=None, metavar="S",
+                   help="the stream seed (default 0; a mixture's own)")
     p.add_argument("--epoch", type=non_negative, default=0, metavar="E", help="the epoch (default 0)")
     p.add_argument("--world-size", type=positive, required=True, metavar="W", help="number of ranks")
     p.add_argument("--cache-limit", type=size, metavar="BYTES", help="the cache limit to check")

@@ -27,7 +27,7 @@ def mixture_warm_order(m: Mixture, ranks: Sequence[int] | None, world_size: int,
     for r in ranks:
         p = m._plan(epoch=epoch, topology=Topology(r, world_size, 0, 1), shuffle=True, window=window,
                     remainder="pad", seed=seed)
-        orders.append(upcoming_shards(p, 0, m.shard_offsets, passes=1))
+        orders.append(upcoming_shards(p, p.consumed(0), m.shard_offsets))
     merged: dict[int, None] = {}
     for position in range(max(map(len, orders), default=0)):
         for order in orders:
@@ -46,7 +46,7 @@ def mixture_plan_summary(doc: str, storage_options: Mapping[str, Any] | None = N
         for r in range(world_size):
             p = m._plan(epoch=epoch, topology=Topology(r, world_size, 0, 1), shuffle=True, window=window,
                         remainder="pad", seed=seed)
-            shards = np.asarray(upcoming_shards(p, 0, m.shard_offsets, passes=1), dtype=np.int64)
+            shards = np.asarray(upcoming_shards(p, p.consumed(0), m.shard_offsets), dtype=np.int64)
             read = p.consumed(p.length) - p.base
             per_source = []
             for i, url in enumerate(m.urls):

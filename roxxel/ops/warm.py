@@ -78,14 +78,14 @@ def warm(
     limit: int | str | None = None,
     ranks: Sequence[int] | None = None,
     world_size: int = 1,
-    seed: int = 0,
+    seed: int | None = None,
     epoch: int = 0,
     workers: int = DEFAULT_WORKERS,
     progress: Callback | None = None,
 ) -> WarmReport:
     """Fill the node cache with the shards of the dataset at ``url`` in plan order (or of
     the mixture whose JSON document ``url`` is: every source's shards, or those ranks'
-    mixture plans, into one cache).
+    mixture plans, into one cache). ``seed`` defaults to 0, or to a mixture's own.
 
     The shards are those of :func:`warm_order` (all of them if ``ranks`` is None).
     With ``limit`` (the cache limit, bytes or ``"50GB"``), only the longest prefix of
@@ -98,7 +98,7 @@ def warm(
         return _warm_mixture(url, storage_options, cache_dir=cache_dir, limit=limit, ranks=ranks,
                              world_size=world_size, seed=seed, epoch=epoch, workers=workers, progress=progress)
     with open_dataset(url, cache_dir, limit, storage_options, lookahead=0) as ds:
-        order = warm_order(ds.manifest, ranks=ranks, world_size=world_size, seed=seed, epoch=epoch)
+        order = warm_order(ds.manifest, ranks=ranks, world_size=world_size, seed=seed or 0, epoch=epoch)
         chosen = ds.residency.that_fit(order)
         counts = ds.warm(chosen, workers=workers, progress=progress)
         return WarmReport(
@@ -113,7 +113,7 @@ def warm(
 
 
 def _warm_mixture(doc: str, storage_options: Mapping[str, Any] | None, *, cache_dir: str | os.PathLike[str] | None,
-                  limit: int | str | None, ranks: Sequence[int] | None, world_size: int, seed: int, epoch: int,
+                  limit: int | str | None, ranks: Sequence[int] | None, world_size: int, seed: int | None, epoch: int,
                   workers: int, progress: Callback | None) -> WarmReport:
     from ..read.mixture import mix
     from .mixsummary import mixture_warm_order

@@ -88,10 +88,16 @@ class MixturePlan:
         self.seed, self.epoch, self.topology = seed, epoch, topology
         self.shuffle, self.window, self.remainder = shuffle, window, remainder
         self.base = np.zeros(len(sources), dtype=np.int64) if base is None else np.asarray(base, dtype=np.int64)
-        # the passes and windows in use, kept while they are (a block reads each many times)
-        self._plans: dict[tuple[int, int], Plan] = {}
-        self._orders: dict[tuple[int, int, int], WindowOrder] = {}
-        self.per_pass = np.asarray([self.pass_plan(i, 0).num_records for i in range(len(sources))], dtype=np.int64)
+        # each source's plan (every pass has its pieces and windows), and the window orders in
+        # use, a few per source (a block reads each many times; a tiny source goes through
+        # many passes, whose orders must not push out a large source's)
+        t = topology
+        self._plans = [plan(src.counts, seed=pass_seed(seed, src.key, epoch, 0), rank=t.rank,
+                            world_size=t.world_size, worker=t.worker, num_workers=t.num_workers,
+                            shuffle=shuffle, window=window, remainder=remainder) for src in sources]
+        self._orders: list[dict[tuple[int, int], WindowOrder]] = [{} for _ in sources]
+        self._windows: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self.per_pass = np.asarray([p.num_records for p in self._plans], dtype=np.int64)
         for i, n in enumerate(self.per_pass.tolist()):
             if n == 0:
                 raise ValueError(
@@ -118,27 +124,35 @@ class MixturePlan:
             raise ValueError("a mixture whose sources all repeat needs samples= (the records of an epoch)")
         return min(ends)
 
-    def pass_plan(self, i: int, pass_: int) -> Plan:
-        """The consumer's plan of source ``i`` in pass ``pass_`` of this epoch."""
-        p = self._plans.get((i, pass_))
-        if p is None:
-            if len(self._plans) >= 4 * len(self.sources):
-                self._plans.clear()
-                self._orders.clear()
-            t = self.topology
-            p = plan(self.sources[i].counts, seed=pass_seed(self.seed, self.sources[i].key, self.epoch, pass_),
-                     rank=t.rank, world_size=t.world_size, worker=t.worker, num_workers=t.num_workers,
-                     shuffle=self.shuffle, window=self.window, remainder=self.remainder)
-            self._plans[(i, pass_)] = p
-        return p
+    def pass_plan(self, i: int, pass_: int = 0) -> Plan:
+        """The consumer's plan of source ``i``: the same pieces and windows in every pass
+        (:meth:`window_order` gives a pass's order of a window)."""
+        return self._plans[i]
+
+    def windows_of(self, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Where each window of source ``i``'s passes starts (positions within a pass, the
+        pass's length last) and each window's shards, in download order: the same in
+        every pass."""
+        got = self._windows.get(i)
+        if got is None:
+            p = self.pass_plan(i, 0)
+            starts = np.zeros(p.num_windows + 1, dtype=np.int64)
+            np.cumsum(p.window_sizes(), out=starts[1:])
+            got = self._windows[i] = (starts, [p.window_shards(w) for w in range(p.num_windows)])
+        return got
 
     def window_order(self, i: int, pass_: int, w: int) -> WindowOrder:
-        """Window ``w``'s staged order in source ``i``'s pass ``pass_``."""
-        order = self._orders.get((i, pass_, w))
+        """Window ``w``'s staged order in source ``i``'s pass ``pass_`` (as the planner's
+        ``reshuffle=pass_`` orders it)."""
+        held = self._orders[i]
+        order = held.get((pass_, w))
         if order is None:
-            if len(self._orders) >= 4 * len(self.sources):
-                self._orders.clear()
-            order = self._orders[(i, pass_, w)] = self.pass_plan(i, pass_).window_order(w)
+            if len(held) >= _ORDERS_KEPT:
+                del held[next(iter(held))]
+            p = self._plans[i]
+            a, b = int(p.window_starts[w]), int(p.window_starts[w + 1])
+            key = (*p.key, *((pass_,) if pass_ else ()), w) if p.shuffle else None
+            order = held[(pass_, w)] = WindowOrder(p.piece_shard[a:b], p.piece_begin[a:b], p.piece_end[a:b], key)
         return order
 
     def consumed(self, t: int) -> np.ndarray:
@@ -183,6 +197,9 @@ class MixturePlan:
             at += end - skip
             w, skip = w + 1, 0
         return out
+
+
+_ORDERS_KEPT = 8  # window orders kept per source
 
 
 def _fewest_per_pass(records: int, world_size: int, num_workers: int, remainder: str) -> int:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from ..errors import ManifestError
 
@@ -107,19 +109,25 @@ class MixtureSpec:
             if not isinstance(url, str) or not url:
                 raise ManifestError(f"{what}: field 'url' must be a non-empty string, got {url!r}")
             sources.append(SourceSpec(
-                url=_resolve(url, base),
+                url=_resolve(url, base, where),
                 weight=check_weight(entry.get("weight"), f"{what}: field 'weight'", exc=ManifestError),
                 policy=check_policy(entry.get("policy"), f"{what}: field 'policy'", exc=ManifestError),
             ))
+        weighted = [s.weight is not None for s in sources]
+        if any(weighted) and not all(weighted):
+            raise ManifestError(f"{where}: sources[{weighted.index(False)}]: field 'weight' is missing; give every "
+                                "source a weight or none (none: weights from the record counts)")
         return cls(tuple(sources), seed=seed, samples=samples)
 
 
-def check_weight(value: object, what: str, exc: type[Exception] = ValueError) -> float | None:
+def check_weight(value: object, what: str, exc: type[Exception] = ValueError) -> float | int | None:
+    """A weight: a positive finite real number (NumPy's included, bool not)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value <= 0:
         raise exc(f"{what} must be a positive number, got {value!r}")
-    return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def check_policy(value: object, what: str, exc: type[Exception] = ValueError) -> str | None:
@@ -138,12 +146,18 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _resolve(url: str, base: str | None) -> str:
+def _resolve(url: str, base: str | None, where: str = "<mixture>") -> str:
+    """``url`` relative to the document's folder ``base``; a relative URL never leaves the
+    document's bucket (or, on local disk, it stays a relative path resolved as written)."""
     if base is None or "://" in url or url.startswith("/"):
         return url
     if "://" in base:
         scheme, rest = base.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, url))}"
+        bucket = rest.split("/", 1)[0]
+        joined = posixpath.normpath(posixpath.join(rest, url))
+        if joined.split("/", 1)[0] != bucket:
+            raise ManifestError(f"{where}: source URL {url!r} leaves the document's bucket {scheme}://{bucket}")
+        return f"{scheme}://{joined}"
     return posixpath.normpath(posixpath.join(base, url))
 
 

@@ -16,7 +16,7 @@ import operator
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from itertools import chain
 from typing import Any
@@ -55,7 +55,7 @@ def mix(
     sources: Sequence[Any] | str | Mapping[str, Any],
     weights: Sequence[float] | None = None,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     samples: int | None = None,
     policy: str | Sequence[str] | None = None,
     cache_dir: str | None = None,
@@ -73,7 +73,8 @@ def mix(
     mixture JSON document (see :mod:`roxxel.read.mixspec`), or such a document as a dict.
     ``weights`` (any positive numbers; None: proportional to the sources' record counts,
     a shuffled union) and ``policy`` (``"stop"``, the default, or ``"repeat"``; one for
-    all or one per source) apply to sources that do not say. ``samples`` is the epoch's
+    all or one per source) apply to sources that do not say; ``seed`` (default 0) is the
+    default of :meth:`Mixture.iter`'s and ``stream``'s. ``samples`` is the epoch's
     length in records over all consumers; by default the epoch ends where the first
     ``"stop"`` source runs out. ``storage_options`` are for every source (and the
     document) that has none of its own. The cache settings are :func:`roxxel.open`'s;
@@ -87,9 +88,12 @@ def mix(
         raise ValueError(f"{sources!r} is not a mixture document (a .json path or URL): "
                          "give a list of datasets or URLs")
     else:
-        spec = spec_from_arguments(sources, weights, seed, samples, policy)
-    if isinstance(sources, (str, Mapping)) and (weights is not None or policy is not None):
-        raise ValueError("weights and policy come from the mixture document: give them there")
+        spec = spec_from_arguments(sources, weights, 0 if seed is None else seed, samples, policy)
+    if isinstance(sources, (str, Mapping)):
+        given = [name for name, v in (("weights", weights), ("policy", policy), ("seed", seed), ("samples", samples))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} come(s) from the mixture document: set them there")
     stores = [src.dataset.store if src.dataset is not None else
               dataset_store(src.url, src.storage_options if src.storage_options is not None else storage_options)
               for src in spec.sources]
@@ -112,6 +116,9 @@ def mix(
     cache = ShardCache(cache_dir, cache_limit, verify=verify)
     where = sources if isinstance(sources, str) else None
     return Mixture(spec, opened, cache, lookahead=lookahead, download_workers=download_workers, url=where)
+
+
+_LARGEST = 1 << 62  # bound on a state's counts: anything larger is not a real position
 
 
 @dataclass(frozen=True)
@@ -152,8 +159,10 @@ class MixState:
         ints = ("seed", "epoch", "position", "rank", "world_size", "worker", "num_workers", "window", "since", "plan")
         for name in ints:
             v = data[name]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ResumeError(f"mixture state field {name!r} must be an integer >= 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _LARGEST:
+                raise ResumeError(f"mixture state field {name!r} must be an integer in [0, 2**62), got {v!r}")
+        if data["window"] < 1:
+            raise ResumeError(f"mixture state field 'window' must be at least 1, got {data['window']!r}")
         if data["samples"] is not None and (isinstance(data["samples"], bool) or not isinstance(data["samples"], int)):
             raise ResumeError(f"mixture state field 'samples' must be an integer or null, got {data['samples']!r}")
         for name, kind in (("mixture", str), ("remainder", str), ("shuffle", bool)):
@@ -164,7 +173,7 @@ class MixState:
         for name, kind in lists.items():
             v = data[name]
             if not isinstance(v, list) or len(v) != size or not all(
-                isinstance(x, kind) and not isinstance(x, bool) for x in v
+                isinstance(x, kind) and not isinstance(x, bool) and (kind is str or 0 <= x < _LARGEST) for x in v
             ):
                 raise ResumeError(f"mixture state field {name!r} must be a list of {size} {kind.__name__}, got {v!r}")
         return cls(**{name: data[name] for name in names})
@@ -196,6 +205,8 @@ class Mixture:
         self.url = url if url is not None else "mixture of " + ", ".join(self.urls)
         counts = [np.asarray(m.shards.records, dtype=np.int64) for m in self.manifests]
         given = [s.weight for s in spec.sources]
+        if any(w is None for w in given) and any(w is not None for w in given):
+            raise ValueError(f"give every source a weight or none: {self.urls[given.index(None)]} has none")
         raw = [int(c.sum()) for c in counts] if given[0] is None else given
         if given[0] is None and min(raw) <= 0:
             empty = self.urls[raw.index(min(raw))]
@@ -325,6 +336,7 @@ class Mixture:
                 + "; resume with resume(state, allow_changes=True) to continue from the records of each "
                 "source already read"
             )
+        self.residency.fit_window(saved.window * len(self._sources))  # as iter() does
         common: dict[str, Any] = {"epoch": saved.epoch, "topology": topology, "shuffle": saved.shuffle,
                                   "window": saved.window, "remainder": saved.remainder, "seed": saved.seed}
         if same:  # the same mixture: the same plan (a continuation's base is in the state)
@@ -445,7 +457,9 @@ class Mixture:
         """Pickled for DataLoader workers like a dataset: the same manifests, stores and
         cache settings (credentials included, for the worker's use only; never written)."""
         res = self.residency
-        return (_unpickle_mixture, (self.spec, self.stores, self.manifests, self.cache.directory, self.cache.limit,
+        spec = MixtureSpec(tuple(replace(src, dataset=None) for src in self.spec.sources), self.spec.seed,
+                           self.spec.samples)  # the open datasets given stay here: the copy needs only their manifests
+        return (_unpickle_mixture, (spec, self.stores, self.manifests, self.cache.directory, self.cache.limit,
                                     res.chosen_lookahead, res.download_workers, self.cache.verify_mode, self.url))
 
     def __repr__(self) -> str:
@@ -542,37 +556,42 @@ class MixtureIterator(Iterator[np.ndarray]):
         return self.plan.schedule.counts(self._plan_position()) - self.plan.schedule.counts(self._start)
 
     def _blocks(self) -> Iterator[RecordViews]:
-        """The stream in blocks of views. A block never crosses a stage of any source's
-        window (see :mod:`roxxel.planner`), so it maps only the shards its stages open,
-        and each source's part of it is read as ``ds.iter`` reads a window."""
+        """The stream in blocks of views. A block ends before any source's window opens a
+        shard that is not mapped yet (see :mod:`roxxel.planner`'s stages), so the records
+        before it never wait for that shard; each source's part of a block is read as
+        ``ds.iter`` reads a window, one window of one pass at a time."""
         p, mixture = self.plan, self._mixture
         mixture.residency.hold(p.window * len(p.sources))
-        readers: dict[int, tuple[tuple[int, int], _WindowReader]] = {}
+        readers: list[dict[tuple[int, int], _WindowReader]] = [{} for _ in p.sources]
         first = True
         try:
             while self._at < p.length:
                 lo = self._at
-                self._refresh_order(lo)
-                hi, cursors = self._block_end(lo)
-                if first:  # the first record waits for its own shard only, not one of every source
-                    hi, first = lo + 1, False
+                consumed = p.consumed(lo)
+                self._refresh_order(consumed, readers)
+                hi = lo + 1 if first else self._block_end(lo, consumed)  # the first record: one shard
+                first = False
                 srcs = p.schedule.sources(lo, hi)
                 slots = np.empty(hi - lo, dtype=np.int64)
                 begins = np.empty(hi - lo, dtype=np.int64)
                 ends = np.empty(hi - lo, dtype=np.int64)
                 payloads: list[np.ndarray] = []
-                for i, (pass_, w, skip) in enumerate(cursors):
+                for i in range(len(p.sources)):
                     rows = np.flatnonzero(srcs == i)
-                    if not len(rows):
-                        continue
-                    held = readers.get(i)
-                    if held is None or held[0] != (pass_, w):
-                        order = p.window_order(i, pass_, w)
-                        held = readers[i] = ((pass_, w), _WindowReader(_Member(mixture.records, mixture.shard_offsets[i]), order))
-                    s_, b_, e_ = held[1].bounds(skip, skip + len(rows))
-                    slots[rows] = s_ + len(payloads)
-                    begins[rows], ends[rows] = b_, e_
-                    payloads.extend(held[1].payloads)
+                    k, n = int(consumed[i]), int(p.per_pass[i])
+                    while len(rows):  # the source's records in this block, a window at a time
+                        pass_, off = divmod(k, n)
+                        starts, _ = p.windows_of(i)
+                        w = int(np.searchsorted(starts, off, side="right")) - 1
+                        skip = off - int(starts[w])
+                        take = min(len(rows), int(starts[w + 1]) - off)
+                        reader = self._reader(readers[i], i, pass_, w)
+                        s_, b_, e_ = reader.bounds(skip, skip + take)
+                        here = rows[:take]
+                        slots[here] = s_ + len(payloads)
+                        begins[here], ends[here] = b_, e_
+                        payloads.extend(reader.payloads)
+                        rows, k = rows[take:], k + take
                 views = record_views(payloads, slots, begins, ends)
                 self._block = (lo, hi - lo, views)
                 yield views
@@ -586,75 +605,104 @@ class MixtureIterator(Iterator[np.ndarray]):
             self._mixture._read += self.read_per_source()
             self._start = self._at
 
-    def _block_end(self, lo: int) -> tuple[int, list[tuple[int, int, int]]]:
-        """Where the block from ``lo`` ends (at most ``BLOCK`` on, at the next stage of
-        any source's window), and each source's (pass, window, position in the window)."""
-        p = self.plan
-        consumed = p.consumed(lo)
-        hi = min(p.length, lo + BLOCK)
-        cursors = []
-        for i in range(len(p.sources)):
-            k = int(consumed[i])
-            pass_, off = divmod(k, int(p.per_pass[i]))
-            w, skip = p.pass_plan(i, pass_).locate(off)
-            stages = p.window_order(i, pass_, w).stage_starts
-            opens = int(stages[int(np.searchsorted(stages, skip, side="right"))]) if skip < stages[-1] else skip
-            if opens > skip:  # the source's k-th record at the stage's opening ends the block
-                hi = min(hi, p.schedule.position_of(i, k - skip + opens - int(p.base[i])))
-            cursors.append((pass_, w, skip))
-        return hi, cursors
+    def _reader(self, held: dict[tuple[int, int], _WindowReader], i: int, pass_: int, w: int) -> _WindowReader:
+        """Source ``i``'s reader of window ``w`` of pass ``pass_`` (the last two kept: a
+        block may end one window and start the next)."""
+        reader = held.get((pass_, w))
+        if reader is None:
+            if len(held) >= 2:
+                del held[next(iter(held))]
+            member = _Member(self._mixture.records, self._mixture.shard_offsets[i])
+            reader = held[(pass_, w)] = _WindowReader(member, self.plan.window_order(i, pass_, w))
+        return reader
 
-    def _refresh_order(self, t: int) -> None:
-        """Tell the residency the order of the shards still to be read, when a source's
-        reading has moved into another window since it was last told."""
+    def _block_end(self, lo: int, consumed: np.ndarray) -> int:
+        """Where the block from ``lo`` ends: at most ``BLOCK`` on, and before the first
+        position where some source's window opens a shard that is not mapped yet."""
+        p, records = self.plan, self._mixture.records
+        hi = min(p.length, lo + BLOCK)
+        for i in range(len(p.sources)):
+            k, n = int(consumed[i]), int(p.per_pass[i])
+            first_shard = self._mixture.shard_offsets[i]
+            starts, _ = p.windows_of(i)
+            for _ in range(_CUTS_LOOKED_AT):
+                pass_, off = divmod(k, n)
+                w = int(np.searchsorted(starts, off, side="right")) - 1
+                order = p.window_order(i, pass_, w)
+                skip = off - int(starts[w])
+                j = int(np.searchsorted(order.stage_starts, skip, side="right"))  # the next stage (slot j)
+                if j < len(order.shards):
+                    opens, shard = int(starts[w]) + int(order.stage_starts[j]), int(order.shards[j])
+                else:  # the window's end: the next window's (or pass's) first slot
+                    opens = int(starts[w + 1])
+                    nxt = w + 1 if w + 1 < len(starts) - 1 else 0
+                    shard = int(p.window_order(i, pass_ + (nxt == 0), nxt).shards[0])
+                k = pass_ * n + opens
+                at = p.schedule.position_of(i, k - int(p.base[i]))
+                if at >= hi:
+                    break
+                if not records.is_mapped(first_shard + shard):
+                    hi = at
+                    break
+        return hi
+
+    def _refresh_order(self, consumed: np.ndarray, readers: list[dict[tuple[int, int], _WindowReader]]) -> None:
+        """When a source's reading has moved into another window: tell the residency the
+        order of the shards to be read next (a few windows of every source), and that the
+        shards of windows left behind are done with (unless a source reads them now)."""
         p = self.plan
-        consumed = p.consumed(t)
         key = []
         for i in range(len(p.sources)):
-            pass_, off = divmod(int(consumed[i]), int(p.per_pass[i]))
-            key.append((pass_, p.pass_plan(i, pass_).locate(off)[0]))
+            off = int(consumed[i]) % int(p.per_pass[i])
+            starts, _ = p.windows_of(i)
+            key.append(int(np.searchsorted(starts, off, side="right")) - 1)
         key_t = tuple(key)
-        if key_t == self._order_key:
+        previous, self._order_key = self._order_key, key_t
+        if key_t == previous:
             return
-        self._order_key = key_t
-        order = upcoming_shards(p, t, self._mixture.shard_offsets)
-        residency = self._mixture.residency
+        residency, offsets = self._mixture.residency, self._mixture.shard_offsets
+        current = {int(k) + offsets[i] for i, w in enumerate(key_t) for k in p.windows_of(i)[1][w]}
+        if previous is not None:
+            left = {int(k) + offsets[i] for i, w in enumerate(previous) if w != key_t[i]
+                    for k in p.windows_of(i)[1][w]}
+            if left - current:
+                residency.finished(sorted(left - current))
+        order = upcoming_shards(p, consumed, offsets, horizon=_WINDOWS_AHEAD)
         residency.expect(order)
-        if order:
-            residency.about_to_map(order[:1])
         residency.prefetch(order)
 
 
-def upcoming_shards(p: MixturePlan, t: int, shard_offsets: Sequence[int], passes: int = 2) -> list[int]:
-    """The catalog shards plan ``p`` reads from position ``t`` to its end, in order of
-    first use (each source's windows placed where the schedule reaches their first
-    record; at most ``passes`` passes of a source ahead)."""
-    consumed = p.consumed(t)
+#: How many cuts of one source a block looks past (those whose shard is mapped already).
+_CUTS_LOOKED_AT = 64
+#: Windows of each source in the order the residency is told (eviction and prefetch).
+_WINDOWS_AHEAD = 3
+
+
+def upcoming_shards(p: MixturePlan, consumed: np.ndarray, shard_offsets: Sequence[int],
+                    horizon: int | None = None) -> list[int]:
+    """The catalog shards plan ``p`` reads after each source has read ``consumed`` of its
+    records, in order of first use (each source's windows placed where the schedule
+    reaches their first record still to read), to the end of the epoch, or of each
+    source's next ``horizon`` windows. Every pass reads the same shards, so a source's
+    shards come once."""
     positions, shards = [], []
     for i in range(len(p.sources)):
-        n = int(p.per_pass[i])
-        first_pass = int(consumed[i]) // n
-        for pass_ in range(first_pass, first_pass + passes):
-            plan_ = p.pass_plan(i, pass_)
-            starts = np.concatenate([[0], np.cumsum(plan_.window_sizes())])[:-1]
-            for w in range(plan_.num_windows):
-                k = pass_ * n + int(starts[w])
-                end = pass_ * n + int(starts[w]) + int(plan_.window_sizes()[w])
-                if end <= consumed[i]:
-                    continue
-                occurrence = max(k, int(consumed[i])) - int(p.base[i])
-                at = p.schedule.position_of(i, occurrence)
-                if at >= p.length:
-                    break
-                ws = plan_.window_shards(w) + shard_offsets[i]
-                positions.extend([at] * len(ws))
-                shards.extend(ws.tolist())
-            else:
-                continue
-            break
+        n, k = int(p.per_pass[i]), int(consumed[i])
+        starts, window_shards = p.windows_of(i)
+        windows = len(window_shards)
+        pass_, off = divmod(k, n)
+        w = int(np.searchsorted(starts, off, side="right")) - 1
+        for step in range(windows if horizon is None else min(horizon, windows)):
+            ww = (w + step) % windows
+            first = (pass_ + (w + step) // windows) * n + int(starts[ww])
+            at = p.schedule.position_of(i, max(first, k) - int(p.base[i]))
+            if at >= p.length:
+                break
+            positions.extend([at] * len(window_shards[ww]))
+            shards.extend((window_shards[ww] + shard_offsets[i]).tolist())
     if not shards:
         return []
     order = np.asarray(shards, dtype=np.int64)[np.argsort(np.asarray(positions), kind="stable")]
-    _, first = np.unique(order, return_index=True)
-    return order[np.sort(first)].tolist()
+    _, first_use = np.unique(order, return_index=True)
+    return order[np.sort(first_use)].tolist()
 

@@ -22,6 +22,7 @@ over a block, without replaying the positions before it.
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 from functools import lru_cache
 
@@ -42,9 +43,11 @@ def integer_weights(weights: list[float] | list[int] | list[Fraction]) -> tuple[
     if not weights:
         raise ValueError("a mixture needs at least one source")
     for w in weights:
-        if isinstance(w, bool) or not isinstance(w, (int, float, Fraction)) or not math.isfinite(w) or w <= 0:
+        if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w <= 0:
             raise ValueError(f"weights must be positive finite numbers, got {w!r}")
-    total = sum(Fraction(w) for w in weights)
+    weights = [w if isinstance(w, Fraction) else Fraction(int(w) if isinstance(w, numbers.Integral) else float(w))
+               for w in weights]
+    total = sum(weights)
     shares = [Fraction(w) / total for w in weights]
     # a float such as 0.3 is the nearest binary fraction to 3/10: read it as the fraction
     # it was meant to be when one with a small denominator is that close

@@ -21,7 +21,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if is_spec_location(args.url):
         return _plan_mixture(args)
     summary = plan_summary(
-        args.url, args.options, seed=args.seed, epoch=args.epoch, world_size=args.world_size,
+        args.url, args.options, seed=0 if args.seed is None else args.seed, epoch=args.epoch, world_size=args.world_size,
         window=args.window, lookahead=args.lookahead, cache_limit=args.cache_limit,
     )
     if args.json:

@@ -28,7 +28,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
     _check_ranks(args)
     report = run_with_progress(
         "warm", args.quiet, warm, args.url, args.options, cache_dir=args.cache_dir, limit=args.limit,
-        ranks=args.rank, world_size=args.world_size or 1, seed=args.seed or 0, epoch=args.epoch or 0,
+        ranks=args.rank, world_size=args.world_size or 1, seed=args.seed, epoch=args.epoch or 0,
         workers=args.workers,
     )
     if args.json:
