@@ -80,10 +80,12 @@ class Schedule:
     """
 
     def __init__(self, n: tuple[int, ...]) -> None:
+        if not n or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in n) or sum(n) > MAX_PERIOD:
+            raise ValueError(f"integer weights must be positive and add up to at most {MAX_PERIOD}, got {n!r}")
         self.n = n
         self.period = sum(n)
         self.table = _period_table(n)
-        starts = np.zeros((len(n), self.period + 1), dtype=np.int64)
+        starts = np.zeros((len(n), self.period + 1), dtype=np.int32)  # P <= MAX_PERIOD
         for i in range(len(n)):
             np.cumsum(self.table == i, out=starts[i, 1:])
         self.before = starts
@@ -97,7 +99,7 @@ class Schedule:
     def counts(self, t: int) -> np.ndarray:
         """How many times each source comes in positions ``0..t-1``."""
         cycles, rest = divmod(t, self.period)
-        return np.asarray(self.n, dtype=np.int64) * cycles + self.before[:, rest]
+        return np.asarray(self.n, dtype=np.int64) * cycles + self.before[:, rest].astype(np.int64)
 
     def position_of(self, i: int, k: int) -> int:
         """The position of source ``i``'s ``k``-th occurrence (from 0)."""
