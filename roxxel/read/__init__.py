@@ -5,8 +5,10 @@ records across shards; ``residency`` owns which shards are downloading, cached, 
 and needed next (with ``catalog``, what they are and where, and ``downloader``, the
 background downloads); ``iteration`` walks a planned epoch; ``views`` makes many
 records' views at once; ``tokens`` cuts payloads into token windows; ``ranged`` reads
-single records by range; ``schedule``, ``mixplan``, ``mixspec`` and ``mixture`` read
-several datasets as one weighted stream.
+single records by range; ``elastic`` and ``jobstate`` continue an epoch on another
+topology; ``typed`` reads a typed dataset's arrays, ``payload`` its payload as a file;
+``schedule``, ``mixplan``, ``mixspec``, ``mixture`` and ``mixstream`` read several
+datasets as one weighted stream.
 """
 
 from .dataset import Dataset, open
