@@ -40,7 +40,8 @@ from ..format.layout import payload_size
 from ..manifest.compressions import COMPRESSIONS
 
 if TYPE_CHECKING:
-    from .dataset import Dataset
+    # roxxel.read.dataset imports this module: not imported here (no import cycle)
+    Dataset = Any
 
 __all__ = ["DEFAULT_READAHEAD", "PayloadFile", "dataset_payload"]
 

@@ -41,8 +41,11 @@ from ..manifest.record_type import RecordType
 if TYPE_CHECKING:
     from ..backends import Store
     from ..format import MappedShard
-    from .iteration import RecordIterator
-    from .records import Records
+
+    # roxxel.read.records (which imports this module) and roxxel.read.iteration: not
+    # imported here, even for type checkers, so that the read path has no import cycle
+    Records = Any
+    RecordIterator = Any
 
 __all__ = ["RecordType", "TypedIterator", "TypedRecords", "declared_type"]
 
