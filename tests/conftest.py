@@ -23,6 +23,7 @@ emptied after every test. Nothing here reaches the internet.
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Read by gcsfs when it is imported, and by botocore: set before anything imports them.
@@ -75,6 +76,18 @@ def gcs_server() -> Iterator[servers.Server]:
     with servers.gcs_server() as server:
         server.create_bucket(_SESSION_BUCKET)
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that runs the CLI (``roxxel.cli.main`` configures logging for the process)
+    leaves the root logger's handlers and the levels as it found them."""
+    root, ours = logging.getLogger(), logging.getLogger("roxxel")
+    saved = (root.handlers[:], root.level, ours.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    ours.setLevel(saved[2])
 
 
 @pytest.fixture(autouse=True)
