@@ -29,7 +29,9 @@ pass's plan (O(#shards)), so a plan resumes anywhere without replaying its posit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +69,16 @@ class MixturePlan:
     ``base`` are the records of each source the consumer had read before this plan's
     position 0 (a continuation with changed weights or sources: see :class:`Mixture`'s
     ``resume``); the epoch's length is then what is left.
+
+    After an elastic resume (another topology: :mod:`roxxel.read.elastic`), ``first[i]``
+    is what source ``i``'s plan gives this consumer of what the job's earlier
+    ``generation``s left of the source's first pass (None: nothing, a ``"repeat"``
+    source, which starts a pass of its own, its windows keyed by the generation too),
+    read before the source's passes; ``fewest[i]`` the fewest records any consumer's
+    ``first[i]`` holds (where a ``"stop"`` source ends the epoch).
+
+    A source's records are read in *segments*: ``first`` (segment -1), then its passes
+    (segment ``p`` for pass ``p``), each in windows.
     """
 
     def __init__(
@@ -83,10 +95,14 @@ class MixturePlan:
         remainder: str,
         base: np.ndarray | None = None,
         done: int = 0,
+        first: Sequence[Any | None] | None = None,
+        fewest: Sequence[int | None] | None = None,
+        generation: int = 0,
     ) -> None:
         self.sources, self.schedule = sources, schedule
         self.seed, self.epoch, self.topology = seed, epoch, topology
         self.shuffle, self.window, self.remainder = shuffle, window, remainder
+        self.generation = generation
         self.base = np.zeros(len(sources), dtype=np.int64) if base is None else np.asarray(base, dtype=np.int64)
         # each source's plan (every pass has its pieces and windows), and the window orders in
         # use, a few per source (a block reads each many times; a tiny source goes through
@@ -95,8 +111,10 @@ class MixturePlan:
         self._plans = [plan(src.counts, seed=pass_seed(seed, src.key, epoch, 0), rank=t.rank,
                             world_size=t.world_size, worker=t.worker, num_workers=t.num_workers,
                             shuffle=shuffle, window=window, remainder=remainder) for src in sources]
-        self._orders: list[dict[tuple[int, int], WindowOrder]] = [{} for _ in sources]
-        self._windows: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self.first = list(first) if first is not None else [None] * len(sources)
+        self.first_len = np.asarray([0 if f is None else f.num_records for f in self.first], dtype=np.int64)
+        self._orders: list[dict[tuple[int, int], Any]] = [{} for _ in sources]
+        self._windows: dict[tuple[int, bool], tuple[np.ndarray, list[np.ndarray]]] = {}
         self.per_pass = np.asarray([p.num_records for p in self._plans], dtype=np.int64)
         for i, n in enumerate(self.per_pass.tolist()):
             if n == 0:
@@ -105,15 +123,16 @@ class MixturePlan:
                     f"(rank {topology.rank}, worker {topology.worker}) of {topology.world_size} ranks x "
                     f"{topology.num_workers} workers"
                 )
-        self.length = self._length(samples, done)
+        self.length = self._length(samples, done, fewest)
 
-    def _length(self, samples: int | None, done: int) -> int:
+    def _length(self, samples: int | None, done: int, fewest: Sequence[int | None] | None) -> int:
         topo, ends = self.topology, []
         for i, src in enumerate(self.sources):
             if src.policy != "stop":
                 continue
-            fewest = _fewest_per_pass(src.records, topo.world_size, topo.num_workers, self.remainder)
-            left = fewest - int(self.base[i])
+            most = fewest[i] if fewest is not None and fewest[i] is not None else \
+                _fewest_per_pass(src.records, topo.world_size, topo.num_workers, self.remainder)
+            left = int(most) - int(self.base[i])
             ends.append(0 if left <= 0 else self.schedule.position_of(i, left))
         if samples is not None:
             per_rank = -(-samples // topo.world_size) if self.remainder == "pad" else samples // topo.world_size
@@ -129,30 +148,52 @@ class MixturePlan:
         (:meth:`window_order` gives a pass's order of a window)."""
         return self._plans[i]
 
-    def windows_of(self, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Where each window of source ``i``'s passes starts (positions within a pass, the
-        pass's length last) and each window's shards, in download order: the same in
-        every pass."""
-        got = self._windows.get(i)
+    # -- segments: the first (after an elastic resume), then the passes -----------------
+
+    def segment(self, i: int, k: int) -> tuple[int, int]:
+        """Where source ``i``'s ``k``-th record (from 0) lies: (segment, position in it)."""
+        e = int(self.first_len[i])
+        if k < e:
+            return -1, k
+        return divmod(k - e, int(self.per_pass[i]))
+
+    def segment_start(self, i: int, seg: int) -> int:
+        """How many of source ``i``'s records come before segment ``seg``."""
+        return 0 if seg < 0 else int(self.first_len[i]) + seg * int(self.per_pass[i])
+
+    def next_segment(self, i: int, seg: int) -> int:
+        return 0 if seg < 0 else seg + 1
+
+    def windows_of(self, i: int, seg: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Where each window of source ``i``'s segment ``seg`` starts (positions within
+        it, its length last) and each window's shards, in download order (the same for
+        every pass)."""
+        first = seg < 0
+        got = self._windows.get((i, first))
         if got is None:
-            p = self.pass_plan(i, 0)
+            p = self.first[i] if first else self._plans[i]
             starts = np.zeros(p.num_windows + 1, dtype=np.int64)
             np.cumsum(p.window_sizes(), out=starts[1:])
-            got = self._windows[i] = (starts, [p.window_shards(w) for w in range(p.num_windows)])
+            got = self._windows[(i, first)] = (starts, [p.window_shards(w) for w in range(p.num_windows)])
         return got
 
-    def window_order(self, i: int, pass_: int, w: int) -> WindowOrder:
-        """Window ``w``'s staged order in source ``i``'s pass ``pass_`` (as the planner's
-        ``reshuffle=pass_`` orders it)."""
+    def window_order(self, i: int, seg: int, w: int) -> Any:
+        """Window ``w``'s staged order in source ``i``'s segment ``seg`` (a pass: as the
+        planner's ``reshuffle`` orders it; the first segment: as its elastic plan does)."""
         held = self._orders[i]
-        order = held.get((pass_, w))
+        order = held.get((seg, w))
         if order is None:
             if len(held) >= _ORDERS_KEPT:
                 del held[next(iter(held))]
-            p = self._plans[i]
-            a, b = int(p.window_starts[w]), int(p.window_starts[w + 1])
-            key = (*p.key, *((pass_,) if pass_ else ()), w) if p.shuffle else None
-            order = held[(pass_, w)] = WindowOrder(p.piece_shard[a:b], p.piece_begin[a:b], p.piece_end[a:b], key)
+            if seg < 0:
+                order = self.first[i].window_order(w)
+            else:
+                p = self._plans[i]
+                a, b = int(p.window_starts[w]), int(p.window_starts[w + 1])
+                turn = seg + (self.generation << 32 if self.first[i] is None and self.generation else 0)
+                key = (*p.key, *((turn,) if turn else ()), w) if p.shuffle else None
+                order = WindowOrder(p.piece_shard[a:b], p.piece_begin[a:b], p.piece_end[a:b], key)
+            held[(seg, w)] = order
         return order
 
     def consumed(self, t: int) -> np.ndarray:
@@ -161,8 +202,7 @@ class MixturePlan:
 
     def records(self, lo: int, hi: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """The sources of positions ``lo..hi-1``, and for each source the source-local
-        record indices those positions read, in order (a pure function: see
-        :meth:`sources_at` for the source of each)."""
+        record indices those positions read, in order (a pure function of the plan)."""
         srcs = self.schedule.sources(lo, hi)
         first = self.consumed(lo)
         out = []
@@ -172,31 +212,20 @@ class MixturePlan:
         return srcs, out
 
     def take(self, i: int, k: int, m: int) -> np.ndarray:
-        """Source ``i``'s records ``k..k+m-1`` of this consumer (across passes)."""
-        n = int(self.per_pass[i])
+        """Source ``i``'s records ``k..k+m-1`` of this consumer (across segments)."""
         parts = []
+        record_starts = self._plans[i].record_starts
         while m > 0:
-            pass_, off = divmod(k, n)
-            step = min(m, n - off)
-            parts.extend(self._records_of(i, pass_, off, off + step))
+            seg, off = self.segment(i, k)
+            starts, _ = self.windows_of(i, seg)
+            w = int(np.searchsorted(starts, off, side="right")) - 1
+            skip = off - int(starts[w])
+            step = min(m, int(starts[w + 1]) - off)
+            order = self.window_order(i, seg, w)
+            slot, local = order.at(skip, skip + step)
+            parts.append(record_starts[order.shards[slot]] + local)
             k, m = k + step, m - step
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def _records_of(self, i: int, pass_: int, lo: int, hi: int) -> list[np.ndarray]:
-        """Positions ``lo..hi-1`` of source ``i``'s pass as the source's record indices."""
-        p = self.pass_plan(i, pass_)
-        sizes = p.window_sizes()
-        out = []
-        w, skip = p.locate(lo)
-        at = lo
-        while at < hi and w < p.num_windows:
-            end = min(int(sizes[w]), skip + hi - at)
-            order = self.window_order(i, pass_, w)
-            slot, local = order.at(skip, end)
-            out.append(p.record_starts[order.shards[slot]] + local)
-            at += end - skip
-            w, skip = w + 1, 0
-        return out
 
 
 _ORDERS_KEPT = 8  # window orders kept per source

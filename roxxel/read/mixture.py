@@ -578,14 +578,14 @@ class MixtureIterator(Iterator[np.ndarray]):
                 payloads: list[np.ndarray] = []
                 for i in range(len(p.sources)):
                     rows = np.flatnonzero(srcs == i)
-                    k, n = int(consumed[i]), int(p.per_pass[i])
+                    k = int(consumed[i])
                     while len(rows):  # the source's records in this block, a window at a time
-                        pass_, off = divmod(k, n)
-                        starts, _ = p.windows_of(i)
+                        seg, off = p.segment(i, k)
+                        starts, _ = p.windows_of(i, seg)
                         w = int(np.searchsorted(starts, off, side="right")) - 1
                         skip = off - int(starts[w])
                         take = min(len(rows), int(starts[w + 1]) - off)
-                        reader = self._reader(readers[i], i, pass_, w)
+                        reader = self._reader(readers[i], i, seg, w)
                         s_, b_, e_ = reader.bounds(skip, skip + take)
                         here = rows[:take]
                         slots[here] = s_ + len(payloads)
@@ -605,15 +605,15 @@ class MixtureIterator(Iterator[np.ndarray]):
             self._mixture._read += self.read_per_source()
             self._start = self._at
 
-    def _reader(self, held: dict[tuple[int, int], _WindowReader], i: int, pass_: int, w: int) -> _WindowReader:
-        """Source ``i``'s reader of window ``w`` of pass ``pass_`` (the last two kept: a
+    def _reader(self, held: dict[tuple[int, int], _WindowReader], i: int, seg: int, w: int) -> _WindowReader:
+        """Source ``i``'s reader of window ``w`` of segment ``seg`` (the last two kept: a
         block may end one window and start the next)."""
-        reader = held.get((pass_, w))
+        reader = held.get((seg, w))
         if reader is None:
             if len(held) >= 2:
                 del held[next(iter(held))]
             member = _Member(self._mixture.records, self._mixture.shard_offsets[i])
-            reader = held[(pass_, w)] = _WindowReader(member, self.plan.window_order(i, pass_, w))
+            reader = held[(seg, w)] = _WindowReader(member, self.plan.window_order(i, seg, w))
         return reader
 
     def _block_end(self, lo: int, consumed: np.ndarray) -> int:
@@ -622,22 +622,22 @@ class MixtureIterator(Iterator[np.ndarray]):
         p, records = self.plan, self._mixture.records
         hi = min(p.length, lo + BLOCK)
         for i in range(len(p.sources)):
-            k, n = int(consumed[i]), int(p.per_pass[i])
+            k = int(consumed[i])
             first_shard = self._mixture.shard_offsets[i]
-            starts, _ = p.windows_of(i)
             for _ in range(_CUTS_LOOKED_AT):
-                pass_, off = divmod(k, n)
+                seg, off = p.segment(i, k)
+                starts, _ = p.windows_of(i, seg)
                 w = int(np.searchsorted(starts, off, side="right")) - 1
-                order = p.window_order(i, pass_, w)
+                order = p.window_order(i, seg, w)
                 skip = off - int(starts[w])
                 j = int(np.searchsorted(order.stage_starts, skip, side="right"))  # the next stage (slot j)
                 if j < len(order.shards):
                     opens, shard = int(starts[w]) + int(order.stage_starts[j]), int(order.shards[j])
-                else:  # the window's end: the next window's (or pass's) first slot
+                else:  # the window's end: the next window's (or segment's) first slot
                     opens = int(starts[w + 1])
-                    nxt = w + 1 if w + 1 < len(starts) - 1 else 0
-                    shard = int(p.window_order(i, pass_ + (nxt == 0), nxt).shards[0])
-                k = pass_ * n + opens
+                    nseg, nw = (seg, w + 1) if w + 1 < len(starts) - 1 else (p.next_segment(i, seg), 0)
+                    shard = int(p.window_order(i, nseg, nw).shards[0])
+                k = p.segment_start(i, seg) + opens
                 at = p.schedule.position_of(i, k - int(p.base[i]))
                 if at >= hi:
                     break
@@ -653,18 +653,18 @@ class MixtureIterator(Iterator[np.ndarray]):
         p = self.plan
         key = []
         for i in range(len(p.sources)):
-            off = int(consumed[i]) % int(p.per_pass[i])
-            starts, _ = p.windows_of(i)
-            key.append(int(np.searchsorted(starts, off, side="right")) - 1)
+            seg, off = p.segment(i, int(consumed[i]))
+            starts, _ = p.windows_of(i, seg)
+            key.append((min(seg, 0), int(np.searchsorted(starts, off, side="right")) - 1))  # passes: alike
         key_t = tuple(key)
         previous, self._order_key = self._order_key, key_t
         if key_t == previous:
             return
         residency, offsets = self._mixture.residency, self._mixture.shard_offsets
-        current = {int(k) + offsets[i] for i, w in enumerate(key_t) for k in p.windows_of(i)[1][w]}
+        current = {int(k) + offsets[i] for i, (seg, w) in enumerate(key_t) for k in p.windows_of(i, seg)[1][w]}
         if previous is not None:
-            left = {int(k) + offsets[i] for i, w in enumerate(previous) if w != key_t[i]
-                    for k in p.windows_of(i)[1][w]}
+            left = {int(k) + offsets[i] for i, (seg, w) in enumerate(previous) if (seg, w) != key_t[i]
+                    for k in p.windows_of(i, seg)[1][w]}
             if left - current:
                 residency.finished(sorted(left - current))
         order = upcoming_shards(p, consumed, offsets, horizon=_WINDOWS_AHEAD)
@@ -684,22 +684,33 @@ def upcoming_shards(p: MixturePlan, consumed: np.ndarray, shard_offsets: Sequenc
     records, in order of first use (each source's windows placed where the schedule
     reaches their first record still to read), to the end of the epoch, or of each
     source's next ``horizon`` windows. Every pass reads the same shards, so a source's
-    shards come once."""
+    come once: its first segment's (after an elastic resume), then one pass's."""
     positions, shards = [], []
     for i in range(len(p.sources)):
-        n, k = int(p.per_pass[i]), int(consumed[i])
-        starts, window_shards = p.windows_of(i)
-        windows = len(window_shards)
-        pass_, off = divmod(k, n)
+        k = int(consumed[i])
+        seg, off = p.segment(i, k)
+        starts, _ = p.windows_of(i, seg)
         w = int(np.searchsorted(starts, off, side="right")) - 1
-        for step in range(windows if horizon is None else min(horizon, windows)):
-            ww = (w + step) % windows
-            first = (pass_ + (w + step) // windows) * n + int(starts[ww])
-            at = p.schedule.position_of(i, max(first, k) - int(p.base[i]))
-            if at >= p.length:
-                break
-            positions.extend([at] * len(window_shards[ww]))
-            shards.extend((window_shards[ww] + shard_offsets[i]).tolist())
+        budget = horizon
+        # this segment from window w on, then (from a first segment) the passes', then the
+        # pass's windows before w
+        walk = [(seg, range(w, len(starts) - 1))]
+        if seg < 0:
+            walk.append((0, range(len(p.windows_of(i, 0)[0]) - 1)))
+        else:
+            walk.append((seg + 1, range(w)))
+        for s_, windows in walk:
+            s_starts, s_shards = p.windows_of(i, s_)
+            for ww in windows:
+                if budget is not None and budget <= 0:
+                    break
+                first = p.segment_start(i, s_) + int(s_starts[ww])
+                at = p.schedule.position_of(i, max(first, k) - int(p.base[i]))
+                if at >= p.length:
+                    break
+                positions.extend([at] * len(s_shards[ww]))
+                shards.extend((s_shards[ww] + shard_offsets[i]).tolist())
+                budget = None if budget is None else budget - 1
     if not shards:
         return []
     order = np.asarray(shards, dtype=np.int64)[np.argsort(np.asarray(positions), kind="stable")]
