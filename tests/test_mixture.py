@@ -539,3 +539,116 @@ def test_a_repeat_source_keeps_each_ranks_share_of_its_shards_pass_after_pass():
         starts = np.concatenate([[0], np.cumsum(sources[1].counts)])
         shards = np.unique(np.searchsorted(starts, per[1], side="right") - 1)
         assert len(shards) <= 12 // 4 + 2
+
+
+# -- elastic resume (issue 13) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def elastic_mixture(tmp_path_factory):
+    root = tmp_path_factory.mktemp("elastic")
+    for name, n in (("a", 1500), ("b", 700), ("c", 60)):
+        with roxxel.Writer(str(root / name), shard_bytes=2048) as w:
+            w.extend(f"{name}{i:05d}".encode() for i in range(n))
+    m = roxxel.mix([str(root / "a"), str(root / "b"), {"url": str(root / "c"), "policy": "repeat"}],
+                   [0.5, 0.3, 0.2], cache_dir=str(root / "cache"))
+    yield m
+    m.close()
+
+
+def _job(m, generations, remainder):
+    now = m._state_header()
+    return {"kind": "roxxel.mixture-job", "version": 1, **now, "seed": 0, "epoch": 0, "shuffle": True,
+            "window": 4, "remainder": remainder, "plan": 2, "lockstep": False,
+            "generations": [g.to_dict() for g in generations]}
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    topologies=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 3)), min_size=2, max_size=3),
+    fractions=st.lists(st.floats(0, 1), min_size=40, max_size=40),
+    remainder=st.sampled_from(["pad", "drop"]),
+)
+def test_a_resized_mixture_reads_every_record_of_its_stop_sources_at_most_once(
+    elastic_mixture, topologies, fractions, remainder
+):
+    from roxxel.read.mixjob import MixGeneration
+
+    m, history, read, spare = elastic_mixture, [], [[], []], iter(fractions)
+    for g, (world, workers) in enumerate(topologies):
+        last = g == len(topologies) - 1
+        positions, consumed, since = [], [], []
+        for rank in range(world):
+            for worker in range(workers):
+                p = m._plan(epoch=0, topology=Topology(rank, world, worker, workers), shuffle=True, window=4,
+                            remainder=remainder, seed=0, history=tuple(history) or None)
+                upto = p.length if last else int(next(spare) * p.length)
+                srcs, per = p.records(0, upto)
+                for i in (0, 1):
+                    read[i].extend(per[i].tolist())
+                positions.append(upto)
+                consumed.append(tuple(p.consumed(upto).tolist()))
+                since.append(0)
+                if last:  # every consumer of a generation reads as many records
+                    assert p.length == m._plan(epoch=0, topology=Topology(0, world, 0, workers), shuffle=True,
+                                               window=4, remainder=remainder, seed=0,
+                                               history=tuple(history) or None).length
+        history.append(MixGeneration(world, workers, tuple(positions), tuple(consumed), tuple(since)))
+    for i, n in ((0, 1500), (1, 700)):
+        counts = collections.Counter(read[i])
+        twice = sum(c - 1 for c in counts.values())
+        pads = sum(w for w, _ in topologies)  # "pad" wraps fewer than world_size records per generation
+        assert twice == 0 if remainder == "drop" else twice < pads
+        assert max(counts) < n
+    # the source that ends the epoch is read to its end, but for what the last topology's
+    # consumers could not share evenly and what "drop" leaves of each generation
+    world, workers = topologies[-1]
+    assert len(set(read[1])) >= 700 - world * workers - sum(w for w, _ in topologies)
+
+
+def test_a_mixture_job_resized_twice_reads_its_stop_source_exactly_once(elastic_mixture):
+    m = elastic_mixture
+    read = []
+
+    def run(job, world, workers, take):
+        states = []
+        for rank in range(world):
+            for worker in range(workers):
+                it = (m.iter(rank=rank, world_size=world, worker=worker, num_workers=workers) if job is None else
+                      m.resume(job, rank=rank, world_size=world, worker=worker, num_workers=workers))
+                got = _names(it) if take is None else [bytes(next(it)).decode() for _ in range(take(rank, worker))]
+                read.extend(got)
+                states.append(it.state())
+        return json.loads(json.dumps(roxxel.job_state(states)))
+
+    job = run(None, 3, 2, lambda r, w: 40 + 7 * (r + w))
+    same = m.resume(job, rank=1, world_size=3, worker=1, num_workers=2)
+    assert same.position == 54  # the same topology: that consumer's own state
+    job = run(job, 2, 3, lambda r, w: 30 + 5 * w)
+    run(job, 4, 1, None)
+    b = [x for x in read if x[0] == "b"]
+    assert sorted(b) == [f"b{i:05d}" for i in range(700)]  # every record once: pad wraps nothing here
+    a = [x for x in read if x[0] == "a"]
+    assert len(a) == len(set(a))
+    with pytest.raises(ResumeError, match="belongs to another mixture: weights"):
+        roxxel.mix([m.urls[0], m.urls[1], {"url": m.urls[2], "policy": "repeat"}], [0.6, 0.2, 0.2],
+                   cache_dir=m.cache.directory).resume(job, rank=0, world_size=1)
+
+
+def test_a_lone_consumers_mixture_state_resumes_on_more_ranks_and_lockstep_fills_the_rest(elastic_mixture):
+    m = elastic_mixture
+    it = m.iter(rank=0, world_size=1)
+    head = [bytes(next(it)).decode() for _ in range(300)]
+    state = it.state()
+    rest = [x for r in range(2) for x in _names(m.resume(state, rank=r, world_size=2))]
+    b = [x for x in head + rest if x[0] == "b"]
+    assert sorted(b) == [f"b{i:05d}" for i in range(700)]
+    ranks = [m.iter(rank=r, world_size=2) for r in range(2)]
+    for r in ranks:
+        for _ in range(100):
+            next(r)
+    job = roxxel.job_state([ranks[0].state()], lockstep=True)  # every rank read as many records
+    assert job["lockstep"] is True
+    assert m.resume(job, rank=1, world_size=2).position == 100
+    with pytest.raises(ResumeError, match="rank 1 worker 0's is missing"):
+        roxxel.job_state([ranks[0].state()])

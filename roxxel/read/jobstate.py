@@ -18,6 +18,7 @@ from ..errors import ResumeError
 from ..planner import PLAN_VERSION
 from .elastic import Generation, fold, remaining, span
 from .iteration import IterState
+from .mixjob import MIX_JOB_KIND, mixture_job
 
 __all__ = ["JOB_KIND", "Job", "job_state"]
 
@@ -127,12 +128,21 @@ def job_state(states: Mapping[str, Any] | Iterable[Mapping[str, Any]], *, lockst
     takes the same number of records per step. The result resumes with
     ``ds.resume(job, rank=..., world_size=..., worker=..., num_workers=...)`` on any
     topology. ResumeError if the states belong to different epochs, datasets, streams or
-    topologies, or if a consumer is missing (without ``lockstep``).
+    topologies, or if a consumer is missing (without ``lockstep``). The states of a
+    mixture's consumers give a mixture job state, which ``mixture.resume`` continues
+    the same way (see :mod:`roxxel.read.mixjob`).
     """
     if isinstance(states, Mapping):
         if states.get("kind") == JOB_KIND:
             return Job.from_dict(states).to_dict()
+        if states.get("kind") == MIX_JOB_KIND:
+            return dict(states)  # checked against its mixture when it resumes
         states = [states]
+    states = list(states)
+    if states and isinstance(states[0], Mapping) and states[0].get("kind") == "roxxel-mixture-state":
+        from .mixture import MixState  # a mixture's consumers (see roxxel.read.mixjob)
+
+        return mixture_job(states, MixState.from_dict, lockstep=lockstep)
     parsed = [IterState.from_dict(s) for s in states]
     if not parsed:
         raise ResumeError("job_state needs at least one consumer's state")

@@ -34,6 +34,7 @@ from ..manifest.io import dataset_store, read_manifest
 from ..planner import DEFAULT_WINDOW, PLAN_VERSION
 from .catalog import ShardCatalog
 from .iteration import _WindowReader, detect_topology
+from .mixjob import MIX_JOB_KIND, MixGeneration, elastic_segments, fold, mixture_job
 from .mixplan import MixSource, MixturePlan, Topology, pass_seed
 from .mixspec import (
     MixtureSpec,
@@ -143,9 +144,14 @@ class MixState:
     consumed: list[int]  # records of each source read in this epoch
     since: int  # the epoch position where this mixture's schedule started (0, or a resume with changes)
     plan: int = PLAN_VERSION
+    # after an elastic resume, the job's generations before this topology's (mixjob); the
+    # position and counts above are then this generation's
+    elastic: tuple[MixGeneration, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "roxxel-mixture-state", **asdict(self)}
+        data = {"kind": "roxxel-mixture-state", **asdict(self)}
+        data["elastic"] = None if self.elastic is None else [g.to_dict() for g in self.elastic]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MixState:
@@ -153,6 +159,8 @@ class MixState:
             raise ResumeError("not a mixture iterator's state (no 'kind': 'roxxel-mixture-state'); "
                               "a dataset's state resumes with ds.resume")
         names = {f.name for f in fields(cls)}
+        if "elastic" not in data:  # saved before elastic resume of mixtures
+            data = {**data, "elastic": None}
         got = set(data) - {"kind"}
         if got != names:
             raise ResumeError(f"mixture state must have the keys {sorted(names)}, got {sorted(got)}")
@@ -176,7 +184,12 @@ class MixState:
                 isinstance(x, kind) and not isinstance(x, bool) and (kind is str or 0 <= x < _LARGEST) for x in v
             ):
                 raise ResumeError(f"mixture state field {name!r} must be a list of {size} {kind.__name__}, got {v!r}")
-        return cls(**{name: data[name] for name in names})
+        history = data["elastic"]
+        if history is not None and not isinstance(history, list):
+            raise ResumeError(f"mixture state field 'elastic' must be a list or null, got {history!r}"[:300])
+        gens = None if history is None else tuple(
+            MixGeneration.from_dict(g, size, f"mixture state field 'elastic'[{i}]") for i, g in enumerate(history))
+        return cls(**{name: data[name] for name in names if name != "elastic"}, elastic=gens or None)
 
 
 class Mixture:
@@ -316,20 +329,32 @@ class Mixture:
         kept continues where it was in its own order, so no record read before is read
         again in the epoch; a new source starts from its beginning."""
         self.records._check_open()
-        saved = MixState.from_dict(state)
         topology = Topology(*detect_topology(rank, world_size, worker, num_workers))
         now = self._state_header()
+        if isinstance(state, Mapping) and state.get("kind") == MIX_JOB_KIND:
+            saved = self._from_job(state, topology, now)
+        else:
+            saved = MixState.from_dict(state)
+            moved = (saved.world_size, saved.num_workers) != (topology.world_size, topology.num_workers)
+            if moved and saved.world_size * saved.num_workers == 1:  # a lone consumer: its job
+                saved = self._from_job(mixture_job([saved.to_dict()], MixState.from_dict, lockstep=False),
+                                       topology, now)
         same = {k: getattr(saved, k) for k in now} == now
         if saved.plan != PLAN_VERSION:
             raise ResumeError(f"the state is of plan version {saved.plan}; this roxxel reads {PLAN_VERSION}")
         if (saved.world_size, saved.num_workers) != (topology.world_size, topology.num_workers):
             raise ResumeError(
                 f"the state was saved with world_size={saved.world_size}, num_workers={saved.num_workers}; "
-                f"this process runs with world_size={topology.world_size}, num_workers={topology.num_workers}"
+                f"this process runs with world_size={topology.world_size}, num_workers={topology.num_workers}. "
+                "To continue on another topology, resume from the job's state (roxxel.job_state of every "
+                "consumer's state)"
             )
         if (saved.rank, saved.worker) != (topology.rank, topology.worker):
             raise ResumeError(f"the state is rank {saved.rank} worker {saved.worker}'s; "
                               f"this is rank {topology.rank} worker {topology.worker}")
+        if saved.elastic and not same:
+            raise ResumeError("the state continues a job on another topology: it resumes on the same mixture "
+                              "only (" + _differences(saved, now, self.urls) + ")")
         if not same and not allow_changes:
             raise ResumeError(
                 "the state belongs to another mixture: " + _differences(saved, now, self.urls)
@@ -341,6 +366,7 @@ class Mixture:
                                   "window": saved.window, "remainder": saved.remainder, "seed": saved.seed}
         if same:  # the same mixture: the same plan (a continuation's base is in the state)
             offset = saved.position - saved.since
+            common["history"] = saved.elastic
             p = self._plan(done=saved.since, **common)
             if not 0 <= offset <= p.length:
                 raise ResumeError(f"position {saved.position} is outside this consumer's epoch")
@@ -350,7 +376,8 @@ class Mixture:
                                   f"{saved.position}")
             if saved.since:
                 p = self._plan(base=base, done=saved.since, **common)
-            return self._iterator(p, self._state(p, seed=saved.seed, position=saved.position, since=saved.since))
+            return self._iterator(p, self._state(p, seed=saved.seed, position=saved.position, since=saved.since,
+                                                 history=saved.elastic))
         base = _base_for(saved, self.manifests, now["sources"])
         p = self._plan(base=base, done=saved.position, **common)
         state = self._state(p, seed=saved.seed, position=saved.position, since=saved.position)
@@ -398,21 +425,82 @@ class Mixture:
         return self.records._track(mixture_batches(windows, seeds, self.schedule, batch_size, start_step,
                                                    steps=steps, shard=(rank, world_size), prefetch=prefetch))
 
+    def _from_job(self, job: Mapping[str, Any], topology: Topology, now: Mapping[str, Any]) -> MixState:
+        """The state consumer ``topology`` continues from, given a mixture job state: its
+        own on the job's last topology, else a fresh one after all the job's generations."""
+        header = {k: job.get(k) for k in now}
+        if header != now:
+            raise ResumeError("the job state belongs to another mixture: " + ", ".join(
+                f"{k} {job.get(k)!r} in the job, {now[k]!r} here" for k in now
+                if k != "mixture" and job.get(k) != now[k])[:600])
+        keys = {"kind", "version", "lockstep", "generations", "seed", "epoch", "shuffle", "window", "remainder",
+                "plan", *now}
+        if set(job) != keys or job.get("version") != 1:
+            raise ResumeError(f"a mixture job state has the keys {sorted(keys)} and version 1, got "
+                              f"{sorted(job)} version {job.get('version')!r}"[:400])
+        raw = job["generations"]
+        if not isinstance(raw, list) or not raw:
+            raise ResumeError("a mixture job state's 'generations' must be a non-empty list")
+        gens = tuple(MixGeneration.from_dict(g, len(self._sources), f"job state 'generations'[{i}]")
+                     for i, g in enumerate(raw))
+        fields_ = {k: job[k] for k in ("seed", "epoch", "shuffle", "window", "remainder", "plan")}
+        base = MixState.from_dict({"kind": "roxxel-mixture-state", **now, **fields_, "position": 0, "rank": 0,
+                                   "world_size": 1, "worker": 0, "num_workers": 1,
+                                   "consumed": [0] * len(self._sources), "since": 0, "elastic": None})
+        *history, last = gens
+        if job["lockstep"] is True:
+            last = self._exact(last, tuple(history), base)
+        c = topology.rank * topology.num_workers + topology.worker
+        if (last.world_size, last.num_workers) == (topology.world_size, topology.num_workers):
+            return replace(base, position=last.positions[c], consumed=list(last.consumed[c]), since=last.since[c],
+                           rank=topology.rank, world_size=topology.world_size, worker=topology.worker,
+                           num_workers=topology.num_workers, elastic=tuple(history) or None)
+        if base.plan != PLAN_VERSION:
+            raise ResumeError(f"the job state is of plan version {base.plan}; this roxxel continues plan version "
+                              f"{PLAN_VERSION} only on another topology")
+        return replace(base, rank=topology.rank, world_size=topology.world_size, worker=topology.worker,
+                       num_workers=topology.num_workers, elastic=fold((*history, last)) or None)
+
+    def _exact(self, last: MixGeneration, history: tuple[MixGeneration, ...], base: MixState) -> MixGeneration:
+        """A lockstep generation with every consumer's position cut to its epoch's end
+        (consumers may read a record fewer than the ones whose state was saved)."""
+        positions, consumed = list(last.positions), list(last.consumed)
+        for c in range(last.world_size * last.num_workers):
+            rank, worker = divmod(c, last.num_workers)
+            p = self._plan(epoch=base.epoch, topology=Topology(rank, last.world_size, worker, last.num_workers),
+                           shuffle=base.shuffle, window=base.window, remainder=base.remainder, seed=base.seed,
+                           history=history or None)
+            if positions[c] > p.length:
+                positions[c] = p.length
+                consumed[c] = tuple(p.consumed(p.length).tolist())
+        return replace(last, positions=tuple(positions), consumed=tuple(consumed))
+
     def _plan(self, *, epoch: int, topology: Topology, shuffle: bool, window: int, remainder: str,
-              seed: int | None = None, base: np.ndarray | None = None, done: int = 0) -> MixturePlan:
-        return MixturePlan(self._sources, self.schedule, seed=self.seed if seed is None else seed, epoch=epoch,
-                           topology=topology, samples=self.samples, shuffle=shuffle, window=window,
-                           remainder=remainder, base=base, done=done)
+              seed: int | None = None, base: np.ndarray | None = None, done: int = 0,
+              history: Sequence[MixGeneration] | None = None) -> MixturePlan:
+        seed = self.seed if seed is None else seed
+        if not history:
+            return MixturePlan(self._sources, self.schedule, seed=seed, epoch=epoch, topology=topology,
+                               samples=self.samples, shuffle=shuffle, window=window, remainder=remainder,
+                               base=base, done=done)
+        first, fewest = elastic_segments(self._sources, history, seed=seed, epoch=epoch, topology=topology,
+                                         shuffle=shuffle, window=window, remainder=remainder)
+        left = None if self.samples is None else max(0, self.samples - sum(sum(g.positions) for g in history))
+        return MixturePlan(self._sources, self.schedule, seed=seed, epoch=epoch, topology=topology, samples=left,
+                           shuffle=shuffle, window=window, remainder=remainder, base=base, done=done,
+                           first=first, fewest=fewest, generation=len(history))
 
     def _state_header(self) -> dict[str, Any]:
         return {"mixture": self.fingerprint(), "sources": [m.fingerprint() for m in self.manifests],
                 "weights": list(self.schedule.n), "policies": list(self.policies), "samples": self.samples}
 
-    def _state(self, p: MixturePlan, *, seed: int, position: int, since: int) -> MixState:
+    def _state(self, p: MixturePlan, *, seed: int, position: int, since: int,
+               history: tuple[MixGeneration, ...] | None = None) -> MixState:
         t = p.topology
         return MixState(**self._state_header(), seed=seed, epoch=p.epoch, position=position, rank=t.rank, world_size=t.world_size,
                         worker=t.worker, num_workers=t.num_workers, shuffle=p.shuffle, window=p.window,
-                        remainder=p.remainder, consumed=p.consumed(position - since).tolist(), since=since)
+                        remainder=p.remainder, consumed=p.consumed(position - since).tolist(), since=since,
+                        elastic=history or None)
 
     def _iterator(self, p: MixturePlan, state: MixState) -> MixtureIterator:
         it = MixtureIterator(self, p, state)
@@ -547,9 +635,7 @@ class MixtureIterator(Iterator[np.ndarray]):
     def state(self) -> dict[str, Any]:
         """A JSON-ready dict from which ``mixture.resume(state)`` continues after the last record."""
         t = self._plan_position()
-        fields_ = {**asdict(self._base_state), "position": self._since + t,
-                   "consumed": self.plan.consumed(t).tolist()}
-        return MixState(**fields_).to_dict()
+        return replace(self._base_state, position=self._since + t, consumed=self.plan.consumed(t).tolist()).to_dict()
 
     def read_per_source(self) -> np.ndarray:
         """Records of each source this iterator has handed out."""
