@@ -178,7 +178,11 @@ class IterableRecords(torch.utils.data.IterableDataset):
             worker = (worker + nxt) % num_workers
             start = taken[worker] * (self.batch_size or 1)
         history = self._history(epoch)
-        if history:  # an elastic continuation: this consumer's share of what was left
+        if history and isinstance(ds, _mixture.Mixture):  # a mixture's elastic continuation
+            records = ds.iter_after(history, epoch=epoch, seed=self.seed, shuffle=self.shuffle, window=self.window,
+                                    remainder=self.remainder, rank=rank, world_size=world_size, worker=worker,
+                                    num_workers=num_workers, start=start)
+        elif history:  # an elastic continuation: this consumer's share of what was left
             state = IterState(
                 seed=self.seed, epoch=epoch, position=start, rank=rank, world_size=world_size, worker=worker,
                 num_workers=num_workers, shuffle=self.shuffle, window=self.window, remainder=self.remainder,
@@ -223,7 +227,8 @@ class IterableRecords(torch.utils.data.IterableDataset):
         dataset, once the length of its stream is known (O(#shards) after an elastic resume)."""
         if isinstance(ds, _mixture.Mixture):
             return [ds.consumer_length(epoch, rank, world_size, w, num_workers, shuffle=self.shuffle,
-                                       window=self.window, remainder=self.remainder) for w in range(num_workers)]
+                                       window=self.window, remainder=self.remainder,
+                                       history=self._history(epoch)) for w in range(num_workers)]
         history = self._history(epoch)
         if not history:
             total = int(ds.manifest.shards.records.sum())
@@ -251,6 +256,10 @@ class IterableRecords(torch.utils.data.IterableDataset):
             per_worker = [n // b if self.drop_last else -(-n // b) for n in counts]
             taken, _ = _batches_taken(consumed, per_worker)
             positions.extend(min(t * b, n) for t, n in zip(taken, counts))
+        if isinstance(ds, _mixture.Mixture):
+            return ds.job_at(positions, world_size=world_size, num_workers=num_workers, epoch=epoch, seed=self.seed,
+                             shuffle=self.shuffle, window=self.window, remainder=self.remainder,
+                             history=self._history(epoch))
         generation = Generation(world_size, num_workers, tuple(positions))
         return Job(
             fingerprint=_fingerprint(ds), seed=self.seed, epoch=epoch, shuffle=self.shuffle, window=self.window,
@@ -339,7 +348,7 @@ class StatefulLoader(torch.utils.data.DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """The loader's state: ``{"epoch", "batches", "fingerprint", "world_size",
-        "num_workers"}`` and, for a dataset, ``"job"``: the whole job's state (see
+        "num_workers"}`` and ``"job"``: the whole job's state (a dataset's or a mixture's: see
         :func:`roxxel.job_state`), from which :meth:`load_state_dict` resumes on any
         topology. With ``torch.distributed`` initialized on more than one rank this is a
         collective (each rank's batch count goes to every rank with ``all_gather_object``):
@@ -356,8 +365,6 @@ class StatefulLoader(torch.utils.data.DataLoader):
             "world_size": world_size,
             "num_workers": max(self.num_workers, 1),
         }
-        if isinstance(ds, _mixture.Mixture):
-            return state
         batches = [self._batches] * world_size
         dist = torch.distributed
         if world_size > 1 and dist.is_available() and dist.is_initialized():
@@ -390,10 +397,20 @@ class StatefulLoader(torch.utils.data.DataLoader):
             raise ResumeError(
                 f"the loader state was saved with world_size={saved[0]}, num_workers={saved[1]}; "
                 f"this loader has world_size={world_size}, num_workers={num_workers}, and the state has no "
-                "job state (a mixture's, or saved by an earlier roxxel): resume with the saved topology"
+                "job state (saved by an earlier roxxel): resume with the saved topology"
             )
         epoch, batches, history = int(state["epoch"]), int(state["batches"]), ()
-        if job is not None:
+        if job is not None and isinstance(ds, _mixture.Mixture):
+            mine = {"seed": records.seed, "shuffle": records.shuffle, "window": records.window,
+                    "remainder": records.remainder}
+            for name, value in mine.items():
+                if job.get(name) != value:
+                    raise ResumeError(f"the loader state's job was read with {name}={job.get(name)!r}; "
+                                      f"this loader's IterableRecords has {name}={value!r}")
+            job_epoch, history, own = ds.history_of(job, world_size=world_size, num_workers=num_workers)
+            if not own:  # a new generation: every consumer starts its share of what is left
+                epoch, batches = job_epoch, 0
+        elif job is not None:
             parsed = Job.from_dict(job)
             mine = {"seed": records.seed, "shuffle": records.shuffle, "window": records.window,
                     "remainder": records.remainder}

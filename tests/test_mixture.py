@@ -652,3 +652,33 @@ def test_a_lone_consumers_mixture_state_resumes_on_more_ranks_and_lockstep_fills
     assert m.resume(job, rank=1, world_size=2).position == 100
     with pytest.raises(ResumeError, match="rank 1 worker 0's is missing"):
         roxxel.job_state([ranks[0].state()])
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 0)])
+def test_stateful_loader_over_a_mixture_resumes_on_another_worker_count(tmp_path, before, after):
+    from roxxel.torch import IterableRecords, StatefulLoader
+
+    for name, n in (("a", 900), ("b", 400), ("c", 90)):
+        _write(str(tmp_path / name), n, name)
+
+    def loader(workers):
+        m = roxxel.mix([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")], [0.5, 0.3, 0.2],
+                       policy=["stop", "stop", "repeat"], cache_dir=str(tmp_path / "cache"))
+        records = IterableRecords(m, batch_size=16, collate=_decoded)
+        return StatefulLoader(records, num_workers=workers, multiprocessing_context="fork" if workers else None)
+
+    first = loader(before)
+    head = []
+    for batch in first:
+        head.extend(batch)
+        if len(head) >= 16 * 9:
+            break
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["job"]["kind"] == "roxxel.mixture-job"
+    second = loader(after)
+    second.load_state_dict(state)
+    tail = [x for batch in second for x in batch]
+    b = [x for x in head + tail if x[0] == "b"]
+    assert sorted(b) == [f"b{i:06d}" for i in range(400)]  # the stop source that ends it: each record once
+    a = [x for x in head + tail if x[0] == "a"]
+    assert len(a) == len(set(a))

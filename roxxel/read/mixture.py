@@ -259,10 +259,53 @@ class Mixture:
                           remainder="pad").length
 
     def consumer_length(self, epoch: int, rank: int, world_size: int, worker: int, num_workers: int, *,
-                        shuffle: bool = True, window: int = DEFAULT_WINDOW, remainder: str = "pad") -> int:
-        """Records consumer ``(rank, worker)`` reads in ``epoch`` (what its ``iter`` yields)."""
+                        shuffle: bool = True, window: int = DEFAULT_WINDOW, remainder: str = "pad",
+                        history: Sequence[MixGeneration] | None = None) -> int:
+        """Records consumer ``(rank, worker)`` reads in ``epoch`` (what its ``iter`` yields),
+        or after the job's earlier ``history`` on other topologies (see :mod:`roxxel.read.mixjob`)."""
         return self._plan(epoch=epoch, topology=Topology(rank, world_size, worker, num_workers),
-                          shuffle=shuffle, window=window, remainder=remainder).length
+                          shuffle=shuffle, window=window, remainder=remainder, history=history or None).length
+
+    def iter_after(self, history: Sequence[MixGeneration], *, epoch: int, seed: int, shuffle: bool, window: int,
+                   remainder: str, rank: int, world_size: int, worker: int, num_workers: int,
+                   start: int = 0) -> MixtureIterator:
+        """Consumer ``(rank, worker)``'s records after the job's ``history`` on other
+        topologies (see :mod:`roxxel.read.mixjob`), from its position ``start``."""
+        self.records._check_open()
+        self.residency.fit_window(window * len(self._sources))
+        topology = Topology(rank, world_size, worker, num_workers)
+        p = self._plan(epoch=epoch, topology=topology, shuffle=shuffle, window=window, remainder=remainder,
+                       seed=seed, history=tuple(history))
+        if not 0 <= start <= p.length:
+            raise ResumeError(f"position {start} is outside this consumer's {p.length} records")
+        return self._iterator(p, self._state(p, seed=seed, position=start, since=0, history=tuple(history)))
+
+    def job_at(self, positions: Sequence[int], *, world_size: int, num_workers: int, epoch: int, seed: int,
+               shuffle: bool, window: int, remainder: str,
+               history: Sequence[MixGeneration] | None = None) -> dict[str, Any]:
+        """The job state of the consumers of ``world_size x num_workers`` at ``positions``
+        (consumer ``rank * num_workers + worker``), after ``history``: what a loader that
+        counts batches saves (see :func:`roxxel.job_state`)."""
+        consumed = []
+        for c, position in enumerate(positions):
+            rank, worker = divmod(c, num_workers)
+            p = self._plan(epoch=epoch, topology=Topology(rank, world_size, worker, num_workers), shuffle=shuffle,
+                           window=window, remainder=remainder, seed=seed, history=history or None)
+            consumed.append(tuple(p.consumed(min(position, p.length)).tolist()))
+        current = MixGeneration(world_size, num_workers, tuple(positions), tuple(consumed), (0,) * len(positions))
+        return {"kind": MIX_JOB_KIND, "version": 1, **self._state_header(), "seed": seed, "epoch": epoch,
+                "shuffle": shuffle, "window": window, "remainder": remainder, "plan": PLAN_VERSION,
+                "lockstep": False, "generations": [g.to_dict() for g in (*(history or ()), current)]}
+
+    def history_of(self, job: Mapping[str, Any], *, world_size: int, num_workers: int
+                   ) -> tuple[int, tuple[MixGeneration, ...], bool]:
+        """A mixture job state's epoch, the generations a consumer of ``world_size x
+        num_workers`` continues after, and whether that is the job's own topology (then
+        the last generation is its own, not among them)."""
+        state = self._from_job(job, Topology(0, world_size, 0, num_workers), self._state_header())
+        gens = tuple(MixGeneration.from_dict(g, len(self._sources)) for g in job["generations"])
+        same = (gens[-1].world_size, gens[-1].num_workers) == (world_size, num_workers)
+        return state.epoch, tuple(state.elastic or ()), same
 
     @property
     def cache(self) -> ShardCache:
