@@ -701,26 +701,27 @@ class MixtureIterator(Iterator[np.ndarray]):
                 hi = lo + 1 if first else self._block_end(lo, consumed)  # the first record: one shard
                 first = False
                 srcs = p.schedule.sources(lo, hi)
-                slots = np.empty(hi - lo, dtype=np.int64)
-                begins = np.empty(hi - lo, dtype=np.int64)
-                ends = np.empty(hi - lo, dtype=np.int64)
+                # each source's records of the block, a window at a time, in source order;
+                # then put back in the schedule's order (a stable sort of the sources)
+                parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
                 payloads: list[np.ndarray] = []
-                for i in range(len(p.sources)):
-                    rows = np.flatnonzero(srcs == i)
+                for i, m in enumerate(np.bincount(srcs, minlength=len(p.sources)).tolist()):
                     k = int(consumed[i])
-                    while len(rows):  # the source's records in this block, a window at a time
+                    while m:
                         seg, off = p.segment(i, k)
                         starts, _ = p.windows_of(i, seg)
                         w = int(np.searchsorted(starts, off, side="right")) - 1
                         skip = off - int(starts[w])
-                        take = min(len(rows), int(starts[w + 1]) - off)
+                        take = min(m, int(starts[w + 1]) - off)
                         reader = self._reader(readers[i], i, seg, w)
                         s_, b_, e_ = reader.bounds(skip, skip + take)
-                        here = rows[:take]
-                        slots[here] = s_ + len(payloads)
-                        begins[here], ends[here] = b_, e_
+                        parts.append((s_ + len(payloads), b_, e_))
                         payloads.extend(reader.payloads)
-                        rows, k = rows[take:], k + take
+                        m, k = m - take, k + take
+                order = np.argsort(srcs, kind="stable")
+                slots, begins, ends = (np.empty(hi - lo, dtype=np.int64) for _ in range(3))
+                for out, j in ((slots, 0), (begins, 1), (ends, 2)):
+                    out[order] = np.concatenate([part[j] for part in parts]) if len(parts) > 1 else parts[0][j]
                 views = record_views(payloads, slots, begins, ends)
                 self._block = (lo, hi - lo, views)
                 yield views
@@ -749,7 +750,7 @@ class MixtureIterator(Iterator[np.ndarray]):
         """Where the block from ``lo`` ends: at most ``BLOCK`` on, and before the first
         position where some source's window opens a shard that is not mapped yet."""
         p, records = self.plan, self._mixture.records
-        hi = min(p.length, lo + BLOCK)
+        hi = min(p.length, lo + BLOCK * len(p.sources))  # about BLOCK records of each source
         for i in range(len(p.sources)):
             k = int(consumed[i])
             first_shard = self._mixture.shard_offsets[i]

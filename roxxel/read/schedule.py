@@ -30,6 +30,9 @@ import numpy as np
 
 __all__ = ["MAX_PERIOD", "Schedule", "integer_weights"]
 
+#: Runs of positions up to this long are read from a tiled copy of the period, as views.
+RUN = 1 << 17
+
 #: The largest period: weights that are not fractions with a common denominator up to this
 #: are rounded to multiples of ``1 / MAX_PERIOD`` (largest remainders).
 MAX_PERIOD = 1 << 16
@@ -90,10 +93,17 @@ class Schedule:
             np.cumsum(self.table == i, out=starts[i, 1:])
         self.before = starts
         self.occurrences = [np.flatnonzero(self.table == i) for i in range(len(n))]
+        # the period repeated past RUN more positions: any run of RUN is one slice of it
+        self._tiled = np.tile(self.table, -(-(self.period + RUN) // self.period))
+        self._tiled.flags.writeable = False
         self.weights = tuple(Fraction(k, self.period) for k in n)
 
     def sources(self, lo: int, hi: int) -> np.ndarray:
-        """The source of each position ``lo..hi-1``."""
+        """The source of each position ``lo..hi-1`` (a read-only view when the run is at
+        most :data:`RUN` long)."""
+        start = lo % self.period
+        if hi - lo <= RUN:
+            return self._tiled[start : start + hi - lo]
         return self.table[np.arange(lo, hi, dtype=np.int64) % self.period]
 
     def counts(self, t: int) -> np.ndarray:
