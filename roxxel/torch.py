@@ -24,6 +24,7 @@ import numpy as np
 import torch.utils.data
 
 from .errors import ManifestError, ResumeError
+from .manifest.signing_keys import load_trusted_keys
 from .planner import DEFAULT_WINDOW, PLAN_VERSION
 from .read import dataset as _dataset
 from .read import mixture as _mixture
@@ -115,6 +116,8 @@ class IterableRecords(torch.utils.data.IterableDataset):
         self._seed = seed
         self.shuffle, self.window, self.remainder = shuffle, window, remainder
         self.drop_last = drop_last
+        if open_kwargs.get("trusted_keys") is not None:  # checked now, and picklable for spawned workers
+            open_kwargs = {**open_kwargs, "trusted_keys": load_trusted_keys(open_kwargs["trusted_keys"])}
         self._open_kwargs = open_kwargs
         # shared with worker processes: [epoch, batches of this epoch already consumed]
         self._shared = multiprocessing.Array("q", [0, 0], lock=False)

@@ -239,12 +239,15 @@ class Writer:
     def extend(self, records: Iterable[Record] | np.ndarray) -> None:
         """Add every record of ``records`` in order.
 
-        An array of shape ``(n, ...)`` is n records, one a row, written in bulk (no
-        Python loop per record). A typed writer takes only arrays of its dtype whose
+        An array of numbers of shape ``(n, ...)`` is n records, one a row, written in bulk
+        (no Python loop per record); an array of ``str`` or ``bytes`` elements is n records
+        as a list of them is. A typed writer takes only arrays of its dtype whose
         rows have its shape (any row shape for variable-length records), and refuses
         others with a ValueError naming both.
         """
-        if isinstance(records, np.ndarray) and records.ndim >= 1:
+        if isinstance(records, np.ndarray) and records.ndim >= 1 and (
+            self.record_type is not None or records.dtype.kind in "biufc"
+        ):  # (an array of str or bytes is records one by one, each its UTF-8 or its bytes, as ever)
             self._extend_rows(records)
             return
         for record in records:

@@ -36,7 +36,7 @@ from roxxel.manifest.io import (
     publish_manifest,
     read_manifest,
 )
-from roxxel.manifest.signing_keys import fingerprint, load_trusted_keys
+from roxxel.manifest.signing_keys import fingerprint, load_private_key, load_trusted_keys
 from roxxel.ops.sign import COPIED, RESIGN, SIGNED, UNSIGNED
 
 
@@ -157,9 +157,34 @@ def test_a_tampered_shard_is_caught_through_the_signed_checksum(dataset_location
         first = int(manifest.shards.records[0])
         with pytest.raises(IntegrityError, match="checksum"):
             ds[first]
+        # no ranged read bypasses the checksum of a signed dataset: fetch and payload
+        # read through the verified cache, and refuse the tampered shard as well
+        with pytest.raises(IntegrityError, match="checksum"):
+            ds.fetch(first)
+        with pytest.raises(IntegrityError, match="checksum"):
+            ds.payload().read()
     report = ops.verify(url, options, trusted_keys=[key.public_key()])
     assert report.signed_by == fingerprint(key.public_key())
     assert [b.uri for b in report.bad] == [uri]
+
+
+def test_a_hostile_signature_file_is_refused_as_a_changed_manifest(tmp_path, key):
+    url = str(tmp_path / "ds")
+    publish(url, {}, make_records(10), sign_with=key)
+    store = dataset_store(url)
+    sig_key = f"signatures/sha256-{hashlib.sha256(store.read_bytes(MANIFEST_KEY)).hexdigest()}.sig"
+    for hostile in (b"[" * 4000, b"x" * 10_000):  # nested past the recursion limit; over the size limit
+        store.put_bytes_overwrite(sig_key, hostile)
+        with pytest.raises(ManifestChangedError, match="is not a valid roxxel signature"):
+            roxxel.open(url, cache_dir=str(tmp_path / "cache"), trusted_keys=[key.public_key()])
+
+
+def test_key_text_that_is_no_key_is_never_echoed(key):
+    raw = base64.b64encode(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                             serialization.NoEncryption())).decode()
+    with pytest.raises(SigningKeyError) as refused:
+        load_private_key(raw)
+    assert raw not in str(refused.value) and "neither PEM or OpenSSH key text" in str(refused.value)
 
 
 def test_the_bytes_verified_are_the_bytes_used(tmp_path, key, monkeypatch):

@@ -171,9 +171,14 @@ def test_bulk_extend_packs_shards_exactly_as_appending(tmp_path):
     assert len(bulk.shards) > 10
     assert np.array_equal(bulk.shards.checksums, each.shards.checksums)
     w = roxxel.Writer(str(tmp_path / "obj"))
-    with pytest.raises(TypeError, match="object"):
-        w.extend(np.array([b"a", None], dtype=object))
+    with pytest.raises(TypeError, match="record at position 1 is of type NoneType"):
+        w.extend(np.array([b"a", None], dtype=object))  # not numbers: records one by one
     w.abort()
+    with roxxel.Writer(str(tmp_path / "text")) as w:  # str and bytes arrays: each element a record, as ever
+        w.extend(np.array(["abc", "de"]))
+        w.extend(np.array([b"x", b"yz"]))
+    with roxxel.open(str(tmp_path / "text"), cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(r) for r in ds] == [b"abc", b"de", b"x", b"yz"]
 
 
 @pytest.mark.parametrize(

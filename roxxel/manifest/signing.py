@@ -58,6 +58,7 @@ from ..errors import (
     NotFoundError,
     SignatureError,
     SignatureMissingError,
+    StorageError,
     UntrustedSignerError,
 )
 from .io import MANIFEST_KEY, _read_data
@@ -225,11 +226,16 @@ def _read_signature(store: Store, data: bytes) -> Signature | None:
         raw = store.read_bytes(key, max_bytes=_MAX_SIGNATURE_BYTES)
     except NotFoundError:
         return None
-    try:
-        return Signature.from_json(raw)
-    except ValueError as exc:
+    except StorageError as exc:  # too large, a folder there, ...: whatever it is, no signature
         raise ManifestChangedError(
             store.base_url, f"{store.url(key)} is not a valid roxxel signature: {exc}"
+        ) from None
+    try:
+        return Signature.from_json(raw)
+    except (ValueError, RecursionError) as exc:  # (deeply nested JSON raises RecursionError)
+        raise ManifestChangedError(
+            store.base_url, f"{store.url(key)} is not a valid roxxel signature: {type(exc).__name__}"
+            + (f": {exc}" if isinstance(exc, ValueError) else "")
         ) from None
 
 

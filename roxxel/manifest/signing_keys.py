@@ -19,7 +19,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import SigningKeyError
 
@@ -73,6 +73,11 @@ def _material(key: bytes | str | os.PathLike[str], role: str) -> tuple[bytes, st
         with open(path, "rb") as f:
             data = f.read(_MAX_KEY_FILE + 1)
     except OSError as exc:
+        if isinstance(key, str) and not os.path.lexists(path):  # perhaps key text: never echo it
+            raise SigningKeyError(
+                f"the {role} given as a str is neither PEM or OpenSSH key text nor the path of an existing "
+                "file"
+            ) from None
         raise SigningKeyError(f"could not read the {role} file {path}: {exc.strerror or exc}") from None
     if len(data) > _MAX_KEY_FILE:
         raise SigningKeyError(f"{path} is not a key file: it is over {_MAX_KEY_FILE} bytes")
@@ -187,6 +192,22 @@ class TrustedKeys:
 
     def __repr__(self) -> str:
         return f"TrustedKeys({len(self._keys)} keys)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (for DataLoader workers) as the keys' raw public bytes: public keys only."""
+        from cryptography.hazmat.primitives import serialization
+
+        raw = [key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+               for key in self._keys.values()]
+        return (_trusted_from_raw, (raw,))
+
+
+def _trusted_from_raw(raw: list[bytes]) -> TrustedKeys:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PublicKey as Key,
+    )
+
+    return TrustedKeys(Key.from_public_bytes(b) for b in raw)
 
 
 def load_trusted_keys(keys: TrustedKeys | PublicKeyLike | Iterable[PublicKeyLike]) -> TrustedKeys:

@@ -95,6 +95,9 @@ def open(  # noqa: A001 - the public name is roxxel.open
     manifest = read_manifest(store) if trusted is None else read_signed_manifest(store, trusted)[0]
     cache = ShardCache(cache_dir, cache_limit, verify=verify)
     ds = Dataset(store, manifest, cache, lookahead=lookahead, download_workers=download_workers)
+    # a signed dataset's bytes are all vouched for by its checksums: no ranged reads, which
+    # no checksum covers (ds.fetch and ds.payload read through the verified cache instead)
+    ds.verified_only = trusted is not None
     record_dataset_use(cache, store.base_url, manifest)
     return ds
 
@@ -107,6 +110,9 @@ class Dataset(Records):
     64 shards stay mapped (fewer if ``cache_limit`` is small), the oldest unmapped first.
     Views already handed out stay valid after their shard is unmapped.
     """
+
+    #: Read every byte through the verified cache (set by ``open(trusted_keys=...)``).
+    verified_only = False
 
     def __init__(
         self,
@@ -309,7 +315,8 @@ class Dataset(Records):
         file (``read``, ``readinto``, ``seek``, ``tell``, ``read_at(offset, length)``).
 
         Cached shards are read from their maps; uncompressed shards not in the cache with
-        ranged GETs of at least ``readahead`` bytes (not covered by the shard checksum);
+        ranged GETs of at least ``readahead`` bytes (not covered by the shard checksum; a
+        dataset opened with ``trusted_keys`` fetches them into the verified cache instead);
         zstd shards are fetched into the cache whole. See :mod:`roxxel.read.payload`.
         """
         self._check_open()
@@ -320,7 +327,8 @@ class Dataset(Records):
 
         For inspecting huge remote datasets. Uses the cached or mapped shard when there is
         one; zstd shards cannot be read by range and are downloaded whole. The footer and
-        offsets are validated, but a ranged read is not covered by the shard checksum.
+        offsets are validated, but a ranged read is not covered by the shard checksum: a
+        dataset opened with ``trusted_keys`` is read through the verified cache instead.
         """
         self._check_open()
         n = self._n
@@ -328,7 +336,7 @@ class Dataset(Records):
             raise IndexError(f"record index {i} out of range for {n} records")
         k, j = self.locate(i + n if i < 0 else i)
         table = self.manifest.shards
-        stored_plain = COMPRESSIONS[int(table.compression[k])] is None
+        stored_plain = COMPRESSIONS[int(table.compression[k])] is None and not self.verified_only
         if self.is_mapped(k) or not stored_plain or self.cache.contains(str(table.checksums[k])):
             return bytes(self.shard(k).view(j))
         return self._ranged.record(k, j)
@@ -356,7 +364,7 @@ class Dataset(Records):
             _unpickle_dataset,
             (self.store, self.manifest, self.cache.directory, self.cache.limit,
              self.residency.chosen_lookahead, self.residency.download_workers, self.cache.verify_mode,
-             None if tracer is None else tracer.template),
+             None if tracer is None else tracer.template, self.verified_only),
         )
 
     def __repr__(self) -> str:
@@ -366,8 +374,10 @@ class Dataset(Records):
 
 def _unpickle_dataset(
     store: Store, manifest: Manifest, cache_dir: str, cache_limit: int | None, lookahead: int | None,
-    workers: int, verify: str = "changed", trace: str | None = None,
+    workers: int, verify: str = "changed", trace: str | None = None, verified_only: bool = False,
 ) -> Dataset:
     tracing.configure(trace)  # a spawned worker traces where its parent does
-    return Dataset(store, manifest, ShardCache(cache_dir, cache_limit, verify=verify),
-                   lookahead=lookahead, download_workers=workers)
+    ds = Dataset(store, manifest, ShardCache(cache_dir, cache_limit, verify=verify),
+                 lookahead=lookahead, download_workers=workers)
+    ds.verified_only = verified_only
+    return ds

@@ -187,7 +187,8 @@ class _DatasetParts:
 
     def __call__(self, k: int, start: int, end: int) -> Any:
         ds = self._ds
-        if not self._plain[k] or ds.is_mapped(k) or ds.cache.contains(str(ds.manifest.shards.checksums[k])):
+        if not self._plain[k] or ds.verified_only or ds.is_mapped(k) or \
+                ds.cache.contains(str(ds.manifest.shards.checksums[k])):
             return self._mapped(k, start, end)
         chunk = self._chunk
         if chunk is None or chunk[0] != k or not chunk[1] <= start or end > chunk[1] + len(chunk[2]):
