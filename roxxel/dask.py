@@ -24,6 +24,7 @@ from .build.parts import Receipt, write_part
 from .build.rows import Encode, pick_column, row_records
 from .format.writer import Record
 from .manifest import Manifest
+from .manifest.redaction import redact
 from .progress import Meter
 from .writer import DEFAULT_SHARD_BYTES
 
@@ -129,7 +130,7 @@ def write_parts(
         dask.delayed(_write_task, pure=False)(part, records_of, url, i, options, writing, topic, local_meter)
         for i, part in enumerate(parts)
     ]
-    log.info("writing %d parts of %s on %s", len(tasks), url, "distributed" if client else "dask")
+    log.info("writing %d parts of %s on %s", len(tasks), redact(url), "distributed" if client else "dask")
     receipts = _run(dask, tasks, client, topic, meter)
     return commit(url, receipts, parts=len(tasks), mode=mode, meta=meta, storage_options=options,
                   single_writer=single_writer)

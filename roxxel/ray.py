@@ -22,6 +22,7 @@ from .build.commit import check_destination, commit
 from .build.parts import Receipt, write_part
 from .build.rows import Encode, pick_column, row_records
 from .format.writer import Record
+from .manifest.redaction import redact
 from .writer import DEFAULT_SHARD_BYTES
 
 __all__ = ["Datasink"]  # noqa: F822 - made on first access, by __getattr__
@@ -105,7 +106,7 @@ def _make_datasink() -> type:
             receipts = getattr(write_result, "write_returns", write_result)
             self.manifest = commit(self.url, list(receipts), mode=self.mode, meta=self.meta,
                                    storage_options=self.storage_options, single_writer=self.single_writer)
-            log.info("Ray wrote %d parts of %s", len(receipts), self.url)
+            log.info("Ray wrote %d parts of %s", len(receipts), redact(self.url))
 
     Datasink.__module__ = __name__
     Datasink.__qualname__ = "Datasink"

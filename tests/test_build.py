@@ -145,8 +145,18 @@ def test_receipts_are_validated_strictly():
         ({**data, "shards": "none"}, "receipt.shards: expected a list"),
         ({**data, "shards": [{**data["shards"][0], "records": "2"}]}, r"receipt.shards\[0\]"),
         ({**data, "shards": [{**data["shards"][0], "uri": "../elsewhere.rox"}]}, r"receipt.shards\[0\]"),
-        ({**data, "shards": [data["shards"][0]] * 2}, "listed twice"),
+        ({**data, "shards": [data["shards"][0]] * 2}, "its shards in order, none left out"),
+        ({**data, "shards": [{**data["shards"][0], "checksum": "blake3:" + "0" * 64}]},
+         r"is not the checksum its name .* was given"),
+        ({**data, "shards": [{**data["shards"][0], "uri": data["shards"][0]["uri"] + "\n"}]},
+         r"receipt.shards\[0\]"),
     ]
+    several = write_part([bytes(300) for _ in range(9)], "memory://strict/ds", part=3, shard_bytes=1024).to_dict()
+    assert len(several["shards"]) >= 3
+    for dropped in ({**several, "shards": several["shards"][1:]},  # the first left out
+                    {**several, "shards": several["shards"][::-1]}):  # out of order
+        with pytest.raises(ReceiptError, match="its shards in order, none left out"):
+            Receipt.from_dict(dropped)
     for value, message in bad:
         with pytest.raises(ReceiptError, match=message):
             Receipt.from_dict(value)
@@ -235,3 +245,9 @@ def test_the_engines_are_imported_lazily_and_named_when_missing():
         "roxxel.ray needs Ray Data: pip install roxxel[ray]",
         "roxxel.dask needs Dask: pip install roxxel[dask]",
     ]
+
+
+def test_a_huge_part_id_is_refused_at_once():
+    receipt = write_part([b"x"], "memory://huge/ds", part=10**12 - 1)
+    with pytest.raises(ReceiptError, match=r"no receipt for part\(s\) 0, 1, 2, .* and more; nothing was published"):
+        commit("memory://huge/ds", [receipt])  # counted, never listed: no list of 10**12 part ids

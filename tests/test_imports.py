@@ -630,3 +630,10 @@ def test_pack_imports_from_the_command_line(mds_dirs, wds_dir, new_location, tmp
         roxxel.ops.pack([wds_dir], str(tmp_path / "x"), format="wds", import_options={"decode": "natural"})
     with pytest.raises(ValueError, match=r"import_options are for the formats jsonl, mds"):
         roxxel.ops.pack([wds_dir], str(tmp_path / "x"), format="files", import_options={"field": "jpg"})
+
+
+def test_json_nested_past_the_recursion_limit_is_a_source_format_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b"[" * 5000 + b"\n")
+    with pytest.raises(SourceFormatError, match=r"deep.jsonl:1: invalid JSON line"):
+        list(imports.open_source("jsonl", [str(path)], field="x"))

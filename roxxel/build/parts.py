@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 ATTEMPT_HEX = 16  # 64 random bits name an attempt
 MAX_PART = 10**12 - 1
-PART_SHARD_KEY = re.compile(
-    rf"^shards/part-(\d{{6,12}})-([0-9a-f]{{{ATTEMPT_HEX}}})-\d{{6,}}-[0-9a-f]{{12}}\.rox(?:\.zst)?$"
+PART_SHARD_KEY = re.compile(  # ASCII digits only, and nothing after the name (\Z, not $)
+    rf"shards/part-([0-9]{{6,12}})-([0-9a-f]{{{ATTEMPT_HEX}}})-([0-9]{{6,}})-([0-9a-f]{{12}})\.rox(?:\.zst)?\Z",
+    re.ASCII,
 )
 _RECEIPT_KEYS = ("part", "attempt", "shards")
 _SHARD_KEYS = ("uri", "records", "stored_size", "raw_size", "compression", "checksum")
@@ -72,6 +73,18 @@ class Receipt:
                     f"receipt.shards[{i}].uri of part {self.part}: expected a shard of part "
                     f"{self.part}, attempt {self.attempt} (shards/part-{self.part:06d}-{self.attempt}-...), "
                     f"got {shard.uri!r}"
+                )
+            # the attempt's shards, every one, in the order written; each named by its digest
+            if int(m.group(3)) != i:
+                raise ReceiptError(
+                    f"receipt.shards[{i}].uri of part {self.part}: expected the attempt's shard {i} "
+                    f"(its shards in order, none left out), got shard {int(m.group(3))} ({shard.uri!r})"
+                )
+            digest = shard.checksum.split(":", 1)[-1]
+            if not digest.startswith(m.group(4)):
+                raise ReceiptError(
+                    f"receipt.shards[{i}].checksum of part {self.part}: {shard.checksum!r} is not the "
+                    f"checksum its name {shard.uri!r} was given when it was uploaded"
                 )
         if len({s.uri for s in self.shards}) != len(self.shards):
             raise ReceiptError(f"receipt.shards of part {self.part}: a shard is listed twice")

@@ -96,6 +96,8 @@ def regular_members(f: Any, label: str, max_member_bytes: int) -> Iterator[tuple
             except ValueError:
                 raise SourceFormatError(f"{label}: pax header before offset {offset}: size "
                                         f"{pending['size'][:20]!r} is not a number") from None
+            if size < 0:
+                raise SourceFormatError(f"{label}: pax header before offset {offset}: size {size} is negative")
         data_offset = offset + _BLOCK
         padded = -(-size // _BLOCK) * _BLOCK
         if kind in (b"x", b"L"):

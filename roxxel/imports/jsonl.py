@@ -68,7 +68,7 @@ def _lines(f: Any, field: str | None, label: str) -> Iterator[Record]:
                 continue  # blank lines are not records
             try:
                 value = json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # (nested past the limit)
                 raise SourceFormatError(f"{label}:{number}: invalid JSON line: {exc}") from None
             if field is None:
                 yield line

@@ -235,7 +235,7 @@ def _framed_items(f: Any, label: str, *, count: int, size: int) -> Iterator[tupl
 def _load_index(data: bytes, label: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         index = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # (nested past the limit)
         raise SourceFormatError(f"{label}: not JSON: {exc}") from None
     if not isinstance(index, dict) or not isinstance(index.get("config"), dict):
         raise SourceFormatError(f"{label}: expected an object with a 'config' object")

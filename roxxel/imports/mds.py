@@ -145,7 +145,7 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
 def _load_index(data: bytes, label: str) -> dict[str, Any]:
     try:
         index = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # (nested past the limit)
         raise SourceFormatError(f"{label}: not JSON: {exc}") from None
     if not isinstance(index, dict):
         raise SourceFormatError(f"{label}: expected a JSON object, got {type(index).__name__}")

@@ -53,9 +53,10 @@ DEFAULT_GRACE = 24 * 3600.0
 # shards/<generation>-<index>-<digest prefix>.rox[.zst] (Writer),
 # shards/<algorithm>-<digest prefix>.rox[.zst] (merge, for the shards it copies in) and
 # shards/part-<part>-<attempt>-<index>-<digest prefix>.rox[.zst] (roxxel.build.write_part)
-SHARD_KEY = re.compile(
+SHARD_KEY = re.compile(  # ASCII digits only, and nothing after the name (\Z, not $)
     r"^shards/(?:\d{5,}-\d{6,}-[0-9a-f]{12}|(?:" + "|".join(CHECKSUM_ALGORITHMS) + r")-[0-9a-f]{32}"
-    r"|part-\d{6,12}-[0-9a-f]{16}-\d{6,}-[0-9a-f]{12})\.rox(?:\.zst)?$"
+    r"|part-\d{6,12}-[0-9a-f]{16}-\d{6,}-[0-9a-f]{12})\.rox(?:\.zst)?\Z",
+    re.ASCII,
 )
 
 # What became of an unreferenced shard (UnreferencedShard.status).
