@@ -171,13 +171,16 @@ class Dataset(Records):
         """The records as arrays of the declared :attr:`record_type` (see
         :mod:`roxxel.read.typed`): ``ds.arrays[i]``, ``ds.arrays[a:b]``, ``ds.arrays.iter()``.
         ValueError for a dataset that declares none: use ``ds.as_arrays(dtype, shape)``."""
-        kind = self.record_type
-        if kind is None:
-            raise ValueError(
-                f"{self.url} declares no record dtype (meta.dtype): read its records as arrays "
-                "with ds.as_arrays(dtype, shape), or write it with Writer(..., dtype=..., shape=...)"
-            )
-        return TypedRecords(self, kind, self.url)
+        typed = self.__dict__.get("_arrays")  # one per dataset: the manifest never changes
+        if typed is None:
+            kind = self.record_type
+            if kind is None:
+                raise ValueError(
+                    f"{self.url} declares no record dtype (meta.dtype): read its records as arrays "
+                    "with ds.as_arrays(dtype, shape), or write it with Writer(..., dtype=..., shape=...)"
+                )
+            typed = self.__dict__["_arrays"] = TypedRecords(self, kind, self.url)
+        return typed
 
     def warm(
         self,

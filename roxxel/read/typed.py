@@ -73,7 +73,7 @@ class TypedRecords:
         self._nbytes = kind.record_bytes
         self._itemsize = kind.dtype.itemsize
         # per shard: (its map, whether all its records have the fixed size)
-        self._gridded: dict[int, tuple[MappedShard, bool]] = {}
+        self._gridded: dict[int, tuple[int, bool]] = {}  # shard -> (id of the map checked, on grid)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -174,8 +174,8 @@ class TypedRecords:
         assert size is not None
         shard = self.records.shard(k)
         known = self._gridded.get(k)
-        if known is None or known[0] is not shard:
-            known = self._gridded[k] = (shard, self._on_grid(shard, size))
+        if known is None or known[0] != id(shard):  # (no reference kept: the residency decides
+            known = self._gridded[k] = (id(shard), self._on_grid(shard, size))  # when a map goes)
         if known[1]:  # every record of the shard has the size: record j starts at j * size
             begin = lo * size
         else:
