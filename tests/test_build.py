@@ -251,3 +251,17 @@ def test_a_huge_part_id_is_refused_at_once():
     receipt = write_part([b"x"], "memory://huge/ds", part=10**12 - 1)
     with pytest.raises(ReceiptError, match=r"no receipt for part\(s\) 0, 1, 2, .* and more; nothing was published"):
         commit("memory://huge/ds", [receipt])  # counted, never listed: no list of 10**12 part ids
+
+
+def test_a_build_never_adds_records_of_another_type_to_a_typed_dataset():
+    url = "memory://typed/ds"
+    with roxxel.Writer(url, dtype="<f4", shape=4) as w:
+        w.extend(np.zeros((3, 4), dtype="<f4"))
+    untyped = write_part([b"abc", b"hello world!"], url, part=0)
+    with pytest.raises(ReceiptError, match=r"are not float32 .* records, which .* holds; nothing was published"):
+        commit(url, [untyped], mode="append")
+    fitting = write_part([np.ones(4, dtype="<f4").tobytes()] * 2, url, part=0)
+    assert commit(url, [fitting], mode="append").records == 5
+    with pytest.raises(ReceiptError, match="nothing was published"):
+        commit("memory://typed/new", [write_part([b"abc"], "memory://typed/new", part=0)],
+               meta={"dtype": "<i4", "shape": [2]})

@@ -16,10 +16,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from ..backends import Store
 from ..errors import DatasetExistsError, IntegrityError, ReceiptError
+from ..format.layout import payload_size
 from ..manifest import Manifest, ShardInfo
 from ..manifest.io import MANIFEST_KEY, dataset_store, require_conditional_writes
+from ..manifest.record_type import RecordType
 from ..writer import Writer
 from .parts import Receipt
 
@@ -99,8 +103,26 @@ class _Committer(Writer):
         super().__init__(url, upload_workers=_CHECK_WORKERS, **kwargs)
 
     def _upload_all(self) -> list[ShardInfo]:
+        kind = self.record_type  # the dataset's (an append) or meta's declared type, if any
+        if kind is None and self._meta:
+            kind = RecordType.from_meta(self._meta, "the meta given to commit")
+        if kind is not None:
+            for shard in self._receipt_shards:
+                self._check_type(shard, kind)
         self._pool.run(self._check_object, self._receipt_shards)
         return self._receipt_shards
+
+    def _check_type(self, shard: ShardInfo, kind: RecordType) -> None:
+        """ReceiptError unless the shard's payload can hold records of ``kind`` (exactly,
+        for a fixed shape): a part written untyped must not join a typed dataset."""
+        payload = int(payload_size(np.asarray([shard.raw_size]), np.asarray([shard.records]))[0])
+        item = kind.dtype.itemsize
+        fits = payload == shard.records * kind.record_bytes if kind.fixed else payload % item == 0
+        if not fits:
+            raise ReceiptError(
+                f"{self.store.url(shard.uri)}: {shard.records} records in a payload of {payload} bytes are not "
+                f"{kind.describe()} records, which {self.url} holds; nothing was published"
+            )
 
     def _check_object(self, shard: ShardInfo) -> None:
         self._pool.check()
