@@ -39,7 +39,7 @@ from ..manifest.signing_keys import PrivateKeyLike, load_private_key
 from ..progress import Meter
 from ..workers import WorkerPool
 from ._common import DEFAULT_WORKERS, holds_already, read_destination
-from .sign import SIGNED, UNCHANGED, UNSIGNED, carry_signature, sign_published
+from .sign import SIGNED, UNSIGNED, carry_signature, sign_held, sign_published
 
 __all__ = ["CopyReport", "copy", "copy_shard"]
 
@@ -226,7 +226,8 @@ def copy(
     if holds_already(dst, existing, manifest, overwrite=overwrite):
         log.info("%s already holds this dataset; nothing to copy", dst.base_url)
         n = len(manifest.shards)
-        return CopyReport(src.base_url, dst.base_url, n, 0, n, 0, published=False, signature=UNCHANGED)
+        signature = sign_held(dst, signer, src, src_data)  # a rerun with --sign-with still signs
+        return CopyReport(src.base_url, dst.base_url, n, 0, n, 0, published=False, signature=signature)
     table = manifest.shards
     if existing is not None:
         _refuse_live_clashes(existing, manifest, dst)

@@ -38,7 +38,7 @@ from ..progress import Meter
 from ..workers import WorkerPool
 from ._common import DEFAULT_WORKERS, holds_already, read_destination
 from .copy import copy_shard
-from .sign import RESIGN, SIGNED, UNCHANGED, UNSIGNED, sign_published, sources_signed
+from .sign import RESIGN, SIGNED, UNSIGNED, sign_held, sign_published, sources_signed
 
 __all__ = ["MergeReport", "merge"]
 
@@ -210,7 +210,7 @@ def merge(
     if holds_already(dst, existing, manifest, overwrite=overwrite):
         log.info("%s already holds this merged dataset; nothing to do", dst.base_url)
         return MergeReport(**report, copied=0, kept=len(to_copy), bytes_copied=0, published=False,
-                           signature=UNCHANGED)
+                           signature=sign_held(dst, signer))
 
     jobs = WorkerPool(workers, "roxxel-merge")
 

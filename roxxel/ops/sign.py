@@ -39,6 +39,7 @@ __all__ = [
     "SignReport",
     "carry_signature",
     "sign",
+    "sign_held",
     "sign_published",
     "sources_signed",
 ]
@@ -102,6 +103,23 @@ def carry_signature(src: Store, src_data: bytes, dst: Store, manifest: Manifest)
         return RESIGN
     write_signature(dst, data, signature)
     return COPIED
+
+
+def sign_held(dst: Store, signer: Any | None, src: Store | None = None, src_data: bytes | None = None) -> str:
+    """When ``dst`` already holds the dataset a copy or merge would publish (nothing is
+    published): sign its manifest with ``signer`` if given (:data:`SIGNED`), else copy
+    the source's signature of the same bytes if it has one and ``dst`` has none
+    (:data:`COPIED`); else :data:`UNCHANGED`."""
+    data, manifest = read_manifest_bytes(dst)
+    if signer is not None:
+        sign_manifest(dst, data, manifest, signer)
+        return SIGNED
+    if src is not None and src_data == data and find_signature(dst, data) is None:
+        signature = find_signature(src, src_data)
+        if signature is not None:
+            write_signature(dst, data, signature)
+            return COPIED
+    return UNCHANGED
 
 
 def sources_signed(*stores: Store) -> bool:
