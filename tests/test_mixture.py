@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import subprocess
@@ -682,3 +683,21 @@ def test_stateful_loader_over_a_mixture_resumes_on_another_worker_count(tmp_path
     assert sorted(b) == [f"b{i:06d}" for i in range(400)]  # the stop source that ends it: each record once
     a = [x for x in head + tail if x[0] == "a"]
     assert len(a) == len(set(a))
+
+
+def test_a_mixture_token_stream_continues_on_another_world_and_batch_size(tmp_path):
+    for name, base, n in (("a", 0, 60), ("b", 10**6, 30)):
+        with roxxel.Writer(str(tmp_path / name), shard_bytes=4096) as w:
+            w.extend(np.arange(base + i * 64, base + (i + 1) * 64, dtype=np.int32) for i in range(n))
+    with roxxel.mix([str(tmp_path / "a"), str(tmp_path / "b")], [0.75, 0.25], cache_dir=str(tmp_path / "c")) as m:
+        epoch = [int(r[0]) for b in m.stream(16, batch_size=1, seed=2) for r in b]  # every sample once
+        assert len(epoch) == len(set(epoch))
+        first = [[int(r[0]) for b in itertools.islice(m.stream(16, batch_size=4, seed=2, rank=r, world_size=2), 5)
+                  for r in b] for r in range(2)]
+        done = 5 * 2 * 4  # both ranks took 5 steps of 4
+        rest = [[int(r[0]) for b in m.stream(16, batch_size=6, seed=2, rank=r, world_size=3, start_sample=done)
+                 for r in b] for r in range(3)]
+        read = [x for part in (*first, *rest) for x in part]
+        assert len(read) == len(set(read)) and set(read) <= set(epoch)
+        assert len(epoch) - len(read) < 3 * 6  # what no whole step of the new topology could hold
+        assert sorted(first[0] + first[1]) == sorted(epoch[:done])  # the same global samples

@@ -2,15 +2,20 @@
 
 Each source is cut into windows of ``seq_len`` tokens as :mod:`roxxel.read.tokens` cuts a
 dataset, with an endless seeded order of its own (the order ``ds.stream`` gives it, keyed
-by the mixture seed and the source's key). Rank ``r`` of ``W`` reads the mixture's
-schedule of sources over its sample positions ``t = step * batch_size + row``; the
-``k``-th window it takes from source ``i`` is sample ``k * W + r`` of that source's order,
-so ranks take disjoint windows of every source. A step is computed from the step number
-alone (the schedule's counts are a closed form), so resuming at ``start_step`` costs
-O(#shards + batch), as ``ds.stream``'s does. An epoch is the number of samples after
-which the first ``"stop"`` source would start its second pass on some rank; a stream of
-``E`` epochs is ``E * epoch // batch_size`` steps on every rank. Rows of a batch that come
-from one source are in ascending window order (they are interchangeable).
+by the mixture seed and the source's key). The job's samples are numbered globally, as
+``ds.stream`` numbers them: step ``s`` of rank ``r`` of ``W`` is samples
+``start_sample + (s*W + r)*batch_size`` on, ``batch_size`` of them. Global sample ``g``
+comes from source ``schedule(g)`` (the mixture's schedule of sources), and the ``k``-th
+sample of source ``i`` is sample ``k`` of that source's order. So every batch is a run of
+the schedule and carries the weights (each source within less than 2 of its share), ranks
+take disjoint windows of every source, and any step is computed from its number alone
+(the schedule's counts are a closed form): resuming at ``start_step`` costs O(#shards +
+batch), and a job whose ranks have all taken ``s`` steps continues on any world size and
+batch size from ``start_sample + s*W*batch_size``, as ``ds.stream`` does. An epoch is the
+samples before the first ``"stop"`` source would start its second pass over its windows;
+a stream of ``E`` epochs is ``(E * epoch - start_sample) // (batch_size * W)`` steps on
+every rank. Rows of a batch that come from one source are in ascending window order
+(they are interchangeable).
 """
 
 from __future__ import annotations
@@ -25,15 +30,14 @@ from .tokens import TokenWindows, _check_stream_arguments, _EpochOrder
 __all__ = ["mixture_batches", "stream_length"]
 
 
-def stream_length(schedule: Schedule, windows: list[TokenWindows], policies: tuple[str, ...], world: int) -> int:
-    """Samples in one epoch of a rank's stream (see the module docstring); 0: endless."""
+def stream_length(schedule: Schedule, windows: list[TokenWindows], policies: tuple[str, ...]) -> int:
+    """Samples in one epoch of the job's stream (see the module docstring); 0: endless."""
     ends = []
     for i, (w, policy) in enumerate(zip(windows, policies)):
-        per_rank = len(w) // world
-        if per_rank == 0:
-            raise ValueError(f"source {i} has {len(w)} windows of {w.seq_len} tokens: fewer than one per rank")
+        if len(w) == 0:
+            raise ValueError(f"source {i} has no complete window of {w.seq_len} {w.dtype} tokens")
         if policy == "stop":
-            ends.append(schedule.position_of(i, per_rank))
+            ends.append(schedule.position_of(i, len(w)))
     return min(ends) if ends else 0
 
 
@@ -46,36 +50,37 @@ def mixture_batches(
     *,
     steps: int | None,
     shard: tuple[int, int],
+    start_sample: int = 0,
     prefetch: Callable[[list[np.ndarray]], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """``(batch_size, seq_len)`` batches of rank ``shard[0]`` from ``start_step`` on, for
     ``steps`` steps in all (None: endless). ``prefetch`` gets, before each batch is
     gathered, each source's shards that its next samples open."""
     _check_stream_arguments(batch_size, 0, start_step, None)
+    if isinstance(start_sample, bool) or not isinstance(start_sample, (int, np.integer)) or start_sample < 0:
+        raise ValueError(f"start_sample must be an integer >= 0, got {start_sample!r}")
     rank, world = shard
     orders = [_EpochOrder(np.diff(w.starts), seed) for w, seed in zip(windows, seeds)]
     seq_len, dtype = windows[0].seq_len, windows[0].dtype
     step = start_step
     while steps is None or step < steps:
-        t0 = step * batch_size
-        srcs = schedule.sources(t0, t0 + batch_size)
-        before = schedule.counts(t0)
+        g0 = int(start_sample) + (step * world + rank) * batch_size
+        srcs = schedule.sources(g0, g0 + batch_size)
+        before = schedule.counts(g0)
         out = np.empty((batch_size, seq_len), dtype=dtype)
         picks = []
         for i in range(len(windows)):
             rows = np.flatnonzero(srcs == i)
             if len(rows):
-                first = int(before[i])
-                ids = np.sort(orders[i].windows(first * world, len(rows) * world)[rank::world])
-                picks.append((i, rows, ids))
+                picks.append((i, rows, np.sort(orders[i].windows(int(before[i]), len(rows)))))
         if prefetch is not None:
             ahead = [np.zeros(0, dtype=np.int64)] * len(windows)
-            for i, _, ids in picks:
-                following = orders[i].shards_ahead(int(before[i]) * world + rank)
+            for i, rows, ids in picks:
+                following = orders[i].shards_ahead(int(before[i]) + len(rows))
                 ahead[i] = np.concatenate([windows[i].shards_of(ids), following])
             prefetch(ahead)
         for i, rows, ids in picks:
-            if _contiguous(rows):  # a view: gathered in place
+            if int(rows[-1]) - int(rows[0]) + 1 == len(rows):  # a run of rows: gathered in place
                 windows[i].gather(ids, out[rows[0] : rows[-1] + 1])
             else:
                 gathered = np.empty((len(rows), seq_len), dtype=dtype)
@@ -83,7 +88,3 @@ def mixture_batches(
                 out[rows] = gathered
         yield out
         step += 1
-
-
-def _contiguous(rows: np.ndarray) -> bool:
-    return int(rows[-1]) - int(rows[0]) + 1 == len(rows)

@@ -437,11 +437,13 @@ class Mixture:
         epochs: int | None = 1,
         rank: int | None = None,
         world_size: int | None = None,
+        start_sample: int = 0,
     ) -> Iterator[np.ndarray]:
         """``(batch_size, seq_len)`` token batches whose rows follow the mixture's weights,
         as ``ds.stream`` gives a dataset's (see :mod:`roxxel.read.mixstream`). ``seed``
         defaults to the mixture's; ``epochs=None`` never ends (needed when every source
-        repeats); ``start_step`` resumes at once."""
+        repeats); ``start_step`` resumes at once; ``start_sample`` continues a job whose
+        ranks have read that many samples in all, on any world size and batch size."""
         self.records._check_open()
         rank, world_size, _, _ = detect_topology(rank, world_size, 0, 1)
         if not 0 <= rank < world_size:
@@ -453,10 +455,10 @@ class Mixture:
             sizes = payload_size(table.raw_size, table.records)
             windows.append(TokenWindows(sizes, lambda k, first=first: self.records.shard(first + k).payload,
                                         seq_len, dtype))
-        per_epoch = stream_length(self.schedule, windows, self.policies, world_size)
+        per_epoch = stream_length(self.schedule, windows, self.policies)
         if epochs is not None and per_epoch == 0:
             raise ValueError("every source of this mixture repeats: its stream has no epochs; use epochs=None")
-        steps = None if epochs is None else int(epochs) * per_epoch // batch_size
+        steps = None if epochs is None else max(0, int(epochs) * per_epoch - start_sample) // (batch_size * world_size)
         seeds = [pass_seed(seed, src.key, 0, 0) for src in self._sources]
         residency = self.residency
         residency.hold(min(batch_size, residency.mapping_cap))
@@ -466,7 +468,8 @@ class Mixture:
             residency.prefetch(chain.from_iterable((s + offsets[i]).tolist() for i, s in enumerate(per_source)))
 
         return self.records._track(mixture_batches(windows, seeds, self.schedule, batch_size, start_step,
-                                                   steps=steps, shard=(rank, world_size), prefetch=prefetch))
+                                                   steps=steps, shard=(rank, world_size), start_sample=start_sample,
+                                                   prefetch=prefetch))
 
     def _from_job(self, job: Mapping[str, Any], topology: Topology, now: Mapping[str, Any]) -> MixState:
         """The state consumer ``topology`` continues from, given a mixture job state: its
