@@ -110,8 +110,9 @@ def slow_record(i: int, marks: str) -> bytes:
     return record(i)
 
 
-def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(dask_client, new_location, tmp_path):
-    url, options = new_location("s3")
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(dask_client, new_location, tmp_path, kind):
+    url, options = new_location(kind)
     marks = tmp_path / "marks"
     marks.mkdir()
     n, parts = 1200, 8
