@@ -1,7 +1,8 @@
 """Parquet files, through pyarrow (the ``imports`` extra): one record per row.
 
 Row groups are the units of parallel work; each is read in batches of ``batch_rows``
-rows, never whole. What a record is:
+rows at most (fewer where rows are large: about 16 MiB a batch), never whole. What a
+record is:
 
 - ``field="col"``: that column's value: ``binary``/``string`` (and their large and
   fixed-size forms) as bytes (strings UTF-8; ``record == "bytes"``); a number or bool as
@@ -36,7 +37,8 @@ __all__ = ["batch_records", "describe", "read_unit", "source"]
 
 FORMAT = "parquet"
 SUFFIXES = (".parquet", ".pq")
-DEFAULT_BATCH_ROWS = 1024
+DEFAULT_BATCH_ROWS = 1024  # rows a batch reads at most
+BATCH_BYTES = 16 << 20  # and about this many bytes (from the row group's uncompressed size)
 _ROWS = ("json", "arrow")
 
 
@@ -82,7 +84,8 @@ def source(
             rg = metadata.row_group(group)
             stored = sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))
             units.append(Unit(FORMAT, url, key, len(units), int(stored), part=group,
-                              spec=spec(field=field, rows=rows, batch_rows=batch_rows, rows_in_group=rg.num_rows)))
+                              spec=spec(field=field, rows=rows, batch_rows=batch_rows, rows_in_group=rg.num_rows,
+                                        row_bytes=max(1, rg.total_byte_size // max(rg.num_rows, 1)))))
     if schema is None:
         raise FileNotFoundError("no Parquet files in the inputs")
     info: dict[str, Any] = {"format": FORMAT, "record": kind, "schema": str(schema)}
@@ -142,8 +145,11 @@ def read_unit(unit: Unit, storage_options: Mapping[str, Any] | None = None) -> I
     count = 0
     with open_stream(unit, storage_options) as f:
         try:
-            pf = pa.parquet.ParquetFile(f)
-            batches = pf.iter_batches(batch_size=options["batch_rows"], row_groups=[unit.part],
+            # batches of about BATCH_BYTES whatever the rows' size (1024 rows of 250 KiB images
+            # would hold 250 MB), read through a buffer rather than whole column chunks
+            rows_per_batch = max(1, min(options["batch_rows"], BATCH_BYTES // options.get("row_bytes", 1)))
+            pf = pa.parquet.ParquetFile(f, buffer_size=1 << 20)
+            batches = pf.iter_batches(batch_size=rows_per_batch, row_groups=[unit.part],
                                       columns=None if field is None else [field])
             for batch in batches:
                 yield from batch_records(batch, field, rows, label, count)
