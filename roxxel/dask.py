@@ -110,13 +110,15 @@ def write_parts(
     upload_workers: int = 4,
     progress: Callback | None = None,
     client: Any = None,
+    on_part: Callable[[Receipt], object] | None = None,
 ) -> Manifest:
     """Part ``i`` of the dataset holds the records ``records_of(parts[i])``, written in a
     Dask task; then one commit. ``parts`` are picklable values or Dask ``Delayed`` objects
     (computed first, in the task's inputs), ``records_of`` a picklable function (a
     module-level function or a ``functools.partial`` of one). Any iterable of records
-    plugs in: an import's reader, a file list's contents. The other arguments are
-    :func:`write`'s."""
+    plugs in: an import's reader, a file list's contents. ``on_part(receipt)`` is called
+    on the driver as each part is done (``roxxel pack`` counts its inputs' bytes so). The
+    other arguments are :func:`write`'s."""
     dask = _import_dask()
     check_destination(url, mode=mode, storage_options=storage_options, single_writer=single_writer)
     options = dict(storage_options or {})
@@ -131,20 +133,29 @@ def write_parts(
         for i, part in enumerate(parts)
     ]
     log.info("writing %d parts of %s on %s", len(tasks), redact(url), "distributed" if client else "dask")
-    receipts = _run(dask, tasks, client, topic, meter)
+    receipts = _run(dask, tasks, client, topic, meter, on_part)
     return commit(url, receipts, parts=len(tasks), mode=mode, meta=meta, storage_options=options,
                   single_writer=single_writer)
 
 
-def _run(dask: Any, tasks: list[Any], client: Any, topic: str, meter: Meter) -> list[Receipt]:
+def _run(dask: Any, tasks: list[Any], client: Any, topic: str, meter: Meter,
+         on_part: Callable[[Receipt], object] | None = None) -> list[Receipt]:
+    done = on_part if on_part is not None else (lambda receipt: None)
     if client is None:
-        return list(dask.compute(*tasks))
+        receipts = list(dask.compute(*tasks))
+        for receipt in receipts:
+            done(receipt)
+        return receipts
     from distributed import as_completed
 
     client.subscribe_topic(topic, lambda event: meter.add(int(event[1])))
     futures = client.compute(tasks)
     try:
-        return [future.result() for future in as_completed(futures, loop=client.loop)]
+        receipts = []
+        for future in as_completed(futures, loop=client.loop):
+            receipts.append(future.result())
+            done(receipts[-1])
+        return receipts
     except BaseException:
         client.cancel(futures)
         raise

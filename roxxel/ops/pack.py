@@ -255,11 +255,15 @@ def _pack_on_dask(
     with dask_client(workers=workers, scheduler=scheduler) as client:
         slots = max(1, sum(client.nthreads().values()))
         part_bytes = max(writing["shard_bytes"], total // (4 * slots))
-        parts = _group(paths, [p.size if isinstance(p, Unit) else os.path.getsize(p) for p in paths], part_bytes)
+        sizes = {id(p): p.size if isinstance(p, Unit) else os.path.getsize(p) for p in paths}
+        parts = _group(paths, [sizes[id(p)] for p in paths], part_bytes)
         log.info("packing %d inputs in %d parts on %d Dask worker threads", len(paths), len(parts), slots)
+        # the bar counts the inputs' bytes (as a local pack does), a part's when it is done:
+        # the bytes uploaded are another measure (compressed inputs, framing, headers)
         manifest = write_parts(parts, functools.partial(_records_only, read_paths), url,
-                               storage_options=storage_options, progress=callback, client=client, **writing)
-    callback.relative_update(max(0, total - callback.value))  # line ends, headers: not in records
+                               storage_options=storage_options, client=client,
+                               on_part=lambda r: callback.relative_update(sum(sizes[id(p)] for p in parts[r.part])),
+                               **writing)
     return manifest
 
 
