@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from ..planner import DEFAULT_WINDOW
+from ..read.mixiter import upcoming_shards
 from ..read.mixplan import Topology
-from ..read.mixture import Mixture, mix, upcoming_shards
+from ..read.mixture import Mixture, mix
 
 __all__ = ["mixture_plan_summary", "mixture_warm_order"]
 

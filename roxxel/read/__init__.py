@@ -7,7 +7,8 @@ background downloads); ``iteration`` walks a planned epoch; ``views`` makes many
 records' views at once; ``tokens`` cuts payloads into token windows; ``ranged`` reads
 single records by range; ``elastic`` and ``jobstate`` continue an epoch on another
 topology; ``typed`` reads a typed dataset's arrays, ``payload`` its payload as a file;
-``schedule``, ``mixplan``, ``mixspec``, ``mixture`` and ``mixstream`` read several
+``schedule``, ``mixplan``, ``mixspec``, ``mixture``, ``mixiter``, ``mixjob`` and
+``mixstream`` read several
 datasets as one weighted stream.
 """
 

@@ -18,7 +18,7 @@ from ..errors import ResumeError
 from ..planner import PLAN_VERSION
 from .elastic import Generation, fold, remaining, span
 from .iteration import IterState
-from .mixjob import MIX_JOB_KIND, mixture_job
+from .mixjob import MIX_JOB_KIND, MixState, mixture_job
 
 __all__ = ["JOB_KIND", "Job", "job_state"]
 
@@ -140,9 +140,7 @@ def job_state(states: Mapping[str, Any] | Iterable[Mapping[str, Any]], *, lockst
         states = [states]
     states = list(states)
     if states and isinstance(states[0], Mapping) and states[0].get("kind") == "roxxel-mixture-state":
-        from .mixture import MixState  # a mixture's consumers (see roxxel.read.mixjob)
-
-        return mixture_job(states, MixState.from_dict, lockstep=lockstep)
+        return mixture_job(states, MixState.from_dict, lockstep=lockstep)  # (see roxxel.read.mixjob)
     parsed = [IterState.from_dict(s) for s in states]
     if not parsed:
         raise ResumeError("job_state needs at least one consumer's state")

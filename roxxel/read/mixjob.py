@@ -1,4 +1,5 @@
-"""A mixture job's checkpoint, and the plans that continue it on another topology.
+"""A mixture consumer's state, a mixture job's checkpoint, and the plans that continue
+it on another topology.
 
 A mixture consumer reads, from each source, a prefix of that source's own plan for it
 (:mod:`roxxel.read.mixplan`). So what a job has read of a ``"stop"`` source is exactly a
@@ -18,14 +19,15 @@ O(generations x consumers x sources) integers, never per record.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import ResumeError
+from ..planner import PLAN_VERSION
 from .elastic import Generation, consumer_plan, remaining, window_key
 from .mixplan import MixSource, Topology, pass_seed
 
-__all__ = ["MIX_JOB_KIND", "MixGeneration", "elastic_segments", "mixture_job"]
+__all__ = ["MIX_JOB_KIND", "MixGeneration", "MixState", "elastic_segments", "mixture_job"]
 
 MIX_JOB_KIND = "roxxel.mixture-job"
 MIX_JOB_VERSION = 1
@@ -149,3 +151,73 @@ def elastic_segments(
         per_rank = -(-total // t.world_size) if remainder == "pad" else total // t.world_size
         fewest.append(per_rank // t.num_workers)
     return first, fewest
+
+
+@dataclass(frozen=True)
+class MixState:
+    """Where a consumer is in a mixture's epoch, and what that is a function of."""
+
+    mixture: str  # the mixture's fingerprint
+    sources: list[str]  # the sources' manifest fingerprints
+    weights: list[int]
+    policies: list[str]
+    seed: int
+    samples: int | None
+    epoch: int
+    position: int  # records read in this epoch, before the continuation included
+    rank: int
+    world_size: int
+    worker: int
+    num_workers: int
+    shuffle: bool
+    window: int
+    remainder: str
+    consumed: list[int]  # records of each source read in this epoch
+    since: int  # the epoch position where this mixture's schedule started (0, or a resume with changes)
+    plan: int = PLAN_VERSION
+    # after an elastic resume, the job's generations before this topology's (mixjob); the
+    # position and counts above are then this generation's
+    elastic: tuple[MixGeneration, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"kind": "roxxel-mixture-state", **asdict(self)}
+        data["elastic"] = None if self.elastic is None else [g.to_dict() for g in self.elastic]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MixState:
+        if not isinstance(data, Mapping) or data.get("kind") != "roxxel-mixture-state":
+            raise ResumeError("not a mixture iterator's state (no 'kind': 'roxxel-mixture-state'); "
+                              "a dataset's state resumes with ds.resume")
+        names = {f.name for f in fields(cls)}
+        if "elastic" not in data:  # saved before elastic resume of mixtures
+            data = {**data, "elastic": None}
+        got = set(data) - {"kind"}
+        if got != names:
+            raise ResumeError(f"mixture state must have the keys {sorted(names)}, got {sorted(got)}")
+        ints = ("seed", "epoch", "position", "rank", "world_size", "worker", "num_workers", "window", "since", "plan")
+        for name in ints:
+            v = data[name]
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _LARGEST:
+                raise ResumeError(f"mixture state field {name!r} must be an integer in [0, 2**62), got {v!r}")
+        if data["window"] < 1:
+            raise ResumeError(f"mixture state field 'window' must be at least 1, got {data['window']!r}")
+        if data["samples"] is not None and (isinstance(data["samples"], bool) or not isinstance(data["samples"], int)):
+            raise ResumeError(f"mixture state field 'samples' must be an integer or null, got {data['samples']!r}")
+        for name, kind in (("mixture", str), ("remainder", str), ("shuffle", bool)):
+            if not isinstance(data[name], kind):
+                raise ResumeError(f"mixture state field {name!r} must be {kind.__name__}, got {data[name]!r}")
+        lists = {"sources": str, "weights": int, "policies": str, "consumed": int}
+        size = len(data["sources"]) if isinstance(data["sources"], list) else -1
+        for name, kind in lists.items():
+            v = data[name]
+            if not isinstance(v, list) or len(v) != size or not all(
+                isinstance(x, kind) and not isinstance(x, bool) and (kind is str or 0 <= x < _LARGEST) for x in v
+            ):
+                raise ResumeError(f"mixture state field {name!r} must be a list of {size} {kind.__name__}, got {v!r}")
+        history = data["elastic"]
+        if history is not None and not isinstance(history, list):
+            raise ResumeError(f"mixture state field 'elastic' must be a list or null, got {history!r}"[:300])
+        gens = None if history is None else tuple(
+            MixGeneration.from_dict(g, size, f"mixture state field 'elastic'[{i}]") for i, g in enumerate(history))
+        return cls(**{name: data[name] for name in names if name != "elastic"}, elastic=gens or None)
