@@ -8,8 +8,7 @@ records' views at once; ``tokens`` cuts payloads into token windows; ``ranged`` 
 single records by range; ``elastic`` and ``jobstate`` continue an epoch on another
 topology; ``typed`` reads a typed dataset's arrays, ``payload`` its payload as a file;
 ``schedule``, ``mixplan``, ``mixspec``, ``mixture``, ``mixiter``, ``mixjob`` and
-``mixstream`` read several
-datasets as one weighted stream.
+``mixstream`` read several datasets as one weighted stream.
 """
 
 from .dataset import Dataset, open
