@@ -114,7 +114,7 @@ class MixtureIterator(Iterator[np.ndarray]):
                         parts.append((s_ + len(payloads), b_, e_))
                         payloads.extend(reader.payloads)
                         m, k = m - take, k + take
-                order = np.argsort(srcs, kind="stable")
+                order = p.schedule.grouped(lo, hi)
                 slots, begins, ends = (np.empty(hi - lo, dtype=np.int64) for _ in range(3))
                 for out, j in ((slots, 0), (begins, 1), (ends, 2)):
                     out[order] = np.concatenate([part[j] for part in parts]) if len(parts) > 1 else parts[0][j]

@@ -96,6 +96,7 @@ class Schedule:
         # the period repeated past RUN more positions: any run of RUN is one slice of it
         self._tiled = np.tile(self.table, -(-(self.period + RUN) // self.period))
         self._tiled.flags.writeable = False
+        self._grouped: dict[tuple[int, int], np.ndarray] = {}
         self.weights = tuple(Fraction(k, self.period) for k in n)
 
     def sources(self, lo: int, hi: int) -> np.ndarray:
@@ -105,6 +106,20 @@ class Schedule:
         if hi - lo <= RUN:
             return self._tiled[start : start + hi - lo]
         return self.table[np.arange(lo, hi, dtype=np.int64) % self.period]
+
+    def grouped(self, lo: int, hi: int) -> np.ndarray:
+        """The positions ``0..hi-lo-1`` of the run ``lo..hi-1`` grouped by source (a stable
+        sort of :meth:`sources`): the same for every run of that length at that phase of
+        the period, so the last few are kept (read-only)."""
+        key = (lo % self.period, hi - lo)
+        order = self._grouped.get(key)
+        if order is None:
+            order = np.argsort(self.sources(lo, hi), kind="stable")
+            order.flags.writeable = False
+            if len(self._grouped) >= 8:
+                del self._grouped[next(iter(self._grouped))]
+            self._grouped[key] = order
+        return order
 
     def counts(self, t: int) -> np.ndarray:
         """How many times each source comes in positions ``0..t-1``."""
