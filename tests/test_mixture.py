@@ -653,6 +653,8 @@ def test_a_lone_consumers_mixture_state_resumes_on_more_ranks_and_lockstep_fills
     assert m.resume(job, rank=1, world_size=2).position == 100
     with pytest.raises(ResumeError, match="rank 1 worker 0's is missing"):
         roxxel.job_state([ranks[0].state()])
+    with pytest.raises(ResumeError, match="rank 7 worker 0 is no consumer of world_size=2"):
+        roxxel.job_state([ranks[0].state(), {**ranks[1].state(), "rank": 7}])
 
 
 @pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 0)])

@@ -100,6 +100,9 @@ def mixture_job(states: Iterable[Mapping[str, Any]], parse: Any, *, lockstep: bo
                 )
     mine: dict[int, tuple[int, tuple[int, ...], int]] = {}
     for s in parsed:
+        if not (0 <= s.rank < first.world_size and 0 <= s.worker < first.num_workers):
+            raise ResumeError(f"a state of rank {s.rank} worker {s.worker} is no consumer of world_size="
+                              f"{first.world_size}, num_workers={first.num_workers}")
         c = s.rank * first.num_workers + s.worker
         entry = (s.position, tuple(s.consumed), s.since)
         if mine.setdefault(c, entry) != entry:
