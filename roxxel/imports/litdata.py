@@ -457,15 +457,7 @@ def _arrow_meta(schema: Any, field: str | None, decode: str, rows: str, label: s
     kind, dtype, shape = parquet.describe(schema, field, rows, label)
     info: dict[str, Any] = {"format": FORMAT, "decode": decode, "rows": "arrow-footer", "fields": schema.names,
                             "schema": str(schema), "record": kind}
-    meta: dict[str, Any] = {}
-    if field is not None:
-        info["field"] = field
-    if dtype is not None:
-        meta["dtype"] = dtype
-        if shape is not None:
-            meta["shape"] = shape
-    meta["import"] = info
-    return meta
+    return parquet.described_meta(info, field, dtype, shape)
 
 
 class _Window(io.RawIOBase):

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import SourceFormatError
 from ._common import Record, Source, Unit, check_choice, locate, open_stream, spec
 
-__all__ = ["batch_records", "describe", "read_unit", "source"]
+__all__ = ["batch_records", "describe", "described_meta", "read_unit", "source"]
 
 FORMAT = "parquet"
 SUFFIXES = (".parquet", ".pq")
@@ -88,7 +88,14 @@ def source(
                                         row_bytes=max(1, rg.total_byte_size // max(rg.num_rows, 1)))))
     if schema is None:
         raise FileNotFoundError("no Parquet files in the inputs")
-    info: dict[str, Any] = {"format": FORMAT, "record": kind, "schema": str(schema)}
+    meta = described_meta({"format": FORMAT, "record": kind, "schema": str(schema)}, field, dtype, shape)
+    return Source(FORMAT, tuple(units), meta, storage_options)
+
+
+def described_meta(info: dict[str, Any], field: str | None, dtype: str | None, shape: list[int] | None
+                   ) -> dict[str, Any]:
+    """The dataset ``meta`` of records :func:`describe` described: the dtype and shape
+    when the records are typed, and ``info`` (with the field, if one) under ``import``."""
     meta: dict[str, Any] = {}
     if field is not None:
         info["field"] = field
@@ -97,7 +104,7 @@ def source(
         if shape is not None:
             meta["shape"] = shape
     meta["import"] = info
-    return Source(FORMAT, tuple(units), meta, storage_options)
+    return meta
 
 
 def describe(schema: Any, field: str | None, rows: str, label: str) -> tuple[str, str | None, list[int] | None]:

@@ -54,7 +54,7 @@ from ..errors import ResumeError
 from ..permute import Permutation
 from ..planner import WindowOrder
 
-__all__ = ["ConsumerPlan", "Generation", "Loose", "LooseOrder", "Segments", "consumer_plan", "elastic_plan", "fold",
+__all__ = ["ConsumerPlan", "Generation", "Loose", "LooseOrder", "Segments", "consumer_plan", "consumers_of", "elastic_plan", "fold",
            "remaining", "span"]
 
 # Window keys of generations after the first: (seed, epoch, _ELASTIC, generation, ...)
@@ -473,3 +473,49 @@ def fold(generations: Sequence[Generation]) -> tuple[Generation, ...]:
     """``generations`` without those in which no consumer read anything (they leave the
     stream they were given unchanged)."""
     return tuple(g for g in generations if any(g.positions))
+
+
+def consumers_of(
+    states: Sequence[Any], shared: Sequence[str], entry: Callable[[Any], tuple[Any, ...]], *, lockstep: bool
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """Each consumer's ``entry(state)`` (its position first), consumer ``rank * num_workers
+    + worker``, from the states of one topology's consumers (a job state's last
+    generation), and whether some were filled in. ResumeError if the states differ in a
+    ``shared`` field, name a consumer outside the topology, or two different states of one
+    consumer; if a consumer is missing, unless ``lockstep`` (then every consumer not given
+    is taken to be where the given ones are, which must agree)."""
+    if not states:
+        raise ResumeError("job_state needs at least one consumer's state")
+    first = states[0]
+    for s in states[1:]:
+        for name in shared:
+            if getattr(s, name) != getattr(first, name):
+                raise ResumeError(
+                    f"the states are of different streams: {name} is {getattr(first, name)!r} in rank "
+                    f"{first.rank} worker {first.worker}'s and {getattr(s, name)!r} in rank {s.rank} worker "
+                    f"{s.worker}'s"[:400]
+                )
+    world, workers = first.world_size, first.num_workers
+    mine: dict[int, tuple[Any, ...]] = {}
+    for s in states:
+        if not (0 <= s.rank < world and 0 <= s.worker < workers):
+            raise ResumeError(f"a state of rank {s.rank} worker {s.worker} is no consumer of world_size="
+                              f"{world}, num_workers={workers}")
+        c, got = s.rank * workers + s.worker, entry(s)
+        if mine.setdefault(c, got) != got:
+            raise ResumeError(f"two states of rank {s.rank} worker {s.worker} at positions {mine[c][0]} "
+                              f"and {got[0]}")
+    consumers = world * workers
+    missing = [c for c in range(consumers) if c not in mine]
+    if missing and not lockstep:
+        rank, worker = divmod(missing[0], workers)
+        raise ResumeError(
+            f"job_state got {len(mine)} of the {consumers} consumers' states (world_size={world}, "
+            f"num_workers={workers}); rank {rank} worker {worker}'s is missing. Pass every consumer's "
+            "state, or lockstep=True if every consumer has read as many records as these"
+        )
+    if missing and len(set(mine.values())) > 1:
+        raise ResumeError(f"lockstep=True, but the states given are at different positions "
+                          f"{sorted({e[0] for e in mine.values()})}")
+    fill = next(iter(mine.values()))
+    return [mine.get(c, fill) for c in range(consumers)], bool(missing)

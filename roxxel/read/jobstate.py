@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ResumeError
 from ..planner import PLAN_VERSION
-from .elastic import Generation, fold, remaining, span
+from .elastic import Generation, consumers_of, fold, remaining, span
 from .iteration import IterState
 from .mixjob import MIX_JOB_KIND, MixState, mixture_job
 
@@ -142,42 +142,12 @@ def job_state(states: Mapping[str, Any] | Iterable[Mapping[str, Any]], *, lockst
     if states and isinstance(states[0], Mapping) and states[0].get("kind") == "roxxel-mixture-state":
         return mixture_job(states, MixState.from_dict, lockstep=lockstep)  # (see roxxel.read.mixjob)
     parsed = [IterState.from_dict(s) for s in states]
-    if not parsed:
-        raise ResumeError("job_state needs at least one consumer's state")
+    rows, filled = consumers_of(parsed, (*_SHARED, "world_size", "num_workers", "elastic"),
+                                lambda s: (s.position,), lockstep=lockstep)
     first = parsed[0]
-    same = (*_SHARED, "world_size", "num_workers", "elastic")
-    for s in parsed[1:]:
-        for name in same:
-            if getattr(s, name) != getattr(first, name):
-                raise ResumeError(
-                    f"the states are of different streams: {name} is {getattr(first, name)!r} in rank "
-                    f"{first.rank} worker {first.worker}'s and {getattr(s, name)!r} in rank {s.rank} worker "
-                    f"{s.worker}'s"[:400]
-                )
-    positions: dict[int, int] = {}
-    for s in parsed:
-        c = s.rank * first.num_workers + s.worker
-        if positions.setdefault(c, s.position) != s.position:
-            raise ResumeError(f"two states of rank {s.rank} worker {s.worker} at positions {positions[c]} "
-                              f"and {s.position}")
-    consumers = first.world_size * first.num_workers
-    missing = [c for c in range(consumers) if c not in positions]
-    if missing and not lockstep:
-        rank, worker = divmod(missing[0], first.num_workers)
-        raise ResumeError(
-            f"job_state got {len(positions)} of the {consumers} consumers' states (world_size="
-            f"{first.world_size}, num_workers={first.num_workers}); rank {rank} worker {worker}'s is "
-            "missing. Pass every consumer's state, or lockstep=True if every consumer has read as many "
-            "records as these"
-        )
-    if missing and len(set(positions.values())) > 1:
-        raise ResumeError(f"lockstep=True, but the states given are at different positions "
-                          f"{sorted(set(positions.values()))}")
-    fill = next(iter(positions.values()))
-    generation = Generation(first.world_size, first.num_workers,
-                            tuple(positions.get(c, fill) for c in range(consumers)))
+    generation = Generation(first.world_size, first.num_workers, tuple(r[0] for r in rows))
     job = Job(**{k: getattr(first, k) for k in _SHARED}, generations=(*(first.elastic or ()), generation),
-              lockstep=bool(missing))
+              lockstep=filled)
     return job.to_dict()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ResumeError
 from ..planner import PLAN_VERSION
-from .elastic import Generation, consumer_plan, remaining, window_key
+from .elastic import Generation, consumer_plan, consumers_of, remaining, window_key
 from .mixplan import MixSource, Topology, pass_seed
 
 __all__ = ["MIX_JOB_KIND", "MixGeneration", "MixState", "elastic_segments", "mixture_job"]
@@ -85,46 +85,16 @@ def mixture_job(states: Iterable[Mapping[str, Any]], parse: Any, *, lockstep: bo
     """A mixture job state from its consumers' states (``parse``: ``MixState.from_dict``);
     see :func:`roxxel.job_state`."""
     parsed = [parse(s) for s in states]
-    if not parsed:
-        raise ResumeError("job_state needs at least one consumer's state")
-    first = parsed[0]
     shared = ("mixture", "sources", "weights", "policies", "seed", "samples", "epoch", "world_size", "num_workers",
               "shuffle", "window", "remainder", "plan", "elastic")
-    for s in parsed[1:]:
-        for name in shared:
-            if getattr(s, name) != getattr(first, name):
-                raise ResumeError(
-                    f"the states are of different streams: {name} is {getattr(first, name)!r} in rank "
-                    f"{first.rank} worker {first.worker}'s and {getattr(s, name)!r} in rank {s.rank} worker "
-                    f"{s.worker}'s"[:400]
-                )
-    mine: dict[int, tuple[int, tuple[int, ...], int]] = {}
-    for s in parsed:
-        if not (0 <= s.rank < first.world_size and 0 <= s.worker < first.num_workers):
-            raise ResumeError(f"a state of rank {s.rank} worker {s.worker} is no consumer of world_size="
-                              f"{first.world_size}, num_workers={first.num_workers}")
-        c = s.rank * first.num_workers + s.worker
-        entry = (s.position, tuple(s.consumed), s.since)
-        if mine.setdefault(c, entry) != entry:
-            raise ResumeError(f"two different states of rank {s.rank} worker {s.worker}")
-    consumers = first.world_size * first.num_workers
-    missing = [c for c in range(consumers) if c not in mine]
-    if missing and not lockstep:
-        rank, worker = divmod(missing[0], first.num_workers)
-        raise ResumeError(
-            f"job_state got {len(mine)} of the {consumers} consumers' states (world_size={first.world_size}, "
-            f"num_workers={first.num_workers}); rank {rank} worker {worker}'s is missing. Pass every consumer's "
-            "state, or lockstep=True if every consumer has read as many records as these"
-        )
-    if missing and len(set(mine.values())) > 1:
-        raise ResumeError("lockstep=True, but the states given are at different positions")
-    fill = next(iter(mine.values()))
-    rows = [mine.get(c, fill) for c in range(consumers)]
+    rows, filled = consumers_of(parsed, shared, lambda s: (s.position, tuple(s.consumed), s.since),
+                                lockstep=lockstep)
+    first = parsed[0]
     current = MixGeneration(first.world_size, first.num_workers, tuple(r[0] for r in rows),
                             tuple(r[1] for r in rows), tuple(r[2] for r in rows))
     return {"kind": MIX_JOB_KIND, "version": MIX_JOB_VERSION,
             **{k: getattr(first, k) for k in shared if k not in ("world_size", "num_workers", "elastic")},
-            "lockstep": bool(missing), "generations": [*(g.to_dict() for g in first.elastic or ()), current.to_dict()]}
+            "lockstep": filled, "generations": [*(g.to_dict() for g in first.elastic or ()), current.to_dict()]}
 
 
 def elastic_segments(
