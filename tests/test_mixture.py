@@ -703,3 +703,19 @@ def test_a_mixture_token_stream_continues_on_another_world_and_batch_size(tmp_pa
         assert len(read) == len(set(read)) and set(read) <= set(epoch)
         assert len(epoch) - len(read) < 3 * 6  # what no whole step of the new topology could hold
         assert sorted(first[0] + first[1]) == sorted(epoch[:done])  # the same global samples
+
+
+def test_malformed_integer_weights_and_job_states_are_refused(elastic_mixture):
+    with pytest.raises(ValueError, match=r"integer weights must be positive and add up to at most 65536"):
+        Schedule((3, 0))
+    with pytest.raises(ValueError, match=r"integer weights must be positive and add up to at most 65536"):
+        Schedule((MAX_PERIOD, 1))
+    m = elastic_mixture
+    job = roxxel.job_state([m.iter(rank=r, world_size=2).state() for r in range(2)])
+    with pytest.raises(ResumeError, match="a mixture job state has the keys"):
+        m.resume({**job, "extra": 1}, rank=0, world_size=3)
+    with pytest.raises(ResumeError, match="'generations' must be a non-empty list"):
+        m.resume({**job, "generations": []}, rank=0, world_size=3)
+    with pytest.raises(ResumeError, match="position 1000000000 is outside this consumer.s"):
+        m.iter_after((), epoch=0, seed=0, shuffle=True, window=16, remainder="pad", rank=0, world_size=1,
+                     worker=0, num_workers=1, start=10**9)
