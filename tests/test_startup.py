@@ -106,7 +106,6 @@ def test_a_missing_s3_dataset_is_reported_as_through_s3fs(s3_server, tmp_path):
 
 
 @pytest.mark.parametrize("change", [
-    {"endpoint_url": None},  # AWS's own endpoints: s3fs resolves them
     {"anon": True},
     {"requester_pays": True},
     {"config_kwargs": {"s3": {"addressing_style": "virtual"}}},

@@ -33,18 +33,22 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from . import aws_endpoint
+from .aws_endpoint import Endpoint
 from .base import TooLarge, Versioned
 from .retry import DEFAULT_POLICY
 from .watchdog import current_timeout
 
-__all__ = ["DeferredS3FileSystem", "deferred_s3", "sigv4_headers", "signed_get"]
+__all__ = ["DeferredS3FileSystem", "deferred_s3", "signed_get", "sigv4_headers"]
 
 log = logging.getLogger(__name__)
 
 _PROTOCOLS = ("s3", "s3a")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_REDIRECTS = (301, 302, 307, 400)  # PermanentRedirect, AuthorizationHeaderMalformed: another region
 # storage_options whose meaning signed_get reproduces, or that change nothing it sends
 _OPTIONS = {"key", "secret", "token", "endpoint_url", "client_kwargs", "config_kwargs",
             "skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_concurrency",
@@ -82,10 +86,13 @@ def deferred_s3(url: str, storage_options: Mapping[str, Any]) -> tuple[DeferredS
     protocol, sep, rest = url.partition("://")
     if not sep or protocol not in _PROTOCOLS or "::" in url or "?" in rest or not rest.strip("/"):
         return None
-    if _endpoint(storage_options) is None or not _plain_options(storage_options):
+    if not _plain_options(storage_options):
         return None
+    from fsspec.config import conf
     from fsspec.registry import _registry
 
+    if any(conf.get(name) for name in _PROTOCOLS):  # fsspec's configuration adds options s3fs gets
+        return None
     registered = _registry.get(protocol)  # s3:// registered to another implementation
     if registered is not None and not (registered.__module__ or "").startswith("s3fs"):
         return None
@@ -121,21 +128,70 @@ def _plain_options(options: Mapping[str, Any]) -> bool:
 def signed_get(fs: DeferredS3FileSystem, path: str, max_bytes: int | None) -> Versioned | None:
     """The object at ``path`` and its ETag by one signed GET, or None where s3fs must
     read it (see the module docstring); TooLarge, reading none of the body, past
-    ``max_bytes``."""
+    ``max_bytes``. On AWS's endpoints, an answer that names the bucket's region (the
+    configured one was wrong) is followed once, to that region."""
     try:
-        request = _signed_request(fs.storage_options, path)
+        request = _request(fs.storage_options, path)
+    except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
+        log.debug("signed GET not possible (%s); reading through s3fs", type(exc).__name__)
+        return None
+    for attempt in (1, 2):
         if request is None:
             return None
-        url, headers, timeout = request
-        parts = urllib.parse.urlsplit(url)
-        conn = _connect(parts, timeout)
+        answer = _send(request, max_bytes)
+        if not isinstance(answer, str):
+            return answer
+        request = request.in_region(answer) if attempt == 1 else None
+    return None
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One GET to sign and send; ``aws`` is (bucket, key, addressing style) for AWS's
+    own endpoints, None for an explicit ``endpoint_url`` (whose connection
+    ``connect_url`` names)."""
+
+    where: Endpoint
+    target: str
+    region: str
+    credentials: tuple[str, str, str | None] = field(repr=False)
+    timeout: float | None
+    cafile: str | None = None
+    aws: tuple[str, str, str] | None = None
+    connect_url: str | None = None
+
+    def headers(self, now: time.struct_time) -> dict[str, str]:
+        """The request's headers, signed at ``now``."""
+        return sigv4_headers("GET", self.where.host, self.target, self.region, self.credentials, now)
+
+    def connection(self) -> http.client.HTTPConnection:
+        if self.connect_url is not None:
+            return _connect(urllib.parse.urlsplit(self.connect_url), self.timeout)
+        return aws_endpoint.connect(self.where, self.timeout, self.cafile)
+
+    def in_region(self, region: str) -> _Request | None:
+        """The same GET to the bucket's ``region`` (remembered for the process)."""
+        if self.aws is None:
+            return None
+        bucket, key, style = self.aws
+        aws_endpoint.remember_region(bucket, region)
+        return _aws_request(bucket, key, region, style, self.credentials, self.timeout, self.cafile)
+
+
+def _send(request: _Request, max_bytes: int | None) -> Versioned | str | None:
+    """The object, or the region an AWS answer names (not the request's), or None."""
+    try:
+        conn = request.connection()
     except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
         log.debug("signed GET not possible (%s); reading through s3fs", type(exc).__name__)
         return None
     try:
-        conn.request("GET", parts.path, headers=headers)
+        conn.request("GET", request.target, headers=request.headers(time.gmtime()))
         response = conn.getresponse()
         if response.status != 200:
+            if request.aws is not None and response.status in _REDIRECTS:
+                hint = aws_endpoint.region_hint(response)
+                return hint if hint is not None and hint != request.region else None
             response.read(64 * 1024)
             return None
         size = int(response.getheader("Content-Length") or -1)
@@ -157,11 +213,54 @@ def signed_get(fs: DeferredS3FileSystem, path: str, max_bytes: int | None) -> Ve
 
 
 def _signed_request(options: Mapping[str, Any], path: str) -> tuple[str, dict[str, str], float | None] | None:
-    endpoint = _endpoint(options)
-    if endpoint is None or _proxied(endpoint):
+    """The URL, signed headers and timeout of a GET of ``path`` at an explicit
+    ``endpoint_url`` (for :func:`.s3.read_signed_range`); None on AWS's own endpoints
+    or where s3fs must read."""
+    if _endpoint(options) is None:
         return None
+    request = _request(options, path)
+    if request is None or request.connect_url is None:
+        return None
+    return f"{request.connect_url}{request.target}", request.headers(time.gmtime()), request.timeout
+
+
+def _request(options: Mapping[str, Any], path: str) -> _Request | None:
     bucket, _, key = path.partition("/")
     if not bucket or not key:
+        return None
+    config = options.get("config_kwargs") or {}
+    # as for presigned downloads: a server silent this long fails the GET (and s3fs reads)
+    timeout = config.get("read_timeout") or current_timeout(DEFAULT_POLICY.stall_timeout)
+    timeout = None if timeout is None else float(timeout)
+    endpoint = _endpoint(options)
+    if endpoint is not None:
+        return _endpoint_request(options, endpoint, bucket, key, timeout)
+    from .aws_config import aws_settings
+
+    settings = aws_settings(options)
+    if settings is None:
+        return None
+    style, cafile = settings.addressing_style, settings.ca_bundle
+    region = (aws_endpoint.known_region(bucket) or settings.region
+              or aws_endpoint.bucket_region(bucket, style, timeout, cafile))
+    if region is None:
+        log.debug("the bucket's region is not known; reading through s3fs")
+        return None
+    return _aws_request(bucket, key, region, style, settings.credentials, timeout, cafile)
+
+
+def _aws_request(bucket: str, key: str, region: str, style: str, credentials: tuple[str, str, str | None],
+                 timeout: float | None, cafile: str | None) -> _Request | None:
+    where = aws_endpoint.endpoint(bucket, region, style)
+    if where is None:
+        return None
+    return _Request(where, aws_endpoint.target(where, bucket, key), region, credentials, timeout, cafile,
+                    (bucket, key, style))
+
+
+def _endpoint_request(options: Mapping[str, Any], endpoint: str, bucket: str, key: str,
+                      timeout: float | None) -> _Request | None:
+    if _proxied(endpoint):
         return None
     client = options.get("client_kwargs") or {}
     config = options.get("config_kwargs") or {}
@@ -175,10 +274,8 @@ def _signed_request(options: Mapping[str, Any], path: str) -> tuple[str, dict[st
     target = f"{base.path.rstrip('/')}/{quoted}"
     default_port = {"http": ":80", "https": ":443"}.get(base.scheme, "")
     host = base.netloc[: -len(default_port)] if default_port and base.netloc.endswith(default_port) else base.netloc
-    headers = sigv4_headers("GET", host, target, region, credentials, time.gmtime())
-    # as for presigned downloads: a server silent this long fails the GET (and s3fs reads)
-    timeout = config.get("read_timeout") or current_timeout(DEFAULT_POLICY.stall_timeout)
-    return f"{base.scheme}://{base.netloc}{target}", headers, None if timeout is None else float(timeout)
+    where = Endpoint(base.scheme, host, True, (base.hostname or "", base.port or 0))
+    return _Request(where, target, region, credentials, timeout, connect_url=f"{base.scheme}://{base.netloc}")
 
 
 def sigv4_headers(method: str, host: str, target: str, region: str, credentials: tuple[str, str, str | None],
