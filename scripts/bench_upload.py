@@ -20,8 +20,16 @@ For each dataset (default: 4 shards of 64 MiB, and 1 shard of 256 MiB):
 - **server limit**: the best client again, straight to moto, unshaped. When it is not
   well above the shaped figure, the server, not the link, is the limit.
 
+``--gcs`` runs the GCS line instead: fake-gcs-server (a fresh one per round) behind the
+same proxy; the writer and ``Store.put_file`` as above, to ``gs://``; the best client a
+parallel composite upload by the same cheapest means (``--parallel`` media uploads of
+``--part-mib`` MiB parts from ``sendfile``, one compose per file, the parts deleted); and
+gcsfs's own ``put_file`` (roxxel's GCS uploads before composite uploads), 4 at once.
+fake-gcs-server hashes and copies every byte it takes (and again to compose), so on
+2 cores its own CPU can be the limit: compare with the unshaped figure.
+
 Usage: ``.venv/bin/python scripts/bench_upload.py [--datasets 4x64 1x256] [--latency 0.03]
-[--conn-mbps 25] [--link-mbps 400] [--boto3]``; results under ``bench-out/`` if ``--out``.
+[--conn-mbps 25] [--link-mbps 400] [--boto3] [--gcs]``; results under ``bench-out/`` if ``--out``.
 """
 
 from __future__ import annotations
@@ -268,6 +276,162 @@ def summarize(spec: str, rounds: list[dict[str, float]], shards: int, boto3: boo
     return row
 
 
+# -- GCS ---------------------------------------------------------------------------------
+
+
+def _gcs_request(conn: http.client.HTTPConnection, method: str, target: str, body: Any = None,
+                 headers: dict[str, str] | None = None) -> bytes:
+    conn.request(method, target, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    if response.status not in (200, 204):
+        raise RuntimeError(f"{method} {target}: HTTP {response.status} {data[:200]!r}")
+    return data
+
+
+def gcs_best_client(endpoint: str, bucket: str, files: list[str], part: int, parallel: int) -> float:
+    """Seconds to upload every file as a parallel composite upload by the cheapest
+    client there is: ``parallel`` media uploads of ``part``-byte parts in flight over all
+    files, each from a thread's kept-alive ``http.client`` connection with the body sent
+    by ``sendfile``, then one compose per 32 parts (two levels past 32), then the parts
+    deleted, ``parallel`` at once (what gsutil/gcloud do, minus their CPU)."""
+    netloc = urllib.parse.urlsplit(endpoint).netloc
+    local = threading.local()
+    quote = functools.partial(urllib.parse.quote, safe="")
+
+    def conn() -> http.client.HTTPConnection:
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection(netloc, timeout=600)
+        return local.conn
+
+    def send(job: tuple[int, int, int, int]) -> None:
+        i, n, start, length = job
+        c = conn()
+        c.putrequest("POST", f"/upload/storage/v1/b/{bucket}/o?uploadType=media&name={quote(f'best/.p{i}-{n:04d}')}",
+                     skip_accept_encoding=True)
+        c.putheader("Content-Length", str(length))
+        c.putheader("Content-Type", "application/octet-stream")
+        c.endheaders()
+        with open(files[i], "rb") as f:
+            sent = c.sock.sendfile(f, start, length)
+        response = c.getresponse()
+        data = response.read()
+        if response.status != 200 or sent != length:
+            raise RuntimeError(f"part {i}/{n}: HTTP {response.status} {data[:200]!r}, {sent} bytes sent")
+
+    def compose(name: str, sources: list[str]) -> None:
+        body = json.dumps({"sourceObjects": [{"name": s} for s in sources],
+                           "destination": {"contentType": "application/octet-stream"}})
+        _gcs_request(conn(), "POST", f"/storage/v1/b/{bucket}/o/{quote(name)}/compose", body,
+                     {"Content-Type": "application/json"})
+
+    def delete(name: str) -> None:
+        _gcs_request(conn(), "DELETE", f"/storage/v1/b/{bucket}/o/{quote(name)}")
+
+    jobs = [(i, n, start, min(part, os.path.getsize(f) - start))
+            for i, f in enumerate(files) for n, start in enumerate(range(0, os.path.getsize(f), part), 1)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(send, jobs))
+        temporary: list[str] = []
+        finals: list[tuple[str, list[str]]] = []
+        middles: list[tuple[str, list[str]]] = []
+        for i, f in enumerate(files):
+            sources = [f"best/.p{i}-{n:04d}" for j, n, _, _ in jobs if j == i]
+            temporary += sources
+            if len(sources) > 32:
+                groups = [sources[k:k + 32] for k in range(0, len(sources), 32)]
+                middles += [(f"best/.p{i}-c{k}", g) for k, g in enumerate(groups)]
+                sources = [name for name, _ in middles[-len(groups):]]
+                temporary += sources
+            finals.append((f"best/{os.path.basename(f)}", sources))
+        list(pool.map(lambda m: compose(*m), middles))
+        list(pool.map(lambda m: compose(*m), finals))
+        list(pool.map(delete, temporary))
+    return time.perf_counter() - started
+
+
+def gcsfs_put_files(options: dict[str, Any], bucket: str, files: list[str]) -> float:
+    """Seconds for gcsfs's own ``put_file`` of every file, 4 at once (roxxel's GCS
+    uploads before composite uploads: one resumable upload each, its chunks in sequence)."""
+    import fsspec
+
+    fs = fsspec.filesystem("gs", skip_instance_cache=True, **options)
+    fs.exists(f"{bucket}/warm-up")
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda f: fs.put_file(f, f"{bucket}/gcsfs/{os.path.basename(f)}", chunksize=16 * MiB), files))
+    return time.perf_counter() - started
+
+
+def gcs_round(args: argparse.Namespace, spec: str, files: list[str], tmp: str, writer_first: bool) -> dict[str, float]:
+    """One round of every GCS client on dataset ``spec`` against a fresh fake-gcs-server
+    behind a fresh shaping proxy (fake-gcs-server's batch delete deletes nothing, so a
+    reset could not empty it)."""
+    from tests.servers import gcs_storage_options
+
+    shards, shard_mib = (int(x) for x in spec.split("x"))
+    part = args.part_mib * MiB
+    one: dict[str, float] = {}
+    with servers.gcs_server() as gcs:
+        gcs.create_bucket(BUCKET)
+        port, pid = int(gcs.endpoint.rsplit(":", 1)[1]), gcs.process.pid
+        with shaping_proxy.start(port, latency=args.latency, conn_rate=args.conn_mbps * 1e6,
+                                 link_rate=args.link_mbps * 1e6) as proxy:
+            shaped = gcs_storage_options(proxy.endpoint)
+
+            def writer() -> None:
+                cpu0 = cpu_seconds(pid)
+                w = run_writer(f"gs://{BUCKET}/d{spec}", shaped, shards, shard_mib, args.parts_in_flight)
+                one.update(writer_s=w["seconds"], writer_cpu=w["cpu"], rss_peak=w["rss_peak"],
+                           rss_before=w["rss_before"], moto_cpu_writer=cpu_seconds(pid) - cpu0, bytes=sum(w["sizes"]))
+                for k, size in enumerate(w["sizes"] if not files else []):
+                    files.append(os.path.join(tmp, f"gcs-{spec}-{k}"))
+                    with open(files[-1], "wb") as f:
+                        f.write(os.urandom(size))
+
+            def best() -> None:
+                cpu0, own0 = cpu_seconds(pid), time.process_time()
+                one["best_s"] = gcs_best_client(proxy.endpoint, BUCKET, files, part, args.parallel)
+                one.update(moto_cpu_best=cpu_seconds(pid) - cpu0, best_cpu=time.process_time() - own0)
+
+            def put_file() -> None:
+                one["put_file_s"], one["put_file_cpu"] = run_put_file(
+                    f"gs://{BUCKET}/p{spec}", shaped, files, args.parts_in_flight)
+
+            for step in (writer, best, put_file) if writer_first or not files else (put_file, best, writer):
+                step()
+            one["gcsfs_s"] = gcsfs_put_files(shaped, BUCKET, files)
+        one["server_s"] = gcs_best_client(gcs.endpoint, BUCKET, files, part, args.parallel)
+    return one
+
+
+def gcs_main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The GCS line: fake-gcs-server behind the proxy; roxxel's writer and its uploads
+    against the best parallel composite upload client, and gcsfs's put_file."""
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.datasets:
+            rounds: list[dict[str, float]] = []
+            files: list[str] = []
+            for n in range(args.repeat):
+                one = gcs_round(args, spec, files, tmp, writer_first=n % 2 == 0)
+                rounds.append(one)
+                total = one["bytes"]
+                print(f"  GCS {spec} round {n + 1}: roxxel {total / one['writer_s'] / 1e6:.0f} MB/s, its uploads "
+                      f"{total / one['put_file_s'] / 1e6:.0f} MB/s, best client {total / one['best_s'] / 1e6:.0f} MB/s, "
+                      f"gcsfs put_file {total / one['gcsfs_s'] / 1e6:.0f} MB/s, unshaped "
+                      f"{total / one['server_s'] / 1e6:.0f} MB/s; load {os.getloadavg()[0]:.1f}", flush=True)
+            print("GCS (fake-gcs-server; 'moto' below means the server):")
+            row = summarize(spec, rounds, len(files), False)
+            row["store"], row["gcsfs_mbps"] = "gcs", total / min(r["gcsfs_s"] for r in rounds) / 1e6
+            print(f"  gcsfs        {row['gcsfs_mbps']:6.0f} MB/s = {row['gcsfs_mbps'] / row['best_mbps']:4.0%} of the "
+                  "best client (put_file, 4 at once: roxxel's GCS uploads before)\n", flush=True)
+            results.append(row)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -282,10 +446,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="the writer's multipart.configure(parts_in_flight=...) (default: roxxel's)")
     parser.add_argument("--boto3", action="store_true", help="also time boto3 upload_part from threads")
     parser.add_argument("--out", help="also write the results as JSON to this file (e.g. bench-out/upload.json)")
+    parser.add_argument("--gcs", action="store_true",
+                        help="the GCS line instead: fake-gcs-server, the best parallel composite upload client")
     args = parser.parse_args(argv)
     print(f"link: {args.latency * 1000:.0f} ms to first byte, {args.conn_mbps:g} MB/s per connection, "
           f"{args.link_mbps:g} MB/s link; best client: {args.parallel} x {args.part_mib} MiB parts in flight; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.gcs:  # the GCS line
+        gcs_results = gcs_main(args)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(gcs_results, indent=2) + "\n")
+        return 0
     results = []
     with servers.s3_server() as s3, tempfile.TemporaryDirectory() as tmp:
         port = int(s3.endpoint.rsplit(":", 1)[1])
