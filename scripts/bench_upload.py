@@ -35,6 +35,7 @@ Usage: ``.venv/bin/python scripts/bench_upload.py [--datasets 4x64 1x256] [--lat
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
