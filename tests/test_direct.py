@@ -113,3 +113,71 @@ def test_https_endpoints_verify_the_certificate_and_host_with_botocore_s_bundle(
     assert direct._connect(s3_store.fs, parts)._context is conn._context  # loaded once
     monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/custom-ca.pem")
     assert direct._ca_bundle() == "/etc/custom-ca.pem"
+
+
+# -- ranged GETs signed here (no s3fs) ----------------------------------------------
+
+
+def fresh_store(s3_server, options: dict | None = None) -> tuple[Store, str]:
+    """A Store made as a reader makes it (over the deferred filesystem), with one object."""
+    prefix = f"signed-{uuid.uuid4().hex[:10]}"
+    options = s3_server.storage_options if options is None else options
+    Store(s3_server.url(BUCKET, prefix), options | {"skip_instance_cache": True}).put_bytes_overwrite("obj", DATA)
+    return Store(s3_server.url(BUCKET, prefix), options), "obj"
+
+
+def test_parts_are_read_by_ranged_gets_signed_here_without_s3fs(s3_server):
+    store, key = fresh_store(s3_server)
+    buffer = memoryview(bytearray(2**20))
+    for start, end in ((0, 1000), (2**20 + 5, 2 * 2**20 + 5), (len(DATA) - 77, len(DATA))):
+        assert bytes(store.read_part(key, start, end, buffer)) == DATA[start:end]
+    assert isinstance(store.backend._fs, direct.DeferredS3FileSystem)  # s3fs was never made
+
+
+def test_a_refused_signed_get_leaves_reads_to_s3fs_for_good(s3_server, monkeypatch, caplog):
+    """A store that refuses our signature (403) is read through s3fs from then on, and
+    the bytes are the same; the refusal is logged without the signature."""
+    import http.server
+    import threading
+    import urllib.parse
+
+    hits = []
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.headers.get("Authorization", ""))
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store, key = fresh_store(s3_server)
+        signer = direct._range_signer(store.backend._fs)
+        assert signer is not None
+        refusing = urllib.parse.urlsplit(f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setattr(direct, "_range_signer", lambda fs: (refusing, signer[1], signer[2]))
+        buffer = memoryview(bytearray(2**20))
+        with caplog.at_level(logging.INFO, logger="roxxel.backends.s3"):
+            assert bytes(store.read_part(key, 10, 5000, buffer)) == DATA[10:5000]
+            assert bytes(store.read_part(key, 5000, 9000, buffer)) == DATA[5000:9000]
+    finally:
+        server.shutdown()
+    assert len(hits) == 1 and hits[0].startswith("AWS4-HMAC-SHA256 Credential=")
+    assert "HTTP 403" in caplog.text and "Signature=" not in caplog.text
+
+
+@pytest.mark.parametrize("change", [
+    lambda o: o.pop("client_kwargs"),  # no region: botocore's to find
+    lambda o: o.pop("key") and o.pop("secret"),  # credentials from botocore's chain
+    lambda o: o.update(endpoint_url=o["endpoint_url"].replace("http:", "https:")),  # TLS
+])
+def test_ranged_gets_are_signed_here_only_with_everything_stated(s3_server, change):
+    options = s3_server.storage_options
+    change(options)
+    store = Store(s3_server.url(BUCKET, "x"), options)
+    assert direct._range_signer(store.backend._fs) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -151,6 +152,70 @@ def test_while_a_reader_waits_other_shards_get_half_the_slots(engine):
     store.gate.set()
     for t in threads:
         t.join(10)
+
+
+def test_a_reader_s_first_shard_is_urgent_before_any_part_is_picked(engine):
+    """Told at download() (not by a hurry after it started), the first shard's parts go
+    first even when every slot is free to others at that moment."""
+    store = FakeStore({"a": b"a" * (1024 * KIB), "b": b"b" * (1024 * KIB), "first": b"f" * (1024 * KIB)})
+    store.gate = threading.Event()
+    threads = [threading.Thread(target=download, args=(engine, store, k), kwargs=kw) for k, kw in
+               (("a", {}), ("b", {}), ("first", {"urgent": True, "first": True}))]
+    threads[0].start()
+    threads[1].start()
+    while len(store.calls) < engine.limit:  # every slot taken by the others, held at the gate
+        time.sleep(0.001)
+    threads[2].start()
+    while not any(t.key == "first" for t in engine._transfers):
+        time.sleep(0.001)
+    store.gate.set()
+    for t in threads:
+        t.join(10)
+    after = [key for key, _, _ in store.calls[engine.limit:]]
+    # once the gate opens, the slots that free up go to the first shard (asked for last),
+    # the others keeping a quarter of them until it has arrived
+    assert after[0] == "first" and after[: engine.limit].count("first") >= engine.limit - engine.limit // 4
+
+
+def test_the_first_shard_a_reader_waits_for_comes_in_smaller_pieces(monkeypatch):
+    """Its parts not yet taken are cut into up to half the slots' worth of pieces, so it
+    arrives over more connections; other shards keep whole parts."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
+    e = PartEngine(parts=16, part_size=256 * KIB)
+    e.attach()
+    rng = np.random.default_rng(2)
+    store = FakeStore({"other": rng.bytes(64 * 256 * KIB), "first": rng.bytes(1024 * KIB)}, delay=0.005)
+    try:
+        other = threading.Thread(target=download, args=(e, store, "other"))
+        other.start()
+        while len(store.calls) < 4:
+            time.sleep(0.001)
+        assert download(e, store, "first", urgent=True, first=True) == store.objects["first"]
+        other.join(10)
+    finally:
+        e.detach()
+    pieces = sorted((a, b) for key, a, b in store.calls if key == "first")
+    assert pieces == [(a, a + 128 * KIB) for a in range(0, 1024 * KIB, 128 * KIB)]  # 8 = 16 slots / 2
+    last = max(i for i, (key, _, _) in enumerate(store.calls) if key == "first")
+    assert {b - a for key, a, b in store.calls[:last] if key == "other"} == {256 * KIB}
+
+
+def test_the_last_parts_are_cut_finer_to_fill_idle_slots(monkeypatch):
+    """Fewer parts left than free slots (the end of an epoch): the rest of an object goes
+    in pieces, spread over the idle connections, and still arrives whole and in order."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
+    e = PartEngine(parts=8, part_size=256 * KIB)
+    e.attach()
+    data = np.random.default_rng(3).bytes(512 * KIB + 5)  # 3 parts for 8 slots
+    store = FakeStore({"tail": data}, delay=0.01)
+    try:
+        assert download(e, store, "tail") == data
+    finally:
+        e.detach()
+    pieces = sorted((a, b) for _, a, b in store.calls)
+    assert len(pieces) >= 8 and max(b - a for a, b in pieces) < 256 * KIB
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(data)
+    assert all(x[1] == y[0] for x, y in itertools.pairwise(pieces))  # they tile the object
 
 
 def test_a_failed_part_is_raised_after_the_parts_before_it(engine):

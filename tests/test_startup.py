@@ -71,19 +71,33 @@ def test_opening_a_local_dataset_imports_no_cloud_sdk(tmp_path):
     assert seen["records"] == 40
 
 
-def test_a_warm_s3_open_imports_neither_s3fs_nor_botocore(s3_server, tmp_path):
-    """The manifest is read by one signed GET; s3fs (aiobotocore, aiohttp) is imported
-    only when a shard must be downloaded."""
+def test_an_s3_read_imports_neither_s3fs_nor_botocore(s3_server, tmp_path):
+    """The manifest is read by one signed GET, and with an explicit endpoint, region and
+    keys the shards are downloaded by signed ranged GETs too: a cold read needs neither
+    s3fs (aiobotocore, aiohttp) nor botocore, nor does a warm one."""
     url = s3_server.url("roxxel-tests", f"startup-{tmp_path.name}/ds")
     options = s3_server.storage_options
     write(url, options)
     cold = fresh_open(url, options, tmp_path / "cold")
-    assert "s3fs" in cold["heavy"]  # the shards were downloaded through it
+    assert cold["heavy"] == []
     with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "warm")) as ds:
         ds.warm()
     warm = fresh_open(url, options, tmp_path / "warm")
     assert warm["heavy"] == []
     assert (warm["records"], warm["first"], warm["resumed"]) == (cold["records"], cold["first"], cold["resumed"])
+
+
+def test_shard_downloads_without_a_region_go_through_s3fs(s3_server, tmp_path):
+    """Signing a ranged GET here needs the region stated: without one, the region is
+    botocore's to find, and the shards come by s3fs's presigned GETs (the same records)."""
+    url = s3_server.url("roxxel-tests", f"noregion-{tmp_path.name}/ds")
+    options = s3_server.storage_options
+    write(url, options)
+    stated = fresh_open(url, options, tmp_path / "stated")
+    options.pop("client_kwargs")
+    unstated = fresh_open(url, options, tmp_path / "unstated")
+    assert "s3fs" in unstated["heavy"] and stated["heavy"] == []
+    assert (unstated["records"], unstated["first"]) == (stated["records"], stated["first"])
 
 
 def test_an_s3_store_defers_s3fs_until_something_needs_it(s3_server, tmp_path):

@@ -34,6 +34,7 @@ import os
 import ssl
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 import weakref
@@ -55,7 +56,7 @@ from .errors import HTTPStatusError, http_status
 from .generic import FsspecBackend, etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
-from .s3open import DeferredS3FileSystem, signed_get
+from .s3open import DeferredS3FileSystem, signed_get, sigv4_headers
 from .watchdog import current_timeout, fill, read_in_pieces
 
 __all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
@@ -125,6 +126,10 @@ class S3Backend(FsspecBackend):
         return super().read_range(path, start, end) if n is None else data
 
     def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
+        deferred = self._fs if isinstance(self._fs, DeferredS3FileSystem) else None
+        n = read_signed_range(deferred, path, start, end, into) if deferred is not None else None
+        if n is not None:
+            return n
         n = read_direct_range(self.fs, path, start, end, into)
         return copy_into(super().read_range(path, start, end), into) if n is None else n
 
@@ -315,7 +320,56 @@ def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, i
     if parts is None:
         return None
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    headers = {"Range": f"bytes={start}-{end - 1}"}
+    return _ranged_get(fs, parts, target, {}, path, start, end, into)
+
+
+def read_signed_range(fs: DeferredS3FileSystem, path: str, start: int, end: int, into: memoryview) -> int | None:
+    """:func:`read_direct_range` before s3fs is needed (a dataset opened through
+    :mod:`.s3open`): the GET is signed here with Signature Version 4 headers
+    (:func:`.s3open.sigv4_headers`), so a cold read imports neither s3fs nor botocore (a
+    fresh process's first parts waited ~250 ms for them). Only where nothing is left to
+    botocore's judgement: an explicit plain-HTTP ``endpoint_url``, a ``region_name``, and
+    ``key``/``secret`` (and ``token``) in the options (signing then costs microseconds a
+    request). None: not possible here, or refused once (then s3fs reads from now on)."""
+    signer = None if refused(fs) else _range_signer(fs)
+    if signer is None:
+        return None
+    parts, target, sign = signer
+    return _ranged_get(fs, parts, target(path), sign(target(path)), path, start, end, into)
+
+
+def _range_signer(fs: DeferredS3FileSystem) -> tuple[urllib.parse.SplitResult, Any, Any] | None:
+    """(the endpoint, path -> request target, target -> signed headers), or None."""
+    options = fs.storage_options
+    client, config = options.get("client_kwargs") or {}, options.get("config_kwargs") or {}
+    endpoint = options.get("endpoint_url") or client.get("endpoint_url")
+    region = client.get("region_name") or config.get("region_name")
+    key, secret, token = options.get("key"), options.get("secret"), options.get("token")
+    if not (isinstance(endpoint, str) and isinstance(region, str) and key and secret):
+        return None
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme != "http" or not parts.hostname or _proxied(parts.hostname):
+        return None  # TLS stays with botocore's CA bundle and settings, through s3fs
+    if (config.get("s3") or {}).get("addressing_style") not in (None, "auto", "path"):
+        return None
+    base = parts.path.rstrip("/")
+    host = parts.netloc.removesuffix(":80")  # as botocore signs a default port
+
+    def target(path: str) -> str:
+        return f"{base}/{urllib.parse.quote(path, safe='/~')}"
+
+    def sign(request_target: str) -> dict[str, str]:
+        return sigv4_headers("GET", host, request_target, region, (key, secret, token or None),
+                             time.gmtime())
+
+    return parts, target, sign
+
+
+def _ranged_get(fs: Any, parts: urllib.parse.SplitResult, target: str, signed: dict[str, str], path: str,
+                start: int, end: int, into: memoryview) -> int | None:
+    """Bytes ``[start, end)`` of ``path`` by one GET of ``target`` on a kept-alive
+    connection to ``parts``' host, with the ``signed`` headers (see :func:`read_direct_range`)."""
+    headers = {**signed, "Range": f"bytes={start}-{end - 1}"}
     while True:
         conn, reused = _CONNECTIONS.take(fs, parts)
         try:

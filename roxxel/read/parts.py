@@ -66,6 +66,9 @@ DEFAULT_PART_SIZE = 8 * 2**20
 #: Parts in flight per node to start with: 32 connections of 50-100 MB/s each carry a
 #: link of 1.6-3.2 GB/s; :class:`Concurrency` raises it (to 2x) while throughput grows.
 DEFAULT_PARTS_IN_FLIGHT = 32
+#: The first shard a reader waits for is fetched in pieces no smaller than this: over
+#: 30 ms to first byte and 25 MB/s a connection, 1 MiB takes 70 ms, twice its latency.
+_SMALLEST_PIECE = 2**20
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
 
@@ -172,6 +175,24 @@ class _Transfer:
         self.on_part: Callable[[int, float, float], object] | None = None
         self.on_retry: Callable[[BaseException], object] | None = None
 
+    def arriving(self) -> bool:
+        """Some of its parts are still to be issued or in flight."""
+        return self.issued < len(self.bounds) or self.in_flight > 0
+
+    def split(self, parts: int, smallest: int) -> None:
+        """Cut the parts not yet issued into about ``parts`` pieces of ``smallest`` bytes
+        or more (never larger than they were): the first shard a reader waits for comes
+        sooner over more connections. Only parts no connection has taken change."""
+        rest = self.bounds[self.issued :]
+        if not rest:
+            return
+        start, end = rest[0][0], rest[-1][1]
+        largest = max(b - a for a, b in rest)
+        piece = min(largest, max(smallest, -(-(end - start) // max(1, parts))))
+        if piece >= largest:
+            return
+        self.bounds[self.issued :] = [(a, min(a + piece, end)) for a in range(start, end, piece)]
+
     def priority(self) -> tuple[bool, float, int]:
         return (not self.urgent, self.order, self.ticket)
 
@@ -270,6 +291,8 @@ class PartEngine:
         on_part: Callable[[int, float, float], object] | None = None,
         on_retry: Callable[[BaseException], object] | None = None,
         order: float | None = None,
+        urgent: bool = False,
+        first: bool = False,
     ) -> _Transfer:
         """Feed the ``size`` bytes of ``key`` to ``sink`` in order, fetched as parts.
 
@@ -279,7 +302,9 @@ class PartEngine:
         called for each part fetched (from a connection thread), ``on_retry(exc)`` for
         each failed attempt that is retried. ``order`` is when the object is needed (a
         position in its reader's order; objects needed sooner go first), by default the
-        order downloads were asked for. A part's error is raised here, at that part,
+        order downloads were asked for. ``urgent`` (``first``): a reader already waits for
+        it (for its first record), as :meth:`hurry` would say, but known before any of its
+        parts can be picked. A part's error is raised here, at that part,
         after the parts before it were consumed. Exceptions of ``sink`` propagate.
         """
         with self._cond:
@@ -288,14 +313,19 @@ class PartEngine:
             transfer.on_part, transfer.on_retry = on_part, on_retry
             if order is not None:
                 transfer.order = order
+            transfer.urgent = urgent
+            if urgent and first:
+                self._first(transfer)
             self._transfers.append(transfer)
             self._ensure_threads()
             self._cond.notify_all()
         try:
             if on_start is not None:
                 on_start(transfer)
-            for i in range(len(transfer.bounds)):
+            i = 0
+            while i < self._parts_of(transfer):  # (a hurried transfer's may be cut finer)
                 data = self._wait_for(transfer, i, check_cancelled)
+                i += 1
                 if isinstance(data, BaseException):
                     raise data
                 if data:
@@ -313,8 +343,21 @@ class PartEngine:
             return
         with self._cond:
             transfer.urgent = True
-            transfer.first = transfer.first or first
+            if first and not transfer.first:
+                self._first(transfer)
             self._cond.notify_all()
+
+    def _first(self, transfer: _Transfer) -> None:
+        """(Lock held.) ``transfer`` is the first shard its reader waits for: the rest of
+        it goes on up to half the slots, in pieces of at least :data:`_SMALLEST_PIECE`,
+        so the first record comes in about one small part's time rather than a whole
+        part's at a fraction of the link (the others keep a quarter meanwhile)."""
+        transfer.first = True
+        transfer.split(max(1, self.limit // 2), min(self.part_size, _SMALLEST_PIECE))
+
+    def _parts_of(self, transfer: _Transfer) -> int:
+        with self._cond:
+            return len(transfer.bounds)
 
     def _wait_for(
         self, transfer: _Transfer, i: int, check_cancelled: Callable[[], None] | None
@@ -363,7 +406,7 @@ class PartEngine:
         # every connection, fewer of them leave the waited-for parts more of it, and the
         # record comes sooner; half still fill a link whose connections each carry a
         # sixteenth of it, as on S3.
-        waited = [t for t in self._transfers if t.urgent and not t.done]
+        waited = [t for t in self._transfers if t.urgent and not t.done and t.arriving()]
         cap = self.limit // (4 if any(t.first for t in waited) else 2)
         others = sum(t.in_flight for t in self._transfers if not t.urgent) if waited else 0
         full = False
@@ -373,12 +416,21 @@ class PartEngine:
                 continue
             if waited and not transfer.urgent and others >= cap:
                 return None  # (the urgent ones sort first: nothing after this one is)
-            if i == transfer.consumed:  # its consumer waits for this very part
-                return transfer, i
-            if not full and self._reserved + transfer.nbytes(i) <= self.budget:
-                return transfer, i
+            if i == transfer.consumed or (not full and self._reserved + transfer.nbytes(i) <= self.budget):
+                self._spread(transfer)
+                return transfer, i  # (a part its consumer waits for goes even past the budget)
             full = True  # nothing jumps this transfer's turn but a part being waited for
         return None
+
+    def _spread(self, transfer: _Transfer) -> None:
+        """(Lock held.) Slots would stay idle, since fewer parts are left to issue than
+        slots are free (the end of an epoch, a small dataset): cut ``transfer``'s rest
+        finer, so that the last shards too arrive over many connections, not one part's."""
+        free = self.limit - self._in_flight
+        left = sum(len(t.bounds) - t.issued for t in self._transfers if not t.done)
+        if 0 < left < free:
+            mine = len(transfer.bounds) - transfer.issued
+            transfer.split(mine * free // left, min(self.part_size, _SMALLEST_PIECE))
 
     def _waiting(self) -> bool:
         return any(not t.done and t.issued < len(t.bounds) for t in self._transfers)

@@ -281,12 +281,16 @@ class Residency:
                 store.stream(key, counted(sink), size=size)
                 return
             parts = self._attached_engine()
+            with self._lock:  # told before its parts can be picked, not after (_started)
+                waited = urgent or k in self._wanted
+                first = waited and not self._handles
             try:
                 # (threads start downloads in any order: the reader's order decides which goes first)
                 parts.download(store, key, size, counted(sink), check_cancelled=check_cancelled,
                                on_start=lambda transfer: self._started(k, transfer, urgent),
                                on_part=self._count_part, on_retry=self._count_retry,
-                               order=self._next_use.get(self.catalog.checksums[k]))
+                               order=self._next_use.get(self.catalog.checksums[k]),
+                               urgent=waited, first=first)
             finally:
                 with self._lock:
                     self._transfers.pop(k, None)
