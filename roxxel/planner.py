@@ -56,6 +56,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
@@ -254,8 +255,7 @@ class WindowOrder:
             ends = self.stage_starts[1:]
             head = int(ends[ends <= _RANKED].max(initial=0))  # whole stages only
             values = Permutation(self.size, [*self.key, 2])(np.arange(head, dtype=np.int64))  # type: ignore[misc]
-            stage = np.searchsorted(self.stage_starts[:-1], np.arange(head), side="right") - 1
-            self._head = np.lexsort((values, stage))
+            self._head = _rank_within(values, self.stage_starts[self.stage_starts <= head])
         return self._head
 
     def _in_stage(self, k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -303,6 +303,15 @@ class _Stage(NamedTuple):
 
 _LOOKUP_ENTRIES = 1 << 16
 _RANKED = 1 << 16  # the stages within a window's first _RANKED positions are ordered at once
+
+
+def _rank_within(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """The positions ``cuts[k]..cuts[k+1]-1`` of each run ``k``, ordered by their
+    ``values`` (distinct): ``np.lexsort((values, run of each position))``, a sort per
+    run (several times faster than the lexsort)."""
+    bounds = cuts.tolist()
+    return np.concatenate([np.argsort(values[a:b]) + a for a, b in pairwise(bounds)] or
+                          [np.zeros(0, dtype=np.int64)])
 
 
 def _stride(n: int) -> int:

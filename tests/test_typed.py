@@ -344,20 +344,20 @@ def test_the_torch_adapter_reads_an_undeclarable_type_as_bytes(tmp_path, caplog)
 
 
 def test_pieces_read_records_off_their_shard_s_grid():
-    from roxxel.read.typed import TypedRecords, _Pieces
+    from roxxel.read.typed import TypedRecords, _Batch, _Pieces
 
     payload = np.arange(64, dtype=np.uint8)
     typed = TypedRecords(None, RecordType.of("<u2", 2), "synthetic")  # records of 4 bytes
     begins = np.array([1, 9, 30, 1], dtype=np.int64)  # not multiples of 4: byte by byte
-    pieces = _Pieces([payload], np.zeros(4, np.int64), begins, begins + 4, typed, lambda: 3, str)
-    first, second = list(pieces)
+    batch = _Batch(typed, 3)
+    first, rest = list(_Pieces([payload], np.zeros(4, np.int64), begins, begins + 4, typed, batch, str))
     expect = np.stack([payload[b : b + 4].view("<u2") for b in begins.tolist()])
-    assert first.shape == (3, 2) and np.array_equal(np.concatenate([first, second]), expect)
+    assert first.shape == (3, 2) and rest is None and batch.have == 1  # the next block finishes it
+    assert np.array_equal(np.concatenate([first, batch.take()]), expect)
     with pytest.raises(IndexError, match="outside its payload of 64 bytes"):
-        _Pieces([payload], np.zeros(1, np.int64), np.array([62]), np.array([66]), typed, lambda: 1, str)
+        _Pieces([payload], np.zeros(1, np.int64), np.array([62]), np.array([66]), typed, batch, str)
     with pytest.raises(ShardFormatError, match="synthetic: rec 0 has 3 bytes"):
-        _Pieces([payload], np.zeros(1, np.int64), np.array([0]), np.array([3]), typed, lambda: 1,
-                lambda j: f"rec {j}")
+        _Pieces([payload], np.zeros(1, np.int64), np.array([0]), np.array([3]), typed, batch, lambda j: f"rec {j}")
 
 
 def test_what_roxxel_pack_writes_from_npy_reads_typed(tmp_path):

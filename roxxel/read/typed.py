@@ -28,7 +28,7 @@ typed or not.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from itertools import islice, pairwise
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
     RecordIterator = Any
 
 __all__ = ["RecordType", "TypedIterator", "TypedRecords", "declared_type"]
-
-_PIECE_BYTES = 1 << 20  # a stream's typed batches are gathered about this much at a time
 
 
 def declared_type(manifest: Manifest, store: Store) -> RecordType | None:
@@ -259,43 +257,24 @@ class TypedIterator(Iterator[Any]):
                 raise typed._misfit(self._where(raw.position - 1), view.shape[0]) from None
 
     def _fixed_batches(self, size: int) -> Iterator[np.ndarray]:
-        """Batches of fixed-shape records gathered from the stream's blocks' bounds, a
-        shard at a time (no object per record): the stream yields pieces of several
-        batches (about :data:`_PIECE_BYTES`), cut here into batches (views of the piece)."""
+        """Batches of fixed-shape records copied straight from the stream's blocks' bounds
+        into each batch's array (no object per record, no second copy): a block fills the
+        batch being assembled, which the next block finishes if this one ends first."""
         raw, typed = self.raw, self._typed
-        assert typed._nbytes is not None
-        extra = max(_PIECE_BYTES // (size * max(typed._nbytes, 1)) - 1, 0) * size
-        have = 0  # records of the batch being assembled
+        batch = _Batch(typed, size)
 
         def make(payloads: list[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray) -> _Pieces:
             first = raw.position  # the block's first position: the previous block is done
-            return _Pieces(payloads, slots, begins, ends, typed, lambda: size - have,
-                           lambda j: self._where(first + j), size, extra)
+            return _Pieces(payloads, slots, begins, ends, typed, batch, lambda j: self._where(first + j))
 
         raw.make_views = make
-        pending: list[np.ndarray] = []
-        for piece in raw:
-            n, at = len(piece), 0
-            self._held = have + n
-            if have:  # finish the batch begun in the previous block
-                at = min(size - have, n)
-                pending.append(piece[:at])
-                have += at
-                if have < size:
-                    continue
-                batch = np.concatenate(pending)
-                pending, have = [], 0
-                self._held -= size
-                yield batch
-            while n - at >= size:
-                self._held -= size
-                yield piece[at : at + size]
-                at += size
-            if at < n:
-                pending, have = [piece[at:]], n - at
-        if pending:
+        for full in raw:
+            self._held = batch.have
+            if full is not None:
+                yield full
+        if batch.have:
             self._held = 0
-            yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+            yield batch.take()
 
     def _batches(self, size: int) -> Iterator[Any]:
         raw, typed = self.raw, self._typed
@@ -314,26 +293,61 @@ class TypedIterator(Iterator[Any]):
                        for j, v in enumerate(views)]
 
 
-class _Pieces:
-    """One block of a planned stream (its records' bounds in its shards' payloads), read
-    as pieces of batches of fixed-shape records: the ``RecordViews`` contract of
-    :mod:`roxxel.read.views`, with ``(n, *shape)`` arrays for views. A piece holds
-    ``wanted()`` records (what the batch being assembled still needs) and ``extra`` more
-    (whole batches of ``batch``), or the block's rest; within each batch's part, its
-    records are copied a shard at a time (one ``take`` each), grouped by shard in stream
-    order. ``__length_hint__`` counts the records not yet in a piece, which is how the
-    stream's position is known.
+class _Batch:
+    """The batch a typed stream is assembling: a new array of ``size`` records (allocated
+    as its first record comes), as a ``(size, record bytes)`` ``uint8`` view to copy
+    records into, and how many it holds (``have``)."""
 
-    Every bound is checked before the first piece, as ``record_views`` checks them; a
+    __slots__ = ("array", "dtype", "have", "nbytes", "rows", "shape", "size")
+
+    def __init__(self, typed: TypedRecords, size: int) -> None:
+        assert typed._nbytes is not None and typed.shape is not None
+        self.size, self.nbytes, self.dtype, self.shape = size, typed._nbytes, typed.dtype, typed.shape
+        self.have = 0
+        self.array: np.ndarray | None = None
+        self.rows: np.ndarray | None = None
+
+    def open(self) -> np.ndarray:
+        """The batch's rows, allocated if they are not yet."""
+        if self.rows is None:
+            buf = np.empty(self.size * self.nbytes, dtype=np.uint8)
+            self.rows = buf.reshape(self.size, self.nbytes)
+            self.array = buf.view(self.dtype).reshape(self.size, *self.shape)
+        return self.rows
+
+    def take(self) -> np.ndarray:
+        """The records held, as a ``(have, *shape)`` array; the next batch starts empty."""
+        assert self.array is not None
+        out = self.array if self.have == self.size else self.array[: self.have]
+        self.array = self.rows = None
+        self.have = 0
+        return out
+
+
+class _Pieces:
+    """One block of a planned stream (its records' bounds in its shards' payloads) copied
+    into fixed-shape batches: the ``RecordViews`` contract of :mod:`roxxel.read.views`,
+    whose items are the batches ``batch`` completes (a block that ends before its batch
+    does gives None for it last: the next block finishes it).
+    ``__length_hint__`` counts the records not yet copied, which is how the stream's
+    position is known.
+
+    Within each batch's part of the block, records are grouped by slot (the window's
+    shards in download order), in stream order within each group: a run of records
+    stored back to back is one copy, and other records are one ``take`` a slot and
+    batch. (When a batch's slots never go down in stream order, as in an unshuffled
+    stream, that is the stream order itself.)
+
+    Every bound is checked before the first batch, as ``record_views`` checks them; a
     record of another size raises the misfit error naming ``where(j)``, its j-th record.
     """
 
-    __slots__ = ("_at", "_batch", "_extra", "_local", "_rows", "_slots", "_typed", "_wanted")
+    __slots__ = ("_at", "_batch", "_gather", "_local", "_rows", "_seg", "_seg_local", "_seg_slot",
+                 "_seg_starts", "_slots")
 
     def __init__(
         self, payloads: list[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray,
-        typed: TypedRecords, wanted: Callable[[], int], where: Callable[[int], str],
-        batch: int = 1, extra: int = 0,
+        typed: TypedRecords, batch: _Batch, where: Callable[[int], str],
     ) -> None:
         size = typed._nbytes
         assert size is not None
@@ -347,16 +361,21 @@ class _Pieces:
         bad = np.flatnonzero(ends - begins != size)
         if len(bad):
             raise typed._misfit(where(int(bad[0])), int(ends[bad[0]] - begins[bad[0]]))
-        self._typed, self._wanted, self._batch, self._extra = typed, wanted, max(batch, 1), extra
-        self._slots = slots
-        self._rows: list[np.ndarray] | None = None
+        self._batch, self._slots = batch, slots
+        self._rows: list[np.ndarray] | None
         self._local = begins // size
-        if not (begins % size == 0).all():  # a record off the grid of its shard: byte by byte
-            self._local = begins
+        self._gather = self._take
+        if not (begins - self._local * size == 0).all():  # a record off the grid of its shard
+            self._local = begins  # (rows: a window of the record's size at each byte)
             self._rows = [np.lib.stride_tricks.sliding_window_view(p, size) if len(p) >= size else
                           p[:0].reshape(0, size) for p in payloads]
+            self._gather = self._index
         else:
             self._rows = [p[: len(p) // size * size].reshape(-1, size) for p in payloads]
+        self._seg_starts: list[int] = []  # (see _segments; empty: not worked out yet)
+        self._seg_slot: list[int] = []
+        self._seg_local: list[int] | np.ndarray = []
+        self._seg = 0
         self._at = 0
 
     def __iter__(self) -> _Pieces:
@@ -365,33 +384,75 @@ class _Pieces:
     def __length_hint__(self) -> int:
         return len(self._slots) - self._at
 
-    def __next__(self) -> np.ndarray:
-        rows, lo = self._rows, self._at
-        if rows is None or lo >= len(self._slots):
+    def __next__(self) -> np.ndarray | None:
+        rows, at = self._rows, self._at
+        n = len(self._slots)
+        if rows is None or at >= n:
             raise StopIteration
-        head = max(self._wanted(), 1)  # the rest of the batch being assembled
-        hi = min(len(self._slots), lo + head + self._extra)
-        slots, local = self._slots[lo:hi], self._local[lo:hi]
-        typed = self._typed
-        out = np.empty((hi - lo, typed._nbytes), dtype=np.uint8)  # type: ignore[arg-type]
-        first = int(slots[0])
-        if (slots == first).all():
-            start = int(local[0])
-            if int(local[-1]) - start == hi - lo - 1 and (hi - lo < 2 or (np.diff(local) == 1).all()):
-                np.copyto(out, rows[first][start : start + hi - lo])  # a run in stored order
+        batch = self._batch
+        dst = batch.open()
+        have = batch.have
+        if not self._seg_starts:
+            self._segments(have, batch.size)
+        stop = min(n, at + batch.size - have)
+        starts, seg_slot, seg_local = self._seg_starts, self._seg_slot, self._seg_local
+        j = self._seg
+        while at < stop:  # the segments (runs, or a slot's records) in [at, stop)
+            while starts[j + 1] <= at:
+                j += 1
+            end = min(starts[j + 1], stop)
+            if isinstance(seg_local, list):  # a run of records stored back to back
+                first = seg_local[j] + at - starts[j]
+                np.copyto(dst[have : have + end - at], rows[seg_slot[j]][first : first + end - at])
             else:
-                np.take(rows[first], local, axis=0, out=out, mode="clip")  # (bounds checked above)
-        else:  # grouped by shard within each batch's part, so each batch holds its records
-            part = np.maximum(np.arange(-head, hi - lo - head), -1) // self._batch + 1
-            key = part * len(rows) + slots
-            order = np.argsort(key, kind="stable")
-            key, slots, local = key[order], slots[order], local[order]
-            cuts = [0, *(np.flatnonzero(key[1:] != key[:-1]) + 1).tolist(), hi - lo]
-            for a, b in pairwise(cuts):
-                np.take(rows[int(slots[a])], local[a:b], axis=0, out=out[a:b], mode="clip")
-        self._at = hi
-        return out.view(typed.dtype).reshape(hi - lo, *typed.shape)  # type: ignore[misc]
+                self._gather(rows[seg_slot[j]], seg_local[at:end], dst[have : have + end - at])
+            have += end - at
+            at = end
+        self._seg, self._at = j, at
+        batch.have = have
+        return batch.take() if have == batch.size else None
+
+    def _segments(self, have: int, size: int) -> None:
+        """Works out the block's segments, the batch being assembled holding ``have`` of
+        its ``size`` records: runs of records stored back to back where they are few and
+        keep each batch's grouping; otherwise each batch's records of each slot, in
+        stream order (``_seg_local`` then holds every record, in that order)."""
+        slots, local = self._slots, self._local
+        n = len(slots)
+        breaks = np.flatnonzero((slots[1:] != slots[:-1]) | (local[1:] - local[:-1] != 1)) + 1
+        if self._gather == self._take and len(breaks) <= n // 16:
+            down = breaks[slots[breaks] < slots[breaks - 1]]  # a slot after a higher one...
+            if not ((down + have) % size).any():  # ... only ever at a batch's start
+                cuts = [0, *breaks.tolist()]
+                self._seg_starts = [*cuts, n]
+                self._seg_slot = slots[cuts].tolist()
+                self._seg_local = local[cuts].tolist()
+                return
+        part = (np.arange(n, dtype=np.int64) + have) // size  # each record's batch
+        order = _stable_order(slots, len(self._rows or ()))
+        order = order[_stable_order(part[order], int(part[-1]) + 1)]  # by batch, then slot
+        slots, part = slots[order], part[order]
+        cuts = np.flatnonzero((slots[1:] != slots[:-1]) | (part[1:] != part[:-1])) + 1
+        self._seg_starts = [0, *cuts.tolist(), n]
+        self._seg_slot = slots[self._seg_starts[:-1]].tolist()
+        self._seg_local = local[order]
+
+    @staticmethod
+    def _take(rows: np.ndarray, local: np.ndarray, out: np.ndarray) -> None:
+        rows.take(local, 0, out, "clip")  # (every bound checked on arrival)
+
+    @staticmethod
+    def _index(rows: np.ndarray, local: np.ndarray, out: np.ndarray) -> None:
+        out[...] = rows[local]  # rows of windows at byte offsets: take would copy them whole
 
     def close(self) -> None:
         self._rows = None  # lets go of the maps
         self._at = len(self._slots)
+
+
+def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
+    """The stable ascending order of ``keys`` (each in ``range(bound)``): a radix sort
+    of 16-bit keys where they fit."""
+    if bound <= 1 << 16:
+        keys = keys.astype(np.uint16)
+    return np.argsort(keys, kind="stable")
