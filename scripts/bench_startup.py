@@ -26,11 +26,24 @@ as PEER-LIBRARIES.md describes. MosaicML reads a warm local index without contac
 the store; roxxel reads the manifest from the store on every open (a dataset may have
 been appended to), so its figures include one GET.
 
+With ``--aws``, the timed roxxel processes open the dataset as a user on AWS would:
+no ``endpoint_url``, credentials and region from the environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``; with ``--aws-mode head``, no region,
+so each fresh process finds the bucket's by one HEAD; with ``--aws-mode s3fs``,
+``AWS_ENDPOINT_URL`` is also set to the server, which the fast path leaves to s3fs: what
+every open without ``endpoint_url`` cost before). They reach moto through the test
+seam: right after ``import roxxel`` (so the import figure is unchanged),
+``roxxel.backends.aws_endpoint._aws_endpoint`` is patched to connect to the loopback
+server, keeping AWS's ``Host`` header, addressing and signature. Warming the cache and
+taking the iteration state still use the explicit endpoint. These figures are labelled
+"AWS endpoints through a loopback seam": moto's answers, not AWS's network.
+
 Bytecode is written and warmed first (``PYTHONDONTWRITEBYTECODE`` is dropped for the
 children): an installed package has it; the import figures would otherwise count
 compiling roxxel's sources.
 
-Usage: ``.venv/bin/python scripts/bench_startup.py [--runs 5] [--mosaic .venv-bench/bin/python]``
+Usage: ``.venv/bin/python scripts/bench_startup.py [--runs 5] [--mosaic .venv-bench/bin/python]
+[--aws [--aws-mode env|head|s3fs]]``
 """
 
 from __future__ import annotations
@@ -58,6 +71,10 @@ import roxxel
 t_import = T()
 url, options, cache_dir, mode, state = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 out = {"import": t_import - t0}
+if len(sys.argv) > 6:  # --aws: AWS's endpoints, connected to the loopback server (the test seam)
+    from roxxel.backends import aws_endpoint
+    _real, _port = aws_endpoint._aws_endpoint, int(sys.argv[6])
+    aws_endpoint._aws_endpoint = lambda b, r, p: _real(b, r, p)._replace(scheme="http", address=("127.0.0.1", _port))
 t = T()
 ds = roxxel.open(url, storage_options=options, cache_dir=cache_dir)
 out["open"] = T() - t
@@ -146,7 +163,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run(python: str, code: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
     lines = done.stdout.strip().splitlines()
@@ -161,21 +178,39 @@ def median_ms(results: list[dict[str, Any]], key: str) -> str:
 class Roxxel:
     """roxxel's children: a warm cache, a saved iteration state, then one round per call."""
 
-    def __init__(self, url: str, options: dict[str, Any], cache_dir: str, args: argparse.Namespace) -> None:
+    def __init__(self, url: str, options: dict[str, Any], cache_dir: str, args: argparse.Namespace,
+                 aws_endpoint: str | None = None) -> None:
         self.env, self.args = child_env(), [url, json.dumps(options), cache_dir]
         run(sys.executable, _ROXXEL_CHILD, [*self.args, "warm", ""], self.env)  # also writes bytecode
         state = run(sys.executable, _ROXXEL_CHILD, [*self.args, "state", str(args.resume_at)], self.env)["state"]
         self.state = json.dumps(state)
+        self.label, self.extra = "", []
+        if aws_endpoint is not None:  # the timed processes: no endpoint_url, AWS's settings from the environment
+            self.label = " on AWS endpoints through a loopback seam"
+            self.env = {k: v for k, v in child_env().items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
+            self.env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                            AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+            if args.aws_mode != "head":
+                self.env["AWS_DEFAULT_REGION"] = "us-east-1"
+            self.label += {
+                "env": " (credentials and region from the environment)",
+                "head": " (credentials from the environment, the region by one HEAD)",
+                "s3fs": " (AWS_ENDPOINT_URL set: the fast path steps aside, s3fs opens)",
+            }[args.aws_mode]
+            if args.aws_mode == "s3fs":
+                self.env["AWS_ENDPOINT_URL"] = aws_endpoint
+            self.args, self.extra = [url, json.dumps({}), cache_dir], [aws_endpoint.rsplit(":", 1)[1]]
         self.firsts: list[dict[str, Any]] = []
         self.resumes: list[dict[str, Any]] = []
 
     def round(self) -> None:
-        self.firsts.append(run(sys.executable, _ROXXEL_CHILD, [*self.args, "first", ""], self.env))
-        self.resumes.append(run(sys.executable, _ROXXEL_CHILD, [*self.args, "resume", self.state], self.env))
+        self.firsts.append(run(sys.executable, _ROXXEL_CHILD, [*self.args, "first", "", *self.extra], self.env))
+        self.resumes.append(run(sys.executable, _ROXXEL_CHILD, [*self.args, "resume", self.state, *self.extra],
+                                self.env))
 
     def report(self) -> dict[str, float]:
         firsts, resumes = self.firsts, self.resumes
-        print(f"roxxel (warm cache, fresh processes, median of {len(firsts)}):")
+        print(f"roxxel{self.label} (warm cache, fresh processes, median of {len(firsts)}):")
         print(f"  import roxxel                 {median_ms(firsts, 'import')}")
         print(f"  first open                    {median_ms(firsts, 'open')}")
         print(f"  second open, same process     {median_ms(firsts, 'open2')}")
@@ -223,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per figure")
     parser.add_argument("--resume-at", type=int, default=1000, help="records read before the state is taken")
     parser.add_argument("--mosaic", metavar="PYTHON", help="a python with mosaicml-streaming installed")
+    parser.add_argument("--aws", action="store_true",
+                        help="time roxxel's opens without endpoint_url, on AWS's endpoints through a loopback seam")
+    parser.add_argument("--aws-mode", choices=["env", "head", "s3fs"], default="env",
+                        help="with --aws: the region from AWS_DEFAULT_REGION, or found by one HEAD per process, "
+                        "or AWS_ENDPOINT_URL set (s3fs opens: the cost before)")
     args = parser.parse_args(argv)
     total, shard_bytes = args.shards * args.shard_mib * MiB, args.shard_mib * MiB
     with servers.s3_server() as s3, tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
@@ -234,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.extend(RecordSource(total, 1024, 15 * 1024, seed=1))
         print(f"{writer.manifest.records} records in {len(writer.manifest.shards)} shards "
               f"of {args.shard_mib} MiB on moto (loopback)\n")
-        ours = Roxxel(url, options, str(work / "cache"), args)
+        ours = Roxxel(url, options, str(work / "cache"), args, s3.endpoint if args.aws else None)
         theirs = Mosaic(args.mosaic, s3, total, shard_bytes, work, args) if args.mosaic else None
         for _ in range(args.runs):  # rounds alternate, so a burst of load hits both sides
             ours.round()

@@ -30,6 +30,11 @@ plain ones (``AWS_ENDPOINT_URL(_S3)``, ``AWS_WEB_IDENTITY_TOKEN_FILE``,
 does not exist, a file that does not parse, a region outside AWS's commercial partition,
 and no static credentials at all (containers, instance roles). Nothing here logs or
 shows a credential: :class:`Credentials` hides them from ``repr``.
+
+Reading these ourselves departs on purpose from the rule that fsspec and the SDKs find
+credentials: importing botocore and making a client costs a fresh process more than a
+whole warm open may. So it is done only where the answer is botocore's own (the tests
+compare it with botocore's resolver), and everything else is left to botocore.
 """
 
 from __future__ import annotations

@@ -10,18 +10,32 @@ with :func:`signed_get`: one ``GetObject`` signed with AWS Signature Version 4
 (:func:`sigv4_headers`, tested to give botocore's ``S3SigV4Auth`` signature) and sent
 with :mod:`http.client`.
 
-Only what s3fs would send for the same options is sent. The fast read is used only for
-options whose meaning is plain: an explicit ``endpoint_url`` (buckets are then
-addressed by path, as botocore does for any custom endpoint); credentials given as
-``key``/``secret``/``token``, or else found by botocore's own credential chain (nothing
-here reads credentials or endpoints from the environment); a region from
-``client_kwargs`` or ``config_kwargs``, else botocore's configured one where botocore
-was asked for credentials, else ``us-east-1``; and no proxy. Anything else (no
-endpoint: AWS's own endpoints depend on settings this module does not repeat; a
-profile, anonymous access, requester-pays, extra request parameters, virtual-host
-addressing, TLS options) goes through s3fs as before. A GET answered with anything
-but 200 (a missing object, a refused signature, a busy server) or that fails on the
-way is left to s3fs too, which reports or retries it in its own way.
+Only what s3fs would send for the same options is sent, to where s3fs would send it, and
+only where the meaning of the options is plain:
+
+- **AWS's own endpoints** (no ``endpoint_url``): the credentials, region, addressing
+  style and CA bundle s3fs's client would have are read as botocore reads them
+  (:mod:`.aws_config`: ``key``/``secret``/``token``, else the environment, else the
+  shared files' static keys, in botocore's order); the bucket is addressed as botocore
+  addresses it (:mod:`.aws_endpoint`: virtual-hosted where its name is a DNS label,
+  else by path), over TLS verified with the default context. Without a configured
+  region, one unsigned HEAD at the global endpoint names the bucket's (kept for the
+  process); an answer naming another region (301 PermanentRedirect, 400
+  AuthorizationHeaderMalformed) is followed once. Anything botocore decides in other
+  ways (SSO, assumed roles, web identity, credential processes, container or instance
+  credentials, a proxy, ``AWS_ENDPOINT_URL``, FIPS, dual-stack or accelerated endpoints,
+  another partition, settings this module does not know) goes through s3fs.
+- **An explicit** ``endpoint_url`` (buckets are then addressed by path, as botocore does
+  for any custom endpoint): credentials given as ``key``/``secret``/``token``, or else
+  found by botocore's own credential chain; a region from ``client_kwargs`` or
+  ``config_kwargs``, else botocore's configured one where botocore was asked for
+  credentials, else ``us-east-1``; and no proxy.
+
+Either way: no profile, anonymous access, requester-pays, extra request parameters,
+forced virtual-host addressing, TLS options, or options added by fsspec's own
+configuration (``FSSPEC_S3_*``). A GET answered with anything but 200 (a missing object,
+a refused signature, a busy server) or that fails on the way is left to s3fs too, which
+reports or retries it in its own way. Credentials never reach a log, an error or a repr.
 """
 
 from __future__ import annotations
