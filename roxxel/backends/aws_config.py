@@ -43,20 +43,16 @@ import configparser
 import copy
 import logging
 import os
-import re
-import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .aws_endpoint import plain_region
+
 __all__ = ["AwsSettings", "Credentials", "Profile", "aws_settings", "ca_bundle", "chain_credentials",
-           "load_profile", "plain_region"]
+           "load_profile"]
 
 log = logging.getLogger(__name__)
 
-# AWS's commercial partition (botocore's endpoints.json regionRegex for "aws"): China,
-# GovCloud, the ISO and sovereign partitions have other domains.
-_REGION = re.compile(r"(us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-[0-9]+\Z")
 # AWS_* variables that change neither the credentials found before the shared files, nor
 # where or how an S3 GET goes
 _PLAIN_ENV = frozenset({
@@ -108,14 +104,20 @@ class Profile(NamedTuple):
     credentials_file: dict[str, Any]
 
 
-@dataclass(frozen=True)
 class AwsSettings:
-    """What an S3 GET to AWS is sent with (see :func:`aws_settings`)."""
+    """What an S3 GET to AWS is sent with (see :func:`aws_settings`): ``region`` is None
+    where none is configured (the bucket's is to be found); ``addressing_style`` is
+    "auto", "virtual" or "path". Its repr shows no credentials."""
 
-    credentials: Credentials = field(repr=False)
-    region: str | None  # None: none configured (the bucket's is to be found)
-    addressing_style: str  # "auto", "virtual" or "path"
-    ca_bundle: str | None = field(repr=False)
+    __slots__ = ("addressing_style", "ca_bundle", "credentials", "region")
+
+    def __init__(self, credentials: Credentials, region: str | None, addressing_style: str,
+                 ca_bundle: str | None) -> None:
+        self.credentials, self.region = credentials, region
+        self.addressing_style, self.ca_bundle = addressing_style, ca_bundle
+
+    def __repr__(self) -> str:
+        return f"AwsSettings(region={self.region!r}, addressing_style={self.addressing_style!r})"
 
 
 def aws_settings(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AwsSettings | None:
@@ -149,11 +151,6 @@ def aws_settings(options: Mapping[str, Any], environ: Mapping[str, str] | None =
     if style is None:
         return None
     return AwsSettings(credentials, region, style, ca_bundle(environ))
-
-
-def plain_region(region: object) -> bool:
-    """Whether ``region`` is a region of AWS's commercial partition (``*.amazonaws.com``)."""
-    return isinstance(region, str) and _REGION.match(region) is not None
 
 
 def chain_credentials(environ: Mapping[str, str], profile: Profile) -> Credentials | None:
@@ -303,6 +300,8 @@ def _profile_map(sections: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, 
     profiles: dict[str, dict[str, Any]] = {}
     for section, values in sections.items():
         if section.startswith("profile"):
+            import shlex
+
             try:
                 parts = shlex.split(section)
             except ValueError:

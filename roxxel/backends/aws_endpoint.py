@@ -22,22 +22,25 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import re
 import threading
 import urllib.parse
 from typing import NamedTuple
 
-from .aws_config import plain_region
-
-__all__ = ["Endpoint", "bucket_region", "connect", "endpoint", "known_region", "region_hint", "remember_region", "target"]
+__all__ = ["Endpoint", "bucket_region", "connect", "endpoint", "known_region", "plain_region", "region_hint",
+           "remember_region", "target"]
 
 log = logging.getLogger(__name__)
 
+# Checked with string methods, not regular expressions: compiling those costs a fresh
+# process's first open more than the rest of its request.
 # what botocore accepts as a bucket name (handlers.VALID_BUCKET), less ARNs and "--" names
-_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}\Z")
+_BUCKET_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
 # aws.isVirtualHostableS3Bucket(bucket, false): a lowercase DNS label, no dots
-_VIRTUAL = re.compile(r"[a-z0-9][a-z0-9\-]{1,61}[a-z0-9]\Z")
-_REGION_ELEMENT = re.compile(rb"<Region>([a-z0-9\-]{1,40})</Region>")
+_LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+# AWS's commercial partition (botocore's endpoints.json regionRegex for "aws",
+# ^(us|eu|ap|sa|ca|me|af|il|mx)\-\w+\-\d+$): China, GovCloud, the ISO and sovereign
+# partitions have other domains
+_PARTITION_PREFIXES = frozenset({"us", "eu", "ap", "sa", "ca", "me", "af", "il", "mx"})
 _ERROR_BODY = 64 * 1024
 
 _regions: dict[str, str] = {}  # bucket -> region, found in this process
@@ -63,6 +66,24 @@ class Endpoint(NamedTuple):
     address: tuple[str, int]
 
 
+def plain_region(region: object) -> bool:
+    """Whether ``region`` is a region of AWS's commercial partition (``*.amazonaws.com``)."""
+    if not isinstance(region, str) or not region.isascii():
+        return False
+    parts = region.split("-")
+    return (len(parts) == 3 and parts[0] in _PARTITION_PREFIXES and parts[1].isalpha() and parts[1].islower()
+            and parts[2].isdigit())
+
+
+def _plain_bucket(bucket: str) -> bool:
+    return 0 < len(bucket) <= 255 and "--" not in bucket and set(bucket) <= _BUCKET_CHARACTERS
+
+
+def _virtual_hostable(bucket: str) -> bool:
+    return (3 <= len(bucket) <= 63 and set(bucket) <= _LABEL_CHARACTERS
+            and bucket[0] != "-" and bucket[-1] != "-")
+
+
 def _aws_endpoint(bucket: str, region: str | None, path_style: bool) -> Endpoint:
     """AWS's endpoint for ``bucket`` in ``region`` (None: the global endpoint)."""
     domain = "s3.amazonaws.com" if region in (None, "us-east-1") else f"s3.{region}.amazonaws.com"
@@ -73,9 +94,9 @@ def _aws_endpoint(bucket: str, region: str | None, path_style: bool) -> Endpoint
 def endpoint(bucket: str, region: str | None, addressing_style: str) -> Endpoint | None:
     """The endpoint botocore would send a request for ``bucket`` to, or None for a
     bucket name it addresses in other ways."""
-    if "--" in bucket or not _BUCKET.match(bucket) or (region is not None and not plain_region(region)):
+    if not _plain_bucket(bucket) or (region is not None and not plain_region(region)):
         return None
-    path_style = addressing_style == "path" or not _VIRTUAL.match(bucket)
+    path_style = addressing_style == "path" or not _virtual_hostable(bucket)
     return _aws_endpoint(bucket, region, path_style)
 
 
@@ -141,6 +162,7 @@ def region_hint(response: http.client.HTTPResponse) -> str | None:
     region = response.getheader("x-amz-bucket-region")
     body = response.read(_ERROR_BODY)
     if not region:
-        found = _REGION_ELEMENT.search(body)
-        region = found.group(1).decode() if found else None
+        start = body.find(b"<Region>") + len(b"<Region>")
+        end = body.find(b"</Region>", start)
+        region = body[start:end].decode("ascii", "replace") if start >= len(b"<Region>") and end > 0 else None
     return region if plain_region(region) else None

@@ -47,14 +47,14 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import aws_endpoint
-from .aws_endpoint import Endpoint
 from .base import TooLarge, Versioned
 from .retry import DEFAULT_POLICY
 from .watchdog import current_timeout
+
+if TYPE_CHECKING:  # imported where used: a fresh process imports only what its open needs
+    from .aws_endpoint import Endpoint
 
 __all__ = ["DeferredS3FileSystem", "deferred_s3", "signed_get", "sigv4_headers"]
 
@@ -159,20 +159,18 @@ def signed_get(fs: DeferredS3FileSystem, path: str, max_bytes: int | None) -> Ve
     return None
 
 
-@dataclass(frozen=True)
 class _Request:
     """One GET to sign and send; ``aws`` is (bucket, key, addressing style) for AWS's
     own endpoints, None for an explicit ``endpoint_url`` (whose connection
-    ``connect_url`` names)."""
+    ``connect_url`` names). Its repr shows no credentials."""
 
-    where: Endpoint
-    target: str
-    region: str
-    credentials: tuple[str, str, str | None] = field(repr=False)
-    timeout: float | None
-    cafile: str | None = None
-    aws: tuple[str, str, str] | None = None
-    connect_url: str | None = None
+    __slots__ = ("aws", "cafile", "connect_url", "credentials", "region", "target", "timeout", "where")
+
+    def __init__(self, where: Endpoint, target: str, region: str, credentials: tuple[str, str, str | None],
+                 timeout: float | None, cafile: str | None = None, aws: tuple[str, str, str] | None = None,
+                 connect_url: str | None = None) -> None:
+        self.where, self.target, self.region, self.credentials = where, target, region, credentials
+        self.timeout, self.cafile, self.aws, self.connect_url = timeout, cafile, aws, connect_url
 
     def headers(self, now: time.struct_time) -> dict[str, str]:
         """The request's headers, signed at ``now``."""
@@ -181,12 +179,16 @@ class _Request:
     def connection(self) -> http.client.HTTPConnection:
         if self.connect_url is not None:
             return _connect(urllib.parse.urlsplit(self.connect_url), self.timeout)
+        from . import aws_endpoint
+
         return aws_endpoint.connect(self.where, self.timeout, self.cafile)
 
     def in_region(self, region: str) -> _Request | None:
         """The same GET to the bucket's ``region`` (remembered for the process)."""
         if self.aws is None:
             return None
+        from . import aws_endpoint
+
         bucket, key, style = self.aws
         aws_endpoint.remember_region(bucket, region)
         return _aws_request(bucket, key, region, style, self.credentials, self.timeout, self.cafile)
@@ -204,7 +206,9 @@ def _send(request: _Request, max_bytes: int | None) -> Versioned | str | None:
         response = conn.getresponse()
         if response.status != 200:
             if request.aws is not None and response.status in _REDIRECTS:
-                hint = aws_endpoint.region_hint(response)
+                from .aws_endpoint import region_hint
+
+                hint = region_hint(response)
                 return hint if hint is not None and hint != request.region else None
             response.read(64 * 1024)
             return None
@@ -249,6 +253,7 @@ def _request(options: Mapping[str, Any], path: str) -> _Request | None:
     endpoint = _endpoint(options)
     if endpoint is not None:
         return _endpoint_request(options, endpoint, bucket, key, timeout)
+    from . import aws_endpoint
     from .aws_config import aws_settings
 
     settings = aws_settings(options)
@@ -265,6 +270,8 @@ def _request(options: Mapping[str, Any], path: str) -> _Request | None:
 
 def _aws_request(bucket: str, key: str, region: str, style: str, credentials: tuple[str, str, str | None],
                  timeout: float | None, cafile: str | None) -> _Request | None:
+    from . import aws_endpoint
+
     where = aws_endpoint.endpoint(bucket, region, style)
     if where is None:
         return None
@@ -288,6 +295,8 @@ def _endpoint_request(options: Mapping[str, Any], endpoint: str, bucket: str, ke
     target = f"{base.path.rstrip('/')}/{quoted}"
     default_port = {"http": ":80", "https": ":443"}.get(base.scheme, "")
     host = base.netloc[: -len(default_port)] if default_port and base.netloc.endswith(default_port) else base.netloc
+    from .aws_endpoint import Endpoint
+
     where = Endpoint(base.scheme, host, True, (base.hostname or "", base.port or 0))
     return _Request(where, target, region, credentials, timeout, connect_url=f"{base.scheme}://{base.netloc}")
 
