@@ -262,7 +262,8 @@ SCENARIOS = {
     "credentials file over config file": {
         "credentials": "[default]\n" + _KEYS.format("AKIDFILE") + "aws_session_token = file-token\n",
         "config": "[default]\nregion = eu-west-3\n" + _KEYS.format("AKIDCONFIG")},
-    "config file only": {"config": "[default]\n" + _KEYS.format("AKIDCONFIG") + "region = ap-south-1\n"},
+    "config file only": {"config": "[default]\n" + _KEYS.format("AKIDCONFIG") + "region = ap-south-1\n"
+                         "output = json\ncli_pager =\n"},
     "AWS_PROFILE": {"env": {"AWS_PROFILE": "dev", "AWS_DEFAULT_REGION": "us-west-1"},
                         "credentials": "[default]\n" + _KEYS.format("AKIDDEFAULT") + "[dev]\n" + _KEYS.format("AKIDDEV"),
                         "config": "[profile dev]\nregion = eu-west-2\n"},

@@ -71,6 +71,7 @@ _PLAIN_PROFILE = frozenset({
     "metadata_service_num_attempts", "request_checksum_calculation", "response_checksum_validation",
     "tcp_keepalive", "parameter_validation", "sdk_ua_app_id", "s3",
 })
+_PLAIN_PROFILE_PREFIXES = ("cli_",)  # the AWS CLI's own settings
 # the AWS CLI's transfer settings live in the profile's ``s3`` section too
 _PLAIN_S3_SECTION = frozenset({
     "addressing_style", "max_concurrent_requests", "max_queue_size", "multipart_threshold",
@@ -233,7 +234,7 @@ def _unplain_environment(environ: Mapping[str, str]) -> str | None:
 
 
 def _unplain_profile(profile: Mapping[str, Any]) -> str | None:
-    unknown = sorted(set(profile) - _PLAIN_PROFILE)
+    unknown = sorted(k for k in set(profile) - _PLAIN_PROFILE if not k.startswith(_PLAIN_PROFILE_PREFIXES))
     if unknown:
         return f"the profile sets {', '.join(unknown)}"
     s3 = profile.get("s3", {})
