@@ -1,12 +1,13 @@
 """``roxxel.Writer``: pack records into shards and publish them as a dataset.
 
 Records are streamed into a local staging shard (only the offsets stay in memory) whose
-checksum is computed while it is written. A finished shard goes to a background upload
-thread of a :class:`~roxxel.workers.WorkerPool` (compressed there with zstd if asked),
-while packing goes on; staging is bounded, so ``append`` waits (on the uploads' futures)
-when uploads fall behind. ``close()`` waits for every upload, checks
-each object's size in the store, and publishes ``manifest.json`` last: the dataset
-becomes visible all at once, or not at all.
+checksum is computed while it is written, and, for S3, the MD5 of each multipart part
+too (:mod:`roxxel.staging`), so the upload is checked against the bytes packed without
+hashing them again. A finished shard goes to a background upload thread of a
+:class:`~roxxel.workers.WorkerPool` (compressed there with zstd if asked), while packing
+goes on; staging is bounded, so ``append`` waits (on the uploads' futures) when uploads
+fall behind. ``close()`` waits for every upload, checks each object in the store, and
+publishes ``manifest.json`` last: the dataset becomes visible all at once, or not at all.
 """
 
 from __future__ import annotations
@@ -18,24 +19,25 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import zstandard
 from fsspec.callbacks import Callback
 
-from .backends import Store
+from .backends import Store, multipart
+from .backends.s3 import S3Backend
 from .cache.files import pid_alive
 from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
 from .format.check import ShardCheck, ShardSpec
 from .format.layout import FOOTER_SIZE
 from .format.writer import Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
-from .manifest.checksums import DEFAULT_ALGORITHM, new_hasher, parse_checksum
+from .manifest.checksums import DEFAULT_ALGORITHM, parse_checksum
 from .manifest.compressions import COMPRESSIONS, describe
 from .manifest.io import (
     MANIFEST_KEY,
@@ -49,6 +51,7 @@ from .manifest.record_type import RecordType
 from .manifest.signing import sign_manifest
 from .manifest.signing_keys import PrivateKeyLike, load_private_key
 from .progress import Meter
+from .staging import Digests, StagingFile
 from .workers import WorkerPool
 
 __all__ = ["DEFAULT_SHARD_BYTES", "Writer"]
@@ -64,20 +67,6 @@ _UPLOAD_ATTEMPTS = 3
 _ROWS_BYTES = 64 << 20  # extend(array) makes rows contiguous this much at a time
 
 
-class _HashingFile:
-    """A binary file that hashes and counts what is written through it."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.hash = new_hasher(DEFAULT_ALGORITHM)
-        self.size = 0
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
-        self.hash.update(data)
-        self.size += memoryview(data).nbytes
-
-
 @dataclass(frozen=True)
 class _Staged:
     index: int
@@ -86,6 +75,8 @@ class _Staged:
     payload_size: int  # the records' bytes
     raw_size: int
     raw_digest: str
+    part_size: int | None = None  # the multipart parts whose MD5s were computed while packing
+    part_md5s: tuple[bytes, ...] | None = None
 
 
 class Writer:
@@ -169,14 +160,18 @@ class Writer:
 
         _remove_dead_staging(staging_dir)
         self._staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=staging_dir)
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._staging, True)
+        # MD5s of parts on two lanes (threads start only when used)
+        self._md5_lanes = tuple(WorkerPool(1, name=f"roxxel-staging-md5-{i}") for i in range(2))
+        # S3: the part threads and their connections stay from one shard to the next
+        release = multipart.hold() if isinstance(self.store.backend, S3Backend) else None
+        self._cleanup = weakref.finalize(self, _clean_up, self._staging, self._md5_lanes, release)
         self._pool = WorkerPool(upload_workers, name="roxxel-upload")
         self._max_staged = max_staged_shards or upload_workers + 1
         self._futures: list[Future[ShardInfo]] = []
         self._staged: list[Future[ShardInfo]] = []  # uploads not finished, in order
         self._uploaded: list[str] = []  # keys of objects this writer put, for abort
         self._lock = threading.Lock()
-        self._current: tuple[ShardWriter, _HashingFile, _Staged] | None = None
+        self._current: tuple[ShardWriter, StagingFile, _Staged] | None = None
         self._next_index = 0
         self._records = 0
         self._bytes = 0
@@ -185,10 +180,20 @@ class Writer:
     def _prepare_publish(self) -> tuple[Manifest | None, int]:
         """Check, before anything is uploaded, that the publish can succeed; returns the
         existing manifest (an append's base) and the generation of the new shard names.
-        (A writer of one part of a build publishes nothing: ``roxxel.build`` skips this.)"""
-        if self.mode != "overwrite":  # fail before uploading anything, not at the publish
-            require_conditional_writes(self.store, single_writer=self.single_writer)
-        base = self._existing_manifest()
+        (A writer of one part of a build publishes nothing: ``roxxel.build`` skips this.)
+        The probe for conditional writes and the manifest's check run at once (several
+        round trips each to a remote store); the probe's error is the one raised first."""
+        if self.mode == "overwrite":
+            base = self._existing_manifest()
+            return base, _next_generation(base)
+        with WorkerPool(1, name="roxxel-writer-probe") as pool:  # fail before uploading anything
+            probe = pool.submit(lambda: require_conditional_writes(self.store, single_writer=self.single_writer))
+            try:
+                base = self._existing_manifest()
+            except BaseException:
+                probe.result()
+                raise
+            probe.result()
         return base, _next_generation(base)
 
     def _existing_manifest(self) -> Manifest | None:
@@ -309,23 +314,33 @@ class Writer:
                 f"{self.record_type.describe()}: append records of the dataset's type"
             )
 
-    def _start_shard(self) -> tuple[ShardWriter, _HashingFile, _Staged]:
+    def _start_shard(self) -> tuple[ShardWriter, StagingFile, _Staged]:
         index = self._next_index
         self._next_index += 1
         path = os.path.join(self._staging, f"{index:06d}.rox")
-        sink = _HashingFile(open(path, "wb", buffering=1 << 20))
+        # the stored bytes are these unless compressed: then _compress hashes the parts
+        part_size = None if self.compression else self._hashed_part_size()
+        sink = StagingFile(path, part_size=part_size, md5_lanes=self._md5_lanes)
         staged = _Staged(index, path, 0, 0, 0, "")
         self._current = (ShardWriter(sink), sink, staged)
         return self._current
+
+    def _hashed_part_size(self) -> int | None:
+        """The size of the multipart parts whose MD5s staging computes: S3, and shards
+        large enough to go up in parts (:mod:`roxxel.backends.multipart`); else None."""
+        if not isinstance(self.store.backend, S3Backend):
+            return None
+        limits = multipart.limits()
+        return limits.part_size if self.shard_bytes >= limits.threshold else None
 
     def _finish_shard(self) -> None:
         assert self._current is not None
         writer, sink, staged = self._current
         self._current = None
         layout = writer.finish()
-        sink.f.close()
+        digests = sink.finish()
         done = _Staged(staged.index, staged.path, layout.record_count, layout.payload_size,
-                       sink.size, sink.hash.hexdigest())
+                       digests.size, digests.hexdigest, digests.part_size, digests.part_md5s)
         if self._meter is not None:
             self._meter.set_total(self._bytes)
         self._wait_for_room()
@@ -351,10 +366,15 @@ class Writer:
 
     def _upload(self, staged: _Staged) -> ShardInfo:
         path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
+        part_size, md5s = staged.part_size, staged.part_md5s
         suffix = ""
         if self.compression == "zstd":
-            path, stored_size, digest = _compress(staged.path, staged.raw_size)
+            path, compressed = _compress(staged.path, staged.raw_size, self._hashed_part_size())
+            stored_size, digest = compressed.size, compressed.hexdigest
+            part_size, md5s = compressed.part_size, compressed.part_md5s
             suffix = ".zst"
+        if part_size is not None and md5s is not None:  # the upload is checked against them
+            multipart.register_part_digests(path, part_size, md5s)
         key = self._shard_key(staged.index, digest, suffix)
         with self._lock:
             self._uploaded.append(key)
@@ -487,7 +507,7 @@ class Writer:
     def _abort(self) -> None:
         self._state = "aborted"
         if self._current is not None:
-            self._current[1].f.close()
+            self._current[1].close()
             self._current = None
         self._pool.close(wait=True)
         # Uploaded shard objects stay, unreferenced: shard names are deterministic, so a
@@ -549,14 +569,29 @@ def _next_generation(base: Manifest | None) -> int:
     return max(found, default=-1) + 1
 
 
-def _compress(raw_path: str, raw_size: int) -> tuple[str, int, str]:
-    """zstd-compress a finished shard (content size in the frame), hashing the output."""
+def _compress(raw_path: str, raw_size: int, part_size: int | None) -> tuple[str, Digests]:
+    """zstd-compress a finished shard (content size in the frame), hashing the output
+    (and the MD5s of its parts of ``part_size`` bytes, if given)."""
     out_path = raw_path + ".zst"
     cctx = zstandard.ZstdCompressor(level=3, write_content_size=True, threads=0)
-    with open(raw_path, "rb") as src, open(out_path, "wb") as dst:
-        sink = _HashingFile(dst)
-        cctx.copy_stream(src, sink, size=raw_size, read_size=_COPY_CHUNK, write_size=_COPY_CHUNK)
-    return out_path, sink.size, sink.hash.hexdigest()
+    sink = StagingFile(out_path, part_size=part_size)
+    try:
+        with open(raw_path, "rb") as src:
+            cctx.copy_stream(src, sink, size=raw_size, read_size=_COPY_CHUNK, write_size=_COPY_CHUNK)
+        return out_path, sink.finish()
+    except BaseException:
+        sink.close()
+        raise
+
+
+def _clean_up(staging: str, md5_lanes: Sequence[WorkerPool], release_parts: Callable[[], None] | None) -> None:
+    """What a writer leaves when it ends, however it ends: the staging folder removed,
+    its MD5 threads stopped, the S3 part threads released (see multipart.hold)."""
+    for lane in md5_lanes:
+        lane.close(wait=False)
+    if release_parts is not None:
+        release_parts()
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _remove_dead_staging(staging_dir: str | None) -> None:

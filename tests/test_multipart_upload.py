@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import threading
 import urllib.parse
 import uuid
@@ -40,9 +41,11 @@ def limits() -> Iterator[None]:
     """Parts of 5 MiB, 3 in flight, for files from 10 MiB; the defaults restored after."""
     previous = multipart.configure(part_size=PART, parts_in_flight=3, threshold=2 * PART)
     multipart._sent.clear()
+    multipart._packed.clear()
     yield
     multipart.configure(**dataclasses.asdict(previous))
     multipart._sent.clear()
+    multipart._packed.clear()
 
 
 @pytest.fixture
@@ -174,8 +177,8 @@ class Buffers:
         self._requests = requests
         read = multipart._read_part
 
-        def counted(fd: int, offset: int, length: int) -> tuple[bytes, bytes]:
-            result = read(fd, offset, length)
+        def counted(fd: int, offset: int, length: int, *known: bytes | None) -> tuple[bytes, bytes]:
+            result = read(fd, offset, length, *known)
             with self._lock:
                 self.reads += 1
                 self.peak = max(self.peak, self.alive)
@@ -463,3 +466,122 @@ def test_writer_uploads_large_shards_in_parts(limits, s3_server, bucket, tmp_pat
     assert pending_uploads(store, bucket) == []
     with roxxel.open(url, storage_options=s3_server.storage_options, cache_dir=str(tmp_path / "cache")) as ds:
         assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def mib_records(n: int, seed: int = 0) -> list[bytes]:
+    return [np.random.default_rng(seed + i).bytes(MiB) for i in range(n)]
+
+
+def shard_of(url: str) -> tuple[int, int]:
+    """(shard index, part number) of a presigned UploadPart URL of a writer's shard."""
+    parts = urllib.parse.urlsplit(url)
+    name = parts.path.rsplit("/", 1)[-1]  # <generation>-<index>-<digest>.rox
+    return int(name.split("-")[1]), int(urllib.parse.parse_qs(parts.query)["partNumber"][0])
+
+
+def multipart_etag(data: bytes, part_size: int) -> str:
+    digests = b"".join(hashlib.md5(data[i : i + part_size]).digest() for i in range(0, len(data), part_size))
+    return f"{hashlib.md5(digests).hexdigest()}-{-(-len(data) // part_size)}"
+
+
+def test_writer_hashes_each_part_once_while_packing(limits, transport, s3_server, bucket, tmp_path,
+                                                     monkeypatch) -> None:
+    """The parts' MD5s come from staging, computed as the shard was packed: neither the
+    upload nor the check after it hashes (or reads) the staged file again, and the
+    objects' ETags are those of the bytes packed."""
+    computed: list[str] = []
+    md5_of, read_part = multipart._md5_of, multipart._read_part
+
+    def counted_md5_of(*args: Any) -> bytes:
+        computed.append("part sent")
+        return md5_of(*args)
+
+    def counted_read(fd: int, offset: int, length: int, md5: bytes | None = None) -> tuple[bytes, bytes]:
+        if md5 is None:
+            computed.append("part read")
+        return read_part(fd, offset, length, md5)
+
+    monkeypatch.setattr(multipart, "_md5_of", counted_md5_of)
+    monkeypatch.setattr(multipart, "_read_part", counted_read)
+    records = mib_records(24)  # shards of 11, 11 and 2 records of 1 MiB: 3, 3 and 1 part(s)
+    store = make_store(s3_server, bucket, transport)
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(records)
+
+    assert computed == []
+    shards = writer.manifest.shards.uris.tolist()
+    for uri in shards[:2]:
+        etag = store.backend.info(store.path(uri))["ETag"].strip('"')
+        assert etag == multipart_etag(store.read_bytes(uri, None), PART)
+    with roxxel.open(store.base_url, storage_options=s3_server.storage_options,
+                     cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_a_staged_shard_changed_after_packing_is_never_published(limits, s3_server, bucket, monkeypatch) -> None:
+    """The upload is checked against the bytes packed, not against the staged file as
+    read later: a byte flipped in the file between packing and upload (same size) fails
+    every attempt's check, and nothing is published."""
+    real = roxxel.writer.Writer._put_checked
+
+    def flipping(self: Any, path: str, shard: Any) -> None:
+        if shard.stored_size >= 2 * PART:  # (a shard in parts: a single PUT's check is the store's)
+            with open(path, "r+b") as f:
+                f.seek(1000)
+                byte = f.read(1)[0]
+                f.seek(1000)
+                f.write(bytes([byte ^ 1]))
+        real(self, path, shard)
+
+    monkeypatch.setattr(roxxel.writer.Writer, "_put_checked", flipping)
+    store = make_store(s3_server, bucket)
+    with pytest.raises(IntegrityError, match=r"s3://mp-.*/ds/shards/00000-000000-[0-9a-f]{12}\.rox: uploaded "
+                                             r"object has multipart ETag [0-9a-f]{32}-3, expected [0-9a-f]{32}-3"):
+        with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+            writer.extend(mib_records(11))
+    assert not store.exists("manifest.json")
+
+
+def test_the_next_shards_parts_start_while_the_last_parts_of_the_previous_are_in_flight(
+        limits, s3_server, bucket, monkeypatch) -> None:
+    """The part budget stays full across shard boundaries: the last part of shard 0 is
+    held on the wire until a part of shard 1 has started (if shards went up one after
+    the other, none would, and the hold would run out)."""
+    started_next = threading.Event()
+    overlapped: list[bool] = []
+    real = multipart._put_part
+
+    def put(fs: Any, url: str, *args: Any) -> Any:
+        shard, number = shard_of(url)
+        if shard == 1:
+            started_next.set()
+        if (shard, number) == (0, 3):  # 11 MiB in parts of 5: the third is the last
+            overlapped.append(started_next.wait(30))
+        return real(fs, url, *args)
+
+    monkeypatch.setattr(multipart, "_put_part", put)
+    store = make_store(s3_server, bucket)
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(mib_records(22))
+    assert overlapped == [True]
+    assert len(writer.manifest.shards) == 2
+
+
+def test_part_threads_and_connections_stay_from_one_shard_to_the_next(limits, s3_server, bucket,
+                                                                      monkeypatch) -> None:
+    """A writer holds the part threads (each with its kept-alive connection) from its
+    first shard to its close, even when its shards go up one after the other."""
+    pools: list[int] = []
+    real = multipart._put_part
+
+    def put(fs: Any, url: str, *args: Any) -> Any:
+        pools.append(id(multipart._pools[3]))  # the threads of a budget of 3 parts
+        return real(fs, url, *args)
+
+    monkeypatch.setattr(multipart, "_put_part", put)
+    store = make_store(s3_server, bucket)
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store, upload_workers=1) as writer:
+        writer.extend(mib_records(33))  # 3 shards in parts, uploaded one at a time
+    assert len(writer.manifest.shards) == 3 and len(pools) == 9
+    assert len(set(pools)) == 1
+    assert multipart._pools == {}  # released at the close

@@ -23,9 +23,15 @@ on the wire, and aborts the upload, so neither an object nor orphaned parts rema
 caller (:meth:`.store.Store.put_file`) retries the whole upload, as it would a single PUT.
 
 The ETag of a multipart object is ``md5(md5(part 1) + ... + md5(part N)) + "-N"``, not
-an MD5 of the object: :func:`expected_etag` computes it from the local file (or takes
-the one the upload just computed from the bytes it sent), so an upload is verified
-without reading the object back.
+an MD5 of the object: :func:`expected_etag` gives it from the parts' MD5s that the
+writer computed while it packed the file (:func:`register_part_digests`, so the object
+is checked against the bytes packed, and nothing is hashed twice), or else that the
+upload computed from the bytes it sent, or else from the local file; an upload is
+verified without reading the object back.
+
+The part threads and their kept-alive connections stay while an upload runs, or while
+a writer holds them (:func:`hold`), so consecutive shards do not each open new
+connections.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,9 +59,11 @@ __all__ = [
     "MultipartLimits",
     "configure",
     "expected_etag",
+    "hold",
     "limits",
     "multipart_parts",
     "part_size_for",
+    "register_part_digests",
     "upload",
 ]
 
@@ -135,6 +143,11 @@ def part_size_for(size: int, part_size: int) -> int:
 _sent: OrderedDict[tuple[str, int, int, int, int], tuple[int, str]] = OrderedDict()
 _sent_lock = threading.Lock()
 _SENT_KEPT = 256
+# The parts' MD5s computed where the file was written (roxxel.staging), by the file's
+# path, inode and size (not its mtime: bytes changed since must fail the check, not be
+# hashed anew): its upload sends them instead of hashing each part again, and its check
+# compares the object with them.
+_packed: OrderedDict[tuple[str, int, int, int], tuple[int, tuple[bytes, ...]]] = OrderedDict()
 
 
 def _identity(local_path: str) -> tuple[str, int, int, int, int]:
@@ -149,17 +162,46 @@ def multipart_parts(info: dict[str, Any]) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def register_part_digests(local_path: str, part_size: int, digests: Sequence[bytes]) -> None:
+    """Record the MD5 digest of each ``part_size``-byte part of the finished file
+    ``local_path``, computed from the bytes as they were written to it. An upload of that
+    very file (same path, inode and size) split into parts of that size computes no
+    part's MD5, and :func:`expected_etag` is made of these digests: the object is checked
+    against what was packed, so bytes of the file changed since (same size) fail the
+    check instead of being hashed anew. Other uploads ignore them."""
+    size = os.path.getsize(local_path)
+    if part_size < 1 or len(digests) != max(1, -(-size // part_size)):
+        raise ValueError(f"{len(digests)} part digests do not cover {size} bytes in parts of {part_size}")
+    with _sent_lock:
+        _packed[_identity(local_path)[:4]] = (part_size, tuple(digests))
+        while len(_packed) > _SENT_KEPT:
+            _packed.popitem(last=False)
+
+
+def _packed_digests(local_path: str, part_size: int) -> tuple[bytes, ...] | None:
+    """The registered part digests of ``local_path`` if its parts are ``part_size`` bytes."""
+    with _sent_lock:
+        packed = _packed.get(_identity(local_path)[:4])
+    return packed[1] if packed is not None and packed[0] == part_size else None
+
+
 def expected_etag(local_path: str, parts: int) -> str | None:
     """The ETag S3 gives an upload of ``local_path`` in ``parts`` parts, as this module
     splits files; None when this module would not split it into ``parts`` parts (the
-    object was uploaded by something else: only a read-back can check it)."""
+    object was uploaded by something else: only a read-back can check it). Made of the
+    MD5s the upload of this file used (those registered when it was written, see
+    :func:`register_part_digests`, or else computed from the bytes sent), else of the
+    registered ones, else of the file read now."""
     size = os.path.getsize(local_path)
+    identity = _identity(local_path)
     with _sent_lock:
-        sent = _sent.get(_identity(local_path))
+        packed, sent = _packed.get(identity[:4]), _sent.get(identity)
     if sent is not None and sent[0] == parts:
         return sent[1]
     for part_size in dict.fromkeys((part_size_for(size, _limits.part_size), part_size_for(size, DEFAULT_LIMITS.part_size))):
         if -(-size // part_size) == parts:
+            if packed is not None and packed[0] == part_size:
+                return _etag(list(packed[1]))
             digests = []
             with open(local_path, "rb") as f:
                 for offset in range(0, size, part_size):
@@ -196,12 +238,13 @@ def _budget(loop: asyncio.AbstractEventLoop, slots: int) -> asyncio.Semaphore:
     return held[1]
 
 
-def _read_part(fd: int, offset: int, length: int) -> tuple[bytes, bytes]:
-    """Bytes ``[offset, offset + length)`` of the open file ``fd`` and their MD5 digest."""
+def _read_part(fd: int, offset: int, length: int, md5: bytes | None = None) -> tuple[bytes, bytes]:
+    """Bytes ``[offset, offset + length)`` of the open file ``fd`` and their MD5 digest
+    (``md5`` where it is known already: it is not computed again)."""
     data = os.pread(fd, length, offset)
     if len(data) != length:
         raise OSError(f"the file to upload ended at byte {offset + len(data)}, expected {offset + length}")
-    return data, hashlib.md5(data).digest()
+    return data, md5 if md5 is not None else hashlib.md5(data).digest()
 
 
 def _md5_of(fd: int, offset: int, length: int) -> bytes:
@@ -254,6 +297,23 @@ def _upload_started() -> None:
         _uploads_running += 1
 
 
+def hold() -> Callable[[], None]:
+    """Keep the part threads, and the connections they keep alive, between uploads
+    until the function returned is called (once; later calls do nothing): a writer
+    holds them from its first shard to its close, so no shard waits for new threads and
+    connections (a TLS handshake each, on a real store)."""
+    _upload_started()
+    released = threading.Event()
+    pid = os.getpid()
+
+    def release() -> None:
+        if not released.is_set() and pid == os.getpid():  # (a forked child's count starts at 0)
+            released.set()
+            _upload_ended()
+
+    return release
+
+
 def _upload_ended() -> None:
     """The last upload running stops the part threads (each kept-alive connection goes
     with its thread)."""
@@ -282,10 +342,12 @@ def _direct_eligible(fs: Any) -> bool:
     return _eligible(fs)
 
 
-def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int) -> tuple[str, bytes]:
+def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
+              md5: bytes | None = None) -> tuple[str, bytes]:
     """PUT bytes ``[offset, offset + length)`` of ``local_path`` to the presigned ``url``
-    and return the part's ETag and the MD5 digest of the bytes sent; a refusal raises
-    botocore's ClientError, as s3fs would."""
+    and return the part's ETag and the MD5 digest of the bytes (``md5``, where the
+    writer computed it as it packed them; else computed from the file as it is sent); a
+    refusal raises botocore's ClientError, as s3fs would."""
     import http.client
     import urllib.parse
 
@@ -304,7 +366,8 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int) -> t
             sent = conn.sock.sendfile(f, offset, length)
             if sent != length:
                 raise OSError(f"sent {sent} bytes of a part of {length}")
-            md5 = _md5_of(f.fileno(), offset, length)  # while the server takes the part in
+            if md5 is None:
+                md5 = _md5_of(f.fileno(), offset, length)  # while the server takes the part in
         response = conn.getresponse()
         body = response.read()
     except BaseException:
@@ -349,21 +412,25 @@ class _Upload:
     async def call(self, method: str, **kwargs: Any) -> Any:
         return await self.fs._call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
 
-    async def send_part(self, budget: asyncio.Semaphore, number: int, offset: int, length: int) -> tuple[str, bytes]:
+    async def send_part(self, budget: asyncio.Semaphore, number: int, offset: int, length: int,
+                        md5: bytes | None) -> tuple[str, bytes]:
         """Send part ``number`` once a slot is free (again, if it fails transiently) and
-        return its ETag and MD5 digest."""
+        return its ETag and MD5 digest (``md5`` if known: not computed again)."""
         async with budget:
             if _direct_eligible(self.fs):
-                sent = await self._send_direct(number, offset, length)
+                sent = await self._send_direct(number, offset, length, md5)
             else:
-                sent = await self._send_through_s3fs(number, offset, length)
+                sent = await self._send_through_s3fs(number, offset, length, md5)
         if self.progress is not None:
             self.progress.beat()
         return sent
 
-    async def _send_through_s3fs(self, number: int, offset: int, length: int) -> tuple[str, bytes]:
-        """The part read into memory and sent by s3fs; the buffer dies with the slot."""
-        data, md5 = await asyncio.to_thread(_read_part, self.fd, offset, length)
+    async def _send_through_s3fs(self, number: int, offset: int, length: int,
+                                 known: bytes | None) -> tuple[str, bytes]:
+        """The part read into memory and sent by s3fs with its Content-MD5 (the packed
+        bytes' where known: S3 then refuses a part read otherwise); the buffer dies with
+        the slot."""
+        data, md5 = await asyncio.to_thread(_read_part, self.fd, offset, length, known)
         content_md5 = base64.b64encode(md5).decode()
         response = await _retrying(
             lambda: self.call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=data,
@@ -372,7 +439,7 @@ class _Upload:
         )
         return str(response["ETag"]), md5
 
-    async def _send_direct(self, number: int, offset: int, length: int) -> tuple[str, bytes]:
+    async def _send_direct(self, number: int, offset: int, length: int, md5: bytes | None) -> tuple[str, bytes]:
         """The part sent from the file by a presigned PUT on a part thread; no buffer."""
         loop = asyncio.get_running_loop()
         threads = _part_threads(_limits.parts_in_flight)
@@ -386,7 +453,7 @@ class _Upload:
                 Params={"Bucket": self.bucket, "Key": self.key, "UploadId": self.upload_id, "PartNumber": number},
             )
             put = asyncio.wrap_future(
-                threads.submit(lambda: _put_part(self.fs, url, self.local_path, offset, length)), loop=loop
+                threads.submit(lambda: _put_part(self.fs, url, self.local_path, offset, length, md5)), loop=loop
             )
             try:
                 return await asyncio.shield(put)
@@ -406,7 +473,7 @@ class _Upload:
             from .s3 import _refuse
 
             _refuse(self.fs, exc)
-            return await self._send_through_s3fs(number, offset, length)
+            return await self._send_through_s3fs(number, offset, length, md5)
 
     def _what(self, number: int) -> str:
         return f"part {number} of s3://{self.bucket}/{self.key}"
@@ -488,6 +555,7 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
     part_size = part_size_for(size, chosen.part_size)
     budget = _budget(asyncio.get_running_loop(), chosen.parts_in_flight)
     bucket, key, _ = fs.split_path(path)
+    known = _packed_digests(local_path, part_size)
     fd = os.open(local_path, os.O_RDONLY)
     _upload_started()
     try:
@@ -498,7 +566,8 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
         job = _Upload(fs, bucket, key, created["UploadId"], local_path, fd, progress)
         try:
             sent = await _all_or_cancel([
-                asyncio.ensure_future(job.send_part(budget, number, offset, min(part_size, size - offset)))
+                asyncio.ensure_future(job.send_part(budget, number, offset, min(part_size, size - offset),
+                                                    None if known is None else known[number - 1]))
                 for number, offset in enumerate(range(0, size, part_size), 1)
             ])
             etag = _etag([md5 for _, md5 in sent])

@@ -1,0 +1,152 @@
+"""A shard's staged file: written once, front to back, and hashed in the same pass.
+
+The writer packs records into a local file before it uploads it. The bytes go through a
+:class:`StagingFile`, which gathers them into chunks of up to :data:`CHUNK` bytes and,
+for each chunk, hashes it with the manifest's checksum algorithm (a chunk at a time:
+BLAKE3 is several times faster on a MiB than on a record of a few KiB), writes it to
+the file and, with ``part_size``, updates the MD5 of the multipart part it belongs to
+(chunks never straddle a part). Those MD5s are what S3's ETag of a multipart upload is
+made of: handed to :func:`roxxel.backends.multipart.register_part_digests`, they let the
+upload be checked against the very bytes that were packed, and nothing is read back or
+hashed a second time.
+
+With ``md5_lanes`` (one-thread :class:`~roxxel.workers.WorkerPool` s, whose jobs run in
+order), the MD5s are computed on those threads while packing goes on, consecutive parts
+on alternate lanes (hashlib releases the GIL on chunks this large, and MD5 is the
+slowest step by far: about 0.7 GB/s a core, against several for BLAKE3). Memory stays
+bounded whatever the shard's size: the chunk being filled and at most
+:data:`CHUNKS_IN_FLIGHT` chunks waiting for their MD5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from .manifest.checksums import DEFAULT_ALGORITHM, new_hasher
+from .workers import WorkerPool
+
+__all__ = ["CHUNK", "CHUNKS_IN_FLIGHT", "Digests", "StagingFile"]
+
+#: Bytes gathered before they are hashed and written.
+CHUNK = 1 << 20
+#: Chunks that may wait for their MD5 before :meth:`StagingFile.write` waits (two parts
+#: of the default 8 MiB, so that both lanes have work).
+CHUNKS_IN_FLIGHT = 16
+
+
+@dataclass(frozen=True)
+class Digests:
+    """What a finished :class:`StagingFile` holds: its size, the hex digest of the
+    manifest's checksum algorithm over all of it, and the MD5 digest of each part of
+    ``part_size`` bytes (the last one shorter), or None if parts were not hashed."""
+
+    size: int
+    hexdigest: str
+    part_size: int | None
+    part_md5s: tuple[bytes, ...] | None
+
+
+def _update(md5: hashlib._Hash, chunk: bytearray, length: int) -> bytearray:
+    md5.update(memoryview(chunk)[:length])
+    return chunk
+
+
+class StagingFile:
+    """Write ``path`` (created or truncated) front to back, hashing as described in the
+    module docstring. Call :meth:`finish` once for the :class:`Digests`, or
+    :meth:`close` to give up (both close the file; close is idempotent)."""
+
+    def __init__(self, path: str, *, part_size: int | None = None,
+                 md5_lanes: Sequence[WorkerPool] = ()) -> None:
+        if part_size is not None and part_size < 1:
+            raise ValueError(f"part_size must be positive, got {part_size}")
+        self.path = path
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by finish/close
+        self._hash = new_hasher(DEFAULT_ALGORITHM)
+        self._part_size = part_size
+        self._md5s = [hashlib.md5()] if part_size is not None else None  # one a part so far
+        self._lanes = tuple(md5_lanes)
+        self._pending: deque[Future[bytearray]] = deque()
+        self._free: list[bytearray] = []
+        self._chunk = bytearray(CHUNK)
+        self._filled = 0
+        self._written = 0  # bytes hashed and written
+        self._room = self._room_at(0)
+
+    @property
+    def size(self) -> int:
+        """The bytes written so far."""
+        return self._written + self._filled
+
+    def _room_at(self, offset: int) -> int:
+        """The size of the chunk that starts at ``offset``: it ends at a part's end."""
+        if self._part_size is None:
+            return CHUNK
+        return min(CHUNK, self._part_size - offset % self._part_size)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (copied: the caller may reuse its buffer at once)."""
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        n, at = view.nbytes, 0
+        while at < n:
+            take = min(self._room - self._filled, n - at)
+            self._chunk[self._filled : self._filled + take] = view[at : at + take]
+            self._filled += take
+            at += take
+            if self._filled == self._room:
+                end = self._written + self._filled
+                self._emit(ends_part=self._part_size is not None and end % self._part_size == 0)
+
+    def _emit(self, *, ends_part: bool) -> None:
+        """Hash and write the chunk filled so far; its MD5 on its part's lane, or here."""
+        chunk, length = self._chunk, self._filled
+        view = memoryview(chunk)[:length]
+        self._hash.update(view)
+        while view:
+            view = view[self._file.write(view) :]
+        del view  # (a bytearray with a view exported cannot be reused)
+        self._written += length
+        self._filled = 0
+        self._room = self._room_at(self._written)
+        md5s = self._md5s
+        if md5s is None:
+            return
+        md5 = md5s[-1]
+        if ends_part:
+            md5s.append(hashlib.md5())  # (the one past the last part is dropped by finish)
+        if not self._lanes:
+            md5.update(memoryview(chunk)[:length])
+            return
+        lane = self._lanes[(len(md5s) - 1 - ends_part) % len(self._lanes)]
+        self._pending.append(lane.submit(lambda: _update(md5, chunk, length)))
+        if len(self._pending) >= CHUNKS_IN_FLIGHT:
+            self._free.append(self._pending.popleft().result())
+        while self._pending and self._pending[0].done():
+            self._free.append(self._pending.popleft().result())
+        self._chunk = self._free.pop() if self._free else bytearray(CHUNK)
+
+    def finish(self) -> Digests:
+        """Write what is left, close the file and return its :class:`Digests`."""
+        if self._file.closed:
+            raise ValueError(f"staged file {self.path} is closed")
+        try:
+            if self._filled or (self._md5s is not None and (self._written % self._part_size or not self._written)):
+                self._emit(ends_part=True)  # the last part (or the only one, of an empty file)
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._file.close()
+        md5s = self._md5s
+        return Digests(self._written, self._hash.hexdigest(), self._part_size,
+                       None if md5s is None else tuple(m.digest() for m in md5s[:-1]))
+
+    def close(self) -> None:
+        """Give up: close the file (the caller removes it); pending MD5s are dropped."""
+        self._file.close()
+        self._pending.clear()
