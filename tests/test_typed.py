@@ -191,6 +191,7 @@ def test_bulk_extend_packs_shards_exactly_as_appending(tmp_path):
         ({"dtype": "(2,)f4"}, r"meta\.dtype"),
         ({"dtype": "datetime64[s]"}, r"meta\.dtype"),
         ({"dtype": "x" * 100}, r"meta\.dtype"),
+        ({"dtype": "<f16"}, r"meta\.dtype: expected a dtype of one size on every platform .*, got '<f16'"),
         ({"dtype": "f4", "shape": [3, -1]}, r"meta\.shape\[1\]: expected a positive integer, got -1"),
         ({"dtype": "f4", "shape": [3, True]}, r"meta\.shape\[1\]: expected a positive integer, got True"),
         ({"dtype": "f4", "shape": "3"}, r"meta\.shape: expected a list of positive integers, got '3'"),
@@ -208,6 +209,30 @@ def test_a_hostile_declaration_is_refused_naming_the_field(tmp_path, meta, match
         assert bytes(ds[0]) == b"abcd"  # the uint8 records read as before
         with pytest.raises(ManifestError, match=rf"{os.path.basename(url)}/manifest.json: {match}"):
             _ = ds.arrays
+
+
+@pytest.mark.parametrize("dtype", ["longdouble", "float128", "complex256", "clongdouble", "g", "<G", "f16", "long",
+                                   "<l", "ulong", "int", "int_", "uint", "intp", ">p", "uintp", "N"])
+def test_a_type_whose_size_depends_on_the_platform_is_refused(tmp_path, dtype):
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        pytest.skip(f"{dtype!r} is no dtype on this platform")
+    one_size = "expected a dtype of one size on every platform"
+    with pytest.raises(ManifestError, match=rf"manifest m\.json: meta\.dtype: {one_size} .*, got '"):
+        RecordType.from_meta({"dtype": dtype, "shape": [2]}, "m.json")
+    with pytest.raises(ValueError, match=rf"^dtype: {one_size}"):
+        roxxel.Writer(str(tmp_path / "no"), dtype=dtype, shape=2)
+    if np.dtype(dtype).itemsize > {"f": 8, "c": 16}.get(np.dtype(dtype).kind, 8):  # the type itself, too
+        with pytest.raises(ValueError, match=rf"^dtype: {one_size}"):
+            RecordType.of(np.dtype(dtype).type)
+    assert not os.path.exists(tmp_path / "no" / "manifest.json")
+
+
+def test_sized_spellings_of_the_same_types_are_kept():
+    for dtype in ("<i8", "int64", "uint64", "float64", "<c16", "complex128", "intc", "double", "q", "float16"):
+        kind = RecordType.from_meta({"dtype": dtype}, "m.json")
+        assert kind is not None and RecordType.of(dtype) == kind and kind.dtype.itemsize <= 16
 
 
 def test_an_untyped_dataset_reads_as_before(tmp_path):
@@ -354,8 +379,11 @@ def test_pieces_read_records_off_their_shard_s_grid():
     expect = np.stack([payload[b : b + 4].view("<u2") for b in begins.tolist()])
     assert first.shape == (3, 2) and rest is None and batch.have == 1  # the next block finishes it
     assert np.array_equal(np.concatenate([first, batch.take()]), expect)
-    with pytest.raises(IndexError, match="outside its payload of 64 bytes"):
-        _Pieces([payload], np.zeros(1, np.int64), np.array([62]), np.array([66]), typed, batch, str)
+    for begin in (64, 62, -4):  # on the grid of its shard or off it, past its end or before its start
+        with pytest.raises(IndexError, match=rf"record 1 of a block: bounds \[{begin}, {begin + 4}\) are outside "
+                                             "its payload of 64 bytes"):
+            list(_Pieces([payload], np.zeros(2, np.int64), np.array([0, begin]), np.array([4, begin + 4]), typed,
+                         _Batch(typed, 3), str))
     with pytest.raises(ShardFormatError, match="synthetic: rec 0 has 3 bytes"):
         _Pieces([payload], np.zeros(1, np.int64), np.array([0]), np.array([3]), typed, batch, lambda j: f"rec {j}")
 

@@ -17,6 +17,16 @@ Both keys are hostile input: :meth:`RecordType.from_meta` refuses anything but t
 above (object, string, datetime, structured and sub-array dtypes, bools or negative
 numbers in a shape) with a :class:`~roxxel.errors.ManifestError` naming the field and
 the value it got.
+
+A record type means the same bytes on every platform, so types whose size or format
+differs across platforms are refused too, wherever they come from (a manifest, or
+``Writer(dtype=...)``): extended precision (``longdouble``, ``float128``, ``complex256``:
+80-bit x87 numbers padded to 12 or 16 bytes on x86, IEEE quadruple on other machines,
+plain doubles on others), and spellings of a platform's C ``long`` or pointer-sized
+integer (``"long"``, ``"int"``, ``"int_"``, ``"intp"``, ``"uint"``, ``"l"``, ``"p"``, ...:
+8 bytes here, 4 on Windows or 32-bit machines). Spell the size instead (``"<i8"``,
+``"int64"``, ``"float64"``); a type object (``np.int_``) is taken as the size it has here,
+which is what the manifest records.
 """
 
 from __future__ import annotations
@@ -41,6 +51,12 @@ _NUMBER_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex n
 _MAX_DTYPE_CHARS = 32
 _MAX_DIMS = 32  # NumPy allows 64; a record of more dimensions than this is not a record
 _MAX_RECORD_BYTES = 1 << 48
+# NumPy spellings of a C long or a pointer-sized integer (bare, or after a byte order):
+# their size depends on the platform that reads them
+_PLATFORM_SIZED = frozenset({"l", "L", "p", "P", "n", "N", "int", "uint", "int_", "long", "ulong", "intp",
+                             "uintp", "int0", "uint0"})
+_ONE_SIZE = "a dtype of one size on every platform (e.g. '<i8', 'int64', 'float64'; not a C long, intp or " \
+            "extended precision)"
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,8 @@ class RecordType:
             parsed = np.dtype(dtype)
         except TypeError as exc:
             raise TypeError(f"dtype must name a NumPy number type, got {dtype!r}") from exc
+        if isinstance(dtype, str) and _platform_sized(dtype):
+            raise ValueError(f"{DTYPE_KEY}: expected {_ONE_SIZE}, got {dtype!r}")
         if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
             shape = (int(shape),)
         if shape is not None and not isinstance(shape, (list, tuple)):
@@ -95,6 +113,8 @@ class RecordType:
                 dtype = np.dtype(value)
             except (TypeError, ValueError, SyntaxError):
                 raise expected(f"meta.{DTYPE_KEY}", "a NumPy dtype string of a number type", value) from None
+            if _platform_sized(value):
+                raise expected(f"meta.{DTYPE_KEY}", _ONE_SIZE, value)
             shape = meta.get(SHAPE_KEY)
             if shape is not None and not isinstance(shape, list):
                 raise expected(f"meta.{SHAPE_KEY}", "a list of positive integers", shape)
@@ -134,7 +154,14 @@ def _check_dtype(dtype: object, path: str) -> np.dtype[Any]:
         raise expected(path, "a plain number dtype (bool, int, uint, float or complex)", dtype.str)
     if dtype.itemsize == 0:
         raise expected(path, "a dtype of at least one byte", dtype.str)
+    if dtype.itemsize > {"f": 8, "c": 16}.get(dtype.kind, 8):  # extended precision: x87, IEEE quad, ...
+        raise expected(path, _ONE_SIZE, dtype.str)
     return dtype
+
+
+def _platform_sized(spelling: str) -> bool:
+    """Whether a dtype string spells a type whose size depends on the platform."""
+    return spelling.lstrip("<>=|!").strip() in _PLATFORM_SIZED
 
 
 def _check_shape(shape: object, path: str, itemsize: int) -> tuple[int, ...]:

@@ -338,12 +338,13 @@ class _Pieces:
     batch. (When a batch's slots never go down in stream order, as in an unshuffled
     stream, that is the stream order itself.)
 
-    Every bound is checked before the first batch, as ``record_views`` checks them; a
-    record of another size raises the misfit error naming ``where(j)``, its j-th record.
+    Every bound is checked before the first batch is copied, as ``record_views`` checks
+    them (IndexError); a record of another size raises the misfit error naming
+    ``where(j)``, its j-th record.
     """
 
-    __slots__ = ("_at", "_batch", "_gather", "_local", "_rows", "_seg", "_seg_local", "_seg_slot",
-                 "_seg_starts", "_slots")
+    __slots__ = ("_at", "_batch", "_grid", "_local", "_rows", "_runs", "_seg", "_seg_local", "_seg_slot",
+                 "_seg_starts", "_size", "_sizes", "_slots")
 
     def __init__(
         self, payloads: list[np.ndarray], slots: np.ndarray, begins: np.ndarray, ends: np.ndarray,
@@ -351,30 +352,29 @@ class _Pieces:
     ) -> None:
         size = typed._nbytes
         assert size is not None
-        sizes = np.array([len(p) for p in payloads], dtype=np.int64)
-        if len(slots) and (slots.min() < 0 or slots.max() >= len(payloads)):
+        self._batch, self._slots, self._size = batch, slots, size
+        self._sizes = [len(p) for p in payloads]
+        if len(slots) and (int(slots.min()) < 0 or int(slots.max()) >= len(payloads)):
             raise IndexError(f"a block's slots must be in [0, {len(payloads)})")
-        bad = np.flatnonzero((begins < 0) | (begins > ends) | (ends > sizes[slots]))
-        if len(bad):
-            raise IndexError(f"record {int(bad[0])} of a block: bounds [{int(begins[bad[0]])}, "
-                             f"{int(ends[bad[0]])}) are outside its payload of {int(sizes[slots[bad[0]]])} bytes")
-        bad = np.flatnonzero(ends - begins != size)
-        if len(bad):
-            raise typed._misfit(where(int(bad[0])), int(ends[bad[0]] - begins[bad[0]]))
-        self._batch, self._slots = batch, slots
+        lengths = ends - begins
+        if len(slots) and (int(lengths.min()) != size or int(lengths.max()) != size or int(begins.min()) < 0):
+            self._outside(begins, ends)  # (raises if a record starts or ends outside its payload)
+            bad = int(np.flatnonzero(lengths != size)[0])
+            raise typed._misfit(where(bad), int(lengths[bad]))
+        # (that no record ends past its payload is checked with the segments, at the first batch)
         self._rows: list[np.ndarray] | None
         self._local = begins // size
-        self._gather = self._take
-        if not (begins - self._local * size == 0).all():  # a record off the grid of its shard
-            self._local = begins  # (rows: a window of the record's size at each byte)
+        self._grid = bool(np.array_equal(np.multiply(self._local, size, out=lengths), begins))
+        if self._grid:  # record j of a shard's rows is its j-th record of the size
+            self._rows = [p[: len(p) // size * size].reshape(-1, size) for p in payloads]
+        else:  # a record off the grid of its shard: rows of the record's size at every byte
+            self._local = begins
             self._rows = [np.lib.stride_tricks.sliding_window_view(p, size) if len(p) >= size else
                           p[:0].reshape(0, size) for p in payloads]
-            self._gather = self._index
-        else:
-            self._rows = [p[: len(p) // size * size].reshape(-1, size) for p in payloads]
-        self._seg_starts: list[int] = []  # (see _segments; empty: not worked out yet)
+        self._seg_starts: list[int] | None = None  # (see _segments: worked out at the first batch)
         self._seg_slot: list[int] = []
         self._seg_local: list[int] | np.ndarray = []
+        self._runs = False
         self._seg = 0
         self._at = 0
 
@@ -390,24 +390,37 @@ class _Pieces:
         if rows is None or at >= n:
             raise StopIteration
         batch = self._batch
-        dst = batch.open()
         have = batch.have
-        if not self._seg_starts:
+        if self._seg_starts is None:
             self._segments(have, batch.size)
-        stop = min(n, at + batch.size - have)
+        dst = batch.open()
         starts, seg_slot, seg_local = self._seg_starts, self._seg_slot, self._seg_local
+        assert starts is not None
+        stop = min(n, at + batch.size - have)
         j = self._seg
-        while at < stop:  # the segments (runs, or a slot's records) in [at, stop)
-            while starts[j + 1] <= at:
+        if self._runs:  # runs of records stored back to back, possibly across batches
+            while at < stop:
+                while starts[j + 1] <= at:
+                    j += 1
+                end = min(starts[j + 1], stop)
+                first = seg_local[j] + at - starts[j]  # type: ignore[operator]
+                dst[have : have + end - at] = rows[seg_slot[j]][first : first + end - at]
+                have += end - at
+                at = end
+        elif self._grid:  # a batch's records of one slot; its segments end where it does
+            while at < stop:
+                end = starts[j + 1]
+                rows[seg_slot[j]].take(seg_local[at:end], 0, dst[have : have + end - at], "clip")  # (checked)
+                have += end - at
+                at = end
                 j += 1
-            end = min(starts[j + 1], stop)
-            if isinstance(seg_local, list):  # a run of records stored back to back
-                first = seg_local[j] + at - starts[j]
-                np.copyto(dst[have : have + end - at], rows[seg_slot[j]][first : first + end - at])
-            else:
-                self._gather(rows[seg_slot[j]], seg_local[at:end], dst[have : have + end - at])
-            have += end - at
-            at = end
+        else:
+            while at < stop:
+                end = starts[j + 1]
+                dst[have : have + end - at] = rows[seg_slot[j]][seg_local[at:end]]  # (take would copy
+                have += end - at  # the windows whole)
+                at = end
+                j += 1
         self._seg, self._at = j, at
         batch.have = have
         return batch.take() if have == batch.size else None
@@ -415,35 +428,65 @@ class _Pieces:
     def _segments(self, have: int, size: int) -> None:
         """Works out the block's segments, the batch being assembled holding ``have`` of
         its ``size`` records: runs of records stored back to back where they are few and
-        keep each batch's grouping; otherwise each batch's records of each slot, in
-        stream order (``_seg_local`` then holds every record, in that order)."""
+        keep each batch's grouping (``_runs``); otherwise each batch's records of each
+        slot, in stream order (``_seg_local`` then holds every record, in that order).
+        IndexError if a record ends past its payload."""
         slots, local = self._slots, self._local
         n = len(slots)
-        breaks = np.flatnonzero((slots[1:] != slots[:-1]) | (local[1:] - local[:-1] != 1)) + 1
-        if self._gather == self._take and len(breaks) <= n // 16:
+        head = min(n, 64)  # most of a block's first records in runs: worth looking for them
+        if self._grid and (local[1:head] - local[: head - 1] == 1).sum() * 4 >= 3 * (head - 1):
+            breaks = np.flatnonzero((slots[1:] != slots[:-1]) | (local[1:] - local[:-1] != 1)) + 1
             down = breaks[slots[breaks] < slots[breaks - 1]]  # a slot after a higher one...
-            if not ((down + have) % size).any():  # ... only ever at a batch's start
+            if len(breaks) <= n // 16 and not ((down + have) % size).any():  # ... only at a batch's start
                 cuts = [0, *breaks.tolist()]
                 self._seg_starts = [*cuts, n]
                 self._seg_slot = slots[cuts].tolist()
                 self._seg_local = local[cuts].tolist()
+                self._runs = True
+                tops = [lo + b - a - 1 for lo, a, b in zip(self._seg_local, cuts, self._seg_starts[1:])]
+                self._check_ends(tops, self._seg_slot)
                 return
-        part = (np.arange(n, dtype=np.int64) + have) // size  # each record's batch
-        order = _stable_order(slots, len(self._rows or ()))
-        order = order[_stable_order(part[order], int(part[-1]) + 1)]  # by batch, then slot
-        slots, part = slots[order], part[order]
-        cuts = np.flatnonzero((slots[1:] != slots[:-1]) | (part[1:] != part[:-1])) + 1
+        width = len(self._rows or ())
+        first = min(size - have, n)  # the records of the batch being assembled, then whole batches
+        counts = [first, *[size] * ((n - first) // size), *([(n - first) % size] if (n - first) % size else [])]
+        parts = len(counts)
+        if parts * width <= 1 << 16:  # by batch then slot: one radix sort of 8 or 16 bits
+            narrow = np.uint8 if parts * width <= 1 << 8 else np.uint16
+            key = np.repeat(np.arange(0, parts * width, width, dtype=narrow), counts)
+            key += slots.astype(narrow)
+            order = np.argsort(key, kind="stable")
+            key = key[order]
+            cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
+            seg_slot = key[[0, *cuts.tolist()]] % width
+        else:
+            part = np.repeat(np.arange(parts, dtype=np.int64), counts)  # each record's batch
+            order = _stable_order(slots, width)
+            order = order[_stable_order(part[order], parts)]  # by batch, then slot
+            sorted_slots, part = slots[order], part[order]
+            cuts = np.flatnonzero((sorted_slots[1:] != sorted_slots[:-1]) | (part[1:] != part[:-1])) + 1
+            seg_slot = sorted_slots[[0, *cuts.tolist()]]
         self._seg_starts = [0, *cuts.tolist(), n]
-        self._seg_slot = slots[self._seg_starts[:-1]].tolist()
+        self._seg_slot = seg_slot.tolist()
         self._seg_local = local[order]
+        self._check_ends(np.maximum.reduceat(self._seg_local, self._seg_starts[:-1]).tolist(), self._seg_slot)
 
-    @staticmethod
-    def _take(rows: np.ndarray, local: np.ndarray, out: np.ndarray) -> None:
-        rows.take(local, 0, out, "clip")  # (every bound checked on arrival)
+    def _check_ends(self, tops: list[int], slots: list[int]) -> None:
+        """IndexError unless the record ``tops[i]`` (the last of segment ``i``, a row or,
+        off the grid, a byte offset) of each segment's slot ends inside its payload."""
+        scale = self._size if self._grid else 1
+        sizes = self._sizes
+        if any(top * scale + self._size > sizes[s] for top, s in zip(tops, slots)):
+            begins = self._local * scale
+            self._outside(begins, begins + self._size)
 
-    @staticmethod
-    def _index(rows: np.ndarray, local: np.ndarray, out: np.ndarray) -> None:
-        out[...] = rows[local]  # rows of windows at byte offsets: take would copy them whole
+    def _outside(self, begins: np.ndarray, ends: np.ndarray) -> None:
+        """IndexError naming the block's first record outside its payload, if one is."""
+        sizes = np.asarray(self._sizes, dtype=np.int64)[self._slots]
+        bad = np.flatnonzero((begins < 0) | (begins > ends) | (ends > sizes))
+        if len(bad):
+            i = int(bad[0])
+            raise IndexError(f"record {i} of a block: bounds [{int(begins[i])}, {int(ends[i])}) are outside "
+                             f"its payload of {int(sizes[i])} bytes")
 
     def close(self) -> None:
         self._rows = None  # lets go of the maps
