@@ -8,9 +8,15 @@ link, in both directions, so one connection gets 1/16 of the link, as on S3.
 For each dataset (default: 4 shards of 64 MiB, and 1 shard of 256 MiB):
 
 - **roxxel**: ``roxxel.Writer`` with default options (but ``shard_bytes``) in a fresh
-  process, through the proxy, timed from the first ``append`` to ``close()`` returning
-  (packing, hashing, staging, uploading, checking, the manifest), with the child's peak
-  RSS (VmHWM) and its RSS before the first record (the record pool of the generator).
+  process (``import roxxel`` done), through the proxy, timed end to end from the call to
+  ``Writer(...)`` to ``close()`` returning: its set-up (s3fs imported and its client made,
+  the probe for conditional writes, the check that no manifest exists), then packing,
+  hashing, staging, uploading, checking and the manifest. The set-up is also reported on
+  its own, and the writing alone (first ``append`` to ``close()``), since the best client
+  makes its client before it is timed and needs no probe. With the child's peak RSS
+  (VmHWM) and its RSS before the first record (the record pool of the generator).
+- **its uploads**: ``Store.put_file`` and ``check_upload`` of the same files, 4 at once
+  (the writer's ``upload_workers``), in a fresh process whose client is made first.
 - **best client**: local files of exactly the shards' stored sizes, written before timing,
   uploaded as multipart uploads of ``--part-mib`` (8) MiB parts, ``--parallel`` (32) in
   flight over all files, each thread on a kept-alive ``http.client`` connection to
@@ -74,10 +80,12 @@ source = RecordSource(shards * shard_mib * MiB, 1024, 15 * 1024, seed=shards)
 before = rss("VmRSS:")
 t0, c0 = time.perf_counter(), time.process_time()
 with roxxel.Writer(url, shard_bytes=shard_mib * MiB, storage_options=options) as writer:
+    made = time.perf_counter()
     writer.extend(source)
 seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 stored = [int(s) for s in writer.manifest.shards.stored_size.tolist()]
-print(json.dumps({"seconds": seconds, "cpu": cpu, "sizes": stored, "rss_before": before, "rss_peak": rss("VmHWM:")}))
+print(json.dumps({"seconds": seconds, "setup": made - t0, "cpu": cpu, "sizes": stored, "rss_before": before,
+                  "rss_peak": rss("VmHWM:")}))
 """
 
 
@@ -224,7 +232,8 @@ class Bench:
         def writer() -> None:
             cpu0 = cpu_seconds(pid)
             w = run_writer(f"s3://{BUCKET}/d{spec}", self.shaped, shards, shard_mib, self.args.parts_in_flight)
-            one.update(writer_s=w["seconds"], writer_cpu=w["cpu"], rss_peak=w["rss_peak"],
+            one.update(writer_s=w["seconds"], writer_setup_s=w["setup"], writing_s=w["seconds"] - w["setup"],
+                       writer_cpu=w["cpu"], rss_peak=w["rss_peak"],
                        rss_before=w["rss_before"], moto_cpu_writer=cpu_seconds(pid) - cpu0, bytes=sum(w["sizes"]))
             for k, size in enumerate(w["sizes"] if not files else []):
                 files.append(os.path.join(self.tmp, f"{spec}-{k}"))
@@ -245,6 +254,7 @@ class Bench:
         if self.args.boto3:
             one["boto3_s"] = best_client(self.proxy.endpoint, BUCKET, files, part, self.args.parallel, boto3_parts=True)
         one["server_s"] = best_client(self.s3.endpoint, BUCKET, files, part, self.args.parallel)
+        one["load"] = os.getloadavg()[0]
         return one
 
 
@@ -269,11 +279,22 @@ def summarize(spec: str, rounds: list[dict[str, float]], shards: int, boto3: boo
     if boto3:
         row["boto3_mbps"] = rate("boto3_s")
         print(f"  boto3 parts  {row['boto3_mbps']:6.0f} MB/s through the link")
-    print(f"  roxxel       {writer:6.0f} MB/s = {writer / best:4.0%} of the best client (its CPU "
+    print(f"  roxxel       {writer:6.0f} MB/s = {writer / best:4.0%} of the best client end to end (its CPU "
           f"{cpu('writer_cpu')} s, packing included, moto's {cpu('moto_cpu_writer')} s); "
           f"writer peak RSS {peak / MiB:.0f} MiB ({before / MiB:.0f} MiB before the first record)")
+    if all("writing_s" in r for r in rounds):
+        writing = rate("writing_s")
+        setups = sorted(r["writer_setup_s"] * 1000 for r in rounds)
+        row.update(writing_mbps=writing, writing_ratio=writing / best, writer_setup_ms=setups)
+        print(f"    of which   set-up {setups[0]:.0f}-{setups[-1]:.0f} ms (Writer(...): s3fs imported, its client, the "
+              f"conditional-write probe, the manifest check); writing alone {writing:.0f} MB/s = "
+              f"{writing / best:4.0%} of the best client")
     print(f"  its uploads  {put:6.0f} MB/s = {put / best:4.0%} of the best client (Store.put_file + "
-          f"check_upload of the same files, 4 at once; its CPU {cpu('put_file_cpu')} s)\n", flush=True)
+          f"check_upload of the same files, 4 at once; its CPU {cpu('put_file_cpu')} s)", flush=True)
+    if all("load" in r for r in rounds):
+        loads = ", ".join(f"{r['load']:.1f}" for r in rounds)
+        print(f"  load average (1 min) after each round: {loads}")
+    print(flush=True)
     return row
 
 
