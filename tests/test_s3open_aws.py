@@ -301,7 +301,7 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_credentials_and_region_are_botocores(name, aws_env, monkeypatch):
+def test_credentials_and_region_are_botocores_and_s3fs_s(name, aws_env, monkeypatch):
     scenario = SCENARIOS[name]
     for variable, value in scenario.get("env", {}).items():
         monkeypatch.setenv(variable, value)
@@ -320,6 +320,13 @@ def test_credentials_and_region_are_botocores(name, aws_env, monkeypatch):
     assert settings is not None
     assert tuple(settings.credentials) == (expected.access_key, expected.secret_key, expected.token)
     assert settings.region == session.get_config_variable("region")
+    import s3fs  # and the client s3fs itself makes (aiobotocore's chain) signs with the same
+
+    client = s3fs.S3FileSystem(skip_instance_cache=True).connect()
+    signer = client._request_signer._credentials
+    assert tuple(settings.credentials) == (signer.access_key, signer.secret_key, signer.token)
+    if settings.region is not None:
+        assert client.meta.region_name == settings.region
 
 
 def test_aws_region_is_only_a_guess_after_botocores_own(aws_env, monkeypatch):
