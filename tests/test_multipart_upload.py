@@ -484,11 +484,12 @@ def multipart_etag(data: bytes, part_size: int) -> str:
     return f"{hashlib.md5(digests).hexdigest()}-{-(-len(data) // part_size)}"
 
 
-def test_writer_hashes_each_part_once_while_packing(limits, transport, s3_server, bucket, tmp_path,
+@pytest.mark.parametrize(("transport", "compression"), [("presigned", None), ("s3fs", None), ("presigned", "zstd")])
+def test_writer_hashes_each_part_once_while_packing(limits, transport, compression, s3_server, bucket, tmp_path,
                                                      monkeypatch) -> None:
-    """The parts' MD5s come from staging, computed as the shard was packed: neither the
-    upload nor the check after it hashes (or reads) the staged file again, and the
-    objects' ETags are those of the bytes packed."""
+    """The parts' MD5s come from staging, computed as the shard was packed (or, with
+    zstd, as it was compressed): neither the upload nor the check after it hashes (or
+    reads) the staged file again, and the objects' ETags are those of the bytes stored."""
     computed: list[str] = []
     md5_of, read_part = multipart._md5_of, multipart._read_part
 
@@ -505,7 +506,7 @@ def test_writer_hashes_each_part_once_while_packing(limits, transport, s3_server
     monkeypatch.setattr(multipart, "_read_part", counted_read)
     records = mib_records(24)  # shards of 11, 11 and 2 records of 1 MiB: 3, 3 and 1 part(s)
     store = make_store(s3_server, bucket, transport)
-    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store, compression=compression) as writer:
         writer.extend(records)
 
     assert computed == []
