@@ -507,6 +507,10 @@ def test_credentials_appear_in_no_repr_and_no_log(seam, aws_env, aws_datasets, m
     assert signed_get(fs, f"{path}/manifest.json", None) is not None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # and a fallback, logged
     assert signed_get(fs, f"{path}/missing.json", None) is None
-    shown = " ".join([repr(settings), str(settings.credentials), repr(request), repr(fs), caplog.text])
+    aws_env.credentials.write_text("[default]\naws_access_key_id = AKIDFILE\naws_secret_access_key = never-show-this-2\n")
+    profile = aws_config.load_profile(os.environ)
+    assert profile is not None and profile.credentials_file
+    shown = " ".join([repr(settings), str(settings.credentials), repr(request), repr(fs), repr(profile), str(profile),
+                      caplog.text])
     assert "never-show-this" not in shown
     assert "proxy" in caplog.text

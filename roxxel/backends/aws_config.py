@@ -104,6 +104,11 @@ class Profile(NamedTuple):
     config_file: dict[str, Any]
     credentials_file: dict[str, Any]
 
+    def __repr__(self) -> str:  # the settings may hold keys
+        return f"Profile({self.name!r}, settings={sorted(self.merged)})"
+
+    __str__ = __repr__
+
 
 class AwsSettings:
     """What an S3 GET to AWS is sent with (see :func:`aws_settings`): ``region`` is None
