@@ -514,3 +514,67 @@ def test_credentials_appear_in_no_repr_and_no_log(seam, aws_env, aws_datasets, m
                       caplog.text])
     assert "never-show-this" not in shown
     assert "proxy" in caplog.text
+
+
+# -- TLS: AWS's certificate checked with botocore's CA bundle -------------------------------
+
+
+class _TlsStub(http.server.BaseHTTPRequestHandler):
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.headers.get("Host", ""))
+        body = b'{"over": "tls"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def tls_stub(tmp_path, monkeypatch, aws_env):
+    """An HTTPS server with a self-signed certificate for AWS's name of the bucket
+    ``roxxel-tls`` in eu-west-1, reached through the seam (same host, the server's port)
+    and a resolver that sends ``*.amazonaws.com`` to loopback."""
+    import socket
+    import ssl
+
+    from tests.test_tls import certificate
+
+    host = "roxxel-tls.s3.eu-west-1.amazonaws.com"
+    cert, key = certificate(tmp_path, "aws", host)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TlsStub)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _TlsStub.seen = []
+    real_resolve, real_endpoint, port = socket.getaddrinfo, aws_endpoint._aws_endpoint, server.server_address[1]
+
+    def resolve(name, *args, **kwargs):
+        return real_resolve("127.0.0.1" if str(name).endswith(".amazonaws.com") else name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(aws_endpoint, "_aws_endpoint",
+                        lambda b, r, p: real_endpoint(b, r, p)._replace(address=(real_endpoint(b, r, p).host, port)))
+    for name, value in {**CREDENTIALS, "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield SimpleNamespace(cert=cert, host=host, seen=_TlsStub.seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_aws_s_certificate_is_verified_with_the_ca_bundle_botocore_uses(tls_stub, monkeypatch):
+    fs, path = deferred_s3("s3://roxxel-tls/ds", {})
+    assert signed_get(fs, f"{path}/manifest.json", None) is None  # certifi's bundle: not trusted
+    assert tls_stub.seen == []  # nothing was sent over the unverified connection
+    monkeypatch.setenv("AWS_CA_BUNDLE", tls_stub.cert)
+    got = signed_get(fs, f"{path}/manifest.json", None)
+    assert got is not None and got.data == b'{"over": "tls"}'
+    assert tls_stub.seen == [tls_stub.host]
