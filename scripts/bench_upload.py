@@ -41,6 +41,7 @@ Usage: ``.venv/bin/python scripts/bench_upload.py [--datasets 4x64 1x256] [--lat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import http.client
 import json
@@ -51,6 +52,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,10 +388,58 @@ def gcsfs_put_files(options: dict[str, Any], bucket: str, files: list[str]) -> f
     return time.perf_counter() - started
 
 
+# fake-gcs-server reads the body of one request at a time: through a shaped link, parallel
+# parts would then arrive one after the other (the kernel buffers the first few MiB of
+# each). A real store's front ends take every body at once. This relay, between the proxy
+# and the server, takes each body as fast as the proxy delivers it and hands it on as
+# the server reads; responses pass straight through.
+_RELAY = """
+import asyncio, sys
+
+async def pipe(reader, writer, drain):
+    try:
+        while data := await reader.read(1 << 18):
+            writer.write(data)
+            if drain:
+                await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+async def handle(client_r, client_w):
+    server_r, server_w = await asyncio.open_connection("127.0.0.1", int(sys.argv[1]), limit=1 << 18)
+    server_w.transport.set_write_buffer_limits(high=1 << 40)
+    await asyncio.gather(pipe(client_r, server_w, False), pipe(server_r, client_w, True))
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=1 << 18, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def gcs_relay(target_port: int) -> Iterator[int]:
+    """A relay in front of ``target_port`` (see ``_RELAY``); yields its port."""
+    process = subprocess.Popen([sys.executable, "-c", _RELAY, str(target_port)], stdout=subprocess.PIPE)
+    try:
+        line = process.stdout.readline() if process.stdout else b""
+        if not line.strip().isdigit():
+            raise RuntimeError(f"the relay did not start (printed {line!r})")
+        yield int(line)
+    finally:
+        process.kill()
+        process.wait()
+
+
 def gcs_round(args: argparse.Namespace, spec: str, files: list[str], tmp: str, writer_first: bool) -> dict[str, float]:
     """One round of every GCS client on dataset ``spec`` against a fresh fake-gcs-server
     behind a fresh shaping proxy (fake-gcs-server's batch delete deletes nothing, so a
-    reset could not empty it)."""
+    reset could not empty it), with a relay that takes request bodies at once (``_RELAY``)
+    between the proxy and the server."""
     from tests.servers import gcs_storage_options
 
     shards, shard_mib = (int(x) for x in spec.split("x"))
@@ -398,8 +448,8 @@ def gcs_round(args: argparse.Namespace, spec: str, files: list[str], tmp: str, w
     with servers.gcs_server() as gcs:
         gcs.create_bucket(BUCKET)
         port, pid = int(gcs.endpoint.rsplit(":", 1)[1]), gcs.process.pid
-        with shaping_proxy.start(port, latency=args.latency, conn_rate=args.conn_mbps * 1e6,
-                                 link_rate=args.link_mbps * 1e6) as proxy:
+        with gcs_relay(port) as relay, shaping_proxy.start(
+                relay, latency=args.latency, conn_rate=args.conn_mbps * 1e6, link_rate=args.link_mbps * 1e6) as proxy:
             shaped = gcs_storage_options(proxy.endpoint)
 
             def writer() -> None:
