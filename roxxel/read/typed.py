@@ -294,32 +294,28 @@ class TypedIterator(Iterator[Any]):
 
 
 class _Batch:
-    """The batch a typed stream is assembling: a new array of ``size`` records (allocated
-    as its first record comes), as a ``(size, record bytes)`` ``uint8`` view to copy
-    records into, and how many it holds (``have``)."""
+    """The batch a typed stream is assembling: a new ``(size, *shape)`` array (allocated
+    as its first record comes) and how many records it holds (``have``)."""
 
-    __slots__ = ("array", "dtype", "have", "nbytes", "rows", "shape", "size")
+    __slots__ = ("array", "dtype", "have", "shape", "size")
 
     def __init__(self, typed: TypedRecords, size: int) -> None:
-        assert typed._nbytes is not None and typed.shape is not None
-        self.size, self.nbytes, self.dtype, self.shape = size, typed._nbytes, typed.dtype, typed.shape
+        assert typed.shape is not None
+        self.size, self.dtype, self.shape = size, typed.dtype, (size, *typed.shape)
         self.have = 0
         self.array: np.ndarray | None = None
-        self.rows: np.ndarray | None = None
 
     def open(self) -> np.ndarray:
-        """The batch's rows, allocated if they are not yet."""
-        if self.rows is None:
-            buf = np.empty(self.size * self.nbytes, dtype=np.uint8)
-            self.rows = buf.reshape(self.size, self.nbytes)
-            self.array = buf.view(self.dtype).reshape(self.size, *self.shape)
-        return self.rows
+        """The batch's array, allocated if it is not yet."""
+        if self.array is None:
+            self.array = np.empty(self.shape, dtype=self.dtype)
+        return self.array
 
     def take(self) -> np.ndarray:
         """The records held, as a ``(have, *shape)`` array; the next batch starts empty."""
         assert self.array is not None
         out = self.array if self.have == self.size else self.array[: self.have]
-        self.array = self.rows = None
+        self.array = None
         self.have = 0
         return out
 
@@ -365,8 +361,9 @@ class _Pieces:
         self._rows: list[np.ndarray] | None
         self._local = begins // size
         self._grid = bool(np.array_equal(np.multiply(self._local, size, out=lengths), begins))
-        if self._grid:  # record j of a shard's rows is its j-th record of the size
-            self._rows = [p[: len(p) // size * size].reshape(-1, size) for p in payloads]
+        if self._grid:  # record j of a shard's rows is its j-th record, as an array of the type
+            shape = batch.shape[1:]
+            self._rows = [p[: len(p) // size * size].view(typed.dtype).reshape(-1, *shape) for p in payloads]
         else:  # a record off the grid of its shard: rows of the record's size at every byte
             self._local = begins
             self._rows = [np.lib.stride_tricks.sliding_window_view(p, size) if len(p) >= size else
@@ -393,11 +390,18 @@ class _Pieces:
         have = batch.have
         if self._seg_starts is None:
             self._segments(have, batch.size)
-        dst = batch.open()
         starts, seg_slot, seg_local = self._seg_starts, self._seg_slot, self._seg_local
         assert starts is not None
         stop = min(n, at + batch.size - have)
         j = self._seg
+        if self._runs:
+            while starts[j + 1] <= at:
+                j += 1
+            if not have and stop - at == batch.size and starts[j + 1] >= stop:  # a whole batch, one run
+                first = seg_local[j] + at - starts[j]  # type: ignore[operator]
+                self._seg, self._at = j, stop
+                return rows[seg_slot[j]][first : first + batch.size].copy()
+        dst = batch.open()
         if self._runs:  # runs of records stored back to back, possibly across batches
             while at < stop:
                 while starts[j + 1] <= at:
@@ -415,6 +419,7 @@ class _Pieces:
                 at = end
                 j += 1
         else:
+            dst = dst.reshape(batch.size, -1).view(np.uint8)  # (the rows here are bytes)
             while at < stop:
                 end = starts[j + 1]
                 dst[have : have + end - at] = rows[seg_slot[j]][seg_local[at:end]]  # (take would copy
