@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -29,6 +30,7 @@ import numpy.typing as npt
 import zstandard
 from fsspec.callbacks import Callback
 
+from . import trace
 from .backends import Store, multipart
 from .backends.s3 import S3Backend
 from .cache.files import pid_alive
@@ -107,6 +109,10 @@ class Writer:
     find the new manifest unsigned. The key is loaded here (a bad one fails before any
     upload) and is never logged or shown.
 
+    With ``$ROXXEL_TRACE`` set (or tracing on: :mod:`roxxel.trace`), the writer records
+    its set-up, the packing of each shard, waits for staging room, each shard's upload
+    and check, each S3 part, and the publish, in a Chrome/Perfetto trace.
+
     ``dtype`` (a NumPy number type) and ``shape`` (None: 1-D records of any length)
     declare the records' type in the manifest's ``meta`` (``meta["dtype"]``,
     ``meta["shape"]``: see :mod:`roxxel.manifest.record_type`); readers get the records as
@@ -133,6 +139,7 @@ class Writer:
         dtype: npt.DTypeLike | None = None,
         shape: Sequence[int] | int | None = None,
     ) -> None:
+        began = time.perf_counter_ns()
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
         if compression not in COMPRESSIONS:
@@ -157,6 +164,8 @@ class Writer:
         self.manifest: Manifest | None = None
 
         self._base, self._generation = self._prepare_publish()
+        if (tracer := trace.configure()) is not None:
+            tracer.complete("writer set-up", "write", began, time.perf_counter_ns(), mode=mode)
 
         _remove_dead_staging(staging_dir)
         self._staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=staging_dir)
@@ -173,6 +182,7 @@ class Writer:
         self._lock = threading.Lock()
         self._current: tuple[ShardWriter, StagingFile, _Staged] | None = None
         self._next_index = 0
+        self._shard_began = 0  # when the shard being packed was started (for the trace)
         self._records = 0
         self._bytes = 0
         self._state = "open"
@@ -322,6 +332,7 @@ class Writer:
         part_size = None if self.compression else self._hashed_part_size()
         sink = StagingFile(path, part_size=part_size, md5_lanes=self._md5_lanes)
         staged = _Staged(index, path, 0, 0, 0, "")
+        self._shard_began = time.perf_counter_ns()
         self._current = (ShardWriter(sink), sink, staged)
         return self._current
 
@@ -343,7 +354,13 @@ class Writer:
                        digests.size, digests.hexdigest, digests.part_size, digests.part_md5s)
         if self._meter is not None:
             self._meter.set_total(self._bytes)
-        self._wait_for_room()
+        if (tracer := trace.current()) is not None:
+            tracer.complete("pack shard", "write", self._shard_began, time.perf_counter_ns(), shard=staged.index,
+                            bytes=digests.size, records=layout.record_count)
+            with tracer.span("wait for staging room", "write", shard=staged.index):
+                self._wait_for_room()
+        else:
+            self._wait_for_room()
         future = self._pool.submit(lambda: self._upload(done))
         self._futures.append(future)
         self._staged.append(future)
@@ -365,6 +382,13 @@ class Writer:
     # -- uploading (background threads) ------------------------------------------------
 
     def _upload(self, staged: _Staged) -> ShardInfo:
+        tracer = trace.current()
+        if tracer is None:
+            return self._upload_staged(staged)
+        with tracer.span("upload shard", "write", shard=staged.index, bytes=staged.raw_size):
+            return self._upload_staged(staged)
+
+    def _upload_staged(self, staged: _Staged) -> ShardInfo:
         path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
         part_size, md5s = staged.part_size, staged.part_md5s
         suffix = ""
@@ -403,9 +427,15 @@ class Writer:
         again if not."""
         key, spec = shard.uri, ShardSpec.of(shard, self.store.url(shard.uri))
         for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
+            began = time.perf_counter_ns()
             self.store.put_file(path, key)
+            if (tracer := trace.current()) is not None:
+                tracer.complete("put", "write", began, time.perf_counter_ns(), attempt=attempt)
+                began = time.perf_counter_ns()
             try:
                 self.store.check_upload(key, path, ShardCheck(spec, parse_checksum(shard.checksum)))
+                if tracer is not None:
+                    tracer.complete("check", "write", began, time.perf_counter_ns())
                 return
             except IntegrityError as exc:
                 if attempt == _UPLOAD_ATTEMPTS:
@@ -426,7 +456,11 @@ class Writer:
         if self._state != "open":
             raise ValueError(f"writer for {self.url} is {self._state}")
         try:
-            manifest = self._publish(self._upload_all())
+            shards = self._upload_all()
+            began = time.perf_counter_ns()
+            manifest = self._publish(shards)
+            if (tracer := trace.current()) is not None:
+                tracer.complete("publish", "write", began, time.perf_counter_ns(), shards=len(shards))
         except BaseException:
             self._abort()
             raise

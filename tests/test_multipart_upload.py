@@ -536,10 +536,10 @@ def test_a_staged_shard_changed_after_packing_is_never_published(limits, s3_serv
 
     monkeypatch.setattr(roxxel.writer.Writer, "_put_checked", flipping)
     store = make_store(s3_server, bucket)
-    with pytest.raises(IntegrityError, match=r"s3://mp-.*/ds/shards/00000-000000-[0-9a-f]{12}\.rox: uploaded "
-                                             r"object has multipart ETag [0-9a-f]{32}-3, expected [0-9a-f]{32}-3"):
-        with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
-            writer.extend(mib_records(11))
+    message = r"s3://mp-.*/ds/shards/00000-000000-[0-9a-f]{12}\.rox: uploaded object has multipart ETag [0-9a-f]{32}-3, "
+    writer = roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store)
+    with pytest.raises(IntegrityError, match=message + r"expected [0-9a-f]{32}-3"), writer:
+        writer.extend(mib_records(11))
     assert not store.exists("manifest.json")
 
 
@@ -586,3 +586,28 @@ def test_part_threads_and_connections_stay_from_one_shard_to_the_next(limits, s3
     assert len(writer.manifest.shards) == 3 and len(pools) == 9
     assert len(set(pools)) == 1
     assert multipart._pools == {}  # released at the close
+
+
+def test_a_trace_shows_where_a_writers_time_goes(limits, s3_server, bucket, tmp_path) -> None:
+    """With tracing on, the writer records its set-up, each shard's packing, upload,
+    put and check, each S3 part (its MD5 from the packing), and the publish."""
+    import json
+
+    from roxxel import trace
+
+    trace.start(tmp_path / "write.json")
+    try:
+        store = make_store(s3_server, bucket)
+        with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+            writer.extend(mib_records(13))  # a shard of 3 parts, and one of 2 MiB
+    finally:
+        path = trace.stop()
+    assert path is not None
+    with open(path) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+    names = Counter(e["name"] for e in events)
+    assert names["writer set-up"] == 1 and names["publish"] == 1
+    assert names["pack shard"] == names["upload shard"] == names["put"] == names["check"] == 2
+    parts = [e for e in events if e["name"] == "upload part"]
+    assert len(parts) == 3 and all(e["args"]["md5_from_packing"] for e in parts)
+    assert sum(e["args"]["bytes"] for e in parts) == writer.manifest.shards[0].stored_size

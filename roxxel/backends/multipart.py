@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .. import trace
 from .errors import classify, describe, http_status
 from .retry import DEFAULT_POLICY
 from .watchdog import Progress
@@ -361,6 +362,7 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
         raise ValueError(f"a presigned part URL of scheme {parts.scheme!r} or to a proxied host")
     kept = _connections.__dict__.setdefault("kept", {})
     conn = kept.pop((parts.scheme, parts.netloc), None) or _connect(fs, parts)
+    began, packed = time.perf_counter_ns(), md5 is not None
     try:
         conn.putrequest("PUT", f"{parts.path}?{parts.query}", skip_accept_encoding=True)
         conn.putheader("Content-Length", str(length))
@@ -386,6 +388,9 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
     etag = response.getheader("ETag")
     if not etag:
         raise http.client.HTTPException("an UploadPart response without an ETag")
+    if (tracer := trace.current()) is not None:
+        tracer.complete("upload part", "upload", began, time.perf_counter_ns(), offset=offset, bytes=length,
+                        md5_from_packing=packed)
     return etag, md5
 
 
