@@ -31,8 +31,11 @@ same proxy; the writer and ``Store.put_file`` as above, to ``gs://``; the best c
 parallel composite upload by the same cheapest means (``--parallel`` media uploads of
 ``--part-mib`` MiB parts from ``sendfile``, one compose per file, the parts deleted); and
 gcsfs's own ``put_file`` (roxxel's GCS uploads before composite uploads), 4 at once.
-fake-gcs-server hashes and copies every byte it takes (and again to compose), so on
-2 cores its own CPU can be the limit: compare with the unshaped figure.
+fake-gcs-server reads one request body at a time, which a real store's front ends do
+not: a relay between the proxy and the server takes every body as the proxy delivers it.
+It also hashes and copies every byte it takes (and again to compose), about 2 CPU-seconds
+per 269 MB, so on 2 cores the server can be the limit: compare with the unshaped figure,
+or narrow the link (``--link-mbps 48 --conn-mbps 3``) to see the clients' parallelism.
 
 Usage: ``.venv/bin/python scripts/bench_upload.py [--datasets 4x64 1x256] [--latency 0.03]
 [--conn-mbps 25] [--link-mbps 400] [--boto3] [--gcs]``; results under ``bench-out/`` if ``--out``.
