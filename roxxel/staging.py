@@ -16,23 +16,36 @@ on alternate lanes (hashlib releases the GIL on chunks this large, and MD5 is th
 slowest step by far: about 0.7 GB/s a core, against several for BLAKE3). Memory stays
 bounded whatever the shard's size: the chunk being filled and at most
 :data:`CHUNKS_IN_FLIGHT` chunks waiting for their MD5.
+
+Also here: the writer's staging folder (:func:`make_staging_dir`, which removes those
+of killed writers) and zstd compression of a staged shard through the same hashing
+(:func:`compress`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+import zstandard
+
+from .cache.files import pid_alive
 from .manifest.checksums import DEFAULT_ALGORITHM, new_hasher
 from .workers import WorkerPool
 
-__all__ = ["CHUNK", "CHUNKS_IN_FLIGHT", "Digests", "StagingFile"]
+__all__ = ["CHUNK", "CHUNKS_IN_FLIGHT", "Digests", "StagingFile", "compress", "make_staging_dir"]
 
 #: Bytes gathered before they are hashed and written.
 CHUNK = 1 << 20
+_STAGING_PREFIX = "roxxel-writer-"
+_COPY_CHUNK = 8 << 20
 #: Chunks that may wait for their MD5 before :meth:`StagingFile.write` waits (two parts
 #: of the default 8 MiB, so that both lanes have work).
 CHUNKS_IN_FLIGHT = 16
@@ -150,3 +163,34 @@ class StagingFile:
         """Give up: close the file (the caller removes it); pending MD5s are dropped."""
         self._file.close()
         self._pending.clear()
+
+
+def compress(raw_path: str, raw_size: int, part_size: int | None) -> tuple[str, Digests]:
+    """zstd-compress the finished shard ``raw_path`` (content size in the frame) to
+    ``raw_path + ".zst"``, hashing the output as a :class:`StagingFile` does (with the
+    MD5s of its parts of ``part_size`` bytes, if given); its path and digests."""
+    out_path = raw_path + ".zst"
+    cctx = zstandard.ZstdCompressor(level=3, write_content_size=True, threads=0)
+    sink = StagingFile(out_path, part_size=part_size)
+    try:
+        with open(raw_path, "rb") as src:
+            cctx.copy_stream(src, sink, size=raw_size, read_size=_COPY_CHUNK, write_size=_COPY_CHUNK)
+        return out_path, sink.finish()
+    except BaseException:
+        sink.close()
+        raise
+
+
+def make_staging_dir(staging_dir: str | None) -> str:
+    """A new staging folder of this process under ``staging_dir`` (default: the temp
+    folder), after removing those left there by writers that were killed."""
+    root = staging_dir or tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        names = []
+    for name in names:
+        m = re.match(re.escape(_STAGING_PREFIX) + r"(\d+)-", name)
+        if m and not pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=staging_dir)

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import weakref
@@ -27,13 +26,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import zstandard
 from fsspec.callbacks import Callback
 
 from . import trace
 from .backends import Store, multipart
 from .backends.s3 import S3Backend
-from .cache.files import pid_alive
 from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
 from .format.check import ShardCheck, ShardSpec
 from .format.layout import FOOTER_SIZE
@@ -53,7 +50,7 @@ from .manifest.record_type import RecordType
 from .manifest.signing import sign_manifest
 from .manifest.signing_keys import PrivateKeyLike, load_private_key
 from .progress import Meter
-from .staging import Digests, StagingFile
+from .staging import StagingFile, compress, make_staging_dir
 from .workers import WorkerPool
 
 __all__ = ["DEFAULT_SHARD_BYTES", "Writer"]
@@ -63,8 +60,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SHARD_BYTES = 64 << 20
 _MODES = ("create", "overwrite", "append")
 _SHARD_NAME = re.compile(r"^shards/(\d{5,})-\d{6,}-[0-9a-f]{12}\.rox(\.zst)?$")
-_STAGING_PREFIX = "roxxel-writer-"
-_COPY_CHUNK = 8 << 20
 _UPLOAD_ATTEMPTS = 3
 _ROWS_BYTES = 64 << 20  # extend(array) makes rows contiguous this much at a time
 
@@ -167,8 +162,7 @@ class Writer:
         if (tracer := trace.configure()) is not None:
             tracer.complete("writer set-up", "write", began, time.perf_counter_ns(), mode=mode)
 
-        _remove_dead_staging(staging_dir)
-        self._staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=staging_dir)
+        self._staging = make_staging_dir(staging_dir)
         # MD5s of parts on two lanes (threads start only when used)
         self._md5_lanes = tuple(WorkerPool(1, name=f"roxxel-staging-md5-{i}") for i in range(2))
         # S3: the part threads and their connections stay from one shard to the next
@@ -393,7 +387,7 @@ class Writer:
         part_size, md5s = staged.part_size, staged.part_md5s
         suffix = ""
         if self.compression == "zstd":
-            path, compressed = _compress(staged.path, staged.raw_size, self._hashed_part_size())
+            path, compressed = compress(staged.path, staged.raw_size, self._hashed_part_size())
             stored_size, digest = compressed.size, compressed.hexdigest
             part_size, md5s = compressed.part_size, compressed.part_md5s
             suffix = ".zst"
@@ -603,21 +597,6 @@ def _next_generation(base: Manifest | None) -> int:
     return max(found, default=-1) + 1
 
 
-def _compress(raw_path: str, raw_size: int, part_size: int | None) -> tuple[str, Digests]:
-    """zstd-compress a finished shard (content size in the frame), hashing the output
-    (and the MD5s of its parts of ``part_size`` bytes, if given)."""
-    out_path = raw_path + ".zst"
-    cctx = zstandard.ZstdCompressor(level=3, write_content_size=True, threads=0)
-    sink = StagingFile(out_path, part_size=part_size)
-    try:
-        with open(raw_path, "rb") as src:
-            cctx.copy_stream(src, sink, size=raw_size, read_size=_COPY_CHUNK, write_size=_COPY_CHUNK)
-        return out_path, sink.finish()
-    except BaseException:
-        sink.close()
-        raise
-
-
 def _clean_up(staging: str, md5_lanes: Sequence[WorkerPool], release_parts: Callable[[], None] | None) -> None:
     """What a writer leaves when it ends, however it ends: the staging folder removed,
     its MD5 threads stopped, the S3 part threads released (see multipart.hold)."""
@@ -626,17 +605,3 @@ def _clean_up(staging: str, md5_lanes: Sequence[WorkerPool], release_parts: Call
     if release_parts is not None:
         release_parts()
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def _remove_dead_staging(staging_dir: str | None) -> None:
-    """Remove staging folders left by writers that were killed."""
-    root = staging_dir or tempfile.gettempdir()
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return
-    for name in names:
-        m = re.match(re.escape(_STAGING_PREFIX) + r"(\d+)-", name)
-        if m and not pid_alive(int(m.group(1))):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
