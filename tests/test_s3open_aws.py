@@ -159,6 +159,29 @@ def test_a_warm_open_on_aws_is_one_signed_get_and_imports_no_sdk(s3_server, aws_
     assert "/eu-west-1/s3/aws4_request" in authorization
 
 
+def test_a_cold_read_on_aws_downloads_by_signed_ranged_gets_and_imports_no_sdk(s3_server, aws_datasets, tmp_path):
+    """The shard a record needs comes by GETs signed here too (a fresh process's first
+    parts no longer wait for s3fs and botocore), to the same virtual host."""
+    dataset = aws_datasets[EU_BUCKET]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
+    env.update(CREDENTIALS, AWS_DEFAULT_REGION="eu-west-1", PYTHONPATH=str(REPO), AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    out = subprocess.run([sys.executable, "-c", _CHILD, dataset.url, str(tmp_path / "cold"), str(_port(s3_server)),
+                          ",".join(HEAVY)], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["heavy"] == []
+    assert (seen["records"], seen["first"]) == (30, "aws-record-000" * 2)
+    key = dataset.path.split("/", 1)[1]
+    first_shard = dataset.manifest.shards.uris.tolist()[0]
+    targets = [target for _, target, _, _, _, _ in seen["sent"]]
+    assert targets[0] == f"/{key}/manifest.json" and f"/{key}/{first_shard}" in targets[1:]
+    for method, _, host, authorization, address, port in seen["sent"]:
+        assert (method, host, address, port) == ("GET", f"{EU_BUCKET}.s3.eu-west-1.amazonaws.com", "127.0.0.1",
+                                                 _port(s3_server))
+        assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDENV/")
+
+
 def test_the_region_is_found_by_one_head_and_kept_for_the_process(seam, sent, aws_datasets, monkeypatch):
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)

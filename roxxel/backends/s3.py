@@ -10,7 +10,10 @@ are one ``PutObject`` whose body streams from the file (s3fs's ``put_file`` woul
 small object in memory twice over); larger files go up as parallel multipart uploads
 (:mod:`.multipart`).
 
-Downloads (:meth:`S3Backend.open_reader`) are, where possible, plain GETs of presigned
+Parts of a download (:meth:`S3Backend.read_range_into`) of a dataset opened without
+s3fs (:mod:`.s3open`) with static credentials are ranged GETs signed here
+(:func:`read_signed_range`): a cold read then imports neither s3fs nor botocore. Other
+downloads (:meth:`S3Backend.open_reader`) are, where possible, plain GETs of presigned
 URLs. s3fs reads an object's body through aiobotocore and aiohttp; on the reference
 machine that stack alone costs more CPU per byte than hashing and writing the bytes to
 the cache together. A GET of a URL that s3fs itself presigned (so the same credentials,
@@ -38,6 +41,7 @@ import time
 import urllib.parse
 import urllib.request
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -56,7 +60,7 @@ from .errors import HTTPStatusError, http_status
 from .generic import FsspecBackend, etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
-from .s3open import DeferredS3FileSystem, signed_get, sigv4_headers
+from .s3open import DeferredS3FileSystem, ranged_request, signed_get
 from .watchdog import current_timeout, fill, read_in_pieces
 
 __all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
@@ -278,20 +282,22 @@ class _Connections:
         self._idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
         self._pid = os.getpid()
 
-    def take(self, fs: AbstractFileSystem, parts: urllib.parse.SplitResult) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection to the URL's host, and whether it was used before."""
+    def take(self, pool: tuple[str, str, int | None],
+             connect: Callable[[], http.client.HTTPConnection]) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection of ``pool`` (scheme, host, port), else a new one from
+        ``connect``; and whether it was used before."""
         with self._lock:
             if self._pid != os.getpid():
                 self._idle, self._pid = {}, os.getpid()
-            idle = self._idle.get((parts.scheme, parts.hostname or "", parts.port))
+            idle = self._idle.get(pool)
             if idle:
                 return idle.pop(), True
-        return _connect(fs, parts), False
+        return connect(), False
 
-    def give_back(self, parts: urllib.parse.SplitResult, conn: http.client.HTTPConnection) -> None:
+    def give_back(self, pool: tuple[str, str, int | None], conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if self._pid == os.getpid():
-                self._idle.setdefault((parts.scheme, parts.hostname or "", parts.port), []).append(conn)
+                self._idle.setdefault(pool, []).append(conn)
                 return
         conn.close()
 
@@ -320,58 +326,40 @@ def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, i
     if parts is None:
         return None
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    return _ranged_get(fs, parts, target, {}, path, start, end, into)
+    pool = (parts.scheme, parts.hostname or "", parts.port)
+    return _ranged_get(fs, pool, lambda: _connect(fs, parts), target, {}, path, start, end, into)
 
 
 def read_signed_range(fs: DeferredS3FileSystem, path: str, start: int, end: int, into: memoryview) -> int | None:
     """:func:`read_direct_range` before s3fs is needed (a dataset opened through
-    :mod:`.s3open`): the GET is signed here with Signature Version 4 headers
-    (:func:`.s3open.sigv4_headers`), so a cold read imports neither s3fs nor botocore (a
-    fresh process's first parts waited ~250 ms for them). Only where nothing is left to
-    botocore's judgement: an explicit plain-HTTP ``endpoint_url``, a ``region_name``, and
-    ``key``/``secret`` (and ``token``) in the options (signing then costs microseconds a
-    request). None: not possible here, or refused once (then s3fs reads from now on)."""
-    signer = None if refused(fs) else _range_signer(fs)
-    if signer is None:
+    :mod:`.s3open`, on an explicit endpoint or AWS's own): the GET is signed here with
+    Signature Version 4 headers (:func:`.s3open.ranged_request`), so a cold read imports
+    neither s3fs nor botocore (a fresh process's first parts waited ~250 ms for them).
+    None: not possible here (credentials that are not static, say), or refused once
+    (then s3fs reads from now on)."""
+    if refused(fs):
         return None
-    parts, target, sign = signer
-    return _ranged_get(fs, parts, target(path), sign(target(path)), path, start, end, into)
-
-
-def _range_signer(fs: DeferredS3FileSystem) -> tuple[urllib.parse.SplitResult, Any, Any] | None:
-    """(the endpoint, path -> request target, target -> signed headers), or None."""
-    options = fs.storage_options
-    client, config = options.get("client_kwargs") or {}, options.get("config_kwargs") or {}
-    endpoint = options.get("endpoint_url") or client.get("endpoint_url")
-    region = client.get("region_name") or config.get("region_name")
-    key, secret, token = options.get("key"), options.get("secret"), options.get("token")
-    if not (isinstance(endpoint, str) and isinstance(region, str) and key and secret):
+    try:
+        request = ranged_request(fs, path)
+    except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
+        _refuse(fs, exc)
         return None
-    parts = urllib.parse.urlsplit(endpoint)
-    if parts.scheme != "http" or not parts.hostname or _proxied(parts.hostname):
-        return None  # TLS stays with botocore's CA bundle and settings, through s3fs
-    if (config.get("s3") or {}).get("addressing_style") not in (None, "auto", "path"):
+    if request is None:
         return None
-    base = parts.path.rstrip("/")
-    host = parts.netloc.removesuffix(":80")  # as botocore signs a default port
-
-    def target(path: str) -> str:
-        return f"{base}/{urllib.parse.quote(path, safe='/~')}"
-
-    def sign(request_target: str) -> dict[str, str]:
-        return sigv4_headers("GET", host, request_target, region, (key, secret, token or None),
-                             time.gmtime())
-
-    return parts, target, sign
+    where = request.where
+    pool = (where.scheme, where.host, where.address[1])
+    return _ranged_get(fs, pool, request.connection, request.target, request.headers(time.gmtime()),
+                       path, start, end, into)
 
 
-def _ranged_get(fs: Any, parts: urllib.parse.SplitResult, target: str, signed: dict[str, str], path: str,
-                start: int, end: int, into: memoryview) -> int | None:
-    """Bytes ``[start, end)`` of ``path`` by one GET of ``target`` on a kept-alive
-    connection to ``parts``' host, with the ``signed`` headers (see :func:`read_direct_range`)."""
+def _ranged_get(fs: Any, pool: tuple[str, str, int | None], connect: Callable[[], http.client.HTTPConnection],
+                target: str, signed: dict[str, str], path: str, start: int, end: int, into: memoryview) -> int | None:
+    """Bytes ``[start, end)`` of ``path`` by one GET of ``target`` with the ``signed``
+    headers, on a kept-alive connection of ``pool`` (scheme, host, port), else a new one
+    from ``connect`` (see :func:`read_direct_range`)."""
     headers = {**signed, "Range": f"bytes={start}-{end - 1}"}
     while True:
-        conn, reused = _CONNECTIONS.take(fs, parts)
+        conn, reused = _CONNECTIONS.take(pool, connect)
         try:
             conn.request("GET", target, headers=headers)
             response = conn.getresponse()
@@ -411,7 +399,7 @@ def _ranged_get(fs: Any, parts: urllib.parse.SplitResult, target: str, signed: d
     if response.read(1):  # more than the range: the connection cannot be reused
         conn.close()
         raise OSError(f"{redact_path(path)}: the server sent more than bytes [{start}, {end})")
-    _CONNECTIONS.give_back(parts, conn)
+    _CONNECTIONS.give_back(pool, conn)
     return end - start
 
 

@@ -44,6 +44,8 @@ import hashlib
 import hmac
 import http.client
 import logging
+import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -56,11 +58,12 @@ from .watchdog import current_timeout
 if TYPE_CHECKING:  # imported where used: a fresh process imports only what its open needs
     from .aws_endpoint import Endpoint
 
-__all__ = ["DeferredS3FileSystem", "deferred_s3", "signed_get", "sigv4_headers"]
+__all__ = ["DeferredS3FileSystem", "deferred_s3", "ranged_request", "signed_get", "sigv4_headers"]
 
 log = logging.getLogger(__name__)
 
 _PROTOCOLS = ("s3", "s3a")
+_RANGED_LOCK = threading.Lock()  # guards DeferredS3FileSystem._ranged (see ranged_request)
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _REDIRECTS = (301, 302, 307, 400)  # PermanentRedirect, AuthorizationHeaderMalformed: another region
 # storage_options whose meaning signed_get reproduces, or that change nothing it sends
@@ -164,13 +167,14 @@ class _Request:
     own endpoints, None for an explicit ``endpoint_url`` (whose connection
     ``connect_url`` names). Its repr shows no credentials."""
 
-    __slots__ = ("aws", "cafile", "connect_url", "credentials", "region", "target", "timeout", "where")
+    __slots__ = ("aws", "bucket_key", "cafile", "connect_url", "credentials", "region", "target", "timeout", "where")
 
     def __init__(self, where: Endpoint, target: str, region: str, credentials: tuple[str, str, str | None],
                  timeout: float | None, cafile: str | None = None, aws: tuple[str, str, str] | None = None,
-                 connect_url: str | None = None) -> None:
+                 connect_url: str | None = None, bucket_key: tuple[str, str] = ("", "")) -> None:
         self.where, self.target, self.region, self.credentials = where, target, region, credentials
         self.timeout, self.cafile, self.aws, self.connect_url = timeout, cafile, aws, connect_url
+        self.bucket_key = aws[:2] if aws is not None else bucket_key
 
     def headers(self, now: time.struct_time) -> dict[str, str]:
         """The request's headers, signed at ``now``."""
@@ -182,6 +186,21 @@ class _Request:
         from . import aws_endpoint
 
         return aws_endpoint.connect(self.where, self.timeout, self.cafile)
+
+    @property
+    def key(self) -> str:
+        return self.bucket_key[1]
+
+    def for_key(self, key: str) -> _Request:
+        """The same GET for another object of the bucket."""
+        bucket = self.bucket_key[0]
+        if self.aws is not None:
+            request = _aws_request(bucket, key, self.region, self.aws[2], self.credentials, self.timeout, self.cafile)
+            assert request is not None  # the bucket's endpoint was made for this request
+            return request
+        target = f"{self.target[: len(self.target) - len(_quoted(*self.bucket_key))]}{_quoted(bucket, key)}"
+        return _Request(self.where, target, self.region, self.credentials, self.timeout,
+                        connect_url=self.connect_url, bucket_key=(bucket, key))
 
     def in_region(self, region: str) -> _Request | None:
         """The same GET to the bucket's ``region`` (remembered for the process)."""
@@ -230,16 +249,23 @@ def _send(request: _Request, max_bytes: int | None) -> Versioned | str | None:
         conn.close()
 
 
-def _signed_request(options: Mapping[str, Any], path: str) -> tuple[str, dict[str, str], float | None] | None:
-    """The URL, signed headers and timeout of a GET of ``path`` at an explicit
-    ``endpoint_url`` (for :func:`.s3.read_signed_range`); None on AWS's own endpoints
-    or where s3fs must read."""
-    if _endpoint(options) is None:
+def ranged_request(fs: DeferredS3FileSystem, path: str) -> _Request | None:
+    """The signed GET of ``path`` for a ranged read of a shard (:func:`.s3.read_signed_range`),
+    or None where s3fs must read: the settings are resolved once per filesystem and
+    bucket, and only static credentials are kept (given as ``key``/``secret`` with an
+    explicit endpoint; on AWS's endpoints, :mod:`.aws_config` finds no other kind), so
+    signing a part costs microseconds and never goes stale."""
+    bucket, _, key = path.partition("/")
+    with _RANGED_LOCK:
+        templates = fs.__dict__.setdefault("_ranged", {})
+        if bucket not in templates:
+            options = fs.storage_options
+            static = _endpoint(options) is None or bool(options.get("key"))
+            templates[bucket] = _request(options, path) if static else None
+        template = templates[bucket]
+    if template is None or not key:
         return None
-    request = _request(options, path)
-    if request is None or request.connect_url is None:
-        return None
-    return f"{request.connect_url}{request.target}", request.headers(time.gmtime()), request.timeout
+    return template if template.key == key else template.for_key(key)
 
 
 def _request(options: Mapping[str, Any], path: str) -> _Request | None:
@@ -291,14 +317,19 @@ def _endpoint_request(options: Mapping[str, Any], endpoint: str, bucket: str, ke
     credentials, configured_region = found
     region = client.get("region_name") or config.get("region_name") or configured_region or "us-east-1"
     base = urllib.parse.urlsplit(endpoint)
-    quoted = urllib.parse.quote(f"{bucket}/{key}", safe="/~")
-    target = f"{base.path.rstrip('/')}/{quoted}"
+    target = f"{base.path.rstrip('/')}{_quoted(bucket, key)}"
     default_port = {"http": ":80", "https": ":443"}.get(base.scheme, "")
     host = base.netloc[: -len(default_port)] if default_port and base.netloc.endswith(default_port) else base.netloc
     from .aws_endpoint import Endpoint
 
     where = Endpoint(base.scheme, host, True, (base.hostname or "", base.port or 0))
-    return _Request(where, target, region, credentials, timeout, connect_url=f"{base.scheme}://{base.netloc}")
+    return _Request(where, target, region, credentials, timeout, connect_url=f"{base.scheme}://{base.netloc}",
+                    bucket_key=(bucket, key))
+
+
+def _quoted(bucket: str, key: str) -> str:
+    """The path of an object at an explicit endpoint (by path, as botocore addresses it)."""
+    return "/" + urllib.parse.quote(f"{bucket}/{key}", safe="/~")
 
 
 def sigv4_headers(method: str, host: str, target: str, region: str, credentials: tuple[str, str, str | None],
@@ -366,3 +397,10 @@ def _connect(parts: urllib.parse.SplitResult, timeout: float | None) -> http.cli
     return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
                                        context=_tls_context(_ca_bundle()))
 
+
+def _after_fork_in_child() -> None:
+    global _RANGED_LOCK
+    _RANGED_LOCK = threading.Lock()  # the parent's may have been held by another thread
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
