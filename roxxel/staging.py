@@ -104,9 +104,14 @@ class StagingFile:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` (copied: the caller may reuse its buffer at once)."""
         view = memoryview(data)
+        n, filled = view.nbytes, self._filled
+        if filled + n < self._room:  # most records: into the chunk, which stays unfilled
+            self._chunk[filled : filled + n] = view
+            self._filled = filled + n
+            return
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
-        n, at = view.nbytes, 0
+        at = 0
         while at < n:
             take = min(self._room - self._filled, n - at)
             self._chunk[self._filled : self._filled + take] = view[at : at + take]
