@@ -18,8 +18,8 @@ or of threads waiting for them:
 - **The first record in about one small part's time.** The first shard a reader waits
   for is fetched alone, its parts cut into pieces (of 1 MiB or more) over up to half the
   slots: at 25 MB/s a connection, 16 pieces of a 32 MiB shard fill a 400 MB/s link by
-  themselves; on loopback nothing competes with them for the server's CPU. The rest of
-  the link is filled with what is needed next once its parts have landed.
+  themselves; on loopback nothing competes with them, or with its check, for the CPU.
+  The rest of the link is filled with what is needed next once it is in the cache.
 - **No idle slots at the end.** When fewer parts are left to issue than slots are free
   (the last shards of an epoch, a small dataset), the rest of an object is cut finer, so
   the last shards too arrive over many connections.
@@ -358,7 +358,7 @@ class PartEngine:
         """(Lock held.) ``transfer`` is the first shard its reader waits for: the rest of
         it goes on up to half the slots, in pieces of at least :data:`_SMALLEST_PIECE`,
         so the first record comes in about one small part's time rather than a whole
-        part's at a fraction of the link (the others wait until its parts have landed)."""
+        part's at a fraction of the link (the others wait until it is consumed)."""
         transfer.first = True
         transfer.split(max(1, self.limit // 2), min(self.part_size, _SMALLEST_PIECE))
 
@@ -413,7 +413,10 @@ class PartEngine:
         # link (or a server) shared by every connection, fewer of them leave the
         # waited-for parts more of it, and the record comes sooner; half still fill a
         # link whose connections each carry a sixteenth of it, as on S3.
-        waited = [t for t in self._transfers if t.urgent and not t.done and t.arriving()]
+        # (a shard waited for holds the others back until its parts have landed; the first
+        # one until it has been consumed too: verified and kept, which takes a CPU the
+        # others' parts would share on a machine where the CPU is the limit)
+        waited = [t for t in self._transfers if t.urgent and not t.done and (t.first or t.arriving())]
         cap = 0 if any(t.first for t in waited) else self.limit // 2
         others = sum(t.in_flight for t in self._transfers if not t.urgent) if waited else 0
         full = False
