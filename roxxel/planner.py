@@ -259,29 +259,39 @@ class WindowOrder:
         return self._head
 
     def _in_stage(self, k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(slot, local)`` of stage ``k``'s elements ``lo..hi-1``. The tables' lookups are
+        ``take``s (every index is in range by construction: a fancy index costs about
+        three times as much), and the arithmetic runs in place."""
         st = self._tables(k)
-        q = np.arange(lo, hi, dtype=np.int64)
         if isinstance(st.perm, np.ndarray):
-            q = st.perm[q]
+            q = st.perm[lo:hi]
         elif st.perm is not None:
-            q = st.perm(q)
-        run = st.lut[q >> st.shift]
+            q = st.perm(np.arange(lo, hi, dtype=np.int64))
+        else:
+            q = np.arange(lo, hi, dtype=np.int64)
+        tmp = np.right_shift(q, st.shift)
+        run = st.lut.take(tmp, 0, None, "clip")
         if st.single:
-            run += q >= st.ends[run]
+            run += np.greater_equal(q, st.ends.take(run, 0, tmp, "clip"))
         else:
             over = q >= st.ends[run]
             while over.any():
                 run += over
                 over = q >= st.ends[run]
         if self.key is None:  # the pieces in order: base is the piece's first element
-            pick = q + st.add[run]
+            pick = st.add.take(run, 0, tmp, "clip")
+            pick += q
         elif st.fast:
-            pick = (q * st.stride[run] + st.add[run]) % st.n[run]
+            pick = st.stride.take(run, 0, tmp, "clip")
+            pick *= q
+            pick += st.add.take(run, 0, None, "clip")
+            pick %= st.n.take(run, 0, None, "clip")
         else:  # beyond int64 products (10**9 records a shard): exact, slower
             pick = np.asarray([(int(o) + (int(i) + int(b)) * int(s)) % int(c) for o, i, b, s, c
                                in zip(self._offset[st.real[run]], q, st.add[run], st.stride[run], st.n[run])],
                               dtype=np.int64)
-        return st.real[run], st.begin[run] + pick
+        pick += st.begin.take(run, 0, None, "clip")
+        return st.real.take(run, 0, None, "clip"), pick
 
 
 class _Stage(NamedTuple):

@@ -460,7 +460,7 @@ class _Pieces:
             key = np.repeat(np.arange(0, parts * width, width, dtype=narrow), counts)
             key += slots.astype(narrow)
             order = np.argsort(key, kind="stable")
-            key = key[order]
+            key = key.take(order)
             cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
             seg_slot = key[[0, *cuts.tolist()]] % width
         else:
@@ -472,7 +472,7 @@ class _Pieces:
             seg_slot = sorted_slots[[0, *cuts.tolist()]]
         self._seg_starts = [0, *cuts.tolist(), n]
         self._seg_slot = seg_slot.tolist()
-        self._seg_local = local[order]
+        self._seg_local = local.take(order)
         self._check_ends(np.maximum.reduceat(self._seg_local, self._seg_starts[:-1]).tolist(), self._seg_slot)
 
     def _check_ends(self, tops: list[int], slots: list[int]) -> None:
