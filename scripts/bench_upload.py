@@ -296,6 +296,16 @@ def summarize(spec: str, rounds: list[dict[str, float]], shards: int, boto3: boo
               f"{writing / best:4.0%} of the best client")
     print(f"  its uploads  {put:6.0f} MB/s = {put / best:4.0%} of the best client (Store.put_file + "
           f"check_upload of the same files, 4 at once; its CPU {cpu('put_file_cpu')} s)", flush=True)
+    if all("writing_s" in r for r in rounds):
+        # each round's own ratios (the same load for both sides), as well as the best of each
+        def per_round(name: str) -> str:
+            ratios = sorted(r["best_s"] / r[name] for r in rounds)
+            return f"{ratios[0]:.0%}-{ratios[-1]:.0%} (median {ratios[len(ratios) // 2]:.0%})"
+
+        row["round_ratios"] = {name: sorted(r["best_s"] / r[name] for r in rounds)
+                               for name in ("writer_s", "writing_s", "put_file_s")}
+        print(f"  per round    end to end {per_round('writer_s')}, writing alone {per_round('writing_s')}, "
+              f"uploads alone {per_round('put_file_s')} of the same round's best client")
     if all("load" in r for r in rounds):
         loads = ", ".join(f"{r['load']:.1f}" for r in rounds)
         print(f"  load average (1 min) after each round: {loads}")
