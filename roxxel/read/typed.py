@@ -454,33 +454,34 @@ class _Pieces:
         width = len(self._rows or ())
         first = min(size - have, n)  # the records of the batch being assembled, then whole batches
         counts = [first, *[size] * ((n - first) // size), *([(n - first) % size] if (n - first) % size else [])]
+        edges = np.cumsum([0, *counts]).tolist()  # where each batch's records begin, and n
         parts = len(counts)
-        if parts * width <= 1 << 16:  # by batch then slot: one radix sort of 8 or 16 bits
-            narrow = np.uint8 if parts * width <= 1 << 8 else np.uint16
-            key = np.repeat(np.arange(0, parts * width, width, dtype=narrow), counts)
-            key += slots.astype(narrow)
-            order = np.argsort(key, kind="stable")
-            key = key.take(order)
-            cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
-            seg_slot = key[[0, *cuts.tolist()]] % width
+        per = (1 << 8) // width  # batches whose (batch, slot) keys fit in 8 bits
+        if per and parts <= 16 * per:  # by batch then slot: radix sorts of 8-bit keys, per few batches
+            key = np.repeat(((np.arange(parts) % per) * width).astype(np.uint8), counts)
+            key += slots.astype(np.uint8)
+            order = np.empty(n, dtype=np.intp)
+            for c in range(0, parts, per):
+                lo, hi = edges[c], edges[min(c + per, parts)]
+                order[lo:hi] = np.argsort(key[lo:hi], kind="stable")
+                order[lo:hi] += lo
         else:
             part = np.repeat(np.arange(parts, dtype=np.int64), counts)  # each record's batch
             order = _stable_order(slots, width)
-            order = order[_stable_order(part[order], parts)]  # by batch, then slot
-            sorted_slots, part = slots[order], part[order]
-            cuts = np.flatnonzero((sorted_slots[1:] != sorted_slots[:-1]) | (part[1:] != part[:-1])) + 1
-            seg_slot = sorted_slots[[0, *cuts.tolist()]]
+            order = order.take(_stable_order(part.take(order), parts))  # by batch, then slot
+        sorted_slots = slots.take(order)
+        cuts = np.union1d(np.flatnonzero(sorted_slots[1:] != sorted_slots[:-1]) + 1, np.array(edges[1:-1], np.int64))
         self._seg_starts = [0, *cuts.tolist(), n]
-        self._seg_slot = seg_slot.tolist()
+        self._seg_slot = sorted_slots.take(self._seg_starts[:-1]).tolist()
         self._seg_local = local.take(order)
-        self._check_ends(np.maximum.reduceat(self._seg_local, self._seg_starts[:-1]).tolist(), self._seg_slot)
+        self._check_ends(np.maximum.reduceat(self._seg_local, self._seg_starts[:-1]), self._seg_slot)
 
-    def _check_ends(self, tops: list[int], slots: list[int]) -> None:
+    def _check_ends(self, tops: np.ndarray | list[int], slots: list[int]) -> None:
         """IndexError unless the record ``tops[i]`` (the last of segment ``i``, a row or,
         off the grid, a byte offset) of each segment's slot ends inside its payload."""
         scale = self._size if self._grid else 1
-        sizes = self._sizes
-        if any(top * scale + self._size > sizes[s] for top, s in zip(tops, slots)):
+        limits = np.asarray(self._sizes, dtype=np.int64).take(slots) - self._size  # the last start that fits
+        if (np.asarray(tops, dtype=np.int64) * scale > limits).any():
             begins = self._local * scale
             self._outside(begins, begins + self._size)
 
