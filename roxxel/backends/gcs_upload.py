@@ -128,13 +128,15 @@ def _crc32c_module() -> Any:
     return google_crc32c if google_crc32c.implementation == "c" else None
 
 
+_CRC_BLOCK = 256 * 1024  # bytes read at a time: a part thread holds at most two blocks
+
+
 def _crc32c_of(fd: int, offset: int, length: int) -> int:
-    """The CRC32C of bytes ``[offset, offset + length)`` of the open file ``fd``, read a
-    MiB at a time."""
+    """The CRC32C of bytes ``[offset, offset + length)`` of the open file ``fd``."""
     crc32c = _crc32c_module()
     crc, end = 0, offset + length
     while offset < end:
-        block = os.pread(fd, min(MiB, end - offset), offset)
+        block = os.pread(fd, min(_CRC_BLOCK, end - offset), offset)
         if not block:
             raise OSError(f"the file to upload ended at byte {offset}, expected {end}")
         crc = crc32c.extend(crc, block)
