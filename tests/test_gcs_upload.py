@@ -165,6 +165,14 @@ def test_crc32c_combine_is_the_crc32c_of_the_concatenation() -> None:
         assert combined == google_crc32c.value(a + b)
 
 
+def test_parts_grow_so_that_two_levels_of_compose_take_any_file() -> None:
+    """GCS composes at most 32 objects a call (and 1,024 components in all)."""
+    assert gcs_upload.part_size_for(100 * MiB, 8 * MiB) == 8 * MiB
+    for size in (8 * 1024 * MiB, 8 * 1024 * MiB + 1, 5 * 2**40):
+        part = gcs_upload.part_size_for(size, 8 * MiB)
+        assert part % MiB == 0 and -(-size // part) <= 32 * 32
+
+
 def test_large_file_goes_up_in_parts_several_at_once(limits, new_location, tmp_path, monkeypatch) -> None:
     source = random_file(tmp_path / "big", 5 * PART + 12345)  # 6 parts, the last short
     store = make_store(new_location("gcs"))
