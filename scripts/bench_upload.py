@@ -468,7 +468,8 @@ def gcs_round(args: argparse.Namespace, spec: str, files: list[str], tmp: str, w
             def writer() -> None:
                 cpu0 = cpu_seconds(pid)
                 w = run_writer(f"gs://{BUCKET}/d{spec}", shaped, shards, shard_mib, args.parts_in_flight)
-                one.update(writer_s=w["seconds"], writer_cpu=w["cpu"], rss_peak=w["rss_peak"],
+                one.update(writer_s=w["seconds"], writer_setup_s=w["setup"], writing_s=w["seconds"] - w["setup"],
+                           writer_cpu=w["cpu"], rss_peak=w["rss_peak"],
                            rss_before=w["rss_before"], moto_cpu_writer=cpu_seconds(pid) - cpu0, bytes=sum(w["sizes"]))
                 for k, size in enumerate(w["sizes"] if not files else []):
                     files.append(os.path.join(tmp, f"gcs-{spec}-{k}"))
