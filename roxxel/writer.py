@@ -190,14 +190,17 @@ class Writer:
         if self.mode == "overwrite":
             base = self._existing_manifest()
             return base, _next_generation(base)
-        with WorkerPool(1, name="roxxel-writer-probe") as pool:  # fail before uploading anything
+        pool = WorkerPool(1, name="roxxel-writer-probe")  # fail before uploading anything
+        try:
             probe = pool.submit(lambda: require_conditional_writes(self.store, single_writer=self.single_writer))
             try:
                 base = self._existing_manifest()
-            except BaseException:
+            except Exception:
                 probe.result()
                 raise
             probe.result()
+        finally:
+            pool.close(wait=False)  # (an interrupt does not wait for the probe)
         return base, _next_generation(base)
 
     def _existing_manifest(self) -> Manifest | None:

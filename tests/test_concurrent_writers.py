@@ -411,3 +411,33 @@ def test_a_manifest_read_without_a_version_is_refused_unless_single_writer(tmp_p
     with roxxel.Writer(url, mode="append", single_writer=True) as w:
         w.append(b"two")
     assert read_manifest(dataset_store(url)).records == 2
+
+
+def test_the_probe_and_the_manifest_check_run_at_once_and_the_probe_speaks_first(rejecting_s3, monkeypatch):
+    """Writer(...) checks for a manifest while it probes for conditional writes (each is
+    round trips to a remote store): the probe is held until the manifest check has
+    started (if they ran one after the other, the hold would run out). Where both fail,
+    the probe's error is the one raised, as when it ran first."""
+    from roxxel.backends.store import Store
+
+    url = rejecting_s3.url("rejects", f"t{uuid.uuid4().hex[:12]}/ds")
+    options = rejecting_s3.storage_options
+    with roxxel.Writer(url, storage_options=options, single_writer=True) as w:
+        w.append(b"one")  # a dataset there, on a store that rejects conditional writes
+
+    checking, overlapped = threading.Event(), []
+    real_probe, real_exists = Store.conditional_writes_enforced, Store.exists
+
+    def probe(self: Store) -> bool:
+        overlapped.append(checking.wait(30))
+        return real_probe(self)
+
+    def exists(self: Store, key: str) -> bool:
+        checking.set()
+        return real_exists(self, key)
+
+    monkeypatch.setattr(Store, "conditional_writes_enforced", probe)
+    monkeypatch.setattr(Store, "exists", exists)
+    with pytest.raises(StorageError, match="does not enforce them"):
+        roxxel.Writer(url, storage_options=options)  # not DatasetExistsError
+    assert overlapped == [True]
