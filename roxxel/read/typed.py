@@ -12,9 +12,10 @@ allow it:
 - ``typed.iter(...)`` (a dataset's, with ``ds.iter``'s arguments) yields the planned
   stream as arrays, or with ``batch_size`` as ``(batch, *shape)`` arrays: each batch
   holds the stream's next ``batch_size`` records (``state()`` counts them as ``ds.iter``
-  does), copied a shard at a time with one ``take`` each, so within a batch they are
-  grouped by shard (in stream order within each group). Batches are new arrays (not
-  views of the maps); consecutive batches may share one buffer, each its own rows.
+  does), copied straight from the shards' maps into a new array (never a view of the
+  maps or of another batch): records stored back to back in one piece, the others with
+  one ``take`` per shard, so within a batch they are grouped by shard, in the window's
+  download order and in stream order within each group (see :class:`_Pieces`).
 
 A record whose length does not fit the type (not the fixed shape's size, or not a
 multiple of the dtype's size) raises :class:`~roxxel.errors.ShardFormatError` naming the
@@ -272,6 +273,7 @@ class TypedIterator(Iterator[Any]):
             self._held = batch.have
             if full is not None:
                 yield full
+                del full  # (not held here while the next batch is made)
         if batch.have:
             self._held = 0
             yield batch.take()
