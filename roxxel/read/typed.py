@@ -236,7 +236,7 @@ class TypedIterator(Iterator[Any]):
         left = len(self.raw) + self._held
         return left if self.batch_size is None else -(-left // self.batch_size)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Any]:  # noqa: PYI034 (the generator itself: no Python call per item)
         return self._items
 
     def __next__(self) -> Any:
