@@ -426,3 +426,35 @@ def test_bulk_extend_of_strided_rows_a_chunk_at_a_time(tmp_path, monkeypatch):
         assert ds.num_shards > 5 and np.array_equal(ds.arrays[:], x)
     with open_ds(str(tmp_path / "empty"), tmp_path) as ds:
         assert [bytes(r) for r in ds[:]] == [b""] * 5
+
+
+@pytest.mark.parametrize(("kwargs", "batch"), [
+    ({"shuffle": False}, 1000), ({"seed": 3}, 256), ({"seed": 3}, 1000), ({"seed": 4, "window": 2}, 77),
+    ({"seed": 5, "world_size": 3, "rank": 1}, 300), ({"seed": 6, "world_size": 2, "rank": 1, "shuffle": False}, 999),
+])
+def test_typed_batches_hold_the_plan_s_records_across_blocks_and_stages(tmp_path, kwargs, batch):
+    n = 40_000  # past the stream's blocks of 16,384 records, in 10 shards
+    ids = np.repeat(np.arange(n, dtype=np.int32), 2).reshape(n, 2)  # each record names itself
+    url = str(tmp_path / "ds")
+    with roxxel.Writer(url, dtype="int32", shape=2, shard_bytes=32_000) as w:
+        w.extend(ids)
+    with open_ds(url, tmp_path) as ds:
+        plan = np.concatenate(list(ds.iter(**kwargs).plan.records()))
+        shard_of = np.searchsorted(ds.record_starts, np.arange(n), side="right") - 1
+        it = ds.arrays.iter(**kwargs, batch_size=batch)
+        got = [next(it) for _ in range(3)]
+        state = it.state()
+        got += list(it)
+        topology = {k: v for k, v in kwargs.items() if k in ("world_size", "rank")}
+        resumed = list(ds.arrays.resume(state, batch_size=batch, **topology))
+    assert ds.num_shards >= 10 and [len(b) for b in got] == [len(p) for p in np.array_split(plan, range(
+        batch, len(plan), batch))]
+    for lo, b in zip(range(0, len(plan), batch), got):
+        want, seen = plan[lo : lo + batch], b[:, 0]
+        assert b.dtype == np.int32 and np.array_equal(b[:, 1], seen)
+        assert np.array_equal(np.sort(seen), np.sort(want))  # the plan's records exactly
+        for k in np.unique(shard_of[want]):  # each shard's records in stream order
+            assert np.array_equal(seen[shard_of[seen] == k], want[shard_of[want] == k])
+        if kwargs.get("shuffle") is False:
+            assert np.array_equal(seen, want)  # unshuffled: the stream's order itself
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, got[3:], strict=True))
