@@ -21,7 +21,9 @@ For each dataset (default: 4 shards of 64 MiB, and 1 shard of 256 MiB):
   uploaded as multipart uploads of ``--part-mib`` (8) MiB parts, ``--parallel`` (32) in
   flight over all files, each thread on a kept-alive ``http.client`` connection to
   presigned ``UploadPart`` URLs (no payload hashing), the body sent with ``sendfile``:
-  the cheapest client there is in CPU, which matters when the server shares 2 cores.
+  the cheapest client there is in CPU, which matters when the server shares 2 cores. Its
+  uploads are created at once, and each is completed as soon as its last part is in,
+  while the other files' parts go on.
   ``--boto3`` also times boto3's ``upload_part`` from a thread pool.
 - **server limit**: the best client again, straight to moto, unshaped. When it is not
   well above the shaped figure, the server, not the link, is the limit.
@@ -162,20 +164,37 @@ def boto_client(endpoint: str, parallel: int) -> Any:
 
 def best_client(endpoint: str, bucket: str, files: list[str], part: int, parallel: int,
                 boto3_parts: bool = False) -> float:
-    """Seconds to upload every file as multipart uploads, ``parallel`` parts in flight."""
+    """Seconds to upload every file as multipart uploads, ``parallel`` parts in flight:
+    the uploads created at once, and each completed as soon as its last part is in,
+    while the other files' parts go on."""
     client = boto_client(endpoint, parallel)
     keys = [f"best/{os.path.basename(f)}" for f in files]
+    pool = ThreadPoolExecutor(parallel)
     started = time.perf_counter()  # the client is made; every request counts
-    uploads = [client.create_multipart_upload(Bucket=bucket, Key=k)["UploadId"] for k in keys]
+    uploads = list(pool.map(lambda k: client.create_multipart_upload(Bucket=bucket, Key=k)["UploadId"], keys))
     jobs = [(i, n, start, min(part, os.path.getsize(f) - start))
             for i, f in enumerate(files) for n, start in enumerate(range(0, os.path.getsize(f), part), 1)]
+    left = {i: sum(1 for j, *_ in jobs if j == i) for i in range(len(files))}
+    etags: dict[int, dict[int, str]] = {i: {} for i in range(len(files))}
+    lock = threading.Lock()
+
+    def landed(i: int, n: int, etag: str) -> None:
+        """Part ``n`` of file ``i`` is in: the file's last completes its upload."""
+        with lock:
+            etags[i][n] = etag
+            left[i] -= 1
+            last = left[i] == 0
+        if last:
+            parts = [{"PartNumber": k, "ETag": e} for k, e in sorted(etags[i].items())]
+            client.complete_multipart_upload(Bucket=bucket, Key=keys[i], UploadId=uploads[i],
+                                             MultipartUpload={"Parts": parts})
     urls = {(i, n): client.generate_presigned_url(
                 "upload_part", ExpiresIn=3600,
                 Params={"Bucket": bucket, "Key": keys[i], "UploadId": uploads[i], "PartNumber": n})
             for i, n, _, _ in jobs}
     local = threading.local()
 
-    def send_presigned(job: tuple[int, int, int, int]) -> tuple[int, int, str]:
+    def send_presigned(job: tuple[int, int, int, int]) -> None:
         i, n, start, length = job
         parts = urllib.parse.urlsplit(urls[i, n])
         if getattr(local, "conn", None) is None:
@@ -190,22 +209,18 @@ def best_client(endpoint: str, bucket: str, files: list[str], part: int, paralle
         response.read()
         if response.status != 200 or sent != length:
             raise RuntimeError(f"UploadPart {keys[i]} #{n}: status {response.status}, {sent} bytes sent")
-        return i, n, response.getheader("ETag")
+        landed(i, n, response.getheader("ETag"))
 
-    def send_boto3(job: tuple[int, int, int, int]) -> tuple[int, int, str]:
+    def send_boto3(job: tuple[int, int, int, int]) -> None:
         i, n, start, length = job
         with open(files[i], "rb") as f:
             f.seek(start)
             data = f.read(length)
-        etag = client.upload_part(Bucket=bucket, Key=keys[i], UploadId=uploads[i], PartNumber=n, Body=data)["ETag"]
-        return i, n, etag
+        landed(i, n, client.upload_part(Bucket=bucket, Key=keys[i], UploadId=uploads[i], PartNumber=n,
+                                        Body=data)["ETag"])
 
-    with ThreadPoolExecutor(parallel) as pool:
-        sent = list(pool.map(send_boto3 if boto3_parts else send_presigned, jobs))
-    for i, key in enumerate(keys):
-        parts = [{"PartNumber": n, "ETag": etag} for j, n, etag in sent if j == i]
-        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=uploads[i],
-                                         MultipartUpload={"Parts": parts})
+    with pool:
+        list(pool.map(send_boto3 if boto3_parts else send_presigned, jobs))
     return time.perf_counter() - started
 
 
