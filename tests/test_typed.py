@@ -458,3 +458,28 @@ def test_typed_batches_hold_the_plan_s_records_across_blocks_and_stages(tmp_path
         if kwargs.get("shuffle") is False:
             assert np.array_equal(seen, want)  # unshuffled: the stream's order itself
     assert all(np.array_equal(a, b) for a, b in zip(resumed, got[3:], strict=True))
+
+
+@pytest.mark.parametrize(("width", "batch", "have"), [(3, 1, 0), (3, 7, 2), (300, 64, 0), (5, 256, 100)])
+def test_a_block_s_batches_are_grouped_by_slot_in_stream_order(width, batch, have):
+    from roxxel.read.typed import TypedRecords, _Batch, _Pieces
+
+    typed = TypedRecords(None, RecordType.of("<i4", 2), "synthetic")  # records of 8 bytes
+    rng = np.random.default_rng(width + batch)
+    payloads = [rng.integers(0, 1 << 30, 2 * 50, dtype=np.int32).view(np.uint8) for _ in range(width)]
+    n = 3000
+    slots, local = rng.integers(0, width, n), rng.integers(0, 50, n)
+    assembling = _Batch(typed, batch)
+    if have:  # the batch a previous block began
+        assembling.open()[:have] = -1
+        assembling.have = have
+    out = [b for b in _Pieces(payloads, slots, local * 8, local * 8 + 8, typed, assembling, str) if b is not None]
+    if assembling.have:
+        out.append(assembling.take())
+    got = np.concatenate(out)[have:]
+    cuts = [0, *range(batch - have, n, batch), n]
+    want = []
+    for lo, hi in zip(cuts, cuts[1:]):  # each batch's records, grouped by slot, in stream order in a group
+        for j in sorted(range(lo, hi), key=lambda j: slots[j]):
+            want.append(payloads[slots[j]].view(np.int32)[2 * local[j] : 2 * local[j] + 2])
+    assert np.array_equal(got, np.stack(want)) and [len(b) for b in out][:-1] == [batch] * (len(out) - 1)

@@ -460,8 +460,9 @@ class _Pieces:
         parts = len(counts)
         per = (1 << 8) // width  # batches whose (batch, slot) keys fit in 8 bits
         if per and parts <= 16 * per:  # by batch then slot: radix sorts of 8-bit keys, per few batches
+            narrow = slots.astype(np.uint8)
             key = np.repeat(((np.arange(parts) % per) * width).astype(np.uint8), counts)
-            key += slots.astype(np.uint8)
+            key += narrow
             order = np.empty(n, dtype=np.intp)
             for c in range(0, parts, per):
                 lo, hi = edges[c], edges[min(c + per, parts)]
@@ -471,8 +472,11 @@ class _Pieces:
             part = np.repeat(np.arange(parts, dtype=np.int64), counts)  # each record's batch
             order = _stable_order(slots, width)
             order = order.take(_stable_order(part.take(order), parts))  # by batch, then slot
-        sorted_slots = slots.take(order)
-        cuts = np.union1d(np.flatnonzero(sorted_slots[1:] != sorted_slots[:-1]) + 1, np.array(edges[1:-1], np.int64))
+            narrow = slots
+        sorted_slots = narrow.take(order)
+        change = sorted_slots[1:] != sorted_slots[:-1]
+        change[[e - 1 for e in edges[1:-1]]] = True  # a new batch starts a segment too
+        cuts = np.flatnonzero(change) + 1
         self._seg_starts = [0, *cuts.tolist(), n]
         self._seg_slot = sorted_slots.take(self._seg_starts[:-1]).tolist()
         self._seg_local = local.take(order)
