@@ -4,6 +4,7 @@ bulk extend, and typed zero-copy reads through ds.arrays, as_arrays, iter and th
 from __future__ import annotations
 
 import os
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -479,7 +480,7 @@ def test_a_block_s_batches_are_grouped_by_slot_in_stream_order(width, batch, hav
     got = np.concatenate(out)[have:]
     cuts = [0, *range(batch - have, n, batch), n]
     want = []
-    for lo, hi in zip(cuts, cuts[1:]):  # each batch's records, grouped by slot, in stream order in a group
+    for lo, hi in pairwise(cuts):  # each batch's records, grouped by slot, in stream order in a group
         for j in sorted(range(lo, hi), key=lambda j: slots[j]):
             want.append(payloads[slots[j]].view(np.int32)[2 * local[j] : 2 * local[j] + 2])
     assert np.array_equal(got, np.stack(want)) and [len(b) for b in out][:-1] == [batch] * (len(out) - 1)
