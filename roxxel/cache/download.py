@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import mmap
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +51,57 @@ def writing_locally(spec: ShardSpec, tmp_dir: str) -> Iterator[None]:
         raise CacheError(exc.errno, message) from exc
 
 
+_BLOCK = 2 * 2**20  # a huge page (x86-64, arm64 with 4 KiB pages)
+
+
+class _Aligned:
+    """Writes to a temp file in whole 2 MiB blocks at 2 MiB offsets (the last one aside),
+    whatever the sizes the bytes come in: the page cache then keeps the shard in 2 MiB
+    folios, which a map reads with one fault and one TLB entry per 2 MiB instead of per
+    4 KiB (written 1 MiB at a time, none of a shard was in huge pages; random reads of a
+    typed epoch ran several points slower, and mapping a shard cost 512 times the faults).
+    Only what does not fill a block is copied, into a buffer of one block."""
+
+    def __init__(self, write: Callable[[memoryview], object]) -> None:
+        self._write = write
+        self._buffer: mmap.mmap | None = None
+        self._held = 0
+
+    def __call__(self, data: bytes) -> None:
+        view = memoryview(data).cast("B")
+        if self._held:
+            assert self._buffer is not None
+            take = min(len(view), _BLOCK - self._held)
+            self._buffer[self._held : self._held + take] = view[:take]
+            self._held += take
+            view = view[take:]
+            if self._held < _BLOCK:
+                return
+            self._write(memoryview(self._buffer))
+            self._held = 0
+        whole = len(view) - len(view) % _BLOCK
+        if whole:
+            self._write(view[:whole])
+        rest = len(view) - whole
+        if rest:
+            if self._buffer is None:  # an anonymous map, not the heap (see read/parts.py)
+                self._buffer = mmap.mmap(-1, _BLOCK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self._buffer[:rest] = view[whole:]
+            self._held = rest
+
+    def flush(self) -> None:
+        """Write what is held (the file's last, partial block)."""
+        if self._held:
+            assert self._buffer is not None
+            self._write(memoryview(self._buffer)[: self._held])
+            self._held = 0
+
+    def close(self) -> None:
+        """Let go of the buffer (unmapped once no view of it is left: an error's traceback
+        may still hold the last one written)."""
+        self._buffer = None
+
+
 class _Sink:
     """The ``sink`` handed to ``fetch``: the shard check, writing the raw bytes to the
     temp file; refuses to be called after ``fetch`` returned."""
@@ -68,13 +120,14 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
     """One download of the shard into a temp file; errors of ``fetch`` propagate unchanged."""
     with writing_locally(spec, tmp_dir):
         raw = TempFile(tmp_dir)
+
+    def write(data: memoryview) -> None:
+        with writing_locally(spec, tmp_dir):  # a full disk is not the store's fault
+            raw.file.write(data)
+
+    aligned = _Aligned(write)
     try:
-
-        def write(data: bytes) -> None:
-            with writing_locally(spec, tmp_dir):  # a full disk is not the store's fault
-                raw.file.write(data)
-
-        check = ShardCheck(spec, key, raw=write, raw_digest=spec.compression is not None)
+        check = ShardCheck(spec, key, raw=aligned, raw_digest=spec.compression is not None)
         sink = _Sink(check)
         try:
             fetch(sink)
@@ -85,6 +138,7 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
         finally:
             sink.closed = True
         raw_digest = check.finish()
+        aligned.flush()
         tracer = trace.current()
         began = time.perf_counter_ns()
         with writing_locally(spec, tmp_dir):
@@ -94,6 +148,8 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
     except BaseException:
         raw.discard()
         raise
+    finally:
+        aligned.close()
     return raw, raw_digest
 
 
