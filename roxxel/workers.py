@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any, TypeVar
 
-__all__ = ["Cancelled", "WorkerPool"]
+__all__ = ["Cancelled", "PartThreads", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +182,61 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PartThreads:
+    """The part threads of one kind of upload in a process (S3 multipart, GCS composite):
+    made on first use, one :class:`WorkerPool` per size of the budget, and stopped when
+    the last upload running ends (:meth:`started` / :meth:`ended`, or :meth:`hold` to keep
+    them, with the connections they keep alive, from one upload to the next). A forked
+    child starts with none."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        # (in a child: a lock a parent's thread held at the fork would stay locked, and
+        # the parent's threads did not come along)
+        self._lock = threading.Lock()
+        self._pools: dict[int, WorkerPool] = {}
+        self._running = 0
+
+    def pool(self, slots: int) -> WorkerPool:
+        """The threads of a budget of ``slots`` parts in flight (lazy daemons)."""
+        with self._lock:
+            pool = self._pools.get(slots)
+            if pool is None or pool.stopping or pool.forked:
+                pool = self._pools[slots] = WorkerPool(slots, name=self._name)
+            return pool
+
+    def started(self) -> None:
+        """An upload begins (its parts may use the threads until :meth:`ended`)."""
+        with self._lock:
+            self._running += 1
+
+    def ended(self) -> None:
+        """An upload is over; the last one running stops the threads (each kept-alive
+        connection goes with its thread)."""
+        with self._lock:
+            self._running -= 1
+            idle = list(self._pools.values()) if self._running == 0 else []
+            if idle:
+                self._pools.clear()
+        for pool in idle:
+            pool.close(wait=True, timeout=1.0)
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the threads between uploads until the function returned is called (once;
+        later calls, and calls in a forked child, do nothing)."""
+        self.started()
+        released = threading.Event()
+        pid = os.getpid()
+
+        def release() -> None:
+            if not released.is_set() and pid == os.getpid():  # (a forked child's count starts at 0)
+                released.set()
+                self.ended()
+
+        return release

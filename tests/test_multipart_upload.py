@@ -576,7 +576,7 @@ def test_part_threads_and_connections_stay_from_one_shard_to_the_next(limits, s3
     real = multipart._put_part
 
     def put(fs: Any, url: str, *args: Any) -> Any:
-        pools.append(id(multipart._pools[3]))  # the threads of a budget of 3 parts
+        pools.append(id(multipart._THREADS._pools[3]))  # the threads of a budget of 3 parts
         return real(fs, url, *args)
 
     monkeypatch.setattr(multipart, "_put_part", put)
@@ -585,7 +585,7 @@ def test_part_threads_and_connections_stay_from_one_shard_to_the_next(limits, s3
         writer.extend(mib_records(33))  # 3 shards in parts, uploaded one at a time
     assert len(writer.manifest.shards) == 3 and len(pools) == 9
     assert len(set(pools)) == 1
-    assert multipart._pools == {}  # released at the close
+    assert multipart._THREADS._pools == {}  # released at the close
 
 
 def test_a_trace_shows_where_a_writers_time_goes(limits, s3_server, bucket, tmp_path) -> None:

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import IntegrityError
+from ..workers import PartThreads
 from .errors import HTTPStatusError, classify, describe
 from .multipart import MiB, limits
 from .retry import DEFAULT_POLICY
@@ -205,44 +206,12 @@ def _remember(path: str, generation: str, crc: str, identity: tuple[str, int, in
 
 # -- the part threads ---------------------------------------------------------------------
 
-_pools: dict[int, Any] = {}
-_pools_lock = threading.Lock()
-_uploads_running = 0  # the part threads stop when the last upload of the process ends
-
-
-def _part_threads(slots: int) -> Any:
-    """The process's part threads (lazy daemons; one pool per size of the budget)."""
-    from ..workers import WorkerPool
-
-    with _pools_lock:
-        pool = _pools.get(slots)
-        if pool is None or pool.stopping or pool.forked:
-            pool = _pools[slots] = WorkerPool(slots, name="roxxel-gcs-part")
-        return pool
-
-
-def _upload_started() -> None:
-    global _uploads_running
-    with _pools_lock:
-        _uploads_running += 1
-
-
-def _upload_ended() -> None:
-    """The last upload running stops the part threads."""
-    global _uploads_running
-    with _pools_lock:
-        _uploads_running -= 1
-        idle = list(_pools.values()) if _uploads_running == 0 else []
-        if idle:
-            _pools.clear()
-    for pool in idle:
-        pool.close(wait=True, timeout=1.0)
+_THREADS = PartThreads("roxxel-gcs-part")
 
 
 def _after_fork_in_child() -> None:
-    global _pools_lock, _verified_lock, _uploads_running, _pools
-    # a lock a parent's thread held at the fork would stay locked; its threads stayed
-    _pools_lock, _verified_lock, _uploads_running, _pools = threading.Lock(), threading.Lock(), 0, {}
+    global _verified_lock
+    _verified_lock = threading.Lock()  # a lock a parent's thread held at the fork would stay locked
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -473,8 +442,8 @@ def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None
         for n, offset in enumerate(range(0, size, part_size), 1)
     ]
     written: list[str] = [p.name for p in parts]  # deleted at the end, whatever happened
-    _upload_started()
-    threads = _part_threads(chosen.parts_in_flight)
+    _THREADS.started()
+    threads = _THREADS.pool(chosen.parts_in_flight)
     try:
         sent = _all_or_cancel([threads.submit(lambda p=p: job.send_part(p)) for p in parts])
         crcs = [crc for crc, _ in sent]
@@ -495,7 +464,7 @@ def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None
             deletions = [threads.submit(lambda n=n: job.delete(n)) for n in written]
             wait(deletions)
         finally:
-            _upload_ended()
+            _THREADS.ended()
     _remember(f"{bucket}/{key}", str(answer.get("generation")), str(answer.get("crc32c")), identity)
     return answer
 

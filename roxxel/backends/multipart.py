@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import trace
+from ..workers import PartThreads
 from .errors import classify, describe, http_status
 from .retry import DEFAULT_POLICY
 from .watchdog import Progress
@@ -277,28 +278,7 @@ def _md5_of(fd: int, offset: int, length: int) -> bytes:
 
 _EXPIRES = 3600
 _connections = threading.local()  # (scheme, netloc) -> a kept-alive connection, per part thread
-_pools: dict[int, Any] = {}
-_pools_lock = threading.Lock()
-
-
-_uploads_running = 0  # the part threads stop when the last upload of the process ends
-
-
-def _part_threads(slots: int) -> Any:
-    """The process's part threads (lazy daemons; one pool per size of the budget)."""
-    from ..workers import WorkerPool
-
-    with _pools_lock:
-        pool = _pools.get(slots)
-        if pool is None or pool.stopping or pool.forked:
-            pool = _pools[slots] = WorkerPool(slots, name="roxxel-upload-part")
-        return pool
-
-
-def _upload_started() -> None:
-    global _uploads_running
-    with _pools_lock:
-        _uploads_running += 1
+_THREADS = PartThreads("roxxel-upload-part")
 
 
 def hold() -> Callable[[], None]:
@@ -306,35 +286,12 @@ def hold() -> Callable[[], None]:
     until the function returned is called (once; later calls do nothing): a writer
     holds them from its first shard to its close, so no shard waits for new threads and
     connections (a TLS handshake each, on a real store)."""
-    _upload_started()
-    released = threading.Event()
-    pid = os.getpid()
-
-    def release() -> None:
-        if not released.is_set() and pid == os.getpid():  # (a forked child's count starts at 0)
-            released.set()
-            _upload_ended()
-
-    return release
-
-
-def _upload_ended() -> None:
-    """The last upload running stops the part threads (each kept-alive connection goes
-    with its thread)."""
-    global _uploads_running
-    with _pools_lock:
-        _uploads_running -= 1
-        idle = list(_pools.values()) if _uploads_running == 0 else []
-        if idle:
-            _pools.clear()
-    for pool in idle:
-        pool.close(wait=True, timeout=1.0)
+    return _THREADS.hold()
 
 
 def _after_fork_in_child() -> None:
-    global _pools_lock, _sent_lock, _uploads_running, _pools
-    # a lock a parent's thread held at the fork would stay locked; its threads stayed
-    _pools_lock, _sent_lock, _uploads_running, _pools = threading.Lock(), threading.Lock(), 0, {}
+    global _sent_lock
+    _sent_lock = threading.Lock()  # a lock a parent's thread held at the fork would stay locked
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -450,7 +407,7 @@ class _Upload:
     async def _send_direct(self, number: int, offset: int, length: int, md5: bytes | None) -> tuple[str, bytes]:
         """The part sent from the file by a presigned PUT on a part thread; no buffer."""
         loop = asyncio.get_running_loop()
-        threads = _part_threads(_limits.parts_in_flight)
+        threads = _THREADS.pool(_limits.parts_in_flight)
 
         async def send() -> tuple[str, bytes]:
             s3 = await self.fs.get_s3(self.bucket)
@@ -565,7 +522,7 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
     bucket, key, _ = fs.split_path(path)
     known = _packed_digests(local_path, part_size)
     fd = os.open(local_path, os.O_RDONLY)
-    _upload_started()
+    _THREADS.started()
     try:
         created = await _retrying(
             lambda: fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key),
@@ -585,7 +542,7 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
             raise
     finally:
         os.close(fd)
-        _upload_ended()
+        _THREADS.ended()
     _remember(local_path, len(sent), etag)
     return etag
 
