@@ -544,6 +544,28 @@ def test_credentials_appear_in_no_repr_and_no_log(seam, aws_env, aws_datasets, m
     assert "proxy" in caplog.text
 
 
+def test_credentials_read_here_do_not_travel_with_a_pickled_store(seam, aws_env, aws_datasets, monkeypatch):
+    """A dataset pickled for a spawned worker or a Dask/Ray task carries the options it
+    was given, never the keys roxxel read from this process's environment to sign its
+    ranged reads: the worker finds its own."""
+    import pickle
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-travel-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    dataset = aws_datasets[EU_BUCKET]
+    store = Store(dataset.url)
+    fs = store.backend._fs
+    assert isinstance(fs, DeferredS3FileSystem)
+    request = s3open.ranged_request(fs, f"{dataset.path}/manifest.json")
+    assert request is not None and request.credentials[1] == "never-travel-secret"
+    blob = pickle.dumps(store)
+    assert b"never-travel-secret" not in blob and b"AKIDENV" not in blob
+    again = pickle.loads(blob).backend._fs
+    assert isinstance(again, DeferredS3FileSystem) and (again.url, again.storage_options) == (fs.url, {})
+    assert "_ranged" not in again.__dict__
+
+
 # -- TLS: AWS's certificate checked with botocore's CA bundle -------------------------------
 
 

@@ -96,6 +96,12 @@ class DeferredS3FileSystem:
     def __repr__(self) -> str:
         return "DeferredS3FileSystem()"  # the options may hold credentials
 
+    def __reduce__(self) -> tuple[type, tuple[str, dict[str, Any]]]:
+        # Only what it was given travels (a spawned worker, a Dask or Ray task): never the
+        # signing templates ranged_request keeps, which hold credentials read from this
+        # process's environment or files.
+        return DeferredS3FileSystem, (self.url, self.storage_options)
+
 
 def deferred_s3(url: str, storage_options: Mapping[str, Any]) -> tuple[DeferredS3FileSystem, str] | None:
     """A deferred filesystem and the path of ``url`` on it, for a plain ``s3://`` URL
@@ -258,11 +264,14 @@ def ranged_request(fs: DeferredS3FileSystem, path: str) -> _Request | None:
     bucket, _, key = path.partition("/")
     with _RANGED_LOCK:
         templates = fs.__dict__.setdefault("_ranged", {})
-        if bucket not in templates:
-            options = fs.storage_options
-            static = _endpoint(options) is None or bool(options.get("key"))
-            templates[bucket] = _request(options, path) if static else None
-        template = templates[bucket]
+        known = bucket in templates
+        template = templates.get(bucket)
+    if not known:  # resolved outside the lock: it may send a HEAD to find the region
+        options = fs.storage_options
+        static = _endpoint(options) is None or bool(options.get("key"))
+        resolved = _request(options, path) if static else None
+        with _RANGED_LOCK:
+            template = templates.setdefault(bucket, resolved)
     if template is None or not key:
         return None
     return template if template.key == key else template.for_key(key)

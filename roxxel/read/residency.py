@@ -130,6 +130,7 @@ class Residency:
         self._used_engine: PartEngine | None = None  # kept after close, for stats
         self._transfers: dict[int, object] = {}  # shard -> its download in parts, while running
         self._wanted: set[int] = set()  # shards a reader is about to wait for (about_to_map)
+        self._mapped_any = False  # a reader has had a shard: its first record is no longer waited for
         self._stats: dict[str, float] = {
             "shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0,
             "gets": 0, "retries": 0, "wait_seconds": 0.0,
@@ -283,7 +284,7 @@ class Residency:
             parts = self._attached_engine()
             with self._lock:  # told before its parts can be picked, not after (_started)
                 waited = urgent or k in self._wanted
-                first = waited and not self._handles
+                first = waited and not self._mapped_any
             try:
                 # (threads start downloads in any order: the reader's order decides which goes first)
                 parts.download(store, key, size, counted(sink), check_cancelled=check_cancelled,
@@ -313,7 +314,7 @@ class Residency:
             self._transfers[k] = transfer
             urgent = urgent or k in self._wanted
         if urgent and self._engine is not None:
-            self._engine.hurry(transfer, first=not self._handles)
+            self._engine.hurry(transfer, first=not self._mapped_any)
 
     def _count_part(self, nbytes: int, start: float, end: float) -> None:
         with self._lock:
@@ -393,7 +394,7 @@ class Residency:
             self._wanted.add(k)  # a download of it that starts from now on is urgent too
             transfer = self._transfers.get(k)
         if transfer is not None and self._engine is not None:
-            self._engine.hurry(transfer, first=not self._handles)  # the reader waits for it
+            self._engine.hurry(transfer, first=not self._mapped_any)  # the reader waits for it
         waited, began = time.perf_counter(), time.perf_counter_ns()
         try:
             claimed = downloader is not None and downloader.claim(k)
@@ -415,6 +416,7 @@ class Residency:
                 self._per_shard[k, 1] -= 1
         shard, handle = self._map_or_heal(k, handle)
         self._handles[k] = handle
+        self._mapped_any = True
         self._maps[k] = shard
         self._mapped.append(k)
         return shard
