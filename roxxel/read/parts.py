@@ -76,6 +76,7 @@ DEFAULT_PARTS_IN_FLIGHT = 32
 #: The first shard a reader waits for is fetched in pieces no smaller than this: over
 #: 30 ms to first byte and 25 MB/s a connection, 1 MiB takes 70 ms, twice its latency.
 _SMALLEST_PIECE = 2**20
+_HUGE_PAGE = 2 * 2**20  # a piece's buffer is a whole number of them (kept only if a part's size)
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
 
@@ -516,8 +517,8 @@ class PartEngine:
         try:
             with self._cond:
                 buffer = self._free.pop() if self._free else None
-            if buffer is None:
-                buffer = _part_buffer(self.part_size)
+            if buffer is None:  # a piece smaller than a part gets a buffer of its own size
+                buffer = _part_buffer(min(self.part_size, -(-(b - a) // _HUGE_PAGE) * _HUGE_PAGE))
             return transfer.store.read_part(transfer.key, a, b, memoryview(buffer), on_failure=failed)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             return exc  # (the buffer is dropped: an abandoned attempt may still write to it)
