@@ -29,7 +29,8 @@ import numpy.typing as npt
 from fsspec.callbacks import Callback
 
 from . import trace
-from .backends import Store, multipart
+from .backends import Store, gcs_upload, multipart
+from .backends.gcs import GCSBackend
 from .backends.s3 import S3Backend
 from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
 from .format.check import ShardCheck, ShardSpec
@@ -165,8 +166,10 @@ class Writer:
         self._staging = make_staging_dir(staging_dir)
         # MD5s of parts on two lanes (threads start only when used)
         self._md5_lanes = tuple(WorkerPool(1, name=f"roxxel-staging-md5-{i}") for i in range(2))
-        # S3: the part threads and their connections stay from one shard to the next
-        release = multipart.hold() if isinstance(self.store.backend, S3Backend) else None
+        # S3, GCS: the part threads and their connections stay from one shard to the next
+        backend = self.store.backend
+        release = (multipart.hold() if isinstance(backend, S3Backend)
+                   else gcs_upload.hold() if isinstance(backend, GCSBackend) else None)
         self._cleanup = weakref.finalize(self, _clean_up, self._staging, self._md5_lanes, release)
         self._pool = WorkerPool(upload_workers, name="roxxel-upload")
         self._max_staged = max_staged_shards or upload_workers + 1
@@ -602,7 +605,7 @@ def _next_generation(base: Manifest | None) -> int:
 
 def _clean_up(staging: str, md5_lanes: Sequence[WorkerPool], release_parts: Callable[[], None] | None) -> None:
     """What a writer leaves when it ends, however it ends: the staging folder removed,
-    its MD5 threads stopped, the S3 part threads released (see multipart.hold)."""
+    its MD5 threads stopped, the S3 and GCS part threads released (see multipart.hold)."""
     for lane in md5_lanes:
         lane.close(wait=False)
     if release_parts is not None:

@@ -407,3 +407,24 @@ def test_writer_uploads_large_shards_as_composites(limits, new_location, tmp_pat
     assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
     with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
         assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_a_writer_keeps_the_part_threads_from_one_shard_to_the_next(limits, new_location, monkeypatch) -> None:
+    """As on S3: the part threads (each with its kept-alive connection) stay from a
+    writer's first shard to its close, even when its shards go up one after the other."""
+    pools: list[int] = []
+    request = gcs_upload._Job.request
+
+    def recording(job: Any, method: str, target: str, body: Any, length: int, what: str) -> Any:
+        if method == "POST":
+            pools.append(id(gcs_upload._THREADS._pools[3]))  # the threads of a budget of 3 parts
+        return request(job, method, target, body, length, what)
+
+    monkeypatch.setattr(gcs_upload._Job, "request", recording)
+    url, options = new_location("gcs")
+    records = [np.random.default_rng(i).bytes(MiB) for i in range(33)]
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options, upload_workers=1) as writer:
+        writer.extend(records)  # 3 shards in parts, uploaded one at a time
+    assert len(writer.manifest.shards) == 3 and len(pools) >= 6
+    assert len(set(pools)) == 1
+    assert gcs_upload._THREADS._pools == {}  # released at the close

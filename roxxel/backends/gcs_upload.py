@@ -209,6 +209,13 @@ def _remember(path: str, generation: str, crc: str, identity: tuple[str, int, in
 _THREADS = PartThreads("roxxel-gcs-part")
 
 
+def hold() -> Callable[[], None]:
+    """Keep the part threads, and the connections they keep alive, between uploads until
+    the function returned is called (as :func:`.multipart.hold` for S3: a writer holds
+    them from its first shard to its close)."""
+    return _THREADS.hold()
+
+
 def _after_fork_in_child() -> None:
     global _verified_lock
     _verified_lock = threading.Lock()  # a lock a parent's thread held at the fork would stay locked
