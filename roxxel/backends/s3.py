@@ -279,12 +279,12 @@ class _Connections:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple[object, ...], list[http.client.HTTPConnection]] = {}
         self._pid = os.getpid()
 
-    def take(self, pool: tuple[str, str, int | None],
+    def take(self, pool: tuple[object, ...],
              connect: Callable[[], http.client.HTTPConnection]) -> tuple[http.client.HTTPConnection, bool]:
-        """An idle connection of ``pool`` (scheme, host, port), else a new one from
+        """An idle connection of ``pool`` (its scheme, host and port, at least), else a new one from
         ``connect``; and whether it was used before."""
         with self._lock:
             if self._pid != os.getpid():
@@ -294,7 +294,7 @@ class _Connections:
                 return idle.pop(), True
         return connect(), False
 
-    def give_back(self, pool: tuple[str, str, int | None], conn: http.client.HTTPConnection) -> None:
+    def give_back(self, pool: tuple[object, ...], conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if self._pid == os.getpid():
                 self._idle.setdefault(pool, []).append(conn)
@@ -346,17 +346,18 @@ def read_signed_range(fs: DeferredS3FileSystem, path: str, start: int, end: int,
         return None
     if request is None:
         return None
-    where = request.where
-    pool = (where.scheme, where.host, where.address[1])
+    where = request.where  # (its own pool: its connections are made with its own TLS settings)
+    pool = ("signed", where.scheme, where.host, *where.address)
     return _ranged_get(fs, pool, request.connection, request.target, request.headers(time.gmtime()),
                        path, start, end, into)
 
 
-def _ranged_get(fs: Any, pool: tuple[str, str, int | None], connect: Callable[[], http.client.HTTPConnection],
-                target: str, signed: dict[str, str], path: str, start: int, end: int, into: memoryview) -> int | None:
+def _ranged_get(fs: Any, pool: tuple[object, ...], connect: Callable[[], http.client.HTTPConnection],
+                target: str, signed: dict[str, str], path: str, start: int, end: int,
+                into: memoryview) -> int | None:
     """Bytes ``[start, end)`` of ``path`` by one GET of ``target`` with the ``signed``
-    headers, on a kept-alive connection of ``pool`` (scheme, host, port), else a new one
-    from ``connect`` (see :func:`read_direct_range`)."""
+    headers, on a kept-alive connection of ``pool`` (its scheme, host and port, at
+    least), else a new one from ``connect`` (see :func:`read_direct_range`)."""
     headers = {**signed, "Range": f"bytes={start}-{end - 1}"}
     while True:
         conn, reused = _CONNECTIONS.take(pool, connect)
