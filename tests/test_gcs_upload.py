@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import multiprocessing
 import threading
 import tracemalloc
@@ -428,3 +429,31 @@ def test_a_writer_keeps_the_part_threads_from_one_shard_to_the_next(limits, new_
     assert len(writer.manifest.shards) == 3 and len(pools) >= 6
     assert len(set(pools)) == 1
     assert gcs_upload._THREADS._pools == {}  # released at the close
+
+
+def test_parts_a_store_refuses_to_delete_plainly_are_deleted_through_gcsfs(limits, new_location, tmp_path,
+                                                                           monkeypatch, caplog) -> None:
+    """The upload fails after its parts landed, and the store answers the clean-up's
+    plain DELETEs in a way they cannot use (a redirect): gcsfs deletes the parts, and
+    nothing is left behind or logged as left."""
+    source = random_file(tmp_path / "big", 6 * PART)
+    store = make_store(new_location("gcs"))
+    request = gcs_upload._Job.request
+    deletes: list[str] = []
+
+    def refusing_deletes(job: Any, method: str, target: str, body: Any, length: int, what: str) -> Any:
+        if method == "DELETE":
+            deletes.append(target)
+            return 302, b"moved"
+        return request(job, method, target, body, length, what)
+
+    def failing_compose(job: Any, name: str, sources: list[str], what: str) -> Any:
+        raise HTTPStatusError(403, f"{what} (injected)")
+
+    monkeypatch.setattr(gcs_upload._Job, "request", refusing_deletes)
+    monkeypatch.setattr(gcs_upload._Job, "compose", failing_compose)
+    with caplog.at_level(logging.WARNING, logger="roxxel"), pytest.raises(AccessDeniedError):
+        store.put_file(source, "big.bin")
+    assert len(deletes) == 6  # every part had begun (and landed) before the compose
+    assert left_objects(store) == []  # gcsfs deleted them
+    assert "could not delete" not in caplog.text

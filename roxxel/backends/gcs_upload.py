@@ -41,6 +41,7 @@ hold keeps them from being deleted at all: there, prefer fewer, larger parts
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -53,7 +54,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import IntegrityError
@@ -253,6 +254,8 @@ class _Job:
     local_path: str
     progress: Progress | None
     token: str
+    started: set[str] = field(default_factory=set)  # the parts whose upload began
+    _started_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
@@ -311,6 +314,8 @@ class _Job:
         """Upload ``part`` from the file (again, if it fails transiently); returns its
         CRC32C and generation, checked against the file's."""
         what = f"part {part.number} of {self.url}"
+        with self._started_lock:
+            self.started.add(part.name)
         base = self.endpoint().path.rstrip("/")
         target = (f"{base}/upload/storage/v1/b/{urllib.parse.quote(self.bucket, safe='')}/o"
                   f"?uploadType=media&name={urllib.parse.quote(part.name, safe='')}")
@@ -364,7 +369,11 @@ class _Job:
                 _answer(status, data, what)
 
         try:
-            _retrying(once, what)
+            try:
+                _retrying(once, what)
+            except Refused:  # as its upload may have been: gcsfs deletes it
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(f"{self.bucket}/{name}")
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.warning("could not delete %s (%s); it is safe to delete", what, describe(exc))
 
@@ -448,7 +457,7 @@ def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None
         _Part(n, offset, min(part_size, size - offset), f"{folder}{PART_PREFIX}{job.token}-{n:04d}")
         for n, offset in enumerate(range(0, size, part_size), 1)
     ]
-    written: list[str] = [p.name for p in parts]  # deleted at the end, whatever happened
+    written: list[str] = [p.name for p in parts]  # deleted at the end if begun, whatever happened
     _THREADS.started()
     threads = _THREADS.pool(chosen.parts_in_flight)
     try:
@@ -468,7 +477,8 @@ def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None
         _check(job, answer, size, crcs, [p.length for p in parts])
     finally:
         try:
-            deletions = [threads.submit(lambda n=n: job.delete(n)) for n in written]
+            unsent = {p.name for p in parts} - job.started  # (cancelled before they began)
+            deletions = [threads.submit(lambda n=n: job.delete(n)) for n in written if n not in unsent]
             wait(deletions)
         finally:
             _THREADS.ended()
