@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -60,8 +61,7 @@ from typing import Any
 from ..errors import IntegrityError
 from ..workers import PartThreads
 from .errors import HTTPStatusError, classify, describe
-from .multipart import MiB, limits
-from .retry import DEFAULT_POLICY
+from .multipart import MiB, limits, part_retry
 from .watchdog import Progress
 
 __all__ = ["PART_PREFIX", "Refused", "crc32c_combine", "eligible", "part_size_for", "upload", "verified_md5"]
@@ -71,7 +71,6 @@ log = logging.getLogger(__name__)
 PART_PREFIX = ".roxxel-part-"
 _COMPOSE_MAX = 32  # components per compose request
 _MAX_PARTS = _COMPOSE_MAX * _COMPOSE_MAX  # two levels of compose (GCS allows 1,024 components)
-_PART_ATTEMPTS = 5  # sends of one part, the first included
 _ANSWER_MAX = 1 * MiB  # an upload's JSON answer is a few hundred bytes
 
 
@@ -398,23 +397,20 @@ def _answer(status: int, data: bytes, what: str) -> dict[str, Any]:
 
 
 def _retrying(send: Callable[[], Any], what: str) -> Any:
-    """``send()``, again after a transient failure (or a damaged part), up to
-    ``_PART_ATTEMPTS`` times within the default policy's deadline."""
+    """``send()``, again after a transient failure or a damaged part (as S3's parts:
+    :func:`.multipart.part_retry`)."""
     first_failure = None
-    for attempt in range(1, _PART_ATTEMPTS + 1):
+    for attempt in itertools.count(1):  # until part_retry gives up
         try:
             return send()
         except Refused:
             raise
         except Exception as exc:
             retryable = isinstance(exc, _Damaged) or classify(exc).retryable
-            now = time.monotonic()
-            first_failure = now if first_failure is None else first_failure
-            delay = DEFAULT_POLICY.backoff(attempt)
-            if not retryable or attempt == _PART_ATTEMPTS or now + delay - first_failure > DEFAULT_POLICY.deadline:
+            again = part_retry(what, attempt, first_failure, retryable, exc)
+            if again is None:
                 raise
-            log.info("%s: attempt %d/%d failed (%s); sending it again in %.2fs",
-                     what, attempt, _PART_ATTEMPTS, describe(exc), delay)
+            delay, first_failure = again
             time.sleep(delay)
     raise AssertionError("unreachable")
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -481,22 +482,34 @@ class _Upload:
                 )
 
 
+def part_retry(what: str, attempt: int, first_failure: float | None, retryable: bool,
+               exc: BaseException) -> tuple[float, float] | None:
+    """After failed send ``attempt`` of a part (S3 multipart, GCS composite): (the delay
+    before the next send, the time of the first failure), logged; or None to give up:
+    not ``retryable``, ``_PART_ATTEMPTS`` sends made, or past the default policy's
+    deadline counted from the first failure."""
+    now = time.monotonic()
+    first = now if first_failure is None else first_failure
+    delay = DEFAULT_POLICY.backoff(attempt)
+    if not retryable or attempt == _PART_ATTEMPTS or now + delay - first > DEFAULT_POLICY.deadline:
+        return None
+    log.info("%s: attempt %d/%d failed (%s); sending it again in %.2fs",
+             what, attempt, _PART_ATTEMPTS, describe(exc), delay)
+    return delay, first
+
+
 async def _retrying(send: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """``send()``, sent again after a transient failure, up to ``_PART_ATTEMPTS`` times
-    within the default policy's deadline."""
+    """``send()``, sent again after a transient failure (:func:`part_retry`)."""
     first_failure = None
-    for attempt in range(1, _PART_ATTEMPTS + 1):
+    for attempt in itertools.count(1):  # until part_retry gives up
         try:
             return await send()
         except Exception as exc:
             retryable = classify(exc).retryable or _error_code(exc) in _RETRIED_CODES
-            now = time.monotonic()
-            first_failure = now if first_failure is None else first_failure
-            delay = DEFAULT_POLICY.backoff(attempt)
-            if not retryable or attempt == _PART_ATTEMPTS or now + delay - first_failure > DEFAULT_POLICY.deadline:
+            again = part_retry(what, attempt, first_failure, retryable, exc)
+            if again is None:
                 raise
-            log.info("%s: attempt %d/%d failed (%s); sending it again in %.2fs",
-                     what, attempt, _PART_ATTEMPTS, describe(exc), delay)
+            delay, first_failure = again
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 

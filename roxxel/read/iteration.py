@@ -171,11 +171,7 @@ class RecordIterator(Iterator[np.ndarray]):
     @property
     def position(self) -> int:
         """Records of this epoch consumed so far, counting those before a resume."""
-        block = self._block
-        if block is None:
-            return self._at
-        first, length, views = block
-        return first + length - operator.length_hint(views)
+        return block_position(self._at, self._block)
 
     def __len__(self) -> int:
         """Records left in this epoch."""
@@ -247,6 +243,15 @@ class RecordIterator(Iterator[np.ndarray]):
                 self._at = self.position
                 views, self._block = self._block[2], None
                 views.close()
+
+
+def block_position(at: int, block: tuple[int, int, RecordViews] | None) -> int:
+    """A stream's position: ``at``, or inside the block being read, (its first position,
+    its length, its views), the records handed out of it so far."""
+    if block is None:
+        return at
+    first, length, views = block
+    return first + length - operator.length_hint(views)
 
 
 _UNMAPPED = np.zeros(0, dtype=np.uint8)  # the payload of a slot no block has needed yet

@@ -8,7 +8,6 @@ shards to come (:func:`upcoming_shards`) as each source moves from window to win
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from itertools import chain
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..format import MappedShard
-from .iteration import _WindowReader
+from .iteration import _WindowReader, block_position
 from .mixjob import MixState
 from .mixplan import MixturePlan
 from .records import Records
@@ -56,11 +55,7 @@ class MixtureIterator(Iterator[np.ndarray]):
         return self._since + self._plan_position()
 
     def _plan_position(self) -> int:
-        block = self._block
-        if block is None:
-            return self._at
-        first, length, views = block
-        return first + length - operator.length_hint(views)
+        return block_position(self._at, self._block)
 
     def __len__(self) -> int:
         return self.plan.length - self._plan_position()
