@@ -21,6 +21,12 @@ encoded body, a reply that is not HTTP, a certificate http.client does not trust
 the path off for that filesystem, as for S3's presigned GETs; an error answer (404, 403,
 429, 5xx) is raised as such, and a connection refused or cut short is retried like any
 other failure.
+
+A dataset opened without gcsfs (:mod:`.gcsopen`) reads the same way before gcsfs is
+needed: its manifest by one media GET (:func:`read_deferred`; any answer but 200 goes to
+gcsfs), its parts by :func:`read_deferred_range`, with the URL and credentials'
+headers of the :class:`.gcsopen.DeferredGCSFileSystem`. Anything else (a listing, a
+write, a read the plain GETs leave to gcsfs) makes the ``GCSFileSystem`` once.
 """
 
 from __future__ import annotations
@@ -41,25 +47,56 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from .base import (
+    Backend,
     ChunkReader,
     PreconditionFailed,
+    TooLarge,
     Versioned,
     check_size,
     probed_enforcement,
 )
 from .errors import HTTPStatusError, http_status
+from .gcsopen import DeferredGCSFileSystem
 from .generic import FsspecBackend, base64_md5
 from .readers import RangeReader
 from .retry import DEFAULT_POLICY
 from .watchdog import current_timeout, fill
 
-__all__ = ["GCSBackend", "read_media_range"]
+__all__ = ["GCSBackend", "read_deferred", "read_deferred_range", "read_media_range", "tls_context"]
 
 log = logging.getLogger(__name__)
+_MATERIALIZING = threading.Lock()
 
 
 class GCSBackend(FsspecBackend):
-    """GCS through gcsfs."""
+    """GCS through gcsfs; until something needs gcsfs, over a
+    :class:`.gcsopen.DeferredGCSFileSystem` (the manifest is then read by
+    :func:`read_deferred`, parts by :func:`read_deferred_range`)."""
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The ``GCSFileSystem``, made (and gcsfs imported) on first use, once (the
+        download engine's threads may all ask at once)."""
+        if isinstance(self._fs, DeferredGCSFileSystem):
+            with _MATERIALIZING:
+                if isinstance(self._fs, DeferredGCSFileSystem):
+                    self._deferred = self._fs
+                    self._fs = self._fs.materialize()
+        return self._fs
+
+    @fs.setter
+    def fs(self, fs: AbstractFileSystem) -> None:
+        self._fs = fs
+
+    def forked(self) -> Backend:
+        deferred = self._fs if isinstance(self._fs, DeferredGCSFileSystem) else getattr(self, "_deferred", None)
+        if deferred is None:
+            return super().forked()
+        # A forked child (a DataLoader worker) makes its own GCSFileSystem only if it needs one.
+        return GCSBackend(DeferredGCSFileSystem(deferred.url, deferred.storage_options))  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"GCSBackend({type(self._fs).__name__})"
 
     def reported_md5(self, info: dict[str, Any]) -> str | None:
         """The object's ``md5Hash``; for a composite object (which has none), the MD5 of
@@ -73,6 +110,10 @@ class GCSBackend(FsspecBackend):
         return reported
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
+        if isinstance(self._fs, DeferredGCSFileSystem):
+            read = read_deferred(self._fs, path, max_bytes)
+            if read is not None:
+                return read
         info = self.info(path)
         check_size(int(info.get("size") or 0), max_bytes)  # before the body is read
         if not int(info.get("size") or 0):  # GCS answers a range of an empty object 416
@@ -87,14 +128,22 @@ class GCSBackend(FsspecBackend):
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
         data = bytearray(end - start)
-        n = read_media_range(self.fs, path, start, end, memoryview(data))
+        n = self._plain_range(path, start, end, memoryview(data))
         if n is None:
             return super().read_range(path, start, end)
         return data if n == len(data) else bytes(data[:n])
 
     def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
-        n = read_media_range(self.fs, path, start, end, into)
+        n = self._plain_range(path, start, end, into)
         return super().read_range_into(path, start, end, into) if n is None else n
+
+    def _plain_range(self, path: str, start: int, end: int, into: memoryview) -> int | None:
+        deferred = self._fs if isinstance(self._fs, DeferredGCSFileSystem) else None
+        if deferred is not None:
+            n = read_deferred_range(deferred, path, start, end, into)
+            if n is not None:
+                return n
+        return read_media_range(self.fs, path, start, end, into)
 
     def open_reader(self, path: str, offset: int) -> ChunkReader:
         # gcsfs has no streaming open_async: one ranged GET per chunk.
@@ -168,8 +217,9 @@ _idle_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    global _idle_lock
+    global _idle_lock, _MATERIALIZING
     _idle_lock = threading.Lock()  # a lock a parent's thread held at the fork stays locked
+    _MATERIALIZING = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -184,10 +234,37 @@ def read_media_range(fs: Any, path: str, start: int, end: int, into: memoryview)
     the end of the object reads as empty."""
     if not _eligible(fs, path):
         return None
-    url = urllib.parse.urlsplit(fs.url(path))
-    target = f"{url.path}?{url.query}"
-    headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity", "User-Agent": "roxxel"}
+    headers: dict[str, str] = {}
     fs.credentials.apply(headers)  # gcsfs's credentials: refreshed by it, never read here
+    return _media_range(fs, fs.url(path), headers, path, start, end, into)
+
+
+def read_deferred_range(fs: DeferredGCSFileSystem, path: str, start: int, end: int,
+                        into: memoryview) -> int | None:
+    """:func:`read_media_range` before gcsfs is needed (a dataset opened through
+    :mod:`.gcsopen`): the URL and headers gcsfs would use, from the deferred filesystem,
+    so a cold read never imports gcsfs. None where gcsfs must read: credentials that
+    cannot be refreshed, a zonal bucket, or an answer that does not fit (then gcsfs
+    reads from now on)."""
+    if refused(fs):
+        return None
+    try:
+        if not fs.json_readable(path.partition("/")[0]):
+            _refuse(fs, ValueError("a zonal bucket"))
+            return None
+        headers = fs.headers()
+    except Exception as exc:  # noqa: BLE001 - any of it means: read through gcsfs
+        _refuse(fs, RuntimeError(f"{type(exc).__name__} while finding the credentials"))
+        return None
+    return _media_range(fs, fs.media_url(path), headers, path, start, end, into)
+
+
+def _media_range(fs: Any, media_url: str, auth: dict[str, str], path: str, start: int, end: int,
+                 into: memoryview) -> int | None:
+    """:func:`read_media_range`'s GET of ``media_url`` with the ``auth`` headers."""
+    url = urllib.parse.urlsplit(media_url)
+    target = f"{url.path}?{url.query}"
+    headers = {**auth, "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity", "User-Agent": "roxxel"}
     while True:
         conn, reused = _take(url)
         try:
@@ -236,6 +313,64 @@ def read_media_range(fs: Any, path: str, start: int, end: int, into: memoryview)
     return n
 
 
+def read_deferred(fs: DeferredGCSFileSystem, path: str, max_bytes: int | None) -> Versioned | None:
+    """The whole object at ``path`` and its generation by one JSON-API media GET (gcsfs's
+    ``fs.url``) on a kept-alive connection, or None where gcsfs must read it: any answer
+    but 200 (a missing object, a refusal, a redirect, a busy server), a body that is not
+    the object's plain bytes or ends short, a failure on the way. TooLarge, reading none
+    of the body, past ``max_bytes``."""
+    try:
+        headers = {**fs.headers(), "Accept-Encoding": "identity", "User-Agent": "roxxel"}
+        url = urllib.parse.urlsplit(fs.media_url(path))
+    except Exception as exc:  # noqa: BLE001 - any of it means: read through gcsfs
+        log.debug("plain GET not possible (%s); reading through gcsfs", type(exc).__name__)
+        return None
+    target = f"{url.path}?{url.query}"
+    while True:
+        try:
+            conn, reused = _take(url)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("plain GET not possible (%s); reading through gcsfs", type(exc).__name__)
+            return None
+        try:
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+            break
+        except Exception as exc:  # noqa: BLE001
+            conn.close()
+            if reused and isinstance(exc, (http.client.HTTPException, ConnectionError)):
+                continue  # a kept-alive connection the server had closed: once more, anew
+            log.debug("plain GET failed (%s); reading through gcsfs", type(exc).__name__)
+            return None
+    try:
+        size = int(response.getheader("Content-Length") or -1)
+        plain = response.getheader("Content-Encoding", "identity") == "identity"
+        if response.status != 200 or size < 0 or not plain:
+            response.read(64 * 1024)  # the error document, if any
+            conn.close()
+            return None
+        if max_bytes is not None and size > max_bytes:
+            conn.close()
+            raise TooLarge(size)
+        data = response.read(size)
+        if len(data) != size or response.read(1):
+            conn.close()
+            log.debug("a plain GET of gs://%s ended short or ran long; reading through gcsfs", path)
+            return None
+    except TooLarge:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        conn.close()
+        log.debug("plain GET failed (%s); reading through gcsfs", type(exc).__name__)
+        return None
+    if response.will_close:
+        conn.close()
+    else:
+        _give_back(url, conn)
+    generation = response.getheader("x-goog-generation")
+    return Versioned(data, None if generation is None else str(generation))
+
+
 def _eligible(fs: Any, path: str) -> bool:
     if refused(fs) or not type(fs).__module__.startswith("gcsfs") or not hasattr(fs, "credentials"):
         return False
@@ -260,11 +395,11 @@ def _take(url: urllib.parse.SplitResult) -> tuple[http.client.HTTPConnection, bo
     timeout = current_timeout(DEFAULT_POLICY.stall_timeout)  # silence that long fails a read
     if url.scheme == "http":
         return http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout), False
-    return http.client.HTTPSConnection(url.hostname or "", url.port, timeout=timeout, context=_tls()), False
+    return http.client.HTTPSConnection(url.hostname or "", url.port, timeout=timeout, context=tls_context()), False
 
 
 @functools.lru_cache(maxsize=1)
-def _tls() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """One context for all connections: loading the CA certificates takes milliseconds."""
     return ssl.create_default_context()
 

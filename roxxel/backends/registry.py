@@ -1,5 +1,6 @@
 """Which backend serves a filesystem: a protocol given one with :func:`register`, else
-local disk, memory, S3 (s3fs), GCS (gcsfs), else the generic fsspec backend."""
+local disk, memory, S3 (s3fs, or deferred: :mod:`.s3open`), GCS (gcsfs, or
+deferred: :mod:`.gcsopen`), else the generic fsspec backend."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fsspec import AbstractFileSystem
 
 from .base import Backend
 from .gcs import GCSBackend
+from .gcsopen import DeferredGCSFileSystem
 from .generic import FsspecBackend
 from .local import LocalBackend
 from .memory import MemoryBackend
@@ -32,6 +34,8 @@ def backend_for(fs: AbstractFileSystem) -> Backend:
     """The backend of ``fs``'s kind of store."""
     if isinstance(fs, DeferredS3FileSystem) and not _REGISTRY.keys() & set(fs.protocol):
         return S3Backend(fs)  # type: ignore[arg-type]
+    if isinstance(fs, DeferredGCSFileSystem) and not _REGISTRY.keys() & set(fs.protocol):
+        return GCSBackend(fs)  # type: ignore[arg-type]
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     for name in protocols:
         if name in _REGISTRY:

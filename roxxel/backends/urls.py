@@ -32,13 +32,16 @@ def resolve(
     ``file://``, ``memory://``, ``s3://``, ``gs://`` and chained URLs all work. An
     ``s3://`` URL whose options allow it gives a
     :class:`~roxxel.backends.s3open.DeferredS3FileSystem`: s3fs is imported only when
-    the S3 backend needs it, not to open a dataset whose shards are cached.
+    the S3 backend needs it, not to open a dataset whose shards are cached. Likewise a
+    ``gs://`` URL with plain options gives a
+    :class:`~roxxel.backends.gcsopen.DeferredGCSFileSystem`, and gcsfs waits.
     """
+    from .gcsopen import deferred_gcs
     from .s3open import deferred_s3  # s3open imports .base, which imports this module
 
     url = os.fspath(url)
     options = dict(storage_options or {})
-    deferred = deferred_s3(url, options)
+    deferred = deferred_s3(url, options) or deferred_gcs(url, options)
     if deferred is not None:
         return deferred  # type: ignore[return-value]
     return url_to_fs(url, **options)
