@@ -286,6 +286,7 @@ def adc(monkeypatch, clean_env) -> dict[str, Any]:
         return found["credentials"], found["project"]
 
     monkeypatch.setattr(google.auth, "default", default)
+    monkeypatch.setattr(gcsopen, "_ADC", {})  # no lookup of another test's
     return found
 
 
@@ -311,6 +312,8 @@ def test_default_credentials_are_sent_as_a_bearer_token_and_refreshed_when_expir
     sent = [headers.get("authorization") for _, _, headers, _ in fake_gcs.seen]
     assert sent == ["Bearer secret-token-1", "Bearer secret-token-1"]
     assert "secret" not in repr(fs) and b"secret" not in pickle.dumps(fs)
+    assert deferred_gcs("gs://bk/other", {"endpoint_url": fake_gcs.endpoint})[0]._resolve() is credentials
+    assert len(adc["calls"]) == 1  # the lookup is kept while the environment is unchanged
 
 
 @pytest.mark.parametrize("case", ["none found", "refresh fails", "another project", "read_only"])
@@ -383,3 +386,34 @@ def test_a_pickled_dataset_carries_no_credentials_and_reads_after_unpickling(gcs
     assert pickle.loads(pickled).read(f"{path}/manifest.json", None).data.startswith(b"{")
     child = backend.forked()
     assert isinstance(child._fs, DeferredGCSFileSystem) and child._fs is not fs
+
+
+def test_a_zonal_bucket_on_google_s_endpoint_is_left_to_gcsfs(fake_gcs, clean_env, monkeypatch):
+    """gcsfs's zonal-aware class reads a bucket whose storage layout says ``zone`` over
+    gRPC: its parts are gcsfs's. The layout is asked once per bucket, and only where that
+    class is enabled and the endpoint is Google's (here the loopback server stands in)."""
+    monkeypatch.setattr(gcsopen, "_GOOGLE", fake_gcs.endpoint)
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "true")
+    layouts = {"zonal": (200, {"locationType": "zone"}), "regional": (200, {"locationType": "region"}),
+               "denied": (403, {"error": "no"})}
+
+    def answer(method, path):
+        if path.endswith("/storageLayout"):
+            status, layout = layouts[path.split("/")[4]]
+            return status, {}, json.dumps(layout).encode(), 10**6
+        return 206, {"Content-Range": "bytes 0-3/10"}, b"0123", 4
+
+    fake_gcs.answer = staticmethod(answer)
+
+    def read(bucket: str) -> int | None:
+        fs, path = deferred_gcs(f"gs://{bucket}/ds", {"endpoint_url": fake_gcs.endpoint, "token": "anon"})
+        got = [gcs.read_deferred_range(fs, f"{path}/shard", 0, 4, memoryview(bytearray(4))) for _ in range(3)]
+        assert gcs.refused(fs) == (got[0] is None)
+        return got[0]
+
+    assert read("zonal") is None
+    assert read("regional") == 4 and read("denied") == 4  # no permission to ask: JSON, as gcsfs reads then
+    asked = [path for _, path, _, _ in fake_gcs.seen if path.endswith("/storageLayout")]
+    assert asked == [f"/storage/v1/b/{b}/storageLayout" for b in ("zonal", "regional", "denied")]
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # gcsfs's plain class: no question
+    assert read("zonal") == 4

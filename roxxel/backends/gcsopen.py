@@ -69,6 +69,14 @@ _LAYOUT_TIMEOUT = 10.0
 # environment variables that change how requests (gcsfs's token transport) connects
 _REQUESTS_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 _CERT_CONFIGS = ("GOOGLE_API_CERTIFICATE_CONFIG", "CLOUDSDK_CONTEXT_AWARE_CERTIFICATE_CONFIG_FILE_PATH")
+# environment variables google.auth.default() reads: a lookup is kept while they are unchanged
+_ADC_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT",
+            "GCE_METADATA_HOST", "GCE_METADATA_IP", "NO_GCE_CHECK")
+# (scope, project wanted, those variables) -> the credentials found, or the exception raised:
+# each open would otherwise read the files (or ask the metadata server) again, and where
+# nothing is found, pay the search before gcsfs pays it too
+_ADC: dict[tuple[str | None, ...], Any] = {}
+_ADC_LOCK = threading.Lock()
 
 
 class DeferredGCSFileSystem:
@@ -239,11 +247,27 @@ def _default_credentials(options: Mapping[str, Any]) -> Any:
     other than ADC's: gcsfs moves on to its token cache)."""
     if _proxied() or any(os.environ.get(name) for name in _REQUESTS_ENV):
         raise LookupError("requests would refresh tokens through settings of its own")
+    scope = "https://www.googleapis.com/auth/devstorage." + options.get("access", "full_control")
+    wanted = options.get("project", os.environ.get("GCSFS_DEFAULT_PROJECT", ""))
+    key = (scope, wanted, *(os.environ.get(name) for name in _ADC_ENV))
+    with _ADC_LOCK:
+        found = _ADC.get(key)
+    if found is None:
+        try:
+            found = _look_up(scope, wanted)
+        except Exception as exc:  # noqa: BLE001 - kept, and raised again below
+            found = exc
+        with _ADC_LOCK:
+            found = _ADC.setdefault(key, found)
+    if isinstance(found, Exception):  # a kept failure, not a wrong argument
+        raise LookupError("no default credentials gcsfs would use") from found  # noqa: TRY004
+    return found
+
+
+def _look_up(scope: str, wanted: str | None) -> Any:
     import google.auth
 
-    scope = "https://www.googleapis.com/auth/devstorage." + options.get("access", "full_control")
     credentials, project = google.auth.default(scopes=[scope], request=AuthTransport())
-    wanted = options.get("project", os.environ.get("GCSFS_DEFAULT_PROJECT", ""))
     if wanted and wanted != project:
         raise LookupError("a project other than the default credentials' one")
     if credentials is None:
