@@ -77,6 +77,7 @@ _ADC_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG", "GOOGLE_CLOUD_P
 # nothing is found, pay the search before gcsfs pays it too
 _ADC: dict[tuple[str | None, ...], Any] = {}
 _ADC_LOCK = threading.Lock()
+_REFRESHING = threading.Lock()  # one refresh at a time: filesystems share the credentials found
 
 
 class DeferredGCSFileSystem:
@@ -88,7 +89,7 @@ class DeferredGCSFileSystem:
     def __init__(self, url: str, storage_options: Mapping[str, Any]) -> None:
         self.url = url
         self.storage_options = dict(storage_options)
-        self._lock = threading.Lock()  # guards _credentials, _resolved, _layouts; serializes refreshes
+        self._lock = threading.Lock()  # guards _credentials, _resolved, _layouts
         self._credentials: Any = None
         self._resolved = self.storage_options.get("token") == "anon"
         self._layouts: dict[str, bool] = {}
@@ -120,7 +121,7 @@ class DeferredGCSFileSystem:
         if credentials is None:
             return out
         if not _fresh(credentials):
-            with self._lock:
+            with _REFRESHING:
                 if not _fresh(credentials):
                     log.debug("refreshing the GCS access token")
                     credentials.refresh(AuthTransport())
@@ -358,3 +359,10 @@ class AuthTransport:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise exceptions.TransportError(f"{type(exc).__name__} during a google-auth request") from exc
 
+
+def _after_fork_in_child() -> None:
+    global _ADC_LOCK, _REFRESHING
+    _ADC_LOCK, _REFRESHING = threading.Lock(), threading.Lock()  # a parent's thread may have held them
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
