@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,8 @@ class Writer:
         self._meter = None if progress is None else Meter(progress)
         self.manifest: Manifest | None = None
 
+        self._probe: Future[None] | None = None  # the probe for conditional writes (_prepare_publish)
+        self._probe_pool: WorkerPool | None = None
         self._base, self._generation = self._prepare_publish()
         if (tracer := trace.configure()) is not None:
             tracer.complete("writer set-up", "write", began, time.perf_counter_ns(), mode=mode)
@@ -170,7 +173,8 @@ class Writer:
         backend = self.store.backend
         release = (multipart.hold() if isinstance(backend, S3Backend)
                    else gcs_upload.hold() if isinstance(backend, GCSBackend) else None)
-        self._cleanup = weakref.finalize(self, _clean_up, self._staging, self._md5_lanes, release)
+        lanes = self._md5_lanes if self._probe_pool is None else (*self._md5_lanes, self._probe_pool)
+        self._cleanup = weakref.finalize(self, _clean_up, self._staging, lanes, release)
         self._pool = WorkerPool(upload_workers, name="roxxel-upload")
         self._max_staged = max_staged_shards or upload_workers + 1
         self._futures: list[Future[ShardInfo]] = []
@@ -188,23 +192,42 @@ class Writer:
         """Check, before anything is uploaded, that the publish can succeed; returns the
         existing manifest (an append's base) and the generation of the new shard names.
         (A writer of one part of a build publishes nothing: ``roxxel.build`` skips this.)
-        The probe for conditional writes and the manifest's check run at once (several
-        round trips each to a remote store); the probe's error is the one raised first."""
+
+        The manifest is checked here (one request). So is whether the store enforces
+        conditional writes, where that takes no request (local disk, memory). On S3 and
+        GCS that takes a probe (five round trips, and the cloud client made first): it
+        goes on in the background while the first shard is packed, and every upload, and
+        the publish, waits for its answer (:meth:`_require_probe`), so nothing is
+        uploaded to a store that could not publish safely; its error is raised by the
+        call that finishes a shard (``append``, ``extend``) or by ``close``. If the
+        manifest's check fails, the probe's error is the one raised."""
         if self.mode == "overwrite":
             base = self._existing_manifest()
             return base, _next_generation(base)
-        pool = WorkerPool(1, name="roxxel-writer-probe")  # fail before uploading anything
+        probe = partial(require_conditional_writes, self.store, single_writer=self.single_writer)
+        if not isinstance(self.store.backend, (S3Backend, GCSBackend)):
+            probe()
+            base = self._existing_manifest()
+            return base, _next_generation(base)
+        pool = self._probe_pool = WorkerPool(1, name="roxxel-writer-probe")
+        self._probe = pool.submit(probe)
         try:
-            probe = pool.submit(lambda: require_conditional_writes(self.store, single_writer=self.single_writer))
+            base = self._existing_manifest()
+        except Exception:
             try:
-                base = self._existing_manifest()
-            except Exception:
-                probe.result()
-                raise
-            probe.result()
-        finally:
-            pool.close(wait=False)  # (an interrupt does not wait for the probe)
+                self._probe.result()
+            finally:
+                pool.close(wait=False)  # (an interrupt does not wait for the probe)
+            raise
         return base, _next_generation(base)
+
+    def _require_probe(self) -> None:
+        """Wait for the probe for conditional writes that the set-up started, and raise
+        its error (a store that accepts conditional writes but does not enforce them):
+        each upload, and the publish, begins with this."""
+        probe = self._probe
+        if probe is not None:
+            probe.result()
 
     def _existing_manifest(self) -> Manifest | None:
         if self.mode == "create":
@@ -389,6 +412,7 @@ class Writer:
             return self._upload_staged(staged)
 
     def _upload_staged(self, staged: _Staged) -> ShardInfo:
+        self._require_probe()
         path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
         part_size, md5s = staged.part_size, staged.part_md5s
         suffix = ""
@@ -457,6 +481,7 @@ class Writer:
             raise ValueError(f"writer for {self.url} is {self._state}")
         try:
             shards = self._upload_all()
+            self._require_probe()  # (a writer of no records uploads nothing)
             began = time.perf_counter_ns()
             manifest = self._publish(shards)
             if (tracer := trace.current()) is not None:
@@ -603,10 +628,11 @@ def _next_generation(base: Manifest | None) -> int:
     return max(found, default=-1) + 1
 
 
-def _clean_up(staging: str, md5_lanes: Sequence[WorkerPool], release_parts: Callable[[], None] | None) -> None:
+def _clean_up(staging: str, lanes: Sequence[WorkerPool], release_parts: Callable[[], None] | None) -> None:
     """What a writer leaves when it ends, however it ends: the staging folder removed,
-    its MD5 threads stopped, the S3 and GCS part threads released (see multipart.hold)."""
-    for lane in md5_lanes:
+    its MD5 and probe threads stopped, the S3 and GCS part threads released (see
+    multipart.hold)."""
+    for lane in lanes:
         lane.close(wait=False)
     if release_parts is not None:
         release_parts()

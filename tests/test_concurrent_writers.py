@@ -260,14 +260,29 @@ def careless(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return server.url("careless", f"t{uuid.uuid4().hex[:12]}/ds"), server.storage_options
 
 
+def _shard_objects(url: str, options: dict[str, Any]) -> list[str]:
+    fs = dataset_store(url, options).fs
+    return [p for p in fs.find(url.split("://", 1)[1]) if "/shards/" in p]
+
+
+def _refused_before_any_upload(url: str, options: dict[str, Any], **kwargs: Any) -> None:
+    """On S3 and GCS the probe answers in the background while shards are packed: its
+    refusal comes from the call that finishes a shard or from close(), and no shard was
+    uploaded before it."""
+    before = _shard_objects(url, options)
+    with (pytest.raises(StorageError, match="does not enforce them.*single_writer=True"),
+          roxxel.Writer(url, storage_options=options, shard_bytes=4096, **kwargs) as w):
+        w.extend([bytes([i]) * 1024 for i in range(40)])  # about ten shards finished
+    assert _shard_objects(url, options) == before
+
+
 def test_a_store_that_ignores_preconditions_is_refused(careless):
     url, options = careless
-    with pytest.raises(StorageError, match="does not enforce them.*single_writer=True"):
-        roxxel.Writer(url, storage_options=options)
+    _refused_before_any_upload(url, options)
     with roxxel.Writer(url, storage_options=options, mode="overwrite") as w:  # needs no condition
         w.append(b"overwritten")
+    _refused_before_any_upload(url, options, mode="append")
     for make in (
-        lambda: roxxel.Writer(url, storage_options=options, mode="append"),
         lambda: merge_datasets([url], url + "-merged", options),
         lambda: copy_dataset(url, url + "-copy", options),
     ):
@@ -349,8 +364,7 @@ def rejecting_s3() -> Any:
 def test_a_store_that_rejects_conditional_writes_is_refused_or_used_by_a_single_writer(rejecting_s3, tmp_path):
     url = rejecting_s3.url("rejects", f"t{uuid.uuid4().hex[:12]}/ds")
     options = rejecting_s3.storage_options
-    with pytest.raises(StorageError, match="does not enforce them.*single_writer=True"):
-        roxxel.Writer(url, storage_options=options)
+    _refused_before_any_upload(url, options)
     with roxxel.Writer(url, storage_options=options, single_writer=True) as w:
         w.append(b"one")
     with roxxel.Writer(url, storage_options=options, mode="append", single_writer=True) as w:

@@ -116,6 +116,23 @@ def test_an_s3_store_defers_s3fs_until_something_needs_it(s3_server, tmp_path):
     assert type(store.fs).__name__ == "S3FileSystem"
 
 
+def test_an_s3_object_s_info_is_one_signed_head(s3_server, tmp_path):
+    """exists/size/stat of a deferred store answer what s3fs answers, without s3fs: the
+    writer's check that no dataset is there costs one request, not s3fs's import."""
+    url = s3_server.url("roxxel-tests", f"head-{tmp_path.name}/ds")
+    write(url, s3_server.storage_options)
+    store = Store(url, s3_server.storage_options)
+    size, modified = store.stat("manifest.json")
+    assert store.exists("manifest.json") and not store.exists("manifest.json.missing")
+    assert store.size("manifest.json") == size == len(store.read_bytes("manifest.json"))
+    assert isinstance(store.backend._fs, DeferredS3FileSystem)  # no s3fs so far
+    with pytest.raises(roxxel.NotFoundError, match="nothing-here"):
+        store.size("nothing-here")
+    through_s3fs = Store(url, s3_server.storage_options)
+    _ = through_s3fs.fs  # made now: its info is s3fs's
+    assert through_s3fs.stat("manifest.json") == (size, modified) and modified is not None
+
+
 def test_a_missing_s3_dataset_is_reported_as_through_s3fs(s3_server, tmp_path):
     url = s3_server.url("roxxel-tests", f"missing-{tmp_path.name}/ds")
     with pytest.raises(roxxel.NotFoundError, match="manifest.json"):

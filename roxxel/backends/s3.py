@@ -60,7 +60,7 @@ from .errors import HTTPStatusError, http_status
 from .generic import FsspecBackend, etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
-from .s3open import DeferredS3FileSystem, ranged_request, signed_get
+from .s3open import DeferredS3FileSystem, ranged_request, signed_get, signed_head
 from .watchdog import current_timeout, fill, read_in_pieces
 
 __all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
@@ -100,6 +100,14 @@ class S3Backend(FsspecBackend):
 
     def reported_md5(self, info: dict[str, Any]) -> str | None:
         return etag_md5(info)  # the ETag of a single-part upload
+
+    def info(self, path: str) -> dict[str, Any]:
+        deferred = self._fs
+        if isinstance(deferred, DeferredS3FileSystem):
+            info = signed_head(deferred, path)  # (FileNotFoundError for a 404)
+            if info is not None:
+                return info
+        return super().info(path)
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         deferred = self._fs

@@ -58,7 +58,7 @@ from .watchdog import current_timeout
 if TYPE_CHECKING:  # imported where used: a fresh process imports only what its open needs
     from .aws_endpoint import Endpoint
 
-__all__ = ["DeferredS3FileSystem", "deferred_s3", "ranged_request", "signed_get", "sigv4_headers"]
+__all__ = ["DeferredS3FileSystem", "deferred_s3", "ranged_request", "signed_get", "signed_head", "sigv4_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,68 @@ def signed_get(fs: DeferredS3FileSystem, path: str, max_bytes: int | None) -> Ve
     return None
 
 
+def signed_head(fs: DeferredS3FileSystem, path: str) -> dict[str, Any] | None:
+    """What s3fs's ``info`` says of the object at ``path`` (name, size, ETag,
+    LastModified, type "file") by one signed HEAD, or None where s3fs must answer (see
+    the module docstring; a 403, which S3 gives for a missing key to a caller who may not
+    list the bucket, among them). FileNotFoundError on a 404. Regions as
+    :func:`signed_get`."""
+    try:
+        request = _request(fs.storage_options, path)
+    except Exception as exc:  # noqa: BLE001 - any of it means: ask s3fs
+        log.debug("signed HEAD not possible (%s); asking s3fs", type(exc).__name__)
+        return None
+    for attempt in (1, 2):
+        if request is None:
+            return None
+        answer = _send_head(request)
+        if not isinstance(answer, str):
+            if answer is False:
+                raise FileNotFoundError(path)
+            return None if answer is None else dict(answer, name=path)
+        request = request.in_region(answer) if attempt == 1 else None
+    return None
+
+
+def _send_head(request: _Request) -> dict[str, Any] | str | bool | None:
+    """The object's info, False on a 404, the region an AWS answer names (not the
+    request's), or None."""
+    try:
+        conn = request.connection()
+    except Exception as exc:  # noqa: BLE001 - any of it means: ask s3fs
+        log.debug("signed HEAD not possible (%s); asking s3fs", type(exc).__name__)
+        return None
+    try:
+        conn.request("HEAD", request.target, headers=request.headers(time.gmtime(), "HEAD"))
+        response = conn.getresponse()
+        response.read()  # (a HEAD's answer has no body)
+        if response.status == 404:
+            return False
+        if response.status != 200:
+            if request.aws is not None and response.status in _REDIRECTS:
+                from .aws_endpoint import region_hint
+
+                hint = region_hint(response)
+                return hint if hint is not None and hint != request.region else None
+            return None
+        size = response.getheader("Content-Length") or ""
+        if not size.isdigit():
+            return None
+        modified = response.getheader("Last-Modified")
+        try:  # a datetime, as botocore parses it for s3fs
+            import email.utils
+
+            last = None if modified is None else email.utils.parsedate_to_datetime(modified)
+        except (TypeError, ValueError):
+            last = None
+        return {"size": int(size), "type": "file", "ETag": response.getheader("ETag"), "LastModified": last}
+    except Exception as exc:  # noqa: BLE001
+        log.debug("signed HEAD failed (%s); asking s3fs", type(exc).__name__)
+        return None
+    finally:
+        conn.close()
+
+
 class _Request:
     """One GET to sign and send; ``aws`` is (bucket, key, addressing style) for AWS's
     own endpoints, None for an explicit ``endpoint_url`` (whose connection
@@ -182,9 +244,9 @@ class _Request:
         self.timeout, self.cafile, self.aws, self.connect_url = timeout, cafile, aws, connect_url
         self.bucket_key = aws[:2] if aws is not None else bucket_key
 
-    def headers(self, now: time.struct_time) -> dict[str, str]:
-        """The request's headers, signed at ``now``."""
-        return sigv4_headers("GET", self.where.host, self.target, self.region, self.credentials, now)
+    def headers(self, now: time.struct_time, method: str = "GET") -> dict[str, str]:
+        """The request's headers, signed at ``now`` (for a GET, or ``method``)."""
+        return sigv4_headers(method, self.where.host, self.target, self.region, self.credentials, now)
 
     def connection(self) -> http.client.HTTPConnection:
         if self.connect_url is not None:
