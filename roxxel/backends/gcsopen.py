@@ -42,10 +42,12 @@ filesystem carries the URL and the options it was given, never the credentials o
 from __future__ import annotations
 
 import datetime
+import functools
 import http.client
 import json
 import logging
 import os
+import ssl
 import threading
 import urllib.parse
 import urllib.request
@@ -325,10 +327,19 @@ def _connection(url: str, timeout: float | None) -> tuple[http.client.HTTPConnec
         return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout), target
     if parts.scheme != "https":
         raise ValueError("not an http(s) URL")
-    from .gcs import tls_context
-
     return http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout,
-                                       context=tls_context()), target
+                                       context=_auth_tls()), target
+
+
+@functools.lru_cache(maxsize=1)
+def _auth_tls() -> ssl.SSLContext:
+    """The certificates ``requests`` (gcsfs's transport for google.auth) trusts: certifi's
+    bundle where it is installed, as requests uses it; else the system's."""
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 class _Response:
