@@ -306,8 +306,8 @@ def summarize(spec: str, rounds: list[dict[str, float]], shards: int, boto3: boo
         writing = rate("writing_s")
         setups = sorted(r["writer_setup_s"] * 1000 for r in rounds)
         row.update(writing_mbps=writing, writing_ratio=writing / best, writer_setup_ms=setups)
-        print(f"    of which   set-up {setups[0]:.0f}-{setups[-1]:.0f} ms (Writer(...): s3fs imported, its client, the "
-              f"conditional-write probe, the manifest check); writing alone {writing:.0f} MB/s = "
+        print(f"    of which   set-up {setups[0]:.0f}-{setups[-1]:.0f} ms (Writer(...): the manifest check; the "
+              f"conditional-write probe, with the cloud client it makes, goes on during the writing); writing alone {writing:.0f} MB/s = "
               f"{writing / best:4.0%} of the best client")
     print(f"  its uploads  {put:6.0f} MB/s = {put / best:4.0%} of the best client (Store.put_file + "
           f"check_upload of the same files, 4 at once; its CPU {cpu('put_file_cpu')} s)", flush=True)
