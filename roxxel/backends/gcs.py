@@ -110,8 +110,9 @@ class GCSBackend(FsspecBackend):
         return reported
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
-        if isinstance(self._fs, DeferredGCSFileSystem):
-            read = read_deferred(self._fs, path, max_bytes)
+        deferred = self._fs  # (another thread may materialize it meanwhile)
+        if isinstance(deferred, DeferredGCSFileSystem):
+            read = read_deferred(deferred, path, max_bytes)
             if read is not None:
                 return read
         info = self.info(path)
