@@ -156,10 +156,11 @@ def test_a_requester_pays_dataset_resolves_to_gcsfs(gcs_server, clean_env):
     assert type(fs).__module__.startswith("gcsfs") and fs.requester_pays
     fs, _ = resolve(gcs_server.url(BUCKET, "ds"), gcs_server.storage_options)
     assert isinstance(fs, DeferredGCSFileSystem)
-    assert fs.media_url(f"{BUCKET}/a dir/é+x") == (
-        f"{gcs_server.endpoint}/download/storage/v1/b/{BUCKET}/o/a%20dir/%C3%A9%2Bx?alt=media"
+    assert fs.media_url(f"{BUCKET}/a dir/é+x") == (  # a slash in a name is quoted too, as gcsfs quotes it
+        f"{gcs_server.endpoint}/download/storage/v1/b/{BUCKET}/o/a%20dir%2F%C3%A9%2Bx?alt=media"
     )
-    assert fs.media_url(f"{BUCKET}/k") == fs.materialize().url(f"{BUCKET}/k")  # gcsfs's own URL
+    for name in ("k", "ds/shards/00000-000001-ab.rox", "a dir/é+x?#"):  # gcsfs's own URL
+        assert fs.media_url(f"{BUCKET}/{name}") == fs.materialize().url(f"{BUCKET}/{name}")
 
 
 # -- the manifest's GET ------------------------------------------------------------------------

@@ -111,7 +111,7 @@ class DeferredGCSFileSystem:
     def media_url(self, path: str) -> str:
         """The URL of a whole-object GET of ``path`` (``bucket/name``): gcsfs's ``fs.url``."""
         bucket, _, name = path.partition("/")
-        return f"{self.location}/download/storage/v1/b/{bucket}/o/{urllib.parse.quote(name)}?alt=media"
+        return f"{self.location}/download/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
 
     def headers(self) -> dict[str, str]:
         """The headers gcsfs's credentials would add to a request (none for anonymous
