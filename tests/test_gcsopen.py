@@ -166,6 +166,8 @@ def test_a_requester_pays_dataset_resolves_to_gcsfs(gcs_server, clean_env):
 # -- the manifest's GET ------------------------------------------------------------------------
 
 def test_a_missing_manifest_is_the_same_error_as_through_gcsfs(gcs_server):
+    """The same NotFoundError, naming the manifest's URL, as through gcsfs (whose own
+    FileNotFoundError, quoted inside, names the API's path instead of the object's)."""
     url = gcs_server.url(BUCKET, f"t{uuid.uuid4().hex[:12]}/none")
     deferred = Store(url, gcs_server.storage_options)
     assert isinstance(deferred.backend._fs, DeferredGCSFileSystem)
@@ -174,9 +176,27 @@ def test_a_missing_manifest_is_the_same_error_as_through_gcsfs(gcs_server):
     for store in (deferred, through_gcsfs):
         with pytest.raises(NotFoundError) as caught:
             store.read_versioned("manifest.json")
-        errors.append(str(caught.value))
+        errors.append(str(caught.value).split("(FileNotFoundError:")[0])
     assert errors[0] == errors[1] and f"{url}/manifest.json" in errors[0]
-    assert not isinstance(deferred.backend._fs, DeferredGCSFileSystem)  # the 404 went to gcsfs
+    assert isinstance(deferred.backend._fs, DeferredGCSFileSystem)  # the 404 needed no gcsfs
+
+
+def test_an_object_s_info_is_one_get_of_its_resource_and_says_what_gcsfs_says(gcs_server, gs_dataset):
+    """exists/size/stat of a deferred store, as a writer's check that no dataset is there
+    asks them: one GET of the object's JSON resource, no gcsfs; the same answers as gcsfs."""
+    url, _ = gs_dataset
+    store = Store(url, gcs_server.storage_options)
+    assert store.exists("manifest.json") and not store.exists("manifest.json.missing")
+    with pytest.raises(NotFoundError, match="nothing-here"):
+        store.size("nothing-here")
+    info = store.backend.info(store.path("manifest.json"))
+    assert isinstance(store.backend._fs, DeferredGCSFileSystem)  # no gcsfs so far
+    through_gcsfs = Store(url, fs=store.backend._fs.materialize())
+    expected = through_gcsfs.backend.info(through_gcsfs.path("manifest.json"))
+    for field in ("name", "size", "type", "generation", "md5Hash", "crc32c", "mtime", "ctime"):
+        assert info.get(field) == expected.get(field), field
+    assert store.stat("manifest.json") == through_gcsfs.stat("manifest.json")
+    assert info["size"] == len(store.read_bytes("manifest.json"))
 
 
 def test_the_manifest_s_get_bounds_its_size_and_gives_the_generation(gcs_server):

@@ -31,6 +31,7 @@ write, a read the plain GETs leave to gcsfs) makes the ``GCSFileSystem`` once.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import http.client
 import json
@@ -62,7 +63,7 @@ from .readers import RangeReader
 from .retry import DEFAULT_POLICY
 from .watchdog import current_timeout, fill
 
-__all__ = ["GCSBackend", "read_deferred", "read_deferred_range", "read_media_range", "tls_context"]
+__all__ = ["GCSBackend", "info_deferred", "read_deferred", "read_deferred_range", "read_media_range", "tls_context"]
 
 log = logging.getLogger(__name__)
 _MATERIALIZING = threading.Lock()
@@ -108,6 +109,14 @@ class GCSBackend(FsspecBackend):
 
             return verified_md5(str(info.get("name", "")), info)
         return reported
+
+    def info(self, path: str) -> dict[str, Any]:
+        deferred = self._fs  # (another thread may materialize it meanwhile)
+        if isinstance(deferred, DeferredGCSFileSystem):
+            info = info_deferred(deferred, path)  # (FileNotFoundError for a 404)
+            if info is not None:
+                return info
+        return super().info(path)
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         deferred = self._fs  # (another thread may materialize it meanwhile)
@@ -370,6 +379,58 @@ def read_deferred(fs: DeferredGCSFileSystem, path: str, max_bytes: int | None) -
         _give_back(url, conn)
     generation = response.getheader("x-goog-generation")
     return Versioned(data, None if generation is None else str(generation))
+
+
+_INFO_MAX_BYTES = 1 << 20  # an object resource with its custom metadata is a few KiB
+
+
+def info_deferred(fs: DeferredGCSFileSystem, path: str) -> dict[str, Any] | None:
+    """What gcsfs's ``info`` says of the object at ``path`` (its JSON resource with
+    ``size`` an int, ``name`` the bucket's path, ``type`` "file", ``mtime``/``ctime``),
+    by one GET of its resource on a kept-alive connection, before gcsfs is needed (a
+    writer's check that no dataset is there); None where gcsfs must answer (any answer
+    but 200 or 404, a resource that does not describe this object, a failure on the
+    way); FileNotFoundError on a 404."""
+    try:
+        headers = {**fs.headers(), "Accept-Encoding": "identity", "User-Agent": "roxxel"}
+        url = urllib.parse.urlsplit(fs.metadata_url(path))
+        conn, _ = _take(url)
+    except Exception as exc:  # noqa: BLE001 - any of it means: ask gcsfs
+        log.debug("plain GET of an object's resource not possible (%s); asking gcsfs", type(exc).__name__)
+        return None
+    try:
+        conn.request("GET", url.path, headers=headers)
+        response = conn.getresponse()
+        body = response.read(_INFO_MAX_BYTES + 1)
+        status = response.status
+    except Exception as exc:  # noqa: BLE001
+        conn.close()
+        log.debug("plain GET of an object's resource failed (%s); asking gcsfs", type(exc).__name__)
+        return None
+    if response.will_close or len(body) > _INFO_MAX_BYTES:
+        conn.close()
+    else:
+        _give_back(url, conn)
+    if status == 404:
+        raise FileNotFoundError(path)
+    bucket, _, name = path.partition("/")
+    try:
+        resource = json.loads(body) if status == 200 else None
+    except ValueError:
+        resource = None
+    if (not isinstance(resource, dict) or resource.get("name") != name or name.endswith("/")
+            or not str(resource.get("size", "")).isdigit()):
+        return None
+    info = dict(resource, size=int(resource["size"]), name=f"{bucket}/{name}", type="file")
+    for field, key in (("updated", "mtime"), ("timeCreated", "ctime")):
+        stamp = resource.get(field)
+        if isinstance(stamp, str) and stamp.endswith("Z"):
+            try:  # as gcsfs's _parse_timestamp
+                whole, _, fraction = stamp[:-1].partition(".")
+                info[key] = datetime.datetime.fromisoformat(f"{whole}.{fraction.ljust(6, '0')[:6]}+00:00")
+            except ValueError:
+                return None
+    return info
 
 
 def _eligible(fs: Any, path: str) -> bool:

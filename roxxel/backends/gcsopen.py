@@ -113,6 +113,11 @@ class DeferredGCSFileSystem:
         bucket, _, name = path.partition("/")
         return f"{self.location}/download/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
 
+    def metadata_url(self, path: str) -> str:
+        """The URL of the JSON API's object resource of ``path`` (what gcsfs's ``info`` GETs)."""
+        bucket, _, name = path.partition("/")
+        return f"{self.location}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
+
     def headers(self) -> dict[str, str]:
         """The headers gcsfs's credentials would add to a request (none for anonymous
         access), refreshed first where the token expires within five minutes; safe to
