@@ -160,23 +160,28 @@ class Writer:
         self._meter = None if progress is None else Meter(progress)
         self.manifest: Manifest | None = None
 
+        self._pool = WorkerPool(upload_workers, name="roxxel-upload")  # (its threads start when used)
+        self._max_staged = max_staged_shards or upload_workers + 1
         self._probe: Future[None] | None = None  # the probe for conditional writes (_prepare_publish)
         self._probe_pool: WorkerPool | None = None
+        self._probe_pid = os.getpid()
         self._base, self._generation = self._prepare_publish()
-        if (tracer := trace.configure()) is not None:
-            tracer.complete("writer set-up", "write", began, time.perf_counter_ns(), mode=mode)
-
-        self._staging = make_staging_dir(staging_dir)
-        # MD5s of parts on two lanes (threads start only when used)
-        self._md5_lanes = tuple(WorkerPool(1, name=f"roxxel-staging-md5-{i}") for i in range(2))
-        # S3, GCS: the part threads and their connections stay from one shard to the next
-        backend = self.store.backend
-        release = (multipart.hold() if isinstance(backend, S3Backend)
-                   else gcs_upload.hold() if isinstance(backend, GCSBackend) else None)
+        try:
+            if (tracer := trace.configure()) is not None:
+                tracer.complete("writer set-up", "write", began, time.perf_counter_ns(), mode=mode)
+            self._staging = make_staging_dir(staging_dir)
+            # MD5s of parts on two lanes (threads start only when used)
+            self._md5_lanes = tuple(WorkerPool(1, name=f"roxxel-staging-md5-{i}") for i in range(2))
+            # S3, GCS: the part threads and their connections stay from one shard to the next
+            backend = self.store.backend
+            release = (multipart.hold() if isinstance(backend, S3Backend)
+                       else gcs_upload.hold() if isinstance(backend, GCSBackend) else None)
+        except BaseException:
+            if self._probe_pool is not None:
+                self._probe_pool.close(wait=False)
+            raise
         lanes = self._md5_lanes if self._probe_pool is None else (*self._md5_lanes, self._probe_pool)
         self._cleanup = weakref.finalize(self, _clean_up, self._staging, lanes, release)
-        self._pool = WorkerPool(upload_workers, name="roxxel-upload")
-        self._max_staged = max_staged_shards or upload_workers + 1
         self._futures: list[Future[ShardInfo]] = []
         self._staged: list[Future[ShardInfo]] = []  # uploads not finished, in order
         self._uploaded: list[str] = []  # keys of objects this writer put, for abort
@@ -189,17 +194,18 @@ class Writer:
         self._state = "open"
 
     def _prepare_publish(self) -> tuple[Manifest | None, int]:
-        """Check, before anything is uploaded, that the publish can succeed; returns the
-        existing manifest (an append's base) and the generation of the new shard names.
-        (A writer of one part of a build publishes nothing: ``roxxel.build`` skips this.)
+        """Check that the publish can succeed; returns the existing manifest (an append's
+        base) and the generation of the new shard names. (A writer of one part of a build
+        publishes nothing: ``roxxel.build`` skips this.)
 
         The manifest is checked here (one request). So is whether the store enforces
         conditional writes, where that takes no request (local disk, memory). On S3 and
         GCS that takes a probe (five round trips, and the cloud client made first): it
-        goes on in the background while the first shard is packed, and every upload, and
-        the publish, waits for its answer (:meth:`_require_probe`), so nothing is
-        uploaded to a store that could not publish safely; its error is raised by the
-        call that finishes a shard (``append``, ``extend``) or by ``close``. If the
+        goes on in the background while the first shards are packed and uploaded, and the
+        publish waits for its answer (:meth:`_require_probe`). A refusal is raised by the
+        call that finishes the next shard after it (``append``, ``extend``:
+        :meth:`_check_probe`) or by ``close``; nothing is published, and the shards
+        uploaded meanwhile stay unreferenced, as an aborted writer's do. If the
         manifest's check fails, the probe's error is the one raised."""
         if self.mode == "overwrite":
             base = self._existing_manifest()
@@ -217,17 +223,31 @@ class Writer:
             try:
                 self._probe.result()
             finally:
-                pool.close(wait=False)  # (an interrupt does not wait for the probe)
+                pool.close(wait=False)
+            raise
+        except BaseException:
+            pool.close(wait=False)  # (an interrupt does not wait for the probe)
             raise
         return base, _next_generation(base)
 
-    def _require_probe(self) -> None:
-        """Wait for the probe for conditional writes that the set-up started, and raise
-        its error (a store that accepts conditional writes but does not enforce them):
-        each upload, and the publish, begins with this."""
+    def _check_probe(self) -> None:
+        """Raise the probe's refusal (a store that accepts conditional writes but does not
+        enforce them) if it has answered so, aborting the writer; do not wait for it."""
         probe = self._probe
-        if probe is not None:
+        if probe is not None and probe.done() and probe.exception() is not None:
+            self._abort()
             probe.result()
+
+    def _require_probe(self) -> None:
+        """Wait for the probe's answer (the publish begins with this) and raise its
+        refusal. In a forked child, whose copy of the probe's thread did not come along,
+        the probe runs here (once per process and bucket)."""
+        if self._probe is None:
+            return
+        if self._probe_pid != os.getpid():
+            require_conditional_writes(self.store, single_writer=self.single_writer)
+            return
+        self._probe.result()
 
     def _existing_manifest(self) -> Manifest | None:
         if self.mode == "create":
@@ -377,6 +397,7 @@ class Writer:
                        digests.size, digests.hexdigest, digests.part_size, digests.part_md5s)
         if self._meter is not None:
             self._meter.set_total(self._bytes)
+        self._check_probe()
         if (tracer := trace.current()) is not None:
             tracer.complete("pack shard", "write", self._shard_began, time.perf_counter_ns(), shard=staged.index,
                             bytes=digests.size, records=layout.record_count)
@@ -412,7 +433,6 @@ class Writer:
             return self._upload_staged(staged)
 
     def _upload_staged(self, staged: _Staged) -> ShardInfo:
-        self._require_probe()
         path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
         part_size, md5s = staged.part_size, staged.part_md5s
         suffix = ""
@@ -481,7 +501,7 @@ class Writer:
             raise ValueError(f"writer for {self.url} is {self._state}")
         try:
             shards = self._upload_all()
-            self._require_probe()  # (a writer of no records uploads nothing)
+            self._require_probe()  # nothing is published before the probe has answered
             began = time.perf_counter_ns()
             manifest = self._publish(shards)
             if (tracer := trace.current()) is not None:

@@ -25,7 +25,7 @@ import pytest
 import roxxel
 from roxxel.errors import ConflictError, DatasetExistsError, StorageError
 from roxxel.manifest import Manifest, ShardInfo
-from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
+from roxxel.manifest.io import MANIFEST_KEY, dataset_store, publish_manifest, read_manifest
 from roxxel.ops import copy as copy_dataset
 from roxxel.ops import merge as merge_datasets
 from tests import servers
@@ -260,28 +260,25 @@ def careless(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return server.url("careless", f"t{uuid.uuid4().hex[:12]}/ds"), server.storage_options
 
 
-def _shard_objects(url: str, options: dict[str, Any]) -> list[str]:
-    fs = dataset_store(url, options).fs
-    return [p for p in fs.find(url.split("://", 1)[1]) if "/shards/" in p]
-
-
-def _refused_before_any_upload(url: str, options: dict[str, Any], **kwargs: Any) -> None:
-    """On S3 and GCS the probe answers in the background while shards are packed: its
-    refusal comes from the call that finishes a shard or from close(), and no shard was
-    uploaded before it."""
-    before = _shard_objects(url, options)
+def _refused_before_publishing(url: str, options: dict[str, Any], **kwargs: Any) -> None:
+    """On S3 and GCS the probe answers in the background while the first shards are
+    packed and uploaded: its refusal comes from the call that finishes a shard or from
+    close(), and the dataset stays as it was (the shards uploaded meanwhile unreferenced)."""
+    store = dataset_store(url, options)
+    before = store.read_bytes(MANIFEST_KEY) if store.exists(MANIFEST_KEY) else None
     with (pytest.raises(StorageError, match="does not enforce them.*single_writer=True"),
           roxxel.Writer(url, storage_options=options, shard_bytes=4096, **kwargs) as w):
         w.extend([bytes([i]) * 1024 for i in range(40)])  # about ten shards finished
-    assert _shard_objects(url, options) == before
+    after = store.read_bytes(MANIFEST_KEY) if store.exists(MANIFEST_KEY) else None
+    assert after == before
 
 
 def test_a_store_that_ignores_preconditions_is_refused(careless):
     url, options = careless
-    _refused_before_any_upload(url, options)
+    _refused_before_publishing(url, options)
     with roxxel.Writer(url, storage_options=options, mode="overwrite") as w:  # needs no condition
         w.append(b"overwritten")
-    _refused_before_any_upload(url, options, mode="append")
+    _refused_before_publishing(url, options, mode="append")
     for make in (
         lambda: merge_datasets([url], url + "-merged", options),
         lambda: copy_dataset(url, url + "-copy", options),
@@ -364,7 +361,7 @@ def rejecting_s3() -> Any:
 def test_a_store_that_rejects_conditional_writes_is_refused_or_used_by_a_single_writer(rejecting_s3, tmp_path):
     url = rejecting_s3.url("rejects", f"t{uuid.uuid4().hex[:12]}/ds")
     options = rejecting_s3.storage_options
-    _refused_before_any_upload(url, options)
+    _refused_before_publishing(url, options)
     with roxxel.Writer(url, storage_options=options, single_writer=True) as w:
         w.append(b"one")
     with roxxel.Writer(url, storage_options=options, mode="append", single_writer=True) as w:
@@ -380,6 +377,56 @@ def lossy_s3() -> Any:
     with servers.s3_server(honour_preconditions="lose-first-response") as server:
         server.create_bucket("lossy")
         yield server
+
+
+def _held_probe(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The writer's probe for conditional writes waits (a slow store) until the event."""
+    from roxxel import writer as writer_module
+
+    answer = threading.Event()
+    real = writer_module.require_conditional_writes
+
+    def held(store: Any, *, single_writer: bool) -> None:
+        assert answer.wait(60), "the test never let the probe answer"
+        real(store, single_writer=single_writer)
+
+    monkeypatch.setattr(writer_module, "require_conditional_writes", held)
+    return answer
+
+
+def test_shards_go_up_while_the_probe_runs_and_the_publish_waits_for_it(s3_server, monkeypatch):
+    url = s3_server.url("roxxel-tests", f"t{uuid.uuid4().hex[:12]}/ds")
+    options = s3_server.storage_options
+    answer = _held_probe(monkeypatch)
+    store = dataset_store(url, options)
+    w = roxxel.Writer(url, storage_options=options, shard_bytes=4096)
+    w.extend([bytes([i]) * 1024 for i in range(12)])
+    closing = threading.Thread(target=w.close)
+    closing.start()
+    for _ in range(600):  # every shard is uploaded without the probe's answer
+        if len(store.list("shards")) >= 3:
+            break
+        closing.join(0.05)
+    assert len(store.list("shards")) >= 3
+    closing.join(0.5)
+    assert closing.is_alive() and not store.exists(MANIFEST_KEY)  # the publish waits
+    answer.set()
+    closing.join(60)
+    assert not closing.is_alive() and read_manifest(store).records == 12
+
+
+def test_an_abort_does_not_wait_for_the_probe(s3_server, monkeypatch):
+    url = s3_server.url("roxxel-tests", f"t{uuid.uuid4().hex[:12]}/ds")
+    answer = _held_probe(monkeypatch)
+    w = roxxel.Writer(url, storage_options=s3_server.storage_options, shard_bytes=4096)
+    w.extend([bytes([i]) * 1024 for i in range(12)])
+    aborting = threading.Thread(target=w.abort)
+    aborting.start()
+    aborting.join(30)
+    stuck = aborting.is_alive()
+    answer.set()
+    assert not stuck, "abort() waited for the probe"
+    assert not dataset_store(url, s3_server.storage_options).exists(MANIFEST_KEY)
 
 
 def test_a_publish_whose_response_was_lost_counts_as_published(lossy_s3, tmp_path):
