@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import http.server
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -338,7 +339,8 @@ def test_default_credentials_are_sent_as_a_bearer_token_and_refreshed_when_expir
 
 
 @pytest.mark.parametrize("case", ["none found", "refresh fails", "another project", "read_only"])
-def test_default_credentials_gcsfs_would_not_use_leave_the_url_to_gcsfs(adc, case, monkeypatch):
+def test_default_credentials_gcsfs_would_not_use_leave_the_url_to_gcsfs(adc, case, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG, logger="roxxel")
     options: dict[str, Any] = {"endpoint_url": "http://127.0.0.1:9", "project": "proj"}
     if case == "none found":
         def missing(**kwargs):
@@ -363,6 +365,7 @@ def test_default_credentials_gcsfs_would_not_use_leave_the_url_to_gcsfs(adc, cas
         assert gcs.read_deferred(fs, f"{path}/manifest.json", None) is None
         assert gcs.read_deferred_range(fs, f"{path}/shard", 0, 4, memoryview(bytearray(4))) is None
         assert gcs.refused(fs)
+        assert caplog.records and "secret" not in caplog.text  # said why, without the token
 
 
 def test_the_http_client_transport_refreshes_real_google_auth_credentials(fake_gcs, clean_env):

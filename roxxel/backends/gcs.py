@@ -148,8 +148,8 @@ class GCSBackend(FsspecBackend):
         return super().read_range_into(path, start, end, into) if n is None else n
 
     def _plain_range(self, path: str, start: int, end: int, into: memoryview) -> int | None:
-        deferred = self._fs if isinstance(self._fs, DeferredGCSFileSystem) else None
-        if deferred is not None:
+        deferred = self._fs  # (another thread may materialize it meanwhile)
+        if isinstance(deferred, DeferredGCSFileSystem):
             n = read_deferred_range(deferred, path, start, end, into)
             if n is not None:
                 return n
@@ -330,6 +330,8 @@ def read_deferred(fs: DeferredGCSFileSystem, path: str, max_bytes: int | None) -
     the object's plain bytes or ends short, a failure on the way. TooLarge, reading none
     of the body, past ``max_bytes``."""
     try:
+        if not fs.json_readable(path.partition("/")[0]):
+            return None  # a zonal bucket: gcsfs's
         headers = {**fs.headers(), "Accept-Encoding": "identity", "User-Agent": "roxxel"}
         url = urllib.parse.urlsplit(fs.media_url(path))
     except Exception as exc:  # noqa: BLE001 - any of it means: read through gcsfs
@@ -392,21 +394,31 @@ def info_deferred(fs: DeferredGCSFileSystem, path: str) -> dict[str, Any] | None
     but 200 or 404, a resource that does not describe this object, a failure on the
     way); FileNotFoundError on a 404."""
     try:
+        if not fs.json_readable(path.partition("/")[0]):
+            return None  # a zonal bucket: gcsfs's
         headers = {**fs.headers(), "Accept-Encoding": "identity", "User-Agent": "roxxel"}
         url = urllib.parse.urlsplit(fs.metadata_url(path))
-        conn, _ = _take(url)
     except Exception as exc:  # noqa: BLE001 - any of it means: ask gcsfs
         log.debug("plain GET of an object's resource not possible (%s); asking gcsfs", type(exc).__name__)
         return None
-    try:
-        conn.request("GET", url.path, headers=headers)
-        response = conn.getresponse()
-        body = response.read(_INFO_MAX_BYTES + 1)
-        status = response.status
-    except Exception as exc:  # noqa: BLE001
-        conn.close()
-        log.debug("plain GET of an object's resource failed (%s); asking gcsfs", type(exc).__name__)
-        return None
+    while True:
+        try:
+            conn, reused = _take(url)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("plain GET of an object's resource not possible (%s); asking gcsfs", type(exc).__name__)
+            return None
+        try:
+            conn.request("GET", url.path, headers=headers)
+            response = conn.getresponse()
+            body = response.read(_INFO_MAX_BYTES + 1)
+            status = response.status
+            break
+        except Exception as exc:  # noqa: BLE001
+            conn.close()
+            if reused and isinstance(exc, (http.client.HTTPException, ConnectionError)):
+                continue  # a kept-alive connection the server had closed: once more, anew
+            log.debug("plain GET of an object's resource failed (%s); asking gcsfs", type(exc).__name__)
+            return None
     if response.will_close or len(body) > _INFO_MAX_BYTES:
         conn.close()
     else:

@@ -263,8 +263,8 @@ def _default_credentials(options: Mapping[str, Any]) -> Any:
     if found is None:
         try:
             found = _look_up(scope, wanted)
-        except Exception as exc:  # noqa: BLE001 - kept, and raised again below
-            found = exc
+        except Exception as exc:  # noqa: BLE001 - kept (by its name alone: its frames may hold a key)
+            found = LookupError(f"{type(exc).__name__} while looking for them")
         with _ADC_LOCK:
             found = _ADC.setdefault(key, found)
     if isinstance(found, Exception):  # a kept failure, not a wrong argument
