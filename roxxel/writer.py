@@ -96,8 +96,17 @@ class Writer:
     one may get :class:`~roxxel.errors.DatasetExistsError` (create) or
     :class:`~roxxel.errors.ConflictError` (append) and publish nothing; an append that
     lost can simply be written again. On a store that does not enforce conditional
-    writes, create and append refuse at once unless ``single_writer=True`` says that
-    nothing else writes this dataset meanwhile.
+    writes, create and append refuse (publishing nothing) unless ``single_writer=True``
+    says that nothing else writes this dataset meanwhile: at once on local disk; on S3
+    and GCS, whose probe answers in the background, from the ``append``/``extend`` that
+    finishes the next shard after its answer, or from :meth:`close` (the shards
+    uploaded before it stay, unreferenced).
+
+    At most ``max_staged_shards`` finished shards (default ``upload_workers + 1``) are
+    staged for upload; past that, appending waits. Each staged shard goes up at once, on
+    a thread of its own (the parts in flight, shared by all of them, bound the bandwidth
+    and the memory), so the last, small shard of a dataset does not wait for the upload
+    of another to end.
 
     ``sign_with``, an Ed25519 private key (a ``cryptography`` key object, unencrypted PEM
     or OpenSSH key text, or the path of a key file), signs the dataset: the signature of
@@ -160,8 +169,11 @@ class Writer:
         self._meter = None if progress is None else Meter(progress)
         self.manifest: Manifest | None = None
 
-        self._pool = WorkerPool(upload_workers, name="roxxel-upload")  # (its threads start when used)
+        for name, value in (("upload_workers", upload_workers), ("max_staged_shards", max_staged_shards or 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._max_staged = max_staged_shards or upload_workers + 1
+        self._pool = WorkerPool(self._max_staged, name="roxxel-upload")  # one a staged shard, started when used
         self._probe: Future[None] | None = None  # the probe for conditional writes (_prepare_publish)
         self._probe_pool: WorkerPool | None = None
         self._probe_pid = os.getpid()
