@@ -287,3 +287,29 @@ def test_a_forked_child_rebuilds_the_s3_backend_deferred():
     assert not isinstance(store.backend._fs, DeferredS3FileSystem)
     again = store.backend.forked()
     assert isinstance(again._fs, DeferredS3FileSystem) and again._fs.url == "s3://bucket/ds"
+
+
+@pytest.mark.parametrize("protocol", ["s3", "gs"])
+def test_a_protocol_fsspec_maps_elsewhere_is_not_deferred(protocol, monkeypatch):
+    """A protocol registered to another implementation (a class path not imported yet, as
+    ``fsspec.register_implementation("s3", "pkg.FS")`` leaves it) or configured through
+    fsspec's own configuration is resolved by fsspec, not opened without it."""
+    import importlib
+
+    from roxxel.backends.gcsopen import deferred_gcs
+    from roxxel.backends.s3open import deferred_s3
+
+    defer = deferred_s3 if protocol == "s3" else deferred_gcs
+    url = f"{protocol}://bucket/ds"
+    options = {"key": "k", "secret": "s", "endpoint_url": "http://127.0.0.1:9"} if protocol == "s3" else {
+        "token": "anon", "endpoint_url": "http://127.0.0.1:9"}
+    assert defer(url, options) is not None
+    registry = importlib.import_module("fsspec.registry")  # (fsspec.registry is also a mapping's name)
+    monkeypatch.setitem(registry.known_implementations, protocol, {"class": "elsewhere.FileSystem"})
+    monkeypatch.delitem(registry._registry, protocol, raising=False)
+    assert defer(url, options) is None
+    monkeypatch.undo()
+    import fsspec.config
+
+    monkeypatch.setitem(fsspec.config.conf, protocol, {"anon": True})
+    assert defer(url, options) is None

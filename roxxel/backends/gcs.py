@@ -42,13 +42,13 @@ import threading
 import urllib.parse
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from .base import (
-    Backend,
     ChunkReader,
     PreconditionFailed,
     TooLarge,
@@ -56,9 +56,10 @@ from .base import (
     check_size,
     probed_enforcement,
 )
+from .deferred import DeferringBackend
 from .errors import HTTPStatusError, http_status
 from .gcsopen import DeferredGCSFileSystem
-from .generic import FsspecBackend, base64_md5
+from .generic import base64_md5
 from .readers import RangeReader
 from .retry import DEFAULT_POLICY
 from .watchdog import current_timeout, fill
@@ -66,38 +67,15 @@ from .watchdog import current_timeout, fill
 __all__ = ["GCSBackend", "info_deferred", "read_deferred", "read_deferred_range", "read_media_range", "tls_context"]
 
 log = logging.getLogger(__name__)
-_MATERIALIZING = threading.Lock()
 
 
-class GCSBackend(FsspecBackend):
+class GCSBackend(DeferringBackend):
     """GCS through gcsfs; until something needs gcsfs, over a
     :class:`.gcsopen.DeferredGCSFileSystem` (the manifest is then read by
-    :func:`read_deferred`, parts by :func:`read_deferred_range`)."""
+    :func:`read_deferred`, an object's info by :func:`info_deferred`, parts by
+    :func:`read_deferred_range`)."""
 
-    @property
-    def fs(self) -> AbstractFileSystem:
-        """The ``GCSFileSystem``, made (and gcsfs imported) on first use, once (the
-        download engine's threads may all ask at once)."""
-        if isinstance(self._fs, DeferredGCSFileSystem):
-            with _MATERIALIZING:
-                if isinstance(self._fs, DeferredGCSFileSystem):
-                    self._deferred = self._fs
-                    self._fs = self._fs.materialize()
-        return self._fs
-
-    @fs.setter
-    def fs(self, fs: AbstractFileSystem) -> None:
-        self._fs = fs
-
-    def forked(self) -> Backend:
-        deferred = self._fs if isinstance(self._fs, DeferredGCSFileSystem) else getattr(self, "_deferred", None)
-        if deferred is None:
-            return super().forked()
-        # A forked child (a DataLoader worker) makes its own GCSFileSystem only if it needs one.
-        return GCSBackend(DeferredGCSFileSystem(deferred.url, deferred.storage_options))  # type: ignore[arg-type]
-
-    def __repr__(self) -> str:
-        return f"GCSBackend({type(self._fs).__name__})"
+    deferred_type = DeferredGCSFileSystem
 
     def reported_md5(self, info: dict[str, Any]) -> str | None:
         """The object's ``md5Hash``; for a composite object (which has none), the MD5 of
@@ -111,16 +89,16 @@ class GCSBackend(FsspecBackend):
         return reported
 
     def info(self, path: str) -> dict[str, Any]:
-        deferred = self._fs  # (another thread may materialize it meanwhile)
-        if isinstance(deferred, DeferredGCSFileSystem):
+        deferred = self.deferred()
+        if deferred is not None:
             info = info_deferred(deferred, path)  # (FileNotFoundError for a 404)
             if info is not None:
                 return info
         return super().info(path)
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
-        deferred = self._fs  # (another thread may materialize it meanwhile)
-        if isinstance(deferred, DeferredGCSFileSystem):
+        deferred = self.deferred()
+        if deferred is not None:
             read = read_deferred(deferred, path, max_bytes)
             if read is not None:
                 return read
@@ -148,8 +126,8 @@ class GCSBackend(FsspecBackend):
         return super().read_range_into(path, start, end, into) if n is None else n
 
     def _plain_range(self, path: str, start: int, end: int, into: memoryview) -> int | None:
-        deferred = self._fs  # (another thread may materialize it meanwhile)
-        if isinstance(deferred, DeferredGCSFileSystem):
+        deferred = self.deferred()
+        if deferred is not None:
             n = read_deferred_range(deferred, path, start, end, into)
             if n is not None:
                 return n
@@ -227,9 +205,8 @@ _idle_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    global _idle_lock, _MATERIALIZING
+    global _idle_lock
     _idle_lock = threading.Lock()  # a lock a parent's thread held at the fork stays locked
-    _MATERIALIZING = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -316,10 +293,7 @@ def _media_range(fs: Any, media_url: str, auth: dict[str, str], path: str, start
     except BaseException:
         conn.close()
         raise
-    if response.will_close:
-        conn.close()
-    else:
-        _give_back(url, conn)
+    _done_with(url, conn, response)
     return n
 
 
@@ -329,31 +303,10 @@ def read_deferred(fs: DeferredGCSFileSystem, path: str, max_bytes: int | None) -
     but 200 (a missing object, a refusal, a redirect, a busy server), a body that is not
     the object's plain bytes or ends short, a failure on the way. TooLarge, reading none
     of the body, past ``max_bytes``."""
-    try:
-        if not fs.json_readable(path.partition("/")[0]):
-            return None  # a zonal bucket: gcsfs's
-        headers = {**fs.headers(), "Accept-Encoding": "identity", "User-Agent": "roxxel"}
-        url = urllib.parse.urlsplit(fs.media_url(path))
-    except Exception as exc:  # noqa: BLE001 - any of it means: read through gcsfs
-        log.debug("plain GET not possible (%s); reading through gcsfs", type(exc).__name__)
+    sent = _deferred_get(fs, fs.media_url, path)
+    if sent is None:
         return None
-    target = f"{url.path}?{url.query}"
-    while True:
-        try:
-            conn, reused = _take(url)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("plain GET not possible (%s); reading through gcsfs", type(exc).__name__)
-            return None
-        try:
-            conn.request("GET", target, headers=headers)
-            response = conn.getresponse()
-            break
-        except Exception as exc:  # noqa: BLE001
-            conn.close()
-            if reused and isinstance(exc, (http.client.HTTPException, ConnectionError)):
-                continue  # a kept-alive connection the server had closed: once more, anew
-            log.debug("plain GET failed (%s); reading through gcsfs", type(exc).__name__)
-            return None
+    url, conn, response = sent
     try:
         size = int(response.getheader("Content-Length") or -1)
         plain = response.getheader("Content-Encoding", "identity") == "identity"
@@ -375,10 +328,7 @@ def read_deferred(fs: DeferredGCSFileSystem, path: str, max_bytes: int | None) -
         conn.close()
         log.debug("plain GET failed (%s); reading through gcsfs", type(exc).__name__)
         return None
-    if response.will_close:
-        conn.close()
-    else:
-        _give_back(url, conn)
+    _done_with(url, conn, response)
     generation = response.getheader("x-goog-generation")
     return Versioned(data, None if generation is None else str(generation))
 
@@ -393,41 +343,25 @@ def info_deferred(fs: DeferredGCSFileSystem, path: str) -> dict[str, Any] | None
     writer's check that no dataset is there); None where gcsfs must answer (any answer
     but 200 or 404, a resource that does not describe this object, a failure on the
     way); FileNotFoundError on a 404."""
-    try:
-        if not fs.json_readable(path.partition("/")[0]):
-            return None  # a zonal bucket: gcsfs's
-        headers = {**fs.headers(), "Accept-Encoding": "identity", "User-Agent": "roxxel"}
-        url = urllib.parse.urlsplit(fs.metadata_url(path))
-    except Exception as exc:  # noqa: BLE001 - any of it means: ask gcsfs
-        log.debug("plain GET of an object's resource not possible (%s); asking gcsfs", type(exc).__name__)
+    sent = _deferred_get(fs, fs.metadata_url, path)
+    if sent is None:
         return None
-    while True:
-        try:
-            conn, reused = _take(url)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("plain GET of an object's resource not possible (%s); asking gcsfs", type(exc).__name__)
-            return None
-        try:
-            conn.request("GET", url.path, headers=headers)
-            response = conn.getresponse()
-            body = response.read(_INFO_MAX_BYTES + 1)
-            status = response.status
-            break
-        except Exception as exc:  # noqa: BLE001
-            conn.close()
-            if reused and isinstance(exc, (http.client.HTTPException, ConnectionError)):
-                continue  # a kept-alive connection the server had closed: once more, anew
-            log.debug("plain GET of an object's resource failed (%s); asking gcsfs", type(exc).__name__)
-            return None
-    if response.will_close or len(body) > _INFO_MAX_BYTES:
+    url, conn, response = sent
+    try:
+        body = response.read(_INFO_MAX_BYTES + 1)
+    except Exception as exc:  # noqa: BLE001
         conn.close()
-    else:
-        _give_back(url, conn)
-    if status == 404:
+        log.debug("plain GET of an object's resource failed (%s); asking gcsfs", type(exc).__name__)
+        return None
+    if len(body) > _INFO_MAX_BYTES:
+        conn.close()
+        return None
+    _done_with(url, conn, response)
+    if response.status == 404:
         raise FileNotFoundError(path)
     bucket, _, name = path.partition("/")
     try:
-        resource = json.loads(body) if status == 200 else None
+        resource = json.loads(body) if response.status == 200 else None
     except ValueError:
         resource = None
     if (not isinstance(resource, dict) or resource.get("name") != name or name.endswith("/")
@@ -443,6 +377,49 @@ def info_deferred(fs: DeferredGCSFileSystem, path: str) -> dict[str, Any] | None
             except ValueError:
                 return None
     return info
+
+
+def _deferred_get(
+    fs: DeferredGCSFileSystem, url_of: Callable[[str], str], path: str
+) -> tuple[urllib.parse.SplitResult, http.client.HTTPConnection, http.client.HTTPResponse] | None:
+    """A GET of ``url_of(path)`` with the headers gcsfs would send, on a kept-alive
+    connection (once more on a new one if the server had closed it), and its answer's
+    head; None where gcsfs must answer (a zonal bucket, credentials that cannot be
+    found or refreshed, a failure on the way)."""
+    try:
+        if not fs.json_readable(path.partition("/")[0]):
+            return None  # a zonal bucket: gcsfs's
+        headers = {**fs.headers(), "Accept-Encoding": "identity", "User-Agent": "roxxel"}
+        url = urllib.parse.urlsplit(url_of(path))
+    except Exception as exc:  # noqa: BLE001 - any of it means: go through gcsfs
+        log.debug("plain GET not possible (%s); going through gcsfs", type(exc).__name__)
+        return None
+    target = f"{url.path}?{url.query}" if url.query else url.path
+    while True:
+        try:
+            conn, reused = _take(url)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("plain GET not possible (%s); going through gcsfs", type(exc).__name__)
+            return None
+        try:
+            conn.request("GET", target, headers=headers)
+            return url, conn, conn.getresponse()
+        except Exception as exc:  # noqa: BLE001
+            conn.close()
+            if reused and isinstance(exc, (http.client.HTTPException, ConnectionError)):
+                continue  # a kept-alive connection the server had closed: once more, anew
+            log.debug("plain GET failed (%s); going through gcsfs", type(exc).__name__)
+            return None
+
+
+def _done_with(url: urllib.parse.SplitResult, conn: http.client.HTTPConnection,
+               response: http.client.HTTPResponse) -> None:
+    """Keep ``conn``, whose answer was read whole, for the next request, unless the
+    server said it closes it."""
+    if response.will_close:
+        conn.close()
+    else:
+        _give_back(url, conn)
 
 
 def _eligible(fs: Any, path: str) -> bool:

@@ -181,13 +181,9 @@ def deferred_gcs(url: str, storage_options: Mapping[str, Any]) -> tuple[Deferred
         return None
     if not rest.strip("/") or not _plain_options(storage_options):
         return None
-    from fsspec.config import conf
-    from fsspec.registry import _registry
+    from .deferred import fsspec_untouched
 
-    if any(conf.get(name) for name in _PROTOCOLS):  # fsspec's configuration adds options gcsfs gets
-        return None
-    registered = _registry.get(protocol)  # gs:// registered to another implementation
-    if registered is not None and not (registered.__module__ or "").startswith("gcsfs"):
+    if not fsspec_untouched(_PROTOCOLS, protocol, "gcsfs"):  # options from fsspec's configuration, another class
         return None
     location = _location(storage_options)
     if location.startswith("https://") and _client_certificate_configured():

@@ -48,7 +48,6 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 
 from .base import (
-    Backend,
     ChunkReader,
     PreconditionFailed,
     Versioned,
@@ -56,8 +55,9 @@ from .base import (
     copy_into,
     probed_enforcement,
 )
+from .deferred import DeferringBackend
 from .errors import HTTPStatusError, http_status
-from .generic import FsspecBackend, etag_md5
+from .generic import etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .s3open import DeferredS3FileSystem, ranged_request, signed_get, signed_head
@@ -66,52 +66,29 @@ from .watchdog import current_timeout, fill, read_in_pieces
 __all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
 
 _S3_SINGLE_PUT_MAX = 5 * 2**30
-_MATERIALIZING = threading.Lock()
 
 
-class S3Backend(FsspecBackend):
+class S3Backend(DeferringBackend):
     """S3 through s3fs; until something needs s3fs, over a :class:`.s3open.DeferredS3FileSystem`
-    (whole objects are then read by :func:`.s3open.signed_get`)."""
+    (whole objects are then read by :func:`.s3open.signed_get`, an object's info by
+    :func:`.s3open.signed_head`)."""
 
-    @property
-    def fs(self) -> AbstractFileSystem:
-        """The ``S3FileSystem``, made (and s3fs imported) on first use, once (the
-        download engine's threads may all ask at once)."""
-        if isinstance(self._fs, DeferredS3FileSystem):
-            with _MATERIALIZING:
-                if isinstance(self._fs, DeferredS3FileSystem):
-                    self._deferred = self._fs
-                    self._fs = self._fs.materialize()
-        return self._fs
-
-    def forked(self) -> Backend:
-        deferred = self._fs if isinstance(self._fs, DeferredS3FileSystem) else getattr(self, "_deferred", None)
-        if deferred is None:
-            return super().forked()
-        # A forked child (a DataLoader worker) makes its own S3FileSystem only if it needs one.
-        return S3Backend(DeferredS3FileSystem(deferred.url, deferred.storage_options))
-
-    @fs.setter
-    def fs(self, fs: AbstractFileSystem) -> None:
-        self._fs = fs
-
-    def __repr__(self) -> str:
-        return f"S3Backend({type(self._fs).__name__})"
+    deferred_type = DeferredS3FileSystem
 
     def reported_md5(self, info: dict[str, Any]) -> str | None:
         return etag_md5(info)  # the ETag of a single-part upload
 
     def info(self, path: str) -> dict[str, Any]:
-        deferred = self._fs
-        if isinstance(deferred, DeferredS3FileSystem):
+        deferred = self.deferred()
+        if deferred is not None:
             info = signed_head(deferred, path)  # (FileNotFoundError for a 404)
             if info is not None:
                 return info
         return super().info(path)
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
-        deferred = self._fs
-        if isinstance(deferred, DeferredS3FileSystem):
+        deferred = self.deferred()
+        if deferred is not None:
             read = signed_get(deferred, path, max_bytes)
             if read is not None:
                 return read
@@ -138,7 +115,7 @@ class S3Backend(FsspecBackend):
         return super().read_range(path, start, end) if n is None else data
 
     def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
-        deferred = self._fs if isinstance(self._fs, DeferredS3FileSystem) else None
+        deferred = self.deferred()
         n = read_signed_range(deferred, path, start, end, into) if deferred is not None else None
         if n is not None:
             return n
@@ -316,9 +293,8 @@ _TLS_DROPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
 def _after_fork_in_child() -> None:
-    global _CONNECTIONS, _MATERIALIZING
+    global _CONNECTIONS
     _CONNECTIONS = _Connections()  # the parent's lock may be held: a new pool, new lock
-    _MATERIALIZING = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

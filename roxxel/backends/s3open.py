@@ -111,13 +111,9 @@ def deferred_s3(url: str, storage_options: Mapping[str, Any]) -> tuple[DeferredS
         return None
     if not _plain_options(storage_options):
         return None
-    from fsspec.config import conf
-    from fsspec.registry import _registry
+    from .deferred import fsspec_untouched
 
-    if any(conf.get(name) for name in _PROTOCOLS):  # fsspec's configuration adds options s3fs gets
-        return None
-    registered = _registry.get(protocol)  # s3:// registered to another implementation
-    if registered is not None and not (registered.__module__ or "").startswith("s3fs"):
+    if not fsspec_untouched(_PROTOCOLS, protocol, "s3fs"):  # options from fsspec's configuration, another class
         return None
     return DeferredS3FileSystem(url, storage_options), rest.rstrip("/")
 
