@@ -52,6 +52,7 @@ from .manifest.record_type import RecordType
 from .manifest.signing import sign_manifest
 from .manifest.signing_keys import PrivateKeyLike, load_private_key
 from .progress import Meter
+from .publishcheck import PublishCheck
 from .staging import StagingFile, compress, make_staging_dir
 from .workers import WorkerPool
 
@@ -174,9 +175,7 @@ class Writer:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._max_staged = max_staged_shards or upload_workers + 1
         self._pool = WorkerPool(self._max_staged, name="roxxel-upload")  # one a staged shard, started when used
-        self._probe: Future[None] | None = None  # the probe for conditional writes (_prepare_publish)
-        self._probe_pool: WorkerPool | None = None
-        self._probe_pid = os.getpid()
+        self._probe: PublishCheck | None = None  # the probe for conditional writes (_prepare_publish)
         self._base, self._generation = self._prepare_publish()
         try:
             if (tracer := trace.configure()) is not None:
@@ -189,10 +188,10 @@ class Writer:
             release = (multipart.hold() if isinstance(backend, S3Backend)
                        else gcs_upload.hold() if isinstance(backend, GCSBackend) else None)
         except BaseException:
-            if self._probe_pool is not None:
-                self._probe_pool.close(wait=False)
+            if self._probe is not None:
+                self._probe.close()
             raise
-        lanes = self._md5_lanes if self._probe_pool is None else (*self._md5_lanes, self._probe_pool)
+        lanes = self._md5_lanes if self._probe is None else (*self._md5_lanes, self._probe)
         self._cleanup = weakref.finalize(self, _clean_up, self._staging, lanes, release)
         self._futures: list[Future[ShardInfo]] = []
         self._staged: list[Future[ShardInfo]] = []  # uploads not finished, in order
@@ -222,44 +221,37 @@ class Writer:
         if self.mode == "overwrite":
             base = self._existing_manifest()
             return base, _next_generation(base)
-        probe = partial(require_conditional_writes, self.store, single_writer=self.single_writer)
-        if not isinstance(self.store.backend, (S3Backend, GCSBackend)):
-            probe()
-            base = self._existing_manifest()
-            return base, _next_generation(base)
-        pool = self._probe_pool = WorkerPool(1, name="roxxel-writer-probe")
-        self._probe = pool.submit(probe)
+        probe = self._probe = PublishCheck(
+            partial(require_conditional_writes, self.store, single_writer=self.single_writer),
+            background=isinstance(self.store.backend, (S3Backend, GCSBackend)),
+        )
         try:
             base = self._existing_manifest()
         except Exception:
             try:
-                self._probe.result()
+                probe.require()
             finally:
-                pool.close(wait=False)
+                probe.close()
             raise
         except BaseException:
-            pool.close(wait=False)  # (an interrupt does not wait for the probe)
+            probe.close()  # (an interrupt does not wait for the probe)
             raise
         return base, _next_generation(base)
 
     def _check_probe(self) -> None:
         """Raise the probe's refusal (a store that accepts conditional writes but does not
         enforce them) if it has answered so, aborting the writer; do not wait for it."""
-        probe = self._probe
-        if probe is not None and probe.done() and probe.exception() is not None:
-            self._abort()
-            probe.result()
+        if self._probe is not None:
+            try:
+                self._probe.raise_if_refused()
+            except BaseException:
+                self._abort()
+                raise
 
     def _require_probe(self) -> None:
-        """Wait for the probe's answer (the publish begins with this) and raise its
-        refusal. In a forked child, whose copy of the probe's thread did not come along,
-        the probe runs here (once per process and bucket)."""
-        if self._probe is None:
-            return
-        if self._probe_pid != os.getpid():
-            require_conditional_writes(self.store, single_writer=self.single_writer)
-            return
-        self._probe.result()
+        """Wait for the probe's answer (the publish begins with this) and raise its refusal."""
+        if self._probe is not None:
+            self._probe.require()
 
     def _existing_manifest(self) -> Manifest | None:
         if self.mode == "create":
