@@ -104,10 +104,9 @@ class Writer:
     uploaded before it stay, unreferenced).
 
     At most ``max_staged_shards`` finished shards (default ``upload_workers + 1``) are
-    staged for upload; past that, appending waits. Each staged shard goes up at once, on
-    a thread of its own (the parts in flight, shared by all of them, bound the bandwidth
-    and the memory), so the last, small shard of a dataset does not wait for the upload
-    of another to end.
+    staged for upload; past that, appending waits. ``upload_workers + 1`` of them (at
+    most) go up at once: one more than the workers, so that a dataset's last, small
+    shard does not wait for another's upload to end.
 
     ``sign_with``, an Ed25519 private key (a ``cryptography`` key object, unencrypted PEM
     or OpenSSH key text, or the path of a key file), signs the dataset: the signature of
@@ -174,7 +173,8 @@ class Writer:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._max_staged = max_staged_shards or upload_workers + 1
-        self._pool = WorkerPool(self._max_staged, name="roxxel-upload")  # one a staged shard, started when used
+        # (started when used) one more than the workers: the last, small shard goes up at once
+        self._pool = WorkerPool(min(self._max_staged, upload_workers + 1), name="roxxel-upload")
         self._probe: PublishCheck | None = None  # the probe for conditional writes (_prepare_publish)
         self._base, self._generation = self._prepare_publish()
         try:
@@ -223,7 +223,7 @@ class Writer:
             return base, _next_generation(base)
         probe = self._probe = PublishCheck(
             partial(require_conditional_writes, self.store, single_writer=self.single_writer),
-            background=isinstance(self.store.backend, (S3Backend, GCSBackend)),
+            background=not self.single_writer and isinstance(self.store.backend, (S3Backend, GCSBackend)),
         )
         try:
             base = self._existing_manifest()
@@ -652,7 +652,8 @@ def _next_generation(base: Manifest | None) -> int:
     return max(found, default=-1) + 1
 
 
-def _clean_up(staging: str, lanes: Sequence[WorkerPool], release_parts: Callable[[], None] | None) -> None:
+def _clean_up(staging: str, lanes: Sequence[WorkerPool | PublishCheck],
+              release_parts: Callable[[], None] | None) -> None:
     """What a writer leaves when it ends, however it ends: the staging folder removed,
     its MD5 and probe threads stopped, the S3 and GCS part threads released (see
     multipart.hold)."""

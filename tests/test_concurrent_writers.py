@@ -415,6 +415,31 @@ def test_shards_go_up_while_the_probe_runs_and_the_publish_waits_for_it(s3_serve
     assert not closing.is_alive() and read_manifest(store).records == 12
 
 
+def test_a_refusal_is_raised_by_the_next_shard_finished_after_the_answer(s3_server, monkeypatch):
+    """Not only by close(): the extend that finishes a shard raises it, and the writer is
+    aborted (it publishes nothing, and close() says so)."""
+    from roxxel import writer as writer_module
+
+    def refusing(store: Any, *, single_writer: bool) -> None:
+        raise StorageError(f"{store.base_url}: conditional writes accepted but does not enforce them")
+
+    monkeypatch.setattr(writer_module, "require_conditional_writes", refusing)
+    url = s3_server.url("roxxel-tests", f"t{uuid.uuid4().hex[:12]}/ds")
+    w = roxxel.Writer(url, storage_options=s3_server.storage_options, shard_bytes=4096)
+    for _ in range(600):  # the probe's thread answers (without a request here)
+        try:
+            assert w._probe is not None
+            w._probe.raise_if_refused()
+        except StorageError:
+            break
+        threading.Event().wait(0.01)
+    with pytest.raises(StorageError, match="does not enforce them"):
+        w.extend([bytes([i]) * 1024 for i in range(12)])  # finishes shards
+    with pytest.raises(ValueError, match="aborted"):
+        w.close()
+    assert not dataset_store(url, s3_server.storage_options).exists(MANIFEST_KEY)
+
+
 def test_an_abort_does_not_wait_for_the_probe(s3_server, monkeypatch):
     url = s3_server.url("roxxel-tests", f"t{uuid.uuid4().hex[:12]}/ds")
     answer = _held_probe(monkeypatch)

@@ -424,7 +424,8 @@ def test_a_writer_keeps_the_part_threads_from_one_shard_to_the_next(limits, new_
     monkeypatch.setattr(gcs_upload._Job, "request", recording)
     url, options = new_location("gcs")
     records = [np.random.default_rng(i).bytes(MiB) for i in range(33)]
-    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options, upload_workers=1) as writer:
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options, upload_workers=1,
+                       max_staged_shards=1) as writer:
         writer.extend(records)  # 3 shards in parts, uploaded one at a time
     assert len(writer.manifest.shards) == 3 and len(pools) >= 6
     assert len(set(pools)) == 1

@@ -581,7 +581,8 @@ def test_part_threads_and_connections_stay_from_one_shard_to_the_next(limits, s3
 
     monkeypatch.setattr(multipart, "_put_part", put)
     store = make_store(s3_server, bucket)
-    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store, upload_workers=1) as writer:
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store, upload_workers=1,
+                       max_staged_shards=1) as writer:
         writer.extend(mib_records(33))  # 3 shards in parts, uploaded one at a time
     assert len(writer.manifest.shards) == 3 and len(pools) == 9
     assert len(set(pools)) == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -211,6 +212,14 @@ _PROBE_BODY = b"roxxel: a probe of conditional writes; safe to delete\n"
 # (class, filesystem token, bucket) -> whether that store enforces preconditions
 _PROBED: dict[tuple[str, str, str], bool] = {}
 _PROBE_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _PROBE_LOCK
+    _PROBE_LOCK = threading.Lock()  # a probe under way in a parent's thread (a writer's) did not come along
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def probed_enforcement(backend: Backend, root: str) -> bool:

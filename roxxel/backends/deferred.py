@@ -24,12 +24,19 @@ from .generic import FsspecBackend
 
 __all__ = ["DeferringBackend", "fsspec_untouched"]
 
-_MATERIALIZING = threading.Lock()
+_MATERIALIZING: dict[type, threading.Lock] = {}  # one a kind of deferred filesystem
+_LOCKS_LOCK = threading.Lock()
+
+
+def _materializing(kind: type) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _MATERIALIZING.setdefault(kind, threading.Lock())
 
 
 def _after_fork_in_child() -> None:
-    global _MATERIALIZING
-    _MATERIALIZING = threading.Lock()  # a lock a parent's thread held at the fork stays locked
+    global _LOCKS_LOCK
+    _LOCKS_LOCK = threading.Lock()  # a lock a parent's thread held at the fork stays locked
+    _MATERIALIZING.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -45,7 +52,7 @@ class DeferringBackend(FsspecBackend):
     def fs(self) -> AbstractFileSystem:
         """The real filesystem, made (and its library imported) on first use, once."""
         if isinstance(self._fs, self.deferred_type):
-            with _MATERIALIZING:
+            with _materializing(self.deferred_type):  # (making gcsfs's client never waits for s3fs's)
                 if isinstance(self._fs, self.deferred_type):
                     self._deferred = self._fs
                     self._fs = self._fs.materialize()
@@ -83,7 +90,12 @@ def fsspec_untouched(protocols: Iterable[str], protocol: str, package: str) -> b
     if any(conf.get(name) for name in protocols):
         return False
     registered = _registry.get(protocol)
-    if registered is not None and not (registered.__module__ or "").startswith(package):
+    if registered is not None and not _of(registered.__module__ or "", package):
         return False
-    known = known_implementations.get(protocol, {}).get("class", package)
-    return str(known).startswith(package)
+    known = known_implementations.get(protocol, {}).get("class", f"{package}.")
+    return _of(str(known), package)
+
+
+def _of(name: str, package: str) -> bool:
+    """Whether the module or class path ``name`` is in ``package``."""
+    return name == package or name.startswith(f"{package}.")
