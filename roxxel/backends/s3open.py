@@ -48,12 +48,14 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .base import TooLarge, Versioned
 from .retry import DEFAULT_POLICY
 from .watchdog import current_timeout
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # imported where used: a fresh process imports only what its open needs
     from .aws_endpoint import Endpoint
@@ -149,19 +151,7 @@ def signed_get(fs: DeferredS3FileSystem, path: str, max_bytes: int | None) -> Ve
     read it (see the module docstring); TooLarge, reading none of the body, past
     ``max_bytes``. On AWS's endpoints, an answer that names the bucket's region (the
     configured one was wrong) is followed once, to that region."""
-    try:
-        request = _request(fs.storage_options, path)
-    except Exception as exc:  # noqa: BLE001 - any of it means: read through s3fs
-        log.debug("signed GET not possible (%s); reading through s3fs", type(exc).__name__)
-        return None
-    for attempt in (1, 2):
-        if request is None:
-            return None
-        answer = _send(request, max_bytes)
-        if not isinstance(answer, str):
-            return answer
-        request = request.in_region(answer) if attempt == 1 else None
-    return None
+    return _signed(fs, path, "GET", lambda request: _send(request, max_bytes))
 
 
 def signed_head(fs: DeferredS3FileSystem, path: str) -> dict[str, Any] | None:
@@ -170,21 +160,39 @@ def signed_head(fs: DeferredS3FileSystem, path: str) -> dict[str, Any] | None:
     the module docstring; a 403, which S3 gives for a missing key to a caller who may not
     list the bucket, among them). FileNotFoundError on a 404. Regions as
     :func:`signed_get`."""
+    answer = _signed(fs, path, "HEAD", _send_head)
+    if answer is False:
+        raise FileNotFoundError(path)
+    return None if answer is None else dict(answer, name=path)
+
+
+def _signed(fs: DeferredS3FileSystem, path: str, method: str, send: Callable[[_Request], T | str | None]) -> T | None:
+    """``send(request)`` of the signed request for ``path``; an answer naming another
+    region (a str) is followed once, to that region. None where s3fs must answer."""
     try:
         request = _request(fs.storage_options, path)
-    except Exception as exc:  # noqa: BLE001 - any of it means: ask s3fs
-        log.debug("signed HEAD not possible (%s); asking s3fs", type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 - any of it means: go through s3fs
+        log.debug("signed %s not possible (%s); going through s3fs", method, type(exc).__name__)
         return None
     for attempt in (1, 2):
         if request is None:
             return None
-        answer = _send_head(request)
+        answer = send(request)
         if not isinstance(answer, str):
-            if answer is False:
-                raise FileNotFoundError(path)
-            return None if answer is None else dict(answer, name=path)
+            return answer
         request = request.in_region(answer) if attempt == 1 else None
     return None
+
+
+def _other_region(request: _Request, response: http.client.HTTPResponse) -> str | None:
+    """The region an AWS answer that is a redirect names, if not the request's (the
+    response's body is read)."""
+    if request.aws is None or response.status not in _REDIRECTS:
+        return None
+    from .aws_endpoint import region_hint
+
+    hint = region_hint(response)
+    return hint if hint is not None and hint != request.region else None
 
 
 def _send_head(request: _Request) -> dict[str, Any] | str | bool | None:
@@ -202,12 +210,7 @@ def _send_head(request: _Request) -> dict[str, Any] | str | bool | None:
         if response.status == 404:
             return False
         if response.status != 200:
-            if request.aws is not None and response.status in _REDIRECTS:
-                from .aws_endpoint import region_hint
-
-                hint = region_hint(response)
-                return hint if hint is not None and hint != request.region else None
-            return None
+            return _other_region(request, response)
         size = response.getheader("Content-Length") or ""
         if not size.isdigit():
             return None
@@ -288,13 +291,10 @@ def _send(request: _Request, max_bytes: int | None) -> Versioned | str | None:
         conn.request("GET", request.target, headers=request.headers(time.gmtime()))
         response = conn.getresponse()
         if response.status != 200:
-            if request.aws is not None and response.status in _REDIRECTS:
-                from .aws_endpoint import region_hint
-
-                hint = region_hint(response)
-                return hint if hint is not None and hint != request.region else None
-            response.read(64 * 1024)
-            return None
+            region = _other_region(request, response)
+            if region is None:
+                response.read(64 * 1024)
+            return region
         size = int(response.getheader("Content-Length") or -1)
         if size < 0:
             return None
