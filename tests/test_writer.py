@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -319,3 +320,15 @@ def test_sigkill_while_uploading_leaves_the_previous_version(new_location, kind)
         proc.wait()
     manifest, got = read_back(url, options)
     assert manifest == w.manifest and got == [b"v1"] * 10
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"upload_workers": 0}, "upload_workers must be a positive integer, got 0"),
+    ({"upload_workers": True}, "upload_workers must be a positive integer, got True"),
+    ({"max_staged_shards": -1}, "max_staged_shards must be a positive integer, got -1"),
+    ({"max_staged_shards": 2.5}, "max_staged_shards must be a positive integer, got 2.5"),
+])
+def test_bad_upload_settings_are_refused_before_anything_starts(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        roxxel.Writer(str(tmp_path / "ds"), **kwargs)
+    assert not (tmp_path / "ds").exists()
