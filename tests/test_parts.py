@@ -32,6 +32,7 @@ class FakeStore:
         self.peak = 0
         self.calls: list[tuple[str, int, int]] = []
         self.gate: threading.Event | None = None
+        self.hold: dict[tuple[str, int], threading.Event] = {}  # parts held until set
         self.fail: dict[tuple[str, int], BaseException] = {}
 
     def read_part(self, key, start, end, into, *, on_failure=None):
@@ -42,6 +43,8 @@ class FakeStore:
         try:
             if self.gate is not None:
                 assert self.gate.wait(10), "gate never opened"
+            if (key, start) in self.hold:
+                assert self.hold[key, start].wait(10), "part never released"
             time.sleep(self.delay)
             error = self.fail.get((key, start))
             if error is not None:
@@ -52,6 +55,32 @@ class FakeStore:
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+
+class FilePlacement:
+    """A :class:`~roxxel.read.parts.Placement` over a bytearray, recording each write
+    (offset, length, writing thread) and refusing to be written to once ``ended``."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.writes: list[tuple[int, int, str]] = []
+        self.claimed = False
+        self.ended = False
+        self.late: list[int] = []  # offsets written after the download returned
+
+    def claim(self) -> None:
+        self.claimed = True
+
+    def write(self, offset, data):
+        if self.ended:
+            self.late.append(offset)
+        self.data[offset : offset + len(data)] = data
+        self.writes.append((offset, len(data), threading.current_thread().name))
+
+    def read(self, offset, into):
+        n = min(len(into), len(self.data) - offset)
+        into[:n] = self.data[offset : offset + n]
+        return n
 
 
 def download(engine: PartEngine, store: FakeStore, key: str, **kwargs) -> bytes:
@@ -154,6 +183,29 @@ def test_while_a_reader_waits_other_shards_get_half_the_slots(engine):
         t.join(10)
 
 
+def test_once_a_waited_shard_s_parts_are_all_in_flight_the_others_take_every_slot(engine):
+    """Holding slots back helps a waited-for shard only while it has parts to send: once
+    they are all in flight, idle slots would only leave the link idle."""
+    store = FakeStore({"waited": b"w" * (128 * KIB), "a": b"a" * (1024 * KIB), "b": b"b" * (1024 * KIB)})
+    store.gate = threading.Event()
+    threads = [threading.Thread(target=download, args=(engine, store, k),
+                                kwargs={"on_start": engine.hurry} if k == "waited" else {})
+               for k in ("waited", "a", "b")]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while engine._in_flight < engine.limit and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with engine._cond:
+        waited = [t for t in engine._transfers if t.urgent]
+        others = sum(t.in_flight for t in engine._transfers if not t.urgent)
+    assert len(waited) == 1 and waited[0].in_flight == 2  # its two parts
+    assert engine._in_flight == engine.limit and others == engine.limit - 2 > engine.limit // 2
+    store.gate.set()
+    for t in threads:
+        t.join(10)
+
+
 def test_a_reader_s_first_shard_is_urgent_before_any_part_is_picked(engine):
     """Told at download() (not by a hurry after it started), the first shard's parts go
     first even when every slot is free to others at that moment."""
@@ -216,6 +268,123 @@ def test_the_last_parts_are_cut_finer_to_fill_idle_slots(monkeypatch):
     assert len(pieces) >= 8 and max(b - a for a, b in pieces) < 256 * KIB
     assert pieces[0][0] == 0 and pieces[-1][1] == len(data)
     assert all(x[1] == y[0] for x, y in itertools.pairwise(pieces))  # they tile the object
+
+
+def test_the_parts_issued_last_are_cut_to_the_rest_s_share_of_a_slot(monkeypatch):
+    """Less than one round of parts left to issue (a slot for each): the rest goes in
+    pieces of its share of a slot, so the last parts end together instead of one whole
+    part's time apart; before that, parts stay whole."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
+    e = PartEngine(parts=4, part_size=256 * KIB)
+    transfer = parts._Transfer(FakeStore({}), "a", 2048 * KIB, 256 * KIB, 1)  # 8 parts
+    e._transfers.append(transfer)
+    e._in_flight = 4  # no slot free: only the taper can cut
+    with e._cond:
+        transfer.issued = 4  # 1 MiB left: one round of 4 slots, not less
+        e._spread(transfer)
+        assert [b - a for a, b in transfer.bounds] == [256 * KIB] * 8
+        transfer.issued = 5  # 768 KiB left: pieces of 192 KiB
+        e._spread(transfer)
+    assert transfer.bounds[:5] == [(a, a + 256 * KIB) for a in range(0, 1280 * KIB, 256 * KIB)]
+    assert transfer.bounds[5:] == [(a, a + 192 * KIB) for a in range(1280 * KIB, 2048 * KIB, 192 * KIB)]
+
+
+def test_placed_parts_are_written_where_they_belong_by_connection_threads(engine):
+    data = np.random.default_rng(4).bytes(1000 * KIB + 3)
+    store = FakeStore({"a": data}, delay=0.005)
+    place = FilePlacement(len(data))
+    got = bytearray()
+    engine.download(store, "a", len(data), got.extend, into=place)
+    assert place.claimed and bytes(place.data) == data
+    assert bytes(got) == data  # the sink is fed what was read back, in order
+    offsets = sorted(offset for offset, _, _ in place.writes)
+    assert offsets == [a for _, a, _ in sorted(store.calls, key=lambda c: c[1])]  # a write per part
+    assert all(name.startswith("roxxel-part-") for _, _, name in place.writes)
+    assert engine._reserved == 0
+
+
+def test_placed_parts_do_not_hold_the_budget_while_an_earlier_part_is_late(engine):
+    """Parts that arrived ahead of a late one are in their placement, not in buffers: the
+    rest of the object goes on being fetched instead of waiting for the late part."""
+    data = np.random.default_rng(5).bytes(32 * 64 * KIB)  # 32 parts; the budget is 8
+    for placed in (False, True):
+        store = FakeStore({"a": data})
+        store.hold[("a", 0)] = threading.Event()
+        into = FilePlacement(len(data)) if placed else None
+        budget = engine.budget // engine.part_size
+        thread = threading.Thread(target=engine.download, args=(store, "a", len(data), lambda b: None),
+                                  kwargs={"into": into})
+        thread.start()
+        deadline = time.monotonic() + 5
+        while len(store.calls) < 32 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # (whatever could still be sent)
+        sent = len(store.calls)
+        store.hold["a", 0].set()
+        thread.join(10)
+        assert sent == (32 if placed else budget)
+
+
+def test_no_part_is_written_to_its_placement_after_the_download_ended(engine):
+    store = FakeStore({"a": b"x" * (1024 * KIB)})
+    store.gate = threading.Event()
+    place = FilePlacement(1024 * KIB)
+
+    class Stop(Exception):
+        pass
+
+    def check():
+        raise Stop
+
+    with pytest.raises(Stop):
+        engine.download(store, "a", 1024 * KIB, lambda b: None, check_cancelled=check, into=place)
+    place.ended = True
+    store.gate.set()  # the parts in flight land now
+    deadline = time.monotonic() + 5
+    while engine._in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(store.calls) == engine.limit and engine._in_flight == 0
+    assert place.writes == [] and place.late == [] and engine._reserved == 0
+
+
+def test_a_download_that_ends_waits_for_a_part_being_written_to_its_placement(engine):
+    """The caller closes (or publishes) the file once download() returns: a write still
+    going on then would land in a closed, reused or published file."""
+    writing, release = threading.Event(), threading.Event()
+
+    class Slow(FilePlacement):
+        def write(self, offset, data):
+            writing.set()
+            assert release.wait(10)
+            super().write(offset, data)
+
+    place = Slow(512 * KIB)
+    store = FakeStore({"a": b"y" * (512 * KIB)})
+    outcome: list[BaseException] = []
+
+    def run():
+        def check():
+            if writing.is_set():
+                raise KeyboardInterrupt  # as a Ctrl-C in the reader's thread would
+
+        try:
+            engine.download(store, "a", 512 * KIB, lambda b: None, check_cancelled=check, into=place)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert writing.wait(5)
+    time.sleep(0.6)  # more than two polls: the reader has been told to stop by now
+    assert thread.is_alive() and not outcome  # held until the write is over
+    release.set()
+    thread.join(10)
+    place.ended = True
+    assert len(outcome) == 1 and isinstance(outcome[0], KeyboardInterrupt)
+    deadline = time.monotonic() + 5
+    while engine._in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert place.late == [] and not engine._transfers and engine._reserved == 0
 
 
 def test_a_failed_part_is_raised_after_the_parts_before_it(engine):
@@ -548,3 +717,45 @@ def test_the_parts_in_flight_can_be_set_for_a_node(monkeypatch):
     with pytest.raises(ValueError, match=r"ROXXEL_PARTS_IN_FLIGHT is 'lots', expected a whole number"):
         parts.engine()
     monkeypatch.setattr(parts, "_ENGINE", None)
+
+
+def test_an_uncompressed_shard_is_placed_in_its_temp_file_and_still_verified(tmp_path, small_parts, monkeypatch):
+    """Its parts are written into the cache's temp file by the connection threads, and
+    the check reads them back: a shard whose bytes differ from the manifest's is still
+    refused, naming the shard, and leaves no temp file. A zstd shard, whose cached file
+    is not its stored bytes, is written by the check as before."""
+    from roxxel.cache import download as cache_download
+
+    claimed: list[str] = []
+    real_claim = cache_download.Spool.claim
+
+    def claim(self):
+        claimed.append(self._spec.label)
+        real_claim(self)
+
+    monkeypatch.setattr(cache_download.Spool, "claim", claim)
+    rng = np.random.default_rng(8)
+    records = [rng.bytes(int(n)) for n in rng.integers(1000, 60_000, size=80)]
+    with s3_server(fast_ranges=True) as server:
+        options = server.storage_options
+        server.create_bucket("placed")
+        for name, compression in (("plain", None), ("zstd", "zstd")):
+            with roxxel.Writer(f"s3://placed/{name}", storage_options=options, shard_bytes=1 * 2**20,
+                               compression=compression) as w:
+                w.extend(records)
+            with roxxel.open(f"s3://placed/{name}", storage_options=options,
+                             cache_dir=str(tmp_path / name)) as ds:
+                assert [bytes(r) for r in ds] == records
+                if name == "plain":
+                    shards, first = ds.num_shards, str(ds.manifest.shards.uris[0])
+        assert shards > 1 and len(claimed) == shards and all("/plain/" in c for c in claimed)
+        fs = server.filesystem()
+        path = f"placed/plain/{first}"
+        stored = bytearray(fs.cat_file(path))
+        stored[len(stored) // 2] ^= 0xFF  # same size, one byte changed
+        fs.pipe_file(path, bytes(stored))
+        cache = tmp_path / "corrupt"
+        with roxxel.open("s3://placed/plain", storage_options=options, cache_dir=str(cache)) as ds, \
+                pytest.raises(IntegrityError, match=r"checksum is .*expected"):
+            ds[0]
+    assert not [p for p in cache.rglob("*.part")]

@@ -5,6 +5,11 @@ and refused as soon as there are too many, hashed, and (a zstd frame's declared 
 checked first) decompressed on the fly, never past the promised raw size, into the temp
 file, whose ROXXEL01 offsets and footer are checked as they pass. Only a file that
 passed every check is handed to the caller to publish.
+
+An uncompressed shard's stored bytes are its cached file, so a downloader that fetches
+it in parts may write them into the temp file itself, where they arrive
+(:func:`placement`); the sink then only checks what it is fed, in order, and writes
+nothing. The check is the same either way.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import errno
 import logging
 import mmap
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +29,7 @@ from ..format.check import ShardCheck, ShardSpec
 from ..manifest.checksums import ShardKey
 from .files import TempFile
 
-__all__ = ["Fetch", "Sink", "fetch_verified"]
+__all__ = ["Fetch", "Sink", "Spool", "fetch_verified", "placement"]
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +108,56 @@ class _Aligned:
         self._buffer = None
 
 
+class Spool:
+    """An uncompressed shard's temp file, for a downloader that writes the parts itself
+    (a :class:`~roxxel.read.parts.Placement`): once it is claimed, the sink writes
+    nothing and only checks the bytes it is fed (read back from here, in order)."""
+
+    def __init__(self, fd: int, spec: ShardSpec, tmp_dir: str) -> None:
+        self._fd, self._spec, self._tmp_dir = fd, spec, tmp_dir
+        self.claimed = False
+        self.fed = False  # the sink has had bytes: too late to claim
+
+    def claim(self) -> None:
+        if self.fed:
+            raise RuntimeError(f"{self._spec.label}: the download wrote bytes before claiming its temp file")
+        self.claimed = True
+
+    def write(self, offset: int, data: memoryview) -> None:
+        if not self.claimed:
+            raise RuntimeError(f"{self._spec.label}: a part written to an unclaimed temp file")
+        if offset < 0 or offset + len(data) > self._spec.stored_size:
+            raise ValueError(f"{self._spec.label}: bytes [{offset}, {offset + len(data)}) are past "
+                             f"its stored size {self._spec.stored_size}")
+        with writing_locally(self._spec, self._tmp_dir):  # a full disk is not the store's fault
+            while data:
+                n = os.pwrite(self._fd, data, offset)
+                data, offset = data[n:], offset + n
+
+    def read(self, offset: int, into: memoryview) -> int:
+        return os.preadv(self._fd, [into], offset)
+
+
+def placement(sink: Callable[[bytes], object]) -> Spool | None:
+    """The temp file a downloader in parts may write ``sink``'s shard into, if it may
+    (an uncompressed shard being fetched into the cache), else None."""
+    return sink.spool if isinstance(sink, _Sink) else None
+
+
 class _Sink:
     """The ``sink`` handed to ``fetch``: the shard check, writing the raw bytes to the
-    temp file; refuses to be called after ``fetch`` returned."""
+    temp file unless they were placed there (``spool``); refuses to be called after
+    ``fetch`` returned."""
 
-    def __init__(self, check: ShardCheck) -> None:
-        self.check = check
+    def __init__(self, check: ShardCheck, spool: Spool | None) -> None:
+        self.check, self.spool = check, spool
         self.closed = False
 
     def __call__(self, chunk: bytes) -> None:
         if self.closed:
             raise RuntimeError("the download sink was called after fetch returned")
+        if self.spool is not None:
+            self.spool.fed = True
         self.check(chunk)
 
 
@@ -126,9 +171,15 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
             raw.file.write(data)
 
     aligned = _Aligned(write)
+    spool = Spool(raw.file.fileno(), spec, tmp_dir) if spec.compression is None else None
+
+    def output(data: memoryview) -> None:
+        if spool is None or not spool.claimed:
+            aligned(data)
+
     try:
-        check = ShardCheck(spec, key, raw=aligned, raw_digest=spec.compression is not None)
-        sink = _Sink(check)
+        check = ShardCheck(spec, key, raw=output, raw_digest=spec.compression is not None)
+        sink = _Sink(check, spool)
         try:
             fetch(sink)
         except Exception:

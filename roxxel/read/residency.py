@@ -26,6 +26,7 @@ from fsspec.callbacks import Callback
 from .. import trace
 from ..backends import Store
 from ..cache import CachedShard, ShardCache
+from ..cache.download import placement
 from ..cache.sizing import fit_lookahead, mapped_at_most, prefix_that_fits
 from ..errors import CacheError, ShardFormatError
 from ..format import MappedShard
@@ -291,7 +292,7 @@ class Residency:
                                on_start=lambda transfer: self._started(k, transfer, urgent),
                                on_part=self._count_part, on_retry=self._count_retry,
                                order=self._next_use.get(self.catalog.checksums[k]),
-                               urgent=waited, first=first)
+                               urgent=waited, first=first, into=placement(sink))
             finally:
                 with self._lock:
                     self._transfers.pop(k, None)
