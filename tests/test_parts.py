@@ -252,6 +252,35 @@ def test_the_first_shard_a_reader_waits_for_comes_in_smaller_pieces(monkeypatch)
     assert {b - a for key, a, b in store.calls[:last] if key == "other"} == {256 * KIB}
 
 
+def test_once_the_first_shard_s_pieces_are_on_the_wire_the_others_get_a_quarter_of_the_slots(monkeypatch):
+    """None before (its pieces go first), a quarter after: its check still needs a CPU
+    that every other part in flight would share."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 16 * KIB)
+    e = PartEngine(parts=8, part_size=64 * KIB)
+    e.attach()
+    store = FakeStore({"first": b"f" * (64 * KIB), "a": b"a" * (1024 * KIB)})
+    store.gate = threading.Event()
+    try:
+        other = threading.Thread(target=download, args=(e, store, "a"))
+        first = threading.Thread(target=download, args=(e, store, "first"), kwargs={"urgent": True, "first": True})
+        first.start()
+        while len(store.calls) < 4:  # its 4 pieces of 16 KiB (half of 8 slots), held
+            time.sleep(0.001)
+        other.start()
+        deadline = time.monotonic() + 5
+        while len(store.calls) < 6 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.1)  # (whatever else could start)
+        assert [k for k, _, _ in store.calls[:4]] == ["first"] * 4
+        assert [k for k, _, _ in store.calls[4:]] == ["a", "a"]  # 8 // 4
+        store.gate.set()
+        first.join(10)
+        other.join(10)
+    finally:
+        store.gate.set()
+        e.detach()
+
+
 def test_the_last_parts_are_cut_finer_to_fill_idle_slots(monkeypatch):
     """Fewer parts left than free slots (the end of an epoch): the rest of an object goes
     in pieces, spread over the idle connections, and still arrives whole and in order."""

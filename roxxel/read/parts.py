@@ -20,7 +20,8 @@ or of threads waiting for them:
   for is fetched alone, its parts cut into pieces (of 1 MiB or more) over up to half the
   slots: at 25 MB/s a connection, 16 pieces of a 32 MiB shard fill a 400 MB/s link by
   themselves; on loopback nothing competes with them, or with its check, for the CPU.
-  The rest of the link is filled with what is needed next once it is in the cache.
+  The others start on a quarter of the slots once its pieces are all on the wire, and
+  take the rest once it is in the cache.
 - **No idle slots at the end.** When fewer parts are left to issue than slots are free
   (a small dataset), the rest of an object is cut finer, so the last shards too arrive
   over many connections; when less than one round of parts is left (a slot for each),
@@ -474,18 +475,24 @@ class PartEngine:
         priority; once the budget is full, only a part some consumer is waiting for."""
         if self._in_flight >= self.limit:
             return None
-        # While a reader waits for a shard, the others' parts get at most half the slots
-        # (none while it waits for its first, whose pieces fill half the slots): on a
-        # link (or a server) shared by every connection, fewer of them leave the
-        # waited-for parts more of it, and the record comes sooner; half still fill a
-        # link whose connections each carry a sixteenth of it, as on S3.
-        # (a shard waited for holds the others back until its parts are all on the wire:
-        # after that, idle slots would only idle the link (a shaped 12 x 32 MiB epoch went
-        # from about 80% of the best client to about 90%); the first one until it has been
-        # consumed: verified and kept, which takes a CPU the others' parts would share on
-        # a machine where the CPU is the limit)
+        # While a reader waits for a shard that has parts left to send, the others' parts
+        # get at most half the slots: on a link (or a server) shared by every connection,
+        # fewer of them leave the waited-for parts more of it, and the record comes
+        # sooner; half still fill a link whose connections each carry a sixteenth of it,
+        # as on S3. Once its parts are all on the wire, idle slots would only idle the
+        # link (a shaped 12 x 32 MiB epoch went from about 80% of the best client to
+        # about 90%). The first shard a reader waits for holds the others back entirely
+        # until its pieces are all on the wire, then to a quarter of the slots until it
+        # has been consumed: verified and kept, which takes a CPU the others' parts share
+        # where the CPU is the limit (on loopback, letting them take every slot made the
+        # first record 2-3 times later; a quarter, about twice, for 2-7 points of a
+        # shaped epoch; README, "Cold reads").
         waited = [t for t in self._transfers if t.urgent and not t.done and (t.first or t.issued < len(t.bounds))]
-        cap = 0 if any(t.first for t in waited) else self.limit // 2
+        first = [t for t in waited if t.first]
+        if not first:
+            cap = self.limit // 2
+        else:
+            cap = 0 if any(t.issued < len(t.bounds) for t in first) else self.limit // 4
         others = sum(t.in_flight for t in self._transfers if not t.urgent) if waited else 0
         full = False
         for transfer in sorted(self._transfers, key=_Transfer.priority):
