@@ -947,3 +947,108 @@ def test_downloads_are_written_in_whole_2_mib_blocks_at_2_mib_offsets(sizes, see
     assert b"".join(writes) == data
     block = 2 * 2**20
     assert all(len(w) % block == 0 for w in writes[:-1])  # so every write starts on a block
+
+
+# -- placement: a downloader in parts writes the shard into its temp file itself --------
+
+
+class PlacingRemote(Remote):
+    """A ``fetch`` that writes the stored bytes into the temp file through the sink's
+    placement, 64 bytes at a time from the end backwards (as parts land out of order),
+    then feeds the sink what it reads back, in order (as the download engine does)."""
+
+    def fetch(self, sink) -> None:
+        self.calls += 1
+        spool = download_module.placement(sink)
+        assert spool is not None
+        spool.claim()
+        self.spool = spool
+        data = self.stored
+        for start in reversed(range(0, len(data), 64)):
+            spool.write(start, memoryview(data[start : start + 64]))
+        back = memoryview(bytearray(100))
+        pos = 0
+        while pos < len(data):
+            n = spool.read(pos, back[: min(100, len(data) - pos)])
+            sink(back[:n])
+            pos += n
+
+
+def test_a_placed_shard_is_checked_from_what_was_written_and_not_written_twice(cache, monkeypatch):
+    remote = PlacingRemote(make_shard([b"abc" * 1000] * 20))
+    writes = []
+    real = download_module._Aligned.__call__
+
+    def counting(self, data):
+        writes.append(len(data))
+        real(self, data)
+
+    monkeypatch.setattr(download_module._Aligned, "__call__", counting)
+    with remote.get(cache) as shard, shard.open() as f:
+        assert f.read() == remote.raw
+    assert writes == []  # the check wrote nothing: the bytes were placed
+    with pytest.raises(RuntimeError, match="after its download had ended"):
+        remote.spool.write(0, memoryview(b"late"))  # closed once fetch returned
+
+
+def test_a_placed_shard_whose_bytes_differ_is_refused_and_leaves_no_temp_file(cache, cache_dir):
+    remote = PlacingRemote(make_shard([b"abc" * 1000] * 20))
+    good = remote.stored
+    remote.stored = good[:100] + bytes([good[100] ^ 1]) + good[101:]
+    with pytest.raises(IntegrityError, match="checksum is"):
+        remote.get(cache, stored_size=len(good))
+    assert list((cache_dir / "tmp").iterdir()) == []
+    assert not cache.contains(remote.checksum)
+
+
+def test_a_full_disk_while_placing_a_part_is_a_cache_error_naming_shard_and_directory(cache, cache_dir,
+                                                                                        monkeypatch):
+    remote = PlacingRemote(make_shard([b"abc" * 1000] * 20))
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download_module.os, "pwrite", full)
+    with pytest.raises(CacheError) as info:
+        remote.get(cache)
+    assert f"could not write {LABEL} into the cache directory {cache_dir / 'tmp'}" in str(info.value)
+    assert info.value.errno == errno.ENOSPC and remote.calls == 1
+    assert list((cache_dir / "tmp").iterdir()) == []
+
+
+def test_closing_a_spool_waits_for_a_write_under_way_and_refuses_later_ones(tmp_path, monkeypatch):
+    import threading
+
+    from roxxel.format.check import ShardSpec
+
+    spec = ShardSpec(label=LABEL, stored_size=8, raw_size=8, record_count=0, compression=None)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    spool = download_module.Spool(fd, spec, str(tmp_path))
+    os.close(fd)  # the spool writes through a descriptor of its own
+    spool.claim()
+    started, release = threading.Event(), threading.Event()
+    real = os.pwrite
+
+    def slow(fd, data, offset):
+        started.set()
+        assert release.wait(5)
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(download_module.os, "pwrite", slow)
+    writer = threading.Thread(target=spool.write, args=(0, memoryview(b"abcd")))
+    closer = threading.Thread(target=spool.close)
+    writer.start()
+    assert started.wait(5)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # the write under way ends first
+    release.set()
+    closer.join(5)
+    writer.join(5)
+    monkeypatch.undo()
+    assert not closer.is_alive()
+    assert (tmp_path / "f").read_bytes() == b"abcd"
+    with pytest.raises(RuntimeError, match="after its download had ended"):
+        spool.write(4, memoryview(b"efgh"))
+    assert (tmp_path / "f").read_bytes() == b"abcd"
+    spool.close()  # idempotent

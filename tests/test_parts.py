@@ -191,9 +191,12 @@ def test_once_a_waited_shard_s_parts_are_all_in_flight_the_others_take_every_slo
     threads = [threading.Thread(target=download, args=(engine, store, k),
                                 kwargs={"on_start": engine.hurry} if k == "waited" else {})
                for k in ("waited", "a", "b")]
-    for t in threads:
-        t.start()
+    threads[0].start()
     deadline = time.monotonic() + 5
+    while len(store.calls) < 2 and time.monotonic() < deadline:  # its two parts, held
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
     while engine._in_flight < engine.limit and time.monotonic() < deadline:
         time.sleep(0.001)
     with engine._cond:
@@ -262,9 +265,11 @@ def test_once_the_first_shard_s_pieces_are_on_the_wire_the_others_get_a_quarter_
     store.gate = threading.Event()
     try:
         other = threading.Thread(target=download, args=(e, store, "a"))
-        first = threading.Thread(target=download, args=(e, store, "first"), kwargs={"urgent": True, "first": True})
+        first = threading.Thread(target=download, args=(e, store, "first"),
+                                 kwargs={"urgent": True, "first": True})
         first.start()
-        while len(store.calls) < 4:  # its 4 pieces of 16 KiB (half of 8 slots), held
+        deadline = time.monotonic() + 5
+        while len(store.calls) < 4 and time.monotonic() < deadline:  # its 4 pieces of 16 KiB, held
             time.sleep(0.001)
         other.start()
         deadline = time.monotonic() + 5
@@ -345,9 +350,9 @@ def test_placed_parts_do_not_hold_the_budget_while_an_earlier_part_is_late(engin
                                   kwargs={"into": into})
         thread.start()
         deadline = time.monotonic() + 5
-        while len(store.calls) < 32 and time.monotonic() < deadline:
+        while len(store.calls) < (32 if placed else budget) and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.05)  # (whatever could still be sent)
+        time.sleep(0.1)  # (whatever else could still be sent)
         sent = len(store.calls)
         store.hold["a", 0].set()
         thread.join(10)
@@ -748,7 +753,8 @@ def test_the_parts_in_flight_can_be_set_for_a_node(monkeypatch):
     monkeypatch.setattr(parts, "_ENGINE", None)
 
 
-def test_an_uncompressed_shard_is_placed_in_its_temp_file_and_still_verified(tmp_path, small_parts, monkeypatch):
+def test_an_uncompressed_shard_is_placed_in_its_temp_file_and_still_verified(tmp_path, small_parts,
+                                                                               monkeypatch):
     """Its parts are written into the cache's temp file by the connection threads, and
     the check reads them back: a shard whose bytes differ from the manifest's is still
     refused, naming the shard, and leaves no temp file. A zstd shard, whose cached file

@@ -20,6 +20,7 @@ import logging
 import mmap
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -111,10 +112,20 @@ class _Aligned:
 class Spool:
     """An uncompressed shard's temp file, for a downloader that writes the parts itself
     (a :class:`~roxxel.read.parts.Placement`): once it is claimed, the sink writes
-    nothing and only checks the bytes it is fed (read back from here, in order)."""
+    nothing and only checks the bytes it is fed (read back from here, in order).
+
+    It writes through a descriptor of its own, which :meth:`close` closes only once no
+    write is under way, and refuses any write after that: whatever a downloader does
+    once the fetch is over, no byte lands in the file after it was checked, nor in
+    another file that took the descriptor's number."""
 
     def __init__(self, fd: int, spec: ShardSpec, tmp_dir: str) -> None:
-        self._fd, self._spec, self._tmp_dir = fd, spec, tmp_dir
+        self._spec, self._tmp_dir = spec, tmp_dir
+        with writing_locally(spec, tmp_dir):
+            self._fd = os.dup(fd)
+        self._cond = threading.Condition()
+        self._writing = 0
+        self._closed = False
         self.claimed = False
         self.fed = False  # the sink has had bytes: too late to claim
 
@@ -129,18 +140,61 @@ class Spool:
         if offset < 0 or offset + len(data) > self._spec.stored_size:
             raise ValueError(f"{self._spec.label}: bytes [{offset}, {offset + len(data)}) are past "
                              f"its stored size {self._spec.stored_size}")
-        with writing_locally(self._spec, self._tmp_dir):  # a full disk is not the store's fault
-            while data:
-                n = os.pwrite(self._fd, data, offset)
-                data, offset = data[n:], offset + n
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"{self._spec.label}: a part arrived after its download had ended")
+            self._writing += 1
+        try:
+            with writing_locally(self._spec, self._tmp_dir):  # a full disk is not the store's fault
+                while data:
+                    n = os.pwrite(self._fd, data, offset)
+                    if n <= 0:
+                        raise OSError(errno.EIO, f"a write at byte {offset} wrote nothing")
+                    data, offset = data[n:], offset + n
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
 
     def read(self, offset: int, into: memoryview) -> int:
-        return os.preadv(self._fd, [into], offset)
+        """Bytes written at ``offset`` into ``into``; CacheError if the file cannot give
+        them back (read errors, or a file cut short by something else)."""
+        spec = self._spec
+        try:
+            n = os.preadv(self._fd, [into], offset)
+        except OSError as exc:
+            raise CacheError(exc.errno, f"could not read {spec.label} back from its temp file in "
+                                        f"{self._tmp_dir}: {exc.strerror or exc}") from exc
+        if n <= 0 < len(into):
+            raise CacheError(f"{spec.label}: its temp file in {self._tmp_dir} ends at byte {offset}, "
+                             "where bytes were written (was it truncated?)")
+        return n
+
+    def close(self) -> None:
+        """No write from now on: wait for those under way (even on Ctrl-C, raised after),
+        then close the descriptor. Idempotent."""
+        interrupted: KeyboardInterrupt | None = None
+        with self._cond:
+            if self._closed and self._fd < 0:
+                return
+            self._closed = True
+            while self._writing:
+                try:
+                    self._cond.wait()
+                except KeyboardInterrupt as exc:
+                    interrupted = exc
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+        if interrupted is not None:
+            raise interrupted
 
 
 def placement(sink: Callable[[bytes], object]) -> Spool | None:
     """The temp file a downloader in parts may write ``sink``'s shard into, if it may
-    (an uncompressed shard being fetched into the cache), else None."""
+    (an uncompressed shard being fetched into the cache), else None. Only the sink
+    :func:`fetch_verified` hands to ``fetch`` has one: a sink wrapped by the caller
+    must be asked before it is wrapped."""
     return sink.spool if isinstance(sink, _Sink) else None
 
 
@@ -171,13 +225,15 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
             raw.file.write(data)
 
     aligned = _Aligned(write)
-    spool = Spool(raw.file.fileno(), spec, tmp_dir) if spec.compression is None else None
+    spool: Spool | None = None
 
     def output(data: memoryview) -> None:
         if spool is None or not spool.claimed:
             aligned(data)
 
     try:
+        if spec.compression is None:
+            spool = Spool(raw.file.fileno(), spec, tmp_dir)
         check = ShardCheck(spec, key, raw=output, raw_digest=spec.compression is not None)
         sink = _Sink(check, spool)
         try:
@@ -188,6 +244,8 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
             # fetch passed on (or wrapped) the check's refusal; finish() below says why.
         finally:
             sink.closed = True
+            if spool is not None:
+                spool.close()  # no part lands in the file after this
         raw_digest = check.finish()
         aligned.flush()
         tracer = trace.current()
@@ -197,6 +255,8 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
         if tracer is not None:
             tracer.complete("fsync", "cache", began, time.perf_counter_ns(), shard=spec.label)
     except BaseException:
+        if spool is not None:
+            spool.close()
         raw.discard()
         raise
     finally:

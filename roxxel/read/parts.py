@@ -7,17 +7,17 @@ them on one pool of connection threads, whatever the number of shards being down
 or of threads waiting for them:
 
 - **One budget.** At most :attr:`PartEngine.limit` parts are in flight, and the bytes
-  in flight plus those received but not yet consumed stay under as many parts' worth
-  (:attr:`PartEngine.budget`); only the
-  part a consumer is waiting for next may go past it (one part per object at most), so
-  the budget can never stall a download.
+  in flight plus those received into memory but not yet consumed stay under as many
+  parts' worth (:attr:`PartEngine.budget`; a part written to its placement holds none);
+  only the part a consumer is waiting for next may go past it (one part per object at
+  most), so the budget can never stall a download.
 - **Priority by next use.** Objects are served in the order they are needed (their
   position in the reader's order, else the order their downloads were asked for), except
   that one a reader is blocked on (:meth:`PartEngine.hurry`) goes first, and the others'
   parts get at most half the slots while it has parts left to send; an object's parts
   go in order.
 - **The first record in about one small part's time.** The first shard a reader waits
-  for is fetched alone, its parts cut into pieces (of 1 MiB or more) over up to half the
+  for is fetched alone, its parts cut into pieces (of 2 MiB or more) over up to half the
   slots: at 25 MB/s a connection, 16 pieces of a 32 MiB shard fill a 400 MB/s link by
   themselves; on loopback nothing competes with them, or with its check, for the CPU.
   The others start on a quarter of the slots once its pieces are all on the wire, and
@@ -86,10 +86,13 @@ DEFAULT_PART_SIZE = 8 * 2**20
 #: Parts in flight per node to start with: 32 connections of 50-100 MB/s each carry a
 #: link of 1.6-3.2 GB/s; :class:`Concurrency` raises it (to 2x) while throughput grows.
 DEFAULT_PARTS_IN_FLIGHT = 32
-#: The first shard a reader waits for is fetched in pieces no smaller than this: over
-#: 30 ms to first byte and 25 MB/s a connection, 1 MiB takes 70 ms, twice its latency.
-_SMALLEST_PIECE = 2**20
-_READ_BACK = 2 * 2**20  # bytes of a placed part read back for the consumer at a time
+#: Parts are cut into pieces of a whole number of this (the first shard a reader waits
+#: for, the last parts): over 30 ms to first byte and 25 MB/s a connection, 2 MiB take
+#: 114 ms, almost four times the latency; and a placed piece, written where it starts,
+#: then fills whole 2 MiB folios of the page cache (see ``_Aligned`` in
+#: :mod:`roxxel.cache.download`: a shard written 1 MiB at a time was in none).
+_SMALLEST_PIECE = 2 * 2**20
+_READ_BACK = 8 * 2**20  # bytes of placed parts read back for the consumer at a time
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
 
@@ -213,21 +216,18 @@ class _Transfer:
         self.on_part: Callable[[int, float, float], object] | None = None
         self.on_retry: Callable[[BaseException], object] | None = None
 
-    def arriving(self) -> bool:
-        """Some of its parts are still to be issued or in flight."""
-        return self.issued < len(self.bounds) or self.in_flight > 0
-
     def split(self, parts: int, smallest: int) -> None:
         """Cut the parts not yet issued into about ``parts`` pieces of a whole number of
-        ``smallest`` bytes (never larger than they were): the first shard a reader waits for comes
-        sooner over more connections. Only parts no connection has taken change."""
+        ``smallest`` bytes (never larger than they were): the first shard a reader waits
+        for comes sooner over more connections. Only parts no connection has taken
+        change."""
         rest = self.bounds[self.issued :]
         if not rest:
             return
         start, end = rest[0][0], rest[-1][1]
         largest = max(b - a for a, b in rest)
         piece = min(largest, max(smallest, -(-(end - start) // max(1, parts))))
-        piece = -(-piece // smallest) * smallest  # whole pieces: written at aligned offsets
+        piece = -(-piece // smallest) * smallest  # (placed where it starts: an aligned write)
         if piece >= largest:
             return
         self.bounds[self.issued :] = [(a, min(a + piece, end)) for a in range(start, end, piece)]
@@ -245,8 +245,8 @@ class PartEngine:
 
     ``parts`` is the starting number of parts in flight (adapted by :class:`Concurrency`
     up to ``max_parts``, by default twice as many), ``part_size`` the size of a part;
-    the bytes in flight or received and not yet consumed stay under :attr:`budget`, at
-    most ``max_bytes`` (by default ``max_parts`` parts).
+    the bytes in flight or received into memory and not yet consumed stay under
+    :attr:`budget`, at most ``max_bytes`` (by default ``max_parts`` parts).
     """
 
     def __init__(
@@ -272,7 +272,7 @@ class PartEngine:
         self._tickets = 0
         self._in_flight = 0
         self._reserved = 0  # bytes in flight plus received and not consumed (unless placed)
-        self._free: list[mmap.mmap] = []  # part buffers to reuse, at most one per reserved part
+        self._free: list[mmap.mmap] = []  # part buffers to reuse (as many as were in use at once)
         self._threads: list[threading.Thread] = []
         self._users = 0
         self._generation = 0  # bumped on stop: threads of an older generation end
@@ -286,8 +286,8 @@ class PartEngine:
 
     @property
     def budget(self) -> int:
-        """Bytes in flight plus received and not yet consumed at most, now: as many parts
-        as the limit, never more than ``max_bytes``."""
+        """Bytes in flight plus received into memory and not yet consumed at most, now: as
+        many parts as the limit, never more than ``max_bytes``."""
         return min(self.max_bytes, self.limit * self.part_size)
 
     # -- users -------------------------------------------------------------------------
@@ -363,10 +363,11 @@ class PartEngine:
             transfer.urgent = urgent
             if urgent and first:
                 self._first(transfer)
-            self._transfers.append(transfer)
-            self._ensure_threads()
-            self._cond.notify_all()
-        try:
+        try:  # (registered inside: whatever interrupts it, _finish takes it out again)
+            with self._cond:
+                self._transfers.append(transfer)
+                self._ensure_threads()
+                self._cond.notify_all()
             if on_start is not None:
                 on_start(transfer)
             i = 0
@@ -379,7 +380,9 @@ class PartEngine:
                 if isinstance(data, int):
                     if back is None:
                         back = memoryview(_part_buffer(min(_READ_BACK, size)))
-                    self._read_back(transfer, i - 1, back, sink)
+                    start = transfer.bounds[i - 1][0]
+                    i = self._placed_run(transfer, i)  # (and the placed parts landed after it)
+                    self._read_back(transfer, start, transfer.bounds[i - 1][1], back, sink)
                 elif data:
                     sink(data)
                 self._recycle(data)
@@ -388,15 +391,27 @@ class PartEngine:
                 self._finish(transfer)
         return transfer
 
+    def _placed_run(self, transfer: _Transfer, i: int) -> int:
+        """Take parts ``i``, ``i + 1``... that are placed already (consumed now, read back
+        together: fewer, larger reads and hashes, each a chance for the consumer to wait
+        for the GIL behind every connection thread); returns the index after the last."""
+        with self._cond:
+            while isinstance(transfer.results.get(i), int):
+                del transfer.results[i]
+                i += 1
+            transfer.consumed = max(transfer.consumed, i)
+        return i
+
     @staticmethod
-    def _read_back(transfer: _Transfer, i: int, back: memoryview, sink: Callable[[memoryview], object]) -> None:
-        """Feed part ``i``, written to the transfer's placement, to ``sink`` through ``back``."""
+    def _read_back(transfer: _Transfer, pos: int, end: int, back: memoryview,
+                   sink: Callable[[memoryview], object]) -> None:
+        """Feed bytes ``[pos, end)``, written to the transfer's placement, to ``sink``
+        through ``back``."""
         assert transfer.into is not None
-        pos, end = transfer.bounds[i]  # (an issued part's bounds no longer change)
         while pos < end:
             n = transfer.into.read(pos, back[: min(len(back), end - pos)])
             if n <= 0:
-                raise OSError(f"{transfer.key}: bytes [{pos}, {end}) were written, but reading them back got none")
+                raise OSError(f"{transfer.key}: bytes [{pos}, {end}) were placed, but none came back")
             sink(back[:n])
             pos += n
 
@@ -441,11 +456,11 @@ class PartEngine:
 
     def _finish(self, transfer: _Transfer) -> None:
         transfer.done = True
-        interrupted: BaseException | None = None
+        interrupted: KeyboardInterrupt | None = None
         while transfer.writing:  # a part being written to its placement: let it end first,
             try:  # even on Ctrl-C, since the caller closes the file next
                 self._cond.wait()
-            except BaseException as exc:  # noqa: BLE001 - raised once the writes are over
+            except KeyboardInterrupt as exc:  # raised once the writes are over
                 interrupted = exc
         for i in list(transfer.results):
             dropped = transfer.results.pop(i)
@@ -453,7 +468,8 @@ class PartEngine:
                 self._reserved -= transfer.nbytes(i)
             self._keep(dropped)
         # parts still in flight give their bytes back when they land (see _run)
-        self._transfers.remove(transfer)
+        if transfer in self._transfers:
+            self._transfers.remove(transfer)
         self._cond.notify_all()
         if self._users == 0 and not self._transfers:
             self._stop_threads()
@@ -487,7 +503,8 @@ class PartEngine:
         # where the CPU is the limit (on loopback, letting them take every slot made the
         # first record 2-3 times later; a quarter, about twice, for 2-7 points of a
         # shaped epoch; README, "Cold reads").
-        waited = [t for t in self._transfers if t.urgent and not t.done and (t.first or t.issued < len(t.bounds))]
+        waited = [t for t in self._transfers
+                  if t.urgent and not t.done and (t.first or t.issued < len(t.bounds))]
         first = [t for t in waited if t.first]
         if not first:
             cap = self.limit // 2
