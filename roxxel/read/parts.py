@@ -21,7 +21,7 @@ or of threads waiting for them:
   slots: at 25 MB/s a connection, 16 pieces of a 32 MiB shard fill a 400 MB/s link by
   themselves; on loopback nothing competes with them, or with its check, for the CPU.
   The others start on a quarter of the slots once its pieces are all on the wire, and
-  take the rest once it is in the cache.
+  take the rest once its last byte has been checked.
 - **No idle slots at the end.** When fewer parts are left to issue than slots are free
   (a small dataset), the rest of an object is cut finer, so the last shards too arrive
   over many connections; when less than one round of parts is left (a slot for each),
@@ -35,10 +35,11 @@ or of threads waiting for them:
 - **Placed where they belong.** Given a :class:`Placement` (the cache's temp file of the
   shard), each part is written there at its offset by the thread that fetched it, and
   its buffer goes straight back to the pool; the consumer then reads the in-order
-  prefix back from the file to check it. The bytes waiting for the consumer are then
-  in the page cache, where they were going anyway, not in part buffers: no fresh,
-  zeroed buffer per part (which cost the client more than copying the bytes), and the
-  consumer only hashes. No part is written once its download has ended.
+  prefix back from the file to check it. The bytes waiting for the consumer (parts that
+  came in ahead of a late one) are then in the page cache, where they were going
+  anyway, not in part buffers: they hold none of the budget, so the link stays full
+  behind a slow part, and there are only as many buffers as parts in flight. No part is
+  written once its download has ended.
 - **Adaptive.** :class:`Concurrency` raises the limit while throughput grows with it and
   halves it when the store throttles (HTTP 503 SlowDown, 429).
 - **Shared fairly on a node.** Processes that share a node's link (torchrun's local ranks,
@@ -498,9 +499,9 @@ class PartEngine:
         # as on S3. Once its parts are all on the wire, idle slots would only idle the
         # link (a shaped 12 x 32 MiB epoch went from about 80% of the best client to
         # about 90%). The first shard a reader waits for holds the others back entirely
-        # until its pieces are all on the wire, then to a quarter of the slots until it
-        # has been consumed: verified and kept, which takes a CPU the others' parts share
-        # where the CPU is the limit (on loopback, letting them take every slot made the
+        # until its pieces are all on the wire, then to a quarter of the slots until its
+        # last byte has been checked, which takes a CPU the others' parts share where
+        # the CPU is the limit (on loopback, letting them take every slot made the
         # first record 2-3 times later; a quarter, about twice, for 2-7 points of a
         # shaped epoch; README, "Cold reads").
         waited = [t for t in self._transfers
