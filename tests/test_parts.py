@@ -286,6 +286,45 @@ def test_once_the_first_shard_s_pieces_are_on_the_wire_the_others_get_a_quarter_
         e.detach()
 
 
+def test_other_shards_placed_parts_are_checked_only_after_the_first_shard(monkeypatch):
+    """They hold no memory while they wait, and their check would share the CPU with
+    the one the first record waits for."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 16 * KIB)
+    e = PartEngine(parts=8, part_size=64 * KIB)
+    e.attach()
+    store = FakeStore({"first": b"f" * (64 * KIB), "a": b"a" * (128 * KIB)})
+    store.hold[("first", 48 * KIB)] = threading.Event()  # the first shard's last piece, late
+    fed: list[str] = []
+    try:
+        first = threading.Thread(target=e.download,
+                                 args=(store, "first", 64 * KIB, lambda b: fed.append("first")),
+                                 kwargs={"urgent": True, "first": True, "into": FilePlacement(64 * KIB)})
+        other = threading.Thread(target=e.download, args=(store, "a", 128 * KIB, lambda b: fed.append("a")),
+                                 kwargs={"into": FilePlacement(128 * KIB)})
+        first.start()
+        deadline = time.monotonic() + 5
+        while len(store.calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        other.start()
+
+        def landed() -> list:
+            with e._cond:
+                return [r for t in e._transfers if t.key == "a" for r in t.results.values()]
+
+        while sum(r for r in landed() if isinstance(r, int)) < 128 * KIB and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.1)  # (time for a consumer that would take them)
+        assert all(isinstance(r, int) for r in landed()) and sum(landed()) == 128 * KIB  # all placed
+        assert "a" not in fed
+        store.hold["first", 48 * KIB].set()
+        first.join(10)
+        other.join(10)
+    finally:
+        store.hold["first", 48 * KIB].set()
+        e.detach()
+    assert fed.index("a") > max(i for i, k in enumerate(fed) if k == "first")
+
+
 def test_the_last_parts_are_cut_finer_to_fill_idle_slots(monkeypatch):
     """Fewer parts left than free slots (the end of an epoch): the rest of an object goes
     in pieces, spread over the idle connections, and still arrives whole and in order."""

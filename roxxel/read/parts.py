@@ -38,8 +38,10 @@ or of threads waiting for them:
   prefix back from the file to check it. The bytes waiting for the consumer (parts that
   came in ahead of a late one) are then in the page cache, where they were going
   anyway, not in part buffers: they hold none of the budget, so the link stays full
-  behind a slow part, and there are only as many buffers as parts in flight. No part is
-  written once its download has ended.
+  behind a slow part, and there are only as many buffers as parts in flight. While a
+  reader's first shard is being checked, the other shards' placed parts wait to be
+  checked, so their checks do not take the CPU (and the GIL) from the one the first
+  record waits for. No part is written once its download has ended.
 - **Adaptive.** :class:`Concurrency` raises the limit while throughput grows with it and
   halves it when the store throttles (HTTP 503 SlowDown, 429).
 - **Shared fairly on a node.** Processes that share a node's link (torchrun's local ranks,
@@ -444,7 +446,7 @@ class PartEngine:
     ) -> memoryview | int | BaseException:
         while True:
             with self._cond:
-                if i in transfer.results:
+                if i in transfer.results and not self._deferred(transfer, transfer.results[i]):
                     data = transfer.results.pop(i)
                     transfer.consumed = i + 1
                     if not isinstance(data, int):  # (a placed part's went back when it was)
@@ -454,6 +456,14 @@ class PartEngine:
                 self._cond.wait(_POLL_SECONDS)
             if check_cancelled is not None:
                 check_cancelled()
+
+    def _deferred(self, transfer: _Transfer, data: memoryview | int | BaseException) -> bool:
+        """(Lock held.) A placed part of another shard waits to be checked while a
+        reader's first shard is being checked: it holds no memory, and its check would
+        share the CPU (and the GIL) with the one the first record waits for."""
+        if not isinstance(data, int) or transfer.first:
+            return False
+        return any(t.first and not t.done for t in self._transfers)
 
     def _finish(self, transfer: _Transfer) -> None:
         transfer.done = True
