@@ -1008,7 +1008,7 @@ def test_a_full_disk_while_placing_a_part_is_a_cache_error_naming_shard_and_dire
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(download_module.os, "pwrite", full)
+    monkeypatch.setattr(download_module, "_pwrite", full)
     with pytest.raises(CacheError) as info:
         remote.get(cache)
     assert f"could not write {LABEL} into the cache directory {cache_dir / 'tmp'}" in str(info.value)
@@ -1027,14 +1027,14 @@ def test_closing_a_spool_waits_for_a_write_under_way_and_refuses_later_ones(tmp_
     os.close(fd)  # the spool writes through a descriptor of its own
     spool.claim()
     started, release = threading.Event(), threading.Event()
-    real = os.pwrite
+    real = download_module._pwrite
 
     def slow(fd, data, offset):
         started.set()
         assert release.wait(5)
         return real(fd, data, offset)
 
-    monkeypatch.setattr(download_module.os, "pwrite", slow)
+    monkeypatch.setattr(download_module, "_pwrite", slow)
     writer = threading.Thread(target=spool.write, args=(0, memoryview(b"abcd")))
     closer = threading.Thread(target=spool.close)
     writer.start()

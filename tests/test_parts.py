@@ -325,6 +325,44 @@ def test_other_shards_placed_parts_are_checked_only_after_the_first_shard(monkey
     assert fed.index("a") > max(i for i, k in enumerate(fed) if k == "first")
 
 
+def test_other_shards_are_checked_again_once_a_first_shard_fails(monkeypatch):
+    """A first shard whose download raises ends like any other: the checks it held back
+    go on."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 16 * KIB)
+    e = PartEngine(parts=8, part_size=64 * KIB)
+    e.attach()
+    store = FakeStore({"first": b"f" * (64 * KIB), "a": b"a" * (128 * KIB)})
+    store.hold[("first", 48 * KIB)] = threading.Event()
+    store.fail[("first", 48 * KIB)] = NotFoundError("gone")
+    got = bytearray()
+    errors: list[BaseException] = []
+
+    def first():
+        try:
+            e.download(store, "first", 64 * KIB, lambda b: None, urgent=True, first=True,
+                       into=FilePlacement(64 * KIB))
+        except NotFoundError as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=first),
+                   threading.Thread(target=e.download, args=(store, "a", 128 * KIB, got.extend),
+                                    kwargs={"into": FilePlacement(128 * KIB)})]
+        threads[0].start()
+        deadline = time.monotonic() + 5
+        while len(store.calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        threads[1].start()
+        store.hold["first", 48 * KIB].set()  # its last piece fails
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
+    finally:
+        store.hold["first", 48 * KIB].set()
+        e.detach()
+    assert len(errors) == 1 and bytes(got) == store.objects["a"]
+
+
 def test_the_last_parts_are_cut_finer_to_fill_idle_slots(monkeypatch):
     """Fewer parts left than free slots (the end of an epoch): the rest of an object goes
     in pieces, spread over the idle connections, and still arrives whole and in order."""
@@ -407,7 +445,8 @@ def test_no_part_is_written_to_its_placement_after_the_download_ended(engine):
         pass
 
     def check():
-        raise Stop
+        if len(store.calls) >= engine.limit:  # every slot holds a part at the gate
+            raise Stop
 
     with pytest.raises(Stop):
         engine.download(store, "a", 1024 * KIB, lambda b: None, check_cancelled=check, into=place)
@@ -435,9 +474,12 @@ def test_a_download_that_ends_waits_for_a_part_being_written_to_its_placement(en
     store = FakeStore({"a": b"y" * (512 * KIB)})
     outcome: list[BaseException] = []
 
+    told = threading.Event()
+
     def run():
         def check():
             if writing.is_set():
+                told.set()
                 raise KeyboardInterrupt  # as a Ctrl-C in the reader's thread would
 
         try:
@@ -447,8 +489,8 @@ def test_a_download_that_ends_waits_for_a_part_being_written_to_its_placement(en
 
     thread = threading.Thread(target=run)
     thread.start()
-    assert writing.wait(5)
-    time.sleep(0.6)  # more than two polls: the reader has been told to stop by now
+    assert writing.wait(5) and told.wait(5)  # the reader has been told to stop
+    thread.join(0.3)
     assert thread.is_alive() and not outcome  # held until the write is over
     release.set()
     thread.join(10)

@@ -59,6 +59,7 @@ def writing_locally(spec: ShardSpec, tmp_dir: str) -> Iterator[None]:
 
 
 _BLOCK = 2 * 2**20  # a huge page (x86-64, arm64 with 4 KiB pages)
+_pwrite = os.pwrite  # (the spool's writes; a name of this module's, so tests can stand in for it)
 
 
 class _Aligned:
@@ -147,7 +148,7 @@ class Spool:
         try:
             with writing_locally(self._spec, self._tmp_dir):  # a full disk is not the store's fault
                 while data:
-                    n = os.pwrite(self._fd, data, offset)
+                    n = _pwrite(self._fd, data, offset)
                     if n <= 0:
                         raise OSError(errno.EIO, f"a write at byte {offset} wrote nothing")
                     data, offset = data[n:], offset + n

@@ -39,9 +39,9 @@ or of threads waiting for them:
   came in ahead of a late one) are then in the page cache, where they were going
   anyway, not in part buffers: they hold none of the budget, so the link stays full
   behind a slow part, and there are only as many buffers as parts in flight. While a
-  reader's first shard is being checked, the other shards' placed parts wait to be
-  checked, so their checks do not take the CPU (and the GIL) from the one the first
-  record waits for. No part is written once its download has ended.
+  first shard is being fetched and checked, the placed parts of shards no reader waits
+  for wait to be checked, so their checks do not take the CPU (and the GIL) from the one
+  the first record waits for. No part is written once its download has ended.
 - **Adaptive.** :class:`Concurrency` raises the limit while throughput grows with it and
   halves it when the store throttles (HTTP 503 SlowDown, 429).
 - **Shared fairly on a node.** Processes that share a node's link (torchrun's local ranks,
@@ -276,6 +276,7 @@ class PartEngine:
         self._in_flight = 0
         self._reserved = 0  # bytes in flight plus received and not consumed (unless placed)
         self._free: list[mmap.mmap] = []  # part buffers to reuse (as many as were in use at once)
+        self._backs: list[mmap.mmap] = []  # read-back buffers to reuse (one per consumer at once)
         self._threads: list[threading.Thread] = []
         self._users = 0
         self._generation = 0  # bumped on stop: threads of an older generation end
@@ -314,7 +315,7 @@ class PartEngine:
         """Tell the threads to end and let go of the spare buffers (under the lock);
         returns the threads."""
         stopped, self._threads = self._threads, []
-        self._free = []
+        self._free, self._backs = [], []
         self._generation += 1
         self._cond.notify_all()
         return stopped
@@ -374,18 +375,15 @@ class PartEngine:
             if on_start is not None:
                 on_start(transfer)
             i = 0
-            back: memoryview | None = None  # the buffer placed parts are read back into
             while i < self._parts_of(transfer):  # (a hurried transfer's may be cut finer)
                 data = self._wait_for(transfer, i, check_cancelled)
                 i += 1
                 if isinstance(data, BaseException):
                     raise data
                 if isinstance(data, int):
-                    if back is None:
-                        back = memoryview(_part_buffer(min(_READ_BACK, size)))
                     start = transfer.bounds[i - 1][0]
                     i = self._placed_run(transfer, i)  # (and the placed parts landed after it)
-                    self._read_back(transfer, start, transfer.bounds[i - 1][1], back, sink)
+                    self._read_back(transfer, start, transfer.bounds[i - 1][1], sink)
                 elif data:
                     sink(data)
                 self._recycle(data)
@@ -405,18 +403,28 @@ class PartEngine:
             transfer.consumed = max(transfer.consumed, i)
         return i
 
-    @staticmethod
-    def _read_back(transfer: _Transfer, pos: int, end: int, back: memoryview,
+    def _read_back(self, transfer: _Transfer, pos: int, end: int,
                    sink: Callable[[memoryview], object]) -> None:
         """Feed bytes ``[pos, end)``, written to the transfer's placement, to ``sink``
-        through ``back``."""
+        through a read-back buffer of the engine's (reused: fresh pages cost more than
+        the copy)."""
         assert transfer.into is not None
-        while pos < end:
-            n = transfer.into.read(pos, back[: min(len(back), end - pos)])
-            if n <= 0:
-                raise OSError(f"{transfer.key}: bytes [{pos}, {end}) were placed, but none came back")
-            sink(back[:n])
-            pos += n
+        with self._cond:
+            buffer = self._backs.pop() if self._backs else None
+        if buffer is None:
+            buffer = _part_buffer(_READ_BACK)
+        back = memoryview(buffer)
+        try:
+            while pos < end:
+                n = transfer.into.read(pos, back[: min(len(back), end - pos)])
+                if n <= 0:
+                    raise OSError(f"{transfer.key}: bytes [{pos}, {end}) were placed, but none came back")
+                sink(back[:n])
+                pos += n
+        finally:
+            with self._cond:
+                if self._threads:  # (not once the threads stopped: the memory goes with them)
+                    self._backs.append(buffer)
 
     def hurry(self, transfer: _Transfer | None, *, first: bool = False) -> None:
         """A reader is blocked on this download: its parts go before everyone else's;
@@ -433,7 +441,8 @@ class PartEngine:
         """(Lock held.) ``transfer`` is the first shard its reader waits for: the rest of
         it goes on up to half the slots, in pieces of at least :data:`_SMALLEST_PIECE`,
         so the first record comes in about one small part's time rather than a whole
-        part's at a fraction of the link (the others wait until it is consumed)."""
+        part's at a fraction of the link (the others wait until its pieces are all on the
+        wire, and their checks until it is done: :meth:`_pick`, :meth:`_deferred`)."""
         transfer.first = True
         transfer.split(max(1, self.limit // 2), min(self.part_size, _SMALLEST_PIECE))
 
@@ -458,10 +467,11 @@ class PartEngine:
                 check_cancelled()
 
     def _deferred(self, transfer: _Transfer, data: memoryview | int | BaseException) -> bool:
-        """(Lock held.) A placed part of another shard waits to be checked while a
-        reader's first shard is being checked: it holds no memory, and its check would
-        share the CPU (and the GIL) with the one the first record waits for."""
-        if not isinstance(data, int) or transfer.first:
+        """(Lock held.) A placed part of a shard no reader waits for waits to be checked
+        while a first shard (of any reader of this process) is being fetched and checked:
+        it holds no memory, and its check would share the CPU (and the GIL) with the one
+        the first record waits for."""
+        if not isinstance(data, int) or transfer.first or transfer.urgent:
             return False
         return any(t.first and not t.done for t in self._transfers)
 
@@ -512,8 +522,8 @@ class PartEngine:
         # until its pieces are all on the wire, then to a quarter of the slots until its
         # last byte has been checked, which takes a CPU the others' parts share where
         # the CPU is the limit (on loopback, letting them take every slot made the
-        # first record 2-3 times later; a quarter, about twice, for 2-7 points of a
-        # shaped epoch; README, "Cold reads").
+        # first record 2-3 times later; the figures for a quarter are in the README,
+        # "Cold reads from object stores").
         waited = [t for t in self._transfers
                   if t.urgent and not t.done and (t.first or t.issued < len(t.bounds))]
         first = [t for t in waited if t.first]
