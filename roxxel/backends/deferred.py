@@ -68,6 +68,19 @@ class DeferringBackend(FsspecBackend):
         fs = self._fs
         return fs if isinstance(fs, self.deferred_type) else None
 
+    def info(self, path: str) -> dict[str, Any]:
+        deferred = self.deferred()
+        if deferred is not None:
+            info = self.deferred_info(deferred, path)  # (FileNotFoundError for a 404)
+            if info is not None:
+                return info
+        return super().info(path)
+
+    def deferred_info(self, deferred: Any, path: str) -> dict[str, Any] | None:
+        """What :meth:`info` answers, found through the deferred filesystem by one request
+        of roxxel's own, or None where the real filesystem must answer."""
+        return None
+
     def forked(self) -> Backend:
         deferred = self.deferred() or getattr(self, "_deferred", None)
         if deferred is None:

@@ -88,13 +88,8 @@ class GCSBackend(DeferringBackend):
             return verified_md5(str(info.get("name", "")), info)
         return reported
 
-    def info(self, path: str) -> dict[str, Any]:
-        deferred = self.deferred()
-        if deferred is not None:
-            info = info_deferred(deferred, path)  # (FileNotFoundError for a 404)
-            if info is not None:
-                return info
-        return super().info(path)
+    def deferred_info(self, deferred: Any, path: str) -> dict[str, Any] | None:
+        return info_deferred(deferred, path)
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         deferred = self.deferred()

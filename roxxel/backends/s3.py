@@ -78,13 +78,8 @@ class S3Backend(DeferringBackend):
     def reported_md5(self, info: dict[str, Any]) -> str | None:
         return etag_md5(info)  # the ETag of a single-part upload
 
-    def info(self, path: str) -> dict[str, Any]:
-        deferred = self.deferred()
-        if deferred is not None:
-            info = signed_head(deferred, path)  # (FileNotFoundError for a 404)
-            if info is not None:
-                return info
-        return super().info(path)
+    def deferred_info(self, deferred: Any, path: str) -> dict[str, Any] | None:
+        return signed_head(deferred, path)
 
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         deferred = self.deferred()
