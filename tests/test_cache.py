@@ -1052,3 +1052,31 @@ def test_closing_a_spool_waits_for_a_write_under_way_and_refuses_later_ones(tmp_
         spool.write(4, memoryview(b"efgh"))
     assert (tmp_path / "f").read_bytes() == b"abcd"
     spool.close()  # idempotent
+
+
+def test_a_spool_refuses_misuse_and_a_file_that_cannot_give_bytes_back(tmp_path):
+    from roxxel.format.check import ShardSpec
+
+    spec = ShardSpec(label=LABEL, stored_size=8, raw_size=8, record_count=0, compression=None)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    spool = download_module.Spool(fd, spec, str(tmp_path))
+    with pytest.raises(RuntimeError, match=f"{LABEL}: a part written to an unclaimed temp file"):
+        spool.write(0, memoryview(b"abcd"))
+    spool.claim()
+    with pytest.raises(ValueError, match=rf"{LABEL}: bytes \[6, 10\) are past its stored size 8"):
+        spool.write(6, memoryview(b"abcd"))
+    spool.write(0, memoryview(b"abcd"))
+    with pytest.raises(CacheError, match=rf"{LABEL}: its temp file in {tmp_path} ends at byte 4, "
+                                         r"where bytes were written \(was it truncated\?\)"):
+        spool.read(4, memoryview(bytearray(4)))
+    spool.close()
+    with pytest.raises(CacheError, match=f"could not read {LABEL} back from its temp file in {tmp_path}: "):
+        spool.read(0, memoryview(bytearray(4)))  # (its descriptor is closed)
+    os.close(fd)
+    fd = os.open(tmp_path / "g", os.O_RDWR | os.O_CREAT, 0o600)
+    fed = download_module.Spool(fd, spec, str(tmp_path))
+    os.close(fd)
+    fed.fed = True  # the sink had bytes already
+    with pytest.raises(RuntimeError, match=f"{LABEL}: the download wrote bytes before claiming"):
+        fed.claim()
+    fed.close()

@@ -414,6 +414,17 @@ def test_placed_parts_are_written_where_they_belong_by_connection_threads(engine
     assert engine._reserved == 0
 
 
+def test_a_placement_that_gives_nothing_back_is_an_error_naming_the_object(engine):
+    class Empty(FilePlacement):
+        def read(self, offset, into):
+            return 0
+
+    store = FakeStore({"a": b"z" * (128 * KIB)})
+    with pytest.raises(OSError, match=r"a: bytes \[0, \d+\) were placed, but none came back"):
+        engine.download(store, "a", 128 * KIB, lambda b: None, into=Empty(128 * KIB))
+    assert not engine._transfers
+
+
 def test_placed_parts_do_not_hold_the_budget_while_an_earlier_part_is_late(engine):
     """Parts that arrived ahead of a late one are in their placement, not in buffers: the
     rest of the object goes on being fetched instead of waiting for the late part."""
