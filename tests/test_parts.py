@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import threading
 import time
@@ -11,6 +12,8 @@ import pytest
 
 import roxxel
 from roxxel.backends import Store
+from roxxel.backends.base import copy_into
+from roxxel.backends.watchdog import Through
 from roxxel.errors import IntegrityError, NotFoundError
 from roxxel.read import parts
 from roxxel.read.parts import Concurrency, PartEngine
@@ -34,6 +37,7 @@ class FakeStore:
         self.gate: threading.Event | None = None
         self.hold: dict[tuple[str, int], threading.Event] = {}  # parts held until set
         self.fail: dict[tuple[str, int], BaseException] = {}
+        self.trickle = False  # placed parts arrive piece by piece, not all at once
 
     def read_part(self, key, start, end, into, *, on_failure=None):
         with self.lock:
@@ -50,8 +54,11 @@ class FakeStore:
             if error is not None:
                 raise error
             data = self.objects[key][start:end]
-            into[: len(data)] = data
-            return into[: len(data)]
+            if self.trickle and isinstance(into, Through):  # as a socket gives the body
+                into.receive(io.BytesIO(data).readinto, len(data))
+            else:
+                copy_into(data, into)  # (into: a buffer, or a Through for a placed part)
+            return into if isinstance(into, Through) else into[: len(data)]
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -414,6 +421,31 @@ def test_placed_parts_are_written_where_they_belong_by_connection_threads(engine
     assert engine._reserved == 0
 
 
+def test_placed_parts_are_received_through_a_few_reused_blocks(monkeypatch):
+    """A placed part is written as it arrives, a block at a time at block-aligned offsets,
+    through block buffers the engine reuses (as many as parts were in flight at once),
+    not through a buffer of the part's size."""
+    monkeypatch.setattr(parts, "_BLOCK", 16 * KIB)
+    made = []
+    real = parts._part_buffer
+    monkeypatch.setattr(parts, "_part_buffer", lambda size: made.append(size) or real(size))
+    e = PartEngine(parts=4, part_size=64 * KIB)
+    e.attach()
+    data = np.random.default_rng(6).bytes(40 * 64 * KIB + 5)  # 41 parts
+    store = FakeStore({"a": data}, delay=0.002)
+    store.trickle = True
+    place = FilePlacement(len(data))
+    got = bytearray()
+    try:
+        e.download(store, "a", len(data), got.extend, into=place)
+    finally:
+        e.detach()
+    assert bytes(got) == data and bytes(place.data) == data
+    assert sorted(offset for offset, _, _ in place.writes) == list(range(0, len(data), 16 * KIB))
+    assert all(n == 16 * KIB for offset, n, _ in place.writes if offset + 16 * KIB <= len(data))
+    assert made.count(16 * KIB) <= 4 and 64 * KIB not in made  # no buffer of a part's size
+
+
 def test_a_placement_that_gives_nothing_back_is_an_error_naming_the_object(engine):
     class Empty(FilePlacement):
         def read(self, offset, into):
@@ -753,6 +785,8 @@ import os, sys, threading
 import numpy as np
 import roxxel
 from roxxel.backends import Store
+from roxxel.backends.base import copy_into
+from roxxel.backends.watchdog import Through
 from roxxel.read import parts
 from tests.faults import FaultyFileSystem, faulty_url
 

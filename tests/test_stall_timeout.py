@@ -4,6 +4,8 @@ silent is cut off after the configured timeout and resumed, on both S3 read path
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import io
 import re
 import threading
 import time
@@ -15,7 +17,7 @@ import roxxel
 from roxxel.backends import RetryPolicy, Store
 from roxxel.backends.retry import DEFAULT_POLICY
 from roxxel.backends import s3 as s3_module
-from roxxel.backends.watchdog import StallError, current, watched
+from roxxel.backends.watchdog import Revoked, StallError, Through, current, watched
 from tests.reliability_kit import FAST, check_all, write
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -69,6 +71,93 @@ def test_an_unseen_transfer_gets_time_for_its_size():
         return "done"
 
     assert watched(one_request, 0.3) == "done"
+
+
+class Trickle(io.RawIOBase):
+    """A body that gives at most ``step`` bytes a read, as a socket does."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.pos = data, step, 0
+
+    def readinto(self, view) -> int:
+        n = min(len(view), self.step, len(self.data) - self.pos)
+        view[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+def test_a_range_received_through_a_small_buffer_is_handed_on_in_whole_blocks():
+    data = bytes(range(256)) * 40 + b"end"  # 10,243 bytes
+    writes: list[tuple[int, bytes]] = []
+    through = Through(memoryview(bytearray(4096)), lambda offset, block: writes.append((offset, bytes(block))),
+                      len(data))
+    through.receive(Trickle(data, 1000).readinto, len(data))
+    assert [(offset, len(block)) for offset, block in writes] == [(0, 4096), (4096, 4096), (8192, 2051)]
+    assert b"".join(block for _, block in writes) == data
+    with pytest.raises(http.client.IncompleteRead):  # a body that ends first
+        Through(memoryview(bytearray(4096)), lambda *a: None, 100).receive(Trickle(b"x" * 50, 7).readinto, 100)
+
+
+def test_an_abandoned_attempt_hands_on_nothing_once_its_retry_began():
+    """A part's first attempt stalls and is given up on; when it wakes up, after the
+    retry has delivered the part, its bytes are refused: nothing lands after read_part
+    returned."""
+    store = Store("memory://through-stall", retry=dataclasses.replace(FAST, stall_timeout=0.3))
+    data = bytes(range(256)) * 64  # 16 KiB
+    wake, refused = threading.Event(), []
+    calls = 0
+
+    def read_range_into(path, start, end, into):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            into.put(0, memoryview(data[:4096]))
+            wake.wait(10)  # silent: the watchdog gives up on it
+            try:
+                into.put(4096, memoryview(b"!" * 4096))
+            except Revoked as exc:
+                refused.append(exc)
+            return 0
+        return into.copy(data[start:end])
+
+    store._backend.read_range_into = read_range_into
+    writes: list[tuple[int, int, str]] = []
+    through = Through(memoryview(bytearray(4096)),
+                      lambda offset, block: writes.append((offset, len(block), threading.current_thread().name)),
+                      len(data))
+    assert store.read_part("obj", 0, len(data), through) is not through  # the retry's own
+    delivered = list(writes)
+    wake.set()
+    deadline = time.monotonic() + 5
+    while not refused and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(refused) == 1 and writes == delivered  # refused, and nothing written after
+    assert delivered[0][:2] == (0, 4096) and delivered[-1][:2] == (0, len(data))
+
+
+def test_a_revoked_range_waits_for_a_write_under_way():
+    entered, release = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def write(offset, block):
+        entered.set()
+        assert release.wait(10)
+        done.append("write")
+
+    through = Through(memoryview(bytearray(16)), write, 16)
+    writer = threading.Thread(target=through.put, args=(0, memoryview(b"x" * 16)))
+    writer.start()
+    assert entered.wait(5)
+    revoker = threading.Thread(target=lambda: (through.revoke(), done.append("revoked")))
+    revoker.start()
+    revoker.join(0.2)
+    assert revoker.is_alive() and done == []  # still waiting for the write
+    release.set()
+    writer.join(5)
+    revoker.join(5)
+    assert done == ["write", "revoked"]
+    with pytest.raises(Revoked, match="bytes from 0 of an attempt given up on"):
+        through.put(0, memoryview(b"y" * 16))
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from fsspec import AbstractFileSystem
 
 from .errors import describe, http_status
 from .urls import redact
+from .watchdog import Through
 
 __all__ = [
     "HIDDEN_PREFIX",
@@ -80,8 +81,11 @@ class ChunkReader(Protocol):
         """Release the connection or file; idempotent."""
 
 
-def copy_into(data: bytes, into: memoryview) -> int:
-    """Copy what of ``data`` fits to the front of ``into``; returns ``len(data)``."""
+def copy_into(data: bytes, into: memoryview | Through) -> int:
+    """Copy what of ``data`` fits to the front of ``into`` (or hand it on, through a
+    :class:`.watchdog.Through`); returns ``len(data)``."""
+    if isinstance(into, Through):
+        return into.copy(data)
     n = min(len(data), len(into))
     into[:n] = memoryview(data)[:n]
     return len(data)
@@ -145,10 +149,11 @@ class Backend(ABC):
         """Bytes ``[start, end)`` (``start < end``) as the store returns them; the caller
         checks their length."""
 
-    def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
+    def read_range_into(self, path: str, start: int, end: int, into: memoryview | Through) -> int:
         """Bytes ``[start, end)`` written to the front of ``into`` (at least ``end -
-        start`` bytes); returns how many the store sent, which may be more than fit
-        (nothing past ``len(into)`` is written) or fewer. A backend that can read
+        start`` bytes), or handed on through it (a :class:`.watchdog.Through`); returns
+        how many the store sent, which may be more than fit (nothing past ``len(into)``
+        is written) or fewer. A backend that can read
         straight into the buffer overrides this; by default it is a copy of
         :meth:`read_range`."""
         return copy_into(self.read_range(path, start, end), into)

@@ -62,7 +62,7 @@ from .gcsopen import DeferredGCSFileSystem
 from .generic import base64_md5
 from .readers import RangeReader
 from .retry import DEFAULT_POLICY
-from .watchdog import current_timeout, fill
+from .watchdog import Through, current_timeout, receive
 
 __all__ = ["GCSBackend", "info_deferred", "read_deferred", "read_deferred_range", "read_media_range", "tls_context"]
 
@@ -116,11 +116,11 @@ class GCSBackend(DeferringBackend):
             return super().read_range(path, start, end)
         return data if n == len(data) else bytes(data[:n])
 
-    def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
+    def read_range_into(self, path: str, start: int, end: int, into: memoryview | Through) -> int:
         n = self._plain_range(path, start, end, into)
         return super().read_range_into(path, start, end, into) if n is None else n
 
-    def _plain_range(self, path: str, start: int, end: int, into: memoryview) -> int | None:
+    def _plain_range(self, path: str, start: int, end: int, into: memoryview | Through) -> int | None:
         deferred = self.deferred()
         if deferred is not None:
             n = read_deferred_range(deferred, path, start, end, into)
@@ -208,7 +208,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 _idle_pid = os.getpid()
 
 
-def read_media_range(fs: Any, path: str, start: int, end: int, into: memoryview) -> int | None:
+def read_media_range(fs: Any, path: str, start: int, end: int, into: memoryview | Through) -> int | None:
     """Bytes ``[start, end)`` of ``path`` read into the front of ``into`` by one ranged GET
     on a kept-alive connection; returns their number (fewer if the object ends sooner),
     or None where gcsfs must read them (see the module). Error answers raise
@@ -222,7 +222,7 @@ def read_media_range(fs: Any, path: str, start: int, end: int, into: memoryview)
 
 
 def read_deferred_range(fs: DeferredGCSFileSystem, path: str, start: int, end: int,
-                        into: memoryview) -> int | None:
+                        into: memoryview | Through) -> int | None:
     """:func:`read_media_range` before gcsfs is needed (a dataset opened through
     :mod:`.gcsopen`): the URL and headers gcsfs would use, from the deferred filesystem,
     so a cold read never imports gcsfs. None where gcsfs must read: credentials that
@@ -242,7 +242,7 @@ def read_deferred_range(fs: DeferredGCSFileSystem, path: str, start: int, end: i
 
 
 def _media_range(fs: Any, media_url: str, auth: dict[str, str], path: str, start: int, end: int,
-                 into: memoryview) -> int | None:
+                 into: memoryview | Through) -> int | None:
     """:func:`read_media_range`'s GET of ``media_url`` with the ``auth`` headers."""
     url = urllib.parse.urlsplit(media_url)
     target = f"{url.path}?{url.query}"
@@ -282,7 +282,7 @@ def _media_range(fs: Any, media_url: str, auth: dict[str, str], path: str, start
         return None
     try:
         n = size if response.length is None else min(size, response.length)
-        fill(response.readinto, into[:n])
+        receive(response.readinto, into, n)
         if response.read(1):  # more than the range: the connection cannot be reused
             raise OSError(f"gs://{path}: the server sent more than bytes [{start}, {end})")
     except BaseException:

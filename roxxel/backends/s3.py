@@ -61,7 +61,7 @@ from .generic import etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .s3open import DeferredS3FileSystem, ranged_request, signed_get, signed_head
-from .watchdog import current_timeout, fill, read_in_pieces
+from .watchdog import Through, current_timeout, read_in_pieces, receive
 
 __all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
 
@@ -109,7 +109,7 @@ class S3Backend(DeferringBackend):
         n = read_direct_range(self.fs, path, start, end, memoryview(data))
         return super().read_range(path, start, end) if n is None else data
 
-    def read_range_into(self, path: str, start: int, end: int, into: memoryview) -> int:
+    def read_range_into(self, path: str, start: int, end: int, into: memoryview | Through) -> int:
         deferred = self.deferred()
         n = read_signed_range(deferred, path, start, end, into) if deferred is not None else None
         if n is not None:
@@ -295,7 +295,8 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, into: memoryview) -> int | None:
+def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int,
+                      into: memoryview | Through) -> int | None:
     """Bytes ``[start, end)`` of ``path``, read into the front of ``into`` by a presigned
     ranged GET on a kept-alive connection; returns their number, or None where s3fs must
     read them (see the module docstring). An answer
@@ -309,7 +310,8 @@ def read_direct_range(fs: AbstractFileSystem, path: str, start: int, end: int, i
     return _ranged_get(fs, pool, lambda: _connect(fs, parts), target, {}, path, start, end, into)
 
 
-def read_signed_range(fs: DeferredS3FileSystem, path: str, start: int, end: int, into: memoryview) -> int | None:
+def read_signed_range(fs: DeferredS3FileSystem, path: str, start: int, end: int,
+                      into: memoryview | Through) -> int | None:
     """:func:`read_direct_range` before s3fs is needed (a dataset opened through
     :mod:`.s3open`, on an explicit endpoint or AWS's own): the GET is signed here with
     Signature Version 4 headers (:func:`.s3open.ranged_request`), so a cold read imports
@@ -333,7 +335,7 @@ def read_signed_range(fs: DeferredS3FileSystem, path: str, start: int, end: int,
 
 def _ranged_get(fs: Any, pool: tuple[object, ...], connect: Callable[[], http.client.HTTPConnection],
                 target: str, signed: dict[str, str], path: str, start: int, end: int,
-                into: memoryview) -> int | None:
+                into: memoryview | Through) -> int | None:
     """Bytes ``[start, end)`` of ``path`` by one GET of ``target`` with the ``signed``
     headers, on a kept-alive connection of ``pool`` (its scheme, host and port, at
     least), else a new one from ``connect`` (see :func:`read_direct_range`)."""
@@ -372,7 +374,7 @@ def _ranged_get(fs: Any, pool: tuple[object, ...], connect: Callable[[], http.cl
         _refuse(fs, _Unsuitable("a Content-Range that does not start where asked"))
         return None
     try:
-        fill(response.readinto, into[: end - start])
+        receive(response.readinto, into, end - start)
     except BaseException:
         conn.close()
         raise

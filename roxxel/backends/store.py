@@ -43,7 +43,7 @@ from .multipart import expected_etag, multipart_parts
 from .registry import backend_for
 from .retry import DEFAULT_POLICY, RetryPolicy, call
 from .urls import check_key, join_url, redact, resolve
-from .watchdog import StallError, watched
+from .watchdog import StallError, Through, watched
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "MANIFEST_MAX_BYTES", "Store"]
 
@@ -204,14 +204,17 @@ class Store:
         key: str,
         start: int,
         end: int,
-        into: memoryview,
+        into: memoryview | Through,
         *,
         on_failure: Callable[[BaseException], object] | None = None,
-    ) -> memoryview:
+    ) -> memoryview | Through:
         """Bytes ``[start, end)`` of an object whose size is known (from a manifest), as
         one part of a download, read into ``into`` (``end - start`` bytes or more);
         returns the view of them: of ``into`` unless an attempt failed (then ``into`` may
-        still be written to by an abandoned attempt, and must not be reused). An answer shorter than asked (a body cut short) is
+        still be written to by an abandoned attempt, and must not be reused). ``into``
+        may be a :class:`.watchdog.Through` instead, which hands the bytes on as they
+        arrive; it is returned, and once this returns nothing more is handed on.
+        An answer shorter than asked (a body cut short) is
         retried like any transient failure, and if it stays short the object is not
         what the manifest says (IntegrityError). ``on_failure(exc)`` is told of each
         failed attempt that is retried."""
@@ -220,11 +223,15 @@ class Store:
         path, backend, want = self.path(key), self.backend, end - start
         attempts = 0
 
-        def attempt() -> memoryview:
+        def attempt() -> memoryview | Through:
             # A retry reads into a buffer of its own: an attempt abandoned on a stall may
             # still be writing into the caller's (which is then not the view returned).
             nonlocal attempts
-            view = into[:want] if attempts == 0 else memoryview(bytearray(want))
+            view: memoryview | Through
+            if isinstance(into, Through):
+                view = into if attempts == 0 else into.retry()  # (the abandoned one's bytes refused)
+            else:
+                view = into[:want] if attempts == 0 else memoryview(bytearray(want))
             attempts += 1
             got = backend.read_range_into(path, start, end, view)
             if got > want:
@@ -235,8 +242,11 @@ class Store:
 
         try:
             return self._run("download", key, attempt, on_failure=on_failure)
-        except TransientStorageError as exc:
-            if not isinstance(exc.__cause__, http.client.IncompleteRead):
+        except BaseException as exc:
+            if isinstance(into, Through):
+                into.revoke()  # (the last attempt may have been abandoned, still receiving)
+            short = isinstance(exc, TransientStorageError) and isinstance(exc.__cause__, http.client.IncompleteRead)
+            if not short:
                 raise
             raise IntegrityError(
                 f"could not download {redact(self.url(key))}: bytes [{start}, {end}) came back "

@@ -33,9 +33,11 @@ or of threads waiting for them:
   its sink in order, part by part, so the caller hashes the in-order prefix as it
   arrives (the cache publishes a shard only once it is whole and verified, as always).
 - **Placed where they belong.** Given a :class:`Placement` (the cache's temp file of the
-  shard), each part is written there at its offset by the thread that fetched it, and
-  its buffer goes straight back to the pool; the consumer then reads the in-order
-  prefix back from the file to check it. The bytes waiting for the consumer (parts that
+  shard), each part is written there at its offset by the thread that fetches it, a
+  block of 2 MiB at a time as it arrives, through a block buffer that thread reuses
+  (:class:`~roxxel.backends.watchdog.Through`: no buffer of a whole part, whose fresh
+  pages the kernel must zero); the consumer then reads the in-order prefix back from
+  the file to check it. The bytes waiting for the consumer (parts that
   came in ahead of a late one) are then in the page cache, where they were going
   anyway, not in part buffers: they hold none of the budget, so the link stays full
   behind a slow part, and there are only as many buffers as parts in flight. While a
@@ -70,6 +72,7 @@ from typing import Protocol
 from .. import trace
 from ..backends import Store
 from ..backends.errors import throttled
+from ..backends.watchdog import Revoked, Through
 
 __all__ = [
     "DEFAULT_PARTS_IN_FLIGHT",
@@ -95,7 +98,8 @@ DEFAULT_PARTS_IN_FLIGHT = 32
 #: then fills whole 2 MiB folios of the page cache (see ``_Aligned`` in
 #: :mod:`roxxel.cache.download`: a shard written 1 MiB at a time was in none).
 _SMALLEST_PIECE = 2 * 2**20
-_READ_BACK = 8 * 2**20  # bytes of placed parts read back for the consumer at a time
+_BLOCK = 2 * 2**20  # bytes of a placed part received before they are written (see _Aligned)
+_READ_BACK = 2 * 2**20  # bytes of placed parts read back for the consumer at a time
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
 
@@ -276,6 +280,7 @@ class PartEngine:
         self._in_flight = 0
         self._reserved = 0  # bytes in flight plus received and not consumed (unless placed)
         self._free: list[mmap.mmap] = []  # part buffers to reuse (as many as were in use at once)
+        self._blocks: list[mmap.mmap] = []  # block buffers of placed parts to reuse (as many)
         self._backs: list[mmap.mmap] = []  # read-back buffers to reuse (one per consumer at once)
         self._threads: list[threading.Thread] = []
         self._users = 0
@@ -315,7 +320,7 @@ class PartEngine:
         """Tell the threads to end and let go of the spare buffers (under the lock);
         returns the threads."""
         stopped, self._threads = self._threads, []
-        self._free, self._backs = [], []
+        self._free, self._blocks, self._backs = [], [], []
         self._generation += 1
         self._cond.notify_all()
         return stopped
@@ -640,35 +645,53 @@ class PartEngine:
             if transfer.on_retry is not None:
                 transfer.on_retry(exc)
 
+        if transfer.into is not None:
+            return self._fetch_placed(transfer, a, b, failed)
         try:
             with self._cond:
                 buffer = self._free.pop() if self._free else None
             if buffer is None:  # (a piece touches only the pages it fills)
                 buffer = _part_buffer(self.part_size)
-            view = transfer.store.read_part(transfer.key, a, b, memoryview(buffer), on_failure=failed)
+            return transfer.store.read_part(transfer.key, a, b, memoryview(buffer), on_failure=failed)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             return exc  # (the buffer is dropped: an abandoned attempt may still write to it)
-        return view if transfer.into is None else self._place(transfer, a, view)
 
-    def _place(self, transfer: _Transfer, offset: int, view: memoryview) -> memoryview | int | BaseException:
-        """Write a fetched part to its transfer's placement, unless the download has
-        ended (then the view goes back as it is, to be dropped); returns the number of
-        bytes placed, and the buffer is free again at once."""
+    def _fetch_placed(self, transfer: _Transfer, a: int, b: int,
+                      failed: Callable[[BaseException], None]) -> int | BaseException:
+        """Bytes ``[a, b)`` written to the transfer's placement as they arrive, a block
+        of :data:`_BLOCK` at a time through a block buffer of the engine's (few, reused:
+        fresh part buffers were a third of a loopback read's CPU, the kernel zeroing
+        their pages); returns the number of bytes placed."""
+        with self._cond:
+            block = self._blocks.pop() if self._blocks else None
+        if block is None:
+            block = _part_buffer(_BLOCK)
+        through = Through(memoryview(block), lambda offset, data: self._place(transfer, a + offset, data), b - a)
+        try:
+            placed = transfer.store.read_part(transfer.key, a, b, through, on_failure=failed)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            return exc  # (the block is dropped: an abandoned attempt may still receive into it)
+        if placed is through:  # (else a retry had its own: the first may still receive into it)
+            with self._cond:
+                if self._threads:
+                    self._blocks.append(block)
+        return b - a
+
+    def _place(self, transfer: _Transfer, offset: int, data: memoryview) -> None:
+        """Write ``data`` to the transfer's placement at ``offset``; Revoked once the
+        download has ended (nothing is written after that)."""
         assert transfer.into is not None
         with self._cond:
             if transfer.done:
-                return view
+                raise Revoked(f"{transfer.key}: bytes from {offset} arrived after its download ended")
             transfer.writing += 1
         try:
-            transfer.into.write(offset, view)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            return exc
+            transfer.into.write(offset, data)
         finally:
             with self._cond:
                 transfer.writing -= 1
-                self._keep(view)
-                self._cond.notify_all()
-        return len(view)
+                if transfer.done:
+                    self._cond.notify_all()  # (_finish waits for the writes to end)
 
     def _recycle(self, data: memoryview | int | BaseException) -> None:
         """Keep a consumed part's buffer for the next part (fresh pages cost the kernel
