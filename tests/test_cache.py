@@ -955,7 +955,7 @@ def test_downloads_are_written_in_whole_2_mib_blocks_at_2_mib_offsets(sizes, see
 class PlacingRemote(Remote):
     """A ``fetch`` that writes the stored bytes into the temp file through the sink's
     placement, 64 bytes at a time from the end backwards (as parts land out of order),
-    then feeds the sink what it reads back, in order (as the download engine does)."""
+    then feeds the sink views of what was placed, in order (as the download engine does)."""
 
     def fetch(self, sink) -> None:
         self.calls += 1
@@ -966,12 +966,9 @@ class PlacingRemote(Remote):
         data = self.stored
         for start in reversed(range(0, len(data), 64)):
             spool.write(start, memoryview(data[start : start + 64]))
-        back = memoryview(bytearray(100))
-        pos = 0
-        while pos < len(data):
-            n = spool.read(pos, back[: min(100, len(data) - pos)])
-            sink(back[:n])
-            pos += n
+        for pos in range(0, len(data), 100):
+            with spool.view(pos, min(pos + 100, len(data))) as view:
+                sink(view)
 
 
 def test_a_placed_shard_is_checked_from_what_was_written_and_not_written_twice(cache, monkeypatch):
@@ -1066,12 +1063,16 @@ def test_a_spool_refuses_misuse_and_a_file_that_cannot_give_bytes_back(tmp_path)
     with pytest.raises(ValueError, match=rf"{LABEL}: bytes \[6, 10\) are past its stored size 8"):
         spool.write(6, memoryview(b"abcd"))
     spool.write(0, memoryview(b"abcd"))
+    with spool.view(1, 4) as view:
+        assert bytes(view) == b"bcd"
     with pytest.raises(CacheError, match=rf"{LABEL}: its temp file in {tmp_path} ends at byte 4, "
-                                         r"where bytes were written \(was it truncated\?\)"):
-        spool.read(4, memoryview(bytearray(4)))
+                                         r"before byte 8, where bytes were written \(was it truncated\?\)"):
+        with spool.view(4, 8):
+            pass
     spool.close()
-    with pytest.raises(CacheError, match=f"could not read {LABEL} back from its temp file in {tmp_path}: "):
-        spool.read(0, memoryview(bytearray(4)))  # (its descriptor is closed)
+    with pytest.raises(CacheError, match=f"could not map {LABEL} back from its temp file in {tmp_path}: "):
+        with spool.view(0, 4):  # (its descriptor is closed)
+            pass
     os.close(fd)
     fd = os.open(tmp_path / "g", os.O_RDWR | os.O_CREAT, 0o600)
     fed = download_module.Spool(fd, spec, str(tmp_path))

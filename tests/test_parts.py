@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import threading
@@ -84,10 +85,10 @@ class FilePlacement:
         self.data[offset : offset + len(data)] = data
         self.writes.append((offset, len(data), threading.current_thread().name))
 
-    def read(self, offset, into):
-        n = min(len(into), len(self.data) - offset)
-        into[:n] = self.data[offset : offset + n]
-        return n
+    @contextlib.contextmanager
+    def view(self, offset, end):
+        with memoryview(self.data)[offset:end] as view:
+            yield view
 
 
 def download(engine: PartEngine, store: FakeStore, key: str, **kwargs) -> bytes:
@@ -446,15 +447,19 @@ def test_placed_parts_are_received_through_a_few_reused_blocks(monkeypatch):
     assert made.count(16 * KIB) <= 4 and 64 * KIB not in made  # no buffer of a part's size
 
 
-def test_a_placement_that_gives_nothing_back_is_an_error_naming_the_object(engine):
-    class Empty(FilePlacement):
-        def read(self, offset, into):
-            return 0
+def test_a_placement_that_cannot_give_its_bytes_back_fails_the_download_cleanly(engine):
+    class Gone(FilePlacement):
+        def view(self, offset, end):
+            raise OSError(f"bytes [{offset}, {end}) are gone")
 
     store = FakeStore({"a": b"z" * (128 * KIB)})
-    with pytest.raises(OSError, match=r"a: bytes \[0, \d+\) were placed, but none came back"):
-        engine.download(store, "a", 128 * KIB, lambda b: None, into=Empty(128 * KIB))
+    with pytest.raises(OSError, match=r"bytes \[0, \d+\) are gone"):
+        engine.download(store, "a", 128 * KIB, lambda b: None, into=Gone(128 * KIB))
     assert not engine._transfers
+    deadline = time.monotonic() + 5
+    while engine._in_flight and time.monotonic() < deadline:  # (parts still in flight land)
+        time.sleep(0.01)
+    assert engine._in_flight == 0 and engine._reserved == 0
 
 
 def test_placed_parts_do_not_hold_the_budget_while_an_earlier_part_is_late(engine):

@@ -157,19 +157,30 @@ class Spool:
                 self._writing -= 1
                 self._cond.notify_all()
 
-    def read(self, offset: int, into: memoryview) -> int:
-        """Bytes written at ``offset`` into ``into``; CacheError if the file cannot give
-        them back (read errors, or a file cut short by something else)."""
+    @contextlib.contextmanager
+    def view(self, offset: int, end: int) -> Iterator[memoryview]:
+        """Bytes ``[offset, end)``, written already, through a read-only map of the file
+        (checked where they are, not copied back); CacheError if the file cannot give
+        them (a map refused, or a file cut short by something else)."""
         spec = self._spec
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
-            n = os.preadv(self._fd, [into], offset)
+            size = os.fstat(self._fd).st_size
+            if size < end:
+                raise CacheError(f"{spec.label}: its temp file in {self._tmp_dir} ends at byte {size}, "
+                                 f"before byte {end}, where bytes were written (was it truncated?)")
+            mapped = mmap.mmap(self._fd, end - start, access=mmap.ACCESS_READ, offset=start)
         except OSError as exc:
-            raise CacheError(exc.errno, f"could not read {spec.label} back from its temp file in "
+            raise CacheError(exc.errno, f"could not map {spec.label} back from its temp file in "
                                         f"{self._tmp_dir}: {exc.strerror or exc}") from exc
-        if n <= 0 < len(into):
-            raise CacheError(f"{spec.label}: its temp file in {self._tmp_dir} ends at byte {offset}, "
-                             "where bytes were written (was it truncated?)")
-        return n
+        try:
+            with memoryview(mapped) as whole, whole[offset - start :] as view:
+                yield view
+        finally:
+            try:
+                mapped.close()
+            except BufferError:  # a view still held (an error's traceback): unmapped when it goes
+                pass
 
     def close(self) -> None:
         """No write from now on: wait for those under way (even on Ctrl-C, raised after),

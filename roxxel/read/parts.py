@@ -36,8 +36,8 @@ or of threads waiting for them:
   shard), each part is written there at its offset by the thread that fetches it, a
   block of 2 MiB at a time as it arrives, through a block buffer that thread reuses
   (:class:`~roxxel.backends.watchdog.Through`: no buffer of a whole part, whose fresh
-  pages the kernel must zero); the consumer then reads the in-order prefix back from
-  the file to check it. The bytes waiting for the consumer (parts that
+  pages the kernel must zero); the consumer then checks the in-order prefix where it
+  is, through a read-only map of the file (no copy back). The bytes waiting for the consumer (parts that
   came in ahead of a late one) are then in the page cache, where they were going
   anyway, not in part buffers: they hold none of the budget, so the link stays full
   behind a slow part, and there are only as many buffers as parts in flight. While a
@@ -66,6 +66,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,7 +100,6 @@ DEFAULT_PARTS_IN_FLIGHT = 32
 #: :mod:`roxxel.cache.download`: a shard written 1 MiB at a time was in none).
 _SMALLEST_PIECE = 2 * 2**20
 _BLOCK = 2 * 2**20  # bytes of a placed part received before they are written (see _Aligned)
-_READ_BACK = 2 * 2**20  # bytes of placed parts read back for the consumer at a time
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
 
@@ -122,7 +122,7 @@ def node_share() -> int:
 class Placement(Protocol):
     """Where a download's parts are written as they arrive (the file the object will be
     kept in): :meth:`write` is called from connection threads, for disjoint ranges,
-    never after the download has ended; :meth:`read` by the consumer, for bytes written."""
+    never after the download has ended; :meth:`view` by the consumer, for bytes written."""
 
     def claim(self) -> None:
         """The parts will be written here (before any byte reaches the sink)."""
@@ -130,8 +130,8 @@ class Placement(Protocol):
     def write(self, offset: int, data: memoryview) -> None:
         """Write ``data`` at ``offset``."""
 
-    def read(self, offset: int, into: memoryview) -> int:
-        """Read into ``into`` from ``offset``; returns the number of bytes read."""
+    def view(self, offset: int, end: int) -> AbstractContextManager[memoryview]:
+        """Bytes ``[offset, end)``, all written, as a view valid inside the ``with``."""
 
 
 @dataclass
@@ -281,7 +281,6 @@ class PartEngine:
         self._reserved = 0  # bytes in flight plus received and not consumed (unless placed)
         self._free: list[mmap.mmap] = []  # part buffers to reuse (as many as were in use at once)
         self._blocks: list[mmap.mmap] = []  # block buffers of placed parts to reuse (as many)
-        self._backs: list[mmap.mmap] = []  # read-back buffers to reuse (one per consumer at once)
         self._threads: list[threading.Thread] = []
         self._users = 0
         self._generation = 0  # bumped on stop: threads of an older generation end
@@ -320,7 +319,7 @@ class PartEngine:
         """Tell the threads to end and let go of the spare buffers (under the lock);
         returns the threads."""
         stopped, self._threads = self._threads, []
-        self._free, self._blocks, self._backs = [], [], []
+        self._free, self._blocks = [], []
         self._generation += 1
         self._cond.notify_all()
         return stopped
@@ -357,8 +356,8 @@ class PartEngine:
         after the parts before it were consumed. Exceptions of ``sink`` propagate.
 
         ``into``: each part is written there at its offset as it arrives (see the
-        module), and ``sink`` is fed what is read back, through a view it must not keep
-        past the call. Once this returns (or raises), nothing more is written to ``into``.
+        module), and ``sink`` is fed the bytes placed, through a view of them it must not
+        keep past the call. Once this returns (or raises), nothing more is written to ``into``.
         """
         with self._cond:
             self._tickets += 1
@@ -398,9 +397,9 @@ class PartEngine:
         return transfer
 
     def _placed_run(self, transfer: _Transfer, i: int) -> int:
-        """Take parts ``i``, ``i + 1``... that are placed already (consumed now, read back
-        together: fewer, larger reads and hashes, each a chance for the consumer to wait
-        for the GIL behind every connection thread); returns the index after the last."""
+        """Take parts ``i``, ``i + 1``... that are placed already (consumed now, checked
+        together: fewer, larger hashes, each a chance for the consumer to wait for the
+        GIL behind every connection thread); returns the index after the last."""
         with self._cond:
             while isinstance(transfer.results.get(i), int):
                 del transfer.results[i]
@@ -411,25 +410,10 @@ class PartEngine:
     def _read_back(self, transfer: _Transfer, pos: int, end: int,
                    sink: Callable[[memoryview], object]) -> None:
         """Feed bytes ``[pos, end)``, written to the transfer's placement, to ``sink``
-        through a read-back buffer of the engine's (reused: fresh pages cost more than
-        the copy)."""
+        in one call, through a view of them where they are (no copy, no buffer)."""
         assert transfer.into is not None
-        with self._cond:
-            buffer = self._backs.pop() if self._backs else None
-        if buffer is None:
-            buffer = _part_buffer(_READ_BACK)
-        back = memoryview(buffer)
-        try:
-            while pos < end:
-                n = transfer.into.read(pos, back[: min(len(back), end - pos)])
-                if n <= 0:
-                    raise OSError(f"{transfer.key}: bytes [{pos}, {end}) were placed, but none came back")
-                sink(back[:n])
-                pos += n
-        finally:
-            with self._cond:
-                if self._threads:  # (not once the threads stopped: the memory goes with them)
-                    self._backs.append(buffer)
+        with transfer.into.view(pos, end) as view:
+            sink(view)
 
     def hurry(self, transfer: _Transfer | None, *, first: bool = False) -> None:
         """A reader is blocked on this download: its parts go before everyone else's;
