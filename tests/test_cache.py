@@ -1065,7 +1065,7 @@ def test_a_spool_refuses_misuse_and_a_file_that_cannot_give_bytes_back(tmp_path)
     spool.write(0, memoryview(b"abcd"))
     with spool.view(1, 4) as view:
         assert bytes(view) == b"bcd"
-    with pytest.raises(CacheError, match=rf"{LABEL}: its temp file in {tmp_path} ends at byte 4, "
+    with pytest.raises(CacheError, match=rf"^{LABEL}: its temp file in {tmp_path} ends at byte 4, "
                                          r"before byte 8, where bytes were written \(was it truncated\?\)"):
         with spool.view(4, 8):
             pass

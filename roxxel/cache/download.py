@@ -166,13 +166,13 @@ class Spool:
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
             size = os.fstat(self._fd).st_size
-            if size < end:
-                raise CacheError(f"{spec.label}: its temp file in {self._tmp_dir} ends at byte {size}, "
-                                 f"before byte {end}, where bytes were written (was it truncated?)")
-            mapped = mmap.mmap(self._fd, end - start, access=mmap.ACCESS_READ, offset=start)
+            mapped = None if size < end else mmap.mmap(self._fd, end - start, access=mmap.ACCESS_READ, offset=start)
         except OSError as exc:
             raise CacheError(exc.errno, f"could not map {spec.label} back from its temp file in "
                                         f"{self._tmp_dir}: {exc.strerror or exc}") from exc
+        if mapped is None:
+            raise CacheError(f"{spec.label}: its temp file in {self._tmp_dir} ends at byte {size}, "
+                             f"before byte {end}, where bytes were written (was it truncated?)")
         try:
             with memoryview(mapped) as whole, whole[offset - start :] as view:
                 yield view

@@ -412,6 +412,8 @@ class PartEngine:
         """Feed bytes ``[pos, end)``, written to the transfer's placement, to ``sink``
         in one call, through a view of them where they are (no copy, no buffer)."""
         assert transfer.into is not None
+        if pos >= end:
+            return
         with transfer.into.view(pos, end) as view:
             sink(view)
 
