@@ -6,7 +6,9 @@ default checksum (BLAKE3); a wrong checksum, and a valid shard, with every algor
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import time
 
 import pytest
 import zstandard
@@ -19,7 +21,7 @@ from roxxel.format import ShardWriter
 from roxxel.format.check import ShardCheck, ShardSpec
 from roxxel.format.layout import MAGIC
 from roxxel.manifest import Manifest, ShardInfo
-from roxxel.manifest.checksums import DEFAULT_ALGORITHM, parse_checksum
+from roxxel.manifest.checksums import DEFAULT_ALGORITHM, THREADED_CHECK_BYTES, check_threads, parse_checksum
 from roxxel.manifest.io import dataset_store, publish_manifest
 from tests.checksum_kit import ALGORITHMS, reference_checksum
 
@@ -155,6 +157,44 @@ def test_a_valid_shard_passes_in_any_chunking(step, algorithm):
             check(stored[i : i + step])
         assert check.finish() == reference_checksum(data, algorithm)  # the raw digest, same algorithm
         assert raw == data
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_check_on_several_threads_agrees_with_one_also_in_a_forked_child(algorithm):
+    """A large shard being downloaded is hashed on several threads (a pool of the
+    hasher's own, so a forked child, as a DataLoader worker is, hashes on its own threads
+    too), to the same digest; a wrong byte is still caught."""
+    records = [bytes([i % 251]) * 70_000 for i in range(300)]  # 21 MB
+    data = shard_bytes(records)
+    spec = ShardSpec(len(data), len(data), None, len(records), "x")
+    key = parse_checksum(reference_checksum(data, algorithm))
+    assert check_threads(len(data)) == min(4, len(os.sched_getaffinity(0)))
+    assert check_threads(THREADED_CHECK_BYTES - 1) == 1
+
+    def check(stored: bytes) -> None:
+        checking = ShardCheck(spec, key, threads=4)
+        for i in range(0, len(stored), 3 << 20):
+            checking(memoryview(stored)[i : i + (3 << 20)])
+        checking.finish()
+
+    check(data)
+    with pytest.raises(IntegrityError, match="x: checksum is"):
+        check(data[:5000] + bytes([data[5000] ^ 1]) + data[5001:])
+    pid = os.fork()
+    if pid == 0:  # the child: the same check, on threads of its own
+        code = 1
+        try:
+            check(data)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the forked child's check hung or failed"
 
 
 def test_more_bytes_than_promised_are_refused_as_they_arrive():

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from .. import trace
 from ..errors import CacheError, IntegrityError, RoxxelError
 from ..format.check import ShardCheck, ShardSpec
-from ..manifest.checksums import ShardKey
+from ..manifest.checksums import ShardKey, check_threads
 from .files import TempFile
 
 __all__ = ["Fetch", "Sink", "Spool", "fetch_verified", "placement"]
@@ -246,7 +246,8 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
     try:
         if spec.compression is None:
             spool = Spool(raw.file.fileno(), spec, tmp_dir)
-        check = ShardCheck(spec, key, raw=output, raw_digest=spec.compression is not None)
+        check = ShardCheck(spec, key, raw=output, raw_digest=spec.compression is not None,
+                           threads=check_threads(spec.stored_size))
         sink = _Sink(check, spool)
         try:
             fetch(sink)

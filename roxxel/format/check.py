@@ -86,7 +86,8 @@ class ShardCheck:
     checksum only, decompressing nothing (``cp``: a copy's layout is ``verify``'s to
     check). ``raw_digest=True`` makes :meth:`finish` return the digest of the raw bytes
     (with ``key``'s algorithm): hashed as they pass for a zstd shard, the checksum itself
-    for an uncompressed one, so no byte is hashed twice.
+    for an uncompressed one, so no byte is hashed twice. ``threads``: at most that many
+    hash the stored bytes (:func:`~roxxel.manifest.checksums.check_threads`).
 
     A chunk past the stored size raises at once; every other problem is kept and raised
     by :meth:`finish`, size and checksum first: a checksum mismatch explains a broken
@@ -101,11 +102,12 @@ class ShardCheck:
         raw: Output | None = None,
         layout: bool = True,
         raw_digest: bool = False,
+        threads: int = 1,
     ) -> None:
         self.spec, self.key = spec, key
         self.received = 0
         self._raw_digest = raw_digest
-        self._hash = key.new_hash()
+        self._hash = key.new_hash(threads)
         self._overflow = False
         self._problem: str | None = None
         self._raw: _RawCheck | None = None
