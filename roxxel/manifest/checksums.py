@@ -78,13 +78,14 @@ def check_threads(size: int) -> int:
     process's CPUs allowing) from :data:`THREADED_CHECK_BYTES` on, else one. The first
     record and an epoch's last shard wait for that in-order check; with one thread, on
     loopback, it ended 0.1 s after a 256 MiB shard's last part had landed (the epoch of
-    one such shard: 0.42 s with one, 0.37 s with several, medians of 6 fresh-process
-    runs, the same CPU time). Smaller shards keep one: a pool of threads each is not worth
-    its start for them."""
+    one such shard: 0.42 and 0.37 s with one, 0.37 and 0.34 s with several, medians of
+    6 fresh-process runs in each of two rounds, for the same CPU time). Smaller shards
+    keep one: a pool of threads each is not worth its start for them."""
     if size < THREADED_CHECK_BYTES:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(4, cpus))
+
 
 #: Allowed checksum algorithms and the exact number of lowercase hex digits of each.
 CHECKSUM_ALGORITHMS: Mapping[str, int] = MappingProxyType({name: n for name, (n, _) in _ALGORITHMS.items()})
