@@ -20,13 +20,30 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any, TypeVar
 
-__all__ = ["Cancelled", "PartThreads", "WorkerPool"]
+__all__ = ["Cancelled", "PartThreads", "WorkerPool", "node_share"]
+
+
+def node_share() -> int:
+    """How many processes of this node share it (its link, its CPUs): torchrun's local
+    world size (``LOCAL_WORLD_SIZE``) times the DataLoader workers of this process's
+    loader, if this is one of its workers. Read when it is needed, never at import."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    share = int(local) if local.isdigit() and int(local) > 0 else 1
+    torch = sys.modules.get("torch")
+    info = None
+    if torch is not None and hasattr(torch, "utils"):
+        info = torch.utils.data.get_worker_info()
+    if info is not None:
+        share *= max(1, info.num_workers)
+    return share
+
 
 log = logging.getLogger(__name__)
 

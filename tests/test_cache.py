@@ -971,6 +971,23 @@ class PlacingRemote(Remote):
                 sink(view)
 
 
+def test_a_shard_being_downloaded_is_hashed_on_the_threads_its_size_and_the_node_allow(cache, monkeypatch):
+    asked, made = [], []
+    real = download_module.ShardCheck
+
+    def check(*args, **kwargs):
+        made.append(kwargs.get("threads"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(download_module, "node_share", lambda: 3)
+    monkeypatch.setattr(download_module, "check_threads", lambda size, share: asked.append((size, share)) or 2)
+    monkeypatch.setattr(download_module, "ShardCheck", check)
+    remote = PlacingRemote(make_shard([b"abc" * 1000] * 20))
+    with remote.get(cache) as shard, shard.open() as f:
+        assert f.read() == remote.raw
+    assert asked == [(len(remote.stored), 3)] and made == [2]
+
+
 def test_a_placed_shard_is_checked_from_what_was_written_and_not_written_twice(cache, monkeypatch):
     remote = PlacingRemote(make_shard([b"abc" * 1000] * 20))
     writes = []
@@ -1063,8 +1080,8 @@ def test_a_spool_refuses_misuse_and_a_file_that_cannot_give_bytes_back(tmp_path)
     with pytest.raises(ValueError, match=rf"{LABEL}: bytes \[6, 10\) are past its stored size 8"):
         spool.write(6, memoryview(b"abcd"))
     spool.write(0, memoryview(b"abcd"))
-    with spool.view(1, 4) as view:
-        assert bytes(view) == b"bcd"
+    with spool.view(1, 4) as view, spool.view(4, 4) as empty:
+        assert bytes(view) == b"bcd" and len(empty) == 0
     with pytest.raises(CacheError, match=rf"^{LABEL}: its temp file in {tmp_path} ends at byte 4, "
                                          r"before byte 8, where bytes were written \(was it truncated\?\)"):
         with spool.view(4, 8):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import io
+import itertools
 import re
 import threading
 import time
@@ -16,9 +17,12 @@ import pytest
 import roxxel
 from roxxel.backends import RetryPolicy, Store
 from roxxel.backends.retry import DEFAULT_POLICY
+from roxxel.read.parts import PartEngine
 from roxxel.backends import s3 as s3_module
-from roxxel.backends.watchdog import Revoked, StallError, Through, current, watched
+from roxxel.backends.through import Revoked, Through
+from roxxel.backends.watchdog import StallError, current, watched
 from tests.reliability_kit import FAST, check_all, write
+from tests.test_parts import FilePlacement
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SERVER_STALL = 30.0  # seconds the faulty server holds a body back
@@ -158,6 +162,100 @@ def test_a_revoked_range_waits_for_a_write_under_way():
     assert done == ["write", "revoked"]
     with pytest.raises(Revoked, match="bytes from 0 of an attempt given up on"):
         through.put(0, memoryview(b"y" * 16))
+
+
+def test_two_retries_that_race_get_distinct_attempts_and_only_the_last_writes():
+    """A retry abandoned while it waited for a write under way, and the retry after it:
+    each has its own attempt number, so the earlier one's bytes are refused."""
+    entered, release = threading.Event(), threading.Event()
+    writes: list[int] = []
+
+    def write(offset, block):
+        if offset == 0:
+            entered.set()
+            assert release.wait(10)
+        writes.append(offset)
+
+    first = Through(memoryview(bytearray(8)), write, 64)
+    writer = threading.Thread(target=first.put, args=(0, memoryview(b"x" * 8)))
+    writer.start()
+    assert entered.wait(5)
+    retries: list[Through] = []
+    racing = [threading.Thread(target=lambda: retries.append(first.retry())) for _ in range(2)]
+    for thread in racing:
+        thread.start()
+    time.sleep(0.1)
+    assert not retries  # both wait for the write under way
+    release.set()
+    for thread in (writer, *racing):
+        thread.join(5)
+    assert len(retries) == 2
+    outcomes = []
+    for attempt in retries:
+        try:
+            attempt.put(8, memoryview(b"y" * 8))
+            outcomes.append("wrote")
+        except Revoked:
+            outcomes.append("refused")
+    assert sorted(outcomes) == ["refused", "wrote"] and writes == [0, 8]
+
+
+def test_writing_what_arrived_is_not_silence_of_the_store():
+    """A block's write to a slow local disk takes longer than the stall timeout: the
+    store call it belongs to is not cut off for it."""
+    def slow_write(offset, block):
+        time.sleep(0.6)
+
+    def call() -> str:
+        through = Through(memoryview(bytearray(4)), slow_write, 8)
+        through.copy(b"abcdefgh")
+        return "done"
+
+    assert watched(call, 0.3) == "done"
+
+
+def test_an_attempt_whose_bytes_are_no_longer_wanted_is_not_retried():
+    store = Store("memory://revoked", retry=FAST)
+    calls: list[int] = []
+
+    def read_range_into(path, start, end, into):
+        calls.append(start)
+        raise Revoked("the download ended")
+
+    store._backend.read_range_into = read_range_into
+    with pytest.raises(Revoked, match="the download ended"):
+        store.read_part("obj", 0, 10, Through(memoryview(bytearray(4)), lambda *a: None, 10))
+    assert calls == [0]
+
+
+def test_a_block_an_abandoned_attempt_still_receives_into_is_not_reused():
+    """The engine's block buffer went to a part's first attempt, which stalled and was
+    given up on (it may go on receiving into it): the part arrives through the retry,
+    and that block never goes back to the pool."""
+    store = Store("memory://blocks", retry=dataclasses.replace(FAST, stall_timeout=0.3))
+    data = bytes(range(256)) * 1024  # 256 KiB: one part
+    wake, given = threading.Event(), []
+    calls = itertools.count()
+
+    def read_range_into(path, start, end, into):
+        if next(calls) == 0:
+            given.append(into.buffer.obj)  # the engine's block
+            wake.wait(10)  # silent: given up on
+            return 0
+        return into.copy(data[start:end])
+
+    store._backend.read_range_into = read_range_into
+    engine = PartEngine(parts=1, part_size=256 * 1024)
+    engine.attach()
+    place = FilePlacement(len(data))
+    got = bytearray()
+    try:
+        engine.download(store, "obj", len(data), got.extend, into=place)
+        assert bytes(got) == data and bytes(place.data) == data
+        assert len(given) == 1 and all(block is not given[0] for block in engine._blocks)
+    finally:
+        wake.set()
+        engine.detach()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from fsspec import AbstractFileSystem
 
 from .errors import describe, http_status
 from .urls import redact
-from .watchdog import Through
+from .through import Through
 
 __all__ = [
     "HIDDEN_PREFIX",
@@ -83,7 +83,7 @@ class ChunkReader(Protocol):
 
 def copy_into(data: bytes, into: memoryview | Through) -> int:
     """Copy what of ``data`` fits to the front of ``into`` (or hand it on, through a
-    :class:`.watchdog.Through`); returns ``len(data)``."""
+    :class:`.through.Through`); returns ``len(data)``."""
     if isinstance(into, Through):
         return into.copy(data)
     n = min(len(data), len(into))
@@ -151,7 +151,7 @@ class Backend(ABC):
 
     def read_range_into(self, path: str, start: int, end: int, into: memoryview | Through) -> int:
         """Bytes ``[start, end)`` written to the front of ``into`` (at least ``end -
-        start`` bytes), or handed on through it (a :class:`.watchdog.Through`); returns
+        start`` bytes), or handed on through it (a :class:`.through.Through`); returns
         how many the store sent, which may be more than fit (nothing past ``len(into)``
         is written) or fewer. A backend that can read
         straight into the buffer overrides this; by default it is a copy of

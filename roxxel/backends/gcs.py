@@ -62,7 +62,8 @@ from .gcsopen import DeferredGCSFileSystem
 from .generic import base64_md5
 from .readers import RangeReader
 from .retry import DEFAULT_POLICY
-from .watchdog import Through, current_timeout, receive
+from .through import Through, receive
+from .watchdog import current_timeout
 
 __all__ = ["GCSBackend", "info_deferred", "read_deferred", "read_deferred_range", "read_media_range", "tls_context"]
 

@@ -17,6 +17,7 @@ from typing import Callable, TypeVar
 
 from ..errors import RoxxelError
 from .errors import Kind, classify, describe, translate
+from .through import Revoked
 from .urls import redact
 from .watchdog import watched
 
@@ -26,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Raised by code that is wrong rather than by a store that failed: never translated.
-_PASS_THROUGH = (RoxxelError, TypeError, AttributeError, NameError, AssertionError, ImportError)
+# Raised by code that is wrong rather than by a store that failed, or by an attempt whose
+# bytes are no longer wanted (Revoked): never retried, never translated.
+_PASS_THROUGH = (RoxxelError, TypeError, AttributeError, NameError, AssertionError, ImportError, Revoked)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ from .generic import etag_md5
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .s3open import DeferredS3FileSystem, ranged_request, signed_get, signed_head
-from .watchdog import Through, current_timeout, read_in_pieces, receive
+from .through import Through, receive
+from .watchdog import current_timeout, read_in_pieces
 
 __all__ = ["DirectReader", "S3Backend", "open_direct", "read_direct_range", "refused"]
 

@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import http.client
 import io
+import itertools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -43,7 +44,8 @@ from .multipart import expected_etag, multipart_parts
 from .registry import backend_for
 from .retry import DEFAULT_POLICY, RetryPolicy, call
 from .urls import check_key, join_url, redact, resolve
-from .watchdog import StallError, Through, watched
+from .through import Through
+from .watchdog import StallError, watched
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "MANIFEST_MAX_BYTES", "Store"]
 
@@ -212,8 +214,9 @@ class Store:
         one part of a download, read into ``into`` (``end - start`` bytes or more);
         returns the view of them: of ``into`` unless an attempt failed (then ``into`` may
         still be written to by an abandoned attempt, and must not be reused). ``into``
-        may be a :class:`.watchdog.Through` instead, which hands the bytes on as they
-        arrive; it is returned, and once this returns nothing more is handed on.
+        may be a :class:`.through.Through` instead, which hands the bytes on as they
+        arrive; the one that did (``into`` itself, or a retry's) is returned, and once
+        this returns or raises, nothing more of the range is handed on.
         An answer shorter than asked (a body cut short) is
         retried like any transient failure, and if it stays short the object is not
         what the manifest says (IntegrityError). ``on_failure(exc)`` is told of each
@@ -221,18 +224,17 @@ class Store:
         if not 0 <= start < end or len(into) < end - start:
             raise ValueError(f"invalid byte range [{start}, {end}) for {redact(self.url(key))}")
         path, backend, want = self.path(key), self.backend, end - start
-        attempts = 0
+        attempts = itertools.count()  # (next() is atomic: an abandoned attempt may still start)
 
         def attempt() -> memoryview | Through:
             # A retry reads into a buffer of its own: an attempt abandoned on a stall may
             # still be writing into the caller's (which is then not the view returned).
-            nonlocal attempts
+            first = next(attempts) == 0
             view: memoryview | Through
             if isinstance(into, Through):
-                view = into if attempts == 0 else into.retry()  # (the abandoned one's bytes refused)
+                view = into if first else into.retry()  # (the abandoned one's bytes refused)
             else:
-                view = into[:want] if attempts == 0 else memoryview(bytearray(want))
-            attempts += 1
+                view = into[:want] if first else memoryview(bytearray(want))
             got = backend.read_range_into(path, start, end, view)
             if got > want:
                 raise self._range_ignored(key, start, end, got)

@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 __all__ = [
-    "PIECE_SIZE", "UNSEEN_RATE", "Progress", "Revoked", "StallError", "Through", "current",
-    "current_timeout", "fill", "read_in_pieces", "receive", "watched",
+    "PIECE_SIZE", "UNSEEN_RATE", "Progress", "StallError", "current", "current_timeout",
+    "fill", "read_in_pieces", "watched",
 ]
 
 T = TypeVar("T")
@@ -51,11 +51,23 @@ class Progress:
     def __init__(self) -> None:
         self._last = time.monotonic()
         self._grace = 0.0
+        self._paused = 0
 
     def beat(self) -> None:
         """Bytes arrived just now."""
         self._grace = 0.0
         self._last = time.monotonic()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The call does local work (writes what it received to a file) for a while: that
+        is no silence of the store's; the clock starts again from its end."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+            self.beat()
 
     def unseen(self, nbytes: int) -> None:
         """The next ``nbytes`` arrive all at once: allow them time at :data:`UNSEEN_RATE`."""
@@ -63,6 +75,8 @@ class Progress:
 
     def deadline(self, timeout: float) -> float:
         """The :func:`time.monotonic` time at which the call counts as stalled."""
+        if self._paused:
+            return time.monotonic() + timeout
         return self._last + self._grace + timeout
 
 
@@ -108,111 +122,6 @@ def fill(readinto: Callable[[memoryview], int | None], view: memoryview) -> None
         got += n
         if progress is not None:
             progress.beat()
-
-
-class Revoked(RuntimeError):
-    """An attempt's bytes are no longer wanted: a later attempt has replaced it, or the
-    download it was for has ended."""
-
-
-class _Gate:
-    """Which attempt of a :class:`Through` may write, and how many of its writes are
-    under way."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.current = 0
-        self.writing = 0
-
-
-class Through:
-    """Where the ``size`` bytes of a range go as they arrive: received through ``buffer``
-    (a fraction of the range's size, reused from one block to the next) and handed on,
-    block by block, to ``write(offset, block)``, the offset counted from the range's
-    start. Used in place of a buffer of the whole range where its bytes go on to a file:
-    with 32 parts of 8 MiB in flight, fresh part buffers cost the kernel more (zeroing
-    their pages) than the bytes' copies (a third of a loopback read's CPU).
-
-    An attempt abandoned on a stall may still be receiving; :meth:`retry` gives the next
-    attempt a buffer of its own and refuses the abandoned one's writes from then on (it
-    waits for one under way), so once the last attempt has returned, nothing more of
-    the range is written; :meth:`revoke` refuses them all (once the last has failed)."""
-
-    def __init__(self, buffer: memoryview, write: Callable[[int, memoryview], object], size: int,
-                 gate: _Gate | None = None) -> None:
-        if not len(buffer):
-            raise ValueError("a Through needs a buffer of at least one byte")
-        self.buffer, self.size = buffer, size
-        self._write = write
-        self._gate = _Gate() if gate is None else gate
-        self._number = self._gate.current
-
-    def __len__(self) -> int:
-        return self.size
-
-    def revoke(self) -> None:
-        """Refuse the writes of every attempt so far from now on (waits for one under way)."""
-        gate = self._gate
-        with gate.cond:
-            gate.current += 1
-            while gate.writing:
-                gate.cond.wait()
-
-    def retry(self) -> Through:
-        """The range again, for another attempt (the earlier ones' writes are refused)."""
-        self.revoke()
-        return Through(memoryview(bytearray(len(self.buffer))), self._write, self.size, self._gate)
-
-    def put(self, offset: int, block: memoryview) -> None:
-        """Hand ``block`` on at ``offset``; Revoked if a later attempt has begun."""
-        gate = self._gate
-        with gate.cond:
-            if gate.current != self._number:
-                raise Revoked(f"bytes from {offset} of an attempt given up on")
-            gate.writing += 1
-        try:
-            self._write(offset, block)
-        finally:
-            with gate.cond:
-                gate.writing -= 1
-                if not gate.writing:
-                    gate.cond.notify_all()
-
-    def receive(self, readinto: Callable[[memoryview], int | None], size: int) -> None:
-        """The first ``size`` bytes of the range from ``readinto`` (an HTTP body's), in
-        pieces of at most :data:`PIECE_SIZE`, each reported to the watchdog, handed on a
-        buffer at a time; IncompleteRead if the body ends first."""
-        progress = current()
-        buffer, got = self.buffer, 0
-        while got < size:
-            block = min(len(buffer), size - got)
-            filled = 0
-            while filled < block:
-                n = readinto(buffer[filled : min(block, filled + PIECE_SIZE)])
-                if not n:
-                    raise http.client.IncompleteRead(b"", size - got - filled)
-                filled += n
-                if progress is not None:
-                    progress.beat()
-            self.put(got, buffer[:block])
-            got += block
-
-    def copy(self, data: bytes) -> int:
-        """Hand on what of ``data`` (the range's bytes, received whole) fits; returns
-        ``len(data)``."""
-        n = min(len(data), self.size)
-        if n:
-            self.put(0, memoryview(data)[:n])
-        return len(data)
-
-
-def receive(readinto: Callable[[memoryview], int | None], into: memoryview | Through, size: int) -> None:
-    """The first ``size`` bytes of a body from ``readinto`` into ``into``, a buffer
-    (:func:`fill`) or a :class:`Through`."""
-    if isinstance(into, Through):
-        into.receive(readinto, size)
-    else:
-        fill(readinto, into[:size])
 
 
 @contextmanager

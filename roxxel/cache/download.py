@@ -28,6 +28,7 @@ from .. import trace
 from ..errors import CacheError, IntegrityError, RoxxelError
 from ..format.check import ShardCheck, ShardSpec
 from ..manifest.checksums import ShardKey, check_threads
+from ..workers import node_share
 from .files import TempFile
 
 __all__ = ["Fetch", "Sink", "Spool", "fetch_verified", "placement"]
@@ -161,7 +162,13 @@ class Spool:
     def view(self, offset: int, end: int) -> Iterator[memoryview]:
         """Bytes ``[offset, end)``, written already, through a read-only map of the file
         (checked where they are, not copied back); CacheError if the file cannot give
-        them (a map refused, or a file cut short by something else)."""
+        them (a map refused, or a file cut short by something else). As with any map of
+        a file, a read error of the disk under it, or the file cut short while it is
+        read, is a SIGBUS rather than an exception (the cache's shards are read through
+        maps too)."""
+        if end <= offset:
+            yield memoryview(b"")
+            return
         spec = self._spec
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
@@ -247,7 +254,7 @@ def _attempt(key: ShardKey, fetch: Fetch, spec: ShardSpec, tmp_dir: str) -> tupl
         if spec.compression is None:
             spool = Spool(raw.file.fileno(), spec, tmp_dir)
         check = ShardCheck(spec, key, raw=output, raw_digest=spec.compression is not None,
-                           threads=check_threads(spec.stored_size))
+                           threads=check_threads(spec.stored_size, node_share()))
         sink = _Sink(check, spool)
         try:
             fetch(sink)

@@ -73,9 +73,10 @@ _ALGORITHMS: Mapping[str, tuple[int, Callable[[int], Hasher]]] = MappingProxyTyp
 THREADED_CHECK_BYTES = 16 * 2**20
 
 
-def check_threads(size: int) -> int:
+def check_threads(size: int, share: int = 1) -> int:
     """Threads to hash a shard of ``size`` stored bytes being downloaded: up to 4 (this
-    process's CPUs allowing) from :data:`THREADED_CHECK_BYTES` on, else one. The first
+    process's CPUs, divided between the ``share`` processes of the node that download
+    too, allowing) from :data:`THREADED_CHECK_BYTES` on, else one. The first
     record and an epoch's last shard wait for that in-order check; with one thread, on
     loopback, it ended 0.1 s after a 256 MiB shard's last part had landed (the epoch of
     one such shard: 0.42 and 0.37 s with one, 0.37 and 0.34 s with several, medians of
@@ -84,7 +85,7 @@ def check_threads(size: int) -> int:
     if size < THREADED_CHECK_BYTES:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    return max(1, min(4, cpus // max(1, share)))
 
 
 #: Allowed checksum algorithms and the exact number of lowercase hex digits of each.

@@ -35,7 +35,7 @@ or of threads waiting for them:
 - **Placed where they belong.** Given a :class:`Placement` (the cache's temp file of the
   shard), each part is written there at its offset by the thread that fetches it, a
   block of 2 MiB at a time as it arrives, through a block buffer that thread reuses
-  (:class:`~roxxel.backends.watchdog.Through`: no buffer of a whole part, whose fresh
+  (:class:`~roxxel.backends.through.Through`: no buffer of a whole part, whose fresh
   pages the kernel must zero); the consumer then checks the in-order prefix where it
   is, through a read-only map of the file (no copy back). The bytes waiting for the consumer (parts that
   came in ahead of a late one) are then in the page cache, where they were going
@@ -62,7 +62,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +72,8 @@ from typing import Protocol
 from .. import trace
 from ..backends import Store
 from ..backends.errors import throttled
-from ..backends.watchdog import Revoked, Through
+from ..backends.through import Revoked, Through
+from ..workers import node_share
 
 __all__ = [
     "DEFAULT_PARTS_IN_FLIGHT",
@@ -102,21 +102,6 @@ _SMALLEST_PIECE = 2 * 2**20
 _BLOCK = 2 * 2**20  # bytes of a placed part received before they are written (see _Aligned)
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
-
-
-def node_share() -> int:
-    """How many processes of this node share its download budget: torchrun's local world
-    size (``LOCAL_WORLD_SIZE``) times the DataLoader workers of this process's loader, if
-    this is one of its workers. Read when the engine is made, never at import."""
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    share = int(local) if local.isdigit() and int(local) > 0 else 1
-    torch = sys.modules.get("torch")
-    info = None
-    if torch is not None and hasattr(torch, "utils"):
-        info = torch.utils.data.get_worker_info()
-    if info is not None:
-        share *= max(1, info.num_workers)
-    return share
 
 
 class Placement(Protocol):
