@@ -43,8 +43,8 @@ from .base import (
 from .multipart import expected_etag, multipart_parts
 from .registry import backend_for
 from .retry import DEFAULT_POLICY, RetryPolicy, call
-from .urls import check_key, join_url, redact, resolve
 from .through import Through
+from .urls import check_key, join_url, redact, resolve
 from .watchdog import StallError, watched
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "MANIFEST_MAX_BYTES", "Store"]

@@ -34,13 +34,14 @@ or of threads waiting for them:
   arrives (the cache publishes a shard only once it is whole and verified, as always).
 - **Placed where they belong.** Given a :class:`Placement` (the cache's temp file of the
   shard), each part is written there at its offset by the thread that fetches it, a
-  block of 2 MiB at a time as it arrives, through a block buffer that thread reuses
-  (:class:`~roxxel.backends.through.Through`: no buffer of a whole part, whose fresh
-  pages the kernel must zero); the consumer then checks the in-order prefix where it
-  is, through a read-only map of the file (no copy back). The bytes waiting for the consumer (parts that
-  came in ahead of a late one) are then in the page cache, where they were going
-  anyway, not in part buffers: they hold none of the budget, so the link stays full
-  behind a slow part, and there are only as many buffers as parts in flight. While a
+  block of 2 MiB at a time as it arrives, through one of the engine's block buffers,
+  reused (:class:`~roxxel.backends.through.Through`: no buffer of a whole part, whose
+  fresh pages the kernel must zero); the consumer then checks the in-order prefix where
+  it is, through a read-only map of the file (no copy back). The bytes waiting for the
+  consumer (parts that came in ahead of a late one) are then in the page cache, where
+  they were going anyway, not in part buffers: they hold none of the budget, so the
+  link stays full behind a slow part, and there are only as many block buffers as parts
+  in flight. While a
   first shard is being fetched and checked, the placed parts of shards no reader waits
   for wait to be checked, so their checks do not take the CPU (and the GIL) from the one
   the first record waits for. No part is written once its download has ended.
