@@ -114,7 +114,7 @@ class _Aligned:
 class Spool:
     """An uncompressed shard's temp file, for a downloader that writes the parts itself
     (a :class:`~roxxel.read.parts.Placement`): once it is claimed, the sink writes
-    nothing and only checks the bytes it is fed (read back from here, in order).
+    nothing and only checks the bytes it is fed (viewed here, through a map, in order).
 
     It writes through a descriptor of its own, which :meth:`close` closes only once no
     write is under way, and refuses any write after that: whatever a downloader does
