@@ -11,6 +11,7 @@ from roxxel.backends import Store
 from roxxel.backends import s3 as direct
 from roxxel.backends import s3open
 from roxxel.backends.s3 import DirectReader, open_direct, refused
+from roxxel.backends.through import Through
 from roxxel.errors import NotFoundError
 from tests import servers
 
@@ -133,6 +134,25 @@ def test_parts_are_read_by_ranged_gets_signed_here_without_s3fs(s3_server):
     for start, end in ((0, 1000), (2**20 + 5, 2 * 2**20 + 5), (len(DATA) - 77, len(DATA))):
         assert bytes(store.read_part(key, start, end, buffer)) == DATA[start:end]
     assert isinstance(store.backend._fs, direct.DeferredS3FileSystem)  # s3fs was never made
+
+
+def test_a_part_handed_on_through_small_blocks_is_the_object_s_bytes(s3_server):
+    """A placed part (received through a Through) arrives whole: block by block by the
+    GET signed here, at once by s3fs where the store has settings of its own."""
+    store, key = fresh_store(s3_server)
+    requester_pays = Store(store._url, s3_server.storage_options | {"requester_pays": True})
+    for reader, blocks in ((store, 5), (requester_pays, 1)):  # (2 MiB + 123 bytes in blocks of 512 KiB)
+        got = bytearray(len(DATA))
+        writes = []
+
+        def write(offset, block):
+            writes.append(offset)
+            got[2**20 + offset : 2**20 + offset + len(block)] = block
+
+        through = Through(memoryview(bytearray(2**19)), write, len(DATA) - 2**20)
+        assert reader.read_part(key, 2**20, len(DATA), through) is through
+        assert bytes(got[2**20 :]) == DATA[2**20 :] and len(writes) == blocks
+    assert isinstance(store.backend._fs, direct.DeferredS3FileSystem)  # s3fs was never made there
 
 
 def test_a_refused_signed_get_leaves_reads_to_s3fs_for_good(s3_server, monkeypatch, caplog):

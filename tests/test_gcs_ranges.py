@@ -18,6 +18,7 @@ import pytest
 from roxxel.backends import RetryPolicy, Store
 from roxxel.backends import gcs as gcs_backend
 from roxxel.backends.generic import FsspecBackend
+from roxxel.backends.through import Through
 from roxxel.errors import IntegrityError, NotFoundError, StorageError
 from tests import shaping_proxy
 
@@ -70,6 +71,28 @@ def test_ranged_parts_are_the_object_s_bytes(gcs_store):
         assert gcs_store.read_range(key, start, end) == data[start:end]
     assert len(gcs_store.opened) <= 1  # one kept-alive connection (maybe an earlier test's), reused
     assert not gcs_backend.refused(gcs_store.fs)
+
+
+def test_a_part_handed_on_through_small_blocks_is_the_object_s_bytes(gcs_server):
+    """A placed part (received through a Through) arrives whole: block by block by the
+    plain ranged GET, at once by gcsfs where the store has settings of its own."""
+    url = gcs_server.url(BUCKET, f"t{uuid.uuid4().hex[:12]}")
+    data = os.urandom(3 * 2**20 + 17)
+    plain = Store(url, gcs_server.storage_options, retry=FAST)
+    put(plain, "placed", data)
+    through_gcsfs = Store(url, {**gcs_server.storage_options, "session_kwargs": {"trust_env": True}}, retry=FAST)
+    for store, blocks in ((plain, 5), (through_gcsfs, 1)):  # (2 MiB + 17 bytes in blocks of 512 KiB)
+        got = bytearray(len(data))
+        writes = []
+
+        def write(offset, block):
+            writes.append(offset)
+            got[2**20 + offset : 2**20 + offset + len(block)] = block
+
+        through = Through(memoryview(bytearray(2**19)), write, len(data) - 2**20)
+        assert store.read_part("placed", 2**20, len(data), through) is through
+        assert bytes(got[2**20 :]) == data[2**20 :] and len(writes) == blocks
+    assert not gcs_backend.refused(plain.fs)
 
 
 def test_a_missing_object_is_not_found_and_keeps_the_path(gcs_store):
