@@ -790,8 +790,6 @@ import os, sys, threading
 import numpy as np
 import roxxel
 from roxxel.backends import Store
-from roxxel.backends.base import copy_into
-from roxxel.backends.through import Through
 from roxxel.read import parts
 from tests.faults import FaultyFileSystem, faulty_url
 
