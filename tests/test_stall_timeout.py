@@ -17,10 +17,10 @@ import pytest
 import roxxel
 from roxxel.backends import RetryPolicy, Store
 from roxxel.backends.retry import DEFAULT_POLICY
-from roxxel.read.parts import PartEngine
 from roxxel.backends import s3 as s3_module
 from roxxel.backends.through import Revoked, Through
 from roxxel.backends.watchdog import StallError, current, watched
+from roxxel.read.parts import PartEngine
 from tests.reliability_kit import FAST, check_all, write
 from tests.test_parts import FilePlacement
 

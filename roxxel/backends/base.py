@@ -26,8 +26,8 @@ from typing import Any, BinaryIO, ClassVar, NamedTuple, Protocol
 from fsspec import AbstractFileSystem
 
 from .errors import describe, http_status
-from .urls import redact
 from .through import Through
+from .urls import redact
 
 __all__ = [
     "HIDDEN_PREFIX",
