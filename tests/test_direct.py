@@ -11,9 +11,9 @@ from roxxel.backends import Store
 from roxxel.backends import s3 as direct
 from roxxel.backends import s3open
 from roxxel.backends.s3 import DirectReader, open_direct, refused
-from roxxel.backends.through import Through
 from roxxel.errors import NotFoundError
 from tests import servers
+from tests.test_parts import read_through
 
 BUCKET = "roxxel-tests"  # created by the session fixtures in conftest.py
 DATA = bytes((i * 131 + 7) % 256 for i in range(3 * 2**20 + 123))
@@ -142,16 +142,7 @@ def test_a_part_handed_on_through_small_blocks_is_the_object_s_bytes(s3_server):
     store, key = fresh_store(s3_server)
     requester_pays = Store(store._url, s3_server.storage_options | {"requester_pays": True})
     for reader, blocks in ((store, 5), (requester_pays, 1)):  # (2 MiB + 123 bytes in blocks of 512 KiB)
-        got = bytearray(len(DATA))
-        writes = []
-
-        def write(offset, block):
-            writes.append(offset)
-            got[2**20 + offset : 2**20 + offset + len(block)] = block
-
-        through = Through(memoryview(bytearray(2**19)), write, len(DATA) - 2**20)
-        assert reader.read_part(key, 2**20, len(DATA), through) is through
-        assert bytes(got[2**20 :]) == DATA[2**20 :] and len(writes) == blocks
+        assert read_through(reader, key, 2**20, len(DATA), 2**19) == (DATA[2**20 :], blocks)
     assert isinstance(store.backend._fs, direct.DeferredS3FileSystem)  # s3fs was never made there
 
 

@@ -18,9 +18,9 @@ import pytest
 from roxxel.backends import RetryPolicy, Store
 from roxxel.backends import gcs as gcs_backend
 from roxxel.backends.generic import FsspecBackend
-from roxxel.backends.through import Through
 from roxxel.errors import IntegrityError, NotFoundError, StorageError
 from tests import shaping_proxy
+from tests.test_parts import read_through
 
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.01, max_attempts=3)
 BUCKET = "roxxel-tests"  # made by conftest's gcs_server fixture
@@ -82,16 +82,7 @@ def test_a_part_handed_on_through_small_blocks_is_the_object_s_bytes(gcs_server)
     put(plain, "placed", data)
     through_gcsfs = Store(url, {**gcs_server.storage_options, "session_kwargs": {"trust_env": True}}, retry=FAST)
     for store, blocks in ((plain, 5), (through_gcsfs, 1)):  # (2 MiB + 17 bytes in blocks of 512 KiB)
-        got = bytearray(len(data))
-        writes = []
-
-        def write(offset, block):
-            writes.append(offset)
-            got[2**20 + offset : 2**20 + offset + len(block)] = block
-
-        through = Through(memoryview(bytearray(2**19)), write, len(data) - 2**20)
-        assert store.read_part("placed", 2**20, len(data), through) is through
-        assert bytes(got[2**20 :]) == data[2**20 :] and len(writes) == blocks
+        assert read_through(store, "placed", 2**20, len(data), 2**19) == (data[2**20 :], blocks)
     assert not gcs_backend.refused(plain.fs)
 
 

@@ -91,6 +91,21 @@ class FilePlacement:
             yield view
 
 
+def read_through(store: Store, key: str, start: int, end: int, block: int) -> tuple[bytes, int]:
+    """Bytes ``[start, end)`` of ``key`` as a placed part receives them (through a
+    :class:`Through` with a buffer of ``block`` bytes), and how many writes they took."""
+    got = bytearray(end - start)
+    writes = []
+
+    def write(offset, data):
+        writes.append(offset)
+        got[offset : offset + len(data)] = data
+
+    through = Through(memoryview(bytearray(block)), write, end - start)
+    assert store.read_part(key, start, end, through) is through
+    return bytes(got), len(writes)
+
+
 def download(engine: PartEngine, store: FakeStore, key: str, **kwargs) -> bytes:
     got = bytearray()
     engine.download(store, key, len(store.objects[key]), got.extend, **kwargs)
