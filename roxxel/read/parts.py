@@ -41,10 +41,10 @@ or of threads waiting for them:
   consumer (parts that came in ahead of a late one) are then in the page cache, where
   they were going anyway, not in part buffers: they hold none of the budget, so the
   link stays full behind a slow part, and there are only as many block buffers as parts
-  in flight. While a
-  first shard is being fetched and checked, the placed parts of shards no reader waits
-  for wait to be checked, so their checks do not take the CPU (and the GIL) from the one
-  the first record waits for. No part is written once its download has ended.
+  in flight. While a first shard is being fetched and checked, the placed parts of
+  shards no reader waits for wait to be checked, so their checks do not take the CPU
+  (and the GIL) from the one the first record waits for. No part is written once its
+  download has ended.
 - **Adaptive.** :class:`Concurrency` raises the limit while throughput grows with it and
   halves it when the store throttles (HTTP 503 SlowDown, 429).
 - **Shared fairly on a node.** Processes that share a node's link (torchrun's local ranks,
@@ -373,7 +373,7 @@ class PartEngine:
                 if isinstance(data, int):
                     start = transfer.bounds[i - 1][0]
                     i = self._placed_run(transfer, i)  # (and the placed parts landed after it)
-                    self._read_back(transfer, start, transfer.bounds[i - 1][1], sink)
+                    self._feed_placed(transfer, start, transfer.bounds[i - 1][1], sink)
                 elif data:
                     sink(data)
                 self._recycle(data)
@@ -393,8 +393,8 @@ class PartEngine:
             transfer.consumed = max(transfer.consumed, i)
         return i
 
-    def _read_back(self, transfer: _Transfer, pos: int, end: int,
-                   sink: Callable[[memoryview], object]) -> None:
+    def _feed_placed(self, transfer: _Transfer, pos: int, end: int,
+                     sink: Callable[[memoryview], object]) -> None:
         """Feed bytes ``[pos, end)``, written to the transfer's placement, to ``sink``
         in one call, through a view of them where they are (no copy, no buffer)."""
         assert transfer.into is not None
