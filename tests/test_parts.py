@@ -14,7 +14,7 @@ import pytest
 import roxxel
 from roxxel.backends import Store
 from roxxel.backends.base import copy_into
-from roxxel.backends.through import Through
+from roxxel.backends.through import Revoked, Through
 from roxxel.errors import IntegrityError, NotFoundError
 from roxxel.read import parts
 from roxxel.read.parts import Concurrency, PartEngine
@@ -460,6 +460,16 @@ def test_placed_parts_are_received_through_a_few_reused_blocks(monkeypatch):
     assert sorted(offset for offset, _, _ in place.writes) == list(range(0, len(data), 16 * KIB))
     assert all(n == 16 * KIB for offset, n, _ in place.writes if offset + 16 * KIB <= len(data))
     assert made.count(16 * KIB) <= e.concurrency.maximum and 64 * KIB not in made  # no part-sized buffer
+
+
+def test_a_block_that_arrives_after_its_download_ended_is_refused(engine):
+    place = FilePlacement(64 * KIB)
+    transfer = parts._Transfer(FakeStore({}), "a", 64 * KIB, 64 * KIB, 1)
+    transfer.into = place
+    transfer.done = True
+    with pytest.raises(Revoked, match=r"^a: bytes from 4096 arrived after its download ended$"):
+        engine._place(transfer, 4096, memoryview(b"x" * 16))
+    assert place.writes == [] and transfer.writing == 0
 
 
 def test_a_placement_that_cannot_give_its_bytes_back_fails_the_download_cleanly(engine):

@@ -164,6 +164,11 @@ def test_a_revoked_range_waits_for_a_write_under_way():
         through.put(0, memoryview(b"y" * 16))
 
 
+def test_a_through_needs_a_buffer():
+    with pytest.raises(ValueError, match="a Through needs a buffer of at least one byte"):
+        Through(memoryview(b""), lambda *a: None, 10)
+
+
 def test_two_retries_that_race_get_distinct_attempts_and_only_the_last_writes():
     """A retry abandoned while it waited for a write under way, and the retry after it:
     each has its own attempt number, so the earlier one's bytes are refused."""
