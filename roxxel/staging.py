@@ -15,7 +15,9 @@ order), the MD5s are computed on those threads while packing goes on, consecutiv
 on alternate lanes (hashlib releases the GIL on chunks this large, and MD5 is the
 slowest step by far: about 0.7 GB/s a core, against several for BLAKE3). Memory stays
 bounded whatever the shard's size: the chunk being filled and at most
-:data:`CHUNKS_IN_FLIGHT` chunks waiting for their MD5.
+:data:`CHUNKS_IN_FLIGHT` chunks waiting for their MD5. With ``on_part``, each part's end
+offset is told as soon as the part is in the file, so that it can go up while the rest
+is packed (:mod:`roxxel.backends.growing`).
 
 Also here: the writer's staging folder (:func:`make_staging_dir`, which removes those
 of killed writers) and zstd compression of a staged shard through the same hashing
@@ -30,7 +32,7 @@ import re
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -74,7 +76,7 @@ class StagingFile:
     :meth:`close` to give up (both close the file; close is idempotent)."""
 
     def __init__(self, path: str, *, part_size: int | None = None,
-                 md5_lanes: Sequence[WorkerPool] = ()) -> None:
+                 md5_lanes: Sequence[WorkerPool] = (), on_part: Callable[[int], object] | None = None) -> None:
         if part_size is not None and part_size < 1:
             raise ValueError(f"part_size must be positive, got {part_size}")
         self.path = path
@@ -89,6 +91,7 @@ class StagingFile:
         self._filled = 0
         self._written = 0  # bytes hashed and written
         self._room = self._room_at(0)
+        self._on_part = on_part if part_size is not None else None
 
     @property
     def size(self) -> int:
@@ -132,6 +135,8 @@ class StagingFile:
         self._written += length
         self._filled = 0
         self._room = self._room_at(self._written)
+        if ends_part and self._on_part is not None:
+            self._on_part(self._written)
         md5s = self._md5s
         if md5s is None:
             return

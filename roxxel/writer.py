@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -32,7 +33,9 @@ from fsspec.callbacks import Callback
 from . import trace
 from .backends import Store, gcs_upload, multipart
 from .backends.gcs import GCSBackend
+from .backends.growing import PartFeed
 from .backends.s3 import S3Backend
+from .backends.through import Revoked
 from .errors import ConflictError, DatasetExistsError, IntegrityError, ManifestError
 from .format.check import ShardCheck, ShardSpec
 from .format.layout import FOOTER_SIZE
@@ -192,7 +195,10 @@ class Writer:
                 self._probe.close()
             raise
         lanes = self._md5_lanes if self._probe is None else (*self._md5_lanes, self._probe)
-        self._cleanup = weakref.finalize(self, _clean_up, self._staging, lanes, release)
+        # the shard being packed and going up as it is (S3): its feed, key and upload
+        self._growing: tuple[PartFeed, str, Future[bool]] | None = None
+        self._feeds: set[PartFeed] = set()  # feeds not finished: given up when the writer ends
+        self._cleanup = weakref.finalize(self, _clean_up, self._staging, lanes, release, self._feeds)
         self._futures: list[Future[ShardInfo]] = []
         self._staged: list[Future[ShardInfo]] = []  # uploads not finished, in order
         self._uploaded: list[str] = []  # keys of objects this writer put, for abort
@@ -377,8 +383,19 @@ class Writer:
         path = os.path.join(self._staging, f"{index:06d}.rox")
         # the stored bytes are these unless compressed: then _compress hashes the parts
         part_size = None if self.compression else self._hashed_part_size()
-        sink = StagingFile(path, part_size=part_size, md5_lanes=self._md5_lanes)
+        key = None if part_size is None else self._growing_key(index)
+        feed = None if key is None or part_size is None else PartFeed(part_size)
+        sink = StagingFile(path, part_size=part_size, md5_lanes=self._md5_lanes,
+                           on_part=None if feed is None else feed.written)
         staged = _Staged(index, path, 0, 0, 0, "")
+        if feed is not None and key is not None:
+            with self._lock:
+                self._uploaded.append(key)
+            self._feeds.add(feed)
+            # (the job holds no reference to the writer, which a dropped writer's
+            # finalizer needs: it gives the feed up, and so ends the job)
+            store, feeds = self.store, self._feeds
+            self._growing = (feed, key, self._pool.submit(lambda: _put_growing(store, path, key, feed, feeds)))
         self._shard_began = time.perf_counter_ns()
         self._current = (ShardWriter(sink), sink, staged)
         return self._current
@@ -399,6 +416,12 @@ class Writer:
         digests = sink.finish()
         done = _Staged(staged.index, staged.path, layout.record_count, layout.payload_size,
                        digests.size, digests.hexdigest, digests.part_size, digests.part_md5s)
+        growing, self._growing = self._growing, None
+        if growing is not None:  # its upload is under way: now it can end
+            try:
+                growing[0].finished(digests.size, digests.part_md5s or ())
+            except ValueError:  # (over 10,000 parts: one record larger than ~78 GiB)
+                growing[0].give_up()  # and it goes up as a finished shard does
         if self._meter is not None:
             self._meter.set_total(self._bytes)
         self._check_probe()
@@ -409,7 +432,8 @@ class Writer:
                 self._wait_for_room()
         else:
             self._wait_for_room()
-        future = self._pool.submit(lambda: self._upload(done))
+        key, grown = (None, None) if growing is None else growing[1:]
+        future = self._pool.submit(lambda: self._upload(done, key, grown))
         self._futures.append(future)
         self._staged.append(future)
 
@@ -429,14 +453,25 @@ class Writer:
 
     # -- uploading (background threads) ------------------------------------------------
 
-    def _upload(self, staged: _Staged) -> ShardInfo:
-        tracer = trace.current()
-        if tracer is None:
-            return self._upload_staged(staged)
-        with tracer.span("upload shard", "write", shard=staged.index, bytes=staged.raw_size):
-            return self._upload_staged(staged)
+    def _upload(self, staged: _Staged, key: str | None = None, grown: Future[bool] | None = None) -> ShardInfo:
+        """Upload the finished shard ``staged``; or, with ``grown`` (the upload of the
+        shard as it was packed, to ``key``), wait for that upload, then check it."""
+        began = time.perf_counter_ns()
+        uploaded = False
+        if grown is not None:
+            try:
+                uploaded = grown.result()
+            except Revoked:  # given up: it outgrew its parts, and goes up finished
+                pass
+        shard = self._upload_staged(staged, key, uploaded)
+        if (tracer := trace.current()) is not None:
+            tracer.complete("upload shard", "write", began, time.perf_counter_ns(), shard=staged.index,
+                            bytes=shard.stored_size, growing=grown is not None)
+        return shard
 
-    def _upload_staged(self, staged: _Staged) -> ShardInfo:
+    def _upload_staged(self, staged: _Staged, key: str | None = None, uploaded: bool = False) -> ShardInfo:
+        """Upload the finished shard ``staged`` (to ``key``, if it was named before it was
+        packed; unless ``uploaded`` already), check it, and return its manifest entry."""
         path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
         part_size, md5s = staged.part_size, staged.part_md5s
         suffix = ""
@@ -447,9 +482,10 @@ class Writer:
             suffix = ".zst"
         if part_size is not None and md5s is not None:  # the upload is checked against them
             multipart.register_part_digests(path, part_size, md5s)
-        key = self._shard_key(staged.index, digest, suffix)
-        with self._lock:
-            self._uploaded.append(key)
+        if key is None:
+            key = self._shard_key(staged.index, digest, suffix)
+            with self._lock:
+                self._uploaded.append(key)
         shard = ShardInfo(
             uri=key,
             records=staged.records,
@@ -458,7 +494,7 @@ class Writer:
             compression=self.compression,
             checksum=f"{DEFAULT_ALGORITHM}:{digest}",
         )
-        self._put_checked(path, shard)
+        self._put_checked(path, shard, uploaded)
         for p in {path, staged.path}:
             os.unlink(p)
         if self._meter is not None:
@@ -469,17 +505,26 @@ class Writer:
         """The key of the writer's shard ``index`` (``roxxel.build`` names parts' shards)."""
         return f"shards/{self._generation:05d}-{index:06d}-{digest[:12]}.rox{suffix}"
 
-    def _put_checked(self, path: str, shard: ShardInfo) -> None:
-        """Upload, then check the object is exactly the shard its manifest entry will
-        promise (the one shard check, where the store reports no MD5 to compare); upload
-        again if not."""
+    def _growing_key(self, index: int) -> str | None:
+        """The key of shard ``index`` if it is to go up as it is packed, named before its
+        digest is known: 12 random hex digits where the digest's first 12 would be, so
+        that concurrent writers of the same generation never share a name. (None: a
+        build's parts are named by their digests, which their receipts check.)"""
+        return f"shards/{self._generation:05d}-{index:06d}-{secrets.token_hex(6)}.rox"
+
+    def _put_checked(self, path: str, shard: ShardInfo, uploaded: bool = False) -> None:
+        """Upload (unless ``uploaded`` already), then check the object is exactly the
+        shard its manifest entry will promise (the one shard check, where the store
+        reports no MD5 to compare); upload again if not."""
         key, spec = shard.uri, ShardSpec.of(shard, self.store.url(shard.uri))
         for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
             began = time.perf_counter_ns()
-            self.store.put_file(path, key)
-            if (tracer := trace.current()) is not None:
-                tracer.complete("put", "write", began, time.perf_counter_ns(), attempt=attempt)
-                began = time.perf_counter_ns()
+            tracer = trace.current()
+            if not (uploaded and attempt == 1):
+                self.store.put_file(path, key)
+                if tracer is not None:
+                    tracer.complete("put", "write", began, time.perf_counter_ns(), attempt=attempt)
+                    began = time.perf_counter_ns()
             try:
                 self.store.check_upload(key, path, ShardCheck(spec, parse_checksum(shard.checksum)))
                 if tracer is not None:
@@ -592,6 +637,9 @@ class Writer:
         if self._current is not None:
             self._current[1].close()
             self._current = None
+        if self._growing is not None:
+            self._growing[0].give_up()  # its upload aborts (the pool's close waits for it)
+            self._growing = None
         self._pool.close(wait=True)
         # Uploaded shard objects stay, unreferenced: shard names are deterministic, so a
         # concurrent writer of the same data may be about to publish the very same keys.
@@ -652,11 +700,25 @@ def _next_generation(base: Manifest | None) -> int:
     return max(found, default=-1) + 1
 
 
+def _put_growing(store: Store, path: str, key: str, feed: PartFeed, feeds: set[PartFeed]) -> bool:
+    """:meth:`.Store.put_growing` (traced), the feed forgotten once it is over."""
+    began = time.perf_counter_ns()
+    try:
+        uploaded = store.put_growing(path, key, feed)
+    finally:
+        feeds.discard(feed)
+    if uploaded and (tracer := trace.current()) is not None:
+        tracer.complete("put", "write", began, time.perf_counter_ns(), attempt=1, growing=True)
+    return uploaded
+
+
 def _clean_up(staging: str, lanes: Sequence[WorkerPool | PublishCheck],
-              release_parts: Callable[[], None] | None) -> None:
-    """What a writer leaves when it ends, however it ends: the staging folder removed,
-    its MD5 and probe threads stopped, the S3 and GCS part threads released (see
-    multipart.hold)."""
+              release_parts: Callable[[], None] | None, feeds: set[PartFeed]) -> None:
+    """What a writer leaves when it ends, however it ends: the uploads of shards not
+    finished given up, the staging folder removed, its MD5 and probe threads stopped,
+    the S3 and GCS part threads released (see multipart.hold)."""
+    for feed in list(feeds):
+        feed.give_up()
     for lane in lanes:
         lane.close(wait=False)
     if release_parts is not None:

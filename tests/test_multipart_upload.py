@@ -472,6 +472,15 @@ def mib_records(n: int, seed: int = 0) -> list[bytes]:
     return [np.random.default_rng(seed + i).bytes(MiB) for i in range(n)]
 
 
+def flip(path: str, offset: int) -> None:
+    """Flip one bit of the file's byte at ``offset``, its size unchanged."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 1]))
+
+
 def shard_of(url: str) -> tuple[int, int]:
     """(shard index, part number) of a presigned UploadPart URL of a writer's shard."""
     parts = urllib.parse.urlsplit(url)
@@ -525,15 +534,12 @@ def test_a_staged_shard_changed_after_packing_is_never_published(limits, s3_serv
     every attempt's check, and nothing is published."""
     real = roxxel.writer.Writer._put_checked
 
-    def flipping(self: Any, path: str, shard: Any) -> None:
+    def flipping(self: Any, path: str, shard: Any, uploaded: bool = False) -> None:
         if shard.stored_size >= 2 * PART:  # (a shard in parts: a single PUT's check is the store's)
-            with open(path, "r+b") as f:
-                f.seek(1000)
-                byte = f.read(1)[0]
-                f.seek(1000)
-                f.write(bytes([byte ^ 1]))
-        real(self, path, shard)
+            flip(path, 1000)
+        real(self, path, shard, uploaded)
 
+    monkeypatch.setattr(roxxel.writer.Writer, "_growing_key", lambda self, index: None)  # packed, then sent
     monkeypatch.setattr(roxxel.writer.Writer, "_put_checked", flipping)
     store = make_store(s3_server, bucket)
     message = r"s3://mp-.*/ds/shards/00000-000000-[0-9a-f]{12}\.rox: uploaded object has multipart ETag [0-9a-f]{32}-3, "

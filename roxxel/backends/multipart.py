@@ -73,7 +73,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MiB = 2**20
-_MIN_PART = 5 * MiB  # S3's smallest part (but the last)
+MIN_PART = 5 * MiB  # S3's smallest part (but the last)
 _MAX_PART = 5 * 2**30
 _MAX_PARTS = 10_000
 _PART_ATTEMPTS = 5  # sends of one part, the first included
@@ -103,9 +103,9 @@ class MultipartLimits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"MultipartLimits.{name} must be an int, got {value!r}")
-        if not _MIN_PART <= self.part_size <= _MAX_PART:
+        if not MIN_PART <= self.part_size <= _MAX_PART:
             raise ValueError(
-                f"MultipartLimits.part_size must be between {_MIN_PART} (5 MiB) and {_MAX_PART} "
+                f"MultipartLimits.part_size must be between {MIN_PART} (5 MiB) and {_MAX_PART} "
                 f"(5 GiB) bytes, got {self.part_size}"
             )
         if self.parts_in_flight < 1:
@@ -305,11 +305,12 @@ def _direct_eligible(fs: Any) -> bool:
 
 
 def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
-              md5: bytes | None = None) -> tuple[str, bytes]:
+              md5: bytes | None = None, digest: bool = True) -> tuple[str, bytes | None]:
     """PUT bytes ``[offset, offset + length)`` of ``local_path`` to the presigned ``url``
     and return the part's ETag and the MD5 digest of the bytes (``md5``, where the
-    writer computed it as it packed them; else computed from the file as it is sent); a
-    refusal raises botocore's ClientError, as s3fs would."""
+    writer computed it as it packed them; else computed from the file as it is sent,
+    unless not ``digest``: then None); a refusal raises botocore's ClientError, as s3fs
+    would."""
     import http.client
     import urllib.parse
 
@@ -320,7 +321,7 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
         raise ValueError(f"a presigned part URL of scheme {parts.scheme!r} or to a proxied host")
     kept = _connections.__dict__.setdefault("kept", {})
     conn = kept.pop((parts.scheme, parts.netloc), None) or _connect(fs, parts)
-    began, packed = time.perf_counter_ns(), md5 is not None
+    began, packed = time.perf_counter_ns(), md5 is not None or not digest  # (not digest: the packing's MD5s)
     try:
         conn.putrequest("PUT", f"{parts.path}?{parts.query}", skip_accept_encoding=True)
         conn.putheader("Content-Length", str(length))
@@ -329,7 +330,7 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
             sent = conn.sock.sendfile(f, offset, length)
             if sent != length:
                 raise OSError(f"sent {sent} bytes of a part of {length}")
-            if md5 is None:
+            if md5 is None and digest:
                 md5 = _md5_of(f.fileno(), offset, length)  # while the server takes the part in
         response = conn.getresponse()
         body = response.read()
@@ -379,33 +380,40 @@ class _Upload:
         return await self.fs._call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
 
     async def send_part(self, budget: asyncio.Semaphore, number: int, offset: int, length: int,
-                        md5: bytes | None) -> tuple[str, bytes]:
+                        md5: bytes | None, *, digest: bool = True) -> tuple[str, bytes | None]:
         """Send part ``number`` once a slot is free (again, if it fails transiently) and
-        return its ETag and MD5 digest (``md5`` if known: not computed again)."""
+        return its ETag and MD5 digest (``md5`` if known: not computed again; None where
+        not ``digest``, when the caller has it from elsewhere and a presigned PUT, which
+        sends no Content-MD5, needs none)."""
         async with budget:
             if _direct_eligible(self.fs):
-                sent = await self._send_direct(number, offset, length, md5)
+                sent = await self._send_direct(number, offset, length, md5, digest)
             else:
-                sent = await self._send_through_s3fs(number, offset, length, md5)
+                sent = await self._send_through_s3fs(number, offset, length, md5, digest)
         if self.progress is not None:
             self.progress.beat()
         return sent
 
     async def _send_through_s3fs(self, number: int, offset: int, length: int,
-                                 known: bytes | None) -> tuple[str, bytes]:
+                                 known: bytes | None, digest: bool = True) -> tuple[str, bytes | None]:
         """The part read into memory and sent by s3fs with its Content-MD5 (the packed
-        bytes' where known: S3 then refuses a part read otherwise); the buffer dies with
-        the slot."""
-        data, md5 = await asyncio.to_thread(_read_part, self.fd, offset, length, known)
-        content_md5 = base64.b64encode(md5).decode()
+        bytes' where known: S3 then refuses a part read otherwise; none where not
+        ``digest`` and not known); the buffer dies with the slot."""
+        md5: bytes | None
+        if known is None and not digest:
+            data, md5 = (await asyncio.to_thread(_read_part, self.fd, offset, length, b""))[0], None
+            checked = {}
+        else:
+            data, md5 = await asyncio.to_thread(_read_part, self.fd, offset, length, known)
+            checked = {"ContentMD5": base64.b64encode(md5).decode()}
         response = await _retrying(
-            lambda: self.call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=data,
-                              ContentMD5=content_md5),
+            lambda: self.call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=data, **checked),
             self._what(number),
         )
         return str(response["ETag"]), md5
 
-    async def _send_direct(self, number: int, offset: int, length: int, md5: bytes | None) -> tuple[str, bytes]:
+    async def _send_direct(self, number: int, offset: int, length: int, md5: bytes | None,
+                           digest: bool = True) -> tuple[str, bytes | None]:
         """The part sent from the file by a presigned PUT on a part thread; no buffer."""
         loop = asyncio.get_running_loop()
         threads = _THREADS.pool(_limits.parts_in_flight)
@@ -419,7 +427,8 @@ class _Upload:
                 Params={"Bucket": self.bucket, "Key": self.key, "UploadId": self.upload_id, "PartNumber": number},
             )
             put = asyncio.wrap_future(
-                threads.submit(lambda: _put_part(self.fs, url, self.local_path, offset, length, md5)), loop=loop
+                threads.submit(lambda: _put_part(self.fs, url, self.local_path, offset, length, md5, digest)),
+                loop=loop,
             )
             try:
                 return await asyncio.shield(put)
@@ -439,7 +448,7 @@ class _Upload:
             from .s3 import _refuse
 
             _refuse(self.fs, exc)
-            return await self._send_through_s3fs(number, offset, length, md5)
+            return await self._send_through_s3fs(number, offset, length, md5, digest)
 
     def _what(self, number: int) -> str:
         return f"part {number} of s3://{self.bucket}/{self.key}"

@@ -58,6 +58,7 @@ from .base import (
 from .deferred import DeferringBackend
 from .errors import HTTPStatusError, http_status
 from .generic import etag_md5
+from .growing import PartFeed
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .s3open import DeferredS3FileSystem, ranged_request, signed_get, signed_head
@@ -141,6 +142,16 @@ class S3Backend(DeferringBackend):
 
         try:
             sync(self.fs.loop, multipart.upload, self.fs, local_path, path, current())
+        finally:
+            self.fs.invalidate_cache(path)
+
+    def put_growing(self, local_path: str, path: str, feed: PartFeed) -> bool:
+        """Upload ``local_path`` while it is being written, each part as ``feed`` reports
+        it (:mod:`.growing`); False if it ended too small to go up in parts."""
+        from . import growing
+
+        try:
+            return sync(self.fs.loop, growing.upload, self.fs, local_path, path, feed) is not None
         finally:
             self.fs.invalidate_cache(path)
 

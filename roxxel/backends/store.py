@@ -40,6 +40,7 @@ from .base import (
     TooLarge,
     Versioned,
 )
+from .growing import PartFeed
 from .multipart import expected_etag, multipart_parts
 from .registry import backend_for
 from .retry import DEFAULT_POLICY, RetryPolicy, call
@@ -403,6 +404,21 @@ class Store:
         # An upload reports no progress: allow it the upload timeout plus 1 MiB/s.
         budget = None if base is None else base + os.path.getsize(local_path) / _MIN_UPLOAD_RATE
         self._run("upload", key, upload, timeout=budget)
+
+    def put_growing(self, local_path: str, key: str, feed: PartFeed) -> bool:
+        """Upload ``local_path`` to ``key`` while it is being written (S3 only: the writer
+        asks only of an S3 store), each part as ``feed`` reports it written; all or
+        nothing, as :meth:`put_file`. False if the file ended smaller than the multipart
+        threshold before a part was full: nothing was sent, and it goes up as a finished
+        file does (:meth:`put_file`, one PUT). No time limit is set on the whole: the file
+        grows as fast as its writer packs it. Each part, and each request, is bounded and
+        retried as an upload's are; a failed upload is retried whole, from the parts
+        written by then. Raises :class:`~.through.Revoked` once the feed is given up."""
+        path = self.path(key)
+        put = getattr(self.backend, "put_growing", None)
+        if put is None:
+            raise TypeError(f"{redact(self._url)}: only S3 takes an upload of a file still being written")
+        return self._run("upload", key, lambda: put(os.fspath(local_path), path, feed), timeout=None)
 
     def check_upload(self, key: str, local_path: str | os.PathLike[str], check: ReadBackCheck) -> None:
         """IntegrityError unless the object ``key`` holds exactly the bytes of ``local_path``.

@@ -1,0 +1,240 @@
+"""Large shards go up to S3 while they are packed (roxxel.backends.growing), against moto
+on loopback: each part as soon as it is in the staged file, the object checked against
+the packed bytes, and nothing left behind when the writer gives up.
+
+Order is observed by holding the record source, never by timing: the records of a shard
+after its first part wait until that part is on the wire, which happens only if parts go
+up before the shard is finished.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import roxxel
+from roxxel.backends import multipart
+from roxxel.backends.growing import PartFeed
+from roxxel.backends.through import Revoked
+from roxxel.errors import AccessDeniedError, IntegrityError
+from tests.faults import client_error
+from tests.test_multipart_upload import (  # noqa: F401 - limits and bucket are fixtures
+    PART,
+    Requests,
+    bucket,
+    flip,
+    limits,
+    make_store,
+    mib_records,
+    multipart_etag,
+    pending_uploads,
+    shard_of,
+)
+
+MiB = 2**20
+GROWING_NAME = re.compile(r"shards/00000-(\d{6})-([0-9a-f]{12})\.rox")
+
+
+def held_until(event: threading.Event, records: list[bytes], hold_at: int) -> Iterator[bytes]:
+    """``records``, the one at ``hold_at`` given only once ``event`` is set (or after 30
+    s, when the test fails on what it checks, not on time)."""
+    for i, record in enumerate(records):
+        if i == hold_at:
+            event.wait(30)
+        yield record
+
+
+def part_started(monkeypatch: pytest.MonkeyPatch, shard: int, number: int) -> tuple[threading.Event, list[bool]]:
+    """An event set when part ``number`` of shard ``shard`` is sent, and a list told
+    whether the shard was still being packed then."""
+    started, while_packing = threading.Event(), []
+    real = multipart._put_part
+
+    def put(fs: Any, url: str, *args: Any) -> Any:
+        if shard_of(url) == (shard, number) and not started.is_set():
+            while_packing.append(True)
+            started.set()
+        return real(fs, url, *args)
+
+    monkeypatch.setattr(multipart, "_put_part", put)
+    return started, while_packing
+
+
+def test_a_large_shards_first_part_goes_up_before_the_shard_is_packed(limits, s3_server, bucket, tmp_path,
+                                                                       monkeypatch) -> None:
+    """Shard 0's 7th record is given only once its first part is on the wire; the object
+    is the packed bytes, its ETag the packed parts', and it reads back."""
+    started, while_packing = part_started(monkeypatch, 0, 1)
+    records = mib_records(13)  # a shard of 11 records (3 parts of 5 MiB), and one of 2
+    store = make_store(s3_server, bucket)
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(held_until(started, records, hold_at=6))
+    assert while_packing == [True]
+    first, second = writer.manifest.shards.uris.tolist()
+    match = GROWING_NAME.fullmatch(first)
+    assert match is not None
+    digest = writer.manifest.shards[0].checksum.split(":")[1]
+    assert not digest.startswith(match.group(2))  # named before the digest was known
+    data = store.read_bytes(first, None)
+    assert store.backend.info(store.path(first))["ETag"].strip('"') == multipart_etag(data, PART)
+    assert not store.backend.info(store.path(second))["ETag"].strip('"').endswith("-1")  # small: one PUT
+    assert pending_uploads(store, bucket) == []
+    with roxxel.open(store.base_url, storage_options=s3_server.storage_options,
+                     cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_a_part_changed_in_the_file_before_it_went_up_is_never_published(limits, s3_server, bucket,
+                                                                          monkeypatch) -> None:
+    """The object is checked against the MD5s computed as the bytes were packed: a byte
+    flipped in the staged file before its part is sent fails the check of the upload
+    and of each upload of the finished file after it, and nothing is published."""
+    store = make_store(s3_server, bucket)
+    writer = roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store)
+    real = PartFeed.written
+
+    def flipping(self: PartFeed, end: int) -> None:
+        if end == PART:
+            flip(os.path.join(writer._staging, "000000.rox"), 1000)
+        real(self, end)
+
+    monkeypatch.setattr(PartFeed, "written", flipping)
+    message = r"shards/00000-000000-[0-9a-f]{12}\.rox: uploaded object has multipart ETag [0-9a-f]{32}-3, expected"
+    with pytest.raises(IntegrityError, match=message), writer:
+        writer.extend(mib_records(11))
+    assert not store.exists("manifest.json")
+    assert pending_uploads(store, bucket) == []
+
+
+def test_a_writer_aborted_mid_shard_leaves_no_pending_upload(limits, s3_server, bucket, monkeypatch) -> None:
+    """An error in the records once a part of the shard being packed is on the wire:
+    the writer aborts, the shard's multipart upload is aborted, nothing is published."""
+    started, _ = part_started(monkeypatch, 0, 1)
+    store = make_store(s3_server, bucket)
+    requests = Requests(store.fs, monkeypatch)
+
+    def records() -> Iterator[bytes]:
+        yield from mib_records(6)
+        started.wait(30)
+        raise RuntimeError("the records ran out")
+
+    with pytest.raises(RuntimeError, match="the records ran out"), \
+            roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(records())
+    assert started.is_set()
+    assert requests.calls["create_multipart_upload"] == 1
+    assert requests.calls["abort_multipart_upload"] == 1
+    assert requests.calls["complete_multipart_upload"] == 0
+    assert pending_uploads(store, bucket) == []
+    assert not store.exists("manifest.json")
+
+
+def test_a_writer_dropped_mid_shard_gives_its_upload_up(limits, s3_server, bucket, monkeypatch) -> None:
+    """A writer neither closed nor aborted, once collected: the feed of its open shard is
+    given up and the shard's multipart upload aborted."""
+    started, _ = part_started(monkeypatch, 0, 1)
+    store = make_store(s3_server, bucket)
+    writer = roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store)
+    writer.extend(mib_records(6))
+    assert started.wait(30)
+    del writer
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while pending_uploads(store, bucket) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pending_uploads(store, bucket) == []
+
+
+def test_a_refused_part_fails_the_writer_and_aborts_the_upload(limits, s3_server, bucket, monkeypatch) -> None:
+    store = make_store(s3_server, bucket)
+
+    def fail(method: str, number: int, attempt: int) -> BaseException | None:
+        return client_error(403, "AccessDenied", "UploadPart") if number == 2 else None
+
+    requests = Requests(store.fs, monkeypatch, fail=fail)
+    with pytest.raises(AccessDeniedError, match=r"could not upload s3://mp-.*/ds/shards/00000-000000-"), \
+            roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(mib_records(11))
+    assert requests.calls["abort_multipart_upload"] == 1
+    assert requests.calls["complete_multipart_upload"] == 0
+    assert pending_uploads(store, bucket) == []
+    assert not store.exists("manifest.json")
+
+
+def test_an_upload_failed_transiently_is_retried_whole_from_the_parts_written(limits, s3_server, bucket, tmp_path,
+                                                                              monkeypatch) -> None:
+    """Part 2 fails (503) every time it is sent in the first upload: that upload is
+    aborted, and the store's retry makes a second one, which sends every part written
+    by then and the rest as they come."""
+    store = make_store(s3_server, bucket)
+    sends = multipart._PART_ATTEMPTS
+
+    def fail(method: str, number: int, attempt: int) -> BaseException | None:
+        if number == 2 and attempt <= sends:
+            return client_error(503, "SlowDown", "UploadPart")
+        return None
+
+    requests = Requests(store.fs, monkeypatch, fail=fail)
+    records = mib_records(11)
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(records)
+    assert requests.calls["create_multipart_upload"] == 2
+    assert requests.calls["abort_multipart_upload"] == 1
+    assert requests.calls["complete_multipart_upload"] == 1
+    assert requests.attempts[2] == sends + 1
+    assert pending_uploads(store, bucket) == []
+    with roxxel.open(store.base_url, storage_options=s3_server.storage_options,
+                     cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_a_shard_past_10000_parts_goes_up_finished(limits, s3_server, bucket, tmp_path, monkeypatch) -> None:
+    """A shard that outgrows the parts it was begun with (one record larger than 10,000
+    parts; 2 here) gives its growing upload up and goes up finished, in larger parts."""
+    monkeypatch.setattr(multipart, "_MAX_PARTS", 2)
+    store = make_store(s3_server, bucket)
+    requests = Requests(store.fs, monkeypatch)
+    records = mib_records(11)
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(records)
+    assert requests.calls["abort_multipart_upload"] == 1  # the growing one
+    assert requests.calls["complete_multipart_upload"] == 1
+    (uri,) = writer.manifest.shards.uris.tolist()
+    assert store.backend.info(store.path(uri))["ETag"].strip('"').endswith("-2")
+    with roxxel.open(store.base_url, storage_options=s3_server.storage_options,
+                     cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_the_parts_of_a_build_are_still_named_by_their_digests() -> None:
+    from roxxel.build.parts import _PartWriter
+
+    assert _PartWriter._growing_key(object.__new__(_PartWriter), 0) is None
+
+
+def test_a_feed_refuses_digests_that_do_not_cover_the_file() -> None:
+    feed = PartFeed(PART)
+    with pytest.raises(ValueError, match="2 part digests do not cover 16777216 bytes in parts of 5242880"):
+        feed.finished(16 * MiB, [b"\0" * 16] * 2)
+    with pytest.raises(ValueError, match="part_size must be at least 5242880 bytes"):
+        PartFeed(MiB)
+
+
+def test_a_feed_given_up_before_the_upload_began_raises_revoked(limits, s3_server, bucket, tmp_path) -> None:
+    store = make_store(s3_server, bucket)
+    path = tmp_path / "growing"
+    path.write_bytes(np.random.default_rng(0).bytes(PART))
+    feed = PartFeed(PART)
+    feed.written(PART)
+    feed.give_up()
+    with pytest.raises(Revoked, match="given up"):
+        store.put_growing(str(path), "growing.bin", feed)
+    assert pending_uploads(store, bucket) == []
