@@ -412,8 +412,12 @@ class Writer:
         assert self._current is not None
         writer, sink, staged = self._current
         self._current = None
-        layout = writer.finish()
-        digests = sink.finish()
+        try:
+            layout = writer.finish()
+            digests = sink.finish()
+        except BaseException:
+            self._abort()  # the shard is lost: a later close() must not publish the others
+            raise
         done = _Staged(staged.index, staged.path, layout.record_count, layout.payload_size,
                        digests.size, digests.hexdigest, digests.part_size, digests.part_md5s)
         growing, self._growing = self._growing, None
@@ -461,8 +465,8 @@ class Writer:
         if grown is not None:
             try:
                 uploaded = grown.result()
-            except Revoked:  # given up: it outgrew its parts, and goes up finished
-                pass
+            except Revoked as exc:  # given up: it outgrew its parts, and goes up finished
+                log.info("%s goes up again from the finished file: %s", self.store.url(key or ""), exc)
         shard = self._upload_staged(staged, key, uploaded)
         if (tracer := trace.current()) is not None:
             tracer.complete("upload shard", "write", began, time.perf_counter_ns(), shard=staged.index,
@@ -632,17 +636,22 @@ class Writer:
         if self._state == "open":
             self._abort()
 
+    def _give_up_growing(self) -> None:
+        """Give up the upload of the shard being packed, if it goes up as it is packed:
+        it aborts, and the pool's close waits for it."""
+        if self._growing is not None:
+            self._growing[0].give_up()
+            self._growing = None
+
     def _abort(self) -> None:
         self._state = "aborted"
         if self._current is not None:
             self._current[1].close()
             self._current = None
-        if self._growing is not None:
-            self._growing[0].give_up()  # its upload aborts (the pool's close waits for it)
-            self._growing = None
+        self._give_up_growing()
         self._pool.close(wait=True)
-        # Uploaded shard objects stay, unreferenced: shard names are deterministic, so a
-        # concurrent writer of the same data may be about to publish the very same keys.
+        # Uploaded shard objects stay, unreferenced: a name made of a digest may be a
+        # concurrent writer's of the same data, about to publish the very same key.
         if self._uploaded:
             log.info("aborted writer for %s left %d unreferenced shard objects under shards/",
                      self.url, len(self._uploaded))

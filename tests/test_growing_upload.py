@@ -43,41 +43,41 @@ MiB = 2**20
 GROWING_NAME = re.compile(r"shards/00000-(\d{6})-([0-9a-f]{12})\.rox")
 
 
-def held_until(event: threading.Event, records: list[bytes], hold_at: int) -> Iterator[bytes]:
+def held_until(event: threading.Event, records: list[bytes], hold_at: int, waited: list[bool]) -> Iterator[bytes]:
     """``records``, the one at ``hold_at`` given only once ``event`` is set (or after 30
-    s, when the test fails on what it checks, not on time)."""
+    s); whether it was set is appended to ``waited``."""
     for i, record in enumerate(records):
         if i == hold_at:
-            event.wait(30)
+            waited.append(event.wait(30))
         yield record
 
 
-def part_started(monkeypatch: pytest.MonkeyPatch, shard: int, number: int) -> tuple[threading.Event, list[bool]]:
-    """An event set when part ``number`` of shard ``shard`` is sent, and a list told
-    whether the shard was still being packed then."""
-    started, while_packing = threading.Event(), []
+def part_started(monkeypatch: pytest.MonkeyPatch, shard: int, number: int) -> threading.Event:
+    """An event set when part ``number`` of shard ``shard`` is sent."""
+    started = threading.Event()
     real = multipart._put_part
 
     def put(fs: Any, url: str, *args: Any) -> Any:
-        if shard_of(url) == (shard, number) and not started.is_set():
-            while_packing.append(True)
+        if shard_of(url) == (shard, number):
             started.set()
         return real(fs, url, *args)
 
     monkeypatch.setattr(multipart, "_put_part", put)
-    return started, while_packing
+    return started
 
 
 def test_a_large_shards_first_part_goes_up_before_the_shard_is_packed(limits, s3_server, bucket, tmp_path,
                                                                        monkeypatch) -> None:
-    """Shard 0's 7th record is given only once its first part is on the wire; the object
-    is the packed bytes, its ETag the packed parts', and it reads back."""
-    started, while_packing = part_started(monkeypatch, 0, 1)
-    records = mib_records(13)  # a shard of 11 records (3 parts of 5 MiB), and one of 2
+    """Shard 0's 11th record is given only once its first part is on the wire (a part of
+    5 MiB, the upload made at 10 MiB); the object is the packed bytes, its ETag the
+    packed parts', and it reads back. The next shard ends between one part and the
+    threshold: it goes up in one PUT."""
+    started, waited = part_started(monkeypatch, 0, 1), []
+    records = mib_records(18)  # a shard of 11 records (3 parts of 5 MiB), and one of 7
     store = make_store(s3_server, bucket)
     with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
-        writer.extend(held_until(started, records, hold_at=6))
-    assert while_packing == [True]
+        writer.extend(held_until(started, records, hold_at=10, waited=waited))
+    assert waited == [True]
     first, second = writer.manifest.shards.uris.tolist()
     match = GROWING_NAME.fullmatch(first)
     assert match is not None
@@ -85,7 +85,7 @@ def test_a_large_shards_first_part_goes_up_before_the_shard_is_packed(limits, s3
     assert not digest.startswith(match.group(2))  # named before the digest was known
     data = store.read_bytes(first, None)
     assert store.backend.info(store.path(first))["ETag"].strip('"') == multipart_etag(data, PART)
-    assert not store.backend.info(store.path(second))["ETag"].strip('"').endswith("-1")  # small: one PUT
+    assert re.fullmatch(r"[0-9a-f]{32}", store.backend.info(store.path(second))["ETag"].strip('"'))  # one PUT
     assert pending_uploads(store, bucket) == []
     with roxxel.open(store.base_url, storage_options=s3_server.storage_options,
                      cache_dir=str(tmp_path / "cache")) as ds:
@@ -117,12 +117,12 @@ def test_a_part_changed_in_the_file_before_it_went_up_is_never_published(limits,
 def test_a_writer_aborted_mid_shard_leaves_no_pending_upload(limits, s3_server, bucket, monkeypatch) -> None:
     """An error in the records once a part of the shard being packed is on the wire:
     the writer aborts, the shard's multipart upload is aborted, nothing is published."""
-    started, _ = part_started(monkeypatch, 0, 1)
+    started = part_started(monkeypatch, 0, 1)
     store = make_store(s3_server, bucket)
     requests = Requests(store.fs, monkeypatch)
 
     def records() -> Iterator[bytes]:
-        yield from mib_records(6)
+        yield from mib_records(11)
         started.wait(30)
         raise RuntimeError("the records ran out")
 
@@ -140,10 +140,10 @@ def test_a_writer_aborted_mid_shard_leaves_no_pending_upload(limits, s3_server, 
 def test_a_writer_dropped_mid_shard_gives_its_upload_up(limits, s3_server, bucket, monkeypatch) -> None:
     """A writer neither closed nor aborted, once collected: the feed of its open shard is
     given up and the shard's multipart upload aborted."""
-    started, _ = part_started(monkeypatch, 0, 1)
+    started = part_started(monkeypatch, 0, 1)
     store = make_store(s3_server, bucket)
     writer = roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store)
-    writer.extend(mib_records(6))
+    writer.extend(mib_records(11))
     assert started.wait(30)
     del writer
     gc.collect()
@@ -198,17 +198,19 @@ def test_an_upload_failed_transiently_is_retried_whole_from_the_parts_written(li
 
 def test_a_shard_past_10000_parts_goes_up_finished(limits, s3_server, bucket, tmp_path, monkeypatch) -> None:
     """A shard that outgrows the parts it was begun with (one record larger than 10,000
-    parts; 2 here) gives its growing upload up and goes up finished, in larger parts."""
-    monkeypatch.setattr(multipart, "_MAX_PARTS", 2)
+    parts; 1 here) gives its growing upload up before it sends a part S3 would refuse,
+    and goes up finished, in one larger part."""
+    monkeypatch.setattr(multipart, "_MAX_PARTS", 1)
     store = make_store(s3_server, bucket)
     requests = Requests(store.fs, monkeypatch)
     records = mib_records(11)
     with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
         writer.extend(records)
+    assert max(requests.attempts) == 1  # no part number past the limit was ever sent
     assert requests.calls["abort_multipart_upload"] == 1  # the growing one
     assert requests.calls["complete_multipart_upload"] == 1
     (uri,) = writer.manifest.shards.uris.tolist()
-    assert store.backend.info(store.path(uri))["ETag"].strip('"').endswith("-2")
+    assert store.backend.info(store.path(uri))["ETag"].strip('"').endswith("-1")
     with roxxel.open(store.base_url, storage_options=s3_server.storage_options,
                      cache_dir=str(tmp_path / "cache")) as ds:
         assert [bytes(ds[i]) for i in range(len(ds))] == records
@@ -238,3 +240,34 @@ def test_a_feed_given_up_before_the_upload_began_raises_revoked(limits, s3_serve
     with pytest.raises(Revoked, match="given up"):
         store.put_growing(str(path), "growing.bin", feed)
     assert pending_uploads(store, bucket) == []
+
+
+def test_a_shard_that_fails_to_finish_aborts_the_writer_and_its_upload(limits, s3_server, bucket,
+                                                                      monkeypatch) -> None:
+    """The staged file cannot be finished (a full disk) once parts of it are up: the
+    shard's upload is aborted, and a close() after the error publishes nothing (the
+    other shards without this one would be a dataset missing records)."""
+    import errno
+
+    from roxxel.staging import StagingFile
+
+    started = part_started(monkeypatch, 1, 1)
+    store = make_store(s3_server, bucket)
+    requests = Requests(store.fs, monkeypatch)
+    real = StagingFile.finish
+
+    def finish(self: StagingFile) -> Any:
+        if self.path.endswith("000001.rox"):
+            assert started.wait(30)
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return real(self)
+
+    monkeypatch.setattr(StagingFile, "finish", finish)
+    writer = roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store)
+    with pytest.raises(OSError, match="No space left"):
+        writer.extend(mib_records(24))
+    with pytest.raises(ValueError, match="is aborted"):
+        writer.close()
+    assert requests.calls["abort_multipart_upload"] >= 1
+    assert pending_uploads(store, bucket) == []
+    assert not store.exists("manifest.json")

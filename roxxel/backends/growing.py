@@ -44,7 +44,7 @@ class PartFeed:
         if part_size < multipart.MIN_PART:
             raise ValueError(f"part_size must be at least {multipart.MIN_PART} bytes (S3's smallest part), got {part_size}")
         self.part_size = part_size
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (give_up may run in a finalizer, on any thread)
         self._written = 0
         self._final: tuple[int, tuple[bytes, ...]] | None = None  # the size, each part's MD5
         self._given_up = False
@@ -95,21 +95,23 @@ class PartFeed:
 async def upload(fs: Any, local_path: str, path: str, feed: PartFeed) -> str | None:
     """Upload ``local_path``, being written, to ``path`` on the s3fs filesystem ``fs`` as
     ``feed`` reports its parts (on ``fs``'s loop), and return the object's ETag; all or
-    nothing, as :func:`.multipart.upload`. None, having sent nothing, if the file ends
-    before its first part is full and is smaller than the multipart threshold: it is
-    for one PUT (:meth:`.s3.S3Backend.put_file`)."""
+    nothing, as :func:`.multipart.upload`. The upload is made once the file holds the
+    multipart threshold; None, having sent nothing, if it ends smaller: it is for one
+    PUT (:meth:`.s3.S3Backend.put_file`). :class:`~.through.Revoked` if the feed is given
+    up, or the file outgrows 10,000 parts."""
     part_size = feed.part_size
     budget = multipart._budget(asyncio.get_running_loop(), multipart.limits().parts_in_flight)
     bucket, key, _ = fs.split_path(path)
     event = asyncio.Event()
     written, final, given_up = feed._attach(event)
-    while written < part_size and final is None and not given_up:  # the upload is made for the first part
+    threshold = multipart.limits().threshold
+    while written < threshold and final is None and not given_up:  # no upload for a file too small for parts
         await event.wait()
         event.clear()
         written, final, given_up = feed._state()
     if given_up:
         raise Revoked(f"the upload of {path} was given up before it began")
-    if final is not None and final[0] < multipart.limits().threshold:
+    if final is not None and final[0] < threshold:
         return None
     fd = os.open(local_path, os.O_RDONLY)
     multipart._THREADS.started()
@@ -129,6 +131,9 @@ async def upload(fs: Any, local_path: str, path: str, feed: PartFeed) -> str | N
                 length = min(part_size, upto - offset)
                 if length <= 0 or (length < part_size and not last):
                     return
+                if len(tasks) == multipart._MAX_PARTS:  # (S3 would refuse the part)
+                    raise Revoked(f"the upload of {path} was given up: the file outgrew "
+                                  f"{multipart._MAX_PARTS} parts of {part_size} bytes")
                 task = asyncio.ensure_future(job.send_part(budget, len(tasks) + 1, offset, length, None, digest=False))
                 task.add_done_callback(lambda _: event.set())  # a failed part stops the upload at once
                 tasks.append(task)

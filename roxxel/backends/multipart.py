@@ -247,10 +247,16 @@ def _budget(loop: asyncio.AbstractEventLoop, slots: int) -> asyncio.Semaphore:
 def _read_part(fd: int, offset: int, length: int, md5: bytes | None = None) -> tuple[bytes, bytes]:
     """Bytes ``[offset, offset + length)`` of the open file ``fd`` and their MD5 digest
     (``md5`` where it is known already: it is not computed again)."""
+    data = _read_bytes(fd, offset, length)
+    return data, md5 if md5 is not None else hashlib.md5(data).digest()
+
+
+def _read_bytes(fd: int, offset: int, length: int) -> bytes:
+    """Bytes ``[offset, offset + length)`` of the open file ``fd``; OSError if it is shorter."""
     data = os.pread(fd, length, offset)
     if len(data) != length:
         raise OSError(f"the file to upload ended at byte {offset + len(data)}, expected {offset + length}")
-    return data, md5 if md5 is not None else hashlib.md5(data).digest()
+    return data
 
 
 def _md5_of(fd: int, offset: int, length: int) -> bytes:
@@ -400,9 +406,9 @@ class _Upload:
         bytes' where known: S3 then refuses a part read otherwise; none where not
         ``digest`` and not known); the buffer dies with the slot."""
         md5: bytes | None
+        checked: dict[str, str]
         if known is None and not digest:
-            data, md5 = (await asyncio.to_thread(_read_part, self.fd, offset, length, b""))[0], None
-            checked = {}
+            data, md5, checked = await asyncio.to_thread(_read_bytes, self.fd, offset, length), None, {}
         else:
             data, md5 = await asyncio.to_thread(_read_part, self.fd, offset, length, known)
             checked = {"ContentMD5": base64.b64encode(md5).decode()}
@@ -418,7 +424,7 @@ class _Upload:
         loop = asyncio.get_running_loop()
         threads = _THREADS.pool(_limits.parts_in_flight)
 
-        async def send() -> tuple[str, bytes]:
+        async def send() -> tuple[str, bytes | None]:
             s3 = await self.fs.get_s3(self.bucket)
             # No Content-MD5: a SigV2 presigned URL would have to sign it. The part's
             # ETag is its MD5 all the same, and the object's ETag is checked after.
