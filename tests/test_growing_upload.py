@@ -271,3 +271,72 @@ def test_a_shard_that_fails_to_finish_aborts_the_writer_and_its_upload(limits, s
     assert requests.calls["abort_multipart_upload"] >= 1
     assert pending_uploads(store, bucket) == []
     assert not store.exists("manifest.json")
+
+
+def signed_parts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
+    """For each part PUT from a part thread, whether its headers were signed here, and
+    its part number."""
+    seen: list[tuple[bool, int]] = []
+    real = multipart._put_part
+
+    def put(fs: Any, url: str, *args: Any) -> Any:
+        number = int(re.search(r"partNumber=(\d+)", url).group(1))  # type: ignore[union-attr]
+        seen.append((len(args) > 5 and args[5] is not None, number))
+        return real(fs, url, *args)
+
+    monkeypatch.setattr(multipart, "_put_part", put)
+    return seen
+
+
+def test_a_writer_from_storage_options_signs_its_upload_without_s3fs(limits, s3_server, bucket, tmp_path,
+                                                                      monkeypatch) -> None:
+    """A dataset written from plain storage options: the growing upload is made, and its
+    parts sent, by requests signed here (s3fs is not waited for); it completes through
+    s3fs, and reads back."""
+    from roxxel.backends import growing
+
+    seen = signed_parts(monkeypatch)
+    made = []
+    real_create = growing.create_multipart
+    monkeypatch.setattr(growing, "create_multipart", lambda request: made.append(request) or real_create(request))
+    url = f"s3://{bucket}/signed"
+    records = mib_records(11)
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=s3_server.storage_options) as writer:
+        writer.extend(records)
+    assert len(made) == 1 and sorted(seen) == [(True, 1), (True, 2), (True, 3)]
+    with roxxel.open(url, storage_options=s3_server.storage_options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+@pytest.mark.parametrize("refused", ["create", "part"])
+def test_a_store_refusing_requests_signed_here_gets_them_through_s3fs(refused, limits, s3_server, bucket, tmp_path,
+                                                                       monkeypatch) -> None:
+    """The store refuses (403) the creation signed here, or the first part signed here:
+    the upload is made, or the parts sent, through s3fs, and the dataset is whole."""
+    from roxxel.backends import growing
+
+    seen = signed_parts(monkeypatch)
+    if refused == "create":
+        def create(request: Any) -> str:
+            raise client_error(403, "SignatureDoesNotMatch", "CreateMultipartUpload")
+        monkeypatch.setattr(growing, "create_multipart", create)
+    else:
+        real = growing._SignedUpload._send_signed
+
+        async def send(self: Any, number: int, *args: Any) -> Any:
+            if number == 1:
+                raise client_error(403, "SignatureDoesNotMatch", "UploadPart")
+            return await real(self, number, *args)
+        monkeypatch.setattr(growing._SignedUpload, "_send_signed", send)
+    url = f"s3://{bucket}/refused"
+    records = mib_records(11)
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=s3_server.storage_options) as writer:
+        writer.extend(records)
+    if refused == "create":  # every part presigned by botocore
+        assert sorted(seen) == [(False, 1), (False, 2), (False, 3)]
+    else:  # the refused part sent again presigned by botocore (the others as they went)
+        assert (False, 1) in seen and (True, 1) not in seen and len(seen) == 3
+    store = make_store(s3_server, bucket)
+    assert pending_uploads(store, bucket) == []
+    with roxxel.open(url, storage_options=s3_server.storage_options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records

@@ -168,6 +168,31 @@ def test_the_signature_is_botocores():
             assert ours["x-amz-date"] == request.headers["X-Amz-Date"]
 
 
+@pytest.mark.parametrize(("method", "params", "payload"), [
+    ("POST", {"uploads": ""}, None),  # CreateMultipartUpload
+    ("PUT", {"partNumber": "7", "uploadId": "2~a.b_c-d+e/f=g h"}, "UNSIGNED-PAYLOAD"),  # UploadPart
+])
+def test_the_signature_of_a_multipart_request_is_botocores(method, params, payload):
+    """The growing upload's requests (roxxel.backends.growing): a query string, and an
+    unsigned body, signed as botocore signs them."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from roxxel.backends.s3open import _EMPTY_SHA256, canonical_query
+
+    now = time.gmtime(1765000000)
+    target, query = "/bucket/ds/shards/00000-000000-0123456789ab.rox", canonical_query(params)
+    ours = sigv4_headers(method, "127.0.0.1:9000", target, "eu-west-1", ("AKID", "SECRET", "tok"), now, query,
+                         payload or _EMPTY_SHA256)
+    request = AWSRequest(method=method, url=f"http://127.0.0.1:9000{target}?{query}")
+    with mock.patch("botocore.auth.get_current_datetime", return_value=datetime.datetime(*now[:6])), \
+            mock.patch.object(S3SigV4Auth, "payload", return_value=payload or _EMPTY_SHA256):
+        S3SigV4Auth(Credentials("AKID", "SECRET", "tok"), "s3", "eu-west-1").add_auth(request)
+    assert ours["Authorization"] == request.headers["Authorization"]
+    assert ours["x-amz-content-sha256"] == request.headers["X-Amz-Content-SHA256"]
+
+
 # -- what an open hashes and cleans --------------------------------------------------
 
 

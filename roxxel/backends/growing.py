@@ -25,13 +25,23 @@ once, and goes on as the first one did.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import multipart
+from .errors import classify, describe, http_status
+from .s3open import canonical_query, create_multipart, ranged_request
 from .through import Revoked
+
+if TYPE_CHECKING:
+    from .s3 import S3Backend
+    from .s3open import _Request
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PartFeed", "upload"]
 
@@ -92,16 +102,21 @@ class PartFeed:
             return self._written, self._final, self._given_up
 
 
-async def upload(fs: Any, local_path: str, path: str, feed: PartFeed) -> str | None:
-    """Upload ``local_path``, being written, to ``path`` on the s3fs filesystem ``fs`` as
-    ``feed`` reports its parts (on ``fs``'s loop), and return the object's ETag; all or
-    nothing, as :func:`.multipart.upload`. The upload is made once the file holds the
-    multipart threshold; None, having sent nothing, if it ends smaller: it is for one
-    PUT (:meth:`.s3.S3Backend.put_file`). :class:`~.through.Revoked` if the feed is given
-    up, or the file outgrows 10,000 parts."""
+async def upload(backend: S3Backend, local_path: str, path: str, feed: PartFeed) -> str | None:
+    """Upload ``local_path``, being written, to ``path`` (``bucket/key``) of the S3
+    ``backend`` as ``feed`` reports its parts (on fsspec's loop), and return the object's
+    ETag; all or nothing, as :func:`.multipart.upload`. The upload is made once the file
+    holds the multipart threshold; None, having sent nothing, if it ends smaller: it is
+    for one PUT (:meth:`.s3.S3Backend.put_file`). :class:`~.through.Revoked` if the feed
+    is given up, or the file outgrows 10,000 parts.
+
+    Where reads are signed here (:func:`.s3open.ranged_request`: plain options, static
+    credentials), so are the upload's creation and its parts, and s3fs, made meanwhile
+    by the writer's probe, is waited for only by the completion: a writer's first parts
+    do not wait ~0.4 s for s3fs to be imported and its client made. A store that refuses
+    them gets them through s3fs instead."""
     part_size = feed.part_size
     budget = multipart._budget(asyncio.get_running_loop(), multipart.limits().parts_in_flight)
-    bucket, key, _ = fs.split_path(path)
     event = asyncio.Event()
     written, final, given_up = feed._attach(event)
     threshold = multipart.limits().threshold
@@ -116,11 +131,7 @@ async def upload(fs: Any, local_path: str, path: str, feed: PartFeed) -> str | N
     fd = os.open(local_path, os.O_RDONLY)
     multipart._THREADS.started()
     try:
-        created = await multipart._retrying(
-            lambda: fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key),
-            f"the start of s3://{bucket}/{key}",
-        )
-        job = multipart._Upload(fs, bucket, key, created["UploadId"], local_path, fd, None)
+        job = await _create(backend, path, local_path, fd)
         tasks: list[asyncio.Future[tuple[str, bytes | None]]] = []
 
         def send(upto: int, last: bool) -> None:
@@ -151,7 +162,6 @@ async def upload(fs: Any, local_path: str, path: str, feed: PartFeed) -> str | N
                 if final is not None:
                     break
                 await event.wait()
-            assert final is not None
             md5s = final[1]
             sent = await multipart._all_or_cancel(tasks)
             etag = multipart._etag(list(md5s))
@@ -167,3 +177,90 @@ async def upload(fs: Any, local_path: str, path: str, feed: PartFeed) -> str | N
         multipart._THREADS.ended()
     multipart._remember(local_path, len(md5s), etag)
     return etag
+
+
+async def _create(backend: S3Backend, path: str, local_path: str, fd: int) -> multipart._Upload:
+    """The multipart upload of ``path``: made by a request signed here where possible,
+    else by s3fs."""
+    bucket, _, key = path.partition("/")
+    request = await asyncio.to_thread(_signed_request, backend, path)
+    if request is not None:
+        try:
+            upload_id = await multipart._retrying(lambda: asyncio.to_thread(create_multipart, request),
+                                                  f"the start of s3://{path}")
+        except Exception as exc:  # noqa: BLE001 - s3fs's way reports a real refusal
+            log.info("a multipart upload signed here was refused (%s); going through s3fs", describe(exc))
+        else:
+            return _SignedUpload(None, bucket, key, upload_id, local_path, fd, None, backend, request)
+    fs = await asyncio.to_thread(lambda: backend.fs)
+    bucket, key, _ = fs.split_path(path)
+    created = await multipart._retrying(
+        lambda: fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key),
+        f"the start of s3://{bucket}/{key}",
+    )
+    return multipart._Upload(fs, bucket, key, created["UploadId"], local_path, fd, None)
+
+
+def _signed_request(backend: S3Backend, path: str) -> _Request | None:
+    """The signed request template of ``path``, as ranged reads sign theirs, or None."""
+    from .s3 import refused
+
+    deferred = backend.deferred() or getattr(backend, "_deferred", None)
+    if deferred is None or refused(deferred):
+        return None
+    try:
+        return ranged_request(deferred, path)
+    except Exception as exc:  # noqa: BLE001 - any of it means: go through s3fs
+        log.debug("signed uploads not possible (%s); going through s3fs", type(exc).__name__)
+        return None
+
+
+class _SignedUpload(multipart._Upload):
+    """A multipart upload made by a request signed here, whose parts are PUT with headers
+    signed here (on the part threads, from the file by ``sendfile``), so that nothing
+    waits for s3fs; the completion and an abort go through s3fs, made when first needed.
+    A part refused (not transiently) is sent through s3fs, as every later one."""
+
+    def __init__(self, fs: Any, bucket: str, key: str, upload_id: str, local_path: str, fd: int,
+                 progress: Any, backend: S3Backend, request: _Request) -> None:
+        super().__init__(fs, bucket, key, upload_id, local_path, fd, progress)
+        self._backend, self._request, self._signed = backend, request, True
+
+    async def _made(self) -> None:
+        if self.fs is None:
+            self.fs = await asyncio.to_thread(lambda: self._backend.fs)
+
+    async def call(self, method: str, **kwargs: Any) -> Any:
+        await self._made()
+        return await super().call(method, **kwargs)
+
+    async def send_part(self, budget: asyncio.Semaphore, number: int, offset: int, length: int,
+                        md5: bytes | None, *, digest: bool = True) -> tuple[str, bytes | None]:
+        if self._signed:
+            async with budget:
+                try:
+                    return await multipart._retrying(lambda: self._send_signed(number, offset, length, md5, digest),
+                                                     self._what(number))
+                except Exception as exc:
+                    if classify(exc).retryable or http_status(exc) == 404:  # 404: no such upload any more
+                        raise
+                    self._signed = False
+                    log.info("a part signed here was refused (%s); sending parts through s3fs", describe(exc))
+        await self._made()
+        return await super().send_part(budget, number, offset, length, md5, digest=digest)
+
+    async def _send_signed(self, number: int, offset: int, length: int, md5: bytes | None,
+                           digest: bool) -> tuple[str, bytes | None]:
+        request = self._request
+        query = canonical_query({"partNumber": str(number), "uploadId": self.upload_id})
+        headers = request.headers(time.gmtime(), "PUT", query, "UNSIGNED-PAYLOAD")
+        url = f"{request.where.scheme}://{request.where.host}{request.target}?{query}"
+        threads = multipart._THREADS.pool(multipart.limits().parts_in_flight)
+        put = asyncio.wrap_future(threads.submit(
+            lambda: multipart._put_part(None, url, self.local_path, offset, length, md5, digest, headers,
+                                        request.connection)))
+        try:
+            return await asyncio.shield(put)
+        except asyncio.CancelledError:
+            await asyncio.wait({put})  # (as for presigned parts: the abort that follows removes it)
+            raise

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http.client
 import itertools
 import logging
 import os
@@ -311,12 +312,14 @@ def _direct_eligible(fs: Any) -> bool:
 
 
 def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
-              md5: bytes | None = None, digest: bool = True) -> tuple[str, bytes | None]:
+              md5: bytes | None = None, digest: bool = True, signed: dict[str, str] | None = None,
+              connect: Callable[[], http.client.HTTPConnection] | None = None) -> tuple[str, bytes | None]:
     """PUT bytes ``[offset, offset + length)`` of ``local_path`` to the presigned ``url``
-    and return the part's ETag and the MD5 digest of the bytes (``md5``, where the
-    writer computed it as it packed them; else computed from the file as it is sent,
-    unless not ``digest``: then None); a refusal raises botocore's ClientError, as s3fs
-    would."""
+    (or to ``url`` with the ``signed`` headers, Host among them, a new connection made by
+    ``connect``) and return the part's ETag and the MD5 digest of the bytes (``md5``,
+    where the writer computed it as it packed them; else computed from the file as it is
+    sent, unless not ``digest``: then None); a refusal raises botocore's ClientError, as
+    s3fs would."""
     import http.client
     import urllib.parse
 
@@ -326,10 +329,12 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
     if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(parts.hostname):
         raise ValueError(f"a presigned part URL of scheme {parts.scheme!r} or to a proxied host")
     kept = _connections.__dict__.setdefault("kept", {})
-    conn = kept.pop((parts.scheme, parts.netloc), None) or _connect(fs, parts)
+    conn = kept.pop((parts.scheme, parts.netloc), None) or (connect() if connect is not None else _connect(fs, parts))
     began, packed = time.perf_counter_ns(), md5 is not None or not digest  # (not digest: the packing's MD5s)
     try:
-        conn.putrequest("PUT", f"{parts.path}?{parts.query}", skip_accept_encoding=True)
+        conn.putrequest("PUT", f"{parts.path}?{parts.query}", skip_host=signed is not None, skip_accept_encoding=True)
+        for name, value in (signed or {}).items():
+            conn.putheader(name, value)
         conn.putheader("Content-Length", str(length))
         conn.endheaders()
         with open(local_path, "rb") as f:

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fsspec import AbstractFileSystem
-from fsspec.asyn import sync
+from fsspec.asyn import get_loop, sync
 
 from .base import (
     ChunkReader,
@@ -151,9 +151,10 @@ class S3Backend(DeferringBackend):
         from . import growing
 
         try:
-            return sync(self.fs.loop, growing.upload, self.fs, local_path, path, feed) is not None
+            return sync(get_loop(), growing.upload, self, local_path, path, feed) is not None
         finally:
-            self.fs.invalidate_cache(path)
+            if self.deferred() is None:  # (s3fs made: its listings cache forgets the path)
+                self.fs.invalidate_cache(path)
 
     def _put_object_streaming(self, local_path: str, path: str) -> None:
         """One PUT whose body streams from the file.

@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import http.client
 import logging
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -243,9 +245,11 @@ class _Request:
         self.timeout, self.cafile, self.aws, self.connect_url = timeout, cafile, aws, connect_url
         self.bucket_key = aws[:2] if aws is not None else bucket_key
 
-    def headers(self, now: time.struct_time, method: str = "GET") -> dict[str, str]:
-        """The request's headers, signed at ``now`` (for a GET, or ``method``)."""
-        return sigv4_headers(method, self.where.host, self.target, self.region, self.credentials, now)
+    def headers(self, now: time.struct_time, method: str = "GET", query: str = "",
+                payload: str = _EMPTY_SHA256) -> dict[str, str]:
+        """The request's headers, signed at ``now`` (for a GET, or ``method``; with the
+        canonical ``query`` string and the ``payload``'s hash, see :func:`sigv4_headers`)."""
+        return sigv4_headers(method, self.where.host, self.target, self.region, self.credentials, now, query, payload)
 
     def connection(self) -> http.client.HTTPConnection:
         if self.connect_url is not None:
@@ -400,20 +404,22 @@ def _quoted(bucket: str, key: str) -> str:
 
 
 def sigv4_headers(method: str, host: str, target: str, region: str, credentials: tuple[str, str, str | None],
-                  now: time.struct_time) -> dict[str, str]:
-    """The headers of an S3 request without a body signed with AWS Signature Version 4
-    (header form, as botocore's ``S3SigV4Auth`` signs a ``GetObject``); ``target`` is the
-    request path, already quoted. Written out here because importing botocore's signer
-    costs a fresh process more (~40 ms) than a warm open takes in all."""
+                  now: time.struct_time, query: str = "", payload: str = _EMPTY_SHA256) -> dict[str, str]:
+    """The headers of an S3 request signed with AWS Signature Version 4 (header form, as
+    botocore's ``S3SigV4Auth`` signs a ``GetObject``); ``target`` is the request path,
+    already quoted; ``query`` the canonical query string (:func:`canonical_query`);
+    ``payload`` the hex SHA-256 of the body (none, by default), or ``UNSIGNED-PAYLOAD``.
+    Written out here because importing botocore's signer costs a fresh process more
+    (~40 ms) than a warm open takes in all."""
     key, secret, token = credentials
     amz_date, day = time.strftime("%Y%m%dT%H%M%SZ", now), time.strftime("%Y%m%d", now)
-    headers = {"host": host, "x-amz-content-sha256": _EMPTY_SHA256, "x-amz-date": amz_date}
+    headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
     if token:
         headers["x-amz-security-token"] = token
     names = sorted(headers)
     signed = ";".join(names)
     canonical = "\n".join([
-        method, target, "", *(f"{n}:{headers[n].strip()}" for n in names), "", signed, _EMPTY_SHA256,
+        method, target, query, *(f"{n}:{headers[n].strip()}" for n in names), "", signed, payload,
     ])
     scope = f"{day}/{region}/s3/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
@@ -425,6 +431,38 @@ def sigv4_headers(method: str, host: str, target: str, region: str, credentials:
         f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={signed}, Signature={signature}"
     )
     return headers
+
+
+def create_multipart(request: _Request) -> str:
+    """The UploadId of a new multipart upload of the request's object, made by one POST
+    signed here (``CreateMultipartUpload``); a refusal raises botocore's ClientError, as
+    s3fs would."""
+    conn = request.connection()
+    try:
+        conn.request("POST", f"{request.target}?uploads",
+                     headers=request.headers(time.gmtime(), "POST", canonical_query({"uploads": ""})))
+        response = conn.getresponse()
+        body = response.read(1 << 20)
+    finally:
+        conn.close()
+    if response.status != 200:
+        from .multipart import _client_error
+
+        raise _client_error(response.status, body)
+    found = re.search(rb"<UploadId>([^<]+)</UploadId>", body)
+    if found is None:
+        raise http.client.HTTPException("a CreateMultipartUpload answer without an UploadId")
+    return html.unescape(found.group(1).decode())
+
+
+def canonical_query(params: Mapping[str, str]) -> str:
+    """The query string of ``params`` as Signature Version 4 signs it, and as it is sent:
+    sorted by name, each name and value percent-encoded but for ``-_.~``."""
+    return "&".join(f"{_encoded(k)}={_encoded(v)}" for k, v in sorted(params.items()))
+
+
+def _encoded(text: str) -> str:
+    return urllib.parse.quote(text, safe="-_.~")
 
 
 def _credentials(options: Mapping[str, Any]) -> tuple[tuple[str, str, str | None], str | None] | None:
