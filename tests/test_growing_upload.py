@@ -291,19 +291,30 @@ def signed_parts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
 def test_a_writer_from_storage_options_signs_its_upload_without_s3fs(limits, s3_server, bucket, tmp_path,
                                                                       monkeypatch) -> None:
     """A dataset written from plain storage options: the growing upload is made, and its
-    parts sent, by requests signed here (s3fs is not waited for); it completes through
-    s3fs, and reads back."""
+    parts sent, by requests signed here: s3fs is made (for the probe, the completion)
+    only once the first part is on the wire; the upload completes through s3fs, leaves
+    nothing pending, and reads back."""
     from roxxel.backends import growing
+    from roxxel.backends.s3open import DeferredS3FileSystem
 
     seen = signed_parts(monkeypatch)
+    started, waited = part_started(monkeypatch, 0, 1), []
     made = []
-    real_create = growing.create_multipart
+    real_create, real_materialize = growing.create_multipart, DeferredS3FileSystem.materialize
+
+    def materialize(self: DeferredS3FileSystem) -> Any:
+        waited.append(started.wait(30))
+        return real_materialize(self)
+
     monkeypatch.setattr(growing, "create_multipart", lambda request: made.append(request) or real_create(request))
+    monkeypatch.setattr(DeferredS3FileSystem, "materialize", materialize)
     url = f"s3://{bucket}/signed"
     records = mib_records(11)
     with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=s3_server.storage_options) as writer:
         writer.extend(records)
     assert len(made) == 1 and sorted(seen) == [(True, 1), (True, 2), (True, 3)]
+    assert waited and all(waited)
+    assert pending_uploads(make_store(s3_server, bucket), bucket) == []
     with roxxel.open(url, storage_options=s3_server.storage_options, cache_dir=str(tmp_path / "cache")) as ds:
         assert [bytes(ds[i]) for i in range(len(ds))] == records
 
@@ -312,15 +323,22 @@ def test_a_writer_from_storage_options_signs_its_upload_without_s3fs(limits, s3_
 def test_a_store_refusing_requests_signed_here_gets_them_through_s3fs(refused, limits, s3_server, bucket, tmp_path,
                                                                        monkeypatch) -> None:
     """The store refuses (403) the creation signed here, or the first part signed here:
-    the upload is made, or the parts sent, through s3fs, and the dataset is whole."""
+    the upload is made, or the parts sent, through s3fs, and so are the next shard's (the
+    refusal is remembered); the dataset is whole."""
     from roxxel.backends import growing
 
     seen = signed_parts(monkeypatch)
-    if refused == "create":
-        def create(request: Any) -> str:
+    made: list[Any] = []
+    real_create = growing.create_multipart
+
+    def create(request: Any) -> str:
+        made.append(request)
+        if refused == "create":
             raise client_error(403, "SignatureDoesNotMatch", "CreateMultipartUpload")
-        monkeypatch.setattr(growing, "create_multipart", create)
-    else:
+        return real_create(request)
+
+    monkeypatch.setattr(growing, "create_multipart", create)
+    if refused == "part":
         real = growing._SignedUpload._send_signed
 
         async def send(self: Any, number: int, *args: Any) -> Any:
@@ -329,13 +347,16 @@ def test_a_store_refusing_requests_signed_here_gets_them_through_s3fs(refused, l
             return await real(self, number, *args)
         monkeypatch.setattr(growing._SignedUpload, "_send_signed", send)
     url = f"s3://{bucket}/refused"
-    records = mib_records(11)
-    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=s3_server.storage_options) as writer:
+    records = mib_records(22)  # two shards of 3 parts: the first refused, the next the s3fs way
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=s3_server.storage_options,
+                       upload_workers=1, max_staged_shards=1) as writer:
         writer.extend(records)
+    assert len(made) == 1  # the second shard's upload not even tried signed
     if refused == "create":  # every part presigned by botocore
-        assert sorted(seen) == [(False, 1), (False, 2), (False, 3)]
-    else:  # the refused part sent again presigned by botocore (the others as they went)
-        assert (False, 1) in seen and (True, 1) not in seen and len(seen) == 3
+        assert sorted(seen) == [(False, 1), (False, 1), (False, 2), (False, 2), (False, 3), (False, 3)]
+    else:  # the refused part sent again presigned by botocore (the others as they went), the next shard's too
+        assert (False, 1) in seen[:4] and (True, 1) not in seen and len(seen) == 6
+        assert all(not signed for signed, _ in seen[-3:])
     store = make_store(s3_server, bucket)
     assert pending_uploads(store, bucket) == []
     with roxxel.open(url, storage_options=s3_server.storage_options, cache_dir=str(tmp_path / "cache")) as ds:

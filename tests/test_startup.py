@@ -185,7 +185,9 @@ def test_the_signature_of_a_multipart_request_is_botocores(method, params, paylo
     target, query = "/bucket/ds/shards/00000-000000-0123456789ab.rox", canonical_query(params)
     ours = sigv4_headers(method, "127.0.0.1:9000", target, "eu-west-1", ("AKID", "SECRET", "tok"), now, query,
                          payload or _EMPTY_SHA256)
-    request = AWSRequest(method=method, url=f"http://127.0.0.1:9000{target}?{query}")
+    # (botocore encodes the query itself from params; "?uploads" is sent bare, as botocore sends it)
+    request = (AWSRequest(method=method, url=f"http://127.0.0.1:9000{target}?uploads") if "uploads" in params
+               else AWSRequest(method=method, url=f"http://127.0.0.1:9000{target}", params=params))
     with mock.patch("botocore.auth.get_current_datetime", return_value=datetime.datetime(*now[:6])), \
             mock.patch.object(S3SigV4Auth, "payload", return_value=payload or _EMPTY_SHA256):
         S3SigV4Auth(Credentials("AKID", "SECRET", "tok"), "s3", "eu-west-1").add_auth(request)

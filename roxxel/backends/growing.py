@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import multipart
-from .errors import classify, describe, http_status
+from .errors import classify, http_status
 from .s3open import canonical_query, create_multipart, ranged_request
 from .through import Revoked
 
@@ -188,8 +188,10 @@ async def _create(backend: S3Backend, path: str, local_path: str, fd: int) -> mu
         try:
             upload_id = await multipart._retrying(lambda: asyncio.to_thread(create_multipart, request),
                                                   f"the start of s3://{path}")
-        except Exception as exc:  # noqa: BLE001 - s3fs's way reports a real refusal
-            log.info("a multipart upload signed here was refused (%s); going through s3fs", describe(exc))
+        except Exception as exc:
+            if classify(exc).retryable:
+                raise  # (the store's trouble, not the signature's: the whole upload is retried)
+            _refused(backend, "a multipart upload", exc)
         else:
             return _SignedUpload(None, bucket, key, upload_id, local_path, fd, None, backend, request)
     fs = await asyncio.to_thread(lambda: backend.fs)
@@ -199,6 +201,19 @@ async def _create(backend: S3Backend, path: str, local_path: str, fd: int) -> mu
         f"the start of s3://{bucket}/{key}",
     )
     return multipart._Upload(fs, bucket, key, created["UploadId"], local_path, fd, None)
+
+
+def _refused(backend: S3Backend, what: str, exc: BaseException) -> None:
+    """The store refused ``what``, signed here: requests are signed by s3fs from now on
+    (reads too, as after a refused signed read). Only the error's code or type is logged:
+    another exception's text may hold a header, credentials among them."""
+    from .s3 import _refuse
+
+    code = multipart._error_code(exc) or type(exc).__name__
+    log.info("%s signed here was refused (%s); S3 requests go through s3fs from now on", what, code)
+    deferred = backend.deferred() or getattr(backend, "_deferred", None)
+    if deferred is not None:
+        _refuse(deferred, exc)
 
 
 def _signed_request(backend: S3Backend, path: str) -> _Request | None:
@@ -227,8 +242,9 @@ class _SignedUpload(multipart._Upload):
         self._backend, self._request, self._signed = backend, request, True
 
     async def _made(self) -> None:
-        if self.fs is None:
-            self.fs = await asyncio.to_thread(lambda: self._backend.fs)
+        if self.fs is None:  # (made in a thread unless it is made already: importing s3fs takes a while)
+            backend = self._backend
+            self.fs = backend.fs if backend.deferred() is None else await asyncio.to_thread(lambda: backend.fs)
 
     async def call(self, method: str, **kwargs: Any) -> Any:
         await self._made()
@@ -245,7 +261,7 @@ class _SignedUpload(multipart._Upload):
                     if classify(exc).retryable or http_status(exc) == 404:  # 404: no such upload any more
                         raise
                     self._signed = False
-                    log.info("a part signed here was refused (%s); sending parts through s3fs", describe(exc))
+                    _refused(self._backend, f"part {number} of an upload", exc)
         await self._made()
         return await super().send_part(budget, number, offset, length, md5, digest=digest)
 
@@ -254,11 +270,13 @@ class _SignedUpload(multipart._Upload):
         request = self._request
         query = canonical_query({"partNumber": str(number), "uploadId": self.upload_id})
         headers = request.headers(time.gmtime(), "PUT", query, "UNSIGNED-PAYLOAD")
-        url = f"{request.where.scheme}://{request.where.host}{request.target}?{query}"
+        where = request.where
+        url = f"{where.scheme}://{where.host}{request.target}?{query}"
+        pool = ("signed", where.scheme, where.host, *where.address)  # (as signed reads keep theirs apart)
         threads = multipart._THREADS.pool(multipart.limits().parts_in_flight)
         put = asyncio.wrap_future(threads.submit(
             lambda: multipart._put_part(None, url, self.local_path, offset, length, md5, digest, headers,
-                                        request.connection)))
+                                        request.connection, pool)))
         try:
             return await asyncio.shield(put)
         except asyncio.CancelledError:

@@ -313,10 +313,12 @@ def _direct_eligible(fs: Any) -> bool:
 
 def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
               md5: bytes | None = None, digest: bool = True, signed: dict[str, str] | None = None,
-              connect: Callable[[], http.client.HTTPConnection] | None = None) -> tuple[str, bytes | None]:
+              connect: Callable[[], http.client.HTTPConnection] | None = None,
+              pool: tuple[object, ...] | None = None) -> tuple[str, bytes | None]:
     """PUT bytes ``[offset, offset + length)`` of ``local_path`` to the presigned ``url``
-    (or to ``url`` with the ``signed`` headers, Host among them, a new connection made by
-    ``connect``) and return the part's ETag and the MD5 digest of the bytes (``md5``,
+    (or to ``url`` with the ``signed`` headers, Host among them, on a connection kept
+    under ``pool``, else made by ``connect``: its own settings, kept apart from the
+    presigned parts') and return the part's ETag and the MD5 digest of the bytes (``md5``,
     where the writer computed it as it packed them; else computed from the file as it is
     sent, unless not ``digest``: then None); a refusal raises botocore's ClientError, as
     s3fs would."""
@@ -329,7 +331,8 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
     if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(parts.hostname):
         raise ValueError(f"a presigned part URL of scheme {parts.scheme!r} or to a proxied host")
     kept = _connections.__dict__.setdefault("kept", {})
-    conn = kept.pop((parts.scheme, parts.netloc), None) or (connect() if connect is not None else _connect(fs, parts))
+    where = pool if pool is not None else (parts.scheme, parts.netloc)
+    conn = kept.pop(where, None) or (connect() if connect is not None else _connect(fs, parts))
     began, packed = time.perf_counter_ns(), md5 is not None or not digest  # (not digest: the packing's MD5s)
     try:
         conn.putrequest("PUT", f"{parts.path}?{parts.query}", skip_host=signed is not None, skip_accept_encoding=True)
@@ -354,7 +357,7 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
     if response.will_close:
         conn.close()
     else:
-        kept[(parts.scheme, parts.netloc)] = conn
+        kept[where] = conn
     etag = response.getheader("ETag")
     if not etag:
         raise http.client.HTTPException("an UploadPart response without an ETag")
@@ -364,15 +367,16 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
     return etag, md5
 
 
-def _client_error(status: int, body: bytes) -> Exception:
-    """botocore's ClientError for an S3 error response (its code from the XML body)."""
+def _client_error(status: int, body: bytes, operation: str = "UploadPart") -> Exception:
+    """botocore's ClientError for an S3 error response to ``operation`` (its code from
+    the XML body)."""
     from botocore.exceptions import ClientError
 
     text = body[:4096].decode("utf-8", "replace")
     code = re.search(r"<Code>([^<]*)</Code>", text)
     message = re.search(r"<Message>([^<]*)</Message>", text)
     error = {"Code": code.group(1) if code else str(status), "Message": message.group(1) if message else ""}
-    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
+    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
 
 
 @dataclass

@@ -151,7 +151,9 @@ class S3Backend(DeferringBackend):
         from . import growing
 
         try:
-            return sync(get_loop(), growing.upload, self, local_path, path, feed) is not None
+            # (fsspec's loop, which s3fs's will be, unless a filesystem given has its own)
+            loop = get_loop() if self.deferred() is not None else self.fs.loop
+            return sync(loop, growing.upload, self, local_path, path, feed) is not None
         finally:
             if self.deferred() is None:  # (s3fs made: its listings cache forgets the path)
                 self.fs.invalidate_cache(path)

@@ -62,7 +62,16 @@ T = TypeVar("T")
 if TYPE_CHECKING:  # imported where used: a fresh process imports only what its open needs
     from .aws_endpoint import Endpoint
 
-__all__ = ["DeferredS3FileSystem", "deferred_s3", "ranged_request", "signed_get", "signed_head", "sigv4_headers"]
+__all__ = [
+    "DeferredS3FileSystem",
+    "canonical_query",
+    "create_multipart",
+    "deferred_s3",
+    "ranged_request",
+    "signed_get",
+    "signed_head",
+    "sigv4_headers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +457,7 @@ def create_multipart(request: _Request) -> str:
     if response.status != 200:
         from .multipart import _client_error
 
-        raise _client_error(response.status, body)
+        raise _client_error(response.status, body, "CreateMultipartUpload")
     found = re.search(rb"<UploadId>([^<]+)</UploadId>", body)
     if found is None:
         raise http.client.HTTPException("a CreateMultipartUpload answer without an UploadId")
