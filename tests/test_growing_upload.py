@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
 
@@ -361,3 +362,27 @@ def test_a_store_refusing_requests_signed_here_gets_them_through_s3fs(refused, l
     assert pending_uploads(store, bucket) == []
     with roxxel.open(url, storage_options=s3_server.storage_options, cache_dir=str(tmp_path / "cache")) as ds:
         assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_a_growing_signed_upload_publishes_whole_through_injected_faults(limits, tmp_path, monkeypatch) -> None:
+    """moto behind a proxy that answers 20% of PUTs and POSTs (creations, parts,
+    completions, the manifest) with 503 SlowDown or 500: each is sent again (a part on
+    its own, or the whole upload), and the dataset publishes complete and correct, with
+    no multipart upload left pending."""
+    from tests import faulty_s3
+
+    seen = signed_parts(monkeypatch)
+    with faulty_s3.running("growfaults", read_timeout=5) as (server, options):
+        url = "s3://growfaults/ds"
+        records = mib_records(33)
+        server.configure(rate=0.2, kinds=["slowdown", "500"], methods=["PUT", "POST"], seed=5)
+        with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
+            writer.extend(records)
+        counts = server.counts()
+        server.configure()
+        assert sum(counts["injected"].values()) >= 3
+        assert any(signed for signed, _ in seen)  # (the signed path, under the faults)
+        fs = fsspec.filesystem("s3", **options)
+        assert fs.call_s3("list_multipart_uploads", Bucket="growfaults").get("Uploads", []) == []
+        with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+            assert [bytes(ds[i]) for i in range(len(ds))] == records
