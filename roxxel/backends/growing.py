@@ -3,15 +3,19 @@ its bytes are in the file.
 
 The writer names a large shard before it packs it, and tells a :class:`PartFeed` how far
 the staged file is written as each part of it is complete; :func:`upload` (on fsspec's
-event loop, from an upload thread) creates the multipart upload at once and sends each
-part as the feed reports it, under the same budget of parts in flight as the uploads of
-finished files (:mod:`.multipart`). So the link is busy from the shard's first part, not
-from its last: a shard of 256 MiB packed at 300 MB/s would otherwise leave the link
-idle for most of a second before it went up.
+event loop, from an upload thread) creates the multipart upload once the file holds the
+multipart threshold (a file that ends smaller goes up in one PUT, as before) and sends
+each part as the feed reports it, under the same budget of parts in flight as the
+uploads of finished files (:mod:`.multipart`). So the link is busy from the shard's
+first parts, not from its last: a shard of 256 MiB packed at 300 MB/s would otherwise
+leave the link idle for most of a second before it went up.
 
-The rest is :mod:`.multipart`'s: presigned PUTs from the file by ``sendfile`` (or s3fs
-parts), each part retried on its own, all or nothing (a failed part cancels the others
-and aborts the upload). The parts' MD5s are the ones packing computed: the feed hands
+Where reads are signed by roxxel (:func:`.s3open.ranged_request`), so are the upload's
+creation and its parts (:class:`_SignedUpload`): the first parts do not wait for s3fs,
+which only completes (or aborts) the upload. Otherwise, and after a store refused a
+request signed here, the rest is :mod:`.multipart`'s: presigned PUTs from the file by
+``sendfile`` (or s3fs parts). Either way each part is retried on its own, and the upload
+is all or nothing (a failed part cancels the others and aborts the upload). The parts' MD5s are the ones packing computed: the feed hands
 them over with the file's final size, and the object's multipart ETag is made of them,
 so the check after the upload (:meth:`.store.Store.check_upload`) compares the object
 with the bytes that were packed. No part is hashed here.

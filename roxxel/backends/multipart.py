@@ -322,7 +322,6 @@ def _put_part(fs: Any, url: str, local_path: str, offset: int, length: int,
     where the writer computed it as it packed them; else computed from the file as it is
     sent, unless not ``digest``: then None); a refusal raises botocore's ClientError, as
     s3fs would."""
-    import http.client
     import urllib.parse
 
     from .s3 import _connect, _proxied

@@ -58,7 +58,7 @@ from .base import (
 from .deferred import DeferringBackend
 from .errors import HTTPStatusError, http_status
 from .generic import etag_md5
-from .growing import PartFeed
+from .growing import PartFeed, upload as upload_growing
 from .readers import open_async_reader
 from .retry import DEFAULT_POLICY
 from .s3open import DeferredS3FileSystem, ranged_request, signed_get, signed_head
@@ -148,12 +148,10 @@ class S3Backend(DeferringBackend):
     def put_growing(self, local_path: str, path: str, feed: PartFeed) -> bool:
         """Upload ``local_path`` while it is being written, each part as ``feed`` reports
         it (:mod:`.growing`); False if it ended too small to go up in parts."""
-        from . import growing
-
         try:
             # (fsspec's loop, which s3fs's will be, unless a filesystem given has its own)
             loop = get_loop() if self.deferred() is not None else self.fs.loop
-            return sync(loop, growing.upload, self, local_path, path, feed) is not None
+            return sync(loop, upload_growing, self, local_path, path, feed) is not None
         finally:
             if self.deferred() is None:  # (s3fs made: its listings cache forgets the path)
                 self.fs.invalidate_cache(path)
