@@ -409,8 +409,8 @@ class Store:
         """Upload ``local_path`` to ``key`` while it is being written (S3 only: the writer
         asks only of an S3 store), each part as ``feed`` reports it written; all or
         nothing, as :meth:`put_file`. False if the file ended smaller than the multipart
-        threshold before a part was full: nothing was sent, and it goes up as a finished
-        file does (:meth:`put_file`, one PUT). No time limit is set on the whole: the file
+        threshold: nothing was sent, and it goes up as a finished file does
+        (:meth:`put_file`, one PUT). No time limit is set on the whole: the file
         grows as fast as its writer packs it. Each part, and each request, is bounded and
         retried as an upload's are; a failed upload is retried whole, from the parts
         written by then. Raises :class:`~.through.Revoked` once the feed is given up."""
