@@ -424,8 +424,8 @@ class Writer:
         if growing is not None:  # its upload is under way: now it can end
             try:
                 growing[0].finished(digests.size, digests.part_md5s or ())
-            except ValueError:  # (over 10,000 parts: one record larger than ~78 GiB)
-                growing[0].give_up()  # and it goes up as a finished shard does
+            except ValueError:  # (digests that do not cover the file: never, but then)
+                growing[0].give_up()  # it goes up as a finished shard does
         if self._meter is not None:
             self._meter.set_total(self._bytes)
         self._check_probe()

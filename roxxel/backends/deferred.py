@@ -68,6 +68,11 @@ class DeferringBackend(FsspecBackend):
         fs = self._fs
         return fs if isinstance(fs, self.deferred_type) else None
 
+    def deferred_source(self) -> Any | None:
+        """The deferred filesystem this backend began with, whether or not the real one is
+        made since (its URL, options and signing templates stay valid), else None."""
+        return self.deferred() or getattr(self, "_deferred", None)
+
     def info(self, path: str) -> dict[str, Any]:
         deferred = self.deferred()
         if deferred is not None:
@@ -82,7 +87,7 @@ class DeferringBackend(FsspecBackend):
         return None
 
     def forked(self) -> Backend:
-        deferred = self.deferred() or getattr(self, "_deferred", None)
+        deferred = self.deferred_source()
         if deferred is None:
             return super().forked()
         # A forked child makes its own filesystem only if it needs one.

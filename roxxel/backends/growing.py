@@ -75,8 +75,6 @@ class PartFeed:
         parts = max(1, -(-size // self.part_size))
         if len(part_md5s) != parts:
             raise ValueError(f"{len(part_md5s)} part digests do not cover {size} bytes in parts of {self.part_size}")
-        if multipart.part_size_for(size, self.part_size) != self.part_size:
-            raise ValueError(f"a file of {size} bytes cannot go up in parts of {self.part_size} bytes (over 10,000)")
         with self._lock:
             self._written, self._final = size, (size, tuple(part_md5s))
             self._notify()
@@ -215,7 +213,7 @@ def _refused(backend: S3Backend, what: str, exc: BaseException) -> None:
 
     code = multipart._error_code(exc) or type(exc).__name__
     log.info("%s signed here was refused (%s); S3 requests go through s3fs from now on", what, code)
-    deferred = backend.deferred() or getattr(backend, "_deferred", None)
+    deferred = backend.deferred_source()
     if deferred is not None:
         _refuse(deferred, exc)
 
@@ -224,7 +222,7 @@ def _signed_request(backend: S3Backend, path: str) -> _Request | None:
     """The signed request template of ``path``, as ranged reads sign theirs, or None."""
     from .s3 import refused
 
-    deferred = backend.deferred() or getattr(backend, "_deferred", None)
+    deferred = backend.deferred_source()
     if deferred is None or refused(deferred):
         return None
     try:

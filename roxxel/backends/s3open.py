@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import http.client
 import logging
 import os
@@ -461,6 +460,8 @@ def create_multipart(request: _Request) -> str:
     found = re.search(rb"<UploadId>([^<]+)</UploadId>", body)
     if found is None:
         raise http.client.HTTPException("a CreateMultipartUpload answer without an UploadId")
+    import html  # (only here: a fresh process's import of roxxel does not pay for it)
+
     return html.unescape(found.group(1).decode())
 
 
