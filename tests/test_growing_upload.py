@@ -197,7 +197,8 @@ def test_an_upload_failed_transiently_is_retried_whole_from_the_parts_written(li
         assert [bytes(ds[i]) for i in range(len(ds))] == records
 
 
-def test_a_shard_past_10000_parts_goes_up_finished(limits, s3_server, bucket, tmp_path, monkeypatch) -> None:
+def test_a_shard_past_10000_parts_goes_up_finished(limits, s3_server, bucket, tmp_path, monkeypatch,
+                                                    caplog) -> None:
     """A shard that outgrows the parts it was begun with (one record larger than 10,000
     parts; 1 here) gives its growing upload up before it sends a part S3 would refuse,
     and goes up finished, in one larger part."""
@@ -205,8 +206,11 @@ def test_a_shard_past_10000_parts_goes_up_finished(limits, s3_server, bucket, tm
     store = make_store(s3_server, bucket)
     requests = Requests(store.fs, monkeypatch)
     records = mib_records(11)
-    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+    with caplog.at_level("INFO", logger="roxxel.writer"), \
+            roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
         writer.extend(records)
+    assert re.search(r"shards/00000-000000-[0-9a-f]{12}\.rox goes up again from the finished file: the upload "
+                     r"of .* was given up: the file outgrew 1 parts of 5242880 bytes", caplog.text)
     assert max(requests.attempts) == 1  # no part number past the limit was ever sent
     assert requests.calls["abort_multipart_upload"] == 1  # the growing one
     assert requests.calls["complete_multipart_upload"] == 1
@@ -394,3 +398,57 @@ def test_only_s3_takes_an_upload_of_a_file_being_written(tmp_path) -> None:
     store = Store(str(tmp_path / "ds"))
     with pytest.raises(TypeError, match="only S3 takes an upload of a file still being written"):
         store.put_growing(str(tmp_path / "x"), "shards/x.rox", PartFeed(PART))
+
+
+class _Answering:
+    """A one-request HTTP server on loopback answering ``status`` with ``body``."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.handle_request, daemon=True).start()
+
+    def request(self) -> Any:
+        from roxxel.backends.s3open import _endpoint_request
+
+        options = {"key": "AKID", "secret": "SECRET"}
+        return _endpoint_request(options, f"http://127.0.0.1:{self.server.server_port}", "bkt", "ds/x.rox", 5.0)
+
+
+@pytest.mark.parametrize(("status", "body", "error", "message"), [
+    (200, b"<InitiateMultipartUploadResult><Bucket>bkt</Bucket></InitiateMultipartUploadResult>",
+     "HTTPException", "a CreateMultipartUpload answer without an UploadId"),
+    (403, b"<Error><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error>",
+     "ClientError", r"\(SignatureDoesNotMatch\) when calling the CreateMultipartUpload operation: no"),
+])
+def test_a_signed_create_that_gives_no_upload_raises(status, body, error, message) -> None:
+    from roxxel.backends.s3open import create_multipart
+
+    server = _Answering(status, body)
+    try:
+        with pytest.raises(Exception, match=message) as raised:
+            create_multipart(server.request())
+        assert type(raised.value).__name__ == error
+    finally:
+        server.server.server_close()
+
+
+def test_a_signed_create_unescapes_the_upload_id() -> None:
+    from roxxel.backends.s3open import create_multipart
+
+    server = _Answering(200, b"<InitiateMultipartUploadResult><UploadId>a&amp;b~c</UploadId></InitiateMultipartUploadResult>")
+    try:
+        assert create_multipart(server.request()) == "a&b~c"
+    finally:
+        server.server.server_close()
