@@ -124,8 +124,10 @@ class Store:
         return redact(self._url)
 
     def url(self, key: str) -> str:
-        """The full URL of ``key`` for messages, credentials masked."""
-        return redact(join_url(self._url, key))
+        """The full URL of ``key`` for messages, credentials masked. Only the dataset's
+        URL can carry them: the key (checked, :func:`.urls.check_key`) is shown as it is,
+        even where it holds a ``?``."""
+        return join_url(redact(self._url), key)
 
     def path(self, key: str) -> str:
         """The path of ``key`` on :attr:`fs`."""
