@@ -109,7 +109,8 @@ class Writer:
     At most ``max_staged_shards`` finished shards (default ``upload_workers + 1``) are
     staged for upload; past that, appending waits. ``upload_workers + 1`` of them (at
     most) go up at once: one more than the workers, so that a dataset's last, small
-    shard does not wait for another's upload to end.
+    shard does not wait for another's upload to end. (A large S3 shard goes up as it is
+    packed, on a thread of its own, not one of the workers: their job is its check.)
 
     ``sign_with``, an Ed25519 private key (a ``cryptography`` key object, unencrypted PEM
     or OpenSSH key text, or the path of a key file), signs the dataset: the signature of
@@ -178,6 +179,10 @@ class Writer:
         self._max_staged = max_staged_shards or upload_workers + 1
         # (started when used) one more than the workers: the last, small shard goes up at once
         self._pool = WorkerPool(min(self._max_staged, upload_workers + 1), name="roxxel-upload")
+        # S3 shards that go up as they are packed (_start_shard): each such upload waits on
+        # its packer most of its life, so it has a thread of its own (the staged shards'
+        # and the one being packed), not one of the upload workers
+        self._growing_pool = WorkerPool(self._max_staged + 1, name="roxxel-upload-growing")
         self._probe: PublishCheck | None = None  # the probe for conditional writes (_prepare_publish)
         self._base, self._generation = self._prepare_publish()
         try:
@@ -194,9 +199,9 @@ class Writer:
             if self._probe is not None:
                 self._probe.close()
             raise
-        lanes = self._md5_lanes if self._probe is None else (*self._md5_lanes, self._probe)
+        lanes = (*self._md5_lanes, self._growing_pool, *(() if self._probe is None else (self._probe,)))
         # the shard being packed and going up as it is (S3): its feed, key and upload
-        self._growing: tuple[PartFeed, str, Future[bool]] | None = None
+        self._growing: tuple[PartFeed, str, Future[bool | None]] | None = None
         self._feeds: set[PartFeed] = set()  # feeds not finished: given up when the writer ends
         self._cleanup = weakref.finalize(self, _clean_up, self._staging, lanes, release, self._feeds)
         self._futures: list[Future[ShardInfo]] = []
@@ -395,7 +400,7 @@ class Writer:
             # (the job holds no reference to the writer, which a dropped writer's
             # finalizer needs: it gives the feed up, and so ends the job)
             store, feeds = self.store, self._feeds
-            self._growing = (feed, key, self._pool.submit(lambda: _put_growing(store, path, key, feed, feeds)))
+            self._growing = (feed, key, self._growing_pool.submit(lambda: _put_growing(store, path, key, feed, feeds)))
         self._shard_began = time.perf_counter_ns()
         self._current = (ShardWriter(sink), sink, staged)
         return self._current
@@ -457,11 +462,12 @@ class Writer:
 
     # -- uploading (background threads) ------------------------------------------------
 
-    def _upload(self, staged: _Staged, key: str | None = None, grown: Future[bool] | None = None) -> ShardInfo:
+    def _upload(self, staged: _Staged, key: str | None = None,
+                grown: Future[bool | None] | None = None) -> ShardInfo:
         """Upload the finished shard ``staged``; or, with ``grown`` (the upload of the
         shard as it was packed, to ``key``), wait for that upload, then check it."""
         began = time.perf_counter_ns()
-        uploaded = False
+        uploaded: bool | None = None
         if grown is not None:
             try:
                 uploaded = grown.result()
@@ -473,9 +479,10 @@ class Writer:
                             bytes=shard.stored_size, growing=grown is not None)
         return shard
 
-    def _upload_staged(self, staged: _Staged, key: str | None = None, uploaded: bool = False) -> ShardInfo:
+    def _upload_staged(self, staged: _Staged, key: str | None = None, uploaded: bool | None = None) -> ShardInfo:
         """Upload the finished shard ``staged`` (to ``key``, if it was named before it was
-        packed; unless ``uploaded`` already), check it, and return its manifest entry."""
+        packed; unless ``uploaded`` already: see :meth:`_put_checked`), check it, and
+        return its manifest entry."""
         path, stored_size, digest = staged.path, staged.raw_size, staged.raw_digest
         part_size, md5s = staged.part_size, staged.part_md5s
         suffix = ""
@@ -516,19 +523,26 @@ class Writer:
         build's parts are named by their digests, which their receipts check.)"""
         return f"shards/{self._generation:05d}-{index:06d}-{secrets.token_hex(6)}.rox"
 
-    def _put_checked(self, path: str, shard: ShardInfo, uploaded: bool = False) -> None:
-        """Upload (unless ``uploaded`` already), then check the object is exactly the
-        shard its manifest entry will promise (the one shard check, where the store
-        reports no MD5 to compare); upload again if not."""
+    def _put_checked(self, path: str, shard: ShardInfo, uploaded: bool | None = None) -> None:
+        """Upload (unless ``uploaded`` is not None: the shard went up as it was packed,
+        and ``uploaded`` is what :meth:`.Store.put_growing` answered), then check the
+        object is exactly the shard its manifest entry will promise (the one shard check,
+        where the store reports no MD5 to compare), unless the upload's own answer
+        confirmed it (:meth:`.Store.put_file`); upload again if not."""
         key, spec = shard.uri, ShardSpec.of(shard, self.store.url(shard.uri))
+        confirmed = bool(uploaded)
         for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
             began = time.perf_counter_ns()
             tracer = trace.current()
-            if not (uploaded and attempt == 1):
-                self.store.put_file(path, key)
+            if not (uploaded is not None and attempt == 1):
+                confirmed = self.store.put_file(path, key)
                 if tracer is not None:
                     tracer.complete("put", "write", began, time.perf_counter_ns(), attempt=attempt)
                     began = time.perf_counter_ns()
+            if confirmed:  # (by the answer the upload already had: no request)
+                if tracer is not None:
+                    tracer.complete("check", "write", began, began, by="the upload's answer")
+                return
             try:
                 self.store.check_upload(key, path, ShardCheck(spec, parse_checksum(shard.checksum)))
                 if tracer is not None:
@@ -565,6 +579,7 @@ class Writer:
         self._state = "published"
         self.manifest = manifest
         self._pool.close()
+        self._growing_pool.close()
         self._cleanup()
         log.info("published %s: %d records in %d shards", self.url, manifest.records, len(manifest.shards))
         return manifest
@@ -649,6 +664,7 @@ class Writer:
             self._current[1].close()
             self._current = None
         self._give_up_growing()
+        self._growing_pool.close(wait=True)
         self._pool.close(wait=True)
         # Uploaded shard objects stay, unreferenced: a name made of a digest may be a
         # concurrent writer's of the same data, about to publish the very same key.
@@ -709,14 +725,14 @@ def _next_generation(base: Manifest | None) -> int:
     return max(found, default=-1) + 1
 
 
-def _put_growing(store: Store, path: str, key: str, feed: PartFeed, feeds: set[PartFeed]) -> bool:
+def _put_growing(store: Store, path: str, key: str, feed: PartFeed, feeds: set[PartFeed]) -> bool | None:
     """:meth:`.Store.put_growing` (traced), the feed forgotten once it is over."""
     began = time.perf_counter_ns()
     try:
         uploaded = store.put_growing(path, key, feed)
     finally:
         feeds.discard(feed)
-    if uploaded and (tracer := trace.current()) is not None:
+    if uploaded is not None and (tracer := trace.current()) is not None:
         tracer.complete("put", "write", began, time.perf_counter_ns(), attempt=1, growing=True)
     return uploaded
 

@@ -9,6 +9,7 @@ up before the shard is finished.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import re
@@ -452,3 +453,97 @@ def test_a_signed_create_unescapes_the_upload_id() -> None:
         assert create_multipart(server.request()) == "a&b~c"
     finally:
         server.server.server_close()
+
+
+def asked_about(monkeypatch: pytest.MonkeyPatch, store: Any) -> list[str]:
+    """The paths whose info (a HEAD) ``store``'s backend is asked for."""
+    asked: list[str] = []
+    real = type(store.backend).info
+
+    def info(self: Any, path: str) -> Any:
+        asked.append(path)
+        return real(self, path)
+
+    monkeypatch.setattr(type(store.backend), "info", info)
+    return asked
+
+
+def completions_answer_another_etag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every multipart completion's answer names an ETag of no bytes sent."""
+    real = multipart._Upload.call
+
+    async def another_etag(self: Any, method: str, **kwargs: Any) -> Any:
+        response = await real(self, method, **kwargs)
+        if method == "complete_multipart_upload":
+            response = {**response, "ETag": '"' + "0" * 32 + '-3"'}
+        return response
+
+    monkeypatch.setattr(multipart._Upload, "call", another_etag)
+
+
+def test_an_upload_its_completion_confirmed_is_not_asked_about_again(limits, s3_server, bucket, tmp_path,
+                                                                     monkeypatch) -> None:
+    """The completion of a multipart upload answers with the object's ETag, which S3
+    makes of the parts it holds: when that is the ETag of the packed parts, the object
+    is the packed bytes, and no HEAD asks again. A shard sent in one PUT is still
+    checked by one; and so is a finished file's multipart upload whose answer names
+    another ETag."""
+    store = make_store(s3_server, bucket)
+    asked = asked_about(monkeypatch, store)
+    records = mib_records(18)  # a shard in 3 parts, then one of 7 MiB (one PUT)
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(records)
+    grown, small = writer.manifest.shards.uris.tolist()
+    assert store.path(grown) not in asked and asked.count(store.path(small)) == 1
+    data = store.read_bytes(grown, None)
+    assert store.backend.info(store.path(grown))["ETag"].strip('"') == multipart_etag(data, PART)
+
+    # Store.put_file of a finished file in parts: confirmed, unless the answer says otherwise
+    path = tmp_path / "finished"
+    path.write_bytes(data)
+    assert store.put_file(path, "finished-1") is True
+    completions_answer_another_etag(monkeypatch)
+    assert store.put_file(path, "finished-2") is False
+    store.check_upload("finished-2", path, None)  # the object is whole all the same: the HEAD says so
+    small_file = tmp_path / "small"
+    small_file.write_bytes(b"x" * MiB)
+    assert store.put_file(small_file, "small") is False  # one PUT: its answer is not compared
+    with roxxel.open(store.base_url, storage_options=s3_server.storage_options,
+                     cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_a_completion_answering_another_etag_is_checked_by_a_head(limits, s3_server, bucket, monkeypatch) -> None:
+    """The writer trusts the completion's answer only when it names the packed parts'
+    ETag: answered another, the shard is asked about (a HEAD), found whole, and
+    published."""
+    store = make_store(s3_server, bucket)
+    asked = asked_about(monkeypatch, store)
+    completions_answer_another_etag(monkeypatch)
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store) as writer:
+        writer.extend(mib_records(11))
+    (grown,) = writer.manifest.shards.uris.tolist()
+    assert asked.count(store.path(grown)) == 1
+
+
+def test_a_shards_upload_while_packed_never_waits_for_an_upload_worker(limits, s3_server, bucket,
+                                                                        monkeypatch) -> None:
+    """With one upload worker, shard 0's upload is completed only once shard 1's first
+    part is on the wire: shard 1 goes up as it is packed although shard 0's upload, and
+    the job that waits to check it, are not over (the uploads of shards being packed have
+    threads of their own)."""
+    started, waited = part_started(monkeypatch, 1, 1), []
+    real = multipart._Upload.complete
+
+    async def complete(self: Any, etags: list[str], expected: str) -> bool:
+        if "-000000-" in self.key:
+            waited.append(await asyncio.to_thread(started.wait, 30))
+        return await real(self, etags, expected)
+
+    monkeypatch.setattr(multipart._Upload, "complete", complete)
+    store = make_store(s3_server, bucket)
+    records = mib_records(24)  # two shards in 3 parts each, and one of 2 MiB
+    with roxxel.Writer(store.base_url, shard_bytes=12 * MiB, store=store, upload_workers=1) as writer:
+        writer.extend(records)
+    assert waited == [True]
+    assert len(writer.manifest.shards) == 3 and pending_uploads(store, bucket) == []

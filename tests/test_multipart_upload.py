@@ -615,6 +615,8 @@ def test_a_trace_shows_where_a_writers_time_goes(limits, s3_server, bucket, tmp_
     names = Counter(e["name"] for e in events)
     assert names["writer set-up"] == 1 and names["publish"] == 1
     assert names["pack shard"] == names["upload shard"] == names["put"] == names["check"] == 2
+    # the shard in parts is checked by its completion's answer; the small one, by a request
+    assert sorted(e.get("args", {}).get("by", "") for e in events if e["name"] == "check") == ["", "the upload's answer"]
     parts = [e for e in events if e["name"] == "upload part"]
     assert len(parts) == 3 and all(e["args"]["md5_from_packing"] for e in parts)
     assert sum(e["args"]["bytes"] for e in parts) == writer.manifest.shards[0].stored_size

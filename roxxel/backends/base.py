@@ -170,10 +170,12 @@ class Backend(ABC):
     # -- writing -----------------------------------------------------------------------
 
     @abstractmethod
-    def put_file(self, local_path: str, path: str) -> None:
+    def put_file(self, local_path: str, path: str) -> bool | None:
         """Upload the finished local file, replacing any object: all or nothing (readers
         see the old object or the new one; a failed upload leaves no partial object),
-        with memory bounded whatever the file's size."""
+        with memory bounded whatever the file's size. True where the store's answer to
+        the upload confirmed that the object holds the file's bytes (an S3 multipart
+        completion naming the ETag made of the file's own parts); else None or False."""
 
     @abstractmethod
     def put(self, path: str, data: bytes) -> None:

@@ -104,13 +104,13 @@ class PartFeed:
             return self._written, self._final, self._given_up
 
 
-async def upload(backend: S3Backend, local_path: str, path: str, feed: PartFeed) -> str | None:
+async def upload(backend: S3Backend, local_path: str, path: str, feed: PartFeed) -> bool | None:
     """Upload ``local_path``, being written, to ``path`` (``bucket/key``) of the S3
-    ``backend`` as ``feed`` reports its parts (on fsspec's loop), and return the object's
-    ETag; all or nothing, as :func:`.multipart.upload`. The upload is made once the file
-    holds the multipart threshold; None, having sent nothing, if it ends smaller: it is
-    for one PUT (:meth:`.s3.S3Backend.put_file`). :class:`~.through.Revoked` if the feed
-    is given up, or the file outgrows 10,000 parts.
+    ``backend`` as ``feed`` reports its parts (on fsspec's loop); all or nothing, and
+    True if the completion's answer confirmed the object, as :func:`.multipart.upload`.
+    The upload is made once the file holds the multipart threshold; None, having sent
+    nothing, if it ends smaller: it is for one PUT (:meth:`.s3.S3Backend.put_file`).
+    :class:`~.through.Revoked` if the feed is given up, or the file outgrows 10,000 parts.
 
     Where reads are signed here (:func:`.s3open.ranged_request`: plain options, static
     credentials), so are the upload's creation and its parts, and s3fs, made meanwhile
@@ -167,7 +167,7 @@ async def upload(backend: S3Backend, local_path: str, path: str, feed: PartFeed)
             md5s = final[1]
             sent = await multipart._all_or_cancel(tasks)
             etag = multipart._etag(list(md5s))
-            await job.complete([e for e, _ in sent], etag)
+            confirmed = await job.complete([e for e, _ in sent], etag)
         except BaseException:
             for task in tasks:
                 task.cancel()
@@ -178,7 +178,7 @@ async def upload(backend: S3Backend, local_path: str, path: str, feed: PartFeed)
         os.close(fd)
         multipart._THREADS.ended()
     multipart._remember(local_path, len(md5s), etag)
-    return etag
+    return confirmed
 
 
 async def _create(backend: S3Backend, path: str, local_path: str, fd: int) -> multipart._Upload:

@@ -467,10 +467,15 @@ class _Upload:
     def _what(self, number: int) -> str:
         return f"part {number} of s3://{self.bucket}/{self.key}"
 
-    async def complete(self, etags: list[str], expected: str) -> None:
+    async def complete(self, etags: list[str], expected: str) -> bool:
+        """Complete the upload of the parts that answered ``etags``; whether the store's
+        answer confirmed the object is the file's bytes: its ETag is ``expected``, the
+        one made of the MD5s of the file's own parts (S3 makes it of the parts it holds).
+        Then asking for the object's ETag again (:meth:`.Store.check_upload`) would only
+        repeat what was just answered."""
         parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, 1)]
         try:
-            await _retrying(
+            response = await _retrying(
                 lambda: self.call("complete_multipart_upload", UploadId=self.upload_id,
                                   MultipartUpload={"Parts": parts}),
                 f"the completion of s3://{self.bucket}/{self.key}",
@@ -479,8 +484,10 @@ class _Upload:
             # A completion whose answer was lost, then sent again, finds no upload:
             # the object it made, with our ETag, is the success it did not report.
             if http_status(exc) == 404 and await self._holds(expected):
-                return
+                return True
             raise
+        answered = response.get("ETag") if isinstance(response, dict) else None
+        return isinstance(answered, str) and answered.strip('"') == expected
 
     async def _holds(self, etag: str) -> bool:
         try:
@@ -548,9 +555,10 @@ def _error_code(exc: BaseException) -> str | None:
     return None
 
 
-async def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None) -> str:
+async def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None) -> bool:
     """Upload ``local_path`` to ``path`` on the s3fs filesystem ``fs`` in parts, on
-    ``fs``'s loop, and return the object's ETag; all or nothing (see the module)."""
+    ``fs``'s loop; all or nothing (see the module). True if the completion's answer
+    confirmed the object holds the file's bytes (:meth:`_Upload.complete`)."""
     chosen = _limits
     size = os.path.getsize(local_path)
     part_size = part_size_for(size, chosen.part_size)
@@ -572,7 +580,7 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
                 for number, offset in enumerate(range(0, size, part_size), 1)
             ])
             etag = _etag([md5 for _, md5 in sent])
-            await job.complete([e for e, _ in sent], etag)
+            confirmed = await job.complete([e for e, _ in sent], etag)
         except BaseException:
             await asyncio.shield(job.abort())
             raise
@@ -580,7 +588,7 @@ async def upload(fs: Any, local_path: str, path: str, progress: Progress | None 
         os.close(fd)
         _THREADS.ended()
     _remember(local_path, len(sent), etag)
-    return etag
+    return confirmed
 
 
 async def _all_or_cancel(tasks: list[asyncio.Future[Any]]) -> list[Any]:

@@ -125,33 +125,35 @@ class S3Backend(DeferringBackend):
             return direct
         return open_async_reader(self.fs, path, offset)
 
-    def put_file(self, local_path: str, path: str) -> None:
+    def put_file(self, local_path: str, path: str) -> bool:
         from . import multipart
 
         size = os.path.getsize(local_path)
         if size >= min(multipart.limits().threshold, _S3_SINGLE_PUT_MAX):
-            self._put_multipart(local_path, path)
-        else:
-            self._put_object_streaming(local_path, path)
+            return self._put_multipart(local_path, path)
+        self._put_object_streaming(local_path, path)
+        return False
 
-    def _put_multipart(self, local_path: str, path: str) -> None:
+    def _put_multipart(self, local_path: str, path: str) -> bool:
         """Parts in parallel under the process's budget (:mod:`.multipart`); each part
-        that lands counts as progress for the upload's stall timeout."""
+        that lands counts as progress for the upload's stall timeout. True if the
+        completion's answer confirmed the object's bytes."""
         from . import multipart
         from .watchdog import current
 
         try:
-            sync(self.fs.loop, multipart.upload, self.fs, local_path, path, current())
+            return bool(sync(self.fs.loop, multipart.upload, self.fs, local_path, path, current()))
         finally:
             self.fs.invalidate_cache(path)
 
-    def put_growing(self, local_path: str, path: str, feed: PartFeed) -> bool:
+    def put_growing(self, local_path: str, path: str, feed: PartFeed) -> bool | None:
         """Upload ``local_path`` while it is being written, each part as ``feed`` reports
-        it (:mod:`.growing`); False if it ended too small to go up in parts."""
+        it (:mod:`.growing`); None if it ended too small to go up in parts, else whether
+        the completion's answer confirmed the object's bytes."""
         try:
             # (fsspec's loop, which s3fs's will be, unless a filesystem given has its own)
             loop = get_loop() if self.deferred() is not None else self.fs.loop
-            return sync(loop, upload_growing, self, local_path, path, feed) is not None
+            return sync(loop, upload_growing, self, local_path, path, feed)
         finally:
             if self.deferred() is None:  # (s3fs made: its listings cache forgets the path)
                 self.fs.invalidate_cache(path)

@@ -388,31 +388,34 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------
 
-    def put_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+    def put_file(self, local_path: str | os.PathLike[str], key: str) -> bool:
         """Upload a finished local file to ``key``, replacing any object there.
 
         All or nothing: readers see the previous object (or none) until the upload
-        completes, and a failed upload leaves no partial object.
+        completes, and a failed upload leaves no partial object. True where the store's
+        answer to the upload confirmed that the object holds the file's bytes (an S3
+        multipart completion answering with the ETag made of the file's own parts):
+        :meth:`check_upload` would ask the store again what it has just answered.
         """
         local_path = os.fspath(local_path)
         os.stat(local_path)  # a missing source is the caller's FileNotFoundError, not the store's
         path = self.path(key)
         backend = self.backend
 
-        def upload() -> None:
-            backend.put_file(local_path, path)
+        def upload() -> bool:
+            return bool(backend.put_file(local_path, path))
 
         base = self.retry.upload_timeout
         # An upload reports no progress: allow it the upload timeout plus 1 MiB/s.
         budget = None if base is None else base + os.path.getsize(local_path) / _MIN_UPLOAD_RATE
-        self._run("upload", key, upload, timeout=budget)
+        return self._run("upload", key, upload, timeout=budget)
 
-    def put_growing(self, local_path: str, key: str, feed: PartFeed) -> bool:
+    def put_growing(self, local_path: str, key: str, feed: PartFeed) -> bool | None:
         """Upload ``local_path`` to ``key`` while it is being written (S3 only: the writer
         asks only of an S3 store), each part as ``feed`` reports it written; all or
-        nothing, as :meth:`put_file`. False if the file ended smaller than the multipart
-        threshold: nothing was sent, and it goes up as a finished file does
-        (:meth:`put_file`, one PUT). No time limit is set on the whole: the file
+        nothing, and True if the store's answer confirmed the object, as :meth:`put_file`.
+        None if the file ended smaller than the multipart threshold: nothing was sent,
+        and it goes up as a finished file does (:meth:`put_file`, one PUT). No time limit is set on the whole: the file
         grows as fast as its writer packs it. Each part, and each request, is bounded and
         retried as an upload's are; a failed upload is retried whole, from the parts
         written by then. Raises :class:`~.through.Revoked` once the feed is given up."""
