@@ -321,3 +321,64 @@ def test_a_range_answered_with_the_whole_object_is_named_by_the_range_reader():
     reader = RangeReader(WholeObject(), "bucket/obj", 10)  # type: ignore[arg-type]
     with pytest.raises(OSError, match=r"asked for bytes \[10, 30\), got 100 bytes; the server ignored the Range header"):
         reader.read(20)
+
+
+# -- S3 round trips -----------------------------------------------------------------------
+
+
+def test_s3_info_of_a_missing_key_is_one_head_not_a_listing_too(new_location):
+    """Once s3fs is made, an object's info is its HeadObject alone: s3fs's own info
+    of a missing key also LISTs the prefix, a second round trip (before every publish
+    of a new dataset). A prefix is not an object; an object's info is s3fs's."""
+    from roxxel.backends.s3 import S3Backend
+
+    location = new_location("s3")
+    store = Store(location.url, location.storage_options)
+    backend = store.backend
+    assert isinstance(backend, S3Backend)
+    store.put_bytes_overwrite("dir/object", b"12345")
+    fs = backend.fs  # s3fs made
+    calls: list[str] = []
+    real = fs._call_s3
+
+    async def call(method: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(method)
+        return await real(method, *args, **kwargs)
+
+    fs._call_s3 = call
+    assert not store.exists("missing") and calls == ["head_object"]
+    with pytest.raises(NotFoundError):
+        store.size("dir")  # a prefix
+    info = backend.info(store.path("dir/object"))
+    fs._call_s3 = real
+    assert calls == ["head_object"] * 3
+    assert info["size"] == 5 and info["type"] == "file" and info["name"] == store.path("dir/object")
+    assert info["ETag"] == fs.info(store.path("dir/object"))["ETag"]
+
+
+def test_s3_puts_of_small_bodies_do_not_wait_for_100_continue(new_location, tmp_path):
+    """botocore asks every PutObject to wait for the server's 100 Continue, a round trip
+    on each small PUT (a manifest, a probe, a small shard): a body of up to 16 MiB is
+    sent with its headers, a larger one still waits."""
+    from roxxel.backends import s3
+
+    location = new_location("s3")
+    store = Store(location.url, location.storage_options)
+    store.put_bytes_overwrite("first", b"x")  # the client is made
+    client = store.backend.fs.s3
+    sent: list[tuple[int, bool]] = []
+
+    def seen(request: Any, **_: Any) -> None:
+        sent.append((int(request.headers["Content-Length"]), "Expect" in request.headers))
+
+    client.meta.events.register("before-send.s3.PutObject", seen)
+    store.put_bytes_overwrite("manifest", b"{}")
+    store.put_bytes_create_only("created", b"{}")
+    small = tmp_path / "small"
+    small.write_bytes(b"y" * 1000)
+    store.backend._put_object_streaming(str(small), store.path("small"))
+    large = tmp_path / "large"
+    large.write_bytes(b"z" * (s3._AT_ONCE_MAX + 1))
+    store.backend._put_object_streaming(str(large), store.path("large"))
+    assert sent == [(2, False), (2, False), (1000, False), (s3._AT_ONCE_MAX + 1, True)]
+    assert store.read_bytes("created") == b"{}" and store.size("large") == s3._AT_ONCE_MAX + 1

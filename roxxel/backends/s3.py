@@ -83,6 +83,33 @@ class S3Backend(DeferringBackend):
     def deferred_info(self, deferred: Any, path: str) -> dict[str, Any] | None:
         return signed_head(deferred, path)
 
+    def info(self, path: str) -> dict[str, Any]:
+        """Before s3fs is made, one signed HEAD (:meth:`deferred_info`); after, s3fs's
+        ``HeadObject`` on its kept-alive connections, and nothing more: s3fs's own
+        ``info`` of a missing key also LISTs its prefix (a second round trip, before
+        every publish of a new dataset) for a directory, which is never an object."""
+        if self.deferred() is not None:
+            return super().info(path)
+        return sync(self.fs.loop, self._head, path)
+
+    async def _head(self, path: str) -> dict[str, Any]:
+        fs = self.fs
+        bucket, key, version_id = fs.split_path(path)
+        if not key:
+            raise FileNotFoundError(f"{path} is a bucket, not an object")
+        extra = {"VersionId": version_id} if version_id else {}
+        out = await fs._call_s3("head_object", fs.kwargs, Bucket=bucket, Key=key, **extra)  # (404: FileNotFoundError)
+        return {  # as s3fs's info answers
+            "ETag": out.get("ETag", ""),
+            "LastModified": out.get("LastModified", ""),
+            "size": out["ContentLength"],
+            "name": f"{bucket}/{key}",
+            "type": "file",
+            "StorageClass": out.get("StorageClass", "STANDARD"),
+            "VersionId": out.get("VersionId"),
+            "ContentType": out.get("ContentType"),
+        }
+
     def read(self, path: str, max_bytes: int | None) -> Versioned:
         deferred = self.deferred()
         if deferred is not None:
@@ -168,9 +195,15 @@ class S3Backend(DeferringBackend):
         bucket, key, _ = self.fs.split_path(path)
         size = os.path.getsize(local_path)
         with open(local_path, "rb") as body:
-            sync(self.fs.loop, self.fs._call_s3, "put_object",
-                 Bucket=bucket, Key=key, Body=body, ContentLength=size)
+            sync(self.fs.loop, self._put_object, Bucket=bucket, Key=key, Body=body, ContentLength=size)
         self.fs.invalidate_cache(path)
+
+    async def _put_object(self, **params: Any) -> Any:
+        """s3fs's ``PutObject``, without waiting for a ``100 Continue`` (see
+        :func:`_send_at_once`)."""
+        await self.fs.set_session()
+        _send_at_once(await self.fs.get_s3(params["Bucket"]))
+        return await self.fs._call_s3("put_object", **params)
 
     def put(self, path: str, data: bytes) -> None:
         self._put(path, data)
@@ -187,8 +220,7 @@ class S3Backend(DeferringBackend):
     def _put(self, path: str, data: bytes, **conditions: str) -> None:
         bucket, key, _ = self.fs.split_path(path)
         try:
-            sync(self.fs.loop, self.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data,
-                 **conditions, **self.fs.req_kw)
+            sync(self.fs.loop, self._put_object, Bucket=bucket, Key=key, Body=data, **conditions, **self.fs.req_kw)
         except Exception as exc:
             # 409 ConditionalRequestConflict (a concurrent conditional write in progress)
             # is transient: the wrapper retries the same conditional PUT.
@@ -200,6 +232,35 @@ class S3Backend(DeferringBackend):
 
     def conditional_writes_enforced(self, root: str) -> bool:
         return probed_enforcement(self, root)
+
+
+#: Bodies up to this size are sent with their PUT (:func:`_send_at_once`).
+_AT_ONCE_MAX = 16 * 2**20
+
+
+def _send_at_once(client: Any) -> None:
+    """Make ``client`` (botocore's, of s3fs) send a ``PutObject`` body of up to
+    :data:`_AT_ONCE_MAX` bytes with its headers. botocore asks every body's PUT to wait for
+    the server's ``100 Continue`` first, which costs a round trip on each (a manifest's
+    publish, a probe, a small shard), to save sending a body the server refuses: for a
+    body of a few MB at one connection's speed, about what the round trip costs."""
+    # (after botocore's own handler of every S3 operation, which adds the header)
+    client.meta.events.register_last("before-call.s3", _no_expect, unique_id="roxxel-send-at-once")
+
+
+def _no_expect(model: Any, params: dict[str, Any], **_: Any) -> None:
+    if getattr(model, "name", None) != "PutObject":
+        return
+    body = params.get("body")
+    size = None
+    if isinstance(body, (bytes, bytearray)):
+        size = len(body)
+    elif hasattr(body, "seek") and hasattr(body, "tell"):
+        from botocore.utils import determine_content_length
+
+        size = determine_content_length(body)
+    if size is not None and size <= _AT_ONCE_MAX:
+        params.get("headers", {}).pop("Expect", None)
 
 
 # -- downloads by presigned GETs -------------------------------------------------------
