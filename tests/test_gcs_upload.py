@@ -179,7 +179,7 @@ def test_large_file_goes_up_in_parts_several_at_once(limits, new_location, tmp_p
     store = make_store(new_location("gcs"))
     requests = Requests(monkeypatch, hold=3, parts=6)
 
-    store.put_file(source, "big.bin")
+    assert store.put_file(source, "big.bin") is True  # confirmed by the compose's CRC32C
 
     assert requests.calls["part"] == 6
     assert requests.calls["compose"] == 1
@@ -196,7 +196,7 @@ def test_small_file_is_one_upload_through_gcsfs(limits, new_location, tmp_path, 
     store = make_store(new_location("gcs"))
     requests = Requests(monkeypatch)
 
-    store.put_file(source, "small.bin")
+    assert store.put_file(source, "small.bin") is False  # (gcsfs's upload: checked after)
 
     assert requests.calls == Counter()
     assert same_bytes(store, "small.bin", source)

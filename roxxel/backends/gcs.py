@@ -133,10 +133,12 @@ class GCSBackend(DeferringBackend):
         # gcsfs has no streaming open_async: one ranged GET per chunk.
         return RangeReader(self.fs, path, offset)
 
-    def put_file(self, local_path: str, path: str) -> None:
+    def put_file(self, local_path: str, path: str) -> bool:
         """Files from :attr:`.multipart.MultipartLimits.threshold` bytes up as parallel
         composite uploads (:mod:`.gcs_upload`) where plain requests reach the store;
-        smaller ones, and the rest, through gcsfs's upload, as one object each."""
+        smaller ones, and the rest, through gcsfs's upload, as one object each. True
+        for a composite upload: the composed object's CRC32C, in the compose's answer,
+        was found to be the one the file's parts combine to."""
         from . import gcs_upload
         from .multipart import limits
         from .watchdog import current
@@ -144,12 +146,13 @@ class GCSBackend(DeferringBackend):
         if os.path.getsize(local_path) >= limits().threshold and gcs_upload.eligible(self.fs, path):
             try:
                 gcs_upload.upload(self.fs, local_path, path, current())
-                return
+                return True
             except gcs_upload.Refused as exc:  # nothing left behind: the upload starts over
                 _refuse(self.fs, exc)
             finally:
                 self.fs.invalidate_cache(path)
         super().put_file(local_path, path)
+        return False
 
     def put(self, path: str, data: bytes) -> None:
         self._upload(path, data, None)
