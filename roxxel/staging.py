@@ -8,7 +8,8 @@ the file and, with ``part_size``, updates the MD5 of the multipart part it belon
 (chunks never straddle a part). Those MD5s are what S3's ETag of a multipart upload is
 made of: handed to :func:`roxxel.backends.multipart.register_part_digests`, they let the
 upload be checked against the very bytes that were packed, and nothing is read back or
-hashed a second time.
+hashed a second time. (With ``part_md5s=False``, the parts are told, not hashed: GCS's
+parts are checked by the CRC32C the store answers each with.)
 
 With ``md5_lanes`` (one-thread :class:`~roxxel.workers.WorkerPool` s, whose jobs run in
 order), the MD5s are computed on those threads while packing goes on, consecutive parts
@@ -35,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
@@ -57,12 +59,24 @@ CHUNKS_IN_FLIGHT = 16
 class Digests:
     """What a finished :class:`StagingFile` holds: its size, the hex digest of the
     manifest's checksum algorithm over all of it, and the MD5 digest of each part of
-    ``part_size`` bytes (the last one shorter), or None if parts were not hashed."""
+    ``part_size`` bytes (the last one shorter), or None if parts were not hashed so;
+    likewise each part's CRC32C."""
 
     size: int
     hexdigest: str
     part_size: int | None
     part_md5s: tuple[bytes, ...] | None
+    part_crc32cs: tuple[int, ...] | None = None
+
+
+def _crc32c_module() -> Any:
+    """google_crc32c (its C code), which the GCS uploads need: they are checked by it."""
+    from .backends.gcs_upload import _crc32c_module
+
+    module = _crc32c_module()
+    if module is None:
+        raise RuntimeError("part CRC32Cs need google_crc32c with its C code")
+    return module
 
 
 def _update(md5: hashlib._Hash, chunk: bytearray, length: int) -> bytearray:
@@ -75,15 +89,19 @@ class StagingFile:
     module docstring. Call :meth:`finish` once for the :class:`Digests`, or
     :meth:`close` to give up (both close the file; close is idempotent)."""
 
-    def __init__(self, path: str, *, part_size: int | None = None,
-                 md5_lanes: Sequence[WorkerPool] = (), on_part: Callable[[int], object] | None = None) -> None:
+    def __init__(self, path: str, *, part_size: int | None = None, part_md5s: bool = True,
+                 part_crc32cs: bool = False, md5_lanes: Sequence[WorkerPool] = (),
+                 on_part: Callable[[int], object] | None = None) -> None:
         if part_size is not None and part_size < 1:
             raise ValueError(f"part_size must be positive, got {part_size}")
         self.path = path
         self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by finish/close
         self._hash = new_hasher(DEFAULT_ALGORITHM)
         self._part_size = part_size
-        self._md5s = [hashlib.md5()] if part_size is not None else None  # one a part so far
+        # one MD5 a part so far (S3's parts), or CRC32C (GCS's: google_crc32c's C code)
+        self._md5s = [hashlib.md5()] if part_size is not None and part_md5s else None
+        self._crc32c = None if part_size is None or not part_crc32cs else _crc32c_module()
+        self._crcs = [0]
         self._lanes = tuple(md5_lanes)
         self._pending: deque[Future[bytearray]] = deque()
         self._free: list[bytearray] = []
@@ -129,6 +147,10 @@ class StagingFile:
         chunk, length = self._chunk, self._filled
         view = memoryview(chunk)[:length]
         self._hash.update(view)
+        if self._crc32c is not None:
+            self._crcs[-1] = self._crc32c.extend(self._crcs[-1], bytes(view))  # (it takes bytes only)
+            if ends_part:
+                self._crcs.append(0)
         while view:
             view = view[self._file.write(view) :]
         del view  # (a bytearray with a view exported cannot be reused)
@@ -159,7 +181,8 @@ class StagingFile:
         if self._file.closed:
             raise ValueError(f"staged file {self.path} is closed")
         try:
-            if self._filled or (self._md5s is not None and (self._written % self._part_size or not self._written)):
+            parts_hashed = self._md5s is not None or self._crc32c is not None
+            if self._filled or (parts_hashed and (self._written % self._part_size or not self._written)):
                 self._emit(ends_part=True)  # the last part (or the only one, of an empty file)
             while self._pending:
                 self._pending.popleft().result()
@@ -167,7 +190,8 @@ class StagingFile:
             self._file.close()
         md5s = self._md5s
         return Digests(self._written, self._hash.hexdigest(), self._part_size,
-                       None if md5s is None else tuple(m.digest() for m in md5s[:-1]))
+                       None if md5s is None else tuple(m.digest() for m in md5s[:-1]),
+                       None if self._crc32c is None else tuple(self._crcs[:-1]))
 
     def close(self) -> None:
         """Give up: close the file (the caller removes it); pending MD5s are dropped."""

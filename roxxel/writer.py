@@ -387,11 +387,12 @@ class Writer:
         self._next_index += 1
         path = os.path.join(self._staging, f"{index:06d}.rox")
         # the stored bytes are these unless compressed: then _compress hashes the parts
-        part_size = None if self.compression else self._hashed_part_size()
+        part_size = None if self.compression else self._growing_part_size()
         key = None if part_size is None else self._growing_key(index)
         feed = None if key is None or part_size is None else PartFeed(part_size)
-        sink = StagingFile(path, part_size=part_size, md5_lanes=self._md5_lanes,
-                           on_part=None if feed is None else feed.written)
+        on_s3 = isinstance(self.store.backend, S3Backend)
+        sink = StagingFile(path, part_size=part_size, part_md5s=on_s3, part_crc32cs=feed is not None and not on_s3,
+                           md5_lanes=self._md5_lanes, on_part=None if feed is None else feed.written)
         staged = _Staged(index, path, 0, 0, 0, "")
         if feed is not None and key is not None:
             with self._lock:
@@ -404,6 +405,15 @@ class Writer:
         self._shard_began = time.perf_counter_ns()
         self._current = (ShardWriter(sink), sink, staged)
         return self._current
+
+    def _growing_part_size(self) -> int | None:
+        """The size of the parts of a shard that goes up as it is packed: on S3 and GCS,
+        for shards large enough to go up in parts (multipart or composite uploads: the
+        same limits); else None."""
+        if isinstance(self.store.backend, GCSBackend):
+            limits = multipart.limits()
+            return limits.part_size if self.shard_bytes >= limits.threshold else None
+        return self._hashed_part_size()
 
     def _hashed_part_size(self) -> int | None:
         """The size of the multipart parts whose MD5s staging computes: S3, and shards
@@ -428,7 +438,8 @@ class Writer:
         growing, self._growing = self._growing, None
         if growing is not None:  # its upload is under way: now it can end
             try:
-                growing[0].finished(digests.size, digests.part_md5s or ())
+                growing[0].finished(digests.size, digests.part_md5s if digests.part_md5s is not None
+                                    else digests.part_crc32cs)
             except ValueError:  # (digests that do not cover the file: never, but then)
                 growing[0].give_up()  # it goes up as a finished shard does
         if self._meter is not None:

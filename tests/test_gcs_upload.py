@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import logging
 import multiprocessing
+import re
 import threading
 import tracemalloc
 import urllib.parse
@@ -458,3 +459,115 @@ def test_parts_a_store_refuses_to_delete_plainly_are_deleted_through_gcsfs(limit
     assert len(deletes) == 6  # every part had begun (and landed) before the compose
     assert left_objects(store) == []  # gcsfs deleted them
     assert "could not delete" not in caplog.text
+
+
+# -- shards that go up as they are packed -------------------------------------------------
+
+
+def part_sent(monkeypatch: pytest.MonkeyPatch, shard: int, number: int) -> threading.Event:
+    """An event set when part ``number`` of the writer's shard ``shard`` begins to go up."""
+    started = threading.Event()
+    real = gcs_upload._Job.send_part
+
+    def send(job: Any, part: Any) -> Any:
+        if int(job.key.rsplit("/", 1)[-1].split("-")[1]) == shard and part.number == number:
+            started.set()
+        return real(job, part)
+
+    monkeypatch.setattr(gcs_upload._Job, "send_part", send)
+    return started
+
+
+def held_until(event: threading.Event, records: list[bytes], hold_at: int, waited: list[bool]) -> Iterator[bytes]:
+    for i, record in enumerate(records):
+        if i == hold_at:
+            waited.append(event.wait(30))
+        yield record
+
+
+def test_a_large_shards_parts_go_up_before_it_is_packed(limits, new_location, tmp_path, monkeypatch) -> None:
+    """Shard 0's 11th record (of 1 MiB) is given only once its first part (5 MiB) is on
+    its way: its parts go up as it is packed; it is composed under a name made before
+    its digest was known, checked by CRC32C (no HEAD after), leaves no part behind, and
+    reads back. The next shard ends under the threshold: one upload, through gcsfs."""
+    url, options = new_location("gcs")
+    started, waited = part_sent(monkeypatch, 0, 1), []
+    requests = Requests(monkeypatch)
+    records = [np.random.default_rng(i).bytes(MiB) for i in range(18)]  # a shard of 3 parts, and one of 7 MiB
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
+        writer.extend(held_until(started, records, hold_at=10, waited=waited))
+    assert waited == [True]
+    first, second = writer.manifest.shards.uris.tolist()
+    assert re.fullmatch(r"shards/00000-000000-[0-9a-f]{12}\.rox", first)
+    assert not writer.manifest.shards[0].checksum.split(":")[1].startswith(first[-16:-4])
+    assert requests.calls["part"] == 3 and requests.calls["compose"] == 1
+    store = Store(url, options)
+    assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_a_part_changed_in_the_staged_file_before_it_went_up_is_never_published(limits, new_location,
+                                                                               monkeypatch) -> None:
+    """A part's CRC32C is the one its bytes had when they were packed: a byte flipped in
+    the staged file before the part is sent (GCS then holds, and answers, the flipped
+    one) fails the upload, and nothing is published or left behind."""
+    url, options = new_location("gcs")
+    real = gcs_upload._Job.send_part
+
+    def flipping(job: Any, part: Any) -> Any:
+        if part.number == 2:
+            with open(job.local_path, "r+b") as f:
+                f.seek(part.offset + 7)
+                byte = f.read(1)[0]
+                f.seek(part.offset + 7)
+                f.write(bytes([byte ^ 1]))
+        return real(job, part)
+
+    monkeypatch.setattr(gcs_upload._Job, "send_part", flipping)
+    records = [np.random.default_rng(i).bytes(MiB) for i in range(11)]
+    with pytest.raises(IntegrityError, match=r"part 2 went up with crc32c .*, but its bytes had .* when they "
+                                             r"were packed: the staged file changed"):
+        with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
+            writer.extend(records)
+    store = Store(url, options)
+    assert not store.exists("manifest.json")
+    assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
+
+
+def test_a_writer_aborted_mid_shard_leaves_no_gcs_part_behind(limits, new_location, monkeypatch) -> None:
+    """An error in the records once a part of the shard being packed is up: its parts
+    are deleted, nothing is published."""
+    url, options = new_location("gcs")
+    started, waited = part_sent(monkeypatch, 0, 1), []
+
+    def failing() -> Iterator[bytes]:
+        for i in range(12):
+            if i == 10:  # (the upload begins at 10 MiB, the threshold)
+                waited.append(started.wait(30))
+                raise ValueError("a bad record")
+            yield np.random.default_rng(i).bytes(MiB)
+
+    with pytest.raises(ValueError, match="a bad record"):
+        with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
+            writer.extend(failing())
+    assert waited == [True]
+    store = Store(url, options)
+    assert not store.exists("manifest.json")
+    assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
+
+
+def test_a_store_refusing_plain_part_uploads_gets_the_finished_shard_through_gcsfs(limits, new_location, tmp_path,
+                                                                                     monkeypatch) -> None:
+    """The store answers the first part's plain upload in a way it cannot use (a
+    redirect): the shard goes up once finished, through gcsfs, and is published."""
+    url, options = new_location("gcs")
+    requests = Requests(monkeypatch, answer=lambda number, attempt: (302, b"moved"))
+    records = [np.random.default_rng(i).bytes(MiB) for i in range(11)]
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
+        writer.extend(records)
+    assert requests.calls["compose"] == 0 and requests.calls["part"] >= 1
+    store = Store(url, options)
+    assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records

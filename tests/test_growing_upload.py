@@ -393,11 +393,11 @@ def test_a_growing_signed_upload_publishes_whole_through_injected_faults(limits,
             assert [bytes(ds[i]) for i in range(len(ds))] == records
 
 
-def test_only_s3_takes_an_upload_of_a_file_being_written(tmp_path) -> None:
+def test_only_s3_and_gcs_take_an_upload_of_a_file_being_written(tmp_path) -> None:
     from roxxel.backends.store import Store
 
     store = Store(str(tmp_path / "ds"))
-    with pytest.raises(TypeError, match="only S3 takes an upload of a file still being written"):
+    with pytest.raises(TypeError, match="only S3 and GCS take an upload of a file still being written"):
         store.put_growing(str(tmp_path / "x"), "shards/x.rox", PartFeed(PART))
 
 

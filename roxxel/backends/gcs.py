@@ -43,7 +43,7 @@ import urllib.parse
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
@@ -62,8 +62,11 @@ from .gcsopen import DeferredGCSFileSystem
 from .generic import base64_md5
 from .readers import RangeReader
 from .retry import DEFAULT_POLICY
-from .through import Through, receive
+from .through import Revoked, Through, receive
 from .watchdog import current_timeout
+
+if TYPE_CHECKING:
+    from .growing import PartFeed
 
 __all__ = ["GCSBackend", "info_deferred", "read_deferred", "read_deferred_range", "read_media_range", "tls_context"]
 
@@ -153,6 +156,24 @@ class GCSBackend(DeferringBackend):
                 self.fs.invalidate_cache(path)
         super().put_file(local_path, path)
         return False
+
+    def put_growing(self, local_path: str, path: str, feed: PartFeed) -> bool | None:
+        """Upload ``local_path`` while it is being written, each part as ``feed`` reports
+        it (:func:`.gcs_upload.upload_growing`); None if it ended too small to go up in
+        parts, else True (the compose's CRC32C confirmed it, as in :meth:`put_file`).
+        :class:`~.through.Revoked` where a composite upload is not possible here (it goes
+        up finished, through :meth:`put_file`)."""
+        from . import gcs_upload
+
+        if not gcs_upload.eligible(self.fs, path):
+            raise Revoked(f"gs://{path}: no composite upload here; it goes up once finished")
+        try:
+            return None if gcs_upload.upload_growing(self.fs, local_path, path, feed) is None else True
+        except gcs_upload.Refused as exc:  # nothing left behind
+            _refuse(self.fs, exc)
+            raise Revoked(f"gs://{path}: the store refused a plain request; it goes up once finished") from exc
+        finally:
+            self.fs.invalidate_cache(path)
 
     def put(self, path: str, data: bytes) -> None:
         self._upload(path, data, None)

@@ -61,10 +61,13 @@ from typing import Any
 from ..errors import IntegrityError
 from ..workers import PartThreads
 from .errors import HTTPStatusError, classify, describe
+from .growing import PartFeed
 from .multipart import MiB, limits, part_retry
+from .through import Revoked
 from .watchdog import Progress
 
-__all__ = ["PART_PREFIX", "Refused", "crc32c_combine", "eligible", "part_size_for", "upload", "verified_md5"]
+__all__ = ["PART_PREFIX", "Refused", "crc32c_combine", "eligible", "part_size_for", "upload", "upload_growing",
+           "verified_md5"]
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +257,21 @@ class _Job:
     progress: Progress | None
     token: str
     started: set[str] = field(default_factory=set)  # the parts whose upload began
+    intermediates: list[str] = field(default_factory=list)  # composed from parts, for a second level
     _started_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def of(cls, fs: Any, path: str, local_path: str, progress: Progress | None) -> _Job:
+        bucket, key, _ = fs.split_path(path)
+        return cls(fs, bucket, key, local_path, progress, uuid.uuid4().hex)
+
+    @property
+    def folder(self) -> str:
+        """The key's folder ("" or ending in "/"), where its temporary parts go."""
+        return self.key.rsplit("/", 1)[0] + "/" if "/" in self.key else ""
+
+    def part(self, number: int, offset: int, length: int) -> _Part:
+        return _Part(number, offset, length, f"{self.folder}{PART_PREFIX}{self.token}-{number:04d}")
 
     @property
     def url(self) -> str:
@@ -446,40 +463,117 @@ def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None
     size = os.path.getsize(local_path)
     identity = _identity(local_path)
     part_size = part_size_for(size, chosen.part_size)
-    bucket, key, _ = fs.split_path(path)
-    folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-    job = _Job(fs, bucket, key, local_path, progress, uuid.uuid4().hex)
-    parts = [
-        _Part(n, offset, min(part_size, size - offset), f"{folder}{PART_PREFIX}{job.token}-{n:04d}")
-        for n, offset in enumerate(range(0, size, part_size), 1)
-    ]
-    written: list[str] = [p.name for p in parts]  # deleted at the end if begun, whatever happened
+    job = _Job.of(fs, path, local_path, progress)
+    parts = [job.part(n, offset, min(part_size, size - offset)) for n, offset in enumerate(range(0, size, part_size), 1)]
     _THREADS.started()
     threads = _THREADS.pool(chosen.parts_in_flight)
     try:
         sent = _all_or_cancel([threads.submit(lambda p=p: job.send_part(p)) for p in parts])
-        crcs = [crc for crc, _ in sent]
-        sources = [p.name for p in parts]
-        if len(sources) > _COMPOSE_MAX:  # first level: groups of 32 into intermediates
-            groups = [sources[i:i + _COMPOSE_MAX] for i in range(0, len(sources), _COMPOSE_MAX)]
-            middle = [f"{folder}{PART_PREFIX}{job.token}-c{i:02d}" for i in range(len(groups))]
-            written += middle
-            _all_or_cancel([
-                threads.submit(lambda m=m, g=g: job.compose(m, g, f"the compose of {job.url}"))
-                for m, g in zip(middle, groups)
-            ])
-            sources = middle
-        answer = job.compose(key, sources, f"the compose of {job.url}")
-        _check(job, answer, size, crcs, [p.length for p in parts])
+        answer = _compose(job, threads, parts, [crc for crc, _ in sent], size)
     finally:
-        try:
-            unsent = {p.name for p in parts} - job.started  # (cancelled before they began)
-            deletions = [threads.submit(lambda n=n: job.delete(n)) for n in written if n not in unsent]
-            wait(deletions)
-        finally:
-            _THREADS.ended()
-    _remember(f"{bucket}/{key}", str(answer.get("generation")), str(answer.get("crc32c")), identity)
+        _clean_up(job, threads, parts)
+    _remember(f"{job.bucket}/{job.key}", str(answer.get("generation")), str(answer.get("crc32c")), identity)
     return answer
+
+
+def upload_growing(fs: Any, local_path: str, path: str, feed: PartFeed) -> dict[str, Any] | None:
+    """Upload ``local_path``, being written, to ``path`` on the gcsfs filesystem ``fs`` as
+    a parallel composite upload whose parts go up as ``feed`` reports them written (as
+    :func:`.growing.upload` does S3's), and return the object's metadata; all or nothing,
+    checked by CRC32C, as :func:`upload`. None, having sent nothing, if the file ends
+    under the multipart threshold (it goes up whole). :class:`~.through.Revoked` if the
+    feed is given up, or the file outgrows 1,024 parts of ``feed.part_size``."""
+    chosen = limits()
+    written, final, given_up = feed.wait(chosen.threshold - 1)
+    if given_up:
+        raise Revoked(f"the upload of gs://{path} was given up before it began")
+    if final is not None and final[0] < chosen.threshold:
+        return None
+    job = _Job.of(fs, path, local_path, None)
+    parts: list[_Part] = []
+    futures: list[Future[tuple[int, str]]] = []
+
+    def failed() -> BaseException | None:
+        return next((f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()), None)
+
+    _THREADS.started()
+    threads = _THREADS.pool(chosen.parts_in_flight)
+    try:
+        try:
+            while True:
+                if given_up:
+                    raise Revoked(f"the upload of {job.url} was given up: its file is not finished")
+                if (error := failed()) is not None:
+                    raise error
+                upto = written if final is None else final[0]
+                while (length := min(feed.part_size, upto - len(parts) * feed.part_size)) > 0:
+                    if length < feed.part_size and final is None:
+                        break  # (the last part, once the file is finished)
+                    if len(parts) == _MAX_PARTS:
+                        raise Revoked(f"the upload of {job.url} was given up: the file outgrew {_MAX_PARTS} "
+                                      f"parts of {feed.part_size} bytes")
+                    parts.append(part := job.part(len(parts) + 1, len(parts) * feed.part_size, length))
+                    futures.append(threads.submit(lambda p=part: job.send_part(p)))
+                    futures[-1].add_done_callback(lambda _: feed.poke())  # a failed part ends the wait
+                if final is not None:
+                    break
+                written, final, given_up = feed.wait(written, stop=lambda: failed() is not None)
+            sent = _all_or_cancel(futures)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)  # no part is left on the wire to land after the cleanup
+            raise
+        identity = _identity(local_path)  # (the file is finished)
+        crcs = [crc for crc, _ in sent]
+        _check_packed(job, crcs, final[1])
+        answer = _compose(job, threads, parts, crcs, final[0])
+    finally:
+        _clean_up(job, threads, parts)
+    _remember(f"{job.bucket}/{job.key}", str(answer.get("generation")), str(answer.get("crc32c")), identity)
+    return answer
+
+
+def _check_packed(job: _Job, crcs: list[int], packed: tuple[int, ...]) -> None:
+    """IntegrityError unless each part the store holds has the CRC32C its bytes had when
+    they were packed (``packed``, where the writer computed them): a part is checked
+    against the file it was sent from, and the file may have changed since it was
+    packed."""
+    if not packed:
+        return
+    for number, (crc, wanted) in enumerate(zip(crcs, packed, strict=True), 1):
+        if crc != wanted:
+            raise IntegrityError(f"{job.url}: part {number} went up with crc32c {_encode_crc(crc)}, but its bytes "
+                                 f"had {_encode_crc(wanted)} when they were packed: the staged file changed")
+
+
+def _compose(job: _Job, threads: Any, parts: list[_Part], crcs: list[int], size: int) -> dict[str, Any]:
+    """Compose ``parts`` (sent; their CRC32Cs ``crcs``) into the job's object, checked
+    (:func:`_check`); the object's metadata."""
+    sources = [p.name for p in parts]
+    if len(sources) > _COMPOSE_MAX:  # first level: groups of 32 into intermediates
+        groups = [sources[i:i + _COMPOSE_MAX] for i in range(0, len(sources), _COMPOSE_MAX)]
+        middle = [f"{job.folder}{PART_PREFIX}{job.token}-c{i:02d}" for i in range(len(groups))]
+        job.intermediates += middle
+        _all_or_cancel([
+            threads.submit(lambda m=m, g=g: job.compose(m, g, f"the compose of {job.url}"))
+            for m, g in zip(middle, groups)
+        ])
+        sources = middle
+    answer = job.compose(job.key, sources, f"the compose of {job.url}")
+    _check(job, answer, size, crcs, [p.length for p in parts])
+    return answer
+
+
+def _clean_up(job: _Job, threads: Any, parts: list[_Part]) -> None:
+    """Delete every temporary object the job began, whatever happened; release the
+    part threads."""
+    try:
+        unsent = {p.name for p in parts} - job.started  # (cancelled before they began)
+        names = [p.name for p in parts if p.name not in unsent] + job.intermediates
+        wait([threads.submit(lambda n=n: job.delete(n)) for n in names])
+    finally:
+        _THREADS.ended()
 
 
 def _check(job: _Job, answer: dict[str, Any], size: int, crcs: list[int], lengths: list[int]) -> None:

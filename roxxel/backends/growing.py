@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import multipart
@@ -49,18 +49,23 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PartFeed", "upload"]
 
+_Final = tuple[int, tuple[Any, ...]]  # a finished file's size, and its parts' digests (MD5s or CRC32Cs)
+
 
 class PartFeed:
     """How far a file being written is written, told by its writer's thread to the upload
-    that sends it (:func:`upload`). Thread-safe; each call wakes the upload."""
+    that sends it (:func:`upload` on an event loop, or
+    :func:`.gcs_upload.upload_growing` on a thread, which :meth:`wait`). Thread-safe;
+    each call wakes the upload."""
 
     def __init__(self, part_size: int) -> None:
         if part_size < multipart.MIN_PART:
             raise ValueError(f"part_size must be at least {multipart.MIN_PART} bytes (S3's smallest part), got {part_size}")
         self.part_size = part_size
         self._lock = threading.RLock()  # (give_up may run in a finalizer, on any thread)
+        self._changed = threading.Condition(self._lock)
         self._written = 0
-        self._final: tuple[int, tuple[bytes, ...]] | None = None  # the size, each part's MD5
+        self._final: _Final | None = None  # the size, each part's digest
         self._given_up = False
         self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
@@ -70,13 +75,15 @@ class PartFeed:
             self._written = max(self._written, end)
             self._notify()
 
-    def finished(self, size: int, part_md5s: Sequence[bytes]) -> None:
-        """The file is whole: ``size`` bytes, the MD5 digest of each ``part_size`` part."""
+    def finished(self, size: int, part_digests: Sequence[bytes] | Sequence[int] | None) -> None:
+        """The file is whole: ``size`` bytes, the digest of each ``part_size`` part as it
+        was packed: its MD5 (S3's ETag is made of them) or its CRC32C (each GCS part's
+        answer must name it); None if there are none."""
         parts = max(1, -(-size // self.part_size))
-        if len(part_md5s) != parts:
-            raise ValueError(f"{len(part_md5s)} part digests do not cover {size} bytes in parts of {self.part_size}")
+        if part_digests is not None and len(part_digests) != parts:
+            raise ValueError(f"{len(part_digests)} part digests do not cover {size} bytes in parts of {self.part_size}")
         with self._lock:
-            self._written, self._final = size, (size, tuple(part_md5s))
+            self._written, self._final = size, (size, tuple(part_digests or ()))
             self._notify()
 
     def give_up(self) -> None:
@@ -85,7 +92,21 @@ class PartFeed:
             self._given_up = True
             self._notify()
 
+    def wait(self, seen: int, stop: Callable[[], bool] = lambda: False) -> tuple[int, _Final | None, bool]:
+        """Block until more than ``seen`` bytes are written, the file is finished or given
+        up, or ``stop()`` (asked again at each :meth:`poke`); then what is known."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._written > seen or self._final is not None or self._given_up
+                                   or stop())
+            return self._written, self._final, self._given_up
+
+    def poke(self) -> None:
+        """Wake a :meth:`wait` to ask its ``stop()`` again (a part failed, say)."""
+        with self._lock:
+            self._changed.notify_all()
+
     def _notify(self) -> None:
+        self._changed.notify_all()
         if self._wake is not None:
             loop, event = self._wake
             try:
@@ -93,13 +114,13 @@ class PartFeed:
             except RuntimeError:  # the loop is closed: no upload to wake
                 pass
 
-    def _attach(self, event: asyncio.Event) -> tuple[int, tuple[int, tuple[bytes, ...]] | None, bool]:
+    def _attach(self, event: asyncio.Event) -> tuple[int, _Final | None, bool]:
         """Wake ``event`` (on the running loop) at every later call; what is known now."""
         with self._lock:
             self._wake = (asyncio.get_running_loop(), event)
             return self._written, self._final, self._given_up
 
-    def _state(self) -> tuple[int, tuple[int, tuple[bytes, ...]] | None, bool]:
+    def _state(self) -> tuple[int, _Final | None, bool]:
         with self._lock:
             return self._written, self._final, self._given_up
 

@@ -411,18 +411,20 @@ class Store:
         return self._run("upload", key, upload, timeout=budget)
 
     def put_growing(self, local_path: str, key: str, feed: PartFeed) -> bool | None:
-        """Upload ``local_path`` to ``key`` while it is being written (S3 only: the writer
-        asks only of an S3 store), each part as ``feed`` reports it written; all or
+        """Upload ``local_path`` to ``key`` while it is being written (S3 and GCS only: the
+        writer asks only of those), each part as ``feed`` reports it written; all or
         nothing, and True if the store's answer confirmed the object, as :meth:`put_file`.
         None if the file ended smaller than the multipart threshold: nothing was sent,
-        and it goes up as a finished file does (:meth:`put_file`, one PUT). No time limit is set on the whole: the file
-        grows as fast as its writer packs it. Each part, and each request, is bounded and
-        retried as an upload's are; a failed upload is retried whole, from the parts
-        written by then. Raises :class:`~.through.Revoked` once the feed is given up."""
+        and it goes up as a finished file does (:meth:`put_file`, one request). No time
+        limit is set on the whole: the file grows as fast as its writer packs it. Each
+        part, and each request, is bounded and retried as an upload's are; a failed
+        upload is retried whole, from the parts written by then. Raises
+        :class:`~.through.Revoked` once the feed is given up, or where the store cannot
+        take the file in parts: it is then for :meth:`put_file` once finished."""
         path = self.path(key)
         put = getattr(self.backend, "put_growing", None)
         if put is None:
-            raise TypeError(f"{redact(self._url)}: only S3 takes an upload of a file still being written")
+            raise TypeError(f"{redact(self._url)}: only S3 and GCS take an upload of a file still being written")
         return self._run("upload", key, lambda: put(os.fspath(local_path), path, feed), timeout=None)
 
     def check_upload(self, key: str, local_path: str | os.PathLike[str], check: ReadBackCheck) -> None:
