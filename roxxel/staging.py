@@ -8,8 +8,9 @@ the file and, with ``part_size``, updates the MD5 of the multipart part it belon
 (chunks never straddle a part). Those MD5s are what S3's ETag of a multipart upload is
 made of: handed to :func:`roxxel.backends.multipart.register_part_digests`, they let the
 upload be checked against the very bytes that were packed, and nothing is read back or
-hashed a second time. (With ``part_md5s=False``, the parts are told, not hashed: GCS's
-parts are checked by the CRC32C the store answers each with.)
+hashed a second time. For GCS's parts, whose uploads GCS answers with their CRC32C, the
+writer asks for each part's CRC32C instead (``part_md5s=False``, ``part_crc32c``: the
+``google_crc32c`` module), in the same pass.
 
 With ``md5_lanes`` (one-thread :class:`~roxxel.workers.WorkerPool` s, whose jobs run in
 order), the MD5s are computed on those threads while packing goes on, consecutive parts
@@ -59,24 +60,14 @@ CHUNKS_IN_FLIGHT = 16
 class Digests:
     """What a finished :class:`StagingFile` holds: its size, the hex digest of the
     manifest's checksum algorithm over all of it, and the MD5 digest of each part of
-    ``part_size`` bytes (the last one shorter), or None if parts were not hashed so;
-    likewise each part's CRC32C."""
+    ``part_size`` bytes (the last one shorter), or None where parts had no MD5; and the
+    CRC32C of each part, or None where parts had none."""
 
     size: int
     hexdigest: str
     part_size: int | None
     part_md5s: tuple[bytes, ...] | None
     part_crc32cs: tuple[int, ...] | None = None
-
-
-def _crc32c_module() -> Any:
-    """google_crc32c (its C code), which the GCS uploads need: they are checked by it."""
-    from .backends.gcs_upload import _crc32c_module
-
-    module = _crc32c_module()
-    if module is None:
-        raise RuntimeError("part CRC32Cs need google_crc32c with its C code")
-    return module
 
 
 def _update(md5: hashlib._Hash, chunk: bytearray, length: int) -> bytearray:
@@ -90,7 +81,7 @@ class StagingFile:
     :meth:`close` to give up (both close the file; close is idempotent)."""
 
     def __init__(self, path: str, *, part_size: int | None = None, part_md5s: bool = True,
-                 part_crc32cs: bool = False, md5_lanes: Sequence[WorkerPool] = (),
+                 part_crc32c: Any = None, md5_lanes: Sequence[WorkerPool] = (),
                  on_part: Callable[[int], object] | None = None) -> None:
         if part_size is not None and part_size < 1:
             raise ValueError(f"part_size must be positive, got {part_size}")
@@ -98,9 +89,10 @@ class StagingFile:
         self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by finish/close
         self._hash = new_hasher(DEFAULT_ALGORITHM)
         self._part_size = part_size
-        # one MD5 a part so far (S3's parts), or CRC32C (GCS's: google_crc32c's C code)
+        # one MD5 a part so far (S3's parts); one CRC32C a part so far (GCS's: with
+        # ``part_crc32c``, google_crc32c, which the caller found with its C code)
         self._md5s = [hashlib.md5()] if part_size is not None and part_md5s else None
-        self._crc32c = None if part_size is None or not part_crc32cs else _crc32c_module()
+        self._crc32c = None if part_size is None else part_crc32c
         self._crcs = [0]
         self._lanes = tuple(md5_lanes)
         self._pending: deque[Future[bytearray]] = deque()

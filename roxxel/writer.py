@@ -109,8 +109,9 @@ class Writer:
     At most ``max_staged_shards`` finished shards (default ``upload_workers + 1``) are
     staged for upload; past that, appending waits. ``upload_workers + 1`` of them (at
     most) go up at once: one more than the workers, so that a dataset's last, small
-    shard does not wait for another's upload to end. (A large S3 shard goes up as it is
-    packed, on a thread of its own, not one of the workers: their job is its check.)
+    shard does not wait for another's upload to end. (A large S3 or GCS shard goes up as
+    it is packed, on a thread of its own besides, not one of the workers, which then
+    only wait for it and, where its upload's answer did not confirm it, check it.)
 
     ``sign_with``, an Ed25519 private key (a ``cryptography`` key object, unencrypted PEM
     or OpenSSH key text, or the path of a key file), signs the dataset: the signature of
@@ -179,7 +180,7 @@ class Writer:
         self._max_staged = max_staged_shards or upload_workers + 1
         # (started when used) one more than the workers: the last, small shard goes up at once
         self._pool = WorkerPool(min(self._max_staged, upload_workers + 1), name="roxxel-upload")
-        # S3 shards that go up as they are packed (_start_shard): each such upload waits on
+        # S3 and GCS shards that go up as they are packed (_start_shard): each such upload waits on
         # its packer most of its life, so it has a thread of its own (the staged shards'
         # and the one being packed), not one of the upload workers
         self._growing_pool = WorkerPool(self._max_staged + 1, name="roxxel-upload-growing")
@@ -200,7 +201,7 @@ class Writer:
                 self._probe.close()
             raise
         lanes = (*self._md5_lanes, self._growing_pool, *(() if self._probe is None else (self._probe,)))
-        # the shard being packed and going up as it is (S3): its feed, key and upload
+        # the shard being packed and going up as it is (S3, GCS): its feed, key and upload
         self._growing: tuple[PartFeed, str, Future[bool | None]] | None = None
         self._feeds: set[PartFeed] = set()  # feeds not finished: given up when the writer ends
         self._cleanup = weakref.finalize(self, _clean_up, self._staging, lanes, release, self._feeds)
@@ -391,7 +392,8 @@ class Writer:
         key = None if part_size is None else self._growing_key(index)
         feed = None if key is None or part_size is None else PartFeed(part_size)
         on_s3 = isinstance(self.store.backend, S3Backend)
-        sink = StagingFile(path, part_size=part_size, part_md5s=on_s3, part_crc32cs=feed is not None and not on_s3,
+        sink = StagingFile(path, part_size=part_size, part_md5s=on_s3,
+                           part_crc32c=None if feed is None or on_s3 else gcs_upload.c_crc32c(),
                            md5_lanes=self._md5_lanes, on_part=None if feed is None else feed.written)
         staged = _Staged(index, path, 0, 0, 0, "")
         if feed is not None and key is not None:
@@ -409,10 +411,15 @@ class Writer:
     def _growing_part_size(self) -> int | None:
         """The size of the parts of a shard that goes up as it is packed: on S3 and GCS,
         for shards large enough to go up in parts (multipart or composite uploads: the
-        same limits); else None."""
+        same limits); else None. On GCS, only with google_crc32c's C code (which checks
+        the parts), and parts large enough that a shard of twice ``shard_bytes`` needs
+        at most the 1,024 a composite upload takes (S3's 10,000 parts of 8 MiB hold any
+        shard under 78 GiB)."""
         if isinstance(self.store.backend, GCSBackend):
             limits = multipart.limits()
-            return limits.part_size if self.shard_bytes >= limits.threshold else None
+            if self.shard_bytes < limits.threshold or gcs_upload.c_crc32c() is None:
+                return None
+            return gcs_upload.part_size_for(2 * self.shard_bytes, limits.part_size)
         return self._hashed_part_size()
 
     def _hashed_part_size(self) -> int | None:

@@ -27,7 +27,7 @@ import pytest
 import roxxel
 from roxxel.backends import gcs_upload, multipart
 from roxxel.backends.errors import HTTPStatusError
-from roxxel.backends.gcs import refused
+from roxxel.backends.gcs import GCSBackend, refused
 from roxxel.backends.store import Store
 from roxxel.errors import AccessDeniedError, IntegrityError
 from tests import servers
@@ -493,16 +493,43 @@ def test_a_large_shards_parts_go_up_before_it_is_packed(limits, new_location, tm
     url, options = new_location("gcs")
     started, waited = part_sent(monkeypatch, 0, 1), []
     requests = Requests(monkeypatch)
+    asked: list[str] = []
+    real_info = GCSBackend.info
+
+    def info(self: Any, path: str) -> Any:
+        asked.append(path)
+        return real_info(self, path)
+
+    monkeypatch.setattr(GCSBackend, "info", info)
     records = [np.random.default_rng(i).bytes(MiB) for i in range(18)]  # a shard of 3 parts, and one of 7 MiB
     with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
         writer.extend(held_until(started, records, hold_at=10, waited=waited))
     assert waited == [True]
     first, second = writer.manifest.shards.uris.tolist()
     assert re.fullmatch(r"shards/00000-000000-[0-9a-f]{12}\.rox", first)
-    assert not writer.manifest.shards[0].checksum.split(":")[1].startswith(first[-16:-4])
     assert requests.calls["part"] == 3 and requests.calls["compose"] == 1
+    assert not [p for p in asked if p.endswith(first)]  # checked by the compose's answer: no request after
+    assert [p for p in asked if p.endswith(second)]  # (gcsfs's upload of the small one is checked after)
     store = Store(url, options)
     assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_without_c_crc32c_gcs_shards_go_up_once_packed_through_gcsfs(limits, new_location, tmp_path,
+                                                                     monkeypatch) -> None:
+    """Without google_crc32c's C code nothing can check composite parts: the writer
+    neither names shards before their digest nor sends parts while packing; each shard
+    goes up once packed, through gcsfs, and is published."""
+    url, options = new_location("gcs")
+    monkeypatch.setattr(gcs_upload, "c_crc32c", lambda: None)
+    requests = Requests(monkeypatch)
+    records = [np.random.default_rng(i).bytes(MiB) for i in range(11)]
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
+        writer.extend(records)
+    (uri,) = writer.manifest.shards.uris.tolist()
+    assert uri[-16:-4] == writer.manifest.shards[0].checksum.split(":")[1][:12]  # named by its digest
+    assert requests.calls == Counter()
     with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
         assert [bytes(ds[i]) for i in range(len(ds))] == records
 

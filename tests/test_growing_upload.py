@@ -352,11 +352,21 @@ def test_a_store_refusing_requests_signed_here_gets_them_through_s3fs(refused, l
                 raise client_error(403, "SignatureDoesNotMatch", "UploadPart")
             return await real(self, number, *args)
         monkeypatch.setattr(growing._SignedUpload, "_send_signed", send)
+    remembered, real_refused = threading.Event(), growing._refused
+
+    def refusal(*args: Any) -> None:
+        real_refused(*args)
+        remembered.set()
+
+    monkeypatch.setattr(growing, "_refused", refusal)
     url = f"s3://{bucket}/refused"
     records = mib_records(22)  # two shards of 3 parts: the first refused, the next the s3fs way
+    waited: list[bool] = []
     with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=s3_server.storage_options,
                        upload_workers=1, max_staged_shards=1) as writer:
-        writer.extend(records)
+        # (the next shard begins once the refusal is known: its upload would go at once)
+        writer.extend(held_until(remembered, records, hold_at=11, waited=waited))
+    assert waited == [True]
     assert len(made) == 1  # the second shard's upload not even tried signed
     if refused == "create":  # every part presigned by botocore
         assert sorted(seen) == [(False, 1), (False, 1), (False, 2), (False, 2), (False, 3), (False, 3)]

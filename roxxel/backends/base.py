@@ -175,7 +175,8 @@ class Backend(ABC):
         see the old object or the new one; a failed upload leaves no partial object),
         with memory bounded whatever the file's size. True where the store's answer to
         the upload confirmed that the object holds the file's bytes (an S3 multipart
-        completion naming the ETag made of the file's own parts); else None or False."""
+        completion naming the ETag made of the file's own parts, a GCS compose naming
+        the CRC32C its parts, checked against the file, combine to); else None or False."""
 
     @abstractmethod
     def put(self, path: str, data: bytes) -> None:

@@ -66,8 +66,8 @@ from .multipart import MiB, limits, part_retry
 from .through import Revoked
 from .watchdog import Progress
 
-__all__ = ["PART_PREFIX", "Refused", "crc32c_combine", "eligible", "part_size_for", "upload", "upload_growing",
-           "verified_md5"]
+__all__ = ["PART_PREFIX", "Refused", "c_crc32c", "crc32c_combine", "eligible", "part_size_for", "upload",
+           "upload_growing", "verified_md5"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def crc32c_combine(crc1: int, crc2: int, length2: int) -> int:
     return _multmodp(p, crc1) ^ crc2
 
 
-def _crc32c_module() -> Any:
+def c_crc32c() -> Any:
     """google_crc32c with its C implementation, or None (a pure Python CRC of a shard
     would take minutes: the upload then goes through gcsfs)."""
     try:
@@ -137,7 +137,7 @@ _CRC_BLOCK = 256 * 1024  # bytes read at a time: a part thread holds at most two
 
 def _crc32c_of(fd: int, offset: int, length: int) -> int:
     """The CRC32C of bytes ``[offset, offset + length)`` of the open file ``fd``."""
-    crc32c = _crc32c_module()
+    crc32c = c_crc32c()
     crc, end = 0, offset + length
     while offset < end:
         block = os.pread(fd, min(_CRC_BLOCK, end - offset), offset)
@@ -235,7 +235,7 @@ def eligible(fs: Any, path: str) -> bool:
     where plain requests read it (:func:`.gcs.read_media_range`) and a C CRC32C exists."""
     from .gcs import _eligible
 
-    return _crc32c_module() is not None and _eligible(fs, path)
+    return c_crc32c() is not None and _eligible(fs, path)
 
 
 @dataclass(frozen=True)
@@ -534,13 +534,12 @@ def upload_growing(fs: Any, local_path: str, path: str, feed: PartFeed) -> dict[
     return answer
 
 
-def _check_packed(job: _Job, crcs: list[int], packed: tuple[int, ...]) -> None:
+def _check_packed(job: _Job, crcs: list[int], packed: tuple[Any, ...]) -> None:
     """IntegrityError unless each part the store holds has the CRC32C its bytes had when
-    they were packed (``packed``, where the writer computed them): a part is checked
-    against the file it was sent from, and the file may have changed since it was
-    packed."""
-    if not packed:
-        return
+    they were packed (``packed``, which the writer computed): a part is checked against
+    the file it was sent from, and the file may have changed since it was packed."""
+    if len(packed) != len(crcs) or not all(type(crc) is int for crc in packed):
+        raise TypeError(f"{job.url}: the feed was finished without the CRC32C of each of its {len(crcs)} parts")
     for number, (crc, wanted) in enumerate(zip(crcs, packed, strict=True), 1):
         if crc != wanted:
             raise IntegrityError(f"{job.url}: part {number} went up with crc32c {_encode_crc(crc)}, but its bytes "

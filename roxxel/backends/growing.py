@@ -1,5 +1,6 @@
 """A multipart upload to S3 of a file still being written: each part goes up as soon as
-its bytes are in the file.
+its bytes are in the file. (:class:`PartFeed` also feeds GCS's composite uploads of such
+files: :func:`.gcs_upload.upload_growing`.)
 
 The writer names a large shard before it packs it, and tells a :class:`PartFeed` how far
 the staged file is written as each part of it is complete; :func:`upload` (on fsspec's
@@ -15,10 +16,12 @@ creation and its parts (:class:`_SignedUpload`): the first parts do not wait for
 which only completes (or aborts) the upload. Otherwise, and after a store refused a
 request signed here, the rest is :mod:`.multipart`'s: presigned PUTs from the file by
 ``sendfile`` (or s3fs parts). Either way each part is retried on its own, and the upload
-is all or nothing (a failed part cancels the others and aborts the upload). The parts' MD5s are the ones packing computed: the feed hands
-them over with the file's final size, and the object's multipart ETag is made of them,
-so the check after the upload (:meth:`.store.Store.check_upload`) compares the object
-with the bytes that were packed. No part is hashed here.
+is all or nothing (a failed part cancels the others and aborts the upload). The parts'
+MD5s are the ones packing computed: the feed hands them over with the file's final
+size, and the expected multipart ETag is made of them. S3 answers the completion with
+the ETag it makes of the parts it holds: when that is the one expected, the object is
+the bytes that were packed; otherwise the check after the upload
+(:meth:`.store.Store.check_upload`) compares them. No part is hashed here.
 
 A feed that is given up (the writer aborted) aborts the upload and raises
 :class:`~.through.Revoked`. A feed is reusable: when the whole upload is retried

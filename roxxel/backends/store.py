@@ -182,7 +182,7 @@ class Store:
     def read_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the object; StorageError if it ends before ``end``."""
         if not 0 <= start <= end:
-            raise ValueError(f"invalid byte range [{start}, {end}) for {redact(self.url(key))}")
+            raise ValueError(f"invalid byte range [{start}, {end}) for {self.url(key)}")
         path = self.path(key)
         if start == end:
             return b""
@@ -192,14 +192,14 @@ class Store:
             raise self._range_ignored(key, start, end, len(data))
         if len(data) < end - start:
             raise StorageError(
-                f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}), "
+                f"could not read {self.url(key)}: asked for bytes [{start}, {end}), "
                 f"got {len(data)} bytes; the object is shorter than expected"
             )
         return data
 
     def _range_ignored(self, key: str, start: int, end: int, got: int) -> StorageError:
         return StorageError(
-            f"could not read {redact(self.url(key))}: asked for bytes [{start}, {end}) "
+            f"could not read {self.url(key)}: asked for bytes [{start}, {end}) "
             f"({end - start} bytes), got {got}; the server ignored the Range header "
             "(a proxy or server that does not support ranged GETs?)"
         )
@@ -225,7 +225,7 @@ class Store:
         what the manifest says (IntegrityError). ``on_failure(exc)`` is told of each
         failed attempt that is retried."""
         if not 0 <= start < end or len(into) < end - start:
-            raise ValueError(f"invalid byte range [{start}, {end}) for {redact(self.url(key))}")
+            raise ValueError(f"invalid byte range [{start}, {end}) for {self.url(key)}")
         path, backend, want = self.path(key), self.backend, end - start
         attempts = itertools.count()  # (next() is atomic: an abandoned attempt may still start)
 
@@ -254,7 +254,7 @@ class Store:
             if not short:
                 raise
             raise IntegrityError(
-                f"could not download {redact(self.url(key))}: bytes [{start}, {end}) came back "
+                f"could not download {self.url(key)}: bytes [{start}, {end}) came back "
                 "short every time; was it replaced or truncated?"
             ) from exc
 
@@ -307,7 +307,7 @@ class Store:
                 if not parts:
                     error = IntegrityError if known_size else StorageError
                     raise error(
-                        f"could not download {redact(self.url(key))}: it ended at byte {pos}, "
+                        f"could not download {self.url(key)}: it ended at byte {pos}, "
                         f"expected {size} bytes; was it replaced or truncated?"
                     )
                 for part in parts:
@@ -394,8 +394,9 @@ class Store:
         All or nothing: readers see the previous object (or none) until the upload
         completes, and a failed upload leaves no partial object. True where the store's
         answer to the upload confirmed that the object holds the file's bytes (an S3
-        multipart completion answering with the ETag made of the file's own parts):
-        :meth:`check_upload` would ask the store again what it has just answered.
+        multipart completion answering with the ETag made of the file's own parts; a GCS
+        compose answering with the CRC32C they combine to): :meth:`check_upload` would
+        ask the store again what it has just answered.
         """
         local_path = os.fspath(local_path)
         os.stat(local_path)  # a missing source is the caller's FileNotFoundError, not the store's
@@ -446,7 +447,7 @@ class Store:
         expected = os.path.getsize(local_path)
         if info["size"] != expected:
             raise IntegrityError(
-                f"{redact(self.url(key))}: uploaded object is {info['size']} bytes, expected {expected}"
+                f"{self.url(key)}: uploaded object is {info['size']} bytes, expected {expected}"
             )
         reported = backend.reported_md5(info)
         parts = multipart_parts(info) if reported is None else None
@@ -456,7 +457,7 @@ class Store:
                 actual = str(info.get("ETag") or info.get("etag")).strip('"')
                 if actual != wanted_etag:
                     raise IntegrityError(
-                        f"{redact(self.url(key))}: uploaded object has multipart ETag {actual}, "
+                        f"{self.url(key)}: uploaded object has multipart ETag {actual}, "
                         f"expected {wanted_etag}"
                     )
                 return
@@ -467,7 +468,7 @@ class Store:
         wanted = _file_digest(local_path, hashlib.md5())
         if reported != wanted:
             raise IntegrityError(
-                f"{redact(self.url(key))}: uploaded object has md5 {reported}, expected {wanted}"
+                f"{self.url(key)}: uploaded object has md5 {reported}, expected {wanted}"
             )
 
     def put_bytes_overwrite(self, key: str, data: bytes) -> None:

@@ -159,9 +159,9 @@ def copy_shard(
 
     The bytes are staged in ``staging_dir`` and verified (size, checksum) before the
     upload, so a bad source never lands at the destination; after the upload the object
-    is read back and re-hashed, so a copy corrupted on the way is uploaded again (unless
-    the store's answer to the upload confirmed it holds the staged bytes: see
-    :meth:`.Store.put_file`). Either
+    is read back and re-hashed, so a copy corrupted on the way is uploaded again (even
+    where the store's answer to the upload confirms the object is the staged file: the
+    checksum was checked on the bytes as they were staged, not on the file since). Either
     check failing ``ATTEMPTS`` times raises IntegrityError naming the object.
     """
     if _has_copy(dst, dst_key, shard, jobs):
@@ -172,7 +172,8 @@ def copy_shard(
     try:
         _stage(src, src_key, shard, path, jobs, _OnceMeter(meter, shard.stored_size))
         for attempt in range(1, ATTEMPTS + 1):
-            if dst.put_file(path, dst_key) or _has_copy(dst, dst_key, shard, jobs):
+            dst.put_file(path, dst_key)
+            if _has_copy(dst, dst_key, shard, jobs):
                 return True
             if attempt < ATTEMPTS:
                 log.warning("%s: the uploaded object does not match its checksum; uploading it "
