@@ -598,3 +598,31 @@ def test_a_store_refusing_plain_part_uploads_gets_the_finished_shard_through_gcs
     assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
     with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
         assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
+def test_a_writer_from_storage_options_sends_gcs_parts_before_gcsfs_is_made(limits, new_location, tmp_path,
+                                                                           monkeypatch) -> None:
+    """A dataset written from plain storage options: the parts of a shard being packed
+    go up with the URL and credentials gcsfs would use, from the deferred filesystem,
+    while gcsfs is not made yet (it is made only once the first part is on its way, and
+    then composes); the dataset reads back."""
+    from roxxel.backends.gcsopen import DeferredGCSFileSystem
+
+    url, options = new_location("gcs")
+    started, waited = part_sent(monkeypatch, 0, 1), []
+    real_materialize = DeferredGCSFileSystem.materialize
+
+    def materialize(self: DeferredGCSFileSystem) -> Any:
+        waited.append(started.wait(30))
+        return real_materialize(self)
+
+    monkeypatch.setattr(DeferredGCSFileSystem, "materialize", materialize)
+    requests = Requests(monkeypatch)
+    records = [np.random.default_rng(i).bytes(MiB) for i in range(11)]
+    with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
+        assert isinstance(writer.store.backend.deferred_source(), DeferredGCSFileSystem)
+        writer.extend(records)
+    assert waited and all(waited)
+    assert requests.calls["part"] == 3 and requests.calls["compose"] == 1
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records

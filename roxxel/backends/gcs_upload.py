@@ -58,6 +58,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import trace
 from ..errors import IntegrityError
 from ..workers import PartThreads
 from .errors import HTTPStatusError, classify, describe
@@ -66,7 +67,7 @@ from .multipart import MiB, limits, part_retry
 from .through import Revoked
 from .watchdog import Progress
 
-__all__ = ["PART_PREFIX", "Refused", "c_crc32c", "crc32c_combine", "eligible", "part_size_for", "upload",
+__all__ = ["PART_PREFIX", "Plain", "Refused", "c_crc32c", "crc32c_combine", "eligible", "part_size_for", "upload",
            "upload_growing", "verified_md5"]
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,22 @@ def eligible(fs: Any, path: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Plain:
+    """Where and how an upload's plain requests go: the JSON API's ``location``
+    (``http[s]://host[:port]``), ``auth`` (adds the credentials' headers to a dict) and
+    ``make_fs`` (the gcsfs filesystem, for what plain requests do not do)."""
+
+    location: str
+    auth: Callable[[dict[str, str]], None]
+    make_fs: Callable[[], Any]
+
+    @classmethod
+    def of(cls, fs: Any) -> Plain:
+        """Those of the gcsfs filesystem ``fs`` (its credentials, refreshed by gcsfs)."""
+        return cls(str(fs._location), fs.credentials.apply, lambda: fs)
+
+
+@dataclass(frozen=True)
 class _Part:
     number: int  # from 1
     offset: int
@@ -250,12 +267,13 @@ class _Part:
 class _Job:
     """One composite upload in progress."""
 
-    fs: Any
+    fs: Any  # gcsfs's filesystem; None until it is needed (see gcsfs)
     bucket: str
     key: str
     local_path: str
     progress: Progress | None
     token: str
+    plain: Plain
     started: set[str] = field(default_factory=set)  # the parts whose upload began
     intermediates: list[str] = field(default_factory=list)  # composed from parts, for a second level
     _started_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -263,7 +281,15 @@ class _Job:
     @classmethod
     def of(cls, fs: Any, path: str, local_path: str, progress: Progress | None) -> _Job:
         bucket, key, _ = fs.split_path(path)
-        return cls(fs, bucket, key, local_path, progress, uuid.uuid4().hex)
+        return cls(fs, bucket, key, local_path, progress, uuid.uuid4().hex, Plain.of(fs))
+
+    @property
+    def gcsfs(self) -> Any:
+        """The gcsfs filesystem (for the compose, and what plain requests cannot do),
+        made now if it is not yet."""
+        if self.fs is None:
+            self.fs = self.plain.make_fs()
+        return self.fs
 
     @property
     def folder(self) -> str:
@@ -278,7 +304,7 @@ class _Job:
         return f"gs://{self.bucket}/{self.key}"
 
     def endpoint(self) -> urllib.parse.SplitResult:
-        return urllib.parse.urlsplit(str(self.fs._location))
+        return urllib.parse.urlsplit(self.plain.location)
 
     def object_path(self, name: str) -> str:
         base = self.endpoint().path.rstrip("/")
@@ -294,7 +320,7 @@ class _Job:
         headers = {"Content-Length": str(length), "User-Agent": "roxxel", "Accept-Encoding": "identity"}
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
-        self.fs.credentials.apply(headers)  # gcsfs's credentials: refreshed by it, never read here
+        self.plain.auth(headers)  # the credentials' headers: never read here
         while True:
             conn, reused = _take(endpoint)
             try:
@@ -337,6 +363,7 @@ class _Job:
                   f"?uploadType=media&name={urllib.parse.quote(part.name, safe='')}")
 
         def once() -> tuple[int, str]:
+            began = time.perf_counter_ns()
             crc: list[int] = []
             with open(self.local_path, "rb") as f:
 
@@ -353,6 +380,9 @@ class _Job:
             if _decode_crc(answer.get("crc32c"), what) != crc[0]:
                 raise _Damaged(f"{what}: the store's crc32c {answer.get('crc32c')} is not the file's "
                                f"{_encode_crc(crc[0])}")
+            if (tracer := trace.current()) is not None:
+                tracer.complete("upload part", "upload", began, time.perf_counter_ns(), offset=part.offset,
+                                bytes=part.length)
             return crc[0], str(answer.get("generation"))
 
         sent = _retrying(once, what)
@@ -367,7 +397,10 @@ class _Job:
             "sourceObjects": [{"name": source} for source in sources],
             "destination": {"contentType": "application/octet-stream"},
         }
-        answer = self.fs.call("POST", "b/{}/o/{}/compose", self.bucket, name, json=body, json_out=True)
+        began = time.perf_counter_ns()
+        answer = self.gcsfs.call("POST", "b/{}/o/{}/compose", self.bucket, name, json=body, json_out=True)
+        if (tracer := trace.current()) is not None:
+            tracer.complete("compose", "upload", began, time.perf_counter_ns(), parts=len(sources))
         if not isinstance(answer, dict):
             raise OSError(f"{what}: the store's answer to compose is not an object")
         if self.progress is not None:
@@ -389,7 +422,7 @@ class _Job:
                 _retrying(once, what)
             except Refused:  # as its upload may have been: gcsfs deletes it
                 with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(f"{self.bucket}/{name}")
+                    self.gcsfs.rm_file(f"{self.bucket}/{name}")
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.warning("could not delete %s (%s); it is safe to delete", what, describe(exc))
 
@@ -476,10 +509,11 @@ def upload(fs: Any, local_path: str, path: str, progress: Progress | None = None
     return answer
 
 
-def upload_growing(fs: Any, local_path: str, path: str, feed: PartFeed) -> dict[str, Any] | None:
-    """Upload ``local_path``, being written, to ``path`` on the gcsfs filesystem ``fs`` as
-    a parallel composite upload whose parts go up as ``feed`` reports them written (as
-    :func:`.growing.upload` does S3's), and return the object's metadata; all or nothing,
+def upload_growing(plain: Plain, local_path: str, path: str, feed: PartFeed) -> dict[str, Any] | None:
+    """Upload ``local_path``, being written, to ``path`` (``bucket/key``) as a parallel
+    composite upload whose parts go up as ``feed`` reports them written (as
+    :func:`.growing.upload` does S3's), by the plain requests ``plain`` says (gcsfs is
+    made only for the compose), and return the object's metadata; all or nothing,
     checked by CRC32C, as :func:`upload`. None, having sent nothing, if the file ends
     under the multipart threshold (it goes up whole). :class:`~.through.Revoked` if the
     feed is given up, or the file outgrows 1,024 parts of ``feed.part_size``."""
@@ -489,7 +523,8 @@ def upload_growing(fs: Any, local_path: str, path: str, feed: PartFeed) -> dict[
         raise Revoked(f"the upload of gs://{path} was given up before it began")
     if final is not None and final[0] < chosen.threshold:
         return None
-    job = _Job.of(fs, path, local_path, None)
+    bucket, _, key = path.partition("/")
+    job = _Job(None, bucket, key, local_path, None, uuid.uuid4().hex, plain)
     parts: list[_Part] = []
     futures: list[Future[tuple[int, str]]] = []
 
@@ -589,7 +624,7 @@ def _check(job: _Job, answer: dict[str, Any], size: int, crcs: list[int], length
     if problem is None:
         return
     try:
-        job.fs.rm_file(f"{job.bucket}/{job.key}")
+        job.gcsfs.rm_file(f"{job.bucket}/{job.key}")
     except Exception as exc:  # noqa: BLE001 - the integrity error is the one to report
         log.warning("could not delete the wrongly composed %s (%s)", job.url, describe(exc))
     raise IntegrityError(f"{job.url}: the composed object {problem}")
