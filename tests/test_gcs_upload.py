@@ -589,6 +589,7 @@ def test_a_store_refusing_plain_part_uploads_gets_the_finished_shard_through_gcs
     """The store answers the first part's plain upload in a way it cannot use (a
     redirect): the shard goes up once finished, through gcsfs, and is published."""
     url, options = new_location("gcs")
+    options = {**options, "skip_instance_cache": True}  # (the refusal stays with this test's filesystem)
     requests = Requests(monkeypatch, answer=lambda number, attempt: (302, b"moved"))
     records = [np.random.default_rng(i).bytes(MiB) for i in range(11)]
     with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
