@@ -464,6 +464,13 @@ def test_parts_a_store_refuses_to_delete_plainly_are_deleted_through_gcsfs(limit
 # -- shards that go up as they are packed -------------------------------------------------
 
 
+def assert_published_whole(url: str, options: dict[str, Any], records: list[bytes], tmp_path: Any) -> None:
+    """No temporary part is left under ``url``, and its dataset reads back as ``records``."""
+    assert not [n for n in left_objects(Store(url, options)) if n.startswith(gcs_upload.PART_PREFIX)]
+    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+        assert [bytes(ds[i]) for i in range(len(ds))] == records
+
+
 def part_sent(monkeypatch: pytest.MonkeyPatch, shard: int, number: int) -> threading.Event:
     """An event set when part ``number`` of the writer's shard ``shard`` begins to go up."""
     started = threading.Event()
@@ -510,10 +517,7 @@ def test_a_large_shards_parts_go_up_before_it_is_packed(limits, new_location, tm
     assert requests.calls["part"] == 3 and requests.calls["compose"] == 1
     assert not [p for p in asked if p.endswith(first)]  # checked by the compose's answer: no request after
     assert [p for p in asked if p.endswith(second)]  # (gcsfs's upload of the small one is checked after)
-    store = Store(url, options)
-    assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
-    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
-        assert [bytes(ds[i]) for i in range(len(ds))] == records
+    assert_published_whole(url, options, records, tmp_path)
 
 
 def test_without_c_crc32c_gcs_shards_go_up_once_packed_through_gcsfs(limits, new_location, tmp_path,
@@ -530,8 +534,7 @@ def test_without_c_crc32c_gcs_shards_go_up_once_packed_through_gcsfs(limits, new
     (uri,) = writer.manifest.shards.uris.tolist()
     assert uri[-16:-4] == writer.manifest.shards[0].checksum.split(":")[1][:12]  # named by its digest
     assert requests.calls == Counter()
-    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
-        assert [bytes(ds[i]) for i in range(len(ds))] == records
+    assert_published_whole(url, options, records, tmp_path)
 
 
 def test_a_part_changed_in_the_staged_file_before_it_went_up_is_never_published(limits, new_location,
@@ -595,10 +598,7 @@ def test_a_store_refusing_plain_part_uploads_gets_the_finished_shard_through_gcs
     with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
         writer.extend(records)
     assert requests.calls["compose"] == 0 and requests.calls["part"] >= 1
-    store = Store(url, options)
-    assert not [n for n in left_objects(store) if n.startswith(gcs_upload.PART_PREFIX)]
-    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
-        assert [bytes(ds[i]) for i in range(len(ds))] == records
+    assert_published_whole(url, options, records, tmp_path)
 
 
 def test_a_writer_from_storage_options_sends_gcs_parts_before_gcsfs_is_made(limits, new_location, tmp_path,
@@ -625,5 +625,4 @@ def test_a_writer_from_storage_options_sends_gcs_parts_before_gcsfs_is_made(limi
         writer.extend(records)
     assert waited and all(waited)
     assert requests.calls["part"] == 3 and requests.calls["compose"] == 1
-    with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
-        assert [bytes(ds[i]) for i in range(len(ds))] == records
+    assert_published_whole(url, options, records, tmp_path)
