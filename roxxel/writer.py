@@ -122,7 +122,7 @@ class Writer:
 
     With ``$ROXXEL_TRACE`` set (or tracing on: :mod:`roxxel.trace`), the writer records
     its set-up, the packing of each shard, waits for staging room, each shard's upload
-    and check, each S3 part, and the publish, in a Chrome/Perfetto trace.
+    and check, each S3 or GCS part (and GCS's composes), and the publish, in a Chrome/Perfetto trace.
 
     ``dtype`` (a NumPy number type) and ``shape`` (None: 1-D records of any length)
     declare the records' type in the manifest's ``meta`` (``meta["dtype"]``,
