@@ -13,7 +13,9 @@ gcp-storage-emulator implements it.
 
 Each part is one media upload (``uploadType=media``) sent by :mod:`http.client` from the
 file with ``sendfile`` on a part thread, with the headers of gcsfs's own credentials
-(as :func:`.gcs.read_media_range` reads; on the same kept-alive connections), so no
+(as :func:`.gcs.read_media_range` reads; on the same kept-alive connections; or, for a
+shard still being packed while gcsfs is not made, the URL and headers of the deferred
+filesystem, as :func:`.gcs.read_deferred_range` reads: :class:`Plain`), so no
 part is ever held in memory: RAM does not grow with the file. The parts of every upload
 of the process share one budget of :attr:`~.multipart.MultipartLimits.parts_in_flight`
 part threads (the same limits as S3's multipart uploads, :func:`.multipart.configure`).
@@ -29,7 +31,9 @@ that generation of the object, while the file is unchanged (see there).
 
 All or nothing: the object appears (or replaces the previous one) only at the last
 compose, unconditionally, as gcsfs's ``put_file`` writes shards (their names are
-content-addressed). A failure cancels the parts not started, waits for those on the
+content-addressed, or hold random digits: never another writer's). A file still being
+written goes up the same way, each part as it is written (:func:`upload_growing`), each
+part's CRC32C then also checked against the one computed as it was packed. A failure cancels the parts not started, waits for those on the
 wire, and deletes every part written; a failure to delete is logged. A process killed
 mid-upload leaves its parts behind (hidden names; a lifecycle rule on ``.roxxel-part-``
 removes them). On real GCS, buckets with soft delete keep the deleted parts, and bill
