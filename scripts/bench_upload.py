@@ -46,6 +46,7 @@ Usage: ``.venv/bin/python scripts/bench_upload.py [--datasets 4x64 1x256] [--lat
 from __future__ import annotations
 
 import argparse
+import statistics
 import contextlib
 import functools
 import http.client
@@ -315,7 +316,7 @@ def summarize(spec: str, rounds: list[dict[str, float]], shards: int, boto3: boo
         # each round's own ratios (the same load for both sides), as well as the best of each
         def per_round(name: str) -> str:
             ratios = sorted(r["best_s"] / r[name] for r in rounds)
-            return f"{ratios[0]:.0%}-{ratios[-1]:.0%} (median {ratios[len(ratios) // 2]:.0%})"
+            return f"{ratios[0]:.0%}-{ratios[-1]:.0%} (median {statistics.median(ratios):.0%})"
 
         row["round_ratios"] = {name: sorted(r["best_s"] / r[name] for r in rounds)
                                for name in ("writer_s", "writing_s", "put_file_s")}
@@ -542,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-mbps", type=float, default=400.0, help="MB/s per direction for the whole link")
     parser.add_argument("--part-mib", type=int, default=8)
     parser.add_argument("--parallel", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=2, help="rounds, alternating the order; the best is kept")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="rounds, alternating the order (an even number gives each client first place as often: "
+                             "a fresh server's first client pays its first-touch costs); the best is kept")
     parser.add_argument("--parts-in-flight", type=int, default=None,
                         help="the writer's multipart.configure(parts_in_flight=...) (default: roxxel's)")
     parser.add_argument("--boto3", action="store_true", help="also time boto3 upload_part from threads")
