@@ -370,3 +370,31 @@ def test_a_terminal_gets_a_progress_bar(env, tmp_path):
     os.close(leader)
     assert process.wait(timeout=60) == 0 and out.startswith(b"ok: ")
     assert b"verify: 100%|" in shown and b"B/s]" in shown
+
+
+def test_the_error_is_the_last_line_even_when_a_thread_logs_after_it(capsys):
+    """A thread still at work when the command fails (a writer's probe for conditional
+    writes, which once logged its answer below the error) logs nothing more."""
+    import logging
+    import threading
+
+    from roxxel.cli.errors import print_error
+    from roxxel.cli.logs import configure_logging
+
+    configure_logging(0, 0)
+    logged, failed = threading.Event(), threading.Event()
+
+    def probe() -> None:
+        logging.getLogger("roxxel.backends.base").info("before the error")
+        logged.set()
+        failed.wait(10)
+        logging.getLogger("roxxel.backends.base").info("S3FileSystem bucket b: conditional writes enforced")
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    assert logged.wait(10)
+    assert capsys.readouterr().err == "roxxel: before the error\n"  # (logging goes to stderr until then)
+    assert print_error("it failed", "do this") == 1
+    failed.set()
+    thread.join()
+    assert capsys.readouterr().err.strip().splitlines() == ["roxxel: error: it failed; do this"]

@@ -13,6 +13,7 @@ from ..errors import (
     SignatureMissingError,
     UntrustedSignerError,
 )
+from .logs import fall_silent
 
 __all__ = ["Failure", "UsageError", "hint", "one_line", "print_error"]
 
@@ -55,6 +56,8 @@ def hint(exc: BaseException, command: str) -> str:
 
 
 def print_error(message: str, what_to_do: str = "") -> int:
-    """Print the one-line error on stderr; returns the exit status, 1."""
+    """Print the one-line error on stderr, as the command's last word; returns the exit
+    status, 1."""
+    fall_silent()
     print(f"roxxel: error: {message}" + (f"; {what_to_do}" if what_to_do else ""), file=sys.stderr)
     return 1

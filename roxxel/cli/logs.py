@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["Handler", "configure_logging"]
+__all__ = ["Handler", "configure_logging", "fall_silent"]
 
 
 class Handler(logging.StreamHandler):
@@ -51,3 +51,11 @@ def configure_logging(verbose: int, quiet: int) -> None:
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     level = logging.DEBUG if verbose else (logging.INFO, logging.WARNING, logging.ERROR)[min(quiet, 2)]
     logging.getLogger("roxxel").setLevel(level)
+
+
+def fall_silent() -> None:
+    """Log nothing more on stderr (the command's one-line error is its last word: a thread
+    still at work, a writer's probe for conditional writes say, would log below it)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, Handler):
+            handler.setLevel(logging.CRITICAL + 1)
