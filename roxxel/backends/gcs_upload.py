@@ -545,13 +545,8 @@ def upload_growing(plain: Plain, local_path: str, path: str, feed: PartFeed) -> 
                 if (error := failed()) is not None:
                     raise error
                 upto = written if final is None else final[0]
-                while (length := min(feed.part_size, upto - len(parts) * feed.part_size)) > 0:
-                    if length < feed.part_size and final is None:
-                        break  # (the last part, once the file is finished)
-                    if len(parts) == _MAX_PARTS:
-                        raise Revoked(f"the upload of {job.url} was given up: the file outgrew {_MAX_PARTS} "
-                                      f"parts of {feed.part_size} bytes")
-                    parts.append(part := job.part(len(parts) + 1, len(parts) * feed.part_size, length))
+                for offset, length in feed.new_parts(len(parts), upto, final is not None, _MAX_PARTS, job.url):
+                    parts.append(part := job.part(len(parts) + 1, offset, length))
                     futures.append(threads.submit(lambda p=part: job.send_part(p)))
                     futures[-1].add_done_callback(lambda _: feed.poke())  # a failed part ends the wait
                 if final is not None:

@@ -103,6 +103,23 @@ class PartFeed:
                                    or stop())
             return self._written, self._final, self._given_up
 
+    def new_parts(self, started: int, upto: int, last: bool, max_parts: int, what: str) -> list[tuple[int, int]]:
+        """(offset, length) of each part after the first ``started`` that ends at or before
+        ``upto`` (and the last, shorter one if ``last``: the file is finished at ``upto``).
+        :class:`~.through.Revoked` for a part past ``max_parts`` (the store would refuse it:
+        the upload of ``what`` is given up)."""
+        out: list[tuple[int, int]] = []
+        while True:
+            number = started + len(out)
+            offset = number * self.part_size
+            length = min(self.part_size, upto - offset)
+            if length <= 0 or (length < self.part_size and not last):
+                return out
+            if number == max_parts:
+                raise Revoked(f"the upload of {what} was given up: the file outgrew {max_parts} parts of "
+                              f"{self.part_size} bytes")
+            out.append((offset, length))
+
     def poke(self) -> None:
         """Wake a :meth:`wait` to ask its ``stop()`` again (a part failed, say)."""
         with self._lock:
@@ -141,7 +158,6 @@ async def upload(backend: S3Backend, local_path: str, path: str, feed: PartFeed)
     by the writer's probe, is waited for only by the completion: a writer's first parts
     do not wait ~0.4 s for s3fs to be imported and its client made. A store that refuses
     them gets them through s3fs instead."""
-    part_size = feed.part_size
     budget = multipart._budget(asyncio.get_running_loop(), multipart.limits().parts_in_flight)
     event = asyncio.Event()
     written, final, given_up = feed._attach(event)
@@ -163,14 +179,7 @@ async def upload(backend: S3Backend, local_path: str, path: str, feed: PartFeed)
         def send(upto: int, last: bool) -> None:
             """Start every part not started yet that ends at or before ``upto`` (and the
             last, shorter one if ``last``)."""
-            while True:
-                offset = len(tasks) * part_size
-                length = min(part_size, upto - offset)
-                if length <= 0 or (length < part_size and not last):
-                    return
-                if len(tasks) == multipart._MAX_PARTS:  # (S3 would refuse the part)
-                    raise Revoked(f"the upload of {path} was given up: the file outgrew "
-                                  f"{multipart._MAX_PARTS} parts of {part_size} bytes")
+            for offset, length in feed.new_parts(len(tasks), upto, last, multipart._MAX_PARTS, path):
                 task = asyncio.ensure_future(job.send_part(budget, len(tasks) + 1, offset, length, None, digest=False))
                 task.add_done_callback(lambda _: event.set())  # a failed part stops the upload at once
                 tasks.append(task)
