@@ -588,9 +588,11 @@ def test_a_writer_aborted_mid_shard_leaves_no_gcs_part_behind(limits, new_locati
 
 
 def test_a_store_refusing_plain_part_uploads_gets_the_finished_shard_through_gcsfs(limits, new_location, tmp_path,
-                                                                                     monkeypatch) -> None:
+                                                                                     monkeypatch, caplog) -> None:
     """The store answers the first part's plain upload in a way it cannot use (a
-    redirect): the shard goes up once finished, through gcsfs, and is published."""
+    redirect): the shard goes up once finished, through gcsfs, and is published; the
+    writer says why."""
+    caplog.set_level(logging.INFO, logger="roxxel.writer")
     url, options = new_location("gcs")
     options = {**options, "skip_instance_cache": True}  # (the refusal stays with this test's filesystem)
     requests = Requests(monkeypatch, answer=lambda number, attempt: (302, b"moved"))
@@ -598,7 +600,21 @@ def test_a_store_refusing_plain_part_uploads_gets_the_finished_shard_through_gcs
     with roxxel.Writer(url, shard_bytes=12 * MiB, storage_options=options) as writer:
         writer.extend(records)
     assert requests.calls["compose"] == 0 and requests.calls["part"] >= 1
+    assert re.search(r"shards/00000-000000-[0-9a-f]{12}\.rox goes up again from the finished file: gs://.*: the "
+                     r"store refused a plain request; it goes up once finished", caplog.text)
     assert_published_whole(url, options, records, tmp_path)
+
+
+def test_a_growing_gcs_upload_needs_the_packed_crc32cs() -> None:
+    """Without the CRC32C of each part as packed, nothing can vouch for the parts: the
+    upload refuses to go on (a writer always hands them over)."""
+    job = gcs_upload._Job(None, "b", "shards/x.rox", "/nonexistent", None, "t", gcs_upload.Plain("http://h", lambda headers: None, lambda: None))
+    with pytest.raises(TypeError, match=r"gs://b/shards/x\.rox: the feed was finished without the CRC32C of each "
+                                        r"of its 2 parts"):
+        gcs_upload._check_packed(job, [1, 2], ())
+    with pytest.raises(TypeError, match="without the CRC32C of each of its 2 parts"):
+        gcs_upload._check_packed(job, [1, 2], (b"md5-1", b"md5-2"))  # (MD5s are not CRC32Cs)
+    gcs_upload._check_packed(job, [1, 2], (1, 2))
 
 
 def test_a_writer_from_storage_options_sends_gcs_parts_before_gcsfs_is_made(limits, new_location, tmp_path,
