@@ -709,6 +709,42 @@ def test_s3_shards_through_a_shaped_link_arrive_as_parallel_ranged_gets(tmp_path
     assert live["peak"] >= 4
 
 
+def test_a_connection_thread_runs_its_parts_store_calls_on_one_helper_not_a_thread_a_part(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+    data = np.random.default_rng(7).bytes(40 * 64)
+    (tmp_path / "obj").write_bytes(data)
+    calls: list[tuple[threading.Thread, threading.Thread]] = []  # (connection thread, where it ran)
+    run = store._run
+
+    def recorded(op, key, fn, **kwargs):
+        owner = threading.current_thread()
+
+        def call():
+            calls.append((owner, threading.current_thread()))
+            return fn()
+
+        return run(op, key, call, **kwargs)
+
+    monkeypatch.setattr(store, "_run", recorded)
+    engine = PartEngine(parts=2, part_size=64)
+    engine.attach()
+    try:
+        got = bytearray()
+        engine.download(store, "obj", len(data), got.extend)
+        assert bytes(got) == data
+    finally:
+        engine.detach()
+    helpers: dict[threading.Thread, set[threading.Thread]] = {}
+    for owner, ran_on in calls:
+        helpers.setdefault(owner, set()).add(ran_on)
+    assert len(calls) == 40 and 1 <= len(helpers) <= 2
+    for owner, ran_on in helpers.items():
+        assert len(ran_on) == 1 and owner not in ran_on  # one helper each, not a thread a call
+        helper = next(iter(ran_on))
+        helper.join(2)
+        assert not helper.is_alive()  # it ended with its connection thread
+
+
 def test_a_part_that_comes_back_short_is_fetched_again_then_refused(tmp_path):
     store = Store(str(tmp_path))
     (tmp_path / "obj").write_bytes(b"z" * 100)

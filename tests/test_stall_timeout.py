@@ -19,7 +19,7 @@ from roxxel.backends import RetryPolicy, Store
 from roxxel.backends.retry import DEFAULT_POLICY
 from roxxel.backends import s3 as s3_module
 from roxxel.backends.through import Revoked, Through
-from roxxel.backends.watchdog import StallError, current, watched
+from roxxel.backends.watchdog import StallError, current, partnered, watched
 from roxxel.read.parts import PartEngine
 from tests.reliability_kit import FAST, check_all, write
 from tests.test_parts import FilePlacement
@@ -66,6 +66,47 @@ def test_a_call_is_cut_off_once_silent_for_the_timeout():
     elapsed = time.monotonic() - started
     release.set()
     assert 0.5 < elapsed < BOUND  # after its last byte, not after its start
+
+
+def test_a_partnered_thread_runs_its_calls_on_one_helper_and_a_stalled_call_keeps_its_own():
+    release = threading.Event()
+
+    def where() -> threading.Thread:
+        return threading.current_thread()
+
+    def stalls() -> threading.Thread:
+        release.wait(10)
+        return threading.current_thread()
+
+    me = threading.current_thread()
+    with partnered():
+        first, second = watched(where, 5.0), watched(where, 5.0)
+        assert first is second and first is not me and first.name == "roxxel-store-call"
+        with pytest.raises(StallError):
+            watched(stalls, 0.2)  # given up on: its helper is still in the call
+        third = watched(where, 5.0)
+        assert third is not first and third.is_alive()  # a new helper for the next call
+        release.set()
+        first.join(2)
+        assert not first.is_alive()  # the abandoned call returned: its retired helper ended
+        assert watched(where, 5.0) is third
+    third.join(2)
+    assert not third.is_alive()  # the helper ends with the ``with``
+    assert watched(where, 5.0) is not third  # outside it, a thread a call, as before
+
+
+def test_a_partnered_call_that_raises_leaves_its_helper_for_the_next():
+    def fails() -> None:
+        raise ConnectionError("reset")
+
+    def where() -> threading.Thread:
+        return threading.current_thread()
+
+    with partnered():
+        with pytest.raises(ConnectionError, match="reset"):
+            watched(fails, 5.0)
+        helper = watched(where, 5.0)
+        assert watched(where, 5.0) is helper
 
 
 def test_an_unseen_transfer_gets_time_for_its_size():

@@ -6,7 +6,9 @@ libraries' own timeouts allow, which can be minutes. :func:`watched` runs a call
 helper thread and gives up on it with :class:`StallError`, a ``TimeoutError`` that the
 retry loop treats as transient, once it has been silent for ``timeout`` seconds. The
 abandoned call keeps its thread (a daemon) until it returns on its own; ``on_abandon``
-then cleans up after it.
+then cleans up after it. A thread that makes many calls (a download engine's connection
+thread: a call a part) keeps one helper for them inside :func:`partnered`, instead of
+starting one a call.
 
 Silence is measured from the last sign of progress: the readers of a download body
 call :meth:`Progress.beat` on :func:`current` progress for every piece they receive, so
@@ -19,6 +21,7 @@ announces them with :meth:`Progress.unseen` and gets one more second per MiB.
 from __future__ import annotations
 
 import http.client
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,13 +32,15 @@ from typing import Any, TypeVar
 
 __all__ = [
     "PIECE_SIZE", "UNSEEN_RATE", "Progress", "StallError", "current", "current_timeout",
-    "fill", "read_in_pieces", "watched",
+    "fill", "partnered", "read_in_pieces", "watched",
 ]
 
 T = TypeVar("T")
 
 UNSEEN_RATE = 2**20  # bytes/s allowed to a transfer whose progress cannot be seen
 PIECE_SIZE = 2**20  # bytes read between two progress reports, where a read blocks until full
+_POLL_SECONDS = 0.25  # how soon an idle helper notices that the main thread has ended
+_JOIN_SECONDS = 1.0  # how long a partnered thread waits for its idle helper to end
 
 _local = threading.local()
 
@@ -152,7 +157,11 @@ def watched(
         except BaseException as exc:  # handed to the waiting caller
             future.set_exception(exc)
 
-    threading.Thread(target=run, name="roxxel-store-call", daemon=True).start()
+    partner = getattr(_local, "partner", None)
+    if partner is not None:
+        partner.run(run, future)
+    else:
+        threading.Thread(target=run, name="roxxel-store-call", daemon=True).start()
     while True:
         try:
             return future.result(max(0.0, progress.deadline(timeout) - time.monotonic()))
@@ -162,3 +171,78 @@ def watched(
             if on_abandon is not None:
                 future.add_done_callback(lambda _: on_abandon())
             raise StallError(f"no data for {timeout:g} s (inactivity timeout)") from None
+
+
+class _Helper:
+    """A thread that runs the watched calls it is given, one after another, until it is
+    retired (or the main thread has ended)."""
+
+    def __init__(self) -> None:
+        self.last: Future[Any] | None = None  # the last call's outcome
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="roxxel-store-call", daemon=True)
+        self.thread.start()
+
+    def give(self, job: Callable[[], None], future: Future[Any]) -> None:
+        self.last = future
+        self._jobs.put(job)
+
+    def retire(self) -> None:
+        """End once the call under way (if any) has returned."""
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        main = threading.main_thread()
+        while True:
+            try:
+                job = self._jobs.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if not main.is_alive():
+                    return
+                continue
+            if job is None:
+                return
+            job()  # (sets its future, whatever happens)
+
+
+class _Partner:
+    """The helper kept by one thread for its watched calls (see :func:`partnered`)."""
+
+    def __init__(self) -> None:
+        self._helper: _Helper | None = None
+
+    def run(self, job: Callable[[], None], future: Future[Any]) -> None:
+        """Run ``job`` (which sets ``future``) on the helper; a helper whose last call
+        was given up on, and is still running, is retired and replaced."""
+        helper = self._helper
+        if helper is None or (helper.last is not None and not helper.last.done()):
+            if helper is not None:
+                helper.retire()
+            helper = self._helper = _Helper()
+        helper.give(job, future)
+
+    def close(self) -> None:
+        """Retire the helper; wait a little for it to end unless a call given up on
+        still holds it."""
+        helper, self._helper = self._helper, None
+        if helper is None:
+            return
+        helper.retire()
+        if helper.last is None or helper.last.done():
+            helper.thread.join(_JOIN_SECONDS)
+
+
+@contextmanager
+def partnered() -> Iterator[None]:
+    """Inside the ``with``, the watched calls this thread makes run on one helper thread
+    kept for it, not on a new thread each: a start waits for the new thread to take the
+    GIL, which on a busy process took milliseconds (a download engine's connection
+    thread makes a call a part). A call given up on keeps its helper, as always, and the
+    next call gets a new one. The helper ends with the ``with``."""
+    outer = getattr(_local, "partner", None)
+    partner = _local.partner = _Partner()
+    try:
+        yield
+    finally:
+        _local.partner = outer
+        partner.close()

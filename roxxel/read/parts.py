@@ -74,6 +74,7 @@ from .. import trace
 from ..backends import Store
 from ..backends.errors import throttled
 from ..backends.through import Revoked, Through
+from ..backends.watchdog import partnered
 from ..workers import node_share
 
 __all__ = [
@@ -548,6 +549,10 @@ class PartEngine:
         return any(not t.done and t.issued < len(t.bounds) for t in self._transfers)
 
     def _run(self, generation: int) -> None:
+        with partnered():  # (the store calls of its parts on one helper, not one thread a part)
+            self._serve(generation)
+
+    def _serve(self, generation: int) -> None:
         main = threading.main_thread()
         while True:
             with self._cond:
