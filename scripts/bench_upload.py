@@ -32,7 +32,8 @@ For each dataset (default: 4 shards of 64 MiB, and 1 shard of 256 MiB):
 untimed upload of as many bytes: see ``gcs_round``) behind the same proxy; the writer and
 ``Store.put_file`` as above, to ``gs://``; the best client a parallel composite upload by
 the same cheapest means (``--parallel`` media uploads of ``--part-mib`` MiB parts from
-``sendfile``, one compose per file, the parts deleted); and gcsfs's own ``put_file`` (roxxel's GCS uploads before composite uploads), 4 at once.
+``sendfile``, one compose per file, the parts deleted); and gcsfs's own ``put_file``
+(roxxel's GCS uploads before composite uploads), 4 at once.
 fake-gcs-server reads one request body at a time, which a real store's front ends do
 not: a relay between the proxy and the server takes every body as the proxy delivers it.
 It also hashes and copies every byte it takes (and again to compose), about 2 CPU-seconds

@@ -96,7 +96,10 @@ def test_a_partnered_thread_runs_its_calls_on_one_helper_and_a_stalled_call_keep
 
 
 def test_a_partnered_call_that_raises_leaves_its_helper_for_the_next():
+    failed_on: list[threading.Thread] = []
+
     def fails() -> None:
+        failed_on.append(threading.current_thread())
         raise ConnectionError("reset")
 
     def where() -> threading.Thread:
@@ -105,8 +108,32 @@ def test_a_partnered_call_that_raises_leaves_its_helper_for_the_next():
     with partnered():
         with pytest.raises(ConnectionError, match="reset"):
             watched(fails, 5.0)
-        helper = watched(where, 5.0)
-        assert watched(where, 5.0) is helper
+        assert watched(where, 5.0) is failed_on[0] is not threading.current_thread()
+
+
+def test_a_partnered_helper_outlives_the_main_thread_s_end_until_its_owner_is_done():
+    # A non-daemon thread may go on partnered after the main thread has ended: its next
+    # call must not wait for a helper that went away by itself.
+    script = """
+import threading, time
+from roxxel.backends.watchdog import partnered, watched
+
+def owner():
+    with partnered():
+        first = watched(threading.current_thread, 5.0)
+        time.sleep(0.5)  # the main thread ends meanwhile
+        started = time.monotonic()
+        second = watched(threading.current_thread, 2.0)
+        print("same" if second is first else "other", round(time.monotonic() - started, 1))
+
+threading.Thread(target=owner).start()
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["same", "0.0"]
 
 
 def test_an_unseen_transfer_gets_time_for_its_size():
