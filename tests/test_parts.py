@@ -897,6 +897,38 @@ def test_a_forked_child_downloads_with_an_engine_of_its_own(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+def test_downloads_ahead_of_a_reader_wait_for_the_one_it_waits_for_first(tmp_path, monkeypatch):
+    # Threads start downloads in any order, and parts on the wire are not taken back:
+    # when the thread with the reader's first shard is a moment late, the lookahead's
+    # downloads must still reach the engine after it.
+    from roxxel.read.residency import _FIRST_GRACE
+    from tests.faults import FaultyFileSystem, faulty_url
+
+    url = str(tmp_path / "ds")
+    rng = np.random.default_rng(3)
+    with roxxel.Writer(url, shard_bytes=300 * KIB) as w:
+        w.extend(rng.bytes(10 * KIB) for _ in range(150))
+    monkeypatch.setattr(parts, "_ENGINE", PartEngine(parts=4, part_size=64 * KIB))
+    registered: list[str] = []
+    download = PartEngine.download
+    with roxxel.open(url, cache_dir=str(tmp_path / "peek")) as peek:
+        shards = peek.manifest.shards.uris.tolist()
+
+    def recorded(self, store, key, *args, **kwargs):
+        if key.endswith(shards[0]):
+            time.sleep(_FIRST_GRACE / 3)  # the other threads are at work meanwhile
+        registered.append(key)
+        return download(self, store, key, *args, **kwargs)
+
+    monkeypatch.setattr(PartEngine, "download", recorded)
+    store = Store(faulty_url(url), fs=FaultyFileSystem(latency=0.002))
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store, lookahead=4) as ds:
+        first = next(iter(ds))
+        assert bytes(first) == bytes(ds[0])
+    assert len(shards) >= 4 and len(registered) >= 2
+    assert registered[0].endswith(shards[0]), registered[:3]
+
+
 def test_a_refused_connection_is_retried_and_leaves_the_direct_path_on(tmp_path):
     import socket
 
