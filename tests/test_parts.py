@@ -423,6 +423,24 @@ def test_the_parts_issued_last_are_cut_to_the_rest_s_share_of_a_slot(monkeypatch
     assert transfer.bounds[5:] == [(a, a + 192 * KIB) for a in range(1280 * KIB, 2048 * KIB, 192 * KIB)]
 
 
+def test_a_first_shard_s_last_round_is_cut_to_its_share_of_a_slot_whatever_follows(monkeypatch):
+    """The first shard a reader waits for counts alone in the taper: its last parts end
+    together even when other shards' parts are still to come."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
+    e = PartEngine(parts=4, part_size=256 * KIB)
+    first = parts._Transfer(FakeStore({}), "first", 2048 * KIB, 256 * KIB, 1)  # 8 parts
+    after = parts._Transfer(FakeStore({}), "after", 8192 * KIB, 256 * KIB, 2)  # 32 more
+    first.first = first.urgent = True
+    e._transfers += [first, after]
+    e._in_flight = 4
+    with e._cond:
+        first.issued = 5  # 768 KiB of it left: pieces of 192 KiB
+        e._spread(first)
+        e._spread(after)
+    assert first.bounds[5:] == [(a, a + 192 * KIB) for a in range(1280 * KIB, 2048 * KIB, 192 * KIB)]
+    assert {b - a for a, b in after.bounds} == {256 * KIB}  # (the rest of the epoch: whole parts)
+
+
 def test_placed_parts_are_written_where_they_belong_by_connection_threads(engine):
     data = np.random.default_rng(4).bytes(1000 * KIB + 3)
     store = FakeStore({"a": data}, delay=0.005)

@@ -531,7 +531,9 @@ class PartEngine:
         - slots would stay idle, since fewer parts are left to issue than slots are
           free (a small dataset): spread the rest over the free slots;
         - less than one round of parts is left to issue (a slot for each): pieces of
-          the rest's share of a slot, so the parts issued last are the smallest."""
+          the rest's share of a slot, so the parts issued last are the smallest. The
+          first shard a reader waits for counts alone: its last parts too should end
+          together, whatever comes after it."""
         smallest = min(self.part_size, _SMALLEST_PIECE)
         free = self.limit - self._in_flight
         pending = [t for t in self._transfers if not t.done and t.issued < len(t.bounds)]
@@ -539,7 +541,7 @@ class PartEngine:
         mine = len(transfer.bounds) - transfer.issued
         if 0 < left < free:
             transfer.split(mine * free // left, smallest)
-        rest = sum(t.bounds[-1][1] - t.bounds[t.issued][0] for t in pending)
+        rest = sum(t.bounds[-1][1] - t.bounds[t.issued][0] for t in ([transfer] if transfer.first else pending))
         if 0 < rest < self.limit * self.part_size and mine:
             piece = max(smallest, rest // self.limit)
             span = transfer.bounds[-1][1] - transfer.bounds[transfer.issued][0]
