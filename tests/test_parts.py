@@ -257,7 +257,9 @@ def test_a_reader_s_first_shard_is_urgent_before_any_part_is_picked(engine):
 
 def test_the_first_shard_a_reader_waits_for_comes_in_smaller_pieces(monkeypatch):
     """Its parts not yet taken are cut into up to half the slots' worth of pieces, so it
-    arrives over more connections; other shards keep whole parts."""
+    arrives over more connections, and a first shard of less than one round of parts,
+    counted alone in the taper, into its share of every slot; other shards keep whole
+    parts."""
     monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
     e = PartEngine(parts=16, part_size=256 * KIB)
     e.attach()
@@ -273,7 +275,9 @@ def test_the_first_shard_a_reader_waits_for_comes_in_smaller_pieces(monkeypatch)
     finally:
         e.detach()
     pieces = sorted((a, b) for key, a, b in store.calls if key == "first")
-    assert pieces == [(a, a + 128 * KIB) for a in range(0, 1024 * KIB, 128 * KIB)]  # 8 = 16 slots / 2
+    assert pieces[0][0] == 0 and pieces[-1][1] == 1024 * KIB and all(
+        b == c for (_, b), (c, _) in zip(pieces, pieces[1:]))  # they tile the shard
+    assert len(pieces) >= 16 and {b - a for a, b in pieces} <= {32 * KIB, 64 * KIB}  # (its share of 16 slots, tapering)
     last = max(i for i, (key, _, _) in enumerate(store.calls) if key == "first")
     assert {b - a for key, a, b in store.calls[:last] if key == "other"} == {256 * KIB}
 

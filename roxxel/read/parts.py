@@ -26,7 +26,9 @@ or of threads waiting for them:
   (a small dataset), the rest of an object is cut finer, so the last shards too arrive
   over many connections; when less than one round of parts is left (a slot for each),
   the rest goes in pieces of its share of a slot, so the last parts of an epoch end
-  together, not one whole part's time apart.
+  together, not one whole part's time apart. The first shard a reader waits for counts
+  alone there: its own last parts end together too (and one of less than a round goes
+  in its share of every slot).
 - **Refilled as parts complete**, not in waves: a connection thread takes the next part
   as soon as its last one is done.
 - **In order to the consumer.** :meth:`PartEngine.download` hands an object's bytes to
