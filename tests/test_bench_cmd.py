@@ -218,3 +218,18 @@ def test_bench_on_gcs_reads_the_link_through_fsspec(gcs_server):
     manifest = write(url, gcs_server.storage_options)
     report = bench(url, gcs_server.storage_options, part_size=16 * 1024, parallel=4)
     check_report(report.to_dict(), manifest, method="fsspec cat_file", whole=True)
+
+
+@pytest.mark.parametrize("per_connection, says", [
+    (500.0, "try fewer (ROXXEL_PARTS_IN_FLIGHT=8, 32 by default)"),  # 2 transfers fill the link
+    (25.0, "raise the parts in flight (ROXXEL_PARTS_IN_FLIGHT, 32 by default)"),  # 40 are needed
+])
+def test_slow_cold_downloads_get_advice_that_fits_the_link(per_connection, says):
+    from roxxel.ops.bench import BenchReport, LinkResult, ReadResult, advice
+
+    link = LinkResult("presigned GETs (http.client)", 4, 128, 8 << 20, 32, 10**9, 1.0, 0.03, per_connection)
+    cold = ReadResult("cold", 0.01, 0.1, 2.5, 1000, 10**9, True, 10**9)  # 400 of 1000 MB/s
+    warm = ReadResult("warm", 0.01, 0.01, 0.1, 1000, 10**9, True, 0)
+    lines = advice(BenchReport("s3://b/d", 4, 10**9, 2 * 10**9, link, cold, warm))
+    slow = [line for line in lines if line.startswith("cold downloads reached 40% of the link")]
+    assert len(slow) == 1 and says in slow[0], lines
