@@ -221,7 +221,9 @@ def test_bench_on_gcs_reads_the_link_through_fsspec(gcs_server):
 
 
 @pytest.mark.parametrize("per_connection, says", [
-    (500.0, "try fewer (ROXXEL_PARTS_IN_FLIGHT=8, 32 by default)"),  # 2 transfers fill the link
+    (500.0, "which about 2 transfers at once fill: more parts in flight than that only cost this node's CPU; "
+            "try fewer (ROXXEL_PARTS_IN_FLIGHT=8, 32 by default)"),  # 2 transfers fill the link
+    (2000.0, "which about 1 transfer at once fills"),
     (25.0, "raise the parts in flight (ROXXEL_PARTS_IN_FLIGHT, 32 by default)"),  # 40 are needed
 ])
 def test_slow_cold_downloads_get_advice_that_fits_the_link(per_connection, says):

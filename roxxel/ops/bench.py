@@ -428,11 +428,12 @@ def advice(report: BenchReport) -> list[str]:
             f"{needed:.0f} or more transfers at once"
         )
     if report.cold_download_ratio < 0.8 and cold.downloaded_bytes and 0 < needed <= _FEW_TRANSFERS:
+        few = max(1, round(needed))
         lines.append(
             f"cold downloads reached {report.cold_download_ratio:.0%} of the link "
-            f"({cold.download_mb_per_s:.0f} of {link.mb_per_s:.0f} MB/s), which about {max(1.0, needed):.0f} "
-            "transfers at once fill: more parts in flight than that only cost this node's CPU; try fewer "
-            f"(ROXXEL_PARTS_IN_FLIGHT={_FEW_TRANSFERS}, 32 by default)"
+            f"({cold.download_mb_per_s:.0f} of {link.mb_per_s:.0f} MB/s), which about {few} "
+            f"{'transfer at once fills' if few == 1 else 'transfers at once fill'}: more parts in flight than "
+            f"that only cost this node's CPU; try fewer (ROXXEL_PARTS_IN_FLIGHT={_FEW_TRANSFERS}, 32 by default)"
         )
     elif report.cold_download_ratio < 0.8 and cold.downloaded_bytes:
         lines.append(
