@@ -47,12 +47,12 @@ Usage: ``.venv/bin/python scripts/bench_upload.py [--datasets 4x64 1x256] [--lat
 from __future__ import annotations
 
 import argparse
-import statistics
 import contextlib
 import functools
 import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile

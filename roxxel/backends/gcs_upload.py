@@ -533,7 +533,7 @@ def upload_growing(plain: Plain, local_path: str, path: str, feed: PartFeed) -> 
     futures: list[Future[tuple[int, str]]] = []
 
     def failed() -> BaseException | None:
-        return next((f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()), None)
+        return next((e for f in futures if f.done() and not f.cancelled() and (e := f.exception()) is not None), None)
 
     _THREADS.started()
     threads = _THREADS.pool(chosen.parts_in_flight)
