@@ -41,7 +41,8 @@ from .format.check import ShardCheck, ShardSpec
 from .format.layout import FOOTER_SIZE
 from .format.writer import Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
-from .manifest.checksums import DEFAULT_ALGORITHM, parse_checksum
+from .manifest.checksums import DEFAULT_ALGORITHM, new_hasher, parse_checksum
+from .manifest.heads import HEAD_BYTES, index_start
 from .manifest.compressions import COMPRESSIONS, describe
 from .manifest.io import (
     MANIFEST_KEY,
@@ -522,6 +523,7 @@ class Writer:
             raw_size=staged.raw_size,
             compression=self.compression,
             checksum=f"{DEFAULT_ALGORITHM}:{digest}",
+            head=None if self.compression is not None else shard_head(path, staged.records, stored_size),
         )
         self._put_checked(path, shard, uploaded)
         for p in {path, staged.path}:
@@ -767,3 +769,36 @@ def _clean_up(staging: str, lanes: Sequence[WorkerPool | PublishCheck],
     if release_parts is not None:
         release_parts()
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def shard_head(path: str, records: int, size: int) -> str | None:
+    """The head (see :mod:`roxxel.manifest.heads`) of the uncompressed shard of
+    ``records`` records and ``size`` bytes in the file at ``path``: the records that end
+    within its first :data:`HEAD_BYTES`, read back from the file with its record index.
+    None for a shard of two parts or fewer, which arrives whole about as soon; for one
+    whose index is larger than a part (records of a few bytes), which a reader would
+    wait for as long; and for one whose first record is larger than a part."""
+    payload = index_start(records, size)
+    if size <= 2 * HEAD_BYTES or payload < HEAD_BYTES or size - payload > HEAD_BYTES:
+        return None
+    with open(path, "rb") as f:
+        index = _read_exactly(f.fileno(), payload, size, path)
+        ends = np.frombuffer(index, dtype="<i8", count=records)
+        count = int(np.searchsorted(ends, HEAD_BYTES, side="right"))
+        end = int(ends[count - 1]) if count else 0
+        if not end:
+            return None
+        first = _read_exactly(f.fileno(), 0, end, path)
+    digests = []
+    for data in (first, index):
+        hasher = new_hasher(DEFAULT_ALGORITHM)
+        hasher.update(data)
+        digests.append(f"{DEFAULT_ALGORITHM}:{hasher.hexdigest()}")
+    return f"{count}:{end}:{digests[0]}:{digests[1]}"
+
+
+def _read_exactly(fd: int, start: int, end: int, path: str) -> bytes:
+    data = os.pread(fd, end - start, start)
+    if len(data) != end - start:
+        raise OSError(f"{path}: ends before byte {end}")
+    return data

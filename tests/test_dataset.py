@@ -102,7 +102,8 @@ def test_open_reads_only_the_manifest(tmp_path):
         assert len(ds) == 200 and ds.num_shards > 5
         assert store.streams == [] and store.ranges == []
         assert ds.stats == {"shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0, "gets": 0,
-                            "retries": 0, "wait_seconds": 0.0, "link_bytes_per_second": 0.0}
+                            "retries": 0, "wait_seconds": 0.0, "head_bytes": 0,
+                            "link_bytes_per_second": 0.0}
 
 
 def test_url_may_name_the_manifest_itself(tmp_path):

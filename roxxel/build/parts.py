@@ -39,6 +39,7 @@ PART_SHARD_KEY = re.compile(  # ASCII digits only, and nothing after the name (\
 )
 _RECEIPT_KEYS = ("part", "attempt", "shards")
 _SHARD_KEYS = ("uri", "records", "stored_size", "raw_size", "compression", "checksum")
+_OPTIONAL_SHARD_KEYS = ("head",)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Receipt:
         return {
             "part": self.part,
             "attempt": self.attempt,
-            "shards": [{key: getattr(s, key) for key in _SHARD_KEYS} for s in self.shards],
+            "shards": [_shard_dict(s) for s in self.shards],
         }
 
     @classmethod
@@ -117,7 +118,7 @@ class Receipt:
             raise ReceiptError(f"receipt.shards: expected a list, got {type(shards).__name__}")
         infos = []
         for i, entry in enumerate(shards):
-            _check_keys(entry, _SHARD_KEYS, f"receipt.shards[{i}]")
+            _check_keys(entry, _SHARD_KEYS, f"receipt.shards[{i}]", _OPTIONAL_SHARD_KEYS)
             try:
                 infos.append(ShardInfo(**entry))
             except ValueError as exc:
@@ -125,11 +126,18 @@ class Receipt:
         return cls(part=data["part"], attempt=data["attempt"], shards=tuple(infos))
 
 
-def _check_keys(data: object, keys: tuple[str, ...], where: str) -> None:
+def _shard_dict(shard: ShardInfo) -> dict[str, Any]:
+    entry = {key: getattr(shard, key) for key in _SHARD_KEYS}
+    if shard.head is not None:
+        entry["head"] = shard.head
+    return entry
+
+
+def _check_keys(data: object, keys: tuple[str, ...], where: str, optional: tuple[str, ...] = ()) -> None:
     if not isinstance(data, Mapping):
         raise ReceiptError(f"{where}: expected an object, got {type(data).__name__}")
-    if set(data) != set(keys):
-        unknown = sorted(map(str, set(data) - set(keys)))
+    if not set(keys) <= set(data) <= set(keys + optional):
+        unknown = sorted(map(str, set(data) - set(keys) - set(optional)))
         missing = sorted(set(keys) - set(data))
         raise ReceiptError(f"{where}: expected the keys {list(keys)}; unknown {unknown}, missing {missing}")
 

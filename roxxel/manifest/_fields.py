@@ -18,16 +18,19 @@ from ._json import MAX_DEPTH
 from ._report import error, expected, member, row, show
 from .checksums import CHECKSUM_RE, ChecksumError, parse_checksum
 from .compressions import COMPRESSION_CODES, COMPRESSIONS, describe
+from .heads import HEAD_RE, head_problem, index_start
 from .keys import KEY_RE, key_problem
 
 __all__ = [
     "COLUMNS",
     "MAX_COUNT",
     "MAX_URI_LENGTH",
+    "OPTIONAL_SHARD_FIELDS",
     "SHARD_FIELDS",
     "TOP_FIELDS",
     "check_entries",
     "check_fields",
+    "check_head",
     "check_room",
     "check_checksum",
     "check_compression",
@@ -38,6 +41,7 @@ __all__ = [
     "compression_column",
     "copy_meta",
     "count_column",
+    "head_column",
     "meta_json",
     "readonly",
     "string_column",
@@ -49,8 +53,11 @@ MAX_URI_LENGTH = 1024
 
 TOP_FIELDS = ("format", "version", "records", "meta", "shards")
 SHARD_FIELDS = ("uri", "records", "stored_size", "raw_size", "compression", "checksum")
+#: A shard's optional fields (see :mod:`roxxel.manifest.heads`), written only when set.
+OPTIONAL_SHARD_FIELDS = ("head",)
 _SHARD_FIELD_SET = frozenset(SHARD_FIELDS)
-COLUMNS = ("uris", "records", "stored_size", "raw_size", "compression", "checksums")
+_SHARD_FIELD_SET_HEAD = frozenset(SHARD_FIELDS + OPTIONAL_SHARD_FIELDS)
+COLUMNS = ("uris", "records", "stored_size", "raw_size", "compression", "checksums", "heads")
 _META_INT_RANGE = (-(2**63), 2**64)  # what every JSON reader with 64-bit ints accepts
 
 
@@ -109,6 +116,20 @@ def check_checksum(value: object, path: str) -> str:
             raise expected(path, exc.expected, value) from None
         raise error(path, f"expected {exc.expected}, got {exc.digits}: {show(value)}") from None
     return _plain_str(value)  # type: ignore[arg-type]
+
+
+def check_head(value: object, records: int, stored_size: int, compression: str | None,
+               path: str) -> str | None:
+    """``value`` if it is None or a valid head of the shard described (see
+    :mod:`~roxxel.manifest.heads`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise expected(path, "a string", value)
+    problem = head_problem(value, records, stored_size, compression)
+    if problem is not None:
+        raise error(path, problem)
+    return _plain_str(value)
 
 
 def check_compression(value: object, path: str) -> str | None:
@@ -258,23 +279,46 @@ def string_column(items: list[str]) -> NDArray[Any]:
     return readonly(np.array(items, dtype=_STR_DTYPE))
 
 
+def head_column(values: object, records: NDArray[np.int64], stored_size: NDArray[np.int64],
+                compression: NDArray[np.int8]) -> list[str]:
+    """The heads as strings, "" where a shard has none (None in ``values``)."""
+    items = ["" if value is None else value for value in _as_list(values)]
+    rows = [i for i, value in enumerate(items) if value != ""]
+    if not rows:
+        return items
+    fast = all(type(items[i]) is str and HEAD_RE.fullmatch(items[i]) for i in rows)
+    if fast:
+        counts = np.array([items[i].split(":", 2)[:2] for i in rows], dtype=np.int64)
+        at = np.array(rows)
+        payload = index_start(records[at], stored_size[at])  # (int64: sizes are at most 2**62)
+        fast = bool(np.all((compression[at] == 0) & (counts[:, 0] <= records[at]) & (counts[:, 1] <= payload)))
+    if not fast:
+        for i in rows:
+            check_head(items[i], int(records[i]), int(stored_size[i]),
+                       COMPRESSIONS[int(compression[i])], row(i, "head"))
+    return items
+
+
 def check_entries(entries: object) -> list[dict[str, Any]]:
-    """``entries`` if it is a list of objects with exactly the shard fields."""
+    """``entries`` if it is a list of objects with exactly the shard fields (and perhaps
+    the optional ones)."""
     if not isinstance(entries, list):
         raise expected("shards", "an array of shard objects", entries)
-    if not all(type(entry) is dict and entry.keys() == _SHARD_FIELD_SET for entry in entries):
+    allowed = (_SHARD_FIELD_SET, _SHARD_FIELD_SET_HEAD)
+    if not all(type(entry) is dict and entry.keys() in allowed for entry in entries):
         for i, entry in enumerate(entries):
-            check_fields(entry, SHARD_FIELDS, f"shards[{i}]")
+            check_fields(entry, SHARD_FIELDS, f"shards[{i}]", optional=OPTIONAL_SHARD_FIELDS)
     return entries
 
 
-def check_fields(obj: object, fields: Sequence[str], path: str) -> None:
-    """Refuse ``obj`` unless it is a dict holding exactly ``fields``."""
+def check_fields(obj: object, fields: Sequence[str], path: str, optional: Sequence[str] = ()) -> None:
+    """Refuse ``obj`` unless it is a dict holding exactly ``fields``, and perhaps some
+    of ``optional``."""
     if not isinstance(obj, dict):
         raise expected(path, "an object", obj)
     for key in obj:
-        if key not in fields:
-            raise error(member(path, key), f"unknown field (expected {', '.join(fields)})")
+        if key not in fields and key not in optional:
+            raise error(member(path, key), f"unknown field (expected {', '.join((*fields, *optional))})")
     for name in fields:
         if name not in obj:
             raise error(member(path, name), "missing required field")

@@ -44,6 +44,7 @@ from ..format.layout import max_records
 from ._fields import (
     COLUMNS,
     MAX_COUNT,
+    OPTIONAL_SHARD_FIELDS,
     SHARD_FIELDS,
     TOP_FIELDS,
     check_checksum,
@@ -51,6 +52,7 @@ from ._fields import (
     check_count,
     check_entries,
     check_fields,
+    check_head,
     check_room,
     check_sizes,
     check_uri,
@@ -58,6 +60,7 @@ from ._fields import (
     compression_column,
     copy_meta,
     count_column,
+    head_column,
     meta_json,
     readonly,
     string_column,
@@ -80,6 +83,8 @@ class ShardInfo:
     ``uri`` is relative to the manifest; ``stored_size`` counts the bytes in the store,
     ``raw_size`` the bytes after decompression; ``checksum`` (``"blake3:<hex>"``, or
     another of :data:`~roxxel.manifest.checksums.CHECKSUM_ALGORITHMS`) covers the stored bytes.
+    ``head``, optional, vouches for the first bytes and the record index of an
+    uncompressed shard on their own (see :mod:`~roxxel.manifest.heads`).
     """
 
     uri: str
@@ -88,6 +93,7 @@ class ShardInfo:
     raw_size: int
     compression: str | None
     checksum: str
+    head: str | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -99,13 +105,16 @@ class ShardInfo:
         put(self, "checksum", check_checksum(self.checksum, "shard.checksum"))
         check_sizes(self.stored_size, self.raw_size, self.compression, "shard.raw_size")
         check_room(self.records, self.raw_size, "shard.records")
+        put(self, "head", check_head(self.head, self.records, self.stored_size, self.compression,
+                                     "shard.head"))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class ShardTable:
     """Per-shard metadata as read-only NumPy columns, one row per shard.
 
-    ``uris`` and ``checksums`` are string arrays; ``records``, ``stored_size`` and
+    ``uris``, ``checksums`` and ``heads`` are string arrays (``heads`` optional, "" where a
+    shard has none; pass None for none at all); ``records``, ``stored_size`` and
     ``raw_size`` are int64; ``compression`` holds int8 codes into :data:`COMPRESSIONS`
     (pass an integer array of codes, or any other sequence of names such as
     ``[None, "zstd"]``). ``record_starts`` (int64, ``len + 1`` entries) is derived:
@@ -119,6 +128,7 @@ class ShardTable:
     raw_size: NDArray[np.int64]
     compression: NDArray[np.int8]
     checksums: NDArray[Any]
+    heads: NDArray[Any] | None = None
     record_starts: NDArray[np.int64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -130,11 +140,14 @@ class ShardTable:
             "compression": compression_column(self.compression),
             "checksums": string_column(checksum_column(self.checksums)),
         }
-        lengths = {name: len(column) for name, column in columns.items()}
+        heads = [None] * len(columns["uris"]) if self.heads is None else self.heads
+        lengths = {name: len(column) for name, column in columns.items()} | {"heads": len(heads)}
         if len(set(lengths.values())) > 1:
             raise expected("shards", "columns of equal length", lengths)
         for name, column in columns.items():
             object.__setattr__(self, name, column)
+        column = head_column(heads, self.records, self.stored_size, self.compression)
+        object.__setattr__(self, "heads", string_column(column))
         bad = np.flatnonzero((self.compression == 0) & (self.raw_size != self.stored_size))
         if bad.size:
             i = int(bad[0])
@@ -168,13 +181,15 @@ class ShardTable:
             raw_size=np.array([info.raw_size for info in rows], dtype=np.int64),
             compression=[info.compression for info in rows],
             checksums=[info.checksum for info in rows],
+            heads=[info.head for info in rows],
         )
 
     @classmethod
     def from_list(cls, entries: Sequence[Mapping[str, Any]]) -> ShardTable:
         """The table described by a manifest's ``shards`` array of JSON objects."""
         entries = check_entries(entries)
-        columns = (list(map(itemgetter(name), entries)) for name in SHARD_FIELDS)
+        columns = [list(map(itemgetter(name), entries)) for name in SHARD_FIELDS]
+        columns += [[entry.get(name) for entry in entries] for name in OPTIONAL_SHARD_FIELDS]
         return cls(**dict(zip(COLUMNS, columns)))
 
     @classmethod
@@ -196,7 +211,11 @@ class ShardTable:
             [COMPRESSIONS[code] for code in self.compression.tolist()],
             self.checksums.tolist(),
         )
-        return [dict(zip(SHARD_FIELDS, row)) for row in rows]
+        entries = [dict(zip(SHARD_FIELDS, row)) for row in rows]
+        for entry, head in zip(entries, self.heads.tolist()):
+            if head:
+                entry["head"] = head
+        return entries
 
     def to_json(self) -> str:
         """:meth:`to_list` as canonical compact ASCII JSON (exactly what ``json.dumps``
@@ -216,6 +235,9 @@ class ShardTable:
         pieces = []  # '{"uri":', <uri>, ',"records":', <records>, ..., '},' per shard
         for i, (name, column) in enumerate(zip(SHARD_FIELDS, columns)):
             pieces += [repeat(("{" if i == 0 else ",") + f'"{name}":'), column]
+        heads = self.heads.tolist()
+        if any(heads):  # (written only where set)
+            pieces.append(',"head":' + quote(head) if head else "" for head in heads)
         text = "".join(chain.from_iterable(zip(*pieces, repeat("},"))))
         return "[" + text[:-1] + "]"
 
@@ -252,6 +274,7 @@ class ShardTable:
             raw_size=int(self.raw_size[i]),
             compression=COMPRESSIONS[int(self.compression[i])],
             checksum=str(self.checksums[i]),
+            head=str(self.heads[i]) or None,
         )
 
     def __iter__(self) -> Iterator[ShardInfo]:

@@ -19,7 +19,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fsspec.callbacks import Callback
@@ -140,14 +140,7 @@ def _entries(dst: Store, sources: list[tuple[Store, Manifest]]) -> list[_Entry]:
 
 
 def _with_uri(shard: ShardInfo, uri: str) -> ShardInfo:
-    return ShardInfo(
-        uri=uri,
-        records=shard.records,
-        stored_size=shard.stored_size,
-        raw_size=shard.raw_size,
-        compression=shard.compression,
-        checksum=shard.checksum,
-    )
+    return replace(shard, uri=uri)
 
 
 def _sources(

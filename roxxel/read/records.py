@@ -22,6 +22,7 @@ import numpy.typing as npt
 from ..errors import ShardFormatError
 from ..format import MappedShard
 from ..manifest.record_type import RecordType
+from .head import HeadRecords
 from .typed import TypedRecords
 from .views import BLOCK, RecordViews, closing, record_views, stored_blocks
 
@@ -55,6 +56,10 @@ class ShardSource(Protocol):
     def prefetch(self, upcoming: Iterable[int]) -> None:
         """These shards come next, in this order (a remote source downloads ahead)."""
 
+    def first_records(self, k: int) -> HeadRecords | None:
+        """Shard ``k``'s first records, checked, if they can come sooner than the whole
+        shard's map (a remote shard with a head); else None."""
+
 
 class LocalShards:
     """Shard files on local disk: mapped when asked, nothing fetched or planned."""
@@ -87,6 +92,9 @@ class LocalShards:
 
     def prefetch(self, upcoming: Iterable[int]) -> None:
         pass
+
+    def first_records(self, k: int) -> HeadRecords | None:
+        return None
 
 
 class Records:
@@ -232,11 +240,16 @@ class Records:
         source.expect(range(n))
         for k in range(n):
             self._check_open()
+            early = None
             if not k:  # the first shard's download starts first, and goes before the others
                 source.about_to_map([0])
             source.prefetch(range(k + 1, n))  # before the map: the downloads overlap
+            if not k and not self.is_mapped(0):  # the first record: from its head, if sooner
+                early = source.first_records(0)
+            if early is not None:
+                yield from stored_blocks(early.payload, early.offsets[: early.count])
             shard = self.shard(k)
-            yield from stored_blocks(shard.payload, shard.offsets)
+            yield from stored_blocks(shard.payload, shard.offsets, early.count if early else 0)
 
     def as_arrays(self, dtype: npt.DTypeLike, shape: Sequence[int] | int | None = None) -> TypedRecords:
         """These records read as arrays of ``dtype`` (a plain number type), each of

@@ -28,12 +28,13 @@ from ..backends import Store
 from ..cache import CachedShard, ShardCache
 from ..cache.download import placement
 from ..cache.sizing import fit_lookahead, mapped_at_most, prefix_that_fits
-from ..errors import CacheError, ShardFormatError
+from ..errors import CacheError, RoxxelError, ShardFormatError
 from ..format import MappedShard
 from ..progress import Meter
 from ..workers import Cancelled
 from .catalog import ShardCatalog
 from .downloader import Downloader
+from .head import HeadRecords
 from .parts import PartEngine, engine
 
 __all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency", "default_lookahead"]
@@ -142,7 +143,7 @@ class Residency:
         self._first_cond = threading.Condition(self._lock)  # (told when either changes, and on close)
         self._stats: dict[str, float] = {
             "shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0,
-            "gets": 0, "retries": 0, "wait_seconds": 0.0,
+            "gets": 0, "retries": 0, "wait_seconds": 0.0, "head_bytes": 0,
         }
         # per shard of the catalog: downloads, cache hits, bytes downloaded (a mixture's
         # statistics per member)
@@ -454,6 +455,30 @@ class Residency:
         self._maps[k] = shard
         self._mapped.append(k)
         return shard
+
+    def first_records(self, k: int) -> HeadRecords | None:
+        """Shard ``k``'s first records, fetched and checked by its manifest entry's head
+        (see :mod:`roxxel.read.head`) while the whole shard downloads, if that is sooner
+        than its map: it is not cached, and it is stored where shards download in parts.
+        None otherwise, or if they could not be had (logged: the shard's own download,
+        which goes on, says what is wrong with it, if anything)."""
+        catalog = self.catalog
+        if self._closed or not catalog.has_head(k) or self.cache.contains(catalog.checksums[k]):
+            return None
+        began = time.perf_counter_ns()
+        try:
+            early = catalog.fetch_head(k)
+        except (RoxxelError, OSError) as exc:
+            log.warning("the first records of %s wait for the whole shard: %s", catalog.label(k), exc)
+            return None
+        with self._lock:
+            self._stats["head_bytes"] += early.nbytes
+            self._stats["gets"] += early.gets
+        tracer = trace.current()
+        if tracer is not None:
+            tracer.complete("fetch head", "read", began, time.perf_counter_ns(),
+                            shard=catalog.label(k), records=early.count)
+        return early
 
     def _map_or_heal(self, k: int, handle: CachedShard) -> tuple[MappedShard, CachedShard]:
         """Map a cached shard; if its cached copy was damaged on disk since it was verified

@@ -150,12 +150,13 @@ _ZERO_SLOTS = np.zeros(BLOCK, dtype=np.int64)
 _ZERO_SLOTS.flags.writeable = False
 
 
-def stored_blocks(payload: np.ndarray, offsets: np.ndarray) -> Iterator[RecordViews]:
-    """One shard's records in stored order, as blocks of at most :data:`BLOCK` views.
+def stored_blocks(payload: np.ndarray, offsets: np.ndarray, first: int = 0) -> Iterator[RecordViews]:
+    """One shard's records in stored order from record ``first`` on, as blocks of at
+    most :data:`BLOCK` views.
 
     The bounds are copied out of ``offsets`` (which may lie in the shard's map), so the
     blocks hold the map through ``payload`` alone."""
-    for lo in range(0, len(offsets), BLOCK):
+    for lo in range(first, len(offsets), BLOCK):
         hi = min(lo + BLOCK, len(offsets))
         ends = offsets[lo:hi].astype(np.int64)
         begins = np.empty_like(ends)

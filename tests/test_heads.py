@@ -1,0 +1,248 @@
+"""Shard heads: the manifest field, the writer's heads, and the first records served
+from a head before the whole shard has arrived."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from blake3 import blake3
+
+import roxxel
+import roxxel.read.head
+import roxxel.writer
+from roxxel.backends import Store
+from roxxel.build import commit, write_part
+from roxxel.build.parts import Receipt
+from roxxel.errors import IntegrityError, ManifestError, ShardFormatError
+from roxxel.manifest import Manifest, ShardInfo, ShardTable
+from roxxel.manifest.heads import index_start, parse_head
+from roxxel.manifest.io import dataset_store, publish_manifest
+from roxxel.read.head import fetch_head
+
+HEAD = 64 * 1024  # the writer's head size in these tests (8 MiB by default)
+H1, H2 = "blake3:" + "1" * 64, "blake3:" + "2" * 64
+
+
+def info(**kw) -> ShardInfo:
+    fields = dict(uri="s.rox", records=10, stored_size=1 << 20, raw_size=1 << 20, compression=None,
+                  checksum="blake3:" + "c" * 64)
+    return ShardInfo(**(fields | kw))
+
+
+def make_records(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=int(rng.integers(1, 3000)), dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+@pytest.fixture
+def small_heads(monkeypatch):
+    monkeypatch.setattr(roxxel.writer, "HEAD_BYTES", HEAD)
+
+
+def write(url: str, recs: list[bytes], **kw) -> Manifest:
+    with roxxel.Writer(url, **kw) as w:
+        w.extend(recs)
+    assert w.manifest is not None
+    return w.manifest
+
+
+# -- the manifest field ----------------------------------------------------------------
+
+
+def test_a_head_round_trips_and_a_manifest_without_heads_is_unchanged():
+    head = f"3:4096:{H1}:{H2}"
+    manifest = Manifest.build([info(head=head), info(uri="t.rox")])
+    text = manifest.to_json()
+    assert text.count('"head":') == 1 and f'"checksum":"blake3:{"c" * 64}","head":"{head}"}}' in text
+    again = Manifest.from_json(text)
+    assert again == manifest and again.shards[0].head == head and again.shards[1].head is None
+    assert pickle.loads(pickle.dumps(manifest)) == manifest
+    assert ShardTable.concat([manifest.shards, manifest.shards.__class__.from_infos([info(uri="u.rox")])]).heads.tolist() == [head, "", ""]
+    assert manifest.shards.to_list()[0]["head"] == head and "head" not in manifest.shards.to_list()[1]
+    plain = Manifest.build([info(), info(uri="t.rox")])
+    assert '"head"' not in plain.to_json()
+    assert plain != Manifest.build([info(head=head), info(uri="t.rox")])
+    parsed = parse_head(head)
+    assert (parsed.records, parsed.size, parsed.first.checksum, parsed.index.checksum) == (3, 4096, H1, H2)
+    assert str(parsed) == head
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(head="1:4096:blake3:12"),
+         r"shard\.head: expected '<records>:<bytes>:<checksum>:<checksum>', got '1:4096:blake3:12'"),
+        (dict(head=f"0:4096:{H1}:{H2}"), r"expected '<records>:<bytes>:<checksum>:<checksum>'"),
+        (dict(head=f"1:0:{H1}:{H2}"), r"expected '<records>:<bytes>:<checksum>:<checksum>'"),
+        (dict(head=f"1:{10 ** 18}:{H1}:{H2}"), r"expected '<records>:<bytes>:<checksum>:<checksum>'"),
+        (dict(head=f"4096:{H1}:{H2}"), r"expected '<records>:<bytes>:<checksum>:<checksum>'"),
+        (dict(head=4096), r"shard\.head: expected a string, got 4096"),
+        (dict(head=f"1:4096:{H1}:{H2}", compression="zstd", raw_size=2 << 20),
+         r"shard\.head: expected no head on a shard stored with compression 'zstd'"),
+        (dict(head=f"11:4096:{H1}:{H2}"), r"shard\.head: expected a head of at most the shard's 10 records, got 11"),
+        (dict(head=f"1:{(1 << 20) - 103}:{H1}:{H2}"),
+         rf"shard\.head: expected a head of at most the payload's {(1 << 20) - 104} bytes, got {(1 << 20) - 103}"),
+    ],
+)
+def test_a_bad_head_is_refused_naming_the_field_and_the_value(kw, message):
+    with pytest.raises(ManifestError, match=message):
+        info(**kw)
+
+
+def test_a_bad_head_in_a_manifest_names_its_shard():
+    doc = Manifest.build([info(), info(uri="t.rox")]).to_dict()
+    doc["shards"][1]["head"] = f"1:{1 << 20}:{H1}:{H2}"
+    with pytest.raises(ManifestError, match=r"manifest s3://b/ds: shards\[1\]\.head: expected a head of at most the payload"):
+        Manifest.from_dict(doc, source="s3://b/ds")
+    doc["shards"][1]["head"] = f"11:4096:{H1}:{H2}"
+    with pytest.raises(ManifestError, match=r"shards\[1\]\.head: expected a head of at most the shard's 10 records"):
+        Manifest.from_dict(doc)
+    doc["shards"][1]["head"] = f"1:4096:{H1}:{H2}"
+    assert Manifest.from_dict(doc).shards[1].head == f"1:4096:{H1}:{H2}"
+    doc["shards"][1]["heads"] = "x"
+    with pytest.raises(ManifestError, match=r"shards\[1\]\.heads: unknown field \(expected uri, .*, checksum, head\)"):
+        Manifest.from_dict(doc)
+
+
+# -- the writer ---------------------------------------------------------------------
+
+
+def test_the_writer_gives_large_uncompressed_shards_a_head_of_their_bytes(tmp_path, small_heads):
+    url = str(tmp_path / "ds")
+    manifest = write(url, make_records(400), shard_bytes=5 * HEAD // 2)
+    shards = list(manifest.shards)
+    assert len(shards) > 2
+    for shard in shards:
+        data = (tmp_path / "ds" / shard.uri).read_bytes()
+        if shard.stored_size <= 2 * HEAD:  # (the last one)
+            assert shard.head is None
+            continue
+        head = parse_head(shard.head)
+        payload = index_start(shard.records, shard.stored_size)
+        ends = np.frombuffer(data[payload:-24], dtype="<i8")
+        assert head.records == int(np.searchsorted(ends, HEAD, side="right")) > 1
+        assert head.size == ends[head.records - 1] <= HEAD
+        assert head.first.hexdigest == blake3(data[: head.size]).hexdigest()
+        assert head.index.hexdigest == blake3(data[payload:]).hexdigest()
+    assert sum(s.head is not None for s in shards) >= 2
+
+
+def test_compressed_small_and_tiny_record_shards_get_no_head(tmp_path, small_heads):
+    zstd = write(str(tmp_path / "z"), make_records(300), shard_bytes=5 * HEAD // 2, compression="zstd")
+    assert [s.head for s in zstd.shards] == [None] * len(zstd.shards)
+    small = write(str(tmp_path / "s"), make_records(300), shard_bytes=HEAD)
+    assert [s.head for s in small.shards] == [None] * len(small.shards)
+    # records of one byte: an index larger than the head, which would come no sooner
+    tiny = write(str(tmp_path / "t"), [b"x"] * 40_000, shard_bytes=400_000)
+    assert [s.head for s in tiny.shards] == [None] * len(tiny.shards)
+
+
+def test_a_built_dataset_keeps_its_parts_heads(tmp_path, small_heads):
+    url = str(tmp_path / "ds")
+    recs = make_records(300)
+    receipt = write_part(recs, url, part=0, shard_bytes=5 * HEAD // 2)
+    heads = [s.head for s in receipt.shards]
+    assert heads[0] is not None
+    assert Receipt.from_dict(json.loads(json.dumps(receipt.to_dict()))) == receipt
+    manifest = commit(url, [receipt])
+    assert [s.head for s in manifest.shards] == heads
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+class InParts(Store):
+    """A local dataset read as a store that downloads shards in parts; every part of a
+    shard's own download waits for ``release``; the head's reads do not."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.release = threading.Event()
+        self.head_reads: list[tuple[str, int, int]] = []
+
+    @property
+    def downloads_in_parts(self) -> bool:
+        return True
+
+    def read_part(self, key, start, end, into, **kw):
+        if threading.current_thread().name.startswith("roxxel-head"):
+            self.head_reads.append((key, start, end))
+        else:
+            assert self.release.wait(30)
+        return super().read_part(key, start, end, into, **kw)
+
+
+def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path, small_heads):
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
+    first = manifest.shards[0]
+    store = InParts(url)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        it = iter(ds)
+        got = [bytes(next(it))]  # while no part of the shard's own download has come
+        in_head = parse_head(first.head).records
+        assert in_head > 1 and sum(map(len, recs[:in_head])) <= HEAD < sum(map(len, recs[: in_head + 1]))
+        got += [bytes(next(it)) for _ in range(in_head - 1)]
+        assert not store.release.is_set() and ds.stats["shards_downloaded"] == 0
+        payload = index_start(first.records, first.stored_size)
+        head_end = parse_head(first.head).size
+        assert sorted(store.head_reads) == [(first.uri, 0, head_end), (first.uri, payload, first.stored_size)]
+        store.release.set()
+        got += [bytes(r) for r in it]
+        assert got == recs
+        stats = ds.stats
+        assert stats["head_bytes"] == head_end + first.stored_size - payload
+        assert stats["shards_downloaded"] == len(manifest.shards)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=InParts(url)) as ds:  # cached: no head
+        assert [bytes(r) for r in ds] == recs and ds.stats["head_bytes"] == 0
+
+
+def test_a_head_that_does_not_match_is_not_served(tmp_path, small_heads, caplog):
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
+    first = manifest.shards[0]
+    head = parse_head(first.head)
+    wrong = f"{head.records}:{head.size}:blake3:{'0' * 64}:{head.index.checksum}"
+    shards = [replace(first, head=wrong)] + list(manifest.shards)[1:]
+    publish_manifest(dataset_store(url, {}), manifest.with_shards(shards), replaces=None)
+    store = InParts(url)
+    store.release.set()
+    with caplog.at_level(logging.WARNING, logger="roxxel"):
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+            assert [bytes(r) for r in ds] == recs
+            assert ds.stats["head_bytes"] == 0
+    assert any(f"the first records of {store.url(first.uri)} wait for the whole shard" in m
+               and f"bytes [0, {head.size}) (its head): blake3 is " in m and "expected " + "0" * 64 in m
+               for m in caplog.messages)
+
+
+def test_a_head_is_fetched_as_pieces_side_by_side_and_checked(tmp_path, small_heads, monkeypatch):
+    monkeypatch.setattr(roxxel.read.head, "PIECE", 16 * 1024)
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
+    head = parse_head(first.head)
+    store = InParts(url)
+    early = fetch_head(store, first.uri, first.records, first.stored_size, head)
+    payload = index_start(first.records, first.stored_size)
+    pieces = [(first.uri, a, min(a + 16 * 1024, head.size)) for a in range(0, head.size, 16 * 1024)]
+    assert len(pieces) == 4 and sorted(store.head_reads) == pieces + [(first.uri, payload, first.stored_size)]
+    assert early.count == head.records and len(early.offsets) == first.records
+    assert [bytes(early.payload[a:b]) for a, b in zip([0, *early.offsets[: head.records - 1]], early.offsets[: head.records])] == recs[: head.records]
+    # a head whose record count does not match where its bytes end
+    with pytest.raises(ShardFormatError, match=rf"record {head.records - 2} ends at byte \d+, expected {head.size} from the manifest's head"):
+        fetch_head(store, first.uri, first.records, first.stored_size, replace(head, records=head.records - 1))
+    # bytes in the store that are not the head's
+    data = bytearray((tmp_path / "ds" / first.uri).read_bytes())
+    data[payload + 3] ^= 1
+    (tmp_path / "ds" / first.uri).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=rf"bytes \[{payload}, {first.stored_size}\) \(its record index\): blake3 is [0-9a-f]{{64}}, expected {head.index.hexdigest}"):
+        fetch_head(store, first.uri, first.records, first.stored_size, head)
