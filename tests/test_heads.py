@@ -19,11 +19,11 @@ import roxxel.writer
 from roxxel.backends import Store
 from roxxel.build import commit, write_part
 from roxxel.build.parts import Receipt
-from roxxel.errors import IntegrityError, ManifestError, ShardFormatError
+from roxxel.errors import ManifestError, StorageError
 from roxxel.manifest import Manifest, ShardInfo, ShardTable
 from roxxel.manifest.heads import index_start, parse_head
 from roxxel.manifest.io import dataset_store, publish_manifest
-from roxxel.read.head import fetch_head
+from roxxel.read.head import HeadFetch
 
 HEAD = 64 * 1024  # the writer's head size in these tests (8 MiB by default)
 H1, H2 = "blake3:" + "1" * 64, "blake3:" + "2" * 64
@@ -158,22 +158,26 @@ def test_a_built_dataset_keeps_its_parts_heads(tmp_path, small_heads):
 
 
 class InParts(Store):
-    """A local dataset read as a store that downloads shards in parts; every part of a
-    shard's own download waits for ``release``; the head's reads do not."""
+    """A local dataset read as a store that downloads shards in parts. Until ``release``
+    is set, every read but the head's waits; ``fail_head`` makes the head's reads fail.
+    Records every ranged read: (thread kind, key, start, end)."""
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.release = threading.Event()
-        self.head_reads: list[tuple[str, int, int]] = []
+        self.reads: list[tuple[str, str, int, int]] = []
+        self.fail_head = False
 
     @property
     def downloads_in_parts(self) -> bool:
         return True
 
     def read_part(self, key, start, end, into, **kw):
-        if threading.current_thread().name.startswith("roxxel-head"):
-            self.head_reads.append((key, start, end))
-        else:
+        head = threading.current_thread().name.startswith("roxxel-head")
+        self.reads.append(("head" if head else "shard", key, start, end))
+        if head and self.fail_head:
+            raise StorageError(f"could not read {self.url(key)}: injected")
+        if not head:
             assert self.release.wait(30)
         return super().read_part(key, start, end, into, **kw)
 
@@ -183,23 +187,24 @@ def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path,
     recs = make_records(400)
     manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
     first = manifest.shards[0]
+    head = parse_head(first.head)
     store = InParts(url)
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
         it = iter(ds)
-        got = [bytes(next(it))]  # while no part of the shard's own download has come
-        in_head = parse_head(first.head).records
-        assert in_head > 1 and sum(map(len, recs[:in_head])) <= HEAD < sum(map(len, recs[: in_head + 1]))
-        got += [bytes(next(it)) for _ in range(in_head - 1)]
+        got = [bytes(next(it)) for _ in range(head.records)]  # no read but the head's has ended
+        assert head.records > 1 and sum(map(len, recs[: head.records])) == head.size
         assert not store.release.is_set() and ds.stats["shards_downloaded"] == 0
-        payload = index_start(first.records, first.stored_size)
-        head_end = parse_head(first.head).size
-        assert sorted(store.head_reads) == [(first.uri, 0, head_end), (first.uri, payload, first.stored_size)]
         store.release.set()
         got += [bytes(r) for r in it]
         assert got == recs
         stats = ds.stats
-        assert stats["head_bytes"] == head_end + first.stored_size - payload
-        assert stats["shards_downloaded"] == len(manifest.shards)
+        payload = index_start(first.records, first.stored_size)
+        assert stats["head_bytes"] == first.stored_size - payload  # the index: the one range read twice
+        assert stats["bytes_downloaded"] == sum(s.stored_size for s in manifest.shards)
+    heads = [r[1:] for r in store.reads if r[0] == "head"]
+    assert sorted(heads) == [(first.uri, 0, head.size), (first.uri, payload, first.stored_size)]
+    # the shard's own download started where the head ended: no byte fetched twice but the index
+    assert min(a for kind, key, a, b in store.reads if kind == "shard" and key == first.uri) == head.size
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=InParts(url)) as ds:  # cached: no head
         assert [bytes(r) for r in ds] == recs and ds.stats["head_bytes"] == 0
 
@@ -214,35 +219,62 @@ def test_a_head_that_does_not_match_is_not_served(tmp_path, small_heads, caplog)
     shards = [replace(first, head=wrong)] + list(manifest.shards)[1:]
     publish_manifest(dataset_store(url, {}), manifest.with_shards(shards), replaces=None)
     store = InParts(url)
-    store.release.set()
     with caplog.at_level(logging.WARNING, logger="roxxel"):
         with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
-            assert [bytes(r) for r in ds] == recs
-            assert ds.stats["head_bytes"] == 0
+            it = iter(ds)
+            threading.Timer(0.5, store.release.set).start()  # (no record comes before the shard)
+            assert bytes(next(it)) == recs[0] and store.release.is_set()
+            assert [recs[0]] + [bytes(r) for r in it] == recs
+            assert ds.stats["shards_downloaded"] == len(manifest.shards)
     assert any(f"the first records of {store.url(first.uri)} wait for the whole shard" in m
                and f"bytes [0, {head.size}) (its head): blake3 is " in m and "expected " + "0" * 64 in m
                for m in caplog.messages)
 
 
-def test_a_head_is_fetched_as_pieces_side_by_side_and_checked(tmp_path, small_heads, monkeypatch):
+def test_a_head_that_cannot_be_fetched_leaves_the_shard_to_its_own_download(tmp_path, small_heads, caplog):
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
+    store = InParts(url)
+    store.fail_head = True
+    store.release.set()
+    with caplog.at_level(logging.WARNING, logger="roxxel"):
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+            assert [bytes(r) for r in ds] == recs
+    # the head's bytes, which its fetch did not get, came from the shard's download
+    assert ("shard", first.uri, 0, parse_head(first.head).size) in store.reads
+    assert any("the first records of" in m and "injected" in m for m in caplog.messages)
+
+
+def test_a_head_is_fetched_as_pieces_side_by_side_and_checked(tmp_path, small_heads, monkeypatch, caplog):
     monkeypatch.setattr(roxxel.read.head, "PIECE", 16 * 1024)
     url = str(tmp_path / "ds")
     recs = make_records(400)
     first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
     head = parse_head(first.head)
     store = InParts(url)
-    early = fetch_head(store, first.uri, first.records, first.stored_size, head)
+    fetch = HeadFetch(store, first.uri, first.records, first.stored_size, head)
+    assert fetch.done(10)
+    early = fetch.records()
     payload = index_start(first.records, first.stored_size)
-    pieces = [(first.uri, a, min(a + 16 * 1024, head.size)) for a in range(0, head.size, 16 * 1024)]
-    assert len(pieces) == 4 and sorted(store.head_reads) == pieces + [(first.uri, payload, first.stored_size)]
+    pieces = [("head", first.uri, a, min(a + 16 * 1024, head.size)) for a in range(0, head.size, 16 * 1024)]
+    assert len(pieces) == 4 and sorted(store.reads) == pieces + [("head", first.uri, payload, first.stored_size)]
+    assert (fetch.gets, fetch.index_bytes) == (5, first.stored_size - payload)
     assert early.count == head.records and len(early.offsets) == first.records
-    assert [bytes(early.payload[a:b]) for a, b in zip([0, *early.offsets[: head.records - 1]], early.offsets[: head.records])] == recs[: head.records]
-    # a head whose record count does not match where its bytes end
-    with pytest.raises(ShardFormatError, match=rf"record {head.records - 2} ends at byte \d+, expected {head.size} from the manifest's head"):
-        fetch_head(store, first.uri, first.records, first.stored_size, replace(head, records=head.records - 1))
-    # bytes in the store that are not the head's
-    data = bytearray((tmp_path / "ds" / first.uri).read_bytes())
-    data[payload + 3] ^= 1
-    (tmp_path / "ds" / first.uri).write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match=rf"bytes \[{payload}, {first.stored_size}\) \(its record index\): blake3 is [0-9a-f]{{64}}, expected {head.index.hexdigest}"):
-        fetch_head(store, first.uri, first.records, first.stored_size, head)
+    starts = [0, *early.offsets[: head.records - 1].tolist()]
+    assert [bytes(early.payload[a:b]) for a, b in zip(starts, early.offsets[: head.records])] == recs[: head.records]
+    assert not early.payload.flags.writeable
+    with caplog.at_level(logging.WARNING, logger="roxxel"):
+        # a head whose record count does not match where its bytes end
+        wrong = HeadFetch(store, first.uri, first.records, first.stored_size, replace(head, records=head.records - 1))
+        assert wrong.done(10) and wrong.records() is None and wrong.prefix() is not None
+        # an index in the store that is not the head's
+        data = bytearray((tmp_path / "ds" / first.uri).read_bytes())
+        data[payload + 3] ^= 1
+        (tmp_path / "ds" / first.uri).write_bytes(bytes(data))
+        bad = HeadFetch(store, first.uri, first.records, first.stored_size, head)
+        assert bad.done(10) and bad.records() is None
+    assert any(f"record {head.records - 2} ends at byte " in m and f"expected {head.size} from the manifest's head" in m
+               for m in caplog.messages)
+    assert any(f"bytes [{payload}, {first.stored_size}) (its record index): blake3 is " in m
+               and f"expected {head.index.hexdigest}" in m for m in caplog.messages)

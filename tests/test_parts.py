@@ -130,6 +130,20 @@ def test_one_object_is_fetched_as_parts_in_flight_together_and_fed_in_order(engi
     assert store.peak >= 4  # several ranged GETs of one object at once
 
 
+def test_a_download_from_a_start_fetches_and_feeds_only_the_rest(engine):
+    data = np.random.default_rng(2).bytes(300 * KIB + 5)
+    store = FakeStore({"a": data})
+    got = bytearray()
+    engine.download(store, "a", len(data), got.extend, start=70 * KIB, first=True, urgent=True)
+    assert bytes(got) == data[70 * KIB :]
+    assert min(s for _, s, e in store.calls) == 70 * KIB and max(e for _, s, e in store.calls) == len(data)
+    placed, store.calls = FilePlacement(len(data)), []
+    engine.download(store, "a", len(data), lambda view: None, start=70 * KIB, into=placed)
+    assert bytes(placed.data[70 * KIB :]) == data[70 * KIB :] and not any(placed.data[: 70 * KIB])
+    with pytest.raises(ValueError, match=r"start must be in \[0, 307205\], got 307206"):
+        engine.download(store, "a", len(data), got.extend, start=len(data) + 1)
+
+
 def test_parts_in_flight_never_exceed_the_limit_and_the_budget(engine):
     objects = {f"k{i}": np.random.default_rng(i).bytes(512 * KIB) for i in range(6)}
     store = FakeStore(objects, delay=0.01)

@@ -20,7 +20,7 @@ from ..cache.evict import OrderHint
 from ..manifest import ShardTable
 from ..manifest.compressions import COMPRESSIONS
 from ..manifest.heads import parse_head
-from .head import HeadRecords, fetch_head
+from .head import HeadFetch
 
 __all__ = ["Download", "ShardCatalog"]
 
@@ -79,18 +79,16 @@ class ShardCatalog:
         store, table, k = self._part(g)
         return store.url(str(table.uris[k]))
 
-    def has_head(self, g: int) -> bool:
-        """Whether shard ``g``'s manifest entry gives it a head (:mod:`roxxel.manifest.heads`)
-        and its store downloads shards in parts (elsewhere a whole shard comes as soon)."""
+    def fetch_head(self, g: int) -> HeadFetch | None:
+        """Shard ``g``'s head being fetched (see :mod:`roxxel.read.head`), if its manifest
+        entry gives it one and its store downloads shards in parts (elsewhere a whole
+        shard comes as soon as its head would); else None."""
         store, table, k = self._part(g)
-        return bool(table.heads[k]) and store.downloads_in_parts
-
-    def fetch_head(self, g: int) -> HeadRecords:
-        """Shard ``g``'s first records, fetched and checked by its head (see
-        :func:`~roxxel.read.head.fetch_head`, which says what it raises)."""
-        store, table, k = self._part(g)
-        return fetch_head(store, str(table.uris[k]), int(table.records[k]),
-                          int(table.stored_size[k]), parse_head(str(table.heads[k])))
+        text = str(table.heads[k])
+        if not text or not store.downloads_in_parts:
+            return None
+        return HeadFetch(store, str(table.uris[k]), int(table.records[k]), int(table.stored_size[k]),
+                         parse_head(text))
 
     def get(
         self, g: int, cache: ShardCache, download: Download, order_hint: OrderHint

@@ -1,93 +1,138 @@
 """A shard's first records before the whole shard has arrived, vouched for by its head.
 
 The first record of ``for r in ds`` waits for the first shard, and a large one takes the
-link's time to arrive whole (256 MiB through a 400 MB/s link: 0.7 s), however fast its
-first part comes. When the manifest gives the shard a head (:mod:`roxxel.manifest.heads`:
-the checksums of its first bytes and of its record index), :func:`fetch_head` fetches
-those two ranges side by side, the first bytes as pieces of :data:`PIECE`, checks each
-against its checksum and the index against the footer and the manifest, and returns
-the records that lie wholly in the first bytes. The whole shard is downloaded and
-verified into the cache as before; these bytes are held in memory (one part's worth),
-never cached. Nothing is returned that was not checked.
+link's time to arrive whole (256 MiB through a 400 MB/s link: 0.7 s), however soon its
+first bytes come. When the manifest gives the shard a head (:mod:`roxxel.manifest.heads`:
+the number of its first records, the byte where they end, and the checksums of those
+bytes and of its record index), a :class:`HeadFetch` fetches those bytes, as pieces of
+:data:`PIECE`, and the record index, side by side on threads of its own, from the moment
+the reader asks, before the shard's download has started. Once both are in and match
+their checksums (and the index the footer, the manifest and the head), the head's
+records are the reader's (:class:`HeadRecords`, from memory: one part's worth at most).
+The shard's download starts after the head's bytes and takes them from here as the
+start of the shard (:meth:`HeadFetch.prefix`), so no byte is fetched twice but the
+index; the shard is verified and cached as before. Nothing the reader gets was not checked.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backends import Store
-from ..errors import IntegrityError, ShardFormatError
+from ..errors import IntegrityError, RoxxelError, ShardFormatError
 from ..format.layout import FOOTER_SIZE, OFFSET_DTYPE, check_offsets, parse_footer
 from ..manifest.checksums import ShardKey, new_hasher
 from ..manifest.heads import Head, index_start
 
-__all__ = ["PIECE", "HeadRecords", "fetch_head"]
+__all__ = ["PIECE", "HeadFetch", "HeadRecords"]
 
-#: The first bytes are fetched as pieces of this size, side by side: at 25 MB/s a
-#: connection, 8 MiB as four pieces come in a quarter of one part's time.
-PIECE = 2 * 2**20
+log = logging.getLogger(__name__)
+
+#: The head's bytes are fetched as pieces of this size, side by side. Shaped (30 ms to
+#: the first byte, 25 MB/s a connection), 8 MiB as 1 MiB pieces came in 89-96 ms, as
+#: 2 MiB ones in 172-283 ms, beside the shard's own parts.
+PIECE = 2**20
 
 
 @dataclass(frozen=True)
 class HeadRecords:
     """The first ``count`` records of a shard (its head's): ``payload`` holds their bytes
-    and ``offsets`` the end offset of every record of the shard, both checked; fetched
-    in ``gets`` requests of ``nbytes`` in all."""
+    and ``offsets`` the end offset of every record of the shard, both checked."""
 
     payload: np.ndarray
     offsets: np.ndarray
     count: int
-    gets: int
-    nbytes: int
 
 
-def fetch_head(store: Store, key: str, records: int, stored_size: int, head: Head) -> HeadRecords:
-    """The ``head``'s records of ``key``, an uncompressed shard of ``records`` records and
-    ``stored_size`` bytes, as its manifest says.
+class HeadFetch:
+    """The head of ``key``, an uncompressed shard of ``records`` records and
+    ``stored_size`` bytes in ``store`` (as its manifest says, with ``head``), being
+    fetched on threads of its own from construction on: its bytes (:meth:`prefix`), and
+    its records once checked (:meth:`records`). ``gets`` and ``index_bytes`` say what
+    it asked the store for besides the shard's own bytes' worth."""
 
-    Raises :class:`~roxxel.errors.IntegrityError` if a range does not match its checksum,
-    :class:`~roxxel.errors.ShardFormatError` if the index does not describe the shard
-    the manifest does, and the store's errors as they come."""
-    label = store.url(key)
-    payload_size = index_start(records, stored_size)
-    first, index = bytearray(head.size), bytearray(stored_size - payload_size)
-    pieces = [(first, a, min(a + PIECE, head.size), a) for a in range(0, head.size, PIECE)]
-    pieces.append((index, payload_size, stored_size, 0))
+    def __init__(self, store: Store, key: str, records: int, stored_size: int, head: Head) -> None:
+        self.store, self.key, self.stored_size, self.head = store, key, stored_size, head
+        self._records = records
+        self._first = bytearray(head.size)
+        self._index = bytearray(stored_size - index_start(records, stored_size))
+        pieces = [(self._first, a, min(a + PIECE, head.size)) for a in range(0, head.size, PIECE)]
+        self.gets, self.index_bytes = len(pieces) + 1, len(self._index)
+        self._lock = threading.Lock()
+        self._checked: tuple[HeadRecords | None] | None = None
+        pool = ThreadPoolExecutor(len(pieces) + 1, thread_name_prefix="roxxel-head")
+        try:
+            self._index_read = pool.submit(self._read, self._index, index_start(records, stored_size), stored_size)
+            self._reads = [pool.submit(self._read, *piece) for piece in pieces]
+        finally:
+            pool.shutdown(wait=False)  # (its threads end with their reads)
 
-    def read_piece(into: bytearray, start: int, end: int, at: int) -> None:
-        # (the store's fast path, as the shard's own parts take; a retry's bytes come
-        # back in a buffer of their own)
+    def _read(self, into: bytearray, start: int, end: int) -> None:
+        at = start if into is self._first else 0
         view = memoryview(into)[at : at + end - start]
-        got = store.read_part(key, start, end, view)
-        if got.obj is not into:
+        got = self.store.read_part(self.key, start, end, view)
+        if got.obj is not into:  # (a retry's bytes come back in a buffer of their own)
             view[:] = got
 
-    with ThreadPoolExecutor(len(pieces), thread_name_prefix="roxxel-head") as pool:
-        for read in [pool.submit(read_piece, *piece) for piece in pieces]:
-            read.result()
-    _check(index, head.index, f"{label}: bytes [{payload_size}, {stored_size}) (its record index)")
-    _check(first, head.first, f"{label}: bytes [0, {head.size}) (its head)")
-    layout = parse_footer(index[-FOOTER_SIZE:], stored_size, label)
-    if layout.record_count != records or layout.payload_size != payload_size:
-        raise ShardFormatError(
-            f"{label}: footer says {layout.record_count} records in {layout.payload_size} "
-            f"payload bytes, expected {records} in {payload_size} from the manifest"
-        )
-    offsets = np.frombuffer(index, dtype=OFFSET_DTYPE, count=records)
-    check_offsets(offsets, layout, label)
-    if int(offsets[head.records - 1]) != head.size:
-        raise ShardFormatError(
-            f"{label}: record {head.records - 1} ends at byte {int(offsets[head.records - 1])}, "
-            f"expected {head.size} from the manifest's head"
-        )
-    return HeadRecords(np.frombuffer(first, dtype=np.uint8), offsets, head.records,
-                       gets=len(pieces), nbytes=len(first) + len(index))
+    def done(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for every read to end; whether they have."""
+        reads = (*self._reads, self._index_read)
+        return not wait(reads, timeout).not_done
+
+    def prefix(self) -> bytearray | None:
+        """The head's bytes as fetched (waiting for them), unchecked: the start of the
+        shard, which its own check covers; None if a read of them failed."""
+        for read in self._reads:
+            if read.exception() is not None:
+                return None
+        return self._first
+
+    def records(self) -> HeadRecords | None:
+        """The head's records, checked (waiting for every read); None if they could not
+        be had (logged once)."""
+        with self._lock:
+            if self._checked is None:
+                self._checked = (self._check_all(),)
+            return self._checked[0]
+
+    def _check_all(self) -> HeadRecords | None:
+        try:
+            for read in (*self._reads, self._index_read):
+                read.result()
+            return self._check()
+        except (RoxxelError, OSError) as exc:
+            log.warning("the first records of %s wait for the whole shard: %s", self.store.url(self.key), exc)
+            return None
+
+    def _check(self) -> HeadRecords:
+        index, head, records, size = self._index, self.head, self._records, self.stored_size
+        label = self.store.url(self.key)
+        payload_size = index_start(records, size)
+        _check(index, head.index, f"{label}: bytes [{payload_size}, {size}) (its record index)")
+        _check(self._first, head.first, f"{label}: bytes [0, {head.size}) (its head)")
+        layout = parse_footer(bytes(index[-FOOTER_SIZE:]), size, label)
+        if layout.record_count != records or layout.payload_size != payload_size:
+            raise ShardFormatError(
+                f"{label}: footer says {layout.record_count} records in {layout.payload_size} "
+                f"payload bytes, expected {records} in {payload_size} from the manifest"
+            )
+        offsets = np.frombuffer(bytes(index), dtype=OFFSET_DTYPE, count=records)
+        check_offsets(offsets, layout, label)
+        end = int(offsets[head.records - 1])
+        if end != head.size:
+            raise ShardFormatError(f"{label}: record {head.records - 1} ends at byte {end}, "
+                                   f"expected {head.size} from the manifest's head")
+        payload = np.frombuffer(self._first, dtype=np.uint8)
+        payload.setflags(write=False)  # (the records' views are read-only, as a shard's map)
+        return HeadRecords(payload, offsets, head.records)
 
 
-def _check(data: bytes | bytearray, expected: ShardKey, what: str) -> None:
+def _check(data: bytearray, expected: ShardKey, what: str) -> None:
     hasher = new_hasher(expected.algorithm)
     hasher.update(data)
     got = hasher.hexdigest()

@@ -195,9 +195,9 @@ class Concurrency:
 class _Transfer:
     """One object being downloaded as parts (guarded by the engine's lock)."""
 
-    def __init__(self, store: Store, key: str, size: int, part_size: int, ticket: int) -> None:
+    def __init__(self, store: Store, key: str, size: int, part_size: int, ticket: int, start: int = 0) -> None:
         self.store, self.key, self.size = store, key, size
-        self.bounds = [(a, min(a + part_size, size)) for a in range(0, size, part_size)] or [(0, 0)]
+        self.bounds = [(a, min(a + part_size, size)) for a in range(start, size, part_size)] or [(start, start)]
         self.ticket = ticket
         self.order: float = ticket  # when it is needed (the reader's order), if told
         self.urgent = False
@@ -330,6 +330,7 @@ class PartEngine:
         urgent: bool = False,
         first: bool = False,
         into: Placement | None = None,
+        start: int = 0,
     ) -> _Transfer:
         """Feed the ``size`` bytes of ``key`` to ``sink`` in order, fetched as parts.
 
@@ -347,10 +348,15 @@ class PartEngine:
         ``into``: each part is written there at its offset as it arrives (see the
         module), and ``sink`` is fed the bytes placed, through a view of them it must not
         keep past the call. Once this returns (or raises), nothing more is written to ``into``.
+
+        ``start``: only bytes ``[start, size)`` are fetched and fed (the caller has the
+        others: a shard's head, :mod:`roxxel.read.head`).
         """
+        if not 0 <= start <= size:
+            raise ValueError(f"start must be in [0, {size}], got {start!r}")
         with self._cond:
             self._tickets += 1
-            transfer = _Transfer(store, key, size, self.part_size, self._tickets)
+            transfer = _Transfer(store, key, size, self.part_size, self._tickets, start)
             transfer.on_part, transfer.on_retry = on_part, on_retry
             if into is not None:
                 into.claim()

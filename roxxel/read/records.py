@@ -56,9 +56,10 @@ class ShardSource(Protocol):
     def prefetch(self, upcoming: Iterable[int]) -> None:
         """These shards come next, in this order (a remote source downloads ahead)."""
 
-    def first_records(self, k: int) -> HeadRecords | None:
-        """Shard ``k``'s first records, checked, if they can come sooner than the whole
-        shard's map (a remote shard with a head); else None."""
+    def first_records(self, k: int) -> Callable[[], HeadRecords | None] | None:
+        """Ask for shard ``k``'s first records, checked, sooner than its map (a remote
+        shard with a head; asked before its download starts): a function that waits for
+        them (or None), else None."""
 
 
 class LocalShards:
@@ -93,7 +94,7 @@ class LocalShards:
     def prefetch(self, upcoming: Iterable[int]) -> None:
         pass
 
-    def first_records(self, k: int) -> HeadRecords | None:
+    def first_records(self, k: int) -> Callable[[], HeadRecords | None] | None:
         return None
 
 
@@ -240,12 +241,14 @@ class Records:
         source.expect(range(n))
         for k in range(n):
             self._check_open()
-            early = None
+            head = early = None
             if not k:  # the first shard's download starts first, and goes before the others
+                # the first record from its head, if sooner (asked before the download starts)
+                head = None if self.is_mapped(0) else source.first_records(0)
                 source.about_to_map([0])
             source.prefetch(range(k + 1, n))  # before the map: the downloads overlap
-            if not k and not self.is_mapped(0):  # the first record: from its head, if sooner
-                early = source.first_records(0)
+            if head is not None:
+                early = head()
             if early is not None:
                 yield from stored_blocks(early.payload, early.offsets[: early.count])
             shard = self.shard(k)

@@ -28,14 +28,14 @@ from ..backends import Store
 from ..cache import CachedShard, ShardCache
 from ..cache.download import placement
 from ..cache.sizing import fit_lookahead, mapped_at_most, prefix_that_fits
-from ..errors import CacheError, RoxxelError, ShardFormatError
+from ..errors import CacheError, ShardFormatError
 from ..format import MappedShard
 from ..progress import Meter
 from ..workers import Cancelled
 from .catalog import ShardCatalog
 from .downloader import Downloader
-from .head import HeadRecords
-from .parts import PartEngine, engine
+from .head import HeadFetch, HeadRecords
+from .parts import PartEngine, Placement, engine
 
 __all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency", "default_lookahead"]
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 #: reader waits for first (:meth:`Residency._await_first`); downloads with no reader
 #: behind them wait this long once.
 _FIRST_GRACE = 0.25
+_POLL_SECONDS = 0.25  # how soon a reader waiting for a head notices the residency closing
 
 DEFAULT_LOOKAHEAD = 4  # shards, at least
 DEFAULT_DOWNLOAD_WORKERS = 4  # at least
@@ -138,6 +139,7 @@ class Residency:
         self._used_engine: PartEngine | None = None  # kept after close, for stats
         self._transfers: dict[int, object] = {}  # shard -> its download in parts, while running
         self._wanted: set[int] = set()  # shards a reader is about to wait for (about_to_map)
+        self._heads: dict[int, HeadFetch] = {}  # heads being fetched for downloads not yet started
         self._mapped_any = False  # a reader has had a shard: its first record is no longer waited for
         self._first_asked = False  # the download a reader waits for first is with the engine
         self._first_cond = threading.Condition(self._lock)  # (told when either changes, and on close)
@@ -314,18 +316,28 @@ class Residency:
             with self._lock:  # told before its parts can be picked, not after (_started)
                 waited = urgent or k in self._wanted
                 first = waited and not self._mapped_any
+                head = self._heads.pop(k, None)  # (its bytes go first, from the head's fetch)
+            into, feed = placement(sink), counted(sink)  # (asked of the sink as it was given)
+            if into is None:
+                head = None
+            if head is not None:
+                feed = self._after_head(head, into, feed, check_cancelled)
             try:
                 # (threads start downloads in any order: the reader's order decides which goes first)
-                parts.download(store, key, size, counted(sink), check_cancelled=check_cancelled,
+                parts.download(store, key, size, feed, check_cancelled=check_cancelled,
                                on_start=lambda transfer: self._started(k, transfer, urgent),
                                on_part=self._count_part, on_retry=self._count_retry,
                                order=self._next_use.get(self.catalog.checksums[k]),
-                               urgent=waited, first=first, into=placement(sink))
+                               urgent=waited, first=first, into=into,
+                               start=head.head.size if head is not None else 0)
             finally:
                 with self._lock:
                     self._transfers.pop(k, None)
 
-        handle, fetched = self.catalog.get(k, self.cache, download, self._next_use)
+        try:
+            handle, fetched = self.catalog.get(k, self.cache, download, self._next_use)
+        finally:
+            self._settle_head(k)
         with self._lock:
             self._stats["shards_downloaded" if fetched else "cache_hits"] += 1
             self._per_shard[k, 0 if fetched else 1] += 1
@@ -456,29 +468,73 @@ class Residency:
         self._mapped.append(k)
         return shard
 
-    def first_records(self, k: int) -> HeadRecords | None:
-        """Shard ``k``'s first records, fetched and checked by its manifest entry's head
-        (see :mod:`roxxel.read.head`) while the whole shard downloads, if that is sooner
-        than its map: it is not cached, and it is stored where shards download in parts.
-        None otherwise, or if they could not be had (logged: the shard's own download,
-        which goes on, says what is wrong with it, if anything)."""
-        catalog = self.catalog
-        if self._closed or not catalog.has_head(k) or self.cache.contains(catalog.checksums[k]):
+    def first_records(self, k: int) -> Callable[[], HeadRecords | None] | None:
+        """Ask for shard ``k``'s first records from its head (see :mod:`roxxel.read.head`),
+        sooner than its map: their fetch starts now, and a function that waits for them
+        is returned (it returns None if they could not be had: logged, and the shard's
+        own download says what is wrong with it, if anything); or None at once where
+        they would not come sooner (the shard is cached, or downloading already, has no
+        head, or is not downloaded in parts). Ask before the shard's download starts
+        (:meth:`about_to_map`): it then starts after the head's bytes, and takes them
+        from the head's fetch."""
+        with self._lock:
+            busy = self._closed or k in self._transfers or k in self._heads
+        if busy or self.cache.contains(self.catalog.checksums[k]):
             return None
-        began = time.perf_counter_ns()
-        try:
-            early = catalog.fetch_head(k)
-        except (RoxxelError, OSError) as exc:
-            log.warning("the first records of %s wait for the whole shard: %s", catalog.label(k), exc)
+        fetch = self.catalog.fetch_head(k)
+        if fetch is None:
             return None
         with self._lock:
-            self._stats["head_bytes"] += early.nbytes
-            self._stats["gets"] += early.gets
-        tracer = trace.current()
-        if tracer is not None:
-            tracer.complete("fetch head", "read", began, time.perf_counter_ns(),
-                            shard=catalog.label(k), records=early.count)
-        return early
+            self._heads[k] = fetch
+            self._stats["gets"] += fetch.gets
+            self._stats["head_bytes"] += fetch.index_bytes
+
+        def wait() -> HeadRecords | None:
+            began = time.perf_counter_ns()
+            while not fetch.done(_POLL_SECONDS):
+                if self._closed:
+                    return None
+            early = fetch.records()
+            tracer = trace.current()
+            if tracer is not None:
+                tracer.complete("wait for head", "read", began, time.perf_counter_ns(),
+                                shard=self.catalog.label(k), records=early.count if early else 0)
+            return early
+
+        return wait
+
+    @staticmethod
+    def _after_head(fetch: HeadFetch, into: Placement, sink: Callable[[bytes], None],
+                    check_cancelled: Callable[[], None] | None) -> Callable[[bytes], None]:
+        """``sink``, first fed the head's bytes from ``fetch`` (written to ``into``, the
+        shard's temp file, where its download places the rest), or, if they could not be
+        fetched there, from the store."""
+        fed = False
+
+        def feed(chunk: bytes) -> None:
+            nonlocal fed
+            if not fed:
+                while not fetch.done(_POLL_SECONDS):
+                    if check_cancelled is not None:
+                        check_cancelled()
+                first = fetch.prefix()
+                if first is None:
+                    first = bytearray(fetch.head.size)
+                    got = fetch.store.read_part(fetch.key, 0, len(first), memoryview(first))
+                    if got.obj is not first:
+                        first[:] = got
+                into.write(0, memoryview(first))
+                sink(memoryview(first))
+                fed = True
+            sink(chunk)
+
+        return feed
+
+    def _settle_head(self, k: int) -> None:
+        """Shard ``k`` is in the cache: a head fetched for a download that did not take
+        it is of no more use to one."""
+        with self._lock:
+            self._heads.pop(k, None)
 
     def _map_or_heal(self, k: int, handle: CachedShard) -> tuple[MappedShard, CachedShard]:
         """Map a cached shard; if its cached copy was damaged on disk since it was verified
