@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import pickle
 import threading
 from dataclasses import replace
@@ -21,8 +22,10 @@ from roxxel.build import commit, write_part
 from roxxel.build.parts import Receipt
 from roxxel.errors import ManifestError, StorageError
 from roxxel.manifest import Manifest, ShardInfo, ShardTable
-from roxxel.manifest.heads import index_start, parse_head
+from roxxel.manifest.checksums import parse_checksum
+from roxxel.manifest.heads import HeadCheck, index_start, parse_head
 from roxxel.manifest.io import dataset_store, publish_manifest
+from roxxel.ops.verify import verify
 from roxxel.read.head import HeadFetch
 
 HEAD = 64 * 1024  # the writer's head size in these tests (8 MiB by default)
@@ -278,3 +281,75 @@ def test_a_head_is_fetched_as_pieces_side_by_side_and_checked(tmp_path, small_he
                for m in caplog.messages)
     assert any(f"bytes [{payload}, {first.stored_size}) (its record index): blake3 is " in m
                and f"expected {head.index.hexdigest}" in m for m in caplog.messages)
+
+
+def test_verify_checks_heads_against_the_shards(tmp_path, small_heads):
+    url = str(tmp_path / "ds")
+    manifest = write(url, make_records(400), shard_bytes=5 * HEAD // 2)
+    assert verify(url).ok
+    first = manifest.shards[0]
+    head = parse_head(first.head)
+    store = dataset_store(url, {})
+    for wrong, problem in [
+        (replace(head, first=parse_checksum("blake3:" + "0" * 64)),
+         rf"head: bytes \[0, {head.size}\) hash to blake3:{head.first.hexdigest}, the manifest's head says blake3:0{{64}}"),
+        (replace(head, index=parse_checksum("blake3:" + "0" * 64)),
+         rf"head: the record index and footer hash to blake3:{head.index.hexdigest}, the manifest's head says"),
+        (replace(head, records=head.records - 1),
+         rf"head: record {head.records - 2} ends at byte \d+, the manifest's head says {head.size}"),
+    ]:
+        shards = [replace(first, head=str(wrong))] + list(manifest.shards)[1:]
+        publish_manifest(store, manifest.with_shards(shards), replaces=None)
+        report = verify(url)
+        assert [b.uri for b in report.bad] == [first.uri]
+        assert re.fullmatch(problem + ".*", report.bad[0].problem), report.bad[0].problem
+
+
+@pytest.mark.parametrize("chunk", [7, 1000, 4099, 1 << 20])
+def test_a_head_check_takes_the_shard_in_any_chunks(tmp_path, small_heads, chunk):
+    first = write(str(tmp_path / "ds"), make_records(400), shard_bytes=5 * HEAD // 2).shards[0]
+    data = (tmp_path / "ds" / first.uri).read_bytes()
+    head = parse_head(first.head)
+
+    def problem(data: bytes) -> str | None:
+        check = HeadCheck(head, first.records, first.stored_size)
+        for a in range(0, len(data), chunk):
+            check(data[a : a + chunk])
+        return check.problem()
+
+    assert problem(data) is None
+    flipped = bytearray(data)
+    flipped[head.size - 1] ^= 1
+    assert problem(bytes(flipped)).startswith(f"head: bytes [0, {head.size}) hash to blake3:")
+    assert problem(data[:-3]).startswith("head: the record index and footer hash to")
+
+
+class RetriedPieces(InParts):
+    """Every read of the head's bytes from byte 0 comes back as a retry's does, in a
+    buffer of its own, while the attempt given up on writes garbage where it was told to."""
+
+    def read_part(self, key, start, end, into, **kw):
+        if start != 0 or not threading.current_thread().name.startswith("roxxel-head"):
+            return super().read_part(key, start, end, into, **kw)
+        own = memoryview(bytearray(end - start))
+        got = super().read_part(key, start, end, own, **kw)
+        into[:] = b"\xff" * len(into)  # (the abandoned attempt, still receiving)
+        return got
+
+
+def test_a_retried_head_piece_is_taken_from_the_retry_s_buffer(tmp_path, small_heads, monkeypatch):
+    monkeypatch.setattr(roxxel.read.head, "PIECE", 16 * 1024)
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
+    head = parse_head(first.head)
+    fetch = HeadFetch(RetriedPieces(url), first.uri, first.records, first.stored_size, head)
+    assert fetch.done(10)
+    data = (tmp_path / "ds" / first.uri).read_bytes()
+    assert bytes(fetch.prefix()) == data[: head.size]
+    early = fetch.records()
+    assert early is not None and bytes(early.payload) == data[: head.size]
+    store = RetriedPieces(url)
+    store.release.set()
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        assert [bytes(r) for r in ds] == recs  # (the shard's download took the retry's bytes too)

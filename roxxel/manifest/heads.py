@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 from ..format.layout import FOOTER_SIZE, OFFSET_SIZE
 from ._report import show
-from .checksums import CHECKSUM_ALGORITHMS, ShardKey, parse_checksum
+from .checksums import CHECKSUM_ALGORITHMS, ShardKey, new_hasher, parse_checksum
 
-__all__ = ["HEAD_BYTES", "HEAD_RE", "Head", "head_problem", "index_start", "parse_head"]
+__all__ = ["HEAD_BYTES", "HEAD_RE", "Head", "HeadCheck", "head_problem", "index_start", "parse_head"]
 
 #: The first bytes a head covers, as roxxel's writer chooses them: one download part.
 HEAD_BYTES = 8 * 2**20
@@ -80,3 +80,46 @@ def head_problem(value: str, records: int, stored_size: int, compression: str | 
     if head.size > payload:
         return f"expected a head of at most the payload's {max(payload, 0)} bytes, got {head.size}"
     return None
+
+
+class HeadCheck:
+    """A shard's head checked against the shard's stored bytes as they stream by in
+    order (``roxxel verify``): call it with each chunk, then :meth:`problem`. For an
+    uncompressed shard of ``records`` records and ``stored_size`` bytes."""
+
+    def __init__(self, head: Head, records: int, stored_size: int) -> None:
+        self.head = head
+        self._payload = index_start(records, stored_size)
+        self._end_at = self._payload + OFFSET_SIZE * (head.records - 1)  # where the head's last end offset is
+        self._first = new_hasher(head.first.algorithm)
+        self._index = new_hasher(head.index.algorithm)
+        self._end = bytearray()
+        self._pos = 0
+
+    def __call__(self, chunk: bytes | memoryview) -> None:
+        a, b = self._pos, self._pos + len(chunk)
+        view = memoryview(chunk)
+        if a < self.head.size:
+            self._first.update(view[: min(b, self.head.size) - a])
+        if b > self._payload:
+            self._index.update(view[max(self._payload, a) - a :])
+        lo, hi = max(a, self._end_at), min(b, self._end_at + OFFSET_SIZE)
+        if lo < hi:
+            self._end += view[lo - a : hi - a]
+        self._pos = b
+
+    def problem(self) -> str | None:
+        """What the bytes streamed contradict in the head, or None."""
+        head = self.head
+        for what, hasher, expected in (
+            (f"bytes [0, {head.size})", self._first, head.first),
+            ("the record index and footer", self._index, head.index),
+        ):
+            got = hasher.hexdigest()
+            if got != expected.hexdigest:
+                return f"head: {what} hash to {expected.algorithm}:{got}, the manifest's head says {expected.checksum}"
+        end = int.from_bytes(self._end, "little") if len(self._end) == OFFSET_SIZE else None
+        if end != head.size:
+            return f"head: record {head.records - 1} ends at byte {end}, the manifest's head says {head.size}"
+        return None
+

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,23 +62,20 @@ class HeadFetch:
         self._records = records
         self._first = bytearray(head.size)
         self._index = bytearray(stored_size - index_start(records, stored_size))
-        pieces = [(self._first, a, min(a + PIECE, head.size)) for a in range(0, head.size, PIECE)]
-        self.gets, self.index_bytes = len(pieces) + 1, len(self._index)
-        self._lock = threading.Lock()
+        self._starts = list(range(0, head.size, PIECE))
+        self.gets, self.index_bytes = len(self._starts) + 1, len(self._index)
+        self._lock = threading.RLock()  # (records() checks what _bytes() assembles, both under it)
+        self._got: tuple[bytearray, bytearray] | None = None  # (the head's bytes, the index), once in
         self._checked: tuple[HeadRecords | None] | None = None
-        pool = ThreadPoolExecutor(len(pieces) + 1, thread_name_prefix="roxxel-head")
-        try:
-            self._index_read = pool.submit(self._read, self._index, index_start(records, stored_size), stored_size)
-            self._reads = [pool.submit(self._read, *piece) for piece in pieces]
-        finally:
-            pool.shutdown(wait=False)  # (its threads end with their reads)
+        index_at = index_start(records, stored_size)
+        self._index_read = _started(self._read, self._index, 0, index_at, stored_size)
+        self._reads = [_started(self._read, self._first, a, a, min(a + PIECE, head.size)) for a in self._starts]
 
-    def _read(self, into: bytearray, start: int, end: int) -> None:
-        at = start if into is self._first else 0
-        view = memoryview(into)[at : at + end - start]
-        got = self.store.read_part(self.key, start, end, view)
-        if got.obj is not into:  # (a retry's bytes come back in a buffer of their own)
-            view[:] = got
+    def _read(self, into: bytearray, at: int, start: int, end: int) -> memoryview:
+        """Bytes ``[start, end)`` of the shard, read into ``into`` at ``at``; the view of
+        them: of ``into``, or of a buffer of their own if an attempt failed (one given up
+        on may still write into ``into`` there: see :meth:`_bytes`)."""
+        return self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start])
 
     def done(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds for every read to end; whether they have."""
@@ -90,7 +88,19 @@ class HeadFetch:
         for read in self._reads:
             if read.exception() is not None:
                 return None
-        return self._first
+        return self._bytes()[0]
+
+    def _bytes(self) -> tuple[bytearray, bytearray]:
+        """The head's bytes and the index, once every read has succeeded (raising the
+        first failure). Where an attempt was given up on (it may still write into the
+        buffer it was given), those bytes come from the retry's, in a buffer no attempt
+        writes to."""
+        with self._lock:
+            if self._got is None:
+                first = _whole(self._first, self._starts, [read.result() for read in self._reads])
+                index = _whole(self._index, [0], [self._index_read.result()])
+                self._got = (first, index)
+            return self._got
 
     def records(self) -> HeadRecords | None:
         """The head's records, checked (waiting for every read); None if they could not
@@ -102,19 +112,17 @@ class HeadFetch:
 
     def _check_all(self) -> HeadRecords | None:
         try:
-            for read in (*self._reads, self._index_read):
-                read.result()
-            return self._check()
+            return self._check(*self._bytes())
         except (RoxxelError, OSError) as exc:
             log.warning("the first records of %s wait for the whole shard: %s", self.store.url(self.key), exc)
             return None
 
-    def _check(self) -> HeadRecords:
-        index, head, records, size = self._index, self.head, self._records, self.stored_size
+    def _check(self, first: bytearray, index: bytearray) -> HeadRecords:
+        head, records, size = self.head, self._records, self.stored_size
         label = self.store.url(self.key)
         payload_size = index_start(records, size)
         _check(index, head.index, f"{label}: bytes [{payload_size}, {size}) (its record index)")
-        _check(self._first, head.first, f"{label}: bytes [0, {head.size}) (its head)")
+        _check(first, head.first, f"{label}: bytes [0, {head.size}) (its head)")
         layout = parse_footer(bytes(index[-FOOTER_SIZE:]), size, label)
         if layout.record_count != records or layout.payload_size != payload_size:
             raise ShardFormatError(
@@ -127,9 +135,36 @@ class HeadFetch:
         if end != head.size:
             raise ShardFormatError(f"{label}: record {head.records - 1} ends at byte {end}, "
                                    f"expected {head.size} from the manifest's head")
-        payload = np.frombuffer(self._first, dtype=np.uint8)
+        payload = np.frombuffer(first, dtype=np.uint8)
         payload.setflags(write=False)  # (the records' views are read-only, as a shard's map)
         return HeadRecords(payload, offsets, head.records)
+
+
+def _whole(buffer: bytearray, starts: list[int], views: list[memoryview]) -> bytearray:
+    """``buffer``, if every view is of it; else a fresh copy of the views laid at ``starts``."""
+    if all(view.obj is buffer for view in views):
+        return buffer
+    fresh = bytearray(len(buffer))
+    for at, view in zip(starts, views):
+        fresh[at : at + len(view)] = view
+    return fresh
+
+
+def _started(read: Callable[..., memoryview], *args: object) -> Future[memoryview]:
+    """``read(*args)`` running on a daemon thread of its own (one stalled in the store
+    never holds the interpreter's exit, as a pool's thread would): its future."""
+    future: Future[memoryview] = Future()
+
+    def run() -> None:
+        try:
+            got = read(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits, raised there
+            future.set_exception(exc)
+        else:
+            future.set_result(got)
+
+    threading.Thread(target=run, name="roxxel-head", daemon=True).start()
+    return future
 
 
 def _check(data: bytearray, expected: ShardKey, what: str) -> None:

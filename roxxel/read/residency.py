@@ -77,6 +77,7 @@ def _after_fork_in_child() -> None:
         residency._engine = None
         residency._transfers = {}
         residency._wanted = set()
+        residency._heads = {}  # (their reads' threads did not come along)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
