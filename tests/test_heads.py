@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import pickle
 import threading
@@ -167,18 +168,23 @@ class InParts(Store):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
+        self.root = args[0]  # (a local directory)
         self.release = threading.Event()
         self.reads: list[tuple[str, str, int, int]] = []
         self.fail_head = False
+        self.fail_index = False
 
     @property
     def downloads_in_parts(self) -> bool:
         return True
 
+    def size_of(self, key) -> int:
+        return os.path.getsize(os.path.join(self.root, key))
+
     def read_part(self, key, start, end, into, **kw):
         head = threading.current_thread().name.startswith("roxxel-head")
         self.reads.append(("head" if head else "shard", key, start, end))
-        if head and self.fail_head:
+        if head and (self.fail_index if end == self.size_of(key) else self.fail_head):
             raise StorageError(f"could not read {self.url(key)}: injected")
         if not head:
             assert self.release.wait(30)
@@ -246,6 +252,22 @@ def test_a_head_that_cannot_be_fetched_leaves_the_shard_to_its_own_download(tmp_
             assert [bytes(r) for r in ds] == recs
     # the head's bytes, which its fetch did not get, came from the shard's download
     assert ("shard", first.uri, 0, parse_head(first.head).size) in store.reads
+    assert any("the first records of" in m and "injected" in m for m in caplog.messages)
+
+
+def test_a_head_whose_index_cannot_be_fetched_still_gives_the_shard_its_first_bytes(tmp_path, small_heads, caplog):
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
+    store = InParts(url)
+    store.fail_index = True
+    store.release.set()
+    with caplog.at_level(logging.WARNING, logger="roxxel"):
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+            assert [bytes(r) for r in ds] == recs
+    # no record came from the head, and its bytes (fetched) were not fetched again
+    assert ("shard", first.uri, 0, parse_head(first.head).size) not in store.reads
+    assert min(a for kind, key, a, b in store.reads if kind == "shard" and key == first.uri) == parse_head(first.head).size
     assert any("the first records of" in m and "injected" in m for m in caplog.messages)
 
 
@@ -353,3 +375,27 @@ def test_a_retried_head_piece_is_taken_from_the_retry_s_buffer(tmp_path, small_h
     store.release.set()
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
         assert [bytes(r) for r in ds] == recs  # (the shard's download took the retry's bytes too)
+
+
+def test_a_trace_shows_the_head_s_reads_and_the_wait_for_its_records(tmp_path, small_heads, monkeypatch):
+    from roxxel import trace
+
+    monkeypatch.setattr(trace, "_tracer", None)
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
+    head = parse_head(first.head)
+    store = InParts(url)
+    store.release.set()
+    trace.start(tmp_path / "run.json")
+    try:
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+            assert [bytes(r) for r in ds] == recs
+    finally:
+        path = trace.stop()
+    events = json.loads(open(path).read())["traceEvents"]
+    reads = sorted((e["args"]["offset"], e["args"]["bytes"]) for e in events if e.get("name") == "head part")
+    payload = index_start(first.records, first.stored_size)
+    assert reads == [(0, head.size), (payload, first.stored_size - payload)]
+    waits = [e for e in events if e.get("name") == "wait for head"]
+    assert len(waits) == 1 and waits[0]["args"]["records"] == head.records

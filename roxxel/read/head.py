@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import trace
 from ..backends import Store
 from ..errors import IntegrityError, RoxxelError, ShardFormatError
 from ..format.layout import FOOTER_SIZE, OFFSET_DTYPE, check_offsets, parse_footer
@@ -64,8 +66,8 @@ class HeadFetch:
         self._index = bytearray(stored_size - index_start(records, stored_size))
         self._starts = list(range(0, head.size, PIECE))
         self.gets, self.index_bytes = len(self._starts) + 1, len(self._index)
-        self._lock = threading.RLock()  # (records() checks what _bytes() assembles, both under it)
-        self._got: tuple[bytearray, bytearray] | None = None  # (the head's bytes, the index), once in
+        self._lock = threading.RLock()  # (records() checks what _whole() assembles, both under it)
+        self._got: dict[int, bytearray] = {}  # id(buffer) -> its bytes, once in (see _whole)
         self._checked: tuple[HeadRecords | None] | None = None
         index_at = index_start(records, stored_size)
         self._index_read = _started(self._read, self._index, 0, index_at, stored_size)
@@ -75,7 +77,12 @@ class HeadFetch:
         """Bytes ``[start, end)`` of the shard, read into ``into`` at ``at``; the view of
         them: of ``into``, or of a buffer of their own if an attempt failed (one given up
         on may still write into ``into`` there: see :meth:`_bytes`)."""
-        return self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start])
+        began = time.perf_counter_ns()
+        got = self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start])
+        if (tracer := trace.current()) is not None:
+            tracer.complete("head part", "download", began, time.perf_counter_ns(), key=self.key,
+                            offset=start, bytes=end - start)
+        return got
 
     def done(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds for every read to end; whether they have."""
@@ -88,19 +95,24 @@ class HeadFetch:
         for read in self._reads:
             if read.exception() is not None:
                 return None
-        return self._bytes()[0]
+        return self._whole(self._first, self._starts, self._reads)
 
-    def _bytes(self) -> tuple[bytearray, bytearray]:
-        """The head's bytes and the index, once every read has succeeded (raising the
-        first failure). Where an attempt was given up on (it may still write into the
-        buffer it was given), those bytes come from the retry's, in a buffer no attempt
-        writes to."""
+    def _whole(self, buffer: bytearray, starts: list[int], reads: list[Future[memoryview]]) -> bytearray:
+        """The bytes read into ``buffer`` at ``starts``, once every read has succeeded
+        (raising the first failure): ``buffer`` itself, unless an attempt was given up on
+        (it may still write into the buffer it was given); then a fresh copy, those
+        bytes from the retry's buffer."""
         with self._lock:
-            if self._got is None:
-                first = _whole(self._first, self._starts, [read.result() for read in self._reads])
-                index = _whole(self._index, [0], [self._index_read.result()])
-                self._got = (first, index)
-            return self._got
+            got = self._got.get(id(buffer))
+            if got is None:
+                views = [read.result() for read in reads]
+                got = buffer
+                if any(view.obj is not buffer for view in views):
+                    got = bytearray(len(buffer))
+                    for at, view in zip(starts, views):
+                        got[at : at + len(view)] = view
+                self._got[id(buffer)] = got
+            return got
 
     def records(self) -> HeadRecords | None:
         """The head's records, checked (waiting for every read); None if they could not
@@ -112,7 +124,8 @@ class HeadFetch:
 
     def _check_all(self) -> HeadRecords | None:
         try:
-            return self._check(*self._bytes())
+            first = self._whole(self._first, self._starts, self._reads)
+            return self._check(first, self._whole(self._index, [0], [self._index_read]))
         except (RoxxelError, OSError) as exc:
             log.warning("the first records of %s wait for the whole shard: %s", self.store.url(self.key), exc)
             return None
@@ -138,16 +151,6 @@ class HeadFetch:
         payload = np.frombuffer(first, dtype=np.uint8)
         payload.setflags(write=False)  # (the records' views are read-only, as a shard's map)
         return HeadRecords(payload, offsets, head.records)
-
-
-def _whole(buffer: bytearray, starts: list[int], views: list[memoryview]) -> bytearray:
-    """``buffer``, if every view is of it; else a fresh copy of the views laid at ``starts``."""
-    if all(view.obj is buffer for view in views):
-        return buffer
-    fresh = bytearray(len(buffer))
-    for at, view in zip(starts, views):
-        fresh[at : at + len(view)] = view
-    return fresh
 
 
 def _started(read: Callable[..., memoryview], *args: object) -> Future[memoryview]:
