@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import pickle
+import re
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -173,6 +174,8 @@ class InParts(Store):
         self.reads: list[tuple[str, str, int, int]] = []
         self.fail_head = False
         self.fail_index = False
+        self.flip_head = False  # the head's bytes come back with one bit flipped (in transit)
+        self.hold_head: threading.Event | None = None  # the head's reads wait for it
 
     @property
     def downloads_in_parts(self) -> bool:
@@ -186,9 +189,14 @@ class InParts(Store):
         self.reads.append(("head" if head else "shard", key, start, end))
         if head and (self.fail_index if end == self.size_of(key) else self.fail_head):
             raise StorageError(f"could not read {self.url(key)}: injected")
+        if head and self.hold_head is not None:
+            assert self.hold_head.wait(30)
         if not head:
             assert self.release.wait(30)
-        return super().read_part(key, start, end, into, **kw)
+        got = super().read_part(key, start, end, into, **kw)
+        if head and self.flip_head and start == 0:
+            got[5] ^= 1
+        return got
 
 
 def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path, small_heads):
@@ -399,3 +407,80 @@ def test_a_trace_shows_the_head_s_reads_and_the_wait_for_its_records(tmp_path, s
     assert reads == [(0, head.size), (payload, first.stored_size - payload)]
     waits = [e for e in events if e.get("name") == "wait for head"]
     assert len(waits) == 1 and waits[0]["args"]["records"] == head.records
+
+
+def test_a_manifest_without_heads_is_written_as_before():
+    manifest = Manifest.build([info(), info(uri="t.rox", records=3, stored_size=100, raw_size=100)], {"a": 1})
+    assert manifest.to_json() == (
+        '{"format":"roxxel.manifest","version":1,"records":13,"meta":{"a":1},"shards":['
+        '{"uri":"s.rox","records":10,"stored_size":1048576,"raw_size":1048576,"compression":null,'
+        f'"checksum":"blake3:{"c" * 64}"}},'
+        '{"uri":"t.rox","records":3,"stored_size":100,"raw_size":100,"compression":null,'
+        f'"checksum":"blake3:{"c" * 64}"}}]}}'
+    )
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_a_head_field_that_holds_no_head_is_refused(value):
+    doc = Manifest.build([info(), info(uri="t.rox")]).to_dict()
+    doc["shards"][1]["head"] = value
+    with pytest.raises(ManifestError, match=rf"shards\[1\]\.head: expected a head string \(or no head field\), got {value!r}"):
+        Manifest.from_dict(doc)
+
+
+def test_a_head_too_large_to_fetch_apart_is_not_fetched(tmp_path, small_heads, monkeypatch):
+    monkeypatch.setattr(roxxel.read.head, "MAX_HEAD_BYTES", HEAD // 2)  # (the manifest may say anything)
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    write(url, recs, shard_bytes=5 * HEAD // 2)
+    store = InParts(url)
+    store.release.set()
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        assert [bytes(r) for r in ds] == recs
+        assert ds.stats["head_bytes"] == 0
+    assert not [r for r in store.reads if r[0] == "head"]
+
+
+def test_head_bytes_that_do_not_match_are_read_again_for_the_shard(tmp_path, small_heads, caplog):
+    url = str(tmp_path / "ds")
+    recs = make_records(400)
+    manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
+    first = manifest.shards[0]
+    head = parse_head(first.head)
+    store = InParts(url)
+    store.flip_head = True  # (a bit flipped in transit: the store's copy is good)
+    store.release.set()
+    with caplog.at_level(logging.WARNING, logger="roxxel"):
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+            assert [bytes(r) for r in ds] == recs
+            assert ds.stats["shards_downloaded"] == len(manifest.shards) and ds.stats["retries"] == 0
+    # the head's bytes were read again, once, and the rest of the shard once: no second download
+    shard_reads = [(a, b) for kind, key, a, b in store.reads if kind == "shard" and key == first.uri]
+    assert (0, head.size) in shard_reads and len([r for r in shard_reads if r[0] == head.size]) == 1
+    assert any(f"bytes [0, {head.size}) (its head): blake3 is " in m for m in caplog.messages)
+
+
+def test_closing_while_the_first_records_are_awaited_ends_the_wait(tmp_path, small_heads):
+    url = str(tmp_path / "ds")
+    write(url, make_records(400), shard_bytes=5 * HEAD // 2)
+    store = InParts(url)
+    store.hold_head = threading.Event()
+    ds = roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            next(iter(ds))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - what the reader got
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)  # (the reader is waiting for the head, held)
+    ds.close()
+    reader.join(10)
+    store.hold_head.set()
+    store.release.set()
+    assert not reader.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ValueError) and "closed" in str(outcome[0])

@@ -144,6 +144,18 @@ def test_a_download_from_a_start_fetches_and_feeds_only_the_rest(engine):
         engine.download(store, "a", len(data), got.extend, start=len(data) + 1)
 
 
+def test_a_download_from_a_start_still_places_its_pieces_at_aligned_offsets(monkeypatch):
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
+    transfer = parts._Transfer(FakeStore({}), "a", 1000 * KIB, 256 * KIB, 1, start=70 * KIB)
+    assert transfer.bounds[0] == (70 * KIB, 256 * KIB)  # up to the first part boundary, then whole parts
+    assert transfer.bounds[1:] == [(256 * KIB, 512 * KIB), (512 * KIB, 768 * KIB), (768 * KIB, 1000 * KIB)]
+    transfer.split(16, 32 * KIB)  # (the first shard a reader waits for: in pieces)
+    assert transfer.bounds[0] == (70 * KIB, 96 * KIB)
+    assert all(a % (32 * KIB) == 0 and b - a == 64 * KIB for a, b in transfer.bounds[1:-1])
+    assert transfer.bounds[-1][1] == 1000 * KIB
+    assert all(b == c for (_, b), (c, _) in zip(transfer.bounds, transfer.bounds[1:]))  # they tile the rest
+
+
 def test_parts_in_flight_never_exceed_the_limit_and_the_budget(engine):
     objects = {f"k{i}": np.random.default_rng(i).bytes(512 * KIB) for i in range(6)}
     store = FakeStore(objects, delay=0.01)

@@ -146,8 +146,6 @@ class ShardTable:
             raise expected("shards", "columns of equal length", lengths)
         for name, column in columns.items():
             object.__setattr__(self, name, column)
-        column = head_column(heads, self.records, self.stored_size, self.compression)
-        object.__setattr__(self, "heads", string_column(column))
         bad = np.flatnonzero((self.compression == 0) & (self.raw_size != self.stored_size))
         if bad.size:
             i = int(bad[0])
@@ -157,6 +155,9 @@ class ShardTable:
         if bad.size:
             i = int(bad[0])
             check_room(int(self.records[i]), int(self.raw_size[i]), row(i, "records"))
+        # (after the room check: 8 bytes of index a record then fit in int64)
+        column = head_column(heads, self.records, self.stored_size, self.compression)
+        object.__setattr__(self, "heads", string_column(column))
 
     def _prefix_sums(self) -> NDArray[np.int64]:
         total = sum(self.records.tolist())  # exact: int64 sums could wrap around
@@ -189,7 +190,12 @@ class ShardTable:
         """The table described by a manifest's ``shards`` array of JSON objects."""
         entries = check_entries(entries)
         columns = [list(map(itemgetter(name), entries)) for name in SHARD_FIELDS]
-        columns += [[entry.get(name) for entry in entries] for name in OPTIONAL_SHARD_FIELDS]
+        for name in OPTIONAL_SHARD_FIELDS:  # (absent: None; present, it must hold one)
+            column = [entry.get(name) for entry in entries]
+            if any(value is None or value == "" for entry, value in zip(entries, column) if name in entry):
+                i = next(i for i, entry in enumerate(entries) if name in entry and entry[name] in (None, ""))
+                raise expected(row(i, name), f"a {name} string (or no {name} field)", entries[i][name])
+            columns.append(column)
         return cls(**dict(zip(COLUMNS, columns)))
 
     @classmethod

@@ -9,6 +9,7 @@ its cached copy.
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_right
 from collections.abc import Callable
 
@@ -23,6 +24,8 @@ from ..manifest.heads import parse_head
 from .head import HeadFetch
 
 __all__ = ["Download", "ShardCatalog"]
+
+log = logging.getLogger(__name__)
 
 #: ``download(store, key, stored_size, sink)``: feed the object's bytes to ``sink`` in order.
 Download = Callable[[Store, str, int, Callable[[bytes], object]], object]
@@ -87,8 +90,11 @@ class ShardCatalog:
         text = str(table.heads[k])
         if not text or not store.downloads_in_parts:
             return None
-        return HeadFetch(store, str(table.uris[k]), int(table.records[k]), int(table.stored_size[k]),
-                         parse_head(text))
+        records, size, head = int(table.records[k]), int(table.stored_size[k]), parse_head(text)
+        if not HeadFetch.fits(records, size, head):
+            log.debug("%s: its head is too large to fetch apart", store.url(str(table.uris[k])))
+            return None
+        return HeadFetch(store, str(table.uris[k]), records, size, head)
 
     def get(
         self, g: int, cache: ShardCache, download: Download, order_hint: OrderHint

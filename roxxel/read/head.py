@@ -10,8 +10,11 @@ the reader asks, before the shard's download has started. Once both are in and m
 their checksums (and the index the footer, the manifest and the head), the head's
 records are the reader's (:class:`HeadRecords`, from memory: one part's worth at most).
 The shard's download starts after the head's bytes and takes them from here as the
-start of the shard (:meth:`HeadFetch.prefix`), so no byte is fetched twice but the
-index; the shard is verified and cached as before. Nothing the reader gets was not checked.
+start of the shard (:func:`after_head`), once they match their checksum (else it reads
+them again), so no byte is fetched twice but the index; the shard is verified and
+cached as before. Nothing the reader gets was not checked. A head of more than
+:data:`MAX_HEAD_BYTES` (or an index of more), which roxxel's writer never makes, is not
+fetched: the manifest is not trusted with the reader's memory.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from ..backends import Store
 from ..errors import IntegrityError, RoxxelError, ShardFormatError
 from ..format.layout import FOOTER_SIZE, OFFSET_DTYPE, check_offsets, parse_footer
 from ..manifest.checksums import ShardKey, new_hasher
-from ..manifest.heads import Head, index_start
+from ..manifest.heads import HEAD_BYTES, Head, index_start
+from .parts import Placement
 
-__all__ = ["PIECE", "HeadFetch", "HeadRecords"]
+__all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "after_head"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 #: the first byte, 25 MB/s a connection), 8 MiB as 1 MiB pieces came in 89-96 ms, as
 #: 2 MiB ones in 172-283 ms, beside the shard's own parts.
 PIECE = 2**20
+#: The largest head (and record index) a reader fetches: twice what roxxel's writer makes.
+MAX_HEAD_BYTES = 2 * HEAD_BYTES
+_POLL_SECONDS = 0.25  # how soon a download waiting for a head's bytes notices cancellation
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,12 @@ class HeadFetch:
     its records once checked (:meth:`records`). ``gets`` and ``index_bytes`` say what
     it asked the store for besides the shard's own bytes' worth."""
 
+    @staticmethod
+    def fits(records: int, stored_size: int, head: Head) -> bool:
+        """Whether the head (and the index) of a shard of ``records`` records and
+        ``stored_size`` bytes are small enough to fetch apart (:data:`MAX_HEAD_BYTES`)."""
+        return max(head.size, stored_size - index_start(records, stored_size)) <= MAX_HEAD_BYTES
+
     def __init__(self, store: Store, key: str, records: int, stored_size: int, head: Head) -> None:
         self.store, self.key, self.stored_size, self.head = store, key, stored_size, head
         self._records = records
@@ -69,6 +82,7 @@ class HeadFetch:
         self._lock = threading.RLock()  # (records() checks what _whole() assembles, both under it)
         self._got: dict[int, bytearray] = {}  # id(buffer) -> its bytes, once in (see _whole)
         self._checked: tuple[HeadRecords | None] | None = None
+        self._first_checked: tuple[bytearray | BaseException] | None = None
         index_at = index_start(records, stored_size)
         self._index_read = _started(self._read, self._index, 0, index_at, stored_size)
         self._reads = [_started(self._read, self._first, a, a, min(a + PIECE, head.size)) for a in self._starts]
@@ -90,12 +104,23 @@ class HeadFetch:
         return not wait(reads, timeout).not_done
 
     def prefix(self) -> bytearray | None:
-        """The head's bytes as fetched (waiting for them), unchecked: the start of the
-        shard, which its own check covers; None if a read of them failed."""
-        for read in self._reads:
-            if read.exception() is not None:
-                return None
-        return self._whole(self._first, self._starts, self._reads)
+        """The head's bytes (waiting for them), once they match the head's checksum: the
+        start of the shard; None if a read of them failed or they do not match (logged
+        by :meth:`records`)."""
+        got = self._checked_first()
+        return None if isinstance(got, BaseException) else got
+
+    def _checked_first(self) -> bytearray | BaseException:
+        """The head's bytes, checked, or the error that stopped them (computed once)."""
+        with self._lock:
+            if self._first_checked is None:
+                try:
+                    first = self._whole(self._first, self._starts, self._reads)
+                    _check(first, self.head.first, f"{self.store.url(self.key)}: bytes [0, {self.head.size}) (its head)")
+                    self._first_checked = (first,)
+                except (RoxxelError, OSError) as exc:
+                    self._first_checked = (exc,)
+            return self._first_checked[0]
 
     def _whole(self, buffer: bytearray, starts: list[int], reads: list[Future[memoryview]]) -> bytearray:
         """The bytes read into ``buffer`` at ``starts``, once every read has succeeded
@@ -124,18 +149,23 @@ class HeadFetch:
 
     def _check_all(self) -> HeadRecords | None:
         try:
-            first = self._whole(self._first, self._starts, self._reads)
-            return self._check(first, self._whole(self._index, [0], [self._index_read]))
+            offsets = self._check(self._whole(self._index, [0], [self._index_read]))
+            first = self._checked_first()
+            if isinstance(first, BaseException):
+                raise first
+            payload = np.frombuffer(first, dtype=np.uint8)
+            payload.setflags(write=False)  # (the records' views are read-only, as a shard's map)
+            return HeadRecords(payload, offsets, self.head.records)
         except (RoxxelError, OSError) as exc:
             log.warning("the first records of %s wait for the whole shard: %s", self.store.url(self.key), exc)
             return None
 
-    def _check(self, first: bytearray, index: bytearray) -> HeadRecords:
+    def _check(self, index: bytearray) -> np.ndarray:
+        """The record index's end offsets, checked against the head, the footer and the manifest."""
         head, records, size = self.head, self._records, self.stored_size
         label = self.store.url(self.key)
         payload_size = index_start(records, size)
         _check(index, head.index, f"{label}: bytes [{payload_size}, {size}) (its record index)")
-        _check(first, head.first, f"{label}: bytes [0, {head.size}) (its head)")
         layout = parse_footer(bytes(index[-FOOTER_SIZE:]), size, label)
         if layout.record_count != records or layout.payload_size != payload_size:
             raise ShardFormatError(
@@ -148,9 +178,32 @@ class HeadFetch:
         if end != head.size:
             raise ShardFormatError(f"{label}: record {head.records - 1} ends at byte {end}, "
                                    f"expected {head.size} from the manifest's head")
-        payload = np.frombuffer(first, dtype=np.uint8)
-        payload.setflags(write=False)  # (the records' views are read-only, as a shard's map)
-        return HeadRecords(payload, offsets, head.records)
+        return offsets
+
+
+def after_head(fetch: HeadFetch, into: Placement, sink: Callable[[memoryview], object],
+               check_cancelled: Callable[[], None] | None) -> Callable[[memoryview], None]:
+    """``sink`` (a shard's download's, from the head's end on), first fed the head's
+    bytes: from ``fetch`` once they match their checksum, else read again from the
+    store; written to ``into`` (the shard's temp file, where the download places the
+    rest) before they are fed."""
+    fed = False
+
+    def feed(chunk: memoryview) -> None:
+        nonlocal fed
+        if not fed:
+            while not fetch.done(_POLL_SECONDS):
+                if check_cancelled is not None:
+                    check_cancelled()
+            first: memoryview | bytearray | None = fetch.prefix()
+            if first is None:  # (a buffer of its own: read_part may hand back another)
+                first = fetch.store.read_part(fetch.key, 0, fetch.head.size, memoryview(bytearray(fetch.head.size)))
+            into.write(0, memoryview(first))
+            sink(memoryview(first))
+            fed = True
+        sink(chunk)
+
+    return feed
 
 
 def _started(read: Callable[..., memoryview], *args: object) -> Future[memoryview]:

@@ -197,7 +197,7 @@ class _Transfer:
 
     def __init__(self, store: Store, key: str, size: int, part_size: int, ticket: int, start: int = 0) -> None:
         self.store, self.key, self.size = store, key, size
-        self.bounds = [(a, min(a + part_size, size)) for a in range(start, size, part_size)] or [(start, start)]
+        self.bounds = _tiles(start, size, part_size, part_size) or [(start, start)]
         self.ticket = ticket
         self.order: float = ticket  # when it is needed (the reader's order), if told
         self.urgent = False
@@ -226,7 +226,7 @@ class _Transfer:
         piece = -(-piece // smallest) * smallest  # (placed where it starts: an aligned write)
         if piece >= largest:
             return
-        self.bounds[self.issued :] = [(a, min(a + piece, end)) for a in range(start, end, piece)]
+        self.bounds[self.issued :] = _tiles(start, end, piece, smallest)
 
     def priority(self) -> tuple[bool, float, int]:
         return (not self.urgent, self.order, self.ticket)
@@ -234,6 +234,14 @@ class _Transfer:
     def nbytes(self, i: int) -> int:
         a, b = self.bounds[i]
         return b - a
+
+
+def _tiles(start: int, end: int, size: int, align: int) -> list[tuple[int, int]]:
+    """``[start, end)`` in pieces of ``size`` from the first multiple of ``align`` on
+    (before it, one piece up to it): a download that starts past a shard's head still
+    writes its pieces where 2 MiB boundaries are (see :data:`_SMALLEST_PIECE`)."""
+    cuts = [start, *range(-(-start // align) * align, end, size), end]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
 
 
 class PartEngine:

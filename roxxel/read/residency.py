@@ -34,8 +34,8 @@ from ..progress import Meter
 from ..workers import Cancelled
 from .catalog import ShardCatalog
 from .downloader import Downloader
-from .head import HeadFetch, HeadRecords
-from .parts import PartEngine, Placement, engine
+from .head import HeadFetch, HeadRecords, after_head
+from .parts import PartEngine, engine
 
 __all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency", "default_lookahead"]
 
@@ -322,7 +322,7 @@ class Residency:
             if into is None:
                 head = None
             if head is not None:
-                feed = self._after_head(head, into, feed, check_cancelled)
+                feed = after_head(head, into, feed, check_cancelled)
             try:
                 # (threads start downloads in any order: the reader's order decides which goes first)
                 parts.download(store, key, size, feed, check_cancelled=check_cancelled,
@@ -403,7 +403,8 @@ class Residency:
     @property
     def stats(self) -> dict[str, float]:
         """Shards and bytes downloaded, shard loads served by the cache, GETs made and
-        retried, and the seconds readers waited for shards to arrive; with
+        retried, the seconds readers waited for shards to arrive, and ``head_bytes``
+        (record indexes fetched for shards' heads, beyond the shards' own bytes); with
         ``link_bytes_per_second``, what this process's downloads achieved while any was
         running (all readers of the process together)."""
         with self._lock:
@@ -479,16 +480,18 @@ class Residency:
         (:meth:`about_to_map`): it then starts after the head's bytes, and takes them
         from the head's fetch."""
         with self._lock:
-            busy = self._closed or k in self._transfers or k in self._heads
+            fetch = self._heads.get(k)  # (asked before, and no download took it yet)
+            busy = self._closed or k in self._transfers
         if busy or self.cache.contains(self.catalog.checksums[k]):
             return None
-        fetch = self.catalog.fetch_head(k)
         if fetch is None:
-            return None
-        with self._lock:
-            self._heads[k] = fetch
-            self._stats["gets"] += fetch.gets
-            self._stats["head_bytes"] += fetch.index_bytes
+            fetch = self.catalog.fetch_head(k)
+            if fetch is None:
+                return None
+            with self._lock:
+                self._heads[k] = fetch
+                self._stats["gets"] += fetch.gets
+                self._stats["head_bytes"] += fetch.index_bytes
 
         def wait() -> HeadRecords | None:
             began = time.perf_counter_ns()
@@ -504,36 +507,9 @@ class Residency:
 
         return wait
 
-    @staticmethod
-    def _after_head(fetch: HeadFetch, into: Placement, sink: Callable[[bytes], None],
-                    check_cancelled: Callable[[], None] | None) -> Callable[[bytes], None]:
-        """``sink``, first fed the head's bytes from ``fetch`` (written to ``into``, the
-        shard's temp file, where its download places the rest), or, if they could not be
-        fetched there, from the store."""
-        fed = False
-
-        def feed(chunk: bytes) -> None:
-            nonlocal fed
-            if not fed:
-                while not fetch.done(_POLL_SECONDS):
-                    if check_cancelled is not None:
-                        check_cancelled()
-                first = fetch.prefix()
-                if first is None:
-                    first = bytearray(fetch.head.size)
-                    got = fetch.store.read_part(fetch.key, 0, len(first), memoryview(first))
-                    if got.obj is not first:
-                        first[:] = got
-                into.write(0, memoryview(first))
-                sink(memoryview(first))
-                fed = True
-            sink(chunk)
-
-        return feed
-
     def _settle_head(self, k: int) -> None:
-        """Shard ``k`` is in the cache: a head fetched for a download that did not take
-        it is of no more use to one."""
+        """Shard ``k``'s fetch has ended (in the cache, or failed): a head fetched for a
+        download that did not take it is of no use to a later one, which starts from byte 0."""
         with self._lock:
             self._heads.pop(k, None)
 
@@ -588,5 +564,6 @@ class Residency:
         with self._lock:
             parts, self._engine = self._engine, None
             self._wanted.clear()
+            self._heads.clear()
         if parts is not None and parts.pid == os.getpid():
             parts.detach()
