@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -130,6 +130,12 @@ class Writer:
     ``meta["shape"]``: see :mod:`roxxel.manifest.record_type`); readers get the records as
     arrays of it from ``ds.arrays``. A typed writer refuses records of another dtype,
     shape or size with a ValueError; appending to a typed dataset keeps its type.
+
+    ``heads`` (default True): each uncompressed shard over 16 MiB gets a head in the
+    manifest (:mod:`roxxel.manifest.heads`), from which readers serve its first records
+    before it has arrived whole. roxxel before heads refuses a manifest that has them:
+    ``heads=False`` writes none, and an append to a dataset that has shards and no heads
+    adds none, so it stays readable by whatever read it.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class Writer:
         single_writer: bool = False,
         dtype: npt.DTypeLike | None = None,
         shape: Sequence[int] | int | None = None,
+        heads: bool = True,
     ) -> None:
         began = time.perf_counter_ns()
         if mode not in _MODES:
@@ -169,6 +176,7 @@ class Writer:
         self.shard_bytes = shard_bytes
         self.compression = compression
         self.mode = mode
+        self.heads = heads
         self.single_writer = single_writer
         self._meta = meta
         self._signer = None if sign_with is None else load_private_key(sign_with)
@@ -523,7 +531,7 @@ class Writer:
             raw_size=staged.raw_size,
             compression=self.compression,
             checksum=f"{DEFAULT_ALGORITHM}:{digest}",
-            head=None if self.compression is not None else shard_head(path, staged.records, stored_size),
+            head=shard_head(path, staged.records, stored_size) if self.heads and self.compression is None else None,
         )
         self._put_checked(path, shard, uploaded)
         for p in {path, staged.path}:
@@ -622,6 +630,8 @@ class Writer:
             if current.manifest is None or current.manifest.fingerprint() != self._base.fingerprint():
                 raise self._conflict()
             meta = self._base.meta if self._meta is None else self._meta
+            if len(self._base.shards) and not any(self._base.shards.heads.tolist()):
+                shards = [replace(shard, head=None) for shard in shards]  # (readable by what read it)
             manifest = self._base.with_meta(meta).extended(shards)
         else:
             current = Snapshot(None, None)

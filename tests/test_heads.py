@@ -484,3 +484,26 @@ def test_closing_while_the_first_records_are_awaited_ends_the_wait(tmp_path, sma
     store.release.set()
     assert not reader.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], ValueError) and "closed" in str(outcome[0])
+
+
+def test_heads_false_writes_none(tmp_path, small_heads):
+    manifest = write(str(tmp_path / "ds"), make_records(400), shard_bytes=5 * HEAD // 2, heads=False)
+    assert [s.head for s in manifest.shards] == [None] * len(manifest.shards)
+    receipt = write_part(make_records(300), str(tmp_path / "b"), part=0, shard_bytes=5 * HEAD // 2, heads=False)
+    assert [s.head for s in receipt.shards] == [None] * len(receipt.shards)
+
+
+def test_an_append_to_a_dataset_without_heads_adds_none(tmp_path, small_heads):
+    """(So a dataset that older roxxel versions read stays readable by them.)"""
+    url = str(tmp_path / "ds")
+    old = write(url, make_records(300), shard_bytes=5 * HEAD // 2, heads=False)
+    appended = write(url, make_records(300, seed=1), shard_bytes=5 * HEAD // 2, mode="append")
+    assert len(appended.shards) > len(old.shards)
+    assert not any(s.head for s in appended.shards) and '"head"' not in appended.to_json()
+    built = commit(url, [write_part(make_records(300, seed=2), url, part=0, shard_bytes=5 * HEAD // 2)], mode="append")
+    assert len(built.shards) > len(appended.shards) and not any(s.head for s in built.shards)
+    # a dataset with heads keeps getting them
+    url2 = str(tmp_path / "ds2")
+    before = write(url2, make_records(300), shard_bytes=5 * HEAD // 2)
+    again = write(url2, make_records(300, seed=1), shard_bytes=5 * HEAD // 2, mode="append")
+    assert sum(s.head is not None for s in again.shards) > sum(s.head is not None for s in before.shards) > 0

@@ -139,7 +139,8 @@ def _check_keys(data: object, keys: tuple[str, ...], where: str, optional: tuple
     if not set(keys) <= set(data) <= set(keys + optional):
         unknown = sorted(map(str, set(data) - set(keys) - set(optional)))
         missing = sorted(set(keys) - set(data))
-        raise ReceiptError(f"{where}: expected the keys {list(keys)}; unknown {unknown}, missing {missing}")
+        also = f" (and perhaps {list(optional)})" if optional else ""
+        raise ReceiptError(f"{where}: expected the keys {list(keys)}{also}; unknown {unknown}, missing {missing}")
 
 
 class _PartWriter(Writer):
@@ -187,6 +188,7 @@ def write_part(
     staging_dir: str | None = None,
     progress: Callback | None = None,
     store: Store | None = None,
+    heads: bool = True,
 ) -> Receipt:
     """Pack ``records`` (bytes-like, ``str`` as UTF-8, or NumPy arrays' bytes) into shards of
     the dataset at ``url`` and upload them, as part ``part`` (an integer >= 0: the commit
@@ -197,14 +199,15 @@ def write_part(
     part (a retry, a speculative copy) never disturbs what another attempt uploaded. On
     error nothing is returned, and what this attempt uploaded stays unreferenced (for
     ``roxxel prune``). ``shard_bytes``, ``compression``, ``upload_workers``,
-    ``staging_dir`` and ``progress`` (record bytes uploaded) are the Writer's.
+    ``staging_dir``, ``progress`` (record bytes uploaded) and ``heads`` are the Writer's
+    (a commit that appends to a dataset with shards and no heads drops the parts' heads).
     """
     receipt_part = Receipt(part=part, attempt="0" * ATTEMPT_HEX, shards=())  # validates part
     attempt = uuid.uuid4().hex[:ATTEMPT_HEX]
     writer = _PartWriter(
         url, part=receipt_part.part, attempt=attempt, shard_bytes=shard_bytes, compression=compression,
         storage_options=storage_options, upload_workers=upload_workers, staging_dir=staging_dir,
-        progress=progress, store=store,
+        progress=progress, store=store, heads=heads,
     )
     try:
         writer.extend(records)
