@@ -176,6 +176,8 @@ class InParts(Store):
         self.fail_index = False
         self.flip_head = False  # the head's bytes come back with one bit flipped (in transit)
         self.hold_head: threading.Event | None = None  # the head's reads wait for it
+        self.head_in_flight = self.head_peak = 0
+        self.lock = threading.Lock()
 
     @property
     def downloads_in_parts(self) -> bool:
@@ -189,11 +191,20 @@ class InParts(Store):
         self.reads.append(("head" if head else "shard", key, start, end))
         if head and (self.fail_index if end == self.size_of(key) else self.fail_head):
             raise StorageError(f"could not read {self.url(key)}: injected")
-        if head and self.hold_head is not None:
-            assert self.hold_head.wait(30)
-        if not head:
-            assert self.release.wait(30)
-        got = super().read_part(key, start, end, into, **kw)
+        if head:
+            with self.lock:
+                self.head_in_flight += 1
+                self.head_peak = max(self.head_peak, self.head_in_flight)
+        try:
+            if head and self.hold_head is not None:
+                assert self.hold_head.wait(30)
+            if not head:
+                assert self.release.wait(30)
+            got = super().read_part(key, start, end, into, **kw)
+        finally:
+            if head:
+                with self.lock:
+                    self.head_in_flight -= 1
         if head and self.flip_head and start == 0:
             got[5] ^= 1
         return got
@@ -286,7 +297,10 @@ def test_a_head_is_fetched_as_pieces_side_by_side_and_checked(tmp_path, small_he
     first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
     head = parse_head(first.head)
     store = InParts(url)
+    store.hold_head = threading.Event()
     fetch = HeadFetch(store, first.uri, first.records, first.stored_size, head)
+    assert not fetch.done(0.3) and store.head_peak == 5  # (all side by side, held)
+    store.hold_head.set()
     assert fetch.done(10)
     early = fetch.records()
     payload = index_start(first.records, first.stored_size)

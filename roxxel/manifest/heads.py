@@ -33,8 +33,8 @@ __all__ = ["HEAD_BYTES", "HEAD_RE", "Head", "HeadCheck", "head_problem", "index_
 HEAD_BYTES = 8 * 2**20
 
 _CHECKSUM = "|".join(f"{algorithm}:[0-9a-f]{{{n}}}" for algorithm, n in CHECKSUM_ALGORITHMS.items())
-#: Matches exactly the well-formed head strings (their sizes are checked apart).
 _COUNT = "[1-9][0-9]{0,17}"  # (below 10**18: whole columns of them convert to int64)
+#: Matches exactly the well-formed head strings (their sizes are checked apart).
 HEAD_RE = re.compile(f"({_COUNT}):({_COUNT}):((?:{_CHECKSUM})):((?:{_CHECKSUM}))")
 
 
@@ -122,4 +122,3 @@ class HeadCheck:
         if end != head.size:
             return f"head: record {head.records - 1} ends at byte {end}, the manifest's head says {head.size}"
         return None
-

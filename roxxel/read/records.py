@@ -57,9 +57,10 @@ class ShardSource(Protocol):
         """These shards come next, in this order (a remote source downloads ahead)."""
 
     def first_records(self, k: int) -> Callable[[], HeadRecords | None] | None:
-        """Ask for shard ``k``'s first records, checked, sooner than its map (a remote
-        shard with a head; asked before its download starts): a function that waits for
-        them (or None), else None."""
+        """Ask, before shard ``k``'s download starts, for its first records sooner than
+        its map (a remote shard with a head). Returns None if they would not come
+        sooner; else a function that waits for them and returns them, checked, or None
+        if they could not be had."""
 
 
 class LocalShards:
