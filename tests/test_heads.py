@@ -50,6 +50,13 @@ def small_heads(monkeypatch):
     monkeypatch.setattr(roxxel.writer, "HEAD_BYTES", HEAD)
 
 
+def written(tmp_path) -> tuple[str, list[bytes], Manifest]:
+    """A dataset of 400 records in shards of 2.5 heads (small_heads), with heads: its
+    URL, records and manifest."""
+    url, recs = str(tmp_path / "ds"), make_records(400)
+    return url, recs, write(url, recs, shard_bytes=5 * HEAD // 2)
+
+
 def write(url: str, recs: list[bytes], **kw) -> Manifest:
     with roxxel.Writer(url, **kw) as w:
         w.extend(recs)
@@ -211,11 +218,8 @@ class InParts(Store):
 
 
 def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path, small_heads):
-    url = str(tmp_path / "ds")
-    recs = make_records(400)
-    manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
-    first = manifest.shards[0]
-    head = parse_head(first.head)
+    url, recs, manifest = written(tmp_path)
+    first, head = manifest.shards[0], parse_head(manifest.shards[0].head)
     store = InParts(url)
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
         it = iter(ds)
@@ -238,11 +242,8 @@ def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path,
 
 
 def test_a_head_that_does_not_match_is_not_served(tmp_path, small_heads, caplog):
-    url = str(tmp_path / "ds")
-    recs = make_records(400)
-    manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
-    first = manifest.shards[0]
-    head = parse_head(first.head)
+    url, recs, manifest = written(tmp_path)
+    first, head = manifest.shards[0], parse_head(manifest.shards[0].head)
     wrong = f"{head.records}:{head.size}:blake3:{'0' * 64}:{head.index.checksum}"
     shards = [replace(first, head=wrong)] + list(manifest.shards)[1:]
     publish_manifest(dataset_store(url, {}), manifest.with_shards(shards), replaces=None)
@@ -259,35 +260,24 @@ def test_a_head_that_does_not_match_is_not_served(tmp_path, small_heads, caplog)
                for m in caplog.messages)
 
 
-def test_a_head_that_cannot_be_fetched_leaves_the_shard_to_its_own_download(tmp_path, small_heads, caplog):
+@pytest.mark.parametrize("failing", ["head", "index"])
+def test_a_head_that_cannot_be_fetched_leaves_its_records_to_the_shard(tmp_path, small_heads, caplog, failing):
     url = str(tmp_path / "ds")
     recs = make_records(400)
     first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
     store = InParts(url)
-    store.fail_head = True
+    setattr(store, f"fail_{failing}", True)
     store.release.set()
     with caplog.at_level(logging.WARNING, logger="roxxel"):
         with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
             assert [bytes(r) for r in ds] == recs
-    # the head's bytes, which its fetch did not get, came from the shard's download
-    assert ("shard", first.uri, 0, parse_head(first.head).size) in store.reads
     assert any("the first records of" in m and "injected" in m for m in caplog.messages)
-
-
-def test_a_head_whose_index_cannot_be_fetched_still_gives_the_shard_its_first_bytes(tmp_path, small_heads, caplog):
-    url = str(tmp_path / "ds")
-    recs = make_records(400)
-    first = write(url, recs, shard_bytes=5 * HEAD // 2).shards[0]
-    store = InParts(url)
-    store.fail_index = True
-    store.release.set()
-    with caplog.at_level(logging.WARNING, logger="roxxel"):
-        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
-            assert [bytes(r) for r in ds] == recs
-    # no record came from the head, and its bytes (fetched) were not fetched again
-    assert ("shard", first.uri, 0, parse_head(first.head).size) not in store.reads
-    assert min(a for kind, key, a, b in store.reads if kind == "shard" and key == first.uri) == parse_head(first.head).size
-    assert any("the first records of" in m and "injected" in m for m in caplog.messages)
+    size = parse_head(first.head).size
+    starts = [a for kind, key, a, b in store.reads if kind == "shard" and key == first.uri]
+    if failing == "head":  # its bytes, which the head's fetch did not get, came from the shard's download
+        assert ("shard", first.uri, 0, size) in store.reads
+    else:  # the head's bytes, fetched, were not fetched again
+        assert min(starts) == size
 
 
 def test_a_head_is_fetched_as_pieces_side_by_side_and_checked(tmp_path, small_heads, monkeypatch, caplog):
@@ -456,11 +446,8 @@ def test_a_head_too_large_to_fetch_apart_is_not_fetched(tmp_path, small_heads, m
 
 
 def test_head_bytes_that_do_not_match_are_read_again_for_the_shard(tmp_path, small_heads, caplog):
-    url = str(tmp_path / "ds")
-    recs = make_records(400)
-    manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
-    first = manifest.shards[0]
-    head = parse_head(first.head)
+    url, recs, manifest = written(tmp_path)
+    first, head = manifest.shards[0], parse_head(manifest.shards[0].head)
     store = InParts(url)
     store.flip_head = True  # (a bit flipped in transit: the store's copy is good)
     store.release.set()
