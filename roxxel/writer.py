@@ -42,8 +42,8 @@ from .format.layout import FOOTER_SIZE
 from .format.writer import Record, ShardWriter, record_bytes
 from .manifest import Manifest, ShardInfo
 from .manifest.checksums import DEFAULT_ALGORITHM, new_hasher, parse_checksum
-from .manifest.heads import HEAD_BYTES, index_start
 from .manifest.compressions import COMPRESSIONS, describe
+from .manifest.heads import HEAD_BYTES, index_start
 from .manifest.io import (
     MANIFEST_KEY,
     Snapshot,
@@ -131,11 +131,12 @@ class Writer:
     arrays of it from ``ds.arrays``. A typed writer refuses records of another dtype,
     shape or size with a ValueError; appending to a typed dataset keeps its type.
 
-    ``heads`` (default True): each uncompressed shard over 16 MiB gets a head in the
-    manifest (:mod:`roxxel.manifest.heads`), from which readers serve its first records
-    before it has arrived whole. roxxel before heads refuses a manifest that has them:
-    ``heads=False`` writes none, and an append to a dataset that has shards and no heads
-    adds none, so it stays readable by whatever read it.
+    ``heads`` (default True): a new dataset's first shard, uncompressed and over 16 MiB,
+    gets a head in the manifest (:mod:`roxxel.manifest.heads`), from which ``for r in
+    ds`` serves its first records before it has arrived whole. Only that shard: a
+    reader uses no other's yet, and a head costs about 165 bytes of manifest. roxxel
+    before heads refuses a manifest that has one: ``heads=False`` writes none, and an
+    append adds none, so a dataset stays readable by whatever read it.
     """
 
     def __init__(
@@ -506,6 +507,12 @@ class Writer:
                             bytes=shard.stored_size, growing=grown is not None)
         return shard
 
+    def _first_of_dataset(self, index: int) -> bool:
+        """Whether this writer's shard ``index`` will be the dataset's first, uncompressed,
+        with ``heads``: the one shard a head is written for (see the class docstring)."""
+        appending = self.mode == "append" and self._base is not None and len(self._base.shards) > 0
+        return self.heads and self.compression is None and index == 0 and not appending
+
     def _upload_staged(self, staged: _Staged, key: str | None = None, uploaded: bool | None = None) -> ShardInfo:
         """Upload the finished shard ``staged`` (to ``key``, if it was named before it was
         packed; unless ``uploaded`` already: see :meth:`_put_checked`), check it, and
@@ -531,7 +538,7 @@ class Writer:
             raw_size=staged.raw_size,
             compression=self.compression,
             checksum=f"{DEFAULT_ALGORITHM}:{digest}",
-            head=shard_head(path, staged.records, stored_size) if self.heads and self.compression is None else None,
+            head=shard_head(path, staged.records, stored_size) if self._first_of_dataset(staged.index) else None,
         )
         self._put_checked(path, shard, uploaded)
         for p in {path, staged.path}:
@@ -630,8 +637,8 @@ class Writer:
             if current.manifest is None or current.manifest.fingerprint() != self._base.fingerprint():
                 raise self._conflict()
             meta = self._base.meta if self._meta is None else self._meta
-            if len(self._base.shards) and not any(self._base.shards.heads.tolist()):
-                shards = [replace(shard, head=None) for shard in shards]  # (readable by what read it)
+            if len(self._base.shards):  # (a build's parts: none but the dataset's first has one)
+                shards = [replace(shard, head=None) for shard in shards]
             manifest = self._base.with_meta(meta).extended(shards)
         else:
             current = Snapshot(None, None)

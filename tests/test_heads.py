@@ -125,24 +125,22 @@ def test_a_bad_head_in_a_manifest_names_its_shard():
 # -- the writer ---------------------------------------------------------------------
 
 
-def test_the_writer_gives_large_uncompressed_shards_a_head_of_their_bytes(tmp_path, small_heads):
+def test_the_writer_gives_a_new_dataset_s_first_shard_a_head_of_its_bytes(tmp_path, small_heads):
     url = str(tmp_path / "ds")
     manifest = write(url, make_records(400), shard_bytes=5 * HEAD // 2)
-    shards = list(manifest.shards)
-    assert len(shards) > 2
-    for shard in shards:
-        data = (tmp_path / "ds" / shard.uri).read_bytes()
-        if shard.stored_size <= 2 * HEAD:  # (the last one)
-            assert shard.head is None
-            continue
-        head = parse_head(shard.head)
-        payload = index_start(shard.records, shard.stored_size)
-        ends = np.frombuffer(data[payload:-24], dtype="<i8")
-        assert head.records == int(np.searchsorted(ends, HEAD, side="right")) > 1
-        assert head.size == ends[head.records - 1] <= HEAD
-        assert head.first.hexdigest == blake3(data[: head.size]).hexdigest()
-        assert head.index.hexdigest == blake3(data[payload:]).hexdigest()
-    assert sum(s.head is not None for s in shards) >= 2
+    first, *rest = manifest.shards
+    assert len(rest) > 1 and rest[0].stored_size > 2 * HEAD
+    assert [s.head for s in rest] == [None] * len(rest)  # (no reader uses another's: ~165 bytes each)
+    data = (tmp_path / "ds" / first.uri).read_bytes()
+    head = parse_head(first.head)
+    payload = index_start(first.records, first.stored_size)
+    ends = np.frombuffer(data[payload:-24], dtype="<i8")
+    assert head.records == int(np.searchsorted(ends, HEAD, side="right")) > 1
+    assert head.size == ends[head.records - 1] <= HEAD
+    assert head.first.hexdigest == blake3(data[: head.size]).hexdigest()
+    assert head.index.hexdigest == blake3(data[payload:]).hexdigest()
+    again = write(url, make_records(400, seed=1), shard_bytes=5 * HEAD // 2, mode="overwrite")
+    assert again.shards[0].head is not None and not any(s.head for s in list(again.shards)[1:])
 
 
 def test_compressed_small_and_tiny_record_shards_get_no_head(tmp_path, small_heads):
@@ -155,15 +153,15 @@ def test_compressed_small_and_tiny_record_shards_get_no_head(tmp_path, small_hea
     assert [s.head for s in tiny.shards] == [None] * len(tiny.shards)
 
 
-def test_a_built_dataset_keeps_its_parts_heads(tmp_path, small_heads):
+def test_a_built_dataset_s_first_shard_has_a_head(tmp_path, small_heads):
     url = str(tmp_path / "ds")
-    recs = make_records(300)
-    receipt = write_part(recs, url, part=0, shard_bytes=5 * HEAD // 2)
-    heads = [s.head for s in receipt.shards]
-    assert heads[0] is not None
-    assert Receipt.from_dict(json.loads(json.dumps(receipt.to_dict()))) == receipt
-    manifest = commit(url, [receipt])
-    assert [s.head for s in manifest.shards] == heads
+    receipts = [write_part(make_records(300, seed=p), url, part=p, shard_bytes=5 * HEAD // 2) for p in (1, 0)]
+    assert receipts[1].shards[0].head is not None  # part 0's first shard, the dataset's first
+    assert not any(s.head for s in receipts[0].shards) and not any(s.head for s in receipts[1].shards[1:])
+    assert Receipt.from_dict(json.loads(json.dumps(receipts[1].to_dict()))) == receipts[1]
+    manifest = commit(url, receipts)
+    assert manifest.shards[0].head == receipts[1].shards[0].head
+    assert not any(s.head for s in list(manifest.shards)[1:])
 
 
 # -- reading ------------------------------------------------------------------------
@@ -494,7 +492,7 @@ def test_heads_false_writes_none(tmp_path, small_heads):
     assert [s.head for s in receipt.shards] == [None] * len(receipt.shards)
 
 
-def test_an_append_to_a_dataset_without_heads_adds_none(tmp_path, small_heads):
+def test_an_append_adds_no_head(tmp_path, small_heads):
     """(So a dataset that older roxxel versions read stays readable by them.)"""
     url = str(tmp_path / "ds")
     old = write(url, make_records(300), shard_bytes=5 * HEAD // 2, heads=False)
@@ -503,8 +501,6 @@ def test_an_append_to_a_dataset_without_heads_adds_none(tmp_path, small_heads):
     assert not any(s.head for s in appended.shards) and '"head"' not in appended.to_json()
     built = commit(url, [write_part(make_records(300, seed=2), url, part=0, shard_bytes=5 * HEAD // 2)], mode="append")
     assert len(built.shards) > len(appended.shards) and not any(s.head for s in built.shards)
-    # a dataset with heads keeps getting them
-    url2 = str(tmp_path / "ds2")
-    before = write(url2, make_records(300), shard_bytes=5 * HEAD // 2)
-    again = write(url2, make_records(300, seed=1), shard_bytes=5 * HEAD // 2, mode="append")
-    assert sum(s.head is not None for s in again.shards) > sum(s.head is not None for s in before.shards) > 0
+    # appending to nothing makes a new dataset: its first shard has a head
+    fresh = write(str(tmp_path / "new"), make_records(300), shard_bytes=5 * HEAD // 2, mode="append")
+    assert fresh.shards[0].head is not None
