@@ -75,7 +75,8 @@ def test_a_head_round_trips_and_a_manifest_without_heads_is_unchanged():
     again = Manifest.from_json(text)
     assert again == manifest and again.shards[0].head == head and again.shards[1].head is None
     assert pickle.loads(pickle.dumps(manifest)) == manifest
-    assert ShardTable.concat([manifest.shards, manifest.shards.__class__.from_infos([info(uri="u.rox")])]).heads.tolist() == [head, "", ""]
+    both = ShardTable.concat([manifest.shards, ShardTable.from_infos([info(uri="u.rox")])])
+    assert both.heads.tolist() == [head, "", ""]
     assert manifest.shards.to_list()[0]["head"] == head and "head" not in manifest.shards.to_list()[1]
     plain = Manifest.build([info(), info(uri="t.rox")])
     assert '"head"' not in plain.to_json()
@@ -110,7 +111,8 @@ def test_a_bad_head_is_refused_naming_the_field_and_the_value(kw, message):
 def test_a_bad_head_in_a_manifest_names_its_shard():
     doc = Manifest.build([info(), info(uri="t.rox")]).to_dict()
     doc["shards"][1]["head"] = f"1:{1 << 20}:{H1}:{H2}"
-    with pytest.raises(ManifestError, match=r"manifest s3://b/ds: shards\[1\]\.head: expected a head of at most the payload"):
+    with pytest.raises(ManifestError,
+                       match=r"manifest s3://b/ds: shards\[1\]\.head: expected a head of at most the payload"):
         Manifest.from_dict(doc, source="s3://b/ds")
     doc["shards"][1]["head"] = f"11:4096:{H1}:{H2}"
     with pytest.raises(ManifestError, match=r"shards\[1\]\.head: expected a head of at most the shard's 10 records"):
@@ -324,7 +326,8 @@ def test_verify_checks_heads_against_the_shards(tmp_path, small_heads):
     store = dataset_store(url, {})
     for wrong, problem in [
         (replace(head, first=parse_checksum("blake3:" + "0" * 64)),
-         rf"head: bytes \[0, {head.size}\) hash to blake3:{head.first.hexdigest}, the manifest's head says blake3:0{{64}}"),
+         rf"head: bytes \[0, {head.size}\) hash to blake3:{head.first.hexdigest}, "
+         r"the manifest's head says blake3:0{64}"),
         (replace(head, index=parse_checksum("blake3:" + "0" * 64)),
          rf"head: the record index and footer hash to blake3:{head.index.hexdigest}, the manifest's head says"),
         (replace(head, records=head.records - 1),
@@ -426,7 +429,8 @@ def test_a_manifest_without_heads_is_written_as_before():
 def test_a_head_field_that_holds_no_head_is_refused(value):
     doc = Manifest.build([info(), info(uri="t.rox")]).to_dict()
     doc["shards"][1]["head"] = value
-    with pytest.raises(ManifestError, match=rf"shards\[1\]\.head: expected a head string \(or no head field\), got {value!r}"):
+    message = rf"shards\[1\]\.head: expected a head string \(or no head field\), got {value!r}"
+    with pytest.raises(ManifestError, match=message):
         Manifest.from_dict(doc)
 
 

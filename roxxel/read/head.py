@@ -90,7 +90,7 @@ class HeadFetch:
     def _read(self, into: bytearray, at: int, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of the shard, read into ``into`` at ``at``; the view of
         them: of ``into``, or of a buffer of their own if an attempt failed (one given up
-        on may still write into ``into`` there: see :meth:`_bytes`)."""
+        on may still write into ``into`` there: see :meth:`_whole`)."""
         began = time.perf_counter_ns()
         got = self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start])
         if (tracer := trace.current()) is not None:
@@ -116,7 +116,8 @@ class HeadFetch:
             if self._first_checked is None:
                 try:
                     first = self._whole(self._first, self._starts, self._reads)
-                    _check(first, self.head.first, f"{self.store.url(self.key)}: bytes [0, {self.head.size}) (its head)")
+                    what = f"{self.store.url(self.key)}: bytes [0, {self.head.size}) (its head)"
+                    _check(first, self.head.first, what)
                     self._first_checked = (first,)
                 except (RoxxelError, OSError) as exc:
                     self._first_checked = (exc,)
