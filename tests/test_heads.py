@@ -508,3 +508,31 @@ def test_an_append_adds_no_head(tmp_path, small_heads):
     # appending to nothing makes a new dataset: its first shard has a head
     fresh = write(str(tmp_path / "new"), make_records(300), shard_bytes=5 * HEAD // 2, mode="append")
     assert fresh.shards[0].head is not None
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_the_first_records_come_from_the_head_on_real_protocol_servers(new_location, tmp_path, small_heads, kind):
+    from roxxel import trace
+
+    url, options = new_location(kind)
+    recs = make_records(400)
+    with roxxel.Writer(url, shard_bytes=5 * HEAD // 2, storage_options=options) as w:
+        w.extend(recs)
+    first = w.manifest.shards[0]
+    head = parse_head(first.head)
+    trace.start(tmp_path / "run.json")
+    try:
+        with roxxel.open(url, storage_options=options, cache_dir=str(tmp_path / "cache")) as ds:
+            assert [bytes(r) for r in ds] == recs
+            stats = ds.stats
+    finally:
+        path = trace.stop()
+    payload = index_start(first.records, first.stored_size)
+    assert stats["head_bytes"] == first.stored_size - payload
+    events = json.loads(open(path).read())["traceEvents"]
+    assert sorted(e["args"]["offset"] for e in events if e.get("name") == "head part") == [0, payload]
+    waits = [e for e in events if e.get("name") == "wait for head"]
+    assert len(waits) == 1 and waits[0]["args"]["records"] == head.records
+    # the first shard's own parts began where the head ended
+    starts = [e["args"]["offset"] for e in events if e.get("name") == "part" and e["args"]["key"].endswith(first.uri)]
+    assert min(starts) == head.size
