@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ..format.layout import FOOTER_SIZE, OFFSET_SIZE
 from ._report import show
-from .checksums import CHECKSUM_ALGORITHMS, ShardKey, new_hasher, parse_checksum
+from .checksums import CHECKSUM_ALGORITHMS, ShardKey, parse_checksum
 
 __all__ = ["HEAD_BYTES", "HEAD_RE", "Head", "HeadCheck", "head_problem", "index_start", "parse_head"]
 
@@ -91,8 +91,8 @@ class HeadCheck:
         self.head = head
         self._payload = index_start(records, stored_size)
         self._end_at = self._payload + OFFSET_SIZE * (head.records - 1)  # where the head's last end offset is
-        self._first = new_hasher(head.first.algorithm)
-        self._index = new_hasher(head.index.algorithm)
+        self._first = head.first.new_hash()
+        self._index = head.index.new_hash()
         self._end = bytearray()
         self._pos = 0
 

@@ -32,7 +32,7 @@ from .. import trace
 from ..backends import Store
 from ..errors import IntegrityError, RoxxelError, ShardFormatError
 from ..format.layout import FOOTER_SIZE, OFFSET_DTYPE, check_offsets, parse_footer
-from ..manifest.checksums import ShardKey, new_hasher
+from ..manifest.checksums import ShardKey
 from ..manifest.heads import HEAD_BYTES, Head, index_start
 from .parts import Placement
 
@@ -225,7 +225,7 @@ def _started(read: Callable[..., memoryview], *args: object) -> Future[memoryvie
 
 
 def _check(data: bytearray, expected: ShardKey, what: str) -> None:
-    hasher = new_hasher(expected.algorithm)
+    hasher = expected.new_hash()
     hasher.update(data)
     got = hasher.hexdigest()
     if got != expected.hexdigest:
