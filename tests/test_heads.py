@@ -22,7 +22,7 @@ import roxxel.writer
 from roxxel.backends import Store
 from roxxel.build import commit, write_part
 from roxxel.build.parts import Receipt
-from roxxel.errors import ManifestError, StorageError
+from roxxel.errors import ManifestError, ReceiptError, StorageError
 from roxxel.manifest import Manifest, ShardInfo, ShardTable
 from roxxel.manifest.checksums import parse_checksum
 from roxxel.manifest.heads import HeadCheck, index_start, parse_head
@@ -536,3 +536,13 @@ def test_the_first_records_come_from_the_head_on_real_protocol_servers(new_locat
     # the first shard's own parts began where the head ended
     starts = [e["args"]["offset"] for e in events if e.get("name") == "part" and e["args"]["key"].endswith(first.uri)]
     assert min(starts) == head.size
+
+
+def test_a_receipt_shard_with_an_unknown_key_names_the_optional_head(tmp_path, small_heads):
+    receipt = write_part(make_records(300), str(tmp_path / "b"), part=0, shard_bytes=5 * HEAD // 2)
+    doc = receipt.to_dict()
+    doc["shards"][0]["heads"] = doc["shards"][0].pop("head")
+    message = (r"receipt\.shards\[0\]: expected the keys \['uri', 'records', 'stored_size', 'raw_size', "
+               r"'compression', 'checksum'\] \(and perhaps \['head'\]\); unknown \['heads'\], missing \[\]")
+    with pytest.raises(ReceiptError, match=message):
+        Receipt.from_dict(doc)
