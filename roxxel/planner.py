@@ -42,6 +42,16 @@ no clock, pid, counter or Python ``hash()`` involved.
    ``tests/test_window_order.py`` and the README define the measure). Unshuffled
    windows are the same staging with ``STAGE_FRACTION`` 1: the pieces in order.
 
+6. A shard's *head* (its first records, which a reader can have before the whole shard:
+   :mod:`roxxel.manifest.heads`) makes two slots of a window's first piece: the piece's
+   records within the head first, then its others (``heads[k]``: how many of shard
+   ``k``'s first records its head holds, 0 for none). The staging above then applies to
+   the ``W + 1`` slots: the window's first ``max(1, floor(g * STAGE_FRACTION))``
+   positions draw from the head's ``g`` records alone, so the first record waits for the
+   head rather than the whole shard, and the piece's other records open right after.
+   Unshuffled, the two slots are the piece in order, as before. Windows whose first
+   piece has no record in a head are as in step 5: a plan without heads is unchanged.
+
 Memory is O(#shards + W) for windows of W slots, and a block of records costs O(block):
 no window is ever materialized, so nothing is allocated for records a manifest claims
 before their shard is mapped and checked. :meth:`Plan.records` starts at any position
@@ -64,7 +74,7 @@ import numpy.typing as npt
 
 from .permute import Permutation
 
-__all__ = ["DEFAULT_WINDOW", "PLAN_VERSION", "STAGE_FRACTION", "Plan", "WindowLayout", "WindowOrder", "plan"]
+__all__ = ["DEFAULT_WINDOW", "PLAN_VERSION", "STAGE_FRACTION", "Plan", "WindowLayout", "WindowOrder", "check_heads", "plan"]
 
 DEFAULT_WINDOW = 16
 # 2: staged windows (0.4); 1: each window one uniform permutation (0.4.0.dev before it)
@@ -102,7 +112,21 @@ class WindowOrder:
     """
 
     def __init__(self, shards: np.ndarray, begin: np.ndarray, end: np.ndarray,
-                 key: tuple[int, ...] | None) -> None:
+                 key: tuple[int, ...] | None, heads: np.ndarray | None = None) -> None:
+        #: the window's piece of each slot: slot j reads piece piece[j]'s records (two
+        #: slots read the first piece when its shard's head splits it: step 6)
+        self.piece = np.arange(len(shards), dtype=np.int64)
+        #: whether slot 0 reads only records of its shard's head (step 6)
+        self.from_head = False
+        if heads is not None and len(shards):
+            b, e = int(begin[0]), int(end[0])
+            covered = min(e, int(heads[int(shards[0])])) - b  # the first piece's records in the head
+            if covered > 0:
+                self.from_head = True
+            if 0 < covered < e - b:  # a slot for them, then one for the piece's others
+                self.piece = np.concatenate([[0], self.piece])
+                shards, begin = shards[self.piece], np.concatenate([begin[:1], [b + covered], begin[1:]])
+                end = np.concatenate([[b + covered], end])
         self.shards, self.begin = shards, begin
         self.counts = end - begin
         self.key = key  # None: unshuffled
@@ -366,6 +390,7 @@ class Plan:
     record_starts: np.ndarray  # of the dataset, len(#shards + 1)
     shuffle: bool
     key: tuple[int, ...]
+    heads: np.ndarray | None = None  # each shard's records in its head (step 6), or None
 
     @property
     def shard_order(self) -> np.ndarray:
@@ -398,7 +423,7 @@ class Plan:
         """Window ``w``'s staged order (module docstring, step 5)."""
         a, b = int(self.window_starts[w]), int(self.window_starts[w + 1])
         key = (*self.key, w) if self.shuffle else None
-        return WindowOrder(self.piece_shard[a:b], self.piece_begin[a:b], self.piece_end[a:b], key)
+        return WindowOrder(self.piece_shard[a:b], self.piece_begin[a:b], self.piece_end[a:b], key, self.heads)
 
     def window_records(self, w: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Global record indices of window ``w``'s positions ``lo..hi-1``, in stream order."""
@@ -454,12 +479,16 @@ def plan(
     window: int = DEFAULT_WINDOW,
     remainder: str = "pad",
     reshuffle: int = 0,
+    heads: npt.ArrayLike | None = None,
 ) -> Plan:
     """The plan of consumer ``(rank, worker)`` for ``epoch``; see the module docstring.
 
     ``reshuffle`` > 0 keeps the shards, pieces and windows and orders each window anew
     (it joins the windows' key): a mixture's ``"repeat"`` source reads its next pass so,
-    every rank keeping its share of the shards."""
+    every rank keeping its share of the shards. ``heads`` (one per shard, each at most
+    its count; None: no shard has a head) are the records each shard's head holds:
+    see step 6 (:func:`roxxel.manifest.heads.head_counts` reads them from a manifest's
+    shards)."""
     seed, epoch = _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)
     world_size = _check_int("world_size", world_size, 1)
     num_workers = _check_int("num_workers", num_workers, 1)
@@ -474,6 +503,7 @@ def plan(
     record_starts = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=record_starts[1:])
     total = int(record_starts[-1])
+    heads = check_heads(heads, counts)
 
     order = np.arange(len(counts), dtype=np.int64)
     if shuffle and len(counts) > 1:
@@ -498,7 +528,23 @@ def plan(
         shuffle=shuffle,
         key=(seed, epoch, 1, rank, world_size, worker, num_workers) + ((_check_int("reshuffle", reshuffle, 0),)
                                                                            if reshuffle else ()),
+        heads=heads,
     )
+
+
+def check_heads(heads: npt.ArrayLike | None, counts: np.ndarray) -> np.ndarray | None:
+    """``heads`` as an int64 array (None if no shard has one); ValueError unless there is
+    one per shard, each in ``[0, counts[k]]``."""
+    if heads is None:
+        return None
+    heads = np.asarray(heads, dtype=np.int64)
+    if heads.shape != counts.shape:
+        raise ValueError(f"heads must hold one count per shard ({len(counts)}), got shape {heads.shape}")
+    bad = np.flatnonzero((heads < 0) | (heads > counts))
+    if len(bad):
+        k = int(bad[0])
+        raise ValueError(f"heads[{k}] must be in [0, {int(counts[k])}] (shard {k}'s records), got {int(heads[k])}")
+    return heads if heads.any() else None
 
 
 def _pieces(

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import roxxel
 from roxxel.errors import ResumeError
-from roxxel.planner import plan
+from roxxel.planner import check_heads, plan
 from roxxel.read.elastic import (
     EpochStream,
     Generation,
@@ -53,21 +53,31 @@ def rid(record) -> int:
     window=st.integers(1, 5),
     remainder=st.sampled_from(["pad", "drop"]),
     topology=st.tuples(st.integers(1, 16), st.integers(1, 3)),
+    data=st.data(),
 )
 def test_over_the_whole_stream_a_consumer_plan_is_the_planners(counts, seed, shuffle, window, remainder,
-                                                               topology):
+                                                               topology, data):
     world_size, num_workers = topology
-    stream = EpochStream(counts, seed, 2, shuffle)
+    heads = draw_heads(data, counts)  # (the shards' heads split windows' first pieces: planner, step 6)
+    stream = EpochStream(counts, seed, 2, shuffle, check_heads(heads, np.asarray(counts, dtype=np.int64)))
     whole = Segments([(0, stream.total)])
     for rank in range(world_size):
         for worker in range(num_workers):
             theirs = plan(counts, seed=seed, epoch=2, rank=rank, world_size=world_size, worker=worker,
-                          num_workers=num_workers, shuffle=shuffle, window=window, remainder=remainder)
+                          num_workers=num_workers, shuffle=shuffle, window=window, remainder=remainder,
+                          heads=heads)
             key = window_key(seed, 2, 0, rank, world_size, worker, num_workers) if shuffle else None
             ours = consumer_plan(stream, whole, rank=rank, world_size=world_size, worker=worker,
                                  num_workers=num_workers, window=window, remainder=remainder, key=key)
             assert ids_of(ours) == ids_of(theirs)
             assert ours.window_sizes().tolist() == theirs.window_sizes().tolist()
+
+
+def draw_heads(data, counts: list[int]) -> list[int] | None:
+    """None, or how many records each shard's head holds (0 for none)."""
+    if not data.draw(st.booleans(), label="with heads"):
+        return None
+    return [data.draw(st.integers(0, c), label="head") for c in counts]
 
 
 def _generation_reads(counts, params, generations, topology, positions_from, read_all):
@@ -95,15 +105,17 @@ def _generation_reads(counts, params, generations, topology, positions_from, rea
     remainder=st.sampled_from(["pad", "drop"]),
     topologies=st.lists(st.tuples(st.integers(1, 16), st.integers(1, 3)), min_size=2, max_size=3),
     positions=st.lists(st.integers(0, 10**6), min_size=1, max_size=20),
+    data=st.data(),
 )
 def test_read_part_and_resumed_part_are_the_epoch_once(counts, seed, shuffle, window, remainder, topologies,
-                                                        positions):
+                                                        positions, data):
     """(W, workers, positions) -> (W', workers') [-> (W'', workers'')], W and W' in 1..16.
 
     Every record is read at exactly one real position, except those "drop" leaves at the
     end of each generation's stream; "pad" reads a record again only at pad positions,
     fewer than W_g in generation g."""
-    params = {"seed": seed, "epoch": 1, "shuffle": shuffle, "window": window, "remainder": remainder}
+    params = {"seed": seed, "epoch": 1, "shuffle": shuffle, "window": window, "remainder": remainder,
+              "heads": draw_heads(data, counts)}
     total = sum(counts)
     reads: list[int] = []
     generations: list[Generation] = []

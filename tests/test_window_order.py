@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -156,3 +157,96 @@ def test_a_window_of_huge_claimed_shards_costs_nothing_until_read():
     assert len(slots) == 1000 and np.all((0 <= local) & (local < 10**12))
     assert len(np.unique(np.stack([slots, local]), axis=1)[0]) == 1000  # distinct records
     assert order.stage_starts.tolist() == [0, 125 * 10**9, 250 * 10**9, 375 * 10**9, 4 * 10**12]
+
+
+# -- heads (roxxel.planner, step 6) ------------------------------------------------------------
+
+
+def test_a_head_gives_the_window_its_first_positions_and_keeps_the_quality():
+    # 16 shards of 10,000 records whose heads hold their first 1,250 (8 MiB of 64 MiB)
+    heads = [1_250] * 16
+    p = plan([10_000] * 16, seed=1234, window=16, heads=heads)
+    order = p.window_order(0)
+    plain = plan([10_000] * 16, seed=1234, window=16).window_order(0)
+    assert order.from_head and not plain.from_head
+    first = int(plain.shards[0])
+    assert order.shards.tolist() == [first, *plain.shards.tolist()]  # the first piece is two slots
+    assert order.begin[:2].tolist() == [0, 1_250] and order.counts[:2].tolist() == [1_250, 8_750]
+    assert order.piece.tolist() == [0, *range(16)]
+    slots, local = full(order)
+    head_end = int(order.stage_starts[1])
+    assert head_end == 1_250 // 8  # the first 156 positions: the head's records alone
+    assert set(slots[:head_end].tolist()) == {0} and local[:head_end].max() < 1_250
+    assert len(set(local[:head_end].tolist())) == head_end
+    assert 1 in set(slots[head_end : int(order.stage_starts[2])].tolist())  # then the rest opens
+    assert order.stage_starts[2:].tolist() == plain.stage_starts[1:].tolist()  # the other slots as before
+    pieces = order.piece[slots]  # (the mix of the window's shards, whatever its slots)
+    q = mix(pieces) / mix(np.random.default_rng(0).permutation(pieces))
+    assert q >= 0.95 and abs(q - quality(plain)) < 0.002  # 0.9624 against 0.9625
+    # a window of the same shards whose first piece has no record in its head is as before
+    no_head = np.asarray(heads)
+    no_head[first] = 0
+    same = plan([10_000] * 16, seed=1234, window=16, heads=no_head).window_order(0)
+    assert not same.from_head and np.array_equal(full(same)[1], full(plain)[1])
+
+
+def test_heads_of_zero_or_none_leave_every_plan_as_it_was():
+    counts = [40, 0, 25, 60, 7]
+    for kwargs in ({}, {"shuffle": False}, {"world_size": 3, "rank": 1}):
+        base = [ids.tolist() for ids in plan(counts, seed=3, window=2, **kwargs).records()]
+        assert [ids.tolist() for ids in plan(counts, seed=3, window=2, heads=[0] * 5, **kwargs).records()] == base
+    # unshuffled, the head's slot and the rest's are the piece in order
+    assert [i for ids in plan(counts, shuffle=False, window=2, heads=[10, 0, 5, 60, 7]).records()
+            for i in ids.tolist()] == list(range(132))
+
+
+def test_heads_are_checked_against_the_counts():
+    with pytest.raises(ValueError, match=r"heads must hold one count per shard \(2\)"):
+        plan([3, 4], heads=[1])
+    with pytest.raises(ValueError, match=r"heads\[1\] must be in \[0, 4\] \(shard 1's records\), got 5"):
+        plan([3, 4], heads=[1, 5])
+    with pytest.raises(ValueError, match=r"heads\[0\] must be in \[0, 3\]"):
+        plan([3, 4], heads=[-1, 0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 60), min_size=1, max_size=16),
+    world=st.integers(1, 3),
+    window=st.integers(1, 6),
+    seed=st.integers(0, 2**32),
+    shuffle=st.booleans(),
+    data=st.data(),
+)
+def test_with_heads_every_window_is_a_staged_permutation_whose_first_positions_need_the_head(
+    counts, world, window, seed, shuffle, data
+):
+    heads = [data.draw(st.integers(0, c)) for c in counts]
+    rank = data.draw(st.integers(0, world - 1))
+    kwargs = {"seed": seed, "rank": rank, "world_size": world, "window": window, "shuffle": shuffle}
+    p = plan(counts, heads=heads, **kwargs)
+    plain = plan(counts, **kwargs)
+    assert p.window_starts.tolist() == plain.window_starts.tolist()  # the same pieces and windows
+    for w in range(p.num_windows):
+        order, before = p.window_order(w), plain.window_order(w)
+        slots, local = full(order)
+        records = order.shards[slots] * 1000 + local
+        old_slots, old_local = full(before)
+        assert sorted(records.tolist()) == sorted((before.shards[old_slots] * 1000 + old_local).tolist())
+        if not shuffle:
+            assert records.tolist() == (before.shards[old_slots] * 1000 + old_local).tolist()
+        a = int(p.window_starts[w])
+        covered = min(int(p.piece_end[a]), heads[int(p.piece_shard[a])]) - int(p.piece_begin[a])
+        assert order.from_head == (covered > 0)
+        if order.from_head:  # the stage before the second slot opens reads the head alone
+            stop = int(order.stage_starts[1])
+            assert set(slots[:stop].tolist()) <= {0}
+            assert np.all(local[:stop] < heads[int(order.shards[0])])
+            assert np.all(local[slots == 0] < heads[int(order.shards[0])])
+        else:
+            assert np.array_equal(slots, old_slots) and np.array_equal(local, old_local)
+        for j, pos in {int(j): i for i, j in reversed(list(enumerate(slots.tolist())))}.items():
+            assert pos >= order.stage_starts[j]  # no slot before its stage
+        lo = data.draw(st.integers(0, len(order)))
+        assert set(slots[lo:].tolist()) <= set(order.slots_from(lo).tolist())
+        assert np.array_equal(order.at(lo, len(order))[1], local[lo:])

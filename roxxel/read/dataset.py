@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from ..cache.datasets import record_dataset_use
 from ..format.layout import payload_size
 from ..manifest import Manifest, ShardTable
 from ..manifest.compressions import COMPRESSIONS
+from ..manifest.heads import head_counts
 from ..manifest.io import dataset_store, read_manifest
 from ..manifest.signing import read_signed_manifest
 from ..manifest.signing_keys import PublicKeyLike, TrustedKeys, load_trusted_keys
@@ -241,7 +243,13 @@ class Dataset(Records):
         return self._iterator(state)
 
     def _iterator(self, state: IterState) -> RecordIterator:
-        return RecordIterator(self, self.residency, self.manifest.shards.records, state, self._track)
+        return RecordIterator(self, self.residency, self.manifest.shards.records, state, self._track,
+                              self._head_counts)
+
+    @cached_property
+    def _head_counts(self) -> np.ndarray | None:
+        """How many records each shard's head holds (the plan is a function of them)."""
+        return head_counts(self.manifest.shards.heads)
 
     def resume(
         self,

@@ -52,7 +52,7 @@ import numpy.typing as npt
 
 from ..errors import ResumeError
 from ..permute import Permutation
-from ..planner import WindowOrder
+from ..planner import WindowOrder, check_heads
 
 __all__ = ["ConsumerPlan", "Generation", "Loose", "LooseOrder", "Segments", "consumer_plan", "consumers_of", "elastic_plan", "fold",
            "remaining", "span"]
@@ -108,8 +108,10 @@ class Generation:
 class EpochStream:
     """The epoch's non-empty shards in stream order and where each starts: O(#shards)."""
 
-    def __init__(self, counts: npt.ArrayLike, seed: int, epoch: int, shuffle: bool) -> None:
+    def __init__(self, counts: npt.ArrayLike, seed: int, epoch: int, shuffle: bool,
+                 heads: np.ndarray | None = None) -> None:
         counts = np.asarray(counts, dtype=np.int64)
+        self.heads = heads  # records in each shard's head (roxxel.planner, step 6), or None
         self.record_starts = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.record_starts[1:])
         order = np.arange(len(counts), dtype=np.int64)
@@ -241,6 +243,7 @@ class LooseOrder:
         self.counts = self._local[edges[1:] - 1] + 1 - self.begin if len(ids) else np.zeros(0, dtype=np.int64)
         self.size = len(ids)
         self.stage_starts = self._inner.stage_starts
+        self.piece, self.from_head = self._inner.piece, False  # (no heads: see roxxel.planner, step 6)
 
     def __len__(self) -> int:
         return self.size
@@ -277,6 +280,7 @@ class ConsumerPlan:
     window_edges: np.ndarray  # positions within the span where each window starts, then the end
     record_starts: np.ndarray
     key: tuple[int, ...] | None  # None: unshuffled
+    heads: np.ndarray | None = None  # records in each shard's head, as the planner's
 
     @property
     def num_windows(self) -> int:
@@ -300,10 +304,10 @@ class ConsumerPlan:
         if isinstance(item[0], Loose):
             return LooseOrder(item[0].ids(), self.record_starts, key)
         a, b = item
-        return WindowOrder(self.piece_shard[a:b], self.piece_begin[a:b], self.piece_end[a:b], key)
+        return WindowOrder(self.piece_shard[a:b], self.piece_begin[a:b], self.piece_end[a:b], key, self.heads)
 
-    def _slot_pad(self, w: int) -> np.ndarray:
-        """Which of window ``w``'s slots are at pad positions (one flag for a loose window)."""
+    def _piece_pad(self, w: int) -> np.ndarray:
+        """Which of window ``w``'s pieces are at pad positions (one flag for a loose window)."""
         item = self.windows[w]
         if isinstance(item[0], Loose):
             return np.full(1, bool(item[1]))
@@ -347,14 +351,14 @@ class ConsumerPlan:
         real_end = min(self.lo + self.num_records, self.total)
         if w >= self.num_windows:
             return Loose(np.zeros(0, dtype=np.int64)), (0, 0)
-        pad = self._slot_pad(w)
+        pad = self._piece_pad(w)
         size = int(self.window_edges[w + 1] - self.window_edges[w])
         if isinstance(self.windows[w][0], Loose) and pad[0]:
             rest = Loose(np.zeros(0, dtype=np.int64))
         elif pad.any():  # a window across the wrap: the rest's real records, now
             order = self.window_order(w)
             slot, local = order.at(skip, size)
-            rest = Loose((self.record_starts[order.shards[slot]] + local)[~pad[slot]])
+            rest = Loose((self.record_starts[order.shards[slot]] + local)[~pad[order.piece[slot]]])
         else:
             rest = Loose(lambda: self.window_records(w, skip), 0, size - skip)
         after = self.lo + int(self.window_edges[w + 1])
@@ -414,7 +418,7 @@ def consumer_plan(
     return ConsumerPlan(
         num_records=hi - lo, lo=lo, total=total, piece_shard=cat(shard), piece_begin=piece_begin,
         piece_end=piece_end, piece_pad=cat(pad).astype(bool), windows=windows, window_edges=edges,
-        record_starts=stream.record_starts, key=key,
+        record_starts=stream.record_starts, key=key, heads=stream.heads,
     )
 
 
@@ -428,11 +432,13 @@ def window_key(seed: int, epoch: int, generation: int, rank: int, world_size: in
 
 def remaining(
     counts: npt.ArrayLike, *, seed: int, epoch: int, shuffle: bool, window: int, remainder: str,
-    generations: Sequence[Generation],
+    generations: Sequence[Generation], heads: npt.ArrayLike | None = None,
 ) -> tuple[EpochStream, Segments]:
     """The epoch's stream and what the ``generations`` left of it: the stream the next
-    generation splits. ResumeError if a position lies outside its consumer's span."""
-    stream = EpochStream(counts, seed, epoch, shuffle)
+    generation splits. ResumeError if a position lies outside its consumer's span.
+    ``heads`` are the planner's (:func:`roxxel.planner.plan`)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    stream = EpochStream(counts, seed, epoch, shuffle, check_heads(heads, counts))
     segments = Segments([(0, stream.total)])
     for g, gen in enumerate(generations):
         items: list[Segment] = []
@@ -456,14 +462,16 @@ def remaining(
 def elastic_plan(
     counts: npt.ArrayLike, *, seed: int, epoch: int, shuffle: bool, window: int, remainder: str,
     generations: Sequence[Generation], rank: int, world_size: int, worker: int, num_workers: int,
+    heads: npt.ArrayLike | None = None,
 ) -> ConsumerPlan:
     """Consumer ``(rank, worker)`` of ``world_size`` ranks x ``num_workers`` workers,
-    continuing the epoch after ``generations``: its share of what they left."""
+    continuing the epoch after ``generations``: its share of what they left (``heads``:
+    the planner's)."""
     if not (0 <= rank < world_size and 0 <= worker < num_workers):
         raise ValueError(f"rank {rank} of world_size={world_size}, worker {worker} of num_workers={num_workers}: "
                          "rank must be in [0, world_size) and worker in [0, num_workers)")
     stream, segments = remaining(counts, seed=seed, epoch=epoch, shuffle=shuffle, window=window,
-                                 remainder=remainder, generations=generations)
+                                 remainder=remainder, generations=generations, heads=heads)
     key = window_key(seed, epoch, len(generations), rank, world_size, worker, num_workers) if shuffle else None
     return consumer_plan(stream, segments, rank=rank, world_size=world_size, worker=worker,
                          num_workers=num_workers, window=window, remainder=remainder, key=key)

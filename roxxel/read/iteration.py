@@ -28,6 +28,7 @@ from .. import trace
 from ..errors import ResumeError
 from ..planner import DEFAULT_WINDOW, PLAN_VERSION, Plan, WindowOrder, plan
 from .elastic import ConsumerPlan, Generation, LooseOrder, elastic_plan
+from .head import HeadRecords
 from .records import Records
 from .residency import Residency
 from .views import BLOCK, RecordViews, record_views
@@ -124,7 +125,8 @@ class RecordIterator(Iterator[np.ndarray]):
     """Records of one consumer's epoch as zero-copy ``uint8`` views, in plan order.
 
     ``records`` maps the shards, ``residency`` is told what they will need and when;
-    ``counts`` are the shards' record counts (the plan is a function of them).
+    ``counts`` are the shards' record counts and ``heads`` their heads' (the plan is a
+    function of them: see :func:`roxxel.planner.plan`).
     """
 
     def __init__(
@@ -134,10 +136,11 @@ class RecordIterator(Iterator[np.ndarray]):
         counts: np.ndarray,
         state: IterState,
         track: Callable[[Iterator[RecordViews]], Iterator[RecordViews]],
+        heads: np.ndarray | None = None,
     ) -> None:
         self._index = records
         self._residency = residency
-        self._counts = counts
+        self._counts, self._heads = counts, heads
         self._base = state
         self.plan: Plan | ConsumerPlan = (plan if state.elastic is None else _elastic_plan)(
             counts,
@@ -150,6 +153,7 @@ class RecordIterator(Iterator[np.ndarray]):
             shuffle=state.shuffle,
             window=state.window,
             remainder=state.remainder,
+            heads=heads,
             **({} if state.elastic is None else {"generations": state.elastic}),
         )
         if not 0 <= state.position <= self.plan.num_records:
@@ -193,7 +197,7 @@ class RecordIterator(Iterator[np.ndarray]):
         following = plan(
             self._counts, seed=st.seed, epoch=st.epoch + 1, rank=st.rank,
             world_size=st.world_size, worker=st.worker, num_workers=st.num_workers,
-            shuffle=st.shuffle, window=st.window, remainder=st.remainder,
+            shuffle=st.shuffle, window=st.window, remainder=st.remainder, heads=self._heads,
         )
         return following.shard_order.tolist()
 
@@ -217,10 +221,13 @@ class RecordIterator(Iterator[np.ndarray]):
                 # Downloads start in the window's stage order, from the stage of the
                 # position on; then the following windows' shards.
                 needed = list(dict.fromkeys(stages.shards[stages.slots_from(skip)].tolist()))
+                early = None  # the first records from the first shard's head, if sooner
+                if stages.from_head and skip < stages.stage_starts[1] and not self._index.is_mapped(needed[0]):
+                    early = residency.first_records(needed[0])  # (asked before its download starts)
                 residency.about_to_map(needed[:1])  # the first one read: its download goes first
                 residency.fetch_together(needed)
                 residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
-                reader = _WindowReader(self._index, stages)
+                reader = _WindowReader(self._index, stages, early)
                 start = self._at - skip  # the window's first position in the stream
                 for lo, hi in stages.blocks(skip, BLOCK):
                     slots, begins, ends = reader.bounds(lo, hi)
@@ -259,10 +266,13 @@ _UNMAPPED = np.zeros(0, dtype=np.uint8)  # the payload of a slot no block has ne
 
 class _WindowReader:
     """One window's shards, each mapped when a block first needs one of its records,
-    and the end offsets of the records the window reads from each."""
+    and the end offsets of the records the window reads from each. ``early`` waits for
+    the first shard's head's records (:meth:`Residency.first_records`), which slot 0
+    reads from if they come (``order.from_head``: it reads none beyond them)."""
 
-    def __init__(self, index: Records, order: WindowOrder | LooseOrder) -> None:
-        self._index, self._order = index, order
+    def __init__(self, index: Records, order: WindowOrder | LooseOrder,
+                 early: Callable[[], HeadRecords | None] | None = None) -> None:
+        self._index, self._order, self._early = index, order, early
         width = len(order.shards)
         self.payloads: list[np.ndarray] = [_UNMAPPED] * width
         self._mapped = [False] * width
@@ -291,7 +301,10 @@ class _WindowReader:
         return slots, begins, ends
 
     def _map(self, j: int) -> None:
-        shard = self._index.shard(int(self._order.shards[j]))  # checks its record count
+        early, self._early = (self._early() if j == 0 and self._early is not None else None), None
+        # (the head's records are checked: its offsets are the whole shard's, its payload
+        # holds every record of slot 0)
+        shard = early if early is not None else self._index.shard(int(self._order.shards[j]))  # checks its count
         since, stop = int(self._since[j]), int(self._stop[j])
         need = self._used + stop - since
         if need > len(self._table):
