@@ -131,12 +131,12 @@ class Writer:
     arrays of it from ``ds.arrays``. A typed writer refuses records of another dtype,
     shape or size with a ValueError; appending to a typed dataset keeps its type.
 
-    ``heads`` (default True): a new dataset's first shard, uncompressed and over 16 MiB,
+    ``heads`` (default True): each shard of a new dataset, uncompressed and over 16 MiB,
     gets a head in the manifest (:mod:`roxxel.manifest.heads`), from which ``for r in
-    ds`` serves its first records before it has arrived whole. Only that shard: a
-    reader uses no other's yet, and a head costs about 165 bytes of manifest. roxxel
-    before heads refuses a manifest that has one: ``heads=False`` writes none, and an
-    append adds none, so a dataset stays readable by whatever read it.
+    ds`` and ``ds.iter`` serve their first records before the shard has arrived whole
+    (about 165 bytes of manifest a shard). roxxel before heads refuses a manifest that
+    has one: ``heads=False`` writes none, and an append adds none, so a dataset stays
+    readable by whatever read it.
     """
 
     def __init__(
@@ -507,11 +507,11 @@ class Writer:
                             bytes=shard.stored_size, growing=grown is not None)
         return shard
 
-    def _first_of_dataset(self, index: int) -> bool:
-        """Whether this writer's shard ``index`` will be the dataset's first, uncompressed,
-        with ``heads``: the one shard a head is written for (see the class docstring)."""
+    def _writes_heads(self) -> bool:
+        """Whether this writer's shards get heads (see the class docstring): with
+        ``heads``, uncompressed, and not appended to a dataset that has shards."""
         appending = self.mode == "append" and self._base is not None and len(self._base.shards) > 0
-        return self.heads and self.compression is None and index == 0 and not appending
+        return self.heads and self.compression is None and not appending
 
     def _upload_staged(self, staged: _Staged, key: str | None = None, uploaded: bool | None = None) -> ShardInfo:
         """Upload the finished shard ``staged`` (to ``key``, if it was named before it was
@@ -538,7 +538,7 @@ class Writer:
             raw_size=staged.raw_size,
             compression=self.compression,
             checksum=f"{DEFAULT_ALGORITHM}:{digest}",
-            head=shard_head(path, staged.records, stored_size) if self._first_of_dataset(staged.index) else None,
+            head=shard_head(path, staged.records, stored_size) if self._writes_heads() else None,
         )
         self._put_checked(path, shard, uploaded)
         for p in {path, staged.path}:
@@ -637,7 +637,7 @@ class Writer:
             if current.manifest is None or current.manifest.fingerprint() != self._base.fingerprint():
                 raise self._conflict()
             meta = self._base.meta if self._meta is None else self._meta
-            if len(self._base.shards):  # (a build's parts: none but the dataset's first has one)
+            if len(self._base.shards):  # (a build's parts have heads: an append adds none)
                 shards = [replace(shard, head=None) for shard in shards]
             manifest = self._base.with_meta(meta).extended(shards)
         else:

@@ -25,9 +25,10 @@ from roxxel.build.parts import Receipt
 from roxxel.errors import ManifestError, ReceiptError, StorageError
 from roxxel.manifest import Manifest, ShardInfo, ShardTable
 from roxxel.manifest.checksums import parse_checksum
-from roxxel.manifest.heads import HeadCheck, index_start, parse_head
+from roxxel.manifest.heads import HeadCheck, head_counts, index_start, parse_head
 from roxxel.manifest.io import dataset_store, publish_manifest
 from roxxel.ops.verify import verify
+from roxxel.planner import plan
 from roxxel.read.head import HeadFetch
 
 HEAD = 64 * 1024  # the writer's head size in these tests (8 MiB by default)
@@ -127,22 +128,23 @@ def test_a_bad_head_in_a_manifest_names_its_shard():
 # -- the writer ---------------------------------------------------------------------
 
 
-def test_the_writer_gives_a_new_dataset_s_first_shard_a_head_of_its_bytes(tmp_path, small_heads):
+def test_the_writer_gives_each_shard_of_a_new_dataset_a_head_of_its_bytes(tmp_path, small_heads):
     url = str(tmp_path / "ds")
     manifest = write(url, make_records(400), shard_bytes=5 * HEAD // 2)
-    first, *rest = manifest.shards
-    assert len(rest) > 1 and rest[0].stored_size > 2 * HEAD
-    assert [s.head for s in rest] == [None] * len(rest)  # (no reader uses another's: ~165 bytes each)
-    data = (tmp_path / "ds" / first.uri).read_bytes()
-    head = parse_head(first.head)
-    payload = index_start(first.records, first.stored_size)
-    ends = np.frombuffer(data[payload:-24], dtype="<i8")
-    assert head.records == int(np.searchsorted(ends, HEAD, side="right")) > 1
-    assert head.size == ends[head.records - 1] <= HEAD
-    assert head.first.hexdigest == blake3(data[: head.size]).hexdigest()
-    assert head.index.hexdigest == blake3(data[payload:]).hexdigest()
+    *full, last = manifest.shards
+    assert len(full) > 1 and last.stored_size <= 2 * HEAD and last.head is None  # (a small last shard: none)
+    for shard in full:
+        assert shard.stored_size > 2 * HEAD
+        data = (tmp_path / "ds" / shard.uri).read_bytes()
+        head = parse_head(shard.head)
+        payload = index_start(shard.records, shard.stored_size)
+        ends = np.frombuffer(data[payload:-24], dtype="<i8")
+        assert head.records == int(np.searchsorted(ends, HEAD, side="right")) > 1
+        assert head.size == ends[head.records - 1] <= HEAD
+        assert head.first.hexdigest == blake3(data[: head.size]).hexdigest()
+        assert head.index.hexdigest == blake3(data[payload:]).hexdigest()
     again = write(url, make_records(400, seed=1), shard_bytes=5 * HEAD // 2, mode="overwrite")
-    assert again.shards[0].head is not None and not any(s.head for s in list(again.shards)[1:])
+    assert all(s.head for s in list(again.shards)[:-1])
 
 
 def test_compressed_small_and_tiny_record_shards_get_no_head(tmp_path, small_heads):
@@ -155,15 +157,14 @@ def test_compressed_small_and_tiny_record_shards_get_no_head(tmp_path, small_hea
     assert [s.head for s in tiny.shards] == [None] * len(tiny.shards)
 
 
-def test_a_built_dataset_s_first_shard_has_a_head(tmp_path, small_heads):
+def test_a_built_dataset_s_shards_have_heads(tmp_path, small_heads):
     url = str(tmp_path / "ds")
     receipts = [write_part(make_records(300, seed=p), url, part=p, shard_bytes=5 * HEAD // 2) for p in (1, 0)]
-    assert receipts[1].shards[0].head is not None  # part 0's first shard, the dataset's first
-    assert not any(s.head for s in receipts[0].shards) and not any(s.head for s in receipts[1].shards[1:])
-    assert Receipt.from_dict(json.loads(json.dumps(receipts[1].to_dict()))) == receipts[1]
+    for receipt in receipts:
+        assert all(s.head for s in receipt.shards if s.stored_size > 2 * HEAD) and len(receipt.shards) > 1
+        assert Receipt.from_dict(json.loads(json.dumps(receipt.to_dict()))) == receipt
     manifest = commit(url, receipts)
-    assert manifest.shards[0].head == receipts[1].shards[0].head
-    assert not any(s.head for s in list(manifest.shards)[1:])
+    assert [s.head for s in manifest.shards] == [s.head for r in receipts[::-1] for s in r.shards]
 
 
 # -- reading ------------------------------------------------------------------------
@@ -239,6 +240,41 @@ def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path,
     assert min(a for kind, key, a, b in store.reads if kind == "shard" and key == first.uri) == head.size
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=InParts(url)) as ds:  # cached: no head
         assert [bytes(r) for r in ds] == recs and ds.stats["head_bytes"] == 0
+
+
+def test_ds_iter_s_first_records_come_from_its_first_shard_s_head(tmp_path, small_heads):
+    url, recs, manifest = written(tmp_path)
+    counts, heads = manifest.shards.records, head_counts(manifest.shards.heads)
+    seed = next(s for s in range(100) if plan(counts, seed=s, heads=heads).window_order(0).from_head)
+    store = InParts(url)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        it = ds.iter(seed=seed)
+        order = it.plan.window_order(0)
+        shard = manifest.shards[int(order.shards[0])]
+        head = parse_head(shard.head)
+        assert order.from_head and order.counts[0] == head.records  # (roxxel.planner, step 6)
+        first_stage = int(order.stage_starts[1])
+        ids = it.plan.window_records(0, 0, first_stage).tolist()
+        got = [bytes(next(it)) for _ in range(first_stage)]  # no read but the head's has ended
+        assert first_stage >= 1 and got == [recs[i] for i in ids]
+        assert not store.release.is_set() and ds.stats["shards_downloaded"] == 0
+        store.release.set()
+        got += [bytes(r) for r in it]
+        assert got == [recs[i] for ids in it.plan.records() for i in ids.tolist()]
+        assert sorted(got) == sorted(recs)
+        payload = index_start(shard.records, shard.stored_size)
+        assert ds.stats["head_bytes"] == shard.stored_size - payload
+        assert ds.stats["bytes_downloaded"] == sum(s.stored_size for s in manifest.shards)
+    heads = [r[1:] for r in store.reads if r[0] == "head"]
+    assert sorted(heads) == [(shard.uri, 0, head.size), (shard.uri, payload, shard.stored_size)]
+    assert min(a for kind, key, a, b in store.reads if kind == "shard" and key == shard.uri) == head.size
+    # resumed at the window's start, the same; past its first stage, no head is asked for
+    for position, index_bytes in ((0, shard.stored_size - payload), (first_stage, 0)):
+        again = InParts(url)
+        again.release.set()
+        with roxxel.open(url, cache_dir=str(tmp_path / f"cache{position}"), store=again) as ds:
+            assert [bytes(r) for r in ds.resume({**it.state(), "position": position})] == got[position:]
+            assert ds.stats["head_bytes"] == index_bytes
 
 
 def test_a_head_that_does_not_match_is_not_served(tmp_path, small_heads, caplog):

@@ -157,9 +157,6 @@ class _PartWriter(Writer):
     def _shard_key(self, index: int, digest: str, suffix: str) -> str:
         return f"shards/part-{self._part:06d}-{self._attempt}-{index:06d}-{digest[:12]}.rox{suffix}"
 
-    def _first_of_dataset(self, index: int) -> bool:
-        return self._part == 0 and super()._first_of_dataset(index)  # (the commit orders parts by id)
-
     def _growing_key(self, index: int) -> None:
         return None  # the receipt checks each name against its shard's digest: packed first
 
@@ -203,7 +200,7 @@ def write_part(
     error nothing is returned, and what this attempt uploaded stays unreferenced (for
     ``roxxel prune``). ``shard_bytes``, ``compression``, ``upload_workers``,
     ``staging_dir``, ``progress`` (record bytes uploaded) and ``heads`` are the Writer's
-    (part 0's first shard gets a head; a commit that appends drops it).
+    (a commit that appends drops the heads).
     """
     receipt_part = Receipt(part=part, attempt="0" * ATTEMPT_HEX, shards=())  # validates part
     attempt = uuid.uuid4().hex[:ATTEMPT_HEX]

@@ -12,10 +12,10 @@ for example ``"1024:8386560:blake3:<64 hex digits>:blake3:<64 hex digits>"``: th
 reader that fetched those two ranges and found their checksums can trust the head's
 records, whatever the rest of the shard holds; the whole shard is still verified
 against ``checksum`` before it is kept in a cache. The head's record count is in the
-manifest so that a planner can tell which records come first without the shard.
-Roxxel's writer gives a head to a new dataset's first shard, uncompressed and of more than
-two parts: the records that end within its first :data:`HEAD_BYTES` (``for r in ds`` uses
-no other shard's yet). Older roxxel versions refuse the field.
+manifest so that a planner can tell which records come first without the shard
+(:mod:`roxxel.planner`, step 6). Roxxel's writer gives a head to each shard of a new
+dataset that is uncompressed and of more than two parts: the records that end within its
+first :data:`HEAD_BYTES`. Older roxxel versions refuse the field.
 """
 
 from __future__ import annotations
