@@ -44,13 +44,16 @@ no clock, pid, counter or Python ``hash()`` involved.
 
 6. A shard's *head* (its first records, which a reader can have before the whole shard:
    :mod:`roxxel.manifest.heads`) makes two slots of a window's first piece: the piece's
-   records within the head first, then its others (``heads[k]``: how many of shard
-   ``k``'s first records its head holds, 0 for none). The staging above then applies to
-   the ``W + 1`` slots: the window's first ``max(1, floor(g * STAGE_FRACTION))``
-   positions draw from the head's ``g`` records alone, so the first record waits for the
-   head rather than the whole shard, and the piece's other records open right after.
-   Unshuffled, the two slots are the piece in order, as before. Windows whose first
-   piece has no record in a head are as in step 5: a plan without heads is unchanged.
+   ``g`` records within the head, then its others (``heads[k]``: how many of shard
+   ``k``'s first records its head holds, 0 for none). The stages are step 5's, with one
+   more boundary: the second slot opens at ``min(g, A)``, where ``A = min(n_0, max(1,
+   floor(n_0 * STAGE_FRACTION)))`` is where the window's first piece alone would end
+   (``A_1`` of a window of more pieces). So the positions the window gives its first
+   piece alone go to the head's records, as many as it holds, and the first record waits
+   for the head rather than the whole shard; every other slot opens where it did, and
+   the window's mix of shards is the same. Unshuffled, the two slots are the piece in
+   order, as before. Windows whose first piece has no record in a head are as in step
+   5: a plan without heads is unchanged.
 
 Memory is O(#shards + W) for windows of W slots, and a block of records costs O(block):
 no window is ever materialized, so nothing is allocated for records a manifest claims
@@ -118,24 +121,26 @@ class WindowOrder:
         self.piece = np.arange(len(shards), dtype=np.int64)
         #: whether slot 0 reads only records of its shard's head (step 6)
         self.from_head = False
+        self.key = key  # None: unshuffled
+        num, den = STAGE_FRACTION if key is not None else (1, 1)
+        counts = end - begin
+        edges = np.zeros(len(shards) + 1, dtype=np.int64)
+        np.cumsum(counts, out=edges[1:])
+        self.size = int(edges[-1])
+        starts = [min(c, max(j, c * num // den)) for j, c in enumerate(edges[:-1].tolist())] + [self.size]
         if heads is not None and len(shards):
             b, e = int(begin[0]), int(end[0])
             covered = min(e, int(heads[int(shards[0])])) - b  # the first piece's records in the head
-            if covered > 0:
-                self.from_head = True
-            if 0 < covered < e - b:  # a slot for them, then one for the piece's others
+            self.from_head = covered > 0
+            if 0 < covered < e - b:  # a slot for them, then one for the piece's others, opening
+                # where the head's records run out or where the piece's time alone ends
+                alone = min(e - b, max(1, (e - b) * num // den))
+                starts.insert(1, min(covered, alone))
                 self.piece = np.concatenate([[0], self.piece])
                 shards, begin = shards[self.piece], np.concatenate([begin[:1], [b + covered], begin[1:]])
-                end = np.concatenate([[b + covered], end])
-        self.shards, self.begin = shards, begin
-        self.counts = end - begin
-        self.key = key  # None: unshuffled
+                counts = np.concatenate([[covered, e - b - covered], counts[1:]])
+        self.shards, self.begin, self.counts = shards, begin, counts
         w = len(shards)
-        edges = np.zeros(w + 1, dtype=np.int64)
-        np.cumsum(self.counts, out=edges[1:])
-        self.size = int(edges[-1])
-        num, den = STAGE_FRACTION if key is not None else (1, 1)
-        starts = [min(c, max(j, c * num // den)) for j, c in enumerate(edges[:-1].tolist())] + [self.size]
         self.stage_starts = np.asarray(starts, dtype=np.int64)
         # (k, what each slot has left as stage k starts, slot k's records included)
         self._left: tuple[int, np.ndarray] = (0, self._opened(0, np.zeros(w, dtype=np.int64)))

@@ -174,12 +174,18 @@ def test_a_head_gives_the_window_its_first_positions_and_keeps_the_quality():
     assert order.begin[:2].tolist() == [0, 1_250] and order.counts[:2].tolist() == [1_250, 8_750]
     assert order.piece.tolist() == [0, *range(16)]
     slots, local = full(order)
-    head_end = int(order.stage_starts[1])
-    assert head_end == 1_250 // 8  # the first 156 positions: the head's records alone
-    assert set(slots[:head_end].tolist()) == {0} and local[:head_end].max() < 1_250
-    assert len(set(local[:head_end].tolist())) == head_end
-    assert 1 in set(slots[head_end : int(order.stage_starts[2])].tolist())  # then the rest opens
+    # the 1,250 positions the window gives its first shard alone: the head's records
+    assert order.stage_starts[:3].tolist() == [0, 1_250, 1_250] == [0, *plain.stage_starts[1:2], 1_250]
+    assert set(slots[:1_250].tolist()) == {0} and len(set(local[:1_250].tolist())) == 1_250
+    assert local[:1_250].max() < 1_250
+    assert set(slots[1_250:2_500].tolist()) == {1, 2}  # then the shard's others, and the next shard
     assert order.stage_starts[2:].tolist() == plain.stage_starts[1:].tolist()  # the other slots as before
+    # a smaller head: its records first, then the shard's others alone until the next shard opens
+    small = plan([10_000] * 16, seed=1234, window=16, heads=[500] * 16).window_order(0)
+    assert small.stage_starts[:3].tolist() == [0, 500, 1_250]
+    few, at = full(small)
+    assert set(few[:500].tolist()) == {0} and at[:500].max() < 500
+    assert set(few[500:1_250].tolist()) == {1} and set(few[1_250:2_500].tolist()) == {1, 2}
     pieces = order.piece[slots]  # (the mix of the window's shards, whatever its slots)
     q = mix(pieces) / mix(np.random.default_rng(0).permutation(pieces))
     assert q >= 0.95 and abs(q - quality(plain)) < 0.002  # 0.9624 against 0.9625
@@ -240,7 +246,10 @@ def test_with_heads_every_window_is_a_staged_permutation_whose_first_positions_n
         assert order.from_head == (covered > 0)
         if order.from_head:  # the stage before the second slot opens reads the head alone
             stop = int(order.stage_starts[1])
-            assert set(slots[:stop].tolist()) <= {0}
+            n = int(p.piece_end[a] - p.piece_begin[a])
+            alone = min(n, max(1, n // 8)) if shuffle else n
+            assert stop == (min(covered, alone) if covered < n else before.stage_starts[1])
+            assert stop >= 1 and set(slots[:stop].tolist()) <= {0}
             assert np.all(local[:stop] < heads[int(order.shards[0])])
             assert np.all(local[slots == 0] < heads[int(order.shards[0])])
         else:
