@@ -43,17 +43,19 @@ no clock, pid, counter or Python ``hash()`` involved.
    windows are the same staging with ``STAGE_FRACTION`` 1: the pieces in order.
 
 6. A shard's *head* (its first records, which a reader can have before the whole shard:
-   :mod:`roxxel.manifest.heads`) makes two slots of a window's first piece: the piece's
-   ``g`` records within the head, then its others (``heads[k]``: how many of shard
-   ``k``'s first records its head holds, 0 for none). The stages are step 5's, with one
-   more boundary: the second slot opens at ``min(g, A)``, where ``A = min(n_0, max(1,
-   floor(n_0 * STAGE_FRACTION)))`` is where the window's first piece alone would end
-   (``A_1`` of a window of more pieces). So the positions the window gives its first
-   piece alone go to the head's records, as many as it holds, and the first record waits
-   for the head rather than the whole shard; every other slot opens where it did, and
-   the window's mix of shards is the same. Unshuffled, the two slots are the piece in
-   order, as before. Windows whose first piece has no record in a head are as in step
-   5: a plan without heads is unchanged.
+   :mod:`roxxel.manifest.heads`) leads its window. Of the window's first piece that has
+   records in its shard's head (``heads[k]``: how many of shard ``k``'s first records its
+   head holds, 0 for none), those ``g`` records become slot 0 and its others a slot in
+   the piece's place; the other pieces keep their order. Slot 0 alone takes the first
+   ``L = min(g, max(1, floor(n * STAGE_FRACTION)))`` positions (``n``: that piece's
+   records; ``L`` is where that piece alone would end as a window's first piece), and
+   every other slot opens where its piece opened in step 5, or at ``L`` if that is
+   later. So the first record waits for a head rather than a whole shard. For the
+   common window, whose first piece starts a shard with a head, the head's records take
+   the positions that piece had alone and every other slot opens where it did; the mix
+   of shards is the same. Unshuffled, only the window's first piece may lead, and the
+   order is the pieces in order, as without heads. A window with no record in a head is
+   as in step 5: a plan without heads is unchanged.
 
 Memory is O(#shards + W) for windows of W slots, and a block of records costs O(block):
 no window is ever materialized, so nothing is allocated for records a manifest claims
@@ -117,7 +119,7 @@ class WindowOrder:
     def __init__(self, shards: np.ndarray, begin: np.ndarray, end: np.ndarray,
                  key: tuple[int, ...] | None, heads: np.ndarray | None = None) -> None:
         #: the window's piece of each slot: slot j reads piece piece[j]'s records (two
-        #: slots read the first piece when its shard's head splits it: step 6)
+        #: slots read the piece whose shard's head leads the window: step 6)
         self.piece = np.arange(len(shards), dtype=np.int64)
         #: whether slot 0 reads only records of its shard's head (step 6)
         self.from_head = False
@@ -129,16 +131,23 @@ class WindowOrder:
         self.size = int(edges[-1])
         starts = [min(c, max(j, c * num // den)) for j, c in enumerate(edges[:-1].tolist())] + [self.size]
         if heads is not None and len(shards):
-            b, e = int(begin[0]), int(end[0])
-            covered = min(e, int(heads[int(shards[0])])) - b  # the first piece's records in the head
-            self.from_head = covered > 0
-            if 0 < covered < e - b:  # a slot for them, then one for the piece's others, opening
-                # where the head's records run out or where the piece's time alone ends
-                alone = min(e - b, max(1, (e - b) * num // den))
-                starts.insert(1, min(covered, alone))
-                self.piece = np.concatenate([[0], self.piece])
-                shards, begin = shards[self.piece], np.concatenate([begin[:1], [b + covered], begin[1:]])
-                counts = np.concatenate([[covered, e - b - covered], counts[1:]])
+            covered = np.minimum(end, heads[shards]) - begin  # each piece's records in its shard's head
+            lead = np.flatnonzero(covered > 0)[:1] if key is not None else np.flatnonzero(covered[:1] > 0)
+            if len(lead):  # the first piece with some (unshuffled: the first piece) leads
+                j, g, n = int(lead[0]), int(covered[lead[0]]), int(counts[lead[0]])
+                alone = min(n, max(1, n * num // den))  # (where the piece alone would end)
+                first = min(g, alone)
+                rest = [j] if g < n else []  # a slot for the piece's others, in its place
+                self.piece = np.asarray([j, *range(j), *rest, *range(j + 1, len(shards))], dtype=np.int64)
+                shards, begin = shards[self.piece], begin[self.piece]
+                counts = counts[self.piece]
+                counts[0] = g
+                if rest:
+                    begin[j + 1] += g
+                    counts[j + 1] -= g
+                plain = np.asarray(starts[:-1], dtype=np.int64)
+                starts = [0, *np.maximum(plain[self.piece[1:]], first).tolist(), self.size]
+                self.from_head = True
         self.shards, self.begin, self.counts = shards, begin, counts
         w = len(shards)
         self.stage_starts = np.asarray(starts, dtype=np.int64)

@@ -242,10 +242,12 @@ def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path,
         assert [bytes(r) for r in ds] == recs and ds.stats["head_bytes"] == 0
 
 
-def test_ds_iter_s_first_records_come_from_its_first_shard_s_head(tmp_path, small_heads):
+@pytest.mark.parametrize("later", [False, True], ids=["first piece leads", "a later piece leads"])
+def test_ds_iter_s_first_records_come_from_the_head_that_leads_its_window(tmp_path, small_heads, later):
     url, recs, manifest = written(tmp_path)
     counts, heads = manifest.shards.records, head_counts(manifest.shards.heads)
-    seed = next(s for s in range(100) if plan(counts, seed=s, heads=heads).window_order(0).from_head)
+    assert manifest.shards[-1].head is None  # (a small last shard: a later piece leads where it comes first)
+    seed = next(s for s in range(200) if plan(counts, seed=s, heads=heads).window_order(0).piece[0] == later)
     store = InParts(url)
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
         it = ds.iter(seed=seed)
@@ -253,6 +255,7 @@ def test_ds_iter_s_first_records_come_from_its_first_shard_s_head(tmp_path, smal
         shard = manifest.shards[int(order.shards[0])]
         head = parse_head(shard.head)
         assert order.from_head and order.counts[0] == head.records  # (roxxel.planner, step 6)
+        assert it.plan.piece_shard[0] == (len(counts) - 1 if later else order.shards[0])
         first_stage = int(order.stage_starts[1])
         ids = it.plan.window_records(0, 0, first_stage).tolist()
         got = [bytes(next(it)) for _ in range(first_stage)]  # no read but the head's has ended

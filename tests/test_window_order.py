@@ -189,11 +189,19 @@ def test_a_head_gives_the_window_its_first_positions_and_keeps_the_quality():
     pieces = order.piece[slots]  # (the mix of the window's shards, whatever its slots)
     q = mix(pieces) / mix(np.random.default_rng(0).permutation(pieces))
     assert q >= 0.95 and abs(q - quality(plain)) < 0.002  # 0.9624 against 0.9625
-    # a window of the same shards whose first piece has no record in its head is as before
+    # the first shard without a head: the next one's leads, and the first shard opens after it
     no_head = np.asarray(heads)
     no_head[first] = 0
-    same = plan([10_000] * 16, seed=1234, window=16, heads=no_head).window_order(0)
-    assert not same.from_head and np.array_equal(full(same)[1], full(plain)[1])
+    led = plan([10_000] * 16, seed=1234, window=16, heads=no_head).window_order(0)
+    second = int(plain.shards[1])
+    assert led.from_head and led.shards[:3].tolist() == [second, first, second]
+    assert led.piece.tolist() == [1, 0, 1, *range(2, 16)] and led.counts[:3].tolist() == [1_250, 10_000, 8_750]
+    assert led.stage_starts[:4].tolist() == [0, 1_250, 1_250, 2_500]
+    by, at = full(led)
+    assert set(by[:1_250].tolist()) == {0} and at[:1_250].max() < 1_250
+    # no head in the window: as before
+    none = plan([10_000] * 16, seed=1234, window=16, heads=[0] * 16).window_order(0)
+    assert not none.from_head and np.array_equal(full(none)[1], full(plain)[1])
 
 
 def test_heads_of_zero_or_none_leave_every_plan_as_it_was():
@@ -241,16 +249,23 @@ def test_with_heads_every_window_is_a_staged_permutation_whose_first_positions_n
         assert sorted(records.tolist()) == sorted((before.shards[old_slots] * 1000 + old_local).tolist())
         if not shuffle:
             assert records.tolist() == (before.shards[old_slots] * 1000 + old_local).tolist()
-        a = int(p.window_starts[w])
-        covered = min(int(p.piece_end[a]), heads[int(p.piece_shard[a])]) - int(p.piece_begin[a])
-        assert order.from_head == (covered > 0)
-        if order.from_head:  # the stage before the second slot opens reads the head alone
+        a, b = int(p.window_starts[w]), int(p.window_starts[w + 1])
+        pieces = list(zip(p.piece_shard[a:b].tolist(), p.piece_begin[a:b].tolist(), p.piece_end[a:b].tolist()))
+        covered = [min(e, heads[k]) - bg for k, bg, e in pieces]  # each piece's records in its head
+        leads = [i for i, c in enumerate(covered) if c > 0][:1] if shuffle else ([0] if covered[0] > 0 else [])
+        assert order.from_head == bool(leads)
+        if leads:  # the lead's head is slot 0, alone for the first positions; the rest in place
+            j = leads[0]
+            g, n = covered[j], pieces[j][2] - pieces[j][1]
+            assert order.piece[0] == j and order.shards[0] == pieces[j][0] and order.counts[0] == g
+            assert order.piece.tolist() == [j, *range(j), *([j] if g < n else []), *range(j + 1, len(pieces))]
+            first = min(g, min(n, max(1, n // 8)) if shuffle else n)
             stop = int(order.stage_starts[1])
-            n = int(p.piece_end[a] - p.piece_begin[a])
-            alone = min(n, max(1, n // 8)) if shuffle else n
-            assert stop == (min(covered, alone) if covered < n else before.stage_starts[1])
-            assert stop >= 1 and set(slots[:stop].tolist()) <= {0}
-            assert np.all(local[:stop] < heads[int(order.shards[0])])
+            if len(order.shards) > 1:
+                assert stop == first
+                assert order.stage_starts[1:-1].tolist() == np.maximum(before.stage_starts[order.piece[1:]],
+                                                                       first).tolist()
+            assert stop >= 1 and set(slots[:stop].tolist()) == {0}
             assert np.all(local[slots == 0] < heads[int(order.shards[0])])
         else:
             assert np.array_equal(slots, old_slots) and np.array_equal(local, old_local)

@@ -218,12 +218,15 @@ class RecordIterator(Iterator[np.ndarray]):
             for w in range(first, p.num_windows):
                 stages = p.window_order(w)
                 window = p.window_shards(w).tolist()
-                # Downloads start in the window's stage order, from the stage of the
+                # Downloads start in the window's plan order, from the stage of the
                 # position on; then the following windows' shards.
-                needed = list(dict.fromkeys(stages.shards[stages.slots_from(skip)].tolist()))
-                early = None  # the first records from the first shard's head, if sooner
-                if stages.from_head and skip < stages.stage_starts[1] and not self._index.is_mapped(needed[0]):
-                    early = residency.first_records(needed[0])  # (asked before its download starts)
+                slots = stages.slots_from(skip)  # (in the order of their pieces)
+                needed = list(dict.fromkeys(stages.shards[slots[np.argsort(stages.piece[slots], kind="stable")]]
+                                            .tolist()))
+                early = None  # the first records from the head that leads the window, if sooner
+                lead = int(stages.shards[0])
+                if stages.from_head and skip < stages.stage_starts[1] and not self._index.is_mapped(lead):
+                    early = residency.first_records(lead)  # (asked before its download starts)
                 residency.about_to_map(needed[:1])  # the first one read: its download goes first
                 residency.fetch_together(needed)
                 residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
@@ -267,8 +270,8 @@ _UNMAPPED = np.zeros(0, dtype=np.uint8)  # the payload of a slot no block has ne
 class _WindowReader:
     """One window's shards, each mapped when a block first needs one of its records,
     and the end offsets of the records the window reads from each. ``early`` waits for
-    the first shard's head's records (:meth:`Residency.first_records`), which slot 0
-    reads from if they come (``order.from_head``: it reads none beyond them)."""
+    the records of the head that leads the window (:meth:`Residency.first_records`),
+    which slot 0 reads from if they come (``order.from_head``: it reads none beyond them)."""
 
     def __init__(self, index: Records, order: WindowOrder | LooseOrder,
                  early: Callable[[], HeadRecords | None] | None = None) -> None:
