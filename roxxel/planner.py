@@ -19,8 +19,8 @@ no clock, pid, counter or Python ``hash()`` involved.
    records are usually far apart in storage; the window bounds how many shards must be
    cached at once.
 5. A window is *staged*, so that its first records need only the first shard it
-   downloads. Its pieces ``0..W-1`` (slots), in plan order, are also its download
-   order. With ``n_j`` records in slot ``j`` and ``C_j = n_0 + ... + n_(j-1)``, slot
+   downloads. Its pieces ``0..W-1`` (slots; step 6 adds one), in plan order, are also
+   its download order. With ``n_j`` records in slot ``j`` and ``C_j = n_0 + ... + n_(j-1)``, slot
    ``j`` opens at position ``A_j = min(C_j, max(j, floor(C_j * STAGE_FRACTION)))`` of
    the window (so ``A_0 = 0``, each slot opens at least one position after the one
    before while records are left for it, and every slot is open after about
@@ -79,11 +79,15 @@ import numpy.typing as npt
 
 from .permute import Permutation
 
-__all__ = ["DEFAULT_WINDOW", "PLAN_VERSION", "STAGE_FRACTION", "Plan", "WindowLayout", "WindowOrder", "check_heads", "plan"]
+__all__ = ["DEFAULT_WINDOW", "HEADS_PLAN_VERSION", "PLAN_VERSION", "STAGE_FRACTION", "Plan", "WindowLayout",
+           "WindowOrder", "check_heads", "plan", "plan_version"]
 
 DEFAULT_WINDOW = 16
 # 2: staged windows (0.4); 1: each window one uniform permutation (0.4.0.dev before it)
 PLAN_VERSION = 2
+# 3: version 2 with heads leading windows (step 6): the version of a plan that has heads.
+# A plan without heads is the same under both, and keeps version 2 (mixtures' included).
+HEADS_PLAN_VERSION = 3
 # Every slot of a window is open after this fraction of it (see the module docstring).
 STAGE_FRACTION = (1, 8)
 _REMAINDERS = ("pad", "drop")
@@ -93,9 +97,9 @@ _GOLDEN = (math.sqrt(5) - 1) / 2
 @dataclass(frozen=True, eq=False)
 class WindowLayout:
     """One window's records in stream order, materialized: record ``local[i]`` of shard
-    ``shards[slot[i]]`` comes ``i``-th. ``shards`` are the window's pieces' shards in
-    download order (a shard may appear twice, in a padded wrap); slot ``j`` reads
-    records ``first[j]:stop[j]`` of shard ``shards[j]``."""
+    ``shards[slot[i]]`` comes ``i``-th. ``shards`` are the window's slots' shards (its
+    pieces' in download order, the head that leads it first: step 6; a shard may appear
+    twice); slot ``j`` reads records ``first[j]:stop[j]`` of shard ``shards[j]``."""
 
     shards: np.ndarray
     first: np.ndarray
@@ -131,22 +135,9 @@ class WindowOrder:
         self.size = int(edges[-1])
         starts = [min(c, max(j, c * num // den)) for j, c in enumerate(edges[:-1].tolist())] + [self.size]
         if heads is not None and len(shards):
-            covered = np.minimum(end, heads[shards]) - begin  # each piece's records in its shard's head
-            lead = np.flatnonzero(covered > 0)[:1] if key is not None else np.flatnonzero(covered[:1] > 0)
-            if len(lead):  # the first piece with some (unshuffled: the first piece) leads
-                j, g, n = int(lead[0]), int(covered[lead[0]]), int(counts[lead[0]])
-                alone = min(n, max(1, n * num // den))  # (where the piece alone would end)
-                first = min(g, alone)
-                rest = [j] if g < n else []  # a slot for the piece's others, in its place
-                self.piece = np.asarray([j, *range(j), *rest, *range(j + 1, len(shards))], dtype=np.int64)
-                shards, begin = shards[self.piece], begin[self.piece]
-                counts = counts[self.piece]
-                counts[0] = g
-                if rest:
-                    begin[j + 1] += g
-                    counts[j + 1] -= g
-                plain = np.asarray(starts[:-1], dtype=np.int64)
-                starts = [0, *np.maximum(plain[self.piece[1:]], first).tolist(), self.size]
+            led = _led(shards, begin, counts, starts, heads, (num, den) if key is not None else None)
+            if led is not None:
+                self.piece, shards, begin, counts, starts = led
                 self.from_head = True
         self.shards, self.begin, self.counts = shards, begin, counts
         w = len(shards)
@@ -156,7 +147,7 @@ class WindowOrder:
         # stage k's tables: (k, its elements' slot edges, records each slot gave before it,
         # its permutation, lookup shift, lookup table)
         self._stage: _Stage | None = None
-        self._head: np.ndarray | None = None  # see _head_order
+        self._ranked: np.ndarray | None = None  # see _ranked_order
         if key is not None and w:
             seq = np.random.SeedSequence([*key, 0])
             offsets = seq.generate_state(w, dtype=np.uint64) % np.maximum(self.counts, 1).astype(np.uint64)
@@ -271,8 +262,8 @@ class WindowOrder:
         a = int(self.stage_starts[k])
         if self.key is None or m <= 1:
             pass
-        elif a + m <= _RANKED:  # a stage of the window's head: its slice of the ranking
-            perm = self._head_order()[a : a + m] - a
+        elif a + m <= _RANKED:  # a stage of the window's first positions: its slice of the ranking
+            perm = self._ranked_order()[a : a + m] - a
         else:
             perm = Permutation(m, [*self.key, 1, k])
         # Buckets of 2**shift elements, no longer than the shortest run, so that a bucket
@@ -285,16 +276,16 @@ class WindowOrder:
         lut = np.searchsorted(ends, np.arange(0, m, 1 << shift, dtype=np.int64), side="right")
         return _Stage(k, real, ends, n, stride, add, self.begin[real], perm, shift, lut, single, fast)
 
-    def _head_order(self) -> np.ndarray:
+    def _ranked_order(self) -> np.ndarray:
         """The stages in the window's first ``_RANKED`` positions, each ordered at once by
         ranking one window-wide keyed permutation within it (making a keyed permutation
         per stage, and evaluating it over a few records at a time, costs more)."""
-        if self._head is None:
+        if self._ranked is None:
             ends = self.stage_starts[1:]
             head = int(ends[ends <= _RANKED].max(initial=0))  # whole stages only
             values = Permutation(self.size, [*self.key, 2])(np.arange(head, dtype=np.int64))  # type: ignore[misc]
-            self._head = _rank_within(values, self.stage_starts[self.stage_starts <= head])
-        return self._head
+            self._ranked = _rank_within(values, self.stage_starts[self.stage_starts <= head])
+        return self._ranked
 
     def _in_stage(self, k: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """``(slot, local)`` of stage ``k``'s elements ``lo..hi-1``. The tables' lookups are
@@ -330,6 +321,30 @@ class WindowOrder:
                               dtype=np.int64)
         pick += st.begin.take(run, 0, None, "clip")
         return st.real.take(run, 0, None, "clip"), pick
+
+
+def _led(shards: np.ndarray, begin: np.ndarray, counts: np.ndarray, starts: list[int], heads: np.ndarray,
+         fraction: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]] | None:
+    """A window's slots led by a head (step 6), from its pieces (``shards``, ``begin``,
+    ``counts``) and their stage starts (step 5, the window's size last): ``(piece,
+    shards, begin, counts, starts)`` of the slots; None if no head leads it.
+    ``fraction``: the stage fraction, None for an unshuffled window."""
+    covered = np.minimum(begin + counts, heads[shards]) - begin  # each piece's records in its shard's head
+    lead = np.flatnonzero(covered > 0)[:1] if fraction is not None else np.flatnonzero(covered[:1] > 0)
+    if not len(lead):
+        return None
+    j, g, n = int(lead[0]), int(covered[lead[0]]), int(counts[lead[0]])
+    num, den = fraction or (1, 1)
+    first = min(g, min(n, max(1, n * num // den)))  # (where the piece alone would end)
+    rest = [j] if g < n else []  # a slot for the piece's others, in its place
+    piece = np.asarray([j, *range(j), *rest, *range(j + 1, len(shards))], dtype=np.int64)
+    begin, counts = begin[piece], counts[piece]
+    counts[0] = g
+    if rest:
+        begin[j + 1] += g
+        counts[j + 1] -= g
+    plain = np.asarray(starts[:-1], dtype=np.int64)
+    return piece, shards[piece], begin, counts, [0, *np.maximum(plain[piece[1:]], first).tolist(), starts[-1]]
 
 
 class _Stage(NamedTuple):
@@ -544,6 +559,11 @@ def plan(
                                                                            if reshuffle else ()),
         heads=heads,
     )
+
+
+def plan_version(heads: np.ndarray | None) -> int:
+    """The version of a plan with ``heads`` (its ``heads``): what a saved position counts in."""
+    return PLAN_VERSION if heads is None else HEADS_PLAN_VERSION
 
 
 def check_heads(heads: npt.ArrayLike | None, counts: np.ndarray) -> np.ndarray | None:

@@ -24,8 +24,9 @@ import numpy as np
 import torch.utils.data
 
 from .errors import ManifestError, ResumeError
+from .manifest.heads import head_counts
 from .manifest.signing_keys import load_trusted_keys
-from .planner import DEFAULT_WINDOW, PLAN_VERSION
+from .planner import DEFAULT_WINDOW, plan_version
 from .read import dataset as _dataset
 from .read import mixture as _mixture
 from .read.elastic import Generation, remaining, span
@@ -189,7 +190,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
             state = IterState(
                 seed=self.seed, epoch=epoch, position=start, rank=rank, world_size=world_size, worker=worker,
                 num_workers=num_workers, shuffle=self.shuffle, window=self.window, remainder=self.remainder,
-                fingerprint=_fingerprint(ds), plan=PLAN_VERSION, elastic=history,
+                fingerprint=_fingerprint(ds), plan=plan_version(_heads(ds)), elastic=history,
             )
             records = ds.resume(state.to_dict(), rank=rank, world_size=world_size, worker=worker,
                                 num_workers=num_workers)
@@ -239,7 +240,8 @@ class IterableRecords(torch.utils.data.IterableDataset):
             total = self._left[1]
         else:
             _, segments = remaining(ds.manifest.shards.records, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                                    window=self.window, remainder=self.remainder, generations=history)
+                                    window=self.window, remainder=self.remainder, generations=history,
+                                    heads=_heads(ds))
             total = segments.total
             self._left = ((epoch, history), total)  # a state_dict asks for every rank's
         spans = [span(total, rank, world_size, w, num_workers, self.remainder) for w in range(num_workers)]
@@ -266,8 +268,13 @@ class IterableRecords(torch.utils.data.IterableDataset):
         generation = Generation(world_size, num_workers, tuple(positions))
         return Job(
             fingerprint=_fingerprint(ds), seed=self.seed, epoch=epoch, shuffle=self.shuffle, window=self.window,
-            remainder=self.remainder, plan=PLAN_VERSION, generations=(*self._history(epoch), generation),
+            remainder=self.remainder, plan=plan_version(_heads(ds)), generations=(*self._history(epoch), generation),
         ).to_dict()
+
+
+def _heads(ds: _dataset.Dataset) -> np.ndarray | None:
+    """How many records each shard's head holds: the dataset's plans are a function of them."""
+    return head_counts(ds.manifest.shards.heads)
 
 
 def _given_dataset(url: Any, open_kwargs: Mapping[str, Any]) -> _dataset.Dataset | None:
@@ -424,7 +431,7 @@ class StatefulLoader(torch.utils.data.DataLoader):
             if same:
                 history = parsed.generations[:-1]
             else:  # a new generation: every consumer starts its share of what is left
-                begun = parsed.resume_state(ds.manifest.shards.records, 0, world_size, 0, num_workers)
+                begun = parsed.resume_state(ds.manifest.shards.records, 0, world_size, 0, num_workers, _heads(ds))
                 epoch, batches, history = parsed.epoch, 0, begun.elastic or ()
         elastic = (epoch, tuple(history)) if history else None
         if elastic != records._elastic and self.persistent_workers and self._iterator is not None:

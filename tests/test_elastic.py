@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import roxxel
+import roxxel.writer
 from roxxel.errors import ResumeError
+from roxxel.read.jobstate import Job
 from roxxel.planner import check_heads, plan
 from roxxel.read.elastic import (
     EpochStream,
@@ -142,9 +144,37 @@ def test_read_part_and_resumed_part_are_the_epoch_once(counts, seed, shuffle, wi
             assert len(reads) - total == padded
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 60), min_size=1, max_size=8),
+    seed=st.integers(0, 2**32),
+    window=st.integers(1, 3),
+    topologies=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 2)), min_size=2, max_size=2),
+    positions=st.lists(st.integers(0, 10**6), min_size=1, max_size=8),
+    lockstep_at=st.integers(0, 100),
+    data=st.data(),
+)
+def test_a_lockstep_job_is_cut_to_the_spans_of_the_plans_with_heads(counts, seed, window, topologies, positions,
+                                                                     lockstep_at, data):
+    """Job.exact counts what the generations left as the plans with heads do (where a head
+    leads a window that wraps into pad positions, the real records left differ)."""
+    heads = [data.draw(st.integers(0, c), label="head") for c in counts]
+    params = {"seed": seed, "epoch": 1, "shuffle": True, "window": window, "remainder": "pad", "heads": heads}
+    _, first, _ = _generation_reads(counts, params, [], topologies[0], positions, False)
+    world, workers = topologies[1]
+    job = Job(fingerprint="f", seed=seed, epoch=1, shuffle=True, window=window, remainder="pad", plan=3,
+              generations=(first, Generation(world, workers, (lockstep_at,) * (world * workers))), lockstep=True)
+    cut = job.exact(np.asarray(counts), np.asarray(heads)).generations[-1].positions
+    for c, position in enumerate(cut):
+        rank, worker = divmod(c, workers)
+        mine = elastic_plan(counts, **params, generations=[first], rank=rank, world_size=world, worker=worker,
+                            num_workers=workers)
+        assert position == min(lockstep_at, mine.num_records)
+
+
 def test_a_new_rank_reads_about_its_share_of_the_remaining_shards():
     counts = [1000] * 64
-    params = {"seed": 1, "epoch": 0, "shuffle": True, "window": 4, "remainder": "pad"}
+    params = {"seed": 1, "epoch": 0, "shuffle": True, "window": 4, "remainder": "pad", "heads": None}
     first = Generation(8, 2, tuple(range(100, 1700, 100)))
     _, left = remaining(counts, **params, generations=[first])
     for rank in range(5):
@@ -157,11 +187,20 @@ def test_a_new_rank_reads_about_its_share_of_the_remaining_shards():
 # -- a dataset read with ds.iter -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def url(tmp_path_factory) -> str:
+@pytest.fixture(scope="module", params=["plain", "heads"])
+def url(tmp_path_factory, request) -> str:
+    """A dataset of N records (each starts with its number); "heads": records of 64 bytes
+    in shards with heads (of 1,000 bytes: 15 records), which lead the windows' orders."""
     url = str(tmp_path_factory.mktemp("elastic") / "ds")
-    with roxxel.Writer(url, shard_bytes=600) as w:  # ~14 shards of ~36 records
-        w.extend(np.array([i], dtype="<i8") for i in range(N))
+    if request.param == "plain":
+        with roxxel.Writer(url, shard_bytes=600) as w:  # ~14 shards of ~36 records
+            w.extend(np.array([i], dtype="<i8") for i in range(N))
+        return url
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(roxxel.writer, "HEAD_BYTES", 1000)
+        with roxxel.Writer(url, shard_bytes=3000) as w:  # ~12 shards of ~42 records
+            w.extend(np.array([i] * 8, dtype="<i8") for i in range(N))
+        assert sum(1 for s in w.manifest.shards if s.head) >= 10
     return url
 
 

@@ -22,7 +22,7 @@ import roxxel.writer
 from roxxel.backends import Store
 from roxxel.build import commit, write_part
 from roxxel.build.parts import Receipt
-from roxxel.errors import ManifestError, ReceiptError, StorageError
+from roxxel.errors import ManifestError, ReceiptError, ResumeError, StorageError
 from roxxel.manifest import Manifest, ShardInfo, ShardTable
 from roxxel.manifest.checksums import parse_checksum
 from roxxel.manifest.heads import HeadCheck, head_counts, index_start, parse_head
@@ -585,3 +585,34 @@ def test_a_receipt_shard_with_an_unknown_key_names_the_optional_head(tmp_path, s
                r"'compression', 'checksum'\] \(and perhaps \['head'\]\); unknown \['heads'\], missing \[\]")
     with pytest.raises(ReceiptError, match=message):
         Receipt.from_dict(doc)
+
+
+def test_states_of_plans_with_heads_are_version_3_and_older_ones_resume_only_where_the_order_is_the_same(
+    tmp_path, small_heads
+):
+    url, recs, manifest = written(tmp_path)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache")) as ds:
+        it = ds.iter(seed=2, window=2)
+        sizes = it.plan.window_sizes().tolist()
+        assert len(sizes) > 1 and it.plan.window_order(0).from_head
+        got = [bytes(next(it)) for _ in range(sizes[0] + 3)]
+        state = it.state()
+        assert state["plan"] == 3  # (roxxel.planner.HEADS_PLAN_VERSION)
+        assert [bytes(r) for r in ds.resume(state)] == [bytes(r) for r in it]
+        # a state of plan version 2 (a roxxel that planned without heads): at a window's end,
+        # the same records are left; inside a window a head leads, other ones: refused
+        older = {**state, "plan": 2, "position": sizes[0]}
+        rest = [bytes(r) for r in ds.resume(older)]
+        assert sorted(got[: sizes[0]] + rest) == sorted(recs)
+        with pytest.raises(ResumeError, match=r"did not plan with the dataset's shard heads \(plan version 2; "
+                                              r"this one reads version 3, where a head leads window 1\)"):
+            ds.resume({**state, "plan": 2})
+        # a job of version 2 does not continue on another topology
+        job = roxxel.job_state([{**state, "plan": 2}])
+        with pytest.raises(ResumeError, match="job state is of plan version 2; this roxxel resumes plan version 3"):
+            ds.resume(job, rank=0, world_size=2, worker=0, num_workers=1)
+        assert ds.iter(seed=2, window=2, start=sizes[0] + 3).state()["plan"] == 3
+    plain = str(tmp_path / "plain")
+    write(plain, make_records(400), shard_bytes=5 * HEAD // 2, heads=False)
+    with roxxel.open(plain, cache_dir=str(tmp_path / "cache")) as ds:
+        assert ds.iter(seed=2, window=2).state()["plan"] == 2  # without heads: the same plans as before

@@ -30,7 +30,7 @@ from ..manifest.heads import head_counts
 from ..manifest.io import dataset_store, read_manifest
 from ..manifest.signing import read_signed_manifest
 from ..manifest.signing_keys import PublicKeyLike, TrustedKeys, load_trusted_keys
-from ..planner import DEFAULT_WINDOW
+from ..planner import DEFAULT_WINDOW, plan_version
 from .catalog import ShardCatalog
 from .iteration import (
     IterState,
@@ -239,6 +239,7 @@ class Dataset(Records):
         state = new_state(
             self.manifest.fingerprint(), seed=seed, epoch=epoch, shuffle=shuffle, rank=rank, world_size=world_size,
             worker=worker, num_workers=num_workers, window=window, remainder=remainder, position=start,
+            plan=plan_version(self._head_counts),
         )
         return self._iterator(state)
 
@@ -274,7 +275,7 @@ class Dataset(Records):
         self._check_open()
         now = detect_topology(rank, world_size, worker, num_workers)
         fingerprint = self.manifest.fingerprint()
-        saved = resume_state(state, fingerprint, self.url, self.manifest.shards.records, now)
+        saved = resume_state(state, fingerprint, self.url, self.manifest.shards.records, now, self._head_counts)
         check_resumable(saved, fingerprint, self.url, now)
         self.residency.fit_window(saved.window)  # as ds.iter does: the window must fit the cache
         return self._iterator(saved)

@@ -432,11 +432,12 @@ def window_key(seed: int, epoch: int, generation: int, rank: int, world_size: in
 
 def remaining(
     counts: npt.ArrayLike, *, seed: int, epoch: int, shuffle: bool, window: int, remainder: str,
-    generations: Sequence[Generation], heads: npt.ArrayLike | None = None,
+    generations: Sequence[Generation], heads: npt.ArrayLike | None,
 ) -> tuple[EpochStream, Segments]:
     """The epoch's stream and what the ``generations`` left of it: the stream the next
     generation splits. ResumeError if a position lies outside its consumer's span.
-    ``heads`` are the planner's (:func:`roxxel.planner.plan`)."""
+    ``heads`` are the planner's (:func:`roxxel.planner.plan`): given, even as None, as
+    every plan that replays this one must be made with the same."""
     counts = np.asarray(counts, dtype=np.int64)
     stream = EpochStream(counts, seed, epoch, shuffle, check_heads(heads, counts))
     segments = Segments([(0, stream.total)])
@@ -462,7 +463,7 @@ def remaining(
 def elastic_plan(
     counts: npt.ArrayLike, *, seed: int, epoch: int, shuffle: bool, window: int, remainder: str,
     generations: Sequence[Generation], rank: int, world_size: int, worker: int, num_workers: int,
-    heads: npt.ArrayLike | None = None,
+    heads: npt.ArrayLike | None,
 ) -> ConsumerPlan:
     """Consumer ``(rank, worker)`` of ``world_size`` ranks x ``num_workers`` workers,
     continuing the epoch after ``generations``: its share of what they left (``heads``:

@@ -1,11 +1,12 @@
 """Planned iteration over a remote dataset: ``ds.iter(...)`` and resumable state.
 
 A :class:`RecordIterator` walks one consumer's :class:`~roxxel.planner.Plan` window by
-window. When a window starts, its shards' downloads start in the plan's order (the
-window's stages: see :mod:`roxxel.planner`), then the shards of the following windows
-are queued for the background downloader; a shard is mapped only when the stream
-first needs one of its records, so the first record waits for the window's first shard
-only, and a resume in the middle of a window maps only the shards still needed. The
+window. When a window starts, its shards' downloads start in the plan's order, then the
+shards of the following windows are queued for the background downloader; a shard is
+mapped only when the stream first needs one of its records (the window's stages: see
+:mod:`roxxel.planner`), so the first record waits for the records of the head that
+leads the window, if one does and its shard is not in yet, else for the window's first
+shard only, and a resume in the middle of a window maps only the shards still needed. The
 cache is told the plan order, so eviction removes the shard used furthest in the
 future. ``state()`` is a small dict from which ``ds.resume(state)`` continues at the same
 record, after checking that the dataset, the topology and the plan version are the same.
@@ -26,7 +27,7 @@ import numpy as np
 
 from .. import trace
 from ..errors import ResumeError
-from ..planner import DEFAULT_WINDOW, PLAN_VERSION, Plan, WindowOrder, plan
+from ..planner import DEFAULT_WINDOW, HEADS_PLAN_VERSION, PLAN_VERSION, Plan, WindowOrder, plan, plan_version
 from .elastic import ConsumerPlan, Generation, LooseOrder, elastic_plan
 from .head import HeadRecords
 from .records import Records
@@ -136,7 +137,7 @@ class RecordIterator(Iterator[np.ndarray]):
         counts: np.ndarray,
         state: IterState,
         track: Callable[[Iterator[RecordViews]], Iterator[RecordViews]],
-        heads: np.ndarray | None = None,
+        heads: np.ndarray | None,
     ) -> None:
         self._index = records
         self._residency = residency
@@ -162,7 +163,7 @@ class RecordIterator(Iterator[np.ndarray]):
                 f"{self.plan.num_records} records"
             )
         _check_plan_version(state, self.plan)
-        self._base = IterState(**{**state.to_dict(), "plan": PLAN_VERSION})
+        self._base = IterState(**{**state.to_dict(), "plan": plan_version(self.plan.heads)})
         self._at = state.position  # the position where the current block starts
         # (first position, length, the block's views): how far the block's views have got
         # is how far the stream has, with no per-record counting
@@ -218,15 +219,18 @@ class RecordIterator(Iterator[np.ndarray]):
             for w in range(first, p.num_windows):
                 stages = p.window_order(w)
                 window = p.window_shards(w).tolist()
-                # Downloads start in the window's plan order, from the stage of the
-                # position on; then the following windows' shards.
-                slots = stages.slots_from(skip)  # (in the order of their pieces)
-                needed = list(dict.fromkeys(stages.shards[slots[np.argsort(stages.piece[slots], kind="stable")]]
-                                            .tolist()))
-                early = None  # the first records from the head that leads the window, if sooner
-                lead = int(stages.shards[0])
-                if stages.from_head and skip < stages.stage_starts[1] and not self._index.is_mapped(lead):
-                    early = residency.first_records(lead)  # (asked before its download starts)
+                # Downloads start in the window's plan order (its pieces'), from the stage
+                # of the position on; then the following windows' shards.
+                slots = stages.slots_from(skip)
+                by_piece = slots[np.argsort(stages.piece[slots], kind="stable")]
+                needed = list(dict.fromkeys(stages.shards[by_piece].tolist()))
+                early = None  # the records of the head that leads the window, if sooner
+                if stages.from_head and skip < stages.stage_starts[1]:
+                    lead = int(stages.shards[0])
+                    if not self._index.is_mapped(lead):
+                        early = residency.first_records(lead)  # (asked before its download starts)
+                        if early is None:  # its shard is read first, whole
+                            needed = [lead, *(k for k in needed if k != lead)]
                 residency.about_to_map(needed[:1])  # the first one read: its download goes first
                 residency.fetch_together(needed)
                 residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
@@ -294,7 +298,7 @@ class _WindowReader:
         with the slots' shards mapped."""
         slots, local = self._order.at(lo, hi)
         present = np.flatnonzero(np.bincount(slots, minlength=len(self._mapped))).tolist()
-        for j in present:  # ascending: the window's download order
+        for j in present:  # ascending: the window's stage order
             if not self._mapped[j]:
                 self._map(j)
         at = self._runs[slots] + local
@@ -304,9 +308,10 @@ class _WindowReader:
         return slots, begins, ends
 
     def _map(self, j: int) -> None:
-        early, self._early = (self._early() if j == 0 and self._early is not None else None), None
-        # (the head's records are checked: its offsets are the whole shard's, its payload
-        # holds every record of slot 0)
+        early = None
+        if j == 0 and self._early is not None:
+            wait, self._early = self._early, None
+            early = wait()  # (checked: its offsets are the whole shard's, its payload holds slot 0's records)
         shard = early if early is not None else self._index.shard(int(self._order.shards[j]))  # checks its count
         since, stop = int(self._since[j]), int(self._stop[j])
         need = self._used + stop - since
@@ -330,22 +335,35 @@ def _elastic_plan(counts: np.ndarray, **kwargs: Any) -> ConsumerPlan:
 
 def _check_plan_version(state: IterState, p: Plan | ConsumerPlan) -> None:
     """ResumeError unless ``state``'s position means the same records under this plan:
-    its version's, or (for a state saved before staged windows) a window boundary, where
-    the rest of the epoch is the same windows."""
-    if state.plan == PLAN_VERSION:
+    its version's; or an older version's where this plan orders the position's window as
+    it did (a window boundary, where the rest of the epoch is the same windows; for a
+    state of version 2 on a plan with heads, also a window no head leads)."""
+    version = plan_version(p.heads)
+    if state.plan == version:
         return
-    if state.plan == _UNVERSIONED and state.position in set(np.cumsum(p.window_sizes()).tolist()) | {0}:
+    boundary = state.position in set(np.cumsum(p.window_sizes()).tolist()) | {0}
+    if state.plan == _UNVERSIONED and boundary:
         return
     if state.plan == _UNVERSIONED:
         raise ResumeError(
             f"the state was saved by an earlier roxxel, whose windows had another order (plan "
-            f"version {_UNVERSIONED}; this one reads version {PLAN_VERSION}): resuming at position "
+            f"version {_UNVERSIONED}; this one reads version {version}): resuming at position "
             f"{state.position}, inside a window, would read other records than the ones left. "
             "Start the epoch over, or resume with the roxxel that saved it"
         )
+    if state.plan == PLAN_VERSION and version == HEADS_PLAN_VERSION and state.elastic is None:
+        w, _ = p.locate(state.position)
+        if boundary or w >= p.num_windows or not p.window_order(w).from_head:
+            return
+        raise ResumeError(
+            f"the state was saved by a roxxel that did not plan with the dataset's shard heads (plan "
+            f"version {PLAN_VERSION}; this one reads version {version}, where a head leads window {w}): "
+            f"resuming at position {state.position}, inside that window, would read other records than "
+            "the ones left. Resume at the window's end, or with the roxxel that saved it"
+        )
     raise ResumeError(
-        f"the state is of plan version {state.plan}; this roxxel reads plan version {PLAN_VERSION} "
-        "only: resume with the roxxel that saved it"
+        f"the state is of plan version {state.plan}; this roxxel reads plan version {version} "
+        "for this dataset: resume with the roxxel that saved it"
     )
 
 

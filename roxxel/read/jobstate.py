@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ResumeError
-from ..planner import PLAN_VERSION
+from ..planner import plan_version
 from .elastic import Generation, consumers_of, fold, remaining, span
 from .iteration import IterState
 from .mixjob import MIX_JOB_KIND, MixState, mixture_job
@@ -79,14 +79,16 @@ class Job:
             remainder=self.remainder, fingerprint=self.fingerprint, plan=self.plan, elastic=history or None,
         )
 
-    def exact(self, counts: np.ndarray) -> Job:
-        """This job with a lockstep generation's positions cut to each consumer's span."""
+    def exact(self, counts: np.ndarray, heads: np.ndarray | None) -> Job:
+        """This job with a lockstep generation's positions cut to each consumer's span
+        (``counts`` and ``heads``: the shards', as the planner's)."""
         if not self.lockstep:
             return self
         *history, last = self.generations
         if history:
             _, segments = remaining(counts, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
-                                    window=self.window, remainder=self.remainder, generations=history)
+                                    window=self.window, remainder=self.remainder, generations=history,
+                                    heads=heads)
             total = segments.total
         else:
             total = int(np.asarray(counts, dtype=np.int64).sum())
@@ -98,9 +100,11 @@ class Job:
         gens = (*history, Generation(last.world_size, last.num_workers, tuple(positions)))
         return Job(**{k: getattr(self, k) for k in _SHARED}, generations=gens, lockstep=False)
 
-    def resume_state(self, counts: np.ndarray, rank: int, world_size: int, worker: int, num_workers: int) -> IterState:
-        """The state consumer ``(rank, worker)`` of ``world_size x num_workers`` continues from."""
-        job = self.exact(counts)
+    def resume_state(self, counts: np.ndarray, rank: int, world_size: int, worker: int, num_workers: int,
+                     heads: np.ndarray | None) -> IterState:
+        """The state consumer ``(rank, worker)`` of ``world_size x num_workers`` continues
+        from (``counts`` and ``heads``: the shards', as the planner's)."""
+        job = self.exact(counts, heads)
         *history, last = job.generations
         if not (0 <= rank < world_size and 0 <= worker < num_workers):
             raise ResumeError(f"rank {rank} worker {worker} is not a consumer of world_size={world_size}, "
@@ -108,10 +112,10 @@ class Job:
         if (last.world_size, last.num_workers) == (world_size, num_workers):
             return job.consumer_state(rank, worker, last.positions[rank * num_workers + worker], last,
                                       tuple(history))
-        if job.plan != PLAN_VERSION:
+        if job.plan != plan_version(heads):
             raise ResumeError(
                 f"the job state is of plan version {job.plan}; this roxxel resumes plan version "
-                f"{PLAN_VERSION} on another topology only: resume on world_size={last.world_size}, "
+                f"{plan_version(heads)} on another topology only: resume on world_size={last.world_size}, "
                 f"num_workers={last.num_workers}, or with the roxxel that saved it"
             )
         topology = Generation(world_size, num_workers, (0,) * (world_size * num_workers))
@@ -152,11 +156,13 @@ def job_state(states: Mapping[str, Any] | Iterable[Mapping[str, Any]], *, lockst
 
 
 def resume_state(
-    state: Mapping[str, Any], fingerprint: str, url: str, counts: np.ndarray, now: tuple[int, int, int, int]
+    state: Mapping[str, Any], fingerprint: str, url: str, counts: np.ndarray, now: tuple[int, int, int, int],
+    heads: np.ndarray | None,
 ) -> IterState:
     """The state a consumer of topology ``now`` (rank, world_size, worker, num_workers)
     continues from: ``state`` is a job state or one consumer's state. A consumer's state
-    resumes that consumer; on another topology only if it was the only consumer."""
+    resumes that consumer; on another topology only if it was the only consumer.
+    ``counts`` and ``heads`` are the shards' (the planner's)."""
     rank, world_size, worker, num_workers = now
     if isinstance(state, Mapping) and state.get("kind") == JOB_KIND:
         job = Job.from_dict(state)
@@ -170,4 +176,4 @@ def resume_state(
             f"the job state belongs to another dataset or version (manifest fingerprint "
             f"{job.fingerprint}); {url} has {fingerprint}"
         )
-    return job.resume_state(counts, rank, world_size, worker, num_workers)
+    return job.resume_state(counts, rank, world_size, worker, num_workers, heads)

@@ -492,6 +492,8 @@ class Residency:
                 self._heads[k] = fetch
                 self._stats["gets"] += fetch.gets
                 self._stats["head_bytes"] += fetch.index_bytes
+            if self.cache.contains(self.catalog.checksums[k]):  # (a download began and ended meanwhile:
+                self._settle_head(k)  # none will take the fetch's bytes, which its records still serve)
 
         def wait() -> HeadRecords | None:
             began = time.perf_counter_ns()
