@@ -26,7 +26,7 @@ from roxxel.errors import ManifestError, ReceiptError, ResumeError, StorageError
 from roxxel.manifest import Manifest, ShardInfo, ShardTable
 from roxxel.manifest.checksums import parse_checksum
 from roxxel.manifest.heads import HeadCheck, head_counts, index_start, parse_head
-from roxxel.manifest.io import dataset_store, publish_manifest
+from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
 from roxxel.ops.verify import verify
 from roxxel.planner import plan
 from roxxel.read.head import HeadFetch
@@ -616,3 +616,16 @@ def test_states_of_plans_with_heads_are_version_3_and_older_ones_resume_only_whe
     write(plain, make_records(400), shard_bytes=5 * HEAD // 2, heads=False)
     with roxxel.open(plain, cache_dir=str(tmp_path / "cache")) as ds:
         assert ds.iter(seed=2, window=2).state()["plan"] == 2  # without heads: the same plans as before
+
+
+def test_a_merge_keeps_every_source_s_heads_and_they_check_out(tmp_path, small_heads):
+    from roxxel import ops
+
+    a, b, dest = (str(tmp_path / name) for name in ("a", "b", "dest"))
+    first = write(a, make_records(300, seed=1), shard_bytes=5 * HEAD // 2)
+    second = write(b, make_records(300, seed=2), shard_bytes=5 * HEAD // 2)
+    ops.merge([a, b], dest)
+    merged = read_manifest(dataset_store(dest))
+    heads = [s.head for s in (*first.shards, *second.shards)]
+    assert sum(1 for h in heads if h) >= 4 and [s.head for s in merged.shards] == heads
+    assert ops.verify(dest).ok  # (verify checks each head against its shard's bytes)
