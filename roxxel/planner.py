@@ -20,10 +20,10 @@ no clock, pid, counter or Python ``hash()`` involved.
    cached at once.
 5. A window is *staged*, so that its first records need only the first shard it
    downloads. Its pieces ``0..W-1`` (slots; step 6 adds one), in plan order, are also
-   its download order. With ``n_j`` records in slot ``j`` and ``C_j = n_0 + ... + n_(j-1)``, slot
-   ``j`` opens at position ``A_j = min(C_j, max(j, floor(C_j * STAGE_FRACTION)))`` of
-   the window (so ``A_0 = 0``, each slot opens at least one position after the one
-   before while records are left for it, and every slot is open after about
+   its download order. With ``n_j`` records in slot ``j`` and ``C_j = n_0 + ... +
+   n_(j-1)``, slot ``j`` opens at position ``A_j = min(C_j, max(j, floor(C_j *
+   STAGE_FRACTION)))`` of the window (so ``A_0 = 0``, each slot opens at least one
+   position after the one before while records are left for it, and every slot is open after about
    ``STAGE_FRACTION`` of the window), and stage ``k`` is positions ``[A_k, A_(k+1))``
    (the last one ends at the window's end).
    Stage ``k`` takes its records from the open slots ``0..k`` in proportion to what
@@ -562,7 +562,8 @@ def plan(
 
 
 def plan_version(heads: np.ndarray | None) -> int:
-    """The version of a plan with ``heads`` (its ``heads``): what a saved position counts in."""
+    """The version of a plan made with ``heads`` (a :class:`Plan`'s, None for none): the
+    order a position saved from it counts in."""
     return PLAN_VERSION if heads is None else HEADS_PLAN_VERSION
 
 
