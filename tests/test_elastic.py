@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 import roxxel
 import roxxel.writer
 from roxxel.errors import ResumeError
-from roxxel.read.jobstate import Job
 from roxxel.planner import check_heads, plan
 from roxxel.read.elastic import (
     EpochStream,
@@ -30,6 +29,7 @@ from roxxel.read.elastic import (
     remaining,
     window_key,
 )
+from roxxel.read.jobstate import Job
 
 DATA = Path(__file__).parent / "data" / "elastic_v1"
 N = 500
@@ -60,7 +60,7 @@ def rid(record) -> int:
 def test_over_the_whole_stream_a_consumer_plan_is_the_planners(counts, seed, shuffle, window, remainder,
                                                                topology, data):
     world_size, num_workers = topology
-    heads = draw_heads(data, counts)  # (the shards' heads split windows' first pieces: planner, step 6)
+    heads = draw_heads(data, counts)  # (heads lead windows: roxxel.planner, step 6)
     stream = EpochStream(counts, seed, 2, shuffle, check_heads(heads, np.asarray(counts, dtype=np.int64)))
     whole = Segments([(0, stream.total)])
     for rank in range(world_size):
