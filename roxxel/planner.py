@@ -516,8 +516,7 @@ def plan(
     (it joins the windows' key): a mixture's ``"repeat"`` source reads its next pass so,
     every rank keeping its share of the shards. ``heads`` (one per shard, each at most
     its count; None: no shard has a head) are the records each shard's head holds:
-    see step 6 (:func:`roxxel.manifest.heads.head_counts` reads them from a manifest's
-    shards)."""
+    see step 6 (a manifest's ``shards.head_records``)."""
     seed, epoch = _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)
     world_size = _check_int("world_size", world_size, 1)
     num_workers = _check_int("num_workers", num_workers, 1)

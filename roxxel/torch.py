@@ -24,7 +24,6 @@ import numpy as np
 import torch.utils.data
 
 from .errors import ManifestError, ResumeError
-from .manifest.heads import head_counts
 from .manifest.signing_keys import load_trusted_keys
 from .planner import DEFAULT_WINDOW, plan_version
 from .read import dataset as _dataset
@@ -190,7 +189,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
             state = IterState(
                 seed=self.seed, epoch=epoch, position=start, rank=rank, world_size=world_size, worker=worker,
                 num_workers=num_workers, shuffle=self.shuffle, window=self.window, remainder=self.remainder,
-                fingerprint=_fingerprint(ds), plan=plan_version(_heads(ds)), elastic=history,
+                fingerprint=_fingerprint(ds), plan=plan_version(ds.manifest.shards.head_records), elastic=history,
             )
             records = ds.resume(state.to_dict(), rank=rank, world_size=world_size, worker=worker,
                                 num_workers=num_workers)
@@ -241,7 +240,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
         else:
             _, segments = remaining(ds.manifest.shards.records, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                                     window=self.window, remainder=self.remainder, generations=history,
-                                    heads=_heads(ds))
+                                    heads=ds.manifest.shards.head_records)
             total = segments.total
             self._left = ((epoch, history), total)  # a state_dict asks for every rank's
         spans = [span(total, rank, world_size, w, num_workers, self.remainder) for w in range(num_workers)]
@@ -268,13 +267,9 @@ class IterableRecords(torch.utils.data.IterableDataset):
         generation = Generation(world_size, num_workers, tuple(positions))
         return Job(
             fingerprint=_fingerprint(ds), seed=self.seed, epoch=epoch, shuffle=self.shuffle, window=self.window,
-            remainder=self.remainder, plan=plan_version(_heads(ds)), generations=(*self._history(epoch), generation),
+            remainder=self.remainder, plan=plan_version(ds.manifest.shards.head_records),
+            generations=(*self._history(epoch), generation),
         ).to_dict()
-
-
-def _heads(ds: _dataset.Dataset) -> np.ndarray | None:
-    """How many records each shard's head holds: the dataset's plans are a function of them."""
-    return head_counts(ds.manifest.shards.heads)
 
 
 def _given_dataset(url: Any, open_kwargs: Mapping[str, Any]) -> _dataset.Dataset | None:
@@ -431,7 +426,8 @@ class StatefulLoader(torch.utils.data.DataLoader):
             if same:
                 history = parsed.generations[:-1]
             else:  # a new generation: every consumer starts its share of what is left
-                begun = parsed.resume_state(ds.manifest.shards.records, 0, world_size, 0, num_workers, _heads(ds))
+                shards = ds.manifest.shards
+                begun = parsed.resume_state(shards.records, 0, world_size, 0, num_workers, shards.head_records)
                 epoch, batches, history = parsed.epoch, 0, begun.elastic or ()
         elastic = (epoch, tuple(history)) if history else None
         if elastic != records._elastic and self.persistent_workers and self._iterator is not None:

@@ -25,7 +25,7 @@ from roxxel.build.parts import Receipt
 from roxxel.errors import ManifestError, ReceiptError, ResumeError, StorageError
 from roxxel.manifest import Manifest, ShardInfo, ShardTable
 from roxxel.manifest.checksums import parse_checksum
-from roxxel.manifest.heads import HeadCheck, head_counts, index_start, parse_head
+from roxxel.manifest.heads import HeadCheck, index_start, parse_head
 from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
 from roxxel.ops.verify import verify
 from roxxel.planner import plan
@@ -245,7 +245,7 @@ def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path,
 @pytest.mark.parametrize("later", [False, True], ids=["first piece leads", "a later piece leads"])
 def test_ds_iter_s_first_records_come_from_the_head_that_leads_its_window(tmp_path, small_heads, later):
     url, recs, manifest = written(tmp_path)
-    counts, heads = manifest.shards.records, head_counts(manifest.shards.heads)
+    counts, heads = manifest.shards.records, manifest.shards.head_records
     assert manifest.shards[-1].head is None  # (a small last shard: a later piece leads where it comes first)
     seed = next(s for s in range(200) if (plan(counts, seed=s, heads=heads).window_order(0).piece[0] > 0) == later)
     store = InParts(url)

@@ -280,23 +280,29 @@ def string_column(items: list[str]) -> NDArray[Any]:
 
 
 def head_column(values: object, records: NDArray[np.int64], stored_size: NDArray[np.int64],
-                compression: NDArray[np.int8]) -> list[str]:
-    """The heads as strings, "" where a shard has none (None in ``values``)."""
+                compression: NDArray[np.int8]) -> tuple[list[str], NDArray[np.int64] | None]:
+    """The heads as strings, "" where a shard has none (None in ``values``), and how many
+    records each holds (0 for none; None if no shard has a head)."""
     items = ["" if value is None else value for value in _as_list(values)]
     rows = [i for i, value in enumerate(items) if value != ""]
     if not rows:
-        return items
+        return items, None
     fast = all(type(items[i]) is str and HEAD_RE.fullmatch(items[i]) for i in rows)
-    if fast:
-        counts = np.array([items[i].split(":", 2)[:2] for i in rows], dtype=np.int64)
-        at = np.array(rows)
-        payload = index_start(records[at], stored_size[at])  # (int64: sizes are at most 2**62)
-        fast = bool(np.all((compression[at] == 0) & (counts[:, 0] <= records[at]) & (counts[:, 1] <= payload)))
     if not fast:
         for i in rows:
             check_head(items[i], int(records[i]), int(stored_size[i]),
                        COMPRESSIONS[int(compression[i])], row(i, "head"))
-    return items
+    sizes = np.array([items[i].split(":", 2)[:2] for i in rows], dtype=np.int64)  # (records, bytes) of each
+    at = np.array(rows)
+    if fast:
+        payload = index_start(records[at], stored_size[at])  # (int64: sizes are at most 2**62)
+        ok = (compression[at] == 0) & (sizes[:, 0] <= records[at]) & (sizes[:, 1] <= payload)
+        for i in at[~ok].tolist():  # (says what is wrong with the first)
+            check_head(items[i], int(records[i]), int(stored_size[i]),
+                       COMPRESSIONS[int(compression[i])], row(i, "head"))
+    counts = np.zeros(len(items), dtype=np.int64)
+    counts[at] = sizes[:, 0]
+    return items, readonly(counts)
 
 
 def check_entries(entries: object) -> list[dict[str, Any]]:

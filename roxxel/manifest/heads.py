@@ -21,16 +21,13 @@ first :data:`HEAD_BYTES`. Older roxxel versions refuse the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from ..format.layout import FOOTER_SIZE, OFFSET_SIZE
 from ._report import show
 from .checksums import CHECKSUM_ALGORITHMS, ShardKey, parse_checksum
 
-__all__ = ["HEAD_BYTES", "HEAD_RE", "Head", "HeadCheck", "head_counts", "head_problem", "index_start", "parse_head"]
+__all__ = ["HEAD_BYTES", "HEAD_RE", "Head", "HeadCheck", "head_problem", "index_start", "parse_head"]
 
 #: The first bytes a head covers, as roxxel's writer chooses them: one download part.
 HEAD_BYTES = 8 * 2**20
@@ -67,18 +64,6 @@ def parse_head(value: str) -> Head:
     if match is None:
         raise ValueError("expected '<records>:<bytes>:<checksum>:<checksum>'")
     return Head(int(match[1]), int(match[2]), parse_checksum(match[3]), parse_checksum(match[4]))
-
-
-def head_counts(heads: Sequence[str] | np.ndarray) -> np.ndarray | None:
-    """How many records each shard's head holds (0: none), from a manifest's validated
-    ``heads`` column ("" where a shard has none); None if no shard has a head."""
-    column = np.asarray(heads)
-    present = np.flatnonzero(column != "")
-    if not len(present):
-        return None
-    counts = np.zeros(len(column), dtype=np.int64)
-    counts[present] = [int(h.partition(":")[0]) for h in column[present].tolist()]
-    return counts
 
 
 def head_problem(value: str, records: int, stored_size: int, compression: str | None) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,6 @@ from ..cache.datasets import record_dataset_use
 from ..format.layout import payload_size
 from ..manifest import Manifest, ShardTable
 from ..manifest.compressions import COMPRESSIONS
-from ..manifest.heads import head_counts
 from ..manifest.io import dataset_store, read_manifest
 from ..manifest.signing import read_signed_manifest
 from ..manifest.signing_keys import PublicKeyLike, TrustedKeys, load_trusted_keys
@@ -239,18 +237,13 @@ class Dataset(Records):
         state = new_state(
             self.manifest.fingerprint(), seed=seed, epoch=epoch, shuffle=shuffle, rank=rank, world_size=world_size,
             worker=worker, num_workers=num_workers, window=window, remainder=remainder, position=start,
-            plan=plan_version(self._head_counts),
+            plan=plan_version(self.manifest.shards.head_records),
         )
         return self._iterator(state)
 
     def _iterator(self, state: IterState) -> RecordIterator:
-        return RecordIterator(self, self.residency, self.manifest.shards.records, state, self._track,
-                              self._head_counts)
-
-    @cached_property
-    def _head_counts(self) -> np.ndarray | None:
-        """How many records each shard's head holds (the plan is a function of them)."""
-        return head_counts(self.manifest.shards.heads)
+        shards = self.manifest.shards
+        return RecordIterator(self, self.residency, shards.records, state, self._track, shards.head_records)
 
     def resume(
         self,
@@ -275,7 +268,8 @@ class Dataset(Records):
         self._check_open()
         now = detect_topology(rank, world_size, worker, num_workers)
         fingerprint = self.manifest.fingerprint()
-        saved = resume_state(state, fingerprint, self.url, self.manifest.shards.records, now, self._head_counts)
+        shards = self.manifest.shards
+        saved = resume_state(state, fingerprint, self.url, shards.records, now, shards.head_records)
         check_resumable(saved, fingerprint, self.url, now)
         self.residency.fit_window(saved.window)  # as ds.iter does: the window must fit the cache
         return self._iterator(saved)
