@@ -242,6 +242,31 @@ def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path,
         assert [bytes(r) for r in ds] == recs and ds.stats["head_bytes"] == 0
 
 
+def test_ds_stream_s_first_batches_come_from_the_head_that_leads_its_group(tmp_path, small_heads):
+    url, recs, manifest = written(tmp_path)
+    seq_len, batch = 32, 4  # windows of 128 bytes: a head of 64 KiB holds about 500
+    released = InParts(url)
+    released.release.set()
+    with roxxel.open(url, cache_dir=str(tmp_path / "plain"), store=released) as ds:
+        whole = list(ds.stream(seq_len, batch, seed=5, rank=0, world_size=1))
+    store = InParts(url)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        stream = ds.stream(seq_len, batch, seed=5, rank=0, world_size=1)
+        got = [next(stream) for _ in range(10)]  # no read but the head's has ended (its first 156 samples)
+        assert not store.release.is_set() and ds.stats["shards_downloaded"] == 0
+        store.release.set()
+        got += list(stream)
+        heads = [r[1:] for r in store.reads if r[0] == "head"]
+        (key, _, size), index = sorted(heads)[0], sorted(heads)[1]
+        shard = next(s for s in manifest.shards if s.uri == key)
+        assert size == parse_head(shard.head).size and index[2] == shard.stored_size
+        assert ds.stats["head_bytes"] == index[2] - index[1]
+        assert ds.stats["bytes_downloaded"] == sum(s.stored_size for s in manifest.shards)
+    assert len(got) == len(whole) and all(np.array_equal(a, b) for a, b in zip(got, whole))
+    # the shard's own download started where its head ended: no byte fetched twice but the index
+    assert min(a for kind, k, a, b in store.reads if kind == "shard" and k == key) == size
+
+
 @pytest.mark.parametrize("later", [False, True], ids=["first piece leads", "a later piece leads"])
 def test_ds_iter_s_first_records_come_from_the_head_that_leads_its_window(tmp_path, small_heads, later):
     url, recs, manifest = written(tmp_path)

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from roxxel import Roxxel
@@ -193,3 +193,64 @@ def test_staged_groups_visit_every_window_once_and_resume_exactly(tokens_per_sha
     assert all(np.array_equal(a, b) for a, b in zip(endless[start:], resumed))
     every = sorted(int(b[0, 0]) for b in token_batches(windows, 1, seed))  # one epoch, a window a batch
     assert every == [int(a) + j * seq_len for a, c in zip(edges[:-1], tokens_per_shard) for j in range(c // seq_len)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tokens_per_shard=st.lists(st.integers(0, 600), min_size=1, max_size=40),
+    head_fraction=st.lists(st.one_of(st.just(0.0), st.floats(0.1, 1)), min_size=40, max_size=40),
+    seq_len=st.integers(1, 12),
+    batch_size=st.integers(1, 9),
+    seed=st.integers(0, 2**32),
+    start=st.integers(0, 6),
+)
+def test_heads_lead_each_group_and_the_first_batches_are_served_from_the_lead_s_head(
+        tokens_per_shard, head_fraction, seq_len, batch_size, seed, start):
+    from roxxel.read.tokens import TokenWindows, _EpochOrder, token_batches
+
+    edges = np.concatenate([[0], np.cumsum(tokens_per_shard)])
+    payloads = [np.arange(a, b, dtype=np.int32).view(np.uint8) for a, b in itertools.pairwise(edges)]
+    heads = [int(p.nbytes * f) for p, f in zip(payloads, head_fraction)]  # (any byte: a head ends at a record)
+    mapped: list[int] = []
+
+    def payload(k: int) -> np.ndarray:
+        mapped.append(k)
+        return payloads[k]
+
+    windows = TokenWindows([p.nbytes for p in payloads], payload, seq_len, np.int32, heads)
+    n = len(windows)
+    if n == 0:
+        return
+    assert windows.head_windows.tolist() == [min(h // (4 * seq_len), p.nbytes // (4 * seq_len))
+                                             for h, p in zip(heads, payloads)]
+    order = _EpochOrder(np.diff(windows.starts), seed, heads=windows.head_windows)
+    every = order.windows(0, n)
+    assert sorted(every.tolist()) == list(range(n))  # an epoch: every window once
+    lead = order.lead(0)
+    shards = order._epoch_plan(0)[0]
+    assert (lead is not None) == bool(np.any(windows.head_windows[shards[:16]] > 0))  # a group of 16
+    if lead is not None:  # a group's first positions: its lead's head windows alone
+        g = order._group_order(0, 0, shards)
+        first = every[: int(g.stage_starts[1])] - windows.starts[lead]
+        assert g.from_head and np.all((first >= 0) & (first < windows.head_windows[lead]))
+    # the stream, with the lead hook: batches within the head are served from its bytes alone
+    asked: list[int] = []
+
+    def hook(k: int):
+        asked.append(k)
+        return lambda: payloads[k][: heads[k]]
+
+    plain = list(itertools.islice(token_batches(windows, batch_size, seed, start, epochs=None), 3))
+    mapped.clear()
+    windows = TokenWindows([p.nbytes for p in payloads], payload, seq_len, np.int32, heads)
+    led = token_batches(windows, batch_size, seed, start, epochs=None, lead=hook)
+    got = next(led)
+    assert np.array_equal(got, plain[0])
+    lead = order.lead(start * batch_size)
+    assert asked == ([] if lead is None else [lead])
+    if lead is not None:
+        local = order.windows(start * batch_size, batch_size) - windows.starts[lead]
+        if np.all((local >= 0) & (local < windows.head_windows[lead])):
+            event("the first batch lies in the lead's head")
+            assert mapped == []  # a batch of the head's windows maps no shard
+    assert all(np.array_equal(a, b) for a, b in zip(plain[1:], led))

@@ -280,13 +280,13 @@ def string_column(items: list[str]) -> NDArray[Any]:
 
 
 def head_column(values: object, records: NDArray[np.int64], stored_size: NDArray[np.int64],
-                compression: NDArray[np.int8]) -> tuple[list[str], NDArray[np.int64] | None]:
+                compression: NDArray[np.int8]) -> tuple[list[str], NDArray[np.int64] | None, NDArray[np.int64] | None]:
     """The heads as strings, "" where a shard has none (None in ``values``), and how many
-    records each holds (0 for none; None if no shard has a head)."""
+    records and bytes each holds (0 for none; None if no shard has a head)."""
     items = ["" if value is None else value for value in _as_list(values)]
     rows = [i for i, value in enumerate(items) if value != ""]
     if not rows:
-        return items, None
+        return items, None, None
     fast = all(type(items[i]) is str and HEAD_RE.fullmatch(items[i]) for i in rows)
     if not fast:
         for i in rows:
@@ -300,9 +300,9 @@ def head_column(values: object, records: NDArray[np.int64], stored_size: NDArray
         for i in at[~ok].tolist():  # (says what is wrong with the first)
             check_head(items[i], int(records[i]), int(stored_size[i]),
                        COMPRESSIONS[int(compression[i])], row(i, "head"))
-    counts = np.zeros(len(items), dtype=np.int64)
-    counts[at] = sizes[:, 0]
-    return items, readonly(counts)
+    counts, nbytes = np.zeros(len(items), dtype=np.int64), np.zeros(len(items), dtype=np.int64)
+    counts[at], nbytes[at] = sizes[:, 0], sizes[:, 1]
+    return items, readonly(counts), readonly(nbytes)
 
 
 def check_entries(entries: object) -> list[dict[str, Any]]:

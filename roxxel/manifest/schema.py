@@ -120,7 +120,8 @@ class ShardTable:
     ``[None, "zstd"]``). ``record_starts`` (int64, ``len + 1`` entries) is derived:
     shard ``k`` holds global records ``record_starts[k]:record_starts[k + 1]``; so is
     ``head_records`` (int64: how many records each shard's head holds, 0 for none; None
-    if no shard has a head), which plans are a function of (:mod:`roxxel.planner`).
+    if no shard has a head), which plans are a function of (:mod:`roxxel.planner`), and
+    ``head_bytes`` (where each head ends, likewise), which token streams are.
     Construction copies and validates every column and refuses duplicate URIs.
     """
 
@@ -133,6 +134,7 @@ class ShardTable:
     heads: NDArray[Any] | None = None
     record_starts: NDArray[np.int64] = field(init=False, repr=False)
     head_records: NDArray[np.int64] | None = field(init=False, repr=False)
+    head_bytes: NDArray[np.int64] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         columns = {
@@ -159,9 +161,10 @@ class ShardTable:
             i = int(bad[0])
             check_room(int(self.records[i]), int(self.raw_size[i]), row(i, "records"))
         # (after the room check: 8 bytes of index a record then fit in int64)
-        column, counts = head_column(heads, self.records, self.stored_size, self.compression)
+        column, counts, nbytes = head_column(heads, self.records, self.stored_size, self.compression)
         object.__setattr__(self, "heads", string_column(column))
         object.__setattr__(self, "head_records", counts)
+        object.__setattr__(self, "head_bytes", nbytes)
 
     def _prefix_sums(self) -> NDArray[np.int64]:
         total = sum(self.records.tolist())  # exact: int64 sums could wrap around

@@ -11,7 +11,13 @@ samples come from its first shard alone, the others join one by one within the f
 eighth of the group, and the group is then mixed as ``ds.iter``'s windows are (0.96 of a
 uniform permutation's mix). So a remote stream's first batch waits for one shard, not
 for ``batch_size`` shards from anywhere in the dataset, and a batch never needs more
-than a group's shards. Sample ``j`` of the endless stream is the ``j % N``-th sample of
+than a group's shards. Where the manifest gives shards heads (``heads``: the bytes each
+head holds), a group is led by the windows of its first shard's head that lie wholly in
+it, as ``ds.iter``'s windows are (:mod:`roxxel.planner`, step 6): its first samples come
+from them alone, so the first batch is served from the head, checked, before the shard
+arrives (``lead`` in :func:`token_batches`), and the group's other windows join as before.
+A local copy (:class:`roxxel.Roxxel`, which has no manifest) has no heads, so its order
+is the same as a remote one's only for a dataset without them. Sample ``j`` of the endless stream is the ``j % N``-th sample of
 epoch ``j // N``, and step ``s`` is samples ``s*B .. s*B+B-1``, so any step is computed
 directly: resuming costs O(#shards + batch), not O(steps). A stream of ``E`` epochs is
 the endless one's first ``E*N // B`` steps: a batch may hold the end of one epoch and
@@ -42,7 +48,9 @@ class TokenWindows:
     """The windows of ``seq_len`` tokens of ``dtype`` in a sequence of shard payloads.
 
     ``payload(k)`` returns shard ``k``'s payload as a ``uint8`` array; it is only called
-    for shards that a batch needs. ``sizes`` are the payload sizes in bytes.
+    for shards that a batch needs. ``sizes`` are the payload sizes in bytes; ``heads``,
+    if given, the bytes of each shard's head (0 for none), whose whole windows lead its
+    group (:attr:`head_windows`).
     """
 
     def __init__(
@@ -51,6 +59,7 @@ class TokenWindows:
         payload: Callable[[int], np.ndarray],
         seq_len: int,
         dtype: npt.DTypeLike,
+        heads: npt.ArrayLike | None = None,
     ) -> None:
         if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
@@ -60,9 +69,14 @@ class TokenWindows:
         counts = np.asarray(sizes, dtype=np.int64) // window_bytes
         self.starts = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.starts[1:])
+        #: each shard's windows that lie wholly in its head (None: no heads)
+        self.head_windows = None if heads is None else np.minimum(np.asarray(heads, dtype=np.int64) // window_bytes,
+                                                                   counts)
         self._payload = payload
         self._starts_list: list[int] = self.starts.tolist()
         self._last: tuple[int, np.ndarray, np.ndarray] | None = None
+        # (shard, its head's bytes as windows, or a function that waits for those bytes): see lead_with
+        self._head: tuple[int, np.ndarray | Callable[[], np.ndarray | None]] | None = None
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -102,24 +116,57 @@ class TokenWindows:
             k = int(shard_ids[a])
             self._take(k, windows[a:b] - starts[k], out[a:b])
 
+    def lead_with(self, k: int, head: Callable[[], np.ndarray | None]) -> None:
+        """Serve shard ``k``'s windows from the bytes ``head()`` returns (its head's first
+        bytes, checked; it waits for them, or returns None if they could not be had) for
+        as long as the windows asked of it lie in them; then from ``payload(k)``."""
+        self._head = (k, head)
+
+    def _from_head(self, k: int, local: np.ndarray) -> np.ndarray | None:
+        """Shard ``k``'s head as windows, if it is leading and holds every one of ``local``."""
+        if self._head is None or self._head[0] != k:
+            return None
+        last = int(local.max())
+        if self.head_windows is None or last >= int(self.head_windows[k]):
+            self._head = None  # the shard is read whole from here on
+            return None
+        got = self._head[1]
+        if callable(got):
+            first = got()
+            if first is None:  # (logged where it was fetched: the shard serves them)
+                self._head = None
+                return None
+            count = min(len(first) // (self.seq_len * self.dtype.itemsize), int(self.starts[k + 1] - self.starts[k]))
+            got = first[: count * self.seq_len * self.dtype.itemsize].view(self.dtype).reshape(count, self.seq_len)
+            self._head = (k, got)
+        if last < len(got):
+            return got
+        self._head = None
+        return None
+
     def _take(self, k: int, local: np.ndarray, out: np.ndarray) -> None:
+        windows = self._from_head(k, local)
+        if windows is None:
+            windows = self._windows_of(k)
         # mode="clip" skips numpy's buffered bounds-checked path; the indices are in range
-        self._windows_of(k).take(local, axis=0, out=out, mode="clip")
+        windows.take(local, axis=0, out=out, mode="clip")
 
 
 class _EpochOrder:
     """Window ids of consecutive samples of the endless stream, a block at a time.
 
-    ``counts`` are the shards' window counts. Epoch ``e``'s shard order and group
-    boundaries cost O(#shards), once per epoch; a group's staged order O(group^2), once
-    per group; a block of samples O(block) wherever it lies, so resuming stays O(1) in
-    the step.
+    ``counts`` are the shards' window counts, ``heads`` their windows in their heads (see
+    the module; None: no heads). Epoch ``e``'s shard order and group boundaries cost
+    O(#shards), once per epoch; a group's staged order O(group^2), once per group; a
+    block of samples O(block) wherever it lies, so resuming stays O(1) in the step.
     """
 
     BLOCK = 1 << 13  # samples planned at once (several steps)
 
-    def __init__(self, counts: np.ndarray, seed: int, group: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, counts: np.ndarray, seed: int, group: int = DEFAULT_WINDOW,
+                 heads: np.ndarray | None = None) -> None:
         self.counts = np.asarray(counts, dtype=np.int64)
+        self.heads = heads
         self.starts = np.zeros(len(self.counts) + 1, dtype=np.int64)
         np.cumsum(self.counts, out=self.starts[1:])
         self.n, self.seed, self.group = int(self.starts[-1]), seed, group
@@ -145,7 +192,7 @@ class _EpochOrder:
         if order is None:
             mine = shards[g * self.group : (g + 1) * self.group]
             order = WindowOrder(mine, np.zeros(len(mine), dtype=np.int64), self.counts[mine],
-                                key=(self.seed, epoch, 1, g))
+                                key=(self.seed, epoch, 1, g), heads=self.heads)
             if len(self._orders) >= 2:  # the group being read and the next one
                 del self._orders[next(iter(self._orders))]
             self._orders[(epoch, g)] = order
@@ -159,6 +206,17 @@ class _EpochOrder:
         g = int(np.searchsorted(edges, pos, side="right")) - 1
         stage = self._group_order(epoch, g, shards).stage_of(pos - int(edges[g]))
         return shards[g * self.group + stage : (g + 2) * self.group]
+
+    def lead(self, sample: int) -> int | None:
+        """The shard whose head sample ``sample`` is read from, if its group is led by one
+        and the sample lies in the positions its head has alone; else None."""
+        epoch, pos = divmod(sample, self.n)
+        shards, edges = self._epoch_plan(epoch)
+        g = int(np.searchsorted(edges, pos, side="right")) - 1
+        order = self._group_order(epoch, g, shards)
+        if order.from_head and pos - int(edges[g]) < int(order.stage_starts[1]):
+            return int(order.shards[0])
+        return None
 
     def windows(self, first: int, count: int) -> np.ndarray:
         """Window ids of samples ``first .. first+count-1``."""
@@ -187,6 +245,7 @@ def token_batches(
     shard: tuple[int, int] = (0, 1),
     prefetch: Callable[[np.ndarray], None] | None = None,
     start_sample: int = 0,
+    lead: Callable[[int], Callable[[], np.ndarray | None] | None] | None = None,
 ) -> Iterator[np.ndarray]:
     """``(batch_size, seq_len)`` batches from step ``start_step`` on.
 
@@ -206,6 +265,10 @@ def token_batches(
     ``start_sample + s*world_size*batch_size``, whatever its topology: passing that as
     ``start_sample`` (and ``start_step=0``) continues on any world size and batch size
     with every sample of the endless stream once (elastic resume).
+
+    ``lead``, if given, is called before anything is prefetched with the shard whose head
+    the first batch starts in (see the module), if it does: it returns a function that
+    waits for the head's bytes (:meth:`TokenWindows.lead_with`), or None.
     """
     _check_stream_arguments(batch_size, seed, start_step, epochs)
     if isinstance(start_sample, bool) or not isinstance(start_sample, (int, np.integer)) or start_sample < 0:
@@ -217,13 +280,17 @@ def token_batches(
         raise ValueError(
             f"no complete window of seq_len={windows.seq_len} {windows.dtype} tokens in the data"
         )
-    order = _EpochOrder(np.diff(windows.starts), int(seed))
+    order = _EpochOrder(np.diff(windows.starts), int(seed), heads=windows.head_windows)
     batches = _sorted_batches(order, int(start_step), batch_size, rank, world, start_sample)
     if epochs is not None:
         steps = max(0, int(epochs) * n - start_sample) // (batch_size * world)
         batches = itertools.islice(batches, max(0, steps - int(start_step)))
     picked = next(batches, None)
     step = int(start_step)
+    if lead is not None and picked is not None and windows.head_windows is not None:
+        k = order.lead(start_sample + (step * world + rank) * batch_size)
+        if k is not None and (head := lead(k)) is not None:
+            windows.lead_with(k, head)
     while picked is not None:
         upcoming = next(batches, None)
         step += 1
