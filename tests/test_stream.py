@@ -226,6 +226,11 @@ def test_heads_lead_each_group_and_the_first_batches_are_served_from_the_lead_s_
     order = _EpochOrder(np.diff(windows.starts), seed, heads=windows.head_windows)
     every = order.windows(0, n)
     assert sorted(every.tolist()) == list(range(n))  # an epoch: every window once
+    edges = order._epoch_plan(0)[1]
+    for sample in range(0, n, max(1, n // 50)):  # what is asked for ahead: every shard its group reads from here on
+        end = int(edges[np.searchsorted(edges, sample, side="right")])
+        needed = np.searchsorted(windows.starts, every[sample:end], side="right") - 1
+        assert set(needed.tolist()) <= set(order.shards_ahead(sample).tolist())
     lead = order.lead(0)
     shards = order._epoch_plan(0)[0]
     assert (lead is not None) == bool(np.any(windows.head_windows[shards[:16]] > 0))  # a group of 16

@@ -199,13 +199,14 @@ class _EpochOrder:
         return order
 
     def shards_ahead(self, sample: int) -> np.ndarray:
-        """The shards samples from ``sample`` on open, in the order they open, to the end
+        """The shards samples from ``sample`` on read, in the order they open, to the end
         of the next group of the epoch: the ones to download next."""
         epoch, pos = divmod(sample, self.n)
         shards, edges = self._epoch_plan(epoch)
         g = int(np.searchsorted(edges, pos, side="right")) - 1
-        stage = self._group_order(epoch, g, shards).stage_of(pos - int(edges[g]))
-        return shards[g * self.group + stage : (g + 2) * self.group]
+        order = self._group_order(epoch, g, shards)
+        giving = dict.fromkeys(order.shards[order.slots_from(pos - int(edges[g]))].tolist())  # (a head's shard twice)
+        return np.asarray([*giving, *shards[(g + 1) * self.group : (g + 2) * self.group].tolist()], dtype=np.int64)
 
     def lead(self, sample: int) -> int | None:
         """The shard whose head sample ``sample`` is read from, if its group is led by one
@@ -255,8 +256,8 @@ def token_batches(
     steps per rank, the same on every rank. ``shard=(rank, world_size)`` gives rank
     ``rank`` every ``world_size``-th global batch, so ranks see disjoint batches of one
     shared order. ``prefetch``, if given, is called before the current batch is gathered
-    with the shards of the next batch, then those that open after them, in the order
-    they open, to the end of the next group (see the module docstring).
+    with the shards of the next batch, then those its group reads from there on, in the
+    order they open, and the next group's (see the module docstring).
 
     ``start_sample`` shifts the stream: step ``s`` of rank ``r`` is samples
     ``start_sample + (s*world_size + r)*batch_size`` on, and the stream has
