@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import gc
 import pathlib
+import time
 import weakref
 
 import numpy as np
@@ -138,3 +139,26 @@ def test_a_dataset_dropped_without_close_lets_go_of_its_shards_at_once(two_datas
         assert ShardCache(cache_dir).remove(checksum)  # its lock went with it
     finally:
         gc.enable()
+
+
+def test_a_shard_being_mapped_is_not_asked_for_ahead_again(two_datasets, tmp_path):
+    # A token stream asks ahead, at every batch, for the shards it maps next. Mapping one
+    # claims its download, which makes room in the lookahead; that room must go to the
+    # next shard, not to the one being mapped (whose place no later claim would free: the
+    # lookahead filled with such shards, and a stream fetched shard by shard).
+    store, manifest, _ = two_datasets[0]
+    catalog = ShardCatalog()
+    catalog.add(store, manifest.shards)
+    assert len(manifest.shards) > 3
+    residency = Residency(catalog, ShardCache(tmp_path / "cache"), lookahead=2, what="a dataset")
+    try:
+        residency.prefetch([0, 1, 2])
+        residency.prefetch([0, 1, 2])  # asked again, as the next batch asks: 0 and 1 are in the lookahead
+        residency.map(0)
+        residency.map(1)
+        deadline = time.monotonic() + 10  # shard 2 is fetched in the background, unasked by a map
+        while not residency.cache.contains(catalog.checksums[2]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert residency.cache.contains(catalog.checksums[2])
+    finally:
+        residency.close()

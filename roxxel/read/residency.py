@@ -233,7 +233,11 @@ class Residency:
     def prefetch(self, upcoming: Iterable[int]) -> None:
         """Download the first ``lookahead`` unmapped shards of ``upcoming`` in the background."""
         if self.lookahead > 0 and not self._closed:
-            self._get_downloader().prefetch(k for k in upcoming if k not in self._handles)
+            # (drawn from lazily, as claims make room: a shard the reader is mapping, whose
+            # claim made it, is not asked for again; it would hold a place in the lookahead
+            # that no claim frees, and a token stream, whose list holds the shards it maps
+            # next, fetched shard by shard once the lookahead was full of them)
+            self._get_downloader().prefetch(k for k in upcoming if k not in self._handles and k not in self._wanted)
 
     def fetch_together(self, shards: Iterable[int]) -> None:
         """Download the unmapped ones of ``shards`` (all needed now) side by side."""
