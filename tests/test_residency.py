@@ -18,7 +18,9 @@ from roxxel.cache import ShardCache
 from roxxel.cache.sizing import required_bytes
 from roxxel.errors import CacheError
 from roxxel.manifest.io import dataset_store, read_manifest
+from roxxel.backends import Store
 from roxxel.read.catalog import ShardCatalog
+from roxxel.read.parts import PartEngine
 from roxxel.read.residency import Residency
 
 
@@ -162,3 +164,40 @@ def test_a_shard_being_mapped_is_not_asked_for_ahead_again(two_datasets, tmp_pat
         assert residency.cache.contains(catalog.checksums[2])
     finally:
         residency.close()
+
+
+class _InParts(Store):
+    """A local dataset read as a store that downloads shards in parts."""
+
+    @property
+    def downloads_in_parts(self) -> bool:
+        return True
+
+
+def test_downloads_with_no_order_given_go_in_the_order_they_were_asked_for(tmp_path, monkeypatch):
+    # (a token stream gives no order of use: its downloads' threads reach the part engine
+    # in any order, and the engine serves them in the order they were asked for instead)
+    url = str(tmp_path / "ds")
+    publish(url, make_records(120, 3))
+    store = _InParts(url)
+    manifest = read_manifest(store)
+    catalog = ShardCatalog()
+    catalog.add(store, manifest.shards)
+    orders: dict[str, float | None] = {}
+    download = PartEngine.download
+
+    def recorded(self, store, key, size, sink, **kw):
+        orders[key] = kw.get("order")
+        return download(self, store, key, size, sink, **kw)
+
+    monkeypatch.setattr(PartEngine, "download", recorded)
+    residency = Residency(catalog, ShardCache(tmp_path / "cache"), lookahead=4, what="a dataset")
+    try:
+        asked = [3, 1, 2, 0]
+        residency.prefetch(asked)
+        for k in asked:
+            residency.map(k)
+    finally:
+        residency.close()
+    got = [orders[str(manifest.shards.uris[k])] for k in asked]
+    assert None not in got and got == sorted(got)

@@ -11,6 +11,7 @@ iterators and ``warm`` use it through its public methods only.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -132,6 +133,11 @@ class Residency:
         self._maps: dict[int, MappedShard] = {}
         self._mapped: deque[int] = deque()  # the mapped shards, oldest first
         self._next_use: dict[str, int] = {}  # checksum -> position in the current order
+        # shard -> when prefetch() last asked for it, counted: where no order is given
+        # (a token stream's), downloads go in that order, not in the order their threads
+        # happen to reach the part engine
+        self._asked: dict[int, int] = {}
+        self._asks = itertools.count()
         self._later: dict[str, int] = {}  # the same for the order after it
         self._unmapped: Callable[[int], object] = lambda k: None
         self._closed = False
@@ -237,7 +243,12 @@ class Residency:
             # claim made it, is not asked for again; it would hold a place in the lookahead
             # that no claim frees, and a token stream, whose list holds the shards it maps
             # next, fetched shard by shard once the lookahead was full of them)
-            self._get_downloader().prefetch(k for k in upcoming if k not in self._handles and k not in self._wanted)
+            self._get_downloader().prefetch(self._ask(k) for k in upcoming if k not in self._handles and k not in self._wanted)
+
+    def _ask(self, k: int) -> int:
+        """``k``, noted as asked for now (see ``_asked``)."""
+        self._asked[k] = next(self._asks)
+        return k
 
     def fetch_together(self, shards: Iterable[int]) -> None:
         """Download the unmapped ones of ``shards`` (all needed now) side by side."""
@@ -332,7 +343,7 @@ class Residency:
                 parts.download(store, key, size, feed, check_cancelled=check_cancelled,
                                on_start=lambda transfer: self._started(k, transfer, urgent),
                                on_part=self._count_part, on_retry=self._count_retry,
-                               order=self._next_use.get(self.catalog.checksums[k]),
+                               order=self._next_use.get(self.catalog.checksums[k], self._asked.get(k)),
                                urgent=waited, first=first, into=into,
                                start=head.head.size if head is not None else 0)
             finally:
