@@ -267,6 +267,36 @@ def test_ds_stream_s_first_batches_come_from_the_head_that_leads_its_group(tmp_p
     assert min(a for kind, k, a, b in store.reads if kind == "shard" and k == key) == size
 
 
+def test_a_mixture_stream_s_first_batch_comes_from_its_sources_heads(tmp_path, small_heads):
+    urls = [str(tmp_path / f"ds{i}") for i in range(2)]
+    manifests = [write(url, make_records(400, seed=i), shard_bytes=5 * HEAD // 2) for i, url in enumerate(urls)]
+
+    def batches(stores, cache, gated):
+        sources = [roxxel.open(url, cache_dir=str(tmp_path / f"{cache}{i}"), store=store)
+                   for i, (url, store) in enumerate(zip(urls, stores))]
+        with roxxel.mix(sources, weights=[0.5, 0.5], seed=3, cache_dir=str(tmp_path / cache)) as m:
+            stream = m.stream(32, 4, rank=0, world_size=1)
+            got = [next(stream) for _ in range(5)]  # 10 samples of each source: within their heads
+            if gated:  # no read but the heads' has ended
+                assert not any(s.release.is_set() for s in stores) and m.stats["shards_downloaded"] == 0
+                for s in stores:
+                    s.release.set()
+            return got + list(stream)
+
+    released = [InParts(url) for url in urls]
+    for s in released:
+        s.release.set()
+    whole = batches(released, "plain", gated=False)
+    stores = [InParts(url) for url in urls]
+    got = batches(stores, "cache", gated=True)
+    assert len(got) == len(whole) > 5 and all(np.array_equal(a, b) for a, b in zip(got, whole))
+    for store, manifest in zip(stores, manifests):  # each source's head: its bytes and its index
+        heads = sorted(r[1:] for r in store.reads if r[0] == "head")
+        shard = next(s for s in manifest.shards if s.uri == heads[0][0])
+        assert [(a, b) for _, a, b in heads] == [(0, parse_head(shard.head).size),
+                                                 (index_start(shard.records, shard.stored_size), shard.stored_size)]
+
+
 @pytest.mark.parametrize("later", [False, True], ids=["first piece leads", "a later piece leads"])
 def test_ds_iter_s_first_records_come_from_the_head_that_leads_its_window(tmp_path, small_heads, later):
     url, recs, manifest = written(tmp_path)

@@ -9,7 +9,7 @@ verified (size, checksum, bounded decompression, footer) before it is mapped.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -308,21 +308,11 @@ class Dataset(Records):
         windows = TokenWindows(payload_sizes, lambda k: self.shard(k).payload, seq_len, dtype, table.head_bytes)
         residency = self.residency
         residency.hold(min(batch_size, residency.mapping_cap))
-
-        def lead(k: int) -> Callable[[], np.ndarray | None] | None:
-            # the head's bytes asked for before the shard's download starts (which then
-            # starts after them), and that download before any other
-            wait = None if self.is_mapped(k) else residency.first_records(k)
-            residency.about_to_map([k])
-            if wait is None:
-                return None
-            return lambda: None if (early := wait()) is None else early.payload
-
         return self._track(
             token_batches(
                 windows, batch_size, seed, start_step, epochs=epochs,
                 shard=(rank, world_size), prefetch=lambda shards: residency.prefetch(shards.tolist()),
-                start_sample=start_sample, lead=lead,
+                start_sample=start_sample, lead=residency.first_bytes,
             )
         )
 

@@ -52,17 +52,27 @@ def mixture_batches(
     shard: tuple[int, int],
     start_sample: int = 0,
     prefetch: Callable[[list[np.ndarray]], None] | None = None,
+    lead: Callable[[int, int], Callable[[], np.ndarray | None] | None] | None = None,
 ) -> Iterator[np.ndarray]:
     """``(batch_size, seq_len)`` batches of rank ``shard[0]`` from ``start_step`` on, for
     ``steps`` steps in all (None: endless). ``prefetch`` gets, before each batch is
-    gathered, each source's shards that its next samples open."""
+    gathered, each source's shards that its next samples read. ``lead(i, k)``, if given,
+    is called first for each source ``i`` whose samples in the first batch start in the
+    head of its shard ``k`` that leads their group (as ``token_batches``' ``lead``)."""
     _check_stream_arguments(batch_size, 0, start_step, None)
     if isinstance(start_sample, bool) or not isinstance(start_sample, (int, np.integer)) or start_sample < 0:
         raise ValueError(f"start_sample must be an integer >= 0, got {start_sample!r}")
     rank, world = shard
-    orders = [_EpochOrder(np.diff(w.starts), seed) for w, seed in zip(windows, seeds)]
+    orders = [_EpochOrder(np.diff(w.starts), seed, heads=w.head_windows) for w, seed in zip(windows, seeds)]
     seq_len, dtype = windows[0].seq_len, windows[0].dtype
     step = start_step
+    if lead is not None and (steps is None or step < steps):
+        g0 = int(start_sample) + (step * world + rank) * batch_size
+        before = schedule.counts(g0)
+        for i in np.unique(schedule.sources(g0, g0 + batch_size)).tolist():
+            k = orders[i].lead(int(before[i])) if windows[i].head_windows is not None else None
+            if k is not None and (head := lead(i, k)) is not None:
+                windows[i].lead_with(k, head)
     while steps is None or step < steps:
         g0 = int(start_sample) + (step * world + rank) * batch_size
         srcs = schedule.sources(g0, g0 + batch_size)

@@ -386,7 +386,7 @@ class Mixture:
             table, first = m.shards, self.shard_offsets[i]
             sizes = payload_size(table.raw_size, table.records)
             windows.append(TokenWindows(sizes, lambda k, first=first: self.records.shard(first + k).payload,
-                                        seq_len, dtype))
+                                        seq_len, dtype, table.head_bytes))
         per_epoch = stream_length(self.schedule, windows, self.policies)
         if epochs is not None and per_epoch == 0:
             raise ValueError("every source of this mixture repeats: its stream has no epochs; use epochs=None")
@@ -401,7 +401,8 @@ class Mixture:
 
         return self.records._track(mixture_batches(windows, seeds, self.schedule, batch_size, start_step,
                                                    steps=steps, shard=(rank, world_size), start_sample=start_sample,
-                                                   prefetch=prefetch))
+                                                   prefetch=prefetch,
+                                                   lead=lambda i, k: residency.first_bytes(offsets[i] + k)))
 
     def _from_job(self, job: Mapping[str, Any], topology: Topology, now: Mapping[str, Any]) -> MixState:
         """The state consumer ``topology`` continues from, given a mixture job state: its

@@ -524,6 +524,18 @@ class Residency:
 
         return wait
 
+    def first_bytes(self, k: int) -> Callable[[], np.ndarray | None] | None:
+        """Shard ``k`` is read first, from its head's bytes if they come sooner than the
+        shard (a token stream's first batches: :mod:`roxxel.read.tokens`): they are asked
+        for now (:meth:`first_records`), and then the shard's download, before any other
+        (:meth:`about_to_map`). Returns a function that waits for the head's bytes,
+        checked (None if they could not be had), or None where they would not come sooner."""
+        wait = None if k in self._maps else self.first_records(k)
+        self.about_to_map([k])
+        if wait is None:
+            return None
+        return lambda: None if (early := wait()) is None else early.payload
+
     def _settle_head(self, k: int) -> None:
         """Shard ``k``'s fetch has ended (in the cache, or failed): a head fetched for a
         download that did not take it is of no use to a later one, which starts from byte 0."""
