@@ -267,6 +267,38 @@ def test_ds_stream_s_first_batches_come_from_the_head_that_leads_its_group(tmp_p
     assert min(a for kind, k, a, b in store.reads if kind == "shard" and k == key) == size
 
 
+@pytest.mark.parametrize("failing", ["fail_head", "flip_head"])
+def test_a_stream_s_head_that_fails_leaves_its_first_batches_to_the_shard(tmp_path, small_heads, caplog, failing):
+    url, recs, manifest = written(tmp_path)
+    released = InParts(url)
+    released.release.set()
+    with roxxel.open(url, cache_dir=str(tmp_path / "plain"), store=released) as ds:
+        whole = list(ds.stream(32, 4, seed=5, rank=0, world_size=1))
+    store = InParts(url)
+    setattr(store, failing, True)
+    store.release.set()
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        got = list(ds.stream(32, 4, seed=5, rank=0, world_size=1))
+        assert ds.stats["bytes_downloaded"] == sum(s.stored_size for s in manifest.shards)
+    assert len(got) == len(whole) and all(np.array_equal(a, b) for a, b in zip(got, whole))
+    assert "wait for the whole shard" in caplog.text
+
+
+def test_heads_false_streams_in_the_order_of_a_dataset_without_heads(tmp_path, small_heads):
+    recs = make_records(400)
+    with_heads, without = str(tmp_path / "with"), str(tmp_path / "without")
+    write(with_heads, recs, shard_bytes=5 * HEAD // 2)
+    write(without, recs, shard_bytes=5 * HEAD // 2, heads=False)
+    with roxxel.open(with_heads, cache_dir=str(tmp_path / "c1")) as a, \
+            roxxel.open(without, cache_dir=str(tmp_path / "c2")) as b:
+        plain = list(b.stream(32, 4, seed=5, rank=0, world_size=1))
+        led = list(a.stream(32, 4, seed=5, rank=0, world_size=1))
+        old = list(a.stream(32, 4, seed=5, rank=0, world_size=1, heads=False))
+        assert len(plain) == len(led) == len(old)
+        assert all(np.array_equal(x, y) for x, y in zip(plain, old))  # the order of before heads
+        assert not all(np.array_equal(x, y) for x, y in zip(plain, led))  # heads lead the groups
+
+
 def test_a_mixture_stream_s_first_batch_comes_from_its_sources_heads(tmp_path, small_heads):
     urls = [str(tmp_path / f"ds{i}") for i in range(2)]
     manifests = [write(url, make_records(400, seed=i), shard_bytes=5 * HEAD // 2) for i, url in enumerate(urls)]

@@ -286,8 +286,10 @@ class Dataset(Records):
         rank: int | None = None,
         world_size: int | None = None,
         start_sample: int = 0,
+        heads: bool = True,
     ) -> Iterator[np.ndarray]:
-        """``(batch_size, seq_len)`` token batches, as ``Roxxel.stream`` gives locally.
+        """``(batch_size, seq_len)`` token batches, as ``Roxxel.stream`` gives locally
+        (for a dataset whose shards have heads, with ``heads=False``).
 
         The payloads are read as ``dtype`` tokens cut into windows of ``seq_len`` (see
         :mod:`roxxel.read.tokens`); all ranks share one seeded order and rank ``r`` of ``w``
@@ -298,6 +300,10 @@ class Dataset(Records):
         any world size and batch size: after ``s`` steps on every rank, a job has read
         ``start_sample + s * world_size * batch_size`` (see :func:`roxxel.read.tokens.token_batches`).
         Shards are fetched as batches need them, the next batch's shards in the background.
+        Where the manifest gives shards heads, each group of shards is led by the windows
+        in a head and the first batch is served from it (see :mod:`roxxel.read.tokens`);
+        ``heads=False`` orders the stream as roxxel did before it used them (to continue a
+        job begun then: the order differs).
         """
         self._check_open()
         rank, world_size, _, _ = detect_topology(rank, world_size, 0, 1)
@@ -305,7 +311,8 @@ class Dataset(Records):
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         table = self.manifest.shards
         payload_sizes = payload_size(table.raw_size, table.records)
-        windows = TokenWindows(payload_sizes, lambda k: self.shard(k).payload, seq_len, dtype, table.head_bytes)
+        windows = TokenWindows(payload_sizes, lambda k: self.shard(k).payload, seq_len, dtype,
+                               table.head_bytes if heads else None)
         residency = self.residency
         residency.hold(min(batch_size, residency.mapping_cap))
         return self._track(

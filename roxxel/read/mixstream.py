@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from .schedule import Schedule
-from .tokens import TokenWindows, _check_stream_arguments, _EpochOrder
+from .tokens import TokenWindows, _check_stream_arguments, _EpochOrder, ask_lead
 
 __all__ = ["mixture_batches", "stream_length"]
 
@@ -66,13 +66,13 @@ def mixture_batches(
     orders = [_EpochOrder(np.diff(w.starts), seed, heads=w.head_windows) for w, seed in zip(windows, seeds)]
     seq_len, dtype = windows[0].seq_len, windows[0].dtype
     step = start_step
-    if lead is not None and (steps is None or step < steps):
+    if lead is not None and (steps is None or step < steps):  # each source's first samples, from its head?
         g0 = int(start_sample) + (step * world + rank) * batch_size
-        before = schedule.counts(g0)
-        for i in np.unique(schedule.sources(g0, g0 + batch_size)).tolist():
-            k = orders[i].lead(int(before[i])) if windows[i].head_windows is not None else None
-            if k is not None and (head := lead(i, k)) is not None:
-                windows[i].lead_with(k, head)
+        before, srcs = schedule.counts(g0), schedule.sources(g0, g0 + batch_size)
+        for i in np.unique(srcs).tolist():
+            first = int(before[i])
+            picked = orders[i].windows(first, int(np.count_nonzero(srcs == i)))
+            ask_lead(windows[i], orders[i], first, picked, lambda k, i=i: lead(i, k))
     while steps is None or step < steps:
         g0 = int(start_sample) + (step * world + rank) * batch_size
         srcs = schedule.sources(g0, g0 + batch_size)

@@ -370,12 +370,14 @@ class Mixture:
         rank: int | None = None,
         world_size: int | None = None,
         start_sample: int = 0,
+        heads: bool = True,
     ) -> Iterator[np.ndarray]:
         """``(batch_size, seq_len)`` token batches whose rows follow the mixture's weights,
         as ``ds.stream`` gives a dataset's (see :mod:`roxxel.read.mixstream`). ``seed``
         defaults to the mixture's; ``epochs=None`` never ends (needed when every source
         repeats); ``start_step`` resumes at once; ``start_sample`` continues a job whose
-        ranks have read that many samples in all, on any world size and batch size."""
+        ranks have read that many samples in all, on any world size and batch size;
+        ``heads=False``: the sources' heads do not lead their order (as ``ds.stream``)."""
         self.records._check_open()
         rank, world_size, _, _ = detect_topology(rank, world_size, 0, 1)
         if not 0 <= rank < world_size:
@@ -386,7 +388,7 @@ class Mixture:
             table, first = m.shards, self.shard_offsets[i]
             sizes = payload_size(table.raw_size, table.records)
             windows.append(TokenWindows(sizes, lambda k, first=first: self.records.shard(first + k).payload,
-                                        seq_len, dtype, table.head_bytes))
+                                        seq_len, dtype, table.head_bytes if heads else None))
         per_epoch = stream_length(self.schedule, windows, self.policies)
         if epochs is not None and per_epoch == 0:
             raise ValueError("every source of this mixture repeats: its stream has no epochs; use epochs=None")

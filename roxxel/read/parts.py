@@ -420,6 +420,14 @@ class PartEngine:
         with transfer.into.view(pos, end) as view:
             sink(view)
 
+    def ticket(self) -> int:
+        """A place in the order downloads were asked for, taken now: what a download
+        given it as its ``order`` is served by (those given none take theirs when they
+        reach the engine)."""
+        with self._cond:
+            self._tickets += 1
+            return self._tickets
+
     def hurry(self, transfer: _Transfer | None, *, first: bool = False) -> None:
         """A reader is blocked on this download: its parts go before everyone else's;
         ``first``: the reader has nothing yet (its first record waits for it)."""

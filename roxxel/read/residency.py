@@ -11,7 +11,6 @@ iterators and ``warm`` use it through its public methods only.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
@@ -133,11 +132,11 @@ class Residency:
         self._maps: dict[int, MappedShard] = {}
         self._mapped: deque[int] = deque()  # the mapped shards, oldest first
         self._next_use: dict[str, int] = {}  # checksum -> position in the current order
-        # shard -> when prefetch() last asked for it, counted: where no order is given
-        # (a token stream's), downloads go in that order, not in the order their threads
-        # happen to reach the part engine
-        self._asked: dict[int, int] = {}
-        self._asks = itertools.count()
+        # each shard's place in the order downloads were asked for (the part engine's
+        # ticket when prefetch() last asked for it; -1: never): where no order of use is
+        # given (a token stream's), downloads go in that order, not in the order their
+        # threads happen to reach the engine
+        self._asked = np.full(len(catalog), -1, dtype=np.int64)
         self._later: dict[str, int] = {}  # the same for the order after it
         self._unmapped: Callable[[int], object] = lambda k: None
         self._closed = False
@@ -237,17 +236,20 @@ class Residency:
     # -- downloads ---------------------------------------------------------------------
 
     def prefetch(self, upcoming: Iterable[int]) -> None:
-        """Download the first ``lookahead`` unmapped shards of ``upcoming`` in the background."""
+        """Download the first ``lookahead`` unmapped shards of ``upcoming`` in the background
+        (not one being mapped), in that order."""
         if self.lookahead > 0 and not self._closed:
             # (drawn from lazily, as claims make room: a shard the reader is mapping, whose
             # claim made it, is not asked for again; it would hold a place in the lookahead
             # that no claim frees, and a token stream, whose list holds the shards it maps
             # next, fetched shard by shard once the lookahead was full of them)
-            self._get_downloader().prefetch(self._ask(k) for k in upcoming if k not in self._handles and k not in self._wanted)
+            wanted = (k for k in upcoming if k not in self._handles and k not in self._wanted)
+            self._get_downloader().prefetch(self._ask(k) for k in wanted)
 
     def _ask(self, k: int) -> int:
-        """``k``, noted as asked for now (see ``_asked``)."""
-        self._asked[k] = next(self._asks)
+        """``k``, noted as asked for now (see ``_asked``; only where it may download in parts)."""
+        if self.catalog.remote:
+            self._asked[k] = engine().ticket()
         return k
 
     def fetch_together(self, shards: Iterable[int]) -> None:
@@ -343,7 +345,7 @@ class Residency:
                 parts.download(store, key, size, feed, check_cancelled=check_cancelled,
                                on_start=lambda transfer: self._started(k, transfer, urgent),
                                on_part=self._count_part, on_retry=self._count_retry,
-                               order=self._next_use.get(self.catalog.checksums[k], self._asked.get(k)),
+                               order=self._order_of(k),
                                urgent=waited, first=first, into=into,
                                start=head.head.size if head is not None else 0)
             finally:
@@ -358,6 +360,14 @@ class Residency:
             self._stats["shards_downloaded" if fetched else "cache_hits"] += 1
             self._per_shard[k, 0 if fetched else 1] += 1
         return handle
+
+    def _order_of(self, k: int) -> int | None:
+        """When shard ``k`` is needed: its place in the order given (:meth:`expect`), else
+        in the order downloads were asked for, if it was (``_asked``)."""
+        order = self._next_use.get(self.catalog.checksums[k])
+        if order is None and self._asked[k] >= 0:
+            order = int(self._asked[k])
+        return order
 
     def _attached_engine(self) -> PartEngine:
         with self._lock:

@@ -12,12 +12,15 @@ eighth of the group, and the group is then mixed as ``ds.iter``'s windows are (0
 uniform permutation's mix). So a remote stream's first batch waits for one shard, not
 for ``batch_size`` shards from anywhere in the dataset, and a batch never needs more
 than a group's shards. Where the manifest gives shards heads (``heads``: the bytes each
-head holds), a group is led by the windows of its first shard's head that lie wholly in
-it, as ``ds.iter``'s windows are (:mod:`roxxel.planner`, step 6): its first samples come
-from them alone, so the first batch is served from the head, checked, before the shard
-arrives (``lead`` in :func:`token_batches`), and the group's other windows join as before.
-A local copy (:class:`roxxel.Roxxel`, which has no manifest) has no heads, so its order
-is the same as a remote one's only for a dataset without them. Sample ``j`` of the endless stream is the ``j % N``-th sample of
+head holds), a group is led as a window of ``ds.iter`` is (:mod:`roxxel.planner`, step
+6): the windows that lie wholly in the head of its first shard that has any are moved
+to the front, and its first samples come from them alone. A first batch that lies in
+them is served from the head, checked, before the shard arrives (``lead`` in
+:func:`token_batches`); the group's other windows join as before. A local copy
+(:class:`roxxel.Roxxel`, which has no manifest) has no heads, so its order is the same
+as a remote one's only for a dataset without them (or with ``heads=False``).
+
+Sample ``j`` of the endless stream is the ``j % N``-th sample of
 epoch ``j // N``, and step ``s`` is samples ``s*B .. s*B+B-1``, so any step is computed
 directly: resuming costs O(#shards + batch), not O(steps). A stream of ``E`` epochs is
 the endless one's first ``E*N // B`` steps: a batch may hold the end of one epoch and
@@ -88,11 +91,21 @@ class TokenWindows:
             return last[2]
         # Only the last shard's view is kept, and only while its owner hands out the same
         # payload: the owner decides how long a shard stays mapped.
-        count = int(self.starts[k + 1] - self.starts[k])
-        raw = payload[: count * self.seq_len * self.dtype.itemsize]
-        view = raw.view(self.dtype).reshape(count, self.seq_len)
+        view = self._as_windows(payload, int(self.starts[k + 1] - self.starts[k]))
         self._last = (k, payload, view)
         return view
+
+    def _as_windows(self, payload: np.ndarray, count: int) -> np.ndarray:
+        """The first ``count`` windows of ``payload`` (``uint8``), as a view."""
+        raw = payload[: count * self.seq_len * self.dtype.itemsize]
+        return raw.view(self.dtype).reshape(count, self.seq_len)
+
+    def in_head(self, k: int, windows: np.ndarray) -> bool:
+        """Whether the global ``windows`` (some) all lie in shard ``k``'s head."""
+        if self.head_windows is None or not len(windows):
+            return False
+        local = windows - self.starts[k]
+        return bool(np.all((local >= 0) & (local < self.head_windows[k])))
 
     def shards_of(self, windows: np.ndarray) -> np.ndarray:
         """The distinct shards holding ``windows``, in ascending order."""
@@ -137,7 +150,7 @@ class TokenWindows:
                 self._head = None
                 return None
             count = min(len(first) // (self.seq_len * self.dtype.itemsize), int(self.starts[k + 1] - self.starts[k]))
-            got = first[: count * self.seq_len * self.dtype.itemsize].view(self.dtype).reshape(count, self.seq_len)
+            got = self._as_windows(first, count)
             self._head = (k, got)
         if last < len(got):
             return got
@@ -198,38 +211,36 @@ class _EpochOrder:
             self._orders[(epoch, g)] = order
         return order
 
-    def shards_ahead(self, sample: int) -> np.ndarray:
-        """The shards samples from ``sample`` on read, in the order they open, to the end
-        of the next group of the epoch: the ones to download next."""
+    def _locate(self, sample: int) -> tuple[int, int, int, WindowOrder]:
+        """Sample ``sample``'s epoch, group, position in its group, and the group's order."""
         epoch, pos = divmod(sample, self.n)
         shards, edges = self._epoch_plan(epoch)
         g = int(np.searchsorted(edges, pos, side="right")) - 1
-        order = self._group_order(epoch, g, shards)
-        giving = dict.fromkeys(order.shards[order.slots_from(pos - int(edges[g]))].tolist())  # (a head's shard twice)
-        return np.asarray([*giving, *shards[(g + 1) * self.group : (g + 2) * self.group].tolist()], dtype=np.int64)
+        return epoch, g, pos - int(edges[g]), self._group_order(epoch, g, shards)
+
+    def shards_ahead(self, sample: int) -> np.ndarray:
+        """The shards samples from ``sample`` on read, in the order they open, to the end
+        of the next group of the epoch: the ones to download next."""
+        epoch, g, at, order = self._locate(sample)
+        giving = order.shards[order.slots_from(at)].tolist()
+        shards = self._epoch_plan(epoch)[0]
+        if (g + 1) * self.group < len(shards):  # the next group's, as it opens them
+            giving += self._group_order(epoch, g + 1, shards).shards.tolist()
+        return np.asarray(list(dict.fromkeys(giving)), dtype=np.int64)  # (a head's shard is in two slots)
 
     def lead(self, sample: int) -> int | None:
         """The shard whose head sample ``sample`` is read from, if its group is led by one
         and the sample lies in the positions its head has alone; else None."""
-        epoch, pos = divmod(sample, self.n)
-        shards, edges = self._epoch_plan(epoch)
-        g = int(np.searchsorted(edges, pos, side="right")) - 1
-        order = self._group_order(epoch, g, shards)
-        if order.from_head and pos - int(edges[g]) < int(order.stage_starts[1]):
-            return int(order.shards[0])
-        return None
+        _, _, at, order = self._locate(sample)
+        return int(order.shards[0]) if order.from_head and at < int(order.stage_starts[1]) else None
 
     def windows(self, first: int, count: int) -> np.ndarray:
         """Window ids of samples ``first .. first+count-1``."""
         out = np.empty(count, dtype=np.int64)
         filled = 0
         while filled < count:
-            epoch, pos = divmod(first + filled, self.n)
-            shards, edges = self._epoch_plan(epoch)
-            g = int(np.searchsorted(edges, pos, side="right")) - 1
-            lo = pos - int(edges[g])
-            take = min(count - filled, int(edges[g + 1]) - pos)
-            order = self._group_order(epoch, g, shards)
+            _, _, lo, order = self._locate(first + filled)
+            take = min(count - filled, len(order) - lo)
             slot, local = order.at(lo, lo + take)
             out[filled : filled + take] = self.starts[order.shards[slot]] + local
             filled += take
@@ -268,7 +279,7 @@ def token_batches(
     with every sample of the endless stream once (elastic resume).
 
     ``lead``, if given, is called before anything is prefetched with the shard whose head
-    the first batch starts in (see the module), if it does: it returns a function that
+    the first batch lies in (see the module), if it does: it returns a function that
     waits for the head's bytes (:meth:`TokenWindows.lead_with`), or None.
     """
     _check_stream_arguments(batch_size, seed, start_step, epochs)
@@ -288,10 +299,8 @@ def token_batches(
         batches = itertools.islice(batches, max(0, steps - int(start_step)))
     picked = next(batches, None)
     step = int(start_step)
-    if lead is not None and picked is not None and windows.head_windows is not None:
-        k = order.lead(start_sample + (step * world + rank) * batch_size)
-        if k is not None and (head := lead(k)) is not None:
-            windows.lead_with(k, head)
+    if picked is not None:
+        ask_lead(windows, order, start_sample + (step * world + rank) * batch_size, picked, lead)
     while picked is not None:
         upcoming = next(batches, None)
         step += 1
@@ -302,6 +311,18 @@ def token_batches(
         windows.gather(picked, out)
         yield out
         picked = upcoming
+
+
+def ask_lead(windows: TokenWindows, order: _EpochOrder, sample: int, picked: np.ndarray,
+             lead: Callable[[int], Callable[[], np.ndarray | None] | None] | None) -> None:
+    """Before anything is prefetched: if the windows ``picked`` of ``windows`` (a first
+    batch's, from sample ``sample`` on, in ``order``) all lie in the head that leads
+    their group, ask ``lead`` for its bytes and serve them from there."""
+    if lead is None or windows.head_windows is None:
+        return
+    k = order.lead(sample)
+    if k is not None and windows.in_head(k, picked) and (head := lead(k)) is not None:
+        windows.lead_with(k, head)
 
 
 def _check_stream_arguments(batch_size: int, seed: int, start_step: int, epochs: int | None) -> None:
