@@ -203,9 +203,10 @@ def test_staged_groups_visit_every_window_once_and_resume_exactly(tokens_per_sha
     batch_size=st.integers(1, 9),
     seed=st.integers(0, 2**32),
     start=st.integers(0, 6),
+    topology=st.sampled_from([(0, 1), (0, 2), (1, 2), (2, 3)]),
 )
 def test_heads_lead_each_group_and_the_first_batches_are_served_from_the_lead_s_head(
-        tokens_per_shard, head_fraction, seq_len, batch_size, seed, start):
+        tokens_per_shard, head_fraction, seq_len, batch_size, seed, start, topology):
     from roxxel.read.tokens import TokenWindows, _EpochOrder, token_batches
 
     edges = np.concatenate([[0], np.cumsum(tokens_per_shard)])
@@ -245,16 +246,18 @@ def test_heads_lead_each_group_and_the_first_batches_are_served_from_the_lead_s_
         asked.append(k)
         return lambda: payloads[k][: heads[k]]
 
-    plain = list(itertools.islice(token_batches(windows, batch_size, seed, start, epochs=None), 3))
+    rank, world = topology
+    first = (start * world + rank) * batch_size  # this rank's first sample
+    plain = list(itertools.islice(token_batches(windows, batch_size, seed, start, epochs=None, shard=topology), 3))
     mapped.clear()
     windows = TokenWindows([p.nbytes for p in payloads], payload, seq_len, np.int32, heads)
-    led = token_batches(windows, batch_size, seed, start, epochs=None, lead=hook)
+    led = token_batches(windows, batch_size, seed, start, epochs=None, shard=topology, lead=hook)
     got = next(led)
     assert np.array_equal(got, plain[0])
-    lead = order.lead(start * batch_size)
+    lead = order.lead(first)
     fits = False
     if lead is not None:  # the head is asked for only if the first batch lies in it
-        local = order.windows(start * batch_size, batch_size) - windows.starts[lead]
+        local = order.windows(first, batch_size) - windows.starts[lead]
         fits = bool(np.all((local >= 0) & (local < windows.head_windows[lead])))
     assert asked == ([lead] if fits else [])
     if fits:
