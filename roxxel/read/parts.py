@@ -62,6 +62,7 @@ exit.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
 import os
@@ -273,7 +274,7 @@ class PartEngine:
         self.pid = os.getpid()  # a forked child makes its own engine (engine())
         self._cond = threading.Condition(threading.Lock())
         self._transfers: list[_Transfer] = []
-        self._tickets = 0
+        self._tickets = itertools.count(1)  # (next() needs no lock: a reader takes one while the threads hold it)
         self._in_flight = 0
         self._reserved = 0  # bytes in flight plus received and not consumed (unless placed)
         self._free: list[mmap.mmap] = []  # part buffers to reuse (as many as were in use at once)
@@ -363,8 +364,7 @@ class PartEngine:
         if not 0 <= start <= size:
             raise ValueError(f"start must be in [0, {size}], got {start!r}")
         with self._cond:
-            self._tickets += 1
-            transfer = _Transfer(store, key, size, self.part_size, self._tickets, start)
+            transfer = _Transfer(store, key, size, self.part_size, next(self._tickets), start)
             transfer.on_part, transfer.on_retry = on_part, on_retry
             if into is not None:
                 into.claim()
@@ -424,9 +424,7 @@ class PartEngine:
         """A place in the order downloads were asked for, taken now: what a download
         given it as its ``order`` is served by (those given none take theirs when they
         reach the engine)."""
-        with self._cond:
-            self._tickets += 1
-            return self._tickets
+        return next(self._tickets)
 
     def hurry(self, transfer: _Transfer | None, *, first: bool = False) -> None:
         """A reader is blocked on this download: its parts go before everyone else's;
