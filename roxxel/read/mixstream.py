@@ -57,7 +57,7 @@ def mixture_batches(
     """``(batch_size, seq_len)`` batches of rank ``shard[0]`` from ``start_step`` on, for
     ``steps`` steps in all (None: endless). ``prefetch`` gets, before each batch is
     gathered, each source's shards that its next samples read. ``lead(i, k)``, if given,
-    is called first for each source ``i`` whose samples in the first batch start in the
+    is called first for each source ``i`` whose samples in the first batch all lie in the
     head of its shard ``k`` that leads their group (as ``token_batches``' ``lead``)."""
     _check_stream_arguments(batch_size, 0, start_step, None)
     if isinstance(start_sample, bool) or not isinstance(start_sample, (int, np.integer)) or start_sample < 0:

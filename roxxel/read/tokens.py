@@ -20,9 +20,9 @@ them is served from the head, checked, before the shard arrives (``lead`` in
 (:class:`roxxel.Roxxel`, which has no manifest) has no heads, so its order is the same
 as a remote one's only for a dataset without them (or with ``heads=False``).
 
-Sample ``j`` of the endless stream is the ``j % N``-th sample of
-epoch ``j // N``, and step ``s`` is samples ``s*B .. s*B+B-1``, so any step is computed
-directly: resuming costs O(#shards + batch), not O(steps). A stream of ``E`` epochs is
+Sample ``j`` of the endless stream is the ``j % N``-th sample of epoch ``j // N``, and
+step ``s`` is samples ``s*B .. s*B+B-1``, so any step is computed directly: resuming
+costs O(#shards + batch), not O(steps). A stream of ``E`` epochs is
 the endless one's first ``E*N // B`` steps: a batch may hold the end of one epoch and
 the start of the next, and the samples short of a whole batch after the last epoch are
 dropped (as Roxxel 0.3.0 drops the bytes short of a batch at the end of its one pass).
@@ -73,8 +73,9 @@ class TokenWindows:
         self.starts = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.starts[1:])
         #: each shard's windows that lie wholly in its head (None: no heads)
-        self.head_windows = None if heads is None else np.minimum(np.asarray(heads, dtype=np.int64) // window_bytes,
-                                                                   counts)
+        self.head_windows = None
+        if heads is not None:
+            self.head_windows = np.minimum(np.asarray(heads, dtype=np.int64) // window_bytes, counts)
         self._payload = payload
         self._starts_list: list[int] = self.starts.tolist()
         self._last: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -149,8 +150,8 @@ class TokenWindows:
             if first is None:  # (logged where it was fetched: the shard serves them)
                 self._head = None
                 return None
-            count = min(len(first) // (self.seq_len * self.dtype.itemsize), int(self.starts[k + 1] - self.starts[k]))
-            got = self._as_windows(first, count)
+            window_bytes = self.seq_len * self.dtype.itemsize
+            got = self._as_windows(first, min(len(first) // window_bytes, int(self.starts[k + 1] - self.starts[k])))
             self._head = (k, got)
         if last < len(got):
             return got
