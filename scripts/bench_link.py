@@ -58,7 +58,7 @@ from typing import Any
 
 import blake3
 import fsspec
-from benchkit import MiB, RecordSource, bench_storage_options
+from benchkit import MiB, RecordSource, bench_storage_options, bytecode_env
 
 import roxxel
 from tests import servers, shaping_proxy
@@ -157,9 +157,8 @@ MODES = ("for r in ds", "ds.iter(seed=1)", "ds.stream")
 
 def roxxel_run(url: str, options: dict[str, Any], mode: str, cache_root: str | None) -> dict[str, float]:
     """One cold read with default options in a fresh process."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     out = subprocess.run([sys.executable, "-c", _CHILD, url, json.dumps(options), mode, cache_root or ""],
-                         capture_output=True, text=True, check=True, env=env)
+                         capture_output=True, text=True, check=True, env=bytecode_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -193,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the cold reads' caches go (default: the system's temp directory)")
     args = parser.parse_args(argv)
     # roxxel's bytecode written once, untimed, so that no child's import compiles it
-    subprocess.run([sys.executable, "-c", "import roxxel"], check=True,
-                   env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    subprocess.run([sys.executable, "-c", "import roxxel"], check=True, env=bytecode_env())
     disk = write_limit(args.cache_root)
     print(f"writing to {args.cache_root or tempfile.gettempdir()}: {disk:.0f} MB/s (a cold read keeps every "
           "byte in the cache, so it cannot beat this)")

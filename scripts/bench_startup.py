@@ -58,7 +58,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchkit import REPO, MiB, RecordSource, bench_storage_options
+from benchkit import REPO, MiB, RecordSource, bench_storage_options, bytecode_env
 
 import roxxel
 from tests import servers
@@ -156,7 +156,7 @@ print(json.dumps(out))
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = bytecode_env()
     env["PYTHONPATH"] = str(REPO)
     env.update(extra or {})
     return env

@@ -7,6 +7,7 @@ the repository root there too, for ``tests.servers``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,13 @@ sys.path.insert(0, str(REPO))  # for tests.servers
 
 MiB = 1 << 20
 POOL_BYTES = 32 * MiB
+
+
+def bytecode_env() -> dict[str, str]:
+    """This environment for a fresh child process that writes bytecode, as an installed
+    package has (without ``PYTHONDONTWRITEBYTECODE``, which some machines set: every
+    import of roxxel would compile it)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def best_of(repeat: int, fn: Callable[[], object]) -> float:

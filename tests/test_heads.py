@@ -242,13 +242,18 @@ def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path,
         assert [bytes(r) for r in ds] == recs and ds.stats["head_bytes"] == 0
 
 
+def stream_unheld(url: str, cache_dir) -> list[np.ndarray]:
+    """``ds.stream(32, 4, seed=5)``'s batches, read through a store that holds back no read."""
+    released = InParts(url)
+    released.release.set()
+    with roxxel.open(url, cache_dir=str(cache_dir), store=released) as ds:
+        return list(ds.stream(32, 4, seed=5, rank=0, world_size=1))
+
+
 def test_ds_stream_s_first_batches_come_from_the_head_that_leads_its_group(tmp_path, small_heads):
     url, recs, manifest = written(tmp_path)
     seq_len, batch = 32, 4  # windows of 128 bytes: a head of 64 KiB holds about 500
-    released = InParts(url)
-    released.release.set()
-    with roxxel.open(url, cache_dir=str(tmp_path / "plain"), store=released) as ds:
-        whole = list(ds.stream(seq_len, batch, seed=5, rank=0, world_size=1))
+    whole = stream_unheld(url, tmp_path / "plain")
     store = InParts(url)
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
         stream = ds.stream(seq_len, batch, seed=5, rank=0, world_size=1)
@@ -270,10 +275,7 @@ def test_ds_stream_s_first_batches_come_from_the_head_that_leads_its_group(tmp_p
 @pytest.mark.parametrize("failing", ["fail_head", "flip_head"])
 def test_a_stream_s_head_that_fails_leaves_its_first_batches_to_the_shard(tmp_path, small_heads, caplog, failing):
     url, recs, manifest = written(tmp_path)
-    released = InParts(url)
-    released.release.set()
-    with roxxel.open(url, cache_dir=str(tmp_path / "plain"), store=released) as ds:
-        whole = list(ds.stream(32, 4, seed=5, rank=0, world_size=1))
+    whole = stream_unheld(url, tmp_path / "plain")
     store = InParts(url)
     setattr(store, failing, True)
     store.release.set()
