@@ -86,7 +86,8 @@ DEFAULT_WINDOW = 16
 # 2: staged windows (0.4); 1: each window one uniform permutation (0.4.0.dev before it)
 PLAN_VERSION = 2
 # 3: version 2 with heads leading windows (step 6): the version of a plan that has heads.
-# A plan without heads is the same under both, and keeps version 2 (mixtures' included).
+# A plan without heads is the same under both, and keeps version 2; a mixture's plan is
+# version 3 where a source's is (roxxel.read.mixplan).
 HEADS_PLAN_VERSION = 3
 # Every slot of a window is open after this fraction of it (see the module docstring).
 STAGE_FRACTION = (1, 8)

@@ -331,6 +331,101 @@ def test_a_mixture_stream_s_first_batch_comes_from_its_sources_heads(tmp_path, s
                                                  (index_start(shard.records, shard.stored_size), shard.stored_size)]
 
 
+def two_sources(tmp_path) -> tuple[list[str], list[list[bytes]]]:
+    """Two datasets of 400 and 300 records in shards of 2.5 heads (small_heads), with heads."""
+    urls = [str(tmp_path / f"src{i}") for i in range(2)]
+    recs = [make_records(n, seed=10 + i) for i, n in enumerate((400, 300))]
+    for url, r in zip(urls, recs):
+        write(url, r, shard_bytes=5 * HEAD // 2)
+    return urls, recs
+
+
+def mixed(urls, stores, cache) -> roxxel.Mixture:
+    sources = [roxxel.open(url, cache_dir=str(cache), store=store) for url, store in zip(urls, stores)]
+    return roxxel.mix(sources, weights=[0.6, 0.4], seed=4, cache_dir=str(cache))
+
+
+def test_a_mixture_s_first_records_come_from_its_sources_heads(tmp_path, small_heads):
+    urls, recs = two_sources(tmp_path)
+    stores = [InParts(url) for url in urls]
+    with mixed(urls, stores, tmp_path / "cache") as m:
+        it = m.iter(rank=0, world_size=1)
+        p = it.plan
+        assert p.version == 3 and it.state()["plan"] == 3  # (roxxel.planner.HEADS_PLAN_VERSION)
+        # the leading positions whose records lie in the heads that lead each source's first window
+        led = [int(p.window_order(i, 0, 0).stage_starts[1]) for i in range(2)]
+        assert all(p.window_order(i, 0, 0).from_head for i in range(2))
+        sources = p.schedule.sources(0, sum(led)).tolist()
+        seen, n = [0, 0], 0
+        while n < len(sources) and seen[sources[n]] < led[sources[n]]:
+            seen[sources[n]] += 1
+            n += 1
+        assert n > 10 and min(seen) > 0
+        got = [bytes(next(it)) for _ in range(n)]  # no read but the heads' has ended
+        assert not any(s.release.is_set() for s in stores) and m.stats["shards_downloaded"] == 0
+        for s in stores:
+            s.release.set()
+        got += [bytes(r) for r in it]
+        srcs, ids = p.records(0, p.length)
+        expected, taken = [], [0, 0]
+        for i in srcs.tolist():
+            expected.append(recs[i][int(ids[i][taken[i]])])
+            taken[i] += 1
+        assert got == expected
+    for store in stores:  # each source read one head: its bytes and its index
+        assert len([r for r in store.reads if r[0] == "head"]) == 2
+
+
+def test_mixture_states_of_version_2_continue_in_the_order_planned_without_heads(tmp_path, small_heads):
+    urls, recs = two_sources(tmp_path)
+    released = [InParts(url) for url in urls]
+    for s in released:
+        s.release.set()
+    with mixed(urls, released, tmp_path / "cache") as m:
+        it = m.iter(rank=0, world_size=1)
+        for _ in range(7):
+            next(it)
+        state = it.state()
+        led = [bytes(r) for r in m.iter(rank=0, world_size=1)]
+        older = [bytes(r) for r in m.resume({**state, "plan": 2, "position": 0, "consumed": [0, 0]})]
+        assert len(older) == len(led) == len(set(older)) and older != led  # (the epoch ends where a source does)
+        again = m.resume({**state, "plan": 2})
+        assert [bytes(r) for r in again] == older[7:]  # a state of version 2 continues its own order
+        assert again.state()["plan"] == 2
+        assert [bytes(r) for r in m.resume(state)] == led[7:]
+        with pytest.raises(ResumeError, match="plan version 4; this roxxel reads 2 and 3"):
+            m.resume({**state, "plan": 4})
+        # a job of version 2 continues on its own topology only
+        job = roxxel.job_state([{**state, "plan": 2}])
+        with pytest.raises(ResumeError, match="job state is of plan version 2; this roxxel continues plan version 3"):
+            m.resume(job, rank=0, world_size=2, worker=0, num_workers=1)
+
+
+def test_a_mixture_with_heads_resized_twice_reads_each_record_of_its_stop_sources_once(tmp_path, small_heads):
+    urls, recs = two_sources(tmp_path)
+    released = [InParts(url) for url in urls]
+    for s in released:
+        s.release.set()
+    read: list[bytes] = []
+    with mixed(urls, released, tmp_path / "cache") as m:
+
+        def run(job, world, take):
+            states = []
+            for rank in range(world):
+                it = m.iter(rank=rank, world_size=world) if job is None else m.resume(job, rank=rank, world_size=world)
+                read.extend(bytes(next(it)) for _ in range(take)) if take else read.extend(bytes(r) for r in it)
+                states.append(it.state())
+            return json.loads(json.dumps(roxxel.job_state(states)))
+
+        job = run(None, 2, 60)
+        assert job["plan"] == 3
+        job = run(job, 3, 45)
+        run(job, 1, None)
+    assert len(read) == len(set(read))  # (the records are distinct)
+    second = set(recs[1])
+    assert {r for r in read if r in second} == second or {r for r in read if r not in second} == set(recs[0])
+
+
 @pytest.mark.parametrize("later", [False, True], ids=["first piece leads", "a later piece leads"])
 def test_ds_iter_s_first_records_come_from_the_head_that_leads_its_window(tmp_path, small_heads, later):
     url, recs, manifest = written(tmp_path)

@@ -8,7 +8,7 @@ shards to come (:func:`upcoming_shards`) as each source moves from window to win
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from itertools import chain
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..format import MappedShard
+from .head import HeadRecords
 from .iteration import _WindowReader, block_position
 from .mixjob import MixState
 from .mixplan import MixturePlan
@@ -47,6 +48,8 @@ class MixtureIterator(Iterator[np.ndarray]):
         self._at = self._start
         self._block: tuple[int, int, RecordViews] | None = None
         self._order_key: tuple[tuple[int, int], ...] | None = None
+        # the records of heads that lead windows about to be read, by (source, segment, window)
+        self._early: dict[tuple[int, int, int], Callable[[], HeadRecords | None]] = {}
         self._records = chain.from_iterable(mixture.records._track(self._blocks()))
 
     @property
@@ -134,7 +137,8 @@ class MixtureIterator(Iterator[np.ndarray]):
             if len(held) >= 2:
                 del held[next(iter(held))]
             member = _Member(self._mixture.records, self._mixture.shard_offsets[i])
-            reader = held[(seg, w)] = _WindowReader(member, self.plan.window_order(i, seg, w))
+            reader = held[(seg, w)] = _WindowReader(member, self.plan.window_order(i, seg, w),
+                                                    self._early.pop((i, seg, w), None))
         return reader
 
     def _block_end(self, lo: int, consumed: np.ndarray) -> int:
@@ -182,6 +186,7 @@ class MixtureIterator(Iterator[np.ndarray]):
         if key_t == previous:
             return
         residency, offsets = self._mixture.residency, self._mixture.shard_offsets
+        self._ask_heads(consumed, key_t, previous)
         current = {int(k) + offsets[i] for i, (seg, w) in enumerate(key_t) for k in p.windows_of(i, seg)[1][w]}
         if previous is not None:
             left = {int(k) + offsets[i] for i, (seg, w) in enumerate(previous) if (seg, w) != key_t[i]
@@ -191,6 +196,35 @@ class MixtureIterator(Iterator[np.ndarray]):
         order = upcoming_shards(p, consumed, offsets, horizon=_WINDOWS_AHEAD)
         residency.expect(order)
         residency.prefetch(order)
+
+
+    def _ask_heads(self, consumed: np.ndarray, key: tuple[tuple[int, int], ...],
+                   previous: tuple[tuple[int, int], ...] | None) -> None:
+        """Ask for the records of the head that leads each source's window just entered
+        (:meth:`Residency.first_records`), where the source reads from it next, before the
+        shards' downloads start; and, on the stream's first block, put the download of
+        the shard its first record comes from (after a head, the head's shard) first."""
+        p, residency, offsets = self.plan, self._mixture.residency, self._mixture.shard_offsets
+        for i, window in enumerate(key):
+            if previous is not None and previous[i] == window:
+                continue
+            seg, off = p.segment(i, int(consumed[i]))
+            starts, _ = p.windows_of(i, seg)
+            w = int(np.searchsorted(starts, off, side="right")) - 1
+            order = p.window_order(i, seg, w)
+            lead = offsets[i] + int(order.shards[0]) if len(order.shards) else -1
+            if order.from_head and off - int(starts[w]) < int(order.stage_starts[1]) \
+                    and not self._mixture.records.is_mapped(lead):
+                early = residency.first_records(lead)
+                if early is not None:
+                    self._early[(i, seg, w)] = early
+        if previous is None and self._at < p.length:
+            i = int(p.schedule.sources(self._at, self._at + 1)[0])
+            seg, off = p.segment(i, int(consumed[i]))
+            starts, _ = p.windows_of(i, seg)
+            w = int(np.searchsorted(starts, off, side="right")) - 1
+            slot, _ = p.window_order(i, seg, w).at(off - int(starts[w]), off - int(starts[w]) + 1)
+            residency.about_to_map([offsets[i] + int(p.window_order(i, seg, w).shards[int(slot[0])])])
 
 
 #: How many cuts of one source a block looks past (those whose shard is mapped already).

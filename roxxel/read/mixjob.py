@@ -115,7 +115,7 @@ def elastic_segments(
         gens = [Generation(g.world_size, g.num_workers, tuple(row[i] for row in g.consumed)) for g in history]
         source_seed = pass_seed(seed, src.key, epoch, 0)  # the seed of the source's own plans
         stream, segments = remaining(src.counts, seed=source_seed, epoch=0, shuffle=shuffle, window=window,
-                                     remainder=remainder, generations=gens, heads=None)  # (mixtures: no heads)
+                                     remainder=remainder, generations=gens, heads=src.heads)
         key = window_key(source_seed, 0, len(gens), t.rank, t.world_size, t.worker, t.num_workers) \
             if shuffle else None
         first.append(consumer_plan(stream, segments, rank=t.rank, world_size=t.world_size, worker=t.worker,

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..planner import Plan, WindowOrder, plan
+from ..planner import Plan, WindowOrder, plan, plan_version
 from .schedule import Schedule
 
 __all__ = ["MixSource", "MixturePlan"]
@@ -44,11 +44,13 @@ __all__ = ["MixSource", "MixturePlan"]
 @dataclass(frozen=True, eq=False)
 class MixSource:
     """What the planner needs of a source: its shards' record counts, its key (from its
-    manifest fingerprint) and its policy."""
+    manifest fingerprint), its policy, and the records in each shard's head (None: none,
+    or a plan of version 2; see :mod:`roxxel.planner`, step 6)."""
 
     counts: np.ndarray
     key: int
     policy: str
+    heads: np.ndarray | None = None
 
     @property
     def records(self) -> int:
@@ -110,7 +112,10 @@ class MixturePlan:
         t = topology
         self._plans = [plan(src.counts, seed=pass_seed(seed, src.key, epoch, 0), rank=t.rank,
                             world_size=t.world_size, worker=t.worker, num_workers=t.num_workers,
-                            shuffle=shuffle, window=window, remainder=remainder) for src in sources]
+                            shuffle=shuffle, window=window, remainder=remainder, heads=src.heads)
+                       for src in sources]
+        #: the plan's version (:func:`roxxel.planner.plan_version`): 3 if a source's heads lead
+        self.version = max(plan_version(p.heads) for p in self._plans)
         self.first = list(first) if first is not None else [None] * len(sources)
         self.first_len = np.asarray([0 if f is None else f.num_records for f in self.first], dtype=np.int64)
         self._orders: list[dict[tuple[int, int], Any]] = [{} for _ in sources]
@@ -192,7 +197,7 @@ class MixturePlan:
                 a, b = int(p.window_starts[w]), int(p.window_starts[w + 1])
                 turn = seg + (self.generation << 32 if self.first[i] is None and self.generation else 0)
                 key = (*p.key, *((turn,) if turn else ()), w) if p.shuffle else None
-                order = WindowOrder(p.piece_shard[a:b], p.piece_begin[a:b], p.piece_end[a:b], key)
+                order = WindowOrder(p.piece_shard[a:b], p.piece_begin[a:b], p.piece_end[a:b], key, p.heads)
             held[(seg, w)] = order
         return order
 

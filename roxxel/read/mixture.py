@@ -29,7 +29,7 @@ from ..errors import ResumeError
 from ..format.layout import payload_size
 from ..manifest import Manifest
 from ..manifest.io import dataset_store, read_manifest
-from ..planner import DEFAULT_WINDOW, PLAN_VERSION
+from ..planner import DEFAULT_WINDOW, HEADS_PLAN_VERSION, PLAN_VERSION, plan_version
 from .catalog import ShardCatalog
 from .iteration import detect_topology
 from .mixiter import MixtureIterator
@@ -165,7 +165,11 @@ class Mixture:
             fp = m.fingerprint()
             seen[fp] = seen.get(fp, -1) + 1
             keys.append(int(hashlib.sha256(f"{fp}#{seen[fp]}".encode()).hexdigest()[:15], 16))
-        self._sources = [MixSource(c, k, p) for c, k, p in zip(counts, keys, self.policies)]
+        heads = [m.shards.head_records for m in self.manifests]
+        self._sources = [MixSource(c, k, p, h) for c, k, p, h in zip(counts, keys, self.policies, heads)]
+        #: the version of this mixture's plans (:func:`roxxel.planner.plan_version`): 3 where a
+        #: source's shards have heads, which then lead its windows as they do ``ds.iter``'s
+        self.plan_version = max(plan_version(h) for h in heads)
         catalog = ShardCatalog()
         self.shard_offsets = [catalog.add(store, m.shards) for store, m in opened] + [len(catalog)]
         self.record_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -226,7 +230,7 @@ class Mixture:
             consumed.append(tuple(p.consumed(min(position, p.length)).tolist()))
         current = MixGeneration(world_size, num_workers, tuple(positions), tuple(consumed), (0,) * len(positions))
         return {"kind": MIX_JOB_KIND, "version": 1, **self._state_header(), "seed": seed, "epoch": epoch,
-                "shuffle": shuffle, "window": window, "remainder": remainder, "plan": PLAN_VERSION,
+                "shuffle": shuffle, "window": window, "remainder": remainder, "plan": self.plan_version,
                 "lockstep": False, "generations": [g.to_dict() for g in (*(history or ()), current)]}
 
     def history_of(self, job: Mapping[str, Any], *, world_size: int, num_workers: int
@@ -315,8 +319,9 @@ class Mixture:
                 saved = self._from_job(mixture_job([saved.to_dict()], MixState.from_dict, lockstep=False),
                                        topology, now)
         same = {k: getattr(saved, k) for k in now} == now
-        if saved.plan != PLAN_VERSION:
-            raise ResumeError(f"the state is of plan version {saved.plan}; this roxxel reads {PLAN_VERSION}")
+        if saved.plan not in (PLAN_VERSION, HEADS_PLAN_VERSION):
+            raise ResumeError(f"the state is of plan version {saved.plan}; this roxxel reads {PLAN_VERSION} "
+                              f"and {HEADS_PLAN_VERSION}")
         if (saved.world_size, saved.num_workers) != (topology.world_size, topology.num_workers):
             raise ResumeError(
                 f"the state was saved with world_size={saved.world_size}, num_workers={saved.num_workers}; "
@@ -338,7 +343,8 @@ class Mixture:
             )
         self.residency.fit_window(saved.window * len(self._sources))  # as iter() does
         common: dict[str, Any] = {"epoch": saved.epoch, "topology": topology, "shuffle": saved.shuffle,
-                                  "window": saved.window, "remainder": saved.remainder, "seed": saved.seed}
+                                  "window": saved.window, "remainder": saved.remainder, "seed": saved.seed,
+                                  "version": saved.plan}  # (2: as a roxxel that did not plan with heads)
         if same:  # the same mixture: the same plan (a continuation's base is in the state)
             offset = saved.position - saved.since
             common["history"] = saved.elastic
@@ -436,9 +442,9 @@ class Mixture:
             return replace(base, position=last.positions[c], consumed=list(last.consumed[c]), since=last.since[c],
                            rank=topology.rank, world_size=topology.world_size, worker=topology.worker,
                            num_workers=topology.num_workers, elastic=tuple(history) or None)
-        if base.plan != PLAN_VERSION:
+        if base.plan != self.plan_version:
             raise ResumeError(f"the job state is of plan version {base.plan}; this roxxel continues plan version "
-                              f"{PLAN_VERSION} only on another topology")
+                              f"{self.plan_version} only on another topology")
         return replace(base, rank=topology.rank, world_size=topology.world_size, worker=topology.worker,
                        num_workers=topology.num_workers, elastic=fold((*history, last)) or None)
 
@@ -450,7 +456,7 @@ class Mixture:
             rank, worker = divmod(c, last.num_workers)
             p = self._plan(epoch=base.epoch, topology=Topology(rank, last.world_size, worker, last.num_workers),
                            shuffle=base.shuffle, window=base.window, remainder=base.remainder, seed=base.seed,
-                           history=history or None)
+                           history=history or None, version=base.plan)
             if positions[c] > p.length:
                 positions[c] = p.length
                 consumed[c] = tuple(p.consumed(p.length).tolist())
@@ -458,16 +464,22 @@ class Mixture:
 
     def _plan(self, *, epoch: int, topology: Topology, shuffle: bool, window: int, remainder: str,
               seed: int | None = None, base: np.ndarray | None = None, done: int = 0,
-              history: Sequence[MixGeneration] | None = None) -> MixturePlan:
+              history: Sequence[MixGeneration] | None = None, version: int | None = None) -> MixturePlan:
+        """The plan of consumer ``topology``; ``version`` 2 plans it without the sources'
+        heads (a state saved by a roxxel that did not plan with them), by default as
+        :attr:`plan_version` says."""
         seed = self.seed if seed is None else seed
+        sources = self._sources
+        if version == PLAN_VERSION:
+            sources = [replace(src, heads=None) for src in sources]
         if not history:
-            return MixturePlan(self._sources, self.schedule, seed=seed, epoch=epoch, topology=topology,
+            return MixturePlan(sources, self.schedule, seed=seed, epoch=epoch, topology=topology,
                                samples=self.samples, shuffle=shuffle, window=window, remainder=remainder,
                                base=base, done=done)
-        first, fewest = elastic_segments(self._sources, history, seed=seed, epoch=epoch, topology=topology,
+        first, fewest = elastic_segments(sources, history, seed=seed, epoch=epoch, topology=topology,
                                          shuffle=shuffle, window=window, remainder=remainder)
         left = None if self.samples is None else max(0, self.samples - sum(sum(g.positions) for g in history))
-        return MixturePlan(self._sources, self.schedule, seed=seed, epoch=epoch, topology=topology, samples=left,
+        return MixturePlan(sources, self.schedule, seed=seed, epoch=epoch, topology=topology, samples=left,
                            shuffle=shuffle, window=window, remainder=remainder, base=base, done=done,
                            first=first, fewest=fewest, generation=len(history))
 
@@ -481,7 +493,7 @@ class Mixture:
         return MixState(**self._state_header(), seed=seed, epoch=p.epoch, position=position, rank=t.rank, world_size=t.world_size,
                         worker=t.worker, num_workers=t.num_workers, shuffle=p.shuffle, window=p.window,
                         remainder=p.remainder, consumed=p.consumed(position - since).tolist(), since=since,
-                        elastic=history or None)
+                        elastic=history or None, plan=p.version)
 
     def _iterator(self, p: MixturePlan, state: MixState) -> MixtureIterator:
         it = MixtureIterator(self, p, state)
