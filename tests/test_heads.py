@@ -18,6 +18,7 @@ from blake3 import blake3
 
 import roxxel
 import roxxel.read.head
+import roxxel.read.parts
 import roxxel.writer
 from roxxel.backends import Store
 from roxxel.build import commit, write_part
@@ -30,6 +31,7 @@ from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
 from roxxel.ops.verify import verify
 from roxxel.planner import plan
 from roxxel.read.head import HeadFetch
+from roxxel.read.parts import PartEngine
 
 HEAD = 64 * 1024  # the writer's head size in these tests (8 MiB by default)
 H1, H2 = "blake3:" + "1" * 64, "blake3:" + "2" * 64
@@ -240,6 +242,28 @@ def test_the_first_records_come_from_the_head_before_the_shard_arrives(tmp_path,
     assert min(a for kind, key, a, b in store.reads if kind == "shard" and key == first.uri) == head.size
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=InParts(url)) as ds:  # cached: no head
         assert [bytes(r) for r in ds] == recs and ds.stats["head_bytes"] == 0
+
+
+def test_a_reader_whose_first_records_come_from_a_head_fetches_no_shard_as_its_first(tmp_path, small_heads):
+    recs = make_records(400)
+    led, plain = str(tmp_path / "led"), str(tmp_path / "plain")
+    write(led, recs, shard_bytes=5 * HEAD // 2)
+    write(plain, recs, shard_bytes=5 * HEAD // 2, heads=False)
+    for url, from_head in ((led, True), (plain, False)):
+        store = InParts(url)
+        with roxxel.open(url, cache_dir=str(tmp_path / f"cache-{from_head}"), store=store) as ds:
+            it = iter(ds)
+            reader = threading.Thread(target=next, args=(it,))  # (without a head, it waits for the shard)
+            reader.start()
+            deadline = time.monotonic() + 10
+            while not (transfers := list(roxxel.read.parts.engine()._transfers)) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # with a head, the shard read next goes before the others (urgent), not alone in
+            # pieces with the others held back (first): that only idled the link
+            assert transfers and [t.first for t in transfers if t.urgent] == [not from_head]
+            store.release.set()
+            reader.join(10)
+            assert [bytes(r) for r in it] == recs[1:]
 
 
 def stream_unheld(url: str, cache_dir) -> list[np.ndarray]:
@@ -538,6 +562,34 @@ def test_a_head_is_fetched_as_pieces_side_by_side_and_checked(tmp_path, small_he
                for m in caplog.messages)
     assert any(f"bytes [{payload}, {first.stored_size}) (its record index): blake3 is " in m
                and f"expected {head.index.hexdigest}" in m for m in caplog.messages)
+
+
+def test_a_head_s_gets_count_against_the_part_engine_s_limit(tmp_path, small_heads, monkeypatch):
+    monkeypatch.setattr(roxxel.read.head, "PIECE", 16 * 1024)
+    url = str(tmp_path / "ds")
+    shards = write(url, make_records(400), shard_bytes=5 * HEAD // 2).shards
+    first, second = shards[0], shards[1]
+    head = parse_head(first.head)
+    store = InParts(url)
+    store.hold_head = threading.Event()
+    store.release.set()
+    engine = PartEngine(parts=4, part_size=16 * 1024)
+    fetch = HeadFetch(store, first.uri, first.records, first.stored_size, head, engine=engine)
+    # a limit of 4: the head in 3 pieces and the index, not 4 pieces of 16 KiB and the index
+    assert not fetch.done(0.3) and store.head_peak == 4 and fetch.gets == 4
+    got: list[bytes] = []
+    engine.attach()
+    download = threading.Thread(target=engine.download, args=(store, second.uri, second.stored_size, lambda view: got.append(bytes(view))))
+    download.start()
+    time.sleep(0.3)
+    assert [r for r in store.reads if r[0] == "shard"] == []  # no slot free while the head's GETs are out
+    store.hold_head.set()
+    download.join(30)
+    engine.detach()
+    assert fetch.done(10) and fetch.records() is not None
+    assert b"".join(got) == (tmp_path / "ds" / second.uri).read_bytes()
+    pieces = sorted(r[2:] for r in store.reads if r[0] == "head" and r[3] <= head.size)
+    assert len(pieces) == 3 and pieces[0][0] == 0 and pieces[-1][1] == head.size
 
 
 def test_verify_checks_heads_against_the_shards(tmp_path, small_heads):

@@ -6,7 +6,10 @@ first bytes come. When the manifest gives the shard a head (:mod:`roxxel.manifes
 the number of its first records, the byte where they end, and the checksums of those
 bytes and of its record index), a :class:`HeadFetch` fetches those bytes, as pieces of
 :data:`PIECE`, and the record index, side by side on threads of its own, from the moment
-the reader asks, before the shard's download has started. Once both are in and match
+the reader asks, before the shard's download has started. Those GETs count against the
+process's :class:`~roxxel.read.parts.PartEngine` (its share of the node's parts in
+flight: :meth:`~roxxel.read.parts.PartEngine.outside`), and are never more than its
+limit: under a small share the pieces are fewer and larger. Once both are in and match
 their checksums (and the index the footer, the manifest and the head), the head's
 records are the reader's (:class:`HeadRecords`, from memory: one part's worth at most).
 The shard's download starts after the head's bytes and takes them from here as the
@@ -34,7 +37,8 @@ from ..errors import IntegrityError, RoxxelError, ShardFormatError
 from ..format.layout import FOOTER_SIZE, OFFSET_DTYPE, check_offsets, parse_footer
 from ..manifest.checksums import ShardKey
 from ..manifest.heads import HEAD_BYTES, Head, index_start
-from .parts import Placement
+from . import parts
+from .parts import PartEngine, Placement
 
 __all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "after_head"]
 
@@ -72,12 +76,17 @@ class HeadFetch:
         ``stored_size`` bytes are small enough to fetch apart (:data:`MAX_HEAD_BYTES`)."""
         return max(head.size, stored_size - index_start(records, stored_size)) <= MAX_HEAD_BYTES
 
-    def __init__(self, store: Store, key: str, records: int, stored_size: int, head: Head) -> None:
+    def __init__(self, store: Store, key: str, records: int, stored_size: int, head: Head,
+                 engine: PartEngine | None = None) -> None:
         self.store, self.key, self.stored_size, self.head = store, key, stored_size, head
         self._records = records
         self._first = bytearray(head.size)
         self._index = bytearray(stored_size - index_start(records, stored_size))
-        self._starts = list(range(0, head.size, PIECE))
+        # its GETs count against the part engine's limit and budget (this process's share
+        # of the node's), and are no more than the limit: fewer, larger pieces under a small one
+        self._engine = parts.engine() if engine is None else engine
+        piece = max(PIECE, -(-head.size // max(1, self._engine.limit - 1)))
+        self._starts = list(range(0, head.size, piece))
         self.gets, self.index_bytes = len(self._starts) + 1, len(self._index)
         self._lock = threading.RLock()  # (records() checks what _whole() assembles, both under it)
         self._got: dict[int, bytearray] = {}  # id(buffer) -> its bytes, once in (see _whole)
@@ -85,14 +94,15 @@ class HeadFetch:
         self._first_checked: tuple[bytearray | BaseException] | None = None
         index_at = index_start(records, stored_size)
         self._index_read = _started(self._read, self._index, 0, index_at, stored_size)
-        self._reads = [_started(self._read, self._first, a, a, min(a + PIECE, head.size)) for a in self._starts]
+        self._reads = [_started(self._read, self._first, a, a, min(a + piece, head.size)) for a in self._starts]
 
     def _read(self, into: bytearray, at: int, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of the shard, read into ``into`` at ``at``; the view of
         them: of ``into``, or of a buffer of their own if an attempt failed (one given up
         on may still write into ``into`` there: see :meth:`_whole`)."""
         began = time.perf_counter_ns()
-        got = self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start])
+        with self._engine.outside(end - start):
+            got = self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start])
         if (tracer := trace.current()) is not None:
             tracer.complete("head part", "download", began, time.perf_counter_ns(), key=self.key,
                             offset=start, bytes=end - start)

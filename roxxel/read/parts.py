@@ -21,7 +21,9 @@ or of threads waiting for them:
   slots: at 25 MB/s a connection, 16 pieces of a 32 MiB shard fill a 400 MB/s link by
   themselves; on loopback nothing competes with them, or with its check, for the CPU.
   The others start on a quarter of the slots once its pieces are all on the wire, and
-  take the rest once its last byte has been checked.
+  take the rest once its last byte has been checked. A reader whose first records come
+  from a shard's head (:mod:`roxxel.read.head`) has no first shard: holding the others
+  back then only idles the link.
 - **No idle slots at the end.** When fewer parts are left to issue than slots are free
   (a small dataset), the rest of an object is cut finer, so the last shards too arrive
   over many connections; when less than one round of parts is left (a slot for each),
@@ -51,7 +53,8 @@ or of threads waiting for them:
   halves it when the store throttles (HTTP 503 SlowDown, 429).
 - **Shared fairly on a node.** Processes that share a node's link (torchrun's local ranks,
   DataLoader workers) split the node's budget between them instead of multiplying it:
-  :func:`node_share`.
+  :func:`node_share`. The GETs a reader makes beside the engine (a shard's head) count
+  against its limit and budget while they are in flight (:meth:`PartEngine.outside`).
 
 Each part is one :meth:`~roxxel.backends.Store.read_part`, with that wrapper's retries,
 stall detection, length checks and error translation. The engine's threads start with
@@ -68,8 +71,8 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -276,6 +279,9 @@ class PartEngine:
         self._transfers: list[_Transfer] = []
         self._tickets = itertools.count(1)  # (next() needs no lock: a reader takes one while the threads hold it)
         self._in_flight = 0
+        # GETs of this process's in flight beside the engine's, by their bytes (outside():
+        # appended and removed without the lock, which 32 connection threads contend for)
+        self._outside: list[int] = []
         self._reserved = 0  # bytes in flight plus received and not consumed (unless placed)
         self._free: list[mmap.mmap] = []  # part buffers to reuse (as many as were in use at once)
         self._blocks: list[mmap.mmap] = []  # block buffers of placed parts to reuse (as many)
@@ -497,6 +503,21 @@ class PartEngine:
         if interrupted is not None:
             raise interrupted
 
+    @contextmanager
+    def outside(self, nbytes: int) -> Iterator[None]:
+        """One GET of ``nbytes`` made beside the engine (a shard's head: see
+        :mod:`roxxel.read.head`) counts against its limit and budget while it is in
+        flight: the engine starts no part in its slot. It is not held back (it is what a
+        first record waits for)."""
+        self._outside.append(nbytes)  # (atomic: the GIL's)
+        try:
+            yield
+        finally:
+            self._outside.remove(nbytes)
+            if self._in_flight + len(self._outside) + 1 >= self.limit:  # it held a part back
+                with self._cond:
+                    self._cond.notify_all()
+
     def _ensure_threads(self) -> None:
         alive = [t for t in self._threads if t.is_alive()]
         generation = self._generation
@@ -510,7 +531,8 @@ class PartEngine:
     def _pick(self) -> tuple[_Transfer, int] | None:
         """The next part to fetch, if the limit and the budget allow one: in order of
         priority; once the budget is full, only a part some consumer is waiting for."""
-        if self._in_flight >= self.limit:
+        outside = self._outside[:]
+        if self._in_flight + len(outside) >= self.limit:
             return None
         # While a reader waits for a shard that has parts left to send, the others' parts
         # get at most half the slots: on a link (or a server) shared by every connection,
@@ -539,7 +561,7 @@ class PartEngine:
                 continue
             if waited and not transfer.urgent and others >= cap:
                 return None  # (the urgent ones sort first: nothing after this one is)
-            if i == transfer.consumed or (not full and self._reserved + transfer.nbytes(i) <= self.budget):
+            if i == transfer.consumed or (not full and self._reserved + sum(outside) + transfer.nbytes(i) <= self.budget):
                 self._spread(transfer)
                 return transfer, i  # (a part its consumer waits for goes even past the budget)
             full = True  # nothing jumps this transfer's turn but a part being waited for
@@ -557,7 +579,7 @@ class PartEngine:
           first shard a reader waits for counts alone: its last parts too should end
           together, whatever comes after it."""
         smallest = min(self.part_size, _SMALLEST_PIECE)
-        free = self.limit - self._in_flight
+        free = self.limit - self._in_flight - len(self._outside)
         pending = [t for t in self._transfers if not t.done and t.issued < len(t.bounds)]
         left = sum(len(t.bounds) - t.issued for t in pending)
         mine = len(transfer.bounds) - transfer.issued
