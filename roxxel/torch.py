@@ -272,6 +272,19 @@ class IterableRecords(torch.utils.data.IterableDataset):
         ).to_dict()
 
 
+def _check_job_plan(ds: _dataset.Dataset | _mixture.Mixture, job: Mapping[str, Any]) -> None:
+    """ResumeError unless a loader state's ``job`` was planned at the version this roxxel
+    plans ``ds`` at: its position inside the epoch would name other records."""
+    what = "mixture" if isinstance(ds, _mixture.Mixture) else "dataset"
+    version = ds.plan_version if isinstance(ds, _mixture.Mixture) else plan_version(ds.manifest.shards.head_records)
+    if job.get("plan") != version:
+        raise ResumeError(
+            f"the loader state's job is of plan version {job.get('plan')!r}; this roxxel plans this {what} at "
+            f"version {version} (its shards' heads lead their windows): inside the epoch, its position would "
+            "name other records than the ones left. Resume at the epoch's end, or with the roxxel that saved it"
+        )
+
+
 def _given_dataset(url: Any, open_kwargs: Mapping[str, Any]) -> _dataset.Dataset | None:
     """The open dataset passed as ``url``, or None for a URL; TypeError for anything else."""
     if isinstance(url, (_dataset.Dataset, _mixture.Mixture)):
@@ -405,6 +418,8 @@ class StatefulLoader(torch.utils.data.DataLoader):
                 "job state (saved by an earlier roxxel): resume with the saved topology"
             )
         epoch, batches, history = int(state["epoch"]), int(state["batches"]), ()
+        if job is not None and batches:
+            _check_job_plan(ds, job)
         if job is not None and isinstance(ds, _mixture.Mixture):
             mine = {"seed": records.seed, "shuffle": records.shuffle, "window": records.window,
                     "remainder": records.remainder}

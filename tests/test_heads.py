@@ -31,6 +31,7 @@ from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
 from roxxel.ops.verify import verify
 from roxxel.planner import plan
 from roxxel.read.head import HeadFetch
+from roxxel.read.mixplan import MixturePlan, Topology
 from roxxel.read.parts import PartEngine
 
 HEAD = 64 * 1024  # the writer's head size in these tests (8 MiB by default)
@@ -256,14 +257,38 @@ def test_a_reader_whose_first_records_come_from_a_head_fetches_no_shard_as_its_f
             reader = threading.Thread(target=next, args=(it,))  # (without a head, it waits for the shard)
             reader.start()
             deadline = time.monotonic() + 10
-            while not (transfers := list(roxxel.read.parts.engine()._transfers)) and time.monotonic() < deadline:
+            while not (urgent := [t for t in roxxel.read.parts.engine()._transfers if t.urgent]) \
+                    and time.monotonic() < deadline:
                 time.sleep(0.01)
             # with a head, the shard read next goes before the others (urgent), not alone in
             # pieces with the others held back (first): that only idled the link
-            assert transfers and [t.first for t in transfers if t.urgent] == [not from_head]
+            assert [t.first for t in urgent] == [not from_head]
             store.release.set()
             reader.join(10)
             assert [bytes(r) for r in it] == recs[1:]
+
+
+def test_a_mixture_whose_first_record_has_no_head_fetches_its_shard_as_the_first(tmp_path, small_heads):
+    urls = [str(tmp_path / f"src{i}") for i in range(2)]
+    recs = [make_records(n, seed=20 + i) for i, n in enumerate((400, 300))]
+    for url, r in zip(urls, recs):  # the source of the first position has no heads, the other one has
+        write(url, r, shard_bytes=5 * HEAD // 2, heads=url != urls[0])
+    stores = [InParts(url) for url in urls]
+    with mixed(urls, stores, tmp_path / "cache") as m:
+        it = m.iter(rank=0, world_size=1)
+        first = int(it.plan.schedule.sources(0, 1)[0])
+        assert first == 0 and it.plan.window_order(1, 0, 0).from_head  # (the other source's head is asked too)
+        reader = threading.Thread(target=next, args=(it,))
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not (urgent := [t for t in roxxel.read.parts.engine()._transfers if t.urgent]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [t.first for t in urgent] == [True]  # its first record waits for that shard whole
+        for s in stores:
+            s.release.set()
+        reader.join(10)
+        assert len([bytes(r) for r in it]) == it.plan.length - 1
 
 
 def stream_unheld(url: str, cache_dir) -> list[np.ndarray]:
@@ -369,6 +394,16 @@ def mixed(urls, stores, cache) -> roxxel.Mixture:
     return roxxel.mix(sources, weights=[0.6, 0.4], seed=4, cache_dir=str(cache))
 
 
+def plan_records(p, recs: list[list[bytes]]) -> list[bytes]:
+    """The records of mixture plan ``p``'s epoch, in order, from each source's records."""
+    srcs, ids = p.records(0, p.length)
+    out, taken = [], [0] * len(recs)
+    for i in srcs.tolist():
+        out.append(recs[i][int(ids[i][taken[i]])])
+        taken[i] += 1
+    return out
+
+
 def test_a_mixture_s_first_records_come_from_its_sources_heads(tmp_path, small_heads):
     urls, recs = two_sources(tmp_path)
     stores = [InParts(url) for url in urls]
@@ -386,16 +421,11 @@ def test_a_mixture_s_first_records_come_from_its_sources_heads(tmp_path, small_h
             n += 1
         assert n > 10 and min(seen) > 0
         got = [bytes(next(it)) for _ in range(n)]  # no read but the heads' has ended
-        assert not any(s.release.is_set() for s in stores) and m.stats["shards_downloaded"] == 0
+        assert m.stats["shards_downloaded"] == 0
         for s in stores:
             s.release.set()
         got += [bytes(r) for r in it]
-        srcs, ids = p.records(0, p.length)
-        expected, taken = [], [0, 0]
-        for i in srcs.tolist():
-            expected.append(recs[i][int(ids[i][taken[i]])])
-            taken[i] += 1
-        assert got == expected
+        assert got == plan_records(p, recs)
     for store in stores:  # each source read one head: its bytes and its index
         assert len([r for r in store.reads if r[0] == "head"]) == 2
 
@@ -412,7 +442,10 @@ def test_mixture_states_of_version_2_continue_in_the_order_planned_without_heads
         state = it.state()
         led = [bytes(r) for r in m.iter(rank=0, world_size=1)]
         older = [bytes(r) for r in m.resume({**state, "plan": 2, "position": 0, "consumed": [0, 0]})]
-        assert len(older) == len(led) == len(set(older)) and older != led  # (the epoch ends where a source does)
+        # version 2: the order of the same plan made without the sources' heads
+        headless = MixturePlan([replace(src, heads=None) for src in m._sources], m.schedule, seed=4, epoch=0,
+                               topology=Topology(0, 1, 0, 1), samples=None, shuffle=True, window=16, remainder="pad")
+        assert headless.version == 2 and older == plan_records(headless, recs) != led
         again = m.resume({**state, "plan": 2})
         assert [bytes(r) for r in again] == older[7:]  # a state of version 2 continues its own order
         assert again.state()["plan"] == 2
@@ -421,8 +454,37 @@ def test_mixture_states_of_version_2_continue_in_the_order_planned_without_heads
             m.resume({**state, "plan": 4})
         # a job of version 2 continues on its own topology only
         job = roxxel.job_state([{**state, "plan": 2}])
-        with pytest.raises(ResumeError, match="job state is of plan version 2; this roxxel continues plan version 3"):
+        with pytest.raises(ResumeError, match=r"state is of plan version 2: it continues on its own topology only "
+                                              r"\(world_size=1, num_workers=1\); on another, this roxxel continues "
+                                              "plan version 3"):
             m.resume(job, rank=0, world_size=2, worker=0, num_workers=1)
+        with pytest.raises(ResumeError, match="job state is of plan version 5; this roxxel reads 2 and 3"):
+            m.resume({**job, "plan": 5}, rank=0, world_size=1, worker=0, num_workers=1)
+
+
+def test_a_loader_state_of_another_plan_version_does_not_continue_inside_its_epoch(tmp_path, small_heads):
+    from roxxel.torch import IterableRecords, StatefulLoader
+
+    urls, recs = two_sources(tmp_path)
+
+    def loader():
+        m = roxxel.mix(urls, weights=[0.6, 0.4], seed=4, cache_dir=str(tmp_path / "cache"))
+        return StatefulLoader(IterableRecords(m, batch_size=8, collate=lambda rs: [bytes(r) for r in rs]))
+
+    saved, it = loader(), None
+    it = iter(saved)
+    head = [next(it) for _ in range(3)]
+    state = json.loads(json.dumps(saved.state_dict()))
+    assert state["job"]["plan"] == 3
+    del it
+    fresh = loader()
+    fresh.load_state_dict(state)
+    assert head + list(fresh) == list(loader())  # (the same version: exactly where it was)
+    older = {**state, "job": {**state["job"], "plan": 2}}
+    with pytest.raises(ResumeError, match=r"loader state's job is of plan version 2; this roxxel plans this mixture "
+                                          r"at version 3 \(its shards' heads lead their windows\)"):
+        loader().load_state_dict(older)
+    loader().load_state_dict({**older, "batches": 0})  # (an epoch's start: nothing to name)
 
 
 def test_a_mixture_with_heads_resized_twice_reads_each_record_of_its_stop_sources_once(tmp_path, small_heads):
@@ -577,9 +639,11 @@ def test_a_head_s_gets_count_against_the_part_engine_s_limit(tmp_path, small_hea
     fetch = HeadFetch(store, first.uri, first.records, first.stored_size, head, engine=engine)
     # a limit of 4: the head in 3 pieces and the index, not 4 pieces of 16 KiB and the index
     assert not fetch.done(0.3) and store.head_peak == 4 and fetch.gets == 4
+    assert len(engine._outside) == 4  # (counted against the engine's limit, as its own parts are)
     got: list[bytes] = []
     engine.attach()
-    download = threading.Thread(target=engine.download, args=(store, second.uri, second.stored_size, lambda view: got.append(bytes(view))))
+    download = threading.Thread(target=engine.download,
+                                args=(store, second.uri, second.stored_size, lambda view: got.append(bytes(view))))
     download.start()
     time.sleep(0.3)
     assert [r for r in store.reads if r[0] == "shard"] == []  # no slot free while the head's GETs are out

@@ -178,15 +178,15 @@ class MixtureIterator(Iterator[np.ndarray]):
         p = self.plan
         key = []
         for i in range(len(p.sources)):
-            seg, off = p.segment(i, int(consumed[i]))
-            starts, _ = p.windows_of(i, seg)
-            key.append((min(seg, 0), int(np.searchsorted(starts, off, side="right")) - 1))  # passes: alike
+            seg, w, _ = p.locate(i, int(consumed[i]))
+            key.append((min(seg, 0), w))  # passes: alike
         key_t = tuple(key)
         previous, self._order_key = self._order_key, key_t
         if key_t == previous:
             return
         residency, offsets = self._mixture.residency, self._mixture.shard_offsets
-        self._ask_heads(consumed, key_t, previous)
+        entered = [i for i, window in enumerate(key_t) if previous is None or previous[i] != window]
+        self._ask_heads(consumed, entered, readers, first=previous is None)
         current = {int(k) + offsets[i] for i, (seg, w) in enumerate(key_t) for k in p.windows_of(i, seg)[1][w]}
         if previous is not None:
             left = {int(k) + offsets[i] for i, (seg, w) in enumerate(previous) if (seg, w) != key_t[i]
@@ -198,33 +198,46 @@ class MixtureIterator(Iterator[np.ndarray]):
         residency.prefetch(order)
 
 
-    def _ask_heads(self, consumed: np.ndarray, key: tuple[tuple[int, int], ...],
-                   previous: tuple[tuple[int, int], ...] | None) -> None:
-        """Ask for the records of the head that leads each source's window just entered
-        (:meth:`Residency.first_records`), where the source reads from it next, before the
-        shards' downloads start; and, on the stream's first block, put the download of
-        the shard its first record comes from (after a head, the head's shard) first."""
-        p, residency, offsets = self.plan, self._mixture.residency, self._mixture.shard_offsets
-        for i, window in enumerate(key):
-            if previous is not None and previous[i] == window:
-                continue
-            seg, off = p.segment(i, int(consumed[i]))
-            starts, _ = p.windows_of(i, seg)
-            w = int(np.searchsorted(starts, off, side="right")) - 1
-            order = p.window_order(i, seg, w)
-            lead = offsets[i] + int(order.shards[0]) if len(order.shards) else -1
-            if order.from_head and off - int(starts[w]) < int(order.stage_starts[1]) \
-                    and not self._mixture.records.is_mapped(lead):
-                early = residency.first_records(lead)
-                if early is not None:
-                    self._early[(i, seg, w)] = early
-        if previous is None and self._at < p.length:
-            i = int(p.schedule.sources(self._at, self._at + 1)[0])
-            seg, off = p.segment(i, int(consumed[i]))
-            starts, _ = p.windows_of(i, seg)
-            w = int(np.searchsorted(starts, off, side="right")) - 1
-            slot, _ = p.window_order(i, seg, w).at(off - int(starts[w]), off - int(starts[w]) + 1)
-            residency.about_to_map([offsets[i] + int(p.window_order(i, seg, w).shards[int(slot[0])])])
+    def _ask_heads(self, consumed: np.ndarray, entered: list[int],
+                   readers: list[dict[tuple[int, int], _WindowReader]], *, first: bool) -> None:
+        """Sources ``entered`` have moved into another window: where a head leads it and the
+        source reads from that head next, ask for the head's records
+        (:meth:`Residency.first_records`) before its shard's download starts (in practice
+        each source's first window: the later ones' shards are fetched ahead). ``first``:
+        the stream's first block, whose first record's source goes first, and whose
+        shard's download goes before any other (after its head, if it has one)."""
+        if first and self._at < self.plan.length:
+            lead = int(self.plan.schedule.sources(self._at, self._at + 1)[0])
+            entered = [lead, *(i for i in entered if i != lead)]
+        for n, i in enumerate(entered):
+            k = int(consumed[i])
+            if self.plan.schedule.position_of(i, k - int(self.plan.base[i])) >= self.plan.length:
+                continue  # (the epoch ends before the source reads on)
+            self._ask_head(i, k, readers[i], lead=first and n == 0)
+            if first and n == 0:
+                self._first_shard_first(i, k)
+
+    def _ask_head(self, i: int, k: int, held: dict[tuple[int, int], _WindowReader], *, lead: bool) -> None:
+        """Ask for the head that leads source ``i``'s window of its ``k``-th record, if the
+        source reads from it next and the window has no reader yet."""
+        p, residency = self.plan, self._mixture.residency
+        seg, w, skip = p.locate(i, k)
+        order = p.window_order(i, seg, w)
+        if (seg, w) in held or not order.from_head or skip >= int(order.stage_starts[1]):
+            return
+        shard = self._mixture.shard_offsets[i] + int(order.shards[0])
+        if not self._mixture.records.is_mapped(shard):
+            early = residency.first_records(shard, lead=lead)
+            if early is not None:
+                self._early[(i, seg, w)] = early
+
+    def _first_shard_first(self, i: int, k: int) -> None:
+        """The download of the shard source ``i``'s ``k``-th record (the stream's first)
+        comes from goes before any other (:meth:`Residency.about_to_map`)."""
+        seg, w, skip = self.plan.locate(i, k)
+        order = self.plan.window_order(i, seg, w)
+        slot, _ = order.at(skip, skip + 1)
+        self._mixture.residency.about_to_map([self._mixture.shard_offsets[i] + int(order.shards[int(slot[0])])])
 
 
 #: How many cuts of one source a block looks past (those whose shard is mapped already).

@@ -162,6 +162,13 @@ class MixturePlan:
             return -1, k
         return divmod(k - e, int(self.per_pass[i]))
 
+    def locate(self, i: int, k: int) -> tuple[int, int, int]:
+        """Where source ``i``'s ``k``-th record lies: (segment, window, position in the window)."""
+        seg, off = self.segment(i, k)
+        starts, _ = self.windows_of(i, seg)
+        w = int(np.searchsorted(starts, off, side="right")) - 1
+        return seg, w, off - int(starts[w])
+
     def segment_start(self, i: int, seg: int) -> int:
         """How many of source ``i``'s records come before segment ``seg``."""
         return 0 if seg < 0 else int(self.first_len[i]) + seg * int(self.per_pass[i])

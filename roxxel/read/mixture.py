@@ -434,6 +434,9 @@ class Mixture:
         base = MixState.from_dict({"kind": "roxxel-mixture-state", **now, **fields_, "position": 0, "rank": 0,
                                    "world_size": 1, "worker": 0, "num_workers": 1,
                                    "consumed": [0] * len(self._sources), "since": 0, "elastic": None})
+        if base.plan not in (PLAN_VERSION, HEADS_PLAN_VERSION):
+            raise ResumeError(f"the job state is of plan version {base.plan}; this roxxel reads {PLAN_VERSION} "
+                              f"and {HEADS_PLAN_VERSION}")
         *history, last = gens
         if job["lockstep"] is True:
             last = self._exact(last, tuple(history), base)
@@ -443,8 +446,9 @@ class Mixture:
                            rank=topology.rank, world_size=topology.world_size, worker=topology.worker,
                            num_workers=topology.num_workers, elastic=tuple(history) or None)
         if base.plan != self.plan_version:
-            raise ResumeError(f"the job state is of plan version {base.plan}; this roxxel continues plan version "
-                              f"{self.plan_version} only on another topology")
+            raise ResumeError(f"the state is of plan version {base.plan}: it continues on its own topology only "
+                              f"(world_size={last.world_size}, num_workers={last.num_workers}); on another, this "
+                              f"roxxel continues plan version {self.plan_version}")
         return replace(base, rank=topology.rank, world_size=topology.world_size, worker=topology.worker,
                        num_workers=topology.num_workers, elastic=fold((*history, last)) or None)
 
@@ -468,6 +472,9 @@ class Mixture:
         """The plan of consumer ``topology``; ``version`` 2 plans it without the sources'
         heads (a state saved by a roxxel that did not plan with them), by default as
         :attr:`plan_version` says."""
+        if version not in (None, PLAN_VERSION, HEADS_PLAN_VERSION):
+            raise ResumeError(f"the state is of plan version {version}; this roxxel reads {PLAN_VERSION} "
+                              f"and {HEADS_PLAN_VERSION}")
         seed = self.seed if seed is None else seed
         sources = self._sources
         if version == PLAN_VERSION:

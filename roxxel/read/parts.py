@@ -514,8 +514,9 @@ class PartEngine:
             yield
         finally:
             self._outside.remove(nbytes)
-            if self._in_flight + len(self._outside) + 1 >= self.limit:  # it held a part back
-                with self._cond:
+            limited = self._in_flight + len(self._outside) + 1 >= self.limit
+            if limited or self._reserved + sum(self._outside) + nbytes + self.part_size > self.budget:
+                with self._cond:  # (it may have held a part back; only then: the lock is contended)
                     self._cond.notify_all()
 
     def _ensure_threads(self) -> None:
@@ -555,13 +556,14 @@ class PartEngine:
             cap = 0 if any(t.issued < len(t.bounds) for t in first) else self.limit // 4
         others = sum(t.in_flight for t in self._transfers if not t.urgent) if waited else 0
         full = False
+        held = self._reserved + sum(outside)  # bytes of parts in flight or not consumed, and of the GETs outside
         for transfer in sorted(self._transfers, key=_Transfer.priority):
             i = transfer.issued
             if transfer.done or i >= len(transfer.bounds):
                 continue
             if waited and not transfer.urgent and others >= cap:
                 return None  # (the urgent ones sort first: nothing after this one is)
-            if i == transfer.consumed or (not full and self._reserved + sum(outside) + transfer.nbytes(i) <= self.budget):
+            if i == transfer.consumed or (not full and held + transfer.nbytes(i) <= self.budget):
                 self._spread(transfer)
                 return transfer, i  # (a part its consumer waits for goes even past the budget)
             full = True  # nothing jumps this transfer's turn but a part being waited for

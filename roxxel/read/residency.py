@@ -496,7 +496,7 @@ class Residency:
         self._mapped.append(k)
         return shard
 
-    def first_records(self, k: int) -> Callable[[], HeadRecords | None] | None:
+    def first_records(self, k: int, *, lead: bool = True) -> Callable[[], HeadRecords | None] | None:
         """Ask for shard ``k``'s first records from its head (see :mod:`roxxel.read.head`),
         sooner than its map: their fetch starts now, and a function that waits for them
         is returned (it returns None if they could not be had: logged, and the shard's
@@ -504,9 +504,10 @@ class Residency:
         they would not come sooner (the shard is cached, or downloading already, has no
         head, or is not downloaded in parts). Ask before the shard's download starts
         (:meth:`about_to_map`): it then starts after the head's bytes, and takes them
-        from the head's fetch. Asked before any shard is mapped, it makes the head the
-        reader's first: no shard is then fetched as a first shard (alone, in pieces:
-        :mod:`roxxel.read.parts`), only before the others, as any shard a reader waits for."""
+        from the head's fetch. Asked before any shard is mapped (and ``lead``: its records
+        are the reader's first), it makes the head the reader's first: no shard is then
+        fetched as a first shard (alone, in pieces: :mod:`roxxel.read.parts`), only before
+        the others, as any shard a reader waits for."""
         with self._lock:
             fetch = self._heads.get(k)  # (asked before, and no download took it yet)
             busy = self._closed or k in self._transfers
@@ -523,7 +524,7 @@ class Residency:
                 # shard's pieces over half the slots, the others' held back until it is
                 # checked), which would only idle the link (shaped 12 x 32 MiB: epochs
                 # 2.7-4.5% longer; README, Cold reads from object stores)
-                self._led = self._led or not self._mapped_any
+                self._led = self._led or (lead and not self._mapped_any)
                 self._stats["gets"] += fetch.gets
                 self._stats["head_bytes"] += fetch.index_bytes
             if self.cache.contains(self.catalog.checksums[k]):  # (a download began and ended meanwhile:
