@@ -656,6 +656,30 @@ def test_a_head_s_gets_count_against_the_part_engine_s_limit(tmp_path, small_hea
     assert len(pieces) == 3 and pieces[0][0] == 0 and pieces[-1][1] == head.size
 
 
+class SlowDown(Exception):
+    status = 503  # (as an HTTP client's error carries it: roxxel.backends.errors.http_status)
+
+
+class ThrottledHead(InParts):
+    """Each read of a head's first piece is refused once with a 503 (told to ``on_failure``,
+    as a retried attempt is) before it is served."""
+
+    def read_part(self, key, start, end, into, **kw):
+        if start == 0 and threading.current_thread().name.startswith("roxxel-head"):
+            kw["on_failure"](SlowDown("503 Slow Down"))
+        return super().read_part(key, start, end, into, **kw)
+
+
+def test_a_throttled_head_read_slows_the_part_engine_down(tmp_path, small_heads):
+    url = str(tmp_path / "ds")
+    first = write(url, make_records(400), shard_bytes=5 * HEAD // 2).shards[0]
+    store = ThrottledHead(url)
+    engine = PartEngine(parts=16, part_size=16 * 1024)
+    fetch = HeadFetch(store, first.uri, first.records, first.stored_size, parse_head(first.head), engine=engine)
+    assert fetch.done(10) and fetch.records() is not None
+    assert engine.stats["retries"] == engine.stats["throttled"] == 1 and engine.limit == 8  # halved, as for a part
+
+
 def test_verify_checks_heads_against_the_shards(tmp_path, small_heads):
     url = str(tmp_path / "ds")
     manifest = write(url, make_records(400), shard_bytes=5 * HEAD // 2)

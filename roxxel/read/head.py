@@ -101,8 +101,9 @@ class HeadFetch:
         them: of ``into``, or of a buffer of their own if an attempt failed (one given up
         on may still write into ``into`` there: see :meth:`_whole`)."""
         began = time.perf_counter_ns()
-        with self._engine.outside(end - start):
-            got = self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start])
+        with self._engine.outside(end - start):  # (and a throttled retry slows the engine down)
+            got = self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start],
+                                       on_failure=self._engine.retried)
         if (tracer := trace.current()) is not None:
             tracer.complete("head part", "download", began, time.perf_counter_ns(), key=self.key,
                             offset=start, bytes=end - start)

@@ -519,6 +519,16 @@ class PartEngine:
                 with self._cond:  # (it may have held a part back; only then: the lock is contended)
                     self._cond.notify_all()
 
+    def retried(self, exc: BaseException) -> None:
+        """A GET of this process's failed and is retried (a part's, or one made beside the
+        engine: :meth:`outside`); one the store throttled (HTTP 503 SlowDown, 429)
+        halves the limit (:class:`Concurrency`)."""
+        with self._cond:
+            self.stats["retries"] += 1
+            if throttled(exc):
+                self.stats["throttled"] += 1
+                self.concurrency.throttled(self._clock())
+
     def _ensure_threads(self) -> None:
         alive = [t for t in self._threads if t.is_alive()]
         generation = self._generation
@@ -662,11 +672,7 @@ class PartEngine:
         a, b = transfer.bounds[i]
 
         def failed(exc: BaseException) -> None:
-            with self._cond:
-                self.stats["retries"] += 1
-                if throttled(exc):
-                    self.stats["throttled"] += 1
-                    self.concurrency.throttled(self._clock())
+            self.retried(exc)
             if transfer.on_retry is not None:
                 transfer.on_retry(exc)
 
