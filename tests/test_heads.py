@@ -550,6 +550,53 @@ def test_ds_iter_s_first_records_come_from_the_head_that_leads_its_window(tmp_pa
             assert ds.stats["head_bytes"] == index_bytes
 
 
+class KeyGated(InParts):
+    """A store whose reads of a shard wait until its key is in ``opened``."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.opened: set[str] = set()
+        self.changed = threading.Condition()
+        self.release.set()
+
+    def open(self, *keys: str) -> None:
+        with self.changed:
+            self.opened.update(keys)
+            self.changed.notify_all()
+
+    def read_part(self, key, start, end, into, **kw):
+        with self.changed:
+            assert self.changed.wait_for(lambda: key in self.opened, 30)
+        return super().read_part(key, start, end, into, **kw)
+
+
+@pytest.mark.parametrize("heads", [False, True], ids=["no heads", "heads"])
+def test_a_resume_inside_a_stage_has_its_first_records_once_their_shard_is_in(tmp_path, small_heads, heads):
+    url, recs = str(tmp_path / "ds"), make_records(400)
+    manifest = write(url, recs, shard_bytes=5 * HEAD // 2, heads=heads)
+    with roxxel.open(url, cache_dir=str(tmp_path / "plain")) as ds:
+        it = ds.iter(seed=3)
+        order = it.plan.window_order(0)
+        position = int(order.stage_starts[-2]) + 1  # in the window's last stage: every shard is read there
+        assert len(order.shards) > 2 and position < len(order)
+        state = {**it.state(), "position": position}
+        rest = [bytes(r) for r in ds.resume(state)]
+    slot, _ = order.at(position, position + 1)
+    first = manifest.shards[int(order.shards[int(slot[0])])].uri
+    store = KeyGated(url)
+    store.open(first)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        resumed = ds.resume(state)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(bytes(next(resumed))))
+        reader.start()
+        reader.join(10)  # (its other shards are held back: only the first position's has come)
+        assert got == rest[:1] and {key for _, key, _, _ in store.reads} == {first}
+        store.open(*(s.uri for s in manifest.shards))
+        got += [bytes(r) for r in resumed]
+    assert got == rest
+
+
 def test_a_head_that_does_not_match_is_not_served(tmp_path, small_heads, caplog):
     url, recs, manifest = written(tmp_path)
     first, head = manifest.shards[0], parse_head(manifest.shards[0].head)

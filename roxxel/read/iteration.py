@@ -231,12 +231,16 @@ class RecordIterator(Iterator[np.ndarray]):
                         early = residency.first_records(lead)  # (asked before its download starts)
                         if early is None:  # its shard is read first, whole
                             needed = [lead, *(k for k in needed if k != lead)]
+                elif skip:  # resumed inside the window: the shard of its first position goes first
+                    slot, _ = stages.at(skip, skip + 1)
+                    first_shard = int(stages.shards[int(slot[0])])
+                    needed = [first_shard, *(k for k in needed if k != first_shard)]
                 residency.about_to_map(needed[:1])  # the first one read: its download goes first
                 residency.fetch_together(needed)
                 residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
                 reader = _WindowReader(self._index, stages, early)
                 start = self._at - skip  # the window's first position in the stream
-                for lo, hi in stages.blocks(skip, BLOCK):
+                for lo, hi in (run for block in stages.blocks(skip, BLOCK) for run in reader.runs(*block)):
                     slots, begins, ends = reader.bounds(lo, hi)
                     views = self.make_views(reader.payloads, slots, begins, ends)
                     self._block = (start + lo, hi - lo, views)
@@ -292,6 +296,25 @@ class _WindowReader:
         self._runs = np.zeros(width, dtype=np.int64)  # slot j's offset in the table, less since_j
         self._table = np.zeros(0, dtype=np.int64)
         self._used = 0
+        self._settled = False  # a block has found every slot it reads mapped (see runs)
+
+    def runs(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        """``[lo, hi)`` (positions of one stage) cut before each position whose slot is
+        not mapped yet, but its first: each run waits for one shard at most. A reader
+        that starts inside a stage (a resume) then has its first records once the shard
+        of its first position is in, not once every shard the stage reads is, and the
+        rest as their shards arrive. (Read from a window's start, a stage's slots are
+        mapped as it opens, one at a time, so its blocks go whole.)"""
+        while lo < hi and not self._settled:
+            slots, _ = self._order.at(lo, hi)
+            waits = np.flatnonzero(~np.asarray(self._mapped)[slots] & (slots != slots[0]))
+            if not len(waits):
+                self._settled = True
+                break
+            yield lo, lo + int(waits[0])
+            lo += int(waits[0])
+        if lo < hi:
+            yield lo, hi
 
     def bounds(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Slot, begin and end offset of each record at window positions ``lo..hi-1``,
