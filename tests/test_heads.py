@@ -556,6 +556,7 @@ class KeyGated(InParts):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.opened: set[str] = set()
+        self.asked: list[str] = []  # the shards read, in the order their reads came
         self.changed = threading.Condition()
         self.release.set()
 
@@ -566,6 +567,7 @@ class KeyGated(InParts):
 
     def read_part(self, key, start, end, into, **kw):
         with self.changed:
+            self.asked.append(key)
             assert self.changed.wait_for(lambda: key in self.opened, 30)
         return super().read_part(key, start, end, into, **kw)
 
@@ -588,11 +590,14 @@ def test_a_resume_inside_a_stage_has_its_first_records_once_their_shard_is_in(tm
     with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
         resumed = ds.resume(state)
         got: list[bytes] = []
-        reader = threading.Thread(target=lambda: got.append(bytes(next(resumed))))
-        reader.start()
-        reader.join(10)  # (its other shards are held back: only the first position's has come)
-        assert got == rest[:1] and {key for _, key, _, _ in store.reads} == {first}
-        store.open(*(s.uri for s in manifest.shards))
+        reader = threading.Thread(target=lambda: got.append(bytes(next(resumed))), daemon=True)
+        try:
+            reader.start()
+            reader.join(10)  # (its other shards are held back: only the first position's has come)
+            assert got == rest[:1] and store.asked[0] == first  # (and its download went first)
+            assert {key for _, key, _, _ in store.reads} == {first}  # (the others are held back)
+        finally:
+            store.open(*(s.uri for s in manifest.shards))
         got += [bytes(r) for r in resumed]
     assert got == rest
 

@@ -101,13 +101,18 @@ class HeadFetch:
         them: of ``into``, or of a buffer of their own if an attempt failed (one given up
         on may still write into ``into`` there: see :meth:`_whole`)."""
         began = time.perf_counter_ns()
-        with self._engine.outside(end - start):  # (and a throttled retry slows the engine down)
-            got = self.store.read_part(self.key, start, end, memoryview(into)[at : at + end - start],
-                                       on_failure=self._engine.retried)
+        got = self.read(start, end, memoryview(into)[at : at + end - start])
         if (tracer := trace.current()) is not None:
             tracer.complete("head part", "download", began, time.perf_counter_ns(), key=self.key,
                             offset=start, bytes=end - start)
         return got
+
+    def read(self, start: int, end: int, into: memoryview) -> memoryview:
+        """Bytes ``[start, end)`` of the shard (``Store.read_part``), counted against the
+        part engine's limit and budget while in flight, its throttled retries slowing the
+        engine down as a part's do."""
+        with self._engine.outside(end - start):
+            return self.store.read_part(self.key, start, end, into, on_failure=self._engine.retried)
 
     def done(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds for every read to end; whether they have."""
@@ -209,7 +214,7 @@ def after_head(fetch: HeadFetch, into: Placement, sink: Callable[[memoryview], o
                     check_cancelled()
             first: memoryview | bytearray | None = fetch.prefix()
             if first is None:  # (a buffer of its own: read_part may hand back another)
-                first = fetch.store.read_part(fetch.key, 0, fetch.head.size, memoryview(bytearray(fetch.head.size)))
+                first = fetch.read(0, fetch.head.size, memoryview(bytearray(fetch.head.size)))
             into.write(0, memoryview(first))
             sink(memoryview(first))
             fed = True

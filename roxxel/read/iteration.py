@@ -238,9 +238,12 @@ class RecordIterator(Iterator[np.ndarray]):
                 residency.about_to_map(needed[:1])  # the first one read: its download goes first
                 residency.fetch_together(needed)
                 residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
-                reader = _WindowReader(self._index, stages, early)
+                reader = _WindowReader(self._index, stages, early, start=skip)
                 start = self._at - skip  # the window's first position in the stream
-                for lo, hi in (run for block in stages.blocks(skip, BLOCK) for run in reader.runs(*block)):
+                # (typed batches group a block's records by shard: their blocks must not
+                # depend on where a stream was resumed, so they are not split)
+                split = reader.split_at_waits if self.make_views is record_views else _whole
+                for lo, hi in (part for block in stages.blocks(skip, BLOCK) for part in split(*block)):
                     slots, begins, ends = reader.bounds(lo, hi)
                     views = self.make_views(reader.payloads, slots, begins, ends)
                     self._block = (start + lo, hi - lo, views)
@@ -263,6 +266,10 @@ class RecordIterator(Iterator[np.ndarray]):
                 views.close()
 
 
+def _whole(lo: int, hi: int) -> tuple[tuple[int, int]]:
+    return ((lo, hi),)
+
+
 def block_position(at: int, block: tuple[int, int, RecordViews] | None) -> int:
     """A stream's position: ``at``, or inside the block being read, (its first position,
     its length, its views), the records handed out of it so far."""
@@ -279,14 +286,23 @@ class _WindowReader:
     """One window's shards, each mapped when a block first needs one of its records,
     and the end offsets of the records the window reads from each. ``early`` waits for
     the records of the head that leads the window (:meth:`Residency.first_records`),
-    which slot 0 reads from if they come (``order.from_head``: it reads none beyond them)."""
+    which slot 0 reads from if they come (``order.from_head``: it reads none beyond them).
+    ``start``: the window position read first (a resume's)."""
 
     def __init__(self, index: Records, order: WindowOrder | LooseOrder,
-                 early: Callable[[], HeadRecords | None] | None = None) -> None:
+                 early: Callable[[], HeadRecords | None] | None = None, *, start: int = 0) -> None:
         self._index, self._order, self._early = index, order, early
         width = len(order.shards)
         self.payloads: list[np.ndarray] = [_UNMAPPED] * width
         self._mapped = [False] * width
+        # Slots mapped, or never read from ``start`` on, and how many of the first ones
+        # are (split_at_waits: a block of stage k with slots 0..k-1 ready waits for one
+        # shard at most, slot k's)
+        self._ready = [True] * width
+        for j in order.slots_from(start).tolist():
+            self._ready[j] = False
+        self._ready_prefix = 0
+        self._advance()
         # Slot j's offsets [since_j, stop_j) (a record's begin is its predecessor's end)
         # are copied into one table as it is mapped: one gather then bounds a block. The
         # table grows with the shards mapped, whose record counts are verified, never
@@ -296,25 +312,28 @@ class _WindowReader:
         self._runs = np.zeros(width, dtype=np.int64)  # slot j's offset in the table, less since_j
         self._table = np.zeros(0, dtype=np.int64)
         self._used = 0
-        self._settled = False  # a block has found every slot it reads mapped (see runs)
 
-    def runs(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    def split_at_waits(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
         """``[lo, hi)`` (positions of one stage) cut before each position whose slot is
-        not mapped yet, but its first: each run waits for one shard at most. A reader
+        not mapped yet, but its first: each part waits for one shard at most. A reader
         that starts inside a stage (a resume) then has its first records once the shard
         of its first position is in, not once every shard the stage reads is, and the
         rest as their shards arrive. (Read from a window's start, a stage's slots are
-        mapped as it opens, one at a time, so its blocks go whole.)"""
-        while lo < hi and not self._settled:
+        mapped as it opens, one at a time: its blocks go whole, unexamined.)"""
+        while lo < hi and self._ready_prefix < self._order.stage_of(lo):
             slots, _ = self._order.at(lo, hi)
             waits = np.flatnonzero(~np.asarray(self._mapped)[slots] & (slots != slots[0]))
             if not len(waits):
-                self._settled = True
                 break
             yield lo, lo + int(waits[0])
             lo += int(waits[0])
         if lo < hi:
             yield lo, hi
+
+    def _advance(self) -> None:
+        ready, n = self._ready, len(self._ready)
+        while self._ready_prefix < n and ready[self._ready_prefix]:
+            self._ready_prefix += 1
 
     def bounds(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Slot, begin and end offset of each record at window positions ``lo..hi-1``,
@@ -346,7 +365,8 @@ class _WindowReader:
         self._runs[j] = self._used - since
         self._used = need
         self.payloads[j] = shard.payload
-        self._mapped[j] = True
+        self._mapped[j] = self._ready[j] = True
+        self._advance()
 
 
 def _elastic_plan(counts: np.ndarray, **kwargs: Any) -> ConsumerPlan:
