@@ -25,7 +25,7 @@ import torch.utils.data
 
 from .errors import ManifestError, ResumeError
 from .manifest.signing_keys import load_trusted_keys
-from .planner import DEFAULT_WINDOW, plan_version
+from .planner import DEFAULT_WINDOW, HEADS_PLAN_VERSION, plan_version
 from .read import dataset as _dataset
 from .read import mixture as _mixture
 from .read.elastic import Generation, remaining, span
@@ -278,10 +278,11 @@ def _check_job_plan(ds: _dataset.Dataset | _mixture.Mixture, job: Mapping[str, A
     what = "mixture" if isinstance(ds, _mixture.Mixture) else "dataset"
     version = ds.plan_version if isinstance(ds, _mixture.Mixture) else plan_version(ds.manifest.shards.head_records)
     if job.get("plan") != version:
+        why = " (its shards' heads lead their windows)" if version == HEADS_PLAN_VERSION else ""
         raise ResumeError(
             f"the loader state's job is of plan version {job.get('plan')!r}; this roxxel plans this {what} at "
-            f"version {version} (its shards' heads lead their windows): inside the epoch, its position would "
-            "name other records than the ones left. Resume at the epoch's end, or with the roxxel that saved it"
+            f"version {version}{why}: inside the epoch, its position would name other records than the ones "
+            "left. Start the epoch over, or resume with the roxxel that saved it"
         )
 
 

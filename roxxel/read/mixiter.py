@@ -197,7 +197,6 @@ class MixtureIterator(Iterator[np.ndarray]):
         residency.expect(order)
         residency.prefetch(order)
 
-
     def _ask_heads(self, consumed: np.ndarray, entered: list[int],
                    readers: list[dict[tuple[int, int], _WindowReader]], *, first: bool) -> None:
         """Sources ``entered`` have moved into another window: where a head leads it and the
