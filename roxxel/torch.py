@@ -189,7 +189,7 @@ class IterableRecords(torch.utils.data.IterableDataset):
             state = IterState(
                 seed=self.seed, epoch=epoch, position=start, rank=rank, world_size=world_size, worker=worker,
                 num_workers=num_workers, shuffle=self.shuffle, window=self.window, remainder=self.remainder,
-                fingerprint=_fingerprint(ds), plan=plan_version(ds.manifest.shards.head_records), elastic=history,
+                fingerprint=_fingerprint(ds), plan=_plans_version(ds), elastic=history,
             )
             records = ds.resume(state.to_dict(), rank=rank, world_size=world_size, worker=worker,
                                 num_workers=num_workers)
@@ -267,16 +267,21 @@ class IterableRecords(torch.utils.data.IterableDataset):
         generation = Generation(world_size, num_workers, tuple(positions))
         return Job(
             fingerprint=_fingerprint(ds), seed=self.seed, epoch=epoch, shuffle=self.shuffle, window=self.window,
-            remainder=self.remainder, plan=plan_version(ds.manifest.shards.head_records),
+            remainder=self.remainder, plan=_plans_version(ds),
             generations=(*self._history(epoch), generation),
         ).to_dict()
+
+
+def _plans_version(ds: _dataset.Dataset | _mixture.Mixture) -> int:
+    """The version of the plans this roxxel makes of ``ds`` (:func:`roxxel.planner.plan_version`)."""
+    return ds.plan_version if isinstance(ds, _mixture.Mixture) else plan_version(ds.manifest.shards.head_records)
 
 
 def _check_job_plan(ds: _dataset.Dataset | _mixture.Mixture, job: Mapping[str, Any]) -> None:
     """ResumeError unless a loader state's ``job`` was planned at the version this roxxel
     plans ``ds`` at: its position inside the epoch would name other records."""
     what = "mixture" if isinstance(ds, _mixture.Mixture) else "dataset"
-    version = ds.plan_version if isinstance(ds, _mixture.Mixture) else plan_version(ds.manifest.shards.head_records)
+    version = _plans_version(ds)
     if job.get("plan") != version:
         why = " (its shards' heads lead their windows)" if version == HEADS_PLAN_VERSION else ""
         raise ResumeError(

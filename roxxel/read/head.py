@@ -37,8 +37,8 @@ from ..errors import IntegrityError, RoxxelError, ShardFormatError
 from ..format.layout import FOOTER_SIZE, OFFSET_DTYPE, check_offsets, parse_footer
 from ..manifest.checksums import ShardKey
 from ..manifest.heads import HEAD_BYTES, Head, index_start
-from . import parts
 from .parts import PartEngine, Placement
+from .parts import engine as process_engine
 
 __all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "after_head"]
 
@@ -84,7 +84,7 @@ class HeadFetch:
         self._index = bytearray(stored_size - index_start(records, stored_size))
         # its GETs count against the part engine's limit and budget (this process's share
         # of the node's), and are no more than the limit: fewer, larger pieces under a small one
-        self._engine = parts.engine() if engine is None else engine
+        self._engine = process_engine() if engine is None else engine
         piece = max(PIECE, -(-head.size // max(1, self._engine.limit - 1)))
         self._starts = list(range(0, head.size, piece))
         self.gets, self.index_bytes = len(self._starts) + 1, len(self._index)

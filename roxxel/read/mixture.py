@@ -57,6 +57,13 @@ from .tokens import TokenWindows
 __all__ = ["Mixture", "MixtureIterator", "mix"]
 
 
+def _check_version(version: int, what: str) -> None:
+    """ResumeError unless ``version`` is a plan version this roxxel reads."""
+    if version not in (PLAN_VERSION, HEADS_PLAN_VERSION):
+        raise ResumeError(f"the {what} is of plan version {version}; this roxxel reads {PLAN_VERSION} "
+                          f"and {HEADS_PLAN_VERSION}")
+
+
 def mix(
     sources: Sequence[Any] | str | Mapping[str, Any],
     weights: Sequence[float] | None = None,
@@ -319,9 +326,7 @@ class Mixture:
                 saved = self._from_job(mixture_job([saved.to_dict()], MixState.from_dict, lockstep=False),
                                        topology, now)
         same = {k: getattr(saved, k) for k in now} == now
-        if saved.plan not in (PLAN_VERSION, HEADS_PLAN_VERSION):
-            raise ResumeError(f"the state is of plan version {saved.plan}; this roxxel reads {PLAN_VERSION} "
-                              f"and {HEADS_PLAN_VERSION}")
+        _check_version(saved.plan, "state")
         if (saved.world_size, saved.num_workers) != (topology.world_size, topology.num_workers):
             raise ResumeError(
                 f"the state was saved with world_size={saved.world_size}, num_workers={saved.num_workers}; "
@@ -434,9 +439,7 @@ class Mixture:
         base = MixState.from_dict({"kind": "roxxel-mixture-state", **now, **fields_, "position": 0, "rank": 0,
                                    "world_size": 1, "worker": 0, "num_workers": 1,
                                    "consumed": [0] * len(self._sources), "since": 0, "elastic": None})
-        if base.plan not in (PLAN_VERSION, HEADS_PLAN_VERSION):
-            raise ResumeError(f"the job state is of plan version {base.plan}; this roxxel reads {PLAN_VERSION} "
-                              f"and {HEADS_PLAN_VERSION}")
+        _check_version(base.plan, "job state")
         *history, last = gens
         if job["lockstep"] is True:
             last = self._exact(last, tuple(history), base)
@@ -472,9 +475,8 @@ class Mixture:
         """The plan of consumer ``topology``; ``version`` 2 plans it without the sources'
         heads (a state saved by a roxxel that did not plan with them), by default as
         :attr:`plan_version` says."""
-        if version not in (None, PLAN_VERSION, HEADS_PLAN_VERSION):
-            raise ResumeError(f"the state is of plan version {version}; this roxxel reads {PLAN_VERSION} "
-                              f"and {HEADS_PLAN_VERSION}")
+        if version is not None:
+            _check_version(version, "state")
         seed = self.seed if seed is None else seed
         sources = self._sources
         if version == PLAN_VERSION:
