@@ -44,6 +44,7 @@ from .manifest import Manifest, ShardInfo
 from .manifest.checksums import DEFAULT_ALGORITHM, new_hasher, parse_checksum
 from .manifest.compressions import COMPRESSIONS, describe
 from .manifest.heads import HEAD_BYTES, index_start
+from .manifest.parts import MAX_PARTS, MIN_PART_BYTES, part_digest, tiles
 from .manifest.io import (
     MANIFEST_KEY,
     Snapshot,
@@ -134,8 +135,11 @@ class Writer:
     ``heads`` (default True): each shard of a new dataset, uncompressed and over 16 MiB,
     gets a head in the manifest (:mod:`roxxel.manifest.heads`), from which ``for r in
     ds`` and ``ds.iter`` serve their first records before the shard has arrived whole
-    (about 165 bytes of manifest a shard). roxxel before heads refuses a manifest that
-    has one: ``heads=False`` writes none, and an append adds none, so a dataset stays
+    (about 165 bytes of manifest a shard), and the checksum of each of its 8 MiB parts
+    (:mod:`roxxel.manifest.parts`: 32 bytes of manifest a part), from which a resume
+    inside the shard serves its first record once that record's part is in. roxxel
+    before heads refuses a manifest that has one, and roxxel before parts one with parts:
+    ``heads=False`` writes neither, and an append adds neither, so a dataset stays
     readable by whatever read it.
     """
 
@@ -527,6 +531,7 @@ class Writer:
             suffix = ".zst"
         if part_size is not None and md5s is not None:  # the upload is checked against them
             multipart.register_part_digests(path, part_size, md5s)
+        head = shard_head(path, staged.records, stored_size) if self._writes_heads() else None
         if key is None:
             key = self._shard_key(staged.index, digest, suffix)
             with self._lock:
@@ -538,7 +543,8 @@ class Writer:
             raw_size=staged.raw_size,
             compression=self.compression,
             checksum=f"{DEFAULT_ALGORITHM}:{digest}",
-            head=shard_head(path, staged.records, stored_size) if self._writes_heads() else None,
+            head=head,
+            parts=shard_parts(path, stored_size) if head is not None else None,
         )
         self._put_checked(path, shard, uploaded)
         for p in {path, staged.path}:
@@ -637,8 +643,8 @@ class Writer:
             if current.manifest is None or current.manifest.fingerprint() != self._base.fingerprint():
                 raise self._conflict()
             meta = self._base.meta if self._meta is None else self._meta
-            if len(self._base.shards):  # (a build's parts have heads: an append adds none)
-                shards = [replace(shard, head=None) for shard in shards]
+            if len(self._base.shards):  # (a build's parts have heads and parts: an append adds none)
+                shards = [replace(shard, head=None, parts=None) for shard in shards]
             manifest = self._base.with_meta(meta).extended(shards)
         else:
             current = Snapshot(None, None)
@@ -812,6 +818,16 @@ def shard_head(path: str, records: int, size: int) -> str | None:
         hasher.update(data)
         digests.append(f"{DEFAULT_ALGORITHM}:{hasher.hexdigest()}")
     return f"{count}:{end}:{digests[0]}:{digests[1]}"
+
+
+def shard_parts(path: str, size: int) -> str:
+    """The parts (see :mod:`roxxel.manifest.parts`) of the shard of ``size`` bytes in the
+    file at ``path``: of :data:`HEAD_BYTES` each (one download part), or more where a
+    shard would have more than :data:`MAX_PARTS` of them, read back from the file."""
+    part = max(HEAD_BYTES, MIN_PART_BYTES, -(-size // MAX_PARTS))
+    with open(path, "rb") as f:
+        digests = [part_digest(DEFAULT_ALGORITHM, _read_exactly(f.fileno(), a, b, path)) for a, b in tiles(size, part)]
+    return f"{part}:{DEFAULT_ALGORITHM}:{''.join(digests)}"
 
 
 def _read_exactly(fd: int, start: int, end: int, path: str) -> bytes:

@@ -27,6 +27,7 @@ from roxxel.errors import ManifestError, ReceiptError, ResumeError, StorageError
 from roxxel.manifest import Manifest, ShardInfo, ShardTable
 from roxxel.manifest.checksums import parse_checksum
 from roxxel.manifest.heads import HeadCheck, index_start, parse_head
+from roxxel.manifest.parts import parse_parts
 from roxxel.manifest.io import dataset_store, publish_manifest, read_manifest
 from roxxel.ops.verify import verify
 from roxxel.planner import plan
@@ -124,7 +125,7 @@ def test_a_bad_head_in_a_manifest_names_its_shard():
     doc["shards"][1]["head"] = f"1:4096:{H1}:{H2}"
     assert Manifest.from_dict(doc).shards[1].head == f"1:4096:{H1}:{H2}"
     doc["shards"][1]["heads"] = "x"
-    with pytest.raises(ManifestError, match=r"shards\[1\]\.heads: unknown field \(expected uri, .*, checksum, head\)"):
+    with pytest.raises(ManifestError, match=r"shards\[1\]\.heads: unknown field \(expected uri, .*, checksum, head, parts\)"):
         Manifest.from_dict(doc)
 
 
@@ -541,13 +542,31 @@ def test_ds_iter_s_first_records_come_from_the_head_that_leads_its_window(tmp_pa
     heads = [r[1:] for r in store.reads if r[0] == "head"]
     assert sorted(heads) == [(shard.uri, 0, head.size), (shard.uri, payload, shard.stored_size)]
     assert min(a for kind, key, a, b in store.reads if kind == "shard" and key == shard.uri) == head.size
-    # resumed at the window's start, the same; past its first stage, no head is asked for
-    for position, index_bytes in ((0, shard.stored_size - payload), (first_stage, 0)):
+    # resumed at the window's start, the same; past its first stage, no head is asked for,
+    # but the part its first record lies in (and that shard's index)
+    slot, local = order.at(first_stage, first_stage + 1)
+    resumed_in = manifest.shards[int(order.shards[int(slot[0])])]
+    for position, extra in ((0, shard.stored_size - payload),
+                            (first_stage, part_bytes(url, resumed_in, int(local[0])))):
         again = InParts(url)
         again.release.set()
         with roxxel.open(url, cache_dir=str(tmp_path / f"cache{position}"), store=again) as ds:
             assert [bytes(r) for r in ds.resume({**it.state(), "position": position})] == got[position:]
-            assert ds.stats["head_bytes"] == index_bytes
+            assert ds.stats["head_bytes"] == extra
+        assert any(r[2] == 0 and r[3] == head.size for r in again.reads if r[0] == "head") == (position == 0)
+
+
+def part_bytes(url: str, shard: ShardInfo, record: int) -> int:
+    """The bytes a resume fetches for its first record, record ``record`` of ``shard``:
+    the shard's record index and footer, and the parts that record lies in (none for a
+    shard without parts: the resume waits for it whole)."""
+    if shard.parts is None:
+        return 0
+    parts, payload = parse_parts(shard.parts), index_start(shard.records, shard.stored_size)
+    offsets = np.fromfile(os.path.join(url, shard.uri), dtype="<i8", count=shard.records, offset=payload)
+    a, b = parts.span(parts.covering(int(offsets[record - 1]) if record else 0, int(offsets[record])),
+                      shard.stored_size)
+    return shard.stored_size - payload + b - a
 
 
 class KeyGated(InParts):
@@ -958,7 +977,7 @@ def test_a_receipt_shard_with_an_unknown_key_names_the_optional_head(tmp_path, s
     doc = receipt.to_dict()
     doc["shards"][0]["heads"] = doc["shards"][0].pop("head")
     message = (r"receipt\.shards\[0\]: expected the keys \['uri', 'records', 'stored_size', 'raw_size', "
-               r"'compression', 'checksum'\] \(and perhaps \['head'\]\); unknown \['heads'\], missing \[\]")
+               r"'compression', 'checksum'\] \(and perhaps \['head', 'parts'\]\); unknown \['heads'\], missing \[\]")
     with pytest.raises(ReceiptError, match=message):
         Receipt.from_dict(doc)
 

@@ -39,7 +39,7 @@ PART_SHARD_KEY = re.compile(  # ASCII digits only, and nothing after the name (\
 )
 _RECEIPT_KEYS = ("part", "attempt", "shards")
 _SHARD_KEYS = ("uri", "records", "stored_size", "raw_size", "compression", "checksum")
-_OPTIONAL_SHARD_KEYS = ("head",)
+_OPTIONAL_SHARD_KEYS = ("head", "parts")
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,9 @@ class Receipt:
 
 def _shard_dict(shard: ShardInfo) -> dict[str, Any]:
     entry = {key: getattr(shard, key) for key in _SHARD_KEYS}
-    if shard.head is not None:
-        entry["head"] = shard.head
+    for key in _OPTIONAL_SHARD_KEYS:
+        if getattr(shard, key) is not None:
+            entry[key] = getattr(shard, key)
     return entry
 
 
@@ -200,7 +201,7 @@ def write_part(
     error nothing is returned, and what this attempt uploaded stays unreferenced (for
     ``roxxel prune``). ``shard_bytes``, ``compression``, ``upload_workers``,
     ``staging_dir``, ``progress`` (record bytes uploaded) and ``heads`` are the Writer's
-    (a commit that appends drops the heads).
+    (a commit that appends drops the heads and parts).
     """
     receipt_part = Receipt(part=part, attempt="0" * ATTEMPT_HEX, shards=())  # validates part
     attempt = uuid.uuid4().hex[:ATTEMPT_HEX]

@@ -19,6 +19,7 @@ from ._report import error, expected, member, row, show
 from .checksums import CHECKSUM_RE, ChecksumError, parse_checksum
 from .compressions import COMPRESSION_CODES, COMPRESSIONS, describe
 from .heads import HEAD_RE, head_problem, index_start
+from .parts import parts_problem
 from .keys import KEY_RE, key_problem
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "check_entries",
     "check_fields",
     "check_head",
+    "check_parts",
     "check_room",
     "check_checksum",
     "check_compression",
@@ -43,6 +45,7 @@ __all__ = [
     "count_column",
     "head_column",
     "meta_json",
+    "parts_column",
     "readonly",
     "string_column",
     "uri_column",
@@ -53,11 +56,12 @@ MAX_URI_LENGTH = 1024
 
 TOP_FIELDS = ("format", "version", "records", "meta", "shards")
 SHARD_FIELDS = ("uri", "records", "stored_size", "raw_size", "compression", "checksum")
-#: A shard's optional fields (see :mod:`roxxel.manifest.heads`), written only when set.
-OPTIONAL_SHARD_FIELDS = ("head",)
-_SHARD_FIELD_SET = frozenset(SHARD_FIELDS)
-_SHARD_FIELD_SET_HEAD = frozenset(SHARD_FIELDS + OPTIONAL_SHARD_FIELDS)
-COLUMNS = ("uris", "records", "stored_size", "raw_size", "compression", "checksums", "heads")
+#: A shard's optional fields (see :mod:`roxxel.manifest.heads` and :mod:`~roxxel.manifest.parts`),
+#: written only when set.
+OPTIONAL_SHARD_FIELDS = ("head", "parts")
+_SHARD_FIELD_SETS = frozenset(frozenset(SHARD_FIELDS + extra)
+                              for extra in ((), ("head",), ("parts",), ("head", "parts")))
+COLUMNS = ("uris", "records", "stored_size", "raw_size", "compression", "checksums", "heads", "parts")
 _META_INT_RANGE = (-(2**63), 2**64)  # what every JSON reader with 64-bit ints accepts
 
 
@@ -127,6 +131,19 @@ def check_head(value: object, records: int, stored_size: int, compression: str |
     if not isinstance(value, str):
         raise expected(path, "a string", value)
     problem = head_problem(value, records, stored_size, compression)
+    if problem is not None:
+        raise error(path, problem)
+    return _plain_str(value)
+
+
+def check_parts(value: object, stored_size: int, compression: str | None, path: str) -> str | None:
+    """``value`` if it is None or valid parts of the shard described (see
+    :mod:`~roxxel.manifest.parts`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise expected(path, "a string", value)
+    problem = parts_problem(value, stored_size, compression)
     if problem is not None:
         raise error(path, problem)
     return _plain_str(value)
@@ -305,13 +322,21 @@ def head_column(values: object, records: NDArray[np.int64], stored_size: NDArray
     return items, readonly(counts), readonly(nbytes)
 
 
+def parts_column(values: object, stored_size: NDArray[np.int64], compression: NDArray[np.int8]) -> list[str]:
+    """The parts as strings, "" where a shard has none (None in ``values``), each checked."""
+    items = ["" if value is None else value for value in _as_list(values)]
+    for i, value in enumerate(items):
+        if value != "":
+            check_parts(value, int(stored_size[i]), COMPRESSIONS[int(compression[i])], row(i, "parts"))
+    return items
+
+
 def check_entries(entries: object) -> list[dict[str, Any]]:
     """``entries`` if it is a list of objects with exactly the shard fields (and perhaps
     the optional ones)."""
     if not isinstance(entries, list):
         raise expected("shards", "an array of shard objects", entries)
-    allowed = (_SHARD_FIELD_SET, _SHARD_FIELD_SET_HEAD)
-    if not all(type(entry) is dict and entry.keys() in allowed for entry in entries):
+    if not all(type(entry) is dict and frozenset(entry) in _SHARD_FIELD_SETS for entry in entries):
         for i, entry in enumerate(entries):
             check_fields(entry, SHARD_FIELDS, f"shards[{i}]", optional=OPTIONAL_SHARD_FIELDS)
     return entries

@@ -53,6 +53,7 @@ from ._fields import (
     check_entries,
     check_fields,
     check_head,
+    check_parts,
     check_room,
     check_sizes,
     check_uri,
@@ -61,6 +62,7 @@ from ._fields import (
     copy_meta,
     count_column,
     head_column,
+    parts_column,
     meta_json,
     readonly,
     string_column,
@@ -84,7 +86,8 @@ class ShardInfo:
     ``raw_size`` the bytes after decompression; ``checksum`` (``"blake3:<hex>"``, or
     another of :data:`~roxxel.manifest.checksums.CHECKSUM_ALGORITHMS`) covers the stored bytes.
     ``head``, optional, vouches for the first bytes and the record index of an
-    uncompressed shard on their own (see :mod:`~roxxel.manifest.heads`).
+    uncompressed shard on their own (see :mod:`~roxxel.manifest.heads`); ``parts``,
+    optional, each part of its stored bytes (see :mod:`~roxxel.manifest.parts`).
     """
 
     uri: str
@@ -94,6 +97,7 @@ class ShardInfo:
     compression: str | None
     checksum: str
     head: str | None = None
+    parts: str | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -107,14 +111,15 @@ class ShardInfo:
         check_room(self.records, self.raw_size, "shard.records")
         put(self, "head", check_head(self.head, self.records, self.stored_size, self.compression,
                                      "shard.head"))
+        put(self, "parts", check_parts(self.parts, self.stored_size, self.compression, "shard.parts"))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class ShardTable:
     """Per-shard metadata as read-only NumPy columns, one row per shard.
 
-    ``uris``, ``checksums`` and ``heads`` are string arrays (``heads`` optional, "" where a
-    shard has none; pass None for none at all); ``records``, ``stored_size`` and
+    ``uris``, ``checksums``, ``heads`` and ``parts`` are string arrays (``heads`` and
+    ``parts`` optional, "" where a shard has none; pass None for none at all); ``records``, ``stored_size`` and
     ``raw_size`` are int64; ``compression`` holds int8 codes into :data:`COMPRESSIONS`
     (pass an integer array of codes, or any other sequence of names such as
     ``[None, "zstd"]``). ``record_starts`` (int64, ``len + 1`` entries) is derived:
@@ -132,6 +137,7 @@ class ShardTable:
     compression: NDArray[np.int8]
     checksums: NDArray[Any]
     heads: NDArray[Any] | None = None
+    parts: NDArray[Any] | None = None
     record_starts: NDArray[np.int64] = field(init=False, repr=False)
     head_records: NDArray[np.int64] | None = field(init=False, repr=False)
     head_bytes: NDArray[np.int64] | None = field(init=False, repr=False)
@@ -146,7 +152,8 @@ class ShardTable:
             "checksums": string_column(checksum_column(self.checksums)),
         }
         heads = [None] * len(columns["uris"]) if self.heads is None else self.heads
-        lengths = {name: len(column) for name, column in columns.items()} | {"heads": len(heads)}
+        parts = [None] * len(columns["uris"]) if self.parts is None else self.parts
+        lengths = {name: len(column) for name, column in columns.items()} | {"heads": len(heads), "parts": len(parts)}
         if len(set(lengths.values())) > 1:
             raise expected("shards", "columns of equal length", lengths)
         for name, column in columns.items():
@@ -165,6 +172,7 @@ class ShardTable:
         object.__setattr__(self, "heads", string_column(column))
         object.__setattr__(self, "head_records", counts)
         object.__setattr__(self, "head_bytes", nbytes)
+        object.__setattr__(self, "parts", string_column(parts_column(parts, self.stored_size, self.compression)))
 
     def _prefix_sums(self) -> NDArray[np.int64]:
         total = sum(self.records.tolist())  # exact: int64 sums could wrap around
@@ -190,6 +198,7 @@ class ShardTable:
             compression=[info.compression for info in rows],
             checksums=[info.checksum for info in rows],
             heads=[info.head for info in rows],
+            parts=[info.parts for info in rows],
         )
 
     @classmethod
@@ -225,9 +234,11 @@ class ShardTable:
             self.checksums.tolist(),
         )
         entries = [dict(zip(SHARD_FIELDS, row)) for row in rows]
-        for entry, head in zip(entries, self.heads.tolist()):
+        for entry, head, parts in zip(entries, self.heads.tolist(), self.parts.tolist()):
             if head:
                 entry["head"] = head
+            if parts:
+                entry["parts"] = parts
         return entries
 
     def to_json(self) -> str:
@@ -248,9 +259,9 @@ class ShardTable:
         pieces = []  # '{"uri":', <uri>, ',"records":', <records>, ..., '},' per shard
         for i, (name, column) in enumerate(zip(SHARD_FIELDS, columns)):
             pieces += [repeat(("{" if i == 0 else ",") + f'"{name}":'), column]
-        heads = self.heads.tolist()
-        if any(heads):  # (written only where set)
-            pieces.append(',"head":' + quote(head) if head else "" for head in heads)
+        for name, values in (("head", self.heads.tolist()), ("parts", self.parts.tolist())):
+            if any(values):  # (written only where set)
+                pieces.append([f',"{name}":' + quote(value) if value else "" for value in values])
         text = "".join(chain.from_iterable(zip(*pieces, repeat("},"))))
         return "[" + text[:-1] + "]"
 
@@ -288,6 +299,7 @@ class ShardTable:
             compression=COMPRESSIONS[int(self.compression[i])],
             checksum=str(self.checksums[i]),
             head=str(self.heads[i]) or None,
+            parts=str(self.parts[i]) or None,
         )
 
     def __iter__(self) -> Iterator[ShardInfo]:

@@ -26,6 +26,7 @@ from ..format.check import ShardCheck, ShardSpec
 from ..manifest import Manifest
 from ..manifest.checksums import parse_checksum
 from ..manifest.heads import HeadCheck, parse_head
+from ..manifest.parts import PartsCheck, parse_parts
 from ..manifest.io import dataset_store
 from ..manifest.signing import read_signed_manifest
 from ..manifest.signing_keys import PublicKeyLike, TrustedKeys, load_trusted_keys
@@ -90,8 +91,8 @@ def verify(
 
     Each object's size, checksum, raw size (zstd decompressed on the fly, never beyond
     the manifest's raw size), offset table and footer (record count as in the manifest)
-    are checked, and its head, if the manifest gives it one (its checksums and where its
-    records end); a missing object is bad too. Nothing is written to disk and memory
+    are checked, and its head and parts, if the manifest gives it them (their checksums,
+    and where the head's records end); a missing object is bad too. Nothing is written to disk and memory
     stays bounded whatever the shard sizes. ``progress`` (an fsspec ``Callback``) gets
     the total stored bytes, then the bytes read as they arrive. Other storage errors
     (access denied, an endpoint down after retries) say nothing about the shards and
@@ -107,13 +108,14 @@ def verify(
     def check(k: int) -> BadShard | None:
         shard = table[k]
         check = ShardCheck(ShardSpec.of(shard, store.url(shard.uri)), parse_checksum(shard.checksum))
-        head = HeadCheck(parse_head(shard.head), shard.records, shard.stored_size) if shard.head else None
+        extra = [HeadCheck(parse_head(shard.head), shard.records, shard.stored_size)] if shard.head else []
+        extra += [PartsCheck(parse_parts(shard.parts))] if shard.parts else []
 
         def sink(chunk: bytes) -> None:
             jobs.check()
             check(chunk)
-            if head is not None:
-                head(chunk)
+            for also in extra:
+                also(chunk)
             meter.add(len(chunk))
 
         try:
@@ -121,7 +123,7 @@ def verify(
             check.expect_stored_size(found)
             store.stream(shard.uri, sink, size=found)
             check.finish()
-            problem = head.problem() if head is not None else None
+            problem = next((p for also in extra if (p := also.problem()) is not None), None)
             if problem is not None:
                 return BadShard(shard.uri, shard.checksum, problem)
         except IntegrityError as exc:

@@ -21,7 +21,8 @@ from ..cache.evict import OrderHint
 from ..manifest import ShardTable
 from ..manifest.compressions import COMPRESSIONS
 from ..manifest.heads import parse_head
-from .head import HeadFetch
+from ..manifest.parts import parse_parts
+from .head import HeadFetch, PartFetch
 
 __all__ = ["Download", "ShardCatalog"]
 
@@ -95,6 +96,20 @@ class ShardCatalog:
             log.debug("%s: its head is too large to fetch apart", store.url(str(table.uris[k])))
             return None
         return HeadFetch(store, str(table.uris[k]), records, size, head)
+
+    def fetch_part(self, g: int, record: int) -> PartFetch | None:
+        """The part that record ``record`` of shard ``g`` lies in being fetched (see
+        :class:`~roxxel.read.head.PartFetch`), if its manifest entry gives it a head and
+        parts and its store downloads shards in parts; else None."""
+        store, table, k = self._part(g)
+        head, parts = str(table.heads[k]), str(table.parts[k])
+        if not head or not parts or not store.downloads_in_parts:
+            return None
+        records, size, split = int(table.records[k]), int(table.stored_size[k]), parse_parts(parts)
+        if not PartFetch.fits(records, size, split):
+            log.debug("%s: its parts are too large to fetch apart", store.url(str(table.uris[k])))
+            return None
+        return PartFetch(store, str(table.uris[k]), records, size, parse_head(head), split, record)
 
     def get(
         self, g: int, cache: ShardCache, download: Download, order_hint: OrderHint

@@ -37,10 +37,12 @@ from ..errors import IntegrityError, RoxxelError, ShardFormatError
 from ..format.layout import FOOTER_SIZE, OFFSET_DTYPE, check_offsets, parse_footer
 from ..manifest.checksums import ShardKey
 from ..manifest.heads import HEAD_BYTES, Head, index_start
+from ..manifest.parts import Parts
 from .parts import PartEngine, Placement
 from .parts import engine as process_engine
 
-__all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "after_head"]
+__all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "PartFetch", "PartRecords", "after_head",
+           "checked_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,8 @@ class HeadFetch:
 
     def _check_all(self) -> HeadRecords | None:
         try:
-            offsets = self._check(self._whole(self._index, [0], [self._index_read]))
+            index = self._whole(self._index, [0], [self._index_read])
+            offsets = checked_offsets(index, self.head, self._records, self.stored_size, self.store.url(self.key))
             first = self._checked_first()
             if isinstance(first, BaseException):
                 raise first
@@ -177,25 +180,126 @@ class HeadFetch:
             log.warning("the first records of %s wait for the whole shard: %s", self.store.url(self.key), exc)
             return None
 
-    def _check(self, index: bytearray) -> np.ndarray:
-        """The record index's end offsets, checked against the head, the footer and the manifest."""
-        head, records, size = self.head, self._records, self.stored_size
-        label = self.store.url(self.key)
-        payload_size = index_start(records, size)
-        _check(index, head.index, f"{label}: bytes [{payload_size}, {size}) (its record index)")
-        layout = parse_footer(bytes(index[-FOOTER_SIZE:]), size, label)
-        if layout.record_count != records or layout.payload_size != payload_size:
-            raise ShardFormatError(
-                f"{label}: footer says {layout.record_count} records in {layout.payload_size} "
-                f"payload bytes, expected {records} in {payload_size} from the manifest"
-            )
-        offsets = np.frombuffer(bytes(index), dtype=OFFSET_DTYPE, count=records)
-        check_offsets(offsets, layout, label)
-        end = int(offsets[head.records - 1])
-        if end != head.size:
-            raise ShardFormatError(f"{label}: record {head.records - 1} ends at byte {end}, "
-                                   f"expected {head.size} from the manifest's head")
-        return offsets
+
+class PartRecords:
+    """Records of a shard from one or two of its parts (a :class:`PartFetch`'s): bytes
+    ``[start, start + len(payload))`` of the shard in ``payload``, and the end offset of
+    every record of the shard in ``offsets``, all checked."""
+
+    def __init__(self, payload: np.ndarray, start: int, offsets: np.ndarray) -> None:
+        self.payload, self.start, self.offsets = payload, start, offsets
+
+    def holds(self, records: np.ndarray) -> np.ndarray:
+        """Which of ``records`` (record numbers in the shard) lie wholly in the payload."""
+        begins = np.where(records > 0, self.offsets[np.maximum(records - 1, 0)], 0)
+        return (begins >= self.start) & (self.offsets[records] <= self.start + len(self.payload))
+
+    def bounds(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where ``records`` (all held) begin and end in the payload."""
+        begins = np.where(records > 0, self.offsets[np.maximum(records - 1, 0)], 0)
+        return begins - self.start, self.offsets[records] - self.start
+
+
+class PartFetch:
+    """The parts that record ``record`` of ``key`` lies in, with the shard's record index,
+    fetched on threads of their own from construction on (an uncompressed shard of
+    ``records`` records and ``stored_size`` bytes in ``store``, whose manifest entry
+    gives it ``head`` and ``parts``): the index first, checked against the head's
+    checksum, then the parts where it says the record lies, in pieces side by side, each
+    part checked against its own checksum. Its GETs count against the part engine as a
+    head's do. What a resume inside a shard serves its first records from, once that
+    part is in, instead of once the whole shard is (their bytes are fetched again with
+    the shard: at most :data:`MAX_HEAD_BYTES`, and the index)."""
+
+    def __init__(self, store: Store, key: str, records: int, stored_size: int, head: Head, parts: Parts,
+                 record: int, engine: PartEngine | None = None) -> None:
+        self.store, self.key, self.stored_size = store, key, stored_size
+        self._records, self._head, self._parts, self._record = records, head, parts, record
+        self._engine = process_engine() if engine is None else engine
+        self.gets = self.extra_bytes = 0  # (set as they are made: the index's, then the parts')
+        self._result = _started(self._fetch)
+        self._checked: tuple[PartRecords | None] | None = None
+
+    @staticmethod
+    def fits(records: int, stored_size: int, parts: Parts) -> bool:
+        """Whether a part (and the index) of a shard of ``records`` records and
+        ``stored_size`` bytes are small enough to fetch apart (:data:`MAX_HEAD_BYTES`)."""
+        return max(parts.size, stored_size - index_start(records, stored_size)) <= MAX_HEAD_BYTES
+
+    def read(self, start: int, end: int, into: memoryview) -> memoryview:
+        """Bytes ``[start, end)`` of the shard, counted as :meth:`HeadFetch.read` counts them."""
+        with self._engine.outside(end - start):
+            return self.store.read_part(self.key, start, end, into, on_failure=self._engine.retried)
+
+    def _fetch(self) -> PartRecords:
+        label, size, parts = self.store.url(self.key), self.stored_size, self._parts
+        at = index_start(self._records, size)
+        self.gets, self.extra_bytes = 1, size - at
+        offsets = checked_offsets(self.read(at, size, memoryview(bytearray(size - at))), self._head,
+                                  self._records, size, label)
+        record = self._record
+        begin, end = (int(offsets[record - 1]) if record else 0), int(offsets[record])
+        covering = parts.covering(begin, end)
+        start, stop = parts.span(covering, size)
+        if stop - start > MAX_HEAD_BYTES:
+            raise ShardFormatError(f"{label}: record {record} lies in bytes [{start}, {stop}), more than a "
+                                   f"reader fetches apart ({MAX_HEAD_BYTES})")
+        buffer = bytearray(stop - start)
+        piece = max(PIECE, -(-(stop - start) // max(1, self._engine.limit - 1)))
+        starts = list(range(start, stop, piece))
+        self.gets, self.extra_bytes = 1 + len(starts), size - at + stop - start
+        ends = [min(a + piece, stop) for a in starts]
+        reads = [_started(self.read, a, b, memoryview(buffer)[a - start : b - start]) for a, b in zip(starts, ends)]
+        views = [r.result() for r in reads]
+        if any(view.obj is not buffer for view in views):  # (an attempt given up on may still write there)
+            fresh = bytearray(stop - start)
+            for a, view in zip(starts, views):
+                fresh[a - start : a - start + len(view)] = view
+            buffer = fresh
+        for i in covering:
+            a, b = parts.span(range(i, i + 1), size)
+            problem = parts.problem(i, memoryview(buffer)[a - start : b - start])
+            if problem is not None:
+                raise IntegrityError(f"{label}: {problem}")
+        payload = np.frombuffer(buffer, dtype=np.uint8)
+        payload.setflags(write=False)  # (the records' views are read-only, as a shard's map)
+        return PartRecords(payload, start, offsets)
+
+    def done(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the fetch to end; whether it has."""
+        return not wait([self._result], timeout).not_done
+
+    def records(self) -> PartRecords | None:
+        """The part's records, checked (waiting for them); None if they could not be
+        had (logged once)."""
+        if self._checked is None:
+            try:
+                self._checked = (self._result.result(),)
+            except (RoxxelError, OSError) as exc:
+                log.warning("a resume inside %s waits for the whole shard: %s", self.store.url(self.key), exc)
+                self._checked = (None,)
+        return self._checked[0]
+
+
+def checked_offsets(index: bytearray | memoryview, head: Head, records: int, size: int, label: str) -> np.ndarray:
+    """The end offsets in ``index`` (the record index and footer of the shard ``label``
+    of ``records`` records and ``size`` bytes), checked against ``head``, the footer
+    and the manifest."""
+    payload_size = index_start(records, size)
+    _check(index, head.index, f"{label}: bytes [{payload_size}, {size}) (its record index)")
+    layout = parse_footer(bytes(index[-FOOTER_SIZE:]), size, label)
+    if layout.record_count != records or layout.payload_size != payload_size:
+        raise ShardFormatError(
+            f"{label}: footer says {layout.record_count} records in {layout.payload_size} "
+            f"payload bytes, expected {records} in {payload_size} from the manifest"
+        )
+    offsets = np.frombuffer(bytes(index), dtype=OFFSET_DTYPE, count=records)
+    check_offsets(offsets, layout, label)
+    end = int(offsets[head.records - 1])
+    if end != head.size:
+        raise ShardFormatError(f"{label}: record {head.records - 1} ends at byte {end}, "
+                               f"expected {head.size} from the manifest's head")
+    return offsets
 
 
 def after_head(fetch: HeadFetch, into: Placement, sink: Callable[[memoryview], object],

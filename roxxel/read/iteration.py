@@ -29,7 +29,7 @@ from .. import trace
 from ..errors import ResumeError
 from ..planner import DEFAULT_WINDOW, HEADS_PLAN_VERSION, PLAN_VERSION, Plan, WindowOrder, plan, plan_version
 from .elastic import ConsumerPlan, Generation, LooseOrder, elastic_plan
-from .head import HeadRecords
+from .head import HeadRecords, PartRecords
 from .records import Records
 from .residency import Residency
 from .views import BLOCK, RecordViews, record_views
@@ -225,6 +225,7 @@ class RecordIterator(Iterator[np.ndarray]):
                 by_piece = slots[np.argsort(stages.piece[slots], kind="stable")]
                 needed = list(dict.fromkeys(stages.shards[by_piece].tolist()))
                 early = None  # the records of the head that leads the window, if sooner
+                part = None  # those of the part a resume's first record lies in, likewise
                 if stages.from_head and skip < stages.stage_starts[1]:
                     lead = int(stages.shards[0])
                     if not self._index.is_mapped(lead):
@@ -232,9 +233,11 @@ class RecordIterator(Iterator[np.ndarray]):
                         if early is None:  # its shard is read first, whole
                             needed = [lead, *(k for k in needed if k != lead)]
                 elif skip:  # resumed inside the window: the shard of its first position goes first
-                    slot, _ = stages.at(skip, skip + 1)
+                    slot, local = stages.at(skip, skip + 1)
                     first_shard = int(stages.shards[int(slot[0])])
                     needed = [first_shard, *(k for k in needed if k != first_shard)]
+                    if self.make_views is record_views and not self._index.is_mapped(first_shard):
+                        part = residency.part_records(first_shard, int(local[0]))  # (before its download)
                 residency.about_to_map(needed[:1])  # the first one read: its download goes first
                 residency.fetch_together(needed)
                 residency.prefetch(islice(order, max(rank_of[k] for k in window) + 1, None))
@@ -243,16 +246,13 @@ class RecordIterator(Iterator[np.ndarray]):
                 # (typed batches group a block's records by shard: their blocks must not
                 # depend on where a stream was resumed, so they are not split)
                 split = reader.split_at_waits if self.make_views is record_views else _whole
-                for lo, hi in (part for block in stages.blocks(skip, BLOCK) for part in split(*block)):
+                if part is not None and (held := part()) is not None:
+                    n, views = _part_block(stages, held, skip)
+                    yield from self._hand(views, start + skip, n, w)
+                    skip += n
+                for lo, hi in (run for block in stages.blocks(skip, BLOCK) for run in split(*block)):
                     slots, begins, ends = reader.bounds(lo, hi)
-                    views = self.make_views(reader.payloads, slots, begins, ends)
-                    self._block = (start + lo, hi - lo, views)
-                    tracer = trace.current()
-                    handed = time.perf_counter_ns()
-                    yield views
-                    if tracer is not None:  # the consumer's time with the block
-                        tracer.complete("records", "read", handed, time.perf_counter_ns(),
-                                        records=hi - lo, window=w, position=start + lo)
+                    yield from self._hand(self.make_views(reader.payloads, slots, begins, ends), start + lo, hi - lo, w)
                 self._at = start + len(stages)
                 self._block = None
                 skip = 0
@@ -264,6 +264,30 @@ class RecordIterator(Iterator[np.ndarray]):
                 self._at = self.position
                 views, self._block = self._block[2], None
                 views.close()
+
+
+    def _hand(self, views: RecordViews, first: int, n: int, window: int) -> Iterator[RecordViews]:
+        """Hand the consumer ``views``, the ``n`` records from stream position ``first`` on."""
+        self._block = (first, n, views)
+        tracer = trace.current()
+        handed = time.perf_counter_ns()
+        yield views
+        if tracer is not None:  # the consumer's time with the block
+            tracer.complete("records", "read", handed, time.perf_counter_ns(),
+                            records=n, window=window, position=first)
+
+
+def _part_block(order: WindowOrder | LooseOrder, held: PartRecords, at: int) -> tuple[int, RecordViews]:
+    """The records at window positions ``at`` on that ``held`` holds (from the part of
+    the shard that the record at ``at`` lies in): a run of them in one slot, as views
+    of the part's bytes; how many."""
+    slots, local = order.at(at, min(at + BLOCK, len(order)))
+    same = slots == slots[0]
+    n = len(same) if same.all() else int(np.argmin(same))
+    inside = held.holds(local[:n])
+    n = n if inside.all() else int(np.argmin(inside))  # (at least 1: the part is the first record's)
+    begins, ends = held.bounds(local[:n])
+    return n, record_views([held.payload], np.zeros(n, dtype=np.int64), begins, ends)
 
 
 def _whole(lo: int, hi: int) -> tuple[tuple[int, int]]:

@@ -34,7 +34,7 @@ from ..progress import Meter
 from ..workers import Cancelled
 from .catalog import ShardCatalog
 from .downloader import Downloader
-from .head import HeadFetch, HeadRecords, after_head
+from .head import HeadFetch, HeadRecords, PartRecords, after_head
 from .parts import PartEngine, engine
 
 __all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency", "default_lookahead"]
@@ -430,7 +430,8 @@ class Residency:
     def stats(self) -> dict[str, float]:
         """Shards and bytes downloaded, shard loads served by the cache, GETs made and
         retried, the seconds readers waited for shards to arrive, and ``head_bytes``
-        (record indexes fetched for shards' heads, beyond the shards' own bytes); with
+        (bytes fetched beyond the shards' own: heads' record indexes, and a resume's
+        first part with its shard's index); with
         ``link_bytes_per_second``, what this process's downloads achieved while any was
         running (all readers of the process together)."""
         with self._lock:
@@ -541,6 +542,38 @@ class Residency:
                 tracer.complete("wait for head", "read", began, time.perf_counter_ns(),
                                 shard=self.catalog.label(k), records=early.count if early else 0)
             return early
+
+        return wait
+
+    def part_records(self, k: int, record: int) -> Callable[[], PartRecords | None] | None:
+        """Ask for the part of shard ``k`` that its record ``record`` lies in (see
+        :class:`~roxxel.read.head.PartFetch`: a resume's first record, inside the shard):
+        its fetch starts now, and a function that waits for its records is returned (None
+        if they could not be had: logged); or None at once where they would not come
+        sooner (the shard is mapped, cached or downloading already, has no head or parts,
+        or is not downloaded in parts)."""
+        with self._lock:
+            busy = self._closed or k in self._transfers or k in self._maps
+        if busy or self.cache.contains(self.catalog.checksums[k]):
+            return None
+        fetch = self.catalog.fetch_part(k, record)
+        if fetch is None:
+            return None
+
+        def wait() -> PartRecords | None:
+            began = time.perf_counter_ns()
+            while not fetch.done(_POLL_SECONDS):
+                if self._closed:
+                    return None
+            got = fetch.records()
+            with self._lock:
+                self._stats["gets"] += fetch.gets
+                self._stats["head_bytes"] += fetch.extra_bytes
+            tracer = trace.current()
+            if tracer is not None:
+                tracer.complete("wait for part", "read", began, time.perf_counter_ns(),
+                                shard=self.catalog.label(k), record=record)
+            return got
 
         return wait
 
