@@ -14,6 +14,7 @@ from blake3 import blake3
 
 import roxxel
 import roxxel.read.catalog
+import roxxel.read.head
 from roxxel.errors import ManifestError
 from roxxel.manifest import Manifest
 from roxxel.manifest.heads import index_start
@@ -77,6 +78,17 @@ def test_bad_parts_in_a_manifest_name_their_shard():
     doc["shards"][1]["parts"] = ""
     with pytest.raises(ManifestError, match=r"shards\[1\]\.parts: expected a parts string \(or no parts field\)"):
         Manifest.from_dict(doc)
+
+
+@pytest.mark.parametrize("bad", [P1 * 3 + "1" * 31 + "G", P1 * 3 + "1" * 31 + ":", P1 * 3 + "A" * 32, P1 * 5,
+                                 "é" * 16 + P1 * 3 + "1" * 16])
+def test_a_bad_value_among_good_ones_is_named_by_its_row(bad):
+    doc = Manifest.build([info(uri=f"{i}.rox", parts=f"262144:blake3:{P1 * 4}") for i in range(5)]).to_dict()
+    doc["shards"][3]["parts"] = f"262144:blake3:{bad}"
+    with pytest.raises(ManifestError, match=r"shards\[3\]\.parts: expected"):
+        Manifest.from_dict(doc)
+    doc["shards"][3]["parts"] = f"131072:blake3:{P1 * 8}"  # (another part size: checked a row at a time)
+    assert Manifest.from_dict(doc).shards[3].parts == f"131072:blake3:{P1 * 8}"
 
 
 # -- the writer ------------------------------------------------------------------------
@@ -240,3 +252,33 @@ def test_typed_batches_resume_from_their_shards_not_a_part(tmp_path, small_heads
                 got = [bytes(r) for r in ds.resume(state)]
         # (typed batches group a block's records by shard: the same records, in another order)
         assert (sorted(got) == sorted(rest) if typed else got == rest) and len(asked) == (0 if typed else 1)
+
+
+def test_a_record_that_lies_in_more_parts_than_a_reader_fetches_apart_waits_for_its_shard(
+        tmp_path, small_heads, monkeypatch, caplog):
+    url = str(tmp_path / "ds")
+    rng = np.random.default_rng(5)
+    recs = [rng.integers(0, 256, size=20_000, dtype=np.uint8).tobytes() for _ in range(60)]
+    write(url, recs, shard_bytes=5 * HEAD // 2)
+    monkeypatch.setattr(roxxel.read.head, "MAX_HEAD_BYTES", HEAD)  # (one part: a record across two is too large)
+    manifest = roxxel.open(url).manifest
+    with roxxel.open(url, cache_dir=str(tmp_path / "plain")) as ds:
+        it = ds.iter(seed=3)
+        order = it.plan.window_order(0)
+        for position in range(1, len(order)):  # a position whose record straddles two parts
+            slot, local = order.at(position, position + 1)
+            shard = manifest.shards[int(order.shards[int(slot[0])])]
+            record = int(local[0])
+            begin, end = record * 20_000, (record + 1) * 20_000
+            if shard.parts is not None and begin // HEAD != (end - 1) // HEAD:
+                break
+        state = {**it.state(), "position": position}
+        rest = [bytes(r) for r in ds.resume(state)]
+    store = InParts(url)
+    store.release.set()
+    with caplog.at_level(logging.DEBUG, logger="roxxel"):
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+            assert [bytes(r) for r in ds.resume(state)] == rest
+            assert ds.stats["head_bytes"] == shard.stored_size - index_start(shard.records, shard.stored_size)
+    assert any(f"record {record} lies in parts larger than a reader fetches apart" in m for m in caplog.messages)
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records)

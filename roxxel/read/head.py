@@ -231,7 +231,7 @@ class PartFetch:
         with self._engine.outside(end - start):
             return self.store.read_part(self.key, start, end, into, on_failure=self._engine.retried)
 
-    def _fetch(self) -> PartRecords:
+    def _fetch(self) -> PartRecords | None:
         label, size, parts = self.store.url(self.key), self.stored_size, self._parts
         at = index_start(self._records, size)
         self.gets, self.extra_bytes = 1, size - at
@@ -241,9 +241,9 @@ class PartFetch:
         begin, end = (int(offsets[record - 1]) if record else 0), int(offsets[record])
         covering = parts.covering(begin, end)
         start, stop = parts.span(covering, size)
-        if stop - start > MAX_HEAD_BYTES:
-            raise ShardFormatError(f"{label}: record {record} lies in bytes [{start}, {stop}), more than a "
-                                   f"reader fetches apart ({MAX_HEAD_BYTES})")
+        if stop - start > MAX_HEAD_BYTES:  # (a record of several parts: the shard comes as soon)
+            log.debug("%s: record %d lies in parts larger than a reader fetches apart", label, record)
+            return None
         buffer = bytearray(stop - start)
         piece = max(PIECE, -(-(stop - start) // max(1, self._engine.limit - 1)))
         starts = list(range(start, stop, piece))
