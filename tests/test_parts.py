@@ -15,7 +15,7 @@ import roxxel
 from roxxel.backends import Store
 from roxxel.backends.base import copy_into
 from roxxel.backends.through import Revoked, Through
-from roxxel.errors import IntegrityError, NotFoundError
+from roxxel.errors import IntegrityError, NotFoundError, StorageError
 from roxxel.read import parts
 from roxxel.read.parts import Concurrency, PartEngine
 from tests.servers import s3_server
@@ -154,6 +154,44 @@ def test_a_download_from_a_start_still_places_its_pieces_at_aligned_offsets(monk
     assert all(a % (32 * KIB) == 0 and b - a == 64 * KIB for a, b in transfer.bounds[1:-1])
     assert transfer.bounds[-1][1] == 1000 * KIB
     assert all(b == c for (_, b), (c, _) in zip(transfer.bounds, transfer.bounds[1:]))  # they tile the rest
+
+
+def test_bytes_given_to_the_caller_are_not_fetched_and_are_fed_in_their_turn(engine):
+    data = np.random.default_rng(3).bytes(1000 * KIB + 7)
+    store = FakeStore({"a": data})
+    placed, got, given = FilePlacement(len(data)), bytearray(), []
+
+    def started(transfer):
+        given.append(transfer.given)
+        transfer.split(12, 32 * KIB)  # (cut in pieces as a first shard is: the given bytes stay whole)
+        assert (128 * KIB, 256 * KIB) in transfer.bounds
+        threading.Timer(0.2, engine.fill, (transfer, memoryview(data)[128 * KIB : 256 * KIB])).start()
+
+    engine.download(store, "a", len(data), lambda view: got.extend(view), into=placed, on_start=started,
+                    given=(128 * KIB, 256 * KIB), urgent=True, first=True)
+    assert bytes(got) == data and bytes(placed.data) == data and given == [(128 * KIB, 256 * KIB)]
+    fetched = sorted((s, e) for _, s, e in store.calls)
+    assert not any(s < 256 * KIB and e > 128 * KIB for s, e in fetched)  # none of the given bytes
+    assert sum(e - s for s, e in fetched) == len(data) - 128 * KIB
+    assert any(e - s < 64 * KIB for s, e in fetched)  # (and the rest went in pieces)
+
+
+def test_unaligned_bytes_are_not_given_and_a_failed_fill_fails_the_download(engine, monkeypatch):
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
+    data = np.random.default_rng(4).bytes(512 * KIB)
+    store = FakeStore({"a": data})
+    given = []
+    for bad in ((100 * KIB, 164 * KIB), (128 * KIB, 170 * KIB), (0, 600 * KIB)):  # (the last: past the end)
+        store.calls = []
+        assert download(engine, store, "a", into=FilePlacement(len(data)), given=bad,
+                        on_start=lambda transfer: given.append(transfer.given)) == data
+        assert sum(e - s for _, s, e in store.calls) == len(data)  # (every byte fetched)
+    assert download(engine, store, "a", given=(0, 64 * KIB),  # (not placed: nothing given)
+                    on_start=lambda transfer: given.append(transfer.given)) == data
+    assert given == [None] * 4
+    with pytest.raises(StorageError, match="injected"):
+        download(engine, store, "a", into=FilePlacement(len(data)), given=(256 * KIB, 512 * KIB),
+                 on_start=lambda transfer: engine.fill(transfer, StorageError("injected")))
 
 
 def test_parts_in_flight_never_exceed_the_limit_and_the_budget(engine):

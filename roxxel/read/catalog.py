@@ -22,7 +22,8 @@ from ..manifest import ShardTable
 from ..manifest.compressions import COMPRESSIONS
 from ..manifest.heads import parse_head
 from ..manifest.parts import parse_parts
-from .head import HeadFetch, PartFetch
+from .head import HeadFetch
+from .partfetch import PartFetch
 
 __all__ = ["Download", "ShardCatalog"]
 
@@ -99,7 +100,7 @@ class ShardCatalog:
 
     def fetch_part(self, g: int, record: int) -> PartFetch | None:
         """The part that record ``record`` of shard ``g`` lies in being fetched (see
-        :class:`~roxxel.read.head.PartFetch`), if its manifest entry gives it a head and
+        :mod:`roxxel.read.partfetch`), if its manifest entry gives it a head and
         parts and its store downloads shards in parts; else None."""
         store, table, k = self._part(g)
         head, parts = str(table.heads[k]), str(table.parts[k])

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -37,14 +38,13 @@ from ..errors import IntegrityError, RoxxelError, ShardFormatError
 from ..format.layout import FOOTER_SIZE, OFFSET_DTYPE, check_offsets, parse_footer
 from ..manifest.checksums import ShardKey
 from ..manifest.heads import HEAD_BYTES, Head, index_start
-from ..manifest.parts import Parts
 from .parts import PartEngine, Placement
 from .parts import engine as process_engine
 
-__all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "PartFetch", "PartRecords", "after_head",
-           "checked_offsets"]
+__all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "after_head", "checked_offsets", "on_thread"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The head's bytes are fetched as pieces of this size, side by side. Shaped (30 ms to
 #: the first byte, 25 MB/s a connection), 8 MiB as 1 MiB pieces came in 89-96 ms, as
@@ -95,8 +95,8 @@ class HeadFetch:
         self._checked: tuple[HeadRecords | None] | None = None
         self._first_checked: tuple[bytearray | BaseException] | None = None
         index_at = index_start(records, stored_size)
-        self._index_read = _started(self._read, self._index, 0, index_at, stored_size)
-        self._reads = [_started(self._read, self._first, a, a, min(a + piece, head.size)) for a in self._starts]
+        self._index_read = on_thread(self._read, self._index, 0, index_at, stored_size)
+        self._reads = [on_thread(self._read, self._first, a, a, min(a + piece, head.size)) for a in self._starts]
 
     def _read(self, into: bytearray, at: int, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of the shard, read into ``into`` at ``at``; the view of
@@ -181,106 +181,6 @@ class HeadFetch:
             return None
 
 
-class PartRecords:
-    """Records of a shard from one or two of its parts (a :class:`PartFetch`'s): bytes
-    ``[start, start + len(payload))`` of the shard in ``payload``, and the end offset of
-    every record of the shard in ``offsets``, all checked."""
-
-    def __init__(self, payload: np.ndarray, start: int, offsets: np.ndarray) -> None:
-        self.payload, self.start, self.offsets = payload, start, offsets
-
-    def holds(self, records: np.ndarray) -> np.ndarray:
-        """Which of ``records`` (record numbers in the shard) lie wholly in the payload."""
-        begins = np.where(records > 0, self.offsets[np.maximum(records - 1, 0)], 0)
-        return (begins >= self.start) & (self.offsets[records] <= self.start + len(self.payload))
-
-    def bounds(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where ``records`` (all held) begin and end in the payload."""
-        begins = np.where(records > 0, self.offsets[np.maximum(records - 1, 0)], 0)
-        return begins - self.start, self.offsets[records] - self.start
-
-
-class PartFetch:
-    """The parts that record ``record`` of ``key`` lies in, with the shard's record index,
-    fetched on threads of their own from construction on (an uncompressed shard of
-    ``records`` records and ``stored_size`` bytes in ``store``, whose manifest entry
-    gives it ``head`` and ``parts``): the index first, checked against the head's
-    checksum, then the parts where it says the record lies, in pieces side by side, each
-    part checked against its own checksum. Its GETs count against the part engine as a
-    head's do. What a resume inside a shard serves its first records from, once that
-    part is in, instead of once the whole shard is (their bytes are fetched again with
-    the shard: at most :data:`MAX_HEAD_BYTES`, and the index)."""
-
-    def __init__(self, store: Store, key: str, records: int, stored_size: int, head: Head, parts: Parts,
-                 record: int, engine: PartEngine | None = None) -> None:
-        self.store, self.key, self.stored_size = store, key, stored_size
-        self._records, self._head, self._parts, self._record = records, head, parts, record
-        self._engine = process_engine() if engine is None else engine
-        self.gets = self.extra_bytes = 0  # (set as they are made: the index's, then the parts')
-        self._result = _started(self._fetch)
-        self._checked: tuple[PartRecords | None] | None = None
-
-    @staticmethod
-    def fits(records: int, stored_size: int, parts: Parts) -> bool:
-        """Whether a part (and the index) of a shard of ``records`` records and
-        ``stored_size`` bytes are small enough to fetch apart (:data:`MAX_HEAD_BYTES`)."""
-        return max(parts.size, stored_size - index_start(records, stored_size)) <= MAX_HEAD_BYTES
-
-    def read(self, start: int, end: int, into: memoryview) -> memoryview:
-        """Bytes ``[start, end)`` of the shard, counted as :meth:`HeadFetch.read` counts them."""
-        with self._engine.outside(end - start):
-            return self.store.read_part(self.key, start, end, into, on_failure=self._engine.retried)
-
-    def _fetch(self) -> PartRecords | None:
-        label, size, parts = self.store.url(self.key), self.stored_size, self._parts
-        at = index_start(self._records, size)
-        self.gets, self.extra_bytes = 1, size - at
-        offsets = checked_offsets(self.read(at, size, memoryview(bytearray(size - at))), self._head,
-                                  self._records, size, label)
-        record = self._record
-        begin, end = (int(offsets[record - 1]) if record else 0), int(offsets[record])
-        covering = parts.covering(begin, end)
-        start, stop = parts.span(covering, size)
-        if stop - start > MAX_HEAD_BYTES:  # (a record of several parts: the shard comes as soon)
-            log.debug("%s: record %d lies in parts larger than a reader fetches apart", label, record)
-            return None
-        buffer = bytearray(stop - start)
-        piece = max(PIECE, -(-(stop - start) // max(1, self._engine.limit - 1)))
-        starts = list(range(start, stop, piece))
-        self.gets, self.extra_bytes = 1 + len(starts), size - at + stop - start
-        ends = [min(a + piece, stop) for a in starts]
-        reads = [_started(self.read, a, b, memoryview(buffer)[a - start : b - start]) for a, b in zip(starts, ends)]
-        views = [r.result() for r in reads]
-        if any(view.obj is not buffer for view in views):  # (an attempt given up on may still write there)
-            fresh = bytearray(stop - start)
-            for a, view in zip(starts, views):
-                fresh[a - start : a - start + len(view)] = view
-            buffer = fresh
-        for i in covering:
-            a, b = parts.span(range(i, i + 1), size)
-            problem = parts.problem(i, memoryview(buffer)[a - start : b - start])
-            if problem is not None:
-                raise IntegrityError(f"{label}: {problem}")
-        payload = np.frombuffer(buffer, dtype=np.uint8)
-        payload.setflags(write=False)  # (the records' views are read-only, as a shard's map)
-        return PartRecords(payload, start, offsets)
-
-    def done(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds for the fetch to end; whether it has."""
-        return not wait([self._result], timeout).not_done
-
-    def records(self) -> PartRecords | None:
-        """The part's records, checked (waiting for them); None if they could not be
-        had (logged once)."""
-        if self._checked is None:
-            try:
-                self._checked = (self._result.result(),)
-            except (RoxxelError, OSError) as exc:
-                log.warning("a resume inside %s waits for the whole shard: %s", self.store.url(self.key), exc)
-                self._checked = (None,)
-        return self._checked[0]
-
-
 def checked_offsets(index: bytearray | memoryview, head: Head, records: int, size: int, label: str) -> np.ndarray:
     """The end offsets in ``index`` (the record index and footer of the shard ``label``
     of ``records`` records and ``size`` bytes), checked against ``head``, the footer
@@ -327,14 +227,14 @@ def after_head(fetch: HeadFetch, into: Placement, sink: Callable[[memoryview], o
     return feed
 
 
-def _started(read: Callable[..., memoryview], *args: object) -> Future[memoryview]:
-    """``read(*args)`` running on a daemon thread of its own (one stalled in the store
+def on_thread(work: Callable[..., T], *args: object) -> Future[T]:
+    """``work(*args)`` running on a daemon thread of its own (one stalled in the store
     never holds the interpreter's exit, as a pool's thread would): its future."""
-    future: Future[memoryview] = Future()
+    future: Future[T] = Future()
 
     def run() -> None:
         try:
-            got = read(*args)
+            got = work(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits, raised there
             future.set_exception(exc)
         else:

@@ -29,7 +29,8 @@ from .. import trace
 from ..errors import ResumeError
 from ..planner import DEFAULT_WINDOW, HEADS_PLAN_VERSION, PLAN_VERSION, Plan, WindowOrder, plan, plan_version
 from .elastic import ConsumerPlan, Generation, LooseOrder, elastic_plan
-from .head import HeadRecords, PartRecords
+from .head import HeadRecords
+from .partfetch import PartRecords
 from .records import Records
 from .residency import Residency
 from .views import BLOCK, RecordViews, record_views

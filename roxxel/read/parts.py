@@ -215,22 +215,37 @@ class _Transfer:
         self.writing = 0  # connection threads writing a part to ``into`` now
         self.on_part: Callable[[int, float, float], object] | None = None
         self.on_retry: Callable[[BaseException], object] | None = None
+        self.given: tuple[int, int] | None = None  # bytes the caller places (download(given=))
+        # what the caller's fill gave: kept apart from ``results`` until the consumer gets to
+        # them, since the bounds not issued yet may be cut again (split), which moves indices
+        self.given_result: int | BaseException | None = None
+
+    def skip_given(self) -> None:
+        """Issue no connection the bytes the caller places: step past them."""
+        while self.issued < len(self.bounds) and self.bounds[self.issued] == self.given:
+            self.issued += 1
 
     def split(self, parts: int, smallest: int) -> None:
         """Cut the parts not yet issued into about ``parts`` pieces of a whole number of
         ``smallest`` bytes (never larger than they were): the first shard a reader waits
         for comes sooner over more connections. Only parts no connection has taken
         change."""
-        rest = self.bounds[self.issued :]
+        rest = [bound for bound in self.bounds[self.issued :] if bound != self.given]
         if not rest:
             return
-        start, end = rest[0][0], rest[-1][1]
         largest = max(b - a for a, b in rest)
-        piece = min(largest, max(smallest, -(-(end - start) // max(1, parts))))
+        total = sum(b - a for a, b in rest)
+        piece = min(largest, max(smallest, -(-total // max(1, parts))))
         piece = -(-piece // smallest) * smallest  # (placed where it starts: an aligned write)
         if piece >= largest:
             return
-        self.bounds[self.issued :] = _tiles(start, end, piece, smallest)
+        start, end = rest[0][0], rest[-1][1]
+        given = self.given if self.given in self.bounds[self.issued :] else None
+        if given is None:
+            self.bounds[self.issued :] = _tiles(start, end, piece, smallest)
+        else:  # (the bytes the caller places stay one bound, cut around)
+            self.bounds[self.issued :] = [*_tiles(start, given[0], piece, smallest), given,
+                                          *_tiles(given[1], end, piece, smallest)]
 
     def priority(self) -> tuple[bool, float, int]:
         return (not self.urgent, self.order, self.ticket)
@@ -346,6 +361,7 @@ class PartEngine:
         first: bool = False,
         into: Placement | None = None,
         start: int = 0,
+        given: tuple[int, int] | None = None,
     ) -> _Transfer:
         """Feed the ``size`` bytes of ``key`` to ``sink`` in order, fetched as parts.
 
@@ -366,6 +382,12 @@ class PartEngine:
 
         ``start``: only bytes ``[start, size)`` are fetched and fed (the caller has the
         others: a shard's head, :mod:`roxxel.read.head`).
+
+        ``given``: bytes ``[a, b)`` that no connection fetches: the caller places them
+        (:meth:`fill`: a resume's first part, fetched and checked apart,
+        :mod:`roxxel.read.partfetch`), and they are fed in their turn. Only where the
+        transfer has ``into`` and they lie at 2 MiB boundaries (or end at the object's
+        end): ``transfer.given`` (``on_start`` has it) says whether they are the caller's.
         """
         if not 0 <= start <= size:
             raise ValueError(f"start must be in [0, {size}], got {start!r}")
@@ -375,6 +397,8 @@ class PartEngine:
             if into is not None:
                 into.claim()
                 transfer.into = into
+                if given is not None:
+                    self._give(transfer, *given)
             if order is not None:
                 transfer.order = order
             transfer.urgent = urgent
@@ -461,6 +485,8 @@ class PartEngine:
     ) -> memoryview | int | BaseException:
         while True:
             with self._cond:
+                if transfer.given_result is not None and transfer.bounds[i] == transfer.given:
+                    transfer.results[i], transfer.given_result = transfer.given_result, None
                 if i in transfer.results and not self._deferred(transfer, transfer.results[i]):
                     data = transfer.results.pop(i)
                     transfer.consumed = i + 1
@@ -518,6 +544,45 @@ class PartEngine:
             if limited or self._reserved + sum(self._outside) + nbytes + self.part_size > self.budget:
                 with self._cond:  # (it may have held a part back; only then: the lock is contended)
                     self._cond.notify_all()
+
+    def _give(self, transfer: _Transfer, start: int, end: int) -> None:
+        """(Lock held, the transfer new.) Bytes ``[start, end)`` are the caller's to place
+        (``download(given=)``), if they lie at 2 MiB boundaries (or end at its end)."""
+        smallest = min(self.part_size, _SMALLEST_PIECE)
+        bounds = transfer.bounds
+        if (transfer.into is None or not bounds[0][0] <= start < end <= bounds[-1][1]
+                or start % smallest or (end % smallest and end != bounds[-1][1])):
+            return
+        cut: list[tuple[int, int]] = []
+        for a, b in bounds:
+            if b <= start or a >= end:
+                cut.append((a, b))
+                continue
+            if a < start:
+                cut.append((a, start))
+            if (start, end) not in cut:
+                cut.append((start, end))
+            if b > end:
+                cut.append((end, b))
+        transfer.bounds, transfer.given = cut, (start, end)
+        transfer.skip_given()
+
+    def fill(self, transfer: _Transfer, data: memoryview | BaseException) -> None:
+        """The bytes ``download(given=)`` left to the caller (``transfer.given``), placed
+        where they belong, or the error that stopped the caller from having them (raised
+        by the download in their turn); nothing once the download has ended."""
+        assert transfer.given is not None
+        start, end = transfer.given
+        if not isinstance(data, BaseException):
+            try:
+                self._place(transfer, start, data)
+            except Revoked:
+                return
+        with self._cond:
+            if transfer.done:
+                return
+            transfer.given_result = data if isinstance(data, BaseException) else end - start
+            self._cond.notify_all()
 
     def retried(self, exc: BaseException) -> None:
         """A GET of this process's failed and is retried (a part's, or one made beside the
@@ -625,6 +690,7 @@ class PartEngine:
                         self._cond.wait(_POLL_SECONDS)
                 transfer, i = picked
                 transfer.issued = i + 1
+                transfer.skip_given()
                 transfer.in_flight += 1
                 self._in_flight += 1
                 self._reserved += transfer.nbytes(i)

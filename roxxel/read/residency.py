@@ -34,7 +34,8 @@ from ..progress import Meter
 from ..workers import Cancelled
 from .catalog import ShardCatalog
 from .downloader import Downloader
-from .head import HeadFetch, HeadRecords, PartRecords, after_head
+from .head import HeadFetch, HeadRecords, after_head
+from .partfetch import PartFetch, PartRecords
 from .parts import PartEngine, engine
 
 __all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency", "default_lookahead"]
@@ -78,6 +79,7 @@ def _after_fork_in_child() -> None:
         residency._transfers = {}
         residency._wanted = set()
         residency._heads = {}  # (their reads' threads did not come along)
+        residency._parts = {}
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -146,6 +148,7 @@ class Residency:
         self._transfers: dict[int, object] = {}  # shard -> its download in parts, while running
         self._wanted: set[int] = set()  # shards a reader is about to wait for (about_to_map)
         self._heads: dict[int, HeadFetch] = {}  # heads being fetched for downloads not yet started
+        self._parts: dict[int, PartFetch] = {}  # a resume's first part, likewise
         self._mapped_any = False  # a reader has had a shard: its first record is no longer waited for
         self._first_asked = False  # the download a reader waits for first is with the engine
         self._led = False  # a reader's first records come from a head (no shard is its first)
@@ -336,22 +339,33 @@ class Residency:
                 waited = urgent or k in self._wanted
                 first = waited and not (self._mapped_any or self._led)
                 head = self._heads.pop(k, None)  # (its bytes go first, from the head's fetch)
+                lead = self._parts.pop(k, None)  # (its bytes are placed by the part's fetch)
             into, feed = placement(sink), counted(sink)  # (asked of the sink as it was given)
             if into is None:
-                head = None
+                head = lead = None
             if head is not None:
                 feed = after_head(head, into, feed, check_cancelled)
+
+            def started(transfer: object) -> None:
+                self._started(k, transfer, urgent)
+                if lead is not None:
+                    lead.hand_to(parts, transfer)
+
+            # a resume's first part: its bytes are left to its fetch, once the index says where
+            given = lead.span(check_cancelled) if lead is not None else None
             try:
                 # (threads start downloads in any order: the reader's order decides which goes first)
                 parts.download(store, key, size, feed, check_cancelled=check_cancelled,
-                               on_start=lambda transfer: self._started(k, transfer, urgent),
+                               on_start=started,
                                on_part=self._count_part, on_retry=self._count_retry,
                                order=self._order_of(k),
                                urgent=waited, first=first, into=into,
-                               start=head.head.size if head is not None else 0)
+                               start=head.head.size if head is not None else 0, given=given)
             finally:
                 with self._lock:
                     self._transfers.pop(k, None)
+                    if lead is not None and not lead.given:  # (fetched twice: by the part's fetch too)
+                        self._stats["head_bytes"] += lead.part_bytes
 
         try:
             handle, fetched = self.catalog.get(k, self.cache, download, self._next_use)
@@ -547,11 +561,12 @@ class Residency:
 
     def part_records(self, k: int, record: int) -> Callable[[], PartRecords | None] | None:
         """Ask for the part of shard ``k`` that its record ``record`` lies in (see
-        :class:`~roxxel.read.head.PartFetch`: a resume's first record, inside the shard):
-        its fetch starts now, and a function that waits for its records is returned (None
-        if they could not be had: logged); or None at once where they would not come
-        sooner (the shard is mapped, cached or downloading already, has no head or parts,
-        or is not downloaded in parts)."""
+        :mod:`roxxel.read.partfetch`: a resume's first record, inside the shard): its
+        fetch starts now, and a function that waits for its records is returned (None if
+        they could not be had: logged); or None at once where they would not come sooner
+        (the shard is mapped, cached or downloading already, has no head or parts, or is
+        not downloaded in parts). Ask before the shard's download starts: it then takes
+        the part's bytes from the fetch."""
         with self._lock:
             busy = self._closed or k in self._transfers or k in self._maps
         if busy or self.cache.contains(self.catalog.checksums[k]):
@@ -559,6 +574,9 @@ class Residency:
         fetch = self.catalog.fetch_part(k, record)
         if fetch is None:
             return None
+        with self._lock:  # the reader's first record comes from the part: no shard is its first
+            self._led = self._led or not self._mapped_any  # (see first_records)
+            self._parts[k] = fetch
 
         def wait() -> PartRecords | None:
             began = time.perf_counter_ns()
@@ -566,9 +584,9 @@ class Residency:
                 if self._closed:
                     return None
             got = fetch.records()
-            with self._lock:
+            with self._lock:  # (its parts' bytes count where the shard's download fetched them too)
                 self._stats["gets"] += fetch.gets
-                self._stats["head_bytes"] += fetch.extra_bytes
+                self._stats["head_bytes"] += fetch.index_bytes
             tracer = trace.current()
             if tracer is not None:
                 tracer.complete("wait for part", "read", began, time.perf_counter_ns(),
@@ -594,6 +612,7 @@ class Residency:
         download that did not take it is of no use to a later one, which starts from byte 0."""
         with self._lock:
             self._heads.pop(k, None)
+            self._parts.pop(k, None)
 
     def _map_or_heal(self, k: int, handle: CachedShard) -> tuple[MappedShard, CachedShard]:
         """Map a cached shard; if its cached copy was damaged on disk since it was verified
@@ -647,5 +666,6 @@ class Residency:
             parts, self._engine = self._engine, None
             self._wanted.clear()
             self._heads.clear()
+            self._parts.clear()
         if parts is not None and parts.pid == os.getpid():
             parts.detach()
