@@ -146,7 +146,7 @@ def test_a_download_from_a_start_fetches_and_feeds_only_the_rest(engine):
 
 def test_a_download_from_a_start_still_places_its_pieces_at_aligned_offsets(monkeypatch):
     monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
-    transfer = parts._Transfer(FakeStore({}), "a", 1000 * KIB, 256 * KIB, 1, start=70 * KIB)
+    transfer = parts.Transfer(FakeStore({}), "a", 1000 * KIB, 256 * KIB, 1, start=70 * KIB)
     assert transfer.bounds[0] == (70 * KIB, 256 * KIB)  # up to the first part boundary, then whole parts
     assert transfer.bounds[1:] == [(256 * KIB, 512 * KIB), (512 * KIB, 768 * KIB), (768 * KIB, 1000 * KIB)]
     transfer.split(16, 32 * KIB)  # (the first shard a reader waits for: in pieces)
@@ -174,6 +174,7 @@ def test_bytes_given_to_the_caller_are_not_fetched_and_are_fed_in_their_turn(eng
     assert not any(s < 256 * KIB and e > 128 * KIB for s, e in fetched)  # none of the given bytes
     assert sum(e - s for s, e in fetched) == len(data) - 128 * KIB
     assert any(e - s < 64 * KIB for s, e in fetched)  # (and the rest went in pieces)
+    assert engine._reserved == 0 and engine._in_flight == 0
 
 
 def test_unaligned_bytes_are_not_given_and_a_failed_fill_fails_the_download(engine, monkeypatch):
@@ -192,6 +193,39 @@ def test_unaligned_bytes_are_not_given_and_a_failed_fill_fails_the_download(engi
     with pytest.raises(StorageError, match="injected"):
         download(engine, store, "a", into=FilePlacement(len(data)), given=(256 * KIB, 512 * KIB),
                  on_start=lambda transfer: engine.fill(transfer, StorageError("injected")))
+    assert engine._reserved == 0  # (the bytes given were never counted against the budget)
+
+
+class FullDisk(FilePlacement):
+    def write(self, offset, data):
+        if offset == 128 * KIB:
+            raise OSError(28, "No space left on device")
+        super().write(offset, data)
+
+
+def test_a_given_fill_that_cannot_be_written_or_comes_late_fails_or_is_dropped(engine):
+    data = np.random.default_rng(5).bytes(512 * KIB)
+    store = FakeStore({"a": data})
+    with pytest.raises(OSError, match="No space left"):  # (raised by the download, not a hang)
+        download(engine, store, "a", into=FullDisk(len(data)), given=(128 * KIB, 192 * KIB),
+                 on_start=lambda transfer: engine.fill(transfer, memoryview(data)[128 * KIB : 192 * KIB]))
+    with pytest.raises(ValueError, match=r"a: 10 bytes given for \[131072, 196608\)"):
+        download(engine, store, "a", into=FilePlacement(len(data)), given=(128 * KIB, 192 * KIB),
+                 on_start=lambda transfer: engine.fill(transfer, memoryview(data)[:10]))
+    placed, transfers = FilePlacement(len(data)), []
+
+    def cancel():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.download(store, "a", len(data), lambda view: None, into=placed, given=(128 * KIB, 192 * KIB),
+                        on_start=transfers.append, check_cancelled=cancel)
+    placed.ended = True
+    engine.fill(transfers[0], memoryview(data)[128 * KIB : 192 * KIB])  # (after the download ended)
+    deadline = time.monotonic() + 10
+    while engine._in_flight and time.monotonic() < deadline:  # (parts in flight give their bytes back as they land)
+        time.sleep(0.01)
+    assert placed.late == [] and engine._in_flight == 0 and engine._reserved == 0
 
 
 def test_parts_in_flight_never_exceed_the_limit_and_the_budget(engine):
@@ -478,7 +512,7 @@ def test_the_parts_issued_last_are_cut_to_the_rest_s_share_of_a_slot(monkeypatch
     part's time apart; before that, parts stay whole."""
     monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
     e = PartEngine(parts=4, part_size=256 * KIB)
-    transfer = parts._Transfer(FakeStore({}), "a", 2048 * KIB, 256 * KIB, 1)  # 8 parts
+    transfer = parts.Transfer(FakeStore({}), "a", 2048 * KIB, 256 * KIB, 1)  # 8 parts
     e._transfers.append(transfer)
     e._in_flight = 4  # no slot free: only the taper can cut
     with e._cond:
@@ -496,8 +530,8 @@ def test_a_first_shard_s_last_round_is_cut_to_its_share_of_a_slot_whatever_follo
     together even when other shards' parts are still to come."""
     monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
     e = PartEngine(parts=4, part_size=256 * KIB)
-    first = parts._Transfer(FakeStore({}), "first", 2048 * KIB, 256 * KIB, 1)  # 8 parts
-    after = parts._Transfer(FakeStore({}), "after", 8192 * KIB, 256 * KIB, 2)  # 32 more
+    first = parts.Transfer(FakeStore({}), "first", 2048 * KIB, 256 * KIB, 1)  # 8 parts
+    after = parts.Transfer(FakeStore({}), "after", 8192 * KIB, 256 * KIB, 2)  # 32 more
     first.first = first.urgent = True
     e._transfers += [first, after]
     e._in_flight = 4
@@ -550,7 +584,7 @@ def test_placed_parts_are_received_through_a_few_reused_blocks(monkeypatch):
 
 def test_a_block_that_arrives_after_its_download_ended_is_refused(engine):
     place = FilePlacement(64 * KIB)
-    transfer = parts._Transfer(FakeStore({}), "a", 64 * KIB, 64 * KIB, 1)
+    transfer = parts.Transfer(FakeStore({}), "a", 64 * KIB, 64 * KIB, 1)
     transfer.into = place
     transfer.done = True
     with pytest.raises(Revoked, match=r"^a: bytes from 4096 arrived after its download ended$"):

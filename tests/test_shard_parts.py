@@ -11,6 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from blake3 import blake3
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import roxxel
 import roxxel.read.catalog
@@ -18,6 +20,7 @@ import roxxel.read.partfetch
 import roxxel.read.parts
 from roxxel.errors import ManifestError
 from roxxel.manifest import Manifest
+from roxxel.manifest._fields import check_parts, parts_column
 from roxxel.manifest.heads import index_start
 from roxxel.manifest.io import dataset_store, publish_manifest
 from roxxel.manifest.parts import MAX_PARTS, Parts, PartsCheck, parse_parts
@@ -193,12 +196,12 @@ def test_a_resume_has_its_first_record_from_its_part_before_its_shard_arrives(tm
         payload = index_start(shard.records, shard.stored_size)
         parts = parse_parts(shard.parts)
         assert fetched[-1] == (payload, shard.stored_size)  # its index, and pieces of its part(s) only
-        assert {parts.span(parts.covering(a, b), shard.stored_size) for a, b in fetched[:-1]} <= {
-            parts.span(range(i, i + 1), shard.stored_size) for i in range(len(parts))}
+        span = parts.span(parts.covering(fetched[0][0], fetched[-2][1]), shard.stored_size)
+        assert fetched[0][0] == span[0] and fetched[-2][1] == span[1]
+        assert sum(b - a for a, b in fetched[:-1]) == part_bytes(url, shard, record) - (shard.stored_size - payload)
         store.release.set()
         assert [rest[0]] + [bytes(r) for r in resumed] == rest
         # the shard's download left the part's bytes to the fetch: only the index came twice
-        span = parts.span(parts.covering(*fetched[0]), shard.stored_size)
         assert ds.stats["head_bytes"] == shard.stored_size - payload < part_bytes(url, shard, record)
         assert not any(a < span[1] and b > span[0] for kind, key, a, b in store.reads
                        if kind == "shard" and key == shard.uri)
@@ -208,20 +211,28 @@ def test_a_resume_has_its_first_record_from_its_part_before_its_shard_arrives(tm
     assert {key for kind, key, _, _ in store.reads if kind == "head"} == {shard.uri}
 
 
+def resumed_from_the_shard(tmp_path, url: str, recs: list[bytes], manifest: Manifest, caplog):
+    """Publish ``manifest`` (with a field that does not check out) and resume inside its
+    window, every shard's read held for 0.5 s: the first record comes once its shard has
+    (not from a part), and the rest as uninterrupted. The store, that shard, the stats."""
+    publish_manifest(dataset_store(url, {}), manifest, replaces=None)
+    state, rest, shard, _ = resumed_inside(tmp_path, url, recs)
+    store = InParts(url)
+    with caplog.at_level(logging.WARNING, logger="roxxel"):
+        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+            resumed = ds.resume(state)
+            threading.Timer(0.5, store.release.set).start()
+            assert bytes(next(resumed)) == rest[0] and store.release.is_set()
+            assert [rest[0], *map(bytes, resumed)] == rest
+            return store, shard, ds.stats
+
+
 def test_a_part_that_does_not_match_is_not_served(tmp_path, small_heads, small_pieces, caplog):
     url, recs = str(tmp_path / "ds"), make_records(400)
     manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
     shards = [s if s.parts is None else replace(s, parts=f"{HEAD}:blake3:" + "0" * len(parse_parts(s.parts).digests))
               for s in manifest.shards]
-    publish_manifest(dataset_store(url, {}), manifest.with_shards(shards), replaces=None)
-    state, rest, shard, record = resumed_inside(tmp_path, url, recs)
-    store = InParts(url)
-    with caplog.at_level(logging.WARNING, logger="roxxel"):
-        with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
-            resumed = ds.resume(state)
-            threading.Timer(0.5, store.release.set).start()  # (no record comes before the shard)
-            assert bytes(next(resumed)) == rest[0] and store.release.is_set()
-            assert [rest[0]] + [bytes(r) for r in resumed] == rest
+    store, shard, _ = resumed_from_the_shard(tmp_path, url, recs, manifest.with_shards(shards), caplog)
     assert any(f"a resume inside {store.url(shard.uri)} waits for the whole shard" in m
                and re.search(r"its part \d+ hashes to blake3 [0-9a-f]{32}\.\.\., the manifest's parts say 0{32}", m)
                for m in caplog.messages), caplog.messages
@@ -295,3 +306,85 @@ def test_a_record_that_lies_in_more_parts_than_a_reader_fetches_apart_waits_for_
             assert ds.stats["head_bytes"] == shard.stored_size - index_start(shard.records, shard.stored_size)
     assert any(f"record {record} lies in parts larger than a reader fetches apart" in m for m in caplog.messages)
     assert not any(r.levelno >= logging.WARNING for r in caplog.records)
+
+
+def straddling(tmp_path, url: str, manifest) -> tuple[dict, list[bytes], object, int]:
+    """A state at a position whose record (of 20,000 bytes) straddles two parts."""
+    with roxxel.open(url, cache_dir=str(tmp_path / "plain")) as ds:
+        it = ds.iter(seed=3)
+        order = it.plan.window_order(0)
+        for position in range(1, len(order)):
+            slot, local = order.at(position, position + 1)
+            shard = manifest.shards[int(order.shards[int(slot[0])])]
+            record = int(local[0])
+            if shard.parts is not None and record * 20_000 // HEAD != ((record + 1) * 20_000 - 1) // HEAD:
+                break
+        state = {**it.state(), "position": position}
+        return state, [bytes(r) for r in ds.resume(state)], shard, record
+
+
+def test_a_record_across_two_parts_is_served_from_both_and_the_shard_takes_them(tmp_path, small_heads,
+                                                                                  small_pieces):
+    url = str(tmp_path / "ds")
+    rng = np.random.default_rng(5)
+    manifest = write(url, [rng.integers(0, 256, size=20_000, dtype=np.uint8).tobytes() for _ in range(60)],
+                     shard_bytes=5 * HEAD // 2)
+    state, rest, shard, record = straddling(tmp_path, url, manifest)
+    store = InParts(url)
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        resumed = ds.resume(state)
+        assert bytes(next(resumed)) == rest[0] and not store.release.is_set()  # (before any shard's read)
+        store.release.set()
+        assert [rest[0], *map(bytes, resumed)] == rest
+        payload = index_start(shard.records, shard.stored_size)
+        assert ds.stats["head_bytes"] == shard.stored_size - payload  # (the two parts: fetched once)
+    a, b = record * 20_000 // HEAD * HEAD, (((record + 1) * 20_000 - 1) // HEAD + 1) * HEAD
+    assert sum(y - x for kind, key, x, y in store.reads if kind == "head" and key == shard.uri and x < payload) \
+        == min(b, shard.stored_size) - a  # (both parts, by the part's fetch)
+    assert not any(x < b and y > a for kind, key, x, y in store.reads if kind == "shard" and key == shard.uri)
+
+
+def test_an_index_that_does_not_check_out_leaves_the_resume_to_its_shard(tmp_path, small_heads, small_pieces,
+                                                                          caplog):
+    url, recs = str(tmp_path / "ds"), make_records(400)
+    manifest = write(url, recs, shard_bytes=5 * HEAD // 2)
+    wrong = [replace(s, head=s.head.rsplit(":", 1)[0] + ":" + "0" * 64) if s.head else s for s in manifest.shards]
+    store, shard, stats = resumed_from_the_shard(tmp_path, url, recs, manifest.with_shards(wrong), caplog)
+    assert stats["head_bytes"] == shard.stored_size - index_start(shard.records, shard.stored_size)
+    assert any(f"a resume inside {store.url(shard.uri)} waits for the whole shard" in m and "(its record index)" in m
+               for m in caplog.messages), caplog.messages
+    fetched = sum(y - x for kind, key, x, y in store.reads if kind == "shard" and key == shard.uri)
+    assert fetched == shard.stored_size  # (the shard's download fetched every byte: none was left to the part)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["262144:blake3:", "131072:blake3:", "262144:sha256:", "4095:blake3:",
+                                            "262144:blake3:x", ""]),
+                          st.integers(2, 6), st.sampled_from(["1", "f", "F", ":", "é", " "]),
+                          st.integers(0, 200), st.booleans()),
+                min_size=1, max_size=5))
+def test_the_parts_column_accepts_exactly_the_rows_a_row_at_a_time_check_accepts(rows):
+    """The column-wise check (``_parts_fast``) never accepts what the row check refuses."""
+    values, sizes = [], []
+    for prefix, count, odd, at, spoil in rows:
+        digits = P1 * count
+        if spoil:  # (one character changed, somewhere)
+            at %= len(digits)
+            digits = digits[:at] + odd + digits[at + 1 :]
+        values.append(prefix + digits)
+        sizes.append(1 << 20)
+    table_sizes, codes = np.array(sizes, dtype=np.int64), np.zeros(len(values), dtype=np.int8)
+
+    def row_ok(value: str) -> bool:
+        try:
+            check_parts(value, 1 << 20, None, "x")
+        except ManifestError:
+            return False
+        return True
+
+    try:
+        parts_column(values, table_sizes, codes)
+        accepted = True
+    except ManifestError:
+        accepted = False
+    assert accepted == all(map(row_ok, values))

@@ -15,8 +15,8 @@ bits here); collisions would only serve the writer, who signs the manifest anywa
 what whole digests would take.
 
 A reader resuming inside a shard fetches the part its first record lies in, checks it,
-and serves that record before the shard is whole (:mod:`roxxel.read.head`, with the
-record index the shard's head vouches for); the whole shard is still verified against
+and serves that record before the shard is whole (:mod:`roxxel.read.partfetch`, with
+the record index the shard's head vouches for); the whole shard is still verified against
 ``checksum`` before it is kept in a cache, and ``roxxel verify`` checks every part.
 Roxxel's writer gives parts to the shards it gives heads to. Older roxxel versions
 refuse the field.

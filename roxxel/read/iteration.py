@@ -249,8 +249,10 @@ class RecordIterator(Iterator[np.ndarray]):
                 split = reader.split_at_waits if self.make_views is record_views else _whole
                 if part is not None and (held := part()) is not None:
                     n, views = _part_block(stages, held, skip)
+                    del held  # (its bytes live on in the views only while they do)
                     yield from self._hand(views, start + skip, n, w)
                     skip += n
+                part = None
                 for lo, hi in (run for block in stages.blocks(skip, BLOCK) for run in split(*block)):
                     slots, begins, ends = reader.bounds(lo, hi)
                     yield from self._hand(self.make_views(reader.payloads, slots, begins, ends), start + lo, hi - lo, w)
@@ -265,7 +267,6 @@ class RecordIterator(Iterator[np.ndarray]):
                 self._at = self.position
                 views, self._block = self._block[2], None
                 views.close()
-
 
     def _hand(self, views: RecordViews, first: int, n: int, window: int) -> Iterator[RecordViews]:
         """Hand the consumer ``views``, the ``n`` records from stream position ``first`` on."""

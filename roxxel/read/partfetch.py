@@ -12,8 +12,10 @@ checks each part against its checksum: the records wholly inside are the reader'
 index to say where those parts are (:meth:`PartFetch.span`: one small GET's time), and
 the engine then issues no connection their bytes (``PartEngine.download(given=)``): the
 fetch places them in the shard's temp file once checked (:meth:`PartFetch.hand_to`; read
-again if they could not be had), so no byte is fetched twice but the index's; the shard
-is verified and cached as before. Nothing the reader gets was not checked.
+again if they could not be had), so no byte is fetched twice but the index's (where the
+parts lie at 2 MiB boundaries, as roxxel's writer makes them; else the download fetches
+them too); the shard is verified and cached as before. Nothing the reader gets was not
+checked.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ from ..errors import IntegrityError, RoxxelError
 from ..manifest.heads import Head, index_start
 from ..manifest.parts import Parts
 from .head import MAX_HEAD_BYTES, PIECE, checked_offsets, on_thread
-from .parts import PartEngine
+from .parts import PartEngine, Transfer
 from .parts import engine as process_engine
-
-_POLL_SECONDS = 0.25  # how soon a download waiting for the parts' span notices cancellation
 
 __all__ = ["PartFetch", "PartRecords"]
 
 log = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.25  # how soon a download waiting for the parts' span notices cancellation
 
 
 class PartRecords:
@@ -83,7 +85,7 @@ class PartFetch:
         self._lock = threading.Lock()  # (the span, the download told of it, and who places the bytes)
         self._span: tuple[int, int] | None = None  # the parts' bytes, once the index says where
         self._spanned = threading.Event()  # set once the span is known, or will never be
-        self._download: tuple[PartEngine, object] | None = None  # (the engine, its transfer of the shard)
+        self._download: tuple[PartEngine, Transfer] | None = None  # (the engine, its transfer of the shard)
         self.given = False  # the download takes the parts' bytes from here
         self._fetched: tuple[bytearray | None] | None = None  # the parts' bytes checked (None: not had)
         self._result = on_thread(self._fetch)
@@ -104,13 +106,13 @@ class PartFetch:
                 check_cancelled()
         return self._span
 
-    def hand_to(self, engine: PartEngine, transfer: object) -> None:
+    def hand_to(self, engine: PartEngine, transfer: Transfer) -> None:
         """The shard's download has started (``transfer``, of ``engine``), asked to leave
         :meth:`span` to this fetch: where it did (``transfer.given``), the fetch places
         those bytes there once it has them."""
         with self._lock:
             self._download = (engine, transfer)
-            self.given = self._span is not None and getattr(transfer, "given", None) == self._span
+            self.given = self._span is not None and transfer.given == self._span
             fill = self.given and self._fetched is not None
         if fill:
             on_thread(self._fill)
@@ -124,9 +126,9 @@ class PartFetch:
         try:
             got = memoryview(data) if data is not None else self.read(start, end, memoryview(bytearray(end - start)))
         except BaseException as exc:  # noqa: BLE001 - handed to the download, raised there
-            engine.fill(transfer, exc)  # type: ignore[arg-type]
+            engine.fill(transfer, exc)
             return
-        engine.fill(transfer, got)  # type: ignore[arg-type]
+        engine.fill(transfer, got)
 
     def _fetch(self) -> PartRecords | None:
         try:

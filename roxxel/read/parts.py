@@ -90,6 +90,7 @@ __all__ = [
     "Concurrency",
     "PartEngine",
     "Placement",
+    "Transfer",
     "engine",
     "node_parts",
     "node_share",
@@ -196,7 +197,7 @@ class Concurrency:
             log.debug("download concurrency now %d parts in flight", limit)
 
 
-class _Transfer:
+class Transfer:
     """One object being downloaded as parts (guarded by the engine's lock)."""
 
     def __init__(self, store: Store, key: str, size: int, part_size: int, ticket: int, start: int = 0) -> None:
@@ -291,7 +292,7 @@ class PartEngine:
         self._clock = clock
         self.pid = os.getpid()  # a forked child makes its own engine (engine())
         self._cond = threading.Condition(threading.Lock())
-        self._transfers: list[_Transfer] = []
+        self._transfers: list[Transfer] = []
         self._tickets = itertools.count(1)  # (next() needs no lock: a reader takes one while the threads hold it)
         self._in_flight = 0
         # GETs of this process's in flight beside the engine's, by their bytes (outside():
@@ -353,7 +354,7 @@ class PartEngine:
         sink: Callable[[memoryview], object],
         *,
         check_cancelled: Callable[[], None] | None = None,
-        on_start: Callable[[_Transfer], object] | None = None,
+        on_start: Callable[[Transfer], object] | None = None,
         on_part: Callable[[int, float, float], object] | None = None,
         on_retry: Callable[[BaseException], object] | None = None,
         order: float | None = None,
@@ -362,7 +363,7 @@ class PartEngine:
         into: Placement | None = None,
         start: int = 0,
         given: tuple[int, int] | None = None,
-    ) -> _Transfer:
+    ) -> Transfer:
         """Feed the ``size`` bytes of ``key`` to ``sink`` in order, fetched as parts.
 
         Blocks the calling thread until the last part is consumed; ``check_cancelled`` is
@@ -392,7 +393,7 @@ class PartEngine:
         if not 0 <= start <= size:
             raise ValueError(f"start must be in [0, {size}], got {start!r}")
         with self._cond:
-            transfer = _Transfer(store, key, size, self.part_size, next(self._tickets), start)
+            transfer = Transfer(store, key, size, self.part_size, next(self._tickets), start)
             transfer.on_part, transfer.on_retry = on_part, on_retry
             if into is not None:
                 into.claim()
@@ -429,7 +430,7 @@ class PartEngine:
                 self._finish(transfer)
         return transfer
 
-    def _placed_run(self, transfer: _Transfer, i: int) -> int:
+    def _placed_run(self, transfer: Transfer, i: int) -> int:
         """Take parts ``i``, ``i + 1``... that are placed already (consumed now, checked
         together: fewer, larger hashes, each a chance for the consumer to wait for the
         GIL behind every connection thread); returns the index after the last."""
@@ -440,7 +441,7 @@ class PartEngine:
             transfer.consumed = max(transfer.consumed, i)
         return i
 
-    def _feed_placed(self, transfer: _Transfer, pos: int, end: int,
+    def _feed_placed(self, transfer: Transfer, pos: int, end: int,
                      sink: Callable[[memoryview], object]) -> None:
         """Feed bytes ``[pos, end)``, written to the transfer's placement, to ``sink``
         in one call, through a view of them where they are (no copy, no buffer)."""
@@ -456,7 +457,7 @@ class PartEngine:
         reach the engine)."""
         return next(self._tickets)
 
-    def hurry(self, transfer: _Transfer | None, *, first: bool = False) -> None:
+    def hurry(self, transfer: Transfer | None, *, first: bool = False) -> None:
         """A reader is blocked on this download: its parts go before everyone else's;
         ``first``: the reader has nothing yet (its first record waits for it)."""
         if transfer is None:
@@ -467,7 +468,7 @@ class PartEngine:
                 self._first(transfer)
             self._cond.notify_all()
 
-    def _first(self, transfer: _Transfer) -> None:
+    def _first(self, transfer: Transfer) -> None:
         """(Lock held.) ``transfer`` is the first shard its reader waits for: the rest of
         it goes on up to half the slots, in pieces of at least :data:`_SMALLEST_PIECE`,
         so the first record comes in about one small part's time rather than a whole
@@ -476,12 +477,12 @@ class PartEngine:
         transfer.first = True
         transfer.split(max(1, self.limit // 2), min(self.part_size, _SMALLEST_PIECE))
 
-    def _parts_of(self, transfer: _Transfer) -> int:
+    def _parts_of(self, transfer: Transfer) -> int:
         with self._cond:
             return len(transfer.bounds)
 
     def _wait_for(
-        self, transfer: _Transfer, i: int, check_cancelled: Callable[[], None] | None
+        self, transfer: Transfer, i: int, check_cancelled: Callable[[], None] | None
     ) -> memoryview | int | BaseException:
         while True:
             with self._cond:
@@ -490,7 +491,8 @@ class PartEngine:
                 if i in transfer.results and not self._deferred(transfer, transfer.results[i]):
                     data = transfer.results.pop(i)
                     transfer.consumed = i + 1
-                    if not isinstance(data, int):  # (a placed part's went back when it was)
+                    # (a placed part's went back when it was; the caller's never counted)
+                    if not isinstance(data, int) and transfer.bounds[i] != transfer.given:
                         self._reserved -= transfer.nbytes(i)
                     self._cond.notify_all()  # the budget has room again
                     return data
@@ -498,7 +500,7 @@ class PartEngine:
             if check_cancelled is not None:
                 check_cancelled()
 
-    def _deferred(self, transfer: _Transfer, data: memoryview | int | BaseException) -> bool:
+    def _deferred(self, transfer: Transfer, data: memoryview | int | BaseException) -> bool:
         """(Lock held.) A placed part of a shard no reader waits for waits to be checked
         while a first shard (of any reader of this process) is being fetched and checked:
         it holds no memory, and its check would share the CPU (and the GIL) with the one
@@ -507,7 +509,7 @@ class PartEngine:
             return False
         return any(t.first and not t.done for t in self._transfers)
 
-    def _finish(self, transfer: _Transfer) -> None:
+    def _finish(self, transfer: Transfer) -> None:
         transfer.done = True
         interrupted: KeyboardInterrupt | None = None
         while transfer.writing:  # a part being written to its placement: let it end first,
@@ -545,7 +547,7 @@ class PartEngine:
                 with self._cond:  # (it may have held a part back; only then: the lock is contended)
                     self._cond.notify_all()
 
-    def _give(self, transfer: _Transfer, start: int, end: int) -> None:
+    def _give(self, transfer: Transfer, start: int, end: int) -> None:
         """(Lock held, the transfer new.) Bytes ``[start, end)`` are the caller's to place
         (``download(given=)``), if they lie at 2 MiB boundaries (or end at its end)."""
         smallest = min(self.part_size, _SMALLEST_PIECE)
@@ -567,17 +569,21 @@ class PartEngine:
         transfer.bounds, transfer.given = cut, (start, end)
         transfer.skip_given()
 
-    def fill(self, transfer: _Transfer, data: memoryview | BaseException) -> None:
+    def fill(self, transfer: Transfer, data: memoryview | BaseException) -> None:
         """The bytes ``download(given=)`` left to the caller (``transfer.given``), placed
         where they belong, or the error that stopped the caller from having them (raised
         by the download in their turn); nothing once the download has ended."""
         assert transfer.given is not None
         start, end = transfer.given
+        if not isinstance(data, BaseException) and len(data) != end - start:
+            data = ValueError(f"{transfer.key}: {len(data)} bytes given for [{start}, {end})")
         if not isinstance(data, BaseException):
             try:
                 self._place(transfer, start, data)
             except Revoked:
                 return
+            except BaseException as exc:  # noqa: BLE001 - a full disk, say: raised by the download
+                data = exc
         with self._cond:
             if transfer.done:
                 return
@@ -604,7 +610,7 @@ class PartEngine:
             alive.append(thread)
         self._threads = alive
 
-    def _pick(self) -> tuple[_Transfer, int] | None:
+    def _pick(self) -> tuple[Transfer, int] | None:
         """The next part to fetch, if the limit and the budget allow one: in order of
         priority; once the budget is full, only a part some consumer is waiting for."""
         outside = self._outside[:]
@@ -632,7 +638,7 @@ class PartEngine:
         others = sum(t.in_flight for t in self._transfers if not t.urgent) if waited else 0
         full = False
         held = self._reserved + sum(outside)  # bytes of parts in flight or not consumed, and of the GETs outside
-        for transfer in sorted(self._transfers, key=_Transfer.priority):
+        for transfer in sorted(self._transfers, key=Transfer.priority):
             i = transfer.issued
             if transfer.done or i >= len(transfer.bounds):
                 continue
@@ -644,7 +650,7 @@ class PartEngine:
             full = True  # nothing jumps this transfer's turn but a part being waited for
         return None
 
-    def _spread(self, transfer: _Transfer) -> None:
+    def _spread(self, transfer: Transfer) -> None:
         """(Lock held.) Near the end of what there is to fetch, cut ``transfer``'s rest
         finer, so that the last shards too arrive over many connections, not one part's,
         and the last parts end together rather than one part's time apart:
@@ -734,7 +740,7 @@ class PartEngine:
             if transfer.on_part is not None and not isinstance(result, BaseException):
                 transfer.on_part(nbytes, start, end)
 
-    def _fetch(self, transfer: _Transfer, i: int) -> memoryview | int | BaseException:
+    def _fetch(self, transfer: Transfer, i: int) -> memoryview | int | BaseException:
         a, b = transfer.bounds[i]
 
         def failed(exc: BaseException) -> None:
@@ -753,7 +759,7 @@ class PartEngine:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             return exc  # (the buffer is dropped: an abandoned attempt may still write to it)
 
-    def _fetch_placed(self, transfer: _Transfer, a: int, b: int,
+    def _fetch_placed(self, transfer: Transfer, a: int, b: int,
                       failed: Callable[[BaseException], None]) -> int | BaseException:
         """Bytes ``[a, b)`` written to the transfer's placement as they arrive, a block
         of :data:`_BLOCK` at a time through a block buffer of the engine's (few, reused:
@@ -774,7 +780,7 @@ class PartEngine:
                     self._blocks.append(block)
         return b - a
 
-    def _place(self, transfer: _Transfer, offset: int, data: memoryview) -> None:
+    def _place(self, transfer: Transfer, offset: int, data: memoryview) -> None:
         """Write ``data`` to the transfer's placement at ``offset``; Revoked once the
         download has ended (nothing is written after that)."""
         assert transfer.into is not None

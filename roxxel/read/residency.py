@@ -36,7 +36,7 @@ from .catalog import ShardCatalog
 from .downloader import Downloader
 from .head import HeadFetch, HeadRecords, after_head
 from .partfetch import PartFetch, PartRecords
-from .parts import PartEngine, engine
+from .parts import PartEngine, Transfer, engine
 
 __all__ = ["DEFAULT_DOWNLOAD_WORKERS", "DEFAULT_LOOKAHEAD", "Residency", "default_lookahead"]
 
@@ -335,24 +335,27 @@ class Residency:
                 store.stream(key, counted(sink), size=size)
                 return
             parts = self._attached_engine()
-            with self._lock:  # told before its parts can be picked, not after (_started)
-                waited = urgent or k in self._wanted
-                first = waited and not (self._mapped_any or self._led)
+            with self._lock:
                 head = self._heads.pop(k, None)  # (its bytes go first, from the head's fetch)
-                lead = self._parts.pop(k, None)  # (its bytes are placed by the part's fetch)
+                part_fetch = self._parts.pop(k, None)  # (its bytes are placed by the part's fetch)
             into, feed = placement(sink), counted(sink)  # (asked of the sink as it was given)
             if into is None:
-                head = lead = None
+                head = part_fetch = None
             if head is not None:
                 feed = after_head(head, into, feed, check_cancelled)
-
-            def started(transfer: object) -> None:
-                self._started(k, transfer, urgent)
-                if lead is not None:
-                    lead.hand_to(parts, transfer)
-
             # a resume's first part: its bytes are left to its fetch, once the index says where
-            given = lead.span(check_cancelled) if lead is not None else None
+            given = part_fetch.span(check_cancelled) if part_fetch is not None else None
+            with self._lock:  # told before its parts can be picked, not after (_started)
+                waited = urgent or k in self._wanted
+                # (a resume's first record comes from its part: no shard is its first, as for a head)
+                self._led = self._led or (given is not None and not self._mapped_any)
+                first = waited and not (self._mapped_any or self._led)
+
+            def started(transfer: Transfer) -> None:
+                self._started(k, transfer, urgent)
+                if part_fetch is not None:
+                    part_fetch.hand_to(parts, transfer)
+
             try:
                 # (threads start downloads in any order: the reader's order decides which goes first)
                 parts.download(store, key, size, feed, check_cancelled=check_cancelled,
@@ -364,8 +367,8 @@ class Residency:
             finally:
                 with self._lock:
                     self._transfers.pop(k, None)
-                    if lead is not None and not lead.given:  # (fetched twice: by the part's fetch too)
-                        self._stats["head_bytes"] += lead.part_bytes
+                    if part_fetch is not None and not part_fetch.given:  # (fetched twice: by the part's too)
+                        self._stats["head_bytes"] += part_fetch.part_bytes
 
         try:
             handle, fetched = self.catalog.get(k, self.cache, download, self._next_use)
@@ -547,9 +550,8 @@ class Residency:
 
         def wait() -> HeadRecords | None:
             began = time.perf_counter_ns()
-            while not fetch.done(_POLL_SECONDS):
-                if self._closed:
-                    return None
+            if not self._awaited(fetch):
+                return None
             early = fetch.records()
             tracer = trace.current()
             if tracer is not None:
@@ -574,15 +576,13 @@ class Residency:
         fetch = self.catalog.fetch_part(k, record)
         if fetch is None:
             return None
-        with self._lock:  # the reader's first record comes from the part: no shard is its first
-            self._led = self._led or not self._mapped_any  # (see first_records)
+        with self._lock:
             self._parts[k] = fetch
 
         def wait() -> PartRecords | None:
             began = time.perf_counter_ns()
-            while not fetch.done(_POLL_SECONDS):
-                if self._closed:
-                    return None
+            if not self._awaited(fetch):
+                return None
             got = fetch.records()
             with self._lock:  # (its parts' bytes count where the shard's download fetched them too)
                 self._stats["gets"] += fetch.gets
@@ -594,6 +594,13 @@ class Residency:
             return got
 
         return wait
+
+    def _awaited(self, fetch: HeadFetch | PartFetch) -> bool:
+        """Wait for ``fetch`` to end: True; False once the residency closes."""
+        while not fetch.done(_POLL_SECONDS):
+            if self._closed:
+                return False
+        return True
 
     def first_bytes(self, k: int) -> Callable[[], np.ndarray | None] | None:
         """Shard ``k`` is read first, from its head's bytes if they come sooner than the
