@@ -25,7 +25,8 @@ from roxxel.manifest.heads import index_start
 from roxxel.manifest.io import dataset_store, publish_manifest
 from roxxel.manifest.parts import MAX_PARTS, Parts, PartsCheck, parse_parts
 from roxxel.ops.verify import verify
-from tests.test_heads import HEAD, InParts, KeyGated, info, make_records, part_bytes, small_heads, write
+from tests.test_heads import (HEAD, InParts, KeyGated, info, make_records, mixed, part_bytes, plan_records,
+                              small_heads, two_sources, write)
 
 __all__ = ["small_heads"]  # (the fixture, used by name)
 
@@ -388,3 +389,27 @@ def test_the_parts_column_accepts_exactly_the_rows_a_row_at_a_time_check_accepts
     except ManifestError:
         accepted = False
     assert accepted == all(map(row_ok, values))
+
+
+def test_a_mixture_resumed_inside_a_stage_has_its_first_record_from_its_part(tmp_path, small_heads, small_pieces):
+    urls, recs = two_sources(tmp_path)
+    with mixed(urls, [None, None], tmp_path / "plain") as m:  # (read locally, whole shards)
+        it = m.iter(rank=0, world_size=1)
+        p = it.plan
+        everything = plan_records(p, recs)
+        i = 0
+        k = int(p.window_order(i, 0, 0).stage_starts[-2]) + 1  # source 0's record in its window's last stage
+        position = int(p.schedule.position_of(i, k - int(p.base[i])))  # (where the stream reads it)
+        assert 0 < position < p.length
+        for _ in range(position):
+            next(it)
+        state = it.state()
+    stores = [InParts(url) for url in urls]  # (no shard's read ends until release)
+    with mixed(urls, stores, tmp_path / "cache") as m:
+        resumed = m.resume(state)
+        first = bytes(next(resumed))
+        assert first == everything[position] and not any(s.release.is_set() for s in stores)
+        for s in stores:
+            s.release.set()
+        assert [first, *map(bytes, resumed)] == everything[position:]
+    assert any(kind == "head" for kind, *_ in stores[int(p.schedule.sources(position, position + 1)[0])].reads)

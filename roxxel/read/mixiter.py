@@ -20,6 +20,7 @@ from .head import HeadRecords
 from .iteration import _WindowReader, block_position
 from .mixjob import MixState
 from .mixplan import MixturePlan
+from .partfetch import PartRecords
 from .records import Records
 from .views import BLOCK, RecordViews, record_views
 
@@ -50,6 +51,7 @@ class MixtureIterator(Iterator[np.ndarray]):
         self._order_key: tuple[tuple[int, int], ...] | None = None
         # the records of heads that lead windows about to be read, by (source, segment, window)
         self._early: dict[tuple[int, int, int], Callable[[], HeadRecords | None]] = {}
+        self._part: Callable[[], PartRecords | None] | None = None  # a resume's first record's part
         self._records = chain.from_iterable(mixture.records._track(self._blocks()))
 
     @property
@@ -92,6 +94,13 @@ class MixtureIterator(Iterator[np.ndarray]):
                 lo = self._at
                 consumed = p.consumed(lo)
                 self._refresh_order(consumed, readers)
+                if first and (views := self._from_part(lo, consumed)) is not None:
+                    first = False  # (the first record, from its part: see _first_shard_first)
+                    self._block = (lo, 1, views)
+                    yield views
+                    self._block = None
+                    self._at = lo + 1
+                    continue
                 hi = lo + 1 if first else self._block_end(lo, consumed)  # the first record: one shard
                 first = False
                 srcs = p.schedule.sources(lo, hi)
@@ -232,11 +241,32 @@ class MixtureIterator(Iterator[np.ndarray]):
 
     def _first_shard_first(self, i: int, k: int) -> None:
         """The download of the shard source ``i``'s ``k``-th record (the stream's first)
-        comes from goes before any other (:meth:`Residency.about_to_map`)."""
+        comes from goes before any other (:meth:`Residency.about_to_map`). Where no head
+        serves that record (a resume past the head's positions), the part it lies in is
+        asked for first (:meth:`Residency.part_records`): the first block is read from it
+        if it comes (:meth:`_from_part`)."""
         seg, w, skip = self.plan.locate(i, k)
         order = self.plan.window_order(i, seg, w)
-        slot, _ = order.at(skip, skip + 1)
-        self._mixture.residency.about_to_map([self._mixture.shard_offsets[i] + int(order.shards[int(slot[0])])])
+        slot, local = order.at(skip, skip + 1)
+        shard = self._mixture.shard_offsets[i] + int(order.shards[int(slot[0])])
+        if (i, seg, w) not in self._early and not self._mixture.records.is_mapped(shard):
+            self._part = self._mixture.residency.part_records(shard, int(local[0]))
+        self._mixture.residency.about_to_map([shard])
+
+    def _from_part(self, lo: int, consumed: np.ndarray) -> RecordViews | None:
+        """The stream's first record, at ``lo``, from the part :meth:`_first_shard_first`
+        asked for, if it came and holds it; else None (the record waits for its shard)."""
+        wait, self._part = self._part, None
+        held = wait() if wait is not None else None
+        if held is None:
+            return None
+        i = int(self.plan.schedule.sources(lo, lo + 1)[0])
+        seg, w, skip = self.plan.locate(i, int(consumed[i]))
+        _, local = self.plan.window_order(i, seg, w).at(skip, skip + 1)
+        if not held.holds(local).all():
+            return None
+        begins, ends = held.bounds(local)
+        return record_views([held.payload], np.zeros(1, dtype=np.int64), begins, ends)
 
 
 #: How many cuts of one source a block looks past (those whose shard is mapped already).
