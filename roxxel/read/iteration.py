@@ -255,7 +255,8 @@ class RecordIterator(Iterator[np.ndarray]):
                 part = None
                 for lo, hi in (run for block in stages.blocks(skip, BLOCK) for run in split(*block)):
                     slots, begins, ends = reader.bounds(lo, hi)
-                    yield from self._hand(self.make_views(reader.payloads, slots, begins, ends), start + lo, hi - lo, w)
+                    views = self.make_views(reader.payloads, slots, begins, ends)
+                    yield from self._hand(views, start + lo, hi - lo, w)
                 self._at = start + len(stages)
                 self._block = None
                 skip = 0

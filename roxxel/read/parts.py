@@ -49,6 +49,11 @@ or of threads waiting for them:
   shards no reader waits for wait to be checked, so their checks do not take the CPU
   (and the GIL) from the one the first record waits for. No part is written once its
   download has ended.
+- **Bytes the caller has** are not fetched again: a download may start past them (a
+  shard's head, ``start=``: :mod:`roxxel.read.head`) or leave a range of them to its
+  caller, who places them once it has them (a resume's first part, ``given=`` and
+  :meth:`PartEngine.fill`: :mod:`roxxel.read.partfetch`); either way the consumer takes
+  them in their turn, with the rest.
 - **Adaptive.** :class:`Concurrency` raises the limit while throughput grows with it and
   halves it when the store throttles (HTTP 503 SlowDown, 429).
 - **Shared fairly on a node.** Processes that share a node's link (torchrun's local ranks,

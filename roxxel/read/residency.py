@@ -447,8 +447,8 @@ class Residency:
     def stats(self) -> dict[str, float]:
         """Shards and bytes downloaded, shard loads served by the cache, GETs made and
         retried, the seconds readers waited for shards to arrive, and ``head_bytes``
-        (bytes fetched beyond the shards' own: heads' record indexes, and a resume's
-        first part with its shard's index); with
+        (bytes fetched beyond the shards' own: heads' record indexes, a resume's first
+        part's, and that part where its shard's download could not take it); with
         ``link_bytes_per_second``, what this process's downloads achieved while any was
         running (all readers of the process together)."""
         with self._lock:
