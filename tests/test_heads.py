@@ -727,6 +727,24 @@ def test_a_head_s_gets_count_against_the_part_engine_s_limit(tmp_path, small_hea
     assert len(pieces) == 3 and pieces[0][0] == 0 and pieces[-1][1] == head.size
 
 
+def test_heads_asked_together_split_the_part_engine_s_limit(tmp_path, small_heads, monkeypatch):
+    monkeypatch.setattr(roxxel.read.head, "PIECE", 16 * 1024)
+    url = str(tmp_path / "ds")
+    shards = write(url, make_records(400), shard_bytes=5 * HEAD // 2).shards
+    first, second = shards[0], shards[1]
+    store = InParts(url)
+    store.hold_head = threading.Event()
+    engine = PartEngine(parts=8, part_size=16 * 1024)
+    fetches = [HeadFetch(store, s.uri, s.records, s.stored_size, parse_head(s.head), engine=engine, share=2)
+               for s in (first, second)]
+    # a limit of 8 for two heads: each in 3 pieces and its index, 8 GETs in all (alone: 7 and 1 each)
+    assert not fetches[1].done(0.3) and store.head_peak == 8 and [f.gets for f in fetches] == [4, 4]
+    store.hold_head.set()
+    assert all(f.done(10) and f.records() is not None for f in fetches)
+    alone = HeadFetch(store, first.uri, first.records, first.stored_size, parse_head(first.head), engine=engine)
+    assert alone.gets == 5 and alone.done(10)  # (4 pieces of 16 KiB cover a 64 KiB head: the most it needs)
+
+
 class SlowDown(Exception):
     status = 503  # (as an HTTP client's error carries it: roxxel.backends.errors.http_status)
 

@@ -70,7 +70,9 @@ class HeadFetch:
     ``stored_size`` bytes in ``store`` (as its manifest says, with ``head``), being
     fetched on threads of its own from construction on: its bytes (:meth:`prefix`), and
     its records once checked (:meth:`records`). ``gets`` and ``index_bytes`` say what
-    it asked the store for besides the shard's own bytes' worth."""
+    it asked the store for besides the shard's own bytes' worth. ``share``: how many
+    heads are asked for together (a mixture's sources'): they split the engine's limit,
+    each making two GETs at least (a piece and the index)."""
 
     @staticmethod
     def fits(records: int, stored_size: int, head: Head) -> bool:
@@ -79,15 +81,16 @@ class HeadFetch:
         return max(head.size, stored_size - index_start(records, stored_size)) <= MAX_HEAD_BYTES
 
     def __init__(self, store: Store, key: str, records: int, stored_size: int, head: Head,
-                 engine: PartEngine | None = None) -> None:
+                 engine: PartEngine | None = None, share: int = 1) -> None:
         self.store, self.key, self.stored_size, self.head = store, key, stored_size, head
         self._records = records
         self._first = bytearray(head.size)
         self._index = bytearray(stored_size - index_start(records, stored_size))
         # its GETs count against the part engine's limit and budget (this process's share
-        # of the node's), and are no more than the limit: fewer, larger pieces under a small one
+        # of the node's), and are no more than the limit: fewer, larger pieces under a small
+        # one; ``share`` heads asked together (a mixture's sources') split it between them
         self._engine = process_engine() if engine is None else engine
-        piece = max(PIECE, -(-head.size // max(1, self._engine.limit - 1)))
+        piece = max(PIECE, -(-head.size // max(1, (self._engine.limit - share) // share)))
         self._starts = list(range(0, head.size, piece))
         self.gets, self.index_bytes = len(self._starts) + 1, len(self._index)
         self._lock = threading.RLock()  # (records() checks what _whole() assembles, both under it)

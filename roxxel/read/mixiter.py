@@ -221,13 +221,15 @@ class MixtureIterator(Iterator[np.ndarray]):
             k = int(consumed[i])
             if self.plan.schedule.position_of(i, k - int(self.plan.base[i])) >= self.plan.length:
                 continue  # (the epoch ends before the source reads on)
-            self._ask_head(i, k, readers[i], lead=first and n == 0)
+            self._ask_head(i, k, readers[i], lead=first and n == 0, share=len(entered))
             if first and n == 0:
                 self._first_shard_first(i, k)
 
-    def _ask_head(self, i: int, k: int, held: dict[tuple[int, int], _WindowReader], *, lead: bool) -> None:
+    def _ask_head(self, i: int, k: int, held: dict[tuple[int, int], _WindowReader], *, lead: bool,
+                  share: int) -> None:
         """Ask for the head that leads source ``i``'s window of its ``k``-th record, if the
-        source reads from it next and the window has no reader yet."""
+        source reads from it next and the window has no reader yet (one of ``share``
+        heads asked for together: they split the download budget)."""
         p, residency = self.plan, self._mixture.residency
         seg, w, skip = p.locate(i, k)
         order = p.window_order(i, seg, w)
@@ -235,7 +237,7 @@ class MixtureIterator(Iterator[np.ndarray]):
             return
         shard = self._mixture.shard_offsets[i] + int(order.shards[0])
         if not self._mixture.records.is_mapped(shard):
-            early = residency.first_records(shard, lead=lead)
+            early = residency.first_records(shard, lead=lead, share=share)
             if early is not None:
                 self._early[(i, seg, w)] = early
 

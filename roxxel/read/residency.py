@@ -514,7 +514,8 @@ class Residency:
         self._mapped.append(k)
         return shard
 
-    def first_records(self, k: int, *, lead: bool = True) -> Callable[[], HeadRecords | None] | None:
+    def first_records(self, k: int, *, lead: bool = True,
+                      share: int = 1) -> Callable[[], HeadRecords | None] | None:
         """Ask for shard ``k``'s first records from its head (see :mod:`roxxel.read.head`),
         sooner than its map: their fetch starts now, and a function that waits for them
         is returned (it returns None if they could not be had: logged, and the shard's
@@ -525,14 +526,15 @@ class Residency:
         from the head's fetch. Asked before any shard is mapped (and ``lead``: its records
         are the reader's first), it makes the head the reader's first: no shard is then
         fetched as a first shard (alone, in pieces: :mod:`roxxel.read.parts`), only before
-        the others, as any shard a reader waits for."""
+        the others, as any shard a reader waits for. ``share``: how many heads are asked
+        for together (:class:`~roxxel.read.head.HeadFetch`)."""
         with self._lock:
             fetch = self._heads.get(k)  # (asked before, and no download took it yet)
             busy = self._closed or k in self._transfers
         if busy or self.cache.contains(self.catalog.checksums[k]):
             return None
         if fetch is None:
-            fetch = self.catalog.fetch_head(k)
+            fetch = self.catalog.fetch_head(k, share)
             if fetch is None:
                 return None
             with self._lock:
