@@ -825,7 +825,8 @@ def shard_parts(path: str, size: int) -> str:
     file at ``path``: of :data:`HEAD_BYTES` each (one download part), or more where a
     shard would have more than :data:`MAX_PARTS` of them, read back from the file."""
     part = max(HEAD_BYTES, MIN_PART_BYTES)
-    part *= max(1, -(-size // (part * MAX_PARTS)))  # (a whole number of them: a reader places parts at 2 MiB boundaries)
+    # (a whole number of them: a reader places parts at 2 MiB boundaries)
+    part *= max(1, -(-size // (part * MAX_PARTS)))
     with open(path, "rb") as f:
         digests = [part_digest(DEFAULT_ALGORITHM, _read_exactly(f.fileno(), a, b, path)) for a, b in tiles(size, part)]
     return f"{part}:{DEFAULT_ALGORITHM}:{''.join(digests)}"

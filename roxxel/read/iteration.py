@@ -289,8 +289,7 @@ def _part_block(order: WindowOrder | LooseOrder, held: PartRecords, at: int) -> 
     n = len(same) if same.all() else int(np.argmin(same))
     inside = held.holds(local[:n])
     n = n if inside.all() else int(np.argmin(inside))  # (at least 1: the part is the first record's)
-    begins, ends = held.bounds(local[:n])
-    return n, record_views([held.payload], np.zeros(n, dtype=np.int64), begins, ends)
+    return n, held.views(local[:n])
 
 
 def _whole(lo: int, hi: int) -> tuple[tuple[int, int]]:

@@ -265,10 +265,7 @@ class MixtureIterator(Iterator[np.ndarray]):
         i = int(self.plan.schedule.sources(lo, lo + 1)[0])
         seg, w, skip = self.plan.locate(i, int(consumed[i]))
         _, local = self.plan.window_order(i, seg, w).at(skip, skip + 1)
-        if not held.holds(local).all():
-            return None
-        begins, ends = held.bounds(local)
-        return record_views([held.payload], np.zeros(1, dtype=np.int64), begins, ends)
+        return held.views(local) if held.holds(local).all() else None
 
 
 #: How many cuts of one source a block looks past (those whose shard is mapped already).

@@ -34,6 +34,7 @@ from ..manifest.parts import Parts
 from .head import MAX_HEAD_BYTES, PIECE, checked_offsets, on_thread
 from .parts import PartEngine, Transfer
 from .parts import engine as process_engine
+from .views import RecordViews, record_views
 
 __all__ = ["PartFetch", "PartRecords"]
 
@@ -57,9 +58,10 @@ class PartRecords:
         """Which of ``records`` (record numbers in the shard) lie wholly in the payload."""
         return (self._begins(records) >= self.start) & (self.offsets[records] <= self.start + len(self.payload))
 
-    def bounds(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where ``records`` (all held) begin and end in the payload."""
-        return self._begins(records) - self.start, self.offsets[records] - self.start
+    def views(self, records: np.ndarray) -> RecordViews:
+        """``records`` (all held), as views of the payload."""
+        begins, ends = self._begins(records) - self.start, self.offsets[records] - self.start
+        return record_views([self.payload], np.zeros(len(records), dtype=np.int64), begins, ends)
 
 
 class PartFetch:
