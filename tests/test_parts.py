@@ -543,6 +543,49 @@ def test_a_first_shard_s_last_round_is_cut_to_its_share_of_a_slot_whatever_follo
     assert {b - a for a, b in after.bounds} == {256 * KIB}  # (the rest of the epoch: whole parts)
 
 
+def test_parts_stay_whole_at_the_end_where_a_get_has_shown_fast_connections(monkeypatch):
+    """Once a GET has moved a whole part's worth in less than the taper's time, the end is
+    not cut (each cut is one more GET, and the last parts end close together anyway);
+    while GETs have only shown slow connections, it is, as before any has been seen."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
+    for fastest, cut in ((0.0, True), (256 * KIB / 0.2, True), (256 * KIB / 0.05, False)):
+        e = PartEngine(parts=4, part_size=256 * KIB)
+        e.fastest = fastest  # a part takes: unknown, 0.2 s, 0.05 s (the taper's time is 0.1 s)
+        transfer = parts.Transfer(FakeStore({}), "a", 2048 * KIB, 256 * KIB, 1)
+        e._transfers.append(transfer)
+        e._in_flight = 4
+        with e._cond:
+            transfer.issued = 5  # 768 KiB left, less than a round: cut to 192 KiB if at all
+            e._spread(transfer)
+        assert (transfer.bounds[5:] == [(a, a + 192 * KIB) for a in range(1280 * KIB, 2048 * KIB, 192 * KIB)]) == cut
+        assert cut or {b - a for a, b in transfer.bounds} == {256 * KIB}
+
+
+def test_how_fast_a_connection_can_go_is_learnt_from_gets_of_a_mib_or_more(monkeypatch):
+    """The engine's parts and the GETs beside it (outside) both count, first byte
+    included; a GET too small to tell, or one that failed, does not."""
+    now = [0.0]
+    e = PartEngine(parts=4, clock=lambda: now[0])
+    with e.outside(2048 * KIB):
+        now[0] += 0.01
+    assert e.fastest == pytest.approx(2048 * KIB / 0.01)
+    with e.outside(64 * KIB):  # (too small: mostly the first byte's wait)
+        now[0] += 0.0001
+    with pytest.raises(OSError), e.outside(4096 * KIB):
+        now[0] += 0.001
+        raise OSError("dropped")
+    assert e.fastest == pytest.approx(2048 * KIB / 0.01)
+    monkeypatch.setattr(parts, "_RATE_BYTES", 64 * KIB)
+    e = PartEngine(parts=4, part_size=256 * KIB)
+    e.attach()
+    store = FakeStore({"a": np.random.default_rng(9).bytes(1024 * KIB)}, delay=0.01)
+    try:
+        assert download(e, store, "a") == store.objects["a"]
+    finally:
+        e.detach()
+    assert 0 < e.fastest <= 256 * KIB / 0.01  # (each part waited its delay at least)
+
+
 def test_placed_parts_are_written_where_they_belong_by_connection_threads(engine):
     data = np.random.default_rng(4).bytes(1000 * KIB + 3)
     store = FakeStore({"a": data}, delay=0.005)
