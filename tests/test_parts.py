@@ -543,6 +543,24 @@ def test_a_first_shard_s_last_round_is_cut_to_its_share_of_a_slot_whatever_follo
     assert {b - a for a, b in after.bounds} == {256 * KIB}  # (the rest of the epoch: whole parts)
 
 
+def test_the_taper_does_not_count_the_bytes_the_caller_places(monkeypatch):
+    """The bytes a download leaves to its caller (given) are no part to issue: with them,
+    a whole round is left; without them, less, and the rest is cut to its share of a
+    slot around them."""
+    monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
+    e = PartEngine(parts=4, part_size=256 * KIB)
+    transfer = parts.Transfer(FakeStore({}), "a", 2048 * KIB, 256 * KIB, 1)  # 8 parts
+    transfer.given = (1792 * KIB, 2048 * KIB)  # the last part: the caller's
+    e._transfers.append(transfer)
+    e._in_flight = 4  # no slot free: only the taper can cut
+    with e._cond:
+        transfer.issued = 4  # 1 MiB left, 768 KiB of it to fetch: less than a round of 4 slots
+        assert transfer.left() == (3, 768 * KIB)
+        e._spread(transfer)
+    assert transfer.bounds[4:] == [*((a, a + 192 * KIB) for a in range(1024 * KIB, 1792 * KIB, 192 * KIB)),
+                                   (1792 * KIB, 2048 * KIB)]
+
+
 def test_parts_stay_whole_at_the_end_where_a_get_has_shown_fast_connections(monkeypatch):
     """Once a GET has moved a whole part's worth in less than the taper's time, the end is
     not cut (each cut is one more GET, and the last parts end close together anyway);

@@ -264,6 +264,15 @@ class Transfer:
             self.bounds[self.issued :] = [*_tiles(start, given[0], piece, smallest), given,
                                           *_tiles(given[1], end, piece, smallest)]
 
+    def left(self) -> tuple[int, int]:
+        """The parts and the bytes still to hand to connections (not the caller's)."""
+        if self.issued >= len(self.bounds):
+            return 0, 0
+        parts, nbytes = len(self.bounds) - self.issued, self.bounds[-1][1] - self.bounds[self.issued][0]
+        if self.given is not None and self.given[0] >= self.bounds[self.issued][0]:  # (not passed yet)
+            parts, nbytes = parts - 1, nbytes - (self.given[1] - self.given[0])
+        return parts, nbytes
+
     def priority(self) -> tuple[bool, float, int]:
         return (not self.urgent, self.order, self.ticket)
 
@@ -689,15 +698,14 @@ class PartEngine:
             return
         smallest = min(self.part_size, _SMALLEST_PIECE)
         free = self.limit - self._in_flight - len(self._outside)
-        pending = [t for t in self._transfers if not t.done and t.issued < len(t.bounds)]
-        left = sum(len(t.bounds) - t.issued for t in pending)
-        mine = len(transfer.bounds) - transfer.issued
+        alive = [t for t in self._transfers if not t.done]
+        left = sum(t.left()[0] for t in alive)
         if 0 < left < free:
-            transfer.split(mine * free // left, smallest)
-        rest = sum(t.bounds[-1][1] - t.bounds[t.issued][0] for t in ([transfer] if transfer.first else pending))
+            transfer.split(transfer.left()[0] * free // left, smallest)
+        mine, span = transfer.left()
+        rest = span if transfer.first else sum(t.left()[1] for t in alive)
         if 0 < rest < self.limit * self.part_size and mine:
             piece = max(smallest, rest // self.limit)
-            span = transfer.bounds[-1][1] - transfer.bounds[transfer.issued][0]
             transfer.split(-(-span // piece), smallest)
 
     def _moved(self, nbytes: int, seconds: float) -> None:
