@@ -555,44 +555,65 @@ def test_the_taper_does_not_count_the_bytes_the_caller_places(monkeypatch):
     e._in_flight = 4  # no slot free: only the taper can cut
     with e._cond:
         transfer.issued = 4  # 1 MiB left, 768 KiB of it to fetch: less than a round of 4 slots
-        assert transfer.left() == (3, 768 * KIB)
         e._spread(transfer)
     assert transfer.bounds[4:] == [*((a, a + 192 * KIB) for a in range(1024 * KIB, 1792 * KIB, 192 * KIB)),
                                    (1792 * KIB, 2048 * KIB)]
 
 
-def test_parts_stay_whole_at_the_end_where_a_get_has_shown_fast_connections(monkeypatch):
-    """Once a GET has moved a whole part's worth in less than the taper's time, the end is
-    not cut (each cut is one more GET, and the last parts end close together anyway);
-    while GETs have only shown slow connections, it is, as before any has been seen."""
+@pytest.mark.parametrize(("given", "issued", "left"), [
+    (None, 2, (6, 1536)),  # nothing the caller's
+    ((1280 * KIB, 1536 * KIB), 2, (5, 1280)),  # the caller's part is ahead: not counted
+    ((1280 * KIB, 1536 * KIB), 5, (2, 512)),  # the first not issued: not counted
+    ((256 * KIB, 512 * KIB), 2, (6, 1536)),  # passed already: nothing to take off
+    ((256 * KIB, 512 * KIB), 8, (0, 0)),  # everything issued
+])
+def test_what_is_left_to_issue_leaves_out_the_caller_s_bytes(given, issued, left):
+    transfer = parts.Transfer(FakeStore({}), "a", 2048 * KIB, 256 * KIB, 1)  # 8 parts
+    transfer.given, transfer.issued = given, issued
+    assert (transfer.parts_left(), transfer.bytes_left() // KIB) == left
+
+
+@pytest.mark.parametrize("free", [0, 4])  # the last round's taper; the spread over idle slots
+def test_parts_stay_whole_at_the_end_where_a_get_has_shown_fast_connections(monkeypatch, free):
+    """Once a GET from a store has moved a whole part's worth in less than the taper's
+    time, the end is not cut (each cut is one more GET, and a part left to itself at the
+    end arrives that soon anyway); while its GETs have only shown slow connections, it
+    is, as before any has been seen."""
     monkeypatch.setattr(parts, "_SMALLEST_PIECE", 32 * KIB)
-    for fastest, cut in ((0.0, True), (256 * KIB / 0.2, True), (256 * KIB / 0.05, False)):
+    monkeypatch.setattr(parts, "_RATE_BYTES", 64 * KIB)
+    for seconds, cut in ((None, True), (0.2, True), (0.05, False)):  # a part took: unknown, 0.2 s, 0.05 s
         e = PartEngine(parts=4, part_size=256 * KIB)
-        e.fastest = fastest  # a part takes: unknown, 0.2 s, 0.05 s (the taper's time is 0.1 s)
         transfer = parts.Transfer(FakeStore({}), "a", 2048 * KIB, 256 * KIB, 1)
+        if seconds is not None:
+            e._moved(transfer.store, 256 * KIB, seconds)
         e._transfers.append(transfer)
-        e._in_flight = 4
+        e._in_flight = 4 - free
         with e._cond:
-            transfer.issued = 5  # 768 KiB left, less than a round: cut to 192 KiB if at all
+            transfer.issued = 5  # 3 parts left, 768 KiB: less than a round, fewer than 4 free slots
             e._spread(transfer)
-        assert (transfer.bounds[5:] == [(a, a + 192 * KIB) for a in range(1280 * KIB, 2048 * KIB, 192 * KIB)]) == cut
-        assert cut or {b - a for a, b in transfer.bounds} == {256 * KIB}
+        assert (transfer.bounds[5:] != [(a, a + 256 * KIB) for a in range(1280 * KIB, 2048 * KIB, 256 * KIB)]) == cut
+        assert not cut or max(b - a for a, b in transfer.bounds[5:]) <= 192 * KIB
 
 
-def test_how_fast_a_connection_can_go_is_learnt_from_gets_of_a_mib_or_more(monkeypatch):
+def test_how_fast_a_store_s_connections_go_is_learnt_from_its_gets_of_a_mib_or_more(monkeypatch):
     """The engine's parts and the GETs beside it (outside) both count, first byte
-    included; a GET too small to tell, or one that failed, does not."""
+    included, each for its own store; a GET too small to tell, or one that failed, does
+    not."""
     now = [0.0]
-    e = PartEngine(parts=4, clock=lambda: now[0])
-    with e.outside(2048 * KIB):
+    e = PartEngine(parts=4, clock=lambda: now[0])  # (8 MiB parts: a whole one in 0.1 s is 84 MB/s)
+    fast, slow = FakeStore({}), FakeStore({})
+    with e.outside(2048 * KIB, fast):
         now[0] += 0.01
-    assert e.fastest == pytest.approx(2048 * KIB / 0.01)
-    with e.outside(64 * KIB):  # (too small: mostly the first byte's wait)
+    assert e._rates[fast] == pytest.approx(2048 * KIB / 0.01)
+    assert not e._slow(fast) and e._slow(slow)  # (one store's fast GET says nothing of another's)
+    with e.outside(2048 * KIB, slow):
+        now[0] += 0.1
+    with e.outside(64 * KIB, slow):  # (too small: mostly the first byte's wait)
         now[0] += 0.0001
-    with pytest.raises(OSError), e.outside(4096 * KIB):
+    with pytest.raises(OSError), e.outside(4096 * KIB, slow):
         now[0] += 0.001
         raise OSError("dropped")
-    assert e.fastest == pytest.approx(2048 * KIB / 0.01)
+    assert e._rates[slow] == pytest.approx(2048 * KIB / 0.1) and e._slow(slow)
     monkeypatch.setattr(parts, "_RATE_BYTES", 64 * KIB)
     e = PartEngine(parts=4, part_size=256 * KIB)
     e.attach()
@@ -601,7 +622,7 @@ def test_how_fast_a_connection_can_go_is_learnt_from_gets_of_a_mib_or_more(monke
         assert download(e, store, "a") == store.objects["a"]
     finally:
         e.detach()
-    assert 0 < e.fastest <= 256 * KIB / 0.01  # (each part waited its delay at least)
+    assert 0 < e._rates[store] <= 256 * KIB / 0.01  # (each part waited its delay at least)
 
 
 def test_placed_parts_are_written_where_they_belong_by_connection_threads(engine):

@@ -116,7 +116,7 @@ class HeadFetch:
         """Bytes ``[start, end)`` of the shard (``Store.read_part``), counted against the
         part engine's limit and budget while in flight, its throttled retries slowing the
         engine down as a part's do."""
-        with self._engine.outside(end - start):
+        with self._engine.outside(end - start, self.store):
             return self.store.read_part(self.key, start, end, into, on_failure=self._engine.retried)
 
     def done(self, timeout: float | None = None) -> bool:

@@ -96,7 +96,7 @@ class PartFetch:
     def read(self, start: int, end: int, into: memoryview) -> memoryview:
         """Bytes ``[start, end)`` of the shard (``Store.read_part``), counted against the
         part engine's limit and budget while in flight, as a head's are."""
-        with self._engine.outside(end - start):
+        with self._engine.outside(end - start, self.store):
             return self.store.read_part(self.key, start, end, into, on_failure=self._engine.retried)
 
     def span(self, check_cancelled: Callable[[], None] | None = None) -> tuple[int, int] | None:

@@ -30,10 +30,11 @@ or of threads waiting for them:
   the rest goes in pieces of its share of a slot, so the last parts of an epoch end
   together, not one whole part's time apart. The first shard a reader waits for counts
   alone there: its own last parts end together too (and one of less than a round goes
-  in its share of every slot). Only where connections are slow: once a GET has shown
-  that one connection moves a whole part in less than a tenth of a second (loopback, a
-  store in the same rack), parts stay whole, since their ends are that close anyway and
-  every cut is one more GET.
+  in its share of every slot). Neither cut is made where a store's connections are
+  fast: once a GET from it has moved a whole part's worth in less than a tenth of a
+  second (loopback, a store in the same rack), a part left to itself at the end arrives
+  about that soon (what the others no longer take of the link goes to it), so cutting
+  would save less than that, and every cut is one more GET.
 - **Refilled as parts complete**, not in waves: a connection thread takes the next part
   as soon as its last one is done.
 - **In order to the consumer.** :meth:`PartEngine.download` hands an object's bytes to
@@ -78,6 +79,7 @@ import mmap
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -114,13 +116,15 @@ DEFAULT_PARTS_IN_FLIGHT = 32
 _SMALLEST_PIECE = 2 * 2**20
 _BLOCK = 2 * 2**20  # bytes of a placed part received before they are written (see _Aligned)
 #: The end of what there is to fetch is cut finer (:meth:`PartEngine._spread`) only while
-#: one whole part would take this long at the fastest rate a GET of this process has moved
-#: at: with faster connections the last parts end at most this far apart anyway, and each
-#: cut is another GET (on loopback, where the CPU is the limit, cutting made 2.5 times as
-#: many GETs and a 12 x 32 MiB epoch 12% longer; through the shaping proxy, at 25 MB/s a
-#: connection, a part takes a third of a second and cutting saves 2-3% of an epoch).
+#: one whole part may take this long on one connection of its store: a part left to itself
+#: at the end then arrives about that soon after the others, so cutting would save less,
+#: and each cut is another GET (on loopback, where the CPU is the limit, cutting made 2.3
+#: times as many GETs and a 12 x 32 MiB epoch 12% longer; through the shaping proxy, at 25
+#: MB/s a connection, a part takes a third of a second and cutting saves 2-3% of an epoch).
 _TAPER_SECONDS = 0.1
-_RATE_BYTES = 2**20  # a GET this large or larger tells how fast a connection can go
+#: A GET this large or larger tells how fast one connection can go (smaller ones mostly
+#: wait for their first byte; parts smaller than this, as in tests, never tell).
+_RATE_BYTES = 2**20
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
 
@@ -167,9 +171,9 @@ class PartEngine:
         self._generation = 0  # bumped on stop: threads of an older generation end
         self.stats = {"gets": 0, "bytes": 0, "retries": 0, "throttled": 0, "busy_seconds": 0.0}
         self._busy_since: float | None = None
-        # the fastest bytes a second one GET (of _RATE_BYTES or more) moved at, first byte
-        # included: a lower bound on one connection's speed (_spread)
-        self.fastest = 0.0
+        # per store, the most bytes a second one GET from it (of _RATE_BYTES or more) has
+        # moved, its first byte's wait included: what one connection can do at least (_slow)
+        self._rates: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionary()
 
     @property
     def limit(self) -> int:
@@ -396,16 +400,17 @@ class PartEngine:
             raise interrupted
 
     @contextmanager
-    def outside(self, nbytes: int) -> Iterator[None]:
-        """One GET of ``nbytes`` made beside the engine (a shard's head: see
+    def outside(self, nbytes: int, store: Store) -> Iterator[None]:
+        """One GET of ``nbytes`` from ``store`` made beside the engine (a shard's head: see
         :mod:`roxxel.read.head`) counts against its limit and budget while it is in
         flight: the engine starts no part in its slot. It is not held back (it is what a
-        first record waits for)."""
+        first record waits for). How fast it was tells how fast the store's connections
+        are (:meth:`_slow`)."""
         self._outside.append(nbytes)  # (atomic: the GIL's)
         began = self._clock()
         try:
             yield
-            self._moved(nbytes, self._clock() - began)
+            self._moved(store, nbytes, self._clock() - began)
         finally:
             self._outside.remove(nbytes)
             limited = self._in_flight + len(self._outside) + 1 >= self.limit
@@ -528,33 +533,36 @@ class PartEngine:
           first shard a reader waits for counts alone: its last parts too should end
           together, whatever comes after it.
 
-        Neither once a GET has shown that a whole part takes less than
+        Neither once a GET from its store has shown that a whole part takes less than
         :data:`_TAPER_SECONDS` on one connection (:meth:`_slow`)."""
-        if not self._slow():
+        if not self._slow(transfer.store):
             return
         smallest = min(self.part_size, _SMALLEST_PIECE)
         free = self.limit - self._in_flight - len(self._outside)
         alive = [t for t in self._transfers if not t.done]
-        left = sum(t.left()[0] for t in alive)
+        left = sum(t.parts_left() for t in alive)
         if 0 < left < free:
-            transfer.split(transfer.left()[0] * free // left, smallest)
-        mine, span = transfer.left()
-        rest = span if transfer.first else sum(t.left()[1] for t in alive)
-        if 0 < rest < self.limit * self.part_size and mine:
+            transfer.split(transfer.parts_left() * free // left, smallest)
+        span = transfer.bytes_left()
+        rest = span if transfer.first else sum(t.bytes_left() for t in alive)
+        if 0 < rest < self.limit * self.part_size and transfer.parts_left():
             piece = max(smallest, rest // self.limit)
             transfer.split(-(-span // piece), smallest)
 
-    def _moved(self, nbytes: int, seconds: float) -> None:
-        """One GET moved ``nbytes`` in ``seconds``: how fast a connection can go, if it
-        was large enough to tell (a race of two GETs that end together may keep the
-        slower's rate: another GET raises it again)."""
+    def _moved(self, store: Store, nbytes: int, seconds: float) -> None:
+        """One GET from ``store`` moved ``nbytes`` in ``seconds``: how fast its connections
+        can go, if it was large enough to tell (called without the lock from
+        :meth:`outside`: two GETs that end together may keep the slower's rate, which only
+        leaves the cuts on until another GET raises it)."""
         if nbytes >= _RATE_BYTES and seconds > 0:
-            self.fastest = max(self.fastest, nbytes / seconds)
+            rate = nbytes / seconds
+            if rate > self._rates.get(store, 0.0):
+                self._rates[store] = rate
 
-    def _slow(self) -> bool:
-        """(Lock held.) Whether a whole part may take :data:`_TAPER_SECONDS` or more on
-        one connection, as far as this process's GETs have shown (before any has: yes)."""
-        return self.part_size >= self.fastest * _TAPER_SECONDS
+    def _slow(self, store: Store) -> bool:
+        """Whether a whole part may take :data:`_TAPER_SECONDS` or more on one connection
+        of ``store``, as far as its GETs have shown (before any has: yes)."""
+        return self.part_size >= self._rates.get(store, 0.0) * _TAPER_SECONDS
 
     def _waiting(self) -> bool:
         return any(not t.done and t.issued < len(t.bounds) for t in self._transfers)
@@ -607,7 +615,7 @@ class PartEngine:
                     transfer.results[i] = result
                 nbytes = _size(result)
                 if not isinstance(result, BaseException):
-                    self._moved(nbytes, end - start)
+                    self._moved(transfer.store, nbytes, end - start)
                     self.stats["gets"] += 1
                     self.stats["bytes"] += nbytes
                     self.concurrency.transferred(end, nbytes, saturated=self._waiting())

@@ -159,14 +159,24 @@ class Transfer:
             self.bounds[self.issued :] = [*_tiles(start, given[0], piece, smallest), given,
                                           *_tiles(given[1], end, piece, smallest)]
 
-    def left(self) -> tuple[int, int]:
-        """The parts and the bytes still to hand to connections (not the caller's)."""
+    def parts_left(self) -> int:
+        """The parts still to hand to connections (not the bytes the caller places)."""
+        return max(0, len(self.bounds) - self.issued - self._given_ahead())
+
+    def bytes_left(self) -> int:
+        """The bytes still to hand to connections (not those the caller places)."""
         if self.issued >= len(self.bounds):
-            return 0, 0
-        parts, nbytes = len(self.bounds) - self.issued, self.bounds[-1][1] - self.bounds[self.issued][0]
-        if self.given is not None and self.given[0] >= self.bounds[self.issued][0]:  # (not passed yet)
-            parts, nbytes = parts - 1, nbytes - (self.given[1] - self.given[0])
-        return parts, nbytes
+            return 0
+        given = self.given
+        placed = given[1] - given[0] if given is not None and self._given_ahead() else 0
+        return self.bounds[-1][1] - self.bounds[self.issued][0] - placed
+
+    def _given_ahead(self) -> int:
+        """1 if the bytes the caller places are among the bounds not issued yet, else 0."""
+        given = self.given
+        if given is None or self.issued >= len(self.bounds):
+            return 0
+        return int(given[0] >= self.bounds[self.issued][0])
 
     def priority(self) -> tuple[bool, float, int]:
         return (not self.urgent, self.order, self.ticket)
@@ -179,6 +189,7 @@ class Transfer:
 def _tiles(start: int, end: int, size: int, align: int) -> list[tuple[int, int]]:
     """``[start, end)`` in pieces of ``size`` from the first multiple of ``align`` on
     (before it, one piece up to it): a download that starts past a shard's head still
-    writes its pieces where 2 MiB boundaries are (see :mod:`roxxel.read.parts`)."""
+    writes its pieces where 2 MiB boundaries are (see
+    :data:`roxxel.read.parts._SMALLEST_PIECE`)."""
     cuts = [start, *range(-(-start // align) * align, end, size), end]
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if a < b]
