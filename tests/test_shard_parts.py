@@ -116,6 +116,24 @@ def test_the_writer_gives_parts_to_the_shards_it_gives_heads_to(tmp_path, small_
         False] * (len(w.manifest.shards) - len(manifest.shards))  # (an append adds none)
 
 
+def test_a_shard_that_would_have_too_many_parts_gets_parts_of_a_whole_multiple_of_a_head(
+        tmp_path, small_heads, monkeypatch):
+    """Past MAX_PARTS parts of a head each (a shard over 32 GiB at the defaults), the
+    parts are whole multiples of it, so a reader still places them at 2 MiB boundaries,
+    and as few as keep the count within MAX_PARTS."""
+    monkeypatch.setattr(roxxel.writer, "MAX_PARTS", 2)  # (a shard of 2.5 heads: 3 parts, one too many)
+    url = str(tmp_path / "ds")
+    manifest = write(url, make_records(400), shard_bytes=5 * HEAD // 2)
+    *full, last = manifest.shards
+    assert full and last.parts is None  # (the last shard is too small for a head)
+    for shard in full:
+        data = (tmp_path / "ds" / shard.uri).read_bytes()
+        parts = parse_parts(shard.parts)
+        assert parts.size == 2 * HEAD and len(parts) == 2 and len(data) > 2 * HEAD
+        assert [parts.digest(i) for i in range(2)] == parts_of(data, 2 * HEAD)
+    assert verify(url).ok
+
+
 # -- verify ----------------------------------------------------------------------------
 
 def test_verify_checks_each_part_against_the_shard(tmp_path, small_heads):
