@@ -28,7 +28,11 @@ For each dataset (default: 12 shards of 32 MiB, and 1 shard of 256 MiB; the issu
   ``--modes ds.resume`` times ``ds.resume(state)`` of an ``ds.iter(seed=1)`` state one
   record into its first window's last stage, which reads from every shard of the window
   (a job restarted from a checkpoint): its first record is the resume's, and its rate
-  counts what it downloads of the rest of the epoch.
+  counts what it downloads of the rest of the epoch. ``--modes "loader(workers=4)"``
+  reads one epoch through ``roxxel.torch.StatefulLoader`` with 4 DataLoader workers
+  (batches of 256 records), each its own process with its share of the node's parts in
+  flight; torch is imported before the clock starts, its "open" is the loader's making
+  and its first record the first batch.
   Reported separately: the import, the open, the time from the call to ``open`` to the
   first record, and the epoch (from the call to ``open`` to the last record), whose
   rate counts the stored bytes. The children write bytecode (they drop
@@ -71,12 +75,37 @@ from benchkit import MiB, RecordSource, bench_storage_options, bytecode_env
 import roxxel
 from tests import servers, shaping_proxy
 
-_CHILD = """
+#: A torch DataLoader of 4 workers over the dataset (StatefulLoader, batches of 256
+#: records): the processes of a node splitting its budget (README, Reading a dataset).
+LOADER = "loader(workers=4)"
+
+_CHILD = f"LOADER = {LOADER!r}" + """
 import json, sys, tempfile, time
+url, options, mode, root = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4] or None
+if mode == LOADER:  # (torch is imported by the training script long before it reads)
+    import torch.utils.data
 t0 = time.perf_counter()
 import roxxel
 t_import = time.perf_counter()
-url, options, mode, root = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4] or None
+if mode == LOADER:  # every worker opens the dataset itself; "first": the first batch
+    from roxxel.torch import IterableRecords, StatefulLoader
+
+    def count(records):  # (a batch's bytes: the batches are not what is timed)
+        return sum(r.nbytes for r in records)
+
+    with tempfile.TemporaryDirectory(dir=root) as cache:
+        batches = iter(StatefulLoader(IterableRecords(url, batch_size=256, collate=count, storage_options=options,
+                                                      cache_dir=cache), num_workers=4))
+        t_open = time.perf_counter()
+        n = next(batches)
+        t_first = time.perf_counter()
+        n += sum(batches)
+        t_end = time.perf_counter()
+        with roxxel.open(url, storage_options=options, cache_dir=cache) as ds:  # (every shard, once)
+            stored = int(ds.manifest.shards.stored_size.sum())
+    print(json.dumps({"import": t_import - t0, "open": t_open - t_import, "first": t_first - t_import,
+                      "epoch": t_end - t_import, "bytes": n, "stored": stored}))
+    sys.exit(0)
 with tempfile.TemporaryDirectory(dir=root) as cache, (
     roxxel.mix([url, url + "-b"], [0.5, 0.5], storage_options=options, cache_dir=cache)  # (with its twin)
     if mode == "m.iter(seed=1)" else roxxel.open(url, storage_options=options, cache_dir=cache)
@@ -171,7 +200,7 @@ def best_client(urls: list[str], sizes: list[int], part: int, parallel: int, kee
     return elapsed
 
 
-MODES = ("for r in ds", "ds.iter(seed=1)", "ds.stream", "m.iter(seed=1)", "ds.resume")
+MODES = ("for r in ds", "ds.iter(seed=1)", "ds.stream", "m.iter(seed=1)", "ds.resume", LOADER)
 DEFAULT_MODES = MODES[:3]
 
 
