@@ -517,10 +517,10 @@ def test_the_parts_issued_last_are_cut_to_the_rest_s_share_of_a_slot(monkeypatch
     e._in_flight = 4  # no slot free: only the taper can cut
     with e._cond:
         transfer.issued = 4  # 1 MiB left: one round of 4 slots, not less
-        e._spread(transfer)
+        e._spread(transfer, e.limit)
         assert [b - a for a, b in transfer.bounds] == [256 * KIB] * 8
         transfer.issued = 5  # 768 KiB left: pieces of 192 KiB
-        e._spread(transfer)
+        e._spread(transfer, e.limit)
     assert transfer.bounds[:5] == [(a, a + 256 * KIB) for a in range(0, 1280 * KIB, 256 * KIB)]
     assert transfer.bounds[5:] == [(a, a + 192 * KIB) for a in range(1280 * KIB, 2048 * KIB, 192 * KIB)]
 
@@ -537,8 +537,8 @@ def test_a_first_shard_s_last_round_is_cut_to_its_share_of_a_slot_whatever_follo
     e._in_flight = 4
     with e._cond:
         first.issued = 5  # 768 KiB of it left: pieces of 192 KiB
-        e._spread(first)
-        e._spread(after)
+        e._spread(first, e.limit)
+        e._spread(after, e.limit)
     assert first.bounds[5:] == [(a, a + 192 * KIB) for a in range(1280 * KIB, 2048 * KIB, 192 * KIB)]
     assert {b - a for a, b in after.bounds} == {256 * KIB}  # (the rest of the epoch: whole parts)
 
@@ -555,7 +555,7 @@ def test_the_taper_does_not_count_the_bytes_the_caller_places(monkeypatch):
     e._in_flight = 4  # no slot free: only the taper can cut
     with e._cond:
         transfer.issued = 4  # 1 MiB left, 768 KiB of it to fetch: less than a round of 4 slots
-        e._spread(transfer)
+        e._spread(transfer, e.limit)
     assert transfer.bounds[4:] == [*((a, a + 192 * KIB) for a in range(1024 * KIB, 1792 * KIB, 192 * KIB)),
                                    (1792 * KIB, 2048 * KIB)]
 
@@ -590,7 +590,7 @@ def test_parts_stay_whole_at_the_end_where_a_get_has_shown_fast_connections(monk
         e._in_flight = 4 - free
         with e._cond:
             transfer.issued = 5  # 3 parts left, 768 KiB: less than a round, fewer than 4 free slots
-            e._spread(transfer)
+            e._spread(transfer, e.limit)
         assert (transfer.bounds[5:] != [(a, a + 256 * KIB) for a in range(1280 * KIB, 2048 * KIB, 256 * KIB)]) == cut
         assert not cut or max(b - a for a, b in transfer.bounds[5:]) <= 192 * KIB
 

@@ -62,8 +62,13 @@ or of threads waiting for them:
   halves it when the store throttles (HTTP 503 SlowDown, 429).
 - **Shared fairly on a node.** Processes that share a node's link (torchrun's local ranks,
   DataLoader workers) split the node's budget between them instead of multiplying it:
-  :func:`node_share`. The GETs a reader makes beside the engine (a shard's head) count
-  against its limit and budget while they are in flight (:meth:`PartEngine.outside`).
+  :func:`node_share`. Each also writes its parts in flight to a count the node's
+  processes share (:mod:`roxxel.read.nodeparts`), and one that has its share in flight
+  may start more while the node's total stays under the budget: a shard one process
+  downloads while the others wait for it then comes over the node's connections, not
+  over that one's share of them. The GETs a reader makes beside the engine (a shard's
+  head) count against its limit and budget while they are in flight
+  (:meth:`PartEngine.outside`).
 
 Each part is one :meth:`~roxxel.backends.Store.read_part`, with that wrapper's retries,
 stall detection, length checks and error translation. The engine's threads start with
@@ -89,6 +94,7 @@ from ..backends.errors import throttled
 from ..backends.through import Revoked, Through
 from ..backends.watchdog import partnered
 from ..workers import node_share
+from .nodeparts import NodeParts
 from .transfer import Concurrency, Placement, Transfer
 
 __all__ = [
@@ -135,7 +141,9 @@ class PartEngine:
     ``parts`` is the starting number of parts in flight (adapted by :class:`Concurrency`
     up to ``max_parts``, by default twice as many), ``part_size`` the size of a part;
     the bytes in flight or received into memory and not yet consumed stay under
-    :attr:`budget`, at most ``max_bytes`` (by default ``max_parts`` parts).
+    :attr:`budget`, at most ``max_bytes`` (by default ``max_parts`` parts). ``node``: the
+    node's count of its processes' parts in flight, in which this one takes part; it may
+    then have more than its limit in flight while the others leave room (:meth:`_slots`).
     """
 
     def __init__(
@@ -146,6 +154,7 @@ class PartEngine:
         part_size: int = DEFAULT_PART_SIZE,
         max_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        node: NodeParts | None = None,
     ) -> None:
         for name, value in (("parts", parts), ("part_size", part_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -155,6 +164,7 @@ class PartEngine:
         self.max_bytes = max_parts * part_size if max_bytes is None else max_bytes
         self.concurrency = Concurrency(parts, minimum=min(2, parts), maximum=max(parts, max_parts))
         self._clock = clock
+        self._node = node  # the node's count of parts in flight, if this process takes part (_slots)
         self.pid = os.getpid()  # a forked child makes its own engine (engine())
         self._cond = threading.Condition(threading.Lock())
         self._transfers: list[Transfer] = []
@@ -407,12 +417,14 @@ class PartEngine:
         first record waits for). How fast it was tells how fast the store's connections
         are (:meth:`_slow`)."""
         self._outside.append(nbytes)  # (atomic: the GIL's)
+        self._publish()
         began = self._clock()
         try:
             yield
             self._moved(store, nbytes, self._clock() - began)
         finally:
             self._outside.remove(nbytes)
+            self._publish()
             limited = self._in_flight + len(self._outside) + 1 >= self.limit
             if limited or self._reserved + sum(self._outside) + nbytes + self.part_size > self.budget:
                 with self._cond:  # (it may have held a part back; only then: the lock is contended)
@@ -471,10 +483,26 @@ class PartEngine:
                 self.stats["throttled"] += 1
                 self.concurrency.throttled(self._clock())
 
+    def _slots(self) -> int:
+        """(Lock held.) The parts this process may have in flight now: its limit, or, with
+        a node's count (``node``) and unless the store throttled it lately, what the
+        node's other processes leave of the node's budget, if that is more."""
+        node = self._node
+        if node is None or self.concurrency.holding(self._clock()):
+            return self.limit
+        return max(self.limit, node.total - node.others())
+
+    def _publish(self) -> None:
+        """Tell the node's count this process's parts in flight now (and the GETs beside
+        them: :meth:`outside`, which calls this without the lock)."""
+        if self._node is not None:
+            self._node.publish(self._in_flight + len(self._outside))
+
     def _ensure_threads(self) -> None:
         alive = [t for t in self._threads if t.is_alive()]
         generation = self._generation
-        while len(alive) < self.concurrency.maximum and len(alive) < self.limit:
+        threads = self.limit if self._node is None else max(self.limit, self._node.total)
+        while len(alive) < threads:
             thread = threading.Thread(target=self._run, args=(generation,), daemon=True,
                                       name=f"roxxel-part-{len(alive)}")
             thread.start()
@@ -485,7 +513,8 @@ class PartEngine:
         """The next part to fetch, if the limit and the budget allow one: in order of
         priority; once the budget is full, only a part some consumer is waiting for."""
         outside = self._outside[:]
-        if self._in_flight + len(outside) >= self.limit:
+        slots = self._slots()
+        if self._in_flight + len(outside) >= slots:
             return None
         # While a reader waits for a shard that has parts left to send, the others' parts
         # get at most half the slots: on a link (or a server) shared by every connection,
@@ -503,26 +532,28 @@ class PartEngine:
                   if t.urgent and not t.done and (t.first or t.issued < len(t.bounds))]
         first = [t for t in waited if t.first]
         if not first:
-            cap = self.limit // 2
+            cap = slots // 2
         else:
-            cap = 0 if any(t.issued < len(t.bounds) for t in first) else self.limit // 4
+            cap = 0 if any(t.issued < len(t.bounds) for t in first) else slots // 4
         others = sum(t.in_flight for t in self._transfers if not t.urgent) if waited else 0
         full = False
         held = self._reserved + sum(outside)  # bytes of parts in flight or not consumed, and of the GETs outside
+        budget = min(self.max_bytes, slots * self.part_size)
         for transfer in sorted(self._transfers, key=Transfer.priority):
             i = transfer.issued
             if transfer.done or i >= len(transfer.bounds):
                 continue
             if waited and not transfer.urgent and others >= cap:
                 return None  # (the urgent ones sort first: nothing after this one is)
-            if i == transfer.consumed or (not full and held + transfer.nbytes(i) <= self.budget):
-                self._spread(transfer)
+            if i == transfer.consumed or (not full and held + transfer.nbytes(i) <= budget):
+                self._spread(transfer, slots)
                 return transfer, i  # (a part its consumer waits for goes even past the budget)
             full = True  # nothing jumps this transfer's turn but a part being waited for
         return None
 
-    def _spread(self, transfer: Transfer) -> None:
-        """(Lock held.) Near the end of what there is to fetch, cut ``transfer``'s rest
+    def _spread(self, transfer: Transfer, slots: int) -> None:
+        """(Lock held.) Near the end of what there is to fetch (over ``slots``: see
+        :meth:`_slots`), cut ``transfer``'s rest
         finer, so that the last shards too arrive over many connections, not one part's,
         and the last parts end together rather than one part's time apart:
 
@@ -538,15 +569,15 @@ class PartEngine:
         if not self._slow(transfer.store):
             return
         smallest = min(self.part_size, _SMALLEST_PIECE)
-        free = self.limit - self._in_flight - len(self._outside)
+        free = slots - self._in_flight - len(self._outside)
         alive = [t for t in self._transfers if not t.done]
         left = sum(t.parts_left() for t in alive)
         if 0 < left < free:
             transfer.split(transfer.parts_left() * free // left, smallest)
         span = transfer.bytes_left()
         rest = span if transfer.first else sum(t.bytes_left() for t in alive)
-        if 0 < rest < self.limit * self.part_size and transfer.parts_left():
-            piece = max(smallest, rest // self.limit)
+        if 0 < rest < slots * self.part_size and transfer.parts_left():
+            piece = max(smallest, rest // slots)
             transfer.split(-(-span // piece), smallest)
 
     def _moved(self, store: Store, nbytes: int, seconds: float) -> None:
@@ -589,6 +620,7 @@ class PartEngine:
                 transfer.skip_given()
                 transfer.in_flight += 1
                 self._in_flight += 1
+                self._publish()
                 self._reserved += transfer.nbytes(i)
                 if self._busy_since is None:
                     self._busy_since = self._clock()
@@ -606,6 +638,7 @@ class PartEngine:
             end = self._clock()
             with self._cond:
                 self._in_flight -= 1
+                self._publish()
                 transfer.in_flight -= 1
                 if transfer.done or isinstance(result, int):  # dropped, or placed: in no buffer
                     self._reserved -= transfer.nbytes(i)
@@ -741,13 +774,16 @@ def node_parts() -> int:
 
 def engine() -> PartEngine:
     """This process's engine, made on first use with the node's budget
-    (:func:`node_parts`) divided by :func:`node_share` (at least 4 parts in flight)."""
+    (:func:`node_parts`) divided by :func:`node_share` (at least 4 parts in flight), and
+    taking part in the node's count of parts in flight (:mod:`roxxel.read.nodeparts`),
+    so that it may use what the node's other processes leave of the budget."""
     global _ENGINE
     with _ENGINE_LOCK:
         if _ENGINE is None or _ENGINE.pid != os.getpid():
-            share = node_share()
-            parts = max(4, -(-node_parts() // share))
-            _ENGINE = PartEngine(parts=parts)
+            total = node_parts()
+            parts = max(4, -(-total // node_share()))
+            node = NodeParts.join(total)
+            _ENGINE = PartEngine(parts=parts, max_bytes=max(2 * parts, total) * DEFAULT_PART_SIZE, node=node)
         return _ENGINE
 
 

@@ -92,6 +92,10 @@ class Concurrency:
         else:
             self._previous = None
 
+    def holding(self, now: float) -> bool:
+        """Whether the store throttled us lately: the limit is held where it was halved to."""
+        return now < self._held_until
+
     def throttled(self, now: float) -> None:
         """The store asked us to slow down (HTTP 503 SlowDown, 429)."""
         if now < self._held_until and self.history and self.history[-1][0] >= now - 0.5:
