@@ -3,6 +3,7 @@ split its budget use what the others leave of it."""
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import threading
@@ -84,6 +85,16 @@ def test_a_file_that_is_not_this_user_s_own_leaves_the_process_to_its_share(tmp_
     else:
         path.mkdir()
     assert NodeParts.join(8, str(path)) is None
+
+
+def test_a_full_dev_shm_leaves_the_process_to_its_share(tmp_path, monkeypatch):
+    """The file's pages are allocated when it is joined: where there is no room, the
+    join fails then (and the process keeps its share), not a later store to the map."""
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert NodeParts.join(8, str(tmp_path / "count")) is None
 
 
 def test_an_engine_at_its_limit_takes_what_the_node_s_others_leave(tmp_path, other_process):

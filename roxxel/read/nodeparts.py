@@ -93,8 +93,11 @@ class NodeParts:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
                 raise OSError(errno.EPERM, "not a regular file of this user's alone")
-            if info.st_size < ROWS * _ROW_BYTES:
-                os.ftruncate(fd, ROWS * _ROW_BYTES)  # (zeros: a row of no process)
+            # (zeros: a row of no process) Its pages are allocated now, not on the first
+            # store to the map: on a full /dev/shm (a container's 64 MiB, say, filled by
+            # DataLoader workers' tensors), that store would kill the process (SIGBUS);
+            # this fails instead (ENOSPC).
+            os.posix_fallocate(fd, 0, ROWS * _ROW_BYTES)
             rows = mmap.mmap(fd, ROWS * _ROW_BYTES)
         except OSError as exc:
             os.close(fd)
