@@ -29,6 +29,12 @@ import os
 # Read by gcsfs when it is imported, and by botocore: set before anything imports them.
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# The tests' processes count their parts in flight apart from the user's other roxxel
+# processes (a benchmark running beside them, say): roxxel.read.nodeparts.
+if "ROXXEL_NODE_COUNT" not in os.environ:
+    import tempfile
+
+    os.environ["ROXXEL_NODE_COUNT"] = os.path.join(tempfile.mkdtemp(prefix="roxxel-tests-"), "node-count")
 
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402

@@ -18,6 +18,7 @@ from roxxel.read.parts import PartEngine
 from tests.test_parts import KIB, FakeStore, download
 
 _FORK = multiprocessing.get_context("fork")
+_inherited: list[NodeParts] = []  # what a forked child has of its parent's (a test's)
 
 
 def _hold_a_row(path: str, total: int, count: int, ready, done) -> None:
@@ -87,6 +88,67 @@ def test_a_file_that_is_not_this_user_s_own_leaves_the_process_to_its_share(tmp_
     assert NodeParts.join(8, str(path)) is None
 
 
+def test_the_count_is_in_dev_shm_unless_the_environment_says_where_or_off(monkeypatch, tmp_path):
+    monkeypatch.delenv(nodeparts.ENV_NODE_COUNT, raising=False)
+    assert nodeparts.node_parts_file() in (None, f"/dev/shm/roxxel-parts-v1-{os.getuid()}")
+    monkeypatch.setenv(nodeparts.ENV_NODE_COUNT, str(tmp_path / "here"))
+    assert nodeparts.node_parts_file() == str(tmp_path / "here")
+    monkeypatch.setenv(nodeparts.ENV_NODE_COUNT, "off")
+    assert nodeparts.node_parts_file() is None and NodeParts.join(8) is None
+
+
+def test_the_process_s_engine_takes_part_in_the_node_s_count(monkeypatch, tmp_path):
+    monkeypatch.setenv(nodeparts.ENV_NODE_COUNT, str(tmp_path / "count"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(parts, "_ENGINE", None)
+    e = parts.engine()
+    assert e._node is not None and e._node.path == str(tmp_path / "count") and e._node.total == 32
+    assert e.limit == 8 and e.max_bytes == 32 * parts.DEFAULT_PART_SIZE  # (its share; the node's when it borrows)
+    monkeypatch.setattr(parts, "_ENGINE", None)
+    monkeypatch.setenv(nodeparts.ENV_NODE_COUNT, "off")
+    assert parts.engine()._node is None
+    monkeypatch.setattr(parts, "_ENGINE", None)
+
+
+def test_no_free_row_leaves_the_process_to_its_share(tmp_path, other_process, monkeypatch):
+    monkeypatch.setattr(nodeparts, "ROWS", 2)
+    other_process(1)
+    other_process(1)
+    assert NodeParts.join(8, str(tmp_path / "count")) is None
+
+
+def _join_and_drop_the_inherited(path: str, row, ready, done) -> None:
+    """(In a forked child.) Join, then let go of the NodeParts inherited from the parent,
+    as a worker's garbage collector would (its map holds a descriptor of the file)."""
+    import gc
+
+    node = NodeParts.join(8, path)
+    row.value = node.row
+    _inherited.clear()
+    gc.collect()
+    ready.set()
+    done.wait(30)
+
+
+def test_a_forked_child_keeps_its_row_when_what_it_inherited_is_freed(tmp_path):
+    path = str(tmp_path / "count")
+    parent = NodeParts.join(8, path)
+    _inherited.append(parent)  # (only the child lets go of it)
+    row, ready, done = _FORK.Value("i", -1), _FORK.Event(), _FORK.Event()
+    child = _FORK.Process(target=_join_and_drop_the_inherited, args=(path, row, ready, done))
+    child.start()
+    try:
+        assert ready.wait(30)
+        assert row.value not in (-1, parent.row)
+        assert not nodeparts._try_lock(parent._fd, row.value)  # the child still holds its row
+    finally:
+        done.set()
+        child.join(30)
+    assert nodeparts._try_lock(parent._fd, row.value)  # (and lets go when it ends)
+    nodeparts._unlock(parent._fd, row.value)
+    _inherited.clear()
+
+
 def test_a_full_dev_shm_leaves_the_process_to_its_share(tmp_path, monkeypatch):
     """The file's pages are allocated when it is joined: where there is no room, the
     join fails then (and the process keeps its share), not a later store to the map."""
@@ -144,4 +206,21 @@ def test_an_engine_publishes_its_parts_in_flight(tmp_path):
         store.gate.set()
         got.join(10)
         e.detach()
+    assert node._rows[node.row, 1] == 0
+
+
+def test_a_claim_past_the_budget_is_taken_back(tmp_path, other_process):
+    me = NodeParts.join(8, str(tmp_path / "count"))
+    me.publish(2)
+    other_process(5)
+    assert not me.claim(4)  # 4 + 5 > 8: the count stays at 2
+    assert me._rows[me.row, 1] == 2
+    assert me.claim(3) and me._rows[me.row, 1] == 3
+
+
+def test_a_get_beside_the_engine_is_counted_while_in_flight(tmp_path):
+    node = NodeParts.join(8, str(tmp_path / "count"))
+    e = PartEngine(parts=4, part_size=64 * KIB, node=node)
+    with e.outside(64 * KIB, FakeStore({})):
+        assert node._rows[node.row, 1] == 1
     assert node._rows[node.row, 1] == 0

@@ -165,6 +165,7 @@ class PartEngine:
         self.concurrency = Concurrency(parts, minimum=min(2, parts), maximum=max(parts, max_parts))
         self._clock = clock
         self._node = node  # the node's count of parts in flight, if this process takes part (_slots)
+        self._publishing = threading.Lock()  # (outside() publishes without the engine's lock)
         self.pid = os.getpid()  # a forked child makes its own engine (engine())
         self._cond = threading.Condition(threading.Lock())
         self._transfers: list[Transfer] = []
@@ -372,6 +373,7 @@ class PartEngine:
                     # (a placed part's went back when it was; the caller's never counted)
                     if not isinstance(data, int) and transfer.bounds[i] != transfer.given:
                         self._reserved -= transfer.nbytes(i)
+                        self._publish()
                     self._cond.notify_all()  # the budget has room again
                     return data
                 self._cond.wait(_POLL_SECONDS)
@@ -400,6 +402,7 @@ class PartEngine:
             if not isinstance(dropped, int):
                 self._reserved -= transfer.nbytes(i)
             self._keep(dropped)
+        self._publish()
         # parts still in flight give their bytes back when they land (see _run)
         if transfer in self._transfers:
             self._transfers.remove(transfer)
@@ -486,22 +489,41 @@ class PartEngine:
     def _slots(self) -> int:
         """(Lock held.) The parts this process may have in flight now: its limit, or, with
         a node's count (``node``) and unless the store throttled it lately, what the
-        node's other processes leave of the node's budget, if that is more."""
+        node's other processes leave of the node's budget, if that is more (a part past
+        the limit is then claimed in the count first: :meth:`_claim`)."""
         node = self._node
         if node is None or self.concurrency.holding(self._clock()):
             return self.limit
         return max(self.limit, node.total - node.others())
 
+    def _used(self, nbytes: int = 0) -> int:
+        """The parts' worth of the node's budget this process uses (with a part of
+        ``nbytes`` more): its parts and GETs in flight, or the bytes they and the parts
+        received and not consumed hold, if more."""
+        outside = self._outside[:]
+        in_flight = self._in_flight + len(outside) + (nbytes > 0)
+        return max(in_flight, -(-(self._reserved + sum(outside) + nbytes) // self.part_size))
+
     def _publish(self) -> None:
-        """Tell the node's count this process's parts in flight now (and the GETs beside
-        them: :meth:`outside`, which calls this without the lock)."""
+        """Tell the node's count what this process uses now (:meth:`outside` calls this
+        without the engine's lock)."""
         if self._node is not None:
-            self._node.publish(self._in_flight + len(self._outside))
+            with self._publishing:
+                self._node.publish(self._used())
+
+    def _claim(self, nbytes: int) -> bool:
+        """(Lock held.) Whether a part of ``nbytes`` may start as far as the node is
+        concerned: always within this process's limit; past it, only if the node's
+        total stays within the budget with it, counted again after writing it."""
+        if self._node is None or self._in_flight + len(self._outside) < self.limit:
+            return True
+        with self._publishing:
+            return self._node.claim(self._used(nbytes))
 
     def _ensure_threads(self) -> None:
         alive = [t for t in self._threads if t.is_alive()]
         generation = self._generation
-        threads = self.limit if self._node is None else max(self.limit, self._node.total)
+        threads = self._slots()  # (more when the node leaves room: a thread a part in flight)
         while len(alive) < threads:
             thread = threading.Thread(target=self._run, args=(generation,), daemon=True,
                                       name=f"roxxel-part-{len(alive)}")
@@ -546,6 +568,8 @@ class PartEngine:
             if waited and not transfer.urgent and others >= cap:
                 return None  # (the urgent ones sort first: nothing after this one is)
             if i == transfer.consumed or (not full and held + transfer.nbytes(i) <= budget):
+                if not self._claim(transfer.nbytes(i)):
+                    return None  # (another process took the room first)
                 self._spread(transfer, slots)
                 return transfer, i  # (a part its consumer waits for goes even past the budget)
             full = True  # nothing jumps this transfer's turn but a part being waited for
@@ -620,8 +644,8 @@ class PartEngine:
                 transfer.skip_given()
                 transfer.in_flight += 1
                 self._in_flight += 1
-                self._publish()
                 self._reserved += transfer.nbytes(i)
+                self._publish()
                 if self._busy_since is None:
                     self._busy_since = self._clock()
             tracer = trace.current()
@@ -638,10 +662,10 @@ class PartEngine:
             end = self._clock()
             with self._cond:
                 self._in_flight -= 1
-                self._publish()
                 transfer.in_flight -= 1
                 if transfer.done or isinstance(result, int):  # dropped, or placed: in no buffer
                     self._reserved -= transfer.nbytes(i)
+                self._publish()
                 if transfer.done:
                     self._keep(result)
                 else:
@@ -651,7 +675,9 @@ class PartEngine:
                     self._moved(transfer.store, nbytes, end - start)
                     self.stats["gets"] += 1
                     self.stats["bytes"] += nbytes
-                    self.concurrency.transferred(end, nbytes, saturated=self._waiting())
+                    # (the limit is what holds parts back only while none are borrowed)
+                    saturated = self._waiting() and self._in_flight <= self.limit
+                    self.concurrency.transferred(end, nbytes, saturated=saturated)
                     if generation == self._generation and self._transfers:
                         self._ensure_threads()  # the limit may have grown
                 if tracer is not None:

@@ -75,7 +75,7 @@ def _after_fork_in_child() -> None:
     for residency in list(_LIVE):
         residency._lock = threading.Lock()
         residency._first_cond = threading.Condition(residency._lock)
-        residency._engine = None
+        residency._engine = residency._used_engine = None  # (the parent's: see parts.engine)
         residency._transfers = {}
         residency._wanted = set()
         residency._heads = {}  # (their reads' threads did not come along)
