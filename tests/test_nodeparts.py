@@ -74,10 +74,14 @@ def test_a_count_out_of_range_is_taken_as_at_most_the_budget(tmp_path, other_pro
     assert me.others() == 8
 
 
-@pytest.mark.parametrize("kind", ["symlink", "shared", "directory"])
+@pytest.mark.parametrize("kind", ["symlink", "hard link", "shared", "directory"])
 def test_a_file_that_is_not_this_user_s_own_leaves_the_process_to_its_share(tmp_path, kind):
     path = tmp_path / "count"
-    if kind == "symlink":
+    if kind == "hard link":
+        (tmp_path / "elsewhere").write_bytes(b"precious")
+        (tmp_path / "elsewhere").chmod(0o600)
+        os.link(tmp_path / "elsewhere", path)
+    elif kind == "symlink":
         (tmp_path / "elsewhere").write_bytes(b"")
         path.symlink_to(tmp_path / "elsewhere")
     elif kind == "shared":
@@ -86,6 +90,8 @@ def test_a_file_that_is_not_this_user_s_own_leaves_the_process_to_its_share(tmp_
     else:
         path.mkdir()
     assert NodeParts.join(8, str(path)) is None
+    if kind == "hard link":
+        assert (tmp_path / "elsewhere").read_bytes() == b"precious"
 
 
 def test_the_count_is_in_dev_shm_unless_the_environment_says_where_or_off(monkeypatch, tmp_path):

@@ -50,7 +50,7 @@ __all__ = ["ENV_NODE_COUNT", "ROWS", "NodeParts", "node_parts_file"]
 log = logging.getLogger(__name__)
 
 ROWS = 256  # processes of a user on a node that can take part (others keep their share)
-_ROW_BYTES = 8  # (int32 pid, int32 parts in flight)
+_ROW_BYTES = 8  # (int32 pid, int32 parts' worth of the budget in use)
 _REAP_SECONDS = 1.0  # how often dead processes' rows are looked for, at most
 #: How long a sum of the other processes' counts is used again: each of a process's idle
 #: connection threads asks on every part's end, and a part takes milliseconds at least.
@@ -113,7 +113,10 @@ class NodeParts:
         _KEPT.append(fd)  # (never closed: see the module)
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            # (one link only: a name in the shared directory made a hard link to another of
+            # the user's files would have us write into that file)
+            if (not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077
+                    or info.st_nlink != 1):
                 _alone(path, "not a regular file of this user's alone", logging.WARNING)
                 return None
             # (zeros: a row of no process) Its pages are allocated now, not on the first
