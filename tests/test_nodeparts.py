@@ -230,3 +230,25 @@ def test_a_get_beside_the_engine_is_counted_while_in_flight(tmp_path):
     with e.outside(64 * KIB, FakeStore({})):
         assert node._rows[node.row, 1] == 1
     assert node._rows[node.row, 1] == 0
+
+
+def test_a_trace_shows_the_node_s_other_processes_parts(tmp_path, other_process):
+    import json
+
+    from roxxel import trace
+
+    node = NodeParts.join(8, str(tmp_path / "count"))
+    other_process(3)
+    trace.start(tmp_path / "run.json")
+    try:
+        e = PartEngine(parts=4, part_size=64 * KIB, node=node)
+        e.attach()
+        try:
+            download(e, FakeStore({"a": bytes(4 * 64 * KIB)}), "a")
+        finally:
+            e.detach()
+    finally:
+        path = trace.stop()
+    events = json.loads(open(path).read())["traceEvents"]
+    counters = [ev["args"] for ev in events if ev.get("ph") == "C" and ev.get("name") == "downloads"]
+    assert counters and all(args["node_others"] == 3 for args in counters)

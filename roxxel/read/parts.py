@@ -681,8 +681,9 @@ class PartEngine:
                     if generation == self._generation and self._transfers:
                         self._ensure_threads()  # the limit may have grown
                 if tracer is not None:
+                    node = {} if self._node is None else {"node_others": self._node.others()}
                     tracer.counter("downloads", parts_in_flight=self._in_flight, limit=self.limit,
-                                   bytes_held=self._reserved)
+                                   bytes_held=self._reserved, **node)  # (the node's other processes' parts)
                 if self._in_flight == 0 and self._busy_since is not None:
                     self.stats["busy_seconds"] += end - self._busy_since
                     self._busy_since = None
