@@ -66,6 +66,11 @@ def test_a_process_sees_the_others_counts_and_not_its_own_nor_a_dead_one_s(tmp_p
     assert me.others() == 0  # its row cleared: its lock could be taken
 
 
+def test_a_process_has_one_row_however_often_it_joins(tmp_path):
+    path = str(tmp_path / "count")
+    assert NodeParts.join(8, path) is NodeParts.join(8, path)
+
+
 def test_a_count_out_of_range_is_taken_as_at_most_the_budget(tmp_path, other_process):
     me = NodeParts.join(8, str(tmp_path / "count"))
     assert me is not None

@@ -64,6 +64,9 @@ ENV_NODE_COUNT = "ROXXEL_NODE_COUNT"
 # Every descriptor and map of a count's file this process made, kept until it ends (see the
 # module: closing one, even a forked child's copy, lets go of the process's row lock).
 _KEPT: list[object] = []
+# This process's row in each file it joined: a second join would take the same row again
+# (the process's own lock does not keep it out), and the two would write over each other.
+_JOINED: dict[tuple[int, str], NodeParts] = {}
 
 
 def node_parts_file() -> str | None:
@@ -83,7 +86,8 @@ class NodeParts:
 
     ``total`` is the node's budget of parts in flight. :meth:`publish` writes this
     process's count, :meth:`others` sums the other processes'. Made by :meth:`join`,
-    once per process and file (a lock on the file is the process's, not the object's).
+    once per process and file (a lock on the file is the process's, not the object's:
+    the process has one row).
     """
 
     def __init__(self, path: str, fd: int, rows: mmap.mmap, row: int, total: int,
@@ -100,11 +104,13 @@ class NodeParts:
     @classmethod
     def join(cls, total: int, path: str | None = None) -> NodeParts | None:
         """This process's row in the file at ``path`` (default :func:`node_parts_file`),
-        claimed now; None where there is none to be had. Once per process and file: the
-        process's lock on its row is the process's, not this object's."""
+        claimed now, or the one it claimed before; None where there is none to be had."""
         path = path or node_parts_file()
         if path is None:
             return None
+        joined = _JOINED.get((os.getpid(), path))
+        if joined is not None:
+            return joined
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -135,7 +141,7 @@ class NodeParts:
         _KEPT.append(rows)
         for row in range(ROWS):
             if _try_lock(fd, row):
-                node = cls(path, fd, rows, row, total)
+                node = _JOINED[os.getpid(), path] = cls(path, fd, rows, row, total)
                 node._rows[row] = (os.getpid(), 0)
                 return node
         _alone(path, "every row taken", logging.DEBUG)
