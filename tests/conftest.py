@@ -32,9 +32,13 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 # The tests' processes count their parts in flight apart from the user's other roxxel
 # processes (a benchmark running beside them, say): roxxel.read.nodeparts.
 if "ROXXEL_NODE_COUNT" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
-    os.environ["ROXXEL_NODE_COUNT"] = os.path.join(tempfile.mkdtemp(prefix="roxxel-tests-"), "node-count")
+    _count_dir = tempfile.mkdtemp(prefix="roxxel-tests-")
+    atexit.register(shutil.rmtree, _count_dir, ignore_errors=True)
+    os.environ["ROXXEL_NODE_COUNT"] = os.path.join(_count_dir, "node-count")
 
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
