@@ -41,7 +41,8 @@ from ..manifest.heads import HEAD_BYTES, Head, index_start
 from .parts import PartEngine, Placement
 from .parts import engine as process_engine
 
-__all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "after_head", "checked_offsets", "on_thread"]
+__all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "after_head", "checked_offsets", "on_thread",
+           "read_beside"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,11 +114,8 @@ class HeadFetch:
         return got
 
     def read(self, start: int, end: int, into: memoryview) -> memoryview:
-        """Bytes ``[start, end)`` of the shard (``Store.read_part``), counted against the
-        part engine's limit and budget while in flight, its throttled retries slowing the
-        engine down as a part's do."""
-        with self._engine.outside(end - start, self.store):
-            return self.store.read_part(self.key, start, end, into, on_failure=self._engine.retried)
+        """Bytes ``[start, end)`` of the shard: :func:`read_beside`."""
+        return read_beside(self._engine, self.store, self.key, start, end, into)
 
     def done(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds for every read to end; whether they have."""
@@ -228,6 +226,14 @@ def after_head(fetch: HeadFetch, into: Placement, sink: Callable[[memoryview], o
         sink(chunk)
 
     return feed
+
+
+def read_beside(engine: PartEngine, store: Store, key: str, start: int, end: int, into: memoryview) -> memoryview:
+    """Bytes ``[start, end)`` of ``key`` (``Store.read_part``) read beside the part
+    ``engine``: counted against its limit and budget while in flight, its throttled
+    retries slowing the engine down as a part's do."""
+    with engine.outside(end - start, store):
+        return store.read_part(key, start, end, into, on_failure=engine.retried)
 
 
 def on_thread(work: Callable[..., T], *args: object) -> Future[T]:

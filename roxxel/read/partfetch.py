@@ -31,7 +31,7 @@ from ..backends import Store
 from ..errors import IntegrityError, RoxxelError
 from ..manifest.heads import Head, index_start
 from ..manifest.parts import Parts
-from .head import MAX_HEAD_BYTES, PIECE, checked_offsets, on_thread
+from .head import MAX_HEAD_BYTES, PIECE, checked_offsets, on_thread, read_beside
 from .parts import PartEngine, Transfer
 from .parts import engine as process_engine
 from .views import RecordViews, record_views
@@ -94,10 +94,8 @@ class PartFetch:
         self._checked: tuple[PartRecords | None] | None = None
 
     def read(self, start: int, end: int, into: memoryview) -> memoryview:
-        """Bytes ``[start, end)`` of the shard (``Store.read_part``), counted against the
-        part engine's limit and budget while in flight, as a head's are."""
-        with self._engine.outside(end - start, self.store):
-            return self.store.read_part(self.key, start, end, into, on_failure=self._engine.retried)
+        """Bytes ``[start, end)`` of the shard: :func:`~roxxel.read.head.read_beside`, as a head's."""
+        return read_beside(self._engine, self.store, self.key, start, end, into)
 
     def span(self, check_cancelled: Callable[[], None] | None = None) -> tuple[int, int] | None:
         """The bytes ``[start, end)`` of the shard that the parts are, waiting for the
