@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import re
 import threading
 import time
 
@@ -80,7 +81,7 @@ def test_a_count_out_of_range_is_taken_as_at_most_the_budget(tmp_path, other_pro
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hard link", "shared", "directory"])
-def test_a_file_that_is_not_this_user_s_own_leaves_the_process_to_its_share(tmp_path, kind):
+def test_a_file_that_is_not_this_user_s_own_leaves_the_process_to_its_share(tmp_path, kind, caplog):
     path = tmp_path / "count"
     if kind == "hard link":
         (tmp_path / "elsewhere").write_bytes(b"precious")
@@ -94,7 +95,10 @@ def test_a_file_that_is_not_this_user_s_own_leaves_the_process_to_its_share(tmp_
         path.chmod(0o666)
     else:
         path.mkdir()
-    assert NodeParts.join(8, str(path)) is None
+    with caplog.at_level("WARNING", logger="roxxel.read.nodeparts"):
+        assert NodeParts.join(8, str(path)) is None
+    assert any(re.search(rf"{re.escape(str(path))}: no count of the node's parts in flight \(.*\): this process "
+                         r"keeps its share of the node's budget", m) for m in caplog.messages), caplog.messages
     if kind == "hard link":
         assert (tmp_path / "elsewhere").read_bytes() == b"precious"
 

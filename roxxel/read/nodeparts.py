@@ -114,7 +114,7 @@ class NodeParts:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            _alone(path, exc, logging.WARNING if exc.errno in (errno.EACCES, errno.ELOOP) else logging.DEBUG)
+            _alone(path, exc, logging.WARNING if exc.errno in (errno.EACCES, errno.ELOOP, errno.EISDIR) else logging.DEBUG)
             return None
         _KEPT.append(fd)  # (never closed: see the module)
         try:
