@@ -114,7 +114,8 @@ class NodeParts:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            _alone(path, exc, logging.WARNING if exc.errno in (errno.EACCES, errno.ELOOP, errno.EISDIR) else logging.DEBUG)
+            planted = exc.errno in (errno.EACCES, errno.ELOOP, errno.EISDIR)  # (another's, a link, a directory)
+            _alone(path, exc, logging.WARNING if planted else logging.DEBUG)
             return None
         _KEPT.append(fd)  # (never closed: see the module)
         try:
