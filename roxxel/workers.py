@@ -6,7 +6,9 @@ when the order changes), the writer's uploads (staging bounded by blocking on th
 uploads' futures) and the operations' parallel jobs (:meth:`WorkerPool.run`: results in
 order, the first failure stops the rest).
 
-Threads start lazily, are named, and end on :meth:`WorkerPool.close` and also when the
+Threads start lazily, on the process's one starting thread rather than the submitter's
+(:func:`start_soon`: a thread's start waits for it to take the GIL, up to milliseconds
+each while downloads run), are named, and end on :meth:`WorkerPool.close` and also when the
 main thread has ended (they are daemons that wait on their queue with a timeout), so a
 forgotten ``close()`` never hangs interpreter exit. A pool that is stopping makes
 :meth:`WorkerPool.check` raise :class:`Cancelled` inside its running jobs, so they stop
@@ -27,7 +29,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any, TypeVar
 
-__all__ = ["Cancelled", "PartThreads", "WorkerPool", "node_share"]
+__all__ = ["Cancelled", "PartThreads", "WorkerPool", "node_share", "start_soon", "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def node_share() -> int:
@@ -51,6 +58,51 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _POLL_SECONDS = 0.5  # how soon an idle thread notices that the main thread has ended
+
+
+class _Starter:
+    """The process's one thread that starts other threads (:func:`start_soon`), made on
+    first use; a forked child makes its own."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        # (in a child: a lock a parent's thread held at the fork would stay locked, and
+        # the parent's starting thread did not come along)
+        self._lock = threading.Lock()
+        self._starts: queue.SimpleQueue[Callable[[], None]] | None = None
+
+    def soon(self, start: Callable[[], None]) -> None:
+        with self._lock:
+            if self._starts is None:
+                self._starts = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._starts,), name="roxxel-starter",
+                                 daemon=True).start()
+            self._starts.put(start)
+
+    @staticmethod
+    def _serve(starts: queue.SimpleQueue[Callable[[], None]]) -> None:
+        # (a daemon blocked on its queue for the process's life: it never holds up exit)
+        while True:
+            start = starts.get()
+            try:
+                start()
+            except BaseException:  # noqa: BLE001 - the next owner's threads must still start
+                log.exception("roxxel: starting a thread failed")
+
+
+_STARTER = _Starter()
+
+
+def start_soon(start: Callable[[], None]) -> None:
+    """Call ``start`` (which starts threads) on the process's one starting thread, after
+    those asked for before it, instead of on the caller's: a thread's start waits for the
+    new thread to take the GIL, which takes up to milliseconds each while downloads run
+    (a reader starting a dozen download threads before its first record waited 10-50 ms
+    on loopback). ``start`` must not raise what its owner needs to see: it is logged."""
+    _STARTER.soon(start)
 
 
 class Cancelled(Exception):
@@ -80,8 +132,12 @@ class WorkerPool:
         self._stop = threading.Event()
         if stopped:
             self._stop.set()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # (those started: close() joins them)
         self._grow = threading.Lock()
+        self._wanted = 0  # threads the jobs submitted call for (one a job, up to the size)
+        self._made = 0  # threads made, started or about to be
+        self._starting = False  # the starting thread has been asked to start them (_more)
+        self._started = threading.Condition(self._grow)  # told when it is done (close waits for it)
 
     def _after_fork(self) -> None:
         # The parent's threads did not come along, and its queue is not ours: start
@@ -110,15 +166,38 @@ class WorkerPool:
         self._after_fork()
         if self._stop.is_set():
             raise RuntimeError(f"{self._name}: the pool is closed")
-        with self._grow:  # callers may submit from several threads
-            if len(self._threads) < self._size:
-                name = f"{self._name}-{len(self._threads)}"
-                t = threading.Thread(target=self._serve, name=name, daemon=True)
-                self._threads.append(t)
-                t.start()
         future: Future[T] = Future()
         self._jobs.put((future, fn))
+        with self._grow:  # callers may submit from several threads
+            self._wanted = min(self._size, self._wanted + 1)
+            start = not self._starting and self._made < self._wanted
+            self._starting = self._starting or start
+        if start:
+            start_soon(self._more)
         return future
+
+    def _more(self) -> None:
+        """(On the starting thread.) Start threads until there are as many as the jobs
+        submitted call for, or the pool stops."""
+        try:
+            while True:
+                with self._grow:
+                    if self._made >= self._wanted or self._stop.is_set() or self.forked:
+                        self._starting = False
+                        self._started.notify_all()
+                        return
+                    name = f"{self._name}-{self._made}"
+                    self._made += 1
+                thread = threading.Thread(target=self._serve, name=name, daemon=True)
+                thread.start()
+                with self._grow:
+                    self._threads.append(thread)
+        except BaseException:
+            with self._grow:  # (no thread to be had: the next submit asks again)
+                self._made = len(self._threads)
+                self._starting = False
+                self._started.notify_all()
+            raise
 
     def run(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``fn(item)`` for every item, started in order; the results in item order.
@@ -180,7 +259,10 @@ class WorkerPool:
             return
         self._stop.set()
         self.cancel_pending()
-        for _ in self._threads:
+        if wait:  # (threads being started are started, or not, before they are joined)
+            with self._grow:
+                self._started.wait_for(lambda: not self._starting, timeout)
+        for _ in range(self._made):  # (one a thread, started or about to be)
             self._jobs.put(None)
         if not wait:
             return

@@ -19,6 +19,7 @@ from blake3 import blake3
 import roxxel
 import roxxel.read.head
 import roxxel.read.parts
+import roxxel.read.residency
 import roxxel.writer
 from roxxel.backends import Store
 from roxxel.build import commit, write_part
@@ -1042,3 +1043,61 @@ def test_a_merge_keeps_every_source_s_heads_and_they_check_out(tmp_path, small_h
     heads = [s.head for s in (*first.shards, *second.shards)]
     assert sum(1 for h in heads if h) >= 4 and [s.head for s in merged.shards] == heads
     assert ops.verify(dest).ok  # (verify checks each head against its shard's bytes)
+
+
+def test_a_head_s_reads_start_one_another_not_the_reader(tmp_path, small_heads, monkeypatch):
+    """The reader starts one thread for a head's GETs, and each the next before its GET: a
+    thread's start waits for the new one to take the GIL, which the reader need not."""
+    monkeypatch.setattr(roxxel.read.head, "PIECE", 16 * 1024)
+    url, recs, manifest = written(tmp_path)
+    first = manifest.shards[0]
+    store = InParts(url)
+    store.hold_head = threading.Event()
+    starters: list[str] = []
+    start = threading.Thread.start
+
+    def recorded(self):
+        starters.append(threading.current_thread().name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", recorded)
+    fetch = HeadFetch(store, first.uri, first.records, first.stored_size, parse_head(first.head))
+    assert not fetch.done(0.3) and store.head_peak == 5  # (still all side by side)
+    store.hold_head.set()
+    assert fetch.done(10) and fetch.records() is not None
+    assert starters.count(threading.current_thread().name) == 1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_downloads_ahead_wait_for_a_head_s_first_record_only_where_connections_are_fast(
+        tmp_path, small_heads, monkeypatch, fast):
+    """Where the store's connections are fast (loopback), the CPU is the limit, and the
+    other downloads wait until the reader has its first record from the head; where they
+    are slow, they start beside the head's GETs once those have been in flight longer than
+    a fast connection would take."""
+    monkeypatch.setattr(roxxel.read.parts.PartEngine, "_slow", lambda self, store: not fast)
+    monkeypatch.setattr(roxxel.read.residency, "_FIRST_GRACE", 30.0)  # (no reader this soon: not here)
+    url, recs, manifest = written(tmp_path)
+    assert len(manifest.shards) > 2
+    store = InParts(url)
+    store.hold_head = threading.Event()
+    with roxxel.open(url, cache_dir=str(tmp_path / "cache"), store=store) as ds:
+        it = iter(ds)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(bytes(next(it))))
+        reader.start()
+        others = lambda: [r for r in store.reads if r[0] == "shard" and r[1] != manifest.shards[0].uri]  # noqa: E731
+        if fast:
+            time.sleep(0.3)
+            assert [r for r in store.reads if r[0] == "shard"] == []  # (not even the first shard's parts)
+        else:
+            deadline = time.monotonic() + 10
+            while not others() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert others() and not got  # (beside the head's GETs, still held)
+        store.hold_head.set()
+        reader.join(10)
+        assert got == recs[:1]
+        store.release.set()
+        got += [bytes(r) for r in it]
+    assert got == recs

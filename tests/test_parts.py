@@ -1218,3 +1218,113 @@ def test_an_uncompressed_shard_is_placed_in_its_temp_file_and_still_verified(tmp
                 pytest.raises(IntegrityError, match=r"checksum is .*expected"):
             ds[0]
     assert not [p for p in cache.rglob("*.part")]
+
+
+# -- fast connections, a first record's GETs, wake-ups ----------------------------------
+
+
+def fast(engine: PartEngine, store: FakeStore) -> FakeStore:
+    """``store``, its connections shown fast to ``engine`` (a part in no time)."""
+    engine._rates[store] = float("inf")
+    return store
+
+
+def test_where_connections_are_fast_the_cpus_bound_the_parts_in_flight():
+    """On loopback the CPUs, not the link, are the limit: ``cpu_parts`` in flight at most,
+    the node's other processes' parts counted against them; on a slow store, the limit."""
+    data = np.random.default_rng(21).bytes(2048 * KIB)
+    e = PartEngine(parts=8, part_size=64 * KIB, cpu_parts=3)
+    e.attach()
+    try:
+        quick = fast(e, FakeStore({"a": data}, delay=0.01))
+        assert download(e, quick, "a") == data and quick.peak == 3
+        slow = FakeStore({"a": data}, delay=0.01)  # (nothing shown yet: maybe slow)
+        assert download(e, slow, "a") == data and slow.peak == 8
+    finally:
+        e.detach()
+    unbound = PartEngine(parts=8, part_size=64 * KIB)  # (no cpu_parts: the limit, however fast)
+    unbound.attach()
+    try:
+        quick = fast(unbound, FakeStore({"a": data}, delay=0.01))
+        assert download(unbound, quick, "a") == data and quick.peak == 8
+    finally:
+        unbound.detach()
+
+
+def test_the_cpus_parts_are_the_node_s(tmp_path):
+    """With the node's count, what the node's other processes use comes off ``cpu_parts``
+    (one part at least)."""
+    from roxxel.read.nodeparts import NodeParts
+
+    node = NodeParts.join(16, str(tmp_path / "count"))
+    e = PartEngine(parts=8, part_size=64 * KIB, node=node, cpu_parts=4)
+    store = fast(e, FakeStore({"a": b"x" * 256 * KIB}))
+    with e._cond:
+        e._transfers.append(parts.Transfer(store, "a", 256 * KIB, 64 * KIB, 1))
+        assert e._slots() == 4
+        node.others = lambda: 3  # (another process has 3 parts in flight)
+        assert e._slots() == 1
+        node.others = lambda: 9
+        assert e._slots() == 1
+        e._rates.clear()  # (slow after all: the node's budget, less the others')
+        assert e._slots() == 8
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_parts_leave_a_first_record_s_gets_room(slow):
+    """While GETs a first record waits for are in flight beside the engine (``outside(first=)``):
+    no part where the store's connections are fast, or until the GETs have taken longer
+    than a fast connection would; then, on a slow store, a quarter of the slots."""
+    now = [0.0]
+    e = PartEngine(parts=8, part_size=64 * KIB, clock=lambda: now[0])
+    data = np.random.default_rng(22).bytes(1024 * KIB)
+    store = FakeStore({"a": data})
+    if not slow:
+        fast(e, store)
+    store.gate = threading.Event()
+    e.attach()
+    got = bytearray()
+    try:
+        with e.outside(64 * KIB, store, first=True):
+            reader = threading.Thread(target=e.download, args=(store, "a", len(data), got.extend))
+            reader.start()
+            time.sleep(0.2)
+            assert store.calls == []  # (held back: fast, or maybe so for now)
+            now[0] += parts._TAPER_SECONDS * parts._RATE_BYTES / e.part_size  # (a fast connection's time)
+            with e._cond:
+                e._cond.notify_all()
+            deadline = time.monotonic() + 10
+            while slow and len(store.calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.1)
+            assert len(store.calls) == (8 // 4 if slow else 0)
+        store.gate.set()
+        reader.join(10)
+        assert bytes(got) == data and store.peak <= 8
+    finally:
+        store.gate.set()
+        e.detach()
+
+
+def test_an_event_wakes_one_connection_thread_not_all():
+    """Each event (a part landing, one consumed) wakes one waiting connection thread, and
+    one that picks a part wakes the next: with 32 threads and room for 4 parts, a
+    download of 64 parts takes a few picks a part, not one for every idle thread at
+    every event (about 1,900 here, which on loopback cost a quarter more CPU)."""
+    data = np.random.default_rng(23).bytes(64 * 16 * KIB)
+    e = PartEngine(parts=32, part_size=16 * KIB, max_bytes=4 * 16 * KIB)
+    picks = [0]
+    pick = e._pick
+
+    def counted():
+        picks[0] += 1
+        return pick()
+
+    e._pick = counted
+    e.attach()
+    try:
+        store = FakeStore({"a": data}, delay=0.002)
+        assert download(e, store, "a") == data and store.peak == 4
+    finally:
+        e.detach()
+    assert 64 <= picks[0] <= 6 * 64 + 2 * 32

@@ -130,3 +130,39 @@ def test_a_forked_child_starts_afresh_and_a_closed_pool_stays_closed():
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_a_pool_s_threads_are_started_by_the_process_s_starting_thread_not_the_submitter(monkeypatch):
+    """A thread's start waits for the new thread to take the GIL (milliseconds each while
+    downloads run): a submitter starts none, but the process's starting thread once."""
+    starters: list[str] = []
+    start = threading.Thread.start
+
+    def recorded(self):
+        starters.append(threading.current_thread().name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", recorded)
+    pool = WorkerPool(4, name="roxxel-test-burst")
+    together = threading.Barrier(5)
+    try:
+        futures = [pool.submit(lambda: together.wait(10)) for _ in range(4)]
+        together.wait(10)  # (all four run at once: four threads)
+        for future in futures:
+            future.result(10)
+        assert starters.count(threading.current_thread().name) <= 1  # (the starting thread, if it was not yet)
+        assert starters.count("roxxel-starter") == 4
+        assert sorted(alive("roxxel-test-burst")) == [f"roxxel-test-burst-{i}" for i in range(4)]
+    finally:
+        pool.close()
+    assert alive("roxxel-test-burst") == []
+
+
+def test_close_waits_for_threads_being_started():
+    """A pool closed while its threads are being started ends with none of them alive."""
+    for i in range(20):
+        pool = WorkerPool(8, name=f"roxxel-test-close-{i}")
+        for _ in range(8):
+            pool.submit(lambda: None)
+        pool.close()
+        assert alive(f"roxxel-test-close-{i}-") == []

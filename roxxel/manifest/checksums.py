@@ -15,7 +15,6 @@ sha256 and blake2b manifests stay readable and are verified as before.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import reprlib
 from collections.abc import Callable, Mapping
@@ -27,6 +26,8 @@ from typing import Any, Protocol
 # download thread, and a process that forks while a thread imports a module leaves the
 # child waiting for that import forever (a DataLoader's fork workers hung so).
 from blake3 import blake3
+
+from ..workers import usable_cpus
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
@@ -84,8 +85,7 @@ def check_threads(size: int, share: int = 1) -> int:
     keep one: a pool of threads each is not worth its start for them."""
     if size < THREADED_CHECK_BYTES:
         return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cpus // max(1, share)))
+    return max(1, min(4, usable_cpus() // max(1, share)))
 
 
 #: Allowed checksum algorithms and the exact number of lowercase hex digits of each.

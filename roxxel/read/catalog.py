@@ -84,10 +84,11 @@ class ShardCatalog:
         store, table, k = self._part(g)
         return store.url(str(table.uris[k]))
 
-    def fetch_head(self, g: int, share: int = 1) -> HeadFetch | None:
+    def fetch_head(self, g: int, share: int = 1, *, leads: bool = False) -> HeadFetch | None:
         """Shard ``g``'s head being fetched (see :mod:`roxxel.read.head`), if its manifest
         entry gives it one and its store downloads shards in parts (elsewhere a whole
-        shard comes as soon as its head would); else None."""
+        shard comes as soon as its head would); else None. ``share`` and ``leads``: as
+        :class:`HeadFetch` takes them."""
         store, table, k = self._part(g)
         text = str(table.heads[k])
         if not text or not store.downloads_in_parts:
@@ -96,7 +97,7 @@ class ShardCatalog:
         if not HeadFetch.fits(records, size, head):
             log.debug("%s: its head is too large to fetch apart", store.url(str(table.uris[k])))
             return None
-        return HeadFetch(store, str(table.uris[k]), records, size, head, share=share)
+        return HeadFetch(store, str(table.uris[k]), records, size, head, share=share, leads=leads)
 
     def fetch_part(self, g: int, record: int) -> PartFetch | None:
         """The part that record ``record`` of shard ``g`` lies in being fetched (see

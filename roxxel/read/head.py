@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import TypeVar
@@ -42,7 +42,7 @@ from .parts import PartEngine, Placement
 from .parts import engine as process_engine
 
 __all__ = ["MAX_HEAD_BYTES", "PIECE", "HeadFetch", "HeadRecords", "after_head", "checked_offsets", "on_thread",
-           "read_beside"]
+           "on_threads", "read_beside"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,7 +73,8 @@ class HeadFetch:
     its records once checked (:meth:`records`). ``gets`` and ``index_bytes`` say what
     it asked the store for besides the shard's own bytes' worth. ``share``: how many
     heads are asked for together (a mixture's sources'): they split the engine's limit,
-    each making two GETs at least (a piece and the index)."""
+    each making two GETs at least (a piece and the index). ``leads``: a reader's first
+    record is the head's (the engine's parts leave its GETs room: ``outside(first=)``)."""
 
     @staticmethod
     def fits(records: int, stored_size: int, head: Head) -> bool:
@@ -82,9 +83,9 @@ class HeadFetch:
         return max(head.size, stored_size - index_start(records, stored_size)) <= MAX_HEAD_BYTES
 
     def __init__(self, store: Store, key: str, records: int, stored_size: int, head: Head,
-                 engine: PartEngine | None = None, share: int = 1) -> None:
+                 engine: PartEngine | None = None, share: int = 1, leads: bool = False) -> None:
         self.store, self.key, self.stored_size, self.head = store, key, stored_size, head
-        self._records = records
+        self._records, self._leads = records, leads
         self._first = bytearray(head.size)
         self._index = bytearray(stored_size - index_start(records, stored_size))
         # its GETs count against the part engine's limit and budget (this process's share
@@ -99,8 +100,9 @@ class HeadFetch:
         self._checked: tuple[HeadRecords | None] | None = None
         self._first_checked: tuple[bytearray | BaseException] | None = None
         index_at = index_start(records, stored_size)
-        self._index_read = on_thread(self._read, self._index, 0, index_at, stored_size)
-        self._reads = [on_thread(self._read, self._first, a, a, min(a + piece, head.size)) for a in self._starts]
+        reads = on_threads([(self._read, (self._index, 0, index_at, stored_size)),
+                            *((self._read, (self._first, a, a, min(a + piece, head.size))) for a in self._starts)])
+        self._index_read, self._reads = reads[0], reads[1:]
 
     def _read(self, into: bytearray, at: int, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of the shard, read into ``into`` at ``at``; the view of
@@ -115,7 +117,7 @@ class HeadFetch:
 
     def read(self, start: int, end: int, into: memoryview) -> memoryview:
         """Bytes ``[start, end)`` of the shard: :func:`read_beside`."""
-        return read_beside(self._engine, self.store, self.key, start, end, into)
+        return read_beside(self._engine, self.store, self.key, start, end, into, first=self._leads)
 
     def done(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds for every read to end; whether they have."""
@@ -228,29 +230,51 @@ def after_head(fetch: HeadFetch, into: Placement, sink: Callable[[memoryview], o
     return feed
 
 
-def read_beside(engine: PartEngine, store: Store, key: str, start: int, end: int, into: memoryview) -> memoryview:
+def read_beside(engine: PartEngine, store: Store, key: str, start: int, end: int, into: memoryview, *,
+                first: bool = False) -> memoryview:
     """Bytes ``[start, end)`` of ``key`` (``Store.read_part``) read beside the part
     ``engine``: counted against its limit and budget while in flight, its throttled
-    retries slowing the engine down as a part's do."""
-    with engine.outside(end - start, store):
+    retries slowing the engine down as a part's do. ``first``: a reader's first record
+    waits for them (:meth:`~roxxel.read.parts.PartEngine.outside`)."""
+    with engine.outside(end - start, store, first=first):
         return store.read_part(key, start, end, into, on_failure=engine.retried)
 
 
 def on_thread(work: Callable[..., T], *args: object) -> Future[T]:
-    """``work(*args)`` running on a daemon thread of its own (one stalled in the store
-    never holds the interpreter's exit, as a pool's thread would): its future."""
-    future: Future[T] = Future()
+    """``work(*args)`` running on a daemon thread of its own: its future (:func:`on_threads`)."""
+    return on_threads([(work, args)])[0]
 
-    def run() -> None:
+
+def on_threads(calls: Sequence[tuple[Callable[..., T], tuple[object, ...]]]) -> list[Future[T]]:
+    """Each ``work(*args)`` of ``calls`` running on a daemon thread of its own (one stalled
+    in the store never holds the interpreter's exit, as a pool's thread would): their
+    futures. The caller starts the first thread, and each thread the next before its
+    call: a thread's start waits for the new one to take the GIL, up to milliseconds
+    while downloads run, and the caller (a reader before its first record) has other
+    things to start."""
+    futures: list[Future[T]] = [Future() for _ in calls]
+
+    def run(i: int) -> None:
+        if i + 1 < len(calls):
+            start(i + 1)
+        work, args = calls[i]
         try:
             got = work(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits, raised there
-            future.set_exception(exc)
+            futures[i].set_exception(exc)
         else:
-            future.set_result(got)
+            futures[i].set_result(got)
 
-    threading.Thread(target=run, name="roxxel-head", daemon=True).start()
-    return future
+    def start(i: int) -> None:
+        try:
+            threading.Thread(target=run, args=(i,), name="roxxel-head", daemon=True).start()
+        except BaseException as exc:  # (no thread to be had: the calls not started fail with it)
+            for future in futures[i:]:
+                future.set_exception(exc)
+
+    if calls:
+        start(0)
+    return futures
 
 
 def _check(data: bytearray, expected: ShardKey, what: str) -> None:

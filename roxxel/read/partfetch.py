@@ -31,7 +31,7 @@ from ..backends import Store
 from ..errors import IntegrityError, RoxxelError
 from ..manifest.heads import Head, index_start
 from ..manifest.parts import Parts
-from .head import MAX_HEAD_BYTES, PIECE, checked_offsets, on_thread, read_beside
+from .head import MAX_HEAD_BYTES, PIECE, checked_offsets, on_thread, on_threads, read_beside
 from .parts import PartEngine, Transfer
 from .parts import engine as process_engine
 from .views import RecordViews, record_views
@@ -94,8 +94,9 @@ class PartFetch:
         self._checked: tuple[PartRecords | None] | None = None
 
     def read(self, start: int, end: int, into: memoryview) -> memoryview:
-        """Bytes ``[start, end)`` of the shard: :func:`~roxxel.read.head.read_beside`, as a head's."""
-        return read_beside(self._engine, self.store, self.key, start, end, into)
+        """Bytes ``[start, end)`` of the shard: :func:`~roxxel.read.head.read_beside`, as a
+        leading head's (a resume's first record waits for them)."""
+        return read_beside(self._engine, self.store, self.key, start, end, into, first=True)
 
     def span(self, check_cancelled: Callable[[], None] | None = None) -> tuple[int, int] | None:
         """The bytes ``[start, end)`` of the shard that the parts are, waiting for the
@@ -174,7 +175,7 @@ class PartFetch:
         starts = list(range(start, stop, piece))
         ends = [min(a + piece, stop) for a in starts]
         self.gets = 1 + len(starts)
-        reads = [on_thread(self.read, a, b, memoryview(buffer)[a - start : b - start]) for a, b in zip(starts, ends)]
+        reads = on_threads([(self.read, (a, b, memoryview(buffer)[a - start : b - start])) for a, b in zip(starts, ends)])
         views = [r.result() for r in reads]
         if any(view.obj is not buffer for view in views):  # (an attempt given up on may still write there)
             buffer = bytearray(stop - start)

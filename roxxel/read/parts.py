@@ -35,8 +35,20 @@ or of threads waiting for them:
   second (loopback, a store in the same rack), a part left to itself at the end arrives
   about that soon (what the others no longer take of the link goes to it), so cutting
   would save less than that, and every cut is one more GET.
+- **Few connections where they are fast.** Once a GET from every store being read has
+  moved a whole part in less than a tenth of a second (loopback, a store in the same
+  rack), the CPUs that check and keep the bytes are the limit, not the link: at most
+  :data:`CPU_PARTS` parts a CPU are in flight then (the node's, shared through its count;
+  :meth:`PartEngine._cpu_bound`). On loopback every client tried moved the same bytes
+  faster with 2-4 connections than with 32, and so did the engine.
+- **A first record's GETs go first.** While GETs a reader's first record waits for are in
+  flight beside the engine (a shard's head, a resume's part: :meth:`PartEngine.outside`
+  with ``first=True``), parts leave them room (:meth:`PartEngine._lead_cap`).
 - **Refilled as parts complete**, not in waves: a connection thread takes the next part
-  as soon as its last one is done.
+  as soon as its last one is done. An event that frees a slot wakes one waiting thread,
+  which wakes the next once it has picked a part, and a part's landing wakes its own
+  consumer only: 32 threads and a dozen consumers woken at every landing cost a cold
+  epoch on loopback about a quarter more CPU.
 - **In order to the consumer.** :meth:`PartEngine.download` hands an object's bytes to
   its sink in order, part by part, so the caller hashes the in-order prefix as it
   arrives (the cache publishes a shard only once it is whole and verified, as always).
@@ -93,7 +105,7 @@ from ..backends import Store
 from ..backends.errors import throttled
 from ..backends.through import Revoked, Through
 from ..backends.watchdog import partnered
-from ..workers import node_share
+from ..workers import node_share, usable_cpus
 from .nodeparts import NodeParts
 from .transfer import Concurrency, Placement, Transfer
 
@@ -111,6 +123,8 @@ __all__ = [
 ]
 
 DEFAULT_PART_SIZE = 8 * 2**20
+#: Parts in flight a CPU where a store's connections are fast (:meth:`PartEngine._cpu_bound`).
+CPU_PARTS = 2
 #: Parts in flight per node to start with: 32 connections of 50-100 MB/s each carry a
 #: link of 1.6-3.2 GB/s; :class:`Concurrency` raises it (to 2x) while throughput grows.
 DEFAULT_PARTS_IN_FLIGHT = 32
@@ -155,6 +169,7 @@ class PartEngine:
         max_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         node: NodeParts | None = None,
+        cpu_parts: int | None = None,
     ) -> None:
         for name, value in (("parts", parts), ("part_size", part_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -165,19 +180,31 @@ class PartEngine:
         self.concurrency = Concurrency(parts, minimum=min(2, parts), maximum=max(parts, max_parts))
         self._clock = clock
         self._node = node  # the node's count of parts in flight, if this process takes part (_slots)
+        # parts in flight at most where connections are fast (_cpu_bound): the node's, if it counts
+        self.cpu_parts = cpu_parts
         self._publishing = threading.Lock()  # (outside() publishes without the engine's lock)
         self.pid = os.getpid()  # a forked child makes its own engine (engine())
-        self._cond = threading.Condition(threading.Lock())
+        # The lock, and the connection threads' condition: a part may be picked. Each is
+        # woken alone (_wake), and one that picks a part wakes the next, so an event wakes
+        # as many as can pick, not every thread: at 32 threads (and a consumer a shard)
+        # woken at every part's landing and consumption, a cold epoch on loopback took a
+        # quarter more CPU. A transfer's consumer waits on its own ``landed``.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._transfers: list[Transfer] = []
         self._tickets = itertools.count(1)  # (next() needs no lock: a reader takes one while the threads hold it)
         self._in_flight = 0
         # GETs of this process's in flight beside the engine's, by their bytes (outside():
         # appended and removed without the lock, which 32 connection threads contend for)
         self._outside: list[int] = []
+        # those of them a reader's first record waits for, by their store and start (likewise)
+        self._leading: list[tuple[Store, float]] = []
+        self._wake: float | None = None  # when parts held back for them may go (_lead_cap)
         self._reserved = 0  # bytes in flight plus received and not consumed (unless placed)
         self._free: list[mmap.mmap] = []  # part buffers to reuse (as many as were in use at once)
         self._blocks: list[mmap.mmap] = []  # block buffers of placed parts to reuse (as many)
         self._threads: list[threading.Thread] = []
+        self._starting = threading.Lock()  # held by the caller starting threads (_ensure_threads)
         self._users = 0
         self._generation = 0  # bumped on stop: threads of an older generation end
         self.stats = {"gets": 0, "bytes": 0, "retries": 0, "throttled": 0, "busy_seconds": 0.0}
@@ -273,6 +300,7 @@ class PartEngine:
             raise ValueError(f"start must be in [0, {size}], got {start!r}")
         with self._cond:
             transfer = Transfer(store, key, size, self.part_size, next(self._tickets), start)
+            transfer.landed = threading.Condition(self._lock)
             transfer.on_part, transfer.on_retry = on_part, on_retry
             if into is not None:
                 into.claim()
@@ -287,10 +315,10 @@ class PartEngine:
         try:  # (registered inside: whatever interrupts it, _finish takes it out again)
             with self._cond:
                 self._transfers.append(transfer)
-                self._ensure_threads()
-                self._cond.notify_all()
+                self._cond.notify()
             if on_start is not None:
                 on_start(transfer)
+            self._ensure_threads()
             i = 0
             while i < self._parts_of(transfer):  # (a hurried transfer's may be cut finer)
                 data = self._wait_for(transfer, i, check_cancelled)
@@ -345,7 +373,8 @@ class PartEngine:
             transfer.urgent = True
             if first and not transfer.first:
                 self._first(transfer)
-            self._cond.notify_all()
+            self._cond.notify()
+            transfer.landed.notify_all()  # (its placed parts are not held back now: _deferred)
 
     def _first(self, transfer: Transfer) -> None:
         """(Lock held.) ``transfer`` is the first shard its reader waits for: the rest of
@@ -374,9 +403,9 @@ class PartEngine:
                     if not isinstance(data, int) and transfer.bounds[i] != transfer.given:
                         self._reserved -= transfer.nbytes(i)
                         self._publish()
-                    self._cond.notify_all()  # the budget has room again
+                    self._cond.notify()  # the budget has room again
                     return data
-                self._cond.wait(_POLL_SECONDS)
+                transfer.landed.wait(_POLL_SECONDS)
             if check_cancelled is not None:
                 check_cancelled()
 
@@ -394,7 +423,7 @@ class PartEngine:
         interrupted: KeyboardInterrupt | None = None
         while transfer.writing:  # a part being written to its placement: let it end first,
             try:  # even on Ctrl-C, since the caller closes the file next
-                self._cond.wait()
+                transfer.landed.wait()
             except KeyboardInterrupt as exc:  # raised once the writes are over
                 interrupted = exc
         for i in list(transfer.results):
@@ -406,32 +435,41 @@ class PartEngine:
         # parts still in flight give their bytes back when they land (see _run)
         if transfer in self._transfers:
             self._transfers.remove(transfer)
-        self._cond.notify_all()
+        self._cond.notify()
+        if transfer.first:  # (the others' placed parts wait for it to be done: _deferred)
+            for other in self._transfers:
+                other.landed.notify_all()
         if self._users == 0 and not self._transfers:
             self._stop_threads()
         if interrupted is not None:
             raise interrupted
 
     @contextmanager
-    def outside(self, nbytes: int, store: Store) -> Iterator[None]:
+    def outside(self, nbytes: int, store: Store, *, first: bool = False) -> Iterator[None]:
         """One GET of ``nbytes`` from ``store`` made beside the engine (a shard's head: see
         :mod:`roxxel.read.head`) counts against its limit and budget while it is in
         flight: the engine starts no part in its slot. It is not held back (it is what a
-        first record waits for). How fast it was tells how fast the store's connections
-        are (:meth:`_slow`)."""
-        self._outside.append(nbytes)  # (atomic: the GIL's)
-        self._publish()
+        first record waits for). ``first``: a reader's first record waits for it, and parts
+        leave it room while it is in flight (:meth:`_lead_cap`). How fast it was tells how
+        fast the store's connections are (:meth:`_slow`)."""
         began = self._clock()
+        lead = (store, began)
+        self._outside.append(nbytes)  # (atomic: the GIL's)
+        if first:
+            self._leading.append(lead)
+        self._publish()
         try:
             yield
             self._moved(store, nbytes, self._clock() - began)
         finally:
             self._outside.remove(nbytes)
+            if first:
+                self._leading.remove(lead)
             self._publish()
-            limited = self._in_flight + len(self._outside) + 1 >= self.limit
+            limited = first or self._in_flight + len(self._outside) + 1 >= self.limit
             if limited or self._reserved + sum(self._outside) + nbytes + self.part_size > self.budget:
                 with self._cond:  # (it may have held a part back; only then: the lock is contended)
-                    self._cond.notify_all()
+                    self._cond.notify()
 
     def _give(self, transfer: Transfer, start: int, end: int) -> None:
         """(Lock held, the transfer new.) Bytes ``[start, end)`` are the caller's to place
@@ -474,7 +512,7 @@ class PartEngine:
             if transfer.done:
                 return
             transfer.given_result = data if isinstance(data, BaseException) else end - start
-            self._cond.notify_all()
+            transfer.landed.notify_all()
 
     def retried(self, exc: BaseException) -> None:
         """A GET of this process's failed and is retried (a part's, or one made beside the
@@ -492,9 +530,26 @@ class PartEngine:
         node's other processes leave of the node's budget, if that is more (a part past
         the limit is then claimed in the count first: :meth:`_claim`)."""
         node = self._node
+        others = 0 if node is None else node.others()
         if node is None or self.concurrency.holding(self._clock()):
-            return self.limit
-        return max(self.limit, node.total - node.others())
+            slots = self.limit
+        else:
+            slots = max(self.limit, node.total - others)
+        if self._cpu_bound():
+            slots = min(slots, max(1, self.cpu_parts - others))
+        return slots
+
+    def _cpu_bound(self) -> bool:
+        """(Lock held.) Whether every store being read from has shown fast connections
+        (:meth:`_slow`), and the engine has a ``cpu_parts``: its CPUs, not the link, are
+        then the limit. On loopback, on 2 cores, every client moved the same bytes
+        faster with fewer connections (one that hashes and keeps them, 32 MiB shards:
+        0.24 s with 2, 0.26 with 4, 0.32 with 32), and the engine's epochs took 0.24 s
+        with 4 parts in flight and 0.29 s with 32 (1 x 256 MiB; README, Cold reads)."""
+        if self.cpu_parts is None:
+            return False
+        alive = [t for t in self._transfers if not t.done]
+        return bool(alive) and not any(self._slow(t.store) for t in alive)
 
     def _used(self, nbytes: int = 0) -> int:
         """The parts' worth of the node's budget this process uses (with a part of
@@ -521,15 +576,27 @@ class PartEngine:
             return self._node.claim(self._used(nbytes))
 
     def _ensure_threads(self) -> None:
-        alive = [t for t in self._threads if t.is_alive()]
-        generation = self._generation
-        threads = self._slots()  # (more when the node leaves room: a thread a part in flight)
-        while len(alive) < threads:
-            thread = threading.Thread(target=self._run, args=(generation,), daemon=True,
-                                      name=f"roxxel-part-{len(alive)}")
-            thread.start()
-            alive.append(thread)
-        self._threads = alive
+        """Start connection threads up to the slots (more when the node leaves room: a
+        thread a part in flight), unless another caller is starting them. Not under the
+        engine's lock: a thread's start waits for the new thread to take the GIL (about
+        a millisecond each while GETs are running: 32 took 10-20 ms at a cold start on
+        loopback), and meanwhile the threads already started pick parts."""
+        if not self._starting.acquire(blocking=False):
+            return  # (that caller starts as many as the slots are when it looks again)
+        try:
+            while True:
+                with self._cond:
+                    self._threads = [t for t in self._threads if t.is_alive()]
+                    if len(self._threads) >= self._slots() or not self._transfers:
+                        return
+                    generation, name = self._generation, f"roxxel-part-{len(self._threads)}"
+                thread = threading.Thread(target=self._run, args=(generation,), daemon=True, name=name)
+                thread.start()
+                with self._cond:
+                    if generation == self._generation:  # (else it ends at once: the engine stopped)
+                        self._threads.append(thread)
+        finally:
+            self._starting.release()
 
     def _pick(self) -> tuple[Transfer, int] | None:
         """The next part to fetch, if the limit and the budget allow one: in order of
@@ -537,6 +604,9 @@ class PartEngine:
         outside = self._outside[:]
         slots = self._slots()
         if self._in_flight + len(outside) >= slots:
+            return None
+        leading = self._leading[:]
+        if leading and self._in_flight >= self._lead_cap(leading, slots):
             return None
         # While a reader waits for a shard that has parts left to send, the others' parts
         # get at most half the slots: on a link (or a server) shared by every connection,
@@ -574,6 +644,24 @@ class PartEngine:
                 return transfer, i  # (a part its consumer waits for goes even past the budget)
             full = True  # nothing jumps this transfer's turn but a part being waited for
         return None
+
+    def _lead_cap(self, leading: list[tuple[Store, float]], slots: int) -> int:
+        """(Lock held.) How many parts may be in flight beside a first record's GETs
+        (``leading``: their stores and when they began; a head's, a resume's part).
+        Parts in every slot would take the share of the link (or on loopback, of the
+        CPU) those GETs need: the first record came 2-4 times later. So none while the
+        GETs are on a store whose connections are fast (:meth:`_slow`: they end within
+        milliseconds), or may yet be (they have been in flight less than a fast
+        connection takes for :data:`_RATE_BYTES`); else, on a slow store, a quarter of
+        the slots, which leave them their share of a link that 16 connections fill
+        without idling it for their first bytes' wait (README, Cold reads)."""
+        if not any(self._slow(store) for store, _ in leading):
+            return 0
+        grace = min(began for _, began in leading) + _TAPER_SECONDS * _RATE_BYTES / self.part_size
+        if self._clock() < grace:
+            self._wake = grace if self._wake is None else min(self._wake, grace)
+            return 0
+        return slots // 4
 
     def _spread(self, transfer: Transfer, slots: int) -> None:
         """(Lock held.) Near the end of what there is to fetch (over ``slots``: see
@@ -614,6 +702,11 @@ class PartEngine:
             if rate > self._rates.get(store, 0.0):
                 self._rates[store] = rate
 
+    def slow(self, store: Store) -> bool:
+        """Whether the connections of ``store`` may be slow, as far as its GETs have shown
+        (:meth:`_slow`)."""
+        return self._slow(store)
+
     def _slow(self, store: Store) -> bool:
         """Whether a whole part may take :data:`_TAPER_SECONDS` or more on one connection
         of ``store``, as far as its GETs have shown (before any has: yes)."""
@@ -638,8 +731,10 @@ class PartEngine:
                         return
                     picked = self._pick()
                     if picked is None:
-                        self._cond.wait(_POLL_SECONDS)
+                        wake, self._wake = self._wake, None  # (a part held back until then: _lead_cap)
+                        self._cond.wait(_POLL_SECONDS if wake is None else max(0.0, wake - self._clock()))
                 transfer, i = picked
+                self._cond.notify()  # (the next thread may pick one too)
                 transfer.issued = i + 1
                 transfer.skip_given()
                 transfer.in_flight += 1
@@ -676,10 +771,8 @@ class PartEngine:
                     self.stats["gets"] += 1
                     self.stats["bytes"] += nbytes
                     # (the limit is what holds parts back only while none are borrowed)
-                    saturated = self._waiting() and self._in_flight <= self.limit
+                    saturated = self._waiting() and self._in_flight <= self.limit and not self._cpu_bound()
                     self.concurrency.transferred(end, nbytes, saturated=saturated)
-                    if generation == self._generation and self._transfers:
-                        self._ensure_threads()  # the limit may have grown
                 if tracer is not None:
                     node = {} if self._node is None else {"node_others": self._node.others()}
                     tracer.counter("downloads", parts_in_flight=self._in_flight, limit=self.limit,
@@ -687,9 +780,12 @@ class PartEngine:
                 if self._in_flight == 0 and self._busy_since is not None:
                     self.stats["busy_seconds"] += end - self._busy_since
                     self._busy_since = None
-                self._cond.notify_all()
+                transfer.landed.notify_all()
+                self._cond.notify()  # (its slot is free)
             if transfer.on_part is not None and not isinstance(result, BaseException):
                 transfer.on_part(nbytes, start, end)
+            if not isinstance(result, BaseException):
+                self._ensure_threads()  # the limit may have grown
 
     def _fetch(self, transfer: Transfer, i: int) -> memoryview | int | BaseException:
         a, b = transfer.bounds[i]
@@ -745,7 +841,7 @@ class PartEngine:
             with self._cond:
                 transfer.writing -= 1
                 if transfer.done:
-                    self._cond.notify_all()  # (_finish waits for the writes to end)
+                    transfer.landed.notify_all()  # (_finish waits for the writes to end)
 
     def _recycle(self, data: memoryview | int | BaseException) -> None:
         """Keep a consumed part's buffer for the next part (fresh pages cost the kernel
@@ -810,7 +906,9 @@ def engine() -> PartEngine:
             total = node_parts()
             parts = max(4, -(-total // node_share()))
             node = NodeParts.join(total)
-            _ENGINE = PartEngine(parts=parts, max_bytes=max(2 * parts, total) * DEFAULT_PART_SIZE, node=node)
+            cpus = CPU_PARTS * usable_cpus()  # (the node's, shared through its count; else this one's share)
+            _ENGINE = PartEngine(parts=parts, max_bytes=max(2 * parts, total) * DEFAULT_PART_SIZE, node=node,
+                                 cpu_parts=cpus if node is not None else max(1, cpus // node_share()))
         return _ENGINE
 
 

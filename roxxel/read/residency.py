@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 #: reader waits for first (:meth:`Residency._await_first`); downloads with no reader
 #: behind them wait this long once.
 _FIRST_GRACE = 0.25
+#: How long GETs a first record waits for may be in flight on a store whose connections
+#: are fast: a tenth of a second for a part, 12.5 ms for a 1 MiB head piece.
+_LEAD_SECONDS = 0.0125
 _POLL_SECONDS = 0.25  # how soon a reader waiting for a head notices the residency closing
 
 DEFAULT_LOOKAHEAD = 4  # shards, at least
@@ -152,6 +155,9 @@ class Residency:
         self._mapped_any = False  # a reader has had a shard: its first record is no longer waited for
         self._first_asked = False  # the download a reader waits for first is with the engine
         self._led = False  # a reader's first records come from a head (no shard is its first)
+        # the store and start of the GETs beside the engine that the reader's first record
+        # waits for (a head's, a resume's part), until it has it (_await_first)
+        self._lead: tuple[Store, float] | None = None
         self._first_cond = threading.Condition(self._lock)  # (told when either changes, and on close)
         self._stats: dict[str, float] = {
             "shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0,
@@ -295,16 +301,39 @@ class Residency:
         unless it is that one: threads start downloads in any order, and parts on the wire
         are not taken back. (Shaped, 6 x 256 MiB: when the next shard's download came
         first, its parts took half the slots, the first shard's parts went at half the
-        link, and the first record came after 1.1-1.5 s instead of 0.84.)"""
+        link, and the first record came after 1.1-1.5 s instead of 0.84.)
+
+        Where the first record comes from GETs beside the engine (a head's, a resume's
+        part), it waits until the reader has that record, unless those GETs show the
+        store's connections to be slow (still in flight after :data:`_LEAD_SECONDS`, with
+        no GET from it having been fast), where the link needs the other downloads
+        beside them. Where they are fast (loopback), the CPU is the limit: a dozen
+        downloads starting beside them, each on a thread of its own, took it (and the
+        GIL) from the reader, and the first record came 2-4 times later."""
         deadline = time.monotonic() + _FIRST_GRACE
         with self._first_cond:
             while not (self._mapped_any or self._first_asked or self._closed or k in self._wanted):
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
+                if left > 0 and self._lead is not None:
+                    store, began = self._lead
+                    slow_at = began + _LEAD_SECONDS
+                    if now < slow_at:
+                        left = slow_at - now
+                    elif engine().slow(store):
+                        left = 0  # (the link wants them)
                 if left <= 0:  # no reader this soon: hold no download back again
                     self._first_asked = True
                     self._first_cond.notify_all()
                     return
                 self._first_cond.wait(left)
+
+    def _had_first(self) -> None:
+        """The reader has its first record from GETs beside the engine, or will not: hold
+        no download back (:meth:`_await_first`)."""
+        with self._lock:
+            self._first_asked = True
+            self._first_cond.notify_all()
 
     def _fetch(
         self,
@@ -398,7 +427,7 @@ class Residency:
         with self._lock:
             self._transfers[k] = transfer
             urgent = urgent or k in self._wanted
-            if urgent and not self._first_asked:
+            if urgent and not self._first_asked and self._lead is None:  # (else: _had_first)
                 self._first_asked = True
                 self._first_cond.notify_all()
         if urgent and self._engine is not None:
@@ -534,7 +563,9 @@ class Residency:
         if busy or self.cache.contains(self.catalog.checksums[k]):
             return None
         if fetch is None:
-            fetch = self.catalog.fetch_head(k, share)
+            with self._lock:
+                leads = lead and not self._mapped_any
+            fetch = self.catalog.fetch_head(k, share, leads=leads)
             if fetch is None:
                 return None
             with self._lock:
@@ -544,7 +575,9 @@ class Residency:
                 # shard's pieces over half the slots, the others' held back until it is
                 # checked), which would only idle the link (shaped 12 x 32 MiB: epochs
                 # 2.7-4.5% longer; README, Cold reads from object stores)
-                self._led = self._led or (lead and not self._mapped_any)
+                self._led = self._led or leads
+                if leads:
+                    self._lead = (fetch.store, time.monotonic())
                 self._stats["gets"] += fetch.gets
                 self._stats["head_bytes"] += fetch.index_bytes
             if self.cache.contains(self.catalog.checksums[k]):  # (a download began and ended meanwhile:
@@ -555,6 +588,7 @@ class Residency:
             if not self._awaited(fetch):
                 return None
             early = fetch.records()
+            self._had_first()
             tracer = trace.current()
             if tracer is not None:
                 tracer.complete("wait for head", "read", began, time.perf_counter_ns(),
@@ -580,12 +614,15 @@ class Residency:
             return None
         with self._lock:
             self._parts[k] = fetch
+            if not self._mapped_any:
+                self._lead = (fetch.store, time.monotonic())
 
         def wait() -> PartRecords | None:
             began = time.perf_counter_ns()
             if not self._awaited(fetch):
                 return None
             got = fetch.records()
+            self._had_first()
             with self._lock:  # (its parts' bytes count where the shard's download fetched them too)
                 self._stats["gets"] += fetch.gets
                 self._stats["head_bytes"] += fetch.index_bytes

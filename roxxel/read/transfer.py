@@ -12,6 +12,7 @@ parts it keeps in flight.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -135,6 +136,8 @@ class Transfer:
         # what the caller's fill gave: kept apart from ``results`` until the consumer gets to
         # them, since the bounds not issued yet may be cut again (split), which moves indices
         self.given_result: int | BaseException | None = None
+        # its consumer waits on this (on the engine's lock), told when a part of it lands
+        self.landed: threading.Condition | None = None
 
     def skip_given(self) -> None:
         """Issue no connection the bytes the caller places: step past them."""
