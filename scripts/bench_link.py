@@ -11,11 +11,12 @@ For each dataset (default: 12 shards of 32 MiB, and 1 shard of 256 MiB; the issu
 1.6 GB datasets are ``48x32 6x256``):
 
 - **best client**: the same objects fetched as ``--part-mib`` (8) MiB ranged GETs,
-  ``--parallel`` (4, 8, 16 or 32: each is timed, and the fastest counts) in flight, each
-  thread on a kept-alive ``http.client`` connection (S3: presigned URLs; GCS: the JSON
-  API's media URLs); bytes dropped. This is the limit. (Through the proxy 32 win; on
-  loopback, where the CPUs are the limit, fewer connections move the same bytes faster:
-  4 for the client that drops them, 2-4 for the one that keeps them.)
+  ``--parallel`` in flight (each number given is timed, and the fastest counts: by
+  default 16 and 32 through the proxy, where fewer than 16 cannot fill the link, and 2,
+  4, 8, 16 and 32 on loopback, where the CPUs are the limit and fewer connections move
+  the same bytes faster: 4 for the client that drops them, 2-4 for the one that keeps
+  them), each thread on a kept-alive ``http.client`` connection (S3: presigned URLs;
+  GCS: the JSON API's media URLs); bytes dropped. This is the limit.
   Also timed: one part alone, from which the first-record target (twice that, plus 50 ms)
   is computed; and the same client doing the rest of a cold read's work (each part
   hashed with BLAKE3 and written to a file where the caches go), a second reference:
@@ -251,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conn-mbps", type=float, default=25.0, help="MB/s per connection")
     parser.add_argument("--link-mbps", type=float, default=400.0, help="MB/s for the whole link")
     parser.add_argument("--part-mib", type=int, default=8)
-    parser.add_argument("--parallel", type=int, nargs="+", default=[4, 8, 16, 32],
-                        help="GETs in flight of the best clients: each is timed, the fastest counts")
+    parser.add_argument("--parallel", type=int, nargs="+", default=None,
+                        help="GETs in flight of the best clients: each is timed, the fastest counts "
+                             "(default: 16 32 shaped, 2 4 8 16 32 on loopback)")
     parser.add_argument("--store", choices=("s3", "gcs"), default="s3")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each side in turn per dataset (with medians of the ratios)")
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-root", default=None,
                         help="where the cold reads' caches go (default: the system's temp directory)")
     args = parser.parse_args(argv)
+    if args.parallel is None:
+        args.parallel = [2, 4, 8, 16, 32] if args.loopback else [16, 32]
     # roxxel's bytecode written once, untimed, so that no child's import compiles it
     subprocess.run([sys.executable, "-c", "import roxxel"], check=True, env=bytecode_env())
     disk = write_limit(args.cache_root)
