@@ -1072,10 +1072,9 @@ def test_a_head_s_reads_start_one_another_not_the_reader(tmp_path, small_heads, 
 def test_downloads_ahead_wait_for_a_head_s_first_record_only_where_connections_are_fast(
         tmp_path, small_heads, monkeypatch, fast):
     """Where the store's connections are fast (loopback), the CPU is the limit, and the
-    other downloads wait until the reader has its first record from the head; where they
-    are slow, they start beside the head's GETs once those have been in flight longer than
-    a fast connection would take."""
-    monkeypatch.setattr(roxxel.read.parts.PartEngine, "_slow", lambda self, store: not fast)
+    other downloads wait until the reader has its first record from the head; where the
+    head's GETs show them to be slow, they start beside those GETs."""
+    monkeypatch.setattr(roxxel.read.parts.PartEngine, "_leads_slowly", lambda self, leading: not fast)
     monkeypatch.setattr(roxxel.read.residency, "_FIRST_GRACE", 30.0)  # (no reader this soon: not here)
     url, recs, manifest = written(tmp_path)
     assert len(manifest.shards) > 2

@@ -1328,3 +1328,27 @@ def test_an_event_wakes_one_connection_thread_not_all():
     finally:
         e.detach()
     assert 64 <= picks[0] <= 6 * 64 + 2 * 32
+
+
+def test_a_first_record_s_gets_show_a_store_slow_once_in_flight_longer_than_a_fast_connection_takes():
+    """Before any GET from a store has moved enough to tell, GETs a first record waits for
+    that have been in flight longer than a fast connection takes for 1 MiB (12.5 ms with
+    8 MiB parts) say it is slow; a GET that told says what it told."""
+    now = [0.0]
+    e = PartEngine(parts=4, clock=lambda: now[0])
+    store, other = FakeStore({}), FakeStore({})
+    assert not e.leads_slowly(store)  # (nothing in flight, nothing known)
+    with e.outside(64 * KIB, store, first=True):
+        now[0] += 0.012
+        assert not e.leads_slowly(store)
+        now[0] += 0.001
+        assert e.leads_slowly(store) and not e.leads_slowly(other)
+    assert not e.leads_slowly(store)
+    with e.outside(2048 * KIB, store):  # (2 MiB in 10 ms: a part would take 40 ms)
+        now[0] += 0.01
+    with e.outside(64 * KIB, store, first=True):
+        now[0] += 1.0
+        assert not e.leads_slowly(store)  # (known fast: a first byte that long is the server's)
+    with e.outside(2048 * KIB, other):  # (2 MiB in 0.2 s: slow)
+        now[0] += 0.2
+    assert e.leads_slowly(other)

@@ -649,21 +649,48 @@ class PartEngine:
         """(Lock held.) How many parts may be in flight beside a first record's GETs
         (``leading``: their stores and when they began; a head's, a resume's part).
         Parts in every slot would take the share of the link (or on loopback, of the
-        CPU) those GETs need: the first record came 2-4 times later. So none while the
-        GETs are on a store whose connections are fast (:meth:`_slow`: they end within
-        milliseconds), or may yet be (they have been in flight less than a fast
-        connection takes for :data:`_RATE_BYTES`); else, on a slow store, half the
-        slots, as while a reader waits for a shard (:meth:`_pick`). A quarter brought
-        the first record 10-15 ms sooner through the shaping proxy, but the parts held
-        back then started their first bytes' wait only once the GETs had ended: epochs
-        1.5-2% longer (4 and 3 alternating runs)."""
-        if not any(self._slow(store) for store, _ in leading):
-            return 0
-        grace = min(began for _, began in leading) + _TAPER_SECONDS * _RATE_BYTES / self.part_size
-        if self._clock() < grace:
-            self._wake = grace if self._wake is None else min(self._wake, grace)
-            return 0
-        return slots // 2
+        CPU) those GETs need: the first record came 2-4 times later. So none unless the
+        GETs show their store to be slow (:meth:`_leads_slowly`); then half the slots,
+        as while a reader waits for a shard (:meth:`_pick`). A quarter brought the first
+        record 10-15 ms sooner through the shaping proxy, but the parts held back then
+        started their first bytes' wait only once the GETs had ended: epochs 1.5-2%
+        longer (4 and 3 alternating runs)."""
+        if self._leads_slowly(leading):
+            return slots // 2
+        grace = self._lead_grace()
+        unknown = [began + grace for store, began in leading if store not in self._rates]
+        if unknown:  # (look again once they may have shown it)
+            self._wake = min(unknown) if self._wake is None else min(self._wake, *unknown)
+        return 0
+
+    def _lead_grace(self) -> float:
+        """Seconds a fast connection (:meth:`_slow`) takes for :data:`_RATE_BYTES`: 12.5 ms
+        with parts of 8 MiB."""
+        return _TAPER_SECONDS * _RATE_BYTES / self.part_size
+
+    def _leads_slowly(self, leading: list[tuple[Store, float]]) -> bool:
+        """Whether GETs a first record waits for (``leading``: their stores and when they
+        began) show a store's connections to be slow: a GET from it large enough to
+        tell was (:meth:`_moved`, and none was fast), or, where none has been, one of
+        them has been in flight longer than a fast connection takes for
+        :data:`_RATE_BYTES` (:meth:`_lead_grace`). Through the shaping proxy the first
+        byte alone takes 30 ms; on loopback a head's 1 MiB pieces take 2-8 ms."""
+        now, grace = self._clock(), self._lead_grace()
+        for store, began in leading:
+            if store in self._rates:
+                if self._slow(store):
+                    return True
+            elif now - began >= grace:
+                return True
+        return False
+
+    def leads_slowly(self, store: Store) -> bool:
+        """Whether ``store``'s connections are slow, as GETs from it have shown or, where
+        none has moved enough to tell, the GETs a first record waits for from it in
+        flight now do (:meth:`_leads_slowly`)."""
+        if store in self._rates:
+            return self._slow(store)
+        return self._leads_slowly([lead for lead in self._leading[:] if lead[0] is store])
 
     def _spread(self, transfer: Transfer, slots: int) -> None:
         """(Lock held.) Near the end of what there is to fetch (over ``slots``: see
@@ -703,11 +730,6 @@ class PartEngine:
             rate = nbytes / seconds
             if rate > self._rates.get(store, 0.0):
                 self._rates[store] = rate
-
-    def slow(self, store: Store) -> bool:
-        """Whether the connections of ``store`` may be slow, as far as its GETs have shown
-        (:meth:`_slow`)."""
-        return self._slow(store)
 
     def _slow(self, store: Store) -> bool:
         """Whether a whole part may take :data:`_TAPER_SECONDS` or more on one connection

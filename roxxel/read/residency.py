@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 #: reader waits for first (:meth:`Residency._await_first`); downloads with no reader
 #: behind them wait this long once.
 _FIRST_GRACE = 0.25
-#: How long GETs a first record waits for may be in flight on a store whose connections
-#: are fast: a tenth of a second for a part, 12.5 ms for a 1 MiB head piece.
+#: How often a download ahead waiting for a first record's GETs looks again at whether
+#: they show their store to be slow (_await_first).
 _LEAD_SECONDS = 0.0125
 _POLL_SECONDS = 0.25  # how soon a reader waiting for a head notices the residency closing
 
@@ -155,9 +155,9 @@ class Residency:
         self._mapped_any = False  # a reader has had a shard: its first record is no longer waited for
         self._first_asked = False  # the download a reader waits for first is with the engine
         self._led = False  # a reader's first records come from a head (no shard is its first)
-        # the store and start of the GETs beside the engine that the reader's first record
-        # waits for (a head's, a resume's part), until it has it (_await_first)
-        self._lead: tuple[Store, float] | None = None
+        # the store of the GETs beside the engine that the reader's first record waits for
+        # (a head's, a resume's part), until it has it (_await_first)
+        self._lead: Store | None = None
         self._first_cond = threading.Condition(self._lock)  # (told when either changes, and on close)
         self._stats: dict[str, float] = {
             "shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0,
@@ -305,23 +305,18 @@ class Residency:
 
         Where the first record comes from GETs beside the engine (a head's, a resume's
         part), it waits until the reader has that record, unless those GETs show the
-        store's connections to be slow (still in flight after :data:`_LEAD_SECONDS`, with
-        no GET from it having been fast), where the link needs the other downloads
-        beside them. Where they are fast (loopback), the CPU is the limit: a dozen
-        downloads starting beside them, each on a thread of its own, took it (and the
-        GIL) from the reader, and the first record came 2-4 times later."""
+        store's connections to be slow
+        (:meth:`~roxxel.read.parts.PartEngine.leads_slowly`, looked at every
+        :data:`_LEAD_SECONDS`), where the link needs the other downloads beside them.
+        Where they are fast (loopback), the CPU is the limit: a dozen downloads starting
+        beside them, each on a thread of its own, took it (and the GIL) from the reader,
+        and the first record came 2-4 times later."""
         deadline = time.monotonic() + _FIRST_GRACE
         with self._first_cond:
             while not (self._mapped_any or self._first_asked or self._closed or k in self._wanted):
-                now = time.monotonic()
-                left = deadline - now
+                left = deadline - time.monotonic()
                 if left > 0 and self._lead is not None:
-                    store, began = self._lead
-                    slow_at = began + _LEAD_SECONDS
-                    if now < slow_at:
-                        left = slow_at - now
-                    elif engine().slow(store):
-                        left = 0  # (the link wants them)
+                    left = 0 if engine().leads_slowly(self._lead) else min(left, _LEAD_SECONDS)
                 if left <= 0:  # no reader this soon: hold no download back again
                     self._first_asked = True
                     self._first_cond.notify_all()
@@ -577,7 +572,7 @@ class Residency:
                 # 2.7-4.5% longer; README, Cold reads from object stores)
                 self._led = self._led or leads
                 if leads:
-                    self._lead = (fetch.store, time.monotonic())
+                    self._lead = fetch.store
                 self._stats["gets"] += fetch.gets
                 self._stats["head_bytes"] += fetch.index_bytes
             if self.cache.contains(self.catalog.checksums[k]):  # (a download began and ended meanwhile:
@@ -615,7 +610,7 @@ class Residency:
         with self._lock:
             self._parts[k] = fetch
             if not self._mapped_any:
-                self._lead = (fetch.store, time.monotonic())
+                self._lead = fetch.store
 
         def wait() -> PartRecords | None:
             began = time.perf_counter_ns()
