@@ -192,12 +192,27 @@ class WorkerPool:
                 thread.start()
                 with self._grow:
                     self._threads.append(thread)
-        except BaseException:
+        except BaseException as exc:
             with self._grow:  # (no thread to be had: the next submit asks again)
                 self._made = len(self._threads)
                 self._starting = False
                 self._started.notify_all()
+                stranded = not any(t.is_alive() for t in self._threads)
+            if stranded:  # (no thread will take the jobs queued: they fail with the reason)
+                self._fail_pending(exc)
             raise
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        """Fail the queued jobs that have not started with ``exc`` (no thread to run them)."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job[0].set_running_or_notify_cancel():
+                error = RuntimeError(f"{self._name}: no thread to run the job: {exc}")
+                error.__cause__ = exc
+                job[0].set_exception(error)
 
     def run(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``fn(item)`` for every item, started in order; the results in item order.
@@ -259,6 +274,7 @@ class WorkerPool:
             return
         self._stop.set()
         self.cancel_pending()
+        deadline = None if timeout is None else time.monotonic() + timeout
         if wait:  # (threads being started are started, or not, before they are joined)
             with self._grow:
                 self._started.wait_for(lambda: not self._starting, timeout)
@@ -267,7 +283,6 @@ class WorkerPool:
         if not wait:
             return
         me = threading.current_thread()
-        deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
             if t is not me:
                 t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -1062,7 +1062,10 @@ def test_a_head_s_reads_start_one_another_not_the_reader(tmp_path, small_heads, 
 
     monkeypatch.setattr(threading.Thread, "start", recorded)
     fetch = HeadFetch(store, first.uri, first.records, first.stored_size, parse_head(first.head))
-    assert not fetch.done(0.3) and store.head_peak == 5  # (still all side by side)
+    deadline = time.monotonic() + 10
+    while store.head_peak < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not fetch.done(0) and store.head_peak == 5  # (still all side by side)
     store.hold_head.set()
     assert fetch.done(10) and fetch.records() is not None
     assert starters.count(threading.current_thread().name) == 1
@@ -1075,7 +1078,9 @@ def test_downloads_ahead_wait_for_a_head_s_first_record_only_where_connections_a
     other downloads wait until the reader has its first record from the head; where the
     head's GETs show them to be slow, they start beside those GETs."""
     monkeypatch.setattr(roxxel.read.parts.PartEngine, "_leads_slowly", lambda self, leading: not fast)
+    monkeypatch.setattr(roxxel.read.parts.PartEngine, "lead_check", lambda self, store: None if fast else 0.0)
     monkeypatch.setattr(roxxel.read.residency, "_FIRST_GRACE", 30.0)  # (no reader this soon: not here)
+    monkeypatch.setattr(roxxel.read.parts, "_LEAD_HOLD_SECONDS", 30.0)  # (nor a GET stuck)
     url, recs, manifest = written(tmp_path)
     assert len(manifest.shards) > 2
     store = InParts(url)
@@ -1089,6 +1094,8 @@ def test_downloads_ahead_wait_for_a_head_s_first_record_only_where_connections_a
         if fast:
             time.sleep(0.3)
             assert [r for r in store.reads if r[0] == "shard"] == []  # (not even the first shard's parts)
+            # (and the downloads ahead have not begun: only the first shard's is with the engine)
+            assert {t.key for t in roxxel.read.parts.engine()._transfers} <= {manifest.shards[0].uri}
         else:
             deadline = time.monotonic() + 10
             while not others() and time.monotonic() < deadline:

@@ -135,11 +135,11 @@ def test_a_forked_child_starts_afresh_and_a_closed_pool_stays_closed():
 def test_a_pool_s_threads_are_started_by_the_process_s_starting_thread_not_the_submitter(monkeypatch):
     """A thread's start waits for the new thread to take the GIL (milliseconds each while
     downloads run): a submitter starts none, but the process's starting thread once."""
-    starters: list[str] = []
+    starters: list[tuple[str, str]] = []  # (who started it, which)
     start = threading.Thread.start
 
     def recorded(self):
-        starters.append(threading.current_thread().name)
+        starters.append((threading.current_thread().name, self.name))
         start(self)
 
     monkeypatch.setattr(threading.Thread, "start", recorded)
@@ -150,8 +150,9 @@ def test_a_pool_s_threads_are_started_by_the_process_s_starting_thread_not_the_s
         together.wait(10)  # (all four run at once: four threads)
         for future in futures:
             future.result(10)
-        assert starters.count(threading.current_thread().name) <= 1  # (the starting thread, if it was not yet)
-        assert starters.count("roxxel-starter") == 4
+        ours = [by for by, name in starters if name.startswith("roxxel-test-burst")]
+        assert ours == ["roxxel-starter"] * 4
+        assert [name for by, name in starters if by == threading.current_thread().name] in ([], ["roxxel-starter"])
         assert sorted(alive("roxxel-test-burst")) == [f"roxxel-test-burst-{i}" for i in range(4)]
     finally:
         pool.close()
@@ -166,3 +167,23 @@ def test_close_waits_for_threads_being_started():
             pool.submit(lambda: None)
         pool.close()
         assert alive(f"roxxel-test-close-{i}-") == []
+
+
+def test_a_job_no_thread_can_run_fails_with_the_reason_instead_of_waiting_forever(monkeypatch):
+    """Where no thread can be started (a process limit; interpreter shutdown), the jobs
+    queued fail, naming why, rather than waiting for a thread that never comes."""
+    start = threading.Thread.start
+
+    def refused(self):
+        if self.name.startswith("roxxel-test-refused"):
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    pool = WorkerPool(2, name="roxxel-test-refused")
+    try:
+        future = pool.submit(lambda: 1)
+        with pytest.raises(RuntimeError, match="roxxel-test-refused: no thread to run the job: can't start new thread"):
+            future.result(10)
+    finally:
+        pool.close()

@@ -100,9 +100,23 @@ class HeadFetch:
         self._checked: tuple[HeadRecords | None] | None = None
         self._first_checked: tuple[bytearray | BaseException] | None = None
         index_at = index_start(records, stored_size)
+        ended = self._engine.lead(store) if leads else None  # (until its last GET ends)
         reads = on_threads([(self._read, (self._index, 0, index_at, stored_size)),
                             *((self._read, (self._first, a, a, min(a + piece, head.size))) for a in self._starts)])
         self._index_read, self._reads = reads[0], reads[1:]
+        if ended is not None:
+            left = [len(reads)]
+            count = threading.Lock()
+
+            def one_done(_: Future[memoryview]) -> None:
+                with count:
+                    left[0] -= 1
+                    last = left[0] == 0
+                if last:
+                    ended()
+
+            for read in reads:
+                read.add_done_callback(one_done)
 
     def _read(self, into: bytearray, at: int, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of the shard, read into ``into`` at ``at``; the view of
@@ -268,7 +282,7 @@ def on_threads(calls: Sequence[tuple[Callable[..., T], tuple[object, ...]]]) -> 
     def start(i: int) -> None:
         try:
             threading.Thread(target=run, args=(i,), name="roxxel-head", daemon=True).start()
-        except BaseException as exc:  # (no thread to be had: the calls not started fail with it)
+        except RuntimeError as exc:  # (no thread to be had: the calls not started fail with it)
             for future in futures[i:]:
                 future.set_exception(exc)
 

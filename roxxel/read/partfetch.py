@@ -90,13 +90,16 @@ class PartFetch:
         self._download: tuple[PartEngine, Transfer] | None = None  # (the engine, its transfer of the shard)
         self.given = False  # the download takes the parts' bytes from here
         self._fetched: tuple[bytearray | None] | None = None  # the parts' bytes checked (None: not had)
+        self._end_lead = self._engine.lead(store)  # (until its parts are checked: _fetch)
         self._result = on_thread(self._fetch)
+        if self._result.done():  # (no thread to be had, say)
+            self._end_lead()
         self._checked: tuple[PartRecords | None] | None = None
 
-    def read(self, start: int, end: int, into: memoryview) -> memoryview:
+    def read(self, start: int, end: int, into: memoryview, *, first: bool = True) -> memoryview:
         """Bytes ``[start, end)`` of the shard: :func:`~roxxel.read.head.read_beside`, as a
-        leading head's (a resume's first record waits for them)."""
-        return read_beside(self._engine, self.store, self.key, start, end, into, first=True)
+        leading head's (``first``: a resume's first record waits for them)."""
+        return read_beside(self._engine, self.store, self.key, start, end, into, first=first)
 
     def span(self, check_cancelled: Callable[[], None] | None = None) -> tuple[int, int] | None:
         """The bytes ``[start, end)`` of the shard that the parts are, waiting for the
@@ -125,7 +128,8 @@ class PartFetch:
         engine, transfer = self._download
         data, (start, end) = self._fetched[0], self._span
         try:
-            got = memoryview(data) if data is not None else self.read(start, end, memoryview(bytearray(end - start)))
+            got = memoryview(data) if data is not None else self.read(start, end, memoryview(bytearray(end - start)),
+                                                                      first=False)  # (for the shard's download)
         except BaseException as exc:  # noqa: BLE001 - handed to the download, raised there
             engine.fill(transfer, exc)
             return
@@ -136,6 +140,7 @@ class PartFetch:
             return self._fetch_parts()
         finally:
             self._spanned.set()  # (known by now, or never)
+            self._end_lead()
 
     def _fetch_parts(self) -> PartRecords | None:
         label, size, parts = self.store.url(self.key), self.stored_size, self._parts
@@ -175,7 +180,8 @@ class PartFetch:
         starts = list(range(start, stop, piece))
         ends = [min(a + piece, stop) for a in starts]
         self.gets = 1 + len(starts)
-        reads = on_threads([(self.read, (a, b, memoryview(buffer)[a - start : b - start])) for a, b in zip(starts, ends)])
+        reads = on_threads([(self.read, (a, b, memoryview(buffer)[a - start : b - start]))
+                            for a, b in zip(starts, ends)])
         views = [r.result() for r in reads]
         if any(view.obj is not buffer for view in views):  # (an attempt given up on may still write there)
             buffer = bytearray(stop - start)

@@ -146,6 +146,8 @@ _TAPER_SECONDS = 0.1
 #: wait for their first byte; parts smaller than this, as in tests, never tell).
 _RATE_BYTES = 2**20
 _POLL_SECONDS = 0.25  # how soon waiting threads notice cancellation or the main thread's end
+#: The longest parts are held back for a first record's GETs (_lead_cap).
+_LEAD_HOLD_SECONDS = 0.25
 _CLOSE_TIMEOUT = 1.0  # seconds the last reader's close waits for parts in flight
 
 
@@ -199,12 +201,15 @@ class PartEngine:
         self._outside: list[int] = []
         # those of them a reader's first record waits for, by their store and start (likewise)
         self._leading: list[tuple[Store, float]] = []
+        # fetches a first record waits for under way (lead()), by their store and start (likewise)
+        self._leads: list[tuple[Store, float]] = []
         self._wake: float | None = None  # when parts held back for them may go (_lead_cap)
         self._reserved = 0  # bytes in flight plus received and not consumed (unless placed)
         self._free: list[mmap.mmap] = []  # part buffers to reuse (as many as were in use at once)
         self._blocks: list[mmap.mmap] = []  # block buffers of placed parts to reuse (as many)
         self._threads: list[threading.Thread] = []
         self._starting = threading.Lock()  # held by the caller starting threads (_ensure_threads)
+        self._start_asked = False  # threads were asked for since that caller last looked
         self._users = 0
         self._generation = 0  # bumped on stop: threads of an older generation end
         self.stats = {"gets": 0, "bytes": 0, "retries": 0, "throttled": 0, "busy_seconds": 0.0}
@@ -299,8 +304,7 @@ class PartEngine:
         if not 0 <= start <= size:
             raise ValueError(f"start must be in [0, {size}], got {start!r}")
         with self._cond:
-            transfer = Transfer(store, key, size, self.part_size, next(self._tickets), start)
-            transfer.landed = threading.Condition(self._lock)
+            transfer = Transfer(store, key, size, self.part_size, next(self._tickets), start, self._lock)
             transfer.on_part, transfer.on_retry = on_part, on_retry
             if into is not None:
                 into.claim()
@@ -466,10 +470,27 @@ class PartEngine:
             if first:
                 self._leading.remove(lead)
             self._publish()
-            limited = first or self._in_flight + len(self._outside) + 1 >= self.limit
-            if limited or self._reserved + sum(self._outside) + nbytes + self.part_size > self.budget:
-                with self._cond:  # (it may have held a part back; only then: the lock is contended)
+            with self._cond:  # (it may have held a part back: its slot, its bytes, a lead's room)
+                self._cond.notify()
+
+    def lead(self, store: Store) -> Callable[[], None]:
+        """A fetch that a reader's first record waits for has begun from ``store`` (a
+        head's GETs, a resume's record index and then its part's): until the function
+        returned is called (once), parts leave its GETs room (:meth:`_lead_cap`), between
+        them too (a resume's part was read beside the pieces of its whole shard, which had
+        started once its index was in)."""
+        lead = (store, self._clock())
+        self._leads.append(lead)  # (atomic: the GIL's)
+        ended: list[bool] = []
+
+        def end() -> None:
+            if not ended:  # (once: a second call does nothing)
+                ended.append(True)
+                self._leads.remove(lead)
+                with self._cond:
                     self._cond.notify()
+
+        return end
 
     def _give(self, transfer: Transfer, start: int, end: int) -> None:
         """(Lock held, the transfer new.) Bytes ``[start, end)`` are the caller's to place
@@ -577,26 +598,38 @@ class PartEngine:
 
     def _ensure_threads(self) -> None:
         """Start connection threads up to the slots (more when the node leaves room: a
-        thread a part in flight), unless another caller is starting them. Not under the
-        engine's lock: a thread's start waits for the new thread to take the GIL (about
-        a millisecond each while GETs are running: 32 took 10-20 ms at a cold start on
-        loopback), and meanwhile the threads already started pick parts."""
-        if not self._starting.acquire(blocking=False):
-            return  # (that caller starts as many as the slots are when it looks again)
-        try:
-            while True:
-                with self._cond:
-                    self._threads = [t for t in self._threads if t.is_alive()]
-                    if len(self._threads) >= self._slots() or not self._transfers:
-                        return
-                    generation, name = self._generation, f"roxxel-part-{len(self._threads)}"
-                thread = threading.Thread(target=self._run, args=(generation,), daemon=True, name=name)
-                thread.start()
-                with self._cond:
-                    if generation == self._generation:  # (else it ends at once: the engine stopped)
-                        self._threads.append(thread)
-        finally:
-            self._starting.release()
+        thread a part in flight), unless another caller is starting them (who then looks
+        again). Not under the engine's lock: a thread's start waits for the new thread to
+        take the GIL (about a millisecond each while GETs are running: 32 took 10-20 ms
+        at a cold start on loopback), and meanwhile the threads already started pick
+        parts."""
+        while True:
+            with self._cond:
+                self._start_asked = True  # (seen by whoever starts them, now or after us)
+            if not self._starting.acquire(blocking=False):
+                return
+            try:
+                self._start_threads()
+            finally:
+                self._starting.release()
+            with self._cond:
+                if not self._start_asked:
+                    return  # (no one asked while it ran: else look again)
+
+    def _start_threads(self) -> None:
+        """(``_starting`` held.) :meth:`_ensure_threads`'s starts."""
+        while True:
+            with self._cond:
+                self._start_asked = False
+                self._threads = [t for t in self._threads if t.is_alive()]
+                if len(self._threads) >= self._slots() or not self._transfers:
+                    return
+                generation, name = self._generation, f"roxxel-part-{len(self._threads)}"
+            thread = threading.Thread(target=self._run, args=(generation,), daemon=True, name=name)
+            thread.start()
+            with self._cond:
+                if generation == self._generation:  # (else it ends at once: the engine stopped)
+                    self._threads.append(thread)
 
     def _pick(self) -> tuple[Transfer, int] | None:
         """The next part to fetch, if the limit and the budget allow one: in order of
@@ -606,7 +639,7 @@ class PartEngine:
         if self._in_flight + len(outside) >= slots:
             return None
         leading = self._leading[:]
-        if leading and self._in_flight >= self._lead_cap(leading, slots):
+        if (leading or self._leads) and self._in_flight >= self._lead_cap(leading, slots):
             return None
         # While a reader waits for a shard that has parts left to send, the others' parts
         # get at most half the slots: on a link (or a server) shared by every connection,
@@ -647,7 +680,8 @@ class PartEngine:
 
     def _lead_cap(self, leading: list[tuple[Store, float]], slots: int) -> int:
         """(Lock held.) How many parts may be in flight beside a first record's GETs
-        (``leading``: their stores and when they began; a head's, a resume's part).
+        (``leading``: their stores and when they began; a head's, a resume's part), and
+        between them while a fetch of such GETs is under way (:meth:`lead`).
         Parts in every slot would take the share of the link (or on loopback, of the
         CPU) those GETs need: the first record came 2-4 times later. So none unless the
         GETs show their store to be slow (:meth:`_leads_slowly`); then half the slots,
@@ -657,10 +691,14 @@ class PartEngine:
         longer (4 and 3 alternating runs)."""
         if self._leads_slowly(leading):
             return slots // 2
-        grace = self._lead_grace()
-        unknown = [began + grace for store, began in leading if store not in self._rates]
-        if unknown:  # (look again once they may have shown it)
-            self._wake = min(unknown) if self._wake is None else min(self._wake, *unknown)
+        now, grace = self._clock(), self._lead_grace()
+        # (no longer than _LEAD_HOLD_SECONDS: a GET stuck in a retry's backoff or a stall
+        # holds no part back, not even one a consumer waits for, for longer)
+        until = min(began for _, began in (*leading, *self._leads[:])) + _LEAD_HOLD_SECONDS
+        if now >= until:
+            return slots // 2
+        wakes = [until, *(began + grace for store, began in leading if store not in self._rates)]
+        self._wake = min(wakes) if self._wake is None else min(self._wake, *wakes)  # (look again then)
         return 0
 
     def _lead_grace(self) -> float:
@@ -675,6 +713,8 @@ class PartEngine:
         them has been in flight longer than a fast connection takes for
         :data:`_RATE_BYTES` (:meth:`_lead_grace`). Through the shaping proxy the first
         byte alone takes 30 ms; on loopback a head's 1 MiB pieces take 2-8 ms."""
+        if any(store in self._rates and self._slow(store) for store, _ in self._leads[:]):
+            return True
         now, grace = self._clock(), self._lead_grace()
         for store, began in leading:
             if store in self._rates:
@@ -684,13 +724,18 @@ class PartEngine:
                 return True
         return False
 
-    def leads_slowly(self, store: Store) -> bool:
-        """Whether ``store``'s connections are slow, as GETs from it have shown or, where
-        none has moved enough to tell, the GETs a first record waits for from it in
-        flight now do (:meth:`_leads_slowly`)."""
+    def lead_check(self, store: Store) -> float | None:
+        """For a reader's first record from GETs beside the engine from ``store``: 0 if they
+        show its connections to be slow (as GETs from it have shown or, where none has
+        moved enough to tell, those in flight now do: :meth:`_leads_slowly`), None if
+        GETs from it have shown them fast, else the seconds until they may show it."""
         if store in self._rates:
-            return self._slow(store)
-        return self._leads_slowly([lead for lead in self._leading[:] if lead[0] is store])
+            return 0.0 if self._slow(store) else None
+        leading = [lead for lead in self._leading[:] if lead[0] is store]
+        if self._leads_slowly(leading):
+            return 0.0
+        grace, now = self._lead_grace(), self._clock()
+        return max(0.0, min((began + grace - now for _, began in leading), default=grace))
 
     def _spread(self, transfer: Transfer, slots: int) -> None:
         """(Lock held.) Near the end of what there is to fetch (over ``slots``: see
@@ -756,7 +801,8 @@ class PartEngine:
                     picked = self._pick()
                     if picked is None:
                         wake, self._wake = self._wake, None  # (a part held back until then: _lead_cap)
-                        self._cond.wait(_POLL_SECONDS if wake is None else max(0.0, wake - self._clock()))
+                        left = _POLL_SECONDS if wake is None else min(_POLL_SECONDS, max(0.0, wake - self._clock()))
+                        self._cond.wait(left)
                 transfer, i = picked
                 self._cond.notify()  # (the next thread may pick one too)
                 transfer.issued = i + 1
@@ -923,16 +969,20 @@ def engine() -> PartEngine:
     """This process's engine, made on first use with the node's budget
     (:func:`node_parts`) divided by :func:`node_share` (at least 4 parts in flight), and
     taking part in the node's count of parts in flight (:mod:`roxxel.read.nodeparts`),
-    so that it may use what the node's other processes leave of the budget."""
+    so that it may use what the node's other processes leave of the budget; where
+    connections are fast, :data:`CPU_PARTS` a CPU of the node's."""
     global _ENGINE
     with _ENGINE_LOCK:
         if _ENGINE is None or _ENGINE.pid != os.getpid():
-            total = node_parts()
-            parts = max(4, -(-total // node_share()))
+            total, share = node_parts(), node_share()
+            parts = max(4, -(-total // share))
             node = NodeParts.join(total)
-            cpus = CPU_PARTS * usable_cpus()  # (the node's, shared through its count; else this one's share)
+            # the node's CPUs: this process's (its affinity) times the processes that share
+            # the node (each may be pinned to its own), at most the machine's
+            node_cpus = min(os.cpu_count() or usable_cpus(), usable_cpus() * share)
+            cpus = CPU_PARTS * node_cpus  # (shared through the node's count; else each process's share)
             _ENGINE = PartEngine(parts=parts, max_bytes=max(2 * parts, total) * DEFAULT_PART_SIZE, node=node,
-                                 cpu_parts=cpus if node is not None else max(1, cpus // node_share()))
+                                 cpu_parts=cpus if node is not None else max(1, cpus // share))
         return _ENGINE
 
 

@@ -46,9 +46,12 @@ log = logging.getLogger(__name__)
 #: reader waits for first (:meth:`Residency._await_first`); downloads with no reader
 #: behind them wait this long once.
 _FIRST_GRACE = 0.25
-#: How often a download ahead waiting for a first record's GETs looks again at whether
-#: they show their store to be slow (_await_first).
+#: How often at most a download ahead waiting for a first record's GETs looks again at
+#: whether they show their store to be slow (_await_first).
 _LEAD_SECONDS = 0.0125
+#: How long after the reader has its first record's bytes the downloads ahead still wait
+#: where the store's connections are fast, for it to hand the record over (_await_first).
+_HANDOFF_SECONDS = 0.01
 _POLL_SECONDS = 0.25  # how soon a reader waiting for a head notices the residency closing
 
 DEFAULT_LOOKAHEAD = 4  # shards, at least
@@ -158,6 +161,7 @@ class Residency:
         # the store of the GETs beside the engine that the reader's first record waits for
         # (a head's, a resume's part), until it has it (_await_first)
         self._lead: Store | None = None
+        self._had_at: float | None = None  # when the reader had that record's bytes (_had_first)
         self._first_cond = threading.Condition(self._lock)  # (told when either changes, and on close)
         self._stats: dict[str, float] = {
             "shards_downloaded": 0, "bytes_downloaded": 0, "cache_hits": 0,
@@ -306,17 +310,27 @@ class Residency:
         Where the first record comes from GETs beside the engine (a head's, a resume's
         part), it waits until the reader has that record, unless those GETs show the
         store's connections to be slow
-        (:meth:`~roxxel.read.parts.PartEngine.leads_slowly`, looked at every
-        :data:`_LEAD_SECONDS`), where the link needs the other downloads beside them.
+        (:meth:`~roxxel.read.parts.PartEngine.lead_check`), where the link needs the
+        other downloads beside them.
         Where they are fast (loopback), the CPU is the limit: a dozen downloads starting
         beside them, each on a thread of its own, took it (and the GIL) from the reader,
-        and the first record came 2-4 times later."""
+        and the first record came 2-4 times later; and they wait :data:`_HANDOFF_SECONDS`
+        more once the reader has the record's bytes, for it to hand the record over (the
+        shard it reads next keeps the CPUs busy meanwhile)."""
         deadline = time.monotonic() + _FIRST_GRACE
+        parts = engine()  # (not under the lock: a forked child makes its own)
         with self._first_cond:
             while not (self._mapped_any or self._first_asked or self._closed or k in self._wanted):
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left > 0 and self._lead is not None:
-                    left = 0 if engine().leads_slowly(self._lead) else min(left, _LEAD_SECONDS)
+                    check = parts.lead_check(self._lead)
+                    if check == 0:
+                        left = 0
+                    elif self._had_at is not None:
+                        left = min(left, self._had_at + _HANDOFF_SECONDS - now)
+                    elif check is not None:  # (look again when the GETs may show it)
+                        left = min(left, max(check, _LEAD_SECONDS))
                 if left <= 0:  # no reader this soon: hold no download back again
                     self._first_asked = True
                     self._first_cond.notify_all()
@@ -325,9 +339,10 @@ class Residency:
 
     def _had_first(self) -> None:
         """The reader has its first record from GETs beside the engine, or will not: hold
-        no download back (:meth:`_await_first`)."""
+        downloads back no more than a moment (:meth:`_await_first`)."""
         with self._lock:
-            self._first_asked = True
+            if self._had_at is None:
+                self._had_at = time.monotonic()
             self._first_cond.notify_all()
 
     def _fetch(
@@ -573,6 +588,7 @@ class Residency:
                 self._led = self._led or leads
                 if leads:
                     self._lead = fetch.store
+                    self._first_cond.notify_all()  # (downloads ahead waiting now wait for its record)
                 self._stats["gets"] += fetch.gets
                 self._stats["head_bytes"] += fetch.index_bytes
             if self.cache.contains(self.catalog.checksums[k]):  # (a download began and ended meanwhile:
@@ -611,6 +627,7 @@ class Residency:
             self._parts[k] = fetch
             if not self._mapped_any:
                 self._lead = fetch.store
+                self._first_cond.notify_all()
 
         def wait() -> PartRecords | None:
             began = time.perf_counter_ns()

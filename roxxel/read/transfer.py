@@ -116,7 +116,8 @@ class Concurrency:
 class Transfer:
     """One object being downloaded as parts (guarded by the engine's lock)."""
 
-    def __init__(self, store: Store, key: str, size: int, part_size: int, ticket: int, start: int = 0) -> None:
+    def __init__(self, store: Store, key: str, size: int, part_size: int, ticket: int, start: int = 0,
+                 lock: threading.Lock | None = None) -> None:
         self.store, self.key, self.size = store, key, size
         self.bounds = _tiles(start, size, part_size, part_size) or [(start, start)]
         self.ticket = ticket
@@ -136,8 +137,8 @@ class Transfer:
         # what the caller's fill gave: kept apart from ``results`` until the consumer gets to
         # them, since the bounds not issued yet may be cut again (split), which moves indices
         self.given_result: int | BaseException | None = None
-        # its consumer waits on this (on the engine's lock), told when a part of it lands
-        self.landed: threading.Condition | None = None
+        # its consumer waits on this (on ``lock``, the engine's), told when a part of it lands
+        self.landed = threading.Condition(lock)
 
     def skip_given(self) -> None:
         """Issue no connection the bytes the caller places: step past them."""
