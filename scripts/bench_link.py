@@ -266,17 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parallel is None:
         args.parallel = [2, 4, 8, 16, 32] if args.loopback else [16, 32]
+    if min(args.parallel) < 1:
+        parser.error(f"--parallel takes numbers of GETs in flight of 1 or more, got {args.parallel}")
     # roxxel's bytecode written once, untimed, so that no child's import compiles it
     subprocess.run([sys.executable, "-c", "import roxxel"], check=True, env=bytecode_env())
     disk = write_limit(args.cache_root)
     print(f"writing to {args.cache_root or tempfile.gettempdir()}: {disk:.0f} MB/s (a cold read keeps every "
           "byte in the cache, so it cannot beat this)")
-    ways = f"{'/'.join(map(str, args.parallel))} x {args.part_mib} MiB ranged GETs in flight, the fastest"
+    tried = f"{'/'.join(map(str, args.parallel))} x {args.part_mib} MiB ranged GETs in flight, the fastest"
     if args.loopback:
-        print(f"{args.store} on loopback (no shaping); best client: {ways}")
+        print(f"{args.store} on loopback (no shaping); best client: {tried}")
     else:
         print(f"{args.store} through a link of {args.latency * 1000:.0f} ms to first byte, {args.conn_mbps:g} MB/s "
-              f"per connection, {args.link_mbps:g} MB/s in all; best client: {ways}")
+              f"per connection, {args.link_mbps:g} MB/s in all; best client: {tried}")
     server = servers.s3_server(fast_ranges=True) if args.store == "s3" else servers.gcs_server()
     with server:
         server.create_bucket("link")
