@@ -25,6 +25,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any, TypeVar
@@ -61,8 +62,9 @@ _POLL_SECONDS = 0.5  # how soon an idle thread notices that the main thread has 
 
 
 class _Starter:
-    """The process's one thread that starts other threads (:func:`start_soon`), made on
-    first use; a forked child makes its own."""
+    """The process's one thread that starts other threads (:func:`start_soon`): made when
+    there are starts to make, and ending once there are none left (it stops as the
+    threads it started do, and never holds up exit); a forked child makes its own."""
 
     def __init__(self) -> None:
         self._reset()
@@ -72,21 +74,30 @@ class _Starter:
         # (in a child: a lock a parent's thread held at the fork would stay locked, and
         # the parent's starting thread did not come along)
         self._lock = threading.Lock()
-        self._starts: queue.SimpleQueue[Callable[[], None]] | None = None
+        self._starts: deque[Callable[[], None]] = deque()
+        self._running = False  # the starting thread is alive (or about to be)
 
     def soon(self, start: Callable[[], None]) -> None:
         with self._lock:
-            if self._starts is None:
-                self._starts = queue.SimpleQueue()
-                threading.Thread(target=self._serve, args=(self._starts,), name="roxxel-starter",
-                                 daemon=True).start()
-            self._starts.put(start)
+            self._starts.append(start)
+            if self._running:
+                return  # (it takes this one before it ends: _serve looks under the lock)
+            self._running = True
+        try:
+            threading.Thread(target=self._serve, name="roxxel-starter", daemon=True).start()
+        except BaseException:
+            with self._lock:
+                self._running = False
+                self._starts.remove(start)
+            raise
 
-    @staticmethod
-    def _serve(starts: queue.SimpleQueue[Callable[[], None]]) -> None:
-        # (a daemon blocked on its queue for the process's life: it never holds up exit)
+    def _serve(self) -> None:
         while True:
-            start = starts.get()
+            with self._lock:
+                if not self._starts:
+                    self._running = False
+                    return
+                start = self._starts.popleft()
             try:
                 start()
             except BaseException:  # noqa: BLE001 - the next owner's threads must still start
@@ -101,7 +112,9 @@ def start_soon(start: Callable[[], None]) -> None:
     those asked for before it, instead of on the caller's: a thread's start waits for the
     new thread to take the GIL, which takes up to milliseconds each while downloads run
     (a reader starting a dozen download threads before its first record waited 10-50 ms
-    on loopback). ``start`` must not raise what its owner needs to see: it is logged."""
+    on loopback). ``start`` must not raise what its owner needs to see: it is logged.
+    The starting thread is made when there is a start to make and ends once there is none
+    left; RuntimeError if it cannot be made."""
     _STARTER.soon(start)
 
 
@@ -173,7 +186,10 @@ class WorkerPool:
             start = not self._starting and self._made < self._wanted
             self._starting = self._starting or start
         if start:
-            start_soon(self._more)
+            try:
+                start_soon(self._more)
+            except RuntimeError:  # (no starting thread to be had: this one tries, failing the jobs if it cannot)
+                self._more()
         return future
 
     def _more(self) -> None:
