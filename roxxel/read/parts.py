@@ -36,8 +36,8 @@ or of threads waiting for them:
   about that soon (what the others no longer take of the link goes to it), so cutting
   would save less than that, and every cut is one more GET.
 - **Few connections where they are fast.** Once a GET from every store being read has
-  moved a whole part in less than a tenth of a second (loopback, a store in the same
-  rack), the CPUs that check and keep the bytes are the limit, not the link: at most
+  gone at a rate that moves a whole part in less than a tenth of a second (loopback, a
+  store in the same rack), the CPUs that check and keep the bytes are the limit, not the link: at most
   :data:`CPU_PARTS` parts a CPU are in flight then (the node's, shared through its count;
   :meth:`PartEngine._cpu_bound`). On loopback every client tried moved the same bytes
   faster with 2-4 connections than with 32, and so did the engine.
@@ -735,7 +735,7 @@ class PartEngine:
         if self._leads_slowly(leading):
             return 0.0
         grace, now = self._lead_grace(), self._clock()
-        return max(0.0, min((began + grace - now for _, began in leading), default=grace))
+        return max(0.001, min((began + grace - now for _, began in leading), default=grace))  # (0: slow)
 
     def _spread(self, transfer: Transfer, slots: int) -> None:
         """(Lock held.) Near the end of what there is to fetch (over ``slots``: see
