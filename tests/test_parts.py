@@ -1364,8 +1364,10 @@ def test_a_first_record_s_gets_show_a_store_slow_once_in_flight_longer_than_a_fa
     store, other = FakeStore({}), FakeStore({})
     assert e.lead_check(store) == pytest.approx(0.0125)  # (nothing in flight, nothing known)
     with e.outside(64 * KIB, store, first=True):
-        now[0] += 0.012
-        assert e.lead_check(store) == pytest.approx(0.0005)
+        now[0] += 0.011
+        assert e.lead_check(store) == pytest.approx(0.0015)
+        now[0] += 0.001
+        assert e.lead_check(store) == pytest.approx(0.001)  # (a millisecond at least: 0 says slow)
         now[0] += 0.001
         assert e.lead_check(store) == 0 and e.lead_check(other) == pytest.approx(0.0125)
     with e.outside(2048 * KIB, store):  # (2 MiB in 10 ms: a part would take 40 ms)
