@@ -86,9 +86,15 @@ class _Starter:
         try:
             threading.Thread(target=self._serve, name="roxxel-starter", daemon=True).start()
         except BaseException:
-            with self._lock:
+            with self._lock:  # (no starting thread: the starts asked for meanwhile run here)
+                others = [s for s in self._starts if s is not start]
+                self._starts.clear()
                 self._running = False
-                self._starts.remove(start)
+            for other in others:
+                try:
+                    other()
+                except BaseException:  # noqa: BLE001 - each owner's jobs fail with their reason
+                    log.exception("roxxel: starting a thread failed")
             raise
 
     def _serve(self) -> None:
