@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any, TypeVar
 
@@ -226,15 +226,21 @@ class WorkerPool:
 
     def _fail_pending(self, exc: BaseException) -> None:
         """Fail the queued jobs that have not started with ``exc`` (no thread to run them)."""
+        for future in self._take_pending():
+            if future.set_running_or_notify_cancel():
+                error = RuntimeError(f"{self._name}: no thread to run the job: {exc}")
+                error.__cause__ = exc
+                future.set_exception(error)
+
+    def _take_pending(self) -> Iterator[Future[Any]]:
+        """The futures of the queued jobs that have not started, taken off the queue."""
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 return
-            if job is not None and job[0].set_running_or_notify_cancel():
-                error = RuntimeError(f"{self._name}: no thread to run the job: {exc}")
-                error.__cause__ = exc
-                job[0].set_exception(error)
+            if job is not None:
+                yield job[0]
 
     def run(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``fn(item)`` for every item, started in order; the results in item order.
@@ -276,13 +282,8 @@ class WorkerPool:
 
     def cancel_pending(self) -> None:
         """Cancel the queued jobs that have not started."""
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                job[0].cancel()
+        for future in self._take_pending():
+            future.cancel()
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop the threads after their current job (idempotent): running jobs see
